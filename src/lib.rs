@@ -1,0 +1,20 @@
+//! cutover: an xDS control plane that turns one deployment file into ordered, zero-downtime
+//! Envoy config pushes.
+//!
+//! Data flows one way: [`spec`] (parse and validate the file) → [`translate`] (pure: Envoy
+//! resources) → [`snapshot`] (encoded once, versioned by content) → [`xds`] (per-stream protocol
+//! state machine and the gRPC server). [`watch`] feeds file changes in; [`status`] and [`admin`]
+//! report what every Envoy has applied.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod bootstrap;
+pub mod render;
+pub mod snapshot;
+pub mod spec;
+pub mod status;
+pub mod translate;
+pub mod watch;
+pub mod xds;

@@ -1,0 +1,201 @@
+//! The `cutover` command line: argument parsing and logging setup; everything else is in the
+//! library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use cutover::{app, bootstrap, render};
+
+#[derive(Parser)]
+#[command(name = "cutover", version, about = "Zero-downtime deployments on Envoy from one YAML file", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve a deployment file to Envoy over xDS and apply every save of it.
+    ///
+    /// Envoys connect to the ADS address (see `cutover bootstrap`). The file is watched; a valid
+    /// save is pushed within milliseconds, an invalid one is reported (log and admin /status)
+    /// and the last good config keeps being served.
+    Serve {
+        /// The deployment file.
+        file: PathBuf,
+        /// Address of the xDS (ADS) gRPC server.
+        #[arg(long, default_value = "127.0.0.1:18000", env = "CUTOVER_ADS")]
+        ads: SocketAddr,
+        /// Address of the admin HTTP API (/status, /config, /healthz, /readyz).
+        #[arg(long, default_value = "127.0.0.1:19000", env = "CUTOVER_ADMIN")]
+        admin: SocketAddr,
+        /// Log format; levels come from RUST_LOG (default: info).
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Check a deployment file; list every problem as file:line:column. Exit 0 if valid, 1 if not.
+    Validate {
+        /// The deployment file.
+        file: PathBuf,
+    },
+    /// Print the exact Envoy resources the file becomes (clusters, endpoints, listeners, routes).
+    Render {
+        /// The deployment file.
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Yaml)]
+        format: Format,
+    },
+    /// Print an Envoy bootstrap that gets all of its config from cutover over ADS.
+    ///
+    /// Example: cutover bootstrap --node-id edge-1 > envoy.yaml && envoy -c envoy.yaml
+    Bootstrap {
+        /// The Envoy node id, shown in cutover's /status.
+        #[arg(long)]
+        node_id: String,
+        /// The Envoy node cluster (defaults to the node id).
+        #[arg(long)]
+        node_cluster: Option<String>,
+        /// cutover's ADS address, as Envoy reaches it.
+        #[arg(long, default_value = "127.0.0.1:18000")]
+        ads: SocketAddr,
+        /// Address for Envoy's own admin interface (keep it on loopback).
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+        #[arg(long, value_enum, default_value_t = Format::Yaml)]
+        format: Format,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Yaml,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve {
+            file,
+            ads,
+            admin,
+            log_format,
+        } => {
+            init_tracing(log_format);
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(async {
+                let server = app::start(app::ServeOptions { file, ads, admin }).await?;
+                tokio::select! {
+                    res = server.wait() => res,
+                    _ = shutdown_signal() => {
+                        tracing::info!("shutting down");
+                        Ok(())
+                    }
+                }
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { file } => {
+            let label = file.display().to_string();
+            let text =
+                std::fs::read_to_string(&file).with_context(|| format!("cannot read {label}"))?;
+            match app::compile(&label, &text) {
+                Ok(snapshot) => {
+                    println!("{label}: valid (config version {})", snapshot.version);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(err) => {
+                    eprintln!("{err}");
+                    let n = err.problems.len();
+                    eprintln!("{label}: {n} problem{}", if n == 1 { "" } else { "s" });
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Render { file, format } => {
+            let label = file.display().to_string();
+            let text =
+                std::fs::read_to_string(&file).with_context(|| format!("cannot read {label}"))?;
+            let snapshot = match app::compile(&label, &text) {
+                Ok(s) => s,
+                Err(err) => {
+                    eprintln!("{err}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            print_value(&render::snapshot_json(&snapshot)?, format)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bootstrap {
+            node_id,
+            node_cluster,
+            ads,
+            admin,
+            format,
+        } => {
+            let b = bootstrap::bootstrap(&bootstrap::BootstrapOptions {
+                node_cluster: node_cluster.unwrap_or_else(|| node_id.clone()),
+                node_id,
+                ads,
+                admin,
+            });
+            print_value(&render::to_json(&b)?, format)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_value(value: &serde_json::Value, format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Format::Yaml => print!("{}", render::yaml(value)?),
+    }
+    Ok(())
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

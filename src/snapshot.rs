@@ -1,0 +1,121 @@
+//! One config version: an immutable set of Envoy resources, each encoded exactly once.
+//!
+//! Every stream that sends a resource shares its encoded bytes ([`Bytes`] is reference counted),
+//! so the cost of a push is per config version, not per Envoy. Versions are content hashes: the
+//! same resources give the same version strings on any machine and after any restart.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use crate::translate::Resources;
+use crate::xds::ResourceType;
+
+/// One encoded resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    pub name: String,
+    /// Content hash of the encoded bytes.
+    pub version: String,
+    /// The resource as an encoded `google.protobuf.Any`, ready to be copied into a response.
+    pub encoded: Bytes,
+}
+
+/// A complete, immutable config version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Content hash over every resource of every type.
+    pub version: String,
+    sets: [BTreeMap<String, Resource>; 4],
+}
+
+impl Snapshot {
+    pub fn new(resources: &Resources) -> Snapshot {
+        let mut sets: [BTreeMap<String, Resource>; 4] = Default::default();
+        let mut add = |ty: ResourceType, name: &str, value: Vec<u8>| {
+            let any = Any {
+                type_url: ty.type_url().to_owned(),
+                value,
+            };
+            let encoded = Bytes::from(any.encode_to_vec());
+            let resource = Resource {
+                name: name.to_owned(),
+                version: hash_hex(&[&encoded]),
+                encoded,
+            };
+            sets[ty.index()].insert(name.to_owned(), resource);
+        };
+        for c in &resources.clusters {
+            add(ResourceType::Cluster, &c.name, c.encode_to_vec());
+        }
+        for e in &resources.endpoints {
+            add(ResourceType::Endpoint, &e.cluster_name, e.encode_to_vec());
+        }
+        for l in &resources.listeners {
+            add(ResourceType::Listener, &l.name, l.encode_to_vec());
+        }
+        for r in &resources.routes {
+            add(ResourceType::Route, &r.name, r.encode_to_vec());
+        }
+        let mut all = String::new();
+        for ty in ResourceType::ALL {
+            let _ = writeln!(
+                all,
+                "{}={}",
+                ty.short(),
+                set_version(sets[ty.index()].values())
+            );
+        }
+        Snapshot {
+            version: hash_hex(&[all.as_bytes()]),
+            sets,
+        }
+    }
+
+    pub fn resources(&self, ty: ResourceType) -> &BTreeMap<String, Resource> {
+        &self.sets[ty.index()]
+    }
+
+    pub fn get(&self, ty: ResourceType, name: &str) -> Option<&Resource> {
+        self.sets[ty.index()].get(name)
+    }
+
+    /// The version of a whole type, as in [`set_version`].
+    pub fn type_version(&self, ty: ResourceType) -> String {
+        set_version(self.sets[ty.index()].values())
+    }
+}
+
+/// The version of a set of resources as sent in one response: a hash of their names and
+/// versions, so it changes exactly when what the client holds would change.
+pub fn set_version<'a>(resources: impl IntoIterator<Item = &'a Resource>) -> String {
+    let mut hasher = Sha256::new();
+    for r in resources {
+        hasher.update(r.name.as_bytes());
+        hasher.update([0]);
+        hasher.update(r.version.as_bytes());
+        hasher.update([b'\n']);
+    }
+    hex16(&hasher.finalize())
+}
+
+fn hash_hex(parts: &[&[u8]]) -> String {
+    let mut hasher = Sha256::new();
+    for p in parts {
+        hasher.update(p);
+    }
+    hex16(&hasher.finalize())
+}
+
+/// 64 bits of the digest in hex: short enough to read in logs, long enough not to collide.
+fn hex16(digest: &[u8]) -> String {
+    let mut s = String::with_capacity(16);
+    for b in &digest[..8] {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}

@@ -1,0 +1,231 @@
+//! What cutover knows about itself and its clients: the last reload and every connected stream
+//! with the versions its Envoy has ACKed, has pending and has rejected.
+//!
+//! Streams report here after each step; the admin API and tests read it. Waiters can subscribe
+//! to [`Registry::changes`] instead of polling.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::xds::ResourceType;
+use crate::xds::sotw::{Event, Mode, Stream, TypeStatus};
+
+/// The outcome of the latest attempt to load the deployment file.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadStatus {
+    pub ok: bool,
+    /// Every problem, one `file:line:column: message` per line, when `ok` is false.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub at: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NackStatus {
+    pub version: String,
+    pub error: String,
+    pub at: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TypeReport {
+    pub acked: Option<String>,
+    pub pending: Option<String>,
+    pub last_nack: Option<NackStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeReport {
+    pub id: String,
+    pub cluster: String,
+    pub address: Option<String>,
+    /// `ads`, or the single type a per-type stream carries.
+    pub stream: String,
+    pub connected_since: String,
+    /// Every subscribed type ACKed at the current config version, nothing pending.
+    pub in_sync: bool,
+    pub types: BTreeMap<&'static str, TypeReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub file: String,
+    pub config_version: Option<String>,
+    pub last_reload: Option<ReloadStatus>,
+    pub nodes: Vec<NodeReport>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    file: PathBuf,
+    config_version: Option<String>,
+    last_reload: Option<ReloadStatus>,
+    next_id: u64,
+    streams: BTreeMap<u64, NodeReport>,
+    pushes: [u64; 4],
+    nacks: [u64; 4],
+}
+
+/// Shared, thread-safe status of the whole server.
+#[derive(Debug)]
+pub struct Registry {
+    inner: Mutex<Inner>,
+    changes: watch::Sender<u64>,
+}
+
+impl Registry {
+    pub fn new(file: PathBuf) -> Registry {
+        Registry {
+            inner: Mutex::new(Inner {
+                file,
+                ..Default::default()
+            }),
+            changes: watch::Sender::new(0),
+        }
+    }
+
+    /// Bumped on every change; `changed().await` on a receiver wakes after one.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        let r = {
+            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut inner)
+        };
+        self.changes.send_modify(|n| *n += 1);
+        r
+    }
+
+    pub fn reloaded(&self, version: &str) {
+        self.with(|i| {
+            i.config_version = Some(version.to_owned());
+            i.last_reload = Some(ReloadStatus {
+                ok: true,
+                error: None,
+                at: now(),
+            });
+        });
+    }
+
+    pub fn reload_failed(&self, error: String) {
+        self.with(|i| {
+            i.last_reload = Some(ReloadStatus {
+                ok: false,
+                error: Some(error),
+                at: now(),
+            });
+        });
+    }
+
+    pub fn connect(&self, mode: Mode, peer: Option<SocketAddr>) -> u64 {
+        self.with(|i| {
+            i.next_id += 1;
+            let id = i.next_id;
+            i.streams.insert(
+                id,
+                NodeReport {
+                    id: String::new(),
+                    cluster: String::new(),
+                    address: peer.map(|p| p.to_string()),
+                    stream: match mode {
+                        Mode::Aggregated => "ads".to_owned(),
+                        Mode::Single(ty) => ty.short().to_owned(),
+                    },
+                    connected_since: now(),
+                    in_sync: false,
+                    types: BTreeMap::new(),
+                },
+            );
+            id
+        })
+    }
+
+    pub fn update(&self, id: u64, stream: &Stream, events: &[Event]) {
+        self.with(|i| {
+            for e in events {
+                if let Event::Nack { ty, .. } = e {
+                    i.nacks[ty.index()] += 1;
+                }
+            }
+            let Some(report) = i.streams.get_mut(&id) else {
+                return;
+            };
+            if let Some(node) = stream.node() {
+                report.id.clone_from(&node.id);
+                report.cluster.clone_from(&node.cluster);
+            }
+            report.in_sync = stream.in_sync();
+            for ty in ResourceType::ALL {
+                let TypeStatus {
+                    acked,
+                    pending,
+                    last_nack,
+                } = stream.status(ty);
+                if acked.is_none() && pending.is_none() && last_nack.is_none() {
+                    continue;
+                }
+                let previous = report
+                    .types
+                    .get(ty.short())
+                    .and_then(|t| t.last_nack.clone());
+                let last_nack = last_nack.map(|n| match previous {
+                    Some(p) if p.version == n.version && p.error == n.error => p,
+                    _ => NackStatus {
+                        version: n.version,
+                        error: n.error,
+                        at: now(),
+                    },
+                });
+                report.types.insert(
+                    ty.short(),
+                    TypeReport {
+                        acked,
+                        pending,
+                        last_nack,
+                    },
+                );
+            }
+        });
+    }
+
+    pub fn pushed(&self, ty: ResourceType) {
+        if let Ok(mut i) = self.inner.lock() {
+            i.pushes[ty.index()] += 1;
+        }
+    }
+
+    pub fn disconnect(&self, id: u64) {
+        self.with(|i| {
+            i.streams.remove(&id);
+        });
+    }
+
+    pub fn report(&self) -> StatusReport {
+        let i = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        StatusReport {
+            file: i.file.display().to_string(),
+            config_version: i.config_version.clone(),
+            last_reload: i.last_reload.clone(),
+            nodes: i.streams.values().cloned().collect(),
+        }
+    }
+
+    /// Number of connected streams whose Envoy is in sync with the current config version.
+    pub fn in_sync_count(&self) -> (usize, usize) {
+        let i = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let synced = i.streams.values().filter(|s| s.in_sync).count();
+        (synced, i.streams.len())
+    }
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}

@@ -1,0 +1,92 @@
+//! Listeners (an HTTP connection manager that takes its routes over RDS) and their routes.
+
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+use envoy_types::pb::envoy::config::route::v3::{
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action,
+    route_match::PathSpecifier,
+};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds, http_connection_manager::RouteSpecifier, http_filter,
+};
+
+use super::cluster::socket_address;
+use super::{ads_config_source, any};
+use crate::spec::{self, PathMatch, Spec};
+
+/// The RDS name of a listener's routes: the listener's own name, so the two read together.
+pub(crate) fn route_config_name(listener: &str) -> String {
+    listener.to_owned()
+}
+
+pub(super) fn listener(l: &spec::Listener) -> Listener {
+    let hcm = HttpConnectionManager {
+        stat_prefix: l.name.clone(),
+        route_specifier: Some(RouteSpecifier::Rds(Rds {
+            config_source: Some(ads_config_source()),
+            route_config_name: route_config_name(&l.name),
+        })),
+        http_filters: vec![HttpFilter {
+            name: "envoy.filters.http.router".to_owned(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(
+                any(&Router::default()),
+            )),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Listener {
+        name: l.name.clone(),
+        address: Some(socket_address(l.address)),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.http_connection_manager".to_owned(),
+                config_type: Some(filter::ConfigType::TypedConfig(any(&hcm))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+pub(super) fn route_configuration(l: &spec::Listener, spec: &Spec) -> RouteConfiguration {
+    let routes = l
+        .routes
+        .iter()
+        .filter_map(|r| {
+            let service = spec.services.get(&r.service)?;
+            let path_specifier = match &r.matcher {
+                PathMatch::Prefix(p) => PathSpecifier::Prefix(p.clone()),
+                PathMatch::Exact(p) => PathSpecifier::Path(p.clone()),
+            };
+            Some(Route {
+                r#match: Some(RouteMatch {
+                    path_specifier: Some(path_specifier),
+                    ..Default::default()
+                }),
+                action: Some(route::Action::Route(action(&r.service, &service.strategy))),
+                ..Default::default()
+            })
+        })
+        .collect();
+    RouteConfiguration {
+        name: route_config_name(&l.name),
+        virtual_hosts: vec![VirtualHost {
+            name: l.name.clone(),
+            domains: vec!["*".to_owned()],
+            routes,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn action(service: &str, strategy: &spec::Strategy) -> RouteAction {
+    let spec::Strategy::Active { version } = strategy;
+    RouteAction {
+        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(Spec::cluster_name(
+            service, version,
+        ))),
+        ..Default::default()
+    }
+}

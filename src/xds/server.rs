@@ -1,0 +1,244 @@
+//! The tonic edge of the xDS server: ADS and the per-type CDS/EDS/LDS/RDS services.
+//!
+//! Each gRPC stream gets a task that feeds requests and new snapshots into its own
+//! [`sotw::Stream`] and writes the responses it returns. The generated envoy-types servers are not
+//! used because their codec would re-encode every resource per stream; [`XdsCodec`] copies the
+//! bytes encoded once per config version instead. Delta xDS is answered with `UNIMPLEMENTED`, so
+//! Envoy must use `api_type: GRPC` (what `cutover bootstrap` writes).
+
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::{BoxFuture, Context, Poll, StdError, http};
+use tonic::server::{Grpc, NamedService, StreamingService};
+use tonic::{Status, Streaming};
+
+use super::ResourceType;
+use super::codec::XdsCodec;
+use super::sotw::{Event, Mode, Response, Stream};
+use crate::snapshot::Snapshot;
+use crate::status::Registry;
+
+/// What every stream needs: the latest snapshot and where to report.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+    pub registry: Arc<Registry>,
+}
+
+/// One of the discovery services: its gRPC name, stream method and what it carries.
+pub trait Kind: Send + Sync + 'static {
+    const SERVICE: &'static str;
+    const STREAM_PATH: &'static str;
+    const MODE: Mode;
+}
+
+macro_rules! kind {
+    ($ty:ident, $service:literal, $method:literal, $mode:expr) => {
+        #[derive(Debug, Clone, Copy)]
+        pub struct $ty;
+        impl Kind for $ty {
+            const SERVICE: &'static str = $service;
+            const STREAM_PATH: &'static str = concat!("/", $service, "/", $method);
+            const MODE: Mode = $mode;
+        }
+    };
+}
+
+kind!(
+    Ads,
+    "envoy.service.discovery.v3.AggregatedDiscoveryService",
+    "StreamAggregatedResources",
+    Mode::Aggregated
+);
+kind!(
+    Cds,
+    "envoy.service.cluster.v3.ClusterDiscoveryService",
+    "StreamClusters",
+    Mode::Single(ResourceType::Cluster)
+);
+kind!(
+    Eds,
+    "envoy.service.endpoint.v3.EndpointDiscoveryService",
+    "StreamEndpoints",
+    Mode::Single(ResourceType::Endpoint)
+);
+kind!(
+    Lds,
+    "envoy.service.listener.v3.ListenerDiscoveryService",
+    "StreamListeners",
+    Mode::Single(ResourceType::Listener)
+);
+kind!(
+    Rds,
+    "envoy.service.route.v3.RouteDiscoveryService",
+    "StreamRoutes",
+    Mode::Single(ResourceType::Route)
+);
+
+/// A discovery service as a tower service that tonic's router can serve.
+#[derive(Debug)]
+pub struct DiscoveryService<K> {
+    shared: Shared,
+    kind: PhantomData<K>,
+}
+
+impl<K> Clone for DiscoveryService<K> {
+    fn clone(&self) -> Self {
+        DiscoveryService {
+            shared: self.shared.clone(),
+            kind: PhantomData,
+        }
+    }
+}
+
+impl<K: Kind> DiscoveryService<K> {
+    pub fn new(shared: Shared) -> Self {
+        DiscoveryService {
+            shared,
+            kind: PhantomData,
+        }
+    }
+}
+
+impl<K: Kind> NamedService for DiscoveryService<K> {
+    const NAME: &'static str = K::SERVICE;
+}
+
+impl<K, B> tower_service::Service<http::Request<B>> for DiscoveryService<K>
+where
+    K: Kind,
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != K::STREAM_PATH {
+            // Delta and Fetch variants.
+            return Box::pin(async {
+                Ok(
+                    Status::unimplemented("cutover serves state-of-the-world xDS streams only")
+                        .into_http(),
+                )
+            });
+        }
+        let method = StreamMethod::<K> {
+            shared: self.shared.clone(),
+            kind: PhantomData,
+        };
+        Box::pin(async move { Ok(Grpc::new(XdsCodec).streaming(method, req).await) })
+    }
+}
+
+struct StreamMethod<K> {
+    shared: Shared,
+    kind: PhantomData<K>,
+}
+
+impl<K: Kind> StreamingService<DiscoveryRequest> for StreamMethod<K> {
+    type Response = Response;
+    type ResponseStream = ReceiverStream<Result<Response, Status>>;
+    type Future = BoxFuture<tonic::Response<Self::ResponseStream>, Status>;
+
+    fn call(&mut self, request: tonic::Request<Streaming<DiscoveryRequest>>) -> Self::Future {
+        let shared = self.shared.clone();
+        let peer = request.remote_addr();
+        let inbound = request.into_inner();
+        // A few responses of headroom: one config change is at most one per type, plus removals.
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(run_stream(K::MODE, shared, inbound, tx, peer));
+        Box::pin(async move { Ok(tonic::Response::new(ReceiverStream::new(rx))) })
+    }
+}
+
+async fn run_stream(
+    mode: Mode,
+    shared: Shared,
+    mut inbound: Streaming<DiscoveryRequest>,
+    tx: mpsc::Sender<Result<Response, Status>>,
+    peer: Option<SocketAddr>,
+) {
+    let registry = shared.registry.clone();
+    let id = registry.connect(mode, peer);
+    let mut snapshots = shared.snapshots;
+    let mut machine = Stream::new(mode);
+    let initial = snapshots.borrow_and_update().clone();
+    if let Some(snapshot) = initial {
+        machine.on_snapshot(snapshot);
+    }
+    loop {
+        let out = tokio::select! {
+            req = inbound.message() => match req {
+                Ok(Some(req)) => machine.on_request(&req),
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::debug!(node = %node_id(&machine), %status, "xDS stream ended");
+                    break;
+                }
+            },
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let snapshot = snapshots.borrow_and_update().clone();
+                match snapshot {
+                    Some(snapshot) => machine.on_snapshot(snapshot),
+                    None => continue,
+                }
+            }
+        };
+        for event in &out.events {
+            log_event(&machine, event);
+        }
+        registry.update(id, &machine, &out.events);
+        for response in out.responses {
+            tracing::debug!(
+                node = %node_id(&machine),
+                r#type = %response.ty,
+                version = %response.version,
+                resources = response.resources.len(),
+                "push"
+            );
+            registry.pushed(response.ty);
+            if tx.send(Ok(response)).await.is_err() {
+                registry.disconnect(id);
+                return;
+            }
+        }
+    }
+    registry.disconnect(id);
+}
+
+fn node_id(machine: &Stream) -> &str {
+    machine.node().map(|n| n.id.as_str()).unwrap_or("?")
+}
+
+fn log_event(machine: &Stream, event: &Event) {
+    let node = node_id(machine);
+    match event {
+        Event::Ack { ty, version } => {
+            tracing::debug!(node, r#type = %ty, version, "ACK");
+        }
+        Event::Nack { ty, version, error } => {
+            tracing::warn!(node, r#type = %ty, version, error, "Envoy rejected a config (NACK); it will not be sent again");
+        }
+        Event::UnknownType { type_url } => {
+            tracing::warn!(
+                node,
+                type_url,
+                "request for a resource type cutover does not serve"
+            );
+        }
+    }
+}

@@ -1,0 +1,451 @@
+//! The state-of-the-world xDS protocol for one stream, as a pure state machine.
+//!
+//! [`Stream`] is fed plain `DiscoveryRequest`s and new snapshots and answers with the responses
+//! to send; it does no I/O and knows no clock, so every protocol rule is tested without sockets.
+//!
+//! Rules it implements (xDS protocol spec, "ACK/NACK and resource type instance version"):
+//! - Each response carries a fresh nonce. A request whose `response_nonce` is not the latest one
+//!   sent for its type is stale and ignored entirely.
+//! - A request answering the latest nonce is a NACK when it has `error_detail`, else an ACK. A
+//!   NACKed version is recorded and never sent again; the next change produces a new version.
+//! - Versions are content hashes of what one response holds, so a client that reconnects holding
+//!   exactly the current resources (same `version_info`) is sent nothing.
+//! - New subscriptions are answered even if nothing changed; names that do not exist yet are
+//!   sent when they appear.
+//! - After clusters change, endpoints are sent again so that re-created clusters finish warming.
+//!
+//! Make-before-break, on an aggregated (ADS) stream: a config version's listeners and routes are
+//! only sent once that Envoy has ACKed all of its clusters *and* their endpoints; clusters that
+//! the routes Envoy may still be using refer to are kept until routes without them are ACKed,
+//! and only then removed. Per-type streams cannot see each other, so they send each type as soon
+//! as it changes (the best the protocol allows without ADS).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+
+use super::ResourceType;
+use crate::snapshot::{Resource, Snapshot, set_version};
+
+/// Which resource types a stream carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// ADS: every type on one stream, ordered and gated on ACKs.
+    Aggregated,
+    /// A per-type discovery service (CDS, EDS, LDS or RDS alone).
+    Single(ResourceType),
+}
+
+/// A response to send: the resources are shared, pre-encoded bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    pub ty: ResourceType,
+    pub version: String,
+    pub nonce: String,
+    pub resources: Vec<Resource>,
+}
+
+/// Something the edge should log or record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Ack {
+        ty: ResourceType,
+        version: String,
+    },
+    Nack {
+        ty: ResourceType,
+        version: String,
+        error: String,
+    },
+    /// A request for a type this stream does not serve (logged, otherwise ignored).
+    UnknownType {
+        type_url: String,
+    },
+}
+
+/// What happened on one input: responses to send (in order) and events to record.
+#[derive(Debug, Default, PartialEq)]
+pub struct Output {
+    pub responses: Vec<Response>,
+    pub events: Vec<Event>,
+}
+
+/// The client's identity, from the first request that carries a `node`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub id: String,
+    pub cluster: String,
+}
+
+/// A rejected version and Envoy's reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nack {
+    pub version: String,
+    pub error: String,
+}
+
+/// What one stream holds for one type, for status reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TypeStatus {
+    /// The version the client last ACKed (or reported holding when it connected).
+    pub acked: Option<String>,
+    /// A version sent and not yet answered.
+    pub pending: Option<String>,
+    pub last_nack: Option<Nack>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Subscription {
+    Wildcard,
+    Names(BTreeSet<String>),
+}
+
+impl Subscription {
+    fn wants(&self, name: &str) -> bool {
+        match self {
+            Subscription::Wildcard => true,
+            Subscription::Names(names) => names.contains(name),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Held {
+    version: String,
+    resources: BTreeMap<String, Resource>,
+}
+
+#[derive(Debug, Clone)]
+struct Sent {
+    nonce: String,
+    held: Held,
+}
+
+#[derive(Debug, Clone, Default)]
+struct TypeState {
+    /// `None` until the client asks for this type: nothing is sent unasked.
+    subscription: Option<Subscription>,
+    sent: Option<Sent>,
+    acked: Option<Held>,
+    /// The `version_info` of the first request on this stream: what the client held before.
+    reported: Option<String>,
+    last_nack: Option<Nack>,
+    /// Send even if the version is unchanged (endpoints after a cluster change).
+    force: bool,
+}
+
+impl TypeState {
+    /// The version the client holds or is about to hold.
+    fn current_version(&self) -> Option<&str> {
+        if let Some(sent) = &self.sent {
+            return Some(&sent.held.version);
+        }
+        if let Some(acked) = &self.acked {
+            return Some(&acked.version);
+        }
+        self.reported.as_deref()
+    }
+
+    fn acked_resources(&self) -> Option<&BTreeMap<String, Resource>> {
+        self.acked.as_ref().map(|a| &a.resources)
+    }
+}
+
+/// The protocol state of one xDS stream.
+#[derive(Debug)]
+pub struct Stream {
+    mode: Mode,
+    node: Option<NodeInfo>,
+    snapshot: Option<Arc<Snapshot>>,
+    types: [TypeState; 4],
+    nonces: u64,
+}
+
+impl Stream {
+    pub fn new(mode: Mode) -> Stream {
+        Stream {
+            mode,
+            node: None,
+            snapshot: None,
+            types: Default::default(),
+            nonces: 0,
+        }
+    }
+
+    pub fn node(&self) -> Option<&NodeInfo> {
+        self.node.as_ref()
+    }
+
+    pub fn status(&self, ty: ResourceType) -> TypeStatus {
+        let st = &self.types[ty.index()];
+        TypeStatus {
+            acked: st
+                .acked
+                .as_ref()
+                .map(|a| a.version.clone())
+                .or_else(|| st.reported.clone()),
+            pending: st.sent.as_ref().map(|s| s.held.version.clone()),
+            last_nack: st.last_nack.clone(),
+        }
+    }
+
+    /// True when this client has ACKed every type it subscribed to at the current snapshot's
+    /// content, with nothing pending and no cluster kept for old routes.
+    pub fn in_sync(&self) -> bool {
+        let Some(snap) = &self.snapshot else {
+            return false;
+        };
+        self.serves().iter().all(|&ty| {
+            let st = &self.types[ty.index()];
+            match &st.subscription {
+                None => true,
+                Some(sub) => {
+                    st.sent.is_none()
+                        && st.acked.as_ref().is_some_and(|a| {
+                            a.resources.len() == wanted(snap, ty, sub).count()
+                                && wanted(snap, ty, sub)
+                                    .all(|r| a.resources.get(&r.name) == Some(r))
+                        })
+                }
+            }
+        })
+    }
+
+    /// A new config version to converge to.
+    pub fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Output {
+        self.snapshot = Some(snapshot);
+        let mut out = Output::default();
+        self.step(&mut out);
+        out
+    }
+
+    /// A request from the client.
+    pub fn on_request(&mut self, req: &DiscoveryRequest) -> Output {
+        let mut out = Output::default();
+        if self.node.is_none()
+            && let Some(node) = &req.node
+        {
+            self.node = Some(NodeInfo {
+                id: node.id.clone(),
+                cluster: node.cluster.clone(),
+            });
+        }
+        let ty = match (ResourceType::from_type_url(&req.type_url), self.mode) {
+            (Some(ty), Mode::Aggregated) => ty,
+            (Some(ty), Mode::Single(only)) if ty == only => ty,
+            // Per-type services may leave type_url empty: it is implied by the service.
+            (None, Mode::Single(only)) if req.type_url.is_empty() => only,
+            _ => {
+                out.events.push(Event::UnknownType {
+                    type_url: req.type_url.clone(),
+                });
+                return out;
+            }
+        };
+        let st = &mut self.types[ty.index()];
+
+        if req.response_nonce.is_empty() {
+            // The first request for this type on this stream: the client may hold a version
+            // from an earlier stream (a reconnect).
+            if st.subscription.is_none() && !req.version_info.is_empty() {
+                st.reported = Some(req.version_info.clone());
+            }
+        } else {
+            match &st.sent {
+                Some(sent) if sent.nonce == req.response_nonce => {}
+                // Stale: it answers a response that a newer one has replaced.
+                _ => return out,
+            }
+            let sent = st.sent.take().expect("matched above");
+            match &req.error_detail {
+                Some(status) => {
+                    let nack = Nack {
+                        version: sent.held.version.clone(),
+                        error: status.message.clone(),
+                    };
+                    out.events.push(Event::Nack {
+                        ty,
+                        version: nack.version.clone(),
+                        error: nack.error.clone(),
+                    });
+                    st.last_nack = Some(nack);
+                }
+                None => {
+                    out.events.push(Event::Ack {
+                        ty,
+                        version: sent.held.version.clone(),
+                    });
+                    st.acked = Some(sent.held);
+                }
+            }
+        }
+
+        st.subscription = Some(if ty.is_full_state() && req.resource_names.is_empty() {
+            Subscription::Wildcard
+        } else {
+            Subscription::Names(req.resource_names.iter().cloned().collect())
+        });
+        self.step(&mut out);
+        out
+    }
+
+    fn serves(&self) -> &'static [ResourceType] {
+        match self.mode {
+            Mode::Aggregated => &ResourceType::ALL,
+            Mode::Single(ResourceType::Cluster) => &[ResourceType::Cluster],
+            Mode::Single(ResourceType::Endpoint) => &[ResourceType::Endpoint],
+            Mode::Single(ResourceType::Listener) => &[ResourceType::Listener],
+            Mode::Single(ResourceType::Route) => &[ResourceType::Route],
+        }
+    }
+
+    /// Sends, in make-before-break order, every type whose desired content differs from what the
+    /// client holds.
+    fn step(&mut self, out: &mut Output) {
+        let Some(snap) = self.snapshot.clone() else {
+            return;
+        };
+        for &ty in self.serves() {
+            let Some(desired) = self.desired(ty, &snap) else {
+                continue;
+            };
+            let version = set_version(desired.values());
+            let st = &mut self.types[ty.index()];
+            if !st.force && st.current_version() == Some(version.as_str()) {
+                if st.sent.is_none() && st.acked.is_none() {
+                    // Reconnected holding exactly this: nothing to send.
+                    st.acked = Some(Held {
+                        version,
+                        resources: desired,
+                    });
+                }
+                continue;
+            }
+            if !st.force && st.last_nack.as_ref().is_some_and(|n| n.version == version) {
+                // Rejected before; wait for the next change.
+                continue;
+            }
+            st.force = false;
+            let clusters_changed = ty == ResourceType::Cluster
+                && st.acked_resources().is_none_or(|held| held != &desired);
+            self.nonces += 1;
+            let nonce = self.nonces.to_string();
+            out.responses.push(Response {
+                ty,
+                version: version.clone(),
+                nonce: nonce.clone(),
+                resources: desired.values().cloned().collect(),
+            });
+            self.types[ty.index()].sent = Some(Sent {
+                nonce,
+                held: Held {
+                    version,
+                    resources: desired,
+                },
+            });
+            if clusters_changed {
+                // A new or changed EDS cluster warms until it gets its endpoints: send them again
+                // even if their version did not change.
+                let eds = &mut self.types[ResourceType::Endpoint.index()];
+                if eds.subscription.is_some() {
+                    eds.force = true;
+                }
+            }
+        }
+    }
+
+    /// The resources this client should hold for `ty` now, or `None` when the type must wait
+    /// (routes whose clusters are not ready yet).
+    fn desired(&self, ty: ResourceType, snap: &Snapshot) -> Option<BTreeMap<String, Resource>> {
+        let st = &self.types[ty.index()];
+        let sub = st.subscription.as_ref()?;
+        let mut desired: BTreeMap<String, Resource> = wanted(snap, ty, sub)
+            .map(|r| (r.name.clone(), r.clone()))
+            .collect();
+        if self.mode != Mode::Aggregated {
+            return Some(desired);
+        }
+        match ty {
+            ResourceType::Cluster | ResourceType::Endpoint => {
+                // Keep what routes in effect may still use, with the content the client holds.
+                for name in self.kept_clusters(snap) {
+                    if let Some(r) = st.acked_resources().and_then(|held| held.get(&name))
+                        && sub.wants(&name)
+                    {
+                        desired.entry(name).or_insert_with(|| r.clone());
+                    }
+                }
+                Some(desired)
+            }
+            ResourceType::Listener | ResourceType::Route => {
+                self.clusters_ready(snap).then_some(desired)
+            }
+        }
+    }
+
+    /// Clusters the client holds that the snapshot no longer has but routes the client may still
+    /// be using refer to. Empty once the snapshot's routing is ACKed with nothing in flight.
+    fn kept_clusters(&self, snap: &Snapshot) -> Vec<String> {
+        if self.routing_settled(snap) {
+            return Vec::new();
+        }
+        let cds = &self.types[ResourceType::Cluster.index()];
+        let mut names: BTreeSet<String> = BTreeSet::new();
+        for held in [cds.acked.as_ref(), cds.sent.as_ref().map(|s| &s.held)]
+            .into_iter()
+            .flatten()
+        {
+            names.extend(held.resources.keys().cloned());
+        }
+        names
+            .into_iter()
+            .filter(|n| snap.get(ResourceType::Cluster, n).is_none())
+            .collect()
+    }
+
+    /// Whether the client's listeners and routes are exactly the snapshot's, with none in flight.
+    fn routing_settled(&self, snap: &Snapshot) -> bool {
+        [ResourceType::Listener, ResourceType::Route]
+            .into_iter()
+            .all(|ty| {
+                let st = &self.types[ty.index()];
+                let Some(sub) = &st.subscription else {
+                    // Never asked for: nothing of this type is in effect.
+                    return true;
+                };
+                st.sent.is_none()
+                    && st
+                        .acked
+                        .as_ref()
+                        .is_some_and(|held| held.version == set_version(wanted(snap, ty, sub)))
+            })
+    }
+
+    /// Whether the client has ACKed every cluster of the snapshot and the endpoints of each.
+    fn clusters_ready(&self, snap: &Snapshot) -> bool {
+        let acked = |ty: ResourceType| self.types[ty.index()].acked_resources();
+        let (Some(cds), Some(eds)) = (acked(ResourceType::Cluster), acked(ResourceType::Endpoint))
+        else {
+            // Nothing ACKed yet: ready only if the snapshot has no clusters at all.
+            return snap.resources(ResourceType::Cluster).is_empty();
+        };
+        snap.resources(ResourceType::Cluster).values().all(|c| {
+            cds.get(&c.name) == Some(c)
+                && snap
+                    .get(ResourceType::Endpoint, &c.name)
+                    .is_none_or(|e| eds.get(&e.name) == Some(e))
+        })
+    }
+}
+
+/// The snapshot's resources of `ty` that `sub` asks for.
+fn wanted<'a>(
+    snap: &'a Snapshot,
+    ty: ResourceType,
+    sub: &'a Subscription,
+) -> impl Iterator<Item = &'a Resource> + 'a {
+    snap.resources(ty)
+        .values()
+        .filter(move |r| sub.wants(&r.name))
+}
