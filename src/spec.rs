@@ -109,3 +109,6 @@ impl fmt::Display for SpecError {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -34,30 +34,40 @@ pub fn parse(file: &str, text: &str) -> Result<Spec, SpecError> {
     }
 }
 
-/// A YAML or schema error from the parser, with a suggestion for misspelt keys.
+/// A YAML or schema error from the parser, worded for the person editing the file.
 fn syntax_problem(err: &serde_saphyr::Error) -> Problem {
     let (line, column) = err
         .location()
         .map(|l| (l.line().max(1), l.column().max(1)))
         .unwrap_or((1, 1));
-    let mut message = err.without_snippet().to_string();
-    // The parser appends its own position; ours leads the line already.
-    if let Some(idx) = message.rfind(" at line ") {
-        message.truncate(idx);
-    }
+    let message = match err.without_snippet() {
+        serde_saphyr::Error::SerdeUnknownField {
+            field, expected, ..
+        } => unknown_key(field, expected),
+        serde_saphyr::Error::DuplicateMappingKey { key: Some(key), .. } => {
+            format!("duplicate key `{key}`: each key may appear only once in a mapping")
+        }
+        serde_saphyr::Error::SerdeMissingField { field, .. } => {
+            format!("missing key `{field}`")
+        }
+        other => {
+            let mut message = other.to_string();
+            // The parser appends its own position; ours leads the line already.
+            if let Some(idx) = message.rfind(" at line ") {
+                message.truncate(idx);
+            }
+            message
+        }
+    };
     Problem {
         line,
         column,
-        message: explain_unknown_key(&message).unwrap_or(message),
+        message,
     }
 }
 
-/// Rewrites serde's "unknown field `x`, expected one of `a`, `b`" into a message that names the
-/// closest valid key.
-fn explain_unknown_key(message: &str) -> Option<String> {
-    let rest = message.split("unknown field `").nth(1)?;
-    let (unknown, rest) = rest.split_once('`')?;
-    let expected: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+/// An unknown key, with the closest valid key and the list of valid ones.
+fn unknown_key(unknown: &str, expected: &[&str]) -> String {
     let mut out = format!("unknown key `{unknown}`");
     if let Some(best) = closest(unknown, expected.iter().copied()) {
         out.push_str(&format!(" (did you mean `{best}`?)"));
@@ -68,7 +78,7 @@ fn explain_unknown_key(message: &str) -> Option<String> {
         let list: Vec<String> = expected.iter().map(|k| format!("`{k}`")).collect();
         out.push_str(&format!("; valid keys here: {}", list.join(", ")));
     }
-    Some(out)
+    out
 }
 
 /// The candidate most like `word`, if any is close enough to be what the user meant.
@@ -223,13 +233,13 @@ impl Validator {
                     .map(|(k, _)| k.value.as_str())
                     .collect();
                 let mut msg = format!(
-                    "unknown service \"{}\" in route of listener \"{name}\"",
-                    service.value
+                    "unknown service \"{}\" in route of listener \"{name}\" (services are: {})",
+                    service.value,
+                    list_or_none(&names)
                 );
                 if let Some(best) = closest(&service.value, names.iter().copied()) {
-                    msg.push_str(&format!(" (did you mean \"{best}\"?)"));
+                    msg.push_str(&format!("; did you mean \"{best}\"?"));
                 }
-                msg.push_str(&format!(" (services are: {})", list_or_none(&names)));
                 self.at(&service.referenced, msg);
             }
             if let Some(matcher) = matcher {

@@ -76,3 +76,6 @@ pub fn duration(d: std::time::Duration) -> Duration {
         nanos: d.subsec_nanos() as i32,
     }
 }
+
+#[cfg(test)]
+mod tests;

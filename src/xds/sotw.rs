@@ -131,20 +131,52 @@ struct TypeState {
     /// The `version_info` of the first request on this stream: what the client held before.
     reported: Option<String>,
     last_nack: Option<Nack>,
-    /// Send even if the version is unchanged (endpoints after a cluster change).
+    /// A rejected version that must not be sent again; cleared by the next ACK.
+    rejected: Option<String>,
+    /// Send even if the content is unchanged (endpoints of clusters that were re-created).
     force: bool,
 }
 
 impl TypeState {
-    /// The version the client holds or is about to hold.
-    fn current_version(&self) -> Option<&str> {
-        if let Some(sent) = &self.sent {
-            return Some(&sent.held.version);
+    /// What the client holds or is about to hold, if this stream sent it.
+    fn latest_mut(&mut self) -> Option<&mut Held> {
+        match (&mut self.sent, &mut self.acked) {
+            (Some(sent), _) => Some(&mut sent.held),
+            (None, acked) => acked.as_mut(),
         }
-        if let Some(acked) = &self.acked {
-            return Some(&acked.version);
+    }
+
+    /// Whether the client already holds (or is being sent) `desired`. For EDS and RDS, where a
+    /// response need not repeat every name, a client that merely dropped names holds a superset
+    /// that is narrowed here without a response.
+    fn holds(
+        &mut self,
+        ty: ResourceType,
+        desired: &BTreeMap<String, Resource>,
+        version: &str,
+    ) -> bool {
+        if let Some(held) = self.latest_mut() {
+            if held.resources == *desired {
+                return true;
+            }
+            let subset = !ty.is_full_state()
+                && desired
+                    .iter()
+                    .all(|(name, r)| held.resources.get(name) == Some(r));
+            if subset {
+                held.resources.retain(|name, _| desired.contains_key(name));
+            }
+            return subset;
         }
-        self.reported.as_deref()
+        if self.reported.as_deref() == Some(version) {
+            // Reconnected holding exactly this.
+            self.acked = Some(Held {
+                version: version.to_owned(),
+                resources: desired.clone(),
+            });
+            return true;
+        }
+        false
     }
 
     fn acked_resources(&self) -> Option<&BTreeMap<String, Resource>> {
@@ -244,7 +276,6 @@ impl Stream {
             }
         };
         let st = &mut self.types[ty.index()];
-
         if req.response_nonce.is_empty() {
             // The first request for this type on this stream: the client may hold a version
             // from an earlier stream (a reconnect).
@@ -269,6 +300,7 @@ impl Stream {
                         version: nack.version.clone(),
                         error: nack.error.clone(),
                     });
+                    st.rejected = Some(nack.version.clone());
                     st.last_nack = Some(nack);
                 }
                 None => {
@@ -276,16 +308,20 @@ impl Stream {
                         ty,
                         version: sent.held.version.clone(),
                     });
-                    st.acked = Some(sent.held);
+                    st.rejected = None;
+                    if ty == ResourceType::Cluster {
+                        self.refresh_endpoints_of_changed_clusters(&sent.held);
+                    }
+                    self.types[ty.index()].acked = Some(sent.held);
                 }
             }
         }
-
-        st.subscription = Some(if ty.is_full_state() && req.resource_names.is_empty() {
-            Subscription::Wildcard
-        } else {
-            Subscription::Names(req.resource_names.iter().cloned().collect())
-        });
+        self.types[ty.index()].subscription =
+            Some(if ty.is_full_state() && req.resource_names.is_empty() {
+                Subscription::Wildcard
+            } else {
+                Subscription::Names(req.resource_names.iter().cloned().collect())
+            });
         self.step(&mut out);
         out
     }
@@ -312,23 +348,14 @@ impl Stream {
             };
             let version = set_version(desired.values());
             let st = &mut self.types[ty.index()];
-            if !st.force && st.current_version() == Some(version.as_str()) {
-                if st.sent.is_none() && st.acked.is_none() {
-                    // Reconnected holding exactly this: nothing to send.
-                    st.acked = Some(Held {
-                        version,
-                        resources: desired,
-                    });
-                }
+            if !st.force && st.holds(ty, &desired, &version) {
                 continue;
             }
-            if !st.force && st.last_nack.as_ref().is_some_and(|n| n.version == version) {
+            if st.rejected.as_deref() == Some(version.as_str()) {
                 // Rejected before; wait for the next change.
                 continue;
             }
             st.force = false;
-            let clusters_changed = ty == ResourceType::Cluster
-                && st.acked_resources().is_none_or(|held| held != &desired);
             self.nonces += 1;
             let nonce = self.nonces.to_string();
             out.responses.push(Response {
@@ -344,14 +371,22 @@ impl Stream {
                     resources: desired,
                 },
             });
-            if clusters_changed {
-                // A new or changed EDS cluster warms until it gets its endpoints: send them again
-                // even if their version did not change.
-                let eds = &mut self.types[ResourceType::Endpoint.index()];
-                if eds.subscription.is_some() {
-                    eds.force = true;
-                }
-            }
+        }
+    }
+
+    /// Envoy re-creates a cluster whose definition changed, and the new one warms until it gets
+    /// its endpoints; Envoy does not ask again for names it already has, so send them again.
+    /// (New cluster names need nothing: Envoy subscribes to them.)
+    fn refresh_endpoints_of_changed_clusters(&mut self, now: &Held) {
+        let before = self.types[ResourceType::Cluster.index()].acked_resources();
+        let changed = before.is_some_and(|before| {
+            now.resources
+                .iter()
+                .any(|(name, r)| before.get(name).is_some_and(|old| old != r))
+        });
+        let eds = &mut self.types[ResourceType::Endpoint.index()];
+        if changed && eds.subscription.is_some() {
+            eds.force = true;
         }
     }
 
@@ -449,3 +484,6 @@ fn wanted<'a>(
         .values()
         .filter(move |r| sub.wants(&r.name))
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,663 @@
+//! The protocol state machine, fed requests directly: no sockets, no clock.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, route, route_action};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::google::rpc::Status;
+use prost::Message;
+
+use super::*;
+use crate::app::compile;
+
+/// A deployment with one listener whose `/` route goes to `checkout/<active>`.
+fn deployment(versions: &[(&str, &str)], active: &str) -> Arc<Snapshot> {
+    let mut text = String::from(
+        "listeners:\n  - name: public\n    address: 127.0.0.1:10000\n    routes:\n      - match: { prefix: / }\n        service: checkout\nservices:\n  checkout:\n    versions:\n",
+    );
+    for (name, endpoint) in versions {
+        text.push_str(&format!(
+            "      {name}: {{ endpoints: [\"{endpoint}\"] }}\n"
+        ));
+    }
+    text.push_str(&format!("    active: {active}\n"));
+    Arc::new(compile("test.yaml", &text).unwrap())
+}
+
+fn blue_green(active: &str) -> Arc<Snapshot> {
+    deployment(
+        &[("blue", "127.0.0.1:8081"), ("green", "127.0.0.1:8082")],
+        active,
+    )
+}
+
+fn request(ty: ResourceType, version: &str, nonce: &str, names: &[&str]) -> DiscoveryRequest {
+    DiscoveryRequest {
+        type_url: ty.type_url().to_owned(),
+        version_info: version.to_owned(),
+        response_nonce: nonce.to_owned(),
+        resource_names: names.iter().map(|n| (*n).to_owned()).collect(),
+        node: Some(Node {
+            id: "edge-1".into(),
+            cluster: "edge".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn nack(
+    ty: ResourceType,
+    version: &str,
+    nonce: &str,
+    names: &[&str],
+    error: &str,
+) -> DiscoveryRequest {
+    DiscoveryRequest {
+        error_detail: Some(Status {
+            code: 3,
+            message: error.to_owned(),
+            details: vec![],
+        }),
+        ..request(ty, version, nonce, names)
+    }
+}
+
+fn names(r: &Response) -> Vec<&str> {
+    r.resources.iter().map(|r| r.name.as_str()).collect()
+}
+
+fn types(out: &Output) -> Vec<ResourceType> {
+    out.responses.iter().map(|r| r.ty).collect()
+}
+
+/// The clusters a route configuration sends traffic to.
+fn route_targets(resource: &Resource) -> BTreeSet<String> {
+    let any = Any::decode(resource.encoded.as_ref()).unwrap();
+    let rc = RouteConfiguration::decode(any.value.as_slice()).unwrap();
+    let mut out = BTreeSet::new();
+    for vh in rc.virtual_hosts {
+        for r in vh.routes {
+            if let Some(route::Action::Route(a)) = r.action {
+                match a.cluster_specifier {
+                    Some(route_action::ClusterSpecifier::Cluster(c)) => {
+                        out.insert(c);
+                    }
+                    Some(route_action::ClusterSpecifier::WeightedClusters(w)) => {
+                        out.extend(w.clusters.into_iter().map(|c| c.name));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A minimal Envoy: it applies what it is sent, asks for what its config refers to, ACKs, and
+/// checks after every response that each route targets a cluster it holds with endpoints (else
+/// real requests would fail with 503 "no cluster").
+#[derive(Default)]
+struct FakeEnvoy {
+    held: BTreeMap<ResourceType, BTreeMap<String, Resource>>,
+    versions: BTreeMap<ResourceType, String>,
+    /// Every response type in the order received.
+    log: Vec<ResourceType>,
+    /// If set, responses of this type are NACKed.
+    reject: Option<ResourceType>,
+}
+
+impl FakeEnvoy {
+    fn start(&self) -> Vec<DiscoveryRequest> {
+        vec![
+            request(ResourceType::Cluster, "", "", &[]),
+            request(ResourceType::Listener, "", "", &[]),
+        ]
+    }
+
+    fn receive(&mut self, r: &Response) -> Vec<DiscoveryRequest> {
+        self.log.push(r.ty);
+        if self.reject == Some(r.ty) {
+            let held = self.versions.get(&r.ty).cloned().unwrap_or_default();
+            let names = self.subscribed(r.ty);
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            return vec![nack(r.ty, &held, &r.nonce, &names, "rejected by test")];
+        }
+        let set = self.held.entry(r.ty).or_default();
+        if r.ty.is_full_state() {
+            set.clear();
+        }
+        for res in &r.resources {
+            set.insert(res.name.clone(), res.clone());
+        }
+        self.versions.insert(r.ty, r.version.clone());
+        self.assert_routes_have_clusters();
+        let mut out = Vec::new();
+        // Like Envoy: subscription changes for dependent types go out before the ACK.
+        let dependent = match r.ty {
+            ResourceType::Cluster => Some(ResourceType::Endpoint),
+            ResourceType::Listener => Some(ResourceType::Route),
+            _ => None,
+        };
+        if let Some(dep) = dependent {
+            let names = self.subscribed(dep);
+            let version = self.versions.get(&dep).cloned().unwrap_or_default();
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            out.push(request(dep, &version, "", &names));
+        }
+        let names = self.subscribed(r.ty);
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        out.push(request(r.ty, &r.version, &r.nonce, &names));
+        out
+    }
+
+    fn subscribed(&self, ty: ResourceType) -> Vec<String> {
+        let parent = match ty {
+            ResourceType::Endpoint => ResourceType::Cluster,
+            ResourceType::Route => ResourceType::Listener,
+            _ => return Vec::new(),
+        };
+        self.held
+            .get(&parent)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn assert_routes_have_clusters(&self) {
+        let empty = BTreeMap::new();
+        let clusters = self.held.get(&ResourceType::Cluster).unwrap_or(&empty);
+        let endpoints = self.held.get(&ResourceType::Endpoint).unwrap_or(&empty);
+        for rc in self
+            .held
+            .get(&ResourceType::Route)
+            .unwrap_or(&empty)
+            .values()
+        {
+            for target in route_targets(rc) {
+                assert!(
+                    clusters.contains_key(&target) && endpoints.contains_key(&target),
+                    "route {} targets {target}, which Envoy does not hold (after {:?})",
+                    rc.name,
+                    self.log
+                );
+            }
+        }
+    }
+
+    fn route_target(&self) -> BTreeSet<String> {
+        self.held[&ResourceType::Route]
+            .values()
+            .flat_map(route_targets)
+            .collect()
+    }
+
+    fn clusters(&self) -> Vec<String> {
+        self.held[&ResourceType::Cluster].keys().cloned().collect()
+    }
+}
+
+/// Delivers requests and responses between `stream` and `envoy` until both are quiet, one
+/// message at a time (in the order a single gRPC stream would carry them).
+fn converge(
+    stream: &mut Stream,
+    envoy: &mut FakeEnvoy,
+    mut requests: Vec<DiscoveryRequest>,
+) -> Vec<Event> {
+    let mut events = Vec::new();
+    for _ in 0..1000 {
+        if requests.is_empty() {
+            return events;
+        }
+        let req = requests.remove(0);
+        let out = stream.on_request(&req);
+        events.extend(out.events);
+        for resp in &out.responses {
+            requests.extend(envoy.receive(resp));
+        }
+    }
+    panic!("did not converge");
+}
+
+fn push(stream: &mut Stream, envoy: &mut FakeEnvoy, snapshot: Arc<Snapshot>) -> Vec<Event> {
+    let out = stream.on_snapshot(snapshot);
+    let mut requests = Vec::new();
+    for resp in &out.responses {
+        requests.extend(envoy.receive(resp));
+    }
+    let mut events = out.events;
+    events.extend(converge(stream, envoy, requests));
+    events
+}
+
+fn connected(snapshot: Arc<Snapshot>) -> (Stream, FakeEnvoy) {
+    let mut stream = Stream::new(Mode::Aggregated);
+    let mut envoy = FakeEnvoy::default();
+    assert_eq!(
+        stream.on_snapshot(snapshot),
+        Output::default(),
+        "nothing is sent unasked"
+    );
+    let start = envoy.start();
+    converge(&mut stream, &mut envoy, start);
+    assert!(stream.in_sync());
+    (stream, envoy)
+}
+
+#[test]
+fn initial_connection_sends_clusters_and_endpoints_before_listeners_and_routes() {
+    let (stream, envoy) = connected(blue_green("blue"));
+    assert_eq!(
+        envoy.log,
+        [
+            ResourceType::Cluster,
+            ResourceType::Endpoint,
+            ResourceType::Listener,
+            ResourceType::Route
+        ]
+    );
+    assert_eq!(
+        envoy.route_target(),
+        BTreeSet::from(["checkout/blue".to_owned()])
+    );
+    assert_eq!(stream.node().unwrap().id, "edge-1");
+}
+
+#[test]
+fn listeners_wait_for_acked_clusters_and_endpoints() {
+    let mut s = Stream::new(Mode::Aggregated);
+    s.on_snapshot(blue_green("blue"));
+    let cds = s.on_request(&request(ResourceType::Cluster, "", "", &[]));
+    assert_eq!(types(&cds), [ResourceType::Cluster]);
+    let lds = s.on_request(&request(ResourceType::Listener, "", "", &[]));
+    assert!(
+        lds.responses.is_empty(),
+        "no listener before its clusters are ACKed"
+    );
+    let c = &cds.responses[0];
+    let eds = s.on_request(&request(
+        ResourceType::Endpoint,
+        "",
+        "",
+        &["checkout/blue", "checkout/green"],
+    ));
+    assert_eq!(types(&eds), [ResourceType::Endpoint]);
+    assert_eq!(
+        names(&eds.responses[0]),
+        ["checkout/blue", "checkout/green"]
+    );
+    let ack = s.on_request(&request(ResourceType::Cluster, &c.version, &c.nonce, &[]));
+    assert!(ack.responses.is_empty(), "endpoints not ACKed yet");
+    let e = &eds.responses[0];
+    let ack = s.on_request(&request(
+        ResourceType::Endpoint,
+        &e.version,
+        &e.nonce,
+        &["checkout/blue", "checkout/green"],
+    ));
+    assert_eq!(types(&ack), [ResourceType::Listener]);
+}
+
+#[test]
+fn a_switch_sends_only_routes() {
+    let (mut s, mut envoy) = connected(blue_green("blue"));
+    envoy.log.clear();
+    push(&mut s, &mut envoy, blue_green("green"));
+    assert_eq!(envoy.log, [ResourceType::Route]);
+    assert_eq!(
+        envoy.route_target(),
+        BTreeSet::from(["checkout/green".to_owned()])
+    );
+    assert!(s.in_sync());
+}
+
+#[test]
+fn a_new_version_and_the_switch_to_it_in_one_edit_is_make_before_break() {
+    let (mut s, mut envoy) = connected(deployment(&[("blue", "127.0.0.1:8081")], "blue"));
+    envoy.log.clear();
+    // FakeEnvoy asserts after every response that routes only target held clusters.
+    push(
+        &mut s,
+        &mut envoy,
+        deployment(&[("green", "127.0.0.1:8082")], "green"),
+    );
+    assert_eq!(
+        envoy.log,
+        [
+            ResourceType::Cluster,  // blue + green
+            ResourceType::Endpoint, // green's endpoints
+            ResourceType::Route,    // to green
+            ResourceType::Cluster,  // blue removed, once the routes to green are ACKed
+        ]
+    );
+    assert_eq!(envoy.clusters(), ["checkout/green"]);
+    assert_eq!(
+        envoy.route_target(),
+        BTreeSet::from(["checkout/green".to_owned()])
+    );
+    assert!(s.in_sync());
+}
+
+#[test]
+fn rapid_edits_never_leave_a_route_without_its_cluster() {
+    let (mut s, mut envoy) = connected(deployment(&[("v1", "127.0.0.1:8081")], "v1"));
+    // Push several snapshots before Envoy answers anything.
+    let mut pending = Vec::new();
+    for i in 2..6 {
+        let name = format!("v{i}");
+        let addr = format!("127.0.0.1:80{i:02}");
+        let out = s.on_snapshot(deployment(&[(name.as_str(), addr.as_str())], &name));
+        for r in &out.responses {
+            pending.extend(envoy.receive(r));
+        }
+    }
+    converge(&mut s, &mut envoy, pending);
+    assert_eq!(envoy.clusters(), ["checkout/v5"]);
+    assert_eq!(
+        envoy.route_target(),
+        BTreeSet::from(["checkout/v5".to_owned()])
+    );
+    assert!(s.in_sync());
+}
+
+#[test]
+fn stale_nonces_are_ignored() {
+    let mut s = Stream::new(Mode::Aggregated);
+    s.on_snapshot(blue_green("blue"));
+    let first = s.on_request(&request(ResourceType::Cluster, "", "", &[]));
+    let first = &first.responses[0];
+    // A second push of clusters supersedes the first before Envoy answers.
+    let second = s.on_snapshot(deployment(&[("blue", "127.0.0.1:8081")], "blue"));
+    let second = &second.responses[0];
+    assert_ne!(first.nonce, second.nonce);
+    let stale = s.on_request(&request(
+        ResourceType::Cluster,
+        &first.version,
+        &first.nonce,
+        &[],
+    ));
+    assert_eq!(stale, Output::default());
+    assert_eq!(
+        s.status(ResourceType::Cluster).pending.as_deref(),
+        Some(second.version.as_str())
+    );
+    let ack = s.on_request(&request(
+        ResourceType::Cluster,
+        &second.version,
+        &second.nonce,
+        &[],
+    ));
+    assert_eq!(
+        ack.events,
+        [Event::Ack {
+            ty: ResourceType::Cluster,
+            version: second.version.clone()
+        }]
+    );
+}
+
+#[test]
+fn a_nacked_version_is_recorded_and_not_sent_again() {
+    let (mut s, mut envoy) = connected(blue_green("blue"));
+    envoy.reject = Some(ResourceType::Route);
+    let events = push(&mut s, &mut envoy, blue_green("green"));
+    let nacked = s
+        .status(ResourceType::Route)
+        .last_nack
+        .expect("NACK recorded");
+    assert_eq!(nacked.error, "rejected by test");
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::Nack {
+            ty: ResourceType::Route,
+            ..
+        }
+    )));
+    assert_eq!(
+        envoy.route_target(),
+        BTreeSet::from(["checkout/blue".to_owned()])
+    );
+    assert!(!s.in_sync());
+
+    // The same content again (another request for routes) is not resent.
+    envoy.log.clear();
+    let again = s.on_request(&request(
+        ResourceType::Route,
+        &envoy.versions[&ResourceType::Route],
+        "",
+        &["public"],
+    ));
+    assert!(again.responses.is_empty());
+
+    // Nor after other changes, while it is still the content to send.
+    push(
+        &mut s,
+        &mut envoy,
+        deployment(
+            &[("blue", "127.0.0.1:8081"), ("green", "127.0.0.1:8099")],
+            "green",
+        ),
+    );
+    assert!(!envoy.log.contains(&ResourceType::Route), "{:?}", envoy.log);
+
+    // The next change of the routes is sent, and accepted.
+    envoy.reject = None;
+    push(
+        &mut s,
+        &mut envoy,
+        deployment(
+            &[("blue", "127.0.0.1:8081"), ("teal", "127.0.0.1:8082")],
+            "teal",
+        ),
+    );
+    assert_eq!(
+        envoy.route_target(),
+        BTreeSet::from(["checkout/teal".to_owned()])
+    );
+    assert!(s.in_sync());
+}
+
+#[test]
+fn a_nacked_cluster_holds_back_the_routes_that_need_it() {
+    let (mut s, mut envoy) = connected(deployment(&[("blue", "127.0.0.1:8081")], "blue"));
+    envoy.reject = Some(ResourceType::Cluster);
+    envoy.log.clear();
+    push(
+        &mut s,
+        &mut envoy,
+        deployment(&[("green", "127.0.0.1:8082")], "green"),
+    );
+    assert_eq!(
+        envoy.log,
+        [ResourceType::Cluster],
+        "routes must not follow a rejected cluster"
+    );
+    assert_eq!(
+        envoy.route_target(),
+        BTreeSet::from(["checkout/blue".to_owned()])
+    );
+}
+
+#[test]
+fn a_reconnect_holding_the_current_versions_gets_nothing() {
+    let snapshot = blue_green("blue");
+    let (_old, envoy) = connected(snapshot.clone());
+    let mut s = Stream::new(Mode::Aggregated);
+    s.on_snapshot(snapshot);
+    let v = |ty| envoy.versions[&ty].clone();
+    let mut sent = Vec::new();
+    for (ty, names) in [
+        (ResourceType::Cluster, vec![]),
+        (ResourceType::Listener, vec![]),
+        (
+            ResourceType::Endpoint,
+            vec!["checkout/blue", "checkout/green"],
+        ),
+        (ResourceType::Route, vec!["public"]),
+    ] {
+        sent.extend(s.on_request(&request(ty, &v(ty), "", &names)).responses);
+    }
+    assert!(sent.is_empty(), "{sent:?}");
+    assert!(s.in_sync());
+}
+
+#[test]
+fn a_reconnect_holding_older_versions_gets_the_difference() {
+    let (_old, mut envoy) = connected(blue_green("blue"));
+    let mut s = Stream::new(Mode::Aggregated);
+    s.on_snapshot(blue_green("green"));
+    envoy.log.clear();
+    let v = |ty| envoy.versions[&ty].clone();
+    let requests = vec![
+        request(ResourceType::Cluster, &v(ResourceType::Cluster), "", &[]),
+        request(ResourceType::Listener, &v(ResourceType::Listener), "", &[]),
+        request(
+            ResourceType::Endpoint,
+            &v(ResourceType::Endpoint),
+            "",
+            &["checkout/blue", "checkout/green"],
+        ),
+        request(
+            ResourceType::Route,
+            &v(ResourceType::Route),
+            "",
+            &["public"],
+        ),
+    ];
+    converge(&mut s, &mut envoy, requests);
+    assert_eq!(envoy.log, [ResourceType::Route]);
+    assert_eq!(
+        envoy.route_target(),
+        BTreeSet::from(["checkout/green".to_owned()])
+    );
+}
+
+#[test]
+fn new_names_are_answered_and_unknown_names_sent_when_they_appear() {
+    let mut s = Stream::new(Mode::Aggregated);
+    s.on_snapshot(blue_green("blue"));
+    let out = s.on_request(&request(ResourceType::Endpoint, "", "", &["checkout/blue"]));
+    let first = &out.responses[0];
+    assert_eq!(names(first), ["checkout/blue"]);
+    // Adding a name that exists: answered even though no content changed.
+    let out = s.on_request(&request(
+        ResourceType::Endpoint,
+        &first.version,
+        &first.nonce,
+        &["checkout/blue", "checkout/green"],
+    ));
+    let second = &out.responses[0];
+    assert_eq!(names(second), ["checkout/blue", "checkout/green"]);
+    // A name that does not exist yet: nothing to send now...
+    let out = s.on_request(&request(
+        ResourceType::Endpoint,
+        &second.version,
+        &second.nonce,
+        &["checkout/blue", "checkout/green", "checkout/red"],
+    ));
+    assert!(out.responses.is_empty());
+    // ...and sent when it appears.
+    let out = s.on_snapshot(deployment(
+        &[
+            ("blue", "127.0.0.1:8081"),
+            ("green", "127.0.0.1:8082"),
+            ("red", "127.0.0.1:8083"),
+        ],
+        "blue",
+    ));
+    let eds: Vec<&Response> = out
+        .responses
+        .iter()
+        .filter(|r| r.ty == ResourceType::Endpoint)
+        .collect();
+    assert_eq!(
+        names(eds[0]),
+        ["checkout/blue", "checkout/green", "checkout/red"]
+    );
+}
+
+#[test]
+fn new_clusters_get_their_endpoints() {
+    let (mut s, mut envoy) = connected(deployment(&[("blue", "127.0.0.1:8081")], "blue"));
+    envoy.log.clear();
+    push(
+        &mut s,
+        &mut envoy,
+        deployment(
+            &[("blue", "127.0.0.1:8081"), ("green", "127.0.0.1:8082")],
+            "blue",
+        ),
+    );
+    assert_eq!(envoy.log, [ResourceType::Cluster, ResourceType::Endpoint]);
+    assert_eq!(
+        envoy.held[&ResourceType::Endpoint]
+            .keys()
+            .collect::<Vec<_>>(),
+        ["checkout/blue", "checkout/green"]
+    );
+}
+
+#[test]
+fn endpoints_are_resent_when_a_cluster_is_redefined() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/basic.yaml");
+    let spec = crate::spec::parse("t.yaml", &std::fs::read_to_string(path).unwrap()).unwrap();
+    let resources = crate::translate::translate(&spec);
+    let (mut s, mut envoy) = connected(Arc::new(Snapshot::new(&resources)));
+    envoy.log.clear();
+    // Same names and endpoints, one cluster definition changed: Envoy re-creates that cluster,
+    // which warms until it receives its endpoints again.
+    let mut changed = resources.clone();
+    changed.clusters[0].connect_timeout = Some(envoy_types::pb::google::protobuf::Duration {
+        seconds: 3,
+        nanos: 0,
+    });
+    push(&mut s, &mut envoy, Arc::new(Snapshot::new(&changed)));
+    assert_eq!(envoy.log, [ResourceType::Cluster, ResourceType::Endpoint]);
+    assert!(s.in_sync());
+}
+
+#[test]
+fn dropped_names_need_no_response() {
+    let mut s = Stream::new(Mode::Aggregated);
+    s.on_snapshot(blue_green("blue"));
+    let both = ["checkout/blue", "checkout/green"];
+    let out = s.on_request(&request(ResourceType::Endpoint, "", "", &both));
+    let r = &out.responses[0];
+    let out = s.on_request(&request(
+        ResourceType::Endpoint,
+        &r.version,
+        &r.nonce,
+        &["checkout/blue"],
+    ));
+    assert!(out.responses.is_empty());
+    // Asking again for the dropped name is a new subscription: it is answered.
+    let out = s.on_request(&request(ResourceType::Endpoint, &r.version, "", &both));
+    assert_eq!(names(&out.responses[0]), both);
+}
+
+#[test]
+fn an_unchanged_snapshot_sends_nothing() {
+    let (mut s, _envoy) = connected(blue_green("blue"));
+    assert_eq!(s.on_snapshot(blue_green("blue")), Output::default());
+}
+
+#[test]
+fn per_type_streams_send_their_type_without_waiting() {
+    let mut s = Stream::new(Mode::Single(ResourceType::Listener));
+    s.on_snapshot(blue_green("blue"));
+    let out = s.on_request(&request(ResourceType::Listener, "", "", &[]));
+    assert_eq!(types(&out), [ResourceType::Listener]);
+    let other = s.on_request(&request(ResourceType::Cluster, "", "", &[]));
+    assert!(other.responses.is_empty());
+    assert!(matches!(other.events[..], [Event::UnknownType { .. }]));
+}
+
+#[test]
+fn types_are_not_sent_unasked() {
+    let mut s = Stream::new(Mode::Aggregated);
+    s.on_snapshot(blue_green("blue"));
+    let out = s.on_request(&request(ResourceType::Cluster, "", "", &[]));
+    assert_eq!(types(&out), [ResourceType::Cluster]);
+}
