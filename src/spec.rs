@@ -4,12 +4,14 @@
 //! returns *every* problem at once, each with its `file:line:column`. Nothing downstream re-checks
 //! what is validated here. This module does no I/O: callers hand it the file's text and name.
 
+mod policy;
 mod raw;
 mod validate;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 pub use validate::parse;
 
@@ -48,22 +50,228 @@ pub struct Service {
     /// Versions by name; each becomes one Envoy cluster named `service/version`.
     pub versions: BTreeMap<String, Version>,
     pub strategy: Strategy,
+    /// A version that receives a copy of (a share of) the requests; its responses are discarded.
+    pub mirror: Option<Mirror>,
+    /// User groups sent to a chosen version, tried in order before the strategy applies.
+    pub rules: Vec<Rule>,
+    pub policy: Policy,
 }
 
 /// Which versions of a service get traffic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Strategy {
-    /// One version gets all traffic; the others stay configured and warm (a cluster swap).
-    Active { version: String },
+    /// One version gets all traffic (a cluster swap); the others stay warm for rollback.
+    BlueGreen {
+        active: String,
+        preview: Option<Preview>,
+    },
+    /// Blue-green whose idle versions are retired `grace` after every Envoy ACKed the switch.
+    RedBlack {
+        active: String,
+        grace: Duration,
+        preview: Option<Preview>,
+    },
+    /// `weight` of the requests go to `canary`, the rest to `stable`.
+    Canary {
+        stable: String,
+        canary: String,
+        weight: Percent,
+        sticky: Option<Sticky>,
+    },
+    /// `primary` answers; the service's mirror gets copies.
+    Shadow { primary: String },
 }
 
 impl Strategy {
-    /// The versions that receive traffic, in a stable order.
+    /// The versions that receive (answered) traffic, in a stable order.
     pub fn serving_versions(&self) -> Vec<&str> {
         match self {
-            Strategy::Active { version } => vec![version.as_str()],
+            Strategy::BlueGreen { active, .. } | Strategy::RedBlack { active, .. } => {
+                vec![active.as_str()]
+            }
+            Strategy::Canary {
+                stable,
+                canary,
+                weight,
+                ..
+            } => match weight.ppm() {
+                0 => vec![stable.as_str()],
+                Percent::MILLION => vec![canary.as_str()],
+                _ => vec![stable.as_str(), canary.as_str()],
+            },
+            Strategy::Shadow { primary } => vec![primary.as_str()],
         }
     }
+
+    /// The strategy's name as written in the file.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Strategy::BlueGreen { .. } => "blue-green",
+            Strategy::RedBlack { .. } => "red-black",
+            Strategy::Canary { .. } => "canary",
+            Strategy::Shadow { .. } => "shadow",
+        }
+    }
+
+    pub fn preview(&self) -> Option<&Preview> {
+        match self {
+            Strategy::BlueGreen { preview, .. } | Strategy::RedBlack { preview, .. } => {
+                preview.as_ref()
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Requests carrying `header: <version>` go to that version, so it can be tried before a switch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preview {
+    pub header: String,
+}
+
+/// Keeps each user on the version they first got, with a cookie set by Envoy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sticky {
+    pub cookie: String,
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mirror {
+    pub version: String,
+    pub percent: Percent,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// Every condition must hold.
+    pub conditions: Vec<Condition>,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    Header { name: String, value: String },
+    Cookie { name: String, value: String },
+    Query { name: String, value: String },
+    Prefix(String),
+}
+
+/// A share of requests in parts per million, so that 0.5% is exact and hashing is stable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Percent(u32);
+
+impl Percent {
+    pub const MILLION: u32 = 1_000_000;
+
+    pub fn from_ppm(ppm: u32) -> Option<Percent> {
+        (ppm <= Self::MILLION).then_some(Percent(ppm))
+    }
+
+    /// Parses `10`, `0.5`, `10%` or `0.5%` (a percentage from 0 to 100, at most 4 decimals).
+    pub fn parse(text: &str) -> Option<Percent> {
+        let t = text.trim().trim_end_matches('%').trim();
+        let (int, frac) = t.split_once('.').unwrap_or((t, ""));
+        if int.is_empty() && frac.is_empty() || frac.len() > 4 {
+            return None;
+        }
+        if !int.chars().all(|c| c.is_ascii_digit()) || !frac.chars().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        let int: u32 = if int.is_empty() { 0 } else { int.parse().ok()? };
+        let frac: u32 = format!("{frac:0<4}").parse().ok()?;
+        Self::from_ppm(int.checked_mul(10_000)?.checked_add(frac)?)
+    }
+
+    pub fn ppm(self) -> u32 {
+        self.0
+    }
+
+    /// As a fraction from 0 to 100.
+    pub fn as_f64(self) -> f64 {
+        f64::from(self.0) / 10_000.0
+    }
+}
+
+impl fmt::Display for Percent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}%", self.as_f64())
+    }
+}
+
+/// How Envoy spreads requests over a version's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum LoadBalancing {
+    #[default]
+    RoundRobin,
+    LeastRequest,
+    Random,
+    RingHash(HashOn),
+    Maglev(HashOn),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    Header(String),
+    Cookie(String),
+    SourceIp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutlierDetection {
+    pub consecutive_5xx: u32,
+    pub consecutive_gateway_errors: Option<u32>,
+    pub interval: Duration,
+    pub base_ejection_time: Duration,
+    pub max_ejection_percent: u32,
+    pub success_rate: Option<SuccessRate>,
+    pub failure_percentage: Option<FailurePercentage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SuccessRate {
+    pub minimum_hosts: u32,
+    pub request_volume: u32,
+    /// Envoy's unit: the factor times 1000.
+    pub stdev_factor_milli: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailurePercentage {
+    pub threshold: u32,
+    pub minimum_hosts: u32,
+    pub request_volume: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// `None` means a TCP connect check.
+    pub path: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub unhealthy_threshold: u32,
+    pub healthy_threshold: u32,
+    pub wait_for_first_check: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retries {
+    pub attempts: u32,
+    pub on: Vec<String>,
+    pub per_try_timeout: Option<Duration>,
+}
+
+/// Per-service traffic policy; every field has the default documented in the README.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub load_balancing: LoadBalancing,
+    pub outlier_detection: Option<OutlierDetection>,
+    pub health_check: Option<HealthCheck>,
+    pub slow_start: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub connect_timeout: Duration,
+    pub retries: Retries,
+    pub panic_threshold: Percent,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +282,10 @@ pub struct Version {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub address: SocketAddr,
+    /// Relative load-balancing weight (weighted round robin); `None` is Envoy's default of 1.
+    pub weight: Option<u32>,
+    /// Sent as `DRAINING`: no new requests, in-flight ones finish.
+    pub drain: bool,
 }
 
 impl Spec {

@@ -46,15 +46,18 @@ fn parses_the_readme_example() {
     let svc = &spec.services["checkout"];
     assert_eq!(
         svc.strategy,
-        Strategy::Active {
-            version: "blue".into()
+        Strategy::BlueGreen {
+            active: "blue".into(),
+            preview: None
         }
     );
     assert_eq!(svc.versions["blue"].endpoints.len(), 2);
     assert_eq!(
         svc.versions["green"].endpoints,
         vec![Endpoint {
-            address: "127.0.0.1:8083".parse().unwrap()
+            address: "127.0.0.1:8083".parse().unwrap(),
+            weight: None,
+            drain: false,
         }]
     );
 }
@@ -73,7 +76,7 @@ fn unknown_key_suggests_the_closest() {
     let text = GOOD.replace("active: blue", "activ: blue");
     assert_eq!(
         problem(&text),
-        "deploy.yaml:12:5: unknown key `activ` (did you mean `active`?); valid keys here: `versions`, `active`"
+        "deploy.yaml:12:5: unknown key `activ` (did you mean `active`?); valid keys here: `versions`, `active`, `strategy`, `mirror`, `rules`, `load_balancing`, `outlier_detection`, `health_check`, `slow_start`, `timeout`, `connect_timeout`, `retries`, `panic_threshold`"
     );
     let text = GOOD.replace("routes:", "routs:");
     assert!(
@@ -149,11 +152,11 @@ services:
             "deploy.yaml:19:43: endpoint 127.0.0.1:8081 is listed twice in services.checkout.versions.blue",
             "deploy.yaml:19:59: invalid endpoint \"localhost:80\" in services.checkout.versions.blue: write IP:PORT, e.g. 127.0.0.1:8081",
             "deploy.yaml:19:73: endpoint \"127.0.0.1:0\" has port 0: give the port the version listens on",
-            "deploy.yaml:21:13: version \"green\" of service \"checkout\" gets traffic but has no endpoints: add endpoints or send traffic to another version",
+            "deploy.yaml:21:13: version \"green\" of service \"checkout\" gets traffic but has no endpoints: add endpoints or send the traffic to another version",
             "deploy.yaml:22:3: invalid service name \"bad/name\": use 1 to 64 letters, digits, '-', '_' or '.'",
             "deploy.yaml:23:15: service \"bad/name\" has no versions: add one under `versions:` with its endpoints",
             "deploy.yaml:24:13: unknown version \"x\" in services.bad/name.active (versions are: none)",
-            "deploy.yaml:25:3: service \"quiet\" does not say which version gets traffic: add `active: <version>` (versions are: v1)",
+            "deploy.yaml:25:3: service \"quiet\" does not say which version gets traffic: add `active: <version>` or a `strategy` (versions are: v1)",
         ]
     );
 }

@@ -2,12 +2,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde_saphyr::{Location, Spanned};
 
-use super::raw::{Entries, RawListener, RawService, RawSpec};
+use super::raw::{
+    Entries, RawEndpoint, RawListener, RawPreview, RawRule, RawService, RawSpec, RawStrategy,
+    Scalar,
+};
 use super::{
-    Endpoint, Listener, PathMatch, Problem, Route, Service, Spec, SpecError, Strategy, Version,
+    Condition, Endpoint, Listener, Mirror, PathMatch, Percent, Preview, Problem, Route, Rule,
+    Service, Spec, SpecError, Sticky, Strategy, Version,
 };
 
 /// Parses and validates a deployment file. `file` is only used in messages.
@@ -94,12 +99,12 @@ pub(crate) fn closest<'a>(
 }
 
 #[derive(Default)]
-struct Validator {
+pub(super) struct Validator {
     problems: Vec<Problem>,
 }
 
 impl Validator {
-    fn at(&mut self, loc: &Location, message: impl Into<String>) {
+    pub(super) fn at(&mut self, loc: &Location, message: impl Into<String>) {
         self.problems.push(Problem {
             line: loc.line().max(1),
             column: loc.column().max(1),
@@ -304,36 +309,7 @@ impl Validator {
                 self.at(&vname.referenced, msg);
                 continue;
             }
-            let mut endpoints = Vec::new();
-            let mut seen = BTreeSet::new();
-            for e in &v.value.endpoints {
-                match e.value.parse::<SocketAddr>() {
-                    Ok(address) if address.port() == 0 => {
-                        let msg = format!(
-                            "endpoint \"{}\" has port 0: give the port the version listens on",
-                            e.value
-                        );
-                        self.at(&e.referenced, msg);
-                    }
-                    Ok(address) => {
-                        if !seen.insert(address) {
-                            let msg = format!(
-                                "endpoint {address} is listed twice in services.{name}.versions.{}",
-                                vname.value
-                            );
-                            self.at(&e.referenced, msg);
-                        }
-                        endpoints.push(Endpoint { address });
-                    }
-                    Err(_) => {
-                        let msg = format!(
-                            "invalid endpoint \"{}\" in services.{name}.versions.{}: write IP:PORT, e.g. 127.0.0.1:8081",
-                            e.value, vname.value
-                        );
-                        self.at(&e.referenced, msg);
-                    }
-                }
-            }
+            let endpoints = self.endpoints(name, &vname.value, &v.value.endpoints);
             versions.insert(vname.value.clone(), Version { endpoints });
         }
         let names: Vec<&str> = raw_versions
@@ -342,52 +318,387 @@ impl Validator {
             .iter()
             .map(|(k, _)| k.value.as_str())
             .collect();
-        let strategy = match &raw.active {
-            None => {
-                let msg = format!(
-                    "service \"{name}\" does not say which version gets traffic: add `active: <version>` (versions are: {})",
-                    list_or_none(&names)
-                );
-                self.at(name_loc, msg);
+        let refs = VersionRefs {
+            service: name,
+            names: &names,
+        };
+
+        let (strategy, shadow_mirror) = self.strategy(name, name_loc, raw, &refs)?;
+        let mirror = match (&raw.mirror, shadow_mirror) {
+            (Some(m), Some(_)) => {
+                self.at(&m.referenced, format!("service \"{name}\" already mirrors with its shadow strategy: remove `mirror`"));
                 return None;
             }
-            Some(active) => {
-                if !names.contains(&active.value.as_str()) {
-                    let mut msg = format!(
-                        "unknown version \"{}\" in services.{name}.active (versions are: {})",
-                        active.value,
-                        list_or_none(&names)
-                    );
-                    if let Some(best) = closest(&active.value, names.iter().copied()) {
-                        msg.push_str(&format!("; did you mean \"{best}\"?"));
-                    }
-                    self.at(&active.referenced, msg);
-                    return None;
-                }
-                Strategy::Active {
-                    version: active.value.clone(),
-                }
+            (Some(m), None) => {
+                let version = self.version_ref(&m.value.version, "mirror.version", &refs)?;
+                let percent = self.percent_or(
+                    m.value.percent.as_ref(),
+                    "mirror.percent",
+                    Percent::from_ppm(Percent::MILLION),
+                )?;
+                Some((Mirror { version, percent }, m.value.version.referenced))
             }
+            (None, shadow) => shadow,
         };
-        for serving in strategy.serving_versions() {
-            if versions
-                .get(serving)
-                .is_some_and(|v: &Version| v.endpoints.is_empty())
+        if let Some((m, loc)) = &mirror
+            && strategy.serving_versions().contains(&m.version.as_str())
+        {
             {
-                let loc = raw
-                    .active
-                    .as_ref()
-                    .map(|a| a.referenced)
-                    .unwrap_or(*name_loc);
                 let msg = format!(
-                    "version \"{serving}\" of service \"{name}\" gets traffic but has no endpoints: add endpoints or send traffic to another version"
+                    "version \"{}\" of service \"{name}\" answers requests and cannot also be their mirror: mirror a version that gets no traffic",
+                    m.version
+                );
+                self.at(loc, msg);
+            }
+        }
+
+        let mut rules = Vec::new();
+        for r in &raw.rules {
+            if let Some(rule) = self.rule(&r.value, &refs) {
+                rules.push((rule, r.value.version.referenced));
+            }
+        }
+
+        // Every version that gets requests needs somewhere to send them.
+        let mut receiving: Vec<(&str, Location, &str)> = strategy
+            .serving_versions()
+            .into_iter()
+            .map(|v| (v, self.strategy_loc(raw, name_loc), "gets traffic"))
+            .collect();
+        if let Some((m, loc)) = &mirror {
+            receiving.push((m.version.as_str(), *loc, "receives mirrored traffic"));
+        }
+        for (rule, loc) in &rules {
+            receiving.push((rule.version.as_str(), *loc, "gets traffic from a rule"));
+        }
+        for (v, loc, what) in receiving {
+            let Some(version) = versions.get(v) else {
+                continue;
+            };
+            if version.endpoints.is_empty() {
+                let msg = format!(
+                    "version \"{v}\" of service \"{name}\" {what} but has no endpoints: add endpoints or send the traffic to another version"
+                );
+                self.at(&loc, msg);
+            } else if version.endpoints.iter().all(|e| e.drain) {
+                let msg = format!(
+                    "version \"{v}\" of service \"{name}\" {what} but every endpoint is draining: add an endpoint that is not draining first, or move the traffic"
                 );
                 self.at(&loc, msg);
             }
         }
-        Some(Service { versions, strategy })
+
+        let policy = self.policy(name, raw)?;
+        Some(Service {
+            versions,
+            strategy,
+            mirror: mirror.map(|(m, _)| m),
+            rules: rules.into_iter().map(|(r, _)| r).collect(),
+            policy,
+        })
+    }
+
+    fn strategy_loc(&self, raw: &RawService, name_loc: &Location) -> Location {
+        raw.strategy
+            .as_ref()
+            .map(|s| s.referenced)
+            .or(raw.active.as_ref().map(|a| a.referenced))
+            .unwrap_or(*name_loc)
+    }
+
+    /// The strategy, and the mirror a shadow strategy brings with it.
+    fn strategy(
+        &mut self,
+        name: &str,
+        name_loc: &Location,
+        raw: &RawService,
+        refs: &VersionRefs<'_>,
+    ) -> Option<(Strategy, Option<(Mirror, Location)>)> {
+        let raw_strategy = match (&raw.active, &raw.strategy) {
+            (Some(active), None) => {
+                let active = self.version_ref(active, "active", refs)?;
+                return Some((
+                    Strategy::BlueGreen {
+                        active,
+                        preview: None,
+                    },
+                    None,
+                ));
+            }
+            (None, Some(s)) => s,
+            (Some(active), Some(_)) => {
+                let msg = format!(
+                    "service \"{name}\" has both `active` and `strategy`: `active: v` is short for `strategy: {{ blue-green: {{ active: v }} }}`; keep one"
+                );
+                self.at(&active.referenced, msg);
+                return None;
+            }
+            (None, None) => {
+                let msg = format!(
+                    "service \"{name}\" does not say which version gets traffic: add `active: <version>` or a `strategy` (versions are: {})",
+                    list_or_none(refs.names)
+                );
+                self.at(name_loc, msg);
+                return None;
+            }
+        };
+        let strategy = match &raw_strategy.value {
+            RawStrategy::BlueGreen(bg) => Strategy::BlueGreen {
+                active: self.version_ref(&bg.active, "strategy.blue-green.active", refs)?,
+                preview: self.preview(bg.preview.as_ref()),
+            },
+            RawStrategy::RedBlack(rb) => Strategy::RedBlack {
+                active: self.version_ref(&rb.active, "strategy.red-black.active", refs)?,
+                grace: self.duration_or(rb.grace.as_ref(), "grace", DEFAULT_GRACE)?,
+                preview: self.preview(rb.preview.as_ref()),
+            },
+            RawStrategy::Canary(c) => {
+                let stable = self.version_ref(&c.stable, "strategy.canary.stable", refs);
+                let canary = self.version_ref(&c.canary, "strategy.canary.canary", refs);
+                let weight = self.percent(&c.weight, "strategy.canary.weight");
+                let sticky = match &c.sticky {
+                    None => None,
+                    Some(s) => Some(Sticky {
+                        cookie: match &s.value.cookie {
+                            Some(cookie) => self.token(cookie, "cookie")?,
+                            None => format!("cutover-{name}"),
+                        },
+                        ttl: self.duration_or(s.value.ttl.as_ref(), "ttl", DEFAULT_STICKY_TTL)?,
+                    }),
+                };
+                let (stable, canary, weight) = (stable?, canary?, weight?);
+                if stable == canary {
+                    let msg = format!(
+                        "the canary of service \"{name}\" is its stable version \"{stable}\": name two different versions"
+                    );
+                    self.at(&c.canary.referenced, msg);
+                    return None;
+                }
+                Strategy::Canary {
+                    stable,
+                    canary,
+                    weight,
+                    sticky,
+                }
+            }
+            RawStrategy::Shadow(sh) => {
+                let primary = self.version_ref(&sh.primary, "strategy.shadow.primary", refs)?;
+                let version = self.version_ref(&sh.mirror, "strategy.shadow.mirror", refs)?;
+                let percent = self.percent_or(
+                    sh.percent.as_ref(),
+                    "strategy.shadow.percent",
+                    Percent::from_ppm(Percent::MILLION),
+                )?;
+                return Some((
+                    Strategy::Shadow { primary },
+                    Some((Mirror { version, percent }, sh.mirror.referenced)),
+                ));
+            }
+        };
+        Some((strategy, None))
+    }
+
+    fn preview(&mut self, raw: Option<&Spanned<RawPreview>>) -> Option<Preview> {
+        let raw = raw?;
+        let header = match &raw.value.header {
+            Some(h) => self.token(h, "header")?.to_ascii_lowercase(),
+            None => DEFAULT_PREVIEW_HEADER.to_owned(),
+        };
+        Some(Preview { header })
+    }
+
+    fn rule(&mut self, raw: &RawRule, refs: &VersionRefs<'_>) -> Option<Rule> {
+        let version = self.version_ref(&raw.version, "rules[].version", refs);
+        let m = &raw.matcher.value;
+        let mut conditions = Vec::new();
+        for (k, v) in &m.header.0 {
+            let name = self.token(k, "header")?.to_ascii_lowercase();
+            conditions.push(Condition::Header {
+                name,
+                value: v.value.0.clone(),
+            });
+        }
+        for (k, v) in &m.cookie.0 {
+            let name = self.token(k, "cookie")?;
+            conditions.push(Condition::Cookie {
+                name,
+                value: v.value.0.clone(),
+            });
+        }
+        for (k, v) in &m.query.0 {
+            conditions.push(Condition::Query {
+                name: k.value.clone(),
+                value: v.value.0.clone(),
+            });
+        }
+        if let Some(p) = &m.prefix {
+            conditions.push(Condition::Prefix(self.path(p, "prefix")?));
+        }
+        if conditions.is_empty() {
+            self.at(
+                &raw.matcher.referenced,
+                "a rule needs at least one `header`, `cookie`, `query` or `prefix` to match",
+            );
+            return None;
+        }
+        Some(Rule {
+            conditions,
+            version: version?,
+        })
+    }
+
+    fn endpoints(
+        &mut self,
+        service: &str,
+        version: &str,
+        raw: &[Spanned<RawEndpoint>],
+    ) -> Vec<Endpoint> {
+        let mut endpoints = Vec::new();
+        let mut seen = BTreeSet::new();
+        for e in raw {
+            let text = &e.value.address;
+            match text.parse::<SocketAddr>() {
+                Ok(address) if address.port() == 0 => {
+                    let msg = format!(
+                        "endpoint \"{text}\" has port 0: give the port the version listens on"
+                    );
+                    self.at(&e.referenced, msg);
+                }
+                Ok(address) => {
+                    if !seen.insert(address) {
+                        let msg = format!(
+                            "endpoint {address} is listed twice in services.{service}.versions.{version}"
+                        );
+                        self.at(&e.referenced, msg);
+                    }
+                    if e.value.weight == Some(0) {
+                        let msg = format!(
+                            "endpoint {address} has weight 0: weights start at 1 (use `drain: true` to stop new requests)"
+                        );
+                        self.at(&e.referenced, msg);
+                    }
+                    endpoints.push(Endpoint {
+                        address,
+                        weight: e.value.weight,
+                        drain: e.value.drain,
+                    });
+                }
+                Err(_) => {
+                    let msg = format!(
+                        "invalid endpoint \"{text}\" in services.{service}.versions.{version}: write IP:PORT, e.g. 127.0.0.1:8081"
+                    );
+                    self.at(&e.referenced, msg);
+                }
+            }
+        }
+        endpoints
+    }
+
+    /// A reference to a version of the service.
+    fn version_ref(
+        &mut self,
+        v: &Spanned<String>,
+        key: &str,
+        refs: &VersionRefs<'_>,
+    ) -> Option<String> {
+        if refs.names.contains(&v.value.as_str()) {
+            return Some(v.value.clone());
+        }
+        let mut msg = format!(
+            "unknown version \"{}\" in services.{}.{key} (versions are: {})",
+            v.value,
+            refs.service,
+            list_or_none(refs.names)
+        );
+        if let Some(best) = closest(&v.value, refs.names.iter().copied()) {
+            msg.push_str(&format!("; did you mean \"{best}\"?"));
+        }
+        self.at(&v.referenced, msg);
+        None
+    }
+
+    pub(super) fn duration(&mut self, d: &Spanned<String>, key: &str) -> Option<Duration> {
+        match humantime::parse_duration(d.value.trim()) {
+            Ok(v) if !v.is_zero() => Some(v),
+            Ok(_) => {
+                self.at(&d.referenced, format!("`{key}` must be longer than 0"));
+                None
+            }
+            Err(_) => {
+                let msg = format!(
+                    "invalid duration \"{}\" for `{key}`: write e.g. 500ms, 5s, 2m or 1h",
+                    d.value
+                );
+                self.at(&d.referenced, msg);
+                None
+            }
+        }
+    }
+
+    pub(super) fn duration_or(
+        &mut self,
+        d: Option<&Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Option<Duration> {
+        match d {
+            Some(d) => self.duration(d, key),
+            None => Some(default),
+        }
+    }
+
+    fn percent(&mut self, p: &Spanned<Scalar>, key: &str) -> Option<Percent> {
+        let parsed = Percent::parse(&p.value.0);
+        if parsed.is_none() {
+            let msg = format!(
+                "invalid percentage \"{}\" for `{key}`: write a number from 0 to 100 with at most 4 decimals, e.g. 10, 0.5 or 25%",
+                p.value.0
+            );
+            self.at(&p.referenced, msg);
+        }
+        parsed
+    }
+
+    pub(super) fn percent_or(
+        &mut self,
+        p: Option<&Spanned<Scalar>>,
+        key: &str,
+        default: Option<Percent>,
+    ) -> Option<Percent> {
+        match p {
+            Some(p) => self.percent(p, key),
+            None => default,
+        }
+    }
+
+    /// An HTTP token (header or cookie name).
+    fn token(&mut self, t: &Spanned<String>, what: &str) -> Option<String> {
+        let valid = !t.value.is_empty()
+            && t.value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c));
+        if valid {
+            Some(t.value.clone())
+        } else {
+            let msg = format!(
+                "invalid {what} name \"{}\": use letters, digits and - _ . only",
+                t.value
+            );
+            self.at(&t.referenced, msg);
+            None
+        }
     }
 }
+
+/// The versions a service's strategy, mirror and rules may refer to.
+struct VersionRefs<'a> {
+    service: &'a str,
+    names: &'a [&'a str],
+}
+
+const DEFAULT_PREVIEW_HEADER: &str = "x-cutover-preview";
+const DEFAULT_GRACE: Duration = Duration::from_secs(300);
+const DEFAULT_STICKY_TTL: Duration = Duration::from_secs(24 * 3600);
 
 fn list_or_none(names: &[&str]) -> String {
     if names.is_empty() {

@@ -1,26 +1,54 @@
-//! One Envoy cluster (EDS, endpoints over ADS) and its load assignment per service version.
-
-use std::time::Duration;
+//! One Envoy cluster (EDS, endpoints over ADS) and its load assignment per service version,
+//! with the service's load balancing, outlier detection and health checks.
 
 use envoy_types::pb::envoy::config::cluster::v3::{
-    Cluster,
-    cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy},
+    Cluster, OutlierDetection,
+    cluster::{
+        ClusterDiscoveryType, CommonLbConfig, DiscoveryType, EdsClusterConfig, LbConfig, LbPolicy,
+        LeastRequestLbConfig, RoundRobinLbConfig, SlowStartConfig,
+    },
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, HealthStatus, SocketAddress, address, socket_address::PortSpecifier,
+    Address, HealthCheck, HealthStatus, SocketAddress, address,
+    health_check::{HealthChecker, HttpHealthCheck, TcpHealthCheck},
+    socket_address::PortSpecifier,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
 };
+use envoy_types::pb::envoy::r#type::v3::Percent as EnvoyPercent;
+use envoy_types::pb::google::protobuf::UInt32Value;
 
 use super::{ads_config_source, duration};
-use crate::spec::Version;
+use crate::spec::{self, LoadBalancing, Policy, Version};
 
-/// How long Envoy waits for a TCP connect to an upstream. Envoy's own default is 5 s; a version
-/// that does not accept a connection within a second is better reported quickly.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-
-pub(super) fn cluster(name: &str) -> Cluster {
+pub(super) fn cluster(name: &str, policy: &Policy) -> Cluster {
+    let slow_start_config = policy.slow_start.map(|window| SlowStartConfig {
+        slow_start_window: Some(duration(window)),
+        ..Default::default()
+    });
+    let (lb_policy, lb_config) = match &policy.load_balancing {
+        LoadBalancing::RoundRobin => (
+            LbPolicy::RoundRobin,
+            slow_start_config.map(|s| {
+                LbConfig::RoundRobinLbConfig(RoundRobinLbConfig {
+                    slow_start_config: Some(s),
+                })
+            }),
+        ),
+        LoadBalancing::LeastRequest => (
+            LbPolicy::LeastRequest,
+            slow_start_config.map(|s| {
+                LbConfig::LeastRequestLbConfig(LeastRequestLbConfig {
+                    slow_start_config: Some(s),
+                    ..Default::default()
+                })
+            }),
+        ),
+        LoadBalancing::Random => (LbPolicy::Random, None),
+        LoadBalancing::RingHash(_) => (LbPolicy::RingHash, None),
+        LoadBalancing::Maglev(_) => (LbPolicy::Maglev, None),
+    };
     Cluster {
         name: name.to_owned(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
@@ -28,8 +56,76 @@ pub(super) fn cluster(name: &str) -> Cluster {
             eds_config: Some(ads_config_source()),
             service_name: String::new(),
         }),
-        connect_timeout: Some(duration(CONNECT_TIMEOUT)),
-        lb_policy: LbPolicy::RoundRobin as i32,
+        connect_timeout: Some(duration(policy.connect_timeout)),
+        lb_policy: lb_policy as i32,
+        lb_config,
+        common_lb_config: Some(CommonLbConfig {
+            // Envoy's default of 50% would, once most endpoints drain or fail, spread traffic
+            // over all of them again, draining ones included.
+            healthy_panic_threshold: Some(EnvoyPercent {
+                value: policy.panic_threshold.as_f64(),
+            }),
+            ignore_new_hosts_until_first_hc: policy
+                .health_check
+                .as_ref()
+                .is_some_and(|h| h.wait_for_first_check),
+            ..Default::default()
+        }),
+        outlier_detection: policy.outlier_detection.as_ref().map(outlier_detection),
+        health_checks: policy.health_check.iter().map(health_check).collect(),
+        ..Default::default()
+    }
+}
+
+fn u32v(value: u32) -> Option<UInt32Value> {
+    Some(UInt32Value { value })
+}
+
+fn outlier_detection(o: &spec::OutlierDetection) -> OutlierDetection {
+    let mut out = OutlierDetection {
+        consecutive_5xx: u32v(o.consecutive_5xx),
+        interval: Some(duration(o.interval)),
+        base_ejection_time: Some(duration(o.base_ejection_time)),
+        max_ejection_percent: u32v(o.max_ejection_percent),
+        // Only what the file turns on is enforced; Envoy enforces success rate by default.
+        enforcing_success_rate: u32v(0),
+        ..Default::default()
+    };
+    if let Some(n) = o.consecutive_gateway_errors {
+        out.consecutive_gateway_failure = u32v(n);
+        out.enforcing_consecutive_gateway_failure = u32v(100);
+    }
+    if let Some(s) = &o.success_rate {
+        out.enforcing_success_rate = u32v(100);
+        out.success_rate_minimum_hosts = u32v(s.minimum_hosts);
+        out.success_rate_request_volume = u32v(s.request_volume);
+        out.success_rate_stdev_factor = u32v(s.stdev_factor_milli);
+    }
+    if let Some(f) = &o.failure_percentage {
+        out.enforcing_failure_percentage = u32v(100);
+        out.failure_percentage_threshold = u32v(f.threshold);
+        out.failure_percentage_minimum_hosts = u32v(f.minimum_hosts);
+        out.failure_percentage_request_volume = u32v(f.request_volume);
+    }
+    out
+}
+
+fn health_check(h: &spec::HealthCheck) -> HealthCheck {
+    let health_checker = match &h.path {
+        Some(path) => HealthChecker::HttpHealthCheck(HttpHealthCheck {
+            path: path.clone(),
+            ..Default::default()
+        }),
+        None => HealthChecker::TcpHealthCheck(TcpHealthCheck::default()),
+    };
+    HealthCheck {
+        timeout: Some(duration(h.timeout)),
+        interval: Some(duration(h.interval)),
+        unhealthy_threshold: u32v(h.unhealthy_threshold),
+        healthy_threshold: u32v(h.healthy_threshold),
+        // Check idle clusters (a warm blue-green colour) as often as busy ones.
+        no_traffic_interval: Some(duration(h.interval)),
+        health_checker: Some(health_checker),
         ..Default::default()
     }
 }
@@ -43,7 +139,12 @@ pub(super) fn load_assignment(name: &str, version: &Version) -> ClusterLoadAssig
                 address: Some(socket_address(e.address)),
                 ..Default::default()
             })),
-            health_status: HealthStatus::Unknown as i32,
+            health_status: if e.drain {
+                HealthStatus::Draining
+            } else {
+                HealthStatus::Unknown
+            } as i32,
+            load_balancing_weight: e.weight.and_then(u32v),
             ..Default::default()
         })
         .collect();

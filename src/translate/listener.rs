@@ -1,18 +1,17 @@
 //! Listeners (an HTTP connection manager that takes its routes over RDS) and their routes.
 
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
-use envoy_types::pb::envoy::config::route::v3::{
-    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action,
-    route_match::PathSpecifier,
-};
+use std::collections::BTreeSet;
+
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager::RouteSpecifier, http_filter,
 };
 
 use super::cluster::socket_address;
-use super::{ads_config_source, any};
-use crate::spec::{self, PathMatch, Spec};
+use super::{ads_config_source, any, routes};
+use crate::spec::{self, Spec};
 
 /// The RDS name of a listener's routes: the listener's own name, so the two read together.
 pub(crate) fn route_config_name(listener: &str) -> String {
@@ -49,25 +48,21 @@ pub(super) fn listener(l: &spec::Listener) -> Listener {
     }
 }
 
-pub(super) fn route_configuration(l: &spec::Listener, spec: &Spec) -> RouteConfiguration {
+pub(super) fn route_configuration(
+    l: &spec::Listener,
+    spec: &Spec,
+    retired: &BTreeSet<String>,
+) -> RouteConfiguration {
     let routes = l
         .routes
         .iter()
         .filter_map(|r| {
             let service = spec.services.get(&r.service)?;
-            let path_specifier = match &r.matcher {
-                PathMatch::Prefix(p) => PathSpecifier::Prefix(p.clone()),
-                PathMatch::Exact(p) => PathSpecifier::Path(p.clone()),
-            };
-            Some(Route {
-                r#match: Some(RouteMatch {
-                    path_specifier: Some(path_specifier),
-                    ..Default::default()
-                }),
-                action: Some(route::Action::Route(action(&r.service, &service.strategy))),
-                ..Default::default()
-            })
+            Some(routes::service_routes(
+                &r.matcher, &r.service, service, retired,
+            ))
         })
+        .flatten()
         .collect();
     RouteConfiguration {
         name: route_config_name(&l.name),
@@ -77,16 +72,6 @@ pub(super) fn route_configuration(l: &spec::Listener, spec: &Spec) -> RouteConfi
             routes,
             ..Default::default()
         }],
-        ..Default::default()
-    }
-}
-
-fn action(service: &str, strategy: &spec::Strategy) -> RouteAction {
-    let spec::Strategy::Active { version } = strategy;
-    RouteAction {
-        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(Spec::cluster_name(
-            service, version,
-        ))),
         ..Default::default()
     }
 }

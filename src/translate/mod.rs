@@ -9,8 +9,11 @@
 
 mod cluster;
 mod listener;
+mod routes;
 
 pub use cluster::socket_address;
+
+use std::collections::BTreeSet;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::{
@@ -34,17 +37,27 @@ pub struct Resources {
 
 /// Translates a spec into Envoy resources. Pure and deterministic.
 pub fn translate(spec: &Spec) -> Resources {
+    translate_with(spec, &BTreeSet::new())
+}
+
+/// Like [`translate`], leaving out the clusters named in `retired` (the idle versions of
+/// red-black services whose grace period is over) and every route to them.
+pub fn translate_with(spec: &Spec, retired: &BTreeSet<String>) -> Resources {
     let mut out = Resources::default();
     for (service_name, service) in &spec.services {
         for (version_name, version) in &service.versions {
             let name = Spec::cluster_name(service_name, version_name);
-            out.clusters.push(cluster::cluster(&name));
+            if retired.contains(&name) {
+                continue;
+            }
+            out.clusters.push(cluster::cluster(&name, &service.policy));
             out.endpoints.push(cluster::load_assignment(&name, version));
         }
     }
     for l in &spec.listeners {
         out.listeners.push(listener::listener(l));
-        out.routes.push(listener::route_configuration(l, spec));
+        out.routes
+            .push(listener::route_configuration(l, spec, retired));
     }
     out.clusters.sort_by(|a, b| a.name.cmp(&b.name));
     out.endpoints
