@@ -1,10 +1,11 @@
 //! Wires the stages together: file → spec → resources → snapshot → xDS streams, plus the admin
 //! API. Returns the addresses it actually bound so tests can ask for port 0.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
@@ -13,17 +14,24 @@ use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::{self, AdminState};
+use crate::retire::{RedBlack, Retiring};
 use crate::snapshot::Snapshot;
-use crate::spec::{self, SpecError};
-use crate::status::Registry;
-use crate::translate::translate;
+use crate::spec::{self, Spec, SpecError, Strategy};
+use crate::status::{MirrorReport, Registry, RetiringReport, ServiceReport};
+use crate::translate::translate_with;
 use crate::watch::FileWatcher;
 use crate::xds::server::{Ads, Cds, DiscoveryService, Eds, Lds, Rds, Shared};
 
-/// Parses, validates and translates a deployment file's text into a snapshot. Pure.
+/// Parses, validates and translates a deployment file's text into the snapshot a freshly
+/// started server would serve (red-black services with only their active version). Pure.
 pub fn compile(file_label: &str, text: &str) -> Result<Snapshot, SpecError> {
     let spec = spec::parse(file_label, text)?;
-    Ok(Snapshot::new(&translate(&spec)))
+    let mut red_black = RedBlack::default();
+    red_black.on_spec(None, &spec);
+    Ok(Snapshot::new(&translate_with(
+        &spec,
+        &red_black.retired(&spec),
+    )))
 }
 
 #[derive(Debug, Clone)]
@@ -118,13 +126,16 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
 }
 
 /// Reads the deployment file when it may have changed and publishes a snapshot when its content
-/// did. A file that cannot be read or is invalid leaves the last good snapshot in place.
+/// did, or when a red-black retirement is due. A file that cannot be read or is invalid leaves
+/// the last good snapshot in place.
 struct Loader {
     file: PathBuf,
     label: String,
     snapshots: watch::Sender<Option<Arc<Snapshot>>>,
     registry: Arc<Registry>,
     last_text: Option<String>,
+    spec: Option<Spec>,
+    red_black: RedBlack,
 }
 
 impl Loader {
@@ -139,18 +150,34 @@ impl Loader {
             snapshots,
             registry,
             last_text: None,
+            spec: None,
+            red_black: RedBlack::default(),
         }
     }
 
     async fn run(mut self, mut watcher: FileWatcher) -> anyhow::Result<()> {
+        let mut registry_changes = self.registry.changes();
         loop {
-            watcher.changed().await?;
-            self.reload();
+            let deadline = self.red_black.next_deadline();
+            tokio::select! {
+                changed = watcher.changed() => {
+                    changed?;
+                    self.reload();
+                }
+                _ = registry_changes.changed(), if self.red_black.awaiting_ack() => {
+                    self.check_synced();
+                }
+                _ = sleep_until_opt(deadline) => {
+                    if self.red_black.on_tick(Instant::now()) {
+                        self.publish();
+                    }
+                }
+            }
         }
     }
 
     fn reload(&mut self) {
-        let text = match read(&self.file) {
+        let text = match std::fs::read_to_string(&self.file) {
             Ok(text) => text,
             Err(err) => {
                 let msg = format!(
@@ -166,27 +193,16 @@ impl Loader {
         if self.last_text.as_deref() == Some(text.as_str()) {
             return;
         }
-        let started = std::time::Instant::now();
-        let result = compile(&self.label, &text);
+        let parsed = spec::parse(&self.label, &text);
         self.last_text = Some(text);
-        match result {
-            Ok(snapshot) => {
-                let version = snapshot.version.clone();
-                let changed = self.snapshots.send_if_modified(|current| {
-                    if current.as_ref().is_some_and(|c| c.version == version) {
-                        return false;
-                    }
-                    *current = Some(Arc::new(snapshot));
-                    true
-                });
-                if changed {
-                    tracing::info!(
-                        version,
-                        elapsed_us = started.elapsed().as_micros() as u64,
-                        "config loaded"
-                    );
-                }
+        match parsed {
+            Ok(spec) => {
+                self.red_black.on_spec(self.spec.as_ref(), &spec);
+                self.spec = Some(spec);
+                let version = self.publish();
                 self.registry.reloaded(&version);
+                // With no Envoy connected, nothing needs to ACK.
+                self.check_synced();
             }
             Err(err) => {
                 tracing::error!(
@@ -196,8 +212,122 @@ impl Loader {
             }
         }
     }
+
+    /// Translates the current spec without the retired versions and publishes it if it differs
+    /// from what is served. Returns the version served.
+    fn publish(&mut self) -> String {
+        let spec = self.spec.as_ref().expect("publish after a valid load");
+        let started = std::time::Instant::now();
+        let retired = self.red_black.retired(spec);
+        let snapshot = Snapshot::new(&translate_with(spec, &retired));
+        let version = snapshot.version.clone();
+        let changed = self.snapshots.send_if_modified(|current| {
+            if current.as_ref().is_some_and(|c| c.version == version) {
+                return false;
+            }
+            *current = Some(Arc::new(snapshot));
+            true
+        });
+        if changed {
+            tracing::info!(
+                version,
+                elapsed_us = started.elapsed().as_micros() as u64,
+                retired = retired.len(),
+                "config published"
+            );
+        }
+        self.registry.serving(&version);
+        self.report_services(&retired);
+        version
+    }
+
+    fn check_synced(&mut self) {
+        if !self.red_black.awaiting_ack() {
+            return;
+        }
+        let (Some(spec), Some(version)) = (
+            self.spec.as_ref(),
+            self.snapshots.borrow().as_ref().map(|s| s.version.clone()),
+        ) else {
+            return;
+        };
+        if self.registry.all_synced_to(&version) {
+            self.red_black.on_synced(spec, Instant::now());
+            let retired = self.red_black.retired(spec);
+            self.report_services(&retired);
+        }
+    }
+
+    fn report_services(&self, retired: &BTreeSet<String>) {
+        let Some(spec) = &self.spec else { return };
+        let now = Instant::now();
+        let services = spec
+            .services
+            .iter()
+            .map(|(name, service)| {
+                let retiring = self
+                    .red_black
+                    .kept(name)
+                    .into_iter()
+                    .flatten()
+                    .map(|(version, state)| RetiringReport {
+                        version: version.clone(),
+                        awaiting_ack: *state == Retiring::AwaitingAck,
+                        retires_in_seconds: match state {
+                            Retiring::Until(t) => {
+                                Some(t.saturating_duration_since(now).as_secs_f64())
+                            }
+                            Retiring::AwaitingAck => None,
+                        },
+                    })
+                    .collect();
+                let report = ServiceReport {
+                    strategy: service.strategy.name(),
+                    split: split(&service.strategy),
+                    mirror: service.mirror.as_ref().map(|m| MirrorReport {
+                        version: m.version.clone(),
+                        percent: m.percent.as_f64(),
+                    }),
+                    rules: service.rules.len(),
+                    deployed: service
+                        .versions
+                        .keys()
+                        .filter(|v| !retired.contains(&Spec::cluster_name(name, v)))
+                        .cloned()
+                        .collect(),
+                    retiring,
+                    synced: false,
+                };
+                (name.clone(), report)
+            })
+            .collect();
+        self.registry.set_services(services);
+    }
 }
 
-fn read(path: &Path) -> std::io::Result<String> {
-    std::fs::read_to_string(path)
+/// Percent of answered requests per version.
+fn split(strategy: &Strategy) -> BTreeMap<String, f64> {
+    match strategy {
+        Strategy::Canary {
+            stable,
+            canary,
+            weight,
+            ..
+        } => BTreeMap::from([
+            (stable.clone(), 100.0 - weight.as_f64()),
+            (canary.clone(), weight.as_f64()),
+        ]),
+        other => other
+            .serving_versions()
+            .into_iter()
+            .map(|v| (v.to_owned(), 100.0))
+            .collect(),
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
 }

@@ -65,12 +65,9 @@ pub enum Strategy {
         active: String,
         preview: Option<Preview>,
     },
-    /// Blue-green whose idle versions are retired `grace` after every Envoy ACKed the switch.
-    RedBlack {
-        active: String,
-        grace: Duration,
-        preview: Option<Preview>,
-    },
+    /// Only the active version is deployed; after a switch the previous one is kept for
+    /// rollback until every Envoy ACKed the switch and `grace` passed (see [`crate::retire`]).
+    RedBlack { active: String, grace: Duration },
     /// `weight` of the requests go to `canary`, the rest to `stable`.
     Canary {
         stable: String,
@@ -115,9 +112,7 @@ impl Strategy {
 
     pub fn preview(&self) -> Option<&Preview> {
         match self {
-            Strategy::BlueGreen { preview, .. } | Strategy::RedBlack { preview, .. } => {
-                preview.as_ref()
-            }
+            Strategy::BlueGreen { preview, .. } => preview.as_ref(),
             _ => None,
         }
     }

@@ -48,9 +48,44 @@ pub struct NodeReport {
     /// `ads`, or the single type a per-type stream carries.
     pub stream: String,
     pub connected_since: String,
-    /// Every subscribed type ACKed at the current config version, nothing pending.
+    /// The config version this stream is converging to.
+    pub config_version: Option<String>,
+    /// Every subscribed type ACKed at `config_version`, nothing pending.
     pub in_sync: bool,
     pub types: BTreeMap<&'static str, TypeReport>,
+}
+
+/// A kept idle version of a red-black service.
+#[derive(Debug, Clone, Serialize)]
+pub struct RetiringReport {
+    pub version: String,
+    /// Still waiting for every connected Envoy to ACK the switch.
+    pub awaiting_ack: bool,
+    /// Seconds until the cluster is removed, once the grace period runs.
+    pub retires_in_seconds: Option<f64>,
+}
+
+/// What the file asks of one service, and what cutover serves for it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceReport {
+    pub strategy: &'static str,
+    /// Percent of answered requests per version.
+    pub split: BTreeMap<String, f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorReport>,
+    pub rules: usize,
+    /// Versions whose clusters are served (red-black services serve fewer than they list).
+    pub deployed: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub retiring: Vec<RetiringReport>,
+    /// Every connected Envoy has ACKed the current config.
+    pub synced: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MirrorReport {
+    pub version: String,
+    pub percent: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -58,6 +93,7 @@ pub struct StatusReport {
     pub file: String,
     pub config_version: Option<String>,
     pub last_reload: Option<ReloadStatus>,
+    pub services: BTreeMap<String, ServiceReport>,
     pub nodes: Vec<NodeReport>,
 }
 
@@ -66,6 +102,7 @@ struct Inner {
     file: PathBuf,
     config_version: Option<String>,
     last_reload: Option<ReloadStatus>,
+    services: BTreeMap<String, ServiceReport>,
     next_id: u64,
     streams: BTreeMap<u64, NodeReport>,
     pushes: [u64; 4],
@@ -104,6 +141,23 @@ impl Registry {
         r
     }
 
+    pub fn set_services(&self, services: BTreeMap<String, ServiceReport>) {
+        self.with(|i| i.services = services);
+    }
+
+    /// Whether every connected Envoy has ACKed everything of `version` (true with none).
+    pub fn all_synced_to(&self, version: &str) -> bool {
+        let i = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        i.streams
+            .values()
+            .all(|s| s.in_sync && s.config_version.as_deref() == Some(version))
+    }
+
+    /// Records the config version now served (a reload or a retirement).
+    pub fn serving(&self, version: &str) {
+        self.with(|i| i.config_version = Some(version.to_owned()));
+    }
+
     pub fn reloaded(&self, version: &str) {
         self.with(|i| {
             i.config_version = Some(version.to_owned());
@@ -140,6 +194,7 @@ impl Registry {
                         Mode::Single(ty) => ty.short().to_owned(),
                     },
                     connected_since: now(),
+                    config_version: None,
                     in_sync: false,
                     types: BTreeMap::new(),
                 },
@@ -163,6 +218,7 @@ impl Registry {
                 report.cluster.clone_from(&node.cluster);
             }
             report.in_sync = stream.in_sync();
+            report.config_version = stream.snapshot_version().map(str::to_owned);
             for ty in ResourceType::ALL {
                 let TypeStatus {
                     acked,
@@ -214,6 +270,14 @@ impl Registry {
             file: i.file.display().to_string(),
             config_version: i.config_version.clone(),
             last_reload: i.last_reload.clone(),
+            services: {
+                let synced = all_synced(&i);
+                let mut services = i.services.clone();
+                for s in services.values_mut() {
+                    s.synced = synced;
+                }
+                services
+            },
             nodes: i.streams.values().cloned().collect(),
         }
     }
@@ -224,6 +288,12 @@ impl Registry {
         let synced = i.streams.values().filter(|s| s.in_sync).count();
         (synced, i.streams.len())
     }
+}
+
+fn all_synced(i: &Inner) -> bool {
+    i.streams
+        .values()
+        .all(|s| s.in_sync && s.config_version == i.config_version)
 }
 
 fn now() -> String {

@@ -296,3 +296,131 @@ async fn not_ready_until_a_valid_file_is_loaded() {
     }
     assert!(ready, "ready after a valid save");
 }
+
+/// Answers every response the way Envoy does: subscribes to the endpoints of the clusters and
+/// the routes of the listeners it receives, then ACKs.
+async fn ack(client: &Client, r: &DiscoveryResponse) {
+    use envoy_types::pb::envoy::config::listener::v3::Listener;
+    match r.type_url.as_str() {
+        CDS => {
+            let names: Vec<String> = r
+                .resources
+                .iter()
+                .map(|a| Cluster::decode(a.value.as_slice()).unwrap().name)
+                .collect();
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            client.send(EDS, "", "", &names).await;
+            client.ack(r, &[]).await;
+        }
+        LDS => {
+            let names: Vec<String> = r
+                .resources
+                .iter()
+                .map(|a| Listener::decode(a.value.as_slice()).unwrap().name)
+                .collect();
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            client.send(RDS, "", "", &names).await;
+            client.ack(r, &[]).await;
+        }
+        _ => {
+            let names: Vec<String> = r
+                .resources
+                .iter()
+                .map(|a| match r.type_url.as_str() {
+                    EDS => {
+                        envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(
+                            a.value.as_slice(),
+                        )
+                        .unwrap()
+                        .cluster_name
+                    }
+                    _ => RouteConfiguration::decode(a.value.as_slice()).unwrap().name,
+                })
+                .collect();
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            client.ack(r, &names).await;
+        }
+    }
+}
+
+fn cluster_names(r: &DiscoveryResponse) -> Vec<String> {
+    r.resources
+        .iter()
+        .map(|a| Cluster::decode(a.value.as_slice()).unwrap().name)
+        .collect()
+}
+
+#[tokio::test]
+async fn red_black_retires_the_old_version_only_after_every_envoy_acked_and_the_grace() {
+    let red_black = |active: &str| {
+        DEPLOY
+            .replace("blue", "red")
+            .replace("green", "black")
+            .replace(
+                "    active: red\n",
+                &format!("    strategy:\n      red-black: {{ active: {active}, grace: 300ms }}\n"),
+            )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("deploy.yaml");
+    std::fs::write(&file, red_black("red")).unwrap();
+    let server = app::start(ServeOptions {
+        file: file.clone(),
+        ads: "127.0.0.1:0".parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+    })
+    .await
+    .unwrap();
+    let mut client = Client::connect(server.ads_addr).await;
+    client.send(CDS, "", "", &[]).await;
+    client.send(LDS, "", "", &[]).await;
+    let cds = client.recv().await;
+    assert_eq!(
+        cluster_names(&cds),
+        ["checkout/red"],
+        "only the active version is deployed"
+    );
+    ack(&client, &cds).await;
+    for _ in 0..3 {
+        let r = client.recv().await;
+        ack(&client, &r).await;
+    }
+    wait_in_sync(&server).await;
+
+    // Switch: black is added, the routes move, red stays for rollback.
+    std::fs::write(&file, red_black("black")).unwrap();
+    let cds = client.recv().await;
+    assert_eq!(cluster_names(&cds), ["checkout/black", "checkout/red"]);
+    ack(&client, &cds).await;
+    let eds = client.recv().await;
+    assert_eq!(eds.type_url, EDS);
+    ack(&client, &eds).await;
+    let rds = client.recv().await;
+    assert_eq!(rds.type_url, RDS);
+    assert_eq!(route_cluster(&rds), "checkout/black");
+
+    // The routes are not ACKed: red must stay however long we wait.
+    client.expect_nothing().await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    client.expect_nothing().await;
+    let status = server.registry.report();
+    let retiring = &status.services["checkout"].retiring;
+    assert_eq!(retiring[0].version, "red");
+    assert!(retiring[0].awaiting_ack);
+
+    // ACKed: red goes after the grace period, not before.
+    let acked = std::time::Instant::now();
+    ack(&client, &rds).await;
+    let removal = client.recv().await;
+    let waited = acked.elapsed();
+    assert_eq!(cluster_names(&removal), ["checkout/black"]);
+    assert!(
+        waited >= Duration::from_millis(250),
+        "retired after {waited:?}, before the 300ms grace"
+    );
+    ack(&client, &removal).await;
+    wait_in_sync(&server).await;
+    let status = server.registry.report();
+    assert_eq!(status.services["checkout"].deployed, ["black"]);
+    assert!(status.services["checkout"].retiring.is_empty());
+}

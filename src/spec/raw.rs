@@ -62,7 +62,7 @@ pub struct RawService {
 pub enum RawStrategy {
     BlueGreen(RawBlueGreen),
     RedBlack(RawRedBlack),
-    Canary(RawCanary),
+    Canary(Box<RawCanary>),
     Shadow(RawShadow),
 }
 
@@ -78,7 +78,6 @@ pub struct RawBlueGreen {
 pub struct RawRedBlack {
     pub active: Spanned<String>,
     pub grace: Option<Spanned<String>>,
-    pub preview: Option<Spanned<RawPreview>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -343,13 +343,11 @@ impl Validator {
         if let Some((m, loc)) = &mirror
             && strategy.serving_versions().contains(&m.version.as_str())
         {
-            {
-                let msg = format!(
-                    "version \"{}\" of service \"{name}\" answers requests and cannot also be their mirror: mirror a version that gets no traffic",
-                    m.version
-                );
-                self.at(loc, msg);
-            }
+            let msg = format!(
+                "version \"{}\" of service \"{name}\" answers requests and cannot also be their mirror: mirror a version that gets no traffic",
+                m.version
+            );
+            self.at(loc, msg);
         }
 
         let mut rules = Vec::new();
@@ -450,7 +448,6 @@ impl Validator {
             RawStrategy::RedBlack(rb) => Strategy::RedBlack {
                 active: self.version_ref(&rb.active, "strategy.red-black.active", refs)?,
                 grace: self.duration_or(rb.grace.as_ref(), "grace", DEFAULT_GRACE)?,
-                preview: self.preview(rb.preview.as_ref()),
             },
             RawStrategy::Canary(c) => {
                 let stable = self.version_ref(&c.stable, "strategy.canary.stable", refs);

@@ -209,6 +209,11 @@ impl Stream {
         self.node.as_ref()
     }
 
+    /// The config version this stream is converging to.
+    pub fn snapshot_version(&self) -> Option<&str> {
+        self.snapshot.as_ref().map(|s| s.version.as_str())
+    }
+
     pub fn status(&self, ty: ResourceType) -> TypeStatus {
         let st = &self.types[ty.index()];
         TypeStatus {
