@@ -195,3 +195,162 @@ fn idle_versions_may_have_no_endpoints() {
             .is_empty()
     );
 }
+
+fn service(body: &str) -> String {
+    format!(
+        "listeners:\n  - name: public\n    address: 127.0.0.1:10000\n    routes:\n      - match: {{ prefix: / }}\n        service: checkout\nservices:\n  checkout:\n    versions:\n      v1: {{ endpoints: [127.0.0.1:8081] }}\n      v2: {{ endpoints: [127.0.0.1:8082] }}\n{body}"
+    )
+}
+
+#[test]
+fn percentages() {
+    let p = |t: &str| Percent::parse(t).map(Percent::ppm);
+    assert_eq!(p("10"), Some(100_000));
+    assert_eq!(p("0.5"), Some(5_000));
+    assert_eq!(p("0.5%"), Some(5_000));
+    assert_eq!(p("100"), Some(1_000_000));
+    assert_eq!(p("0"), Some(0));
+    assert_eq!(p("33.3333"), Some(333_333));
+    assert_eq!(p("100.1"), None);
+    assert_eq!(p("0.00001"), None);
+    assert_eq!(p("-1"), None);
+    assert_eq!(p("ten"), None);
+}
+
+#[test]
+fn canary_with_sticky_defaults() {
+    let spec = parse(
+        "d.yaml",
+        &service(
+            "    strategy:\n      canary: { stable: v1, canary: v2, weight: 0.5, sticky: {} }\n",
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        spec.services["checkout"].strategy,
+        Strategy::Canary {
+            stable: "v1".into(),
+            canary: "v2".into(),
+            weight: Percent::from_ppm(5_000).unwrap(),
+            sticky: Some(Sticky {
+                cookie: "cutover-checkout".into(),
+                ttl: std::time::Duration::from_secs(86_400)
+            }),
+        }
+    );
+}
+
+#[test]
+fn strategy_problems_point_at_their_values() {
+    assert_eq!(
+        problem(&service(
+            "    strategy:\n      canary: { stable: v1, canary: v3, weight: 10 }\n"
+        )),
+        "deploy.yaml:13:37: unknown version \"v3\" in services.checkout.strategy.canary.canary (versions are: v1, v2)"
+    );
+    assert_eq!(
+        problem(&service(
+            "    strategy:\n      canary: { stable: v1, canary: v2, weight: 120 }\n"
+        )),
+        "deploy.yaml:13:49: invalid percentage \"120\" for `strategy.canary.weight`: write a number from 0 to 100 with at most 4 decimals, e.g. 10, 0.5 or 25%"
+    );
+    assert_eq!(
+        problem(&service(
+            "    active: v1\n    strategy:\n      blue-green: { active: v2 }\n"
+        )),
+        "deploy.yaml:12:13: service \"checkout\" has both `active` and `strategy`: `active: v` is short for `strategy: { blue-green: { active: v } }`; keep one"
+    );
+    assert_eq!(
+        problem(&service(
+            "    strategy:\n      red-black: { active: v2, grace: soon }\n"
+        )),
+        "deploy.yaml:13:39: invalid duration \"soon\" for `grace`: write e.g. 500ms, 5s, 2m or 1h"
+    );
+    assert!(
+        problem(&service("    strategy:\n      purple: { active: v2 }\n"))
+            .contains("unknown variant `purple`"),
+    );
+}
+
+#[test]
+fn mirrors_and_rules_need_receiving_versions() {
+    assert_eq!(
+        problem(&service("    active: v1\n    mirror: { version: v1 }\n")),
+        "deploy.yaml:13:24: version \"v1\" of service \"checkout\" answers requests and cannot also be their mirror: mirror a version that gets no traffic"
+    );
+    let text = service("    active: v1\n    rules:\n      - match: { header: { x-beta: \"1\" } }\n        version: v2\n")
+        .replace("v2: { endpoints: [127.0.0.1:8082] }", "v2: { endpoints: [] }");
+    assert_eq!(
+        problem(&text),
+        "deploy.yaml:15:18: version \"v2\" of service \"checkout\" gets traffic from a rule but has no endpoints: add endpoints or send the traffic to another version"
+    );
+    assert_eq!(
+        problem(&service(
+            "    active: v1\n    rules:\n      - match: {}\n        version: v2\n"
+        )),
+        "deploy.yaml:14:16: a rule needs at least one `header`, `cookie`, `query` or `prefix` to match"
+    );
+}
+
+#[test]
+fn draining_every_endpoint_of_a_serving_version_is_refused() {
+    let text = service("    active: v1\n").replace(
+        "v1: { endpoints: [127.0.0.1:8081] }",
+        "v1: { endpoints: [{ address: 127.0.0.1:8081, drain: true }] }",
+    );
+    assert_eq!(
+        problem(&text),
+        "deploy.yaml:12:13: version \"v1\" of service \"checkout\" gets traffic but every endpoint is draining: add an endpoint that is not draining first, or move the traffic"
+    );
+}
+
+#[test]
+fn policy_defaults_and_errors() {
+    let spec = parse("d.yaml", &service("    active: v1\n")).unwrap();
+    let policy = &spec.services["checkout"].policy;
+    assert_eq!(policy.load_balancing, LoadBalancing::RoundRobin);
+    assert_eq!(policy.panic_threshold.ppm(), 0);
+    assert_eq!(policy.connect_timeout, std::time::Duration::from_secs(1));
+    assert_eq!(
+        policy.retries.on,
+        ["connect-failure", "refused-stream", "reset-before-request"]
+    );
+    let od = policy.outlier_detection.as_ref().expect("on by default");
+    assert_eq!((od.consecutive_5xx, od.max_ejection_percent), (5, 50));
+    assert!(policy.health_check.is_none());
+
+    let off = parse(
+        "d.yaml",
+        &service("    active: v1\n    outlier_detection: { enabled: false }\n"),
+    )
+    .unwrap();
+    assert!(off.services["checkout"].policy.outlier_detection.is_none());
+
+    assert_eq!(
+        problem(&service(
+            "    active: v1\n    retries: { on: [conect-failure] }\n"
+        )),
+        "deploy.yaml:13:21: unknown retry condition \"conect-failure\" (did you mean \"connect-failure\"?); Envoy's conditions are: 5xx, gateway-error, reset, reset-before-request, connect-failure, envoy-ratelimited, retriable-4xx, refused-stream, retriable-status-codes, retriable-headers, http3-post-connect-failure, cancelled, deadline-exceeded, internal, resource-exhausted, unavailable"
+    );
+    assert_eq!(
+        problem(&service(
+            "    active: v1\n    health_check: { interval: 5s }\n"
+        )),
+        "deploy.yaml:13:19: the health check of service \"checkout\" needs an HTTP `path` (e.g. /health) or `tcp: true`"
+    );
+    assert_eq!(
+        problem(&service(
+            "    active: v1\n    load_balancing: { ring_hash: source_ip }\n    slow_start: 30s\n"
+        )),
+        "deploy.yaml:14:17: `slow_start` works with `round_robin` and `least_request` load balancing only"
+    );
+    let hashed = parse(
+        "d.yaml",
+        &service("    active: v1\n    load_balancing: { maglev: { header: X-User } }\n"),
+    )
+    .unwrap();
+    assert_eq!(
+        hashed.services["checkout"].policy.load_balancing,
+        LoadBalancing::Maglev(HashOn::Header("x-user".into()))
+    );
+}
