@@ -14,24 +14,27 @@ use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::{self, AdminState};
+use crate::drain::Drainer;
 use crate::retire::{RedBlack, Retiring};
 use crate::snapshot::Snapshot;
 use crate::spec::{self, Spec, SpecError, Strategy};
 use crate::status::{MirrorReport, Registry, RetiringReport, ServiceReport};
-use crate::translate::translate_with;
+use crate::translate::{Resources, translate_with};
 use crate::watch::FileWatcher;
 use crate::xds::server::{Ads, Cds, DiscoveryService, Eds, Lds, Rds, Shared};
 
 /// Parses, validates and translates a deployment file's text into the snapshot a freshly
 /// started server would serve (red-black services with only their active version). Pure.
 pub fn compile(file_label: &str, text: &str) -> Result<Snapshot, SpecError> {
+    Ok(Snapshot::new(&compile_resources(file_label, text)?))
+}
+
+/// The Envoy resources of [`compile`], before encoding.
+pub fn compile_resources(file_label: &str, text: &str) -> Result<Resources, SpecError> {
     let spec = spec::parse(file_label, text)?;
     let mut red_black = RedBlack::default();
     red_black.on_spec(None, &spec);
-    Ok(Snapshot::new(&translate_with(
-        &spec,
-        &red_black.retired(&spec),
-    )))
+    Ok(translate_with(&spec, &red_black.retired(&spec)))
 }
 
 #[derive(Debug, Clone)]
@@ -39,6 +42,8 @@ pub struct ServeOptions {
     pub file: PathBuf,
     pub ads: SocketAddr,
     pub admin: SocketAddr,
+    /// How long removed endpoints and versions stay in Envoy as `DRAINING`.
+    pub drain_period: Duration,
 }
 
 /// A running server.
@@ -67,7 +72,12 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
 
     // Watch before the first read so that no change between the two is missed.
     let watcher = FileWatcher::new(&opts.file)?;
-    let mut loader = Loader::new(opts.file.clone(), snapshot_tx, registry.clone());
+    let mut loader = Loader::new(
+        opts.file.clone(),
+        snapshot_tx,
+        registry.clone(),
+        Drainer::new(opts.drain_period),
+    );
     loader.reload();
 
     let ads_listener = TcpListener::bind(opts.ads).await.with_context(|| {
@@ -136,6 +146,7 @@ struct Loader {
     last_text: Option<String>,
     spec: Option<Spec>,
     red_black: RedBlack,
+    drainer: Drainer,
 }
 
 impl Loader {
@@ -143,6 +154,7 @@ impl Loader {
         file: PathBuf,
         snapshots: watch::Sender<Option<Arc<Snapshot>>>,
         registry: Arc<Registry>,
+        drainer: Drainer,
     ) -> Loader {
         Loader {
             label: file.display().to_string(),
@@ -152,13 +164,17 @@ impl Loader {
             last_text: None,
             spec: None,
             red_black: RedBlack::default(),
+            drainer,
         }
     }
 
     async fn run(mut self, mut watcher: FileWatcher) -> anyhow::Result<()> {
         let mut registry_changes = self.registry.changes();
         loop {
-            let deadline = self.red_black.next_deadline();
+            let deadline = [self.red_black.next_deadline(), self.drainer.next_deadline()]
+                .into_iter()
+                .flatten()
+                .min();
             tokio::select! {
                 changed = watcher.changed() => {
                     changed?;
@@ -168,9 +184,8 @@ impl Loader {
                     self.check_synced();
                 }
                 _ = sleep_until_opt(deadline) => {
-                    if self.red_black.on_tick(Instant::now()) {
-                        self.publish();
-                    }
+                    self.red_black.on_tick(Instant::now());
+                    self.publish();
                 }
             }
         }
@@ -219,7 +234,10 @@ impl Loader {
         let spec = self.spec.as_ref().expect("publish after a valid load");
         let started = std::time::Instant::now();
         let retired = self.red_black.retired(spec);
-        let snapshot = Snapshot::new(&translate_with(spec, &retired));
+        let resources =
+            self.drainer
+                .apply(translate_with(spec, &retired), &retired, Instant::now());
+        let snapshot = Snapshot::new(&resources);
         let version = snapshot.version.clone();
         let changed = self.snapshots.send_if_modified(|current| {
             if current.as_ref().is_some_and(|c| c.version == version) {

@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod app;
 pub mod bootstrap;
+pub mod drain;
 pub mod render;
 pub mod retire;
 pub mod snapshot;

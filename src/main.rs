@@ -33,6 +33,10 @@ enum Command {
         /// Address of the admin HTTP API (/status, /config, /healthz, /readyz).
         #[arg(long, default_value = "127.0.0.1:19000", env = "CUTOVER_ADMIN")]
         admin: SocketAddr,
+        /// How long an endpoint or version removed from the file stays in Envoy as DRAINING
+        /// (no new requests, requests in flight finish) before it is removed. 0s removes at once.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        drain_period: std::time::Duration,
         /// Log format; levels come from RUST_LOG (default: info).
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -99,13 +103,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             file,
             ads,
             admin,
+            drain_period,
             log_format,
         } => {
             init_tracing(log_format);
             let runtime =
                 tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(async {
-                let server = app::start(app::ServeOptions { file, ads, admin }).await?;
+                let server = app::start(app::ServeOptions {
+                    file,
+                    ads,
+                    admin,
+                    drain_period,
+                })
+                .await?;
                 tokio::select! {
                     res = server.wait() => res,
                     _ = shutdown_signal() => {

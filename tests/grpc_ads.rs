@@ -126,6 +126,7 @@ async fn start(dir: &tempfile::TempDir) -> app::Server {
         file,
         ads: "127.0.0.1:0".parse().unwrap(),
         admin: "127.0.0.1:0".parse().unwrap(),
+        drain_period: Duration::from_secs(5),
     })
     .await
     .expect("server starts")
@@ -280,6 +281,7 @@ async fn not_ready_until_a_valid_file_is_loaded() {
         file: file.clone(),
         ads: "127.0.0.1:0".parse().unwrap(),
         admin: "127.0.0.1:0".parse().unwrap(),
+        drain_period: Duration::from_secs(5),
     })
     .await
     .unwrap();
@@ -368,6 +370,7 @@ async fn red_black_retires_the_old_version_only_after_every_envoy_acked_and_the_
         file: file.clone(),
         ads: "127.0.0.1:0".parse().unwrap(),
         admin: "127.0.0.1:0".parse().unwrap(),
+        drain_period: Duration::from_secs(5),
     })
     .await
     .unwrap();
