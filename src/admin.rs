@@ -1,14 +1,20 @@
 //! The admin HTTP API: `GET /status` (JSON), `GET /config` (the resources being served),
-//! `GET /healthz` and `GET /readyz`. Read-only; it binds loopback by default.
+//! `GET /metrics` (Prometheus), `GET /healthz`, `GET /readyz`, and `POST /reload`.
+//!
+//! Endpoints that change anything are refused unless the caller is on loopback or presents the
+//! configured bearer token (`--admin-token`), like the seed's `/termination` that only localhost
+//! may call. The API binds loopback by default.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
-use tokio::sync::watch;
+use axum::routing::{get, post};
+use tokio::sync::{mpsc, watch};
 
 use crate::render;
 use crate::snapshot::Snapshot;
@@ -18,19 +24,95 @@ use crate::status::Registry;
 pub struct AdminState {
     pub registry: Arc<Registry>,
     pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+    /// Asks the loader to read the deployment file now.
+    pub reload: mpsc::Sender<()>,
+    /// Bearer token that allows mutating calls from other hosts.
+    pub token: Option<String>,
 }
 
 pub fn router(state: AdminState) -> Router {
+    let mutating =
+        Router::new()
+            .route("/reload", post(reload))
+            .route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                require_authorized,
+            ));
     Router::new()
         .route("/status", get(status))
         .route("/config", get(config))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .merge(mutating)
         .with_state(state)
+}
+
+/// Whether a caller may change anything: it is on loopback, or it presents the bearer token.
+pub fn authorized(peer: IpAddr, authorization: Option<&str>, token: Option<&str>) -> bool {
+    if peer.is_loopback() || peer.to_canonical().is_loopback() {
+        return true;
+    }
+    match (token, authorization.and_then(|a| a.strip_prefix("Bearer "))) {
+        (Some(expected), Some(given)) => {
+            constant_time_eq(expected.as_bytes(), given.trim().as_bytes())
+        }
+        _ => false,
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_authorized(
+    State(s): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if authorized(peer.ip(), authorization, s.token.as_deref()) {
+        next.run(request).await
+    } else {
+        tracing::warn!(%peer, path = %request.uri().path(), "refused a mutating admin call");
+        (
+            StatusCode::FORBIDDEN,
+            "only loopback callers or a valid `Authorization: Bearer <token>` (--admin-token) may change anything\n",
+        )
+            .into_response()
+    }
 }
 
 async fn status(State(s): State<AdminState>) -> Json<crate::status::StatusReport> {
     Json(s.registry.report())
+}
+
+async fn metrics(State(s): State<AdminState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.registry.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn reload(State(s): State<AdminState>) -> Response {
+    match s.reload.try_send(()) {
+        Ok(()) | Err(mpsc::error::TrySendError::Full(())) => {
+            (StatusCode::ACCEPTED, "reload requested\n").into_response()
+        }
+        Err(mpsc::error::TrySendError::Closed(())) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the loader is not running\n",
+        )
+            .into_response(),
+    }
 }
 
 async fn config(State(s): State<AdminState>) -> Response {
@@ -58,5 +140,85 @@ async fn readyz(State(s): State<AdminState>) -> Response {
             "no valid config loaded yet\n",
         )
             .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_or_the_token_may_mutate() {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let lo6: IpAddr = "::1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let other: IpAddr = "192.0.2.7".parse().unwrap();
+        assert!(authorized(lo, None, None));
+        assert!(authorized(lo6, None, Some("t")));
+        assert!(authorized(mapped, None, None));
+        assert!(!authorized(other, None, None));
+        assert!(
+            !authorized(other, Some("Bearer t"), None),
+            "no token configured"
+        );
+        assert!(!authorized(other, Some("Bearer wrong"), Some("t")));
+        assert!(
+            !authorized(other, Some("t"), Some("t")),
+            "not a bearer token"
+        );
+        assert!(authorized(other, Some("Bearer t"), Some("t")));
+    }
+
+    /// The middleware on a real router, with the peer address a socket would give.
+    #[tokio::test]
+    async fn reload_is_refused_to_other_hosts_without_the_token() {
+        use axum::body::Body;
+        use tower::ServiceExt as _;
+
+        let (reload, mut requests) = mpsc::channel(1);
+        let state = AdminState {
+            registry: Arc::new(Registry::new("deploy.yaml".into())),
+            snapshots: watch::channel(None).1,
+            reload,
+            token: Some("s3cret".into()),
+        };
+        let call = |peer: &str, token: Option<&str>| {
+            let mut req = axum::http::Request::post("/reload");
+            if let Some(t) = token {
+                req = req.header("authorization", format!("Bearer {t}"));
+            }
+            let mut req = req.body(Body::empty()).unwrap();
+            req.extensions_mut()
+                .insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
+            router(state.clone()).oneshot(req)
+        };
+        assert_eq!(call("192.0.2.7:5000", None).await.unwrap().status(), 403);
+        assert_eq!(
+            call("192.0.2.7:5000", Some("nope")).await.unwrap().status(),
+            403
+        );
+        assert!(
+            requests.try_recv().is_err(),
+            "a refused call must not reload"
+        );
+        assert_eq!(
+            call("192.0.2.7:5000", Some("s3cret"))
+                .await
+                .unwrap()
+                .status(),
+            202
+        );
+        assert!(requests.try_recv().is_ok());
+        assert_eq!(call("127.0.0.1:5000", None).await.unwrap().status(), 202);
+        // Reading is open to all.
+        let mut get = axum::http::Request::get("/healthz")
+            .body(Body::empty())
+            .unwrap();
+        get.extensions_mut()
+            .insert(ConnectInfo("192.0.2.7:5000".parse::<SocketAddr>().unwrap()));
+        assert_eq!(
+            router(state.clone()).oneshot(get).await.unwrap().status(),
+            200
+        );
     }
 }

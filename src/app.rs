@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -44,6 +44,8 @@ pub struct ServeOptions {
     pub admin: SocketAddr,
     /// How long removed endpoints and versions stay in Envoy as `DRAINING`.
     pub drain_period: Duration,
+    /// Bearer token for mutating admin calls from other hosts than loopback.
+    pub admin_token: Option<String>,
 }
 
 /// A running server.
@@ -107,10 +109,14 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         .add_service(DiscoveryService::<Cds>::new(shared.clone()))
         .add_service(DiscoveryService::<Eds>::new(shared.clone()))
         .add_service(DiscoveryService::<Lds>::new(shared.clone()))
-        .add_service(DiscoveryService::<Rds>::new(shared));
+        .add_service(DiscoveryService::<Rds>::new(shared))
+        .add_service(crate::xds::csds::server(registry.clone()));
+    let (reload_tx, reload_rx) = mpsc::channel(1);
     let admin_router = admin::router(AdminState {
         registry: registry.clone(),
         snapshots: snapshots.clone(),
+        reload: reload_tx,
+        token: opts.admin_token.clone(),
     });
 
     let mut tasks = JoinSet::new();
@@ -120,11 +126,14 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
             .context("the xDS server stopped")
     });
     tasks.spawn(async move {
-        axum::serve(admin_listener, admin_router)
-            .await
-            .context("the admin server stopped")
+        axum::serve(
+            admin_listener,
+            admin_router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .context("the admin server stopped")
     });
-    tasks.spawn(loader.run(watcher));
+    tasks.spawn(loader.run(watcher, reload_rx));
     tracing::info!(ads = %ads_addr, admin = %admin_addr, file = %opts.file.display(), "cutover serving");
     Ok(Server {
         ads_addr,
@@ -147,6 +156,8 @@ struct Loader {
     spec: Option<Spec>,
     red_black: RedBlack,
     drainer: Drainer,
+    /// When the change being applied was seen.
+    changed_at: Instant,
 }
 
 impl Loader {
@@ -165,10 +176,15 @@ impl Loader {
             spec: None,
             red_black: RedBlack::default(),
             drainer,
+            changed_at: Instant::now(),
         }
     }
 
-    async fn run(mut self, mut watcher: FileWatcher) -> anyhow::Result<()> {
+    async fn run(
+        mut self,
+        mut watcher: FileWatcher,
+        mut reload_requests: mpsc::Receiver<()>,
+    ) -> anyhow::Result<()> {
         let mut registry_changes = self.registry.changes();
         loop {
             let deadline = [self.red_black.next_deadline(), self.drainer.next_deadline()]
@@ -177,14 +193,21 @@ impl Loader {
                 .min();
             tokio::select! {
                 changed = watcher.changed() => {
-                    changed?;
+                    self.changed_at = changed?.into_std();
+                    self.reload();
+                }
+                Some(()) = reload_requests.recv() => {
+                    self.changed_at = Instant::now();
+                    // Asked for explicitly: read even if the content looks unchanged.
+                    self.last_text = None;
                     self.reload();
                 }
                 _ = registry_changes.changed(), if self.red_black.awaiting_ack() => {
                     self.check_synced();
                 }
                 _ = sleep_until_opt(deadline) => {
-                    self.red_black.on_tick(Instant::now());
+                    self.changed_at = Instant::now();
+                    self.red_black.on_tick(self.changed_at);
                     self.publish();
                 }
             }
@@ -238,6 +261,7 @@ impl Loader {
             self.drainer
                 .apply(translate_with(spec, &retired), &retired, Instant::now());
         let snapshot = Snapshot::new(&resources);
+        let snapshot_bytes = snapshot.encoded_len();
         let version = snapshot.version.clone();
         let changed = self.snapshots.send_if_modified(|current| {
             if current.as_ref().is_some_and(|c| c.version == version) {
@@ -254,7 +278,8 @@ impl Loader {
                 "config published"
             );
         }
-        self.registry.serving(&version);
+        self.registry
+            .serving(&version, self.changed_at, snapshot_bytes);
         self.report_services(&retired);
         version
     }

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod app;
 pub mod bootstrap;
 pub mod drain;
+pub mod metrics;
 pub mod render;
 pub mod retire;
 pub mod snapshot;

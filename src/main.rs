@@ -37,6 +37,10 @@ enum Command {
         /// (no new requests, requests in flight finish) before it is removed. 0s removes at once.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         drain_period: std::time::Duration,
+        /// Bearer token that lets callers other than loopback use the admin API's mutating
+        /// endpoints (POST /reload). Loopback callers never need it.
+        #[arg(long, env = "CUTOVER_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
         /// Log format; levels come from RUST_LOG (default: info).
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -104,6 +108,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ads,
             admin,
             drain_period,
+            admin_token,
             log_format,
         } => {
             init_tracing(log_format);
@@ -115,6 +120,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ads,
                     admin,
                     drain_period,
+                    admin_token,
                 })
                 .await?;
                 tokio::select! {

@@ -84,6 +84,15 @@ impl Snapshot {
         self.sets[ty.index()].get(name)
     }
 
+    /// Bytes of every encoded resource.
+    pub fn encoded_len(&self) -> usize {
+        self.sets
+            .iter()
+            .flat_map(|set| set.values())
+            .map(|r| r.encoded.len())
+            .sum()
+    }
+
     /// The version of a whole type, as in [`set_version`].
     pub fn type_version(&self, ty: ResourceType) -> String {
         set_version(self.sets[ty.index()].values())

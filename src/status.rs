@@ -8,13 +8,14 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::metrics::{Metrics, ResultLabel};
 use crate::xds::ResourceType;
-use crate::xds::sotw::{Event, Mode, Stream, TypeStatus};
+use crate::xds::sotw::{Event, Mode, NodeInfo, ResourceState, Stream, TypeStatus};
 
 /// The outcome of the latest attempt to load the deployment file.
 #[derive(Debug, Clone, Serialize)]
@@ -101,12 +102,21 @@ pub struct StatusReport {
 struct Inner {
     file: PathBuf,
     config_version: Option<String>,
+    /// When the change that produced `config_version` was seen (the file event).
+    changed_at: Option<Instant>,
     last_reload: Option<ReloadStatus>,
     services: BTreeMap<String, ServiceReport>,
     next_id: u64,
     streams: BTreeMap<u64, NodeReport>,
-    pushes: [u64; 4],
-    nacks: [u64; 4],
+    /// What each stream's Envoy holds, resource by resource (for CSDS).
+    held: BTreeMap<u64, StreamResources>,
+}
+
+/// The resources one stream's Envoy holds, by type, for CSDS.
+#[derive(Debug, Clone, Default)]
+pub struct StreamResources {
+    pub node: NodeInfo,
+    pub types: Vec<(ResourceType, Vec<ResourceState>)>,
 }
 
 /// Shared, thread-safe status of the whole server.
@@ -114,6 +124,7 @@ struct Inner {
 pub struct Registry {
     inner: Mutex<Inner>,
     changes: watch::Sender<u64>,
+    pub metrics: Metrics,
 }
 
 impl Registry {
@@ -124,6 +135,7 @@ impl Registry {
                 ..Default::default()
             }),
             changes: watch::Sender::new(0),
+            metrics: Metrics::new(),
         }
     }
 
@@ -153,12 +165,23 @@ impl Registry {
             .all(|s| s.in_sync && s.config_version.as_deref() == Some(version))
     }
 
-    /// Records the config version now served (a reload or a retirement).
-    pub fn serving(&self, version: &str) {
-        self.with(|i| i.config_version = Some(version.to_owned()));
+    /// Records the config version now served (a reload or a retirement), caused by a change
+    /// seen at `changed_at`, and its encoded size.
+    pub fn serving(&self, version: &str, changed_at: Instant, bytes: usize) {
+        self.metrics.snapshot_bytes.set(bytes as i64);
+        self.with(|i| {
+            if i.config_version.as_deref() != Some(version) {
+                i.config_version = Some(version.to_owned());
+                i.changed_at = Some(changed_at);
+            }
+        });
     }
 
     pub fn reloaded(&self, version: &str) {
+        self.metrics
+            .reloads
+            .get_or_create(&ResultLabel { result: "ok" })
+            .inc();
         self.with(|i| {
             i.config_version = Some(version.to_owned());
             i.last_reload = Some(ReloadStatus {
@@ -170,6 +193,10 @@ impl Registry {
     }
 
     pub fn reload_failed(&self, error: String) {
+        self.metrics
+            .reloads
+            .get_or_create(&ResultLabel { result: "error" })
+            .inc();
         self.with(|i| {
             i.last_reload = Some(ReloadStatus {
                 ok: false,
@@ -183,6 +210,7 @@ impl Registry {
         self.with(|i| {
             i.next_id += 1;
             let id = i.next_id;
+            self.metrics.streams.inc();
             i.streams.insert(
                 id,
                 NodeReport {
@@ -207,18 +235,39 @@ impl Registry {
         self.with(|i| {
             for e in events {
                 if let Event::Nack { ty, .. } = e {
-                    i.nacks[ty.index()] += 1;
+                    self.metrics.nacks.get_or_create(&(*ty).into()).inc();
                 }
             }
+            i.held.insert(
+                id,
+                StreamResources {
+                    node: stream.node().cloned().unwrap_or_default(),
+                    types: ResourceType::ALL
+                        .into_iter()
+                        .map(|ty| (ty, stream.resource_states(ty)))
+                        .collect(),
+                },
+            );
+            let (config_version, changed_at) = (i.config_version.clone(), i.changed_at);
             let Some(report) = i.streams.get_mut(&id) else {
                 return;
             };
+            let was_synced = report.in_sync && report.config_version == config_version;
             if let Some(node) = stream.node() {
                 report.id.clone_from(&node.id);
                 report.cluster.clone_from(&node.cluster);
             }
             report.in_sync = stream.in_sync();
             report.config_version = stream.snapshot_version().map(str::to_owned);
+            if !was_synced
+                && report.in_sync
+                && report.config_version == config_version
+                && let Some(at) = changed_at
+            {
+                self.metrics
+                    .save_to_ack_seconds
+                    .observe(at.elapsed().as_secs_f64());
+            }
             for ty in ResourceType::ALL {
                 let TypeStatus {
                     acked,
@@ -249,19 +298,37 @@ impl Registry {
                     },
                 );
             }
+            self.count_envoys(i);
         });
     }
 
     pub fn pushed(&self, ty: ResourceType) {
-        if let Ok(mut i) = self.inner.lock() {
-            i.pushes[ty.index()] += 1;
-        }
+        self.metrics.pushes.get_or_create(&ty.into()).inc();
     }
 
     pub fn disconnect(&self, id: u64) {
+        self.metrics.streams.dec();
         self.with(|i| {
             i.streams.remove(&id);
+            i.held.remove(&id);
+            self.count_envoys(i);
         });
+    }
+
+    fn count_envoys(&self, i: &Inner) {
+        let nodes: std::collections::BTreeSet<&str> = i
+            .streams
+            .values()
+            .filter(|s| !s.id.is_empty())
+            .map(|s| s.id.as_str())
+            .collect();
+        self.metrics.envoys.set(nodes.len() as i64);
+    }
+
+    /// What every connected Envoy holds, resource by resource.
+    pub fn held_resources(&self) -> Vec<StreamResources> {
+        let i = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        i.held.values().cloned().collect()
     }
 
     pub fn report(&self) -> StatusReport {

@@ -86,27 +86,27 @@ impl FileWatcher {
     }
 
     /// Waits for a relevant event, then until events have been quiet for [`QUIET`] (at most
-    /// [`MAX_WAIT`]).
-    pub async fn changed(&mut self) -> Result<(), WatchError> {
-        loop {
+    /// [`MAX_WAIT`]). Returns when the first event arrived (for save-to-ACK latency).
+    pub async fn changed(&mut self) -> Result<Instant, WatchError> {
+        let first = loop {
             match self.events.recv().await {
                 None => return Err(WatchError::Closed),
-                Some(Ok(e)) if is_relevant(&e, &self.file_name) => break,
+                Some(Ok(e)) if is_relevant(&e, &self.file_name) => break Instant::now(),
                 Some(Ok(_)) => {}
                 Some(Err(err)) => {
                     // An overflowed queue may have hidden a change: read the file to be sure.
                     tracing::warn!(%err, "file watcher error; reloading to be safe");
-                    break;
+                    break Instant::now();
                 }
             }
-        }
+        };
         let deadline = Instant::now() + MAX_WAIT;
         loop {
             let quiet_until = (Instant::now() + QUIET).min(deadline);
             match timeout_at(quiet_until, self.events.recv()).await {
-                Err(_elapsed) => return Ok(()),
+                Err(_elapsed) => return Ok(first),
                 Ok(None) => return Err(WatchError::Closed),
-                Ok(Some(_)) if Instant::now() >= deadline => return Ok(()),
+                Ok(Some(_)) if Instant::now() >= deadline => return Ok(first),
                 Ok(Some(_)) => {}
             }
         }

@@ -127,6 +127,7 @@ async fn start(dir: &tempfile::TempDir) -> app::Server {
         ads: "127.0.0.1:0".parse().unwrap(),
         admin: "127.0.0.1:0".parse().unwrap(),
         drain_period: Duration::from_secs(5),
+        admin_token: None,
     })
     .await
     .expect("server starts")
@@ -282,6 +283,7 @@ async fn not_ready_until_a_valid_file_is_loaded() {
         ads: "127.0.0.1:0".parse().unwrap(),
         admin: "127.0.0.1:0".parse().unwrap(),
         drain_period: Duration::from_secs(5),
+        admin_token: None,
     })
     .await
     .unwrap();
@@ -371,6 +373,7 @@ async fn red_black_retires_the_old_version_only_after_every_envoy_acked_and_the_
         ads: "127.0.0.1:0".parse().unwrap(),
         admin: "127.0.0.1:0".parse().unwrap(),
         drain_period: Duration::from_secs(5),
+        admin_token: None,
     })
     .await
     .unwrap();
@@ -426,4 +429,107 @@ async fn red_black_retires_the_old_version_only_after_every_envoy_acked_and_the_
     let status = server.registry.report();
     assert_eq!(status.services["checkout"].deployed, ["black"]);
     assert!(status.services["checkout"].retiring.is_empty());
+}
+
+#[tokio::test]
+async fn csds_metrics_and_reload() {
+    use envoy_types::pb::envoy::service::status::v3::ClientStatusRequest;
+    use envoy_types::pb::envoy::service::status::v3::client_status_discovery_service_client::ClientStatusDiscoveryServiceClient;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir).await;
+    let mut client = Client::connect(server.ads_addr).await;
+    bring_up(&mut client).await;
+    wait_in_sync(&server).await;
+
+    // CSDS on the ADS port: every resource the node holds, ACKed.
+    let mut csds =
+        ClientStatusDiscoveryServiceClient::connect(format!("http://{}", server.ads_addr))
+            .await
+            .unwrap();
+    let status = csds
+        .fetch_client_status(ClientStatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.config.len(), 1);
+    let node = &status.config[0];
+    assert_eq!(node.node.as_ref().unwrap().id, "grpc-test");
+    let mut held: Vec<(String, String, i32)> = node
+        .generic_xds_configs
+        .iter()
+        .map(|c| {
+            (
+                c.type_url.rsplit('.').next().unwrap().to_owned(),
+                c.name.clone(),
+                c.client_status,
+            )
+        })
+        .collect();
+    held.sort();
+    let acked = envoy_types::pb::envoy::admin::v3::ClientResourceStatus::Acked as i32;
+    assert_eq!(
+        held,
+        [
+            ("Cluster".to_owned(), "checkout/blue".to_owned(), acked),
+            ("Cluster".to_owned(), "checkout/green".to_owned(), acked),
+            (
+                "ClusterLoadAssignment".to_owned(),
+                "checkout/blue".to_owned(),
+                acked
+            ),
+            (
+                "ClusterLoadAssignment".to_owned(),
+                "checkout/green".to_owned(),
+                acked
+            ),
+            ("Listener".to_owned(), "public".to_owned(), acked),
+            ("RouteConfiguration".to_owned(), "public".to_owned(), acked),
+        ]
+    );
+    assert!(
+        node.generic_xds_configs
+            .iter()
+            .all(|c| c.xds_config.is_some())
+    );
+
+    // Prometheus text: every sample line is `name{labels} value`, and the counters add up.
+    let base = format!("http://{}", server.admin_addr);
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (name, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line}"));
+        assert!(value.parse::<f64>().is_ok(), "bad value in {line}");
+        assert!(name.starts_with("cutover_"), "unprefixed metric {line}");
+    }
+    for expected in [
+        "cutover_xds_pushes_total{type=\"cds\"} 1",
+        "cutover_xds_pushes_total{type=\"rds\"} 1",
+        "cutover_connected_envoys 1",
+        "cutover_xds_streams 1",
+        "cutover_reloads_total{result=\"ok\"} 1",
+        "cutover_save_to_ack_seconds_count 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == expected),
+            "no `{expected}` in:\n{metrics}"
+        );
+    }
+
+    // A mutating call from loopback is allowed.
+    let reply = reqwest::Client::new()
+        .post(format!("{base}/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 202);
 }

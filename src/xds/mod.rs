@@ -3,6 +3,7 @@
 //! server that connects them to sockets ([`server`]).
 
 pub mod codec;
+pub mod csds;
 pub mod server;
 pub mod sotw;
 

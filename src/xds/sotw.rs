@@ -71,6 +71,22 @@ pub struct Output {
     pub events: Vec<Event>,
 }
 
+/// One resource as a client holds it, for status reports (CSDS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceState {
+    pub resource: Resource,
+    pub client: ClientState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientState {
+    Acked,
+    /// Sent, not yet answered.
+    Pending,
+    /// Rejected, with Envoy's error text.
+    Nacked(String),
+}
+
 /// The client's identity, from the first request that carries a `node`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeInfo {
@@ -133,6 +149,8 @@ struct TypeState {
     last_nack: Option<Nack>,
     /// A rejected version that must not be sent again; cleared by the next ACK.
     rejected: Option<String>,
+    /// The resources of the last rejected response, for status reports.
+    rejected_resources: BTreeMap<String, Resource>,
     /// Send even if the content is unchanged (endpoints of clusters that were re-created).
     force: bool,
 }
@@ -227,6 +245,60 @@ impl Stream {
         }
     }
 
+    /// Every resource of `ty` this stream has sent, with what the client did with it: ACKed
+    /// (held), pending (sent, not answered) or NACKed (in the last rejected response).
+    pub fn resource_states(&self, ty: ResourceType) -> Vec<ResourceState> {
+        let st = &self.types[ty.index()];
+        let mut out: BTreeMap<&str, ResourceState> = BTreeMap::new();
+        if let Some(acked) = &st.acked {
+            for r in acked.resources.values() {
+                out.insert(
+                    &r.name,
+                    ResourceState {
+                        resource: r.clone(),
+                        client: ClientState::Acked,
+                    },
+                );
+            }
+        }
+        let nack_error = st
+            .last_nack
+            .as_ref()
+            .map(|n| n.error.as_str())
+            .unwrap_or_default();
+        for r in st.rejected_resources.values() {
+            if out
+                .get(r.name.as_str())
+                .is_none_or(|held| held.resource != *r)
+            {
+                out.insert(
+                    &r.name,
+                    ResourceState {
+                        resource: r.clone(),
+                        client: ClientState::Nacked(nack_error.to_owned()),
+                    },
+                );
+            }
+        }
+        if let Some(sent) = &st.sent {
+            for r in sent.held.resources.values() {
+                if out
+                    .get(r.name.as_str())
+                    .is_none_or(|held| held.resource != *r)
+                {
+                    out.insert(
+                        &r.name,
+                        ResourceState {
+                            resource: r.clone(),
+                            client: ClientState::Pending,
+                        },
+                    );
+                }
+            }
+        }
+        out.into_values().collect()
+    }
+
     /// True when this client has ACKed every type it subscribed to at the current snapshot's
     /// content, with nothing pending and no cluster kept for old routes.
     pub fn in_sync(&self) -> bool {
@@ -306,6 +378,7 @@ impl Stream {
                         error: nack.error.clone(),
                     });
                     st.rejected = Some(nack.version.clone());
+                    st.rejected_resources = sent.held.resources;
                     st.last_nack = Some(nack);
                 }
                 None => {

@@ -1,0 +1,145 @@
+//! The Client Status Discovery Service (`envoy.service.status.v3`), on the ADS port, so that
+//! existing xDS tooling can ask which config each connected Envoy has: every resource cutover
+//! sent it, with its version and whether the Envoy ACKed or NACKed it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::admin::v3::{ClientResourceStatus, UpdateFailureState};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::status::v3::{
+    ClientConfig, ClientStatusRequest, ClientStatusResponse, ConfigStatus,
+    client_config::GenericXdsConfig,
+    client_status_discovery_service_server::{
+        ClientStatusDiscoveryService, ClientStatusDiscoveryServiceServer,
+    },
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    NodeMatcher, StringMatcher, string_matcher::MatchPattern,
+};
+use envoy_types::pb::google::protobuf::Any;
+use futures::{Stream, StreamExt};
+use prost::Message;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::status::{Registry, StreamResources};
+use crate::xds::sotw::ClientState;
+
+#[derive(Debug, Clone)]
+pub struct Csds {
+    registry: Arc<Registry>,
+}
+
+pub fn server(registry: Arc<Registry>) -> ClientStatusDiscoveryServiceServer<Csds> {
+    ClientStatusDiscoveryServiceServer::new(Csds { registry })
+}
+
+impl Csds {
+    fn answer(&self, req: &ClientStatusRequest) -> ClientStatusResponse {
+        let config = self
+            .registry
+            .held_resources()
+            .iter()
+            .filter(|s| {
+                req.node_matchers
+                    .iter()
+                    .all(|m| node_matches(m, &s.node.id))
+            })
+            .map(|s| client_config(s, req.exclude_resource_contents))
+            .collect();
+        ClientStatusResponse { config }
+    }
+}
+
+/// Pure: one stream's resources as a CSDS `ClientConfig`.
+pub fn client_config(s: &StreamResources, exclude_contents: bool) -> ClientConfig {
+    let mut generic_xds_configs = Vec::new();
+    for (ty, resources) in &s.types {
+        for r in resources {
+            let (client_status, config_status, error_state) = match &r.client {
+                ClientState::Acked => (ClientResourceStatus::Acked, ConfigStatus::Synced, None),
+                ClientState::Pending => {
+                    (ClientResourceStatus::Requested, ConfigStatus::Stale, None)
+                }
+                ClientState::Nacked(details) => (
+                    ClientResourceStatus::Nacked,
+                    ConfigStatus::Error,
+                    Some(UpdateFailureState {
+                        details: details.clone(),
+                        version_info: r.resource.version.clone(),
+                        ..Default::default()
+                    }),
+                ),
+            };
+            generic_xds_configs.push(GenericXdsConfig {
+                type_url: ty.type_url().to_owned(),
+                name: r.resource.name.clone(),
+                version_info: r.resource.version.clone(),
+                xds_config: (!exclude_contents)
+                    .then(|| Any::decode(r.resource.encoded.as_ref()).ok())
+                    .flatten(),
+                config_status: config_status as i32,
+                client_status: client_status as i32,
+                error_state,
+                ..Default::default()
+            });
+        }
+    }
+    ClientConfig {
+        node: Some(Node {
+            id: s.node.id.clone(),
+            cluster: s.node.cluster.clone(),
+            ..Default::default()
+        }),
+        generic_xds_configs,
+        ..Default::default()
+    }
+}
+
+fn node_matches(m: &NodeMatcher, id: &str) -> bool {
+    // Metadata matchers are not supported: cutover does not keep node metadata.
+    m.node_id.as_ref().is_none_or(|sm| string_matches(sm, id))
+}
+
+fn string_matches(m: &StringMatcher, value: &str) -> bool {
+    let (value, fold) = if m.ignore_case {
+        (value.to_lowercase(), true)
+    } else {
+        (value.to_owned(), false)
+    };
+    let norm = |p: &str| if fold { p.to_lowercase() } else { p.to_owned() };
+    match &m.match_pattern {
+        Some(MatchPattern::Exact(p)) => value == norm(p),
+        Some(MatchPattern::Prefix(p)) => value.starts_with(&norm(p)),
+        Some(MatchPattern::Suffix(p)) => value.ends_with(&norm(p)),
+        Some(MatchPattern::Contains(p)) => value.contains(&norm(p)),
+        // Regex and custom matchers: not supported; match nothing rather than everything.
+        Some(_) => false,
+        None => true,
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<ClientStatusResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ClientStatusDiscoveryService for Csds {
+    type StreamClientStatusStream = ResponseStream;
+
+    async fn stream_client_status(
+        &self,
+        request: Request<Streaming<ClientStatusRequest>>,
+    ) -> Result<Response<ResponseStream>, Status> {
+        let this = self.clone();
+        let answers = request
+            .into_inner()
+            .map(move |req| req.map(|r| this.answer(&r)));
+        Ok(Response::new(Box::pin(answers)))
+    }
+
+    async fn fetch_client_status(
+        &self,
+        request: Request<ClientStatusRequest>,
+    ) -> Result<Response<ClientStatusResponse>, Status> {
+        Ok(Response::new(self.answer(request.get_ref())))
+    }
+}
