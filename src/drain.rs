@@ -2,7 +2,13 @@
 //!
 //! An endpoint removed from a version stays in its load assignment with health status
 //! `DRAINING` (no new requests; requests in flight finish), and a version removed from the file
-//! stays a cluster whose endpoints all drain, for the drain period; then they are removed. This
+//! stays a cluster, for the drain period; then they are removed.
+//!
+//! A removed version's endpoints are *not* marked draining: its endpoints update would reach
+//! Envoy together with the new clusters, before the routes that move traffic away from it
+//! (make-before-break), and would leave those routes with no healthy host for a moment. Once
+//! the routes moved, no new request reaches the cluster anyway; it lingers only so that requests
+//! in flight finish. This
 //! works on translated resources, after the pure translation, and is itself pure: the caller
 //! supplies the time. State is not kept across restarts (a restart inside a drain period
 //! removes what was draining at once).
@@ -93,18 +99,12 @@ impl Drainer {
                 let Some(cla) = prev.endpoints.iter().find(|e| e.cluster_name == c.name) else {
                     continue;
                 };
-                let mut cla = cla.clone();
-                for locality in &mut cla.endpoints {
-                    for e in &mut locality.lb_endpoints {
-                        e.health_status = HealthStatus::Draining as i32;
-                    }
-                }
                 self.clusters.insert(
                     c.name.clone(),
                     LingeringCluster {
                         until,
                         cluster: c.clone(),
-                        endpoints: cla,
+                        endpoints: cla.clone(),
                     },
                 );
             }
@@ -257,7 +257,7 @@ mod tests {
     }
 
     #[test]
-    fn a_removed_version_lingers_with_every_endpoint_draining() {
+    fn a_removed_version_lingers_unchanged() {
         let t0 = Instant::now();
         let mut d = Drainer::new(Duration::from_secs(5));
         d.apply_t(resources("      a: { endpoints: [127.0.0.1:8081] }\n      b: { endpoints: [127.0.0.1:8082] }\n", "a"), t0);
@@ -267,7 +267,8 @@ mod tests {
         );
         let names: Vec<&str> = r.clusters.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["s/a", "s/b"]);
-        assert_eq!(endpoints(&r, "s/a"), [("127.0.0.1:8081".into(), DRAINING)]);
+        // Unchanged: routes may still point at it until Envoy has the new ones.
+        assert_eq!(endpoints(&r, "s/a"), [("127.0.0.1:8081".into(), UNKNOWN)]);
         let r = d.apply_t(
             resources("      b: { endpoints: [127.0.0.1:8082] }\n", "b"),
             t0 + Duration::from_secs(6),

@@ -133,8 +133,8 @@ struct Held {
 }
 
 #[derive(Debug, Clone)]
+/// A response sent and not answered yet (its nonce is the type's `last_nonce`).
 struct Sent {
-    nonce: String,
     held: Held,
 }
 
@@ -149,6 +149,8 @@ struct TypeState {
     last_nack: Option<Nack>,
     /// A rejected version that must not be sent again; cleared by the next ACK.
     rejected: Option<String>,
+    /// The nonce of the latest response of this type: requests answering any other are stale.
+    last_nonce: Option<String>,
     /// The resources of the last rejected response, for status reports.
     rejected_resources: BTreeMap<String, Resource>,
     /// Send even if the content is unchanged (endpoints of clusters that were re-created).
@@ -359,13 +361,10 @@ impl Stream {
             if st.subscription.is_none() && !req.version_info.is_empty() {
                 st.reported = Some(req.version_info.clone());
             }
-        } else {
-            match &st.sent {
-                Some(sent) if sent.nonce == req.response_nonce => {}
-                // Stale: it answers a response that a newer one has replaced.
-                _ => return out,
-            }
-            let sent = st.sent.take().expect("matched above");
+        } else if st.last_nonce.as_deref() != Some(req.response_nonce.as_str()) {
+            // Stale: it answers a response that a newer one has replaced.
+            return out;
+        } else if let Some(sent) = st.sent.take() {
             match &req.error_detail {
                 Some(status) => {
                     let nack = Nack {
@@ -394,6 +393,8 @@ impl Stream {
                 }
             }
         }
+        // Else: the latest response was answered already; the client only changes what it
+        // subscribes to (Envoy keeps sending the last nonce it received).
         self.types[ty.index()].subscription =
             Some(if ty.is_full_state() && req.resource_names.is_empty() {
                 Subscription::Wildcard
@@ -436,6 +437,7 @@ impl Stream {
             st.force = false;
             self.nonces += 1;
             let nonce = self.nonces.to_string();
+            self.types[ty.index()].last_nonce = Some(nonce.clone());
             out.responses.push(Response {
                 ty,
                 version: version.clone(),
@@ -443,7 +445,6 @@ impl Stream {
                 resources: desired.values().cloned().collect(),
             });
             self.types[ty.index()].sent = Some(Sent {
-                nonce,
                 held: Held {
                     version,
                     resources: desired,

