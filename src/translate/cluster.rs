@@ -4,8 +4,8 @@
 use envoy_types::pb::envoy::config::cluster::v3::{
     Cluster, OutlierDetection,
     cluster::{
-        ClusterDiscoveryType, CommonLbConfig, DiscoveryType, EdsClusterConfig, LbConfig, LbPolicy,
-        LeastRequestLbConfig, RoundRobinLbConfig, SlowStartConfig,
+        ClusterDiscoveryType, CommonLbConfig, CustomClusterType, DiscoveryType, EdsClusterConfig,
+        LbConfig, LbPolicy, LeastRequestLbConfig, RoundRobinLbConfig, SlowStartConfig,
     },
 };
 use envoy_types::pb::envoy::config::core::v3::{
@@ -126,6 +126,24 @@ fn health_check(h: &spec::HealthCheck) -> HealthCheck {
         // Check idle clusters (a warm blue-green colour) as often as busy ones.
         no_traffic_interval: Some(duration(h.interval)),
         health_checker: Some(health_checker),
+        ..Default::default()
+    }
+}
+
+/// A cluster that sends to `primary` while it has healthy endpoints and to `fallback` when it
+/// has none (Envoy's aggregate cluster picks the first with healthy hosts).
+pub(super) fn fallback(name: &str, primary: &str, fallback: &str) -> Cluster {
+    let config = envoy_types::pb::envoy::extensions::clusters::aggregate::v3::ClusterConfig {
+        clusters: vec![primary.to_owned(), fallback.to_owned()],
+    };
+    Cluster {
+        name: name.to_owned(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::ClusterType(CustomClusterType {
+            name: "envoy.clusters.aggregate".to_owned(),
+            typed_config: Some(super::any(&config)),
+        })),
+        connect_timeout: Some(duration(std::time::Duration::from_secs(1))),
+        lb_policy: LbPolicy::ClusterProvided as i32,
         ..Default::default()
     }
 }

@@ -53,6 +53,13 @@ pub fn translate_with(spec: &Spec, retired: &BTreeSet<String>) -> Resources {
             out.clusters.push(cluster::cluster(&name, &service.policy));
             out.endpoints.push(cluster::load_assignment(&name, version));
         }
+        if let Some((canary, stable)) = routes::canary_fallback(service) {
+            out.clusters.push(cluster::fallback(
+                &fallback_cluster_name(service_name, canary, stable),
+                &Spec::cluster_name(service_name, canary),
+                &Spec::cluster_name(service_name, stable),
+            ));
+        }
     }
     for l in &spec.listeners {
         out.listeners.push(listener::listener(l));
@@ -65,6 +72,11 @@ pub fn translate_with(spec: &Spec, retired: &BTreeSet<String>) -> Resources {
     out.listeners.sort_by(|a, b| a.name.cmp(&b.name));
     out.routes.sort_by(|a, b| a.name.cmp(&b.name));
     out
+}
+
+/// The cluster that is `canary` while it has a healthy endpoint and `stable` otherwise.
+pub fn fallback_cluster_name(service: &str, canary: &str, stable: &str) -> String {
+    format!("{service}/{canary}~{stable}")
 }
 
 /// Resources that refer to other resources get them over the same ADS stream.

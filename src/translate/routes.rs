@@ -32,6 +32,20 @@ use envoy_types::pb::google::protobuf::UInt32Value;
 use super::{any, duration};
 use crate::spec::{Condition, HashOn, LoadBalancing, PathMatch, Percent, Service, Spec, Strategy};
 
+/// A canary that splits traffic falls back to stable when it has no healthy endpoint, rather
+/// than keep its share and fail it: `(canary, stable)` when that applies.
+pub(super) fn canary_fallback(service: &Service) -> Option<(&str, &str)> {
+    match &service.strategy {
+        Strategy::Canary {
+            stable,
+            canary,
+            weight,
+            ..
+        } if weight.ppm() > 0 && weight.ppm() < Percent::MILLION => Some((canary, stable)),
+        _ => None,
+    }
+}
+
 pub(super) fn service_routes(
     path: &PathMatch,
     service_name: &str,
@@ -82,6 +96,8 @@ pub(super) fn service_routes(
             0 => Target::One(cluster(stable)),
             Percent::MILLION => Target::One(cluster(canary)),
             ppm => {
+                // Canary requests go to the canary while it has a healthy endpoint, else to stable.
+                let canary_cluster = super::fallback_cluster_name(service_name, canary, stable);
                 if let Some(sticky) = sticky {
                     // The cookie names the version, so that after a promotion (the canary becomes
                     // stable) its users stay where they are.
@@ -91,7 +107,12 @@ pub(super) fn service_routes(
                             value: version.clone(),
                         };
                         if let Some(m) = base.matcher(std::slice::from_ref(&condition)) {
-                            routes.push(base.route(m, Target::One(cluster(version))));
+                            let target = if version == canary {
+                                canary_cluster.clone()
+                            } else {
+                                cluster(version)
+                            };
+                            routes.push(base.route(m, Target::One(target)));
                         }
                     }
                 }
@@ -106,7 +127,7 @@ pub(super) fn service_routes(
                 };
                 Target::Weighted(vec![
                     (cluster(stable), Percent::MILLION - ppm, set_cookie(stable)),
-                    (cluster(canary), ppm, set_cookie(canary)),
+                    (canary_cluster, ppm, set_cookie(canary)),
                 ])
             }
         },

@@ -1,0 +1,84 @@
+//! A canary with no healthy endpoint does not keep its share of the traffic: its requests fall
+//! back to the stable version (Envoy's aggregate cluster `<service>/<canary>~<stable>`), so a
+//! broken canary costs no failed requests, and gets its share back once healthy.
+
+mod support;
+
+use support::{Scenario, WAIT, envoy_binary, eventually};
+
+const CANARY: &str = "\
+listeners:
+  - name: public
+    address: ${listener}
+    routes:
+      - match: { prefix: / }
+        service: checkout
+services:
+  checkout:
+    versions:
+      v1: { endpoints: [${v1-1}, ${v1-2}] }
+      v2: { endpoints: [${v2-1}] }
+    strategy:
+      canary: { stable: v1, canary: v2, weight: 50 }
+    health_check: { path: /health, interval: 200ms, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1 }
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unhealthy_canary_falls_back_to_stable() {
+    let Some(envoy) = envoy_binary() else { return };
+    let s = Scenario::start(&envoy, &["v1-1", "v1-2", "v2-1"], CANARY).await;
+    let v2 = s.upstream("v2-1").addr;
+
+    let both = s.envoy.count_bodies(200, "/", &[]).await;
+    assert!(
+        both.get("v2-1").is_some_and(|n| *n > 50),
+        "the canary serves its share: {both:?}"
+    );
+
+    s.upstream("v2-1").set_healthy(false);
+    eventually(
+        WAIT,
+        "Envoy to see the canary fail its health check",
+        async || {
+            s.envoy
+                .health_flags("checkout/v2", v2)
+                .await
+                .is_some_and(|f| f.contains("failed_active_hc"))
+        },
+    )
+    .await;
+    // Every request succeeds (count_bodies fails on any non-200), all from stable.
+    let hits = s.upstream("v2-1").hits();
+    let fallen_back = s.envoy.count_bodies(200, "/", &[]).await;
+    assert_eq!(fallen_back.values().sum::<usize>(), 200);
+    assert!(
+        fallen_back.keys().all(|b| b.starts_with("v1-")),
+        "stable took the canary's share: {fallen_back:?}"
+    );
+    assert_eq!(s.upstream("v2-1").hits(), hits);
+
+    s.upstream("v2-1").set_healthy(true);
+    eventually(WAIT, "the canary to be healthy again", async || {
+        s.envoy
+            .health_flags("checkout/v2", v2)
+            .await
+            .is_some_and(|f| f == "healthy")
+    })
+    .await;
+    eventually(
+        WAIT,
+        "canary requests to reach the canary again",
+        async || {
+            s.envoy
+                .count_bodies(20, "/", &[])
+                .await
+                .contains_key("v2-1")
+        },
+    )
+    .await;
+    let back = s.envoy.count_bodies(200, "/", &[]).await;
+    assert!(
+        back.get("v2-1").is_some_and(|n| *n > 50),
+        "the canary has its share back: {back:?}"
+    );
+}
