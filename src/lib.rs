@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod app;
 pub mod bootstrap;
+pub mod cli;
 pub mod drain;
 pub mod metrics;
 pub mod render;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use cutover::{app, bootstrap, render};
+use cutover::{app, bootstrap, cli, render};
 
 #[derive(Parser)]
 #[command(name = "cutover", version, about = "Zero-downtime deployments on Envoy from one YAML file", long_about = None)]
@@ -76,6 +76,39 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Yaml)]
         format: Format,
     },
+    /// Show what a running cutover serves: config version, last reload, services and every
+    /// connected Envoy with the versions it ACKed, has pending and rejected.
+    ///
+    /// Reads GET /status from cutover's admin API. Exit 1 if it cannot be reached.
+    Status {
+        /// cutover's admin address (`cutover serve --admin`).
+        #[arg(long, default_value = cli::status::DEFAULT_ADMIN, env = "CUTOVER_ADMIN")]
+        admin: SocketAddr,
+        /// Print the JSON as served instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Refresh every second until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Show what Envoy would see change between two deployment files: clusters, endpoints,
+    /// listeners and routes added (+), removed (-) or changed (~).
+    ///
+    /// Both files are compiled as a freshly started cutover would serve them: a running one also
+    /// keeps removed endpoints DRAINING for --drain-period and a red-black service's previous
+    /// version for its grace period; the diff shows where they end up. Exit 0 if Envoy would
+    /// see no difference, 1 if it would, 2 if a file cannot be read or is invalid.
+    Diff {
+        /// The deployment file as it is (e.g. the one being served).
+        old: PathBuf,
+        /// The deployment file as it would be.
+        new: PathBuf,
+    },
+    /// Print the JSON Schema of the deployment file, for editor completion and help.
+    ///
+    /// The repository keeps it as deploy.schema.json; regenerate it with
+    /// `cargo run -- schema > deploy.schema.json`.
+    Schema,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -179,6 +212,102 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             });
             print_value(&render::to_json(&b)?, format)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { admin, json, watch } => status(admin, json, watch),
+        Command::Diff { old, new } => Ok(diff(&old, &new)),
+        Command::Schema => {
+            print!("{}", cli::schema::deployment_schema_text());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn status(admin: SocketAddr, json: bool, watch: bool) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let color = cli::color_for_stdout();
+    let show =
+        |fetched: &Result<(String, cli::status::Status), cli::status::FetchError>| match fetched {
+            Ok((body, _)) if json => println!("{}", body.trim_end()),
+            Ok((_, report)) => print!("{}", cli::status::render_status(report, color)),
+            Err(err) => eprintln!("error: {err}"),
+        };
+    if !watch {
+        let fetched = runtime.block_on(cli::status::fetch(admin));
+        show(&fetched);
+        return Ok(if fetched.is_ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    let terminal = std::io::stdout().is_terminal();
+    runtime.block_on(async {
+        loop {
+            let fetched = cli::status::fetch(admin).await;
+            // Clear the screen and go home, as watch(1) does; an error stays on screen until
+            // the next refresh, so cutover coming back is picked up. Into a pipe or a file,
+            // refreshes follow each other.
+            if terminal {
+                print!("\x1b[2J\x1b[H");
+            }
+            println!(
+                "every 1s: cutover status --admin {admin}    {}\n",
+                humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+            );
+            show(&fetched);
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            }
+        }
+    })
+}
+
+/// `cutover diff`: exit 0 same, 1 different, 2 trouble (like diff(1)).
+fn diff(old: &std::path::Path, new: &std::path::Path) -> ExitCode {
+    const TROUBLE: u8 = 2;
+    let mut compiled = Vec::new();
+    let mut failed = false;
+    for file in [old, new] {
+        let label = file.display().to_string();
+        let text = match std::fs::read_to_string(file) {
+            Ok(text) => text,
+            Err(err) => {
+                eprintln!("error: cannot read {label}: {err}");
+                failed = true;
+                continue;
+            }
+        };
+        match app::compile_resources(&label, &text) {
+            Ok(resources) => compiled.push((label, resources)),
+            Err(err) => {
+                eprintln!("{err}");
+                let n = err.problems.len();
+                eprintln!("{label}: {n} problem{}", if n == 1 { "" } else { "s" });
+                failed = true;
+            }
+        }
+    }
+    let [(old_label, old), (new_label, new)] = match <[_; 2]>::try_from(compiled) {
+        Ok(both) if !failed => both,
+        _ => return ExitCode::from(TROUBLE),
+    };
+    let side = |label, resources| cli::diff::Side { label, resources };
+    match cli::diff::diff(side(&old_label, &old), side(&new_label, &new)) {
+        Ok(d) => {
+            print!("{}", d.render(cli::color_for_stdout()));
+            if d.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(TROUBLE)
         }
     }
 }

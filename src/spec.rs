@@ -13,6 +13,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// The file as written, before validation: its JSON Schema is the file's (`cutover schema`).
+pub use raw::RawSpec;
 pub use validate::parse;
 
 /// A validated deployment file.

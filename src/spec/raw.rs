@@ -1,213 +1,422 @@
 //! The deployment file exactly as serde reads it, with the position of every value that a
 //! validation message may need to point at. Unknown keys are rejected here.
+//!
+//! The same types describe the file's JSON Schema (`cutover schema`, `deploy.schema.json`): the
+//! `///` comments on them are the help editors show, `deny_unknown_fields` becomes
+//! `additionalProperties: false`, and a `Spanned<T>` is described as its `T`. The schema only
+//! helps editors: validation ([`super::validate`]) stays the authority on what a file means.
 
+use std::borrow::Cow;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-#[derive(Debug, Deserialize)]
+/// A cutover deployment file: the listeners Envoy serves and the services (and their versions)
+/// they route to.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Deployment", title = "cutover deployment file")]
 pub struct RawSpec {
+    /// The ports Envoy listens on, each with its routes. At least one.
     #[serde(default)]
+    #[schemars(with = "Vec<RawListener>")]
     pub listeners: Vec<Spanned<RawListener>>,
+    /// Services by name: several versions of one application, and which of them gets traffic.
+    /// Every version becomes an Envoy cluster named `<service>/<version>`.
     #[serde(default)]
+    #[schemars(with = "Names<RawService>")]
     pub services: Entries<Spanned<RawService>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// An Envoy listener: one port, one route configuration of the same name.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Listener")]
 pub struct RawListener {
+    /// Unique name; also the name of its Envoy RouteConfiguration and its stat prefix.
+    #[schemars(with = "Name")]
     pub name: Spanned<String>,
+    /// IP:PORT Envoy listens on, e.g. `127.0.0.1:10000` or `[::1]:10000`.
+    #[schemars(with = "Address")]
     pub address: Spanned<String>,
+    /// Routes in match order: the first route whose match fits a request wins. At least one.
     #[serde(default)]
+    #[schemars(with = "Vec<RawRoute>")]
     pub routes: Vec<Spanned<RawRoute>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A path match and the service that answers it.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Route")]
 pub struct RawRoute {
+    /// Exactly one of `prefix` or `path`, e.g. `{ prefix: / }`.
     #[serde(rename = "match")]
+    #[schemars(with = "RawMatch")]
     pub matcher: Spanned<RawMatch>,
+    /// The service (a key of `services`) whose strategy, rules and preview answer this path.
+    #[schemars(with = "String")]
     pub service: Spanned<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// How a route matches the request path: exactly one of `prefix` or `path`.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "RouteMatch")]
 pub struct RawMatch {
+    /// Matches every path that starts with this one, e.g. `/` or `/api`.
+    #[schemars(with = "Option<Path>")]
     pub prefix: Option<Spanned<String>>,
+    /// Matches exactly this path, e.g. `/healthz`.
+    #[schemars(with = "Option<Path>")]
     pub path: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A service: several versions of one application, which of them gets traffic, and its traffic
+/// policy. Give either `active` or `strategy`.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Service")]
 pub struct RawService {
+    /// Versions by name; each becomes the Envoy cluster `<service>/<version>`.
+    #[schemars(with = "Names<RawVersion>")]
     pub versions: Spanned<Entries<Spanned<RawVersion>>>,
-    /// Shorthand for `strategy: { blue-green: { active: ... } }`.
+    /// The version that gets all traffic (blue-green). Shorthand for
+    /// `strategy: { blue-green: { active: ... } }`.
+    #[schemars(with = "Option<String>")]
     pub active: Option<Spanned<String>>,
+    /// Which versions get traffic: `blue-green`, `red-black`, `canary` or `shadow`.
+    #[schemars(with = "Option<RawStrategy>")]
     pub strategy: Option<Spanned<RawStrategy>>,
+    /// A version that gets a copy of (a share of) the requests; its responses are discarded.
+    /// Not with the `shadow` strategy, which has its own mirror.
+    #[schemars(with = "Option<RawMirror>")]
     pub mirror: Option<Spanned<RawMirror>>,
+    /// User groups sent to a chosen version (A/B testing), tried in order before the strategy.
     #[serde(default)]
+    #[schemars(with = "Vec<RawRule>")]
     pub rules: Vec<Spanned<RawRule>>,
+    /// How Envoy spreads requests over a version's endpoints. Default: `round_robin`.
+    #[schemars(with = "Option<RawLoadBalancing>")]
     pub load_balancing: Option<Spanned<RawLoadBalancing>>,
+    /// Passive health checking: endpoints that fail are ejected for a while. On by default.
+    #[schemars(with = "Option<RawOutlierDetection>")]
     pub outlier_detection: Option<Spanned<RawOutlierDetection>>,
+    /// Active health checks Envoy sends to every endpoint (HTTP `path` or `tcp: true`).
+    #[schemars(with = "Option<RawHealthCheck>")]
     pub health_check: Option<Spanned<RawHealthCheck>>,
+    /// New endpoints get a growing share of requests during this window (round robin and least
+    /// request only). Default: none.
+    #[schemars(with = "Option<DurationText>")]
     pub slow_start: Option<Spanned<String>>,
+    /// Timeout of a whole request (Envoy's `RouteAction.timeout`). Default: Envoy's 15s.
+    #[schemars(with = "Option<DurationText>")]
     pub timeout: Option<Spanned<String>>,
+    /// Timeout of a new connection to an endpoint. Default: 1s.
+    #[schemars(with = "Option<DurationText>")]
     pub connect_timeout: Option<Spanned<String>>,
+    /// Retries of failed requests. Default: 2 attempts on connect-failure, refused-stream and
+    /// reset-before-request (safe for any method), each on another endpoint.
+    #[schemars(with = "Option<RawRetries>")]
     pub retries: Option<Spanned<RawRetries>>,
+    /// Below this share of available endpoints Envoy ignores health and spreads requests over
+    /// all of them (panic mode). Default: 0 (never).
+    #[schemars(with = "Option<Percentage>")]
     pub panic_threshold: Option<Spanned<Scalar>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Which versions of a service get traffic: exactly one of the strategies.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
+#[schemars(rename = "Strategy")]
 pub enum RawStrategy {
+    /// One version gets all traffic; the others stay warm for an instant switch or rollback.
     BlueGreen(RawBlueGreen),
+    /// Only the active version is deployed; after a switch the previous one is kept for `grace`
+    /// once every Envoy ACKed the switch, then removed.
     RedBlack(RawRedBlack),
+    /// `weight` percent of requests go to `canary`, the rest to `stable`.
     Canary(Box<RawCanary>),
+    /// `primary` answers; `mirror` gets a copy of `percent` of the requests.
     Shadow(RawShadow),
 }
 
-#[derive(Debug, Deserialize)]
+/// Blue-green: one version gets all traffic, the others stay warm.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "BlueGreen")]
 pub struct RawBlueGreen {
+    /// The version that gets all traffic.
+    #[schemars(with = "String")]
     pub active: Spanned<String>,
+    /// Lets requests carrying `<header>: <version>` reach an idle version before a switch.
+    #[schemars(with = "Option<RawPreview>")]
     pub preview: Option<Spanned<RawPreview>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Red-black: blue-green whose previous version is removed after a grace period.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "RedBlack")]
 pub struct RawRedBlack {
+    /// The version that gets all traffic; the only one deployed in steady state.
+    #[schemars(with = "String")]
     pub active: Spanned<String>,
+    /// How long the previous version stays after every Envoy ACKed a switch. Default: 5m.
+    #[schemars(with = "Option<DurationText>")]
     pub grace: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Preview routes to the idle versions of a blue-green service.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Preview")]
 pub struct RawPreview {
+    /// The request header naming the version to reach. Default: `x-cutover-preview`.
+    #[schemars(with = "Option<String>")]
     pub header: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Canary: a share of requests goes to the canary, the rest to the stable version.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Canary")]
 pub struct RawCanary {
+    /// The version that gets the rest of the requests.
+    #[schemars(with = "String")]
     pub stable: Spanned<String>,
+    /// The version being tried; not the stable one.
+    #[schemars(with = "String")]
     pub canary: Spanned<String>,
+    /// Percent of requests that go to the canary, 0 to 100 (e.g. `10`, `0.5` or `"25%"`).
+    #[schemars(with = "Percentage")]
     pub weight: Spanned<Scalar>,
+    /// Keeps each user on the version they first got, with a cookie Envoy sets.
+    #[schemars(with = "Option<RawSticky>")]
     pub sticky: Option<Spanned<RawSticky>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Sticky canary users: a cookie naming the version that answered.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Sticky")]
 pub struct RawSticky {
+    /// The cookie's name. Default: `cutover-<service>`.
+    #[schemars(with = "Option<String>")]
     pub cookie: Option<Spanned<String>>,
+    /// The cookie's lifetime (`Max-Age`). Default: 24h.
+    #[schemars(with = "Option<DurationText>")]
     pub ttl: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Shadow: one version answers, another gets copies of the requests.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Shadow")]
 pub struct RawShadow {
+    /// The version that answers.
+    #[schemars(with = "String")]
     pub primary: Spanned<String>,
+    /// The version that gets copies; its responses are discarded.
+    #[schemars(with = "String")]
     pub mirror: Spanned<String>,
+    /// Percent of requests copied to the mirror. Default: 100.
+    #[schemars(with = "Option<Percentage>")]
     pub percent: Option<Spanned<Scalar>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A mirror added to any strategy but `shadow`.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Mirror")]
 pub struct RawMirror {
+    /// The version that gets copies; it must not also answer requests.
+    #[schemars(with = "String")]
     pub version: Spanned<String>,
+    /// Percent of requests copied. Default: 100.
+    #[schemars(with = "Option<Percentage>")]
     pub percent: Option<Spanned<Scalar>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A user group sent to one version.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Rule")]
 pub struct RawRule {
+    /// The conditions, all of which must hold; at least one.
     #[serde(rename = "match")]
+    #[schemars(with = "RawRuleMatch")]
     pub matcher: Spanned<RawRuleMatch>,
+    /// The version matching requests go to.
+    #[schemars(with = "String")]
     pub version: Spanned<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Conditions of a rule; every one must hold.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "RuleMatch")]
 pub struct RawRuleMatch {
+    /// Request headers that must have exactly these values, e.g. `{ x-beta: "1" }`.
     #[serde(default)]
+    #[schemars(with = "Entries<Scalar>")]
     pub header: Entries<Spanned<Scalar>>,
+    /// Cookies that must have exactly these values, e.g. `{ group: beta }`.
     #[serde(default)]
+    #[schemars(with = "Entries<Scalar>")]
     pub cookie: Entries<Spanned<Scalar>>,
+    /// Query parameters that must have exactly these values, e.g. `{ beta: "1" }`.
     #[serde(default)]
+    #[schemars(with = "Entries<Scalar>")]
     pub query: Entries<Spanned<Scalar>>,
+    /// A path prefix, inside the path of the listener route.
+    #[schemars(with = "Option<Path>")]
     pub prefix: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// How Envoy spreads requests over a version's endpoints.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "LoadBalancing")]
 pub enum RawLoadBalancing {
+    /// Weighted round robin (the default).
     RoundRobin,
+    /// The endpoint with the fewest active requests, of two picked at random.
     LeastRequest,
+    /// A random endpoint.
     Random,
+    /// Consistent hashing (ring hash) on a header, a cookie or the client's IP.
     RingHash(RawHashOn),
+    /// Consistent hashing (Maglev) on a header, a cookie or the client's IP.
     Maglev(RawHashOn),
 }
 
-#[derive(Debug, Deserialize)]
+/// What a hash-based load balancer hashes: `{ header: name }`, `{ cookie: name }` or
+/// `source_ip`.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "HashOn")]
 pub enum RawHashOn {
+    /// A request header's value.
     Header(String),
+    /// A cookie's value.
     Cookie(String),
+    /// The client's IP address.
     SourceIp,
 }
 
-#[derive(Debug, Deserialize)]
+/// Passive health checking (Envoy's `outlier_detection`), on by default.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "OutlierDetection")]
 pub struct RawOutlierDetection {
+    /// `false` turns outlier detection off. Default: true.
     pub enabled: Option<bool>,
+    /// Consecutive 5xx responses that eject an endpoint. Default: 5.
+    #[schemars(with = "Option<u32>")]
     pub consecutive_5xx: Option<Spanned<u32>>,
+    /// Consecutive gateway errors (502, 503, 504) that eject an endpoint. Default: off.
+    #[schemars(with = "Option<u32>")]
     pub consecutive_gateway_errors: Option<Spanned<u32>>,
+    /// Time between ejection sweeps. Default: 10s.
+    #[schemars(with = "Option<DurationText>")]
     pub interval: Option<Spanned<String>>,
+    /// How long an endpoint is ejected, times the number of its ejections. Default: 30s.
+    #[schemars(with = "Option<DurationText>")]
     pub base_ejection_time: Option<Spanned<String>>,
+    /// At most this percent of a version's endpoints are ejected at once. Default: 50.
+    #[schemars(with = "Option<u32>", range(max = 100))]
     pub max_ejection_percent: Option<Spanned<u32>>,
+    /// Eject endpoints whose success rate is far below the others'. Default: off.
+    #[schemars(with = "Option<RawSuccessRate>")]
     pub success_rate: Option<Spanned<RawSuccessRate>>,
+    /// Eject endpoints whose failure percentage is above a threshold. Default: off.
+    #[schemars(with = "Option<RawFailurePercentage>")]
     pub failure_percentage: Option<Spanned<RawFailurePercentage>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Success-rate outlier detection.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "SuccessRate")]
 pub struct RawSuccessRate {
+    /// Endpoints needed with enough requests for the check to run. Default: 5.
     pub minimum_hosts: Option<u32>,
+    /// Requests an endpoint needs in an interval to be checked. Default: 100.
     pub request_volume: Option<u32>,
+    /// Ejects endpoints below the mean success rate minus this many standard deviations.
+    /// Default: 1.9.
+    #[schemars(with = "Option<f64>")]
     pub stdev_factor: Option<Spanned<Scalar>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Failure-percentage outlier detection.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "FailurePercentage")]
 pub struct RawFailurePercentage {
+    /// Failure percentage (0 to 100) above which an endpoint is ejected. Default: 85.
+    #[schemars(with = "Option<u32>", range(max = 100))]
     pub threshold: Option<Spanned<u32>>,
+    /// Endpoints needed with enough requests for the check to run. Default: 5.
     pub minimum_hosts: Option<u32>,
+    /// Requests an endpoint needs in an interval to be checked. Default: 50.
     pub request_volume: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Active health checks: an HTTP `path` or `tcp: true`.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "HealthCheck")]
 pub struct RawHealthCheck {
+    /// HTTP health check: the path Envoy requests, e.g. `/health`; healthy on a 200.
+    #[schemars(with = "Option<Path>")]
     pub path: Option<Spanned<String>>,
+    /// `true`: the check is a TCP connect.
     pub tcp: Option<bool>,
+    /// Time between checks, also for versions with no traffic. Default: 5s.
+    #[schemars(with = "Option<DurationText>")]
     pub interval: Option<Spanned<String>>,
+    /// Time to wait for a check's answer. Default: 2s.
+    #[schemars(with = "Option<DurationText>")]
     pub timeout: Option<Spanned<String>>,
+    /// Failed checks before an endpoint is unhealthy. Default: 3.
+    #[schemars(with = "Option<u32>", range(min = 1))]
     pub unhealthy_threshold: Option<Spanned<u32>>,
+    /// Passed checks before an endpoint is healthy again. Default: 2.
+    #[schemars(with = "Option<u32>", range(min = 1))]
     pub healthy_threshold: Option<Spanned<u32>>,
+    /// New endpoints get no requests until their first check passed. Default: true.
     pub wait_for_first_check: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Retries of failed requests, each on another endpoint than the one that failed.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Retries")]
 pub struct RawRetries {
+    /// Retries per request; 0 turns retries off. Default: 2.
+    #[schemars(with = "Option<u32>")]
     pub attempts: Option<Spanned<u32>>,
+    /// Envoy `retry_on` conditions, e.g. `connect-failure`, `refused-stream`,
+    /// `reset-before-request`, `5xx`, `gateway-error`. Default: the first three.
+    #[schemars(with = "Option<Vec<String>>")]
     pub on: Option<Vec<Spanned<String>>>,
+    /// Timeout of each try. Default: none.
+    #[schemars(with = "Option<DurationText>")]
     pub per_try_timeout: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One version of a service: an Envoy cluster and its endpoints.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Version")]
 pub struct RawVersion {
+    /// The endpoints of this version: `IP:PORT`, or `{ address, weight, drain }`. A version
+    /// that gets traffic needs at least one that is not draining.
     #[serde(default)]
+    #[schemars(with = "Vec<RawEndpoint>")]
     pub endpoints: Vec<Spanned<RawEndpoint>>,
 }
 
@@ -219,11 +428,18 @@ pub struct RawEndpoint {
     pub drain: bool,
 }
 
-#[derive(Deserialize)]
+/// An endpoint with options.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "EndpointOptions")]
 struct RawEndpointMap {
+    /// IP:PORT of the endpoint, e.g. `127.0.0.1:8081`.
+    #[schemars(with = "Address")]
     address: String,
+    /// Relative load-balancing weight (weighted round robin), at least 1. Default: 1.
+    #[schemars(range(min = 1))]
     weight: Option<u32>,
+    /// `true`: no new requests (Envoy `DRAINING`); requests in flight finish. Default: false.
     #[serde(default)]
     drain: bool,
 }
@@ -327,5 +543,141 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for Entries<V> {
             }
         }
         deserializer.deserialize_map(Visitor(std::marker::PhantomData))
+    }
+}
+
+// JSON Schema of the types above whose `Deserialize` is written by hand, and of the text formats
+// that validation parses. Editors use these for completion and help only.
+
+impl JsonSchema for RawEndpoint {
+    fn schema_name() -> Cow<'static, str> {
+        "Endpoint".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "An endpoint: `IP:PORT`, or `{ address: IP:PORT, weight: N, drain: true }`.",
+            "anyOf": [
+                generator.subschema_for::<Address>(),
+                generator.subschema_for::<RawEndpointMap>(),
+            ]
+        })
+    }
+}
+
+impl JsonSchema for Scalar {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        "Scalar".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({ "type": ["string", "number", "boolean"] })
+    }
+}
+
+impl<V: JsonSchema> JsonSchema for Entries<V> {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        format!("Map_of_{}", V::schema_name()).into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "object",
+            "additionalProperties": generator.subschema_for::<V>(),
+        })
+    }
+}
+
+/// The schema of a mapping whose keys are names (services, versions).
+struct Names<V>(std::marker::PhantomData<V>);
+
+impl<V: JsonSchema> JsonSchema for Names<V> {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        format!("Names_of_{}", V::schema_name()).into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "object",
+            "propertyNames": generator.subschema_for::<Name>(),
+            "additionalProperties": generator.subschema_for::<V>(),
+        })
+    }
+}
+
+/// Defines a schema-only type for a text format that validation parses.
+macro_rules! text_schema {
+    ($(#[$doc:meta])* $name:ident => $schema:tt) => {
+        $(#[$doc])*
+        struct $name;
+
+        impl JsonSchema for $name {
+            fn inline_schema() -> bool {
+                true
+            }
+
+            fn schema_name() -> Cow<'static, str> {
+                stringify!($name).into()
+            }
+
+            fn json_schema(_: &mut SchemaGenerator) -> Schema {
+                json_schema!($schema)
+            }
+        }
+    };
+}
+
+text_schema! {
+    /// A listener, service or version name, as `Validator::check_name` accepts it.
+    Name => {
+        "type": "string",
+        "pattern": "^[A-Za-z0-9._-]{1,64}$",
+    }
+}
+
+text_schema! {
+    /// `IP:PORT`; validation parses it as a `SocketAddr`.
+    Address => {
+        "type": "string",
+        "examples": ["127.0.0.1:8081", "[::1]:8081"],
+    }
+}
+
+text_schema! {
+    /// A URL path; validation requires the leading `/`.
+    Path => {
+        "type": "string",
+        "pattern": "^/",
+    }
+}
+
+text_schema! {
+    /// A duration as `humantime` parses it.
+    DurationText => {
+        "type": "string",
+        "examples": ["500ms", "5s", "2m", "1h"],
+    }
+}
+
+text_schema! {
+    /// A percentage as `Percent::parse` reads it; the string form is checked loosely here and
+    /// exactly by validation.
+    Percentage => {
+        "anyOf": [
+            { "type": "number", "minimum": 0, "maximum": 100 },
+            { "type": "string", "pattern": "^\\s*[0-9]*\\.?[0-9]*\\s*%?\\s*$" },
+        ],
     }
 }

@@ -1,0 +1,397 @@
+//! `cutover status`: a running cutover's `GET /status`, as tables an operator reads at a glance.
+//!
+//! [`fetch`] makes the one HTTP request; [`render_status`] is pure (report in, text out) so its
+//! output is snapshot-tested without a server. The report types here are the client's reading
+//! of [`crate::status::StatusReport`]: every field has a default, so a `cutover status` of
+//! another release still shows what it understands.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http_body_util::{BodyExt as _, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+
+use super::style::{Painter, Style, Table, percent};
+
+/// The default admin address of `cutover serve`.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:19000";
+
+/// `GET /status` as the client reads it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Status {
+    pub file: String,
+    pub config_version: Option<String>,
+    pub last_reload: Option<Reload>,
+    pub services: BTreeMap<String, ServiceStatus>,
+    pub nodes: Vec<NodeStatus>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Reload {
+    pub ok: bool,
+    pub error: Option<String>,
+    pub at: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ServiceStatus {
+    pub strategy: String,
+    /// Percent of answered requests per version.
+    pub split: BTreeMap<String, f64>,
+    pub mirror: Option<MirrorStatus>,
+    pub rules: usize,
+    pub deployed: Vec<String>,
+    pub retiring: Vec<RetiringStatus>,
+    pub synced: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct MirrorStatus {
+    pub version: String,
+    pub percent: f64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RetiringStatus {
+    pub version: String,
+    pub awaiting_ack: bool,
+    pub retires_in_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct NodeStatus {
+    pub id: String,
+    pub cluster: String,
+    pub address: Option<String>,
+    pub stream: String,
+    pub connected_since: String,
+    pub config_version: Option<String>,
+    pub in_sync: bool,
+    /// By short type name (`cds`, `eds`, `lds`, `rds`).
+    pub types: BTreeMap<String, TypeStatus>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct TypeStatus {
+    pub acked: Option<String>,
+    pub pending: Option<String>,
+    pub last_nack: Option<Nack>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Nack {
+    pub version: String,
+    pub error: String,
+    pub at: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error(
+        "cannot reach cutover's admin API at {addr}: {source}\n\
+         is `cutover serve` running? Give its admin address with --admin ADDR (default {DEFAULT_ADMIN})"
+    )]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no answer from {addr} within {timeout:?}; is it cutover's admin address (--admin)?")]
+    Timeout { addr: SocketAddr, timeout: Duration },
+    #[error("the request to {addr} failed: {source}; is it cutover's admin address (--admin)?")]
+    Http {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error(
+        "http://{addr}/status answered {status} ({body}); is {addr} cutover's admin address (--admin)?"
+    )]
+    Status {
+        addr: SocketAddr,
+        status: hyper::StatusCode,
+        body: String,
+    },
+    #[error("http://{addr}/status is not cutover's status JSON: {source}")]
+    Json {
+        addr: SocketAddr,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// How long one `GET /status` may take, connection included.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `GET http://{admin}/status`: the body as served, and as read.
+pub async fn fetch(admin: SocketAddr) -> Result<(String, Status), FetchError> {
+    let body = tokio::time::timeout(TIMEOUT, get(admin, "/status"))
+        .await
+        .map_err(|_| FetchError::Timeout {
+            addr: admin,
+            timeout: TIMEOUT,
+        })??;
+    let status = serde_json::from_str(&body).map_err(|source| FetchError::Json {
+        addr: admin,
+        source,
+    })?;
+    Ok((body, status))
+}
+
+/// One HTTP/1.1 GET on its own connection; the admin API is local and asked once a second at
+/// most, so there is nothing to pool.
+async fn get(addr: SocketAddr, path: &str) -> Result<String, FetchError> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|source| FetchError::Connect { addr, source })?;
+    let http = |source| FetchError::Http { addr, source };
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(http)?;
+    let driver = tokio::spawn(connection);
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, addr.to_string())
+        .header(hyper::header::ACCEPT, "application/json")
+        .body(Empty::<Bytes>::new())
+        .expect("a static request is valid");
+    let response = sender.send_request(request).await.map_err(http)?;
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(http)?
+        .to_bytes();
+    driver.abort();
+    let body = String::from_utf8_lossy(&bytes).into_owned();
+    if !status.is_success() {
+        return Err(FetchError::Status {
+            addr,
+            status,
+            body: first_line(&body),
+        });
+    }
+    Ok(body)
+}
+
+/// The start of an error body, enough to recognise what answered.
+fn first_line(body: &str) -> String {
+    const MAX: usize = 80;
+    let line = body
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("empty body");
+    if line.chars().count() > MAX {
+        format!("{}…", line.chars().take(MAX).collect::<String>())
+    } else {
+        line.to_owned()
+    }
+}
+
+/// The report as text: the config and last reload, then a table of services, then a table of
+/// connected Envoys with, under each, what it has ACKed, has pending and last rejected.
+pub fn render_status(report: &Status, color: bool) -> String {
+    let p = Painter { color };
+    let mut out = String::new();
+
+    let mut head = Table::default();
+    head.row(vec![
+        ("file".into(), Style::Bold),
+        (report.file.clone(), Style::Plain),
+    ]);
+    head.row(vec![
+        ("config version".into(), Style::Bold),
+        match &report.config_version {
+            Some(v) => (v.clone(), Style::Cyan),
+            None => (
+                "none: no valid deployment file loaded yet".into(),
+                Style::Red,
+            ),
+        },
+    ]);
+    head.row(vec![
+        ("last reload".into(), Style::Bold),
+        match &report.last_reload {
+            None => ("none yet".into(), Style::Dim),
+            Some(r) if r.ok => (format!("ok at {}", r.at), Style::Green),
+            Some(r) => (
+                match &report.config_version {
+                    Some(v) => format!("FAILED at {}; still serving config {v}", r.at),
+                    None => format!("FAILED at {}", r.at),
+                },
+                Style::Red,
+            ),
+        },
+    ]);
+    out.push_str(&head.render("", p));
+    if let Some(Reload {
+        ok: false,
+        error: Some(error),
+        ..
+    }) = &report.last_reload
+    {
+        for line in error.lines() {
+            let _ = writeln!(out, "    {}", p.paint(Style::Red, line));
+        }
+    }
+
+    out.push('\n');
+    if report.services.is_empty() {
+        let _ = writeln!(out, "{}", p.paint(Style::Dim, "no services"));
+    } else {
+        out.push_str(&services_table(report).render("", p));
+    }
+
+    out.push('\n');
+    if report.nodes.is_empty() {
+        let _ = writeln!(out, "{}", p.paint(Style::Dim, "no Envoy connected"));
+    } else {
+        let current = report.config_version.as_deref();
+        let mut nodes = Table::header(&[
+            "NODE",
+            "CLUSTER",
+            "ADDRESS",
+            "STREAM",
+            "CONNECTED SINCE",
+            "IN SYNC",
+        ]);
+        for n in &report.nodes {
+            nodes.row(node_row(n, current));
+        }
+        // The node table and each node's type table are rendered apart, so that the type rows
+        // do not widen the node columns; the header is the first line of the node table.
+        let rendered = nodes.render("", p);
+        let mut lines = rendered.lines();
+        if let Some(header) = lines.next() {
+            let _ = writeln!(out, "{header}");
+        }
+        for (n, line) in report.nodes.iter().zip(lines) {
+            let _ = writeln!(out, "{line}");
+            out.push_str(&node_types(n, p));
+        }
+    }
+    out
+}
+
+fn services_table(report: &Status) -> Table {
+    let mut t = Table::header(&[
+        "SERVICE", "STRATEGY", "SPLIT", "MIRROR", "RULES", "DEPLOYED", "RETIRING", "SYNCED",
+    ]);
+    for (name, s) in &report.services {
+        let split = s
+            .split
+            .iter()
+            .map(|(v, pct)| format!("{v} {}", percent(*pct)))
+            .collect::<Vec<_>>()
+            .join(" / ");
+        let mirror = s.mirror.as_ref().map_or_else(
+            || "-".to_owned(),
+            |m| format!("{} {}", m.version, percent(m.percent)),
+        );
+        let retiring = if s.retiring.is_empty() {
+            ("-".to_owned(), Style::Plain)
+        } else {
+            let text = s
+                .retiring
+                .iter()
+                .map(|r| match (r.awaiting_ack, r.retires_in_seconds) {
+                    (true, _) | (false, None) => format!("{} after every Envoy ACKs", r.version),
+                    (false, Some(s)) if s <= 0.0 => format!("{} now", r.version),
+                    (false, Some(s)) => format!("{} in {}", r.version, countdown(s)),
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            (text, Style::Yellow)
+        };
+        t.row(vec![
+            (name.clone(), Style::Bold),
+            (s.strategy.clone(), Style::Plain),
+            (or_dash(split), Style::Plain),
+            (mirror, Style::Plain),
+            (s.rules.to_string(), Style::Plain),
+            (or_dash(s.deployed.join(", ")), Style::Plain),
+            retiring,
+            yes_no(s.synced),
+        ]);
+    }
+    t
+}
+
+fn node_row(n: &NodeStatus, current: Option<&str>) -> Vec<(String, Style)> {
+    let in_sync = n.in_sync && (current.is_none() || n.config_version.as_deref() == current);
+    vec![
+        (or_dash(n.id.clone()), Style::Bold),
+        (or_dash(n.cluster.clone()), Style::Plain),
+        (or_dash(n.address.clone().unwrap_or_default()), Style::Plain),
+        (or_dash(n.stream.clone()), Style::Plain),
+        (or_dash(n.connected_since.clone()), Style::Plain),
+        yes_no(in_sync),
+    ]
+}
+
+/// The per-type versions of one node, indented under its row, and its rejections in full.
+fn node_types(n: &NodeStatus, p: Painter) -> String {
+    if n.types.is_empty() {
+        return format!("    {}\n", p.paint(Style::Dim, "nothing subscribed yet"));
+    }
+    let mut t = Table::header(&["TYPE", "ACKED", "PENDING", "LAST NACK"]);
+    for (ty, s) in &n.types {
+        t.row(vec![
+            (ty.clone(), Style::Plain),
+            (or_dash(s.acked.clone().unwrap_or_default()), Style::Plain),
+            match &s.pending {
+                Some(v) => (v.clone(), Style::Yellow),
+                None => ("-".into(), Style::Plain),
+            },
+            match &s.last_nack {
+                Some(nack) => (format!("{} at {}", nack.version, nack.at), Style::Red),
+                None => ("-".into(), Style::Plain),
+            },
+        ]);
+    }
+    let mut out = t.render("    ", p);
+    for (ty, s) in &n.types {
+        if let Some(nack) = &s.last_nack {
+            let _ = writeln!(
+                out,
+                "    {}",
+                p.paint(Style::Red, &format!("{ty} rejected {}:", nack.version))
+            );
+            for line in nack.error.lines() {
+                let _ = writeln!(out, "      {line}");
+            }
+        }
+    }
+    out
+}
+
+fn yes_no(yes: bool) -> (String, Style) {
+    if yes {
+        ("yes".into(), Style::Green)
+    } else {
+        ("no".into(), Style::Yellow)
+    }
+}
+
+fn or_dash(text: String) -> String {
+    if text.is_empty() { "-".into() } else { text }
+}
+
+/// Whole seconds, as `4m 12s`.
+fn countdown(seconds: f64) -> String {
+    let whole = Duration::from_secs(seconds.ceil() as u64);
+    humantime::format_duration(whole).to_string()
+}
