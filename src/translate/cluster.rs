@@ -65,6 +65,8 @@ pub(super) fn cluster(name: &str, policy: &Policy) -> Cluster {
             healthy_panic_threshold: Some(EnvoyPercent {
                 value: policy.panic_threshold.as_f64(),
             }),
+            // Apply drain and health changes as soon as they are ACKed, not up to 1 s later.
+            update_merge_window: Some(duration(std::time::Duration::ZERO)),
             ignore_new_hosts_until_first_hc: policy
                 .health_check
                 .as_ref()

@@ -36,7 +36,7 @@ fn same_file_same_bytes_and_versions() {
     assert_eq!(a, b);
     // Content hashes, not counters or timestamps: pinned so that a change of encoding or
     // hashing, which would make every Envoy re-apply its config after an upgrade, is noticed.
-    assert_eq!(a.version, "7e4b258412969731");
+    assert_eq!(a.version, "d073f844c150fdd7");
 }
 
 #[test]
