@@ -10,6 +10,8 @@
 // Each test binary uses a different part of the harness.
 #![allow(dead_code)]
 
+pub mod load;
+
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
