@@ -533,3 +533,57 @@ async fn csds_metrics_and_reload() {
         .unwrap();
     assert_eq!(reply.status(), 202);
 }
+
+#[tokio::test]
+async fn one_envoys_nack_does_not_affect_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir).await;
+    let mut rejecting = Client::connect(server.ads_addr).await;
+    bring_up(&mut rejecting).await;
+    let mut accepting = Client::connect(server.ads_addr).await;
+    bring_up(&mut accepting).await;
+
+    std::fs::write(
+        dir.path().join("deploy.yaml"),
+        DEPLOY.replace("active: blue", "active: green"),
+    )
+    .unwrap();
+    let update = rejecting.recv().await;
+    rejecting
+        .send_req(DiscoveryRequest {
+            type_url: RDS.into(),
+            response_nonce: update.nonce.clone(),
+            resource_names: vec!["public".into()],
+            error_detail: Some(Status {
+                code: 3,
+                message: "rejected by this Envoy only".into(),
+                details: vec![],
+            }),
+            ..Default::default()
+        })
+        .await;
+    let other = accepting.recv().await;
+    assert_eq!(route_cluster(&other), "checkout/green");
+    accepting.ack(&other, &["public"]).await;
+
+    let mut changes = server.registry.changes();
+    let report = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let report = server.registry.report();
+            if report.nodes.iter().any(|n| n.in_sync) {
+                return report;
+            }
+            changes.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the accepting Envoy gets in sync");
+    let synced: Vec<bool> = report.nodes.iter().map(|n| n.in_sync).collect();
+    assert_eq!(synced.iter().filter(|s| **s).count(), 1, "{synced:?}");
+    let nacked: Vec<&str> = report
+        .nodes
+        .iter()
+        .filter_map(|n| n.types["rds"].last_nack.as_ref().map(|x| x.error.as_str()))
+        .collect();
+    assert_eq!(nacked, ["rejected by this Envoy only"]);
+}
