@@ -1,5 +1,12 @@
-//! Watching the deployment file: which file-system events mean "read it again", and a short
-//! debounce so that one save is one reload.
+//! Watching the deployment file: which file-system events mean "read it again", and when the
+//! file is complete enough to read.
+//!
+//! A save that is complete when it becomes visible is read at once: a rename into place (how
+//! editors and `kubectl` save), a ConfigMap `..data` symlink swap, a file created under the
+//! name, or the writer closing the file after an in-place write. A write that is still going on
+//! (data written, file not closed yet) is waited for: until the writer closes it, or until
+//! [`QUIET`] passes without another write (writers that keep the file open), at most
+//! [`MAX_WAIT`]. Events about other files never delay a reload.
 //!
 //! The file's *directory* is watched, not the file: editors that write a temporary file and
 //! rename it over the original, and Kubernetes ConfigMaps that swap a `..data` symlink, replace
@@ -14,11 +21,47 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout_at};
 
-/// Quiet time after the last relevant event before the file is read. Editors finish a save in a
-/// few syscalls well within this.
-pub const QUIET: Duration = Duration::from_millis(5);
-/// Upper bound on the wait while events keep arriving (a file being written in many steps).
-pub const MAX_WAIT: Duration = Duration::from_millis(100);
+/// After an in-place write that is not closed: quiet time before the file is read anyway (a
+/// writer that keeps the file open). Complete saves do not wait for it.
+pub const QUIET: Duration = Duration::from_millis(50);
+/// Upper bound on the wait while writes keep arriving (a file being written in many steps).
+pub const MAX_WAIT: Duration = Duration::from_millis(500);
+
+/// What an event says about the watched file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Not about the file (or only a read).
+    None,
+    /// The file is being written in place: more may follow.
+    Partial,
+    /// A new complete version is visible: renamed or created into place, a symlink swapped, or
+    /// a write finished (the writer closed the file).
+    Complete,
+}
+
+/// Classifies one event in the watched directory for the file named `file_name`.
+pub fn classify(event: &notify::Event, file_name: &OsStr) -> Change {
+    use notify::event::{AccessKind, AccessMode, ModifyKind};
+    let names = || event.paths.iter().filter_map(|p| p.file_name());
+    let the_file = names().any(|name| name == file_name);
+    // A ConfigMap volume's `..data` symlink and its timestamped directories.
+    let config_map = names().any(|name| name.as_encoded_bytes().starts_with(b".."));
+    if !the_file && !config_map {
+        return Change::None;
+    }
+    match event.kind {
+        // A file created under the name is written next; its close completes it. A ConfigMap's
+        // entries appear complete.
+        EventKind::Create(_) if the_file => Change::Partial,
+        EventKind::Create(_)
+        | EventKind::Modify(ModifyKind::Name(_))
+        | EventKind::Access(AccessKind::Close(AccessMode::Write)) => Change::Complete,
+        EventKind::Modify(_) | EventKind::Remove(_) | EventKind::Any | EventKind::Other => {
+            Change::Partial
+        }
+        EventKind::Access(_) => Change::None,
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -30,22 +73,6 @@ pub enum WatchError {
     },
     #[error("the file watcher stopped")]
     Closed,
-}
-
-/// Whether an event in the watched directory may have changed the file named `file_name`.
-///
-/// Reads are ignored; any creation, modification, rename or removal of the file itself, or of a
-/// `..`-prefixed entry (the ConfigMap `..data` symlink and its timestamped directories), counts.
-pub fn is_relevant(event: &notify::Event, file_name: &OsStr) -> bool {
-    let kind_matters = matches!(
-        event.kind,
-        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) | EventKind::Any
-    );
-    kind_matters
-        && event.paths.iter().any(|p| {
-            p.file_name()
-                .is_some_and(|name| name == file_name || name.as_encoded_bytes().starts_with(b".."))
-        })
 }
 
 /// Watches one file through its directory.
@@ -85,29 +112,36 @@ impl FileWatcher {
         })
     }
 
-    /// Waits for a relevant event, then until events have been quiet for [`QUIET`] (at most
-    /// [`MAX_WAIT`]). Returns when the first event arrived (for save-to-ACK latency).
+    /// Waits until the file may have a new complete content (see the module docs). Returns
+    /// when the first event of that change arrived (for save-to-ACK latency).
     pub async fn changed(&mut self) -> Result<Instant, WatchError> {
         let first = loop {
             match self.events.recv().await {
                 None => return Err(WatchError::Closed),
-                Some(Ok(e)) if is_relevant(&e, &self.file_name) => break Instant::now(),
-                Some(Ok(_)) => {}
+                Some(Ok(e)) => match classify(&e, &self.file_name) {
+                    Change::None => {}
+                    Change::Complete => return Ok(Instant::now()),
+                    Change::Partial => break Instant::now(),
+                },
                 Some(Err(err)) => {
                     // An overflowed queue may have hidden a change: read the file to be sure.
                     tracing::warn!(%err, "file watcher error; reloading to be safe");
-                    break Instant::now();
+                    return Ok(Instant::now());
                 }
             }
         };
-        let deadline = Instant::now() + MAX_WAIT;
+        let deadline = first + MAX_WAIT;
+        let mut quiet_until = (Instant::now() + QUIET).min(deadline);
         loop {
-            let quiet_until = (Instant::now() + QUIET).min(deadline);
             match timeout_at(quiet_until, self.events.recv()).await {
                 Err(_elapsed) => return Ok(first),
                 Ok(None) => return Err(WatchError::Closed),
-                Ok(Some(_)) if Instant::now() >= deadline => return Ok(first),
-                Ok(Some(_)) => {}
+                Ok(Some(Ok(e))) => match classify(&e, &self.file_name) {
+                    Change::None => {}
+                    Change::Complete => return Ok(first),
+                    Change::Partial => quiet_until = (Instant::now() + QUIET).min(deadline),
+                },
+                Ok(Some(Err(_))) => return Ok(first),
             }
         }
     }
@@ -124,34 +158,51 @@ mod tests {
     }
 
     #[test]
-    fn relevant_events() {
+    fn classifies_events() {
+        use notify::event::AccessMode;
         let name = OsStr::new("deploy.yaml");
+        let c = |kind, path| classify(&event(kind, path), name);
         let data = EventKind::Modify(ModifyKind::Data(DataChange::Any));
-        assert!(is_relevant(&event(data, "/etc/cutover/deploy.yaml"), name));
-        assert!(is_relevant(
-            &event(
-                EventKind::Modify(ModifyKind::Name(RenameMode::To)),
-                "/d/deploy.yaml"
-            ),
-            name
-        ));
-        assert!(is_relevant(
-            &event(EventKind::Create(CreateKind::File), "/d/..data"),
-            name
-        ));
-        assert!(is_relevant(
-            &event(
+        let closed = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        let renamed = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        // In place: partial until the writer closes the file.
+        assert_eq!(c(data, "/etc/cutover/deploy.yaml"), Change::Partial);
+        assert_eq!(c(closed, "/etc/cutover/deploy.yaml"), Change::Complete);
+        // Renamed into place, or a ConfigMap swap: complete at once. Created: written next.
+        assert_eq!(c(renamed, "/d/deploy.yaml"), Change::Complete);
+        assert_eq!(
+            c(EventKind::Create(CreateKind::File), "/d/deploy.yaml"),
+            Change::Partial
+        );
+        assert_eq!(c(renamed, "/d/..data"), Change::Complete);
+        assert_eq!(
+            c(
                 EventKind::Create(CreateKind::Folder),
                 "/d/..2026_11_22_01_02_03.123"
             ),
-            name
-        ));
-        assert!(!is_relevant(&event(data, "/d/other.yaml"), name));
-        assert!(!is_relevant(&event(data, "/d/.deploy.yaml.swp"), name));
-        assert!(!is_relevant(
-            &event(EventKind::Access(AccessKind::Any), "/d/deploy.yaml"),
-            name
-        ));
+            Change::Complete
+        );
+        assert_eq!(
+            c(
+                EventKind::Remove(notify::event::RemoveKind::File),
+                "/d/deploy.yaml"
+            ),
+            Change::Partial
+        );
+        // Other files, and reads, are not changes.
+        assert_eq!(c(data, "/d/other.yaml"), Change::None);
+        assert_eq!(c(closed, "/d/.deploy.yaml.swp"), Change::None);
+        assert_eq!(
+            c(EventKind::Access(AccessKind::Any), "/d/deploy.yaml"),
+            Change::None
+        );
+        assert_eq!(
+            c(
+                EventKind::Access(AccessKind::Close(AccessMode::Read)),
+                "/d/deploy.yaml"
+            ),
+            Change::None
+        );
     }
 
     async fn expect_change(w: &mut FileWatcher) {
@@ -190,6 +241,49 @@ mod tests {
         // In-place write.
         std::fs::write(&file, "c").unwrap();
         expect_change(&mut w).await;
+    }
+
+    #[tokio::test]
+    async fn an_in_place_write_in_several_steps_is_read_when_closed() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("deploy.yaml");
+        std::fs::write(&file, "old").unwrap();
+        let mut w = FileWatcher::new(&file).unwrap();
+        let writer = std::thread::spawn({
+            let file = file.clone();
+            move || {
+                let mut f = std::fs::File::create(&file).unwrap();
+                f.write_all(b"first half, ").unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+                f.write_all(b"second half").unwrap();
+                // Closed here.
+            }
+        });
+        expect_change(&mut w).await;
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "first half, second half"
+        );
+        writer.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_complete_save_is_seen_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("deploy.yaml");
+        std::fs::write(&file, "a").unwrap();
+        let mut w = FileWatcher::new(&file).unwrap();
+        let tmp = dir.path().join(".deploy.yaml.tmp");
+        std::fs::write(&tmp, "b").unwrap();
+        let saved = Instant::now();
+        std::fs::rename(&tmp, &file).unwrap();
+        expect_change(&mut w).await;
+        assert!(
+            saved.elapsed() < QUIET,
+            "a rename is complete: no debounce ({:?})",
+            saved.elapsed()
+        );
     }
 
     #[tokio::test]
