@@ -203,7 +203,8 @@ async fn run_stream(
         }
         registry.update(id, &machine, &out.events);
         for response in out.responses {
-            tracing::debug!(
+            // One line per response (not per request): what each Envoy was sent, and when.
+            tracing::info!(
                 node = %node_id(&machine),
                 r#type = %response.ty,
                 version = %response.version,
