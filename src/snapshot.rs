@@ -16,7 +16,7 @@ use crate::translate::Resources;
 use crate::xds::ResourceType;
 
 /// One encoded resource.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Eq)]
 pub struct Resource {
     pub name: String,
     /// Content hash of the encoded bytes.
@@ -25,12 +25,22 @@ pub struct Resource {
     pub encoded: Bytes,
 }
 
+/// Resources are equal when their names and content hashes are: comparing hashes instead of
+/// the encoded bytes keeps the per-stream "does the client hold this?" checks cheap.
+impl PartialEq for Resource {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.version == other.version
+    }
+}
+
 /// A complete, immutable config version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     /// Content hash over every resource of every type.
     pub version: String,
     sets: [BTreeMap<String, Resource>; 4],
+    /// [`set_version`] of each whole type, computed once.
+    type_versions: [String; 4],
 }
 
 impl Snapshot {
@@ -61,18 +71,15 @@ impl Snapshot {
         for r in &resources.routes {
             add(ResourceType::Route, &r.name, r.encode_to_vec());
         }
+        let type_versions: [String; 4] = std::array::from_fn(|i| set_version(sets[i].values()));
         let mut all = String::new();
         for ty in ResourceType::ALL {
-            let _ = writeln!(
-                all,
-                "{}={}",
-                ty.short(),
-                set_version(sets[ty.index()].values())
-            );
+            let _ = writeln!(all, "{}={}", ty.short(), type_versions[ty.index()]);
         }
         Snapshot {
             version: hash_hex(&[all.as_bytes()]),
             sets,
+            type_versions,
         }
     }
 
@@ -94,8 +101,8 @@ impl Snapshot {
     }
 
     /// The version of a whole type, as in [`set_version`].
-    pub fn type_version(&self, ty: ResourceType) -> String {
-        set_version(self.sets[ty.index()].values())
+    pub fn type_version(&self, ty: ResourceType) -> &str {
+        &self.type_versions[ty.index()]
     }
 }
 

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::metrics::{Metrics, ResultLabel};
 use crate::xds::ResourceType;
-use crate::xds::sotw::{Event, Mode, NodeInfo, ResourceState, Stream, TypeStatus};
+use crate::xds::sotw::{Event, Mode, NodeInfo, Stream, StreamView, TypeStatus};
 
 /// The outcome of the latest attempt to load the deployment file.
 #[derive(Debug, Clone, Serialize)]
@@ -112,11 +112,11 @@ struct Inner {
     held: BTreeMap<u64, StreamResources>,
 }
 
-/// The resources one stream's Envoy holds, by type, for CSDS.
+/// The resources one stream's Envoy holds, for CSDS (shared with the stream, listed on demand).
 #[derive(Debug, Clone, Default)]
 pub struct StreamResources {
     pub node: NodeInfo,
-    pub types: Vec<(ResourceType, Vec<ResourceState>)>,
+    pub view: StreamView,
 }
 
 /// Shared, thread-safe status of the whole server.
@@ -242,10 +242,7 @@ impl Registry {
                 id,
                 StreamResources {
                     node: stream.node().cloned().unwrap_or_default(),
-                    types: ResourceType::ALL
-                        .into_iter()
-                        .map(|ty| (ty, stream.resource_states(ty)))
-                        .collect(),
+                    view: stream.view(),
                 },
             );
             let (config_version, changed_at) = (i.config_version.clone(), i.changed_at);
@@ -253,9 +250,13 @@ impl Registry {
                 return;
             };
             let was_synced = report.in_sync && report.config_version == config_version;
-            if let Some(node) = stream.node() {
+            let mut new_node = false;
+            if let Some(node) = stream.node()
+                && report.id != node.id
+            {
                 report.id.clone_from(&node.id);
                 report.cluster.clone_from(&node.cluster);
+                new_node = true;
             }
             report.in_sync = stream.in_sync();
             report.config_version = stream.snapshot_version().map(str::to_owned);
@@ -298,7 +299,10 @@ impl Registry {
                     },
                 );
             }
-            self.count_envoys(i);
+            // Counting distinct nodes walks every stream: only when a node is first known.
+            if new_node {
+                self.count_envoys(i);
+            }
         });
     }
 

@@ -23,6 +23,7 @@ use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::status::{Registry, StreamResources};
+use crate::xds::ResourceType;
 use crate::xds::sotw::ClientState;
 
 #[derive(Debug, Clone)]
@@ -54,8 +55,8 @@ impl Csds {
 /// Pure: one stream's resources as a CSDS `ClientConfig`.
 pub fn client_config(s: &StreamResources, exclude_contents: bool) -> ClientConfig {
     let mut generic_xds_configs = Vec::new();
-    for (ty, resources) in &s.types {
-        for r in resources {
+    for ty in ResourceType::ALL {
+        for r in &s.view.resource_states(ty) {
             let (client_status, config_status, error_state) = match &r.client {
                 ClientState::Acked => (ClientResourceStatus::Acked, ConfigStatus::Synced, None),
                 ClientState::Pending => {

@@ -20,6 +20,7 @@
 //! and only then removed. Per-type streams cannot see each other, so they send each type as soon
 //! as it changes (the best the protocol allows without ADS).
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -69,6 +70,64 @@ pub enum Event {
 pub struct Output {
     pub responses: Vec<Response>,
     pub events: Vec<Event>,
+}
+
+/// A stream's resources by type, shared with the stream (see [`Stream::view`]).
+#[derive(Debug, Clone, Default)]
+pub struct StreamView {
+    types: [TypeView; 4],
+}
+
+#[derive(Debug, Clone, Default)]
+struct TypeView {
+    acked: Option<ResourceMap>,
+    sent: Option<ResourceMap>,
+    rejected: ResourceMap,
+    nack_error: Option<String>,
+}
+
+impl StreamView {
+    /// Every resource of `ty` the stream has sent, with what the client did with it: ACKed
+    /// (held), pending (sent, not answered) or NACKed (in the last rejected response).
+    pub fn resource_states(&self, ty: ResourceType) -> Vec<ResourceState> {
+        let v = &self.types[ty.index()];
+        let mut out: BTreeMap<&str, ResourceState> = BTreeMap::new();
+        for r in v.acked.iter().flat_map(|m| m.values()) {
+            out.insert(
+                &r.name,
+                ResourceState {
+                    resource: r.clone(),
+                    client: ClientState::Acked,
+                },
+            );
+        }
+        let nack_error = v.nack_error.as_deref().unwrap_or_default();
+        let later = v
+            .rejected
+            .values()
+            .map(|r| (r, ClientState::Nacked(nack_error.to_owned())))
+            .chain(
+                v.sent
+                    .iter()
+                    .flat_map(|m| m.values())
+                    .map(|r| (r, ClientState::Pending)),
+            );
+        for (r, client) in later {
+            if out
+                .get(r.name.as_str())
+                .is_none_or(|held| held.resource != *r)
+            {
+                out.insert(
+                    &r.name,
+                    ResourceState {
+                        resource: r.clone(),
+                        client,
+                    },
+                );
+            }
+        }
+        out.into_values().collect()
+    }
 }
 
 /// One resource as a client holds it, for status reports (CSDS).
@@ -126,10 +185,13 @@ impl Subscription {
     }
 }
 
+/// Resources one response carried, shared (not copied) with status reports.
+type ResourceMap = Arc<BTreeMap<String, Resource>>;
+
 #[derive(Debug, Clone)]
 struct Held {
     version: String,
-    resources: BTreeMap<String, Resource>,
+    resources: ResourceMap,
 }
 
 #[derive(Debug, Clone)]
@@ -152,9 +214,22 @@ struct TypeState {
     /// The nonce of the latest response of this type: requests answering any other are stale.
     last_nonce: Option<String>,
     /// The resources of the last rejected response, for status reports.
-    rejected_resources: BTreeMap<String, Resource>,
+    rejected_resources: ResourceMap,
     /// Send even if the content is unchanged (endpoints of clusters that were re-created).
     force: bool,
+    /// Bumped whenever the subscription changes.
+    generation: u64,
+    /// What the client held was up to date for this key: while the key is the same, the
+    /// (per config version, not per stream) work of recomputing it is skipped.
+    settled: Option<SettledOn>,
+}
+
+/// The inputs that decide a type's desired resources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SettledOn {
+    snapshot_type_version: String,
+    generation: u64,
+    kept: Vec<String>,
 }
 
 impl TypeState {
@@ -176,7 +251,7 @@ impl TypeState {
         version: &str,
     ) -> bool {
         if let Some(held) = self.latest_mut() {
-            if held.resources == *desired {
+            if *held.resources == *desired {
                 return true;
             }
             let subset = !ty.is_full_state()
@@ -184,7 +259,7 @@ impl TypeState {
                     .iter()
                     .all(|(name, r)| held.resources.get(name) == Some(r));
             if subset {
-                held.resources.retain(|name, _| desired.contains_key(name));
+                Arc::make_mut(&mut held.resources).retain(|name, _| desired.contains_key(name));
             }
             return subset;
         }
@@ -192,7 +267,7 @@ impl TypeState {
             // Reconnected holding exactly this.
             self.acked = Some(Held {
                 version: version.to_owned(),
-                resources: desired.clone(),
+                resources: Arc::new(desired.clone()),
             });
             return true;
         }
@@ -200,7 +275,7 @@ impl TypeState {
     }
 
     fn acked_resources(&self) -> Option<&BTreeMap<String, Resource>> {
-        self.acked.as_ref().map(|a| &a.resources)
+        self.acked.as_ref().map(|a| &*a.resources)
     }
 }
 
@@ -212,6 +287,8 @@ pub struct Stream {
     snapshot: Option<Arc<Snapshot>>,
     types: [TypeState; 4],
     nonces: u64,
+    /// Inputs of the last cluster-readiness check, and its answer.
+    ready_memo: RefCell<Option<([String; 3], bool)>>,
 }
 
 impl Stream {
@@ -222,6 +299,7 @@ impl Stream {
             snapshot: None,
             types: Default::default(),
             nonces: 0,
+            ready_memo: RefCell::new(None),
         }
     }
 
@@ -247,79 +325,38 @@ impl Stream {
         }
     }
 
-    /// Every resource of `ty` this stream has sent, with what the client did with it: ACKed
-    /// (held), pending (sent, not answered) or NACKed (in the last rejected response).
-    pub fn resource_states(&self, ty: ResourceType) -> Vec<ResourceState> {
-        let st = &self.types[ty.index()];
-        let mut out: BTreeMap<&str, ResourceState> = BTreeMap::new();
-        if let Some(acked) = &st.acked {
-            for r in acked.resources.values() {
-                out.insert(
-                    &r.name,
-                    ResourceState {
-                        resource: r.clone(),
-                        client: ClientState::Acked,
-                    },
-                );
-            }
-        }
-        let nack_error = st
-            .last_nack
-            .as_ref()
-            .map(|n| n.error.as_str())
-            .unwrap_or_default();
-        for r in st.rejected_resources.values() {
-            if out
-                .get(r.name.as_str())
-                .is_none_or(|held| held.resource != *r)
-            {
-                out.insert(
-                    &r.name,
-                    ResourceState {
-                        resource: r.clone(),
-                        client: ClientState::Nacked(nack_error.to_owned()),
-                    },
-                );
-            }
-        }
-        if let Some(sent) = &st.sent {
-            for r in sent.held.resources.values() {
-                if out
-                    .get(r.name.as_str())
-                    .is_none_or(|held| held.resource != *r)
-                {
-                    out.insert(
-                        &r.name,
-                        ResourceState {
-                            resource: r.clone(),
-                            client: ClientState::Pending,
-                        },
-                    );
+    /// What the client holds, pending and rejected, per type: cheap (shared maps), for the
+    /// status registry; [`StreamView::resource_states`] lists it resource by resource.
+    pub fn view(&self) -> StreamView {
+        StreamView {
+            types: ResourceType::ALL.map(|ty| {
+                let st = &self.types[ty.index()];
+                TypeView {
+                    acked: st.acked.as_ref().map(|h| h.resources.clone()),
+                    sent: st.sent.as_ref().map(|s| s.held.resources.clone()),
+                    rejected: st.rejected_resources.clone(),
+                    nack_error: st.last_nack.as_ref().map(|n| n.error.clone()),
                 }
-            }
+            }),
         }
-        out.into_values().collect()
     }
 
     /// True when this client has ACKed every type it subscribed to at the current snapshot's
-    /// content, with nothing pending and no cluster kept for old routes.
+    /// content, with nothing pending and no cluster kept for old routes. O(1): it reads what the
+    /// last step settled on.
     pub fn in_sync(&self) -> bool {
         let Some(snap) = &self.snapshot else {
             return false;
         };
         self.serves().iter().all(|&ty| {
             let st = &self.types[ty.index()];
-            match &st.subscription {
-                None => true,
-                Some(sub) => {
-                    st.sent.is_none()
-                        && st.acked.as_ref().is_some_and(|a| {
-                            a.resources.len() == wanted(snap, ty, sub).count()
-                                && wanted(snap, ty, sub)
-                                    .all(|r| a.resources.get(&r.name) == Some(r))
-                        })
-                }
-            }
+            st.subscription.is_none()
+                || (st.sent.is_none()
+                    && st.settled.as_ref().is_some_and(|k| {
+                        k.kept.is_empty()
+                            && k.generation == st.generation
+                            && k.snapshot_type_version == snap.type_version(ty)
+                    }))
         })
     }
 
@@ -379,6 +416,7 @@ impl Stream {
                     st.rejected = Some(nack.version.clone());
                     st.rejected_resources = sent.held.resources;
                     st.last_nack = Some(nack);
+                    st.settled = None;
                 }
                 None => {
                     out.events.push(Event::Ack {
@@ -389,18 +427,24 @@ impl Stream {
                     if ty == ResourceType::Cluster {
                         self.refresh_endpoints_of_changed_clusters(&sent.held);
                     }
-                    self.types[ty.index()].acked = Some(sent.held);
+                    let st = &mut self.types[ty.index()];
+                    st.acked = Some(sent.held);
+                    st.settled = None;
                 }
             }
         }
         // Else: the latest response was answered already; the client only changes what it
         // subscribes to (Envoy keeps sending the last nonce it received).
-        self.types[ty.index()].subscription =
-            Some(if ty.is_full_state() && req.resource_names.is_empty() {
-                Subscription::Wildcard
-            } else {
-                Subscription::Names(req.resource_names.iter().cloned().collect())
-            });
+        let subscription = if ty.is_full_state() && req.resource_names.is_empty() {
+            Subscription::Wildcard
+        } else {
+            Subscription::Names(req.resource_names.iter().cloned().collect())
+        };
+        let st = &mut self.types[ty.index()];
+        if st.subscription.as_ref() != Some(&subscription) {
+            st.subscription = Some(subscription);
+            st.generation += 1;
+        }
         self.step(&mut out);
         out
     }
@@ -422,14 +466,33 @@ impl Stream {
             return;
         };
         for &ty in self.serves() {
-            let Some(desired) = self.desired(ty, &snap) else {
+            let kept = match (self.mode, ty) {
+                (Mode::Aggregated, ResourceType::Cluster | ResourceType::Endpoint) => {
+                    self.kept_clusters(&snap)
+                }
+                _ => Vec::new(),
+            };
+            let st = &self.types[ty.index()];
+            let key = SettledOn {
+                snapshot_type_version: snap.type_version(ty).to_owned(),
+                generation: st.generation,
+                kept,
+            };
+            if !st.force && st.sent.is_none() && st.settled.as_ref() == Some(&key) {
+                continue;
+            }
+            let Some(desired) = self.desired(ty, &snap, &key.kept) else {
                 continue;
             };
             let version = set_version(desired.values());
             let st = &mut self.types[ty.index()];
             if !st.force && st.holds(ty, &desired, &version) {
+                if st.sent.is_none() {
+                    st.settled = Some(key);
+                }
                 continue;
             }
+            st.settled = None;
             if st.rejected.as_deref() == Some(version.as_str()) {
                 // Rejected before; wait for the next change.
                 continue;
@@ -447,7 +510,7 @@ impl Stream {
             self.types[ty.index()].sent = Some(Sent {
                 held: Held {
                     version,
-                    resources: desired,
+                    resources: Arc::new(desired),
                 },
             });
         }
@@ -471,7 +534,12 @@ impl Stream {
 
     /// The resources this client should hold for `ty` now, or `None` when the type must wait
     /// (routes whose clusters are not ready yet).
-    fn desired(&self, ty: ResourceType, snap: &Snapshot) -> Option<BTreeMap<String, Resource>> {
+    fn desired(
+        &self,
+        ty: ResourceType,
+        snap: &Snapshot,
+        kept: &[String],
+    ) -> Option<BTreeMap<String, Resource>> {
         let st = &self.types[ty.index()];
         let sub = st.subscription.as_ref()?;
         let mut desired: BTreeMap<String, Resource> = wanted(snap, ty, sub)
@@ -483,17 +551,17 @@ impl Stream {
         match ty {
             ResourceType::Cluster | ResourceType::Endpoint => {
                 // Keep what routes in effect may still use, with the content the client holds.
-                for name in self.kept_clusters(snap) {
-                    if let Some(r) = st.acked_resources().and_then(|held| held.get(&name))
-                        && sub.wants(&name)
+                for name in kept {
+                    if let Some(r) = st.acked_resources().and_then(|held| held.get(name))
+                        && sub.wants(name)
                     {
-                        desired.entry(name).or_insert_with(|| r.clone());
+                        desired.entry(name.clone()).or_insert_with(|| r.clone());
                     }
                 }
                 Some(desired)
             }
             ResourceType::Listener | ResourceType::Route => {
-                self.clusters_ready(snap).then_some(desired)
+                self.clusters_ready_cached(snap).then_some(desired)
             }
         }
     }
@@ -505,17 +573,18 @@ impl Stream {
             return Vec::new();
         }
         let cds = &self.types[ResourceType::Cluster.index()];
-        let mut names: BTreeSet<String> = BTreeSet::new();
+        let mut names: BTreeSet<&String> = BTreeSet::new();
         for held in [cds.acked.as_ref(), cds.sent.as_ref().map(|s| &s.held)]
             .into_iter()
             .flatten()
         {
-            names.extend(held.resources.keys().cloned());
+            names.extend(
+                held.resources
+                    .keys()
+                    .filter(|n| snap.get(ResourceType::Cluster, n).is_none()),
+            );
         }
-        names
-            .into_iter()
-            .filter(|n| snap.get(ResourceType::Cluster, n).is_none())
-            .collect()
+        names.into_iter().cloned().collect()
     }
 
     /// Whether the client's listeners and routes are exactly the snapshot's, with none in flight.
@@ -534,6 +603,35 @@ impl Stream {
                         .as_ref()
                         .is_some_and(|held| held.version == set_version(wanted(snap, ty, sub)))
             })
+    }
+
+    /// [`Stream::clusters_ready`], remembered for the inputs it was last computed on: it walks
+    /// every cluster, and the inputs rarely change between two steps of one stream.
+    fn clusters_ready_cached(&self, snap: &Snapshot) -> bool {
+        let key = self.ready_key(snap);
+        if let Some((k, ready)) = self.ready_memo.borrow().as_ref()
+            && *k == key
+        {
+            return *ready;
+        }
+        let ready = self.clusters_ready(snap);
+        *self.ready_memo.borrow_mut() = Some((key, ready));
+        ready
+    }
+
+    fn ready_key(&self, snap: &Snapshot) -> [String; 3] {
+        let acked = |ty: ResourceType| {
+            self.types[ty.index()]
+                .acked
+                .as_ref()
+                .map(|h| h.version.clone())
+                .unwrap_or_default()
+        };
+        [
+            snap.version.clone(),
+            acked(ResourceType::Cluster),
+            acked(ResourceType::Endpoint),
+        ]
     }
 
     /// Whether the client has ACKed every cluster of the snapshot and the endpoints of each.
