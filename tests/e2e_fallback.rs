@@ -82,3 +82,52 @@ async fn an_unhealthy_canary_falls_back_to_stable() {
         "the canary has its share back: {back:?}"
     );
 }
+
+const RULE: &str = "\
+listeners:
+  - name: public
+    address: ${listener}
+    routes:
+      - match: { prefix: / }
+        service: checkout
+services:
+  checkout:
+    versions:
+      a: { endpoints: [${a-1}] }
+      b: { endpoints: [${b-1}] }
+    active: a
+    rules:
+      - match: { header: { x-group: beta } }
+        version: b
+    health_check: { path: /health, interval: 200ms, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1 }
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_whose_version_is_unhealthy_falls_back_to_the_default() {
+    let Some(envoy) = envoy_binary() else { return };
+    let s = Scenario::start(&envoy, &["a-1", "b-1"], RULE).await;
+    let beta = [("x-group", "beta")];
+    assert_eq!(
+        s.envoy.count_bodies(20, "/", &beta).await.get("b-1"),
+        Some(&20)
+    );
+
+    s.upstream("b-1").set_healthy(false);
+    let b = s.upstream("b-1").addr;
+    eventually(WAIT, "Envoy to see b fail its health check", async || {
+        s.envoy
+            .health_flags("checkout/b", b)
+            .await
+            .is_some_and(|f| f.contains("failed_active_hc"))
+    })
+    .await;
+    // The group's requests all succeed, on the default version.
+    assert_eq!(
+        s.envoy.count_bodies(50, "/", &beta).await.get("a-1"),
+        Some(&50)
+    );
+    assert_eq!(
+        s.envoy.count_bodies(20, "/", &[]).await.get("a-1"),
+        Some(&20)
+    );
+}

@@ -53,11 +53,11 @@ pub fn translate_with(spec: &Spec, retired: &BTreeSet<String>) -> Resources {
             out.clusters.push(cluster::cluster(&name, &service.policy));
             out.endpoints.push(cluster::load_assignment(&name, version));
         }
-        if let Some((canary, stable)) = routes::canary_fallback(service) {
+        for (version, fallback) in routes::fallbacks(service) {
             out.clusters.push(cluster::fallback(
-                &fallback_cluster_name(service_name, canary, stable),
-                &Spec::cluster_name(service_name, canary),
-                &Spec::cluster_name(service_name, stable),
+                &fallback_cluster_name(service_name, version, fallback),
+                &Spec::cluster_name(service_name, version),
+                &Spec::cluster_name(service_name, fallback),
             ));
         }
     }
@@ -74,9 +74,9 @@ pub fn translate_with(spec: &Spec, retired: &BTreeSet<String>) -> Resources {
     out
 }
 
-/// The cluster that is `canary` while it has a healthy endpoint and `stable` otherwise.
-pub fn fallback_cluster_name(service: &str, canary: &str, stable: &str) -> String {
-    format!("{service}/{canary}~{stable}")
+/// The cluster that is `version` while it has a healthy endpoint and `fallback` otherwise.
+pub fn fallback_cluster_name(service: &str, version: &str, fallback: &str) -> String {
+    format!("{service}/{version}~{fallback}")
 }
 
 /// Resources that refer to other resources get them over the same ADS stream.

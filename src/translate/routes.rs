@@ -32,18 +32,37 @@ use envoy_types::pb::google::protobuf::UInt32Value;
 use super::{any, duration};
 use crate::spec::{Condition, HashOn, LoadBalancing, PathMatch, Percent, Service, Spec, Strategy};
 
-/// A canary that splits traffic falls back to stable when it has no healthy endpoint, rather
-/// than keep its share and fail it: `(canary, stable)` when that applies.
-pub(super) fn canary_fallback(service: &Service) -> Option<(&str, &str)> {
+/// The version a service's requests go to when nothing else applies: the active version, the
+/// primary, or a canary's stable version.
+fn default_version(service: &Service) -> &str {
     match &service.strategy {
-        Strategy::Canary {
-            stable,
-            canary,
-            weight,
-            ..
-        } if weight.ppm() > 0 && weight.ppm() < Percent::MILLION => Some((canary, stable)),
-        _ => None,
+        Strategy::BlueGreen { active, .. } | Strategy::RedBlack { active, .. } => active,
+        Strategy::Shadow { primary } => primary,
+        Strategy::Canary { stable, .. } => stable,
     }
+}
+
+/// Traffic sent to a version *besides* the service's default (a split canary's share, an A/B
+/// rule's group) falls back to the default version when that version has no healthy endpoint,
+/// rather than keep its share and fail it: the `(version, fallback)` pairs, sorted, each made
+/// an aggregate cluster.
+pub(super) fn fallbacks(service: &Service) -> Vec<(&str, &str)> {
+    let default = default_version(service);
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    if let Strategy::Canary { canary, weight, .. } = &service.strategy
+        && weight.ppm() > 0
+        && weight.ppm() < Percent::MILLION
+    {
+        out.push((canary, default));
+    }
+    for rule in &service.rules {
+        if rule.version != default {
+            out.push((&rule.version, default));
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 pub(super) fn service_routes(
@@ -76,9 +95,15 @@ pub(super) fn service_routes(
         }
     }
 
+    let default = default_version(service);
     for rule in &service.rules {
         if let Some(m) = base.matcher(&rule.conditions) {
-            routes.push(base.route(m, Target::One(cluster(&rule.version))));
+            let target = if rule.version == default {
+                cluster(&rule.version)
+            } else {
+                super::fallback_cluster_name(service_name, &rule.version, default)
+            };
+            routes.push(base.route(m, Target::One(target)));
         }
     }
 
