@@ -52,6 +52,14 @@ fn two_versions(strategy: &str) -> String {
     TWO_VERSIONS.replace("STRATEGY", strategy)
 }
 
+/// Service `checkout` with the single version `version`, active, on `endpoints` (a YAML list's
+/// items, placeholders allowed).
+fn one_version(version: &str, endpoints: &str) -> String {
+    format!(
+        "listeners:\n  - name: public\n    address: ${{listener}}\n    routes:\n      - match: {{ prefix: / }}\n        service: checkout\nservices:\n  checkout:\n    versions:\n      {version}:\n        endpoints: [{endpoints}]\n    active: {version}\n"
+    )
+}
+
 macro_rules! envoy_or_return {
     () => {
         match envoy_binary() {
@@ -137,12 +145,7 @@ async fn a_new_version_and_the_switch_to_it_in_one_edit() {
     let names = ["v1", "v2", "v3", "v4", "v5", "v6"];
     // Each edit adds a version nobody has seen and moves all traffic to it at once: the hardest
     // case for ordering (the route must not arrive before the cluster and its endpoints).
-    let deployment = |i: usize| {
-        format!(
-            "listeners:\n  - name: public\n    address: ${{listener}}\n    routes:\n      - match: {{ prefix: / }}\n        service: checkout\nservices:\n  checkout:\n    versions:\n      {v}: {{ endpoints: [${{{v}}}] }}\n    active: {v}\n",
-            v = names[i]
-        )
-    };
+    let deployment = |i: usize| one_version(names[i], &format!("${{{}}}", names[i]));
     let s = Scenario::start(&envoy, &names, &deployment(0)).await;
     let load = Load::start(s.listener);
     for i in 1..names.len() {
@@ -167,11 +170,7 @@ async fn a_new_version_and_the_switch_to_it_in_one_edit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_a_version_in_the_edit_that_moves_its_traffic() {
     let envoy = envoy_or_return!();
-    let only = |v: &str| {
-        format!(
-            "listeners:\n  - name: public\n    address: ${{listener}}\n    routes:\n      - match: {{ prefix: / }}\n        service: checkout\nservices:\n  checkout:\n    versions:\n      {v}: {{ endpoints: [${{{v}-1}}, ${{{v}-2}}] }}\n    active: {v}\n"
-        )
-    };
+    let only = |v: &str| one_version(v, &format!("${{{v}-1}}, ${{{v}-2}}"));
     let s = Scenario::start(
         &envoy,
         &["blue-1", "blue-2", "green-1", "green-2"],
@@ -201,11 +200,7 @@ async fn removing_a_version_in_the_edit_that_moves_its_traffic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_and_removing_endpoints_of_the_active_version() {
     let envoy = envoy_or_return!();
-    let endpoints = |list: &str| {
-        format!(
-            "listeners:\n  - name: public\n    address: ${{listener}}\n    routes:\n      - match: {{ prefix: / }}\n        service: checkout\nservices:\n  checkout:\n    versions:\n      live:\n        endpoints: [{list}]\n    active: live\n"
-        )
-    };
+    let endpoints = |list: &str| one_version("live", list);
     let s = Scenario::start(
         &envoy,
         &["live-1", "live-2", "live-3", "live-4"],
