@@ -301,57 +301,45 @@ async fn not_ready_until_a_valid_file_is_loaded() {
     assert!(ready, "ready after a valid save");
 }
 
+/// The names of the resources in a response.
+fn resource_names(r: &DiscoveryResponse) -> Vec<String> {
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use envoy_types::pb::envoy::config::listener::v3::Listener;
+    r.resources
+        .iter()
+        .map(|a| {
+            let bytes = a.value.as_slice();
+            match r.type_url.as_str() {
+                CDS => Cluster::decode(bytes).unwrap().name,
+                EDS => ClusterLoadAssignment::decode(bytes).unwrap().cluster_name,
+                LDS => Listener::decode(bytes).unwrap().name,
+                _ => RouteConfiguration::decode(bytes).unwrap().name,
+            }
+        })
+        .collect()
+}
+
 /// Answers every response the way Envoy does: subscribes to the endpoints of the clusters and
 /// the routes of the listeners it receives, then ACKs.
 async fn ack(client: &Client, r: &DiscoveryResponse) {
-    use envoy_types::pb::envoy::config::listener::v3::Listener;
+    let names = resource_names(r);
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
     match r.type_url.as_str() {
         CDS => {
-            let names: Vec<String> = r
-                .resources
-                .iter()
-                .map(|a| Cluster::decode(a.value.as_slice()).unwrap().name)
-                .collect();
-            let names: Vec<&str> = names.iter().map(String::as_str).collect();
             client.send(EDS, "", "", &names).await;
             client.ack(r, &[]).await;
         }
         LDS => {
-            let names: Vec<String> = r
-                .resources
-                .iter()
-                .map(|a| Listener::decode(a.value.as_slice()).unwrap().name)
-                .collect();
-            let names: Vec<&str> = names.iter().map(String::as_str).collect();
             client.send(RDS, "", "", &names).await;
             client.ack(r, &[]).await;
         }
-        _ => {
-            let names: Vec<String> = r
-                .resources
-                .iter()
-                .map(|a| match r.type_url.as_str() {
-                    EDS => {
-                        envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(
-                            a.value.as_slice(),
-                        )
-                        .unwrap()
-                        .cluster_name
-                    }
-                    _ => RouteConfiguration::decode(a.value.as_slice()).unwrap().name,
-                })
-                .collect();
-            let names: Vec<&str> = names.iter().map(String::as_str).collect();
-            client.ack(r, &names).await;
-        }
+        _ => client.ack(r, &names).await,
     }
 }
 
 fn cluster_names(r: &DiscoveryResponse) -> Vec<String> {
-    r.resources
-        .iter()
-        .map(|a| Cluster::decode(a.value.as_slice()).unwrap().name)
-        .collect()
+    assert_eq!(r.type_url, CDS);
+    resource_names(r)
 }
 
 #[tokio::test]

@@ -194,17 +194,12 @@ struct Held {
     resources: ResourceMap,
 }
 
-#[derive(Debug, Clone)]
-/// A response sent and not answered yet (its nonce is the type's `last_nonce`).
-struct Sent {
-    held: Held,
-}
-
 #[derive(Debug, Clone, Default)]
 struct TypeState {
     /// `None` until the client asks for this type: nothing is sent unasked.
     subscription: Option<Subscription>,
-    sent: Option<Sent>,
+    /// A response sent and not answered yet (its nonce is `last_nonce`).
+    sent: Option<Held>,
     acked: Option<Held>,
     /// The `version_info` of the first request on this stream: what the client held before.
     reported: Option<String>,
@@ -236,7 +231,7 @@ impl TypeState {
     /// What the client holds or is about to hold, if this stream sent it.
     fn latest_mut(&mut self) -> Option<&mut Held> {
         match (&mut self.sent, &mut self.acked) {
-            (Some(sent), _) => Some(&mut sent.held),
+            (Some(sent), _) => Some(sent),
             (None, acked) => acked.as_mut(),
         }
     }
@@ -320,7 +315,7 @@ impl Stream {
                 .as_ref()
                 .map(|a| a.version.clone())
                 .or_else(|| st.reported.clone()),
-            pending: st.sent.as_ref().map(|s| s.held.version.clone()),
+            pending: st.sent.as_ref().map(|s| s.version.clone()),
             last_nack: st.last_nack.clone(),
         }
     }
@@ -333,7 +328,7 @@ impl Stream {
                 let st = &self.types[ty.index()];
                 TypeView {
                     acked: st.acked.as_ref().map(|h| h.resources.clone()),
-                    sent: st.sent.as_ref().map(|s| s.held.resources.clone()),
+                    sent: st.sent.as_ref().map(|s| s.resources.clone()),
                     rejected: st.rejected_resources.clone(),
                     nack_error: st.last_nack.as_ref().map(|n| n.error.clone()),
                 }
@@ -405,7 +400,7 @@ impl Stream {
             match &req.error_detail {
                 Some(status) => {
                     let nack = Nack {
-                        version: sent.held.version.clone(),
+                        version: sent.version.clone(),
                         error: status.message.clone(),
                     };
                     out.events.push(Event::Nack {
@@ -414,21 +409,21 @@ impl Stream {
                         error: nack.error.clone(),
                     });
                     st.rejected = Some(nack.version.clone());
-                    st.rejected_resources = sent.held.resources;
+                    st.rejected_resources = sent.resources;
                     st.last_nack = Some(nack);
                     st.settled = None;
                 }
                 None => {
                     out.events.push(Event::Ack {
                         ty,
-                        version: sent.held.version.clone(),
+                        version: sent.version.clone(),
                     });
                     st.rejected = None;
                     if ty == ResourceType::Cluster {
-                        self.refresh_endpoints_of_changed_clusters(&sent.held);
+                        self.refresh_endpoints_of_changed_clusters(&sent);
                     }
                     let st = &mut self.types[ty.index()];
-                    st.acked = Some(sent.held);
+                    st.acked = Some(sent);
                     st.settled = None;
                 }
             }
@@ -507,11 +502,9 @@ impl Stream {
                 nonce: nonce.clone(),
                 resources: desired.values().cloned().collect(),
             });
-            self.types[ty.index()].sent = Some(Sent {
-                held: Held {
-                    version,
-                    resources: Arc::new(desired),
-                },
+            self.types[ty.index()].sent = Some(Held {
+                version,
+                resources: Arc::new(desired),
             });
         }
     }
@@ -574,7 +567,7 @@ impl Stream {
         }
         let cds = &self.types[ResourceType::Cluster.index()];
         let mut names: BTreeSet<&String> = BTreeSet::new();
-        for held in [cds.acked.as_ref(), cds.sent.as_ref().map(|s| &s.held)]
+        for held in [cds.acked.as_ref(), cds.sent.as_ref()]
             .into_iter()
             .flatten()
         {
