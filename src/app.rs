@@ -1,7 +1,6 @@
 //! Wires the stages together: file → spec → resources → snapshot → xDS streams, plus the admin
 //! API. Returns the addresses it actually bound so tests can ask for port 0.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,27 +13,40 @@ use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::{self, AdminState};
-use crate::drain::Drainer;
-use crate::retire::{RedBlack, Retiring};
+use crate::reconcile::{self, Event, Plan, Previous, Role, RuntimeState, Timestamp};
 use crate::snapshot::Snapshot;
-use crate::spec::{self, Spec, SpecError, Strategy};
+use crate::spec::{self, Spec, SpecError};
 use crate::status::{MirrorReport, Registry, RetiringReport, ServiceReport};
-use crate::translate::{Resources, translate_with};
+use crate::translate::{Resources, translate};
 use crate::watch::FileWatcher;
 use crate::xds::server::{Ads, Cds, DiscoveryService, Eds, Lds, Rds, Shared};
 
 /// Parses, validates and translates a deployment file's text into the snapshot a freshly
-/// started server would serve (red-black services with only their active version). Pure.
+/// started server with no runtime state would serve (red-black services with only their active
+/// version). Pure.
 pub fn compile(file_label: &str, text: &str) -> Result<Snapshot, SpecError> {
     Ok(Snapshot::new(&compile_resources(file_label, text)?))
 }
 
 /// The Envoy resources of [`compile`], before encoding.
 pub fn compile_resources(file_label: &str, text: &str) -> Result<Resources, SpecError> {
+    Ok(translate(&compile_plan(file_label, text)?))
+}
+
+/// The [`Plan`] of [`compile`].
+pub fn compile_plan(file_label: &str, text: &str) -> Result<Plan, SpecError> {
     let spec = spec::parse(file_label, text)?;
-    let mut red_black = RedBlack::default();
-    red_black.on_spec(None, &spec);
-    Ok(translate_with(&spec, &red_black.retired(&spec)))
+    let now = Timestamp::now();
+    let mut state = RuntimeState::default();
+    state.reduce(
+        &spec,
+        Event::FileLoaded {
+            previous: Previous::Start,
+            drain_period: Duration::ZERO,
+        },
+        now,
+    );
+    Ok(reconcile::plan(&spec, &state, now))
 }
 
 #[derive(Debug, Clone)]
@@ -78,7 +90,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         opts.file.clone(),
         snapshot_tx,
         registry.clone(),
-        Drainer::new(opts.drain_period),
+        opts.drain_period,
     );
     loader.reload();
 
@@ -145,8 +157,8 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
 }
 
 /// Reads the deployment file when it may have changed and publishes a snapshot when its content
-/// did, or when a red-black retirement is due. A file that cannot be read or is invalid leaves
-/// the last good snapshot in place.
+/// did, or when a deadline of the runtime state passed. A file that cannot be read or is invalid
+/// leaves the last good snapshot in place.
 struct Loader {
     file: PathBuf,
     label: String,
@@ -154,8 +166,8 @@ struct Loader {
     registry: Arc<Registry>,
     last_text: Option<String>,
     spec: Option<Spec>,
-    red_black: RedBlack,
-    drainer: Drainer,
+    state: RuntimeState,
+    drain_period: Duration,
     /// When the change being applied was seen.
     changed_at: Instant,
 }
@@ -165,7 +177,7 @@ impl Loader {
         file: PathBuf,
         snapshots: watch::Sender<Option<Arc<Snapshot>>>,
         registry: Arc<Registry>,
-        drainer: Drainer,
+        drain_period: Duration,
     ) -> Loader {
         Loader {
             label: file.display().to_string(),
@@ -174,8 +186,8 @@ impl Loader {
             registry,
             last_text: None,
             spec: None,
-            red_black: RedBlack::default(),
-            drainer,
+            state: RuntimeState::default(),
+            drain_period,
             changed_at: Instant::now(),
         }
     }
@@ -187,10 +199,11 @@ impl Loader {
     ) -> anyhow::Result<()> {
         let mut registry_changes = self.registry.changes();
         loop {
-            let deadline = [self.red_black.next_deadline(), self.drainer.next_deadline()]
-                .into_iter()
-                .flatten()
-                .min();
+            let deadline = self
+                .spec
+                .as_ref()
+                .and_then(|spec| self.state.next_deadline(spec))
+                .map(|t| Instant::now() + t.since(Timestamp::now()));
             tokio::select! {
                 changed = watcher.changed() => {
                     self.changed_at = changed?.into_std();
@@ -202,15 +215,21 @@ impl Loader {
                     self.last_text = None;
                     self.reload();
                 }
-                _ = registry_changes.changed(), if self.red_black.awaiting_ack() => {
+                _ = registry_changes.changed(), if self.state.awaiting_answers() => {
                     self.check_synced();
                 }
                 _ = sleep_until_opt(deadline) => {
                     self.changed_at = Instant::now();
-                    self.red_black.on_tick(self.changed_at);
+                    self.reduce(Event::Tick);
                     self.publish();
                 }
             }
+        }
+    }
+
+    fn reduce(&mut self, event: Event<'_>) {
+        if let Some(spec) = &self.spec {
+            self.state.reduce(spec, event, Timestamp::now());
         }
     }
 
@@ -235,8 +254,16 @@ impl Loader {
         self.last_text = Some(text);
         match parsed {
             Ok(spec) => {
-                self.red_black.on_spec(self.spec.as_ref(), &spec);
-                self.spec = Some(spec);
+                let previous = self.spec.replace(spec);
+                let spec = self.spec.as_ref().expect("just set");
+                self.state.reduce(
+                    spec,
+                    Event::FileLoaded {
+                        previous: previous.as_ref().map_or(Previous::Start, Previous::File),
+                        drain_period: self.drain_period,
+                    },
+                    Timestamp::now(),
+                );
                 let version = self.publish();
                 self.registry.reloaded(&version);
                 // With no Envoy connected, nothing needs to ACK.
@@ -251,16 +278,14 @@ impl Loader {
         }
     }
 
-    /// Translates the current spec without the retired versions and publishes it if it differs
-    /// from what is served. Returns the version served.
+    /// Plans and translates the current spec and publishes it if it differs from what is
+    /// served. Returns the version served.
     fn publish(&mut self) -> String {
         let spec = self.spec.as_ref().expect("publish after a valid load");
         let started = std::time::Instant::now();
-        let retired = self.red_black.retired(spec);
-        let resources =
-            self.drainer
-                .apply(translate_with(spec, &retired), &retired, Instant::now());
-        let snapshot = Snapshot::new(&resources);
+        let now = Timestamp::now();
+        let plan = reconcile::plan(spec, &self.state, now);
+        let snapshot = Snapshot::new(&translate(&plan));
         let snapshot_bytes = snapshot.encoded_len();
         let version = snapshot.version.clone();
         let changed = self.snapshots.send_if_modified(|current| {
@@ -274,69 +299,72 @@ impl Loader {
             tracing::info!(
                 version,
                 elapsed_us = started.elapsed().as_micros() as u64,
-                retired = retired.len(),
                 "config published"
             );
         }
         self.registry
             .serving(&version, self.changed_at, snapshot_bytes);
-        self.report_services(&retired);
+        self.report_services(spec, &plan, now);
         version
     }
 
     fn check_synced(&mut self) {
-        if !self.red_black.awaiting_ack() {
+        if !self.state.awaiting_answers() {
             return;
         }
-        let (Some(spec), Some(version)) = (
-            self.spec.as_ref(),
-            self.snapshots.borrow().as_ref().map(|s| s.version.clone()),
-        ) else {
+        let Some(version) = self.snapshots.borrow().as_ref().map(|s| s.version.clone()) else {
             return;
         };
         if self.registry.all_synced_to(&version) {
-            self.red_black.on_synced(spec, Instant::now());
-            let retired = self.red_black.retired(spec);
-            self.report_services(&retired);
+            let Some(spec) = &self.spec else { return };
+            let services: std::collections::BTreeSet<String> =
+                spec.services.keys().cloned().collect();
+            self.state.reduce(
+                spec,
+                Event::Answered {
+                    services: &services,
+                },
+                Timestamp::now(),
+            );
+            self.publish();
         }
     }
 
-    fn report_services(&self, retired: &BTreeSet<String>) {
-        let Some(spec) = &self.spec else { return };
-        let now = Instant::now();
-        let services = spec
+    fn report_services(&self, spec: &Spec, plan: &Plan, now: Timestamp) {
+        let services = plan
             .services
             .iter()
-            .map(|(name, service)| {
-                let retiring = self
-                    .red_black
-                    .kept(name)
-                    .into_iter()
-                    .flatten()
-                    .map(|(version, state)| RetiringReport {
-                        version: version.clone(),
-                        awaiting_ack: *state == Retiring::AwaitingAck,
-                        retires_in_seconds: match state {
-                            Retiring::Until(t) => {
-                                Some(t.saturating_duration_since(now).as_secs_f64())
-                            }
-                            Retiring::AwaitingAck => None,
-                        },
+            .filter_map(|(name, planned)| Some((name, planned, spec.services.get(name)?)))
+            .map(|(name, planned, service)| {
+                let retiring = planned
+                    .versions
+                    .iter()
+                    .filter_map(|(version, v)| match v.role {
+                        Role::Retiring { deadline } => Some(RetiringReport {
+                            version: version.clone(),
+                            awaiting_ack: deadline.is_none(),
+                            retires_in_seconds: deadline.map(|t| t.since(now).as_secs_f64()),
+                        }),
+                        _ => None,
                     })
                     .collect();
                 let report = ServiceReport {
                     strategy: service.strategy.name(),
-                    split: split(&service.strategy),
+                    split: planned
+                        .split
+                        .iter()
+                        .map(|(v, ppm)| (v.clone(), f64::from(*ppm) / 10_000.0))
+                        .collect(),
                     mirror: service.mirror.as_ref().map(|m| MirrorReport {
                         version: m.version.clone(),
                         percent: m.percent.as_f64(),
                     }),
                     rules: service.rules.len(),
-                    deployed: service
+                    deployed: planned
                         .versions
-                        .keys()
-                        .filter(|v| !retired.contains(&Spec::cluster_name(name, v)))
-                        .cloned()
+                        .iter()
+                        .filter(|(_, v)| !matches!(v.role, Role::Removed { .. }))
+                        .map(|(version, _)| version.clone())
                         .collect(),
                     retiring,
                     synced: false,
@@ -345,26 +373,6 @@ impl Loader {
             })
             .collect();
         self.registry.set_services(services);
-    }
-}
-
-/// Percent of answered requests per version.
-fn split(strategy: &Strategy) -> BTreeMap<String, f64> {
-    match strategy {
-        Strategy::Canary {
-            stable,
-            canary,
-            weight,
-            ..
-        } => BTreeMap::from([
-            (stable.clone(), 100.0 - weight.as_f64()),
-            (canary.clone(), weight.as_f64()),
-        ]),
-        other => other
-            .serving_versions()
-            .into_iter()
-            .map(|v| (v.to_owned(), 100.0))
-            .collect(),
     }
 }
 

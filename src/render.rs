@@ -9,8 +9,8 @@ use std::sync::OnceLock;
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use serde_json::{Map, Value};
 
+use crate::snapshot::ResourceType;
 use crate::snapshot::Snapshot;
-use crate::xds::ResourceType;
 
 static DESCRIPTORS: &[u8] = include_bytes!("../proto/envoy-types-0.7.7.desc");
 

@@ -13,6 +13,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 /// The file as written, before validation: its JSON Schema is the file's (`cutover schema`).
 pub use raw::RawSpec;
 pub use validate::parse;
@@ -57,6 +59,28 @@ pub struct Service {
     /// User groups sent to a chosen version, tried in order before the strategy applies.
     pub rules: Vec<Rule>,
     pub policy: Policy,
+}
+
+impl Service {
+    /// The version requests go to when nothing else applies: the active version, the primary,
+    /// or a canary's stable version.
+    pub fn default_version(&self) -> &str {
+        match &self.strategy {
+            Strategy::BlueGreen { active, .. } | Strategy::RedBlack { active, .. } => active,
+            Strategy::Shadow { primary } => primary,
+            Strategy::Canary { stable, .. } => stable,
+        }
+    }
+
+    /// Versions that get requests: they answer (the strategy), get copies (the mirror) or a
+    /// rule's group.
+    pub fn receiving_versions(&self) -> std::collections::BTreeSet<&str> {
+        let mut out: std::collections::BTreeSet<&str> =
+            self.strategy.serving_versions().into_iter().collect();
+        out.extend(self.mirror.iter().map(|m| m.version.as_str()));
+        out.extend(self.rules.iter().map(|r| r.version.as_str()));
+        out
+    }
 }
 
 /// Which versions of a service get traffic.
@@ -155,7 +179,7 @@ pub enum Condition {
 }
 
 /// A share of requests in parts per million, so that 0.5% is exact and hashing is stable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Percent(u32);
 
 impl Percent {
@@ -197,7 +221,7 @@ impl fmt::Display for Percent {
 }
 
 /// How Envoy spreads requests over a version's endpoints.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum LoadBalancing {
     #[default]
     RoundRobin,
@@ -207,14 +231,14 @@ pub enum LoadBalancing {
     Maglev(HashOn),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HashOn {
     Header(String),
     Cookie(String),
     SourceIp,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutlierDetection {
     pub consecutive_5xx: u32,
     pub consecutive_gateway_errors: Option<u32>,
@@ -225,7 +249,7 @@ pub struct OutlierDetection {
     pub failure_percentage: Option<FailurePercentage>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SuccessRate {
     pub minimum_hosts: u32,
     pub request_volume: u32,
@@ -233,14 +257,14 @@ pub struct SuccessRate {
     pub stdev_factor_milli: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailurePercentage {
     pub threshold: u32,
     pub minimum_hosts: u32,
     pub request_volume: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthCheck {
     /// `None` means a TCP connect check.
     pub path: Option<String>,
@@ -251,7 +275,7 @@ pub struct HealthCheck {
     pub wait_for_first_check: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Retries {
     pub attempts: u32,
     pub on: Vec<String>,
@@ -259,7 +283,7 @@ pub struct Retries {
 }
 
 /// Per-service traffic policy; every field has the default documented in the README.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
     pub load_balancing: LoadBalancing,
     pub outlier_detection: Option<OutlierDetection>,
@@ -276,7 +300,7 @@ pub struct Version {
     pub endpoints: Vec<Endpoint>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     pub address: SocketAddr,
     /// Relative load-balancing weight (weighted round robin); `None` is Envoy's default of 1.

@@ -1,7 +1,7 @@
 use crate::app::compile;
 use crate::render;
+use crate::snapshot::ResourceType;
 use crate::snapshot::Snapshot;
-use crate::xds::ResourceType;
 
 fn example(name: &str) -> String {
     let path = format!("{}/examples/{name}", env!("CARGO_MANIFEST_DIR"));

@@ -607,8 +607,8 @@ fn new_clusters_get_their_endpoints() {
 #[test]
 fn endpoints_are_resent_when_a_cluster_is_redefined() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/basic.yaml");
-    let spec = crate::spec::parse("t.yaml", &std::fs::read_to_string(path).unwrap()).unwrap();
-    let resources = crate::translate::translate(&spec);
+    let resources =
+        crate::app::compile_resources("t.yaml", &std::fs::read_to_string(path).unwrap()).unwrap();
     let (mut s, mut envoy) = connected(Arc::new(Snapshot::new(&resources)));
     envoy.log.clear();
     // Same names and endpoints, one cluster definition changed: Envoy re-creates that cluster,
