@@ -17,13 +17,12 @@ use axum::routing::{get, post};
 use tokio::sync::{mpsc, watch};
 
 use crate::render;
-use crate::snapshot::Snapshot;
-use crate::status::Registry;
+use crate::status::Status;
 
 #[derive(Clone)]
 pub struct AdminState {
-    pub registry: Arc<Registry>,
-    pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+    pub status: Arc<Status>,
+    pub published: watch::Receiver<Option<Arc<crate::snapshot::Published>>>,
     /// Asks the loader to read the deployment file now.
     pub reload: mpsc::Sender<()>,
     /// Bearer token that allows mutating calls from other hosts.
@@ -88,7 +87,7 @@ async fn require_authorized(
 }
 
 async fn status(State(s): State<AdminState>) -> Json<crate::status::StatusReport> {
-    Json(s.registry.report())
+    Json(s.status.report())
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
@@ -97,7 +96,7 @@ async fn metrics(State(s): State<AdminState>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        s.registry.metrics.encode(),
+        s.status.metrics.encode(),
     )
         .into_response()
 }
@@ -116,14 +115,14 @@ async fn reload(State(s): State<AdminState>) -> Response {
 }
 
 async fn config(State(s): State<AdminState>) -> Response {
-    let snapshot = s.snapshots.borrow().clone();
-    match snapshot {
+    let published = s.published.borrow().clone();
+    match published {
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             "no valid config loaded yet\n",
         )
             .into_response(),
-        Some(snap) => match render::snapshot_json(&snap) {
+        Some(p) => match render::published_json(&p) {
             Ok(v) => Json(v).into_response(),
             Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
         },
@@ -132,7 +131,7 @@ async fn config(State(s): State<AdminState>) -> Response {
 
 /// Ready once a valid deployment file has been loaded.
 async fn readyz(State(s): State<AdminState>) -> Response {
-    if s.snapshots.borrow().is_some() {
+    if s.status.ready() {
         "ready\n".into_response()
     } else {
         (
@@ -177,8 +176,13 @@ mod tests {
 
         let (reload, mut requests) = mpsc::channel(1);
         let state = AdminState {
-            registry: Arc::new(Registry::new("deploy.yaml".into())),
-            snapshots: watch::channel(None).1,
+            status: Arc::new(Status::new(
+                "deploy.yaml".into(),
+                Arc::new(crate::xds::clients::Clients::new(Default::default())),
+                watch::channel(None).1,
+                Default::default(),
+            )),
+            published: watch::channel(None).1,
             reload,
             token: Some("s3cret".into()),
         };

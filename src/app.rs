@@ -13,12 +13,15 @@ use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::{self, AdminState};
+use crate::metrics::Metrics;
+use crate::node::GroupId;
 use crate::reconcile::{self, Event, Plan, Previous, Role, RuntimeState, Timestamp};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Published, Snapshot};
 use crate::spec::{self, Spec, SpecError};
-use crate::status::{MirrorReport, Registry, RetiringReport, ServiceReport};
+use crate::status::{MirrorReport, RetiringReport, ServiceReport, Status};
 use crate::translate::{Resources, translate};
 use crate::watch::FileWatcher;
+use crate::xds::clients::Clients;
 use crate::xds::server::{Ads, Cds, DiscoveryService, Eds, Lds, Rds, Shared};
 
 /// Parses, validates and translates a deployment file's text into the snapshot a freshly
@@ -65,8 +68,12 @@ pub struct ServeOptions {
 pub struct Server {
     pub ads_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    pub registry: Arc<Registry>,
-    pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+    /// What every connected client holds.
+    pub clients: Arc<Clients>,
+    /// The status read model (`GET /status`).
+    pub status: Arc<Status>,
+    /// What the xDS streams converge to.
+    pub published: watch::Receiver<Option<Arc<Published>>>,
     tasks: JoinSet<anyhow::Result<()>>,
 }
 
@@ -81,17 +88,31 @@ impl Server {
 }
 
 pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
-    let registry = Arc::new(Registry::new(opts.file.clone()));
-    let (snapshot_tx, snapshots) = watch::channel(None);
+    let metrics = Arc::new(Metrics::new());
+    let clients = Arc::new(Clients::new(metrics.clone()));
+    let (published_tx, published) = watch::channel(None);
+    let status = Arc::new(Status::new(
+        opts.file.clone(),
+        clients.clone(),
+        published.clone(),
+        metrics.clone(),
+    ));
 
     // Watch before the first read so that no change between the two is missed.
     let watcher = FileWatcher::new(&opts.file)?;
-    let mut loader = Loader::new(
-        opts.file.clone(),
-        snapshot_tx,
-        registry.clone(),
-        opts.drain_period,
-    );
+    let mut loader = Loader {
+        label: opts.file.display().to_string(),
+        file: opts.file.clone(),
+        published: published_tx,
+        status: status.clone(),
+        clients: clients.clone(),
+        metrics,
+        last_text: None,
+        spec: None,
+        state: RuntimeState::default(),
+        drain_period: opts.drain_period,
+        changed_at: Instant::now(),
+    };
     loader.reload();
 
     let ads_listener = TcpListener::bind(opts.ads).await.with_context(|| {
@@ -110,8 +131,8 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
     let admin_addr = admin_listener.local_addr()?;
 
     let shared = Shared {
-        snapshots: snapshots.clone(),
-        registry: registry.clone(),
+        published: published.clone(),
+        clients: clients.clone(),
     };
     let grpc = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -122,11 +143,11 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         .add_service(DiscoveryService::<Eds>::new(shared.clone()))
         .add_service(DiscoveryService::<Lds>::new(shared.clone()))
         .add_service(DiscoveryService::<Rds>::new(shared))
-        .add_service(crate::xds::csds::server(registry.clone()));
+        .add_service(crate::xds::csds::server(clients.clone()));
     let (reload_tx, reload_rx) = mpsc::channel(1);
     let admin_router = admin::router(AdminState {
-        registry: registry.clone(),
-        snapshots: snapshots.clone(),
+        status: status.clone(),
+        published: published.clone(),
         reload: reload_tx,
         token: opts.admin_token.clone(),
     });
@@ -150,8 +171,9 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
     Ok(Server {
         ads_addr,
         admin_addr,
-        registry,
-        snapshots,
+        clients,
+        status,
+        published,
         tasks,
     })
 }
@@ -162,8 +184,10 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
 struct Loader {
     file: PathBuf,
     label: String,
-    snapshots: watch::Sender<Option<Arc<Snapshot>>>,
-    registry: Arc<Registry>,
+    published: watch::Sender<Option<Arc<Published>>>,
+    status: Arc<Status>,
+    clients: Arc<Clients>,
+    metrics: Arc<Metrics>,
     last_text: Option<String>,
     spec: Option<Spec>,
     state: RuntimeState,
@@ -173,31 +197,12 @@ struct Loader {
 }
 
 impl Loader {
-    fn new(
-        file: PathBuf,
-        snapshots: watch::Sender<Option<Arc<Snapshot>>>,
-        registry: Arc<Registry>,
-        drain_period: Duration,
-    ) -> Loader {
-        Loader {
-            label: file.display().to_string(),
-            file,
-            snapshots,
-            registry,
-            last_text: None,
-            spec: None,
-            state: RuntimeState::default(),
-            drain_period,
-            changed_at: Instant::now(),
-        }
-    }
-
     async fn run(
         mut self,
         mut watcher: FileWatcher,
         mut reload_requests: mpsc::Receiver<()>,
     ) -> anyhow::Result<()> {
-        let mut registry_changes = self.registry.changes();
+        let mut client_changes = self.clients.changes();
         loop {
             let deadline = self
                 .spec
@@ -215,8 +220,8 @@ impl Loader {
                     self.last_text = None;
                     self.reload();
                 }
-                _ = registry_changes.changed(), if self.state.awaiting_answers() => {
-                    self.check_synced();
+                _ = client_changes.changed(), if self.state.awaiting_answers() => {
+                    self.check_answered();
                 }
                 _ = sleep_until_opt(deadline) => {
                     self.changed_at = Instant::now();
@@ -242,7 +247,7 @@ impl Loader {
                     self.label
                 );
                 tracing::error!("{msg}");
-                self.registry.reload_failed(msg);
+                self.status.reload_failed(msg);
                 self.last_text = None;
                 return;
             }
@@ -264,35 +269,38 @@ impl Loader {
                     },
                     Timestamp::now(),
                 );
-                let version = self.publish();
-                self.registry.reloaded(&version);
+                self.publish();
+                self.status.reloaded();
                 // With no Envoy connected, nothing needs to ACK.
-                self.check_synced();
+                self.check_answered();
             }
             Err(err) => {
                 tracing::error!(
                     "invalid deployment file, still serving the last good config:\n{err}"
                 );
-                self.registry.reload_failed(err.to_string());
+                self.status.reload_failed(err.to_string());
             }
         }
     }
 
     /// Plans and translates the current spec and publishes it if it differs from what is
-    /// served. Returns the version served.
-    fn publish(&mut self) -> String {
+    /// served.
+    fn publish(&mut self) {
         let spec = self.spec.as_ref().expect("publish after a valid load");
         let started = std::time::Instant::now();
         let now = Timestamp::now();
         let plan = reconcile::plan(spec, &self.state, now);
         let snapshot = Snapshot::new(&translate(&plan));
-        let snapshot_bytes = snapshot.encoded_len();
-        let version = snapshot.version.clone();
-        let changed = self.snapshots.send_if_modified(|current| {
+        let groups = std::collections::BTreeMap::from([(GroupId::all(), snapshot)]);
+        let previous = self.published.borrow().clone();
+        let next = Published::new(groups, self.changed_at, previous.as_deref());
+        self.metrics.snapshot_bytes.set(next.encoded_len() as i64);
+        let version = next.version.clone();
+        let changed = self.published.send_if_modified(|current| {
             if current.as_ref().is_some_and(|c| c.version == version) {
                 return false;
             }
-            *current = Some(Arc::new(snapshot));
+            *current = Some(Arc::new(next));
             true
         });
         if changed {
@@ -302,21 +310,22 @@ impl Loader {
                 "config published"
             );
         }
-        self.registry
-            .serving(&version, self.changed_at, snapshot_bytes);
         self.report_services(spec, &plan, now);
-        version
     }
 
-    fn check_synced(&mut self) {
+    /// Red-black retirements wait until every Envoy has answered the current config.
+    fn check_answered(&mut self) {
         if !self.state.awaiting_answers() {
             return;
         }
-        let Some(version) = self.snapshots.borrow().as_ref().map(|s| s.version.clone()) else {
+        let Some(published) = self.published.borrow().clone() else {
             return;
         };
-        if self.registry.all_synced_to(&version) {
-            let Some(spec) = &self.spec else { return };
+        let answered = published
+            .groups()
+            .all(|(g, s)| self.clients.answered(g, &s.snapshot.version));
+        let Some(spec) = &self.spec else { return };
+        if answered {
             let services: std::collections::BTreeSet<String> =
                 spec.services.keys().cloned().collect();
             self.state.reduce(
@@ -372,7 +381,7 @@ impl Loader {
                 (name.clone(), report)
             })
             .collect();
-        self.registry.set_services(services);
+        self.status.set_services(services);
     }
 }
 

@@ -14,6 +14,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod ids;
 pub mod metrics;
+pub mod node;
 pub mod reconcile;
 pub mod render;
 pub mod snapshot;

@@ -1,4 +1,5 @@
-//! One config version: an immutable set of Envoy resources, each encoded exactly once.
+//! One config version: an immutable set of Envoy resources, each encoded exactly once, and what
+//! is published to the xDS streams: one [`Snapshot`] per node group ([`Published`]).
 //!
 //! Every stream that sends a resource shares its encoded bytes ([`Bytes`] is reference counted),
 //! so the cost of a push is per config version, not per Envoy. Versions are content hashes: the
@@ -7,12 +8,15 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use sha2::{Digest, Sha256};
 
+use crate::node::{GroupId, NodeInfo};
 use crate::translate::Resources;
 
 /// One encoded resource.
@@ -103,6 +107,77 @@ impl Snapshot {
     /// The version of a whole type, as in [`set_version`].
     pub fn type_version(&self, ty: ResourceType) -> &str {
         &self.type_versions[ty.index()]
+    }
+}
+
+/// What the xDS streams converge to: a snapshot per node group.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// The config version as a whole: with one group, that group's snapshot version.
+    pub version: String,
+    groups: BTreeMap<GroupId, GroupSnapshot>,
+}
+
+/// One group's snapshot, and when the change that produced it was seen (for save-to-ACK).
+#[derive(Debug, Clone)]
+pub struct GroupSnapshot {
+    pub snapshot: Arc<Snapshot>,
+    pub changed_at: Instant,
+}
+
+impl Published {
+    /// Publishes `groups`, caused by a change seen at `changed_at`. A group whose snapshot is
+    /// the same as in `previous` keeps it (the same `Arc`) and its change time, so its streams
+    /// see no change.
+    pub fn new(
+        groups: BTreeMap<GroupId, Snapshot>,
+        changed_at: Instant,
+        previous: Option<&Published>,
+    ) -> Published {
+        let groups: BTreeMap<GroupId, GroupSnapshot> = groups
+            .into_iter()
+            .map(|(group, snapshot)| {
+                let kept = previous
+                    .and_then(|p| p.groups.get(&group))
+                    .filter(|g| g.snapshot.version == snapshot.version)
+                    .cloned();
+                let g = kept.unwrap_or_else(|| GroupSnapshot {
+                    snapshot: Arc::new(snapshot),
+                    changed_at,
+                });
+                (group, g)
+            })
+            .collect();
+        let version = match groups.values().collect::<Vec<_>>()[..] {
+            [only] => only.snapshot.version.clone(),
+            _ => {
+                let mut all = String::new();
+                for (group, g) in &groups {
+                    let _ = writeln!(all, "{group}={}", g.snapshot.version);
+                }
+                hash_hex(&[all.as_bytes()])
+            }
+        };
+        Published { version, groups }
+    }
+
+    /// The group `node` belongs to (see [`crate::node`]).
+    pub fn group_of(&self, _node: &NodeInfo) -> GroupId {
+        GroupId::all()
+    }
+
+    pub fn group(&self, group: &GroupId) -> Option<&GroupSnapshot> {
+        self.groups.get(group)
+    }
+
+    pub fn groups(&self) -> impl Iterator<Item = (&GroupId, &GroupSnapshot)> {
+        self.groups.iter()
+    }
+
+    /// Bytes of every encoded resource of every group (a resource shared by groups counts
+    /// once per group).
+    pub fn encoded_len(&self) -> usize {
+        self.groups.values().map(|g| g.snapshot.encoded_len()).sum()
     }
 }
 

@@ -109,9 +109,9 @@ fn route_cluster(r: &DiscoveryResponse) -> String {
 
 /// Waits until the one connected node has ACKed everything.
 async fn wait_in_sync(server: &app::Server) {
-    let mut changes = server.registry.changes();
+    let mut changes = server.clients.changes();
     tokio::time::timeout(Duration::from_secs(5), async {
-        while server.registry.in_sync_count() != (1, 1) {
+        while server.clients.in_sync_count() != (1, 1) {
             changes.changed().await.unwrap();
         }
     })
@@ -120,8 +120,12 @@ async fn wait_in_sync(server: &app::Server) {
 }
 
 async fn start(dir: &tempfile::TempDir) -> app::Server {
+    start_with(dir, DEPLOY).await
+}
+
+async fn start_with(dir: &tempfile::TempDir, text: &str) -> app::Server {
     let file = dir.path().join("deploy.yaml");
-    std::fs::write(&file, DEPLOY).unwrap();
+    std::fs::write(&file, text).unwrap();
     app::start(ServeOptions {
         file,
         ads: "127.0.0.1:0".parse().unwrap(),
@@ -175,7 +179,7 @@ async fn ads_stream_serves_updates_and_reports_acks_and_nacks() {
 
     // The ACKs reach /status.
     wait_in_sync(&server).await;
-    let report = server.registry.report();
+    let report = server.status.report();
     assert_eq!(report.nodes[0].id, "grpc-test");
     assert_eq!(
         report.nodes[0].types["rds"].acked.as_deref(),
@@ -205,7 +209,7 @@ async fn ads_stream_serves_updates_and_reports_acks_and_nacks() {
         })
         .await;
     client.expect_nothing().await;
-    let report = server.registry.report();
+    let report = server.status.report();
     let nack = report.nodes[0].types["rds"]
         .last_nack
         .clone()
@@ -217,7 +221,7 @@ async fn ads_stream_serves_updates_and_reports_acks_and_nacks() {
     // An invalid save changes nothing and is reported.
     std::fs::write(&file, DEPLOY.replace("active: blue", "active: gren")).unwrap();
     client.expect_nothing().await;
-    let report = server.registry.report();
+    let report = server.status.report();
     let reload = report.last_reload.unwrap();
     assert!(!reload.ok);
     assert!(
@@ -237,7 +241,7 @@ async fn a_reconnect_with_current_versions_gets_nothing() {
     let mut first = Client::connect(server.ads_addr).await;
     bring_up(&mut first).await;
     wait_in_sync(&server).await;
-    let versions = server.registry.report().nodes[0].types.clone();
+    let versions = server.status.report().nodes[0].types.clone();
     drop(first);
 
     let mut second = Client::connect(server.ads_addr).await;
@@ -263,7 +267,7 @@ async fn admin_api_reports_status_and_config() {
     assert_eq!(status["last_reload"]["ok"], true);
     assert_eq!(
         status["config_version"].as_str(),
-        Some(server.snapshots.borrow().as_ref().unwrap().version.as_str())
+        Some(server.published.borrow().as_ref().unwrap().version.as_str())
     );
     let config: serde_json::Value = get("/config").await.unwrap().json().await.unwrap();
     assert_eq!(config["clusters"][0]["name"], "checkout/blue");
@@ -342,17 +346,31 @@ fn cluster_names(r: &DiscoveryResponse) -> Vec<String> {
     resource_names(r)
 }
 
+/// `DEPLOY` as a red-black service with versions red and black and a 300 ms grace.
+fn red_black(active: &str) -> String {
+    DEPLOY
+        .replace("blue", "red")
+        .replace("green", "black")
+        .replace(
+            "    active: red\n",
+            &format!("    strategy:\n      red-black: {{ active: {active}, grace: 300ms }}\n"),
+        )
+}
+
+/// Connects a client that subscribes like Envoy and ACKs its first four responses.
+async fn connect_and_ack_all(server: &app::Server) -> Client {
+    let mut client = Client::connect(server.ads_addr).await;
+    client.send(CDS, "", "", &[]).await;
+    client.send(LDS, "", "", &[]).await;
+    for _ in 0..4 {
+        let r = client.recv().await;
+        ack(&client, &r).await;
+    }
+    client
+}
+
 #[tokio::test]
 async fn red_black_retires_the_old_version_only_after_every_envoy_acked_and_the_grace() {
-    let red_black = |active: &str| {
-        DEPLOY
-            .replace("blue", "red")
-            .replace("green", "black")
-            .replace(
-                "    active: red\n",
-                &format!("    strategy:\n      red-black: {{ active: {active}, grace: 300ms }}\n"),
-            )
-    };
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("deploy.yaml");
     std::fs::write(&file, red_black("red")).unwrap();
@@ -397,7 +415,7 @@ async fn red_black_retires_the_old_version_only_after_every_envoy_acked_and_the_
     client.expect_nothing().await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     client.expect_nothing().await;
-    let status = server.registry.report();
+    let status = server.status.report();
     let retiring = &status.services["checkout"].retiring;
     assert_eq!(retiring[0].version, "red");
     assert!(retiring[0].awaiting_ack);
@@ -414,7 +432,7 @@ async fn red_black_retires_the_old_version_only_after_every_envoy_acked_and_the_
     );
     ack(&client, &removal).await;
     wait_in_sync(&server).await;
-    let status = server.registry.report();
+    let status = server.status.report();
     assert_eq!(status.services["checkout"].deployed, ["black"]);
     assert!(status.services["checkout"].retiring.is_empty());
 }
@@ -554,10 +572,10 @@ async fn one_envoys_nack_does_not_affect_another() {
     assert_eq!(route_cluster(&other), "checkout/green");
     accepting.ack(&other, &["public"]).await;
 
-    let mut changes = server.registry.changes();
+    let mut changes = server.clients.changes();
     let report = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
-            let report = server.registry.report();
+            let report = server.status.report();
             if report.nodes.iter().any(|n| n.in_sync) {
                 return report;
             }
@@ -574,4 +592,115 @@ async fn one_envoys_nack_does_not_affect_another() {
         .filter_map(|n| n.types["rds"].last_nack.as_ref().map(|x| x.error.as_str()))
         .collect();
     assert_eq!(nacked, ["rejected by this Envoy only"]);
+}
+
+#[tokio::test]
+async fn an_envoy_that_rejects_a_red_black_switch_does_not_hold_the_others_retirement() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(&dir, &red_black("red")).await;
+    let mut accepting = connect_and_ack_all(&server).await;
+    let mut rejecting = connect_and_ack_all(&server).await;
+
+    std::fs::write(dir.path().join("deploy.yaml"), red_black("black")).unwrap();
+    for client in [&mut accepting, &mut rejecting] {
+        let cds = client.recv().await;
+        assert_eq!(cluster_names(&cds), ["checkout/black", "checkout/red"]);
+        ack(client, &cds).await;
+        let eds = client.recv().await;
+        ack(client, &eds).await;
+    }
+    let rds = accepting.recv().await;
+    ack(&accepting, &rds).await;
+    let rejected = rejecting.recv().await;
+    assert_eq!(rejected.type_url, RDS);
+    rejecting
+        .send_req(DiscoveryRequest {
+            type_url: RDS.into(),
+            response_nonce: rejected.nonce.clone(),
+            resource_names: vec!["public".into()],
+            error_detail: Some(Status {
+                code: 3,
+                message: "rejected by this Envoy only".into(),
+                details: vec![],
+            }),
+            ..Default::default()
+        })
+        .await;
+
+    // The rejection answers the switch: red goes after the grace, for the Envoy that took it.
+    let removal = accepting.recv().await;
+    assert_eq!(cluster_names(&removal), ["checkout/black"]);
+    ack(&accepting, &removal).await;
+    // The rejecting Envoy still routes to red, so it keeps red: it is sent nothing.
+    rejecting.expect_nothing().await;
+    let status = server.status.report();
+    assert_eq!(status.services["checkout"].deployed, ["black"]);
+    assert!(status.services["checkout"].retiring.is_empty());
+    let nacks: Vec<bool> = status
+        .nodes
+        .iter()
+        .map(|n| n.types["rds"].last_nack.is_some())
+        .collect();
+    assert_eq!(nacks.iter().filter(|n| **n).count(), 1, "{nacks:?}");
+}
+
+/// A change that a stream's client does not hold anything of (only routes change, the stream
+/// carries clusters) puts it in sync at once; that counts as a save-to-ACK sample.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_in_sync_at_once_is_a_save_to_ack_sample() {
+    use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_client::ClusterDiscoveryServiceClient;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir).await;
+    let mut cds = ClusterDiscoveryServiceClient::connect(format!("http://{}", server.ads_addr))
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    let request = |version: &str, nonce: &str| DiscoveryRequest {
+        type_url: CDS.into(),
+        version_info: version.into(),
+        response_nonce: nonce.into(),
+        node: Some(Node {
+            id: "cds-only".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    tx.send(request("", "")).await.unwrap();
+    let mut responses = cds
+        .stream_clusters(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let r = responses.message().await.unwrap().unwrap();
+    tx.send(request(&r.version_info, &r.nonce)).await.unwrap();
+    let samples = || {
+        server
+            .status
+            .metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix("cutover_save_to_ack_seconds_count "))
+            .map(|n| n.parse::<u64>().unwrap())
+            .unwrap_or(0)
+    };
+    let mut changes = server.clients.changes();
+    let wait_samples = async |n: u64, changes: &mut tokio::sync::watch::Receiver<u64>| {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while samples() < n {
+                changes.changed().await.unwrap();
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{} save-to-ACK samples, expected {n}", samples()));
+    };
+    wait_samples(1, &mut changes).await;
+
+    std::fs::write(
+        dir.path().join("deploy.yaml"),
+        DEPLOY.replace("active: blue", "active: green"),
+    )
+    .unwrap();
+    wait_samples(2, &mut changes).await;
+    assert_eq!(server.clients.in_sync_count(), (1, 1));
 }

@@ -1,10 +1,59 @@
-//! The xDS side: resource types and their order ([`ResourceType`]), the per-stream state machine
-//! with no I/O ([`sotw`]), the wire encoding of pre-encoded responses ([`codec`]), and the tonic
-//! server that connects them to sockets ([`server`]).
+//! The xDS side: the protocol machines and the server that connects them to sockets.
+//!
+//! - [`sotw`]: the state-of-the-world protocol for one stream, a pure state machine;
+//! - [`order`]: make-before-break, the ordering policy every protocol machine follows;
+//! - [`clients`]: one protocol-neutral view of what every connected client holds (ACKed, pending,
+//!   rejected), written by the machines' streams and read by status, CSDS, metrics and the
+//!   controller's gates;
+//! - [`codec`], [`server`], [`csds`]: the gRPC edge.
+//!
+//! Resource types and their order are [`ResourceType`] (in [`crate::snapshot`]).
 
+pub mod clients;
 pub mod codec;
 pub mod csds;
+pub mod order;
 pub mod server;
 pub mod sotw;
 
 pub use crate::snapshot::ResourceType;
+
+/// Which resource types a stream carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// ADS: every type on one stream, ordered and gated on ACKs.
+    Aggregated,
+    /// A per-type discovery service (CDS, EDS, LDS or RDS alone).
+    Single(ResourceType),
+}
+
+impl Mode {
+    /// The types the stream carries, in make-before-break order.
+    pub fn types(self) -> &'static [ResourceType] {
+        match self {
+            Mode::Aggregated => &ResourceType::ALL,
+            Mode::Single(ResourceType::Cluster) => &[ResourceType::Cluster],
+            Mode::Single(ResourceType::Endpoint) => &[ResourceType::Endpoint],
+            Mode::Single(ResourceType::Listener) => &[ResourceType::Listener],
+            Mode::Single(ResourceType::Route) => &[ResourceType::Route],
+        }
+    }
+}
+
+/// Something a protocol machine saw that the edge should log or record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Ack {
+        ty: ResourceType,
+        version: String,
+    },
+    Nack {
+        ty: ResourceType,
+        version: String,
+        error: String,
+    },
+    /// A request for a type this stream does not serve (logged, otherwise ignored).
+    UnknownType {
+        type_url: String,
+    },
+}

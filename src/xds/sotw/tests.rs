@@ -12,6 +12,7 @@ use prost::Message;
 
 use super::*;
 use crate::app::compile;
+use crate::xds::clients::SyncState;
 
 /// A deployment with one listener whose `/` route goes to `checkout/<active>`.
 fn deployment(versions: &[(&str, &str)], active: &str) -> Arc<Snapshot> {
@@ -693,4 +694,81 @@ fn a_subscription_change_with_the_acked_nonce_is_answered() {
         ["checkout/blue", "checkout/green"]
     );
     assert!(more.events.is_empty(), "not a second ACK");
+}
+
+#[test]
+fn a_type_not_asked_for_yet_is_not_in_sync() {
+    // Envoy asks for routes after its listeners are ACKed: until then it holds no route, so
+    // it is not in sync (status, save-to-ACK and the retirement gate rely on this).
+    let mut s = Stream::new(Mode::Aggregated);
+    let mut envoy = FakeEnvoy::default();
+    s.on_snapshot(blue_green("blue"));
+    let mut requests = envoy.start();
+    let mut seen_lds_ack = false;
+    for _ in 0..100 {
+        let Some(req) = (!requests.is_empty()).then(|| requests.remove(0)) else {
+            break;
+        };
+        if req.type_url == ResourceType::Route.type_url() {
+            // Held back: the route subscription has not arrived yet.
+            continue;
+        }
+        let out = s.on_request(&req);
+        seen_lds_ack |= out.events.iter().any(|e| {
+            matches!(
+                e,
+                Event::Ack {
+                    ty: ResourceType::Listener,
+                    ..
+                }
+            )
+        });
+        for r in &out.responses {
+            requests.extend(envoy.receive(r));
+        }
+    }
+    assert!(seen_lds_ack);
+    assert!(!s.in_sync(), "no route subscribed, none held");
+    assert_eq!(s.sync_state(), SyncState::Pending);
+    let out = s.on_request(&request(ResourceType::Route, "", "", &["public"]));
+    let r = &out.responses[0];
+    s.on_request(&request(
+        ResourceType::Route,
+        &r.version,
+        &r.nonce,
+        &["public"],
+    ));
+    assert!(s.in_sync());
+}
+
+#[test]
+fn endpoints_of_only_some_clusters_are_not_in_sync() {
+    let mut s = Stream::new(Mode::Single(ResourceType::Endpoint));
+    s.on_snapshot(blue_green("blue"));
+    let out = s.on_request(&request(ResourceType::Endpoint, "", "", &["checkout/blue"]));
+    let r = &out.responses[0];
+    s.on_request(&request(
+        ResourceType::Endpoint,
+        &r.version,
+        &r.nonce,
+        &["checkout/blue"],
+    ));
+    assert!(!s.in_sync(), "checkout/green's endpoints are not held");
+}
+
+#[test]
+fn a_client_that_rejected_the_current_config_has_answered_it() {
+    let (mut s, mut envoy) = connected(blue_green("blue"));
+    envoy.reject = Some(ResourceType::Route);
+    push(&mut s, &mut envoy, blue_green("green"));
+    assert!(!s.in_sync());
+    assert_eq!(s.sync_state(), SyncState::Rejected);
+    // The next change is sent and pending again.
+    envoy.reject = None;
+    let out = s.on_snapshot(deployment(
+        &[("blue", "127.0.0.1:8081"), ("green", "127.0.0.1:8083")],
+        "green",
+    ));
+    assert!(!out.responses.is_empty());
+    assert_eq!(s.sync_state(), SyncState::Pending);
 }
