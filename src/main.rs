@@ -41,6 +41,10 @@ enum Command {
         /// endpoints (POST /reload). Loopback callers never need it.
         #[arg(long, env = "CUTOVER_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
+        /// The runtime state file: what is draining or retiring, with its deadlines, so that a
+        /// restart keeps it. Default: FILE.state.json beside the deployment file.
+        #[arg(long, env = "CUTOVER_STATE")]
+        state: Option<PathBuf>,
         /// Log format; levels come from RUST_LOG (default: info).
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -51,11 +55,21 @@ enum Command {
         file: PathBuf,
     },
     /// Print the exact Envoy resources the file becomes (clusters, endpoints, listeners, routes).
+    ///
+    /// Without --state, what a freshly started cutover serves; with it, what a cutover with that
+    /// runtime state serves (endpoints and versions still draining, red-black versions still
+    /// retiring), as of --at.
     Render {
         /// The deployment file.
         file: PathBuf,
         #[arg(long, value_enum, default_value_t = Format::Yaml)]
         format: Format,
+        /// A runtime state file (`cutover serve --state`, by default FILE.state.json).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// The time to render for, RFC 3339 (e.g. 2026-11-22T10:00:00Z). Default: now.
+        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+        at: Option<std::time::SystemTime>,
     },
     /// Print an Envoy bootstrap that gets all of its config from cutover over ADS.
     ///
@@ -142,6 +156,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             admin,
             drain_period,
             admin_token,
+            state,
             log_format,
         } => {
             init_tracing(log_format);
@@ -154,15 +169,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     admin,
                     drain_period,
                     admin_token,
+                    state_file: state,
                 })
                 .await?;
-                tokio::select! {
-                    res = server.wait() => res,
-                    _ = shutdown_signal() => {
-                        tracing::info!("shutting down");
-                        Ok(())
-                    }
-                }
+                server
+                    .run_until(
+                        async {
+                            shutdown_signal().await;
+                            tracing::info!("shutting down");
+                        },
+                        std::time::Duration::from_secs(5),
+                    )
+                    .await
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -183,12 +201,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Render { file, format } => {
+        Command::Render {
+            file,
+            format,
+            state,
+            at,
+        } => {
             let label = file.display().to_string();
             let text =
                 std::fs::read_to_string(&file).with_context(|| format!("cannot read {label}"))?;
-            let snapshot = match app::compile(&label, &text) {
-                Ok(s) => s,
+            let runtime = match &state {
+                None => Default::default(),
+                Some(path) => cutover::store::StateFile::new(path.clone())
+                    .read()
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+                    .with_context(|| format!("{}: no such state file", path.display()))?,
+            };
+            let now = at.map_or_else(cutover::reconcile::Timestamp::now, Into::into);
+            let snapshot = match app::compile_plan_with(&label, &text, runtime, now) {
+                Ok(plan) => cutover::snapshot::Snapshot::new(&cutover::translate::translate(&plan)),
                 Err(err) => {
                     eprintln!("{err}");
                     return Ok(ExitCode::FAILURE);

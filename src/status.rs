@@ -90,9 +90,21 @@ pub struct MirrorReport {
     pub percent: f64,
 }
 
+/// The runtime state file: where it is and whether it can be used.
+#[derive(Debug, Clone, Serialize)]
+pub struct StateFileReport {
+    pub path: String,
+    /// Read (or absent) and written without trouble.
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
     pub file: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_file: Option<StateFileReport>,
     pub config_version: Option<String>,
     pub last_reload: Option<ReloadStatus>,
     pub services: BTreeMap<String, ServiceReport>,
@@ -102,6 +114,7 @@ pub struct StatusReport {
 #[derive(Debug, Default)]
 struct Inner {
     file: PathBuf,
+    state_file: Option<StateFileReport>,
     last_reload: Option<ReloadStatus>,
     services: BTreeMap<String, ServiceReport>,
 }
@@ -139,6 +152,14 @@ impl Status {
 
     pub fn set_services(&self, services: BTreeMap<String, ServiceReport>) {
         self.with(|i| i.services = services);
+    }
+
+    pub fn set_state_file(&self, report: StateFileReport) {
+        self.with(|i| i.state_file = Some(report));
+    }
+
+    pub fn state_file(&self) -> Option<StateFileReport> {
+        self.with(|i| i.state_file.clone())
     }
 
     pub fn reloaded(&self) {
@@ -185,6 +206,7 @@ impl Status {
         let i = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         StatusReport {
             file: i.file.display().to_string(),
+            state_file: i.state_file.clone(),
             config_version: published.map(|p| p.version.clone()),
             last_reload: i.last_reload.clone(),
             services: i

@@ -83,6 +83,7 @@ fn busy_report() -> StatusReport {
     });
     StatusReport {
         file: "deploy.yaml".into(),
+        state_file: None,
         config_version: Some("0123456789abcdef".into()),
         last_reload: Some(ReloadStatus {
             ok: true,
@@ -203,6 +204,7 @@ fn status_after_a_failed_reload() {
 fn status_before_any_valid_config() {
     let report = StatusReport {
         file: "deploy.yaml".into(),
+        state_file: None,
         config_version: None,
         last_reload: Some(ReloadStatus {
             ok: false,
@@ -264,6 +266,7 @@ async fn serve(file: PathBuf) -> app::Server {
         admin: "127.0.0.1:0".parse().unwrap(),
         drain_period: Duration::from_secs(5),
         admin_token: None,
+        state_file: None,
     })
     .await
     .expect("server starts")

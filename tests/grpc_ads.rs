@@ -132,6 +132,7 @@ async fn start_with(dir: &tempfile::TempDir, text: &str) -> app::Server {
         admin: "127.0.0.1:0".parse().unwrap(),
         drain_period: Duration::from_secs(5),
         admin_token: None,
+        state_file: None,
     })
     .await
     .expect("server starts")
@@ -288,6 +289,7 @@ async fn not_ready_until_a_valid_file_is_loaded() {
         admin: "127.0.0.1:0".parse().unwrap(),
         drain_period: Duration::from_secs(5),
         admin_token: None,
+        state_file: None,
     })
     .await
     .unwrap();
@@ -380,6 +382,7 @@ async fn red_black_retires_the_old_version_only_after_every_envoy_acked_and_the_
         admin: "127.0.0.1:0".parse().unwrap(),
         drain_period: Duration::from_secs(5),
         admin_token: None,
+        state_file: None,
     })
     .await
     .unwrap();

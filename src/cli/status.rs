@@ -25,10 +25,19 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:19000";
 #[serde(default)]
 pub struct Status {
     pub file: String,
+    pub state_file: Option<StateFile>,
     pub config_version: Option<String>,
     pub last_reload: Option<Reload>,
     pub services: BTreeMap<String, ServiceStatus>,
     pub nodes: Vec<NodeStatus>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct StateFile {
+    pub path: String,
+    pub ok: bool,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -236,7 +245,16 @@ pub fn render_status(report: &Status, color: bool) -> String {
             ),
         },
     ]);
+    if let Some(state) = report.state_file.as_ref().filter(|s| !s.ok) {
+        head.row(vec![
+            ("runtime state".into(), Style::Bold),
+            (format!("PROBLEM with {}", state.path), Style::Red),
+        ]);
+    }
     out.push_str(&head.render("", p));
+    if let Some(error) = report.state_file.as_ref().and_then(|s| s.error.as_deref()) {
+        let _ = writeln!(out, "    {}", p.paint(Style::Red, error));
+    }
     if let Some(Reload {
         ok: false,
         error: Some(error),

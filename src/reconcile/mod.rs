@@ -289,8 +289,12 @@ fn endpoints(
             },
         })
         .collect();
-    for (address, d) in draining.into_iter().flatten() {
-        if d.until > now && !file.iter().any(|e| e.address == *address) {
+    let Some(draining) = draining.filter(|d| !d.is_empty()) else {
+        return out;
+    };
+    let in_file: std::collections::BTreeSet<SocketAddr> = file.iter().map(|e| e.address).collect();
+    for (address, d) in draining {
+        if d.until > now && !in_file.contains(address) {
             out.push(EndpointPlan {
                 address: *address,
                 weight: d.weight,

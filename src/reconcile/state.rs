@@ -302,7 +302,9 @@ impl RuntimeState {
         self.removed.retain(|id, _| in_file(id).is_none());
         self.draining.retain(|id, endpoints| {
             if let Some(version) = in_file(id) {
-                endpoints.retain(|addr, _| !version.endpoints.iter().any(|e| e.address == *addr));
+                let present: BTreeSet<SocketAddr> =
+                    version.endpoints.iter().map(|e| e.address).collect();
+                endpoints.retain(|addr, _| !present.contains(addr));
             } else if !self.removed.contains_key(id) {
                 endpoints.clear();
             }

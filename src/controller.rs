@@ -1,0 +1,388 @@
+//! The controller: the reconcile loop and all of its I/O.
+//!
+//! Events come in (the file changed, a reload was asked for, Envoys answered, a deadline
+//! passed); each is applied to the runtime state by the pure reducer, then the plan is made,
+//! translated, encoded and published if it changed, the status read model is updated, and the
+//! runtime state is saved if it changed (after publishing, so saving never delays a push).
+//!
+//! It runs on a thread of its own with a single-threaded runtime: reading, parsing, planning,
+//! translating and hashing a large file never occupy the runtime that serves the xDS streams.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::metrics::Metrics;
+use crate::node::GroupId;
+use crate::reconcile::{self, Event, Plan, Previous, Role, RuntimeState, Timestamp};
+use crate::snapshot::{Published, Snapshot};
+use crate::spec::{self, Spec};
+use crate::status::{MirrorReport, RetiringReport, ServiceReport, StateFileReport, Status};
+use crate::store::{Loaded, StateFile};
+use crate::translate::translate;
+use crate::watch::FileWatcher;
+use crate::xds::clients::Clients;
+
+/// What the controller is told at start.
+#[derive(Debug)]
+pub struct Settings {
+    pub file: PathBuf,
+    pub state_file: StateFile,
+    /// How long removed endpoints and versions stay in Envoy as `DRAINING`.
+    pub drain_period: Duration,
+}
+
+/// Where the controller publishes and reports.
+#[derive(Debug)]
+pub struct Outputs {
+    pub published: watch::Sender<Option<Arc<Published>>>,
+    pub status: Arc<Status>,
+    pub clients: Arc<Clients>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Asks a running controller to do something.
+#[derive(Debug)]
+pub struct Inputs {
+    /// Read the file now, even if its content looks unchanged.
+    pub reload: mpsc::Receiver<()>,
+    /// Closed (the sender dropped) or signalled: save the state and stop.
+    pub shutdown: watch::Receiver<()>,
+}
+
+/// Starts the controller on its own thread. Returns once the file has been read for the first
+/// time (valid or not), with a receiver for the controller's end.
+pub async fn spawn(
+    settings: Settings,
+    outputs: Outputs,
+    inputs: Inputs,
+) -> anyhow::Result<oneshot::Receiver<anyhow::Result<()>>> {
+    let (started_tx, started) = oneshot::channel::<anyhow::Result<()>>();
+    let (done_tx, done) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("cutover-controller".to_owned())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the controller's runtime")
+                .and_then(|rt| {
+                    rt.block_on(async move {
+                        // Watch before the first read so that no change between the two is
+                        // missed.
+                        let watcher = match FileWatcher::new(&settings.file) {
+                            Ok(w) => w,
+                            Err(err) => {
+                                let _ = started_tx.send(Err(err.into()));
+                                return Ok(());
+                            }
+                        };
+                        let mut controller = Controller::new(settings, outputs);
+                        controller.reload();
+                        let _ = started_tx.send(Ok(()));
+                        controller.run(watcher, inputs).await
+                    })
+                });
+            let _ = done_tx.send(result);
+        })
+        .context("cannot start the controller thread")?;
+    started
+        .await
+        .context("the controller stopped while starting")??;
+    Ok(done)
+}
+
+struct Controller {
+    file: PathBuf,
+    label: String,
+    out: Outputs,
+    state_file: StateFile,
+    last_text: Option<String>,
+    spec: Option<Spec>,
+    state: RuntimeState,
+    /// What the state file holds (nothing is written while the state is unchanged).
+    saved: Option<RuntimeState>,
+    /// How the first valid file meets the runtime state.
+    first: Previous<'static>,
+    drain_period: Duration,
+    /// When the change being applied was seen.
+    changed_at: Instant,
+}
+
+impl Controller {
+    fn new(settings: Settings, out: Outputs) -> Controller {
+        let path = settings.state_file.path().display().to_string();
+        let (state, saved, first, problem) = match settings.state_file.load() {
+            Loaded::Missing => (RuntimeState::default(), None, Previous::Start, None),
+            Loaded::Ok(state) => {
+                tracing::info!(state_file = %path, "runtime state loaded");
+                (state.clone(), Some(state), Previous::Start, None)
+            }
+            Loaded::Unusable(reason) => {
+                let msg = format!(
+                    "{path}: cannot use the runtime state file: {reason}; starting without it: \
+                     every version the deployment file lists is kept until Envoys have answered \
+                     it, nothing drains early"
+                );
+                tracing::error!("{msg}");
+                (
+                    RuntimeState::default(),
+                    None,
+                    Previous::StartUnknown,
+                    Some(msg),
+                )
+            }
+        };
+        out.status.set_state_file(StateFileReport {
+            path,
+            ok: problem.is_none(),
+            error: problem,
+        });
+        Controller {
+            label: settings.file.display().to_string(),
+            file: settings.file,
+            out,
+            state_file: settings.state_file,
+            last_text: None,
+            spec: None,
+            state,
+            saved,
+            first,
+            drain_period: settings.drain_period,
+            changed_at: Instant::now(),
+        }
+    }
+
+    async fn run(mut self, mut watcher: FileWatcher, mut inputs: Inputs) -> anyhow::Result<()> {
+        let mut client_changes = self.out.clients.changes();
+        loop {
+            let deadline = self
+                .spec
+                .as_ref()
+                .and_then(|spec| self.state.next_deadline(spec))
+                .map(|t| Instant::now() + t.since(Timestamp::now()));
+            tokio::select! {
+                changed = watcher.changed() => {
+                    self.changed_at = changed?.into_std();
+                    self.reload();
+                }
+                Some(()) = inputs.reload.recv() => {
+                    self.changed_at = Instant::now();
+                    // Asked for explicitly: read even if the content looks unchanged.
+                    self.last_text = None;
+                    self.reload();
+                }
+                _ = client_changes.changed(), if self.state.awaiting_answers() => {
+                    self.check_answered();
+                }
+                _ = sleep_until_opt(deadline) => {
+                    self.changed_at = Instant::now();
+                    self.reduce(Event::Tick);
+                    self.publish();
+                }
+                _ = inputs.shutdown.changed() => {
+                    self.save();
+                    return Ok(());
+                }
+            }
+            self.save();
+        }
+    }
+
+    fn reduce(&mut self, event: Event<'_>) {
+        if let Some(spec) = &self.spec {
+            self.state.reduce(spec, event, Timestamp::now());
+        }
+    }
+
+    fn reload(&mut self) {
+        let text = match std::fs::read_to_string(&self.file) {
+            Ok(text) => text,
+            Err(err) => {
+                let msg = format!(
+                    "{}: cannot read the file: {err}; still serving the last good config",
+                    self.label
+                );
+                tracing::error!("{msg}");
+                self.out.status.reload_failed(msg);
+                self.last_text = None;
+                return;
+            }
+        };
+        if self.last_text.as_deref() == Some(text.as_str()) {
+            return;
+        }
+        let parsed = spec::parse(&self.label, &text);
+        self.last_text = Some(text);
+        match parsed {
+            Ok(spec) => {
+                let previous = self.spec.replace(spec);
+                let spec = self.spec.as_ref().expect("just set");
+                self.state.reduce(
+                    spec,
+                    Event::FileLoaded {
+                        previous: previous.as_ref().map_or(self.first, Previous::File),
+                        drain_period: self.drain_period,
+                    },
+                    Timestamp::now(),
+                );
+                self.publish();
+                self.out.status.reloaded();
+                // With no Envoy connected, nothing needs to ACK.
+                self.check_answered();
+            }
+            Err(err) => {
+                tracing::error!(
+                    "invalid deployment file, still serving the last good config:\n{err}"
+                );
+                self.out.status.reload_failed(err.to_string());
+            }
+        }
+    }
+
+    /// Plans and translates the current spec and publishes it if it differs from what is
+    /// served.
+    fn publish(&mut self) {
+        let spec = self.spec.as_ref().expect("publish after a valid load");
+        let started = Instant::now();
+        let now = Timestamp::now();
+        let plan = reconcile::plan(spec, &self.state, now);
+        let snapshot = Snapshot::new(&translate(&plan));
+        let groups = BTreeMap::from([(GroupId::all(), snapshot)]);
+        let previous = self.out.published.borrow().clone();
+        let next = Published::new(groups, self.changed_at, previous.as_deref());
+        self.out
+            .metrics
+            .snapshot_bytes
+            .set(next.encoded_len() as i64);
+        let version = next.version.clone();
+        let changed = self.out.published.send_if_modified(|current| {
+            if current.as_ref().is_some_and(|c| c.version == version) {
+                return false;
+            }
+            *current = Some(Arc::new(next));
+            true
+        });
+        if changed {
+            tracing::info!(
+                version,
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "config published"
+            );
+        }
+        self.out
+            .status
+            .set_services(service_reports(spec, &plan, now));
+    }
+
+    /// Red-black retirements wait until every Envoy holding the service has answered the
+    /// current config.
+    fn check_answered(&mut self) {
+        if !self.state.awaiting_answers() {
+            return;
+        }
+        let Some(published) = self.out.published.borrow().clone() else {
+            return;
+        };
+        let answered = published
+            .groups()
+            .all(|(g, s)| self.out.clients.answered(g, &s.snapshot.version));
+        let Some(spec) = &self.spec else { return };
+        if answered {
+            // One group today: every service is held by every Envoy.
+            let services: BTreeSet<String> = spec.services.keys().cloned().collect();
+            self.reduce(Event::Answered {
+                services: &services,
+            });
+            self.publish();
+        }
+    }
+
+    /// Saves the runtime state if it changed since the last save.
+    fn save(&mut self) {
+        if self.saved.as_ref() == Some(&self.state)
+            || (self.saved.is_none() && self.state == RuntimeState::default())
+        {
+            return;
+        }
+        let path = self.state_file.path().display().to_string();
+        match self.state_file.save(&self.state) {
+            Ok(()) => {
+                self.saved = Some(self.state.clone());
+                self.out.status.set_state_file(StateFileReport {
+                    path,
+                    ok: true,
+                    error: None,
+                });
+            }
+            Err(err) => {
+                let msg = err.to_string();
+                let report = self.out.status.state_file();
+                // Once per distinct problem, not on every change.
+                if report.as_ref().and_then(|r| r.error.as_deref()) != Some(msg.as_str()) {
+                    tracing::warn!("{msg}");
+                }
+                self.out.status.set_state_file(StateFileReport {
+                    path,
+                    ok: false,
+                    error: Some(msg),
+                });
+            }
+        }
+    }
+}
+
+/// What the file asks of each service and what the plan serves for it, for `/status`.
+fn service_reports(spec: &Spec, plan: &Plan, now: Timestamp) -> BTreeMap<String, ServiceReport> {
+    plan.services
+        .iter()
+        .filter_map(|(name, planned)| Some((name, planned, spec.services.get(name)?)))
+        .map(|(name, planned, service)| {
+            let retiring = planned
+                .versions
+                .iter()
+                .filter_map(|(version, v)| match v.role {
+                    Role::Retiring { deadline } => Some(RetiringReport {
+                        version: version.clone(),
+                        awaiting_ack: deadline.is_none(),
+                        retires_in_seconds: deadline.map(|t| t.since(now).as_secs_f64()),
+                    }),
+                    _ => None,
+                })
+                .collect();
+            let report = ServiceReport {
+                strategy: service.strategy.name(),
+                split: planned
+                    .split
+                    .iter()
+                    .map(|(v, ppm)| (v.clone(), f64::from(*ppm) / 10_000.0))
+                    .collect(),
+                mirror: service.mirror.as_ref().map(|m| MirrorReport {
+                    version: m.version.clone(),
+                    percent: m.percent.as_f64(),
+                }),
+                rules: service.rules.len(),
+                deployed: planned
+                    .versions
+                    .iter()
+                    .filter(|(_, v)| !matches!(v.role, Role::Removed { .. }))
+                    .map(|(version, _)| version.clone())
+                    .collect(),
+                retiring,
+                synced: false,
+            };
+            (name.clone(), report)
+        })
+        .collect()
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
