@@ -1,10 +1,12 @@
 //! cutover: an xDS control plane that turns one deployment file into ordered, zero-downtime
 //! Envoy config pushes.
 //!
-//! Data flows one way: [`spec`] (parse and validate the file) → [`translate`] (pure: Envoy
-//! resources) → [`snapshot`] (encoded once, versioned by content) → [`xds`] (per-stream protocol
-//! state machine and the gRPC server). [`watch`] feeds file changes in; [`status`] and [`admin`]
-//! report what every Envoy has applied.
+//! Data flows one way: [`spec`] (parse and validate the file) and the runtime state
+//! ([`reconcile::state`]) → [`reconcile::plan`] (pure: what is served) → [`translate`] (pure:
+//! Envoy resources) → [`snapshot`] (encoded once, versioned by content, one per node group) →
+//! [`xds`] (per-stream protocol machines, the client view and the gRPC server). The
+//! [`controller`] runs that loop and its I/O ([`watch`], [`store`]); [`status`] and [`admin`]
+//! report what every Envoy has applied. See docs/architecture.md.
 
 #![forbid(unsafe_code)]
 

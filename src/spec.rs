@@ -92,7 +92,8 @@ pub enum Strategy {
         preview: Option<Preview>,
     },
     /// Only the active version is deployed; after a switch the previous one is kept for
-    /// rollback until every Envoy ACKed the switch and `grace` passed (see [`crate::retire`]).
+    /// rollback until every Envoy answered the switch and `grace` passed (see
+    /// [`crate::reconcile::state`]).
     RedBlack { active: String, grace: Duration },
     /// `weight` of the requests go to `canary`, the rest to `stable`.
     Canary {
