@@ -2,6 +2,7 @@
 //! port 0. Covers the wire side (framing, the pre-encoded codec, streams, status reporting)
 //! without Envoy; the protocol rules themselves are unit-tested in `xds::sotw`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use cutover::app::{self, ServeOptions};
@@ -706,4 +707,81 @@ async fn a_stream_in_sync_at_once_is_a_save_to_ack_sample() {
     .unwrap();
     wait_samples(2, &mut changes).await;
     assert_eq!(server.clients.in_sync_count(), (1, 1));
+}
+
+async fn start_with_state(dir: &tempfile::TempDir, text: &str, state: PathBuf) -> app::Server {
+    let file = dir.path().join("deploy.yaml");
+    std::fs::write(&file, text).unwrap();
+    app::start(ServeOptions {
+        file,
+        ads: "127.0.0.1:0".parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        drain_period: Duration::from_secs(5),
+        admin_token: None,
+        state_file: Some(state),
+    })
+    .await
+    .expect("server starts")
+}
+
+#[tokio::test]
+async fn an_unusable_state_file_is_reported_and_every_listed_version_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    std::fs::write(&state, "{ this is not a state file").unwrap();
+    let server = start_with_state(&dir, &red_black("black"), state.clone()).await;
+    let report = server.status.report();
+    let state_file = report.state_file.expect("state file in /status");
+    assert!(!state_file.ok);
+    let error = state_file.error.unwrap();
+    assert!(
+        error.contains(&state.display().to_string()) && error.contains("state.json.unusable"),
+        "{error}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("state.json.unusable")).unwrap(),
+        "{ this is not a state file",
+        "kept for whoever wants to look"
+    );
+    // Nothing is known of what Envoys hold: red is kept, as after a switch, not retired.
+    let mut client = Client::connect(server.ads_addr).await;
+    client.send(CDS, "", "", &[]).await;
+    let cds = client.recv().await;
+    assert_eq!(cluster_names(&cds), ["checkout/black", "checkout/red"]);
+    assert_eq!(report.services["checkout"].retiring[0].version, "red");
+}
+
+#[tokio::test]
+async fn an_unwritable_state_file_is_reported_and_serving_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    // A path under a regular file cannot be written, even as root.
+    std::fs::write(dir.path().join("plain"), "").unwrap();
+    let server = start_with_state(&dir, DEPLOY, dir.path().join("plain/state.json")).await;
+    let mut client = Client::connect(server.ads_addr).await;
+    bring_up(&mut client).await;
+    // Removing an endpoint starts a drain: the state changes and cannot be saved.
+    let two = DEPLOY.replace("[127.0.0.1:8082]", "[127.0.0.1:8082, 127.0.0.1:8084]");
+    std::fs::write(dir.path().join("deploy.yaml"), &two).unwrap();
+    let eds = client.recv().await;
+    client.ack(&eds, &["checkout/blue", "checkout/green"]).await;
+    std::fs::write(dir.path().join("deploy.yaml"), DEPLOY).unwrap();
+    let eds = client.recv().await;
+    assert_eq!(eds.type_url, EDS, "the drain is served");
+    let mut changes = server.clients.changes();
+    let report = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let report = server.status.report();
+            if report.state_file.as_ref().is_some_and(|s| !s.ok) {
+                return report;
+            }
+            changes.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the failed save shows in /status");
+    let error = report.state_file.unwrap().error.unwrap();
+    assert!(
+        error.contains("plain/state.json") && error.contains("--state"),
+        "{error}"
+    );
 }
