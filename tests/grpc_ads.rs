@@ -754,9 +754,11 @@ async fn an_unusable_state_file_is_reported_and_every_listed_version_kept() {
 #[tokio::test]
 async fn an_unwritable_state_file_is_reported_and_serving_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    // A path under a regular file cannot be written, even as root.
-    std::fs::write(dir.path().join("plain"), "").unwrap();
-    let server = start_with_state(&dir, DEPLOY, dir.path().join("plain/state.json")).await;
+    // The state file is written to `<path>.tmp` first; a directory there stops it, even as
+    // root. Reading finds no state file: a first start.
+    std::fs::create_dir(dir.path().join("state.json.tmp")).unwrap();
+    let server = start_with_state(&dir, DEPLOY, dir.path().join("state.json")).await;
+    assert!(server.status.report().state_file.unwrap().ok);
     let mut client = Client::connect(server.ads_addr).await;
     bring_up(&mut client).await;
     // Removing an endpoint starts a drain: the state changes and cannot be saved.
@@ -781,7 +783,7 @@ async fn an_unwritable_state_file_is_reported_and_serving_goes_on() {
     .expect("the failed save shows in /status");
     let error = report.state_file.unwrap().error.unwrap();
     assert!(
-        error.contains("plain/state.json") && error.contains("--state"),
+        error.contains("cannot write the runtime state file") && error.contains("--state"),
         "{error}"
     );
 }
