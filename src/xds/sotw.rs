@@ -9,7 +9,10 @@
 //! - A request answering the latest nonce is a NACK when it has `error_detail`, else an ACK. A
 //!   NACKed version is recorded and never sent again; the next change produces a new version.
 //! - Versions are content hashes of what one response holds, so a client that reconnects holding
-//!   exactly the current resources (same `version_info`) is sent nothing.
+//!   exactly the current resources (same `version_info`) is sent nothing it would apply. It is
+//!   sent one message all the same, which changes nothing it holds: Envoy resets its reconnect
+//!   backoff only when a message arrives on the stream, so without one every restart of cutover
+//!   would make the next reconnect slower (see [`Stream::greet`]).
 //! - New subscriptions are answered even if nothing changed; names that do not exist yet are
 //!   sent when they appear.
 //! - After clusters change, endpoints are sent again so that re-created clusters finish warming.
@@ -338,7 +341,50 @@ impl Stream {
             st.generation += 1;
         }
         self.step(&mut out);
+        if self.nonces == 0 && self.in_sync() {
+            let greet = match self.mode {
+                Mode::Single(only) => only,
+                // Endpoints or routes: a response with none of them changes nothing.
+                Mode::Aggregated if !ty.is_full_state() => ty,
+                Mode::Aggregated => [ResourceType::Route, ResourceType::Endpoint]
+                    .into_iter()
+                    .find(|t| self.types[t.index()].acked.is_some())
+                    .unwrap_or(ty),
+            };
+            self.greet(greet, &mut out);
+        }
         out
+    }
+
+    /// The first message on a stream whose client reconnected holding exactly what it should
+    /// (it is in sync before anything was sent): what it holds of `ty` again, without a change.
+    /// For EDS and RDS that is a response with no resources (in state-of-the-world xDS a
+    /// resource left out of such a response is kept); CDS and LDS responses carry the full set,
+    /// so a per-type stream of those gets its set again, which Envoy compares and leaves as it
+    /// is.
+    fn greet(&mut self, ty: ResourceType, out: &mut Output) {
+        let st = &self.types[ty.index()];
+        let held = match (&st.sent, &st.reported, &st.acked) {
+            (None, Some(_), Some(held)) => held.clone(),
+            _ => return,
+        };
+        let resources = match (ty.is_full_state(), self.mode) {
+            (false, _) => Vec::new(),
+            (true, Mode::Single(_)) => held.resources.values().cloned().collect(),
+            (true, Mode::Aggregated) => return,
+        };
+        self.nonces += 1;
+        let nonce = self.nonces.to_string();
+        let st = &mut self.types[ty.index()];
+        st.last_nonce = Some(nonce.clone());
+        out.responses.push(Response {
+            ty,
+            version: held.version.clone(),
+            nonce,
+            resources,
+        });
+        // The client holds the same after it as before.
+        st.sent = Some(held);
     }
 
     /// Sends, in make-before-break order, every type whose desired content differs from what the

@@ -487,9 +487,9 @@ fn a_nacked_cluster_holds_back_the_routes_that_need_it() {
 }
 
 #[test]
-fn a_reconnect_holding_the_current_versions_gets_nothing() {
+fn a_reconnect_holding_the_current_versions_gets_nothing_to_apply() {
     let snapshot = blue_green("blue");
-    let (_old, envoy) = connected(snapshot.clone());
+    let (_old, mut envoy) = connected(snapshot.clone());
     let mut s = Stream::new(Mode::Aggregated);
     s.on_snapshot(snapshot);
     let v = |ty| envoy.versions[&ty].clone();
@@ -505,8 +505,41 @@ fn a_reconnect_holding_the_current_versions_gets_nothing() {
     ] {
         sent.extend(s.on_request(&request(ty, &v(ty), "", &names)).responses);
     }
-    assert!(sent.is_empty(), "{sent:?}");
+    // One message, so that Envoy resets its reconnect backoff: the routes it holds, as a
+    // response with no resource (which keeps them all), under the version it holds.
+    let [greeting] = &sent[..] else {
+        panic!("{sent:?}")
+    };
+    assert_eq!(greeting.ty, ResourceType::Route);
+    assert!(greeting.resources.is_empty());
+    assert_eq!(greeting.version, v(ResourceType::Route));
+    let held = envoy.held.clone();
+    let ack = envoy.receive(greeting);
+    assert_eq!(envoy.held, held, "nothing changes for Envoy");
+    assert!(!s.in_sync(), "until the greeting is answered");
+    converge(&mut s, &mut envoy, ack);
     assert!(s.in_sync());
+    assert_eq!(envoy.held, held);
+}
+
+#[test]
+fn a_per_type_stream_reconnecting_to_cds_gets_the_same_set_again() {
+    let snapshot = blue_green("blue");
+    let (_old, envoy) = connected(snapshot.clone());
+    let mut s = Stream::new(Mode::Single(ResourceType::Cluster));
+    s.on_snapshot(snapshot);
+    let version = envoy.versions[&ResourceType::Cluster].clone();
+    let out = s.on_request(&request(ResourceType::Cluster, &version, "", &[]));
+    let [r] = &out.responses[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(r.version, version);
+    assert_eq!(names(r), ["checkout/blue", "checkout/green"]);
+    s.on_request(&request(ResourceType::Cluster, &version, &r.nonce, &[]));
+    assert!(s.in_sync());
+    // Once per stream.
+    let out = s.on_request(&request(ResourceType::Cluster, &version, &r.nonce, &[]));
+    assert!(out.responses.is_empty());
 }
 
 #[test]
