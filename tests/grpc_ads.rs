@@ -794,3 +794,23 @@ async fn an_unwritable_state_file_is_reported_and_serving_goes_on() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn a_request_over_the_size_limit_is_refused_with_a_status_that_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir).await;
+    let mut client = Client::connect(server.ads_addr).await;
+    // 5 MiB of names: over the 4 MiB limit on one message.
+    let names: Vec<String> = (0..5 * 1024).map(|i| format!("{i:01024}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    client.send(EDS, "", "", &names).await;
+    let status = tokio::time::timeout(Duration::from_secs(10), client.rx.message())
+        .await
+        .expect("an answer within 10 s")
+        .expect_err("the stream ends with an error status");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("too large") && status.message().contains("bytes"),
+        "{status:?}"
+    );
+}

@@ -204,6 +204,9 @@ async fn run_stream(
                 Ok(None) => break,
                 Err(status) => {
                     tracing::debug!(node = %node_id(&machine), %status, "xDS stream ended");
+                    // A request that could not be read ends the stream with the reason, not
+                    // with OK (a client that went away does not read it).
+                    let _ = tx.send(Err(inbound_error(status))).await;
                     break;
                 }
             },
@@ -256,6 +259,19 @@ async fn run_stream(
         }
     }
     clients.disconnect(id);
+}
+
+/// What the client is told when its request could not be read. Over the message size limit
+/// (tonic's `OUT_OF_RANGE`, "decoded message length too large") is `RESOURCE_EXHAUSTED`, as
+/// gRPC itself reports a message larger than the receiver accepts.
+fn inbound_error(status: Status) -> Status {
+    match status.code() {
+        tonic::Code::OutOfRange => Status::resource_exhausted(format!(
+            "request refused: {}; split the subscription into smaller requests",
+            status.message()
+        )),
+        _ => status,
+    }
 }
 
 fn node_id(machine: &Stream) -> &str {
