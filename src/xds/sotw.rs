@@ -66,6 +66,27 @@ impl Subscription {
     }
 }
 
+/// What a request subscribes to (xDS spec, "How the client specifies what resources to
+/// return"). For clusters and listeners, the types that have wildcard subscriptions: `"*"` among
+/// the names is the explicit wildcard, with or without other names; an empty list is the legacy
+/// wildcard on the first request of the type, and keeps a wildcard subscription wildcard, but
+/// after a subscription to names it unsubscribes from everything. For endpoints and routes every
+/// name is a name.
+fn subscription(
+    ty: ResourceType,
+    names: &[String],
+    current: Option<&Subscription>,
+) -> Subscription {
+    if ty.is_full_state() {
+        let legacy_wildcard =
+            names.is_empty() && current.is_none_or(|c| *c == Subscription::Wildcard);
+        if legacy_wildcard || names.iter().any(|n| n == "*") {
+            return Subscription::Wildcard;
+        }
+    }
+    Subscription::Names(names.iter().cloned().collect())
+}
+
 #[derive(Debug, Clone, Default)]
 struct TypeState {
     /// `None` until the client asks for this type: nothing is sent unasked.
@@ -330,12 +351,8 @@ impl Stream {
         }
         // Else: the latest response was answered already; the client only changes what it
         // subscribes to (Envoy keeps sending the last nonce it received).
-        let subscription = if ty.is_full_state() && req.resource_names.is_empty() {
-            Subscription::Wildcard
-        } else {
-            Subscription::Names(req.resource_names.iter().cloned().collect())
-        };
         let st = &mut self.types[ty.index()];
+        let subscription = subscription(ty, &req.resource_names, st.subscription.as_ref());
         if st.subscription.as_ref() != Some(&subscription) {
             st.subscription = Some(subscription);
             st.generation += 1;

@@ -805,3 +805,54 @@ fn a_client_that_rejected_the_current_config_has_answered_it() {
     assert!(!out.responses.is_empty());
     assert_eq!(s.sync_state(), SyncState::Pending);
 }
+
+#[test]
+fn the_explicit_wildcard_subscribes_to_every_cluster_and_listener() {
+    for names in [vec!["*"], vec!["*", "checkout/blue"]] {
+        let mut s = Stream::new(Mode::Aggregated);
+        s.on_snapshot(blue_green("blue"));
+        let out = s.on_request(&request(ResourceType::Cluster, "", "", &names));
+        assert_eq!(
+            names_of(&out),
+            ["checkout/blue", "checkout/green"],
+            "CDS {names:?}"
+        );
+    }
+    // LDS ["*"]: every listener, never an empty set (which in state-of-the-world xDS tells the
+    // client to delete every listener it holds).
+    let mut s = Stream::new(Mode::Single(ResourceType::Listener));
+    s.on_snapshot(blue_green("blue"));
+    let out = s.on_request(&request(ResourceType::Listener, "", "", &["*"]));
+    assert_eq!(names_of(&out), ["public"]);
+}
+
+#[test]
+fn an_empty_list_after_names_unsubscribes_and_star_resubscribes() {
+    let mut s = Stream::new(Mode::Single(ResourceType::Cluster));
+    s.on_snapshot(blue_green("blue"));
+    let out = s.on_request(&request(ResourceType::Cluster, "", "", &["checkout/blue"]));
+    let r = out.responses[0].clone();
+    assert_eq!(names(&r), ["checkout/blue"]);
+    let out = s.on_request(&request(ResourceType::Cluster, &r.version, &r.nonce, &[]));
+    assert_eq!(
+        names_of(&out),
+        Vec::<&str>::new(),
+        "unsubscribed from everything"
+    );
+    let r = out.responses[0].clone();
+    let out = s.on_request(&request(
+        ResourceType::Cluster,
+        &r.version,
+        &r.nonce,
+        &["*"],
+    ));
+    assert_eq!(names_of(&out), ["checkout/blue", "checkout/green"]);
+}
+
+/// The resource names of the one response in `out`.
+fn names_of(out: &Output) -> Vec<&str> {
+    let [r] = &out.responses[..] else {
+        panic!("one response expected: {out:?}")
+    };
+    names(r)
+}
