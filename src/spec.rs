@@ -90,17 +90,26 @@ pub enum Strategy {
     BlueGreen {
         active: String,
         preview: Option<Preview>,
+        /// Watches a new active version after a switch; switches back if it fails.
+        analysis: Option<Analysis>,
     },
     /// Only the active version is deployed; after a switch the previous one is kept for
     /// rollback until every Envoy answered the switch and `grace` passed (see
     /// [`crate::reconcile::state`]).
-    RedBlack { active: String, grace: Duration },
-    /// `weight` of the requests go to `canary`, the rest to `stable`.
+    RedBlack {
+        active: String,
+        grace: Duration,
+        analysis: Option<Analysis>,
+    },
+    /// `weight` of the requests go to `canary`, the rest to `stable`. With a `rollout`, the
+    /// weight changes over time (see [`crate::reconcile::rollout`]) and `weight` is the first
+    /// step's.
     Canary {
         stable: String,
         canary: String,
         weight: Percent,
         sticky: Option<Sticky>,
+        rollout: Option<Rollout>,
     },
     /// `primary` answers; the service's mirror gets copies.
     Shadow { primary: String },
@@ -143,6 +152,77 @@ impl Strategy {
             _ => None,
         }
     }
+
+    /// The analysis of an automated rollout or of a switch, if the file asks for one.
+    pub fn analysis(&self) -> Option<&Analysis> {
+        match self {
+            Strategy::BlueGreen { analysis, .. } | Strategy::RedBlack { analysis, .. } => {
+                analysis.as_ref()
+            }
+            Strategy::Canary { rollout, .. } => rollout.as_ref()?.analysis.as_ref(),
+            Strategy::Shadow { .. } => None,
+        }
+    }
+}
+
+/// An automated canary rollout: the canary's weights in turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rollout {
+    /// Strictly increasing weights, each held for its pause once every Envoy has it.
+    pub steps: Vec<Step>,
+    /// The time at a step that has no pause of its own (also for a weight no step has, after
+    /// the steps were edited).
+    pub interval: Duration,
+    pub analysis: Option<Analysis>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    pub weight: Percent,
+    pub pause: Duration,
+}
+
+impl Rollout {
+    /// The time at the step with `weight`, or the default time if no step has it (the steps
+    /// were edited since).
+    pub fn pause_at(&self, weight_ppm: u32, default: Duration) -> Duration {
+        self.steps
+            .iter()
+            .find(|s| s.weight.ppm() == weight_ppm)
+            .map_or(default, |s| s.pause)
+    }
+
+    /// The first step's weight above `weight_ppm`, if any.
+    pub fn next_weight(&self, weight_ppm: u32) -> Option<Percent> {
+        self.steps
+            .iter()
+            .map(|s| s.weight)
+            .find(|w| w.ppm() > weight_ppm)
+    }
+}
+
+/// Checks of a version's figures (and webhooks) during a rollout or after a switch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Analysis {
+    /// Time between checks.
+    pub interval: Duration,
+    pub max_error_rate: Option<Percent>,
+    pub max_p99_latency: Option<Duration>,
+    /// Fewer requests in a check's figures: the check waits.
+    pub min_requests: u64,
+    /// Failed checks that roll back.
+    pub failure_limit: u32,
+    /// Waiting for traffic longer than this fails.
+    pub max_wait: Option<Duration>,
+    /// Blue-green and red-black: how long the new version is watched after a switch.
+    pub window: Duration,
+    pub webhooks: Vec<Webhook>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    pub url: String,
+    pub timeout: Duration,
 }
 
 /// Requests carrying `header: <version>` go to that version, so it can be tried before a switch.

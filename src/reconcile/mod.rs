@@ -14,6 +14,7 @@
 //! resources afterwards. No I/O and no clock: the controller ([`crate::controller`]) feeds events
 //! and the time in.
 
+pub mod rollout;
 mod routes;
 pub mod state;
 
@@ -165,6 +166,7 @@ pub struct RoutePolicy {
 pub fn plan(spec: &Spec, state: &RuntimeState, now: Timestamp) -> Plan {
     let mut services: BTreeMap<String, ServicePlan> = BTreeMap::new();
     for (name, service) in &spec.services {
+        let service = &*state.effective(name, service);
         let receiving = service.receiving_versions();
         let mut versions = BTreeMap::new();
         for (version_name, version) in &service.versions {
@@ -264,6 +266,9 @@ fn role(
         return Some(Role::Idle);
     }
     let retiring = state.retiring.get(id)?;
+    if state::watched_switch_from(&state.rollouts, id) {
+        return Some(Role::Retiring { deadline: None });
+    }
     let deadline = state::grace(spec, &id.service).and_then(|g| retiring.deadline(g));
     match deadline {
         Some(t) if t <= now => None,
@@ -313,13 +318,14 @@ pub(crate) fn deployed_versions<'a>(
     now: Timestamp,
 ) -> impl Iterator<Item = (ClusterId, &'a Version, &'a Policy)> + 'a {
     spec.services.iter().flat_map(move |(name, service)| {
-        let receiving = service.receiving_versions();
+        let served = state.effective(name, service);
+        let receiving = served.receiving_versions();
         service
             .versions
             .iter()
-            .filter_map(move |(v, version)| {
+            .filter_map(|(v, version)| {
                 let id = ClusterId::new(name, v);
-                role(spec, state, &id, service, &receiving, now)
+                role(spec, state, &id, &served, &receiving, now)
                     .map(|_| (id, version, &service.policy))
             })
             .collect::<Vec<_>>()

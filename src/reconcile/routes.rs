@@ -70,6 +70,7 @@ pub(super) fn service_routes(
             canary,
             weight,
             sticky,
+            ..
         } => match weight.ppm() {
             0 => Target::One(version(stable)),
             Percent::MILLION => Target::One(version(canary)),

@@ -6,7 +6,10 @@
 //!   aggregate cluster nothing routes to any more) unchanged, because the routes that moved its
 //!   traffic away already keep new requests from it.
 //! - A red-black service's previous version is kept after a switch until every Envoy holding
-//!   the service has answered the switch and the service's grace period has passed.
+//!   the service has answered the switch and the service's grace period has passed (and while
+//!   a switch analysis may still switch back to it).
+//! - Automated rollouts: the canary's current weight and its checks, or a switch being watched
+//!   ([`super::rollout`]).
 //!
 //! Deadlines are wall-clock [`Timestamp`]s, so a restarted cutover that loads this state (see
 //! [`crate::store`]) keeps serving what was draining or retiring until the original deadline.
@@ -19,9 +22,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use super::rollout::{self, Command, Kind, Observation, Rollout, Status};
 use super::{deployed_versions, fallbacks};
 use crate::ids::{ClusterId, FallbackId};
-use crate::spec::{Endpoint, Policy, Spec, Strategy};
+use crate::spec::{Endpoint, Policy, Service, Spec, Strategy};
 
 /// A wall-clock instant with millisecond precision, written as RFC 3339 in the state file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -128,7 +132,7 @@ impl Retiring {
 }
 
 /// Everything that decides what Envoy gets besides the file. See the module docs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RuntimeState {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub retiring: BTreeMap<ClusterId, Retiring>,
@@ -140,6 +144,23 @@ pub struct RuntimeState {
     /// Aggregate clusters no route sends to any more, kept until the deadline.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub fallbacks: BTreeMap<FallbackId, Timestamp>,
+    /// Automated rollouts, by service.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rollouts: BTreeMap<String, Rollout>,
+    /// The drain period of the last file loaded (a setting of `cutover serve`, not state).
+    #[serde(skip)]
+    drain_period: Duration,
+}
+
+/// Equal when the state is: the drain period is a setting, not state.
+impl PartialEq for RuntimeState {
+    fn eq(&self, other: &Self) -> bool {
+        self.retiring == other.retiring
+            && self.draining == other.draining
+            && self.removed == other.removed
+            && self.fallbacks == other.fallbacks
+            && self.rollouts == other.rollouts
+    }
 }
 
 /// What the file replaced when a valid one is loaded.
@@ -167,37 +188,148 @@ pub enum Event<'a> {
     /// rejected it (an Envoy that rejects a switch keeps the old version's cluster itself for as
     /// long as its routes use it, so it does not hold the others' retirement).
     Answered { services: &'a BTreeSet<String> },
-    /// Time passed: forget what expired.
+    /// Time passed: rollout steps end, what expired is forgotten.
     Tick,
+    /// A rollout check's figures for `service`.
+    Observed {
+        service: &'a str,
+        observation: &'a Observation,
+    },
 }
 
 impl RuntimeState {
     /// Advances the state by one event. `spec` is the file in effect after the event.
     pub fn reduce(&mut self, spec: &Spec, event: Event<'_>, now: Timestamp) {
+        let before = match event {
+            Event::FileLoaded {
+                previous: Previous::File(old),
+                ..
+            } => self.routed_fallbacks(old),
+            Event::FileLoaded { .. } => BTreeSet::new(),
+            _ => self.routed_fallbacks(spec),
+        };
         match event {
             Event::FileLoaded {
                 previous,
                 drain_period,
-            } => self.file_loaded(spec, previous, drain_period, now),
+            } => {
+                self.drain_period = drain_period;
+                self.file_loaded(spec, previous, now);
+            }
             Event::Answered { services } => {
                 for (id, r) in &mut self.retiring {
                     if r.answered.is_none() && services.contains(&id.service) {
                         r.answered = Some(now);
                     }
                 }
+                for (name, r) in &mut self.rollouts {
+                    if services.contains(name)
+                        && let Some(service) = spec.services.get(name)
+                    {
+                        rollout::on_answered(r, service.strategy.analysis(), now);
+                    }
+                }
             }
-            Event::Tick => {}
+            Event::Tick => {
+                for (name, r) in &mut self.rollouts {
+                    if let Some(service) = spec.services.get(name) {
+                        rollout::on_tick(r, &service.strategy, now);
+                    }
+                }
+            }
+            Event::Observed {
+                service,
+                observation,
+            } => {
+                if let (Some(r), Some(analysis)) = (
+                    self.rollouts.get_mut(service),
+                    spec.services
+                        .get(service)
+                        .and_then(|s| s.strategy.analysis()),
+                ) {
+                    rollout::on_observed(r, analysis, observation, now);
+                }
+            }
         }
+        self.settle(spec, before, now);
+    }
+
+    /// An operator's command for `service`'s rollout. Pure, like [`RuntimeState::reduce`];
+    /// returns what it did, or why it did nothing.
+    pub fn command(
+        &mut self,
+        spec: &Spec,
+        service: &str,
+        command: Command,
+        now: Timestamp,
+    ) -> Result<String, String> {
+        let strategy = &spec
+            .services
+            .get(service)
+            .ok_or_else(|| format!("no service \"{service}\" in the deployment file"))?
+            .strategy;
+        let before = self.routed_fallbacks(spec);
+        let r = self.rollouts.get_mut(service).ok_or_else(|| {
+            format!("service \"{service}\" has no rollout (a canary with `steps`, or a switch with an `analysis`)")
+        })?;
+        let done = rollout::on_command(r, strategy, command, now)?;
+        self.settle(spec, before, now);
+        Ok(done)
+    }
+
+    /// After any event: aggregate clusters routes stopped using linger for the drain period,
+    /// red-black bookkeeping follows what is served, what expired is forgotten.
+    fn settle(&mut self, spec: &Spec, routed_before: BTreeSet<FallbackId>, now: Timestamp) {
+        let routed = self.routed_fallbacks(spec);
+        if !self.drain_period.is_zero() {
+            for f in routed_before.difference(&routed) {
+                self.fallbacks
+                    .entry(f.clone())
+                    .or_insert(now + self.drain_period);
+            }
+        }
+        self.fallbacks.retain(|f, _| !routed.contains(f));
+        // A switch that went back: the version it went to retires like any previous version.
+        for (name, r) in &self.rollouts {
+            if let (Kind::Switch { to, .. }, Status::Failed(_), Some(service)) =
+                (&r.kind, &r.status, spec.services.get(name))
+                && matches!(service.strategy, Strategy::RedBlack { .. })
+            {
+                self.retiring
+                    .entry(ClusterId::new(name, to))
+                    .or_insert(Retiring {
+                        since: now,
+                        answered: None,
+                    });
+            }
+        }
+        // Versions that get traffic again do not retire.
+        let rollouts = &self.rollouts;
+        self.retiring.retain(|id, _| {
+            spec.services.get(&id.service).is_some_and(|s| {
+                !rollout::effective(s, rollouts.get(&id.service))
+                    .receiving_versions()
+                    .contains(id.version.as_str())
+            })
+        });
         self.expire(spec, now);
     }
 
-    fn file_loaded(
-        &mut self,
-        spec: &Spec,
-        previous: Previous<'_>,
-        drain_period: Duration,
-        now: Timestamp,
-    ) {
+    /// The aggregate clusters routes use when `spec` is served with this state.
+    fn routed_fallbacks(&self, spec: &Spec) -> BTreeSet<FallbackId> {
+        spec.services
+            .iter()
+            .flat_map(|(name, s)| fallbacks(name, &self.effective(name, s)))
+            .collect()
+    }
+
+    /// `service` as served: with its rollout's weight, or switched back.
+    pub fn effective<'a>(&self, name: &str, service: &'a Service) -> std::borrow::Cow<'a, Service> {
+        rollout::effective(service, self.rollouts.get(name))
+    }
+
+    fn file_loaded(&mut self, spec: &Spec, previous: Previous<'_>, now: Timestamp) {
+        let drain_period = self.drain_period;
         // What Envoy holds from the previous file, before this event changes the state.
         let before: Vec<(ClusterId, Vec<Endpoint>, Policy)> = match previous {
             Previous::File(old) => deployed_versions(old, self, now)
@@ -206,18 +338,47 @@ impl RuntimeState {
             Previous::Start | Previous::StartUnknown => Vec::new(),
         };
 
+        // What each service served before, as served (with its rollout).
+        let served_before: BTreeMap<&str, (String, BTreeSet<String>)> = match previous {
+            Previous::File(old) => old
+                .services
+                .iter()
+                .map(|(name, s)| {
+                    let s = self.effective(name, s);
+                    let receiving = s.receiving_versions().into_iter().map(str::to_owned);
+                    (
+                        name.as_str(),
+                        (s.default_version().to_owned(), receiving.collect()),
+                    )
+                })
+                .collect(),
+            Previous::Start | Previous::StartUnknown => BTreeMap::new(),
+        };
+
+        // Rollouts: a new canary version or a switch starts one; removing it ends it.
+        let mut rollouts = BTreeMap::new();
+        for (name, service) in &spec.services {
+            let previous_default = served_before.get(name.as_str()).map(|(d, _)| d.as_str());
+            if let Some(r) =
+                rollout::on_file(self.rollouts.remove(name), previous_default, service, now)
+            {
+                rollouts.insert(name.clone(), r);
+            }
+        }
+        self.rollouts = rollouts;
+
         // Red-black: versions traffic just moved away from start retiring.
         let mut retiring = BTreeMap::new();
         for (name, service) in &spec.services {
             if !matches!(service.strategy, Strategy::RedBlack { .. }) {
                 continue;
             }
+            let service = self.effective(name, service);
             let receiving = service.receiving_versions();
             let was_receiving: BTreeSet<&str> = match previous {
-                Previous::File(old) => old
-                    .services
-                    .get(name)
-                    .map(|s| s.receiving_versions())
+                Previous::File(_) => served_before
+                    .get(name.as_str())
+                    .map(|(_, r)| r.iter().map(String::as_str).collect())
                     .unwrap_or_default(),
                 // Unknown history: any version may still be in Envoy.
                 Previous::StartUnknown => service.versions.keys().map(String::as_str).collect(),
@@ -244,7 +405,7 @@ impl RuntimeState {
         self.retiring = retiring;
 
         // Drains: what left the file lingers for the drain period.
-        if let Previous::File(old) = previous
+        if let Previous::File(_) = previous
             && !drain_period.is_zero()
         {
             let until = now + drain_period;
@@ -279,18 +440,6 @@ impl RuntimeState {
                     }
                 }
             }
-            let routed: BTreeSet<FallbackId> = spec
-                .services
-                .iter()
-                .flat_map(|(name, s)| fallbacks(name, s))
-                .collect();
-            for (name, service) in &old.services {
-                for f in fallbacks(name, service) {
-                    if !routed.contains(&f) {
-                        self.fallbacks.entry(f).or_insert(until);
-                    }
-                }
-            }
         }
 
         // Back in the file: no longer lingering.
@@ -310,19 +459,16 @@ impl RuntimeState {
             }
             !endpoints.is_empty()
         });
-        self.fallbacks.retain(|f, _| {
-            spec.services
-                .get(&f.service)
-                .is_none_or(|s| !fallbacks(&f.service, s).contains(f))
-        });
     }
 
     /// Forgets what is past its deadline.
     fn expire(&mut self, spec: &Spec, now: Timestamp) {
+        let rollouts = &self.rollouts;
         self.retiring.retain(|id, r| {
-            grace(spec, &id.service)
-                .and_then(|g| r.deadline(g))
-                .is_none_or(|t| t > now)
+            watched_switch_from(rollouts, id)
+                || grace(spec, &id.service)
+                    .and_then(|g| r.deadline(g))
+                    .is_none_or(|t| t > now)
         });
         for endpoints in self.draining.values_mut() {
             endpoints.retain(|_, e| e.until > now);
@@ -332,12 +478,18 @@ impl RuntimeState {
         self.fallbacks.retain(|_, until| *until > now);
     }
 
-    /// The next time the plan changes by itself (something lingering or retiring goes).
+    /// The next time the plan changes by itself (something lingering or retiring goes, a
+    /// rollout step ends) or a rollout check is due.
     pub fn next_deadline(&self, spec: &Spec) -> Option<Timestamp> {
         let retiring = self
             .retiring
             .iter()
+            .filter(|(id, _)| !watched_switch_from(&self.rollouts, id))
             .filter_map(|(id, r)| r.deadline(grace(spec, &id.service)?));
+        let rollouts = self
+            .rollouts
+            .iter()
+            .filter_map(|(name, r)| r.next_deadline(&spec.services.get(name)?.strategy));
         let draining = self
             .draining
             .values()
@@ -348,13 +500,36 @@ impl RuntimeState {
             .chain(draining)
             .chain(removed)
             .chain(fallbacks)
+            .chain(rollouts)
             .min()
     }
 
-    /// Whether a retirement waits for Envoys to answer (see [`Event::Answered`]).
+    /// Whether a retirement or a rollout step waits for Envoys to answer (see
+    /// [`Event::Answered`]).
     pub fn awaiting_answers(&self) -> bool {
         self.retiring.values().any(|r| r.answered.is_none())
+            || self
+                .rollouts
+                .values()
+                .any(|r| r.is_active() && r.since.is_none())
     }
+
+    /// Services whose rollout check is due at `now`, with the version it watches.
+    pub fn checks_due(&self, now: Timestamp) -> Vec<(String, String)> {
+        self.rollouts
+            .iter()
+            .filter(|(_, r)| r.is_active() && r.next_check.is_some_and(|t| t <= now))
+            .map(|(name, r)| (name.clone(), r.version_under_test().to_owned()))
+            .collect()
+    }
+}
+
+/// Whether a switch analysis may still go back to this version (it stays until then).
+pub(super) fn watched_switch_from(rollouts: &BTreeMap<String, Rollout>, id: &ClusterId) -> bool {
+    rollouts.get(&id.service).is_some_and(|r| {
+        matches!(r.status, Status::Progressing | Status::Paused)
+            && matches!(&r.kind, Kind::Switch { from, .. } if *from == id.version)
+    })
 }
 
 /// A red-black service's grace period.
