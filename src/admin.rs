@@ -9,13 +9,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::controller::CommandRequest;
+use crate::reconcile::rollout::Command;
 use crate::render;
 use crate::status::Status;
 
@@ -23,20 +25,22 @@ use crate::status::Status;
 pub struct AdminState {
     pub status: Arc<Status>,
     pub published: watch::Receiver<Option<Arc<crate::snapshot::Published>>>,
-    /// Asks the loader to read the deployment file now.
+    /// Asks the controller to read the deployment file now.
     pub reload: mpsc::Sender<()>,
+    /// Operator commands for rollouts.
+    pub commands: mpsc::Sender<CommandRequest>,
     /// Bearer token that allows mutating calls from other hosts.
     pub token: Option<String>,
 }
 
 pub fn router(state: AdminState) -> Router {
-    let mutating =
-        Router::new()
-            .route("/reload", post(reload))
-            .route_layer(middleware::from_fn_with_state(
-                state.clone(),
-                require_authorized,
-            ));
+    let mutating = Router::new()
+        .route("/reload", post(reload))
+        .route("/rollouts/{service}/{command}", post(rollout_command))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_authorized,
+        ));
     Router::new()
         .route("/status", get(status))
         .route("/config", get(config))
@@ -114,6 +118,45 @@ async fn reload(State(s): State<AdminState>) -> Response {
     }
 }
 
+/// `POST /rollouts/{service}/{promote|abort|pause|resume}`: 200 with what was done, 404 for
+/// an unknown command, 409 with why nothing was done.
+async fn rollout_command(
+    State(s): State<AdminState>,
+    Path((service, command)): Path<(String, String)>,
+) -> Response {
+    let command = match command.as_str() {
+        "promote" => Command::Promote,
+        "abort" => Command::Abort,
+        "pause" => Command::Pause,
+        "resume" => Command::Resume,
+        other => {
+            return (
+                StatusCode::NOT_FOUND,
+                format!("unknown command \"{other}\": use promote, abort, pause or resume\n"),
+            )
+                .into_response();
+        }
+    };
+    let (reply, answer) = oneshot::channel();
+    let request = CommandRequest {
+        service: service.clone(),
+        command,
+        reply,
+    };
+    if s.commands.send(request).await.is_err() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the controller is not running\n",
+        )
+            .into_response();
+    }
+    match answer.await {
+        Ok(Ok(done)) => format!("{service}: {done}\n").into_response(),
+        Ok(Err(why)) => (StatusCode::CONFLICT, format!("{service}: {why}\n")).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "the controller stopped\n").into_response(),
+    }
+}
+
 async fn config(State(s): State<AdminState>) -> Response {
     let published = s.published.borrow().clone();
     match published {
@@ -184,6 +227,7 @@ mod tests {
             )),
             published: watch::channel(None).1,
             reload,
+            commands: mpsc::channel(1).0,
             token: Some("s3cret".into()),
         };
         let call = |peer: &str, token: Option<&str>| {
@@ -214,6 +258,25 @@ mod tests {
         );
         assert!(requests.try_recv().is_ok());
         assert_eq!(call("127.0.0.1:5000", None).await.unwrap().status(), 202);
+        // Rollout commands are refused the same way, before anything reaches the controller.
+        let rollout = |peer: &str, token: Option<&str>| {
+            let mut req = axum::http::Request::post("/rollouts/checkout/abort");
+            if let Some(t) = token {
+                req = req.header("authorization", format!("Bearer {t}"));
+            }
+            let mut req = req.body(Body::empty()).unwrap();
+            req.extensions_mut()
+                .insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
+            router(state.clone()).oneshot(req)
+        };
+        assert_eq!(rollout("192.0.2.7:5000", None).await.unwrap().status(), 403);
+        assert_eq!(
+            rollout("192.0.2.7:5000", Some("nope"))
+                .await
+                .unwrap()
+                .status(),
+            403
+        );
         // Reading is open to all.
         let mut get = axum::http::Request::get("/healthz")
             .body(Body::empty())

@@ -142,6 +142,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
     ));
 
     let (reload_tx, reload_rx) = mpsc::channel(1);
+    let (commands_tx, commands_rx) = mpsc::channel(8);
     let (shutdown, shutdown_rx) = watch::channel(());
     let controller_done = controller::spawn(
         Settings {
@@ -160,6 +161,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         },
         Inputs {
             reload: reload_rx,
+            commands: commands_rx,
             shutdown: shutdown_rx,
         },
     )
@@ -198,6 +200,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         status: status.clone(),
         published: published.clone(),
         reload: reload_tx,
+        commands: commands_tx,
         token: opts.admin_token.clone(),
     });
 

@@ -18,10 +18,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::metrics::Metrics;
 use crate::node::GroupId;
+use crate::reconcile::rollout::{Command, Kind, Rollout, Status, Verdict};
 use crate::reconcile::{self, Event, Plan, Previous, Role, RuntimeState, Timestamp};
 use crate::snapshot::{Published, Snapshot};
-use crate::spec::{self, Spec};
-use crate::status::{MirrorReport, RetiringReport, ServiceReport, StateFileReport, Status};
+use crate::spec::{self, Spec, Strategy};
+use crate::status::{
+    CheckReport, HistoryReport, MirrorReport, RetiringReport, RolloutReport, ServiceReport,
+    StateFileReport, Status as StatusModel, ThresholdsReport,
+};
 use crate::store::{Loaded, StateFile};
 use crate::translate::translate;
 use crate::watch::FileWatcher;
@@ -40,9 +44,17 @@ pub struct Settings {
 #[derive(Debug)]
 pub struct Outputs {
     pub published: watch::Sender<Option<Arc<Published>>>,
-    pub status: Arc<Status>,
+    pub status: Arc<StatusModel>,
     pub clients: Arc<Clients>,
     pub metrics: Arc<Metrics>,
+}
+
+/// An operator's rollout command, and where its answer goes.
+#[derive(Debug)]
+pub struct CommandRequest {
+    pub service: String,
+    pub command: Command,
+    pub reply: oneshot::Sender<Result<String, String>>,
 }
 
 /// Asks a running controller to do something.
@@ -50,6 +62,7 @@ pub struct Outputs {
 pub struct Inputs {
     /// Read the file now, even if its content looks unchanged.
     pub reload: mpsc::Receiver<()>,
+    pub commands: mpsc::Receiver<CommandRequest>,
     /// Closed (the sender dropped) or signalled: save the state and stop.
     pub shutdown: watch::Receiver<()>,
 }
@@ -176,6 +189,10 @@ impl Controller {
                     self.last_text = None;
                     self.reload();
                 }
+                Some(request) = inputs.commands.recv() => {
+                    let answer = self.command(&request.service, request.command);
+                    let _ = request.reply.send(answer);
+                }
                 _ = client_changes.changed(), if self.state.awaiting_answers() => {
                     self.check_answered();
                 }
@@ -191,6 +208,19 @@ impl Controller {
             }
             self.save();
         }
+    }
+
+    fn command(&mut self, service: &str, command: Command) -> Result<String, String> {
+        let Some(spec) = &self.spec else {
+            return Err("no valid deployment file is loaded yet".to_owned());
+        };
+        let done = self
+            .state
+            .command(spec, service, command, Timestamp::now())?;
+        tracing::info!(service, %command, done, "operator command");
+        self.changed_at = Instant::now();
+        self.publish();
+        Ok(done)
     }
 
     fn reduce(&mut self, event: Event<'_>) {
@@ -276,7 +306,7 @@ impl Controller {
         }
         self.out
             .status
-            .set_services(service_reports(spec, &plan, now));
+            .set_services(service_reports(spec, &plan, &self.state, now));
     }
 
     /// Red-black retirements wait until every Envoy holding the service has answered the
@@ -337,7 +367,12 @@ impl Controller {
 }
 
 /// What the file asks of each service and what the plan serves for it, for `/status`.
-fn service_reports(spec: &Spec, plan: &Plan, now: Timestamp) -> BTreeMap<String, ServiceReport> {
+fn service_reports(
+    spec: &Spec,
+    plan: &Plan,
+    state: &RuntimeState,
+    now: Timestamp,
+) -> BTreeMap<String, ServiceReport> {
     plan.services
         .iter()
         .filter_map(|(name, planned)| Some((name, planned, spec.services.get(name)?)))
@@ -374,10 +409,111 @@ fn service_reports(spec: &Spec, plan: &Plan, now: Timestamp) -> BTreeMap<String,
                     .collect(),
                 retiring,
                 synced: false,
+                rollout: state
+                    .rollouts
+                    .get(name)
+                    .map(|r| rollout_report(r, &service.strategy, now)),
             };
             (name.clone(), report)
         })
         .collect()
+}
+
+fn rollout_report(r: &Rollout, strategy: &Strategy, now: Timestamp) -> RolloutReport {
+    let (kind, version, baseline) = match &r.kind {
+        Kind::Canary { stable, canary } => ("canary", canary.clone(), stable.clone()),
+        Kind::Switch { from, to } => ("switch", to.clone(), from.clone()),
+    };
+    let (state, reason) = match &r.status {
+        Status::Progressing => ("progressing", None),
+        Status::Paused => ("paused", None),
+        Status::Promoted => ("promoted", None),
+        Status::Failed(reason) => ("rolled_back", Some(reason.clone())),
+    };
+    let steps = match strategy {
+        Strategy::Canary {
+            rollout: Some(cfg), ..
+        } if matches!(r.kind, Kind::Canary { .. }) => Some(&cfg.steps),
+        _ => None,
+    };
+    let in_seconds = |t: Timestamp| t.since(now).as_secs_f64();
+    let analysis = strategy.analysis();
+    let advice = match (&r.kind, &r.status) {
+        (Kind::Canary { stable, canary }, Status::Promoted) => Some(format!(
+            "promoted: make {canary} the service's version in the file (e.g. `active: {canary}`); until then {canary} keeps all requests and {stable} none, and that edit moves no traffic"
+        )),
+        (Kind::Canary { canary, .. }, Status::Failed(_)) => Some(format!(
+            "rolled back: {canary} gets no requests; save a new canary version to start again, or `cutover resume` to retry {canary} from the first step"
+        )),
+        (Kind::Switch { from, to }, Status::Failed(_)) => Some(format!(
+            "switched back to {from}: make `active: {from}` in the file to accept it, or `cutover resume` to switch to {to} again"
+        )),
+        _ => None,
+    };
+    RolloutReport {
+        kind,
+        version,
+        baseline,
+        state,
+        reason,
+        weight: matches!(r.kind, Kind::Canary { .. }).then(|| f64::from(r.weight) / 10_000.0),
+        step: steps.and_then(|s| {
+            s.iter()
+                .position(|s| s.weight.ppm() == r.weight)
+                .map(|i| i + 1)
+        }),
+        steps: steps.map(Vec::len),
+        awaiting_ack: r.is_active() && r.since.is_none(),
+        step_ends_in_seconds: r
+            .next_deadline(strategy)
+            .filter(|_| r.since.is_some())
+            .and_then(|_| match (&r.kind, strategy, r.since) {
+                (
+                    Kind::Canary { .. },
+                    Strategy::Canary {
+                        rollout: Some(cfg), ..
+                    },
+                    Some(s),
+                ) => Some(in_seconds(s + cfg.pause_at(r.weight, cfg.interval))),
+                (Kind::Switch { .. }, _, Some(s)) => Some(in_seconds(
+                    s + analysis.map_or(Duration::ZERO, |a| a.window),
+                )),
+                _ => None,
+            }),
+        next_check_in_seconds: r.next_check.map(in_seconds),
+        failed_checks: r.failed,
+        last_check: r.last_check.as_ref().map(|c| {
+            let (verdict, reason) = match &c.verdict {
+                Verdict::Pass => ("pass", None),
+                Verdict::Wait(why) => ("wait", Some(why.clone())),
+                Verdict::Fail(why) => ("fail", Some(why.clone())),
+            };
+            CheckReport {
+                at: c.at.to_string(),
+                verdict,
+                reason,
+                requests: c.figures.requests,
+                errors: c.figures.errors,
+                error_rate: (c.figures.error_rate() * 100_000.0).round() / 1000.0,
+                p99_ms: c.figures.p99_ms,
+            }
+        }),
+        thresholds: analysis.map(|a| ThresholdsReport {
+            max_error_rate: a.max_error_rate.map(|p| p.as_f64()),
+            max_p99_ms: a.max_p99_latency.map(|d| d.as_secs_f64() * 1000.0),
+            min_requests: a.min_requests,
+            failure_limit: a.failure_limit,
+        }),
+        advice,
+        history: r
+            .history
+            .iter()
+            .map(|e| HistoryReport {
+                at: e.at.to_string(),
+                what: e.what.clone(),
+            })
+            .collect(),
+    }
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

@@ -118,11 +118,34 @@ enum Command {
         /// The deployment file as it would be.
         new: PathBuf,
     },
+    /// Promote a service's rollout now: a canary gets every request, a switch is accepted.
+    Promote(Control),
+    /// Roll a service's rollout back now: the canary gets no request, a switch goes back.
+    Abort(Control),
+    /// Pause a service's rollout: no step advances and no check runs until `resume`.
+    Pause(Control),
+    /// Resume a paused rollout (its step's time starts again), or start a rolled-back one again
+    /// from its first step.
+    Resume(Control),
     /// Print the JSON Schema of the deployment file, for editor completion and help.
     ///
     /// The repository keeps it as deploy.schema.json; regenerate it with
     /// `cargo run -- schema > deploy.schema.json`.
     Schema,
+}
+
+/// Where a rollout command goes.
+#[derive(clap::Args)]
+struct Control {
+    /// The service whose rollout it is.
+    service: String,
+    /// cutover's admin address (`cutover serve --admin`).
+    #[arg(long, default_value = cli::status::DEFAULT_ADMIN, env = "CUTOVER_ADMIN")]
+    admin: SocketAddr,
+    /// The admin token (`cutover serve --admin-token`), needed unless the admin address is on
+    /// loopback.
+    #[arg(long, env = "CUTOVER_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -246,6 +269,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status { admin, json, watch } => status(admin, json, watch),
         Command::Diff { old, new } => Ok(diff(&old, &new)),
+        Command::Promote(c) => control(c, "promote"),
+        Command::Abort(c) => control(c, "abort"),
+        Command::Pause(c) => control(c, "pause"),
+        Command::Resume(c) => control(c, "resume"),
         Command::Schema => {
             print!("{}", cli::schema::deployment_schema_text());
             Ok(ExitCode::SUCCESS)
@@ -295,6 +322,33 @@ fn status(admin: SocketAddr, json: bool, watch: bool) -> anyhow::Result<ExitCode
             }
         }
     })
+}
+
+/// `cutover promote|abort|pause|resume SERVICE`: exit 0 if done, 1 if refused or unreachable.
+fn control(c: Control, command: &str) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match runtime.block_on(cli::status::control(
+        c.admin,
+        &c.service,
+        command,
+        c.admin_token.as_deref(),
+    )) {
+        Ok(Ok(done)) => {
+            println!("{done}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Err(refused)) => {
+            eprintln!("error: {refused}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 /// `cutover diff`: exit 0 same, 1 different, 2 trouble (like diff(1)).

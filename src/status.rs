@@ -82,6 +82,79 @@ pub struct ServiceReport {
     pub retiring: Vec<RetiringReport>,
     /// Every connected Envoy has ACKed the current config.
     pub synced: bool,
+    /// An automated rollout or a switch being watched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutReport>,
+}
+
+/// A rollout as `/status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutReport {
+    /// `canary` or `switch`.
+    pub kind: &'static str,
+    /// The version under test.
+    pub version: String,
+    /// The version it is compared with and goes back to.
+    pub baseline: String,
+    /// `progressing`, `paused`, `promoted` or `rolled_back`.
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// A canary's share of requests now, in percent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f64>,
+    /// A canary's step (1-based) and the number of steps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
+    /// The step's (or switch window's) time has not started: not every Envoy has it yet.
+    pub awaiting_ack: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_ends_in_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_check_in_seconds: Option<f64>,
+    pub failed_checks: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_check: Option<CheckReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thresholds: Option<ThresholdsReport>,
+    /// What the operator should do next, if anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advice: Option<String>,
+    pub history: Vec<HistoryReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    pub at: String,
+    /// `pass`, `wait` or `fail`.
+    pub verdict: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub requests: u64,
+    pub errors: u64,
+    /// Percent.
+    pub error_rate: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ThresholdsReport {
+    /// Percent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_error_rate: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_p99_ms: Option<f64>,
+    pub min_requests: u64,
+    pub failure_limit: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryReport {
+    pub at: String,
+    pub what: String,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -12,8 +12,8 @@ use cutover::cli::diff::{self, Side};
 use cutover::cli::schema;
 use cutover::cli::status::{self, render_status};
 use cutover::status::{
-    MirrorReport, NackStatus, NodeReport, ReloadStatus, RetiringReport, ServiceReport,
-    StatusReport, TypeReport,
+    CheckReport, HistoryReport, MirrorReport, NackStatus, NodeReport, ReloadStatus, RetiringReport,
+    RolloutReport, ServiceReport, StatusReport, ThresholdsReport, TypeReport,
 };
 
 fn root() -> &'static Path {
@@ -101,6 +101,46 @@ fn busy_report() -> StatusReport {
                     deployed: vec!["v1".into(), "v2".into()],
                     retiring: Vec::new(),
                     synced: false,
+                    rollout: Some(RolloutReport {
+                        kind: "canary",
+                        version: "v2".into(),
+                        baseline: "v1".into(),
+                        state: "progressing",
+                        reason: None,
+                        weight: Some(10.0),
+                        step: Some(2),
+                        steps: Some(4),
+                        awaiting_ack: false,
+                        step_ends_in_seconds: Some(42.3),
+                        next_check_in_seconds: Some(7.0),
+                        failed_checks: 0,
+                        last_check: Some(CheckReport {
+                            at: "2026-01-02T03:04:20.000Z".into(),
+                            verdict: "pass",
+                            reason: None,
+                            requests: 1834,
+                            errors: 3,
+                            error_rate: 0.164,
+                            p99_ms: Some(41.0),
+                        }),
+                        thresholds: Some(ThresholdsReport {
+                            max_error_rate: Some(1.0),
+                            max_p99_ms: Some(500.0),
+                            min_requests: 100,
+                            failure_limit: 2,
+                        }),
+                        advice: None,
+                        history: vec![
+                            HistoryReport {
+                                at: "2026-01-02T03:00:00.000Z".into(),
+                                what: "started: v2 at 5%".into(),
+                            },
+                            HistoryReport {
+                                at: "2026-01-02T03:03:38.000Z".into(),
+                                what: "v2 5% → 10% after 6 passed check(s)".into(),
+                            },
+                        ],
+                    }),
                 },
             ),
             (
@@ -120,6 +160,7 @@ fn busy_report() -> StatusReport {
                         retires_in_seconds: Some(251.4),
                     }],
                     synced: false,
+                    rollout: None,
                 },
             ),
             (
@@ -136,6 +177,7 @@ fn busy_report() -> StatusReport {
                         retires_in_seconds: None,
                     }],
                     synced: false,
+                    rollout: None,
                 },
             ),
         ]),
