@@ -1,5 +1,6 @@
 //! The admin HTTP API: `GET /status` (JSON), `GET /config` (the resources being served),
-//! `GET /metrics` (Prometheus), `GET /healthz`, `GET /readyz`, and `POST /reload`.
+//! `GET /metrics` (Prometheus), `GET /telemetry` (JSON), `GET /healthz`, `GET /readyz`, and
+//! `POST /reload`.
 //!
 //! Endpoints that change anything are refused unless the caller is on loopback or presents the
 //! configured bearer token (`--admin-token`), like the seed's `/termination` that only localhost
@@ -28,6 +29,7 @@ pub struct AdminState {
     pub reload: mpsc::Sender<()>,
     /// Bearer token that allows mutating calls from other hosts.
     pub token: Option<String>,
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -42,6 +44,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/status", get(status))
         .route("/config", get(config))
         .route("/metrics", get(metrics))
+        .route("/telemetry", get(telemetry))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .merge(mutating)
@@ -89,6 +92,16 @@ async fn require_authorized(
 
 async fn status(State(s): State<AdminState>) -> Json<crate::status::StatusReport> {
     Json(s.registry.report())
+}
+
+/// What every Envoy reports, and which connected Envoys report nothing.
+async fn telemetry(State(s): State<AdminState>) -> Json<crate::telemetry::TelemetryReport> {
+    let connected = s.registry.report().nodes;
+    Json(
+        s.telemetry
+            .report(std::time::Instant::now())
+            .with_connected(connected.iter().map(|n| n.id.as_str())),
+    )
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
@@ -181,6 +194,7 @@ mod tests {
             snapshots: watch::channel(None).1,
             reload,
             token: Some("s3cret".into()),
+            telemetry: Default::default(),
         };
         let call = |peer: &str, token: Option<&str>| {
             let mut req = axum::http::Request::post("/reload");

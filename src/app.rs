@@ -55,6 +55,8 @@ pub struct Server {
     pub admin_addr: SocketAddr,
     pub registry: Arc<Registry>,
     pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+    /// What every Envoy reports over its stats sink and load reporting streams.
+    pub telemetry: crate::telemetry::Telemetry,
     tasks: JoinSet<anyhow::Result<()>>,
 }
 
@@ -97,6 +99,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
     let ads_addr = ads_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
 
+    let telemetry = crate::telemetry::Telemetry::default();
     let shared = Shared {
         snapshots: snapshots.clone(),
         registry: registry.clone(),
@@ -110,13 +113,16 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         .add_service(DiscoveryService::<Eds>::new(shared.clone()))
         .add_service(DiscoveryService::<Lds>::new(shared.clone()))
         .add_service(DiscoveryService::<Rds>::new(shared))
-        .add_service(crate::xds::csds::server(registry.clone()));
+        .add_service(crate::xds::csds::server(registry.clone()))
+        .add_service(telemetry.metrics_service())
+        .add_service(telemetry.load_reporting_service());
     let (reload_tx, reload_rx) = mpsc::channel(1);
     let admin_router = admin::router(AdminState {
         registry: registry.clone(),
         snapshots: snapshots.clone(),
         reload: reload_tx,
         token: opts.admin_token.clone(),
+        telemetry: telemetry.clone(),
     });
 
     let mut tasks = JoinSet::new();
@@ -140,6 +146,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         admin_addr,
         registry,
         snapshots,
+        telemetry,
         tasks,
     })
 }
