@@ -165,10 +165,20 @@ pub async fn eventually(timeout: Duration, what: &str, mut condition: impl Async
 // ---------------------------------------------------------------------------------------------
 // Small helpers
 
-/// A loopback port that was free a moment ago: bind port 0, note it, let it go.
+/// A loopback port that was free a moment ago: bind port 0, note it, let it go. Never the same
+/// port twice in one test binary: the kernel may hand a port just let go to the next bind, and
+/// a test that asks for a listener and then for cutover's ports would get one port twice.
 pub fn free_port() -> SocketAddr {
-    let listener = StdTcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local address")
+    static GIVEN: Mutex<std::collections::BTreeSet<u16>> =
+        Mutex::new(std::collections::BTreeSet::new());
+    for _ in 0..1000 {
+        let listener = StdTcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local address");
+        if GIVEN.lock().expect("ports lock").insert(addr.port()) {
+            return addr;
+        }
+    }
+    panic!("no loopback port that this test binary has not used yet after 1000 tries");
 }
 
 /// An HTTP client for loopback only: never a proxy from the environment.
