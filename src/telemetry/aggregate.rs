@@ -104,6 +104,8 @@ struct Stream {
     /// that is only partly covered (a new stream, a skipped first flush) is still right.
     periods: Slots<f64>,
     body: Body,
+    messages: u64,
+    bytes: u64,
 }
 
 #[derive(Debug)]
@@ -120,6 +122,8 @@ struct StatsBody {
     flush: u64,
     /// Whether the current flush's counters are counted (its period is known).
     counting: bool,
+    /// Metric families in the current flush, all batches.
+    families: usize,
     clusters: BTreeMap<String, StatsSeries>,
 }
 
@@ -213,6 +217,8 @@ impl Aggregator {
                 last_seen: now,
                 periods: Slots::default(),
                 body,
+                messages: 0,
+                bytes: 0,
             },
         );
         Ok(id)
@@ -234,6 +240,8 @@ impl Aggregator {
             return;
         };
         stream.last_seen = now;
+        stream.messages += 1;
+        stream.bytes = stream.bytes.saturating_add(flush.wire_bytes as u64);
         let Body::Stats(b) = &mut stream.body else {
             return;
         };
@@ -251,12 +259,14 @@ impl Aggregator {
             };
             b.flush += 1;
             b.counting = period.is_some();
+            b.families = 0;
             if let Some(p) = period {
                 stream.periods.add(sec, &p.as_secs_f64());
             }
             b.last_snapshot_ms = flush.snapshot_ms;
             b.last_arrival = Some(now);
         }
+        b.families = b.families.saturating_add(flush.families);
         for (name, c) in &flush.clusters {
             let known = b.clusters.len();
             let series = match b.clusters.get_mut(name) {
@@ -310,6 +320,8 @@ impl Aggregator {
             return;
         };
         stream.last_seen = now;
+        stream.messages += 1;
+        stream.bytes = stream.bytes.saturating_add(report.wire_bytes as u64);
         let Body::Load(b) = &mut stream.body else {
             return;
         };
@@ -467,13 +479,18 @@ impl Aggregator {
                 stats_sink: None,
                 load_reporting: None,
             });
-            let slot = match s.body {
-                Body::Stats(_) => &mut node.stats_sink,
-                Body::Load(_) => &mut node.load_reporting,
+            let (slot, families) = match &s.body {
+                Body::Stats(b) => (&mut node.stats_sink, Some(b.families)),
+                Body::Load(_) => (&mut node.load_reporting, None),
             };
             let connected = now.saturating_duration_since(s.opened_at).as_secs_f64();
             let ago = now.saturating_duration_since(s.last_seen).as_secs_f64();
             let stale = !self.fresh(s, now);
+            let bytes_per_second = if connected > 0.0 {
+                s.bytes as f64 / connected
+            } else {
+                0.0
+            };
             match slot {
                 None => {
                     *slot = Some(StreamStatus {
@@ -481,6 +498,9 @@ impl Aggregator {
                         connected_seconds: round(connected, 1),
                         last_message_seconds_ago: round(ago, 1),
                         stale,
+                        messages: s.messages,
+                        bytes_per_second: round(bytes_per_second, 1),
+                        metric_families_per_flush: families,
                     })
                 }
                 Some(st) => {
@@ -488,6 +508,12 @@ impl Aggregator {
                     st.connected_seconds = st.connected_seconds.max(round(connected, 1));
                     st.last_message_seconds_ago = st.last_message_seconds_ago.min(round(ago, 1));
                     st.stale &= stale;
+                    st.messages += s.messages;
+                    st.bytes_per_second = round(st.bytes_per_second + bytes_per_second, 1);
+                    st.metric_families_per_flush = st
+                        .metric_families_per_flush
+                        .zip(families)
+                        .map(|(a, b)| a.max(b));
                 }
             }
         }

@@ -51,6 +51,8 @@ pub struct LoadReport {
     /// (clusters tracked only since then have a shorter one).
     pub period: Option<Duration>,
     pub clusters: Vec<ClusterLoad>,
+    /// The report's encoded size: what load reporting costs.
+    pub wire_bytes: usize,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -74,7 +76,10 @@ pub struct EndpointLoad {
 }
 
 pub fn parse(req: &LoadStatsRequest) -> LoadReport {
-    let mut out = LoadReport::default();
+    let mut out = LoadReport {
+        wire_bytes: prost::Message::encoded_len(req),
+        ..Default::default()
+    };
     for cluster in &req.cluster_stats {
         let period = cluster
             .load_report_interval

@@ -135,6 +135,12 @@ pub struct StreamStatus {
     pub last_message_seconds_ago: f64,
     /// Nothing heard for too long: its figures are left out until it speaks again.
     pub stale: bool,
+    /// Messages received, and encoded bytes per second since connected: what it costs.
+    pub messages: u64,
+    pub bytes_per_second: f64,
+    /// Stats sink: metric families in Envoy's latest flush (every stat it sent, read or not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metric_families_per_flush: Option<usize>,
 }
 
 /// Counts of what was refused or not kept because of a cap (never reset).

@@ -213,12 +213,19 @@ pub struct StatsFlush {
     pub snapshot_ms: Option<i64>,
     /// By Envoy cluster name; only names [`ClusterName::parse`] accepts.
     pub clusters: BTreeMap<String, ClusterStats>,
+    /// Metric families in the message, read or not, and its encoded size: what the sink costs.
+    pub families: usize,
+    pub wire_bytes: usize,
 }
 
 /// Reads one message. Unknown names, other clusters' stats and malformed values are skipped;
 /// nothing here can fail.
 pub fn parse(msg: &StreamMetricsMessage) -> StatsFlush {
-    let mut out = StatsFlush::default();
+    let mut out = StatsFlush {
+        families: msg.envoy_metrics.len(),
+        wire_bytes: prost::Message::encoded_len(msg),
+        ..Default::default()
+    };
     for family in &msg.envoy_metrics {
         let Some((cluster, stat)) = family.name.as_deref().and_then(cluster_stat) else {
             continue;

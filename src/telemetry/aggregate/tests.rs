@@ -77,6 +77,8 @@ fn flush(second: u64, clusters: &[(&str, ClusterStats)]) -> StatsFlush {
             .iter()
             .map(|(n, c)| ((*n).to_owned(), c.clone()))
             .collect(),
+        families: 10 * clusters.len(),
+        wire_bytes: 100,
     }
 }
 
@@ -421,6 +423,7 @@ fn caps_count_what_they_drop() {
                 "s/a",
                 &[("127.0.0.1:1", 1, 0, 1), ("127.0.0.1:2", 1, 0, 1)],
             )],
+            wire_bytes: 0,
         },
         clock.at(1.0),
     );
@@ -463,6 +466,7 @@ fn report(clusters: Vec<ClusterLoad>) -> LoadReport {
     LoadReport {
         period: Some(Duration::from_secs(1)),
         clusters,
+        wire_bytes: 50,
     }
 }
 
@@ -561,4 +565,39 @@ fn histogram_quantiles_interpolate_within_buckets() {
     assert_eq!(q.p90, 10.0);
     assert_eq!(q.p99, 247.5);
     assert_eq!(Histogram::default().quantiles(), None);
+}
+
+#[test]
+fn each_stream_shows_what_it_costs() {
+    let clock = Clock::new();
+    let mut agg = clock.aggregator(Limits::default());
+    let s = steady(
+        &mut agg,
+        &clock,
+        "edge-1",
+        9,
+        &[("checkout/v1", served(1, 0))],
+    );
+    // A flush in two batches: its families add up.
+    agg.stats(
+        s,
+        &flush(10, &[("checkout/v1", served(1, 0))]),
+        clock.at(10.5),
+    );
+    agg.stats(
+        s,
+        &flush(10, &[("checkout/v2", served(1, 0))]),
+        clock.at(10.5),
+    );
+    let l = agg
+        .open(Source::LoadReports, node("edge-1"), clock.at(0.0))
+        .unwrap();
+    agg.load(l, &report(vec![]), clock.at(1.0));
+    let r = agg.report(clock.at(10.5));
+    let sink = r.nodes[0].stats_sink.as_ref().unwrap();
+    assert_eq!(sink.messages, 12);
+    assert_eq!(sink.metric_families_per_flush, Some(20));
+    assert_eq!(sink.bytes_per_second, round(1200.0 / 10.5, 1));
+    let lrs = r.nodes[0].load_reporting.as_ref().unwrap();
+    assert_eq!((lrs.messages, lrs.metric_families_per_flush), (1, None));
 }
