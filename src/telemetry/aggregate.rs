@@ -105,7 +105,8 @@ struct Stream {
     periods: Slots<f64>,
     body: Body,
     messages: u64,
-    bytes: u64,
+    /// Encoded bytes received, by slot.
+    bytes: Slots<f64>,
 }
 
 #[derive(Debug)]
@@ -218,7 +219,7 @@ impl Aggregator {
                 periods: Slots::default(),
                 body,
                 messages: 0,
-                bytes: 0,
+                bytes: Slots::default(),
             },
         );
         Ok(id)
@@ -241,7 +242,7 @@ impl Aggregator {
         };
         stream.last_seen = now;
         stream.messages += 1;
-        stream.bytes = stream.bytes.saturating_add(flush.wire_bytes as u64);
+        stream.bytes.add(sec, &(flush.wire_bytes as f64));
         let Body::Stats(b) = &mut stream.body else {
             return;
         };
@@ -321,7 +322,7 @@ impl Aggregator {
         };
         stream.last_seen = now;
         stream.messages += 1;
-        stream.bytes = stream.bytes.saturating_add(report.wire_bytes as u64);
+        stream.bytes.add(sec, &(report.wire_bytes as f64));
         let Body::Load(b) = &mut stream.body else {
             return;
         };
@@ -486,11 +487,9 @@ impl Aggregator {
             let connected = now.saturating_duration_since(s.opened_at).as_secs_f64();
             let ago = now.saturating_duration_since(s.last_seen).as_secs_f64();
             let stale = !self.fresh(s, now);
-            let bytes_per_second = if connected > 0.0 {
-                s.bytes as f64 / connected
-            } else {
-                0.0
-            };
+            // Over the short window, or since connected if that is shorter.
+            let bytes_per_second =
+                s.bytes.sum(Window::Short, self.sec(now)) / connected.clamp(1.0, 10.0);
             match slot {
                 None => {
                     *slot = Some(StreamStatus {

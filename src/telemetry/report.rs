@@ -135,7 +135,7 @@ pub struct StreamStatus {
     pub last_message_seconds_ago: f64,
     /// Nothing heard for too long: its figures are left out until it speaks again.
     pub stale: bool,
-    /// Messages received, and encoded bytes per second since connected: what it costs.
+    /// Messages received, and encoded bytes per second over the last 10 s: what it costs.
     pub messages: u64,
     pub bytes_per_second: f64,
     /// Stats sink: metric families in Envoy's latest flush (every stat it sent, read or not).

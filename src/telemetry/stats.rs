@@ -70,18 +70,56 @@ const USED: [(&str, Stat); 18] = [
 
 /// The stats matcher `cutover bootstrap` gives Envoy: every stat whose name has no `/` (Envoy's
 /// own, listeners, HTTP, `cutover_xds`), and of the clusters cutover makes (whose names have
-/// one) only the stats cutover reads. Envoy then neither keeps nor ships the ~100 others per
-/// cluster.
+/// one) only the stats cutover reads, not the router's `external.`/`internal.`/`canary.` copies
+/// of them. Envoy then neither keeps nor ships the ~100 others per cluster.
 pub static STATS_MATCHER_REGEX: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
     let suffixes: Vec<String> = USED
         .iter()
         .map(|(name, _)| name.replace('.', r"\."))
         .collect();
+    // The version part: without a dot anything; with dots, its last segment is not one of
+    // the router's infixes (see `has_envoy_infix`).
+    let version = format!(r"(?:[^./]+|[^/]*\.{})", segment_except(&ENVOY_INFIXES));
     [
         "^[^/]*$".to_owned(),
-        format!(r"^cluster\.[^/]+/[^/]+\.({})$", suffixes.join("|")),
+        format!(r"^cluster\.[^/]+/{version}\.({})$", suffixes.join("|")),
     ]
 });
+
+/// Words the router puts between a cluster's name and a stat's.
+const ENVOY_INFIXES: [&str; 3] = ["external", "internal", "canary"];
+
+/// A regex (RE2 and Rust's `regex` alike, no look-around) for one dot-free, slash-free,
+/// non-empty name segment that is none of `words` (lowercase ASCII letters): a trie of the
+/// words, where each step may leave the trie with any other character.
+fn segment_except(words: &[&str]) -> String {
+    fn node(prefix: &str, words: &[&str]) -> String {
+        let mut next: Vec<char> = words
+            .iter()
+            .filter_map(|w| w.strip_prefix(prefix)?.chars().next())
+            .collect();
+        next.sort_unstable();
+        next.dedup();
+        let others: String = next.iter().collect();
+        let mut alternatives = vec![format!("[^./{others}][^./]*")];
+        for c in &next {
+            alternatives.push(format!("{c}{}", node(&format!("{prefix}{c}"), words)));
+        }
+        let group = format!("(?:{})", alternatives.join("|"));
+        // A prefix that is not itself a word may end here.
+        if !prefix.is_empty() && !words.contains(&prefix) {
+            format!("{group}?")
+        } else {
+            group
+        }
+    }
+    debug_assert!(
+        words
+            .iter()
+            .all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase()))
+    );
+    node("", words)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stat {
@@ -259,10 +297,11 @@ fn cluster_stat(name: &str) -> Option<(&str, Stat)> {
 /// which a name with dots cannot be told from. cutover reads the plain ones; a version whose
 /// name ends in `.external`, `.internal` or `.canary` is not read.
 fn has_envoy_infix(cluster: &str) -> bool {
-    [".external", ".internal", ".canary"]
-        .iter()
-        .any(|infix| cluster.ends_with(infix))
-        || cluster.contains(".zone.")
+    ENVOY_INFIXES.iter().any(|infix| {
+        cluster
+            .strip_suffix(infix)
+            .is_some_and(|rest| rest.ends_with('.'))
+    }) || cluster.contains(".zone.")
 }
 
 fn record(entry: &mut ClusterStats, stat: Stat, _family: &MetricFamily, metric: &Metric) {
@@ -567,8 +606,24 @@ mod tests {
             "cluster.checkout/v1.upstream_rq_200",
             "cluster.checkout/v1.lb_healthy_panic",
             "cluster.checkout/v1.circuit_breakers.default.rq_open",
+            "cluster.checkout/v1.external.upstream_rq_time",
+            "cluster.checkout/v2~v1.internal.upstream_rq_5xx",
+            "cluster.checkout/v1.2.canary.upstream_rq_2xx",
         ] {
             assert!(!kept(name), "{name}");
+            assert!(cluster_stat(name).is_none(), "{name}");
+        }
+        // Names that merely look like the infixes are cutover's.
+        for name in [
+            "cluster.checkout/external.upstream_rq_5xx",
+            "cluster.checkout/v1.externals.upstream_rq_5xx",
+            "cluster.checkout/v1.extern.upstream_rq_5xx",
+            "cluster.checkout/v1.canaryx.upstream_rq_time",
+            "cluster.checkout/v1.e.upstream_rq_time",
+            "cluster.checkout/v1.2x.upstream_rq_time",
+        ] {
+            assert!(kept(name), "{name}");
+            assert!(cluster_stat(name).is_some(), "{name}");
         }
     }
 }
