@@ -47,7 +47,7 @@ pub const LATENCY_BUCKETS: usize = LATENCY_BOUNDS_MS.len() + 1;
 
 /// The per-cluster stats cutover reads, by the name Envoy gives them after `cluster.<name>.`.
 /// The bootstrap's stats matcher is built from the same list.
-const USED: [(&str, Stat); 18] = [
+const USED: [(&str, Stat); 19] = [
     ("upstream_rq_1xx", Stat::Class(0)),
     ("upstream_rq_2xx", Stat::Class(1)),
     ("upstream_rq_3xx", Stat::Class(2)),
@@ -56,6 +56,8 @@ const USED: [(&str, Stat); 18] = [
     ("upstream_rq_timeout", Stat::Timeout),
     ("upstream_rq_rx_reset", Stat::Reset),
     ("upstream_rq_tx_reset", Stat::Reset),
+    // An HTTP/1 upstream that closes its connection mid-request is no stream reset.
+    ("upstream_cx_destroy_with_active_rq", Stat::Reset),
     ("upstream_cx_connect_fail", Stat::ConnectFail),
     ("upstream_rq_total", Stat::Total),
     ("upstream_rq_pending_failure_eject", Stat::PendingFailure),
@@ -127,7 +129,8 @@ enum Stat {
     Class(usize),
     /// Router: the route's timeout fired (a 504), on the route's cluster.
     Timeout,
-    /// Codec: the upstream stream was reset (either side), on the cluster of the endpoint.
+    /// Connection pool: the upstream stream was reset (either side), or its connection closed
+    /// under it, on the cluster of the endpoint.
     Reset,
     /// Connection pool: a connection could not be made, on the cluster of the endpoint.
     ConnectFail,
@@ -469,6 +472,11 @@ mod tests {
             counter("cluster.checkout/v1.2.upstream_rq_5xx", 1.0, ts),
             counter("cluster.checkout/v1.2.upstream_rq_rx_reset", 2.0, ts),
             counter("cluster.checkout/v1.2.upstream_rq_tx_reset", 1.0, ts),
+            counter(
+                "cluster.checkout/v1.2.upstream_cx_destroy_with_active_rq",
+                1.0,
+                ts,
+            ),
             counter("cluster.checkout/v1.2.upstream_rq_total", 10.0, ts),
             counter(
                 "cluster.checkout/v1.2.upstream_rq_pending_failure_eject",
@@ -510,7 +518,7 @@ mod tests {
             Counters {
                 classes: [0, 9, 0, 0, 1],
                 timeouts: 0,
-                resets: 3,
+                resets: 4,
                 connect_failures: 0,
                 attempts: 11,
             }
