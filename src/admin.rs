@@ -1,5 +1,6 @@
 //! The admin HTTP API: `GET /status` (JSON), `GET /config` (the resources being served),
-//! `GET /metrics` (Prometheus), `GET /healthz`, `GET /readyz`, and `POST /reload`.
+//! `GET /metrics` (Prometheus), `GET /telemetry` (JSON), `GET /healthz`, `GET /readyz`, and
+//! `POST /reload`.
 //!
 //! Endpoints that change anything are refused unless the caller is on loopback or presents the
 //! configured bearer token (`--admin-token`), like the seed's `/termination` that only localhost
@@ -31,6 +32,7 @@ pub struct AdminState {
     pub commands: mpsc::Sender<CommandRequest>,
     /// Bearer token that allows mutating calls from other hosts.
     pub token: Option<String>,
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -45,6 +47,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/status", get(status))
         .route("/config", get(config))
         .route("/metrics", get(metrics))
+        .route("/telemetry", get(telemetry))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .merge(mutating)
@@ -92,6 +95,16 @@ async fn require_authorized(
 
 async fn status(State(s): State<AdminState>) -> Json<crate::status::StatusReport> {
     Json(s.status.report())
+}
+
+/// What every Envoy reports, and which connected Envoys report nothing.
+async fn telemetry(State(s): State<AdminState>) -> Json<crate::telemetry::TelemetryReport> {
+    let connected = s.status.report().nodes;
+    Json(
+        s.telemetry
+            .report(std::time::Instant::now())
+            .with_connected(connected.iter().map(|n| n.id.as_str())),
+    )
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
@@ -229,6 +242,7 @@ mod tests {
             reload,
             commands: mpsc::channel(1).0,
             token: Some("s3cret".into()),
+            telemetry: Default::default(),
         };
         let call = |peer: &str, token: Option<&str>| {
             let mut req = axum::http::Request::post("/reload");

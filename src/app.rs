@@ -21,6 +21,7 @@ use crate::snapshot::{Published, Snapshot};
 use crate::spec::{self, SpecError};
 use crate::status::Status;
 use crate::store::StateFile;
+use crate::telemetry::Telemetry;
 use crate::translate::{Resources, translate};
 use crate::xds::clients::Clients;
 use crate::xds::server::{Ads, Cds, DiscoveryService, Eds, Lds, Rds, Shared};
@@ -86,6 +87,8 @@ pub struct Server {
     pub status: Arc<Status>,
     /// What the xDS streams converge to.
     pub published: watch::Receiver<Option<Arc<Published>>>,
+    /// What every Envoy reports over its stats sink and load reporting streams.
+    pub telemetry: Telemetry,
     tasks: JoinSet<anyhow::Result<()>>,
     /// Dropped with the server: the controller saves its state and stops.
     shutdown: watch::Sender<()>,
@@ -132,6 +135,7 @@ impl Server {
 
 pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
     let metrics = Arc::new(Metrics::new());
+    let telemetry = Telemetry::default();
     let clients = Arc::new(Clients::new(metrics.clone()));
     let (published_tx, published) = watch::channel(None);
     let status = Arc::new(Status::new(
@@ -195,13 +199,16 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         .add_service(DiscoveryService::<Eds>::new(shared.clone()))
         .add_service(DiscoveryService::<Lds>::new(shared.clone()))
         .add_service(DiscoveryService::<Rds>::new(shared))
-        .add_service(crate::xds::csds::server(clients.clone()));
+        .add_service(crate::xds::csds::server(clients.clone()))
+        .add_service(telemetry.metrics_service())
+        .add_service(telemetry.load_reporting_service());
     let admin_router = admin::router(AdminState {
         status: status.clone(),
         published: published.clone(),
         reload: reload_tx,
         commands: commands_tx,
         token: opts.admin_token.clone(),
+        telemetry: telemetry.clone(),
     });
 
     let mut tasks = JoinSet::new();
@@ -226,6 +233,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         clients,
         status,
         published,
+        telemetry,
         tasks,
         shutdown,
         controller_done,

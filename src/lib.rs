@@ -6,7 +6,8 @@
 //! Envoy resources) → [`snapshot`] (encoded once, versioned by content, one per node group) →
 //! [`xds`] (per-stream protocol machines, the client view and the gRPC server). The
 //! [`controller`] runs that loop and its I/O ([`watch`], [`store`]); [`status`] and [`admin`]
-//! report what every Envoy has applied. See docs/architecture.md.
+//! report what every Envoy has applied; [`telemetry`] takes what every Envoy sees (its stats sink
+//! and load reports). See docs/architecture.md.
 
 #![forbid(unsafe_code)]
 
@@ -24,6 +25,7 @@ pub mod snapshot;
 pub mod spec;
 pub mod status;
 pub mod store;
+pub mod telemetry;
 pub mod translate;
 pub mod watch;
 pub mod xds;

@@ -87,6 +87,19 @@ enum Command {
         /// Address for Envoy's own admin interface (keep it on loopback).
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
+        /// Do not send Envoy's stats to cutover (request rates, errors, latency, ejections per
+        /// version). Envoy's stats are then not filtered either.
+        #[arg(long)]
+        no_stats_sink: bool,
+        /// Do not report load per endpoint to cutover (requests in flight and rate per
+        /// endpoint, what `cutover wait drained` needs).
+        #[arg(long)]
+        no_load_reporting: bool,
+        /// Keep every Envoy stat of cutover's clusters. By default Envoy keeps, and sends to
+        /// cutover, only the stats cutover reads of clusters named `<service>/<version>`; every
+        /// other stat is untouched.
+        #[arg(long)]
+        all_stats: bool,
         #[arg(long, value_enum, default_value_t = Format::Yaml)]
         format: Format,
     },
@@ -256,6 +269,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             node_cluster,
             ads,
             admin,
+            no_stats_sink,
+            no_load_reporting,
+            all_stats,
             format,
         } => {
             let b = bootstrap::bootstrap(&bootstrap::BootstrapOptions {
@@ -263,6 +279,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 node_id,
                 ads,
                 admin,
+                stats_sink: !no_stats_sink,
+                load_reporting: !no_load_reporting,
+                all_stats,
             });
             print_value(&render::to_json(&b)?, format)?;
             Ok(ExitCode::SUCCESS)
