@@ -16,6 +16,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::admin::{self, AdminState};
 use crate::controller::{self, Inputs, Outputs, Settings};
 use crate::metrics::Metrics;
+use crate::reconcile::rollout::Figures;
 use crate::reconcile::{self, Event, Plan, Previous, RuntimeState, Timestamp};
 use crate::snapshot::{Published, Snapshot};
 use crate::spec::{self, SpecError};
@@ -162,6 +163,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
             status: status.clone(),
             clients: clients.clone(),
             metrics,
+            observer: Arc::new(TelemetryObserver(telemetry.clone())),
         },
         Inputs {
             reload: reload_rx,
@@ -238,4 +240,23 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         shutdown,
         controller_done,
     })
+}
+
+/// Rollout checks read the last 10 s of what Envoys reported for the version under test.
+struct TelemetryObserver(Telemetry);
+
+impl controller::Observer for TelemetryObserver {
+    fn figures(&self, service: &str, version: &str) -> Figures {
+        let report = self.0.report(std::time::Instant::now());
+        let Some(w) = report.version(service, version).map(|v| &v.last_10s) else {
+            return Figures::default();
+        };
+        Figures {
+            requests: w.requests,
+            // Answered 5xx: from the upstream, or Envoy's own after a reset, a connect
+            // failure or a timeout.
+            errors: (w.error_rate.unwrap_or(0.0) * w.requests as f64).round() as u64,
+            p99_ms: w.latency_ms.map(|q| q.p99),
+        }
+    }
 }

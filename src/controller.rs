@@ -18,10 +18,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::metrics::Metrics;
 use crate::node::GroupId;
-use crate::reconcile::rollout::{Command, Kind, Rollout, Status, Verdict};
+use crate::reconcile::rollout::{Command, Figures, Kind, Observation, Rollout, Status, Verdict};
 use crate::reconcile::{self, Event, Plan, Previous, Role, RuntimeState, Timestamp};
 use crate::snapshot::{Published, Snapshot};
-use crate::spec::{self, Spec, Strategy};
+use crate::spec::{self, Spec, Strategy, Webhook};
 use crate::status::{
     CheckReport, HistoryReport, MirrorReport, RetiringReport, RolloutReport, ServiceReport,
     StateFileReport, Status as StatusModel, ThresholdsReport,
@@ -40,13 +40,25 @@ pub struct Settings {
     pub drain_period: Duration,
 }
 
-/// Where the controller publishes and reports.
-#[derive(Debug)]
+/// Where rollout checks read a version's figures: what Envoys reported to cutover over the
+/// last 10 s.
+pub trait Observer: Send + Sync + 'static {
+    fn figures(&self, service: &str, version: &str) -> Figures;
+}
+
+/// Where the controller publishes and reports, and what it observes.
 pub struct Outputs {
     pub published: watch::Sender<Option<Arc<Published>>>,
     pub status: Arc<StatusModel>,
     pub clients: Arc<Clients>,
     pub metrics: Arc<Metrics>,
+    pub observer: Arc<dyn Observer>,
+}
+
+impl std::fmt::Debug for Outputs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outputs").finish_non_exhaustive()
+    }
 }
 
 /// An operator's rollout command, and where its answer goes.
@@ -124,6 +136,11 @@ struct Controller {
     drain_period: Duration,
     /// When the change being applied was seen.
     changed_at: Instant,
+    /// Rollout checks whose webhooks are being asked, by service.
+    checking: BTreeSet<String>,
+    /// Checks come back on `checks_in` once their webhooks answered.
+    checks_out: mpsc::UnboundedSender<(String, Observation)>,
+    checks_in: mpsc::UnboundedReceiver<(String, Observation)>,
 }
 
 impl Controller {
@@ -155,6 +172,7 @@ impl Controller {
             ok: problem.is_none(),
             error: problem,
         });
+        let (checks_out, checks_in) = mpsc::unbounded_channel();
         Controller {
             label: settings.file.display().to_string(),
             file: settings.file,
@@ -167,6 +185,9 @@ impl Controller {
             first,
             drain_period: settings.drain_period,
             changed_at: Instant::now(),
+            checking: BTreeSet::new(),
+            checks_out,
+            checks_in,
         }
     }
 
@@ -176,7 +197,7 @@ impl Controller {
             let deadline = self
                 .spec
                 .as_ref()
-                .and_then(|spec| self.state.next_deadline(spec))
+                .and_then(|spec| self.state.next_deadline_except(spec, &self.checking))
                 .map(|t| Instant::now() + t.since(Timestamp::now()));
             tokio::select! {
                 changed = watcher.changed() => {
@@ -199,6 +220,13 @@ impl Controller {
                 _ = sleep_until_opt(deadline) => {
                     self.changed_at = Instant::now();
                     self.reduce(Event::Tick);
+                    self.start_checks();
+                    self.publish();
+                }
+                Some((service, observation)) = self.checks_in.recv() => {
+                    self.checking.remove(&service);
+                    self.changed_at = Instant::now();
+                    self.reduce(Event::Observed { service: &service, observation: &observation });
                     self.publish();
                 }
                 _ = inputs.shutdown.changed() => {
@@ -225,7 +253,78 @@ impl Controller {
 
     fn reduce(&mut self, event: Event<'_>) {
         if let Some(spec) = &self.spec {
+            let before = self.state.rollouts.clone();
             self.state.reduce(spec, event, Timestamp::now());
+            self.rollout_events(&before);
+        }
+    }
+
+    /// Logs and counts what rollouts did since `before`: every new history entry, steps,
+    /// promotions and rollbacks.
+    fn rollout_events(&self, before: &BTreeMap<String, Rollout>) {
+        for (service, r) in &self.state.rollouts {
+            let old = before.get(service);
+            let seen = old.map_or(0, |o| {
+                r.history
+                    .iter()
+                    .position(|e| Some(e) == o.history.last())
+                    .map_or(0, |i| i + 1)
+            });
+            for e in &r.history[seen..] {
+                tracing::info!(service, rollout = %e.what, "rollout");
+            }
+            let Some(old) = old.filter(|o| o.kind == r.kind) else {
+                continue;
+            };
+            let m = &self.out.metrics;
+            if old.weight != r.weight && r.status == Status::Progressing {
+                m.rollout_steps.inc();
+            }
+            if old.status != r.status {
+                match r.status {
+                    Status::Promoted => {
+                        m.rollout_promotions.inc();
+                    }
+                    Status::Failed(_) => {
+                        m.rollout_rollbacks.inc();
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Starts the rollout checks that are due: each reads the version's figures now and, if
+    /// the analysis has webhooks, asks them off this loop; the result comes back on
+    /// `self.checks_in`.
+    fn start_checks(&mut self) {
+        let Some(spec) = &self.spec else { return };
+        for (service, version) in self.state.checks_due(Timestamp::now()) {
+            if self.checking.contains(&service) {
+                continue;
+            }
+            let Some(analysis) = spec
+                .services
+                .get(&service)
+                .and_then(|s| s.strategy.analysis())
+            else {
+                continue;
+            };
+            let figures = self.out.observer.figures(&service, &version);
+            let hooks = analysis.webhooks.clone();
+            let tx = self.checks_out.clone();
+            let rollout = self.state.rollouts.get(&service).cloned();
+            self.checking.insert(service.clone());
+            tokio::spawn(async move {
+                let body = serde_json::json!({
+                    "service": service,
+                    "version": version,
+                    "rollout": rollout,
+                    "figures": figures,
+                });
+                let webhooks = ask_webhooks(&hooks, &body).await;
+                let _ = tx.send((service, Observation { figures, webhooks }));
+            });
         }
     }
 
@@ -464,22 +563,7 @@ fn rollout_report(r: &Rollout, strategy: &Strategy, now: Timestamp) -> RolloutRe
         }),
         steps: steps.map(Vec::len),
         awaiting_ack: r.is_active() && r.since.is_none(),
-        step_ends_in_seconds: r
-            .next_deadline(strategy)
-            .filter(|_| r.since.is_some())
-            .and_then(|_| match (&r.kind, strategy, r.since) {
-                (
-                    Kind::Canary { .. },
-                    Strategy::Canary {
-                        rollout: Some(cfg), ..
-                    },
-                    Some(s),
-                ) => Some(in_seconds(s + cfg.pause_at(r.weight, cfg.interval))),
-                (Kind::Switch { .. }, _, Some(s)) => Some(in_seconds(
-                    s + analysis.map_or(Duration::ZERO, |a| a.window),
-                )),
-                _ => None,
-            }),
+        step_ends_in_seconds: r.step_deadline(strategy).map(in_seconds),
         next_check_in_seconds: r.next_check.map(in_seconds),
         failed_checks: r.failed,
         last_check: r.last_check.as_ref().map(|c| {
@@ -514,6 +598,55 @@ fn rollout_report(r: &Rollout, strategy: &Strategy, now: Timestamp) -> RolloutRe
             })
             .collect(),
     }
+}
+
+/// Asks every webhook (HTTP POST, JSON body) in turn; the first that does not answer 2xx in
+/// time fails the check.
+async fn ask_webhooks(hooks: &[Webhook], body: &serde_json::Value) -> Result<(), String> {
+    for hook in hooks {
+        let answer = tokio::time::timeout(hook.timeout, post_json(&hook.url, body)).await;
+        match answer {
+            Ok(Ok(status)) if (200..300).contains(&status) => {}
+            Ok(Ok(status)) => return Err(format!("webhook {} answered {status}", hook.url)),
+            Ok(Err(e)) => return Err(format!("webhook {}: {e}", hook.url)),
+            Err(_) => {
+                return Err(format!(
+                    "webhook {} did not answer within {}",
+                    hook.url,
+                    humantime::format_duration(hook.timeout)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One HTTP/1.1 POST on its own connection; the status code of the answer.
+async fn post_json(url: &str, body: &serde_json::Value) -> Result<u16, String> {
+    use http_body_util::Full;
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("invalid URL: {e}"))?;
+    let host = uri.host().ok_or("no host in the URL")?.to_owned();
+    let port = uri.port_u16().unwrap_or(80);
+    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    let driver = tokio::spawn(connection);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let request = hyper::Request::post(path)
+        .header(hyper::header::HOST, format!("{host}:{port}"))
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(bytes::Bytes::from(body.to_string())))
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    driver.abort();
+    Ok(response.status().as_u16())
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

@@ -242,26 +242,36 @@ impl Rollout {
                     .is_some_and(|c| c.verdict == Verdict::Pass))
     }
 
-    /// When this rollout changes by itself next, given its service's strategy.
+    /// When this rollout changes by itself next (its step ends) or a check is due, given its
+    /// service's strategy.
     pub fn next_deadline(&self, strategy: &Strategy) -> Option<Timestamp> {
         if !self.is_active() {
             return None;
         }
+        [self.step_deadline(strategy), self.next_check]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// When the current step's time (or a switch's window) is up, once it runs.
+    pub fn step_deadline(&self, strategy: &Strategy) -> Option<Timestamp> {
+        if !self.is_active() {
+            return None;
+        }
         let since = self.since?;
-        let step_end = match (&self.kind, strategy) {
+        match (&self.kind, strategy) {
             (
                 Kind::Canary { .. },
                 Strategy::Canary {
                     rollout: Some(r), ..
                 },
-            ) => since + r.pause_at(self.weight, r.interval),
-            (Kind::Switch { .. }, s) => since + s.analysis().map_or(Duration::ZERO, |a| a.window),
-            _ => return None,
-        };
-        [Some(step_end), self.next_check]
-            .into_iter()
-            .flatten()
-            .min()
+            ) => Some(since + r.pause_at(self.weight, r.interval)),
+            (Kind::Switch { .. }, s) => {
+                Some(since + s.analysis().map_or(Duration::ZERO, |a| a.window))
+            }
+            _ => None,
+        }
     }
 }
 

@@ -481,15 +481,28 @@ impl RuntimeState {
     /// The next time the plan changes by itself (something lingering or retiring goes, a
     /// rollout step ends) or a rollout check is due.
     pub fn next_deadline(&self, spec: &Spec) -> Option<Timestamp> {
+        self.next_deadline_except(spec, &BTreeSet::new())
+    }
+
+    /// [`RuntimeState::next_deadline`], leaving out the checks of `checking` (being made).
+    pub fn next_deadline_except(
+        &self,
+        spec: &Spec,
+        checking: &BTreeSet<String>,
+    ) -> Option<Timestamp> {
         let retiring = self
             .retiring
             .iter()
             .filter(|(id, _)| !watched_switch_from(&self.rollouts, id))
             .filter_map(|(id, r)| r.deadline(grace(spec, &id.service)?));
-        let rollouts = self
-            .rollouts
-            .iter()
-            .filter_map(|(name, r)| r.next_deadline(&spec.services.get(name)?.strategy));
+        let rollouts = self.rollouts.iter().filter_map(|(name, r)| {
+            let strategy = &spec.services.get(name)?.strategy;
+            if checking.contains(name) {
+                r.step_deadline(strategy)
+            } else {
+                r.next_deadline(strategy)
+            }
+        });
         let draining = self
             .draining
             .values()

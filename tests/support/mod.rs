@@ -668,6 +668,13 @@ impl Cutover {
             .unwrap_or_else(|e| panic!("cutover /status: {e}"))
     }
 
+    /// `GET /metrics` as text.
+    pub async fn metrics(&self) -> String {
+        get_text(&self.client, &format!("http://{}/metrics", self.admin))
+            .await
+            .unwrap_or_else(|e| panic!("cutover /metrics: {e}"))
+    }
+
     /// `GET /telemetry` as JSON.
     pub async fn telemetry(&self) -> Result<Value, String> {
         get_json(&self.client, &format!("http://{}/telemetry", self.admin)).await
