@@ -21,6 +21,8 @@ fn rendered_examples() {
         "rolling.yaml",
         "health.yaml",
         "load-balancing.yaml",
+        "canary-rollout.yaml",
+        "blue-green-analysis.yaml",
     ] {
         let snapshot = compile(name, &example(name)).unwrap();
         let rendered = render::yaml(&render::snapshot_json(&snapshot).unwrap()).unwrap();
