@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use super::lrs::LoadReport;
-use super::names::ClusterName;
 use super::report::{
     Dropped, EndpointInFlight, EndpointTelemetry, EndpointWindow, ErrorCounts, Histogram, InFlight,
     Membership, NodeTelemetry, StreamStatus, TelemetryReport, VersionTelemetry, WindowFigures,
@@ -19,6 +18,7 @@ use super::report::{
 };
 use super::stats::{self, Counters, LATENCY_BUCKETS, Latency, StatsFlush};
 use super::window::{Slot, Slots, Window};
+use crate::ids::{ClusterId, ClusterRef};
 
 /// Longest period one message may stand for; longer gaps are not a flush interval.
 const MAX_PERIOD: Duration = Duration::from_secs(60);
@@ -125,7 +125,7 @@ struct StatsBody {
     counting: bool,
     /// Metric families in the current flush, all batches.
     families: usize,
-    clusters: BTreeMap<String, StatsSeries>,
+    clusters: BTreeMap<ClusterRef, StatsSeries>,
 }
 
 #[derive(Debug, Default)]
@@ -154,8 +154,8 @@ impl Slot for Sample {
 
 #[derive(Debug, Default)]
 struct LoadBody {
-    /// By cluster name, then endpoint address.
-    clusters: BTreeMap<String, BTreeMap<String, EndpointSeries>>,
+    /// By cluster, then endpoint address.
+    clusters: BTreeMap<ClusterId, BTreeMap<String, EndpointSeries>>,
     endpoints: usize,
 }
 
@@ -335,13 +335,13 @@ impl Aggregator {
             series.in_progress = 0;
         }
         for cluster in &report.clusters {
-            if !b.clusters.contains_key(&cluster.name)
+            if !b.clusters.contains_key(&cluster.cluster)
                 && b.clusters.len() >= limits.max_clusters_per_stream
             {
                 dropped.clusters += 1;
                 continue;
             }
-            let endpoints = b.clusters.entry(cluster.name.clone()).or_default();
+            let endpoints = b.clusters.entry(cluster.cluster.clone()).or_default();
             for e in &cluster.endpoints {
                 let series = match endpoints.get_mut(&e.address) {
                     Some(s) => s,
@@ -383,36 +383,29 @@ impl Aggregator {
     /// Every figure at `now`.
     pub fn report(&self, now: Instant) -> TelemetryReport {
         let sec = self.sec(now);
-        let mut acc: BTreeMap<(String, String), VersionAcc> = BTreeMap::new();
+        let mut acc: BTreeMap<ClusterId, VersionAcc> = BTreeMap::new();
         for s in self.streams.values().filter(|s| self.fresh(s, now)) {
             match &s.body {
                 Body::Stats(b) => {
                     for window in Window::ALL {
                         let period = s.periods.sum(window, sec);
-                        let sums: BTreeMap<&str, Sample> = b
+                        let sums: BTreeMap<&ClusterRef, Sample> = b
                             .clusters
                             .iter()
-                            .map(|(name, series)| (name.as_str(), series.slots.sum(window, sec)))
+                            .map(|(id, series)| (id, series.slots.sum(window, sec)))
                             .collect();
-                        for ((service, version), part) in attribute(&sums) {
-                            let v = acc
-                                .entry((service.to_owned(), version.to_owned()))
-                                .or_default();
-                            v.window(window).add(&part, period);
+                        for (id, part) in attribute(&sums) {
+                            acc.entry(id).or_default().window(window).add(&part, period);
                         }
                     }
-                    for (name, series) in &b.clusters {
-                        let Some(ClusterName::Version { service, version }) =
-                            ClusterName::parse(name)
-                        else {
+                    for (id, series) in &b.clusters {
+                        let ClusterRef::Version(id) = id else {
                             continue;
                         };
                         if series.gauges_flush + 1 < b.flush {
                             continue;
                         }
-                        let v = acc
-                            .entry((service.to_owned(), version.to_owned()))
-                            .or_default();
+                        let v = acc.entry(id.clone()).or_default();
                         let g = &series.gauges;
                         v.envoys.insert(s.node.id.clone());
                         v.in_flight += g.in_flight;
@@ -425,15 +418,8 @@ impl Aggregator {
                     }
                 }
                 Body::Load(b) => {
-                    for (name, endpoints) in &b.clusters {
-                        let Some(ClusterName::Version { service, version }) =
-                            ClusterName::parse(name)
-                        else {
-                            continue;
-                        };
-                        let v = acc
-                            .entry((service.to_owned(), version.to_owned()))
-                            .or_default();
+                    for (id, endpoints) in &b.clusters {
+                        let v = acc.entry(id.clone()).or_default();
                         for (address, series) in endpoints {
                             let e = v.endpoints.entry(address.clone()).or_default();
                             e.in_flight += series.in_progress;
@@ -461,7 +447,7 @@ impl Aggregator {
             dropped: self.dropped,
             ..Default::default()
         };
-        for ((service, version), v) in acc {
+        for (ClusterId { service, version }, v) in acc {
             report
                 .services
                 .entry(service)
@@ -529,15 +515,11 @@ impl Aggregator {
                 continue;
             }
             node.load_reporting = true;
-            for (name, endpoints) in &b.clusters {
-                let Some(ClusterName::Version { service, version }) = ClusterName::parse(name)
-                else {
-                    continue;
-                };
+            for (id, endpoints) in &b.clusters {
                 for (address, series) in endpoints.iter().filter(|(_, e)| e.in_progress > 0) {
                     node.endpoints.push(EndpointInFlight {
-                        service: service.to_owned(),
-                        version: version.to_owned(),
+                        service: id.service.clone(),
+                        version: id.version.clone(),
                         address: address.clone(),
                         requests: series.in_progress,
                     });
@@ -589,35 +571,30 @@ impl Part {
 /// the rest to the fallback. So an aggregate's router figures are split in the proportion in
 /// which its versions took its requests: the primary took its connection-pool streams minus the
 /// requests routed to it directly; the fallback took the rest.
-fn attribute<'a>(sums: &BTreeMap<&'a str, Sample>) -> Vec<((&'a str, &'a str), Part)> {
+fn attribute(sums: &BTreeMap<&ClusterRef, Sample>) -> Vec<(ClusterId, Part)> {
     let mut out = Vec::new();
-    // Requests routed through aggregates, by (service, primary).
-    let mut through: BTreeMap<(&str, &str), f64> = BTreeMap::new();
-    for (name, s) in sums {
-        match ClusterName::parse(name) {
-            Some(ClusterName::Version { service, version }) => {
+    // Requests routed through aggregates, by primary.
+    let mut through: BTreeMap<ClusterId, f64> = BTreeMap::new();
+    for (id, s) in sums {
+        match id {
+            ClusterRef::Version(id) => {
                 let mut part = Part::routed(s, 1.0);
                 part.resets = s.counters.resets as f64;
                 part.connect_failures = s.counters.connect_failures as f64;
-                out.push(((service, version), part));
+                out.push((id.clone(), part));
             }
-            Some(ClusterName::Fallback {
-                service, primary, ..
-            }) => *through.entry((service, primary)).or_default() += s.counters.completed() as f64,
-            None => {}
+            ClusterRef::Fallback(f) => {
+                *through.entry(f.primary()).or_default() += s.counters.completed() as f64;
+            }
         }
     }
-    for (name, s) in sums {
-        let Some(ClusterName::Fallback {
-            service,
-            primary,
-            fallback,
-        }) = ClusterName::parse(name)
-        else {
+    for (id, s) in sums {
+        let ClusterRef::Fallback(f) = id else {
             continue;
         };
-        let total = through.get(&(service, primary)).copied().unwrap_or(0.0);
-        let share = match sums.get(format!("{service}/{primary}").as_str()) {
+        let primary = f.primary();
+        let total = through.get(&primary).copied().unwrap_or(0.0);
+        let share = match sums.get(&ClusterRef::Version(primary.clone())) {
             Some(p) if total > 0.0 => {
                 let direct = p.counters.completed() as f64;
                 ((p.counters.attempts as f64 - direct) / total).clamp(0.0, 1.0)
@@ -625,9 +602,9 @@ fn attribute<'a>(sums: &BTreeMap<&'a str, Sample>) -> Vec<((&'a str, &'a str), P
             // Without figures of the primary, assume it served: it does while it is healthy.
             _ => 1.0,
         };
-        out.push(((service, primary), Part::routed(s, share)));
+        out.push((primary, Part::routed(s, share)));
         if share < 1.0 {
-            out.push(((service, fallback), Part::routed(s, 1.0 - share)));
+            out.push((f.secondary(), Part::routed(s, 1.0 - share)));
         }
     }
     out

@@ -23,8 +23,8 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::core::v3::{address, socket_address::PortSpecifier};
 use envoy_types::pb::envoy::service::load_stats::v3::{LoadStatsRequest, LoadStatsResponse};
 
-use super::names::ClusterName;
 use super::stats::MAX_CLUSTER_NAME;
+use crate::ids::{ClusterId, ClusterRef};
 
 /// How often Envoy reports: often enough that in-flight counts are live for `wait drained`,
 /// rarely enough to cost nothing (one small message per second per Envoy).
@@ -55,10 +55,10 @@ pub struct LoadReport {
     pub wire_bytes: usize,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterLoad {
-    /// `<service>/<version>`; aggregate clusters have no endpoints and are not reported.
-    pub name: String,
+    /// Aggregate clusters have no endpoints and are not reported.
+    pub cluster: ClusterId,
     pub endpoints: Vec<EndpointLoad>,
 }
 
@@ -89,11 +89,12 @@ pub fn parse(req: &LoadStatsRequest) -> LoadReport {
             out.period = Some(out.period.map_or(p, |q| q.max(p)));
         }
         let name = &cluster.cluster_name;
-        if name.len() > MAX_CLUSTER_NAME
-            || !matches!(ClusterName::parse(name), Some(ClusterName::Version { .. }))
-        {
+        if name.len() > MAX_CLUSTER_NAME {
             continue;
         }
+        let Some(ClusterRef::Version(id)) = ClusterRef::parse(name) else {
+            continue;
+        };
         // The same endpoint in two localities or priorities is one endpoint.
         let mut endpoints = std::collections::BTreeMap::<String, EndpointLoad>::new();
         for locality in &cluster.upstream_locality_stats {
@@ -114,7 +115,7 @@ pub fn parse(req: &LoadStatsRequest) -> LoadReport {
             }
         }
         let load = ClusterLoad {
-            name: name.clone(),
+            cluster: id,
             endpoints: endpoints.into_values().collect(),
         };
         out.clusters.push(load);
@@ -226,7 +227,7 @@ mod tests {
             report.clusters,
             [
                 ClusterLoad {
-                    name: "checkout/v1".into(),
+                    cluster: ClusterId::new("checkout", "v1"),
                     endpoints: vec![EndpointLoad {
                         address: "127.0.0.1:8081".into(),
                         issued: 6,
@@ -236,7 +237,7 @@ mod tests {
                     }],
                 },
                 ClusterLoad {
-                    name: "checkout/v2".into(),
+                    cluster: ClusterId::new("checkout", "v2"),
                     endpoints: vec![EndpointLoad {
                         address: "[::1]:8082".into(),
                         issued: 1,

@@ -13,7 +13,6 @@
 
 pub mod aggregate;
 pub mod lrs;
-pub mod names;
 pub mod report;
 pub mod server;
 pub mod stats;
@@ -23,7 +22,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 pub use aggregate::{Aggregator, Limits, NodeKey, Source, StreamId, TooManyStreams};
-pub use names::ClusterName;
 pub use report::{InFlight, TelemetryReport};
 
 /// The shared handle: the gRPC services write to it, the admin API and status read it. Cheap

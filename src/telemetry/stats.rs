@@ -22,9 +22,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::metrics::v3::StreamMetricsMessage;
-use envoy_types::pb::io::prometheus::client::{Metric, MetricFamily};
+use envoy_types::pb::io::prometheus::client::Metric;
 
-use super::names::ClusterName;
+use crate::ids::ClusterRef;
 
 /// Longest cluster name worth reading: two 64-character names, `/`, `~` and another name.
 pub const MAX_CLUSTER_NAME: usize = 3 * 64 + 2;
@@ -252,8 +252,8 @@ pub struct StatsFlush {
     /// When Envoy took the snapshot (milliseconds since the Unix epoch); every metric of one
     /// flush carries the same, also when Envoy splits a flush into batches (`batch_size`).
     pub snapshot_ms: Option<i64>,
-    /// By Envoy cluster name; only names [`ClusterName::parse`] accepts.
-    pub clusters: BTreeMap<String, ClusterStats>,
+    /// By cluster; only the clusters cutover makes.
+    pub clusters: BTreeMap<ClusterRef, ClusterStats>,
     /// Metric families in the message, read or not, and its encoded size: what the sink costs.
     pub families: usize,
     pub wire_bytes: usize,
@@ -267,6 +267,8 @@ pub fn parse(msg: &StreamMetricsMessage) -> StatsFlush {
         wire_bytes: prost::Message::encoded_len(msg),
         ..Default::default()
     };
+    // By name while reading: each name is read back into an id once, not once per stat.
+    let mut by_name: BTreeMap<&str, ClusterStats> = BTreeMap::new();
     for family in &msg.envoy_metrics {
         let Some((cluster, stat)) = family.name.as_deref().and_then(cluster_stat) else {
             continue;
@@ -275,10 +277,13 @@ pub fn parse(msg: &StreamMetricsMessage) -> StatsFlush {
             if out.snapshot_ms.is_none() {
                 out.snapshot_ms = metric.timestamp_ms;
             }
-            let entry = out.clusters.entry(cluster.to_owned()).or_default();
-            record(entry, stat, family, metric);
+            record(by_name.entry(cluster).or_default(), stat, metric);
         }
     }
+    out.clusters = by_name
+        .into_iter()
+        .filter_map(|(name, stats)| Some((ClusterRef::parse(name)?, stats)))
+        .collect();
     out
 }
 
@@ -290,7 +295,7 @@ fn cluster_stat(name: &str) -> Option<(&str, Stat)> {
         let cluster = rest.strip_suffix(suffix)?.strip_suffix('.')?;
         (cluster.len() <= MAX_CLUSTER_NAME
             && !has_envoy_infix(cluster)
-            && ClusterName::parse(cluster).is_some())
+            && ClusterRef::parse(cluster).is_some())
         .then_some((cluster, *stat))
     })
 }
@@ -307,7 +312,7 @@ fn has_envoy_infix(cluster: &str) -> bool {
     }) || cluster.contains(".zone.")
 }
 
-fn record(entry: &mut ClusterStats, stat: Stat, _family: &MetricFamily, metric: &Metric) {
+fn record(entry: &mut ClusterStats, stat: Stat, metric: &Metric) {
     let counter = || metric.counter.as_ref().and_then(|c| c.value).map(whole);
     let gauge = || metric.gauge.as_ref().and_then(|g| g.value).map(whole);
     let c = &mut entry.counters;
@@ -451,6 +456,7 @@ mod tests {
     use super::*;
     use envoy_types::pb::envoy::config::core::v3::Node;
     use envoy_types::pb::envoy::service::metrics::v3::stream_metrics_message::Identifier;
+    use envoy_types::pb::io::prometheus::client::MetricFamily;
 
     fn message(families: Vec<MetricFamily>) -> StreamMetricsMessage {
         StreamMetricsMessage {
@@ -508,11 +514,12 @@ mod tests {
             counter("cluster.a/b/c.upstream_rq_5xx", 1.0, ts),
         ]));
         assert_eq!(flush.snapshot_ms, Some(ts));
+        let id = |name| ClusterRef::parse(name).unwrap();
         assert_eq!(
-            flush.clusters.keys().collect::<Vec<_>>(),
-            ["checkout/v1.2", "checkout/v2~v1.2"]
+            flush.clusters.keys().cloned().collect::<Vec<_>>(),
+            [id("checkout/v1.2"), id("checkout/v2~v1.2")]
         );
-        let v1 = &flush.clusters["checkout/v1.2"];
+        let v1 = &flush.clusters[&id("checkout/v1.2")];
         assert_eq!(
             v1.counters,
             Counters {
@@ -527,7 +534,7 @@ mod tests {
             (v1.in_flight, v1.healthy, v1.members, v1.ejected),
             (Some(4), Some(1), Some(2), Some(1))
         );
-        let agg = &flush.clusters["checkout/v2~v1.2"];
+        let agg = &flush.clusters[&id("checkout/v2~v1.2")];
         assert_eq!(agg.counters.timeouts, 4);
         let latency = agg.latency.as_ref().expect("the histogram is read");
         assert_eq!(
@@ -553,7 +560,7 @@ mod tests {
                 ..Default::default()
             },
         ]));
-        let c = flush.clusters["s/v"].counters;
+        let c = flush.clusters[&ClusterRef::parse("s/v").unwrap()].counters;
         assert_eq!(c.classes, [0, 0, 0, u64::MAX, 0]);
         assert_eq!(c.completed(), u64::MAX, "saturates");
     }

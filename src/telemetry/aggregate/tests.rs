@@ -75,7 +75,7 @@ fn flush(second: u64, clusters: &[(&str, ClusterStats)]) -> StatsFlush {
         snapshot_ms: Some(1_700_000_000_000 + 1000 * second as i64),
         clusters: clusters
             .iter()
-            .map(|(n, c)| ((*n).to_owned(), c.clone()))
+            .map(|(n, c)| (ClusterRef::parse(n).expect("a cluster name"), c.clone()))
             .collect(),
         families: 10 * clusters.len(),
         wire_bytes: 100,
@@ -386,7 +386,7 @@ fn a_cluster_envoy_removed_goes_once_nothing_of_it_is_in_a_window() {
     let r = agg.report(clock.at(69.6));
     assert!(!r.services["checkout"].contains_key("v2"));
     let Body::Stats(b) = &agg.streams[&s].body else {
-        unreachable!()
+        panic!("a stats stream")
     };
     assert_eq!(b.clusters.len(), 1, "forgotten inside too");
 }
@@ -447,8 +447,11 @@ fn caps_count_what_they_drop() {
 
 /// (address, succeeded, failed, in progress)
 fn cluster_load(name: &str, endpoints: &[(&str, u64, u64, u64)]) -> ClusterLoad {
+    let Some(ClusterRef::Version(cluster)) = ClusterRef::parse(name) else {
+        panic!("{name} is no version cluster");
+    };
     ClusterLoad {
-        name: name.to_owned(),
+        cluster,
         endpoints: endpoints
             .iter()
             .map(|(address, succeeded, failed, in_progress)| EndpointLoad {
