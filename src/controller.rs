@@ -234,6 +234,9 @@ impl Controller {
                     return Ok(());
                 }
             }
+            // What just happened may need no Envoy to answer (none is connected, or the change
+            // left their configs as they were): waiting for their next change would wait forever.
+            self.check_answered();
             self.save();
         }
     }
