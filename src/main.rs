@@ -81,9 +81,10 @@ enum Command {
         /// The Envoy node cluster (defaults to the node id).
         #[arg(long)]
         node_cluster: Option<String>,
-        /// cutover's ADS address, as Envoy reaches it.
+        /// cutover's ADS address, as Envoy reaches it: IP:PORT, or HOST:PORT (e.g. cutover:18000)
+        /// that Envoy resolves with DNS.
         #[arg(long, default_value = "127.0.0.1:18000")]
-        ads: SocketAddr,
+        ads: cutover::spec::EndpointAddress,
         /// Address for Envoy's own admin interface (keep it on loopback).
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,

@@ -14,14 +14,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use super::{deployed_versions, fallbacks};
 use crate::ids::{ClusterId, FallbackId};
-use crate::spec::{Endpoint, Policy, Spec, Strategy};
+use crate::spec::{Endpoint, EndpointAddress, Policy, Spec, Strategy};
 
 /// A wall-clock instant with millisecond precision, written as RFC 3339 in the state file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -132,9 +131,9 @@ impl Retiring {
 pub struct RuntimeState {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub retiring: BTreeMap<ClusterId, Retiring>,
-    /// By cluster, then by address.
+    /// By cluster, then by address (an IP address or a name, written as in the file).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub draining: BTreeMap<ClusterId, BTreeMap<SocketAddr, DrainingEndpoint>>,
+    pub draining: BTreeMap<ClusterId, BTreeMap<EndpointAddress, DrainingEndpoint>>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub removed: BTreeMap<ClusterId, RemovedVersion>,
     /// Aggregate clusters no route sends to any more, kept until the deadline.
@@ -262,8 +261,8 @@ impl RuntimeState {
                         });
                     }
                     Some(version) => {
-                        let present: BTreeSet<SocketAddr> =
-                            version.endpoints.iter().map(|e| e.address).collect();
+                        let present: BTreeSet<&EndpointAddress> =
+                            version.endpoints.iter().map(|e| &e.address).collect();
                         for e in endpoints {
                             if !present.contains(&e.address) {
                                 self.draining
@@ -302,8 +301,8 @@ impl RuntimeState {
         self.removed.retain(|id, _| in_file(id).is_none());
         self.draining.retain(|id, endpoints| {
             if let Some(version) = in_file(id) {
-                let present: BTreeSet<SocketAddr> =
-                    version.endpoints.iter().map(|e| e.address).collect();
+                let present: BTreeSet<&EndpointAddress> =
+                    version.endpoints.iter().map(|e| &e.address).collect();
                 endpoints.retain(|addr, _| !present.contains(addr));
             } else if !self.removed.contains_key(id) {
                 endpoints.clear();

@@ -664,7 +664,7 @@ impl Drop for Cutover {
 }
 
 /// The bootstrap `cutover bootstrap` prints for this node, with Envoy's admin on a free port.
-pub fn bootstrap(node_id: &str, ads: SocketAddr) -> String {
+pub fn bootstrap(node_id: &str, ads: impl std::fmt::Display) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
         .args(["bootstrap", "--node-id", node_id, "--ads"])
         .arg(ads.to_string())
@@ -705,6 +705,18 @@ impl Envoy {
         dir: &Path,
         node_id: &str,
         ads: SocketAddr,
+        listener: SocketAddr,
+    ) -> Envoy {
+        Envoy::start_with_ads(bin, dir, node_id, &ads.to_string(), listener).await
+    }
+
+    /// [`Envoy::start`] with cutover's ADS address as `cutover bootstrap --ads` takes it: an
+    /// IP address or a name Envoy resolves.
+    pub async fn start_with_ads(
+        bin: &Path,
+        dir: &Path,
+        node_id: &str,
+        ads: &str,
         listener: SocketAddr,
     ) -> Envoy {
         let config = dir.join(format!("envoy-{node_id}.yaml"));
