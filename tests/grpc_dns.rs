@@ -203,3 +203,56 @@ async fn routes_to_a_new_dns_cluster_follow_its_cds_ack_without_eds() {
     .await
     .expect("node in sync within 5 s");
 }
+
+/// When every cluster is a DNS cluster, Envoy never subscribes to endpoints at all: the
+/// listeners and routes follow the CDS ACK alone (the compose demo's case).
+#[tokio::test]
+async fn a_client_with_only_dns_clusters_gets_its_routes_without_ever_asking_for_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("deploy.yaml");
+    std::fs::write(
+        &file,
+        BLUE_ONLY.replace("127.0.0.1:8081", "blue.internal:8080"),
+    )
+    .unwrap();
+    let server = app::start(ServeOptions {
+        file,
+        ads: "127.0.0.1:0".parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        drain_period: Duration::from_secs(5),
+        admin_token: None,
+        state_file: None,
+    })
+    .await
+    .expect("server starts");
+
+    let mut client = Client::connect(server.ads_addr).await;
+    client.send(CDS, "", "", &[]).await;
+    client.send(LDS, "", "", &[]).await;
+    let cds = client.recv().await;
+    assert_eq!(cds.type_url, CDS);
+    assert!(clusters(&cds)[0].load_assignment.is_some());
+    client
+        .expect_nothing("listeners were sent before the clusters were ACKed")
+        .await;
+    client.ack(&cds, &[]).await;
+    let lds = client.recv().await;
+    assert_eq!(
+        lds.type_url, LDS,
+        "the listeners follow the CDS ACK with no EDS subscription"
+    );
+    client.send(RDS, "", "", &["public"]).await;
+    client.ack(&lds, &[]).await;
+    let rds = client.recv().await;
+    assert_eq!(route_cluster(&rds), "checkout/blue");
+    client.ack(&rds, &["public"]).await;
+
+    let mut changes = server.clients.changes();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while server.clients.in_sync_count() != (1, 1) {
+            changes.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("node in sync within 5 s (nothing expected for EDS)");
+}
