@@ -15,6 +15,7 @@ pub mod app;
 pub mod bootstrap;
 pub mod cli;
 pub mod controller;
+pub mod demo;
 pub mod ids;
 pub mod metrics;
 pub mod node;

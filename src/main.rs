@@ -119,6 +119,10 @@ enum Command {
         /// The deployment file as it would be.
         new: PathBuf,
     },
+    /// Run the demo's upstream application: answers every request with its version and colour,
+    /// /health with 200, and can be told to fail or slow down (POST /fail?percent=N, POST
+    /// /slow?ms=N). Prints the address it listens on.
+    DemoUpstream(cutover::demo::upstream::Options),
     /// Print the JSON Schema of the deployment file, for editor completion and help.
     ///
     /// The repository keeps it as deploy.schema.json; regenerate it with
@@ -247,6 +251,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status { admin, json, watch } => status(admin, json, watch),
         Command::Diff { old, new } => Ok(diff(&old, &new)),
+        Command::DemoUpstream(opts) => {
+            init_tracing(LogFormat::Text);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(async {
+                let upstream = cutover::demo::upstream::Upstream::start(&opts).await?;
+                println!("listening on {}", upstream.addr);
+                upstream.run_until(shutdown_signal()).await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Schema => {
             print!("{}", cli::schema::deployment_schema_text());
             Ok(ExitCode::SUCCESS)
