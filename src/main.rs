@@ -123,6 +123,12 @@ enum Command {
     /// /health with 200, and can be told to fail or slow down (POST /fail?percent=N, POST
     /// /slow?ms=N). Prints the address it listens on.
     DemoUpstream(cutover::demo::upstream::Options),
+    /// The Docker Compose demo without Docker: Envoy, cutover and the demo upstreams as local
+    /// processes on loopback, with live bars of the requests each version answers.
+    ///
+    /// Edit the deployment file it prints (a copy of examples/demo.yaml for loopback) in another
+    /// window and watch the bars move. Ctrl-C stops every process it started.
+    Demo(cutover::demo::twin::Options),
     /// Print the JSON Schema of the deployment file, for editor completion and help.
     ///
     /// The repository keeps it as deploy.schema.json; regenerate it with
@@ -262,6 +268,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("listening on {}", upstream.addr);
                 upstream.run_until(shutdown_signal()).await
             })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(opts) => {
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(cutover::demo::twin::run(opts, shutdown_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {

@@ -171,6 +171,13 @@ fn compose_file_deployment_file_and_bootstrap_agree() {
     }
     upstreams.sort();
     assert_eq!(upstreams, ["blue", "broken", "canary", "green"]);
+    // `cutover demo` starts the same upstreams on loopback.
+    for (name, colour, fail) in cutover::demo::twin::UPSTREAMS {
+        let command = strings(&services[name]["command"]);
+        assert_eq!(flag(&command, "colour").as_deref(), Some(colour), "{name}");
+        let compose_fail = flag(&command, "fail-percent").unwrap_or_else(|| "0".into());
+        assert_eq!(compose_fail, fail.to_string(), "{name}");
+    }
     for (service, s) in &spec.services {
         for (version, v) in &s.versions {
             for e in &v.endpoints {
