@@ -195,3 +195,145 @@ fn compose_file_deployment_file_and_bootstrap_agree() {
         assert_eq!(services[name]["build"], ".", "{name}");
     }
 }
+
+fn manifests(path: &str) -> Vec<Value> {
+    serde_saphyr::from_multiple(&repo_file(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn kind<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+/// deploy/kubernetes: the manifests parse, and names, ports and paths agree with each other, with
+/// the deployment file they carry and with `cutover bootstrap`.
+#[test]
+fn kubernetes_manifests_agree_with_each_other_and_with_cutover_bootstrap() {
+    let cutover_docs = manifests("deploy/kubernetes/cutover.yaml");
+    let envoy_docs = manifests("deploy/kubernetes/envoy.yaml");
+    for d in cutover_docs.iter().chain(&envoy_docs) {
+        assert!(d["apiVersion"].is_string() && d["kind"].is_string(), "{d}");
+    }
+
+    // cutover: serves the ConfigMap's file, mounted as a directory, state on a writable volume.
+    let config = kind(&cutover_docs, "ConfigMap", "cutover-deployment");
+    let file_text = config["data"]["deploy.yaml"].as_str().unwrap();
+    let spec =
+        cutover::spec::parse("deploy.yaml", file_text).expect("the ConfigMap's file is valid");
+    let deployment = kind(&cutover_docs, "Deployment", "cutover");
+    let pod = &deployment["spec"]["template"];
+    assert_eq!(
+        deployment["spec"]["selector"]["matchLabels"],
+        pod["metadata"]["labels"]
+    );
+    let container = &pod["spec"]["containers"][0];
+    let args = strings(&container["args"]);
+    assert_eq!(args[0], "serve");
+    let mounts = container["volumeMounts"].as_array().unwrap();
+    let mount_of = |volume: &str| {
+        mounts
+            .iter()
+            .find(|m| m["name"] == volume)
+            .unwrap_or_else(|| panic!("no mount of {volume}"))
+    };
+    let volumes = pod["spec"]["volumes"].as_array().unwrap();
+    let volume = |name: &str| volumes.iter().find(|v| v["name"] == name).unwrap();
+    assert_eq!(
+        volume("deployment")["configMap"]["name"],
+        "cutover-deployment"
+    );
+    let file_mount = mount_of("deployment");
+    assert!(
+        file_mount["subPath"].is_null(),
+        "a subPath mount never sees ConfigMap updates"
+    );
+    assert_eq!(
+        args[1],
+        format!("{}/deploy.yaml", file_mount["mountPath"].as_str().unwrap())
+    );
+    let state = flag(&args, "state").expect("--state");
+    let state_dir = mount_of("state")["mountPath"].as_str().unwrap();
+    assert!(
+        state.starts_with(&format!("{state_dir}/")),
+        "{state} not on the state volume"
+    );
+    assert!(volume("state")["emptyDir"].is_object());
+    let port_named = |c: &Value, name: &str| {
+        c["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["containerPort"].as_u64())
+            .unwrap_or_else(|| panic!("no port {name}"))
+    };
+    let ads_port = port_named(container, "ads");
+    assert_eq!(flag(&args, "ads"), Some(format!("0.0.0.0:{ads_port}")));
+    let admin_port = port_named(container, "admin");
+    assert_eq!(flag(&args, "admin"), Some(format!("0.0.0.0:{admin_port}")));
+
+    // The Service Envoy reaches it by.
+    let service = kind(&cutover_docs, "Service", "cutover");
+    assert_eq!(service["spec"]["selector"], pod["metadata"]["labels"]);
+    let ads = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["targetPort"] == "ads")
+        .expect("an ADS port on the Service");
+
+    // Envoy: its bootstrap is what `cutover bootstrap` prints for that Service.
+    let bootstrap_map = kind(&envoy_docs, "ConfigMap", "envoy-bootstrap");
+    let bootstrap_text = bootstrap_map["data"]["front.yaml"].as_str().unwrap();
+    let expected_command = format!(
+        "bootstrap --node-id front --ads cutover:{} --admin 127.0.0.1:9901",
+        ads["port"]
+    );
+    let printed = cutover(&expected_command.split_whitespace().collect::<Vec<_>>());
+    assert_eq!(
+        bootstrap_text, printed,
+        "regenerate with `cutover {expected_command}`"
+    );
+    assert!(
+        repo_file("deploy/kubernetes/envoy.yaml")
+            .contains(&format!("#   cutover {expected_command}")),
+        "the ConfigMap's comment names the command"
+    );
+    let bootstrap = yaml(bootstrap_text);
+    assert_eq!(
+        ads_of(&bootstrap),
+        (
+            service["metadata"]["name"].as_str().unwrap().to_owned(),
+            ads["port"].as_u64().unwrap()
+        )
+    );
+    let envoy = kind(&envoy_docs, "Deployment", "envoy");
+    let epod = &envoy["spec"]["template"];
+    assert_eq!(
+        envoy["spec"]["selector"]["matchLabels"],
+        epod["metadata"]["labels"]
+    );
+    let econtainer = &epod["spec"]["containers"][0];
+    let version = repo_file("scripts/test")
+        .lines()
+        .find_map(|l| l.strip_prefix("ENVOY_VERSION="))
+        .unwrap()
+        .to_owned();
+    assert_eq!(econtainer["image"], format!("envoyproxy/envoy:v{version}"));
+    let eargs = strings(&econtainer["args"]);
+    let emount = &econtainer["volumeMounts"][0];
+    let evolume = &epod["spec"]["volumes"][0];
+    assert_eq!(emount["name"], evolume["name"]);
+    assert_eq!(evolume["configMap"]["name"], "envoy-bootstrap");
+    assert_eq!(
+        eargs[eargs.iter().position(|a| a == "-c").unwrap() + 1],
+        format!("{}/front.yaml", emount["mountPath"].as_str().unwrap())
+    );
+    // Envoy's port is the deployment file's listener, and its Service targets it.
+    let http = port_named(econtainer, "http");
+    assert_eq!(u64::from(spec.listeners[0].address.port()), http);
+    let eservice = kind(&envoy_docs, "Service", "envoy");
+    assert_eq!(eservice["spec"]["selector"], epod["metadata"]["labels"]);
+    assert_eq!(eservice["spec"]["ports"][0]["targetPort"], "http");
+}
