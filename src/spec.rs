@@ -4,6 +4,7 @@
 //! returns *every* problem at once, each with its `file:line:column`. Nothing downstream re-checks
 //! what is validated here. This module does no I/O: callers hand it the file's text and name.
 
+mod address;
 mod policy;
 mod raw;
 mod validate;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use address::{AddressError, EndpointAddress, HostPort};
 /// The file as written, before validation: its JSON Schema is the file's (`cutover schema`).
 pub use raw::RawSpec;
 pub use validate::parse;
@@ -383,7 +385,8 @@ pub struct Version {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
-    pub address: SocketAddr,
+    /// An IP address, or a name Envoy resolves (the version becomes a DNS cluster).
+    pub address: EndpointAddress,
     /// Relative load-balancing weight (weighted round robin); `None` is Envoy's default of 1.
     pub weight: Option<u32>,
     /// Sent as `DRAINING`: no new requests, in-flight ones finish.
