@@ -72,8 +72,8 @@ pub struct Inputs {
     /// Read the file now, even if its content looks unchanged.
     pub reload: mpsc::Receiver<()>,
     pub commands: mpsc::Receiver<CommandRequest>,
-    /// Closed (the sender dropped) or signalled: save the state and stop.
-    pub shutdown: watch::Receiver<()>,
+    /// Set to `true` or closed (the sender dropped): save the state and stop.
+    pub shutdown: watch::Receiver<bool>,
 }
 
 /// Starts the controller on its own thread. Returns once the file has been read for the first

@@ -134,6 +134,8 @@ async fn start_with(dir: &tempfile::TempDir, text: &str) -> app::Server {
         drain_period: Duration::from_secs(5),
         admin_token: None,
         state_file: None,
+        allow_nodes: Vec::new(),
+        wait_for_file: false,
     })
     .await
     .expect("server starts")
@@ -291,16 +293,23 @@ async fn not_ready_until_a_valid_file_is_loaded() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("deploy.yaml");
     std::fs::write(&file, "listeners: []\n").unwrap();
-    let server = app::start(ServeOptions {
+    let options = |wait_for_file| ServeOptions {
         file: file.clone(),
         ads: "127.0.0.1:0".parse().unwrap(),
         admin: "127.0.0.1:0".parse().unwrap(),
         drain_period: Duration::from_secs(5),
         admin_token: None,
         state_file: None,
-    })
-    .await
-    .unwrap();
+        allow_nodes: Vec::new(),
+        wait_for_file,
+    };
+    // Without --wait-for-file, an invalid file is a failed start that says why and what to do.
+    let err = app::start(options(false)).await.unwrap_err().to_string();
+    assert!(
+        err.contains("deploy.yaml:1:1") && err.contains("--wait-for-file"),
+        "{err}"
+    );
+    let server = app::start(options(true)).await.unwrap();
     let readyz = format!("http://{}/readyz", server.admin_addr);
     assert_eq!(reqwest::get(&readyz).await.unwrap().status(), 503);
     std::fs::write(&file, DEPLOY).unwrap();
@@ -391,6 +400,8 @@ async fn red_black_retires_the_old_version_only_after_every_envoy_acked_and_the_
         drain_period: Duration::from_secs(5),
         admin_token: None,
         state_file: None,
+        allow_nodes: Vec::new(),
+        wait_for_file: false,
     })
     .await
     .unwrap();
@@ -726,6 +737,8 @@ async fn start_with_state(dir: &tempfile::TempDir, text: &str, state: PathBuf) -
         drain_period: Duration::from_secs(5),
         admin_token: None,
         state_file: Some(state),
+        allow_nodes: Vec::new(),
+        wait_for_file: false,
     })
     .await
     .expect("server starts")
@@ -812,5 +825,62 @@ async fn a_request_over_the_size_limit_is_refused_with_a_status_that_says_so() {
     assert!(
         status.message().contains("too large") && status.message().contains("bytes"),
         "{status:?}"
+    );
+}
+
+#[tokio::test]
+async fn only_allowed_node_ids_get_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("deploy.yaml");
+    std::fs::write(&file, DEPLOY).unwrap();
+    let server = app::start(ServeOptions {
+        file,
+        ads: "127.0.0.1:0".parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        drain_period: Duration::from_secs(5),
+        admin_token: None,
+        state_file: None,
+        allow_nodes: vec!["edge-*".into(), "grpc-t?st".into()],
+        wait_for_file: false,
+    })
+    .await
+    .unwrap();
+    // `grpc-test` (what Client::send names itself) matches `grpc-t?st`.
+    let mut allowed = Client::connect(server.ads_addr).await;
+    allowed.send(CDS, "", "", &[]).await;
+    assert_eq!(allowed.recv().await.type_url, CDS);
+
+    let mut refused = Client::connect(server.ads_addr).await;
+    refused
+        .send_req(DiscoveryRequest {
+            type_url: CDS.into(),
+            node: Some(Node {
+                id: "intruder".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await;
+    let status = tokio::time::timeout(Duration::from_secs(5), refused.rx.message())
+        .await
+        .unwrap()
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("\"intruder\""), "{status:?}");
+    assert!(
+        app::start(ServeOptions {
+            file: dir.path().join("deploy.yaml"),
+            ads: "127.0.0.1:0".parse().unwrap(),
+            admin: "127.0.0.1:0".parse().unwrap(),
+            drain_period: Duration::from_secs(5),
+            admin_token: None,
+            state_file: None,
+            allow_nodes: vec!["[".into()],
+            wait_for_file: false,
+        })
+        .await
+        .unwrap_err()
+        .to_string()
+        .contains("invalid --allow-node pattern \"[\"")
     );
 }
