@@ -507,7 +507,9 @@ impl Stream {
                 Some(desired)
             }
             ResourceType::Listener | ResourceType::Route => {
-                self.clusters_ready_cached(snap).then_some(desired)
+                // Only a client that may be routing traffic waits for its clusters.
+                (!order::may_be_routing(self) || self.clusters_ready_cached(snap))
+                    .then_some(desired)
             }
         }
     }
@@ -564,6 +566,10 @@ impl order::Holdings for Stream {
 
     fn pending(&self, ty: ResourceType) -> Option<&BTreeMap<String, Resource>> {
         self.types[ty.index()].sent.as_ref().map(|h| &*h.resources)
+    }
+
+    fn reported(&self, ty: ResourceType) -> bool {
+        self.types[ty.index()].reported.is_some()
     }
 }
 
