@@ -95,8 +95,11 @@ pub fn routing_settled(snap: &Snapshot, client: &impl Holdings) -> bool {
         .into_iter()
         .all(|ty| {
             if !client.subscribed(ty) {
-                // Never asked for: nothing of this type is in effect.
-                return true;
+                // Never asked for on this stream: nothing of this type is in effect, unless the
+                // client reconnected holding clusters. Then it may route with listeners and routes
+                // it has not listed again yet (a reconnecting client asks for each type anew, one
+                // request after the other), so what it holds stays until it has.
+                return !client.reported(ResourceType::Cluster);
             }
             if client.pending(ty).is_some() {
                 return false;
@@ -132,11 +135,17 @@ pub fn routing_may_be_sent(snap: &Snapshot, client: &impl Holdings) -> bool {
     !may_be_routing(client) || clusters_ready(snap, client)
 }
 
-/// Whether the client has ACKed every cluster of the snapshot and the endpoints of each.
+/// Whether the client has ACKed every cluster of the snapshot and the endpoints of each, with
+/// nothing of either in flight (a response in flight may still remove or redefine a cluster).
 ///
 /// A cluster without an endpoints resource (a DNS cluster carries its endpoints) needs only its
 /// CDS ACK, and a client whose clusters are all such never subscribes to endpoints at all.
 pub fn clusters_ready(snap: &Snapshot, client: &impl Holdings) -> bool {
+    if client.pending(ResourceType::Cluster).is_some()
+        || client.pending(ResourceType::Endpoint).is_some()
+    {
+        return false;
+    }
     let Some(cds) = client.acked(ResourceType::Cluster) else {
         // Nothing ACKed yet: ready only if the snapshot has no clusters at all.
         return snap.resources(ResourceType::Cluster).is_empty();
