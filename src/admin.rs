@@ -1,6 +1,6 @@
-//! The admin HTTP API: `GET /status` (JSON), `GET /config` (the resources being served),
-//! `GET /metrics` (Prometheus), `GET /telemetry` (JSON), `GET /healthz`, `GET /readyz`, and
-//! `POST /reload`.
+//! The admin HTTP API: `GET /status` (JSON, with the live figures), `GET /config` (the
+//! resources being served), `GET /metrics` (Prometheus), `GET /telemetry` (JSON), `GET
+//! /healthz`, `GET /readyz`, and `POST /reload`.
 //!
 //! Endpoints that change anything are refused unless the caller is on loopback or presents the
 //! configured bearer token (`--admin-token`), like the seed's `/termination` that only localhost
@@ -93,18 +93,14 @@ async fn require_authorized(
     }
 }
 
+/// The status with the live figures.
 async fn status(State(s): State<AdminState>) -> Json<crate::status::StatusReport> {
-    Json(s.status.report())
+    Json(s.status.live(&s.telemetry, std::time::Instant::now()).0)
 }
 
 /// What every Envoy reports, and which connected Envoys report nothing.
 async fn telemetry(State(s): State<AdminState>) -> Json<crate::telemetry::TelemetryReport> {
-    let connected = s.status.report().nodes;
-    Json(
-        s.telemetry
-            .report(std::time::Instant::now())
-            .with_connected(connected.iter().map(|n| n.id.as_str())),
-    )
+    Json(s.status.live(&s.telemetry, std::time::Instant::now()).1)
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {

@@ -512,6 +512,9 @@ fn service_reports(
                     .rollouts
                     .get(name)
                     .map(|r| rollout_report(r, &service.strategy, now)),
+                draining: crate::status::drains(planned, now),
+                // The live figures are added when the report is read.
+                ..Default::default()
             };
             (name.clone(), report)
         })
