@@ -143,8 +143,9 @@ async fn error_rate_and_latency_are_measured_per_version_through_the_canary_aggr
     assert_eq!(u(&v2["envoys"]), 1);
 }
 
-/// The observed split in `/status` is where the requests went, and `cutover status` prints it
-/// next to the configured split.
+/// The observed split in `/status` is where the requests went, `/metrics` exports it per
+/// version (and nothing for the aggregate cluster), and `cutover status` prints it next to the
+/// configured split.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_observed_split_in_status_and_metrics_is_where_requests_went() {
     let Some(envoy) = envoy_binary() else { return };
@@ -178,6 +179,24 @@ async fn the_observed_split_in_status_and_metrics_is_where_requests_went() {
     assert_eq!(observed["versions"]["v1"]["error_rate"], 0.0, "{observed}");
     assert_eq!(observed["versions"]["v2"]["healthy"], 1, "{observed}");
     assert!(observed["versions"].get("v2~v1").is_none(), "{observed}");
+
+    let metrics = s.cutover.metrics().await;
+    let sample = |name: &str, version: &str| {
+        let prefix = format!("{name}{{service=\"checkout\",version=\"{version}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in /metrics:\n{metrics}"))
+    };
+    assert!(sample("cutover_version_requests_per_second", "v2") > 0.0);
+    assert_eq!(sample("cutover_version_error_ratio", "v1"), 0.0);
+    assert!(sample("cutover_version_latency_p99_seconds", "v1") > 0.0);
+    assert_eq!(sample("cutover_version_healthy_endpoints", "v1"), 1.0);
+    assert!(
+        !metrics.contains("~"),
+        "no series for aggregate clusters:\n{metrics}"
+    );
 
     let admin = s.cutover.admin.to_string();
     let out = tokio::task::spawn_blocking(move || {
