@@ -1,4 +1,5 @@
-//! The admin HTTP API: `GET /status` (JSON, with the live figures), `GET /config` (the
+//! The admin HTTP API: the live dashboard at `GET /` with its event stream `GET /events` (see
+//! [`crate::dashboard`]), `GET /status` (JSON, with the live figures), `GET /config` (the
 //! resources being served), `GET /metrics` (Prometheus, per version too), `GET /telemetry`
 //! (JSON), `GET /healthz`, `GET /readyz`, `POST /reload` and the rollout commands.
 //!
@@ -18,6 +19,7 @@ use axum::routing::{get, post};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::controller::CommandRequest;
+use crate::dashboard::Feed;
 use crate::metrics::VersionFigures;
 use crate::reconcile::rollout::Command;
 use crate::render;
@@ -34,6 +36,8 @@ pub struct AdminState {
     /// Bearer token that allows mutating calls from other hosts.
     pub token: Option<String>,
     pub telemetry: crate::telemetry::Telemetry,
+    /// What the dashboard's event stream sends.
+    pub dashboard: Feed,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -52,7 +56,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .merge(mutating)
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(crate::dashboard::router(state.dashboard))
 }
 
 /// Whether a caller may change anything: it is on loopback, or it presents the bearer token.
@@ -311,18 +316,21 @@ mod tests {
         use tower::ServiceExt as _;
 
         let (reload, mut requests) = mpsc::channel(1);
+        let status = Arc::new(Status::new(
+            "deploy.yaml".into(),
+            Arc::new(crate::xds::clients::Clients::new(Default::default())),
+            watch::channel(None).1,
+            Default::default(),
+        ));
+        let telemetry = crate::telemetry::Telemetry::default();
         let state = AdminState {
-            status: Arc::new(Status::new(
-                "deploy.yaml".into(),
-                Arc::new(crate::xds::clients::Clients::new(Default::default())),
-                watch::channel(None).1,
-                Default::default(),
-            )),
+            status: status.clone(),
             published: watch::channel(None).1,
             reload,
             commands: mpsc::channel(1).0,
             token: Some("s3cret".into()),
-            telemetry: Default::default(),
+            telemetry: telemetry.clone(),
+            dashboard: Feed::new(status, telemetry).0,
         };
         let call = |peer: &str, token: Option<&str>| {
             let mut req = axum::http::Request::post("/reload");

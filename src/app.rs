@@ -15,6 +15,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::{self, AdminState};
 use crate::controller::{self, Inputs, Outputs, Settings};
+use crate::dashboard::Feed;
 use crate::metrics::Metrics;
 use crate::reconcile::rollout::Figures;
 use crate::reconcile::{self, Event, Plan, Previous, RuntimeState, Timestamp};
@@ -204,6 +205,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         .add_service(crate::xds::csds::server(clients.clone()))
         .add_service(telemetry.metrics_service())
         .add_service(telemetry.load_reporting_service());
+    let (dashboard, sampler) = Feed::new(status.clone(), telemetry.clone());
     let admin_router = admin::router(AdminState {
         status: status.clone(),
         published: published.clone(),
@@ -211,9 +213,14 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         commands: commands_tx,
         token: opts.admin_token.clone(),
         telemetry: telemetry.clone(),
+        dashboard,
     });
 
     let mut tasks = JoinSet::new();
+    tasks.spawn(async move {
+        sampler.run().await;
+        Ok(())
+    });
     tasks.spawn(async move {
         grpc.serve_with_incoming(TcpListenerStream::new(ads_listener))
             .await
