@@ -152,7 +152,7 @@ struct Loader {
     label: String,
     snapshots: watch::Sender<Option<Arc<Snapshot>>>,
     registry: Arc<Registry>,
-    last_text: Option<String>,
+    last_text: Option<Vec<u8>>,
     spec: Option<Spec>,
     red_black: RedBlack,
     drainer: Drainer,
@@ -215,7 +215,7 @@ impl Loader {
     }
 
     fn reload(&mut self) {
-        let text = match std::fs::read_to_string(&self.file) {
+        let text = match std::fs::read(&self.file) {
             Ok(text) => text,
             Err(err) => {
                 let msg = format!(
@@ -228,10 +228,10 @@ impl Loader {
                 return;
             }
         };
-        if self.last_text.as_deref() == Some(text.as_str()) {
+        if self.last_text.as_deref() == Some(text.as_slice()) {
             return;
         }
-        let parsed = spec::parse(&self.label, &text);
+        let parsed = spec::parse_bytes(&self.label, &text);
         self.last_text = Some(text);
         match parsed {
             Ok(spec) => {
