@@ -2,7 +2,7 @@
 //!
 //! N simulated Envoys (xDS state machines, each converged on a config of S services × 2
 //! versions) receive a new snapshot that changes one route; every stream computes what to send,
-//! gets the ACK, and reports to the status registry after each step, as the server's stream task
+//! gets the ACK, and reports to the client view after each step, as the server's stream task
 //! does. Reports the time per stream per change, so that work done per stream that belongs per
 //! config version shows up.
 //!
@@ -13,10 +13,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cutover::app::compile;
+use cutover::node::GroupId;
 use cutover::snapshot::Snapshot;
-use cutover::status::Registry;
 use cutover::xds::ResourceType;
-use cutover::xds::sotw::{Mode, Response, Stream};
+use cutover::xds::clients::{ClientUpdate, Clients};
+use cutover::xds::sotw::{Event, Mode, Response, Stream};
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
 fn env(name: &str, default: usize) -> usize {
@@ -107,12 +108,27 @@ fn main() {
         })
         .collect();
 
-    let registry = Registry::new("bench.yaml".into());
+    let clients = Clients::new(Default::default());
+    let group = GroupId::all();
+    let report = |id: u64, s: &Stream, events: &[Event]| {
+        clients.update(
+            id,
+            ClientUpdate {
+                node: s.node(),
+                group: Some(&group),
+                config_version: s.snapshot_version(),
+                changed_at: None,
+                sync: s.sync_state(),
+                view: s.view(),
+                events,
+            },
+        )
+    };
     let ids: Vec<u64> = all
         .iter()
         .map(|s| {
-            let id = registry.connect(Mode::Aggregated, None);
-            registry.update(id, s, &[]);
+            let id = clients.connect(Mode::Aggregated, None);
+            report(id, s, &[]);
             id
         })
         .collect();
@@ -121,13 +137,13 @@ fn main() {
     let mut bytes = 0;
     for (s, id) in all.iter_mut().zip(&ids) {
         let out = s.on_snapshot(after.clone());
-        registry.update(*id, s, &out.events);
+        report(*id, s, &out.events);
         for r in &out.responses {
             bytes += r.resources.iter().map(|x| x.encoded.len()).sum::<usize>();
         }
         let r = out.responses.last().expect("the changed routes").clone();
         let ack = s.on_request(&request(r.ty, Some(&r), &["public".to_owned()]));
-        registry.update(*id, s, &ack.events);
+        report(*id, s, &ack.events);
     }
     let elapsed = started.elapsed();
     assert!(all.iter().all(Stream::in_sync));

@@ -1,5 +1,6 @@
 //! The admin HTTP API: `GET /status` (JSON), `GET /config` (the resources being served),
-//! `GET /metrics` (Prometheus), `GET /healthz`, `GET /readyz`, and `POST /reload`.
+//! `GET /metrics` (Prometheus), `GET /telemetry` (JSON), `GET /healthz`, `GET /readyz`, and
+//! `POST /reload`.
 //!
 //! Endpoints that change anything are refused unless the caller is on loopback or presents the
 //! configured bearer token (`--admin-token`), like the seed's `/termination` that only localhost
@@ -9,39 +10,44 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::controller::CommandRequest;
+use crate::reconcile::rollout::Command;
 use crate::render;
-use crate::snapshot::Snapshot;
-use crate::status::Registry;
+use crate::status::Status;
 
 #[derive(Clone)]
 pub struct AdminState {
-    pub registry: Arc<Registry>,
-    pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
-    /// Asks the loader to read the deployment file now.
+    pub status: Arc<Status>,
+    pub published: watch::Receiver<Option<Arc<crate::snapshot::Published>>>,
+    /// Asks the controller to read the deployment file now.
     pub reload: mpsc::Sender<()>,
+    /// Operator commands for rollouts.
+    pub commands: mpsc::Sender<CommandRequest>,
     /// Bearer token that allows mutating calls from other hosts.
     pub token: Option<String>,
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 pub fn router(state: AdminState) -> Router {
-    let mutating =
-        Router::new()
-            .route("/reload", post(reload))
-            .route_layer(middleware::from_fn_with_state(
-                state.clone(),
-                require_authorized,
-            ));
+    let mutating = Router::new()
+        .route("/reload", post(reload))
+        .route("/rollouts/{service}/{command}", post(rollout_command))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_authorized,
+        ));
     Router::new()
         .route("/status", get(status))
         .route("/config", get(config))
         .route("/metrics", get(metrics))
+        .route("/telemetry", get(telemetry))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .merge(mutating)
@@ -88,7 +94,17 @@ async fn require_authorized(
 }
 
 async fn status(State(s): State<AdminState>) -> Json<crate::status::StatusReport> {
-    Json(s.registry.report())
+    Json(s.status.report())
+}
+
+/// What every Envoy reports, and which connected Envoys report nothing.
+async fn telemetry(State(s): State<AdminState>) -> Json<crate::telemetry::TelemetryReport> {
+    let connected = s.status.report().nodes;
+    Json(
+        s.telemetry
+            .report(std::time::Instant::now())
+            .with_connected(connected.iter().map(|n| n.id.as_str())),
+    )
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
@@ -97,7 +113,7 @@ async fn metrics(State(s): State<AdminState>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        s.registry.metrics.encode(),
+        s.status.metrics.encode(),
     )
         .into_response()
 }
@@ -115,15 +131,54 @@ async fn reload(State(s): State<AdminState>) -> Response {
     }
 }
 
+/// `POST /rollouts/{service}/{promote|abort|pause|resume}`: 200 with what was done, 404 for
+/// an unknown command, 409 with why nothing was done.
+async fn rollout_command(
+    State(s): State<AdminState>,
+    Path((service, command)): Path<(String, String)>,
+) -> Response {
+    let command = match command.as_str() {
+        "promote" => Command::Promote,
+        "abort" => Command::Abort,
+        "pause" => Command::Pause,
+        "resume" => Command::Resume,
+        other => {
+            return (
+                StatusCode::NOT_FOUND,
+                format!("unknown command \"{other}\": use promote, abort, pause or resume\n"),
+            )
+                .into_response();
+        }
+    };
+    let (reply, answer) = oneshot::channel();
+    let request = CommandRequest {
+        service: service.clone(),
+        command,
+        reply,
+    };
+    if s.commands.send(request).await.is_err() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the controller is not running\n",
+        )
+            .into_response();
+    }
+    match answer.await {
+        Ok(Ok(done)) => format!("{service}: {done}\n").into_response(),
+        Ok(Err(why)) => (StatusCode::CONFLICT, format!("{service}: {why}\n")).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "the controller stopped\n").into_response(),
+    }
+}
+
 async fn config(State(s): State<AdminState>) -> Response {
-    let snapshot = s.snapshots.borrow().clone();
-    match snapshot {
+    let published = s.published.borrow().clone();
+    match published {
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             "no valid config loaded yet\n",
         )
             .into_response(),
-        Some(snap) => match render::snapshot_json(&snap) {
+        Some(p) => match render::published_json(&p) {
             Ok(v) => Json(v).into_response(),
             Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
         },
@@ -132,7 +187,7 @@ async fn config(State(s): State<AdminState>) -> Response {
 
 /// Ready once a valid deployment file has been loaded.
 async fn readyz(State(s): State<AdminState>) -> Response {
-    if s.snapshots.borrow().is_some() {
+    if s.status.ready() {
         "ready\n".into_response()
     } else {
         (
@@ -177,10 +232,17 @@ mod tests {
 
         let (reload, mut requests) = mpsc::channel(1);
         let state = AdminState {
-            registry: Arc::new(Registry::new("deploy.yaml".into())),
-            snapshots: watch::channel(None).1,
+            status: Arc::new(Status::new(
+                "deploy.yaml".into(),
+                Arc::new(crate::xds::clients::Clients::new(Default::default())),
+                watch::channel(None).1,
+                Default::default(),
+            )),
+            published: watch::channel(None).1,
             reload,
+            commands: mpsc::channel(1).0,
             token: Some("s3cret".into()),
+            telemetry: Default::default(),
         };
         let call = |peer: &str, token: Option<&str>| {
             let mut req = axum::http::Request::post("/reload");
@@ -210,6 +272,25 @@ mod tests {
         );
         assert!(requests.try_recv().is_ok());
         assert_eq!(call("127.0.0.1:5000", None).await.unwrap().status(), 202);
+        // Rollout commands are refused the same way, before anything reaches the controller.
+        let rollout = |peer: &str, token: Option<&str>| {
+            let mut req = axum::http::Request::post("/rollouts/checkout/abort");
+            if let Some(t) = token {
+                req = req.header("authorization", format!("Bearer {t}"));
+            }
+            let mut req = req.body(Body::empty()).unwrap();
+            req.extensions_mut()
+                .insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
+            router(state.clone()).oneshot(req)
+        };
+        assert_eq!(rollout("192.0.2.7:5000", None).await.unwrap().status(), 403);
+        assert_eq!(
+            rollout("192.0.2.7:5000", Some("nope"))
+                .await
+                .unwrap()
+                .status(),
+            403
+        );
         // Reading is open to all.
         let mut get = axum::http::Request::get("/healthz")
             .body(Body::empty())

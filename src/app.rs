@@ -1,40 +1,67 @@
-//! Wires the stages together: file → spec → resources → snapshot → xDS streams, plus the admin
-//! API. Returns the addresses it actually bound so tests can ask for port 0.
+//! Wires the stages together: the controller (file → spec → plan → resources → snapshots), the
+//! xDS server and the admin API. Returns the addresses it actually bound so tests can ask for
+//! port 0. Also the pure compile path the CLI commands share with the server.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::{self, AdminState};
-use crate::drain::Drainer;
-use crate::retire::{RedBlack, Retiring};
-use crate::snapshot::Snapshot;
-use crate::spec::{self, Spec, SpecError, Strategy};
-use crate::status::{MirrorReport, Registry, RetiringReport, ServiceReport};
-use crate::translate::{Resources, translate_with};
-use crate::watch::FileWatcher;
+use crate::controller::{self, Inputs, Outputs, Settings};
+use crate::metrics::Metrics;
+use crate::reconcile::rollout::Figures;
+use crate::reconcile::{self, Event, Plan, Previous, RuntimeState, Timestamp};
+use crate::snapshot::{Published, Snapshot};
+use crate::spec::{self, SpecError};
+use crate::status::Status;
+use crate::store::StateFile;
+use crate::telemetry::Telemetry;
+use crate::translate::{Resources, translate};
+use crate::xds::clients::Clients;
 use crate::xds::server::{Ads, Cds, DiscoveryService, Eds, Lds, Rds, Shared};
 
 /// Parses, validates and translates a deployment file's text into the snapshot a freshly
-/// started server would serve (red-black services with only their active version). Pure.
+/// started server with no runtime state would serve (red-black services with only their active
+/// version). Pure.
 pub fn compile(file_label: &str, text: &str) -> Result<Snapshot, SpecError> {
     Ok(Snapshot::new(&compile_resources(file_label, text)?))
 }
 
 /// The Envoy resources of [`compile`], before encoding.
 pub fn compile_resources(file_label: &str, text: &str) -> Result<Resources, SpecError> {
+    Ok(translate(&compile_plan(file_label, text)?))
+}
+
+/// The [`Plan`] of [`compile`].
+pub fn compile_plan(file_label: &str, text: &str) -> Result<Plan, SpecError> {
+    compile_plan_with(file_label, text, RuntimeState::default(), Timestamp::now())
+}
+
+/// The [`Plan`] a server started on the file with runtime `state` serves at `now` (what
+/// `cutover render --state` shows).
+pub fn compile_plan_with(
+    file_label: &str,
+    text: &str,
+    mut state: RuntimeState,
+    now: Timestamp,
+) -> Result<Plan, SpecError> {
     let spec = spec::parse(file_label, text)?;
-    let mut red_black = RedBlack::default();
-    red_black.on_spec(None, &spec);
-    Ok(translate_with(&spec, &red_black.retired(&spec)))
+    state.reduce(
+        &spec,
+        Event::FileLoaded {
+            previous: Previous::Start,
+            drain_period: Duration::ZERO,
+        },
+        now,
+    );
+    Ok(reconcile::plan(&spec, &state, now))
 }
 
 #[derive(Debug, Clone)]
@@ -46,6 +73,8 @@ pub struct ServeOptions {
     pub drain_period: Duration,
     /// Bearer token for mutating admin calls from other hosts than loopback.
     pub admin_token: Option<String>,
+    /// The runtime state file; `None`: `<file>.state.json` beside the deployment file.
+    pub state_file: Option<PathBuf>,
 }
 
 /// A running server.
@@ -53,34 +82,96 @@ pub struct ServeOptions {
 pub struct Server {
     pub ads_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    pub registry: Arc<Registry>,
-    pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+    /// What every connected client holds.
+    pub clients: Arc<Clients>,
+    /// The status read model (`GET /status`).
+    pub status: Arc<Status>,
+    /// What the xDS streams converge to.
+    pub published: watch::Receiver<Option<Arc<Published>>>,
+    /// What every Envoy reports over its stats sink and load reporting streams.
+    pub telemetry: Telemetry,
     tasks: JoinSet<anyhow::Result<()>>,
+    /// Dropped with the server: the controller saves its state and stops.
+    shutdown: watch::Sender<()>,
+    controller_done: oneshot::Receiver<anyhow::Result<()>>,
 }
 
 impl Server {
-    /// Runs until a task fails (an error) or all of them end.
-    pub async fn wait(mut self) -> anyhow::Result<()> {
-        while let Some(done) = self.tasks.join_next().await {
-            done.context("a server task panicked")??;
+    /// Runs until a task or the controller fails (an error) or they all end.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.run_until(std::future::pending(), Duration::ZERO).await
+    }
+
+    /// Runs until a task or the controller fails, or `signal` completes; then the controller
+    /// saves the runtime state and stops (waited for at most `grace`).
+    pub async fn run_until(
+        mut self,
+        signal: impl Future<Output = ()>,
+        grace: Duration,
+    ) -> anyhow::Result<()> {
+        let controller = async |done: &mut oneshot::Receiver<anyhow::Result<()>>| {
+            done.await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the controller thread ended")))
+        };
+        tokio::select! {
+            res = async {
+                while let Some(done) = self.tasks.join_next().await {
+                    done.context("a server task panicked")??;
+                }
+                anyhow::Ok(())
+            } => return res,
+            res = controller(&mut self.controller_done) => return res,
+            () = signal => {}
         }
-        Ok(())
+        self.shutdown.send_replace(());
+        match tokio::time::timeout(grace, controller(&mut self.controller_done)).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!("the controller did not stop within {grace:?}");
+                Ok(())
+            }
+        }
     }
 }
 
 pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
-    let registry = Arc::new(Registry::new(opts.file.clone()));
-    let (snapshot_tx, snapshots) = watch::channel(None);
-
-    // Watch before the first read so that no change between the two is missed.
-    let watcher = FileWatcher::new(&opts.file)?;
-    let mut loader = Loader::new(
+    let metrics = Arc::new(Metrics::new());
+    let telemetry = Telemetry::default();
+    let clients = Arc::new(Clients::new(metrics.clone()));
+    let (published_tx, published) = watch::channel(None);
+    let status = Arc::new(Status::new(
         opts.file.clone(),
-        snapshot_tx,
-        registry.clone(),
-        Drainer::new(opts.drain_period),
-    );
-    loader.reload();
+        clients.clone(),
+        published.clone(),
+        metrics.clone(),
+    ));
+
+    let (reload_tx, reload_rx) = mpsc::channel(1);
+    let (commands_tx, commands_rx) = mpsc::channel(8);
+    let (shutdown, shutdown_rx) = watch::channel(());
+    let controller_done = controller::spawn(
+        Settings {
+            file: opts.file.clone(),
+            state_file: opts
+                .state_file
+                .clone()
+                .map_or_else(|| StateFile::beside(&opts.file), StateFile::new),
+            drain_period: opts.drain_period,
+        },
+        Outputs {
+            published: published_tx,
+            status: status.clone(),
+            clients: clients.clone(),
+            metrics,
+            observer: Arc::new(TelemetryObserver(telemetry.clone())),
+        },
+        Inputs {
+            reload: reload_rx,
+            commands: commands_rx,
+            shutdown: shutdown_rx,
+        },
+    )
+    .await?;
 
     let ads_listener = TcpListener::bind(opts.ads).await.with_context(|| {
         format!(
@@ -98,8 +189,8 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
     let admin_addr = admin_listener.local_addr()?;
 
     let shared = Shared {
-        snapshots: snapshots.clone(),
-        registry: registry.clone(),
+        published: published.clone(),
+        clients: clients.clone(),
     };
     let grpc = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -110,13 +201,16 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         .add_service(DiscoveryService::<Eds>::new(shared.clone()))
         .add_service(DiscoveryService::<Lds>::new(shared.clone()))
         .add_service(DiscoveryService::<Rds>::new(shared))
-        .add_service(crate::xds::csds::server(registry.clone()));
-    let (reload_tx, reload_rx) = mpsc::channel(1);
+        .add_service(crate::xds::csds::server(clients.clone()))
+        .add_service(telemetry.metrics_service())
+        .add_service(telemetry.load_reporting_service());
     let admin_router = admin::router(AdminState {
-        registry: registry.clone(),
-        snapshots: snapshots.clone(),
+        status: status.clone(),
+        published: published.clone(),
         reload: reload_tx,
+        commands: commands_tx,
         token: opts.admin_token.clone(),
+        telemetry: telemetry.clone(),
     });
 
     let mut tasks = JoinSet::new();
@@ -133,244 +227,36 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         .await
         .context("the admin server stopped")
     });
-    tasks.spawn(loader.run(watcher, reload_rx));
+
     tracing::info!(ads = %ads_addr, admin = %admin_addr, file = %opts.file.display(), "cutover serving");
     Ok(Server {
         ads_addr,
         admin_addr,
-        registry,
-        snapshots,
+        clients,
+        status,
+        published,
+        telemetry,
         tasks,
+        shutdown,
+        controller_done,
     })
 }
 
-/// Reads the deployment file when it may have changed and publishes a snapshot when its content
-/// did, or when a red-black retirement is due. A file that cannot be read or is invalid leaves
-/// the last good snapshot in place.
-struct Loader {
-    file: PathBuf,
-    label: String,
-    snapshots: watch::Sender<Option<Arc<Snapshot>>>,
-    registry: Arc<Registry>,
-    last_text: Option<Vec<u8>>,
-    spec: Option<Spec>,
-    red_black: RedBlack,
-    drainer: Drainer,
-    /// When the change being applied was seen.
-    changed_at: Instant,
-}
+/// Rollout checks read the last 10 s of what Envoys reported for the version under test.
+struct TelemetryObserver(Telemetry);
 
-impl Loader {
-    fn new(
-        file: PathBuf,
-        snapshots: watch::Sender<Option<Arc<Snapshot>>>,
-        registry: Arc<Registry>,
-        drainer: Drainer,
-    ) -> Loader {
-        Loader {
-            label: file.display().to_string(),
-            file,
-            snapshots,
-            registry,
-            last_text: None,
-            spec: None,
-            red_black: RedBlack::default(),
-            drainer,
-            changed_at: Instant::now(),
-        }
-    }
-
-    async fn run(
-        mut self,
-        mut watcher: FileWatcher,
-        mut reload_requests: mpsc::Receiver<()>,
-    ) -> anyhow::Result<()> {
-        let mut registry_changes = self.registry.changes();
-        loop {
-            let deadline = [self.red_black.next_deadline(), self.drainer.next_deadline()]
-                .into_iter()
-                .flatten()
-                .min();
-            tokio::select! {
-                changed = watcher.changed() => {
-                    self.changed_at = changed?.into_std();
-                    self.reload();
-                }
-                Some(()) = reload_requests.recv() => {
-                    self.changed_at = Instant::now();
-                    // Asked for explicitly: read even if the content looks unchanged.
-                    self.last_text = None;
-                    self.reload();
-                }
-                _ = registry_changes.changed(), if self.red_black.awaiting_ack() => {
-                    self.check_synced();
-                }
-                _ = sleep_until_opt(deadline) => {
-                    self.changed_at = Instant::now();
-                    self.red_black.on_tick(self.changed_at);
-                    self.publish();
-                }
-            }
-        }
-    }
-
-    fn reload(&mut self) {
-        let text = match std::fs::read(&self.file) {
-            Ok(text) => text,
-            Err(err) => {
-                let msg = format!(
-                    "{}: cannot read the file: {err}; still serving the last good config",
-                    self.label
-                );
-                tracing::error!("{msg}");
-                self.registry.reload_failed(msg);
-                self.last_text = None;
-                return;
-            }
+impl controller::Observer for TelemetryObserver {
+    fn figures(&self, service: &str, version: &str) -> Figures {
+        let report = self.0.report(std::time::Instant::now());
+        let Some(w) = report.version(service, version).map(|v| &v.last_10s) else {
+            return Figures::default();
         };
-        if self.last_text.as_deref() == Some(text.as_slice()) {
-            return;
+        Figures {
+            requests: w.requests,
+            // Answered 5xx: from the upstream, or Envoy's own after a reset, a connect
+            // failure or a timeout.
+            errors: (w.error_rate.unwrap_or(0.0) * w.requests as f64).round() as u64,
+            p99_ms: w.latency_ms.map(|q| q.p99),
         }
-        let parsed = spec::parse_bytes(&self.label, &text);
-        self.last_text = Some(text);
-        match parsed {
-            Ok(spec) => {
-                self.red_black.on_spec(self.spec.as_ref(), &spec);
-                self.spec = Some(spec);
-                let version = self.publish();
-                self.registry.reloaded(&version);
-                // With no Envoy connected, nothing needs to ACK.
-                self.check_synced();
-            }
-            Err(err) => {
-                tracing::error!(
-                    "invalid deployment file, still serving the last good config:\n{err}"
-                );
-                self.registry.reload_failed(err.to_string());
-            }
-        }
-    }
-
-    /// Translates the current spec without the retired versions and publishes it if it differs
-    /// from what is served. Returns the version served.
-    fn publish(&mut self) -> String {
-        let spec = self.spec.as_ref().expect("publish after a valid load");
-        let started = std::time::Instant::now();
-        let retired = self.red_black.retired(spec);
-        let resources =
-            self.drainer
-                .apply(translate_with(spec, &retired), &retired, Instant::now());
-        let snapshot = Snapshot::new(&resources);
-        let snapshot_bytes = snapshot.encoded_len();
-        let version = snapshot.version.clone();
-        let changed = self.snapshots.send_if_modified(|current| {
-            if current.as_ref().is_some_and(|c| c.version == version) {
-                return false;
-            }
-            *current = Some(Arc::new(snapshot));
-            true
-        });
-        if changed {
-            tracing::info!(
-                version,
-                elapsed_us = started.elapsed().as_micros() as u64,
-                retired = retired.len(),
-                "config published"
-            );
-        }
-        self.registry
-            .serving(&version, self.changed_at, snapshot_bytes);
-        self.report_services(&retired);
-        version
-    }
-
-    fn check_synced(&mut self) {
-        if !self.red_black.awaiting_ack() {
-            return;
-        }
-        let (Some(spec), Some(version)) = (
-            self.spec.as_ref(),
-            self.snapshots.borrow().as_ref().map(|s| s.version.clone()),
-        ) else {
-            return;
-        };
-        if self.registry.all_synced_to(&version) {
-            self.red_black.on_synced(spec, Instant::now());
-            let retired = self.red_black.retired(spec);
-            self.report_services(&retired);
-        }
-    }
-
-    fn report_services(&self, retired: &BTreeSet<String>) {
-        let Some(spec) = &self.spec else { return };
-        let now = Instant::now();
-        let services = spec
-            .services
-            .iter()
-            .map(|(name, service)| {
-                let retiring = self
-                    .red_black
-                    .kept(name)
-                    .into_iter()
-                    .flatten()
-                    .map(|(version, state)| RetiringReport {
-                        version: version.clone(),
-                        awaiting_ack: *state == Retiring::AwaitingAck,
-                        retires_in_seconds: match state {
-                            Retiring::Until(t) => {
-                                Some(t.saturating_duration_since(now).as_secs_f64())
-                            }
-                            Retiring::AwaitingAck => None,
-                        },
-                    })
-                    .collect();
-                let report = ServiceReport {
-                    strategy: service.strategy.name(),
-                    split: split(&service.strategy),
-                    mirror: service.mirror.as_ref().map(|m| MirrorReport {
-                        version: m.version.clone(),
-                        percent: m.percent.as_f64(),
-                    }),
-                    rules: service.rules.len(),
-                    deployed: service
-                        .versions
-                        .keys()
-                        .filter(|v| !retired.contains(&Spec::cluster_name(name, v)))
-                        .cloned()
-                        .collect(),
-                    retiring,
-                    synced: false,
-                };
-                (name.clone(), report)
-            })
-            .collect();
-        self.registry.set_services(services);
-    }
-}
-
-/// Percent of answered requests per version.
-fn split(strategy: &Strategy) -> BTreeMap<String, f64> {
-    match strategy {
-        Strategy::Canary {
-            stable,
-            canary,
-            weight,
-            ..
-        } => BTreeMap::from([
-            (stable.clone(), 100.0 - weight.as_f64()),
-            (canary.clone(), weight.as_f64()),
-        ]),
-        other => other
-            .serving_versions()
-            .into_iter()
-            .map(|v| (v.to_owned(), 100.0))
-            .collect(),
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
     }
 }

@@ -1,6 +1,8 @@
 //! A complete Envoy bootstrap that points Envoy at cutover: node identity, ADS over gRPC to
 //! cutover (HTTP/2 with keepalives so a dead control plane is noticed), listeners and clusters
-//! from ADS, and the admin interface on loopback.
+//! from ADS, the admin interface on loopback, and, unless turned off, Envoy's own reports of
+//! what it sees to cutover over the same connection: the stats sink (every second, filtered to
+//! the stats cutover reads) and the Load Reporting Service (see [`crate::telemetry`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -25,7 +27,25 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     http_protocol_options::{ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config},
 };
 
+use envoy_types::pb::envoy::config::bootstrap::v3::ClusterManager;
+use envoy_types::pb::envoy::config::metrics::v3::{
+    HistogramBucketSettings, HistogramEmitMode, MetricsServiceConfig, StatsConfig, StatsMatcher,
+    StatsSink, stats_matcher, stats_sink,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    ListStringMatcher, RegexMatcher, StringMatcher, string_matcher::MatchPattern,
+};
+use envoy_types::pb::google::protobuf::BoolValue;
+
+use crate::telemetry::stats::{LATENCY_BOUNDS_MS, STATS_MATCHER_REGEX};
 use crate::translate::{ads_config_source, any, duration, socket_address};
+
+/// How often Envoy flushes its stats to cutover: figures a second old at most, for a few
+/// hundred bytes per second per Envoy (docs/benchmarks.md, "Telemetry").
+pub const STATS_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// Metric families per stats sink message: a large config's flush is split rather than
+/// growing past gRPC's 4 MiB message limit.
+const SINK_BATCH_SIZE: u32 = 1000;
 
 /// The name of the static cluster through which Envoy reaches cutover.
 pub const XDS_CLUSTER: &str = "cutover_xds";
@@ -38,6 +58,13 @@ pub struct BootstrapOptions {
     pub ads: SocketAddr,
     /// Where Envoy's own admin interface listens.
     pub admin: SocketAddr,
+    /// Ship stats to cutover's metrics service.
+    pub stats_sink: bool,
+    /// Report load per endpoint to cutover's Load Reporting Service.
+    pub load_reporting: bool,
+    /// Keep every stat of cutover's clusters instead of only those cutover reads (more for
+    /// Envoy's own `/stats` and scrapers, more for the stats sink to ship).
+    pub all_stats: bool,
 }
 
 pub fn bootstrap(o: &BootstrapOptions) -> Bootstrap {
@@ -85,6 +112,62 @@ pub fn bootstrap(o: &BootstrapOptions) -> Bootstrap {
         }),
         ..Default::default()
     };
+    let to_cutover = || GrpcService {
+        target_specifier: Some(TargetSpecifier::EnvoyGrpc(EnvoyGrpc {
+            cluster_name: XDS_CLUSTER.to_owned(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let (stats_sinks, stats_config, stats_flush_interval) = if o.stats_sink {
+        let sink = MetricsServiceConfig {
+            grpc_service: Some(to_cutover()),
+            transport_api_version: ApiVersion::V3 as i32,
+            // Why these three: see `telemetry::stats`.
+            report_counters_as_deltas: Some(BoolValue { value: true }),
+            emit_tags_as_labels: false,
+            histogram_emit_mode: HistogramEmitMode::Histogram as i32,
+            batch_size: SINK_BATCH_SIZE,
+        };
+        let stats_matcher = (!o.all_stats).then(|| StatsMatcher {
+            stats_matcher: Some(stats_matcher::StatsMatcher::InclusionList(
+                ListStringMatcher {
+                    patterns: STATS_MATCHER_REGEX.iter().map(|r| regex(r)).collect(),
+                },
+            )),
+        });
+        let config = StatsConfig {
+            stats_matcher,
+            histogram_bucket_settings: vec![HistogramBucketSettings {
+                r#match: Some(StringMatcher {
+                    match_pattern: Some(MatchPattern::Suffix(".upstream_rq_time".to_owned())),
+                    ..Default::default()
+                }),
+                buckets: LATENCY_BOUNDS_MS.to_vec(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        (
+            vec![StatsSink {
+                name: "envoy.stat_sinks.metrics_service".to_owned(),
+                config_type: Some(stats_sink::ConfigType::TypedConfig(any(&sink))),
+            }],
+            Some(config),
+            Some(duration(STATS_FLUSH_INTERVAL)),
+        )
+    } else {
+        (Vec::new(), None, None)
+    };
+    let cluster_manager = o.load_reporting.then(|| ClusterManager {
+        load_stats_config: Some(ApiConfigSource {
+            api_type: ApiType::Grpc as i32,
+            transport_api_version: ApiVersion::V3 as i32,
+            grpc_services: vec![to_cutover()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
     Bootstrap {
         node: Some(Node {
             id: o.node_id.clone(),
@@ -95,13 +178,7 @@ pub fn bootstrap(o: &BootstrapOptions) -> Bootstrap {
             ads_config: Some(ApiConfigSource {
                 api_type: ApiType::Grpc as i32,
                 transport_api_version: ApiVersion::V3 as i32,
-                grpc_services: vec![GrpcService {
-                    target_specifier: Some(TargetSpecifier::EnvoyGrpc(EnvoyGrpc {
-                        cluster_name: XDS_CLUSTER.to_owned(),
-                        ..Default::default()
-                    })),
-                    ..Default::default()
-                }],
+                grpc_services: vec![to_cutover()],
                 set_node_on_first_message_only: true,
                 ..Default::default()
             }),
@@ -117,6 +194,20 @@ pub fn bootstrap(o: &BootstrapOptions) -> Bootstrap {
             address: Some(socket_address(o.admin)),
             ..Default::default()
         }),
+        cluster_manager,
+        stats_sinks,
+        stats_config,
+        stats_flush_interval,
+        ..Default::default()
+    }
+}
+
+fn regex(r: &str) -> StringMatcher {
+    StringMatcher {
+        match_pattern: Some(MatchPattern::SafeRegex(RegexMatcher {
+            regex: r.to_owned(),
+            ..Default::default()
+        })),
         ..Default::default()
     }
 }

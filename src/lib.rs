@@ -1,10 +1,13 @@
 //! cutover: an xDS control plane that turns one deployment file into ordered, zero-downtime
 //! Envoy config pushes.
 //!
-//! Data flows one way: [`spec`] (parse and validate the file) → [`translate`] (pure: Envoy
-//! resources) → [`snapshot`] (encoded once, versioned by content) → [`xds`] (per-stream protocol
-//! state machine and the gRPC server). [`watch`] feeds file changes in; [`status`] and [`admin`]
-//! report what every Envoy has applied.
+//! Data flows one way: [`spec`] (parse and validate the file) and the runtime state
+//! ([`reconcile::state`]) → [`reconcile::plan`] (pure: what is served) → [`translate`] (pure:
+//! Envoy resources) → [`snapshot`] (encoded once, versioned by content, one per node group) →
+//! [`xds`] (per-stream protocol machines, the client view and the gRPC server). The
+//! [`controller`] runs that loop and its I/O ([`watch`], [`store`]); [`status`] and [`admin`]
+//! report what every Envoy has applied; [`telemetry`] takes what every Envoy sees (its stats sink
+//! and load reports). See docs/architecture.md.
 
 #![forbid(unsafe_code)]
 
@@ -12,13 +15,17 @@ pub mod admin;
 pub mod app;
 pub mod bootstrap;
 pub mod cli;
-pub mod drain;
+pub mod controller;
+pub mod ids;
 pub mod metrics;
+pub mod node;
+pub mod reconcile;
 pub mod render;
-pub mod retire;
 pub mod snapshot;
 pub mod spec;
 pub mod status;
+pub mod store;
+pub mod telemetry;
 pub mod translate;
 pub mod watch;
 pub mod xds;

@@ -43,6 +43,10 @@ enum Command {
         /// endpoints (POST /reload). Loopback callers never need it.
         #[arg(long, env = "CUTOVER_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
+        /// The runtime state file: what is draining or retiring, with its deadlines, so that a
+        /// restart keeps it. Default: FILE.state.json beside the deployment file.
+        #[arg(long, env = "CUTOVER_STATE")]
+        state: Option<PathBuf>,
         /// Log format; levels come from RUST_LOG (default: info).
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -53,11 +57,21 @@ enum Command {
         file: PathBuf,
     },
     /// Print the exact Envoy resources the file becomes (clusters, endpoints, listeners, routes).
+    ///
+    /// Without --state, what a freshly started cutover serves; with it, what a cutover with that
+    /// runtime state serves (endpoints and versions still draining, red-black versions still
+    /// retiring), as of --at.
     Render {
         /// The deployment file.
         file: PathBuf,
         #[arg(long, value_enum, default_value_t = Format::Yaml)]
         format: Format,
+        /// A runtime state file (`cutover serve --state`, by default FILE.state.json).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// The time to render for, RFC 3339 (e.g. 2026-11-22T10:00:00Z). Default: now.
+        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+        at: Option<std::time::SystemTime>,
     },
     /// Print an Envoy bootstrap that gets all of its config from cutover over ADS.
     ///
@@ -75,6 +89,19 @@ enum Command {
         /// Address for Envoy's own admin interface (keep it on loopback).
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
+        /// Do not send Envoy's stats to cutover (request rates, errors, latency, ejections per
+        /// version). Envoy's stats are then not filtered either.
+        #[arg(long)]
+        no_stats_sink: bool,
+        /// Do not report load per endpoint to cutover (requests in flight and rate per
+        /// endpoint, what `cutover wait drained` needs).
+        #[arg(long)]
+        no_load_reporting: bool,
+        /// Keep every Envoy stat of cutover's clusters. By default Envoy keeps, and sends to
+        /// cutover, only the stats cutover reads of clusters named `<service>/<version>`; every
+        /// other stat is untouched.
+        #[arg(long)]
+        all_stats: bool,
         #[arg(long, value_enum, default_value_t = Format::Yaml)]
         format: Format,
     },
@@ -106,11 +133,34 @@ enum Command {
         /// The deployment file as it would be.
         new: PathBuf,
     },
+    /// Promote a service's rollout now: a canary gets every request, a switch is accepted.
+    Promote(Control),
+    /// Roll a service's rollout back now: the canary gets no request, a switch goes back.
+    Abort(Control),
+    /// Pause a service's rollout: no step advances and no check runs until `resume`.
+    Pause(Control),
+    /// Resume a paused rollout (its step's time starts again), or start a rolled-back one again
+    /// from its first step.
+    Resume(Control),
     /// Print the JSON Schema of the deployment file, for editor completion and help.
     ///
     /// The repository keeps it as deploy.schema.json; regenerate it with
     /// `cargo run -- schema > deploy.schema.json`.
     Schema,
+}
+
+/// Where a rollout command goes.
+#[derive(clap::Args)]
+struct Control {
+    /// The service whose rollout it is.
+    service: String,
+    /// cutover's admin address (`cutover serve --admin`).
+    #[arg(long, default_value = cli::status::DEFAULT_ADMIN, env = "CUTOVER_ADMIN")]
+    admin: SocketAddr,
+    /// The admin token (`cutover serve --admin-token`), needed unless the admin address is on
+    /// loopback.
+    #[arg(long, env = "CUTOVER_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -150,6 +200,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             admin,
             drain_period,
             admin_token,
+            state,
             log_format,
         } => {
             init_tracing(log_format);
@@ -162,15 +213,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     admin,
                     drain_period,
                     admin_token,
+                    state_file: state,
                 })
                 .await?;
-                tokio::select! {
-                    res = server.wait() => res,
-                    _ = shutdown_signal() => {
-                        tracing::info!("shutting down");
-                        Ok(())
-                    }
-                }
+                server
+                    .run_until(
+                        async {
+                            shutdown_signal().await;
+                            tracing::info!("shutting down");
+                        },
+                        std::time::Duration::from_secs(5),
+                    )
+                    .await
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -188,21 +242,44 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
-        Command::Render { file, format } => match compile_file(&file, app::compile) {
-            Ok(snapshot) => {
-                print_value(&render::snapshot_json(&snapshot)?, format)?;
-                Ok(ExitCode::SUCCESS)
+        Command::Render {
+            file,
+            format,
+            state,
+            at,
+        } => {
+            let runtime = match &state {
+                None => Default::default(),
+                Some(path) => cutover::store::StateFile::new(path.clone())
+                    .read()
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+                    .with_context(|| format!("{}: no such state file", path.display()))?,
+            };
+            let now = at.map_or_else(cutover::reconcile::Timestamp::now, Into::into);
+            let compile = |label: &str, text: &str| {
+                app::compile_plan_with(label, text, runtime, now).map(|plan| {
+                    cutover::snapshot::Snapshot::new(&cutover::translate::translate(&plan))
+                })
+            };
+            match compile_file(&file, compile) {
+                Ok(snapshot) => {
+                    print_value(&render::snapshot_json(&snapshot)?, format)?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(failure) => {
+                    failure.report()?;
+                    Ok(ExitCode::FAILURE)
+                }
             }
-            Err(failure) => {
-                failure.report()?;
-                Ok(ExitCode::FAILURE)
-            }
-        },
+        }
         Command::Bootstrap {
             node_id,
             node_cluster,
             ads,
             admin,
+            no_stats_sink,
+            no_load_reporting,
+            all_stats,
             format,
         } => {
             let b = bootstrap::bootstrap(&bootstrap::BootstrapOptions {
@@ -210,12 +287,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 node_id,
                 ads,
                 admin,
+                stats_sink: !no_stats_sink,
+                load_reporting: !no_load_reporting,
+                all_stats,
             });
             print_value(&render::to_json(&b)?, format)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { admin, json, watch } => status(admin, json, watch),
         Command::Diff { old, new } => diff(&old, &new),
+        Command::Promote(c) => control(c, "promote"),
+        Command::Abort(c) => control(c, "abort"),
+        Command::Pause(c) => control(c, "pause"),
+        Command::Resume(c) => control(c, "resume"),
         Command::Schema => {
             say(format_args!("{}", cli::schema::deployment_schema_text()))?;
             Ok(ExitCode::SUCCESS)
@@ -250,7 +334,7 @@ impl Failure {
 /// freshly started `serve` would have).
 fn compile_file<T>(
     file: &Path,
-    compile: fn(&str, &str) -> Result<T, SpecError>,
+    compile: impl FnOnce(&str, &str) -> Result<T, SpecError>,
 ) -> Result<T, Failure> {
     let label = file.display().to_string();
     let bytes = read_file(file).map_err(|err| Failure::Unreadable(label.clone(), err))?;
@@ -319,6 +403,33 @@ fn status(admin: SocketAddr, json: bool, watch: bool) -> anyhow::Result<ExitCode
             }
         }
     })
+}
+
+/// `cutover promote|abort|pause|resume SERVICE`: exit 0 if done, 1 if refused or unreachable.
+fn control(c: Control, command: &str) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match runtime.block_on(cli::status::control(
+        c.admin,
+        &c.service,
+        command,
+        c.admin_token.as_deref(),
+    )) {
+        Ok(Ok(done)) => {
+            say(format_args!("{done}\n"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Err(refused)) => {
+            complain(format_args!("error: {refused}\n"))?;
+            Ok(ExitCode::FAILURE)
+        }
+        Err(err) => {
+            complain(format_args!("error: {err}\n"))?;
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 /// `cutover diff`: exit 0 same, 1 different, 2 trouble (like diff(1)).

@@ -9,7 +9,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::xds::ResourceType;
+use crate::snapshot::ResourceType;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabel {
@@ -37,6 +37,9 @@ pub struct Metrics {
     pub streams: Gauge,
     pub snapshot_bytes: Gauge,
     pub save_to_ack_seconds: Histogram,
+    pub rollout_steps: Counter,
+    pub rollout_promotions: Counter,
+    pub rollout_rollbacks: Counter,
 }
 
 impl Default for Metrics {
@@ -89,8 +92,29 @@ impl Metrics {
             "Time from a change of the deployment file to an Envoy having ACKed all of it",
             save_to_ack_seconds.clone(),
         );
+        let rollout_steps = Counter::default();
+        let rollout_promotions = Counter::default();
+        let rollout_rollbacks = Counter::default();
+        registry.register(
+            "rollout_steps",
+            "Rollout steps taken (a canary's weight raised)",
+            rollout_steps.clone(),
+        );
+        registry.register(
+            "rollout_promotions",
+            "Rollouts promoted (a canary at 100%, a switch that passed its window)",
+            rollout_promotions.clone(),
+        );
+        registry.register(
+            "rollout_rollbacks",
+            "Rollouts rolled back (a failed analysis or an operator's abort)",
+            rollout_rollbacks.clone(),
+        );
         Metrics {
             registry,
+            rollout_steps,
+            rollout_promotions,
+            rollout_rollbacks,
             pushes,
             nacks,
             reloads,

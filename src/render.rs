@@ -9,8 +9,7 @@ use std::sync::OnceLock;
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use serde_json::{Map, Value};
 
-use crate::snapshot::Snapshot;
-use crate::xds::ResourceType;
+use crate::snapshot::{Published, ResourceType, Snapshot};
 
 static DESCRIPTORS: &[u8] = include_bytes!("../proto/envoy-types-0.7.7.desc");
 
@@ -73,6 +72,20 @@ pub fn snapshot_json(snapshot: &Snapshot) -> Result<Value, RenderError> {
             .map(|r| message_json("google.protobuf.Any", &r.encoded))
             .collect::<Result<Vec<_>, _>>()?;
         out.insert(type_key(ty).into(), Value::Array(resources));
+    }
+    Ok(Value::Object(out))
+}
+
+/// What is published, as [`snapshot_json`]: with one node group, that group's snapshot; with
+/// several, an object of them by group.
+pub fn published_json(published: &Published) -> Result<Value, RenderError> {
+    let groups: Vec<_> = published.groups().collect();
+    if let [(_, only)] = groups[..] {
+        return snapshot_json(&only.snapshot);
+    }
+    let mut out = Map::new();
+    for (group, g) in groups {
+        out.insert(group.to_string(), snapshot_json(&g.snapshot)?);
     }
     Ok(Value::Object(out))
 }

@@ -1,19 +1,23 @@
-//! One config version: an immutable set of Envoy resources, each encoded exactly once.
+//! One config version: an immutable set of Envoy resources, each encoded exactly once, and what
+//! is published to the xDS streams: one [`Snapshot`] per node group ([`Published`]).
 //!
 //! Every stream that sends a resource shares its encoded bytes ([`Bytes`] is reference counted),
 //! so the cost of a push is per config version, not per Envoy. Versions are content hashes: the
 //! same resources give the same version strings on any machine and after any restart.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use sha2::{Digest, Sha256};
 
+use crate::node::{GroupId, NodeInfo};
 use crate::translate::Resources;
-use crate::xds::ResourceType;
 
 /// One encoded resource.
 #[derive(Debug, Clone, Eq)]
@@ -106,6 +110,77 @@ impl Snapshot {
     }
 }
 
+/// What the xDS streams converge to: a snapshot per node group.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// The config version as a whole: with one group, that group's snapshot version.
+    pub version: String,
+    groups: BTreeMap<GroupId, GroupSnapshot>,
+}
+
+/// One group's snapshot, and when the change that produced it was seen (for save-to-ACK).
+#[derive(Debug, Clone)]
+pub struct GroupSnapshot {
+    pub snapshot: Arc<Snapshot>,
+    pub changed_at: Instant,
+}
+
+impl Published {
+    /// Publishes `groups`, caused by a change seen at `changed_at`. A group whose snapshot is
+    /// the same as in `previous` keeps it (the same `Arc`) and its change time, so its streams
+    /// see no change.
+    pub fn new(
+        groups: BTreeMap<GroupId, Snapshot>,
+        changed_at: Instant,
+        previous: Option<&Published>,
+    ) -> Published {
+        let groups: BTreeMap<GroupId, GroupSnapshot> = groups
+            .into_iter()
+            .map(|(group, snapshot)| {
+                let kept = previous
+                    .and_then(|p| p.groups.get(&group))
+                    .filter(|g| g.snapshot.version == snapshot.version)
+                    .cloned();
+                let g = kept.unwrap_or_else(|| GroupSnapshot {
+                    snapshot: Arc::new(snapshot),
+                    changed_at,
+                });
+                (group, g)
+            })
+            .collect();
+        let version = match groups.values().collect::<Vec<_>>()[..] {
+            [only] => only.snapshot.version.clone(),
+            _ => {
+                let mut all = String::new();
+                for (group, g) in &groups {
+                    let _ = writeln!(all, "{group}={}", g.snapshot.version);
+                }
+                hash_hex(&[all.as_bytes()])
+            }
+        };
+        Published { version, groups }
+    }
+
+    /// The group `node` belongs to (see [`crate::node`]).
+    pub fn group_of(&self, _node: &NodeInfo) -> GroupId {
+        GroupId::all()
+    }
+
+    pub fn group(&self, group: &GroupId) -> Option<&GroupSnapshot> {
+        self.groups.get(group)
+    }
+
+    pub fn groups(&self) -> impl Iterator<Item = (&GroupId, &GroupSnapshot)> {
+        self.groups.iter()
+    }
+
+    /// Bytes of every encoded resource of every group (a resource shared by groups counts
+    /// once per group).
+    pub fn encoded_len(&self) -> usize {
+        self.groups.values().map(|g| g.snapshot.encoded_len()).sum()
+    }
+}
+
 /// The version of a set of resources as sent in one response: a hash of their names and
 /// versions, so it changes exactly when what the client holds would change.
 pub fn set_version<'a>(resources: impl IntoIterator<Item = &'a Resource>) -> String {
@@ -134,4 +209,65 @@ fn hex16(digest: &[u8]) -> String {
         let _ = write!(s, "{b:02x}");
     }
     s
+}
+
+/// The resource types cutover serves, in make-before-break order: clusters and their endpoints
+/// exist before listeners and routes refer to them. Removals are sent last (see [`crate::xds::sotw`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ResourceType {
+    Cluster,
+    Endpoint,
+    Listener,
+    Route,
+}
+
+impl ResourceType {
+    /// Every type, in the order updates are sent.
+    pub const ALL: [ResourceType; 4] = [
+        ResourceType::Cluster,
+        ResourceType::Endpoint,
+        ResourceType::Listener,
+        ResourceType::Route,
+    ];
+
+    pub const fn type_url(self) -> &'static str {
+        match self {
+            ResourceType::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            ResourceType::Endpoint => {
+                "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+            }
+            ResourceType::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
+            ResourceType::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+        }
+    }
+
+    pub fn from_type_url(url: &str) -> Option<ResourceType> {
+        Self::ALL.into_iter().find(|t| t.type_url() == url)
+    }
+
+    /// CDS and LDS responses carry the full set: a resource left out is removed. EDS and RDS
+    /// carry only the names the client asked for.
+    pub const fn is_full_state(self) -> bool {
+        matches!(self, ResourceType::Cluster | ResourceType::Listener)
+    }
+
+    /// Short name used in logs, status and metrics.
+    pub const fn short(self) -> &'static str {
+        match self {
+            ResourceType::Cluster => "cds",
+            ResourceType::Endpoint => "eds",
+            ResourceType::Listener => "lds",
+            ResourceType::Route => "rds",
+        }
+    }
+
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for ResourceType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.short())
+    }
 }

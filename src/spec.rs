@@ -16,6 +16,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 pub use limits::{Limit, Limits, LimitsError};
 /// The file as written, before validation: its JSON Schema is the file's (`cutover schema`).
 pub use raw::RawSpec;
@@ -63,6 +65,28 @@ pub struct Service {
     pub policy: Policy,
 }
 
+impl Service {
+    /// The version requests go to when nothing else applies: the active version, the primary,
+    /// or a canary's stable version.
+    pub fn default_version(&self) -> &str {
+        match &self.strategy {
+            Strategy::BlueGreen { active, .. } | Strategy::RedBlack { active, .. } => active,
+            Strategy::Shadow { primary } => primary,
+            Strategy::Canary { stable, .. } => stable,
+        }
+    }
+
+    /// Versions that get requests: they answer (the strategy), get copies (the mirror) or a
+    /// rule's group.
+    pub fn receiving_versions(&self) -> std::collections::BTreeSet<&str> {
+        let mut out: std::collections::BTreeSet<&str> =
+            self.strategy.serving_versions().into_iter().collect();
+        out.extend(self.mirror.iter().map(|m| m.version.as_str()));
+        out.extend(self.rules.iter().map(|r| r.version.as_str()));
+        out
+    }
+}
+
 /// Which versions of a service get traffic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Strategy {
@@ -70,16 +94,26 @@ pub enum Strategy {
     BlueGreen {
         active: String,
         preview: Option<Preview>,
+        /// Watches a new active version after a switch; switches back if it fails.
+        analysis: Option<Analysis>,
     },
     /// Only the active version is deployed; after a switch the previous one is kept for
-    /// rollback until every Envoy ACKed the switch and `grace` passed (see [`crate::retire`]).
-    RedBlack { active: String, grace: Duration },
-    /// `weight` of the requests go to `canary`, the rest to `stable`.
+    /// rollback until every Envoy answered the switch and `grace` passed (see
+    /// [`crate::reconcile::state`]).
+    RedBlack {
+        active: String,
+        grace: Duration,
+        analysis: Option<Analysis>,
+    },
+    /// `weight` of the requests go to `canary`, the rest to `stable`. With a `rollout`, the
+    /// weight changes over time (see [`crate::reconcile::rollout`]) and `weight` is the first
+    /// step's.
     Canary {
         stable: String,
         canary: String,
         weight: Percent,
         sticky: Option<Sticky>,
+        rollout: Option<Rollout>,
     },
     /// `primary` answers; the service's mirror gets copies.
     Shadow { primary: String },
@@ -122,6 +156,77 @@ impl Strategy {
             _ => None,
         }
     }
+
+    /// The analysis of an automated rollout or of a switch, if the file asks for one.
+    pub fn analysis(&self) -> Option<&Analysis> {
+        match self {
+            Strategy::BlueGreen { analysis, .. } | Strategy::RedBlack { analysis, .. } => {
+                analysis.as_ref()
+            }
+            Strategy::Canary { rollout, .. } => rollout.as_ref()?.analysis.as_ref(),
+            Strategy::Shadow { .. } => None,
+        }
+    }
+}
+
+/// An automated canary rollout: the canary's weights in turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rollout {
+    /// Strictly increasing weights, each held for its pause once every Envoy has it.
+    pub steps: Vec<Step>,
+    /// The time at a step that has no pause of its own (also for a weight no step has, after
+    /// the steps were edited).
+    pub interval: Duration,
+    pub analysis: Option<Analysis>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    pub weight: Percent,
+    pub pause: Duration,
+}
+
+impl Rollout {
+    /// The time at the step with `weight`, or the default time if no step has it (the steps
+    /// were edited since).
+    pub fn pause_at(&self, weight_ppm: u32, default: Duration) -> Duration {
+        self.steps
+            .iter()
+            .find(|s| s.weight.ppm() == weight_ppm)
+            .map_or(default, |s| s.pause)
+    }
+
+    /// The first step's weight above `weight_ppm`, if any.
+    pub fn next_weight(&self, weight_ppm: u32) -> Option<Percent> {
+        self.steps
+            .iter()
+            .map(|s| s.weight)
+            .find(|w| w.ppm() > weight_ppm)
+    }
+}
+
+/// Checks of a version's figures (and webhooks) during a rollout or after a switch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Analysis {
+    /// Time between checks.
+    pub interval: Duration,
+    pub max_error_rate: Option<Percent>,
+    pub max_p99_latency: Option<Duration>,
+    /// Fewer requests in a check's figures: the check waits.
+    pub min_requests: u64,
+    /// Failed checks that roll back.
+    pub failure_limit: u32,
+    /// Waiting for traffic longer than this fails.
+    pub max_wait: Option<Duration>,
+    /// Blue-green and red-black: how long the new version is watched after a switch.
+    pub window: Duration,
+    pub webhooks: Vec<Webhook>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    pub url: String,
+    pub timeout: Duration,
 }
 
 /// Requests carrying `header: <version>` go to that version, so it can be tried before a switch.
@@ -159,7 +264,7 @@ pub enum Condition {
 }
 
 /// A share of requests in parts per million, so that 0.5% is exact and hashing is stable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Percent(u32);
 
 impl Percent {
@@ -201,7 +306,7 @@ impl fmt::Display for Percent {
 }
 
 /// How Envoy spreads requests over a version's endpoints.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum LoadBalancing {
     #[default]
     RoundRobin,
@@ -211,14 +316,14 @@ pub enum LoadBalancing {
     Maglev(HashOn),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HashOn {
     Header(String),
     Cookie(String),
     SourceIp,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutlierDetection {
     pub consecutive_5xx: u32,
     pub consecutive_gateway_errors: Option<u32>,
@@ -229,7 +334,7 @@ pub struct OutlierDetection {
     pub failure_percentage: Option<FailurePercentage>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SuccessRate {
     pub minimum_hosts: u32,
     pub request_volume: u32,
@@ -237,14 +342,14 @@ pub struct SuccessRate {
     pub stdev_factor_milli: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailurePercentage {
     pub threshold: u32,
     pub minimum_hosts: u32,
     pub request_volume: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthCheck {
     /// `None` means a TCP connect check.
     pub path: Option<String>,
@@ -255,7 +360,7 @@ pub struct HealthCheck {
     pub wait_for_first_check: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Retries {
     pub attempts: u32,
     pub on: Vec<String>,
@@ -263,7 +368,7 @@ pub struct Retries {
 }
 
 /// Per-service traffic policy; every field has the default documented in the README.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
     pub load_balancing: LoadBalancing,
     pub outlier_detection: Option<OutlierDetection>,
@@ -280,7 +385,7 @@ pub struct Version {
     pub endpoints: Vec<Endpoint>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     pub address: SocketAddr,
     /// Relative load-balancing weight (weighted round robin); `None` is Envoy's default of 1.

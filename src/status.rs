@@ -1,21 +1,22 @@
-//! What cutover knows about itself and its clients: the last reload and every connected stream
-//! with the versions its Envoy has ACKed, has pending and has rejected.
+//! The status read model: the last reload, the services as planned, and every connected client
+//! with the versions its Envoy has ACKed, has pending and has rejected (read from
+//! [`crate::xds::clients`]), assembled into the report `GET /status` and `cutover status` show.
 //!
-//! Streams report here after each step; the admin API and tests read it. Waiters can subscribe
-//! to [`Registry::changes`] instead of polling.
+//! The controller writes what it loaded and planned; nothing here is an input to anything:
+//! gates (red-black retirement) read [`Clients`] directly.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Mutex;
-use std::time::{Instant, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::metrics::{Metrics, ResultLabel};
-use crate::xds::ResourceType;
-use crate::xds::sotw::{Event, Mode, NodeInfo, Stream, StreamView, TypeStatus};
+use crate::snapshot::{Published, ResourceType};
+use crate::xds::Mode;
+use crate::xds::clients::{Client, Clients, TypeStatus};
 
 /// The outcome of the latest attempt to load the deployment file.
 #[derive(Debug, Clone, Serialize)]
@@ -81,6 +82,79 @@ pub struct ServiceReport {
     pub retiring: Vec<RetiringReport>,
     /// Every connected Envoy has ACKed the current config.
     pub synced: bool,
+    /// An automated rollout or a switch being watched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutReport>,
+}
+
+/// A rollout as `/status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutReport {
+    /// `canary` or `switch`.
+    pub kind: &'static str,
+    /// The version under test.
+    pub version: String,
+    /// The version it is compared with and goes back to.
+    pub baseline: String,
+    /// `progressing`, `paused`, `promoted` or `rolled_back`.
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// A canary's share of requests now, in percent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f64>,
+    /// A canary's step (1-based) and the number of steps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
+    /// The step's (or switch window's) time has not started: not every Envoy has it yet.
+    pub awaiting_ack: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_ends_in_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_check_in_seconds: Option<f64>,
+    pub failed_checks: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_check: Option<CheckReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thresholds: Option<ThresholdsReport>,
+    /// What the operator should do next, if anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advice: Option<String>,
+    pub history: Vec<HistoryReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    pub at: String,
+    /// `pass`, `wait` or `fail`.
+    pub verdict: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub requests: u64,
+    pub errors: u64,
+    /// Percent.
+    pub error_rate: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ThresholdsReport {
+    /// Percent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_error_rate: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_p99_ms: Option<f64>,
+    pub min_requests: u64,
+    pub failure_limit: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryReport {
+    pub at: String,
+    pub what: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -89,9 +163,21 @@ pub struct MirrorReport {
     pub percent: f64,
 }
 
+/// The runtime state file: where it is and whether it can be used.
+#[derive(Debug, Clone, Serialize)]
+pub struct StateFileReport {
+    pub path: String,
+    /// Read (or absent) and written without trouble.
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
     pub file: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_file: Option<StateFileReport>,
     pub config_version: Option<String>,
     pub last_reload: Option<ReloadStatus>,
     pub services: BTreeMap<String, ServiceReport>,
@@ -101,89 +187,60 @@ pub struct StatusReport {
 #[derive(Debug, Default)]
 struct Inner {
     file: PathBuf,
-    config_version: Option<String>,
-    /// When the change that produced `config_version` was seen (the file event).
-    changed_at: Option<Instant>,
+    state_file: Option<StateFileReport>,
     last_reload: Option<ReloadStatus>,
     services: BTreeMap<String, ServiceReport>,
-    next_id: u64,
-    streams: BTreeMap<u64, NodeReport>,
-    /// What each stream's Envoy holds, resource by resource (for CSDS).
-    held: BTreeMap<u64, StreamResources>,
-}
-
-/// The resources one stream's Envoy holds, for CSDS (shared with the stream, listed on demand).
-#[derive(Debug, Clone, Default)]
-pub struct StreamResources {
-    pub node: NodeInfo,
-    pub view: StreamView,
 }
 
 /// Shared, thread-safe status of the whole server.
 #[derive(Debug)]
-pub struct Registry {
+pub struct Status {
     inner: Mutex<Inner>,
-    changes: watch::Sender<u64>,
-    pub metrics: Metrics,
+    clients: Arc<Clients>,
+    published: watch::Receiver<Option<Arc<Published>>>,
+    pub metrics: Arc<Metrics>,
 }
 
-impl Registry {
-    pub fn new(file: PathBuf) -> Registry {
-        Registry {
+impl Status {
+    pub fn new(
+        file: PathBuf,
+        clients: Arc<Clients>,
+        published: watch::Receiver<Option<Arc<Published>>>,
+        metrics: Arc<Metrics>,
+    ) -> Status {
+        Status {
             inner: Mutex::new(Inner {
                 file,
                 ..Default::default()
             }),
-            changes: watch::Sender::new(0),
-            metrics: Metrics::new(),
+            clients,
+            published,
+            metrics,
         }
     }
 
-    /// Bumped on every change; `changed().await` on a receiver wakes after one.
-    pub fn changes(&self) -> watch::Receiver<u64> {
-        self.changes.subscribe()
-    }
-
     fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
-        let r = {
-            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            f(&mut inner)
-        };
-        self.changes.send_modify(|n| *n += 1);
-        r
+        f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub fn set_services(&self, services: BTreeMap<String, ServiceReport>) {
         self.with(|i| i.services = services);
     }
 
-    /// Whether every connected Envoy has ACKed everything of `version` (true with none).
-    pub fn all_synced_to(&self, version: &str) -> bool {
-        let i = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        i.streams
-            .values()
-            .all(|s| s.in_sync && s.config_version.as_deref() == Some(version))
+    pub fn set_state_file(&self, report: StateFileReport) {
+        self.with(|i| i.state_file = Some(report));
     }
 
-    /// Records the config version now served (a reload or a retirement), caused by a change
-    /// seen at `changed_at`, and its encoded size.
-    pub fn serving(&self, version: &str, changed_at: Instant, bytes: usize) {
-        self.metrics.snapshot_bytes.set(bytes as i64);
-        self.with(|i| {
-            if i.config_version.as_deref() != Some(version) {
-                i.config_version = Some(version.to_owned());
-                i.changed_at = Some(changed_at);
-            }
-        });
+    pub fn state_file(&self) -> Option<StateFileReport> {
+        self.with(|i| i.state_file.clone())
     }
 
-    pub fn reloaded(&self, version: &str) {
+    pub fn reloaded(&self) {
         self.metrics
             .reloads
             .get_or_create(&ResultLabel { result: "ok" })
             .inc();
         self.with(|i| {
-            i.config_version = Some(version.to_owned());
             i.last_reload = Some(ReloadStatus {
                 ok: true,
                 error: None,
@@ -206,167 +263,87 @@ impl Registry {
         });
     }
 
-    pub fn connect(&self, mode: Mode, peer: Option<SocketAddr>) -> u64 {
-        self.with(|i| {
-            i.next_id += 1;
-            let id = i.next_id;
-            self.metrics.streams.inc();
-            i.streams.insert(
-                id,
-                NodeReport {
-                    id: String::new(),
-                    cluster: String::new(),
-                    address: peer.map(|p| p.to_string()),
-                    stream: match mode {
-                        Mode::Aggregated => "ads".to_owned(),
-                        Mode::Single(ty) => ty.short().to_owned(),
-                    },
-                    connected_since: now(),
-                    config_version: None,
-                    in_sync: false,
-                    types: BTreeMap::new(),
-                },
-            );
-            id
-        })
-    }
-
-    pub fn update(&self, id: u64, stream: &Stream, events: &[Event]) {
-        self.with(|i| {
-            for e in events {
-                if let Event::Nack { ty, .. } = e {
-                    self.metrics.nacks.get_or_create(&(*ty).into()).inc();
-                }
-            }
-            i.held.insert(
-                id,
-                StreamResources {
-                    node: stream.node().cloned().unwrap_or_default(),
-                    view: stream.view(),
-                },
-            );
-            let (config_version, changed_at) = (i.config_version.clone(), i.changed_at);
-            let Some(report) = i.streams.get_mut(&id) else {
-                return;
-            };
-            let was_synced = report.in_sync && report.config_version == config_version;
-            let mut new_node = false;
-            if let Some(node) = stream.node()
-                && report.id != node.id
-            {
-                report.id.clone_from(&node.id);
-                report.cluster.clone_from(&node.cluster);
-                new_node = true;
-            }
-            report.in_sync = stream.in_sync();
-            report.config_version = stream.snapshot_version().map(str::to_owned);
-            if !was_synced
-                && report.in_sync
-                && report.config_version == config_version
-                && let Some(at) = changed_at
-            {
-                self.metrics
-                    .save_to_ack_seconds
-                    .observe(at.elapsed().as_secs_f64());
-            }
-            for ty in ResourceType::ALL {
-                let TypeStatus {
-                    acked,
-                    pending,
-                    last_nack,
-                } = stream.status(ty);
-                if acked.is_none() && pending.is_none() && last_nack.is_none() {
-                    continue;
-                }
-                let previous = report
-                    .types
-                    .get(ty.short())
-                    .and_then(|t| t.last_nack.clone());
-                let last_nack = last_nack.map(|n| match previous {
-                    Some(p) if p.version == n.version && p.error == n.error => p,
-                    _ => NackStatus {
-                        version: n.version,
-                        error: n.error,
-                        at: now(),
-                    },
-                });
-                report.types.insert(
-                    ty.short(),
-                    TypeReport {
-                        acked,
-                        pending,
-                        last_nack,
-                    },
-                );
-            }
-            // Counting distinct nodes walks every stream: only when a node is first known.
-            if new_node {
-                self.count_envoys(i);
-            }
-        });
-    }
-
-    pub fn pushed(&self, ty: ResourceType) {
-        self.metrics.pushes.get_or_create(&ty.into()).inc();
-    }
-
-    pub fn disconnect(&self, id: u64) {
-        self.metrics.streams.dec();
-        self.with(|i| {
-            i.streams.remove(&id);
-            i.held.remove(&id);
-            self.count_envoys(i);
-        });
-    }
-
-    fn count_envoys(&self, i: &Inner) {
-        let nodes: std::collections::BTreeSet<&str> = i
-            .streams
-            .values()
-            .filter(|s| !s.id.is_empty())
-            .map(|s| s.id.as_str())
-            .collect();
-        self.metrics.envoys.set(nodes.len() as i64);
-    }
-
-    /// What every connected Envoy holds, resource by resource.
-    pub fn held_resources(&self) -> Vec<StreamResources> {
-        let i = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        i.held.values().cloned().collect()
+    /// Whether a valid file has been loaded and its config published.
+    pub fn ready(&self) -> bool {
+        self.published.borrow().is_some()
     }
 
     pub fn report(&self) -> StatusReport {
+        let published = self.published.borrow().clone();
+        // Every client of every group holds its group's current config.
+        let synced = published.as_ref().is_some_and(|p| {
+            p.groups()
+                .all(|(g, s)| self.clients.synced(g, &s.snapshot.version))
+        });
+        let nodes = self.clients.list().iter().map(node_report).collect();
         let i = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         StatusReport {
             file: i.file.display().to_string(),
-            config_version: i.config_version.clone(),
+            state_file: i.state_file.clone(),
+            config_version: published.map(|p| p.version.clone()),
             last_reload: i.last_reload.clone(),
-            services: {
-                let synced = all_synced(&i);
-                let mut services = i.services.clone();
-                for s in services.values_mut() {
-                    s.synced = synced;
-                }
-                services
-            },
-            nodes: i.streams.values().cloned().collect(),
+            services: i
+                .services
+                .iter()
+                .map(|(name, s)| {
+                    (
+                        name.clone(),
+                        ServiceReport {
+                            synced,
+                            ..s.clone()
+                        },
+                    )
+                })
+                .collect(),
+            nodes,
         }
-    }
-
-    /// Number of connected streams whose Envoy is in sync with the current config version.
-    pub fn in_sync_count(&self) -> (usize, usize) {
-        let i = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let synced = i.streams.values().filter(|s| s.in_sync).count();
-        (synced, i.streams.len())
     }
 }
 
-fn all_synced(i: &Inner) -> bool {
-    i.streams
-        .values()
-        .all(|s| s.in_sync && s.config_version == i.config_version)
+fn node_report(c: &Client) -> NodeReport {
+    let mut types = BTreeMap::new();
+    for ty in ResourceType::ALL {
+        let TypeStatus {
+            acked,
+            pending,
+            last_nack,
+        } = c.view.status(ty);
+        if acked.is_none() && pending.is_none() && last_nack.is_none() {
+            continue;
+        }
+        let seen = c.nack_seen[ty.index()].unwrap_or_else(SystemTime::now);
+        types.insert(
+            ty.short(),
+            TypeReport {
+                acked,
+                pending,
+                last_nack: last_nack.map(|n| NackStatus {
+                    version: n.version,
+                    error: n.error,
+                    at: format_time(seen),
+                }),
+            },
+        );
+    }
+    NodeReport {
+        id: c.node.id.clone(),
+        cluster: c.node.cluster.clone(),
+        address: c.peer.map(|p| p.to_string()),
+        stream: match c.mode {
+            Mode::Aggregated => "ads".to_owned(),
+            Mode::Single(ty) => ty.short().to_owned(),
+        },
+        connected_since: format_time(c.connected_since),
+        config_version: c.config_version.clone(),
+        in_sync: c.in_sync(),
+        types,
+    }
 }
 
 fn now() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+    format_time(SystemTime::now())
+}
+
+fn format_time(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
 }

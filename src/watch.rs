@@ -12,6 +12,10 @@
 //! rename it over the original, and Kubernetes ConfigMaps that swap a `..data` symlink, replace
 //! the inode a file watch would follow. This module does not read or parse the file; the caller
 //! does, and reloads only when the content changed.
+//!
+//! The waiting runs in a task of its own that reports complete changes on a channel, so
+//! [`FileWatcher::changed`] is cancel-safe: a caller may drop it inside `select!` (another event
+//! came first) without losing a write that was being waited for.
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
@@ -78,13 +82,13 @@ pub enum WatchError {
 /// Watches one file through its directory.
 #[derive(Debug)]
 pub struct FileWatcher {
-    // Dropping the watcher stops it.
+    // Dropping the watcher stops it (and so the task, whose event channel closes).
     _watcher: RecommendedWatcher,
-    events: mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
-    file_name: OsString,
+    changes: mpsc::Receiver<Result<Instant, WatchError>>,
 }
 
 impl FileWatcher {
+    /// Starts watching; the waiting task runs on the current tokio runtime.
     pub fn new(path: &Path) -> Result<FileWatcher, WatchError> {
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -105,44 +109,72 @@ impl FileWatcher {
                 dir: dir.clone(),
                 source,
             })?;
+        // One change waiting to be taken is enough: the caller reads the file as it is then.
+        let (changes_tx, changes) = mpsc::channel(1);
+        tokio::spawn(wait_for_changes(events, file_name, changes_tx));
         Ok(FileWatcher {
             _watcher: watcher,
-            events,
-            file_name,
+            changes,
         })
     }
 
     /// Waits until the file may have a new complete content (see the module docs). Returns
-    /// when the first event of that change arrived (for save-to-ACK latency).
+    /// when the first event of that change arrived (for save-to-ACK latency). Cancel-safe.
     pub async fn changed(&mut self) -> Result<Instant, WatchError> {
-        let first = loop {
-            match self.events.recv().await {
-                None => return Err(WatchError::Closed),
-                Some(Ok(e)) => match classify(&e, &self.file_name) {
-                    Change::None => {}
-                    Change::Complete => return Ok(Instant::now()),
-                    Change::Partial => break Instant::now(),
-                },
-                Some(Err(err)) => {
-                    // An overflowed queue may have hidden a change: read the file to be sure.
-                    tracing::warn!(%err, "file watcher error; reloading to be safe");
-                    return Ok(Instant::now());
-                }
+        self.changes.recv().await.unwrap_or(Err(WatchError::Closed))
+    }
+}
+
+async fn wait_for_changes(
+    mut events: mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
+    file_name: OsString,
+    changes: mpsc::Sender<Result<Instant, WatchError>>,
+) {
+    loop {
+        let change = next_change(&mut events, &file_name).await;
+        let closed = change.is_err();
+        match changes.try_send(change) {
+            // Full: a change is already waiting to be taken, and the file will be read then.
+            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+        }
+        if closed {
+            return;
+        }
+    }
+}
+
+async fn next_change(
+    events: &mut mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
+    file_name: &OsStr,
+) -> Result<Instant, WatchError> {
+    let first = loop {
+        match events.recv().await {
+            None => return Err(WatchError::Closed),
+            Some(Ok(e)) => match classify(&e, file_name) {
+                Change::None => {}
+                Change::Complete => return Ok(Instant::now()),
+                Change::Partial => break Instant::now(),
+            },
+            Some(Err(err)) => {
+                // An overflowed queue may have hidden a change: read the file to be sure.
+                tracing::warn!(%err, "file watcher error; reloading to be safe");
+                return Ok(Instant::now());
             }
-        };
-        let deadline = first + MAX_WAIT;
-        let mut quiet_until = (Instant::now() + QUIET).min(deadline);
-        loop {
-            match timeout_at(quiet_until, self.events.recv()).await {
-                Err(_elapsed) => return Ok(first),
-                Ok(None) => return Err(WatchError::Closed),
-                Ok(Some(Ok(e))) => match classify(&e, &self.file_name) {
-                    Change::None => {}
-                    Change::Complete => return Ok(first),
-                    Change::Partial => quiet_until = (Instant::now() + QUIET).min(deadline),
-                },
-                Ok(Some(Err(_))) => return Ok(first),
-            }
+        }
+    };
+    let deadline = first + MAX_WAIT;
+    let mut quiet_until = (Instant::now() + QUIET).min(deadline);
+    loop {
+        match timeout_at(quiet_until, events.recv()).await {
+            Err(_elapsed) => return Ok(first),
+            Ok(None) => return Err(WatchError::Closed),
+            Ok(Some(Ok(e))) => match classify(&e, file_name) {
+                Change::None => {}
+                Change::Complete => return Ok(first),
+                Change::Partial => quiet_until = (Instant::now() + QUIET).min(deadline),
+            },
+            Ok(Some(Err(_))) => return Ok(first),
         }
     }
 }
@@ -284,6 +316,31 @@ mod tests {
             "a rename is complete: no debounce ({:?})",
             saved.elapsed()
         );
+    }
+
+    /// The caller waits for the file inside `select!` with other events (deadlines, ACKs): one
+    /// of those firing while an unfinished write is being waited for must not lose the write.
+    #[tokio::test]
+    async fn a_write_waited_for_survives_the_caller_giving_up_on_changed() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("deploy.yaml");
+        std::fs::write(&file, "old").unwrap();
+        let mut w = FileWatcher::new(&file).unwrap();
+        // A writer that keeps the file open: only the quiet period completes the change.
+        let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.write_all(b"new").unwrap();
+        let started = Instant::now();
+        let mut seen = false;
+        while started.elapsed() < Duration::from_secs(5) {
+            tokio::select! {
+                r = w.changed() => { r.unwrap(); seen = true; break; }
+                // Something else wakes the caller every 10 ms, well inside the quiet period.
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+        }
+        assert!(seen, "the in-place write was lost");
+        drop(f);
     }
 
     #[tokio::test]

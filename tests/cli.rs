@@ -15,8 +15,8 @@ use cutover::cli::schema;
 use cutover::cli::status::{self, render_status};
 use cutover::spec::{self, Limit};
 use cutover::status::{
-    MirrorReport, NackStatus, NodeReport, ReloadStatus, RetiringReport, ServiceReport,
-    StatusReport, TypeReport,
+    CheckReport, HistoryReport, MirrorReport, NackStatus, NodeReport, ReloadStatus, RetiringReport,
+    RolloutReport, ServiceReport, StatusReport, ThresholdsReport, TypeReport,
 };
 
 fn root() -> &'static Path {
@@ -93,6 +93,7 @@ fn busy_report() -> StatusReport {
     });
     StatusReport {
         file: "deploy.yaml".into(),
+        state_file: None,
         config_version: Some("0123456789abcdef".into()),
         last_reload: Some(ReloadStatus {
             ok: true,
@@ -110,6 +111,46 @@ fn busy_report() -> StatusReport {
                     deployed: vec!["v1".into(), "v2".into()],
                     retiring: Vec::new(),
                     synced: false,
+                    rollout: Some(RolloutReport {
+                        kind: "canary",
+                        version: "v2".into(),
+                        baseline: "v1".into(),
+                        state: "progressing",
+                        reason: None,
+                        weight: Some(10.0),
+                        step: Some(2),
+                        steps: Some(4),
+                        awaiting_ack: false,
+                        step_ends_in_seconds: Some(42.3),
+                        next_check_in_seconds: Some(7.0),
+                        failed_checks: 0,
+                        last_check: Some(CheckReport {
+                            at: "2026-01-02T03:04:20.000Z".into(),
+                            verdict: "pass",
+                            reason: None,
+                            requests: 1834,
+                            errors: 3,
+                            error_rate: 0.164,
+                            p99_ms: Some(41.0),
+                        }),
+                        thresholds: Some(ThresholdsReport {
+                            max_error_rate: Some(1.0),
+                            max_p99_ms: Some(500.0),
+                            min_requests: 100,
+                            failure_limit: 2,
+                        }),
+                        advice: None,
+                        history: vec![
+                            HistoryReport {
+                                at: "2026-01-02T03:00:00.000Z".into(),
+                                what: "started: v2 at 5%".into(),
+                            },
+                            HistoryReport {
+                                at: "2026-01-02T03:03:38.000Z".into(),
+                                what: "v2 5% → 10% after 6 passed check(s)".into(),
+                            },
+                        ],
+                    }),
                 },
             ),
             (
@@ -129,6 +170,7 @@ fn busy_report() -> StatusReport {
                         retires_in_seconds: Some(251.4),
                     }],
                     synced: false,
+                    rollout: None,
                 },
             ),
             (
@@ -145,6 +187,7 @@ fn busy_report() -> StatusReport {
                         retires_in_seconds: None,
                     }],
                     synced: false,
+                    rollout: None,
                 },
             ),
         ]),
@@ -213,6 +256,7 @@ fn status_after_a_failed_reload() {
 fn status_before_any_valid_config() {
     let report = StatusReport {
         file: "deploy.yaml".into(),
+        state_file: None,
         config_version: None,
         last_reload: Some(ReloadStatus {
             ok: false,
@@ -274,6 +318,7 @@ async fn serve(file: PathBuf) -> app::Server {
         admin: "127.0.0.1:0".parse().unwrap(),
         drain_period: Duration::from_secs(5),
         admin_token: None,
+        state_file: None,
     })
     .await
     .expect("server starts")
@@ -622,6 +667,24 @@ fn schema_describes_keys_for_editors() {
 }
 
 #[test]
+fn every_example_is_a_fuzz_seed() {
+    let seeds = root().join("fuzz/corpus/deployment_file");
+    for entry in std::fs::read_dir(root().join("examples")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy();
+        let seed = seeds.join(format!("example-{name}"));
+        assert_eq!(
+            std::fs::read_to_string(&seed).ok(),
+            Some(std::fs::read_to_string(&path).unwrap()),
+            "{} should be a fuzz seed: cp {} {}",
+            path.display(),
+            path.display(),
+            seed.display()
+        );
+    }
+}
+
+#[test]
 fn schema_and_parser_agree_on_names() {
     let validator = validator();
     let base = example("basic.yaml");
@@ -691,7 +754,7 @@ fn with_closed(stream: &str, cmd: &mut Command) -> Output {
 async fn every_command_that_prints_exits_quietly_on_a_closed_pipe() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("deploy.yaml");
-    std::fs::write(&file, example("canary.yaml")).unwrap();
+    std::fs::write(&file, example("canary-rollout.yaml")).unwrap();
     let server = serve(file).await;
     let admin = server.admin_addr.to_string();
     let example = |name: &str| root().join("examples").join(name).display().to_string();
@@ -727,6 +790,8 @@ async fn every_command_that_prints_exits_quietly_on_a_closed_pipe() {
             &["status", "--admin", &admin, "--json", "--watch"],
             0,
         ),
+        run("stdout", &["pause", "checkout", "--admin", &admin], 0),
+        run("stderr", &["promote", "nosuch", "--admin", &admin], 1),
     ];
     let outs = tokio::task::spawn_blocking(move || {
         runs.into_iter()

@@ -203,6 +203,87 @@ async fn restarting_cutover_changes_nothing_in_envoy() {
     );
 }
 
+/// Envoy backs off between attempts to reach its control plane and resets the backoff only
+/// when a message arrives on the stream. cutover greets every reconnecting Envoy with one
+/// message that changes nothing, so restart after restart Envoy comes back as fast, an edit
+/// saved while cutover was down applies as soon as it is back, and no cluster or listener is
+/// added or modified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_restarts_in_a_row_reconnect_fast_and_change_nothing() {
+    let Some(envoy_bin) = envoy_binary() else {
+        return;
+    };
+    let mut stack = Stack::start(&envoy_bin, "blue").await;
+    stack.cutover.wait_in_sync(NODE).await;
+    const WATCHED: [&str; 4] = [
+        "cluster_manager.cluster_added",
+        "cluster_manager.cluster_modified",
+        "listener_manager.listener_added",
+        "listener_manager.listener_modified",
+    ];
+    let watched = async |stack: &Stack| -> Vec<u64> {
+        let stats = stack.envoy.stats().await;
+        WATCHED.iter().map(|name| stats[*name]).collect()
+    };
+    let before = watched(&stack).await;
+    let mut reconnects = Vec::new();
+    let mut applied_after_down = Vec::new();
+    let mut active = "blue";
+    for round in 0..5 {
+        stack.cutover.kill();
+        eventually(WAIT, "Envoy to notice that cutover is gone", async || {
+            stack.envoy.stat("control_plane.connected_state").await == 0
+        })
+        .await;
+        // In the last two rounds the file changes while cutover is down.
+        if round >= 3 {
+            active = if active == "blue" { "green" } else { "blue" };
+            stack.file.write_renamed(&stack.deployment(active));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        stack.cutover.restart().await;
+        let ready = std::time::Instant::now();
+        eventually(WAIT, "Envoy to reconnect", async || {
+            stack.envoy.stat("control_plane.connected_state").await == 1
+        })
+        .await;
+        reconnects.push(ready.elapsed());
+        if round >= 3 {
+            stack.wait_for_traffic_on(active).await;
+            applied_after_down.push(ready.elapsed());
+        }
+        stack.cutover.wait_in_sync(NODE).await;
+    }
+    eprintln!(
+        "reconnected after {reconnects:?}; edits made while down applied after {applied_after_down:?}"
+    );
+    // Envoy's first retry waits up to 0.5 s, a second one up to 1.5 s; a backoff that kept
+    // growing across restarts reaches several seconds within five of them.
+    for (round, t) in reconnects.iter().enumerate() {
+        assert!(
+            *t < std::time::Duration::from_millis(2_500),
+            "round {round}: Envoy reconnected {t:?} after cutover was back: {reconnects:?}"
+        );
+    }
+    let total: std::time::Duration = reconnects.iter().sum();
+    assert!(
+        total < std::time::Duration::from_secs(6),
+        "five reconnects took {total:?}: {reconnects:?}"
+    );
+    for t in &applied_after_down {
+        assert!(
+            *t < std::time::Duration::from_millis(3_000),
+            "an edit saved while cutover was down took {t:?} to apply"
+        );
+    }
+    // Route changes aside (the edits), nothing was added or modified in Envoy.
+    assert_eq!(
+        watched(&stack).await,
+        before,
+        "{WATCHED:?} moved across the restarts"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_config_dump_uses_service_version_cluster_names() {
     let Some(envoy_bin) = envoy_binary() else {

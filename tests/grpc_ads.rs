@@ -2,6 +2,7 @@
 //! port 0. Covers the wire side (framing, the pre-encoded codec, streams, status reporting)
 //! without Envoy; the protocol rules themselves are unit-tested in `xds::sotw`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use cutover::app::{self, ServeOptions};
@@ -109,9 +110,9 @@ fn route_cluster(r: &DiscoveryResponse) -> String {
 
 /// Waits until the one connected node has ACKed everything.
 async fn wait_in_sync(server: &app::Server) {
-    let mut changes = server.registry.changes();
+    let mut changes = server.clients.changes();
     tokio::time::timeout(Duration::from_secs(5), async {
-        while server.registry.in_sync_count() != (1, 1) {
+        while server.clients.in_sync_count() != (1, 1) {
             changes.changed().await.unwrap();
         }
     })
@@ -120,14 +121,19 @@ async fn wait_in_sync(server: &app::Server) {
 }
 
 async fn start(dir: &tempfile::TempDir) -> app::Server {
+    start_with(dir, DEPLOY).await
+}
+
+async fn start_with(dir: &tempfile::TempDir, text: &str) -> app::Server {
     let file = dir.path().join("deploy.yaml");
-    std::fs::write(&file, DEPLOY).unwrap();
+    std::fs::write(&file, text).unwrap();
     app::start(ServeOptions {
         file,
         ads: "127.0.0.1:0".parse().unwrap(),
         admin: "127.0.0.1:0".parse().unwrap(),
         drain_period: Duration::from_secs(5),
         admin_token: None,
+        state_file: None,
     })
     .await
     .expect("server starts")
@@ -175,7 +181,7 @@ async fn ads_stream_serves_updates_and_reports_acks_and_nacks() {
 
     // The ACKs reach /status.
     wait_in_sync(&server).await;
-    let report = server.registry.report();
+    let report = server.status.report();
     assert_eq!(report.nodes[0].id, "grpc-test");
     assert_eq!(
         report.nodes[0].types["rds"].acked.as_deref(),
@@ -205,7 +211,7 @@ async fn ads_stream_serves_updates_and_reports_acks_and_nacks() {
         })
         .await;
     client.expect_nothing().await;
-    let report = server.registry.report();
+    let report = server.status.report();
     let nack = report.nodes[0].types["rds"]
         .last_nack
         .clone()
@@ -217,7 +223,7 @@ async fn ads_stream_serves_updates_and_reports_acks_and_nacks() {
     // An invalid save changes nothing and is reported.
     std::fs::write(&file, DEPLOY.replace("active: blue", "active: gren")).unwrap();
     client.expect_nothing().await;
-    let report = server.registry.report();
+    let report = server.status.report();
     let reload = report.last_reload.unwrap();
     assert!(!reload.ok);
     assert!(
@@ -231,13 +237,13 @@ async fn ads_stream_serves_updates_and_reports_acks_and_nacks() {
 }
 
 #[tokio::test]
-async fn a_reconnect_with_current_versions_gets_nothing() {
+async fn a_reconnect_with_current_versions_gets_nothing_to_apply() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(&dir).await;
     let mut first = Client::connect(server.ads_addr).await;
     bring_up(&mut first).await;
     wait_in_sync(&server).await;
-    let versions = server.registry.report().nodes[0].types.clone();
+    let versions = server.status.report().nodes[0].types.clone();
     drop(first);
 
     let mut second = Client::connect(server.ads_addr).await;
@@ -248,6 +254,13 @@ async fn a_reconnect_with_current_versions_gets_nothing() {
         .send(EDS, &v("eds"), "", &["checkout/blue", "checkout/green"])
         .await;
     second.send(RDS, &v("rds"), "", &["public"]).await;
+    // One message all the same (Envoy resets its reconnect backoff only on a message): the
+    // routes it holds, as a response with no resource, which changes nothing.
+    let greeting = second.recv().await;
+    assert_eq!(greeting.type_url, RDS);
+    assert!(greeting.resources.is_empty());
+    assert_eq!(greeting.version_info, v("rds"));
+    second.ack(&greeting, &["public"]).await;
     second.expect_nothing().await;
 }
 
@@ -263,7 +276,7 @@ async fn admin_api_reports_status_and_config() {
     assert_eq!(status["last_reload"]["ok"], true);
     assert_eq!(
         status["config_version"].as_str(),
-        Some(server.snapshots.borrow().as_ref().unwrap().version.as_str())
+        Some(server.published.borrow().as_ref().unwrap().version.as_str())
     );
     let config: serde_json::Value = get("/config").await.unwrap().json().await.unwrap();
     assert_eq!(config["clusters"][0]["name"], "checkout/blue");
@@ -284,6 +297,7 @@ async fn not_ready_until_a_valid_file_is_loaded() {
         admin: "127.0.0.1:0".parse().unwrap(),
         drain_period: Duration::from_secs(5),
         admin_token: None,
+        state_file: None,
     })
     .await
     .unwrap();
@@ -342,17 +356,31 @@ fn cluster_names(r: &DiscoveryResponse) -> Vec<String> {
     resource_names(r)
 }
 
+/// `DEPLOY` as a red-black service with versions red and black and a 300 ms grace.
+fn red_black(active: &str) -> String {
+    DEPLOY
+        .replace("blue", "red")
+        .replace("green", "black")
+        .replace(
+            "    active: red\n",
+            &format!("    strategy:\n      red-black: {{ active: {active}, grace: 300ms }}\n"),
+        )
+}
+
+/// Connects a client that subscribes like Envoy and ACKs its first four responses.
+async fn connect_and_ack_all(server: &app::Server) -> Client {
+    let mut client = Client::connect(server.ads_addr).await;
+    client.send(CDS, "", "", &[]).await;
+    client.send(LDS, "", "", &[]).await;
+    for _ in 0..4 {
+        let r = client.recv().await;
+        ack(&client, &r).await;
+    }
+    client
+}
+
 #[tokio::test]
 async fn red_black_retires_the_old_version_only_after_every_envoy_acked_and_the_grace() {
-    let red_black = |active: &str| {
-        DEPLOY
-            .replace("blue", "red")
-            .replace("green", "black")
-            .replace(
-                "    active: red\n",
-                &format!("    strategy:\n      red-black: {{ active: {active}, grace: 300ms }}\n"),
-            )
-    };
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("deploy.yaml");
     std::fs::write(&file, red_black("red")).unwrap();
@@ -362,6 +390,7 @@ async fn red_black_retires_the_old_version_only_after_every_envoy_acked_and_the_
         admin: "127.0.0.1:0".parse().unwrap(),
         drain_period: Duration::from_secs(5),
         admin_token: None,
+        state_file: None,
     })
     .await
     .unwrap();
@@ -397,7 +426,7 @@ async fn red_black_retires_the_old_version_only_after_every_envoy_acked_and_the_
     client.expect_nothing().await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     client.expect_nothing().await;
-    let status = server.registry.report();
+    let status = server.status.report();
     let retiring = &status.services["checkout"].retiring;
     assert_eq!(retiring[0].version, "red");
     assert!(retiring[0].awaiting_ack);
@@ -414,7 +443,7 @@ async fn red_black_retires_the_old_version_only_after_every_envoy_acked_and_the_
     );
     ack(&client, &removal).await;
     wait_in_sync(&server).await;
-    let status = server.registry.report();
+    let status = server.status.report();
     assert_eq!(status.services["checkout"].deployed, ["black"]);
     assert!(status.services["checkout"].retiring.is_empty());
 }
@@ -554,10 +583,10 @@ async fn one_envoys_nack_does_not_affect_another() {
     assert_eq!(route_cluster(&other), "checkout/green");
     accepting.ack(&other, &["public"]).await;
 
-    let mut changes = server.registry.changes();
+    let mut changes = server.clients.changes();
     let report = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
-            let report = server.registry.report();
+            let report = server.status.report();
             if report.nodes.iter().any(|n| n.in_sync) {
                 return report;
             }
@@ -574,4 +603,214 @@ async fn one_envoys_nack_does_not_affect_another() {
         .filter_map(|n| n.types["rds"].last_nack.as_ref().map(|x| x.error.as_str()))
         .collect();
     assert_eq!(nacked, ["rejected by this Envoy only"]);
+}
+
+#[tokio::test]
+async fn an_envoy_that_rejects_a_red_black_switch_does_not_hold_the_others_retirement() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(&dir, &red_black("red")).await;
+    let mut accepting = connect_and_ack_all(&server).await;
+    let mut rejecting = connect_and_ack_all(&server).await;
+
+    std::fs::write(dir.path().join("deploy.yaml"), red_black("black")).unwrap();
+    for client in [&mut accepting, &mut rejecting] {
+        let cds = client.recv().await;
+        assert_eq!(cluster_names(&cds), ["checkout/black", "checkout/red"]);
+        ack(client, &cds).await;
+        let eds = client.recv().await;
+        ack(client, &eds).await;
+    }
+    let rds = accepting.recv().await;
+    ack(&accepting, &rds).await;
+    let rejected = rejecting.recv().await;
+    assert_eq!(rejected.type_url, RDS);
+    rejecting
+        .send_req(DiscoveryRequest {
+            type_url: RDS.into(),
+            response_nonce: rejected.nonce.clone(),
+            resource_names: vec!["public".into()],
+            error_detail: Some(Status {
+                code: 3,
+                message: "rejected by this Envoy only".into(),
+                details: vec![],
+            }),
+            ..Default::default()
+        })
+        .await;
+
+    // The rejection answers the switch: red goes after the grace, for the Envoy that took it.
+    let removal = accepting.recv().await;
+    assert_eq!(cluster_names(&removal), ["checkout/black"]);
+    ack(&accepting, &removal).await;
+    // The rejecting Envoy still routes to red, so it keeps red: it is sent nothing.
+    rejecting.expect_nothing().await;
+    let status = server.status.report();
+    assert_eq!(status.services["checkout"].deployed, ["black"]);
+    assert!(status.services["checkout"].retiring.is_empty());
+    let nacks: Vec<bool> = status
+        .nodes
+        .iter()
+        .map(|n| n.types["rds"].last_nack.is_some())
+        .collect();
+    assert_eq!(nacks.iter().filter(|n| **n).count(), 1, "{nacks:?}");
+}
+
+/// A change that a stream's client does not hold anything of (only routes change, the stream
+/// carries clusters) puts it in sync at once; that counts as a save-to-ACK sample.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_in_sync_at_once_is_a_save_to_ack_sample() {
+    use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_client::ClusterDiscoveryServiceClient;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir).await;
+    let mut cds = ClusterDiscoveryServiceClient::connect(format!("http://{}", server.ads_addr))
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    let request = |version: &str, nonce: &str| DiscoveryRequest {
+        type_url: CDS.into(),
+        version_info: version.into(),
+        response_nonce: nonce.into(),
+        node: Some(Node {
+            id: "cds-only".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    tx.send(request("", "")).await.unwrap();
+    let mut responses = cds
+        .stream_clusters(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let r = responses.message().await.unwrap().unwrap();
+    tx.send(request(&r.version_info, &r.nonce)).await.unwrap();
+    let samples = || {
+        server
+            .status
+            .metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix("cutover_save_to_ack_seconds_count "))
+            .map(|n| n.parse::<u64>().unwrap())
+            .unwrap_or(0)
+    };
+    let mut changes = server.clients.changes();
+    let wait_samples = async |n: u64, changes: &mut tokio::sync::watch::Receiver<u64>| {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while samples() < n {
+                changes.changed().await.unwrap();
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{} save-to-ACK samples, expected {n}", samples()));
+    };
+    wait_samples(1, &mut changes).await;
+
+    std::fs::write(
+        dir.path().join("deploy.yaml"),
+        DEPLOY.replace("active: blue", "active: green"),
+    )
+    .unwrap();
+    wait_samples(2, &mut changes).await;
+    assert_eq!(server.clients.in_sync_count(), (1, 1));
+}
+
+async fn start_with_state(dir: &tempfile::TempDir, text: &str, state: PathBuf) -> app::Server {
+    let file = dir.path().join("deploy.yaml");
+    std::fs::write(&file, text).unwrap();
+    app::start(ServeOptions {
+        file,
+        ads: "127.0.0.1:0".parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        drain_period: Duration::from_secs(5),
+        admin_token: None,
+        state_file: Some(state),
+    })
+    .await
+    .expect("server starts")
+}
+
+#[tokio::test]
+async fn an_unusable_state_file_is_reported_and_every_listed_version_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    std::fs::write(&state, "{ this is not a state file").unwrap();
+    let server = start_with_state(&dir, &red_black("black"), state.clone()).await;
+    let report = server.status.report();
+    let state_file = report.state_file.expect("state file in /status");
+    assert!(!state_file.ok);
+    let error = state_file.error.unwrap();
+    assert!(
+        error.contains(&state.display().to_string()) && error.contains("state.json.unusable"),
+        "{error}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("state.json.unusable")).unwrap(),
+        "{ this is not a state file",
+        "kept for whoever wants to look"
+    );
+    // Nothing is known of what Envoys hold: red is kept, as after a switch, not retired.
+    let mut client = Client::connect(server.ads_addr).await;
+    client.send(CDS, "", "", &[]).await;
+    let cds = client.recv().await;
+    assert_eq!(cluster_names(&cds), ["checkout/black", "checkout/red"]);
+    assert_eq!(report.services["checkout"].retiring[0].version, "red");
+}
+
+#[tokio::test]
+async fn an_unwritable_state_file_is_reported_and_serving_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    // The state file is written to `<path>.tmp` first; a directory there stops it, even as
+    // root. Reading finds no state file: a first start.
+    std::fs::create_dir(dir.path().join("state.json.tmp")).unwrap();
+    let server = start_with_state(&dir, DEPLOY, dir.path().join("state.json")).await;
+    assert!(server.status.report().state_file.unwrap().ok);
+    let mut client = Client::connect(server.ads_addr).await;
+    bring_up(&mut client).await;
+    // Removing an endpoint starts a drain: the state changes and cannot be saved.
+    let two = DEPLOY.replace("[127.0.0.1:8082]", "[127.0.0.1:8082, 127.0.0.1:8084]");
+    std::fs::write(dir.path().join("deploy.yaml"), &two).unwrap();
+    let eds = client.recv().await;
+    client.ack(&eds, &["checkout/blue", "checkout/green"]).await;
+    std::fs::write(dir.path().join("deploy.yaml"), DEPLOY).unwrap();
+    let eds = client.recv().await;
+    assert_eq!(eds.type_url, EDS, "the drain is served");
+    let mut changes = server.clients.changes();
+    let report = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let report = server.status.report();
+            if report.state_file.as_ref().is_some_and(|s| !s.ok) {
+                return report;
+            }
+            changes.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the failed save shows in /status");
+    let error = report.state_file.unwrap().error.unwrap();
+    assert!(
+        error.contains("cannot write the runtime state file") && error.contains("--state"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_request_over_the_size_limit_is_refused_with_a_status_that_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir).await;
+    let mut client = Client::connect(server.ads_addr).await;
+    // 5 MiB of names: over the 4 MiB limit on one message.
+    let names: Vec<String> = (0..5 * 1024).map(|i| format!("{i:01024}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    client.send(EDS, "", "", &names).await;
+    let status = tokio::time::timeout(Duration::from_secs(10), client.rx.message())
+        .await
+        .expect("an answer within 10 s")
+        .expect_err("the stream ends with an error status");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("too large") && status.message().contains("bytes"),
+        "{status:?}"
+    );
 }

@@ -32,6 +32,8 @@ static SNAPSHOTS: LazyLock<Vec<Arc<Snapshot>>> = LazyLock::new(|| {
         include_str!("../../examples/rolling.yaml"),
         include_str!("../../examples/health.yaml"),
         include_str!("../../examples/load-balancing.yaml"),
+        include_str!("../../examples/canary-rollout.yaml"),
+        include_str!("../../examples/blue-green-analysis.yaml"),
     ];
     let edits = [
         ("active: blue", "active: green"),
@@ -191,7 +193,7 @@ fuzz_target!(|input: (StreamMode, Vec<Step>)| {
             latest.insert(response.ty.type_url(), (response.nonce, response.version));
         }
         // What status reports and CSDS read from the stream.
-        let _ = (stream.in_sync(), stream.view());
+        let _ = (stream.in_sync(), stream.sync_state(), stream.view());
         for ty in ResourceType::ALL {
             let _ = stream.status(ty);
         }

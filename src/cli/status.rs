@@ -25,10 +25,19 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:19000";
 #[serde(default)]
 pub struct Status {
     pub file: String,
+    pub state_file: Option<StateFile>,
     pub config_version: Option<String>,
     pub last_reload: Option<Reload>,
     pub services: BTreeMap<String, ServiceStatus>,
     pub nodes: Vec<NodeStatus>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct StateFile {
+    pub path: String,
+    pub ok: bool,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -50,6 +59,56 @@ pub struct ServiceStatus {
     pub deployed: Vec<String>,
     pub retiring: Vec<RetiringStatus>,
     pub synced: bool,
+    pub rollout: Option<RolloutStatus>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RolloutStatus {
+    pub kind: String,
+    pub version: String,
+    pub baseline: String,
+    pub state: String,
+    pub reason: Option<String>,
+    pub weight: Option<f64>,
+    pub step: Option<usize>,
+    pub steps: Option<usize>,
+    pub awaiting_ack: bool,
+    pub step_ends_in_seconds: Option<f64>,
+    pub next_check_in_seconds: Option<f64>,
+    pub failed_checks: u32,
+    pub last_check: Option<CheckStatus>,
+    pub thresholds: Option<ThresholdsStatus>,
+    pub advice: Option<String>,
+    pub history: Vec<HistoryStatus>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct CheckStatus {
+    pub at: String,
+    pub verdict: String,
+    pub reason: Option<String>,
+    pub requests: u64,
+    pub errors: u64,
+    pub error_rate: f64,
+    pub p99_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ThresholdsStatus {
+    pub max_error_rate: Option<f64>,
+    pub max_p99_ms: Option<f64>,
+    pub min_requests: u64,
+    pub failure_limit: u32,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct HistoryStatus {
+    pub at: String,
+    pub what: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -124,6 +183,8 @@ pub enum FetchError {
         status: hyper::StatusCode,
         body: String,
     },
+    #[error("cannot make the request: {0}")]
+    Request(String),
     #[error("http://{addr}/status is not cutover's status JSON: {source}")]
     Json {
         addr: SocketAddr,
@@ -153,6 +214,24 @@ pub async fn fetch(admin: SocketAddr) -> Result<(String, Status), FetchError> {
 /// One HTTP/1.1 GET on its own connection; the admin API is local and asked once a second at
 /// most, so there is nothing to pool.
 async fn get(addr: SocketAddr, path: &str) -> Result<String, FetchError> {
+    let (status, body) = send(addr, hyper::Method::GET, path, None).await?;
+    if !status.is_success() {
+        return Err(FetchError::Status {
+            addr,
+            status,
+            body: first_line(&body),
+        });
+    }
+    Ok(body)
+}
+
+/// One HTTP/1.1 request on its own connection: the answer's status and body.
+async fn send(
+    addr: SocketAddr,
+    method: hyper::Method,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(hyper::StatusCode, String), FetchError> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|source| FetchError::Connect { addr, source })?;
@@ -161,11 +240,17 @@ async fn get(addr: SocketAddr, path: &str) -> Result<String, FetchError> {
         .await
         .map_err(http)?;
     let driver = tokio::spawn(connection);
-    let request = hyper::Request::get(path)
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
         .header(hyper::header::HOST, addr.to_string())
-        .header(hyper::header::ACCEPT, "application/json")
+        .header(hyper::header::ACCEPT, "application/json");
+    if let Some(token) = token {
+        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
         .body(Empty::<Bytes>::new())
-        .expect("a static request is valid");
+        .map_err(|e| FetchError::Request(e.to_string()))?;
     let response = sender.send_request(request).await.map_err(http)?;
     let status = response.status();
     let bytes = response
@@ -175,15 +260,31 @@ async fn get(addr: SocketAddr, path: &str) -> Result<String, FetchError> {
         .map_err(http)?
         .to_bytes();
     driver.abort();
-    let body = String::from_utf8_lossy(&bytes).into_owned();
-    if !status.is_success() {
-        return Err(FetchError::Status {
-            addr,
-            status,
-            body: first_line(&body),
-        });
-    }
-    Ok(body)
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// `POST /rollouts/{service}/{command}`: what the server did, or why it did nothing (`Err`
+/// with the server's answer for a refused command).
+pub async fn control(
+    admin: SocketAddr,
+    service: &str,
+    command: &str,
+    token: Option<&str>,
+) -> Result<Result<String, String>, FetchError> {
+    let path = format!("/rollouts/{service}/{command}");
+    let (status, body) =
+        tokio::time::timeout(TIMEOUT, send(admin, hyper::Method::POST, &path, token))
+            .await
+            .map_err(|_| FetchError::Timeout {
+                addr: admin,
+                timeout: TIMEOUT,
+            })??;
+    let body = body.trim().to_owned();
+    Ok(if status.is_success() {
+        Ok(body)
+    } else {
+        Err(format!("{status}: {body}"))
+    })
 }
 
 /// The start of an error body, enough to recognise what answered.
@@ -236,7 +337,16 @@ pub fn render_status(report: &Status, color: bool) -> String {
             ),
         },
     ]);
+    if let Some(state) = report.state_file.as_ref().filter(|s| !s.ok) {
+        head.row(vec![
+            ("runtime state".into(), Style::Bold),
+            (format!("PROBLEM with {}", state.path), Style::Red),
+        ]);
+    }
     out.push_str(&head.render("", p));
+    if let Some(error) = report.state_file.as_ref().and_then(|s| s.error.as_deref()) {
+        let _ = writeln!(out, "    {}", p.paint(Style::Red, error));
+    }
     if let Some(Reload {
         ok: false,
         error: Some(error),
@@ -253,6 +363,17 @@ pub fn render_status(report: &Status, color: bool) -> String {
         let _ = writeln!(out, "{}", p.paint(Style::Dim, "no services"));
     } else {
         out.push_str(&services_table(report).render("", p));
+    }
+    let rollouts: Vec<(&String, &RolloutStatus)> = report
+        .services
+        .iter()
+        .filter_map(|(name, s)| Some((name, s.rollout.as_ref()?)))
+        .collect();
+    if !rollouts.is_empty() {
+        out.push('\n');
+        for (name, r) in rollouts {
+            out.push_str(&render_rollout(name, r, p));
+        }
     }
 
     out.push('\n');
@@ -374,6 +495,85 @@ fn node_types(n: &NodeStatus, p: Painter) -> String {
                 let _ = writeln!(out, "      {line}");
             }
         }
+    }
+    out
+}
+
+/// One rollout: where it is, its last check against its thresholds, its recent history and
+/// what to do next.
+fn render_rollout(name: &str, r: &RolloutStatus, p: Painter) -> String {
+    let mut out = String::new();
+    let what = match (r.kind.as_str(), r.weight) {
+        ("canary", Some(w)) => {
+            let step = match (r.step, r.steps) {
+                (Some(i), Some(n)) => format!(", step {i}/{n}"),
+                _ => String::new(),
+            };
+            format!(
+                "canary {} at {}{step} (stable {})",
+                r.version,
+                percent(w),
+                r.baseline
+            )
+        }
+        _ => format!("switch {} → {}", r.baseline, r.version),
+    };
+    let (state, style) = match r.state.as_str() {
+        "progressing" => ("progressing", Style::Cyan),
+        "paused" => ("PAUSED", Style::Yellow),
+        "promoted" => ("promoted", Style::Green),
+        "rolled_back" => ("ROLLED BACK", Style::Red),
+        other => (other, Style::Plain),
+    };
+    let when = if r.awaiting_ack {
+        " · waiting for every Envoy to ACK".to_owned()
+    } else {
+        r.step_ends_in_seconds
+            .map(|s| format!(" · step ends in {}", countdown(s.max(0.0))))
+            .unwrap_or_default()
+    };
+    let _ = writeln!(
+        out,
+        "{}  {what}  {}{when}",
+        p.paint(Style::Bold, &format!("rollout {name}:")),
+        p.paint(style, state)
+    );
+    if let Some(reason) = &r.reason {
+        let _ = writeln!(out, "    {}", p.paint(Style::Red, reason));
+    }
+    if let Some(c) = &r.last_check {
+        let t = r.thresholds.clone().unwrap_or_default();
+        let errors = match t.max_error_rate {
+            Some(max) => format!("{}% errors (max {})", c.error_rate, percent(max)),
+            None => format!("{}% errors", c.error_rate),
+        };
+        let p99 = match (c.p99_ms, t.max_p99_ms) {
+            (Some(v), Some(max)) => format!(", p99 {v:.0} ms (max {max:.0} ms)"),
+            (Some(v), None) => format!(", p99 {v:.0} ms"),
+            (None, _) => String::new(),
+        };
+        let verdict_style = match c.verdict.as_str() {
+            "pass" => Style::Green,
+            "fail" => Style::Red,
+            _ => Style::Yellow,
+        };
+        let _ = writeln!(
+            out,
+            "    last check {}: {} · {} requests, {errors}{p99}{}",
+            c.at,
+            p.paint(verdict_style, &c.verdict),
+            c.requests,
+            c.reason
+                .as_ref()
+                .map(|r| format!(" · {r}"))
+                .unwrap_or_default()
+        );
+    }
+    for h in r.history.iter().rev().take(3).rev() {
+        let _ = writeln!(out, "    {}  {}", p.paint(Style::Dim, &h.at), h.what);
+    }
+    if let Some(advice) = &r.advice {
+        let _ = writeln!(out, "    {}", p.paint(Style::Yellow, advice));
     }
     out
 }

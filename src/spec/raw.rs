@@ -153,6 +153,10 @@ pub struct RawBlueGreen {
     /// Lets requests carrying `<header>: <version>` reach an idle version before a switch.
     #[schemars(with = "Option<RawPreview>")]
     pub preview: Option<Spanned<RawPreview>>,
+    /// After a switch of `active`, watch the new version for `window`; if it fails the
+    /// analysis, switch back to the previous version. Default: no analysis.
+    #[schemars(with = "Option<RawAnalysis>")]
+    pub analysis: Option<Spanned<RawAnalysis>>,
 }
 
 /// Red-black: blue-green whose previous version is removed after a grace period.
@@ -166,6 +170,11 @@ pub struct RawRedBlack {
     /// How long the previous version stays after every Envoy ACKed a switch. Default: 5m.
     #[schemars(with = "Option<DurationText>")]
     pub grace: Option<Spanned<String>>,
+    /// After a switch of `active`, watch the new version for `window`; if it fails the
+    /// analysis, switch back to the previous version (kept until the window ends). Default: no
+    /// analysis.
+    #[schemars(with = "Option<RawAnalysis>")]
+    pub analysis: Option<Spanned<RawAnalysis>>,
 }
 
 /// Preview routes to the idle versions of a blue-green service.
@@ -189,12 +198,132 @@ pub struct RawCanary {
     /// The version being tried; not the stable one.
     #[schemars(with = "String")]
     pub canary: Spanned<String>,
-    /// Percent of requests that go to the canary, 0 to 100 (e.g. `10`, `0.5` or `"25%"`).
-    #[schemars(with = "Percentage")]
-    pub weight: Spanned<Scalar>,
+    /// Percent of requests that go to the canary, 0 to 100 (e.g. `10`, `0.5` or `"25%"`): a
+    /// manual canary. Give either `weight` or `steps`.
+    #[schemars(with = "Option<Percentage>")]
+    pub weight: Option<Spanned<Scalar>>,
+    /// An automated rollout: the canary's weights in turn, each held for `interval` (or the
+    /// step's own `pause`) once every Envoy has it and while the analysis passes, e.g.
+    /// `[5, 25, 50, 100]` or `[{ weight: 5, pause: 2m }, 50, 100]`. After the last step the
+    /// canary gets all requests (promoted). Give either `weight` or `steps`.
+    #[schemars(with = "Option<Vec<RawStep>>")]
+    pub steps: Option<Spanned<Vec<Spanned<RawStep>>>>,
+    /// Time at each step of `steps` unless the step says otherwise. Default: 1m.
+    #[schemars(with = "Option<DurationText>")]
+    pub interval: Option<Spanned<String>>,
+    /// Checks of the canary's figures during `steps`; a failed analysis rolls back at once.
+    /// Default: no analysis (steps advance on time alone).
+    #[schemars(with = "Option<RawAnalysis>")]
+    pub analysis: Option<Spanned<RawAnalysis>>,
     /// Keeps each user on the version they first got, with a cookie Envoy sets.
     #[schemars(with = "Option<RawSticky>")]
     pub sticky: Option<Spanned<RawSticky>>,
+}
+
+/// One step of a rollout: a weight, or `{ weight, pause }`.
+#[derive(Debug, JsonSchema)]
+#[schemars(rename = "Step", untagged)]
+pub enum RawStep {
+    /// The canary's percent of requests during this step.
+    #[schemars(with = "Percentage")]
+    Weight(Scalar),
+    /// A weight held for its own time.
+    #[schemars(with = "RawStepMap")]
+    WithPause(RawStepMap),
+}
+
+/// A rollout step with its own time.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "StepWithPause")]
+pub struct RawStepMap {
+    /// The canary's percent of requests during this step.
+    #[schemars(with = "Percentage")]
+    pub weight: Spanned<Scalar>,
+    /// How long this step lasts once every Envoy has its weight. Default: the `interval`.
+    #[schemars(with = "Option<DurationText>")]
+    pub pause: Option<Spanned<String>>,
+}
+
+impl<'de> Deserialize<'de> for RawStep {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawStep;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a step: a percentage, or { weight: 25, pause: 2m }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawStep, E> {
+                Ok(RawStep::Weight(Scalar(v.to_owned())))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawStep, E> {
+                Ok(RawStep::Weight(Scalar(v.to_string())))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawStep, E> {
+                Ok(RawStep::Weight(Scalar(v.to_string())))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<RawStep, E> {
+                Ok(RawStep::Weight(Scalar(v.to_string())))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawStep, A::Error> {
+                RawStepMap::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawStep::WithPause)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// Checks of a version's figures, as Envoy reports them to cutover (requests, errors,
+/// latency), and optional webhooks. Each check reads the last 10 s of figures.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Analysis")]
+pub struct RawAnalysis {
+    /// Time between checks. Default: 10s.
+    #[schemars(with = "Option<DurationText>")]
+    pub interval: Option<Spanned<String>>,
+    /// A check fails above this share of failed requests (5xx, resets, connect failures,
+    /// timeouts), e.g. `1%`. Default: not checked.
+    #[schemars(with = "Option<Percentage>")]
+    pub max_error_rate: Option<Spanned<Scalar>>,
+    /// A check fails above this 99th percentile of upstream latency, e.g. `500ms`. Default: not
+    /// checked.
+    #[schemars(with = "Option<DurationText>")]
+    pub max_p99_latency: Option<Spanned<String>>,
+    /// Fewer requests than this in a check's figures: the check waits (neither passes nor
+    /// fails). Default: 20.
+    #[schemars(with = "Option<u64>")]
+    pub min_requests: Option<Spanned<u64>>,
+    /// Failed checks that roll back. Default: 2.
+    #[schemars(with = "Option<u32>", range(min = 1))]
+    pub failure_limit: Option<Spanned<u32>>,
+    /// Waiting for traffic longer than this fails the analysis. Default: wait as long as it
+    /// takes.
+    #[schemars(with = "Option<DurationText>")]
+    pub max_wait: Option<Spanned<String>>,
+    /// Blue-green and red-black only: how long after a switch the new version is watched.
+    /// Default: 1m.
+    #[schemars(with = "Option<DurationText>")]
+    pub window: Option<Spanned<String>>,
+    /// Asked at every check (HTTP POST with a JSON body describing the rollout); a check
+    /// passes only if every webhook answers 2xx in time.
+    #[serde(default)]
+    #[schemars(with = "Vec<RawWebhook>")]
+    pub webhooks: Vec<Spanned<RawWebhook>>,
+}
+
+/// A webhook cutover calls.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Webhook")]
+pub struct RawWebhook {
+    /// An `http://` URL.
+    #[schemars(with = "String")]
+    pub url: Spanned<String>,
+    /// How long to wait for the answer. Default: 5s.
+    #[schemars(with = "Option<DurationText>")]
+    pub timeout: Option<Spanned<String>>,
 }
 
 /// Sticky canary users: a cookie naming the version that answered.

@@ -48,7 +48,8 @@ fn parses_the_readme_example() {
         svc.strategy,
         Strategy::BlueGreen {
             active: "blue".into(),
-            preview: None
+            preview: None,
+            analysis: None,
         }
     );
     assert_eq!(svc.versions["blue"].endpoints.len(), 2);
@@ -236,6 +237,7 @@ fn canary_with_sticky_defaults() {
                 cookie: "cutover-checkout".into(),
                 ttl: std::time::Duration::from_secs(86_400)
             }),
+            rollout: None,
         }
     );
 }
@@ -352,5 +354,103 @@ fn policy_defaults_and_errors() {
     assert_eq!(
         hashed.services["checkout"].policy.load_balancing,
         LoadBalancing::Maglev(HashOn::Header("x-user".into()))
+    );
+}
+
+fn with_strategy(strategy: &str) -> String {
+    GOOD.replace("    active: blue\n", strategy)
+}
+
+#[test]
+fn a_rollout_reads_its_steps_interval_and_analysis() {
+    let spec = parse(
+        "deploy.yaml",
+        &with_strategy(
+            "    strategy:
+      canary:
+        stable: blue
+        canary: green
+        steps: [5, { weight: 25, pause: 2m }, \"50%\", 100]
+        interval: 30s
+        analysis:
+          max_error_rate: 1%
+          max_p99_latency: 500ms
+          min_requests: 100
+          webhooks: [ { url: http://127.0.0.1:9000/check } ]
+",
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let Strategy::Canary {
+        weight,
+        rollout: Some(r),
+        ..
+    } = &spec.services["checkout"].strategy
+    else {
+        panic!("{:?}", spec.services["checkout"].strategy)
+    };
+    assert_eq!(weight.ppm(), 50_000, "a rollout starts at its first step");
+    let steps: Vec<(u32, u64)> = r
+        .steps
+        .iter()
+        .map(|s| (s.weight.ppm(), s.pause.as_secs()))
+        .collect();
+    assert_eq!(
+        steps,
+        [(50_000, 30), (250_000, 120), (500_000, 30), (1_000_000, 30)]
+    );
+    let a = r.analysis.as_ref().unwrap();
+    assert_eq!(a.interval, std::time::Duration::from_secs(10));
+    assert_eq!(a.max_error_rate, Percent::from_ppm(10_000));
+    assert_eq!(a.min_requests, 100);
+    assert_eq!(a.failure_limit, 2);
+    assert_eq!(a.webhooks[0].url, "http://127.0.0.1:9000/check");
+}
+
+#[test]
+fn rollout_problems_point_at_their_values() {
+    let canary = |body: &str| {
+        with_strategy(&format!(
+            "    strategy:\n      canary:\n        stable: blue\n        canary: green\n{body}"
+        ))
+    };
+    assert_eq!(
+        problem(&canary("        weight: 10\n        steps: [10, 100]\n")),
+        "deploy.yaml:17:16: give either `weight` (a manual canary) or `steps` (an automated rollout), not both"
+    );
+    assert!(
+        problem(&canary("")).contains("the canary needs `weight` (a manual canary"),
+        "{}",
+        problem(&canary(""))
+    );
+    assert_eq!(
+        problem(&canary("        steps: [10, 50, 25]\n")),
+        "deploy.yaml:16:25: steps must rise: 25% comes after 50%"
+    );
+    assert_eq!(
+        problem(&canary("        steps: [0, 50]\n")),
+        "deploy.yaml:16:17: a step's weight must be above 0 (a rollout starts at its first step)"
+    );
+    assert!(
+        problem(&canary("        weight: 10\n        interval: 1m\n"))
+            .contains("`interval` belongs to an automated rollout")
+    );
+    assert!(
+        problem(&canary(
+            "        steps: [10, 100]\n        analysis: { window: 1m }\n"
+        ))
+        .contains("`window` is for blue-green and red-black analysis")
+    );
+    assert!(
+        problem(&canary(
+            "        steps: [10, 100]\n        analysis: { webhooks: [ { url: \"ftp://x\" } ] }\n"
+        ))
+        .contains("invalid webhook URL \"ftp://x\"")
+    );
+    assert!(
+        problem(&canary(
+            "        steps: [10, 100]\n        analysis: { failure_limit: 0 }\n"
+        ))
+        .contains("`failure_limit` must be at least 1")
     );
 }

@@ -8,12 +8,12 @@ use serde_saphyr::{Location, Spanned};
 
 use super::limits::{Count, Limit, Limits};
 use super::raw::{
-    Entries, RawEndpoint, RawListener, RawPreview, RawRule, RawService, RawSpec, RawStrategy,
-    Scalar,
+    Entries, RawAnalysis, RawCanary, RawEndpoint, RawListener, RawPreview, RawRule, RawService,
+    RawSpec, RawStep, RawStrategy, Scalar,
 };
 use super::{
-    Condition, Endpoint, Listener, Mirror, PathMatch, Percent, Preview, Problem, Route, Rule,
-    Service, Spec, SpecError, Sticky, Strategy, Version,
+    Analysis, Condition, Endpoint, Listener, Mirror, PathMatch, Percent, Preview, Problem, Rollout,
+    Route, Rule, Service, Spec, SpecError, Step, Sticky, Strategy, Version, Webhook,
 };
 
 /// Parses and validates a deployment file read from disk: the one entry point from raw bytes.
@@ -755,6 +755,7 @@ impl Validator {
                     Strategy::BlueGreen {
                         active,
                         preview: None,
+                        analysis: None,
                     },
                     None,
                 ));
@@ -777,18 +778,30 @@ impl Validator {
             }
         };
         let strategy = match &raw_strategy.value {
-            RawStrategy::BlueGreen(bg) => Strategy::BlueGreen {
-                active: self.version_ref(&bg.active, "strategy.blue-green.active", refs)?,
-                preview: self.preview(bg.preview.as_ref()),
-            },
-            RawStrategy::RedBlack(rb) => Strategy::RedBlack {
-                active: self.version_ref(&rb.active, "strategy.red-black.active", refs)?,
-                grace: self.duration_or(rb.grace.as_ref(), "grace", DEFAULT_GRACE)?,
-            },
+            RawStrategy::BlueGreen(bg) => {
+                let active = self.version_ref(&bg.active, "strategy.blue-green.active", refs);
+                let preview = self.preview(bg.preview.as_ref());
+                let analysis = self.analysis(bg.analysis.as_ref(), Some(DEFAULT_WINDOW));
+                Strategy::BlueGreen {
+                    active: active?,
+                    preview,
+                    analysis: analysis?,
+                }
+            }
+            RawStrategy::RedBlack(rb) => {
+                let active = self.version_ref(&rb.active, "strategy.red-black.active", refs);
+                let grace = self.duration_or(rb.grace.as_ref(), "grace", DEFAULT_GRACE);
+                let analysis = self.analysis(rb.analysis.as_ref(), Some(DEFAULT_WINDOW));
+                Strategy::RedBlack {
+                    active: active?,
+                    grace: grace?,
+                    analysis: analysis?,
+                }
+            }
             RawStrategy::Canary(c) => {
                 let stable = self.version_ref(&c.stable, "strategy.canary.stable", refs);
                 let canary = self.version_ref(&c.canary, "strategy.canary.canary", refs);
-                let weight = self.percent(&c.weight, "strategy.canary.weight");
+                let rollout = self.rollout(c, &raw_strategy.referenced);
                 let sticky = match &c.sticky {
                     None => None,
                     Some(s) => Some(Sticky {
@@ -799,7 +812,7 @@ impl Validator {
                         ttl: self.duration_or(s.value.ttl.as_ref(), "ttl", DEFAULT_STICKY_TTL)?,
                     }),
                 };
-                let (stable, canary, weight) = (stable?, canary?, weight?);
+                let (stable, canary, (weight, rollout)) = (stable?, canary?, rollout?);
                 if stable == canary {
                     let msg = format!(
                         "the canary of service \"{name}\" is its stable version \"{stable}\": name two different versions"
@@ -812,6 +825,7 @@ impl Validator {
                     canary,
                     weight,
                     sticky,
+                    rollout,
                 }
             }
             RawStrategy::Shadow(sh) => {
@@ -829,6 +843,198 @@ impl Validator {
             }
         };
         Some((strategy, None))
+    }
+
+    /// A canary's weight: a manual `weight`, or the first of `steps` with the rollout.
+    fn rollout(
+        &mut self,
+        c: &RawCanary,
+        strategy_loc: &Location,
+    ) -> Option<(Percent, Option<Rollout>)> {
+        let steps = match (&c.weight, &c.steps) {
+            (Some(weight), None) => {
+                for (key, loc) in [
+                    ("interval", c.interval.as_ref().map(|i| &i.referenced)),
+                    ("analysis", c.analysis.as_ref().map(|a| &a.referenced)),
+                ] {
+                    if let Some(loc) = loc {
+                        let msg = format!(
+                            "`{key}` belongs to an automated rollout: give `steps` instead of `weight`, or remove `{key}`"
+                        );
+                        self.at(loc, msg);
+                    }
+                }
+                let weight = self.percent(weight, "strategy.canary.weight")?;
+                return Some((weight, None));
+            }
+            (None, Some(steps)) => steps,
+            (Some(_), Some(steps)) => {
+                self.at(
+                    &steps.referenced,
+                    "give either `weight` (a manual canary) or `steps` (an automated rollout), not both",
+                );
+                return None;
+            }
+            (None, None) => {
+                self.at(
+                    strategy_loc,
+                    "the canary needs `weight` (a manual canary, e.g. `weight: 10`) or `steps` (an automated rollout, e.g. `steps: [5, 25, 50, 100]`)",
+                );
+                return None;
+            }
+        };
+        let interval = self.duration_or(c.interval.as_ref(), "interval", DEFAULT_STEP_INTERVAL);
+        let analysis = self.analysis(c.analysis.as_ref(), None);
+        if steps.value.is_empty() {
+            self.at(&steps.referenced, "`steps` needs at least one step");
+            return None;
+        }
+        if steps.value.len() > MAX_STEPS {
+            let msg = format!("at most {MAX_STEPS} steps, found {}", steps.value.len());
+            self.at(&steps.referenced, msg);
+            return None;
+        }
+        let mut out: Vec<Step> = Vec::new();
+        let mut ok = true;
+        for step in &steps.value {
+            let (weight, pause) = match &step.value {
+                RawStep::Weight(w) => (
+                    self.percent(
+                        &Spanned {
+                            value: w.clone(),
+                            referenced: step.referenced,
+                            defined: step.defined,
+                        },
+                        "steps",
+                    ),
+                    interval,
+                ),
+                RawStep::WithPause(m) => (
+                    self.percent(&m.weight, "steps[].weight"),
+                    match (&m.pause, interval) {
+                        (Some(p), _) => self.duration(p, "steps[].pause"),
+                        (None, i) => i,
+                    },
+                ),
+            };
+            let (Some(weight), Some(pause)) = (weight, pause) else {
+                ok = false;
+                continue;
+            };
+            if weight.ppm() == 0 {
+                self.at(
+                    &step.referenced,
+                    "a step's weight must be above 0 (a rollout starts at its first step)",
+                );
+                ok = false;
+            } else if let Some(previous) = out.last()
+                && previous.weight >= weight
+            {
+                let msg = format!("steps must rise: {weight} comes after {}", previous.weight);
+                self.at(&step.referenced, msg);
+                ok = false;
+            }
+            out.push(Step { weight, pause });
+        }
+        let analysis = analysis?;
+        if !ok {
+            return None;
+        }
+        Some((
+            out[0].weight,
+            Some(Rollout {
+                steps: out,
+                interval: interval?,
+                analysis,
+            }),
+        ))
+    }
+
+    /// An analysis; `window` is `Some(default)` for blue-green and red-black, where it applies,
+    /// and `None` for a canary, where it does not. `Some(None)` when absent.
+    fn analysis(
+        &mut self,
+        raw: Option<&Spanned<RawAnalysis>>,
+        window: Option<Duration>,
+    ) -> Option<Option<Analysis>> {
+        let Some(raw) = raw else {
+            return Some(None);
+        };
+        let a = &raw.value;
+        let interval = self.duration_or(
+            a.interval.as_ref(),
+            "analysis.interval",
+            DEFAULT_CHECK_INTERVAL,
+        );
+        let max_error_rate = match &a.max_error_rate {
+            Some(p) => self.percent(p, "analysis.max_error_rate").map(Some),
+            None => Some(None),
+        };
+        let max_p99_latency = match &a.max_p99_latency {
+            Some(d) => self.duration(d, "analysis.max_p99_latency").map(Some),
+            None => Some(None),
+        };
+        let max_wait = match &a.max_wait {
+            Some(d) => self.duration(d, "analysis.max_wait").map(Some),
+            None => Some(None),
+        };
+        let failure_limit = match &a.failure_limit {
+            Some(n) if n.value == 0 => {
+                self.at(&n.referenced, "`failure_limit` must be at least 1");
+                None
+            }
+            Some(n) => Some(n.value),
+            None => Some(DEFAULT_FAILURE_LIMIT),
+        };
+        let window = match (window, &a.window) {
+            (Some(default), w) => self.duration_or(w.as_ref(), "analysis.window", default),
+            (None, Some(w)) => {
+                self.at(
+                    &w.referenced,
+                    "`window` is for blue-green and red-black analysis (how long a new version is watched); a canary's analysis runs through its steps",
+                );
+                None
+            }
+            (None, None) => Some(Duration::ZERO),
+        };
+        let mut webhooks = Vec::new();
+        let mut hooks_ok = true;
+        for w in &a.webhooks {
+            let url = w.value.url.value.trim();
+            let valid = url
+                .parse::<hyper::Uri>()
+                .ok()
+                .is_some_and(|u| u.scheme_str() == Some("http") && u.host().is_some());
+            if !valid {
+                let msg = format!(
+                    "invalid webhook URL \"{url}\": write an http:// URL, e.g. http://127.0.0.1:9000/check"
+                );
+                self.at(&w.value.url.referenced, msg);
+                hooks_ok = false;
+                continue;
+            }
+            match self.duration_or(w.value.timeout.as_ref(), "timeout", DEFAULT_WEBHOOK_TIMEOUT) {
+                Some(timeout) => webhooks.push(Webhook {
+                    url: url.to_owned(),
+                    timeout,
+                }),
+                None => hooks_ok = false,
+            }
+        }
+        let analysis = Analysis {
+            interval: interval?,
+            max_error_rate: max_error_rate?,
+            max_p99_latency: max_p99_latency?,
+            min_requests: a
+                .min_requests
+                .as_ref()
+                .map_or(DEFAULT_MIN_REQUESTS, |n| n.value),
+            failure_limit: failure_limit?,
+            max_wait: max_wait?,
+            window: window?,
+            webhooks,
+        };
+        hooks_ok.then_some(Some(analysis))
     }
 
     fn preview(&mut self, raw: Option<&Spanned<RawPreview>>) -> Option<Preview> {
@@ -1032,6 +1238,14 @@ struct VersionRefs<'a> {
 const DEFAULT_PREVIEW_HEADER: &str = "x-cutover-preview";
 const DEFAULT_GRACE: Duration = Duration::from_secs(300);
 const DEFAULT_STICKY_TTL: Duration = Duration::from_secs(24 * 3600);
+const DEFAULT_STEP_INTERVAL: Duration = Duration::from_secs(60);
+const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
+const DEFAULT_MIN_REQUESTS: u64 = 20;
+const DEFAULT_FAILURE_LIMIT: u32 = 2;
+const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+/// More would be a typo more often than a plan.
+const MAX_STEPS: usize = 50;
 
 fn list_or_none(names: &[&str]) -> String {
     if names.is_empty() {

@@ -1,5 +1,6 @@
 //! One Envoy cluster (EDS, endpoints over ADS) and its load assignment per service version,
-//! with the service's load balancing, outlier detection and health checks.
+//! with the service's load balancing, outlier detection and health checks, and the aggregate
+//! clusters that fall back from one version to another.
 
 use envoy_types::pb::envoy::config::cluster::v3::{
     Cluster, OutlierDetection,
@@ -20,9 +21,11 @@ use envoy_types::pb::envoy::r#type::v3::Percent as EnvoyPercent;
 use envoy_types::pb::google::protobuf::UInt32Value;
 
 use super::{ads_config_source, duration};
-use crate::spec::{self, LoadBalancing, Policy, Version};
+use crate::ids::{ClusterId, FallbackId};
+use crate::reconcile::{EndpointPlan, Health};
+use crate::spec::{self, LoadBalancing, Policy};
 
-pub(super) fn cluster(name: &str, policy: &Policy) -> Cluster {
+pub(super) fn cluster(id: &ClusterId, policy: &Policy) -> Cluster {
     let slow_start_config = policy.slow_start.map(|window| SlowStartConfig {
         slow_start_window: Some(duration(window)),
         ..Default::default()
@@ -50,7 +53,7 @@ pub(super) fn cluster(name: &str, policy: &Policy) -> Cluster {
         LoadBalancing::Maglev(_) => (LbPolicy::Maglev, None),
     };
     Cluster {
-        name: name.to_owned(),
+        name: id.to_string(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
         eds_cluster_config: Some(EdsClusterConfig {
             eds_config: Some(ads_config_source()),
@@ -134,12 +137,12 @@ fn health_check(h: &spec::HealthCheck) -> HealthCheck {
 
 /// A cluster that sends to `primary` while it has healthy endpoints and to `fallback` when it
 /// has none (Envoy's aggregate cluster picks the first with healthy hosts).
-pub(super) fn fallback(name: &str, primary: &str, fallback: &str) -> Cluster {
+pub(super) fn fallback(id: &FallbackId) -> Cluster {
     let config = envoy_types::pb::envoy::extensions::clusters::aggregate::v3::ClusterConfig {
-        clusters: vec![primary.to_owned(), fallback.to_owned()],
+        clusters: vec![id.primary().to_string(), id.secondary().to_string()],
     };
     Cluster {
-        name: name.to_owned(),
+        name: id.to_string(),
         cluster_discovery_type: Some(ClusterDiscoveryType::ClusterType(CustomClusterType {
             name: "envoy.clusters.aggregate".to_owned(),
             typed_config: Some(super::any(&config)),
@@ -150,26 +153,24 @@ pub(super) fn fallback(name: &str, primary: &str, fallback: &str) -> Cluster {
     }
 }
 
-pub(super) fn load_assignment(name: &str, version: &Version) -> ClusterLoadAssignment {
-    let lb_endpoints = version
-        .endpoints
+pub(super) fn load_assignment(id: &ClusterId, endpoints: &[EndpointPlan]) -> ClusterLoadAssignment {
+    let lb_endpoints = endpoints
         .iter()
         .map(|e| LbEndpoint {
             host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
                 address: Some(socket_address(e.address)),
                 ..Default::default()
             })),
-            health_status: if e.drain {
-                HealthStatus::Draining
-            } else {
-                HealthStatus::Unknown
+            health_status: match e.health {
+                Health::Active => HealthStatus::Unknown,
+                Health::Draining | Health::Removed { .. } => HealthStatus::Draining,
             } as i32,
             load_balancing_weight: e.weight.and_then(u32v),
             ..Default::default()
         })
         .collect();
     ClusterLoadAssignment {
-        cluster_name: name.to_owned(),
+        cluster_name: id.to_string(),
         endpoints: vec![LocalityLbEndpoints {
             lb_endpoints,
             ..Default::default()

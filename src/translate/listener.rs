@@ -1,7 +1,6 @@
 //! Listeners (an HTTP connection manager that takes its routes over RDS) and their routes.
 
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
-use std::collections::BTreeSet;
 
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
@@ -11,14 +10,14 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 
 use super::cluster::socket_address;
 use super::{ads_config_source, any, routes};
-use crate::spec::{self, Spec};
+use crate::reconcile::{ListenerPlan, Plan};
 
 /// The RDS name of a listener's routes: the listener's own name, so the two read together.
 pub(crate) fn route_config_name(listener: &str) -> String {
     listener.to_owned()
 }
 
-pub(super) fn listener(l: &spec::Listener) -> Listener {
+pub(super) fn listener(l: &ListenerPlan) -> Listener {
     let hcm = HttpConnectionManager {
         stat_prefix: l.name.clone(),
         route_specifier: Some(RouteSpecifier::Rds(Rds {
@@ -48,19 +47,13 @@ pub(super) fn listener(l: &spec::Listener) -> Listener {
     }
 }
 
-pub(super) fn route_configuration(
-    l: &spec::Listener,
-    spec: &Spec,
-    retired: &BTreeSet<String>,
-) -> RouteConfiguration {
+pub(super) fn route_configuration(l: &ListenerPlan, plan: &Plan) -> RouteConfiguration {
     let routes = l
         .routes
         .iter()
         .filter_map(|r| {
-            let service = spec.services.get(&r.service)?;
-            Some(routes::service_routes(
-                &r.matcher, &r.service, service, retired,
-            ))
+            let service = plan.services.get(&r.service)?;
+            Some(routes::service_routes(&r.matcher, service))
         })
         .flatten()
         .collect();

@@ -1,8 +1,11 @@
-//! Pure, deterministic translation of a validated [`Spec`] into Envoy resources.
+//! Pure, deterministic translation of a [`Plan`] into Envoy resources: the only code that knows
+//! Envoy's message shapes.
 //!
-//! Given the same spec this always returns the same messages in the same order, so the encoded
+//! Given the same plan this always returns the same messages in the same order, so the encoded
 //! bytes and their content-hash versions are identical on every machine and after every restart.
-//! It does no I/O and knows nothing about streams or versions; see [`crate::snapshot`] for that.
+//! It does no I/O and decides nothing: which clusters exist, which endpoints drain and where
+//! routes send requests are in the plan ([`crate::reconcile`]). See [`crate::snapshot`] for
+//! encoding and versions.
 //!
 //! Avoid protobuf `map` fields with more than one entry here: prost encodes them from a
 //! `HashMap`, whose order (and so the bytes and versions) would change from run to run.
@@ -13,8 +16,6 @@ mod routes;
 
 pub use cluster::socket_address;
 
-use std::collections::BTreeSet;
-
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::{
     AggregatedConfigSource, ApiVersion, ConfigSource, config_source::ConfigSourceSpecifier,
@@ -24,7 +25,8 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::google::protobuf::{Any, Duration};
 
-use crate::spec::Spec;
+use crate::ids::ClusterId;
+use crate::reconcile::Plan;
 
 /// The four resource sets Envoy receives, each sorted by resource name.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -35,36 +37,23 @@ pub struct Resources {
     pub routes: Vec<RouteConfiguration>,
 }
 
-/// Translates a spec into Envoy resources. Pure and deterministic.
-pub fn translate(spec: &Spec) -> Resources {
-    translate_with(spec, &BTreeSet::new())
-}
-
-/// Like [`translate`], leaving out the clusters named in `retired` (the idle versions of
-/// red-black services whose grace period is over) and every route to them.
-pub fn translate_with(spec: &Spec, retired: &BTreeSet<String>) -> Resources {
+/// Translates a plan into Envoy resources. Pure and deterministic.
+pub fn translate(plan: &Plan) -> Resources {
     let mut out = Resources::default();
-    for (service_name, service) in &spec.services {
+    for (service_name, service) in &plan.services {
         for (version_name, version) in &service.versions {
-            let name = Spec::cluster_name(service_name, version_name);
-            if retired.contains(&name) {
-                continue;
-            }
-            out.clusters.push(cluster::cluster(&name, &service.policy));
-            out.endpoints.push(cluster::load_assignment(&name, version));
+            let id = ClusterId::new(service_name, version_name);
+            out.clusters.push(cluster::cluster(&id, &version.policy));
+            out.endpoints
+                .push(cluster::load_assignment(&id, &version.endpoints));
         }
-        for (version, fallback) in routes::fallbacks(service) {
-            out.clusters.push(cluster::fallback(
-                &fallback_cluster_name(service_name, version, fallback),
-                &Spec::cluster_name(service_name, version),
-                &Spec::cluster_name(service_name, fallback),
-            ));
+        for fallback in service.fallbacks.keys() {
+            out.clusters.push(cluster::fallback(fallback));
         }
     }
-    for l in &spec.listeners {
+    for l in &plan.listeners {
         out.listeners.push(listener::listener(l));
-        out.routes
-            .push(listener::route_configuration(l, spec, retired));
+        out.routes.push(listener::route_configuration(l, plan));
     }
     out.clusters.sort_by(|a, b| a.name.cmp(&b.name));
     out.endpoints
@@ -72,11 +61,6 @@ pub fn translate_with(spec: &Spec, retired: &BTreeSet<String>) -> Resources {
     out.listeners.sort_by(|a, b| a.name.cmp(&b.name));
     out.routes.sort_by(|a, b| a.name.cmp(&b.name));
     out
-}
-
-/// The cluster that is `version` while it has a healthy endpoint and `fallback` otherwise.
-pub fn fallback_cluster_name(service: &str, version: &str, fallback: &str) -> String {
-    format!("{service}/{version}~{fallback}")
 }
 
 /// Resources that refer to other resources get them over the same ADS stream.

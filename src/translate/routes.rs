@@ -1,14 +1,6 @@
-//! The routes of one service under one listener route, in match order:
-//!
-//! 1. preview: `<preview header>: <version>` reaches that version (blue-green, red-black);
-//! 2. rules: user groups (header, cookie, query parameter, path prefix) go to their version;
-//! 3. sticky canary: a request carrying the canary cookie stays on the version it names;
-//! 4. the strategy: one cluster, or weighted clusters for a canary (each setting the sticky
-//!    cookie for the version that answered).
-//!
-//! Every route gets the service's timeout, retry policy, hash policy and mirror.
-
-use std::collections::BTreeSet;
+//! A service's planned routes as Envoy routes under one listener route: the listener route's
+//! path match narrowed by each route's conditions, its target as a cluster or weighted
+//! clusters, and the service's timeout, retry policy, hash policy and mirror on every route.
 
 use envoy_types::pb::envoy::config::core::v3::{
     HeaderValue, HeaderValueOption, RuntimeFractionalPercent,
@@ -30,148 +22,26 @@ use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent::
 use envoy_types::pb::google::protobuf::UInt32Value;
 
 use super::{any, duration};
-use crate::spec::{Condition, HashOn, LoadBalancing, PathMatch, Percent, Service, Spec, Strategy};
+use crate::reconcile::{RoutePlan, RoutePolicy, ServicePlan, Target};
+use crate::spec::{Condition, HashOn, PathMatch, Percent};
 
-/// The version a service's requests go to when nothing else applies: the active version, the
-/// primary, or a canary's stable version.
-fn default_version(service: &Service) -> &str {
-    match &service.strategy {
-        Strategy::BlueGreen { active, .. } | Strategy::RedBlack { active, .. } => active,
-        Strategy::Shadow { primary } => primary,
-        Strategy::Canary { stable, .. } => stable,
-    }
-}
-
-/// Traffic sent to a version *besides* the service's default (a split canary's share, an A/B
-/// rule's group) falls back to the default version when that version has no healthy endpoint,
-/// rather than keep its share and fail it: the `(version, fallback)` pairs, sorted, each made
-/// an aggregate cluster.
-pub(super) fn fallbacks(service: &Service) -> Vec<(&str, &str)> {
-    let default = default_version(service);
-    let mut out: Vec<(&str, &str)> = Vec::new();
-    if let Strategy::Canary { canary, weight, .. } = &service.strategy
-        && weight.ppm() > 0
-        && weight.ppm() < Percent::MILLION
-    {
-        out.push((canary, default));
-    }
-    for rule in &service.rules {
-        if rule.version != default {
-            out.push((&rule.version, default));
-        }
-    }
-    out.sort_unstable();
-    out.dedup();
-    out
-}
-
-pub(super) fn service_routes(
-    path: &PathMatch,
-    service_name: &str,
-    service: &Service,
-    retired: &BTreeSet<String>,
-) -> Vec<Route> {
-    let cluster = |version: &str| Spec::cluster_name(service_name, version);
+/// The Envoy routes of `service` under a listener route matching `path`, in match order. A
+/// planned route whose conditions cannot hold inside `path` (a rule's prefix outside it) has
+/// none.
+pub(super) fn service_routes(path: &PathMatch, service: &ServicePlan) -> Vec<Route> {
     let base = RouteBuilder {
-        service_name,
-        service,
+        policy: &service.route_policy,
         path,
     };
-    let mut routes = Vec::new();
-
-    if let Some(preview) = service.strategy.preview() {
-        let serving = service.strategy.serving_versions();
-        for version in service.versions.keys() {
-            if serving.contains(&version.as_str()) || retired.contains(&cluster(version)) {
-                continue;
-            }
-            let condition = Condition::Header {
-                name: preview.header.clone(),
-                value: version.clone(),
-            };
-            if let Some(m) = base.matcher(std::slice::from_ref(&condition)) {
-                routes.push(base.route(m, Target::One(cluster(version))));
-            }
-        }
-    }
-
-    let default = default_version(service);
-    for rule in &service.rules {
-        if let Some(m) = base.matcher(&rule.conditions) {
-            let target = if rule.version == default {
-                cluster(&rule.version)
-            } else {
-                super::fallback_cluster_name(service_name, &rule.version, default)
-            };
-            routes.push(base.route(m, Target::One(target)));
-        }
-    }
-
-    let main = match &service.strategy {
-        Strategy::BlueGreen { active, .. } | Strategy::RedBlack { active, .. } => {
-            Target::One(cluster(active))
-        }
-        Strategy::Shadow { primary } => Target::One(cluster(primary)),
-        Strategy::Canary {
-            stable,
-            canary,
-            weight,
-            sticky,
-        } => match weight.ppm() {
-            0 => Target::One(cluster(stable)),
-            Percent::MILLION => Target::One(cluster(canary)),
-            ppm => {
-                // Canary requests go to the canary while it has a healthy endpoint, else to stable.
-                let canary_cluster = super::fallback_cluster_name(service_name, canary, stable);
-                if let Some(sticky) = sticky {
-                    // The cookie names the version, so that after a promotion (the canary becomes
-                    // stable) its users stay where they are.
-                    for version in [canary, stable] {
-                        let condition = Condition::Cookie {
-                            name: sticky.cookie.clone(),
-                            value: version.clone(),
-                        };
-                        if let Some(m) = base.matcher(std::slice::from_ref(&condition)) {
-                            let target = if version == canary {
-                                canary_cluster.clone()
-                            } else {
-                                cluster(version)
-                            };
-                            routes.push(base.route(m, Target::One(target)));
-                        }
-                    }
-                }
-                let set_cookie = |version: &str| {
-                    sticky.as_ref().map(|s| {
-                        format!(
-                            "{}={version}; Path=/; Max-Age={}; HttpOnly",
-                            s.cookie,
-                            s.ttl.as_secs()
-                        )
-                    })
-                };
-                Target::Weighted(vec![
-                    (cluster(stable), Percent::MILLION - ppm, set_cookie(stable)),
-                    (canary_cluster, ppm, set_cookie(canary)),
-                ])
-            }
-        },
-    };
-    if let Some(m) = base.matcher(&[]) {
-        routes.push(base.route(m, main));
-    }
-    routes
-}
-
-enum Target {
-    One(String),
-    /// (cluster, weight in parts per million, Set-Cookie value for sticky canaries)
-    Weighted(Vec<(String, u32, Option<String>)>),
+    service
+        .routes
+        .iter()
+        .filter_map(|r: &RoutePlan| Some(base.route(base.matcher(&r.conditions)?, &r.target)))
+        .collect()
 }
 
 struct RouteBuilder<'a> {
-    service_name: &'a str,
-    service: &'a Service,
+    policy: &'a RoutePolicy,
     path: &'a PathMatch,
 }
 
@@ -218,28 +88,34 @@ impl RouteBuilder<'_> {
         Some(m)
     }
 
-    fn route(&self, m: RouteMatch, target: Target) -> Route {
-        let policy = &self.service.policy;
+    fn route(&self, m: RouteMatch, target: &Target) -> Route {
+        let policy = self.policy;
         let cluster_specifier = match target {
-            Target::One(c) => route_action::ClusterSpecifier::Cluster(c),
+            Target::One(c) => route_action::ClusterSpecifier::Cluster(c.to_string()),
             Target::Weighted(clusters) => {
                 route_action::ClusterSpecifier::WeightedClusters(WeightedCluster {
                     clusters: clusters
-                        .into_iter()
-                        .map(|(name, weight, set_cookie)| ClusterWeight {
-                            name,
-                            weight: Some(UInt32Value { value: weight }),
-                            response_headers_to_add: set_cookie
-                                .map(|value| HeaderValueOption {
+                        .iter()
+                        .map(|w| ClusterWeight {
+                            name: w.cluster.to_string(),
+                            weight: Some(UInt32Value { value: w.weight }),
+                            response_headers_to_add: w
+                                .set_cookie
+                                .iter()
+                                .map(|c| HeaderValueOption {
                                     header: Some(HeaderValue {
                                         key: "set-cookie".to_owned(),
-                                        value,
+                                        value: format!(
+                                            "{}={}; Path=/; Max-Age={}; HttpOnly",
+                                            c.name,
+                                            c.value,
+                                            c.ttl.as_secs()
+                                        ),
                                         ..Default::default()
                                     }),
                                     append_action: HeaderAppendAction::AppendIfExistsOrAdd as i32,
                                     ..Default::default()
                                 })
-                                .into_iter()
                                 .collect(),
                             ..Default::default()
                         })
@@ -248,20 +124,16 @@ impl RouteBuilder<'_> {
                 })
             }
         };
-        let hash_policy = match &policy.load_balancing {
-            LoadBalancing::RingHash(on) | LoadBalancing::Maglev(on) => vec![hash_policy(on)],
-            _ => Vec::new(),
-        };
-        let request_mirror_policies = self
-            .service
+        let hash_policy = policy.hash.iter().map(hash_policy).collect();
+        let request_mirror_policies = policy
             .mirror
             .iter()
-            .map(|m| RequestMirrorPolicy {
-                cluster: Spec::cluster_name(self.service_name, &m.version),
-                runtime_fraction: (m.percent.ppm() < Percent::MILLION).then(|| {
+            .map(|(cluster, percent)| RequestMirrorPolicy {
+                cluster: cluster.to_string(),
+                runtime_fraction: (percent.ppm() < Percent::MILLION).then(|| {
                     RuntimeFractionalPercent {
                         default_value: Some(FractionalPercent {
-                            numerator: m.percent.ppm(),
+                            numerator: percent.ppm(),
                             denominator: DenominatorType::Million as i32,
                         }),
                         runtime_key: String::new(),
@@ -270,13 +142,13 @@ impl RouteBuilder<'_> {
                 ..Default::default()
             })
             .collect();
-        let retry_policy = (policy.retries.attempts > 0 && !policy.retries.on.is_empty()).then(|| {
+        let retry_policy = policy.retries.as_ref().map(|retries| {
             RetryPolicy {
-                retry_on: policy.retries.on.join(","),
+                retry_on: retries.on.join(","),
                 num_retries: Some(UInt32Value {
-                    value: policy.retries.attempts,
+                    value: retries.attempts,
                 }),
-                per_try_timeout: policy.retries.per_try_timeout.map(duration),
+                per_try_timeout: retries.per_try_timeout.map(duration),
                 // Retry on another endpoint than the one that failed.
                 retry_host_predicate: vec![RetryHostPredicate {
                     name: "envoy.retry_host_predicates.previous_hosts".to_owned(),

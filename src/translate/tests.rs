@@ -1,7 +1,7 @@
 use crate::app::compile;
 use crate::render;
+use crate::snapshot::ResourceType;
 use crate::snapshot::Snapshot;
-use crate::xds::ResourceType;
 
 fn example(name: &str) -> String {
     let path = format!("{}/examples/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -21,6 +21,8 @@ fn rendered_examples() {
         "rolling.yaml",
         "health.yaml",
         "load-balancing.yaml",
+        "canary-rollout.yaml",
+        "blue-green-analysis.yaml",
     ] {
         let snapshot = compile(name, &example(name)).unwrap();
         let rendered = render::yaml(&render::snapshot_json(&snapshot).unwrap()).unwrap();

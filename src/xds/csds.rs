@@ -22,25 +22,26 @@ use futures::{Stream, StreamExt};
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::status::{Registry, StreamResources};
 use crate::xds::ResourceType;
-use crate::xds::sotw::ClientState;
+use crate::xds::clients::{Client, ClientState, Clients};
 
 #[derive(Debug, Clone)]
 pub struct Csds {
-    registry: Arc<Registry>,
+    clients: Arc<Clients>,
 }
 
-pub fn server(registry: Arc<Registry>) -> ClientStatusDiscoveryServiceServer<Csds> {
-    ClientStatusDiscoveryServiceServer::new(Csds { registry })
+pub fn server(clients: Arc<Clients>) -> ClientStatusDiscoveryServiceServer<Csds> {
+    ClientStatusDiscoveryServiceServer::new(Csds { clients })
 }
 
 impl Csds {
     fn answer(&self, req: &ClientStatusRequest) -> ClientStatusResponse {
         let config = self
-            .registry
-            .held_resources()
+            .clients
+            .list()
             .iter()
+            // A client that has sent nothing yet holds nothing and has no identity.
+            .filter(|s| s.group.is_some())
             .filter(|s| {
                 req.node_matchers
                     .iter()
@@ -52,8 +53,8 @@ impl Csds {
     }
 }
 
-/// Pure: one stream's resources as a CSDS `ClientConfig`.
-pub fn client_config(s: &StreamResources, exclude_contents: bool) -> ClientConfig {
+/// Pure: one client's resources as a CSDS `ClientConfig`.
+pub fn client_config(s: &Client, exclude_contents: bool) -> ClientConfig {
     let mut generic_xds_configs = Vec::new();
     for ty in ResourceType::ALL {
         for r in &s.view.resource_states(ty) {

@@ -1,71 +1,59 @@
-//! The xDS side: resource types and their order ([`ResourceType`]), the per-stream state machine
-//! with no I/O ([`sotw`]), the wire encoding of pre-encoded responses ([`codec`]), and the tonic
-//! server that connects them to sockets ([`server`]).
+//! The xDS side: the protocol machines and the server that connects them to sockets.
+//!
+//! - [`sotw`]: the state-of-the-world protocol for one stream, a pure state machine;
+//! - [`order`]: make-before-break, the ordering policy every protocol machine follows;
+//! - [`clients`]: one protocol-neutral view of what every connected client holds (ACKed, pending,
+//!   rejected), written by the machines' streams and read by status, CSDS, metrics and the
+//!   controller's gates;
+//! - [`codec`], [`server`], [`csds`]: the gRPC edge.
+//!
+//! Resource types and their order are [`ResourceType`] (in [`crate::snapshot`]).
 
+pub mod clients;
 pub mod codec;
 pub mod csds;
+pub mod order;
 pub mod server;
 pub mod sotw;
 
-use std::fmt;
+pub use crate::snapshot::ResourceType;
 
-/// The resource types cutover serves, in make-before-break order: clusters and their endpoints
-/// exist before listeners and routes refer to them. Removals are sent last (see [`sotw`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ResourceType {
-    Cluster,
-    Endpoint,
-    Listener,
-    Route,
+/// Which resource types a stream carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// ADS: every type on one stream, ordered and gated on ACKs.
+    Aggregated,
+    /// A per-type discovery service (CDS, EDS, LDS or RDS alone).
+    Single(ResourceType),
 }
 
-impl ResourceType {
-    /// Every type, in the order updates are sent.
-    pub const ALL: [ResourceType; 4] = [
-        ResourceType::Cluster,
-        ResourceType::Endpoint,
-        ResourceType::Listener,
-        ResourceType::Route,
-    ];
-
-    pub const fn type_url(self) -> &'static str {
+impl Mode {
+    /// The types the stream carries, in make-before-break order.
+    pub fn types(self) -> &'static [ResourceType] {
         match self {
-            ResourceType::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
-            ResourceType::Endpoint => {
-                "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
-            }
-            ResourceType::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
-            ResourceType::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+            Mode::Aggregated => &ResourceType::ALL,
+            Mode::Single(ResourceType::Cluster) => &[ResourceType::Cluster],
+            Mode::Single(ResourceType::Endpoint) => &[ResourceType::Endpoint],
+            Mode::Single(ResourceType::Listener) => &[ResourceType::Listener],
+            Mode::Single(ResourceType::Route) => &[ResourceType::Route],
         }
-    }
-
-    pub fn from_type_url(url: &str) -> Option<ResourceType> {
-        Self::ALL.into_iter().find(|t| t.type_url() == url)
-    }
-
-    /// CDS and LDS responses carry the full set: a resource left out is removed. EDS and RDS
-    /// carry only the names the client asked for.
-    pub const fn is_full_state(self) -> bool {
-        matches!(self, ResourceType::Cluster | ResourceType::Listener)
-    }
-
-    /// Short name used in logs, status and metrics.
-    pub const fn short(self) -> &'static str {
-        match self {
-            ResourceType::Cluster => "cds",
-            ResourceType::Endpoint => "eds",
-            ResourceType::Listener => "lds",
-            ResourceType::Route => "rds",
-        }
-    }
-
-    pub const fn index(self) -> usize {
-        self as usize
     }
 }
 
-impl fmt::Display for ResourceType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.short())
-    }
+/// Something a protocol machine saw that the edge should log or record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Ack {
+        ty: ResourceType,
+        version: String,
+    },
+    Nack {
+        ty: ResourceType,
+        version: String,
+        error: String,
+    },
+    /// A request for a type this stream does not serve (logged, otherwise ignored).
+    UnknownType {
+        type_url: String,
+    },
 }

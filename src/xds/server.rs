@@ -1,7 +1,8 @@
 //! The tonic edge of the xDS server: ADS and the per-type CDS/EDS/LDS/RDS services.
 //!
-//! Each gRPC stream gets a task that feeds requests and new snapshots into its own
-//! [`sotw::Stream`] and writes the responses it returns. The generated envoy-types servers are not
+//! Each gRPC stream gets a task that feeds requests and its node group's new snapshots into its
+//! own [`sotw::Stream`], writes the responses it returns, and reports what its client holds to
+//! [`Clients`]. The generated envoy-types servers are not
 //! used because their codec would re-encode every resource per stream; [`XdsCodec`] copies the
 //! bytes encoded once per config version instead. Delta xDS is answered with `UNIMPLEMENTED`, so
 //! Envoy must use `api_type: GRPC` (what `cutover bootstrap` writes).
@@ -18,16 +19,17 @@ use tonic::server::{Grpc, NamedService, StreamingService};
 use tonic::{Status, Streaming};
 
 use super::ResourceType;
+use super::clients::{ClientUpdate, Clients};
 use super::codec::XdsCodec;
-use super::sotw::{Event, Mode, Response, Stream};
-use crate::snapshot::Snapshot;
-use crate::status::Registry;
+use super::sotw::{self, Event, Mode, Response, Stream};
+use crate::node::GroupId;
+use crate::snapshot::{GroupSnapshot, Published};
 
-/// What every stream needs: the latest snapshot and where to report.
+/// What every stream needs: the latest published config and where to report.
 #[derive(Debug, Clone)]
 pub struct Shared {
-    pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
-    pub registry: Arc<Registry>,
+    pub published: watch::Receiver<Option<Arc<Published>>>,
+    pub clients: Arc<Clients>,
 }
 
 /// One of the discovery services: its gRPC name, stream method and what it carries.
@@ -169,39 +171,77 @@ async fn run_stream(
     tx: mpsc::Sender<Result<Response, Status>>,
     peer: Option<SocketAddr>,
 ) {
-    let registry = shared.registry.clone();
-    let id = registry.connect(mode, peer);
-    let mut snapshots = shared.snapshots;
+    let clients = shared.clients.clone();
+    let id = clients.connect(mode, peer);
+    let mut published = shared.published;
     let mut machine = Stream::new(mode);
-    let initial = snapshots.borrow_and_update().clone();
-    if let Some(snapshot) = initial {
-        machine.on_snapshot(snapshot);
-    }
+    // Resolved from the first request's node; until then nothing is sent anyway.
+    let mut group: Option<GroupId> = None;
+    let mut current: Option<GroupSnapshot> = None;
     loop {
         let out = tokio::select! {
             req = inbound.message() => match req {
-                Ok(Some(req)) => machine.on_request(&req),
+                Ok(Some(req)) => {
+                    let mut out = sotw::Output::default();
+                    if group.is_none() {
+                        let node = req.node.as_ref().map(|n| crate::node::NodeInfo {
+                            id: n.id.clone(),
+                            cluster: n.cluster.clone(),
+                        }).unwrap_or_default();
+                        let p = published.borrow_and_update().clone();
+                        let g = p.as_ref().map_or_else(GroupId::all, |p| p.group_of(&node));
+                        if let Some(s) = p.as_ref().and_then(|p| p.group(&g)) {
+                            current = Some(s.clone());
+                            out = machine.on_snapshot(s.snapshot.clone());
+                        }
+                        group = Some(g);
+                    }
+                    let more = machine.on_request(&req);
+                    out.responses.extend(more.responses);
+                    out.events.extend(more.events);
+                    out
+                }
                 Ok(None) => break,
                 Err(status) => {
                     tracing::debug!(node = %node_id(&machine), %status, "xDS stream ended");
+                    // A request that could not be read ends the stream with the reason, not
+                    // with OK (a client that went away does not read it).
+                    let _ = tx.send(Err(inbound_error(status))).await;
                     break;
                 }
             },
-            changed = snapshots.changed() => {
+            changed = published.changed() => {
                 if changed.is_err() {
                     break;
                 }
-                let snapshot = snapshots.borrow_and_update().clone();
-                match snapshot {
-                    Some(snapshot) => machine.on_snapshot(snapshot),
-                    None => continue,
+                let Some(g) = &group else { continue };
+                let next = published.borrow_and_update().as_ref().and_then(|p| p.group(g).cloned());
+                match next {
+                    // Another group's change, or nothing new for this one: no push.
+                    Some(s) if current.as_ref().is_none_or(|c| !Arc::ptr_eq(&c.snapshot, &s.snapshot)) => {
+                        let out = machine.on_snapshot(s.snapshot.clone());
+                        current = Some(s);
+                        out
+                    }
+                    _ => continue,
                 }
             }
         };
         for event in &out.events {
             log_event(&machine, event);
         }
-        registry.update(id, &machine, &out.events);
+        clients.update(
+            id,
+            ClientUpdate {
+                node: machine.node(),
+                group: group.as_ref(),
+                config_version: machine.snapshot_version(),
+                changed_at: current.as_ref().map(|c| c.changed_at),
+                sync: machine.sync_state(),
+                view: machine.view(),
+                events: &out.events,
+            },
+        );
         for response in out.responses {
             // One line per response (not per request): what each Envoy was sent, and when.
             tracing::info!(
@@ -211,14 +251,27 @@ async fn run_stream(
                 resources = response.resources.len(),
                 "push"
             );
-            registry.pushed(response.ty);
+            clients.pushed(response.ty);
             if tx.send(Ok(response)).await.is_err() {
-                registry.disconnect(id);
+                clients.disconnect(id);
                 return;
             }
         }
     }
-    registry.disconnect(id);
+    clients.disconnect(id);
+}
+
+/// What the client is told when its request could not be read. Over the message size limit
+/// (tonic's `OUT_OF_RANGE`, "decoded message length too large") is `RESOURCE_EXHAUSTED`, as
+/// gRPC itself reports a message larger than the receiver accepts.
+fn inbound_error(status: Status) -> Status {
+    match status.code() {
+        tonic::Code::OutOfRange => Status::resource_exhausted(format!(
+            "request refused: {}; split the subscription into smaller requests",
+            status.message()
+        )),
+        _ => status,
+    }
 }
 
 fn node_id(machine: &Stream) -> &str {

@@ -9,16 +9,18 @@
 //! - A request answering the latest nonce is a NACK when it has `error_detail`, else an ACK. A
 //!   NACKed version is recorded and never sent again; the next change produces a new version.
 //! - Versions are content hashes of what one response holds, so a client that reconnects holding
-//!   exactly the current resources (same `version_info`) is sent nothing.
+//!   exactly the current resources (same `version_info`) is sent nothing it would apply. It is
+//!   sent one message all the same, which changes nothing it holds: Envoy resets its reconnect
+//!   backoff only when a message arrives on the stream, so without one every restart of cutover
+//!   would make the next reconnect slower (see [`Stream::greet`]).
 //! - New subscriptions are answered even if nothing changed; names that do not exist yet are
 //!   sent when they appear.
 //! - After clusters change, endpoints are sent again so that re-created clusters finish warming.
 //!
-//! Make-before-break, on an aggregated (ADS) stream: a config version's listeners and routes are
-//! only sent once that Envoy has ACKed all of its clusters *and* their endpoints; clusters that
-//! the routes Envoy may still be using refer to are kept until routes without them are ACKed,
-//! and only then removed. Per-type streams cannot see each other, so they send each type as soon
-//! as it changes (the best the protocol allows without ADS).
+//!
+//! On an aggregated (ADS) stream every step follows the make-before-break policy of
+//! [`super::order`]. What the client holds is reported as a protocol-neutral
+//! [`ClientView`] and [`SyncState`] ([`super::clients`]).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,16 +29,11 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
 use super::ResourceType;
+use super::clients::{ClientView, Held, Nack, ResourceMap, SyncState, TypeStatus, TypeView};
+use super::order::{self, Holdings as _};
+pub use super::{Event, Mode};
+use crate::node::NodeInfo;
 use crate::snapshot::{Resource, Snapshot, set_version};
-
-/// Which resource types a stream carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// ADS: every type on one stream, ordered and gated on ACKs.
-    Aggregated,
-    /// A per-type discovery service (CDS, EDS, LDS or RDS alone).
-    Single(ResourceType),
-}
 
 /// A response to send: the resources are shared, pre-encoded bytes.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,127 +44,11 @@ pub struct Response {
     pub resources: Vec<Resource>,
 }
 
-/// Something the edge should log or record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    Ack {
-        ty: ResourceType,
-        version: String,
-    },
-    Nack {
-        ty: ResourceType,
-        version: String,
-        error: String,
-    },
-    /// A request for a type this stream does not serve (logged, otherwise ignored).
-    UnknownType {
-        type_url: String,
-    },
-}
-
 /// What happened on one input: responses to send (in order) and events to record.
 #[derive(Debug, Default, PartialEq)]
 pub struct Output {
     pub responses: Vec<Response>,
     pub events: Vec<Event>,
-}
-
-/// A stream's resources by type, shared with the stream (see [`Stream::view`]).
-#[derive(Debug, Clone, Default)]
-pub struct StreamView {
-    types: [TypeView; 4],
-}
-
-#[derive(Debug, Clone, Default)]
-struct TypeView {
-    acked: Option<ResourceMap>,
-    sent: Option<ResourceMap>,
-    rejected: ResourceMap,
-    nack_error: Option<String>,
-}
-
-impl StreamView {
-    /// Every resource of `ty` the stream has sent, with what the client did with it: ACKed
-    /// (held), pending (sent, not answered) or NACKed (in the last rejected response).
-    pub fn resource_states(&self, ty: ResourceType) -> Vec<ResourceState> {
-        let v = &self.types[ty.index()];
-        let mut out: BTreeMap<&str, ResourceState> = BTreeMap::new();
-        for r in v.acked.iter().flat_map(|m| m.values()) {
-            out.insert(
-                &r.name,
-                ResourceState {
-                    resource: r.clone(),
-                    client: ClientState::Acked,
-                },
-            );
-        }
-        let nack_error = v.nack_error.as_deref().unwrap_or_default();
-        let later = v
-            .rejected
-            .values()
-            .map(|r| (r, ClientState::Nacked(nack_error.to_owned())))
-            .chain(
-                v.sent
-                    .iter()
-                    .flat_map(|m| m.values())
-                    .map(|r| (r, ClientState::Pending)),
-            );
-        for (r, client) in later {
-            if out
-                .get(r.name.as_str())
-                .is_none_or(|held| held.resource != *r)
-            {
-                out.insert(
-                    &r.name,
-                    ResourceState {
-                        resource: r.clone(),
-                        client,
-                    },
-                );
-            }
-        }
-        out.into_values().collect()
-    }
-}
-
-/// One resource as a client holds it, for status reports (CSDS).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResourceState {
-    pub resource: Resource,
-    pub client: ClientState,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientState {
-    Acked,
-    /// Sent, not yet answered.
-    Pending,
-    /// Rejected, with Envoy's error text.
-    Nacked(String),
-}
-
-/// The client's identity, from the first request that carries a `node`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NodeInfo {
-    pub id: String,
-    pub cluster: String,
-}
-
-/// A rejected version and Envoy's reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Nack {
-    pub version: String,
-    pub error: String,
-}
-
-/// What one stream holds for one type, for status reports.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TypeStatus {
-    /// The version the client last ACKed (or reported holding when it connected).
-    pub acked: Option<String>,
-    /// A version sent and not yet answered.
-    pub pending: Option<String>,
-    pub last_nack: Option<Nack>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,13 +66,25 @@ impl Subscription {
     }
 }
 
-/// Resources one response carried, shared (not copied) with status reports.
-type ResourceMap = Arc<BTreeMap<String, Resource>>;
-
-#[derive(Debug, Clone)]
-struct Held {
-    version: String,
-    resources: ResourceMap,
+/// What a request subscribes to (xDS spec, "How the client specifies what resources to
+/// return"). For clusters and listeners, the types that have wildcard subscriptions: `"*"` among
+/// the names is the explicit wildcard, with or without other names; an empty list is the legacy
+/// wildcard on the first request of the type, and keeps a wildcard subscription wildcard, but
+/// after a subscription to names it unsubscribes from everything. For endpoints and routes every
+/// name is a name.
+fn subscription(
+    ty: ResourceType,
+    names: &[String],
+    current: Option<&Subscription>,
+) -> Subscription {
+    if ty.is_full_state() {
+        let legacy_wildcard =
+            names.is_empty() && current.is_none_or(|c| *c == Subscription::Wildcard);
+        if legacy_wildcard || names.iter().any(|n| n == "*") {
+            return Subscription::Wildcard;
+        }
+    }
+    Subscription::Names(names.iter().cloned().collect())
 }
 
 #[derive(Debug, Clone, Default)]
@@ -217,6 +110,13 @@ struct TypeState {
     /// What the client held was up to date for this key: while the key is the same, the
     /// (per config version, not per stream) work of recomputing it is skipped.
     settled: Option<SettledOn>,
+    /// When settled: the subscription covers every resource of the type in the snapshot (a
+    /// client that has not asked for some of them yet is settled on what it asked, but not in
+    /// sync).
+    settled_complete: bool,
+    /// The snapshot type version whose content for this client is the rejected version: the
+    /// client answered it with a NACK and nothing is sent until the content changes.
+    blocked: Option<String>,
 }
 
 /// The inputs that decide a type's desired resources.
@@ -272,6 +172,16 @@ impl TypeState {
     fn acked_resources(&self) -> Option<&BTreeMap<String, Resource>> {
         self.acked.as_ref().map(|a| &*a.resources)
     }
+
+    fn view(&self) -> TypeView {
+        TypeView {
+            acked: self.acked.clone(),
+            pending: self.sent.clone(),
+            reported: self.reported.clone(),
+            rejected: self.rejected_resources.clone(),
+            last_nack: self.last_nack.clone(),
+        }
+    }
 }
 
 /// The protocol state of one xDS stream.
@@ -308,51 +218,62 @@ impl Stream {
     }
 
     pub fn status(&self, ty: ResourceType) -> TypeStatus {
-        let st = &self.types[ty.index()];
-        TypeStatus {
-            acked: st
-                .acked
-                .as_ref()
-                .map(|a| a.version.clone())
-                .or_else(|| st.reported.clone()),
-            pending: st.sent.as_ref().map(|s| s.version.clone()),
-            last_nack: st.last_nack.clone(),
+        let mut view = ClientView::default();
+        view.types[ty.index()] = self.types[ty.index()].view();
+        view.status(ty)
+    }
+
+    /// What the client holds, pending and rejected, per type: cheap (shared maps), for
+    /// [`super::clients`].
+    pub fn view(&self) -> ClientView {
+        ClientView {
+            types: ResourceType::ALL.map(|ty| self.types[ty.index()].view()),
         }
     }
 
-    /// What the client holds, pending and rejected, per type: cheap (shared maps), for the
-    /// status registry; [`StreamView::resource_states`] lists it resource by resource.
-    pub fn view(&self) -> StreamView {
-        StreamView {
-            types: ResourceType::ALL.map(|ty| {
-                let st = &self.types[ty.index()];
-                TypeView {
-                    acked: st.acked.as_ref().map(|h| h.resources.clone()),
-                    sent: st.sent.as_ref().map(|s| s.resources.clone()),
-                    rejected: st.rejected_resources.clone(),
-                    nack_error: st.last_nack.as_ref().map(|n| n.error.clone()),
-                }
-            }),
-        }
-    }
-
-    /// True when this client has ACKed every type it subscribed to at the current snapshot's
-    /// content, with nothing pending and no cluster kept for old routes. O(1): it reads what the
-    /// last step settled on.
+    /// True when this client holds every resource of the current snapshot of every type this
+    /// stream carries, nothing pending and no cluster kept for old routes. A type the client
+    /// has not asked for (or asked for only some names of) is not in sync unless the snapshot
+    /// has nothing of it. O(1): it reads what the last step settled on.
     pub fn in_sync(&self) -> bool {
         let Some(snap) = &self.snapshot else {
             return false;
         };
-        self.serves().iter().all(|&ty| {
+        self.mode.types().iter().all(|&ty| {
             let st = &self.types[ty.index()];
-            st.subscription.is_none()
-                || (st.sent.is_none()
-                    && st.settled.as_ref().is_some_and(|k| {
-                        k.kept.is_empty()
-                            && k.generation == st.generation
-                            && k.snapshot_type_version == snap.type_version(ty)
-                    }))
+            if st.subscription.is_none() {
+                return snap.resources(ty).is_empty();
+            }
+            st.sent.is_none()
+                && st.settled_complete
+                && st.settled.as_ref().is_some_and(|k| {
+                    k.kept.is_empty()
+                        && k.generation == st.generation
+                        && k.snapshot_type_version == snap.type_version(ty)
+                })
         })
+    }
+
+    /// How far the client is with the current snapshot: in sync, waiting for something, or
+    /// done answering it with a rejection (nothing pending, some type held back by the version
+    /// it rejected).
+    pub fn sync_state(&self) -> SyncState {
+        if self.in_sync() {
+            return SyncState::InSync;
+        }
+        let Some(snap) = &self.snapshot else {
+            return SyncState::Pending;
+        };
+        let types = self.mode.types();
+        let nothing_pending = types.iter().all(|ty| self.types[ty.index()].sent.is_none());
+        let rejected = types
+            .iter()
+            .any(|&ty| self.types[ty.index()].blocked.as_deref() == Some(snap.type_version(ty)));
+        if nothing_pending && rejected {
+            SyncState::Rejected
+        } else {
+            SyncState::Pending
+        }
     }
 
     /// A new config version to converge to.
@@ -430,28 +351,57 @@ impl Stream {
         }
         // Else: the latest response was answered already; the client only changes what it
         // subscribes to (Envoy keeps sending the last nonce it received).
-        let subscription = if ty.is_full_state() && req.resource_names.is_empty() {
-            Subscription::Wildcard
-        } else {
-            Subscription::Names(req.resource_names.iter().cloned().collect())
-        };
         let st = &mut self.types[ty.index()];
+        let subscription = subscription(ty, &req.resource_names, st.subscription.as_ref());
         if st.subscription.as_ref() != Some(&subscription) {
             st.subscription = Some(subscription);
             st.generation += 1;
         }
         self.step(&mut out);
+        if self.nonces == 0 && self.in_sync() {
+            let greet = match self.mode {
+                Mode::Single(only) => only,
+                // Endpoints or routes: a response with none of them changes nothing.
+                Mode::Aggregated if !ty.is_full_state() => ty,
+                Mode::Aggregated => [ResourceType::Route, ResourceType::Endpoint]
+                    .into_iter()
+                    .find(|t| self.types[t.index()].acked.is_some())
+                    .unwrap_or(ty),
+            };
+            self.greet(greet, &mut out);
+        }
         out
     }
 
-    fn serves(&self) -> &'static [ResourceType] {
-        match self.mode {
-            Mode::Aggregated => &ResourceType::ALL,
-            Mode::Single(ResourceType::Cluster) => &[ResourceType::Cluster],
-            Mode::Single(ResourceType::Endpoint) => &[ResourceType::Endpoint],
-            Mode::Single(ResourceType::Listener) => &[ResourceType::Listener],
-            Mode::Single(ResourceType::Route) => &[ResourceType::Route],
-        }
+    /// The first message on a stream whose client reconnected holding exactly what it should
+    /// (it is in sync before anything was sent): what it holds of `ty` again, without a change.
+    /// For EDS and RDS that is a response with no resources (in state-of-the-world xDS a
+    /// resource left out of such a response is kept); CDS and LDS responses carry the full set,
+    /// so a per-type stream of those gets its set again, which Envoy compares and leaves as it
+    /// is.
+    fn greet(&mut self, ty: ResourceType, out: &mut Output) {
+        let st = &self.types[ty.index()];
+        let held = match (&st.sent, &st.reported, &st.acked) {
+            (None, Some(_), Some(held)) => held.clone(),
+            _ => return,
+        };
+        let resources = match (ty.is_full_state(), self.mode) {
+            (false, _) => Vec::new(),
+            (true, Mode::Single(_)) => held.resources.values().cloned().collect(),
+            (true, Mode::Aggregated) => return,
+        };
+        self.nonces += 1;
+        let nonce = self.nonces.to_string();
+        let st = &mut self.types[ty.index()];
+        st.last_nonce = Some(nonce.clone());
+        out.responses.push(Response {
+            ty,
+            version: held.version.clone(),
+            nonce,
+            resources,
+        });
+        // The client holds the same after it as before.
+        st.sent = Some(held);
     }
 
     /// Sends, in make-before-break order, every type whose desired content differs from what the
@@ -460,7 +410,7 @@ impl Stream {
         let Some(snap) = self.snapshot.clone() else {
             return;
         };
-        for &ty in self.serves() {
+        for &ty in self.mode.types() {
             let kept = match (self.mode, ty) {
                 (Mode::Aggregated, ResourceType::Cluster | ResourceType::Endpoint) => {
                     self.kept_clusters(&snap)
@@ -482,7 +432,14 @@ impl Stream {
             let version = set_version(desired.values());
             let st = &mut self.types[ty.index()];
             if !st.force && st.holds(ty, &desired, &version) {
+                st.blocked = None;
                 if st.sent.is_none() {
+                    st.settled_complete = match &st.subscription {
+                        Some(Subscription::Names(names)) => {
+                            snap.resources(ty).keys().all(|n| names.contains(n))
+                        }
+                        _ => true,
+                    };
                     st.settled = Some(key);
                 }
                 continue;
@@ -490,9 +447,11 @@ impl Stream {
             st.settled = None;
             if st.rejected.as_deref() == Some(version.as_str()) {
                 // Rejected before; wait for the next change.
+                st.blocked = Some(key.snapshot_type_version);
                 continue;
             }
             st.force = false;
+            st.blocked = None;
             self.nonces += 1;
             let nonce = self.nonces.to_string();
             self.types[ty.index()].last_nonce = Some(nonce.clone());
@@ -533,9 +492,10 @@ impl Stream {
         snap: &Snapshot,
         kept: &[String],
     ) -> Option<BTreeMap<String, Resource>> {
-        let st = &self.types[ty.index()];
-        let sub = st.subscription.as_ref()?;
-        let mut desired: BTreeMap<String, Resource> = wanted(snap, ty, sub)
+        if !self.subscribed(ty) {
+            return None;
+        }
+        let mut desired: BTreeMap<String, Resource> = order::wanted(snap, ty, self)
             .map(|r| (r.name.clone(), r.clone()))
             .collect();
         if self.mode != Mode::Aggregated {
@@ -543,14 +503,7 @@ impl Stream {
         }
         match ty {
             ResourceType::Cluster | ResourceType::Endpoint => {
-                // Keep what routes in effect may still use, with the content the client holds.
-                for name in kept {
-                    if let Some(r) = st.acked_resources().and_then(|held| held.get(name))
-                        && sub.wants(name)
-                    {
-                        desired.entry(name.clone()).or_insert_with(|| r.clone());
-                    }
-                }
+                order::keep(ty, &mut desired, kept, self);
                 Some(desired)
             }
             ResourceType::Listener | ResourceType::Route => {
@@ -559,46 +512,11 @@ impl Stream {
         }
     }
 
-    /// Clusters the client holds that the snapshot no longer has but routes the client may still
-    /// be using refer to. Empty once the snapshot's routing is ACKed with nothing in flight.
     fn kept_clusters(&self, snap: &Snapshot) -> Vec<String> {
-        if self.routing_settled(snap) {
-            return Vec::new();
-        }
-        let cds = &self.types[ResourceType::Cluster.index()];
-        let mut names: BTreeSet<&String> = BTreeSet::new();
-        for held in [cds.acked.as_ref(), cds.sent.as_ref()]
-            .into_iter()
-            .flatten()
-        {
-            names.extend(
-                held.resources
-                    .keys()
-                    .filter(|n| snap.get(ResourceType::Cluster, n).is_none()),
-            );
-        }
-        names.into_iter().cloned().collect()
+        order::kept_clusters(snap, self)
     }
 
-    /// Whether the client's listeners and routes are exactly the snapshot's, with none in flight.
-    fn routing_settled(&self, snap: &Snapshot) -> bool {
-        [ResourceType::Listener, ResourceType::Route]
-            .into_iter()
-            .all(|ty| {
-                let st = &self.types[ty.index()];
-                let Some(sub) = &st.subscription else {
-                    // Never asked for: nothing of this type is in effect.
-                    return true;
-                };
-                st.sent.is_none()
-                    && st
-                        .acked
-                        .as_ref()
-                        .is_some_and(|held| held.version == set_version(wanted(snap, ty, sub)))
-            })
-    }
-
-    /// [`Stream::clusters_ready`], remembered for the inputs it was last computed on: it walks
+    /// [`order::clusters_ready`], remembered for the inputs it was last computed on: it walks
     /// every cluster, and the inputs rarely change between two steps of one stream.
     fn clusters_ready_cached(&self, snap: &Snapshot) -> bool {
         let key = self.ready_key(snap);
@@ -607,7 +525,7 @@ impl Stream {
         {
             return *ready;
         }
-        let ready = self.clusters_ready(snap);
+        let ready = order::clusters_ready(snap, self);
         *self.ready_memo.borrow_mut() = Some((key, ready));
         ready
     }
@@ -626,33 +544,27 @@ impl Stream {
             acked(ResourceType::Endpoint),
         ]
     }
-
-    /// Whether the client has ACKed every cluster of the snapshot and the endpoints of each.
-    fn clusters_ready(&self, snap: &Snapshot) -> bool {
-        let acked = |ty: ResourceType| self.types[ty.index()].acked_resources();
-        let (Some(cds), Some(eds)) = (acked(ResourceType::Cluster), acked(ResourceType::Endpoint))
-        else {
-            // Nothing ACKed yet: ready only if the snapshot has no clusters at all.
-            return snap.resources(ResourceType::Cluster).is_empty();
-        };
-        snap.resources(ResourceType::Cluster).values().all(|c| {
-            cds.get(&c.name) == Some(c)
-                && snap
-                    .get(ResourceType::Endpoint, &c.name)
-                    .is_none_or(|e| eds.get(&e.name) == Some(e))
-        })
-    }
 }
 
-/// The snapshot's resources of `ty` that `sub` asks for.
-fn wanted<'a>(
-    snap: &'a Snapshot,
-    ty: ResourceType,
-    sub: &'a Subscription,
-) -> impl Iterator<Item = &'a Resource> + 'a {
-    snap.resources(ty)
-        .values()
-        .filter(move |r| sub.wants(&r.name))
+impl order::Holdings for Stream {
+    fn subscribed(&self, ty: ResourceType) -> bool {
+        self.types[ty.index()].subscription.is_some()
+    }
+
+    fn wants(&self, ty: ResourceType, name: &str) -> bool {
+        self.types[ty.index()]
+            .subscription
+            .as_ref()
+            .is_some_and(|s| s.wants(name))
+    }
+
+    fn acked(&self, ty: ResourceType) -> Option<&BTreeMap<String, Resource>> {
+        self.types[ty.index()].acked_resources()
+    }
+
+    fn pending(&self, ty: ResourceType) -> Option<&BTreeMap<String, Resource>> {
+        self.types[ty.index()].sent.as_ref().map(|h| &*h.resources)
+    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -165,10 +165,20 @@ pub async fn eventually(timeout: Duration, what: &str, mut condition: impl Async
 // ---------------------------------------------------------------------------------------------
 // Small helpers
 
-/// A loopback port that was free a moment ago: bind port 0, note it, let it go.
+/// A loopback port that was free a moment ago: bind port 0, note it, let it go. Never the same
+/// port twice in one test binary: the kernel may hand a port just let go to the next bind, and
+/// a test that asks for a listener and then for cutover's ports would get one port twice.
 pub fn free_port() -> SocketAddr {
-    let listener = StdTcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local address")
+    static GIVEN: Mutex<std::collections::BTreeSet<u16>> =
+        Mutex::new(std::collections::BTreeSet::new());
+    for _ in 0..1000 {
+        let listener = StdTcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local address");
+        if GIVEN.lock().expect("ports lock").insert(addr.port()) {
+            return addr;
+        }
+    }
+    panic!("no loopback port that this test binary has not used yet after 1000 tries");
 }
 
 /// An HTTP client for loopback only: never a proxy from the environment.
@@ -265,7 +275,8 @@ pub const HEALTH_PATH: &str = "/health";
 /// An HTTP/1.1 server on 127.0.0.1 that answers every request with its name as the body (200
 /// unless told otherwise with [`Upstream::set_status`]), counts the requests and keeps their
 /// headers. Requests for [`HEALTH_PATH`] are health checks: answered 200 or 503 as set with
-/// [`Upstream::set_healthy`], and counted apart. Stops on drop.
+/// [`Upstream::set_healthy`], and counted apart. It can also fail a random share of requests
+/// ([`Upstream::set_failure_share`]) and answer late ([`Upstream::set_delay`]). Stops on drop.
 pub struct Upstream {
     pub name: String,
     pub addr: SocketAddr,
@@ -283,6 +294,16 @@ struct UpstreamState {
     healthy: AtomicBool,
     /// The headers of every request other than a health check, in arrival order.
     headers: Mutex<Vec<HeaderMap>>,
+    /// Requests (not health checks) answered 500 because of the failure share, in parts per
+    /// million, and how many were.
+    failure_ppm: AtomicU32,
+    failed: AtomicUsize,
+    /// State of the generator that picks which requests fail (xorshift64, fixed seed).
+    rng: AtomicU64,
+    /// Milliseconds to wait before answering a request (not a health check).
+    delay_ms: AtomicU64,
+    /// Requests (not health checks) received and not answered yet.
+    in_flight: AtomicUsize,
 }
 
 impl Upstream {
@@ -297,6 +318,11 @@ impl Upstream {
             status: AtomicU16::new(200),
             healthy: AtomicBool::new(true),
             headers: Mutex::new(Vec::new()),
+            failure_ppm: AtomicU32::new(0),
+            failed: AtomicUsize::new(0),
+            rng: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
+            delay_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
         });
         let task = tokio::spawn(serve_upstream(listener, name.to_owned(), state.clone()));
         Upstream {
@@ -328,6 +354,30 @@ impl Upstream {
         self.state.healthy.store(healthy, Ordering::SeqCst);
     }
 
+    /// From now on, answer each request (not health checks) 500 with probability `share`
+    /// (0 to 1), independently, from a fixed-seed generator.
+    pub fn set_failure_share(&self, share: f64) {
+        let ppm = (share.clamp(0.0, 1.0) * 1e6).round() as u32;
+        self.state.failure_ppm.store(ppm, Ordering::SeqCst);
+    }
+
+    /// Requests answered 500 because of the failure share so far.
+    pub fn failed(&self) -> usize {
+        self.state.failed.load(Ordering::SeqCst)
+    }
+
+    /// From now on, wait `delay` before answering each request (not health checks).
+    pub fn set_delay(&self, delay: Duration) {
+        self.state
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Requests (not health checks) received and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.state.in_flight.load(Ordering::SeqCst)
+    }
+
     /// The headers of every request received so far (health checks not included), in order.
     pub fn headers(&self) -> Vec<HeaderMap> {
         self.state.headers.lock().expect("headers lock").clone()
@@ -353,6 +403,29 @@ impl Drop for Upstream {
     }
 }
 
+impl UpstreamState {
+    /// Whether this request fails, by the failure share.
+    fn draw_failure(&self) -> bool {
+        let ppm = self.failure_ppm.load(Ordering::SeqCst);
+        if ppm == 0 {
+            return false;
+        }
+        let next = |mut x: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let x = match self
+            .rng
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |x| Some(next(x)))
+        {
+            Ok(previous) | Err(previous) => next(previous),
+        };
+        x % 1_000_000 < u64::from(ppm)
+    }
+}
+
 async fn serve_upstream(listener: TcpListener, name: String, state: Arc<UpstreamState>) {
     let body = Bytes::from(name);
     let mut connections = JoinSet::new();
@@ -368,6 +441,7 @@ async fn serve_upstream(listener: TcpListener, name: String, state: Arc<Upstream
         let (body, state) = (body.clone(), state.clone());
         connections.spawn(async move {
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let mut delay = Duration::ZERO;
                 let status = if req.uri().path() == HEALTH_PATH {
                     state.health_checks.fetch_add(1, Ordering::SeqCst);
                     if state.healthy.load(Ordering::SeqCst) {
@@ -383,12 +457,31 @@ async fn serve_upstream(listener: TcpListener, name: String, state: Arc<Upstream
                         .expect("headers lock")
                         .push(req.headers().clone());
                     state.hits.fetch_add(1, Ordering::SeqCst);
-                    state.status.load(Ordering::SeqCst)
+                    delay = Duration::from_millis(state.delay_ms.load(Ordering::SeqCst));
+                    if state.draw_failure() {
+                        state.failed.fetch_add(1, Ordering::SeqCst);
+                        500
+                    } else {
+                        state.status.load(Ordering::SeqCst)
+                    }
                 };
                 let mut resp = hyper::Response::new(Full::new(body.clone()));
                 *resp.status_mut() =
                     hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
-                async move { Ok::<_, std::convert::Infallible>(resp) }
+                let state = state.clone();
+                let counted = req.uri().path() != HEALTH_PATH;
+                if counted {
+                    state.in_flight.fetch_add(1, Ordering::SeqCst);
+                }
+                async move {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    if counted {
+                        state.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    }
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -575,6 +668,18 @@ impl Cutover {
             .unwrap_or_else(|e| panic!("cutover /status: {e}"))
     }
 
+    /// `GET /metrics` as text.
+    pub async fn metrics(&self) -> String {
+        get_text(&self.client, &format!("http://{}/metrics", self.admin))
+            .await
+            .unwrap_or_else(|e| panic!("cutover /metrics: {e}"))
+    }
+
+    /// `GET /telemetry` as JSON.
+    pub async fn telemetry(&self) -> Result<Value, String> {
+        get_json(&self.client, &format!("http://{}/telemetry", self.admin)).await
+    }
+
     /// Waits until `/status` lists a stream of node `node_id` that is in sync.
     pub async fn wait_in_sync(&self, node_id: &str) -> Value {
         wait_for(
@@ -665,10 +770,16 @@ impl Drop for Cutover {
 
 /// The bootstrap `cutover bootstrap` prints for this node, with Envoy's admin on a free port.
 pub fn bootstrap(node_id: &str, ads: SocketAddr) -> String {
+    bootstrap_with(node_id, ads, &[])
+}
+
+/// [`bootstrap`] with extra arguments for `cutover bootstrap` (such as `--no-stats-sink`).
+pub fn bootstrap_with(node_id: &str, ads: SocketAddr, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
         .args(["bootstrap", "--node-id", node_id, "--ads"])
         .arg(ads.to_string())
         .args(["--admin", "127.0.0.1:0", "--format", "yaml"])
+        .args(args)
         .stdin(Stdio::null())
         .output()
         .expect("run cutover bootstrap");
@@ -707,8 +818,21 @@ impl Envoy {
         ads: SocketAddr,
         listener: SocketAddr,
     ) -> Envoy {
+        Envoy::start_with(bin, dir, node_id, ads, listener, &[]).await
+    }
+
+    /// [`Envoy::start`] from a bootstrap made with extra `cutover bootstrap` arguments.
+    pub async fn start_with(
+        bin: &Path,
+        dir: &Path,
+        node_id: &str,
+        ads: SocketAddr,
+        listener: SocketAddr,
+        bootstrap_args: &[&str],
+    ) -> Envoy {
         let config = dir.join(format!("envoy-{node_id}.yaml"));
-        std::fs::write(&config, bootstrap(node_id, ads)).expect("write the Envoy bootstrap");
+        std::fs::write(&config, bootstrap_with(node_id, ads, bootstrap_args))
+            .expect("write the Envoy bootstrap");
         let admin_path = dir.join(format!("envoy-{node_id}.admin"));
         let log = dir.join(format!("envoy-{node_id}.log"));
         let log_file = File::create(&log).expect("create the Envoy log");
@@ -948,6 +1072,11 @@ impl Envoy {
 
     pub fn log(&self) -> String {
         read_log(&self.log)
+    }
+
+    /// Kills the process (SIGKILL: its streams to cutover end without a goodbye).
+    pub fn kill(&mut self) {
+        kill(&mut self.child);
     }
 }
 

@@ -12,6 +12,7 @@ use prost::Message;
 
 use super::*;
 use crate::app::compile;
+use crate::xds::clients::SyncState;
 
 /// A deployment with one listener whose `/` route goes to `checkout/<active>`.
 fn deployment(versions: &[(&str, &str)], active: &str) -> Arc<Snapshot> {
@@ -486,9 +487,9 @@ fn a_nacked_cluster_holds_back_the_routes_that_need_it() {
 }
 
 #[test]
-fn a_reconnect_holding_the_current_versions_gets_nothing() {
+fn a_reconnect_holding_the_current_versions_gets_nothing_to_apply() {
     let snapshot = blue_green("blue");
-    let (_old, envoy) = connected(snapshot.clone());
+    let (_old, mut envoy) = connected(snapshot.clone());
     let mut s = Stream::new(Mode::Aggregated);
     s.on_snapshot(snapshot);
     let v = |ty| envoy.versions[&ty].clone();
@@ -504,8 +505,41 @@ fn a_reconnect_holding_the_current_versions_gets_nothing() {
     ] {
         sent.extend(s.on_request(&request(ty, &v(ty), "", &names)).responses);
     }
-    assert!(sent.is_empty(), "{sent:?}");
+    // One message, so that Envoy resets its reconnect backoff: the routes it holds, as a
+    // response with no resource (which keeps them all), under the version it holds.
+    let [greeting] = &sent[..] else {
+        panic!("{sent:?}")
+    };
+    assert_eq!(greeting.ty, ResourceType::Route);
+    assert!(greeting.resources.is_empty());
+    assert_eq!(greeting.version, v(ResourceType::Route));
+    let held = envoy.held.clone();
+    let ack = envoy.receive(greeting);
+    assert_eq!(envoy.held, held, "nothing changes for Envoy");
+    assert!(!s.in_sync(), "until the greeting is answered");
+    converge(&mut s, &mut envoy, ack);
     assert!(s.in_sync());
+    assert_eq!(envoy.held, held);
+}
+
+#[test]
+fn a_per_type_stream_reconnecting_to_cds_gets_the_same_set_again() {
+    let snapshot = blue_green("blue");
+    let (_old, envoy) = connected(snapshot.clone());
+    let mut s = Stream::new(Mode::Single(ResourceType::Cluster));
+    s.on_snapshot(snapshot);
+    let version = envoy.versions[&ResourceType::Cluster].clone();
+    let out = s.on_request(&request(ResourceType::Cluster, &version, "", &[]));
+    let [r] = &out.responses[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(r.version, version);
+    assert_eq!(names(r), ["checkout/blue", "checkout/green"]);
+    s.on_request(&request(ResourceType::Cluster, &version, &r.nonce, &[]));
+    assert!(s.in_sync());
+    // Once per stream.
+    let out = s.on_request(&request(ResourceType::Cluster, &version, &r.nonce, &[]));
+    assert!(out.responses.is_empty());
 }
 
 #[test]
@@ -607,8 +641,8 @@ fn new_clusters_get_their_endpoints() {
 #[test]
 fn endpoints_are_resent_when_a_cluster_is_redefined() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/basic.yaml");
-    let spec = crate::spec::parse("t.yaml", &std::fs::read_to_string(path).unwrap()).unwrap();
-    let resources = crate::translate::translate(&spec);
+    let resources =
+        crate::app::compile_resources("t.yaml", &std::fs::read_to_string(path).unwrap()).unwrap();
     let (mut s, mut envoy) = connected(Arc::new(Snapshot::new(&resources)));
     envoy.log.clear();
     // Same names and endpoints, one cluster definition changed: Envoy re-creates that cluster,
@@ -693,4 +727,132 @@ fn a_subscription_change_with_the_acked_nonce_is_answered() {
         ["checkout/blue", "checkout/green"]
     );
     assert!(more.events.is_empty(), "not a second ACK");
+}
+
+#[test]
+fn a_type_not_asked_for_yet_is_not_in_sync() {
+    // Envoy asks for routes after its listeners are ACKed: until then it holds no route, so
+    // it is not in sync (status, save-to-ACK and the retirement gate rely on this).
+    let mut s = Stream::new(Mode::Aggregated);
+    let mut envoy = FakeEnvoy::default();
+    s.on_snapshot(blue_green("blue"));
+    let mut requests = envoy.start();
+    let mut seen_lds_ack = false;
+    for _ in 0..100 {
+        let Some(req) = (!requests.is_empty()).then(|| requests.remove(0)) else {
+            break;
+        };
+        if req.type_url == ResourceType::Route.type_url() {
+            // Held back: the route subscription has not arrived yet.
+            continue;
+        }
+        let out = s.on_request(&req);
+        seen_lds_ack |= out.events.iter().any(|e| {
+            matches!(
+                e,
+                Event::Ack {
+                    ty: ResourceType::Listener,
+                    ..
+                }
+            )
+        });
+        for r in &out.responses {
+            requests.extend(envoy.receive(r));
+        }
+    }
+    assert!(seen_lds_ack);
+    assert!(!s.in_sync(), "no route subscribed, none held");
+    assert_eq!(s.sync_state(), SyncState::Pending);
+    let out = s.on_request(&request(ResourceType::Route, "", "", &["public"]));
+    let r = &out.responses[0];
+    s.on_request(&request(
+        ResourceType::Route,
+        &r.version,
+        &r.nonce,
+        &["public"],
+    ));
+    assert!(s.in_sync());
+}
+
+#[test]
+fn endpoints_of_only_some_clusters_are_not_in_sync() {
+    let mut s = Stream::new(Mode::Single(ResourceType::Endpoint));
+    s.on_snapshot(blue_green("blue"));
+    let out = s.on_request(&request(ResourceType::Endpoint, "", "", &["checkout/blue"]));
+    let r = &out.responses[0];
+    s.on_request(&request(
+        ResourceType::Endpoint,
+        &r.version,
+        &r.nonce,
+        &["checkout/blue"],
+    ));
+    assert!(!s.in_sync(), "checkout/green's endpoints are not held");
+}
+
+#[test]
+fn a_client_that_rejected_the_current_config_has_answered_it() {
+    let (mut s, mut envoy) = connected(blue_green("blue"));
+    envoy.reject = Some(ResourceType::Route);
+    push(&mut s, &mut envoy, blue_green("green"));
+    assert!(!s.in_sync());
+    assert_eq!(s.sync_state(), SyncState::Rejected);
+    // The next change is sent and pending again.
+    envoy.reject = None;
+    let out = s.on_snapshot(deployment(
+        &[("blue", "127.0.0.1:8081"), ("green", "127.0.0.1:8083")],
+        "green",
+    ));
+    assert!(!out.responses.is_empty());
+    assert_eq!(s.sync_state(), SyncState::Pending);
+}
+
+#[test]
+fn the_explicit_wildcard_subscribes_to_every_cluster_and_listener() {
+    for names in [vec!["*"], vec!["*", "checkout/blue"]] {
+        let mut s = Stream::new(Mode::Aggregated);
+        s.on_snapshot(blue_green("blue"));
+        let out = s.on_request(&request(ResourceType::Cluster, "", "", &names));
+        assert_eq!(
+            names_of(&out),
+            ["checkout/blue", "checkout/green"],
+            "CDS {names:?}"
+        );
+    }
+    // LDS ["*"]: every listener, never an empty set (which in state-of-the-world xDS tells the
+    // client to delete every listener it holds).
+    let mut s = Stream::new(Mode::Single(ResourceType::Listener));
+    s.on_snapshot(blue_green("blue"));
+    let out = s.on_request(&request(ResourceType::Listener, "", "", &["*"]));
+    assert_eq!(names_of(&out), ["public"]);
+}
+
+#[test]
+fn an_empty_list_after_names_unsubscribes_and_star_resubscribes() {
+    let mut s = Stream::new(Mode::Single(ResourceType::Cluster));
+    s.on_snapshot(blue_green("blue"));
+    let out = s.on_request(&request(ResourceType::Cluster, "", "", &["checkout/blue"]));
+    let r = out.responses[0].clone();
+    assert_eq!(names(&r), ["checkout/blue"]);
+    let out = s.on_request(&request(ResourceType::Cluster, &r.version, &r.nonce, &[]));
+    assert_eq!(
+        names_of(&out),
+        Vec::<&str>::new(),
+        "unsubscribed from everything"
+    );
+    let r = out.responses[0].clone();
+    let out = s.on_request(&request(
+        ResourceType::Cluster,
+        &r.version,
+        &r.nonce,
+        &["*"],
+    ));
+    assert_eq!(names_of(&out), ["checkout/blue", "checkout/green"]);
+}
+
+/// The resource names of the one response in `out`.
+fn names_of(out: &Output) -> Vec<&str> {
+    let [r] = &out.responses[..] else {
+        panic!("one response expected: {out:?}")
+    };
+    names(r)
 }

@@ -1,0 +1,660 @@
+//! The controller: the reconcile loop and all of its I/O.
+//!
+//! Events come in (the file changed, a reload was asked for, Envoys answered, a deadline
+//! passed); each is applied to the runtime state by the pure reducer, then the plan is made,
+//! translated, encoded and published if it changed, the status read model is updated, and the
+//! runtime state is saved if it changed (after publishing, so saving never delays a push).
+//!
+//! It runs on a thread of its own with a single-threaded runtime: reading, parsing, planning,
+//! translating and hashing a large file never occupy the runtime that serves the xDS streams.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::metrics::Metrics;
+use crate::node::GroupId;
+use crate::reconcile::rollout::{Command, Figures, Kind, Observation, Rollout, Status, Verdict};
+use crate::reconcile::{self, Event, Plan, Previous, Role, RuntimeState, Timestamp};
+use crate::snapshot::{Published, Snapshot};
+use crate::spec::{self, Spec, Strategy, Webhook};
+use crate::status::{
+    CheckReport, HistoryReport, MirrorReport, RetiringReport, RolloutReport, ServiceReport,
+    StateFileReport, Status as StatusModel, ThresholdsReport,
+};
+use crate::store::{Loaded, StateFile};
+use crate::translate::translate;
+use crate::watch::FileWatcher;
+use crate::xds::clients::Clients;
+
+/// What the controller is told at start.
+#[derive(Debug)]
+pub struct Settings {
+    pub file: PathBuf,
+    pub state_file: StateFile,
+    /// How long removed endpoints and versions stay in Envoy as `DRAINING`.
+    pub drain_period: Duration,
+}
+
+/// Where rollout checks read a version's figures: what Envoys reported to cutover over the
+/// last 10 s.
+pub trait Observer: Send + Sync + 'static {
+    fn figures(&self, service: &str, version: &str) -> Figures;
+}
+
+/// Where the controller publishes and reports, and what it observes.
+pub struct Outputs {
+    pub published: watch::Sender<Option<Arc<Published>>>,
+    pub status: Arc<StatusModel>,
+    pub clients: Arc<Clients>,
+    pub metrics: Arc<Metrics>,
+    pub observer: Arc<dyn Observer>,
+}
+
+impl std::fmt::Debug for Outputs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outputs").finish_non_exhaustive()
+    }
+}
+
+/// An operator's rollout command, and where its answer goes.
+#[derive(Debug)]
+pub struct CommandRequest {
+    pub service: String,
+    pub command: Command,
+    pub reply: oneshot::Sender<Result<String, String>>,
+}
+
+/// Asks a running controller to do something.
+#[derive(Debug)]
+pub struct Inputs {
+    /// Read the file now, even if its content looks unchanged.
+    pub reload: mpsc::Receiver<()>,
+    pub commands: mpsc::Receiver<CommandRequest>,
+    /// Closed (the sender dropped) or signalled: save the state and stop.
+    pub shutdown: watch::Receiver<()>,
+}
+
+/// Starts the controller on its own thread. Returns once the file has been read for the first
+/// time (valid or not), with a receiver for the controller's end.
+pub async fn spawn(
+    settings: Settings,
+    outputs: Outputs,
+    inputs: Inputs,
+) -> anyhow::Result<oneshot::Receiver<anyhow::Result<()>>> {
+    let (started_tx, started) = oneshot::channel::<anyhow::Result<()>>();
+    let (done_tx, done) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("cutover-controller".to_owned())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the controller's runtime")
+                .and_then(|rt| {
+                    rt.block_on(async move {
+                        // Watch before the first read so that no change between the two is
+                        // missed.
+                        let watcher = match FileWatcher::new(&settings.file) {
+                            Ok(w) => w,
+                            Err(err) => {
+                                let _ = started_tx.send(Err(err.into()));
+                                return Ok(());
+                            }
+                        };
+                        let mut controller = Controller::new(settings, outputs);
+                        controller.reload();
+                        let _ = started_tx.send(Ok(()));
+                        controller.run(watcher, inputs).await
+                    })
+                });
+            let _ = done_tx.send(result);
+        })
+        .context("cannot start the controller thread")?;
+    started
+        .await
+        .context("the controller stopped while starting")??;
+    Ok(done)
+}
+
+struct Controller {
+    file: PathBuf,
+    label: String,
+    out: Outputs,
+    state_file: StateFile,
+    last_text: Option<Vec<u8>>,
+    spec: Option<Spec>,
+    state: RuntimeState,
+    /// What the state file holds (nothing is written while the state is unchanged).
+    saved: Option<RuntimeState>,
+    /// How the first valid file meets the runtime state.
+    first: Previous<'static>,
+    drain_period: Duration,
+    /// When the change being applied was seen.
+    changed_at: Instant,
+    /// Rollout checks whose webhooks are being asked, by service.
+    checking: BTreeSet<String>,
+    /// Checks come back on `checks_in` once their webhooks answered.
+    checks_out: mpsc::UnboundedSender<(String, Observation)>,
+    checks_in: mpsc::UnboundedReceiver<(String, Observation)>,
+}
+
+impl Controller {
+    fn new(settings: Settings, out: Outputs) -> Controller {
+        let path = settings.state_file.path().display().to_string();
+        let (state, saved, first, problem) = match settings.state_file.load() {
+            Loaded::Missing => (RuntimeState::default(), None, Previous::Start, None),
+            Loaded::Ok(state) => {
+                tracing::info!(state_file = %path, "runtime state loaded");
+                (state.clone(), Some(state), Previous::Start, None)
+            }
+            Loaded::Unusable(reason) => {
+                let msg = format!(
+                    "{path}: cannot use the runtime state file: {reason}; starting without it: \
+                     every version the deployment file lists is kept until Envoys have answered \
+                     it, nothing drains early"
+                );
+                tracing::error!("{msg}");
+                (
+                    RuntimeState::default(),
+                    None,
+                    Previous::StartUnknown,
+                    Some(msg),
+                )
+            }
+        };
+        out.status.set_state_file(StateFileReport {
+            path,
+            ok: problem.is_none(),
+            error: problem,
+        });
+        let (checks_out, checks_in) = mpsc::unbounded_channel();
+        Controller {
+            label: settings.file.display().to_string(),
+            file: settings.file,
+            out,
+            state_file: settings.state_file,
+            last_text: None,
+            spec: None,
+            state,
+            saved,
+            first,
+            drain_period: settings.drain_period,
+            changed_at: Instant::now(),
+            checking: BTreeSet::new(),
+            checks_out,
+            checks_in,
+        }
+    }
+
+    async fn run(mut self, mut watcher: FileWatcher, mut inputs: Inputs) -> anyhow::Result<()> {
+        let mut client_changes = self.out.clients.changes();
+        loop {
+            let deadline = self
+                .spec
+                .as_ref()
+                .and_then(|spec| self.state.next_deadline_except(spec, &self.checking))
+                .map(|t| Instant::now() + t.since(Timestamp::now()));
+            tokio::select! {
+                changed = watcher.changed() => {
+                    self.changed_at = changed?.into_std();
+                    self.reload();
+                }
+                Some(()) = inputs.reload.recv() => {
+                    self.changed_at = Instant::now();
+                    // Asked for explicitly: read even if the content looks unchanged.
+                    self.last_text = None;
+                    self.reload();
+                }
+                Some(request) = inputs.commands.recv() => {
+                    let answer = self.command(&request.service, request.command);
+                    let _ = request.reply.send(answer);
+                }
+                _ = client_changes.changed(), if self.state.awaiting_answers() => {
+                    self.check_answered();
+                }
+                _ = sleep_until_opt(deadline) => {
+                    self.changed_at = Instant::now();
+                    self.reduce(Event::Tick);
+                    self.start_checks();
+                    self.publish();
+                }
+                Some((service, observation)) = self.checks_in.recv() => {
+                    self.checking.remove(&service);
+                    self.changed_at = Instant::now();
+                    self.reduce(Event::Observed { service: &service, observation: &observation });
+                    self.publish();
+                }
+                _ = inputs.shutdown.changed() => {
+                    self.save();
+                    return Ok(());
+                }
+            }
+            // What just happened may need no Envoy to answer (none is connected, or the change
+            // left their configs as they were): waiting for their next change would wait forever.
+            self.check_answered();
+            self.save();
+        }
+    }
+
+    fn command(&mut self, service: &str, command: Command) -> Result<String, String> {
+        let Some(spec) = &self.spec else {
+            return Err("no valid deployment file is loaded yet".to_owned());
+        };
+        let done = self
+            .state
+            .command(spec, service, command, Timestamp::now())?;
+        tracing::info!(service, %command, done, "operator command");
+        self.changed_at = Instant::now();
+        self.publish();
+        Ok(done)
+    }
+
+    fn reduce(&mut self, event: Event<'_>) {
+        if let Some(spec) = &self.spec {
+            let before = self.state.rollouts.clone();
+            self.state.reduce(spec, event, Timestamp::now());
+            self.rollout_events(&before);
+        }
+    }
+
+    /// Logs and counts what rollouts did since `before`: every new history entry, steps,
+    /// promotions and rollbacks.
+    fn rollout_events(&self, before: &BTreeMap<String, Rollout>) {
+        for (service, r) in &self.state.rollouts {
+            let old = before.get(service);
+            let seen = old.map_or(0, |o| {
+                r.history
+                    .iter()
+                    .position(|e| Some(e) == o.history.last())
+                    .map_or(0, |i| i + 1)
+            });
+            for e in &r.history[seen..] {
+                tracing::info!(service, rollout = %e.what, "rollout");
+            }
+            let Some(old) = old.filter(|o| o.kind == r.kind) else {
+                continue;
+            };
+            let m = &self.out.metrics;
+            if old.weight != r.weight && r.status == Status::Progressing {
+                m.rollout_steps.inc();
+            }
+            if old.status != r.status {
+                match r.status {
+                    Status::Promoted => {
+                        m.rollout_promotions.inc();
+                    }
+                    Status::Failed(_) => {
+                        m.rollout_rollbacks.inc();
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Starts the rollout checks that are due: each reads the version's figures now and, if
+    /// the analysis has webhooks, asks them off this loop; the result comes back on
+    /// `self.checks_in`.
+    fn start_checks(&mut self) {
+        let Some(spec) = &self.spec else { return };
+        for (service, version) in self.state.checks_due(Timestamp::now()) {
+            if self.checking.contains(&service) {
+                continue;
+            }
+            let Some(analysis) = spec
+                .services
+                .get(&service)
+                .and_then(|s| s.strategy.analysis())
+            else {
+                continue;
+            };
+            let figures = self.out.observer.figures(&service, &version);
+            let hooks = analysis.webhooks.clone();
+            let tx = self.checks_out.clone();
+            let rollout = self.state.rollouts.get(&service).cloned();
+            self.checking.insert(service.clone());
+            tokio::spawn(async move {
+                let body = serde_json::json!({
+                    "service": service,
+                    "version": version,
+                    "rollout": rollout,
+                    "figures": figures,
+                });
+                let webhooks = ask_webhooks(&hooks, &body).await;
+                let _ = tx.send((service, Observation { figures, webhooks }));
+            });
+        }
+    }
+
+    fn reload(&mut self) {
+        let text = match std::fs::read(&self.file) {
+            Ok(text) => text,
+            Err(err) => {
+                let msg = format!(
+                    "{}: cannot read the file: {err}; still serving the last good config",
+                    self.label
+                );
+                tracing::error!("{msg}");
+                self.out.status.reload_failed(msg);
+                self.last_text = None;
+                return;
+            }
+        };
+        if self.last_text.as_deref() == Some(text.as_slice()) {
+            return;
+        }
+        let parsed = spec::parse_bytes(&self.label, &text);
+        self.last_text = Some(text);
+        match parsed {
+            Ok(spec) => {
+                let previous = self.spec.replace(spec);
+                let spec = self.spec.as_ref().expect("just set");
+                self.state.reduce(
+                    spec,
+                    Event::FileLoaded {
+                        previous: previous.as_ref().map_or(self.first, Previous::File),
+                        drain_period: self.drain_period,
+                    },
+                    Timestamp::now(),
+                );
+                self.publish();
+                self.out.status.reloaded();
+                // With no Envoy connected, nothing needs to ACK.
+                self.check_answered();
+            }
+            Err(err) => {
+                tracing::error!(
+                    "invalid deployment file, still serving the last good config:\n{err}"
+                );
+                self.out.status.reload_failed(err.to_string());
+            }
+        }
+    }
+
+    /// Plans and translates the current spec and publishes it if it differs from what is
+    /// served.
+    fn publish(&mut self) {
+        let spec = self.spec.as_ref().expect("publish after a valid load");
+        let started = Instant::now();
+        let now = Timestamp::now();
+        let plan = reconcile::plan(spec, &self.state, now);
+        let snapshot = Snapshot::new(&translate(&plan));
+        let groups = BTreeMap::from([(GroupId::all(), snapshot)]);
+        let previous = self.out.published.borrow().clone();
+        let next = Published::new(groups, self.changed_at, previous.as_deref());
+        self.out
+            .metrics
+            .snapshot_bytes
+            .set(next.encoded_len() as i64);
+        let version = next.version.clone();
+        let changed = self.out.published.send_if_modified(|current| {
+            if current.as_ref().is_some_and(|c| c.version == version) {
+                return false;
+            }
+            *current = Some(Arc::new(next));
+            true
+        });
+        if changed {
+            tracing::info!(
+                version,
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "config published"
+            );
+        }
+        self.out
+            .status
+            .set_services(service_reports(spec, &plan, &self.state, now));
+    }
+
+    /// Red-black retirements wait until every Envoy holding the service has answered the
+    /// current config.
+    fn check_answered(&mut self) {
+        if !self.state.awaiting_answers() {
+            return;
+        }
+        let Some(published) = self.out.published.borrow().clone() else {
+            return;
+        };
+        let answered = published
+            .groups()
+            .all(|(g, s)| self.out.clients.answered(g, &s.snapshot.version));
+        let Some(spec) = &self.spec else { return };
+        if answered {
+            // One group today: every service is held by every Envoy.
+            let services: BTreeSet<String> = spec.services.keys().cloned().collect();
+            self.reduce(Event::Answered {
+                services: &services,
+            });
+            self.publish();
+        }
+    }
+
+    /// Saves the runtime state if it changed since the last save.
+    fn save(&mut self) {
+        if self.saved.as_ref() == Some(&self.state)
+            || (self.saved.is_none() && self.state == RuntimeState::default())
+        {
+            return;
+        }
+        let path = self.state_file.path().display().to_string();
+        match self.state_file.save(&self.state) {
+            Ok(()) => {
+                self.saved = Some(self.state.clone());
+                self.out.status.set_state_file(StateFileReport {
+                    path,
+                    ok: true,
+                    error: None,
+                });
+            }
+            Err(err) => {
+                let msg = err.to_string();
+                let report = self.out.status.state_file();
+                // Once per distinct problem, not on every change.
+                if report.as_ref().and_then(|r| r.error.as_deref()) != Some(msg.as_str()) {
+                    tracing::warn!("{msg}");
+                }
+                self.out.status.set_state_file(StateFileReport {
+                    path,
+                    ok: false,
+                    error: Some(msg),
+                });
+            }
+        }
+    }
+}
+
+/// What the file asks of each service and what the plan serves for it, for `/status`.
+fn service_reports(
+    spec: &Spec,
+    plan: &Plan,
+    state: &RuntimeState,
+    now: Timestamp,
+) -> BTreeMap<String, ServiceReport> {
+    plan.services
+        .iter()
+        .filter_map(|(name, planned)| Some((name, planned, spec.services.get(name)?)))
+        .map(|(name, planned, service)| {
+            let retiring = planned
+                .versions
+                .iter()
+                .filter_map(|(version, v)| match v.role {
+                    Role::Retiring { deadline } => Some(RetiringReport {
+                        version: version.clone(),
+                        awaiting_ack: deadline.is_none(),
+                        retires_in_seconds: deadline.map(|t| t.since(now).as_secs_f64()),
+                    }),
+                    _ => None,
+                })
+                .collect();
+            let report = ServiceReport {
+                strategy: service.strategy.name(),
+                split: planned
+                    .split
+                    .iter()
+                    .map(|(v, ppm)| (v.clone(), f64::from(*ppm) / 10_000.0))
+                    .collect(),
+                mirror: service.mirror.as_ref().map(|m| MirrorReport {
+                    version: m.version.clone(),
+                    percent: m.percent.as_f64(),
+                }),
+                rules: service.rules.len(),
+                deployed: planned
+                    .versions
+                    .iter()
+                    .filter(|(_, v)| !matches!(v.role, Role::Removed { .. }))
+                    .map(|(version, _)| version.clone())
+                    .collect(),
+                retiring,
+                synced: false,
+                rollout: state
+                    .rollouts
+                    .get(name)
+                    .map(|r| rollout_report(r, &service.strategy, now)),
+            };
+            (name.clone(), report)
+        })
+        .collect()
+}
+
+fn rollout_report(r: &Rollout, strategy: &Strategy, now: Timestamp) -> RolloutReport {
+    let (kind, version, baseline) = match &r.kind {
+        Kind::Canary { stable, canary } => ("canary", canary.clone(), stable.clone()),
+        Kind::Switch { from, to } => ("switch", to.clone(), from.clone()),
+    };
+    let (state, reason) = match &r.status {
+        Status::Progressing => ("progressing", None),
+        Status::Paused => ("paused", None),
+        Status::Promoted => ("promoted", None),
+        Status::Failed(reason) => ("rolled_back", Some(reason.clone())),
+    };
+    let steps = match strategy {
+        Strategy::Canary {
+            rollout: Some(cfg), ..
+        } if matches!(r.kind, Kind::Canary { .. }) => Some(&cfg.steps),
+        _ => None,
+    };
+    let in_seconds = |t: Timestamp| t.since(now).as_secs_f64();
+    let analysis = strategy.analysis();
+    let advice = match (&r.kind, &r.status) {
+        (Kind::Canary { stable, canary }, Status::Promoted) => Some(format!(
+            "promoted: make {canary} the service's version in the file (e.g. `active: {canary}`); until then {canary} keeps all requests and {stable} none, and that edit moves no traffic"
+        )),
+        (Kind::Canary { canary, .. }, Status::Failed(_)) => Some(format!(
+            "rolled back: {canary} gets no requests; save a new canary version to start again, or `cutover resume` to retry {canary} from the first step"
+        )),
+        (Kind::Switch { from, to }, Status::Failed(_)) => Some(format!(
+            "switched back to {from}: make `active: {from}` in the file to accept it, or `cutover resume` to switch to {to} again"
+        )),
+        _ => None,
+    };
+    RolloutReport {
+        kind,
+        version,
+        baseline,
+        state,
+        reason,
+        weight: matches!(r.kind, Kind::Canary { .. }).then(|| f64::from(r.weight) / 10_000.0),
+        step: steps.and_then(|s| {
+            s.iter()
+                .position(|s| s.weight.ppm() == r.weight)
+                .map(|i| i + 1)
+        }),
+        steps: steps.map(Vec::len),
+        awaiting_ack: r.is_active() && r.since.is_none(),
+        step_ends_in_seconds: r.step_deadline(strategy).map(in_seconds),
+        next_check_in_seconds: r.next_check.map(in_seconds),
+        failed_checks: r.failed,
+        last_check: r.last_check.as_ref().map(|c| {
+            let (verdict, reason) = match &c.verdict {
+                Verdict::Pass => ("pass", None),
+                Verdict::Wait(why) => ("wait", Some(why.clone())),
+                Verdict::Fail(why) => ("fail", Some(why.clone())),
+            };
+            CheckReport {
+                at: c.at.to_string(),
+                verdict,
+                reason,
+                requests: c.figures.requests,
+                errors: c.figures.errors,
+                error_rate: (c.figures.error_rate() * 100_000.0).round() / 1000.0,
+                p99_ms: c.figures.p99_ms,
+            }
+        }),
+        thresholds: analysis.map(|a| ThresholdsReport {
+            max_error_rate: a.max_error_rate.map(|p| p.as_f64()),
+            max_p99_ms: a.max_p99_latency.map(|d| d.as_secs_f64() * 1000.0),
+            min_requests: a.min_requests,
+            failure_limit: a.failure_limit,
+        }),
+        advice,
+        history: r
+            .history
+            .iter()
+            .map(|e| HistoryReport {
+                at: e.at.to_string(),
+                what: e.what.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Asks every webhook (HTTP POST, JSON body) in turn; the first that does not answer 2xx in
+/// time fails the check.
+async fn ask_webhooks(hooks: &[Webhook], body: &serde_json::Value) -> Result<(), String> {
+    for hook in hooks {
+        let answer = tokio::time::timeout(hook.timeout, post_json(&hook.url, body)).await;
+        match answer {
+            Ok(Ok(status)) if (200..300).contains(&status) => {}
+            Ok(Ok(status)) => return Err(format!("webhook {} answered {status}", hook.url)),
+            Ok(Err(e)) => return Err(format!("webhook {}: {e}", hook.url)),
+            Err(_) => {
+                return Err(format!(
+                    "webhook {} did not answer within {}",
+                    hook.url,
+                    humantime::format_duration(hook.timeout)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One HTTP/1.1 POST on its own connection; the status code of the answer.
+async fn post_json(url: &str, body: &serde_json::Value) -> Result<u16, String> {
+    use http_body_util::Full;
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("invalid URL: {e}"))?;
+    let host = uri.host().ok_or("no host in the URL")?.to_owned();
+    let port = uri.port_u16().unwrap_or(80);
+    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    let driver = tokio::spawn(connection);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let request = hyper::Request::post(path)
+        .header(hyper::header::HOST, format!("{host}:{port}"))
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(bytes::Bytes::from(body.to_string())))
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    driver.abort();
+    Ok(response.status().as_u16())
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}

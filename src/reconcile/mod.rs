@@ -1,0 +1,404 @@
+//! The reconcile core: what is served is [`plan`]`(&Spec, &RuntimeState, now)`, a pure function
+//! of the file (desired state), the runtime state (drains, retirements) and the time.
+//!
+//! ```text
+//! file ─► Spec ─────────────┐
+//!                           ├─► plan(&Spec, &RuntimeState, now) ─► Plan ─► translate(&Plan)
+//! events ─► RuntimeState ───┘
+//! ```
+//!
+//! A [`Plan`] is typed and complete: every cluster with why it exists ([`Role`]) and its
+//! endpoints with their health, every route with its target and weights. It knows nothing of
+//! Envoy's message shapes; [`crate::translate`] is the only code that builds those. Drains and
+//! red-black retirement are rules here that shape the plan (see [`state`]); nothing patches built
+//! resources afterwards. No I/O and no clock: the controller ([`crate::controller`]) feeds events
+//! and the time in.
+
+pub mod rollout;
+mod routes;
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use state::{Event, Previous, RuntimeState, Timestamp};
+
+use crate::ids::{ClusterId, ClusterRef, FallbackId};
+use crate::spec::{
+    Condition, Endpoint, HashOn, LoadBalancing, Percent, Policy, Retries, Route, Service, Spec,
+    Strategy, Version,
+};
+
+/// Everything cutover serves, decided; see the module docs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Sorted by name.
+    pub listeners: Vec<ListenerPlan>,
+    /// By service name: the file's services, and services removed from the file whose versions
+    /// are still draining.
+    pub services: BTreeMap<String, ServicePlan>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerPlan {
+    pub name: String,
+    pub address: SocketAddr,
+    /// Path matches and the service answering each, in match order.
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServicePlan {
+    /// Whether the file has this service (else only draining versions are left).
+    pub in_file: bool,
+    /// Versions that have a cluster in Envoy, by version name.
+    pub versions: BTreeMap<String, VersionPlan>,
+    /// Aggregate clusters, and whether routes use each or it only lingers.
+    pub fallbacks: BTreeMap<FallbackId, Presence>,
+    /// The service's routes in match order, tried under each listener route that names it.
+    pub routes: Vec<RoutePlan>,
+    /// What every route of the service carries.
+    pub route_policy: RoutePolicy,
+    /// Intended share of answered requests per version, in parts per million.
+    pub split: BTreeMap<String, u32>,
+}
+
+impl ServicePlan {
+    /// A service removed from the file, of which something still drains.
+    fn lingering() -> ServicePlan {
+        ServicePlan {
+            in_file: false,
+            versions: BTreeMap::new(),
+            fallbacks: BTreeMap::new(),
+            routes: Vec::new(),
+            route_policy: RoutePolicy::default(),
+            split: BTreeMap::new(),
+        }
+    }
+}
+
+/// Why a version has a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// It answers requests, gets a mirror's copies or a rule's group.
+    Serving,
+    /// Kept warm for an instant switch or rollback (blue-green's idle colour, a canary at 0%).
+    Idle,
+    /// A red-black service's previous version, kept for rollback until its deadline (`None`:
+    /// waiting for every Envoy holding the service to answer the switch).
+    Retiring { deadline: Option<Timestamp> },
+    /// Removed from the file; kept so requests in flight finish.
+    Removed { until: Timestamp },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionPlan {
+    pub role: Role,
+    /// Cluster settings (load balancing, health checks, outlier detection, timeouts).
+    pub policy: Policy,
+    /// The file's endpoints in file order, then those draining after leaving it, by address.
+    pub endpoints: Vec<EndpointPlan>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointPlan {
+    pub address: SocketAddr,
+    pub weight: Option<u32>,
+    pub health: Health,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Gets requests (Envoy's health checks and outlier detection still apply).
+    Active,
+    /// `drain: true` in the file: no new requests.
+    Draining,
+    /// Left the file: draining until it is removed.
+    Removed { until: Timestamp },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    Routed,
+    Lingering { until: Timestamp },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutePlan {
+    /// Besides the listener route's path match; all must hold.
+    pub conditions: Vec<Condition>,
+    pub target: Target,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    One(ClusterRef),
+    Weighted(Vec<WeightedTarget>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightedTarget {
+    pub cluster: ClusterRef,
+    /// Parts per million.
+    pub weight: u32,
+    /// Responses through this target set this cookie (sticky canary users).
+    pub set_cookie: Option<StickyCookie>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyCookie {
+    pub name: String,
+    /// The version's name: users stay where they are when the canary becomes stable.
+    pub value: String,
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RoutePolicy {
+    pub timeout: Option<Duration>,
+    pub retries: Option<Retries>,
+    pub hash: Option<HashOn>,
+    pub mirror: Option<(ClusterId, Percent)>,
+}
+
+/// The plan for `spec` given `state` at `now`. Pure and deterministic.
+pub fn plan(spec: &Spec, state: &RuntimeState, now: Timestamp) -> Plan {
+    let mut services: BTreeMap<String, ServicePlan> = BTreeMap::new();
+    for (name, service) in &spec.services {
+        let service = &*state.effective(name, service);
+        let receiving = service.receiving_versions();
+        let mut versions = BTreeMap::new();
+        for (version_name, version) in &service.versions {
+            let id = ClusterId::new(name, version_name);
+            let Some(role) = role(spec, state, &id, service, &receiving, now) else {
+                continue;
+            };
+            let endpoints = endpoints(&version.endpoints, state.draining.get(&id), now);
+            versions.insert(
+                version_name.clone(),
+                VersionPlan {
+                    role,
+                    policy: service.policy.clone(),
+                    endpoints,
+                },
+            );
+        }
+        let fallbacks = fallbacks(name, service)
+            .into_iter()
+            .map(|f| (f, Presence::Routed))
+            .collect();
+        let routes = routes::service_routes(name, service, |v| versions.contains_key(v));
+        services.insert(
+            name.clone(),
+            ServicePlan {
+                in_file: true,
+                versions,
+                fallbacks,
+                routes,
+                route_policy: route_policy(name, service),
+                split: split(&service.strategy),
+            },
+        );
+    }
+    for (id, removed) in &state.removed {
+        if removed.until <= now {
+            continue;
+        }
+        let service = services
+            .entry(id.service.clone())
+            .or_insert_with(ServicePlan::lingering);
+        if service.versions.contains_key(&id.version) {
+            continue;
+        }
+        service.versions.insert(
+            id.version.clone(),
+            VersionPlan {
+                role: Role::Removed {
+                    until: removed.until,
+                },
+                policy: removed.policy.clone(),
+                endpoints: endpoints(&removed.endpoints, state.draining.get(id), now),
+            },
+        );
+    }
+    for (f, until) in &state.fallbacks {
+        if *until <= now {
+            continue;
+        }
+        services
+            .entry(f.service.clone())
+            .or_insert_with(ServicePlan::lingering)
+            .fallbacks
+            .entry(f.clone())
+            .or_insert(Presence::Lingering { until: *until });
+    }
+    let mut listeners: Vec<ListenerPlan> = spec
+        .listeners
+        .iter()
+        .map(|l| ListenerPlan {
+            name: l.name.clone(),
+            address: l.address,
+            routes: l.routes.clone(),
+        })
+        .collect();
+    listeners.sort_by(|a, b| a.name.cmp(&b.name));
+    Plan {
+        listeners,
+        services,
+    }
+}
+
+/// Why a version of the file has a cluster, or `None` if it has none (a retired red-black
+/// version).
+fn role(
+    spec: &Spec,
+    state: &RuntimeState,
+    id: &ClusterId,
+    service: &Service,
+    receiving: &std::collections::BTreeSet<&str>,
+    now: Timestamp,
+) -> Option<Role> {
+    if receiving.contains(id.version.as_str()) {
+        return Some(Role::Serving);
+    }
+    if !matches!(service.strategy, Strategy::RedBlack { .. }) {
+        return Some(Role::Idle);
+    }
+    let retiring = state.retiring.get(id)?;
+    if state::watched_switch_from(&state.rollouts, id) {
+        return Some(Role::Retiring { deadline: None });
+    }
+    let deadline = state::grace(spec, &id.service).and_then(|g| retiring.deadline(g));
+    match deadline {
+        Some(t) if t <= now => None,
+        deadline => Some(Role::Retiring { deadline }),
+    }
+}
+
+/// The file's endpoints, then those that left it and still drain.
+fn endpoints(
+    file: &[Endpoint],
+    draining: Option<&BTreeMap<SocketAddr, state::DrainingEndpoint>>,
+    now: Timestamp,
+) -> Vec<EndpointPlan> {
+    let mut out: Vec<EndpointPlan> = file
+        .iter()
+        .map(|e| EndpointPlan {
+            address: e.address,
+            weight: e.weight,
+            health: if e.drain {
+                Health::Draining
+            } else {
+                Health::Active
+            },
+        })
+        .collect();
+    let Some(draining) = draining.filter(|d| !d.is_empty()) else {
+        return out;
+    };
+    let in_file: std::collections::BTreeSet<SocketAddr> = file.iter().map(|e| e.address).collect();
+    for (address, d) in draining {
+        if d.until > now && !in_file.contains(address) {
+            out.push(EndpointPlan {
+                address: *address,
+                weight: d.weight,
+                health: Health::Removed { until: d.until },
+            });
+        }
+    }
+    out
+}
+
+/// The versions of `spec` that have a cluster given `state` (every version but retired
+/// red-black ones), with their definition.
+pub(crate) fn deployed_versions<'a>(
+    spec: &'a Spec,
+    state: &'a RuntimeState,
+    now: Timestamp,
+) -> impl Iterator<Item = (ClusterId, &'a Version, &'a Policy)> + 'a {
+    spec.services.iter().flat_map(move |(name, service)| {
+        let served = state.effective(name, service);
+        let receiving = served.receiving_versions();
+        service
+            .versions
+            .iter()
+            .filter_map(|(v, version)| {
+                let id = ClusterId::new(name, v);
+                role(spec, state, &id, &served, &receiving, now)
+                    .map(|_| (id, version, &service.policy))
+            })
+            .collect::<Vec<_>>()
+    })
+}
+
+/// Traffic sent to a version *besides* the service's default (a split canary's share, an A/B
+/// rule's group) falls back to the default version when that version has no healthy endpoint,
+/// rather than keep its share and fail it: one aggregate cluster per such version, sorted.
+pub(crate) fn fallbacks(name: &str, service: &Service) -> Vec<FallbackId> {
+    let default = service.default_version();
+    let mut versions: Vec<&str> = Vec::new();
+    if let Strategy::Canary { canary, weight, .. } = &service.strategy
+        && weight.ppm() > 0
+        && weight.ppm() < Percent::MILLION
+    {
+        versions.push(canary);
+    }
+    versions.extend(
+        service
+            .rules
+            .iter()
+            .map(|r| r.version.as_str())
+            .filter(|v| *v != default),
+    );
+    versions.sort_unstable();
+    versions.dedup();
+    versions
+        .into_iter()
+        .map(|v| FallbackId {
+            service: name.to_owned(),
+            version: v.to_owned(),
+            fallback: default.to_owned(),
+        })
+        .collect()
+}
+
+fn route_policy(name: &str, service: &Service) -> RoutePolicy {
+    let policy = &service.policy;
+    RoutePolicy {
+        timeout: policy.timeout,
+        retries: (policy.retries.attempts > 0 && !policy.retries.on.is_empty())
+            .then(|| policy.retries.clone()),
+        hash: match &policy.load_balancing {
+            LoadBalancing::RingHash(on) | LoadBalancing::Maglev(on) => Some(on.clone()),
+            _ => None,
+        },
+        mirror: service
+            .mirror
+            .as_ref()
+            .map(|m| (ClusterId::new(name, &m.version), m.percent)),
+    }
+}
+
+/// Intended share of answered requests per version (parts per million).
+fn split(strategy: &Strategy) -> BTreeMap<String, u32> {
+    match strategy {
+        Strategy::Canary {
+            stable,
+            canary,
+            weight,
+            ..
+        } => BTreeMap::from([
+            (stable.clone(), Percent::MILLION - weight.ppm()),
+            (canary.clone(), weight.ppm()),
+        ]),
+        other => other
+            .serving_versions()
+            .into_iter()
+            .map(|v| (v.to_owned(), Percent::MILLION))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

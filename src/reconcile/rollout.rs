@@ -1,0 +1,595 @@
+//! Automated rollouts: a canary raised step by step with a check at each step, and a
+//! blue-green or red-black switch watched for a while; both roll back on a failed analysis.
+//!
+//! A [`Rollout`] is runtime state (saved with the rest, so a restarted cutover resumes at the
+//! same step and weight). The reducer advances it on four events: every Envoy holding the
+//! service answered the current weight or switch (the time at a step counts from there), time
+//! passed (a step's time is up), a check's figures arrived ([`Observation`], read by the
+//! controller from what Envoy reports to cutover), or an operator's [`Command`]. `plan` reads
+//! it through [`effective`]: the service as the file says it, with the rollout's weight, or
+//! switched back.
+//!
+//! Rules, each documented in the README:
+//! - A canary rollout is keyed by its (stable, canary) pair: a new canary version starts a new
+//!   rollout at the first step; an edited step list continues from the current weight; removing
+//!   `steps` (or the strategy) ends it.
+//! - A step ends when its time has passed since every Envoy answered its weight *and* the last
+//!   check passed; a check with too few requests waits (neither passes nor fails), and
+//!   `max_wait` turns a long wait into a failure. After the last step the canary gets 100%:
+//!   promoted. The promoted (or rolled back) state stays until the file changes the canary
+//!   version or the strategy.
+//! - `failure_limit` failed checks roll back at once, whatever the step's time: a canary to 0%,
+//!   a switch back to the previous version.
+//! - A switch (a new `active` with an `analysis`) is watched for `window` from every Envoy's
+//!   answer; it passes once the window is over and the last check passed.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::Timestamp;
+use crate::spec::{Analysis, Percent, Service, Strategy};
+
+/// How many history entries a rollout keeps.
+const HISTORY: usize = 50;
+
+/// One version's figures over a check's window, as Envoy reported them.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Figures {
+    pub requests: u64,
+    /// 5xx responses, resets, connect failures and timeouts.
+    pub errors: u64,
+    /// 99th percentile of upstream latency, in milliseconds, if any request was timed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<f64>,
+}
+
+impl Figures {
+    pub fn error_rate(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.errors as f64 / self.requests as f64
+        }
+    }
+}
+
+/// What the controller observed for a check: the figures of the version under test and the
+/// webhooks' answers (`Err` with the first failure).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    pub figures: Figures,
+    pub webhooks: Result<(), String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "verdict", content = "reason", rename_all = "snake_case")]
+pub enum Verdict {
+    Pass,
+    /// Too little traffic to judge.
+    Wait(String),
+    Fail(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Check {
+    pub at: Timestamp,
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    pub figures: Figures,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Kind {
+    /// A canary raised through its steps.
+    Canary { stable: String, canary: String },
+    /// A switch of the active version, watched for a window.
+    Switch { from: String, to: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", content = "reason", rename_all = "snake_case")]
+pub enum Status {
+    Progressing,
+    /// Stopped by the operator: no step advances, no check runs.
+    Paused,
+    /// The canary gets everything, or the switch passed its window.
+    Promoted,
+    /// Rolled back: the canary gets nothing, or the switch went back.
+    Failed(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub at: Timestamp,
+    pub what: String,
+}
+
+/// One service's rollout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    #[serde(flatten)]
+    pub kind: Kind,
+    pub status: Status,
+    pub started: Timestamp,
+    /// A canary's weight now, in parts per million.
+    #[serde(default)]
+    pub weight: u32,
+    /// When every Envoy holding the service answered the current weight or switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Timestamp>,
+    /// Checks passed at the current step.
+    #[serde(default)]
+    pub passed: u32,
+    /// Checks failed during the rollout.
+    #[serde(default)]
+    pub failed: u32,
+    /// Since when checks have been waiting for traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_since: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_check: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check: Option<Check>,
+    #[serde(default)]
+    pub history: Vec<Entry>,
+}
+
+/// An operator's command (`cutover promote|abort|pause|resume SERVICE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// The canary gets everything now; a switch is accepted.
+    Promote,
+    /// Roll back now.
+    Abort,
+    Pause,
+    /// Continue a paused rollout from where it is (its step's time starts again), or start a
+    /// rolled-back one again from its first step.
+    Resume,
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Command::Promote => "promote",
+            Command::Abort => "abort",
+            Command::Pause => "pause",
+            Command::Resume => "resume",
+        })
+    }
+}
+
+fn pct(ppm: u32) -> String {
+    format!(
+        "{}",
+        Percent::from_ppm(ppm).unwrap_or(Percent::from_ppm(0).expect("0 is valid"))
+    )
+}
+
+impl Rollout {
+    fn new(kind: Kind, weight: u32, now: Timestamp, what: String) -> Rollout {
+        Rollout {
+            kind,
+            status: Status::Progressing,
+            started: now,
+            weight,
+            since: None,
+            passed: 0,
+            failed: 0,
+            waiting_since: None,
+            next_check: None,
+            last_check: None,
+            history: vec![Entry { at: now, what }],
+        }
+    }
+
+    fn log(&mut self, at: Timestamp, what: String) {
+        self.history.push(Entry { at, what });
+        if self.history.len() > HISTORY {
+            self.history.drain(..self.history.len() - HISTORY);
+        }
+    }
+
+    /// Whether it still changes by itself (waits for answers, time or checks).
+    pub fn is_active(&self) -> bool {
+        self.status == Status::Progressing
+    }
+
+    /// The version the analysis watches.
+    pub fn version_under_test(&self) -> &str {
+        match &self.kind {
+            Kind::Canary { canary, .. } => canary,
+            Kind::Switch { to, .. } => to,
+        }
+    }
+
+    /// A new weight or switch is being served: its time starts once every Envoy answered.
+    fn restart_step(&mut self) {
+        self.since = None;
+        self.passed = 0;
+        self.waiting_since = None;
+        self.next_check = None;
+    }
+
+    fn roll_back(&mut self, now: Timestamp, reason: String) {
+        if let Kind::Canary { .. } = self.kind {
+            self.weight = 0;
+        }
+        self.log(now, format!("rolled back: {reason}"));
+        self.status = Status::Failed(reason);
+        self.next_check = None;
+    }
+
+    fn promote(&mut self, now: Timestamp, why: &str) {
+        if let Kind::Canary { .. } = self.kind {
+            self.weight = Percent::MILLION;
+        }
+        self.log(now, format!("promoted ({why})"));
+        self.status = Status::Promoted;
+        self.next_check = None;
+    }
+
+    /// The last check allows the step to end (or there is no analysis).
+    fn checks_allow(&self, analysis: Option<&Analysis>) -> bool {
+        analysis.is_none()
+            || (self.passed > 0
+                && self
+                    .last_check
+                    .as_ref()
+                    .is_some_and(|c| c.verdict == Verdict::Pass))
+    }
+
+    /// When this rollout changes by itself next (its step ends) or a check is due, given its
+    /// service's strategy.
+    pub fn next_deadline(&self, strategy: &Strategy) -> Option<Timestamp> {
+        if !self.is_active() {
+            return None;
+        }
+        [self.step_deadline(strategy), self.next_check]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// When the current step's time (or a switch's window) is up, once it runs.
+    pub fn step_deadline(&self, strategy: &Strategy) -> Option<Timestamp> {
+        if !self.is_active() {
+            return None;
+        }
+        let since = self.since?;
+        match (&self.kind, strategy) {
+            (
+                Kind::Canary { .. },
+                Strategy::Canary {
+                    rollout: Some(r), ..
+                },
+            ) => Some(since + r.pause_at(self.weight, r.interval)),
+            (Kind::Switch { .. }, s) => {
+                Some(since + s.analysis().map_or(Duration::ZERO, |a| a.window))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The rollout the file asks for in `service`, if any, given the service as it was served
+/// before (`previous`, effective) and the rollout in progress.
+pub(super) fn on_file(
+    existing: Option<Rollout>,
+    previous_default: Option<&str>,
+    service: &Service,
+    now: Timestamp,
+) -> Option<Rollout> {
+    match &service.strategy {
+        Strategy::Canary {
+            stable,
+            canary,
+            rollout: Some(r),
+            ..
+        } => {
+            let kind = Kind::Canary {
+                stable: stable.clone(),
+                canary: canary.clone(),
+            };
+            match existing {
+                // An edited step list continues from the current weight.
+                Some(mut existing) if existing.kind == kind => {
+                    if existing.is_active()
+                        && r.next_weight(existing.weight).is_none()
+                        && !r.steps.iter().any(|s| s.weight.ppm() == existing.weight)
+                    {
+                        // The steps now end below the current weight: the rollout is done.
+                        existing.promote(now, "the steps end below the current weight");
+                    }
+                    Some(existing)
+                }
+                _ => {
+                    let first = r.steps[0].weight;
+                    Some(Rollout::new(
+                        kind,
+                        first.ppm(),
+                        now,
+                        format!("started: {canary} at {first}"),
+                    ))
+                }
+            }
+        }
+        Strategy::BlueGreen {
+            active,
+            analysis: Some(_),
+            ..
+        }
+        | Strategy::RedBlack {
+            active,
+            analysis: Some(_),
+            ..
+        } => match existing {
+            Some(e) if matches!(&e.kind, Kind::Switch { to, .. } if to == active) => Some(e),
+            _ => match previous_default {
+                Some(from) if from != active && service.versions.contains_key(from) => {
+                    Some(Rollout::new(
+                        Kind::Switch {
+                            from: from.to_owned(),
+                            to: active.clone(),
+                        },
+                        0,
+                        now,
+                        format!("switched from {from} to {active}: watching {active}"),
+                    ))
+                }
+                _ => None,
+            },
+        },
+        _ => None,
+    }
+}
+
+/// Every Envoy holding the service answered what is served: the step's time starts.
+pub(super) fn on_answered(r: &mut Rollout, analysis: Option<&Analysis>, now: Timestamp) {
+    if r.is_active() && r.since.is_none() {
+        r.since = Some(now);
+        r.next_check = analysis.map(|a| now + a.interval);
+    }
+}
+
+/// Time passed: a step whose time is up (and whose checks allow it) ends.
+pub(super) fn on_tick(r: &mut Rollout, strategy: &Strategy, now: Timestamp) {
+    if !r.is_active() {
+        return;
+    }
+    let Some(since) = r.since else { return };
+    let analysis = strategy.analysis();
+    match (&r.kind, strategy) {
+        (
+            Kind::Canary { canary, .. },
+            Strategy::Canary {
+                rollout: Some(cfg), ..
+            },
+        ) => {
+            if now < since + cfg.pause_at(r.weight, cfg.interval) || !r.checks_allow(analysis) {
+                return;
+            }
+            let canary = canary.clone();
+            match cfg.next_weight(r.weight) {
+                Some(next) => {
+                    let passed = r.passed;
+                    r.log(
+                        now,
+                        format!(
+                            "{canary} {} → {next}{}",
+                            pct(r.weight),
+                            if analysis.is_some() {
+                                format!(" after {passed} passed check(s)")
+                            } else {
+                                String::new()
+                            }
+                        ),
+                    );
+                    r.weight = next.ppm();
+                    r.restart_step();
+                }
+                None => r.promote(now, "every step passed"),
+            }
+        }
+        (Kind::Switch { .. }, _) => {
+            let window = analysis.map_or(Duration::ZERO, |a| a.window);
+            if now >= since + window && r.checks_allow(analysis) {
+                r.promote(now, "the new version passed its window");
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A check's figures arrived.
+pub(super) fn on_observed(
+    r: &mut Rollout,
+    analysis: &Analysis,
+    observed: &Observation,
+    now: Timestamp,
+) {
+    if !r.is_active() || r.since.is_none() {
+        return;
+    }
+    let f = observed.figures;
+    let verdict = if let Err(e) = &observed.webhooks {
+        Verdict::Fail(e.clone())
+    } else if f.requests < analysis.min_requests {
+        Verdict::Wait(format!(
+            "{} request(s), fewer than min_requests {}",
+            f.requests, analysis.min_requests
+        ))
+    } else if let Some(max) = analysis
+        .max_error_rate
+        .filter(|m| f.error_rate() * 100.0 > m.as_f64())
+    {
+        Verdict::Fail(format!(
+            "error rate {:.1}% ({} of {} requests) above max_error_rate {max}",
+            f.error_rate() * 100.0,
+            f.errors,
+            f.requests
+        ))
+    } else if let Some((p99, max)) = f
+        .p99_ms
+        .zip(analysis.max_p99_latency)
+        .filter(|(p99, max)| *p99 > max.as_secs_f64() * 1000.0)
+    {
+        Verdict::Fail(format!(
+            "p99 latency {p99:.0} ms above max_p99_latency {}",
+            humantime::format_duration(max)
+        ))
+    } else {
+        Verdict::Pass
+    };
+    let verdict = match verdict {
+        Verdict::Wait(why) => {
+            let waiting = *r.waiting_since.get_or_insert(now);
+            match analysis.max_wait {
+                Some(max) if now.since(waiting) >= max => Verdict::Fail(format!(
+                    "too little traffic for {}: {why}",
+                    humantime::format_duration(max)
+                )),
+                _ => Verdict::Wait(why),
+            }
+        }
+        v => {
+            r.waiting_since = None;
+            v
+        }
+    };
+    match &verdict {
+        Verdict::Pass => r.passed += 1,
+        Verdict::Wait(_) => {}
+        Verdict::Fail(reason) => {
+            r.failed += 1;
+            let reason = reason.clone();
+            r.log(
+                now,
+                format!(
+                    "check failed ({} of {}): {reason}",
+                    r.failed, analysis.failure_limit
+                ),
+            );
+            if r.failed >= analysis.failure_limit {
+                r.last_check = Some(Check {
+                    at: now,
+                    verdict,
+                    figures: f,
+                });
+                r.roll_back(now, reason);
+                return;
+            }
+        }
+    }
+    r.last_check = Some(Check {
+        at: now,
+        verdict,
+        figures: f,
+    });
+    r.next_check = Some(now + analysis.interval);
+}
+
+/// An operator's command; returns what it did, or why it did nothing.
+pub(super) fn on_command(
+    r: &mut Rollout,
+    strategy: &Strategy,
+    command: Command,
+    now: Timestamp,
+) -> Result<String, String> {
+    let done = match (command, &r.status) {
+        (Command::Promote, Status::Progressing | Status::Paused) => {
+            r.promote(now, "by the operator");
+            "promoted"
+        }
+        (Command::Abort, Status::Progressing | Status::Paused) => {
+            r.roll_back(now, "aborted by the operator".to_owned());
+            "rolled back"
+        }
+        (Command::Pause, Status::Progressing) => {
+            r.status = Status::Paused;
+            r.next_check = None;
+            r.log(now, "paused by the operator".to_owned());
+            "paused"
+        }
+        (Command::Resume, Status::Paused) => {
+            r.status = Status::Progressing;
+            // The step's time starts again, from now: the pause did not count.
+            r.since = Some(now);
+            r.next_check = strategy.analysis().map(|a| now + a.interval);
+            r.log(now, "resumed by the operator".to_owned());
+            "resumed"
+        }
+        (Command::Resume, Status::Failed(_)) => {
+            if let (
+                Kind::Canary { .. },
+                Strategy::Canary {
+                    rollout: Some(cfg), ..
+                },
+            ) = (&r.kind, strategy)
+            {
+                r.weight = cfg.steps[0].weight.ppm();
+            }
+            r.status = Status::Progressing;
+            r.failed = 0;
+            r.restart_step();
+            r.log(now, "started again by the operator".to_owned());
+            "started again from the first step"
+        }
+        (_, status) => {
+            return Err(format!(
+                "cannot {command} a rollout that is {}",
+                match status {
+                    Status::Progressing => "progressing",
+                    Status::Paused => "paused",
+                    Status::Promoted => "promoted",
+                    Status::Failed(_) => "rolled back",
+                }
+            ));
+        }
+    };
+    Ok(done.to_owned())
+}
+
+/// The service as served: the file's, with the rollout's canary weight, or switched back
+/// after a failed switch.
+pub fn effective<'a>(service: &'a Service, rollout: Option<&Rollout>) -> Cow<'a, Service> {
+    let Some(r) = rollout else {
+        return Cow::Borrowed(service);
+    };
+    match (&r.kind, &service.strategy) {
+        (
+            Kind::Canary { stable, canary },
+            Strategy::Canary {
+                stable: s,
+                canary: c,
+                weight,
+                ..
+            },
+        ) if stable == s && canary == c && weight.ppm() != r.weight => {
+            let mut out = service.clone();
+            if let Strategy::Canary { weight, .. } = &mut out.strategy {
+                *weight = Percent::from_ppm(r.weight).unwrap_or(*weight);
+            }
+            Cow::Owned(out)
+        }
+        (
+            Kind::Switch { from, to },
+            Strategy::BlueGreen { active, .. } | Strategy::RedBlack { active, .. },
+        ) if matches!(r.status, Status::Failed(_))
+            && active == to
+            && service.versions.contains_key(from) =>
+        {
+            let mut out = service.clone();
+            if let Strategy::BlueGreen { active, .. } | Strategy::RedBlack { active, .. } =
+                &mut out.strategy
+            {
+                active.clone_from(from);
+            }
+            Cow::Owned(out)
+        }
+        _ => Cow::Borrowed(service),
+    }
+}

@@ -1,0 +1,554 @@
+//! Runtime state: what decides what Envoy gets besides the file, as plain data advanced by a
+//! pure reducer ([`RuntimeState::reduce`]).
+//!
+//! - Endpoints and versions that left the file keep being served for the drain period: an
+//!   endpoint as `DRAINING` (no new requests, requests in flight finish), a version (and an
+//!   aggregate cluster nothing routes to any more) unchanged, because the routes that moved its
+//!   traffic away already keep new requests from it.
+//! - A red-black service's previous version is kept after a switch until every Envoy holding
+//!   the service has answered the switch and the service's grace period has passed (and while
+//!   a switch analysis may still switch back to it).
+//! - Automated rollouts: the canary's current weight and its checks, or a switch being watched
+//!   ([`super::rollout`]).
+//!
+//! Deadlines are wall-clock [`Timestamp`]s, so a restarted cutover that loads this state (see
+//! [`crate::store`]) keeps serving what was draining or retiring until the original deadline.
+//! The reducer never looks at a clock: every event comes with its `now`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::rollout::{self, Command, Kind, Observation, Rollout, Status};
+use super::{deployed_versions, fallbacks};
+use crate::ids::{ClusterId, FallbackId};
+use crate::spec::{Endpoint, Policy, Service, Spec, Strategy};
+
+/// A wall-clock instant with millisecond precision, written as RFC 3339 in the state file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(u64);
+
+impl Timestamp {
+    pub fn from_millis(ms: u64) -> Timestamp {
+        Timestamp(ms)
+    }
+
+    pub fn now() -> Timestamp {
+        Timestamp::from(SystemTime::now())
+    }
+
+    pub fn as_millis(self) -> u64 {
+        self.0
+    }
+
+    /// Time from `earlier` to `self`, zero if `earlier` is later.
+    pub fn since(self, earlier: Timestamp) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+
+    pub fn to_system_time(self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.0)
+    }
+}
+
+impl From<SystemTime> for Timestamp {
+    fn from(t: SystemTime) -> Timestamp {
+        Timestamp(
+            t.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        )
+    }
+}
+
+impl std::ops::Add<Duration> for Timestamp {
+    type Output = Timestamp;
+    fn add(self, d: Duration) -> Timestamp {
+        Timestamp(
+            self.0
+                .saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        )
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        humantime::format_rfc3339_millis(self.to_system_time()).fmt(f)
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_rfc3339_weak(&text)
+            .map(Timestamp::from)
+            .map_err(|e| serde::de::Error::custom(format!("invalid time {text:?}: {e}")))
+    }
+}
+
+/// An endpoint removed from the file, served `DRAINING` until `until`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainingEndpoint {
+    pub until: Timestamp,
+    /// Its load-balancing weight when it left (kept so the load assignment changes only in
+    /// health status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+}
+
+/// A version removed from the file, served unchanged until `until`. It carries its own
+/// definition: the file no longer has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedVersion {
+    pub until: Timestamp,
+    pub endpoints: Vec<Endpoint>,
+    pub policy: Policy,
+}
+
+/// A red-black version kept after traffic moved away from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retiring {
+    /// When the switch away from it was loaded.
+    pub since: Timestamp,
+    /// When every Envoy holding the service had answered the switch; the grace period runs
+    /// from here. `None`: still waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered: Option<Timestamp>,
+}
+
+impl Retiring {
+    /// When the version goes, once known.
+    pub fn deadline(&self, grace: Duration) -> Option<Timestamp> {
+        self.answered.map(|t| t + grace)
+    }
+}
+
+/// Everything that decides what Envoy gets besides the file. See the module docs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RuntimeState {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub retiring: BTreeMap<ClusterId, Retiring>,
+    /// By cluster, then by address.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub draining: BTreeMap<ClusterId, BTreeMap<SocketAddr, DrainingEndpoint>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub removed: BTreeMap<ClusterId, RemovedVersion>,
+    /// Aggregate clusters no route sends to any more, kept until the deadline.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fallbacks: BTreeMap<FallbackId, Timestamp>,
+    /// Automated rollouts, by service.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rollouts: BTreeMap<String, Rollout>,
+    /// The drain period of the last file loaded (a setting of `cutover serve`, not state).
+    #[serde(skip)]
+    drain_period: Duration,
+}
+
+/// Equal when the state is: the drain period is a setting, not state.
+impl PartialEq for RuntimeState {
+    fn eq(&self, other: &Self) -> bool {
+        self.retiring == other.retiring
+            && self.draining == other.draining
+            && self.removed == other.removed
+            && self.fallbacks == other.fallbacks
+            && self.rollouts == other.rollouts
+    }
+}
+
+/// What the file replaced when a valid one is loaded.
+#[derive(Debug, Clone, Copy)]
+pub enum Previous<'a> {
+    /// The first file since cutover started, with a runtime state that is known: what Envoy
+    /// holds is this state applied to the file.
+    Start,
+    /// The first file since cutover started, and the runtime state was lost (a corrupt state
+    /// file): keep every version the file lists, as if each red-black service had just switched.
+    StartUnknown,
+    /// The file that was served until now.
+    File(&'a Spec),
+}
+
+/// Something that happened. Each comes with the file in effect after it and the time.
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    /// A valid file was loaded; what left it starts draining for `drain_period`.
+    FileLoaded {
+        previous: Previous<'a>,
+        drain_period: Duration,
+    },
+    /// Every Envoy that holds these services has answered the current config: ACKed it, or
+    /// rejected it (an Envoy that rejects a switch keeps the old version's cluster itself for as
+    /// long as its routes use it, so it does not hold the others' retirement).
+    Answered { services: &'a BTreeSet<String> },
+    /// Time passed: rollout steps end, what expired is forgotten.
+    Tick,
+    /// A rollout check's figures for `service`.
+    Observed {
+        service: &'a str,
+        observation: &'a Observation,
+    },
+}
+
+impl RuntimeState {
+    /// Advances the state by one event. `spec` is the file in effect after the event.
+    pub fn reduce(&mut self, spec: &Spec, event: Event<'_>, now: Timestamp) {
+        let before = match event {
+            Event::FileLoaded {
+                previous: Previous::File(old),
+                ..
+            } => self.routed_fallbacks(old),
+            Event::FileLoaded { .. } => BTreeSet::new(),
+            _ => self.routed_fallbacks(spec),
+        };
+        match event {
+            Event::FileLoaded {
+                previous,
+                drain_period,
+            } => {
+                self.drain_period = drain_period;
+                self.file_loaded(spec, previous, now);
+            }
+            Event::Answered { services } => {
+                for (id, r) in &mut self.retiring {
+                    if r.answered.is_none() && services.contains(&id.service) {
+                        r.answered = Some(now);
+                    }
+                }
+                for (name, r) in &mut self.rollouts {
+                    if services.contains(name)
+                        && let Some(service) = spec.services.get(name)
+                    {
+                        rollout::on_answered(r, service.strategy.analysis(), now);
+                    }
+                }
+            }
+            Event::Tick => {
+                for (name, r) in &mut self.rollouts {
+                    if let Some(service) = spec.services.get(name) {
+                        rollout::on_tick(r, &service.strategy, now);
+                    }
+                }
+            }
+            Event::Observed {
+                service,
+                observation,
+            } => {
+                if let (Some(r), Some(analysis)) = (
+                    self.rollouts.get_mut(service),
+                    spec.services
+                        .get(service)
+                        .and_then(|s| s.strategy.analysis()),
+                ) {
+                    rollout::on_observed(r, analysis, observation, now);
+                }
+            }
+        }
+        self.settle(spec, before, now);
+    }
+
+    /// An operator's command for `service`'s rollout. Pure, like [`RuntimeState::reduce`];
+    /// returns what it did, or why it did nothing.
+    pub fn command(
+        &mut self,
+        spec: &Spec,
+        service: &str,
+        command: Command,
+        now: Timestamp,
+    ) -> Result<String, String> {
+        let strategy = &spec
+            .services
+            .get(service)
+            .ok_or_else(|| format!("no service \"{service}\" in the deployment file"))?
+            .strategy;
+        let before = self.routed_fallbacks(spec);
+        let r = self.rollouts.get_mut(service).ok_or_else(|| {
+            format!("service \"{service}\" has no rollout (a canary with `steps`, or a switch with an `analysis`)")
+        })?;
+        let done = rollout::on_command(r, strategy, command, now)?;
+        self.settle(spec, before, now);
+        Ok(done)
+    }
+
+    /// After any event: aggregate clusters routes stopped using linger for the drain period,
+    /// red-black bookkeeping follows what is served, what expired is forgotten.
+    fn settle(&mut self, spec: &Spec, routed_before: BTreeSet<FallbackId>, now: Timestamp) {
+        let routed = self.routed_fallbacks(spec);
+        if !self.drain_period.is_zero() {
+            for f in routed_before.difference(&routed) {
+                self.fallbacks
+                    .entry(f.clone())
+                    .or_insert(now + self.drain_period);
+            }
+        }
+        self.fallbacks.retain(|f, _| !routed.contains(f));
+        // A switch that went back: the version it went to retires like any previous version.
+        for (name, r) in &self.rollouts {
+            if let (Kind::Switch { to, .. }, Status::Failed(_), Some(service)) =
+                (&r.kind, &r.status, spec.services.get(name))
+                && matches!(service.strategy, Strategy::RedBlack { .. })
+            {
+                self.retiring
+                    .entry(ClusterId::new(name, to))
+                    .or_insert(Retiring {
+                        since: now,
+                        answered: None,
+                    });
+            }
+        }
+        // Versions that get traffic again do not retire.
+        let rollouts = &self.rollouts;
+        self.retiring.retain(|id, _| {
+            spec.services.get(&id.service).is_some_and(|s| {
+                !rollout::effective(s, rollouts.get(&id.service))
+                    .receiving_versions()
+                    .contains(id.version.as_str())
+            })
+        });
+        self.expire(spec, now);
+    }
+
+    /// The aggregate clusters routes use when `spec` is served with this state.
+    fn routed_fallbacks(&self, spec: &Spec) -> BTreeSet<FallbackId> {
+        spec.services
+            .iter()
+            .flat_map(|(name, s)| fallbacks(name, &self.effective(name, s)))
+            .collect()
+    }
+
+    /// `service` as served: with its rollout's weight, or switched back.
+    pub fn effective<'a>(&self, name: &str, service: &'a Service) -> std::borrow::Cow<'a, Service> {
+        rollout::effective(service, self.rollouts.get(name))
+    }
+
+    fn file_loaded(&mut self, spec: &Spec, previous: Previous<'_>, now: Timestamp) {
+        let drain_period = self.drain_period;
+        // What Envoy holds from the previous file, before this event changes the state.
+        let before: Vec<(ClusterId, Vec<Endpoint>, Policy)> = match previous {
+            Previous::File(old) => deployed_versions(old, self, now)
+                .map(|(id, version, policy)| (id, version.endpoints.clone(), policy.clone()))
+                .collect(),
+            Previous::Start | Previous::StartUnknown => Vec::new(),
+        };
+
+        // What each service served before, as served (with its rollout).
+        let served_before: BTreeMap<&str, (String, BTreeSet<String>)> = match previous {
+            Previous::File(old) => old
+                .services
+                .iter()
+                .map(|(name, s)| {
+                    let s = self.effective(name, s);
+                    let receiving = s.receiving_versions().into_iter().map(str::to_owned);
+                    (
+                        name.as_str(),
+                        (s.default_version().to_owned(), receiving.collect()),
+                    )
+                })
+                .collect(),
+            Previous::Start | Previous::StartUnknown => BTreeMap::new(),
+        };
+
+        // Rollouts: a new canary version or a switch starts one; removing it ends it.
+        let mut rollouts = BTreeMap::new();
+        for (name, service) in &spec.services {
+            let previous_default = served_before.get(name.as_str()).map(|(d, _)| d.as_str());
+            if let Some(r) =
+                rollout::on_file(self.rollouts.remove(name), previous_default, service, now)
+            {
+                rollouts.insert(name.clone(), r);
+            }
+        }
+        self.rollouts = rollouts;
+
+        // Red-black: versions traffic just moved away from start retiring.
+        let mut retiring = BTreeMap::new();
+        for (name, service) in &spec.services {
+            if !matches!(service.strategy, Strategy::RedBlack { .. }) {
+                continue;
+            }
+            let service = self.effective(name, service);
+            let receiving = service.receiving_versions();
+            let was_receiving: BTreeSet<&str> = match previous {
+                Previous::File(_) => served_before
+                    .get(name.as_str())
+                    .map(|(_, r)| r.iter().map(String::as_str).collect())
+                    .unwrap_or_default(),
+                // Unknown history: any version may still be in Envoy.
+                Previous::StartUnknown => service.versions.keys().map(String::as_str).collect(),
+                Previous::Start => BTreeSet::new(),
+            };
+            for version in service.versions.keys() {
+                if receiving.contains(version.as_str()) {
+                    continue;
+                }
+                let id = ClusterId::new(name, version);
+                let kept = if was_receiving.contains(version.as_str()) {
+                    Some(Retiring {
+                        since: now,
+                        answered: None,
+                    })
+                } else {
+                    self.retiring.get(&id).copied()
+                };
+                if let Some(r) = kept {
+                    retiring.insert(id, r);
+                }
+            }
+        }
+        self.retiring = retiring;
+
+        // Drains: what left the file lingers for the drain period.
+        if let Previous::File(_) = previous
+            && !drain_period.is_zero()
+        {
+            let until = now + drain_period;
+            for (id, endpoints, policy) in before {
+                match spec
+                    .services
+                    .get(&id.service)
+                    .and_then(|s| s.versions.get(&id.version))
+                {
+                    None => {
+                        self.removed.entry(id).or_insert(RemovedVersion {
+                            until,
+                            endpoints,
+                            policy,
+                        });
+                    }
+                    Some(version) => {
+                        let present: BTreeSet<SocketAddr> =
+                            version.endpoints.iter().map(|e| e.address).collect();
+                        for e in endpoints {
+                            if !present.contains(&e.address) {
+                                self.draining
+                                    .entry(id.clone())
+                                    .or_default()
+                                    .entry(e.address)
+                                    .or_insert(DrainingEndpoint {
+                                        until,
+                                        weight: e.weight,
+                                    });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        // Back in the file: no longer lingering.
+        let in_file = |id: &ClusterId| {
+            spec.services
+                .get(&id.service)
+                .and_then(|s| s.versions.get(&id.version))
+        };
+        self.removed.retain(|id, _| in_file(id).is_none());
+        self.draining.retain(|id, endpoints| {
+            if let Some(version) = in_file(id) {
+                let present: BTreeSet<SocketAddr> =
+                    version.endpoints.iter().map(|e| e.address).collect();
+                endpoints.retain(|addr, _| !present.contains(addr));
+            } else if !self.removed.contains_key(id) {
+                endpoints.clear();
+            }
+            !endpoints.is_empty()
+        });
+    }
+
+    /// Forgets what is past its deadline.
+    fn expire(&mut self, spec: &Spec, now: Timestamp) {
+        let rollouts = &self.rollouts;
+        self.retiring.retain(|id, r| {
+            watched_switch_from(rollouts, id)
+                || grace(spec, &id.service)
+                    .and_then(|g| r.deadline(g))
+                    .is_none_or(|t| t > now)
+        });
+        for endpoints in self.draining.values_mut() {
+            endpoints.retain(|_, e| e.until > now);
+        }
+        self.draining.retain(|_, e| !e.is_empty());
+        self.removed.retain(|_, r| r.until > now);
+        self.fallbacks.retain(|_, until| *until > now);
+    }
+
+    /// The next time the plan changes by itself (something lingering or retiring goes, a
+    /// rollout step ends) or a rollout check is due.
+    pub fn next_deadline(&self, spec: &Spec) -> Option<Timestamp> {
+        self.next_deadline_except(spec, &BTreeSet::new())
+    }
+
+    /// [`RuntimeState::next_deadline`], leaving out the checks of `checking` (being made).
+    pub fn next_deadline_except(
+        &self,
+        spec: &Spec,
+        checking: &BTreeSet<String>,
+    ) -> Option<Timestamp> {
+        let retiring = self
+            .retiring
+            .iter()
+            .filter(|(id, _)| !watched_switch_from(&self.rollouts, id))
+            .filter_map(|(id, r)| r.deadline(grace(spec, &id.service)?));
+        let rollouts = self.rollouts.iter().filter_map(|(name, r)| {
+            let strategy = &spec.services.get(name)?.strategy;
+            if checking.contains(name) {
+                r.step_deadline(strategy)
+            } else {
+                r.next_deadline(strategy)
+            }
+        });
+        let draining = self
+            .draining
+            .values()
+            .flat_map(|m| m.values().map(|e| e.until));
+        let removed = self.removed.values().map(|r| r.until);
+        let fallbacks = self.fallbacks.values().copied();
+        retiring
+            .chain(draining)
+            .chain(removed)
+            .chain(fallbacks)
+            .chain(rollouts)
+            .min()
+    }
+
+    /// Whether a retirement or a rollout step waits for Envoys to answer (see
+    /// [`Event::Answered`]).
+    pub fn awaiting_answers(&self) -> bool {
+        self.retiring.values().any(|r| r.answered.is_none())
+            || self
+                .rollouts
+                .values()
+                .any(|r| r.is_active() && r.since.is_none())
+    }
+
+    /// Services whose rollout check is due at `now`, with the version it watches.
+    pub fn checks_due(&self, now: Timestamp) -> Vec<(String, String)> {
+        self.rollouts
+            .iter()
+            .filter(|(_, r)| r.is_active() && r.next_check.is_some_and(|t| t <= now))
+            .map(|(name, r)| (name.clone(), r.version_under_test().to_owned()))
+            .collect()
+    }
+}
+
+/// Whether a switch analysis may still go back to this version (it stays until then).
+pub(super) fn watched_switch_from(rollouts: &BTreeMap<String, Rollout>, id: &ClusterId) -> bool {
+    rollouts.get(&id.service).is_some_and(|r| {
+        matches!(r.status, Status::Progressing | Status::Paused)
+            && matches!(&r.kind, Kind::Switch { from, .. } if *from == id.version)
+    })
+}
+
+/// A red-black service's grace period.
+pub(super) fn grace(spec: &Spec, service: &str) -> Option<Duration> {
+    match spec.services.get(service).map(|s| &s.strategy) {
+        Some(Strategy::RedBlack { grace, .. }) => Some(*grace),
+        _ => None,
+    }
+}

@@ -1,0 +1,791 @@
+//! The reducer and `plan`, driven by event sequences with explicit times: no sockets, no clock.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use super::*;
+use crate::spec::parse;
+
+const PERIOD: Duration = Duration::from_secs(5);
+
+/// A cutover without I/O: the file in effect, the runtime state and the time.
+struct World {
+    spec: Option<Spec>,
+    state: RuntimeState,
+    now: Timestamp,
+    drain_period: Duration,
+}
+
+impl World {
+    fn new() -> World {
+        World::with_state(RuntimeState::default())
+    }
+
+    fn with_state(state: RuntimeState) -> World {
+        World {
+            spec: None,
+            state,
+            now: Timestamp::from_millis(1_800_000_000_000),
+            drain_period: PERIOD,
+        }
+    }
+
+    fn load(&mut self, text: &str) -> &mut World {
+        let spec = parse("t.yaml", text).unwrap_or_else(|e| panic!("{e}"));
+        let previous = self.spec.take();
+        let previous = previous.as_ref().map_or(Previous::Start, Previous::File);
+        self.state.reduce(
+            &spec,
+            Event::FileLoaded {
+                previous,
+                drain_period: self.drain_period,
+            },
+            self.now,
+        );
+        self.spec = Some(spec);
+        self
+    }
+
+    /// Every Envoy has answered the current config.
+    fn answered(&mut self) -> &mut World {
+        let spec = self.spec.as_ref().unwrap();
+        let services: BTreeSet<String> = spec.services.keys().cloned().collect();
+        self.state.reduce(
+            spec,
+            Event::Answered {
+                services: &services,
+            },
+            self.now,
+        );
+        self
+    }
+
+    fn wait(&mut self, d: Duration) -> &mut World {
+        self.now = self.now + d;
+        self.state
+            .reduce(self.spec.as_ref().unwrap(), Event::Tick, self.now);
+        self
+    }
+
+    fn plan(&self) -> Plan {
+        plan(self.spec.as_ref().unwrap(), &self.state, self.now)
+    }
+
+    fn clusters(&self) -> Vec<String> {
+        let plan = self.plan();
+        let mut out: Vec<String> = plan
+            .services
+            .iter()
+            .flat_map(|(s, p)| {
+                let versions = p
+                    .versions
+                    .keys()
+                    .map(move |v| ClusterId::new(s, v).to_string());
+                let fallbacks = p.fallbacks.keys().map(ToString::to_string);
+                versions.chain(fallbacks).collect::<Vec<_>>()
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn endpoints(&self, cluster: &str) -> Vec<(String, Health)> {
+        let (s, v) = cluster.split_once('/').unwrap();
+        self.plan().services[s].versions[v]
+            .endpoints
+            .iter()
+            .map(|e| (e.address.to_string(), e.health))
+            .collect()
+    }
+
+    fn next_deadline(&self) -> Option<Timestamp> {
+        self.state.next_deadline(self.spec.as_ref().unwrap())
+    }
+
+    fn at(&self, secs: u64) -> Timestamp {
+        self.now + Duration::from_secs(secs)
+    }
+}
+
+fn red_black(active: &str) -> String {
+    format!(
+        "listeners:\n  - name: l\n    address: 127.0.0.1:10000\n    routes:\n      - match: {{ prefix: / }}\n        service: s\nservices:\n  s:\n    versions:\n      red: {{ endpoints: [127.0.0.1:8081] }}\n      black: {{ endpoints: [127.0.0.1:8082] }}\n      new: {{ endpoints: [127.0.0.1:8083] }}\n    strategy:\n      red-black: {{ active: {active}, grace: 30s }}\n"
+    )
+}
+
+fn blue_green(versions: &str, active: &str) -> String {
+    format!(
+        "listeners:\n  - name: l\n    address: 127.0.0.1:10000\n    routes:\n      - match: {{ prefix: / }}\n        service: s\nservices:\n  s:\n    versions:\n{versions}    active: {active}\n"
+    )
+}
+
+fn canary(weight: &str) -> String {
+    format!(
+        "listeners:\n  - name: l\n    address: 127.0.0.1:10000\n    routes:\n      - match: {{ prefix: / }}\n        service: s\nservices:\n  s:\n    versions:\n      v1: {{ endpoints: [127.0.0.1:8081] }}\n      v2: {{ endpoints: [127.0.0.1:8082] }}\n    strategy:\n      canary: {{ stable: v1, canary: v2, weight: {weight} }}\n"
+    )
+}
+
+const TWO: &str = "      a: { endpoints: [127.0.0.1:8081, 127.0.0.1:8082] }\n";
+const ONE: &str = "      a: { endpoints: [127.0.0.1:8081] }\n";
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn removed_until(t: Timestamp) -> Health {
+    Health::Removed { until: t }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Red-black retirement
+
+#[test]
+fn first_load_keeps_only_the_active_version() {
+    let mut w = World::new();
+    w.load(&red_black("red"));
+    assert_eq!(w.clusters(), ["s/red"]);
+}
+
+#[test]
+fn a_switch_keeps_the_old_version_until_answered_and_grace_passed() {
+    let mut w = World::new();
+    w.load(&red_black("red")).load(&red_black("black"));
+    assert_eq!(
+        w.clusters(),
+        ["s/black", "s/red"],
+        "red is kept for rollback"
+    );
+    assert_eq!(
+        w.plan().services["s"].versions["red"].role,
+        Role::Retiring { deadline: None }
+    );
+    assert!(w.state.awaiting_answers());
+    w.wait(secs(3600));
+    assert_eq!(
+        w.clusters(),
+        ["s/black", "s/red"],
+        "nothing retires before every Envoy answered"
+    );
+
+    w.answered();
+    let answered_at = w.now;
+    assert_eq!(w.next_deadline(), Some(answered_at + secs(30)));
+    w.wait(secs(29));
+    assert_eq!(w.clusters(), ["s/black", "s/red"]);
+    w.wait(secs(1));
+    assert_eq!(w.clusters(), ["s/black"]);
+    assert_eq!(w.next_deadline(), None);
+    assert!(w.state.retiring.is_empty(), "expired entries are forgotten");
+}
+
+#[test]
+fn a_rollback_within_grace_cancels_the_retirement() {
+    let mut w = World::new();
+    w.load(&red_black("red"))
+        .load(&red_black("black"))
+        .answered()
+        .load(&red_black("red"));
+    // Back on red: black is now the old version, waiting for its own answers and grace.
+    assert_eq!(w.clusters(), ["s/black", "s/red"]);
+    assert_eq!(
+        w.state.retiring.keys().collect::<Vec<_>>(),
+        [&ClusterId::new("s", "black")]
+    );
+    assert_eq!(
+        w.plan().services["s"].versions["black"].role,
+        Role::Retiring { deadline: None }
+    );
+}
+
+#[test]
+fn an_unrelated_edit_does_not_restart_the_timer() {
+    let mut w = World::new();
+    w.load(&red_black("red"))
+        .load(&red_black("black"))
+        .answered();
+    let deadline = w.at(30);
+    w.wait(secs(20));
+    w.load(&red_black("black").replace("8083", "8084"));
+    w.answered();
+    assert_eq!(w.next_deadline(), Some(deadline));
+}
+
+#[test]
+fn answers_for_another_service_do_not_start_the_grace() {
+    let mut w = World::new();
+    w.load(&red_black("red")).load(&red_black("black"));
+    let spec = w.spec.clone().unwrap();
+    let other = BTreeSet::from(["other".to_owned()]);
+    w.state
+        .reduce(&spec, Event::Answered { services: &other }, w.now);
+    assert!(w.state.awaiting_answers());
+}
+
+#[test]
+fn a_lost_runtime_state_keeps_every_version_the_file_lists() {
+    let mut w = World::new();
+    let spec = parse("t.yaml", &red_black("black")).unwrap();
+    w.state.reduce(
+        &spec,
+        Event::FileLoaded {
+            previous: Previous::StartUnknown,
+            drain_period: PERIOD,
+        },
+        w.now,
+    );
+    w.spec = Some(spec);
+    assert_eq!(w.clusters(), ["s/black", "s/new", "s/red"]);
+    w.answered().wait(secs(30));
+    assert_eq!(w.clusters(), ["s/black"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Drains
+
+#[test]
+fn a_removed_endpoint_drains_for_the_period_then_goes() {
+    let mut w = World::new();
+    w.load(&blue_green(TWO, "a")).load(&blue_green(ONE, "a"));
+    let until = w.at(5);
+    assert_eq!(
+        w.endpoints("s/a"),
+        [
+            ("127.0.0.1:8081".into(), Health::Active),
+            ("127.0.0.1:8082".into(), removed_until(until)),
+        ]
+    );
+    assert_eq!(w.next_deadline(), Some(until));
+    // An unrelated reload inside the period keeps it draining, without restarting the clock.
+    w.wait(secs(4)).load(&blue_green(ONE, "a"));
+    assert_eq!(w.endpoints("s/a").len(), 2);
+    w.wait(secs(1));
+    assert_eq!(
+        w.endpoints("s/a"),
+        [("127.0.0.1:8081".into(), Health::Active)]
+    );
+    assert_eq!(w.next_deadline(), None);
+}
+
+#[test]
+fn a_removed_version_lingers_unchanged() {
+    let mut w = World::new();
+    let both =
+        "      a: { endpoints: [127.0.0.1:8081] }\n      b: { endpoints: [127.0.0.1:8082] }\n";
+    let only_b = "      b: { endpoints: [127.0.0.1:8082] }\n";
+    w.load(&blue_green(both, "a"));
+    let before = w.plan().services["s"].versions["a"].clone();
+    w.load(&blue_green(only_b, "b"));
+    assert_eq!(w.clusters(), ["s/a", "s/b"]);
+    // Unchanged: routes may still point at it until Envoy has the new ones.
+    let lingering = &w.plan().services["s"].versions["a"];
+    assert_eq!(lingering.endpoints, before.endpoints);
+    assert_eq!(lingering.policy, before.policy);
+    assert_eq!(lingering.role, Role::Removed { until: w.at(5) });
+    w.wait(secs(6));
+    assert_eq!(w.clusters(), ["s/b"]);
+}
+
+#[test]
+fn a_removed_service_lingers_without_routes() {
+    let mut w = World::new();
+    let two_services = format!(
+        "{}  t:\n    versions:\n      x: {{ endpoints: [127.0.0.1:9001] }}\n    active: x\n",
+        blue_green(ONE, "a")
+    );
+    w.load(&two_services).load(&blue_green(ONE, "a"));
+    let plan = w.plan();
+    assert!(!plan.services["t"].in_file);
+    assert!(plan.services["t"].routes.is_empty());
+    assert_eq!(w.clusters(), ["s/a", "t/x"]);
+    w.wait(PERIOD);
+    assert_eq!(w.clusters(), ["s/a"]);
+}
+
+#[test]
+fn an_endpoint_put_back_stops_draining() {
+    let mut w = World::new();
+    w.load(&blue_green(TWO, "a")).load(&blue_green(ONE, "a"));
+    w.wait(secs(1)).load(&blue_green(TWO, "a"));
+    assert_eq!(
+        w.endpoints("s/a"),
+        [
+            ("127.0.0.1:8081".into(), Health::Active),
+            ("127.0.0.1:8082".into(), Health::Active)
+        ]
+    );
+    assert_eq!(w.next_deadline(), None);
+}
+
+#[test]
+fn zero_period_removes_at_once() {
+    let mut w = World::new();
+    w.drain_period = Duration::ZERO;
+    w.load(&blue_green(TWO, "a")).load(&blue_green(ONE, "a"));
+    assert_eq!(w.endpoints("s/a").len(), 1);
+}
+
+#[test]
+fn a_canary_going_to_zero_keeps_its_aggregate_cluster_for_the_drain_period() {
+    // Per-type streams cannot order the aggregate's removal after the route change.
+    let mut w = World::new();
+    w.load(&canary("10"));
+    assert_eq!(w.clusters(), ["s/v1", "s/v2", "s/v2~v1"]);
+    w.load(&canary("0"));
+    assert_eq!(w.clusters(), ["s/v1", "s/v2", "s/v2~v1"]);
+    let plan = w.plan();
+    let (_, presence) = plan.services["s"].fallbacks.iter().next().unwrap();
+    assert_eq!(*presence, Presence::Lingering { until: w.at(5) });
+    // Routes no longer use it.
+    assert!(
+        plan.services["s"]
+            .routes
+            .iter()
+            .all(|r| r.target == Target::One(ClusterRef::Version(ClusterId::new("s", "v1"))))
+    );
+    w.wait(PERIOD);
+    assert_eq!(w.clusters(), ["s/v1", "s/v2"]);
+    // Back to a split inside the period: routed again, not lingering.
+    let mut w = World::new();
+    w.load(&canary("10")).load(&canary("0")).load(&canary("20"));
+    assert!(w.state.fallbacks.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restarts
+
+#[test]
+fn a_restart_from_the_saved_state_keeps_draining_and_retiring_until_their_deadlines() {
+    let mut w = World::new();
+    let with_extra = red_black("black").replace(
+        "black: { endpoints: [127.0.0.1:8082] }",
+        "black: { endpoints: [127.0.0.1:8082, 127.0.0.1:8092] }",
+    );
+    w.load(&red_black("red"))
+        .load(&with_extra)
+        .answered()
+        .load(&red_black("black"));
+    let before = w.plan();
+
+    // The state file round trip, then a new process: the same file, loaded as the first one.
+    let saved = serde_json::to_string(&w.state).unwrap();
+    let state: RuntimeState = serde_json::from_str(&saved).unwrap();
+    assert_eq!(state, w.state);
+    let mut restarted = World::with_state(state);
+    restarted.now = w.now + secs(2);
+    restarted.load(&red_black("black"));
+    assert_eq!(restarted.plan(), before, "nothing changes for Envoy");
+    assert_eq!(
+        restarted.endpoints("s/black")[1],
+        ("127.0.0.1:8092".into(), removed_until(w.at(5)))
+    );
+    restarted.wait(secs(3));
+    assert_eq!(restarted.endpoints("s/black").len(), 1);
+    assert_eq!(restarted.clusters(), ["s/black", "s/red"]);
+    restarted.wait(secs(25));
+    assert_eq!(restarted.clusters(), ["s/black"]);
+}
+
+#[test]
+fn the_state_file_format_is_readable_and_stable() {
+    let mut w = World::new();
+    w.load(&blue_green(TWO, "a")).load(&blue_green(ONE, "a"));
+    let json = serde_json::to_value(&w.state).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "draining": {
+                "s/a": { "127.0.0.1:8082": { "until": "2027-01-15T08:00:05.000Z" } }
+            }
+        })
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rollouts
+
+use super::rollout::{Command, Figures, Observation, Status};
+
+fn rollout(steps: &str, analysis: &str) -> String {
+    format!(
+        "listeners:\n  - name: l\n    address: 127.0.0.1:10000\n    routes:\n      - match: {{ prefix: / }}\n        service: s\nservices:\n  s:\n    versions:\n      v1: {{ endpoints: [127.0.0.1:8081] }}\n      v2: {{ endpoints: [127.0.0.1:8082] }}\n      v3: {{ endpoints: [127.0.0.1:8083] }}\n    strategy:\n      canary:\n        stable: v1\n        canary: v2\n        steps: {steps}\n        interval: 60s\n{analysis}"
+    )
+}
+
+const ANALYSIS: &str = "        analysis: { interval: 10s, max_error_rate: 1%, max_p99_latency: 500ms, min_requests: 20, failure_limit: 2 }\n";
+
+fn good() -> Observation {
+    Observation {
+        figures: Figures {
+            requests: 1000,
+            errors: 2,
+            p99_ms: Some(40.0),
+        },
+        webhooks: Ok(()),
+    }
+}
+
+fn failing() -> Observation {
+    Observation {
+        figures: Figures {
+            requests: 1000,
+            errors: 200,
+            p99_ms: Some(40.0),
+        },
+        webhooks: Ok(()),
+    }
+}
+
+fn quiet() -> Observation {
+    Observation {
+        figures: Figures {
+            requests: 3,
+            errors: 0,
+            p99_ms: Some(40.0),
+        },
+        webhooks: Ok(()),
+    }
+}
+
+impl World {
+    fn observe(&mut self, o: Observation) -> &mut World {
+        let spec = self.spec.clone().unwrap();
+        self.state.reduce(
+            &spec,
+            Event::Observed {
+                service: "s",
+                observation: &o,
+            },
+            self.now,
+        );
+        self
+    }
+
+    fn command(&mut self, c: Command) -> Result<String, String> {
+        let spec = self.spec.clone().unwrap();
+        self.state.command(&spec, "s", c, self.now)
+    }
+
+    /// The canary's share of requests as planned, in percent.
+    fn canary_weight(&self) -> f64 {
+        f64::from(
+            self.plan().services["s"]
+                .split
+                .get("v2")
+                .copied()
+                .unwrap_or(0),
+        ) / 10_000.0
+    }
+
+    fn status(&self) -> Status {
+        self.state.rollouts["s"].status.clone()
+    }
+}
+
+#[test]
+fn a_healthy_canary_is_promoted_step_by_step_each_step_timed_from_the_answers() {
+    let mut w = World::new();
+    w.load(&rollout("[10, 50, 100]", ANALYSIS));
+    assert_eq!(
+        w.canary_weight(),
+        10.0,
+        "a rollout starts at its first step"
+    );
+    // Nothing counts until every Envoy has the weight.
+    w.wait(secs(120));
+    assert_eq!(w.canary_weight(), 10.0);
+    assert!(w.state.awaiting_answers());
+    w.answered();
+    assert_eq!(w.next_deadline(), Some(w.at(10)), "the first check");
+    for weight in [10.0, 50.0, 100.0] {
+        assert_eq!(w.canary_weight(), weight);
+        for _ in 0..6 {
+            w.wait(secs(10)).observe(good());
+        }
+        w.wait(Duration::ZERO);
+        if weight < 100.0 {
+            assert!(
+                w.state.awaiting_answers(),
+                "the next weight waits for answers"
+            );
+            w.answered();
+        }
+    }
+    assert_eq!(w.status(), Status::Promoted);
+    assert_eq!(w.canary_weight(), 100.0);
+    let history: Vec<&str> = w.state.rollouts["s"]
+        .history
+        .iter()
+        .map(|e| e.what.as_str())
+        .collect();
+    assert_eq!(
+        history,
+        [
+            "started: v2 at 10%",
+            "v2 10% → 50% after 5 passed check(s)",
+            "v2 50% → 100% after 5 passed check(s)",
+            "promoted (every step passed)"
+        ]
+    );
+    // Promoted stays promoted: an unrelated edit moves nothing.
+    w.load(&rollout("[10, 50, 100]", ANALYSIS).replace("8083", "8084"));
+    assert_eq!(w.canary_weight(), 100.0);
+}
+
+#[test]
+fn a_failing_canary_rolls_back_at_once_without_waiting_for_the_step_to_end() {
+    let mut w = World::new();
+    w.load(&rollout("[10, 50, 100]", ANALYSIS)).answered();
+    w.wait(secs(10)).observe(good());
+    w.wait(secs(10)).observe(failing());
+    assert_eq!(
+        w.canary_weight(),
+        10.0,
+        "one failed check of failure_limit 2"
+    );
+    w.wait(secs(10)).observe(failing());
+    assert_eq!(w.canary_weight(), 0.0, "rolled back");
+    let Status::Failed(reason) = w.status() else {
+        panic!("{:?}", w.status())
+    };
+    assert_eq!(
+        reason,
+        "error rate 20.0% (200 of 1000 requests) above max_error_rate 1%"
+    );
+    // Routes: everyone on stable, the aggregate cluster lingers for the drain period.
+    assert!(
+        w.plan().services["s"]
+            .routes
+            .iter()
+            .all(|r| r.target == Target::One(ClusterRef::Version(ClusterId::new("s", "v1"))))
+    );
+    assert!(w.clusters().contains(&"s/v2~v1".to_owned()));
+    w.wait(PERIOD);
+    assert!(!w.clusters().contains(&"s/v2~v1".to_owned()));
+    // It stays rolled back through time and unrelated edits.
+    w.wait(secs(600))
+        .load(&rollout("[10, 50, 100]", ANALYSIS).replace("8083", "8084"));
+    assert_eq!(w.canary_weight(), 0.0);
+    // A new canary version starts a new rollout.
+    w.load(&rollout("[10, 50, 100]", ANALYSIS).replace("        canary: v2", "        canary: v3"));
+    assert_eq!(w.state.rollouts["s"].status, Status::Progressing);
+    let split = &w.plan().services["s"].split;
+    assert_eq!(split.get("v3"), Some(&100_000));
+}
+
+#[test]
+fn a_slow_canary_fails_max_p99_latency() {
+    let mut w = World::new();
+    w.load(&rollout("[10, 100]", ANALYSIS)).answered();
+    let slow = Observation {
+        figures: Figures {
+            requests: 500,
+            errors: 0,
+            p99_ms: Some(640.0),
+        },
+        webhooks: Ok(()),
+    };
+    w.wait(secs(10)).observe(slow.clone());
+    w.wait(secs(10)).observe(slow);
+    let Status::Failed(reason) = w.status() else {
+        panic!("{:?}", w.status())
+    };
+    assert_eq!(reason, "p99 latency 640 ms above max_p99_latency 500ms");
+}
+
+#[test]
+fn too_little_traffic_waits_then_passes_and_max_wait_fails() {
+    let mut w = World::new();
+    w.load(&rollout("[10, 100]", ANALYSIS)).answered();
+    for _ in 0..12 {
+        w.wait(secs(10)).observe(quiet());
+    }
+    assert_eq!(
+        w.canary_weight(),
+        10.0,
+        "two minutes of waiting do not pass the step"
+    );
+    assert_eq!(w.status(), Status::Progressing, "nor fail it");
+    w.wait(secs(10)).observe(good());
+    w.wait(Duration::ZERO);
+    assert_eq!(
+        w.canary_weight(),
+        100.0,
+        "the first check with traffic passes it"
+    );
+
+    let with_max_wait = ANALYSIS.replace("failure_limit: 2", "failure_limit: 1, max_wait: 30s");
+    let mut w = World::new();
+    w.load(&rollout("[10, 100]", &with_max_wait)).answered();
+    for _ in 0..3 {
+        w.wait(secs(10)).observe(quiet());
+    }
+    assert_eq!(w.status(), Status::Progressing);
+    w.wait(secs(10)).observe(quiet());
+    let Status::Failed(reason) = w.status() else {
+        panic!("{:?}", w.status())
+    };
+    assert!(reason.starts_with("too little traffic for 30s"), "{reason}");
+}
+
+#[test]
+fn a_restart_resumes_the_rollout_at_the_same_step_and_weight() {
+    let mut w = World::new();
+    w.load(&rollout("[10, 50, 100]", ANALYSIS)).answered();
+    for _ in 0..6 {
+        w.wait(secs(10)).observe(good());
+    }
+    w.wait(Duration::ZERO).answered();
+    w.wait(secs(20)).observe(good());
+    assert_eq!(w.canary_weight(), 50.0);
+    let before = w.plan();
+    let saved = serde_json::to_string(&w.state).unwrap();
+    let mut restarted = World::with_state(serde_json::from_str(&saved).unwrap());
+    restarted.now = w.now + secs(5);
+    restarted.load(&rollout("[10, 50, 100]", ANALYSIS));
+    assert_eq!(
+        restarted.plan(),
+        before,
+        "the same weight, no extra route change"
+    );
+    // The step's time still counts from the answers before the restart.
+    assert_eq!(
+        restarted.state.rollouts["s"].since,
+        w.state.rollouts["s"].since
+    );
+    for _ in 0..4 {
+        restarted.wait(secs(10)).observe(good());
+    }
+    restarted.wait(Duration::ZERO);
+    assert_eq!(restarted.canary_weight(), 100.0);
+}
+
+#[test]
+fn an_edited_step_list_continues_from_the_current_weight() {
+    let mut w = World::new();
+    w.load(&rollout("[10, 50, 100]", ANALYSIS)).answered();
+    for _ in 0..6 {
+        w.wait(secs(10)).observe(good());
+    }
+    w.wait(Duration::ZERO);
+    assert_eq!(w.canary_weight(), 50.0);
+    w.load(&rollout("[5, 25, 75, 100]", ANALYSIS));
+    assert_eq!(w.canary_weight(), 50.0, "an edit does not move traffic");
+    w.answered();
+    for _ in 0..6 {
+        w.wait(secs(10)).observe(good());
+    }
+    w.wait(Duration::ZERO);
+    assert_eq!(w.canary_weight(), 75.0, "the next step above 50%");
+    // Removing the steps ends the rollout: the file's manual weight is what it says.
+    let manual =
+        rollout("[10]", "").replace("steps: [10]\n        interval: 60s\n", "weight: 20\n");
+    w.load(&manual);
+    assert!(w.state.rollouts.is_empty());
+    assert_eq!(w.canary_weight(), 20.0);
+}
+
+#[test]
+fn operators_pause_resume_promote_and_abort() {
+    let mut w = World::new();
+    w.load(&rollout("[10, 50, 100]", ANALYSIS)).answered();
+    assert_eq!(w.command(Command::Pause).unwrap(), "paused");
+    w.wait(secs(600)).observe(good());
+    assert_eq!(w.canary_weight(), 10.0, "paused: nothing advances");
+    assert!(w.command(Command::Pause).is_err());
+    assert_eq!(w.command(Command::Resume).unwrap(), "resumed");
+    assert_eq!(
+        w.state.rollouts["s"].since,
+        Some(w.now),
+        "the step's time starts again"
+    );
+    assert_eq!(w.command(Command::Promote).unwrap(), "promoted");
+    assert_eq!(w.canary_weight(), 100.0);
+    assert!(w.command(Command::Abort).is_err(), "promoted is final");
+
+    let mut w = World::new();
+    w.load(&rollout("[10, 50, 100]", ANALYSIS)).answered();
+    assert_eq!(w.command(Command::Abort).unwrap(), "rolled back");
+    assert_eq!(w.canary_weight(), 0.0);
+    assert_eq!(
+        w.command(Command::Resume).unwrap(),
+        "started again from the first step"
+    );
+    assert_eq!(w.canary_weight(), 10.0);
+    let err = w
+        .state
+        .command(w.spec.as_ref().unwrap(), "nope", Command::Pause, w.now);
+    assert!(err.unwrap_err().contains("no service \"nope\""));
+}
+
+fn switch(active: &str, strategy: &str, extra: &str) -> String {
+    format!(
+        "listeners:\n  - name: l\n    address: 127.0.0.1:10000\n    routes:\n      - match: {{ prefix: / }}\n        service: s\nservices:\n  s:\n    versions:\n      blue: {{ endpoints: [127.0.0.1:8081] }}\n      green: {{ endpoints: [127.0.0.1:8082] }}\n    strategy:\n      {strategy}:\n        active: {active}\n{extra}        analysis: {{ window: 30s, interval: 10s, max_error_rate: 1%, failure_limit: 1 }}\n"
+    )
+}
+
+fn serving(w: &World) -> Vec<String> {
+    let plan = w.plan();
+    plan.services["s"].split.keys().cloned().collect()
+}
+
+#[test]
+fn a_blue_green_switch_that_fails_its_window_switches_back() {
+    let mut w = World::new();
+    w.load(&switch("blue", "blue-green", ""));
+    assert!(w.state.rollouts.is_empty(), "the first file is no switch");
+    w.load(&switch("green", "blue-green", "")).answered();
+    assert_eq!(serving(&w), ["green"]);
+    w.wait(secs(10)).observe(failing());
+    assert_eq!(serving(&w), ["blue"], "switched back");
+    // An unrelated edit keeps it switched back; making blue active again ends the rollout.
+    w.load(&switch("green", "blue-green", "").replace("8082", "8092"));
+    assert_eq!(serving(&w), ["blue"]);
+    w.load(&switch("blue", "blue-green", ""));
+    assert!(w.state.rollouts.is_empty());
+    assert_eq!(serving(&w), ["blue"]);
+}
+
+#[test]
+fn a_switch_that_passes_its_window_is_promoted() {
+    let mut w = World::new();
+    w.load(&switch("blue", "blue-green", ""))
+        .load(&switch("green", "blue-green", ""))
+        .answered();
+    w.wait(secs(10)).observe(good());
+    w.wait(secs(10)).observe(good());
+    w.wait(secs(10)).observe(good());
+    assert_eq!(w.status(), Status::Promoted);
+    assert_eq!(serving(&w), ["green"]);
+}
+
+#[test]
+fn red_black_keeps_the_previous_version_until_the_switch_window_ends() {
+    // A grace shorter than the window: the rollback target must not go first.
+    let grace = "        grace: 5s\n";
+    let mut w = World::new();
+    w.load(&switch("blue", "red-black", grace))
+        .load(&switch("green", "red-black", grace))
+        .answered();
+    w.wait(secs(10)).observe(good());
+    w.wait(secs(10)).observe(good());
+    assert_eq!(
+        w.clusters(),
+        ["s/blue", "s/green"],
+        "blue stays during the window"
+    );
+    w.wait(secs(10)).observe(good());
+    assert_eq!(w.status(), Status::Promoted);
+    w.wait(secs(5));
+    assert_eq!(w.clusters(), ["s/green"], "then retires after its grace");
+
+    // Failing: back on blue at once, green retires after every Envoy answered and the grace.
+    let mut w = World::new();
+    w.load(&switch("blue", "red-black", grace))
+        .load(&switch("green", "red-black", grace))
+        .answered();
+    w.wait(secs(10)).observe(failing());
+    assert_eq!(serving(&w), ["blue"]);
+    assert_eq!(w.clusters(), ["s/blue", "s/green"]);
+    w.answered().wait(secs(5));
+    assert_eq!(w.clusters(), ["s/blue"]);
+}

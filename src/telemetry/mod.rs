@@ -1,0 +1,80 @@
+//! What every Envoy sees, pushed to cutover: per service version the request rate, success and
+//! error rates, latency, ejections, endpoint health and requests in flight, over the last 10 s
+//! and the last minute; per endpoint requests in flight and rate.
+//!
+//! Two gRPC services on the ADS port take Envoy's own reports, configured by `cutover
+//! bootstrap`: the stats sink (`envoy.service.metrics.v3.MetricsService`, see [`stats`]) and the
+//! Load Reporting Service (`envoy.service.load_stats.v3.LoadReportingService`, see [`lrs`]).
+//! [`server`] is that I/O edge; [`aggregate`] is the pure, bounded core it feeds; [`report`] is
+//! what readers get. Nothing here scrapes Envoy, and nothing here changes what cutover serves.
+//!
+//! An Envoy from a bootstrap without these reports keeps working; it is listed as sending no
+//! telemetry ([`TelemetryReport::nodes_without_telemetry`]), never as having no traffic.
+
+pub mod aggregate;
+pub mod lrs;
+pub mod report;
+pub mod server;
+pub mod stats;
+pub mod window;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+pub use aggregate::{Aggregator, Limits, NodeKey, Source, StreamId, TooManyStreams};
+pub use report::{InFlight, TelemetryReport};
+
+/// The shared handle: the gRPC services write to it, the admin API and status read it. Cheap
+/// to clone.
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    core: Arc<Mutex<Aggregator>>,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry::new(Limits::default())
+    }
+}
+
+impl Telemetry {
+    pub fn new(limits: Limits) -> Telemetry {
+        Telemetry {
+            core: Arc::new(Mutex::new(Aggregator::new(limits, Instant::now()))),
+        }
+    }
+
+    /// Every figure at `now`.
+    pub fn report(&self, now: Instant) -> TelemetryReport {
+        self.lock().report(now)
+    }
+
+    /// Requests in flight per Envoy and endpoint at `now`, for `cutover wait drained`.
+    pub fn in_flight(&self, now: Instant) -> InFlight {
+        self.lock().in_flight(now)
+    }
+
+    /// The stats sink's gRPC service.
+    pub fn metrics_service(
+        &self,
+    ) -> envoy_types::pb::envoy::service::metrics::v3::metrics_service_server::MetricsServiceServer<
+        server::Sink,
+    >{
+        server::metrics_service(self.clone())
+    }
+
+    /// The Load Reporting Service.
+    pub fn load_reporting_service(
+        &self,
+    ) -> envoy_types::pb::envoy::service::load_stats::v3::load_reporting_service_server::LoadReportingServiceServer<server::LoadReporting>{
+        server::load_reporting_service(self.clone())
+    }
+
+    /// The core, also after a panic while it was held: at worst that message is half counted,
+    /// and the figures stay bounded and usable.
+    fn lock(&self) -> MutexGuard<'_, Aggregator> {
+        self.core
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}

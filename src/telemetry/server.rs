@@ -1,0 +1,178 @@
+//! The gRPC edge: Envoy's stats sink and load reporting streams, on the ADS port. Each stream
+//! is identified by the node in its first message, parsed outside the lock, applied to the
+//! core, and forgotten when it ends, however it ends.
+
+use std::pin::Pin;
+use std::time::Instant;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::load_stats::v3::{
+    LoadStatsRequest, LoadStatsResponse,
+    load_reporting_service_server::{LoadReportingService, LoadReportingServiceServer},
+};
+use envoy_types::pb::envoy::service::metrics::v3::{
+    StreamMetricsMessage, StreamMetricsResponse,
+    metrics_service_server::{MetricsService, MetricsServiceServer},
+};
+use futures::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::aggregate::{NodeKey, Source, StreamId};
+use super::{Telemetry, lrs, stats};
+
+pub fn metrics_service(telemetry: Telemetry) -> MetricsServiceServer<Sink> {
+    MetricsServiceServer::new(Sink { telemetry })
+}
+
+pub fn load_reporting_service(telemetry: Telemetry) -> LoadReportingServiceServer<LoadReporting> {
+    LoadReportingServiceServer::new(LoadReporting { telemetry })
+}
+
+/// `envoy.service.metrics.v3.MetricsService`.
+#[derive(Debug)]
+pub struct Sink {
+    telemetry: Telemetry,
+}
+
+/// `envoy.service.load_stats.v3.LoadReportingService`.
+#[derive(Debug)]
+pub struct LoadReporting {
+    telemetry: Telemetry,
+}
+
+/// An open stream in the core; closing it on drop forgets it also when the handler is
+/// cancelled (the connection went away).
+struct Registration {
+    telemetry: Telemetry,
+    id: StreamId,
+    node: String,
+    source: Source,
+}
+
+impl Registration {
+    fn open(
+        telemetry: &Telemetry,
+        source: Source,
+        node: Option<&Node>,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<Registration, Status> {
+        let what = match source {
+            Source::StatsSink => "StreamMetricsMessage (identifier.node)",
+            Source::LoadReports => "LoadStatsRequest (node)",
+        };
+        let node = node.filter(|n| !n.id.is_empty()).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "the first {what} must name the Envoy node; cutover identifies telemetry streams by node id"
+            ))
+        })?;
+        let key = NodeKey::new(&node.id, &node.cluster);
+        let id = telemetry
+            .lock()
+            .open(source, key.clone(), Instant::now())
+            .map_err(|e| {
+                tracing::warn!(node = %key.id, ?peer, "{e}");
+                Status::resource_exhausted(e.to_string())
+            })?;
+        tracing::info!(node = %key.id, ?peer, source = ?source, "telemetry stream opened");
+        Ok(Registration {
+            telemetry: telemetry.clone(),
+            id,
+            node: key.id,
+            source,
+        })
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.telemetry.lock().close(self.id);
+        tracing::info!(node = %self.node, source = ?self.source, "telemetry stream closed");
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Sink {
+    async fn stream_metrics(
+        &self,
+        request: Request<Streaming<StreamMetricsMessage>>,
+    ) -> Result<Response<StreamMetricsResponse>, Status> {
+        let peer = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let Some(first) = inbound.message().await? else {
+            return Ok(Response::new(StreamMetricsResponse {}));
+        };
+        let node = first.identifier.as_ref().and_then(|i| i.node.as_ref());
+        let registration = Registration::open(&self.telemetry, Source::StatsSink, node, peer)?;
+        let mut message = Some(first);
+        while let Some(m) = message {
+            // Parsed before taking the lock: the lock is held only to add up figures.
+            let flush = stats::parse(&m);
+            self.telemetry
+                .lock()
+                .stats(registration.id, &flush, Instant::now());
+            message = match inbound.message().await {
+                Ok(next) => next,
+                Err(status) => {
+                    tracing::debug!(node = %registration.node, %status, "stats sink stream ended");
+                    None
+                }
+            };
+        }
+        // Envoy never reads the answer; it reopens the stream at its next flush.
+        Ok(Response::new(StreamMetricsResponse {}))
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<LoadStatsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl LoadReportingService for LoadReporting {
+    type StreamLoadStatsStream = ResponseStream;
+
+    async fn stream_load_stats(
+        &self,
+        request: Request<Streaming<LoadStatsRequest>>,
+    ) -> Result<Response<ResponseStream>, Status> {
+        let peer = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let first = inbound.message().await?.ok_or_else(|| {
+            Status::invalid_argument("the load reporting stream ended before its first report")
+        })?;
+        let registration = Registration::open(
+            &self.telemetry,
+            Source::LoadReports,
+            first.node.as_ref(),
+            peer,
+        )?;
+        let telemetry = self.telemetry.clone();
+        telemetry
+            .lock()
+            .load(registration.id, &lrs::parse(&first), Instant::now());
+        let (answers, rx) = tokio::sync::mpsc::channel(1);
+        // One answer starts Envoy's reports for good; the stream stays open while Envoy
+        // reports, and its end (Envoy gone) forgets the node's load.
+        // A new channel has room for it.
+        let _ = answers.try_send(Ok(lrs::response()));
+        tokio::spawn(async move {
+            let _open = answers;
+            loop {
+                match inbound.message().await {
+                    Ok(Some(report)) => {
+                        let report = lrs::parse(&report);
+                        telemetry
+                            .lock()
+                            .load(registration.id, &report, Instant::now());
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(node = %registration.node, %status, "load reporting stream ended");
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}

@@ -1,0 +1,367 @@
+//! One view of every connected client, whatever protocol it speaks: what it holds of each type
+//! (ACKed, pending, rejected with Envoy's text), which group's config it converges to and how
+//! far it got.
+//!
+//! Protocol machines describe their client with a [`ClientView`] and a [`SyncState`]; the
+//! server's stream tasks write them here after every step. Status, CSDS, metrics and the
+//! controller's gates (red-black retirement waits for [`Clients::answered`]) read it. Waiters
+//! subscribe to [`Clients::changes`] instead of polling.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::watch;
+
+use super::{Event, Mode, ResourceType};
+use crate::metrics::Metrics;
+use crate::node::{GroupId, NodeInfo};
+use crate::snapshot::Resource;
+
+/// Resources shared (not copied) between a protocol machine and this view.
+pub type ResourceMap = Arc<BTreeMap<String, Resource>>;
+
+/// Resources a client holds or was sent, under one version.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub version: String,
+    pub resources: ResourceMap,
+}
+
+/// A rejected version and Envoy's reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nack {
+    pub version: String,
+    pub error: String,
+}
+
+/// What a client holds of one type.
+#[derive(Debug, Clone, Default)]
+pub struct TypeView {
+    pub acked: Option<Held>,
+    /// Sent, not answered yet.
+    pub pending: Option<Held>,
+    /// The version the client said it held when it connected (a reconnect), before it ACKed
+    /// anything on this stream.
+    pub reported: Option<String>,
+    /// The resources of the last rejected response.
+    pub rejected: ResourceMap,
+    pub last_nack: Option<Nack>,
+}
+
+/// What a client holds, per type.
+#[derive(Debug, Clone, Default)]
+pub struct ClientView {
+    pub types: [TypeView; 4],
+}
+
+/// One resource as a client holds it (CSDS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceState {
+    pub resource: Resource,
+    pub client: ClientState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientState {
+    Acked,
+    /// Sent, not yet answered.
+    Pending,
+    /// Rejected, with Envoy's error text.
+    Nacked(String),
+}
+
+/// What one client holds of one type, for status reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TypeStatus {
+    /// The version the client last ACKed (or reported holding when it connected).
+    pub acked: Option<String>,
+    /// A version sent and not yet answered.
+    pub pending: Option<String>,
+    pub last_nack: Option<Nack>,
+}
+
+impl ClientView {
+    pub fn status(&self, ty: ResourceType) -> TypeStatus {
+        let t = &self.types[ty.index()];
+        TypeStatus {
+            acked: t
+                .acked
+                .as_ref()
+                .map(|a| a.version.clone())
+                .or_else(|| t.reported.clone()),
+            pending: t.pending.as_ref().map(|p| p.version.clone()),
+            last_nack: t.last_nack.clone(),
+        }
+    }
+
+    /// Every resource of `ty` the client was sent, with what it did with it: ACKed (held),
+    /// pending (sent, not answered) or NACKed (in the last rejected response).
+    pub fn resource_states(&self, ty: ResourceType) -> Vec<ResourceState> {
+        let v = &self.types[ty.index()];
+        let mut out: BTreeMap<&str, ResourceState> = BTreeMap::new();
+        for r in v.acked.iter().flat_map(|h| h.resources.values()) {
+            out.insert(
+                &r.name,
+                ResourceState {
+                    resource: r.clone(),
+                    client: ClientState::Acked,
+                },
+            );
+        }
+        let nack_error = v
+            .last_nack
+            .as_ref()
+            .map(|n| n.error.as_str())
+            .unwrap_or_default();
+        let later = v
+            .rejected
+            .values()
+            .map(|r| (r, ClientState::Nacked(nack_error.to_owned())))
+            .chain(
+                v.pending
+                    .iter()
+                    .flat_map(|h| h.resources.values())
+                    .map(|r| (r, ClientState::Pending)),
+            );
+        for (r, client) in later {
+            if out
+                .get(r.name.as_str())
+                .is_none_or(|held| held.resource != *r)
+            {
+                out.insert(
+                    &r.name,
+                    ResourceState {
+                        resource: r.clone(),
+                        client,
+                    },
+                );
+            }
+        }
+        out.into_values().collect()
+    }
+}
+
+/// How far a client is with its group's current config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncState {
+    /// Something is sent and not answered, or not sent yet (waiting for an ACK it depends on,
+    /// or for the client to ask).
+    Pending,
+    /// It holds every resource of the current config it should hold, nothing pending.
+    InSync,
+    /// It answered the current config and rejected part of it; nothing more is sent until the
+    /// config changes. It keeps what it held before.
+    Rejected,
+}
+
+/// What a stream reports after a step of its protocol machine.
+#[derive(Debug, Clone)]
+pub struct ClientUpdate<'a> {
+    pub node: Option<&'a NodeInfo>,
+    pub group: Option<&'a GroupId>,
+    /// The config version the client converges to.
+    pub config_version: Option<&'a str>,
+    /// When the change that produced `config_version` was seen.
+    pub changed_at: Option<Instant>,
+    pub sync: SyncState,
+    pub view: ClientView,
+    pub events: &'a [Event],
+}
+
+/// One connected client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub node: NodeInfo,
+    pub group: Option<GroupId>,
+    pub mode: Mode,
+    pub peer: Option<SocketAddr>,
+    pub connected_since: SystemTime,
+    pub config_version: Option<String>,
+    pub sync: SyncState,
+    pub view: ClientView,
+    /// When each type's current `last_nack` was first seen.
+    pub nack_seen: [Option<SystemTime>; 4],
+}
+
+impl Client {
+    pub fn in_sync(&self) -> bool {
+        self.sync == SyncState::InSync
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    next_id: u64,
+    clients: BTreeMap<u64, Client>,
+}
+
+/// Every connected client; shared and thread-safe.
+#[derive(Debug)]
+pub struct Clients {
+    inner: Mutex<Inner>,
+    changes: watch::Sender<u64>,
+    metrics: Arc<Metrics>,
+}
+
+impl Clients {
+    pub fn new(metrics: Arc<Metrics>) -> Clients {
+        Clients {
+            inner: Mutex::default(),
+            changes: watch::Sender::new(0),
+            metrics,
+        }
+    }
+
+    /// Bumped on every change; `changed().await` on a receiver wakes after one.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        let r = {
+            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut inner)
+        };
+        self.changes.send_modify(|n| *n += 1);
+        r
+    }
+
+    fn read<R>(&self, f: impl FnOnce(&Inner) -> R) -> R {
+        f(&self.inner.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn connect(&self, mode: Mode, peer: Option<SocketAddr>) -> u64 {
+        self.metrics.streams.inc();
+        self.with(|i| {
+            i.next_id += 1;
+            let id = i.next_id;
+            i.clients.insert(
+                id,
+                Client {
+                    node: NodeInfo::default(),
+                    group: None,
+                    mode,
+                    peer,
+                    connected_since: SystemTime::now(),
+                    config_version: None,
+                    sync: SyncState::Pending,
+                    view: ClientView::default(),
+                    nack_seen: [None; 4],
+                },
+            );
+            id
+        })
+    }
+
+    pub fn update(&self, id: u64, u: ClientUpdate<'_>) {
+        for e in u.events {
+            if let Event::Nack { ty, .. } = e {
+                self.metrics.nacks.get_or_create(&(*ty).into()).inc();
+            }
+        }
+        self.with(|i| {
+            let Some(c) = i.clients.get_mut(&id) else {
+                return;
+            };
+            let was_synced = c.in_sync() && c.config_version.as_deref() == u.config_version;
+            let mut new_node = false;
+            if let Some(node) = u.node
+                && c.node != *node
+            {
+                c.node = node.clone();
+                new_node = true;
+            }
+            if let Some(group) = u.group {
+                c.group = Some(group.clone());
+            }
+            c.config_version = u.config_version.map(str::to_owned);
+            c.sync = u.sync;
+            if !was_synced
+                && c.in_sync()
+                && let Some(at) = u.changed_at
+            {
+                self.metrics
+                    .save_to_ack_seconds
+                    .observe(at.elapsed().as_secs_f64());
+            }
+            for ty in ResourceType::ALL {
+                let old = c.view.types[ty.index()].last_nack.as_ref();
+                let new = u.view.types[ty.index()].last_nack.as_ref();
+                if new.is_none() {
+                    c.nack_seen[ty.index()] = None;
+                } else if old != new {
+                    c.nack_seen[ty.index()] = Some(SystemTime::now());
+                }
+            }
+            c.view = u.view;
+            // Counting distinct nodes walks every client: only when a node is first known.
+            if new_node {
+                self.count_envoys(i);
+            }
+        });
+    }
+
+    pub fn pushed(&self, ty: ResourceType) {
+        self.metrics.pushes.get_or_create(&ty.into()).inc();
+    }
+
+    pub fn disconnect(&self, id: u64) {
+        self.metrics.streams.dec();
+        self.with(|i| {
+            i.clients.remove(&id);
+            self.count_envoys(i);
+        });
+    }
+
+    fn count_envoys(&self, i: &Inner) {
+        let nodes: BTreeSet<&str> = i
+            .clients
+            .values()
+            .filter(|c| !c.node.id.is_empty())
+            .map(|c| c.node.id.as_str())
+            .collect();
+        self.metrics.envoys.set(nodes.len() as i64);
+    }
+
+    /// Every connected client, in connection order.
+    pub fn list(&self) -> Vec<Client> {
+        self.read(|i| i.clients.values().cloned().collect())
+    }
+
+    /// Whether every client of `group` has answered its config `version`: ACKed it, or
+    /// rejected it and keeps what it held. True with no client. A client whose group is not
+    /// known yet (it has sent nothing) may be of any group, so it counts as not answered.
+    pub fn answered(&self, group: &GroupId, version: &str) -> bool {
+        self.read(|i| {
+            i.clients.values().all(|c| match &c.group {
+                Some(g) if g != group => true,
+                Some(_) => {
+                    c.config_version.as_deref() == Some(version) && c.sync != SyncState::Pending
+                }
+                None => false,
+            })
+        })
+    }
+
+    /// Whether every client of `group` holds its config `version`, nothing pending. True with
+    /// no client; a client whose group is not known yet counts as not in sync.
+    pub fn synced(&self, group: &GroupId, version: &str) -> bool {
+        self.read(|i| {
+            i.clients.values().all(|c| match &c.group {
+                Some(g) if g != group => true,
+                Some(_) => c.in_sync() && c.config_version.as_deref() == Some(version),
+                None => false,
+            })
+        })
+    }
+
+    /// (clients in sync with their group's current config, clients).
+    pub fn in_sync_count(&self) -> (usize, usize) {
+        self.read(|i| {
+            let synced = i.clients.values().filter(|c| c.in_sync()).count();
+            (synced, i.clients.len())
+        })
+    }
+}

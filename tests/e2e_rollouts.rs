@@ -1,0 +1,356 @@
+//! Automated rollouts with a real Envoy, real upstreams and bounded load: the analysis reads
+//! what Envoy itself reports to cutover (its stats sink, flushed every second), with steps and
+//! checks of a second or two.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::load::Load;
+use support::{NODE, Scenario, envoy_binary, version_of, wait_for};
+
+/// A canary rollout of `checkout` from v1 to v2; `steps`, `interval` and `analysis` as given.
+fn canary(steps: &str, interval: &str, analysis: &str) -> String {
+    format!(
+        "\
+listeners:
+  - name: public
+    address: ${{listener}}
+    routes:
+      - match: {{ prefix: / }}
+        service: checkout
+services:
+  checkout:
+    versions:
+      v1: {{ endpoints: [${{v1-1}}] }}
+      v2: {{ endpoints: [${{v2-1}}] }}
+    strategy:
+      canary:
+        stable: v1
+        canary: v2
+        steps: {steps}
+        interval: {interval}
+        analysis: {analysis}
+    # Ejections would hide the canary's errors behind its fallback to stable.
+    outlier_detection: {{ enabled: false }}
+"
+    )
+}
+
+const ANALYSIS: &str = "{ interval: 1s, max_error_rate: 5%, max_p99_latency: 150ms, min_requests: 10, failure_limit: 1 }";
+
+async fn rollout(s: &Scenario) -> Value {
+    s.cutover.status().await["services"]["checkout"]["rollout"].clone()
+}
+
+/// Waits until the rollout is in `state` (`promoted`, `rolled_back`, ...); returns it.
+async fn wait_state(s: &Scenario, state: &str, within: Duration) -> Value {
+    wait_for(within, &format!("the rollout to be {state}"), async || {
+        let r = rollout(s).await;
+        if r["state"] == state {
+            Ok(r)
+        } else {
+            Err(r.to_string())
+        }
+    })
+    .await
+}
+
+/// Who answers `n` fresh requests.
+async fn answers(listener: SocketAddr, n: usize) -> BTreeMap<String, usize> {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut out = BTreeMap::new();
+    for _ in 0..n {
+        let body = client
+            .get(format!("http://{listener}/"))
+            .send()
+            .await
+            .expect("a request through Envoy")
+            .text()
+            .await
+            .unwrap();
+        *out.entry(version_of(&body).to_owned()).or_insert(0) += 1;
+    }
+    out
+}
+
+fn history(r: &Value) -> Vec<String> {
+    r["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["what"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn cli(s: &Scenario, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(args)
+        .args(["--admin", &s.cutover.admin.to_string()])
+        .env_remove("CUTOVER_ADMIN_TOKEN")
+        .output()
+        .expect("run cutover")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_canary_is_promoted_through_every_step() {
+    let Some(envoy) = envoy_binary() else { return };
+    let s = Scenario::start(
+        &envoy,
+        &["v1-1", "v2-1"],
+        &canary("[20, 50, 100]", "2s", ANALYSIS),
+    )
+    .await;
+    let load = Load::start(s.listener);
+    let r = wait_state(&s, "promoted", Duration::from_secs(40)).await;
+    let outcome = load.stop().await;
+    outcome.assert_no_failures("a healthy canary rollout");
+    assert_eq!(
+        history(&r),
+        [
+            "started: v2 at 20%",
+            history(&r)[1].as_str(),
+            history(&r)[2].as_str(),
+            "promoted (every step passed)"
+        ]
+    );
+    assert!(history(&r)[1].starts_with("v2 20% → 50% after"), "{r}");
+    assert!(history(&r)[2].starts_with("v2 50% → 100% after"), "{r}");
+    assert_eq!(r["weight"], 100.0);
+    assert_eq!(
+        answers(s.listener, 30).await,
+        BTreeMap::from([("v2".to_owned(), 30)])
+    );
+    let metrics = s.cutover.metrics().await;
+    assert!(
+        metrics.contains("cutover_rollout_steps_total 2")
+            && metrics.contains("cutover_rollout_promotions_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_failing_a_fifth_of_its_requests_is_rolled_back_at_its_first_analysis() {
+    let Some(envoy) = envoy_binary() else { return };
+    let s = Scenario::start(
+        &envoy,
+        &["v1-1", "v2-1"],
+        &canary("[20, 50, 100]", "30s", ANALYSIS),
+    )
+    .await;
+    s.upstream("v2-1").set_failure_share(0.2);
+    let load = Load::start(s.listener);
+    let r = wait_state(&s, "rolled_back", Duration::from_secs(20)).await;
+    load.stop().await;
+    let reason = r["reason"].as_str().unwrap();
+    assert!(reason.starts_with("error rate "), "{r}");
+    assert_eq!(r["failed_checks"], 1, "{r}");
+    assert_eq!(r["weight"], 0.0);
+    assert_eq!(r["last_check"]["verdict"], "fail");
+    assert!(
+        !history(&r).iter().any(|h| h.contains("→")),
+        "no step was taken: {r}"
+    );
+    assert!(r["advice"].as_str().unwrap().contains("cutover resume"));
+
+    // Stable serves everything from now on, and not one request fails.
+    s.cutover.wait_in_sync(NODE).await;
+    let load = Load::start(s.listener);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let outcome = load.stop().await;
+    outcome.assert_no_failures("after the rollback");
+    assert!(
+        outcome.by_body.keys().all(|b| version_of(b) == "v1"),
+        "{:?}",
+        outcome.by_body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_canary_fails_max_p99_latency() {
+    let Some(envoy) = envoy_binary() else { return };
+    let s = Scenario::start(
+        &envoy,
+        &["v1-1", "v2-1"],
+        &canary("[50, 100]", "30s", ANALYSIS),
+    )
+    .await;
+    s.upstream("v2-1").set_delay(Duration::from_millis(200));
+    let load = Load::start(s.listener);
+    let r = wait_state(&s, "rolled_back", Duration::from_secs(20)).await;
+    let outcome = load.stop().await;
+    outcome.assert_no_failures("a slow canary");
+    let reason = r["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("p99 latency ") && reason.ends_with("above max_p99_latency 150ms"),
+        "{r}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_little_traffic_waits_then_passes_once_traffic_arrives() {
+    let Some(envoy) = envoy_binary() else { return };
+    let s = Scenario::start(
+        &envoy,
+        &["v1-1", "v2-1"],
+        &canary("[50, 100]", "1s", ANALYSIS),
+    )
+    .await;
+    // No traffic: checks wait, the step neither passes nor fails.
+    let r = wait_for(Duration::from_secs(15), "a check that waits", async || {
+        let r = rollout(&s).await;
+        if r["last_check"]["verdict"] == "wait" {
+            Ok(r)
+        } else {
+            Err(r.to_string())
+        }
+    })
+    .await;
+    assert_eq!(r["state"], "progressing");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = rollout(&s).await;
+    assert_eq!(
+        (r["state"].as_str(), r["weight"].as_f64()),
+        (Some("progressing"), Some(50.0)),
+        "waiting does not pass the step: {r}"
+    );
+    let load = Load::start(s.listener);
+    wait_state(&s, "promoted", Duration::from_secs(30)).await;
+    load.stop().await.assert_no_failures("once traffic arrives");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_cutover_resumes_at_the_same_step_and_weight() {
+    let Some(envoy) = envoy_binary() else { return };
+    let mut s = Scenario::start(
+        &envoy,
+        &["v1-1", "v2-1"],
+        &canary("[20, 50, 100]", "3s", ANALYSIS),
+    )
+    .await;
+    let load = Load::start(s.listener);
+    wait_for(Duration::from_secs(30), "step 2 at 50%", async || {
+        let r = rollout(&s).await;
+        if r["weight"] == 50.0 && r["awaiting_ack"] == false {
+            Ok(())
+        } else {
+            Err(r.to_string())
+        }
+    })
+    .await;
+    let reloads = "http.public.rds.public.config_reload";
+    let before = s.envoy.stat(reloads).await;
+    s.cutover.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.cutover.restart().await;
+    s.cutover.wait_in_sync(NODE).await;
+    let r = rollout(&s).await;
+    assert_eq!(r["weight"], 50.0, "the same step after the restart: {r}");
+    assert_eq!(r["step"], 2);
+    assert_eq!(
+        s.envoy.stat(reloads).await,
+        before,
+        "the restart made Envoy reload its routes"
+    );
+    wait_state(&s, "promoted", Duration::from_secs(30)).await;
+    load.stop()
+        .await
+        .assert_no_failures("a rollout across a restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_pause_resume_promote_and_abort_from_the_cli() {
+    let Some(envoy) = envoy_binary() else { return };
+    let s = Scenario::start(
+        &envoy,
+        &["v1-1", "v2-1"],
+        &canary("[20, 50, 100]", "1m", ANALYSIS),
+    )
+    .await;
+    let out = cli(&s, &["pause", "checkout"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "checkout: paused\n");
+    assert_eq!(rollout(&s).await["state"], "paused");
+    let out = cli(&s, &["pause", "checkout"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("409 Conflict: checkout: cannot pause a rollout that is paused"),
+        "{out:?}"
+    );
+    assert!(cli(&s, &["resume", "checkout"]).status.success());
+    assert_eq!(rollout(&s).await["state"], "progressing");
+    assert!(cli(&s, &["promote", "checkout"]).status.success());
+    s.cutover.wait_in_sync(NODE).await;
+    assert_eq!(
+        answers(s.listener, 20).await,
+        BTreeMap::from([("v2".to_owned(), 20)])
+    );
+    let out = cli(&s, &["abort", "checkout"]);
+    assert_eq!(out.status.code(), Some(1), "promoted is final: {out:?}");
+    let out = cli(&s, &["abort", "nope"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no service \"nope\""),
+        "{out:?}"
+    );
+}
+
+const SWITCH: &str = "\
+listeners:
+  - name: public
+    address: ${listener}
+    routes:
+      - match: { prefix: / }
+        service: checkout
+services:
+  checkout:
+    versions:
+      blue:  { endpoints: [${blue-1}] }
+      green: { endpoints: [${green-1}] }
+    strategy:
+      blue-green:
+        active: ACTIVE
+        analysis: { window: 20s, interval: 1s, max_error_rate: 5%, min_requests: 10, failure_limit: 1 }
+    outlier_detection: { enabled: false }
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blue_green_switch_to_a_failing_colour_switches_back() {
+    let Some(envoy) = envoy_binary() else { return };
+    let s = Scenario::start(
+        &envoy,
+        &["blue-1", "green-1"],
+        &SWITCH.replace("ACTIVE", "blue"),
+    )
+    .await;
+    s.upstream("green-1").set_failure_share(0.3);
+    let load = Load::start(s.listener);
+    s.apply(&SWITCH.replace("ACTIVE", "green")).await;
+    let r = wait_state(&s, "rolled_back", Duration::from_secs(20)).await;
+    load.stop().await;
+    assert_eq!(r["kind"], "switch");
+    assert!(
+        r["reason"].as_str().unwrap().starts_with("error rate"),
+        "{r}"
+    );
+    assert!(
+        r["advice"]
+            .as_str()
+            .unwrap()
+            .contains("switched back to blue")
+    );
+    s.cutover.wait_in_sync(NODE).await;
+    assert_eq!(
+        answers(s.listener, 20).await,
+        BTreeMap::from([("blue".to_owned(), 20)])
+    );
+    let status = s.cutover.status().await;
+    assert_eq!(
+        status["services"]["checkout"]["split"],
+        serde_json::json!({ "blue": 100.0 })
+    );
+}

@@ -1,0 +1,325 @@
+//! Telemetry with a real Envoy and real upstreams: what cutover's `/telemetry` says about each
+//! version matches what the upstreams actually did. Envoy flushes stats and load reports every
+//! second, so each check waits a few seconds at most; every load is a fixed number of requests.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{Envoy, NODE, Scenario, WAIT, envoy_binary, wait_for};
+
+/// The figures of one version in `/telemetry`, or why there are none yet.
+fn version<'a>(t: &'a Value, service: &str, version: &str) -> Result<&'a Value, String> {
+    let v = &t["services"][service][version];
+    if v.is_null() {
+        Err(format!("no figures for {service}/{version} yet: {t}"))
+    } else {
+        Ok(v)
+    }
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// Waits until the stats sink of `node` has flushed twice (its first flush is not counted), so
+/// that every request from now on is counted.
+async fn wait_counting(s: &Scenario, node: &str) {
+    wait_for(WAIT, "the stats sink to report twice", async || {
+        let t = s.cutover.telemetry().await?;
+        let connected = t["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.iter().find(|n| n["id"] == node))
+            .map(|n| n["stats_sink"]["connected_seconds"].as_f64().unwrap_or(0.0))
+            .unwrap_or(0.0);
+        if connected >= 1.5 {
+            Ok(())
+        } else {
+            Err(t.to_string())
+        }
+    })
+    .await;
+}
+
+const CANARY: &str = "\
+listeners:
+  - name: public
+    address: ${listener}
+    routes:
+      - match: { prefix: / }
+        service: checkout
+services:
+  checkout:
+    versions:
+      v1: { endpoints: [${v1-1}] }
+      v2: { endpoints: [${v2-1}] }
+    strategy:
+      canary: { stable: v1, canary: v2, weight: 10 }
+    outlier_detection: { enabled: false }
+";
+
+/// Stable fails 10% of its requests; the canary, reached through its aggregate cluster
+/// `checkout/v2~v1`, answers after 200 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_rate_and_latency_are_measured_per_version_through_the_canary_aggregate() {
+    let Some(envoy) = envoy_binary() else { return };
+    let s = Scenario::start(&envoy, &["v1-1", "v2-1"], CANARY).await;
+    let (stable, canary) = (s.upstream("v1-1"), s.upstream("v2-1"));
+    wait_counting(&s, NODE).await;
+    let before = s.cutover.telemetry().await.unwrap();
+    let counted = |t: &Value, v: &str, what: &str| {
+        version(t, "checkout", v).map_or(0, |x| u(&x["last_1m"][what]))
+    };
+    let errors = |t: &Value| {
+        version(t, "checkout", "v1").map_or(0, |x| u(&x["last_1m"]["errors"]["http_5xx"]))
+    };
+    let (stable_hits, canary_hits) = (stable.hits(), canary.hits());
+    stable.set_failure_share(0.1);
+    canary.set_delay(Duration::from_millis(200));
+
+    const N: usize = 1000;
+    let replies = s.envoy.replies(N, "/", &[]).await;
+    let served_by_stable = stable.hits() - stable_hits;
+    let failed = stable.failed();
+    assert_eq!(
+        replies.iter().filter(|r| r.status == 500).count(),
+        failed,
+        "every 500 came from the stable upstream"
+    );
+    assert!(
+        served_by_stable > 800 && canary.hits() - canary_hits > 50,
+        "a 90/10 split of {N}: {served_by_stable} to stable"
+    );
+
+    // Every request counted, each on the version that served it, none on the aggregate.
+    let t = wait_for(WAIT, "telemetry to count every request", async || {
+        let t = s.cutover.telemetry().await?;
+        let stable_counted = counted(&t, "v1", "requests") - counted(&before, "v1", "requests");
+        let canary_counted = counted(&t, "v2", "requests") - counted(&before, "v2", "requests");
+        if stable_counted as usize == served_by_stable
+            && canary_counted as usize == canary.hits() - canary_hits
+        {
+            Ok(t)
+        } else {
+            Err(format!(
+                "stable {stable_counted} of {served_by_stable}, canary {canary_counted}: {t}"
+            ))
+        }
+    })
+    .await;
+    assert!(t["services"]["checkout"]["v2~v1"].is_null(), "{t}");
+    assert_eq!(errors(&t) - errors(&before), failed as u64, "{t}");
+
+    // The upstream failed each request with probability 0.1, independently: the error rate over
+    // n ≈ 900 requests is binomial, with a standard deviation of sqrt(0.1 × 0.9 / n) ≈ 0.01.
+    // Four of them (a false alarm about once in 16,000 runs), plus the few requests of the
+    // scenario's start-up that are in the window and did not fail.
+    let v1 = version(&t, "checkout", "v1").unwrap();
+    let n = u(&v1["last_1m"]["requests"]) as f64;
+    let tolerance = 4.0 * (0.1f64 * 0.9 / n).sqrt() + 0.005;
+    let rate = f(&v1["last_1m"]["error_rate"]);
+    assert!(
+        (rate - 0.1).abs() <= tolerance,
+        "stable's error rate {rate} is not within {tolerance:.3} of 10% over {n} requests: {v1}"
+    );
+    assert!(f(&v1["last_1m"]["latency_ms"]["p50"]) < 50.0, "{v1}");
+
+    // 200 ms plus Envoy's and the upstream's own time is 200 to 209 ms, which Envoy counts in
+    // the bucket (175, 200]: the quantiles are interpolated within it.
+    let v2 = version(&t, "checkout", "v2").unwrap();
+    assert_eq!(v2["last_1m"]["error_rate"], 0.0, "{v2}");
+    for q in ["p50", "p99"] {
+        let ms = f(&v2["last_1m"]["latency_ms"][q]);
+        assert!(
+            ms > 175.0 && ms <= 250.0,
+            "the canary's {q} {ms} ms shows its 200 ms: {v2}"
+        );
+    }
+    assert_eq!(u(&v2["envoys"]), 1);
+}
+
+const TWO_ENDPOINTS: &str = "\
+listeners:
+  - name: public
+    address: ${listener}
+    routes:
+      - match: { prefix: / }
+        service: checkout
+services:
+  checkout:
+    versions:
+      v1: { endpoints: [${v1-1}, ${v1-2}] }
+    active: v1
+    outlier_detection: { consecutive_5xx: 3, base_ejection_time: 30s }
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_ejected_by_outlier_detection_shows_as_ejected() {
+    let Some(envoy) = envoy_binary() else { return };
+    let s = Scenario::start(&envoy, &["v1-1", "v1-2"], TWO_ENDPOINTS).await;
+    let bad = s.upstream("v1-2");
+    bad.set_status(500);
+    wait_for(WAIT, "Envoy to eject the failing endpoint", async || {
+        s.envoy.replies(10, "/", &[]).await;
+        match s.envoy.health_flags("checkout/v1", bad.addr).await {
+            Some(f) if f.contains("failed_outlier_check") => Ok(()),
+            other => Err(format!("health flags {other:?}")),
+        }
+    })
+    .await;
+    let v1 = wait_for(WAIT, "telemetry to show the ejection", async || {
+        let t = s.cutover.telemetry().await?;
+        let v1 = version(&t, "checkout", "v1")?;
+        if v1["ejections_active"] == 1 {
+            Ok(v1.clone())
+        } else {
+            Err(t.to_string())
+        }
+    })
+    .await;
+    assert_eq!(v1["membership"]["healthy"], 1, "{v1}");
+    assert_eq!(v1["membership"]["total"], 2, "{v1}");
+
+    // The bootstrap's stats matcher: Envoy keeps what cutover reads of its clusters and
+    // everything else, and not the rest.
+    let stats = s.envoy.stats().await;
+    for kept in [
+        "cluster.checkout/v1.upstream_rq_5xx",
+        "cluster.checkout/v1.outlier_detection.ejections_active",
+        "cluster_manager.cluster_added",
+        "cluster.cutover_xds.upstream_cx_total",
+    ] {
+        assert!(stats.contains_key(kept), "{kept}");
+    }
+    for dropped in [
+        "cluster.checkout/v1.upstream_rq_500",
+        "cluster.checkout/v1.upstream_cx_total",
+    ] {
+        assert!(!stats.contains_key(dropped), "{dropped}");
+    }
+}
+
+const ONE_ENDPOINT: &str = "\
+listeners:
+  - name: public
+    address: ${listener}
+    routes:
+      - match: { prefix: / }
+        service: checkout
+services:
+  checkout:
+    versions:
+      v1: { endpoints: [${v1-1}] }
+    active: v1
+";
+
+/// Requests in flight to a slow endpoint show per endpoint and per Envoy, and go when they end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_to_a_slow_endpoint_show_until_they_end() {
+    let Some(envoy) = envoy_binary() else { return };
+    let s = Scenario::start(&envoy, &["v1-1"], ONE_ENDPOINT).await;
+    let slow = s.upstream("v1-1");
+    let endpoint = slow.addr.to_string();
+    slow.set_delay(Duration::from_millis(3000));
+    const SLOW: usize = 4;
+    let requests = s.envoy.replies(SLOW, "/", &[]);
+    let watch = async {
+        wait_for(
+            WAIT,
+            "telemetry to show the requests in flight",
+            async || {
+                let t = s.cutover.telemetry().await?;
+                let v1 = version(&t, "checkout", "v1")?;
+                let e = &v1["endpoints"][&endpoint];
+                // Load reports and the stats sink (requests sent and not answered) agree.
+                if e["in_flight"] == SLOW
+                    && e["in_flight_by_node"][NODE] == SLOW
+                    && v1["in_flight"] == SLOW
+                {
+                    Ok(t)
+                } else {
+                    Err(format!("upstream has {} in flight: {t}", slow.in_flight()))
+                }
+            },
+        )
+        .await
+    };
+    let (replies, _) = tokio::join!(requests, watch);
+    assert!(replies.iter().all(|r| r.status == 200));
+    wait_for(WAIT, "the requests in flight to go", async || {
+        let t = s.cutover.telemetry().await?;
+        let v1 = version(&t, "checkout", "v1")?;
+        if v1["endpoints"][&endpoint]["in_flight"] == 0 && v1["in_flight"] == 0 {
+            Ok(())
+        } else {
+            Err(t.to_string())
+        }
+    })
+    .await;
+}
+
+/// An Envoy that disconnects leaves the figures; one from a bootstrap without telemetry is
+/// named as sending none, not counted as idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_envoy_leaves_the_figures_and_a_silent_one_is_named() {
+    let Some(envoy_bin) = envoy_binary() else {
+        return;
+    };
+    let s = Scenario::start(&envoy_bin, &["v1-1"], ONE_ENDPOINT).await;
+    let dir = s.dir.path();
+    let mut second = Envoy::start(&envoy_bin, dir, "edge-2", s.cutover.ads, s.listener).await;
+    let _old = Envoy::start_with(
+        &envoy_bin,
+        dir,
+        "edge-old",
+        s.cutover.ads,
+        s.listener,
+        &["--no-stats-sink", "--no-load-reporting"],
+    )
+    .await;
+    s.cutover.wait_in_sync("edge-old").await;
+    let envoys = async |n: u64| {
+        wait_for(
+            WAIT,
+            &format!("{n} Envoys to report checkout/v1"),
+            async || {
+                let t = s.cutover.telemetry().await?;
+                let v1 = version(&t, "checkout", "v1")?;
+                let nodes: Vec<&str> = t["nodes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|n| n["id"].as_str())
+                    .collect();
+                if v1["envoys"] == n && nodes.len() as u64 == n {
+                    Ok(t)
+                } else {
+                    Err(t.to_string())
+                }
+            },
+        )
+        .await
+    };
+    let t = envoys(2).await;
+    assert_eq!(
+        t["nodes_without_telemetry"],
+        serde_json::json!(["edge-old"])
+    );
+    assert_eq!(
+        t["nodes"][1]["load_reporting"]["stale"], false,
+        "edge-2 reports load too: {t}"
+    );
+
+    second.kill();
+    let t = envoys(1).await;
+    assert_eq!(t["nodes"][0]["id"], NODE);
+    assert_eq!(
+        t["nodes_without_telemetry"],
+        serde_json::json!(["edge-old"])
+    );
+}
