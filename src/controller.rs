@@ -382,7 +382,7 @@ impl Controller {
         let spec = self.spec.as_ref().expect("publish after a valid load");
         let started = Instant::now();
         let now = Timestamp::now();
-        let plan = reconcile::plan(spec, &self.state, now);
+        let plan = Arc::new(reconcile::plan(spec, &self.state, now));
         let snapshot = Snapshot::new(&translate(&plan));
         let groups = BTreeMap::from([(GroupId::all(), snapshot)]);
         let previous = self.out.published.borrow().clone();
@@ -409,6 +409,7 @@ impl Controller {
         self.out
             .status
             .set_services(service_reports(spec, &plan, &self.state, now));
+        self.out.status.set_plan(plan);
     }
 
     /// Red-black retirements wait until every Envoy holding the service has answered the

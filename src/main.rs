@@ -83,9 +83,10 @@ enum Command {
         /// The Envoy node cluster (defaults to the node id).
         #[arg(long)]
         node_cluster: Option<String>,
-        /// cutover's ADS address, as Envoy reaches it.
+        /// cutover's ADS address, as Envoy reaches it: IP:PORT, or HOST:PORT (e.g. cutover:18000)
+        /// that Envoy resolves with DNS.
         #[arg(long, default_value = "127.0.0.1:18000")]
-        ads: SocketAddr,
+        ads: cutover::spec::EndpointAddress,
         /// Address for Envoy's own admin interface (keep it on loopback).
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
@@ -133,6 +134,29 @@ enum Command {
         /// The deployment file as it would be.
         new: PathBuf,
     },
+    /// Wait until endpoints are drained (no request in flight from any Envoy) or healthy, for a
+    /// rolling deploy: drain → wait drained → stop and replace → wait healthy.
+    ///
+    /// Exit 0 once it is so, 1 on --timeout (printing what is still awaited, where), 2 if the
+    /// service or target is unknown or cutover cannot be reached.
+    Wait {
+        /// `drained`: the endpoints are draining, every Envoy ACKed that, and none reports a
+        /// request in flight to them. `healthy`: they get requests again and every Envoy counts
+        /// the version's serving endpoints healthy.
+        #[arg(value_enum)]
+        what: WaitFor,
+        /// The service.
+        service: String,
+        /// A version, or one endpoint as the file writes it (IP:PORT); the whole service
+        /// without it.
+        target: Option<String>,
+        /// Give up after this long.
+        #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// cutover's admin address (`cutover serve --admin`).
+        #[arg(long, default_value = cli::status::DEFAULT_ADMIN, env = "CUTOVER_ADMIN")]
+        admin: SocketAddr,
+    },
     /// Promote a service's rollout now: a canary gets every request, a switch is accepted.
     Promote(Control),
     /// Roll a service's rollout back now: the canary gets no request, a switch goes back.
@@ -142,6 +166,16 @@ enum Command {
     /// Resume a paused rollout (its step's time starts again), or start a rolled-back one again
     /// from its first step.
     Resume(Control),
+    /// Run the demo's upstream application: answers every request with its version and colour,
+    /// /health with 200, and can be told to fail or slow down (POST /fail?percent=N, POST
+    /// /slow?ms=N). Prints the address it listens on.
+    DemoUpstream(cutover::demo::upstream::Options),
+    /// The Docker Compose demo without Docker: Envoy, cutover and the demo upstreams as local
+    /// processes on loopback, with live bars of the requests each version answers.
+    ///
+    /// Edit the deployment file it prints (a copy of examples/demo.yaml for loopback) in another
+    /// window and watch the bars move. Ctrl-C stops every process it started.
+    Demo(cutover::demo::twin::Options),
     /// Print the JSON Schema of the deployment file, for editor completion and help.
     ///
     /// The repository keeps it as deploy.schema.json; regenerate it with
@@ -161,6 +195,12 @@ struct Control {
     /// loopback.
     #[arg(long, env = "CUTOVER_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum WaitFor {
+    Drained,
+    Healthy,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -296,10 +336,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status { admin, json, watch } => status(admin, json, watch),
         Command::Diff { old, new } => diff(&old, &new),
+        Command::Wait {
+            what,
+            service,
+            target,
+            timeout,
+            admin,
+        } => wait(what, &service, target.as_deref(), timeout, admin),
         Command::Promote(c) => control(c, "promote"),
         Command::Abort(c) => control(c, "abort"),
         Command::Pause(c) => control(c, "pause"),
         Command::Resume(c) => control(c, "resume"),
+        Command::DemoUpstream(opts) => {
+            init_tracing(LogFormat::Text);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(async {
+                let upstream = cutover::demo::upstream::Upstream::start(&opts).await?;
+                say(format_args!("listening on {}\n", upstream.addr))?;
+                upstream.run_until(shutdown_signal()).await?;
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(opts) => {
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(cutover::demo::twin::run(opts, shutdown_signal()))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Schema => {
             say(format_args!("{}", cli::schema::deployment_schema_text()))?;
             Ok(ExitCode::SUCCESS)
@@ -403,6 +470,66 @@ fn status(admin: SocketAddr, json: bool, watch: bool) -> anyhow::Result<ExitCode
             }
         }
     })
+}
+
+/// `cutover wait drained|healthy`: asks every 250 ms; prints what it waits for whenever that
+/// changes.
+fn wait(
+    what: WaitFor,
+    service: &str,
+    target: Option<&str>,
+    timeout: std::time::Duration,
+    admin: SocketAddr,
+) -> anyhow::Result<ExitCode> {
+    let what = match what {
+        WaitFor::Drained => "drained",
+        WaitFor::Healthy => "healthy",
+    };
+    let subject = match target {
+        Some(t) => format!("{service} {t}"),
+        None => service.to_owned(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut shown: Vec<String> = Vec::new();
+    loop {
+        match runtime.block_on(cli::status::wait_once(admin, what, service, target)) {
+            Ok(Ok(answer)) if answer.done => {
+                say(format_args!("{subject}: {what}\n"))?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            Ok(Ok(answer)) => {
+                if answer.waiting_for != shown {
+                    for w in &answer.waiting_for {
+                        complain(format_args!("waiting for: {w}\n"))?;
+                    }
+                    shown = answer.waiting_for;
+                }
+            }
+            Ok(Err(refused)) => {
+                complain(format_args!("error: {refused}\n"))?;
+                return Ok(ExitCode::from(2));
+            }
+            Err(err) => {
+                complain(format_args!("error: {err}\n"))?;
+                return Ok(ExitCode::from(2));
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            complain(format_args!(
+                "error: {subject} not {what} after {}; still waiting for:\n",
+                humantime::format_duration(timeout)
+            ))?;
+            for w in &shown {
+                complain(format_args!("  {w}\n"))?;
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
 }
 
 /// `cutover promote|abort|pause|resume SERVICE`: exit 0 if done, 1 if refused or unreachable.

@@ -6,6 +6,7 @@
 //! validated here. Every file is held to the [`Limits`] on its size and on what it describes.
 //! This module does no I/O: callers hand it the file's bytes (or text) and name.
 
+mod address;
 mod limits;
 mod policy;
 mod raw;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use address::{AddressError, EndpointAddress, HostPort};
 pub use limits::{Limit, Limits, LimitsError};
 /// The file as written, before validation: its JSON Schema is the file's (`cutover schema`).
 pub use raw::RawSpec;
@@ -387,7 +389,8 @@ pub struct Version {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
-    pub address: SocketAddr,
+    /// An IP address, or a name Envoy resolves (the version becomes a DNS cluster).
+    pub address: EndpointAddress,
     /// Relative load-balancing weight (weighted round robin); `None` is Envoy's default of 1.
     pub weight: Option<u32>,
     /// Sent as `DRAINING`: no new requests, in-flight ones finish.

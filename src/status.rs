@@ -14,9 +14,11 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::metrics::{Metrics, ResultLabel};
+use crate::reconcile::Plan;
 use crate::snapshot::{Published, ResourceType};
+use crate::wait;
 use crate::xds::Mode;
-use crate::xds::clients::{Client, Clients, TypeStatus};
+use crate::xds::clients::{Client, Clients, SyncState, TypeStatus};
 
 /// The outcome of the latest attempt to load the deployment file.
 #[derive(Debug, Clone, Serialize)]
@@ -187,6 +189,8 @@ pub struct StatusReport {
 #[derive(Debug, Default)]
 struct Inner {
     file: PathBuf,
+    /// What is served now.
+    plan: Option<Arc<Plan>>,
     state_file: Option<StateFileReport>,
     last_reload: Option<ReloadStatus>,
     services: BTreeMap<String, ServiceReport>,
@@ -225,6 +229,41 @@ impl Status {
 
     pub fn set_services(&self, services: BTreeMap<String, ServiceReport>) {
         self.with(|i| i.services = services);
+    }
+
+    pub fn set_plan(&self, plan: Arc<Plan>) {
+        self.with(|i| i.plan = Some(plan));
+    }
+
+    /// What is served now, once a valid file was loaded.
+    pub fn plan(&self) -> Option<Arc<Plan>> {
+        self.with(|i| i.plan.clone())
+    }
+
+    /// Every connected Envoy (streams of one node id together) and when it answered its group's
+    /// current config, for `cutover wait`.
+    pub fn wait_envoys(&self) -> Vec<wait::Envoy> {
+        let published = self.published.borrow().clone();
+        let mut by_node: BTreeMap<String, wait::Envoy> = BTreeMap::new();
+        for c in self.clients.list() {
+            let current = match (&published, &c.group) {
+                (Some(p), Some(g)) => p.group(g).map(|s| s.snapshot.version.clone()),
+                _ => None,
+            };
+            let answered = (c.config_version.is_some() && c.config_version == current)
+                .then_some(c.answered_at)
+                .flatten();
+            let e = by_node
+                .entry(c.node.id.clone())
+                .or_insert_with(|| wait::Envoy {
+                    node: c.node.id.clone(),
+                    answered_at: answered,
+                    rejected: false,
+                });
+            e.answered_at = e.answered_at.zip(answered).map(|(a, b)| a.max(b));
+            e.rejected |= c.sync == SyncState::Rejected;
+        }
+        by_node.into_values().collect()
     }
 
     pub fn set_state_file(&self, report: StateFileReport) {

@@ -34,6 +34,7 @@ static SNAPSHOTS: LazyLock<Vec<Arc<Snapshot>>> = LazyLock::new(|| {
         include_str!("../../examples/load-balancing.yaml"),
         include_str!("../../examples/canary-rollout.yaml"),
         include_str!("../../examples/blue-green-analysis.yaml"),
+        include_str!("../../examples/demo.yaml"),
     ];
     let edits = [
         ("active: blue", "active: green"),

@@ -12,8 +12,9 @@ use super::raw::{
     RawSpec, RawStep, RawStrategy, Scalar,
 };
 use super::{
-    Analysis, Condition, Endpoint, Listener, Mirror, PathMatch, Percent, Preview, Problem, Rollout,
-    Route, Rule, Service, Spec, SpecError, Step, Sticky, Strategy, Version, Webhook,
+    AddressError, Analysis, Condition, Endpoint, EndpointAddress, Listener, Mirror, PathMatch,
+    Percent, Preview, Problem, Rollout, Route, Rule, Service, Spec, SpecError, Step, Sticky,
+    Strategy, Version, Webhook,
 };
 
 /// Parses and validates a deployment file read from disk: the one entry point from raw bytes.
@@ -1096,15 +1097,9 @@ impl Validator {
         let mut seen = BTreeSet::new();
         for e in raw {
             let text = &e.value.address;
-            match text.parse::<SocketAddr>() {
-                Ok(address) if address.port() == 0 => {
-                    let msg = format!(
-                        "endpoint \"{text}\" has port 0: give the port the version listens on"
-                    );
-                    self.at(&e.referenced, msg);
-                }
+            match text.parse::<EndpointAddress>() {
                 Ok(address) => {
-                    if !seen.insert(address) {
+                    if !seen.insert(address.clone()) {
                         let msg = format!(
                             "endpoint {address} is listed twice in services.{service}.versions.{version}"
                         );
@@ -1122,9 +1117,15 @@ impl Validator {
                         drain: e.value.drain,
                     });
                 }
-                Err(_) => {
+                Err(AddressError::PortZero) => {
                     let msg = format!(
-                        "invalid endpoint \"{text}\" in services.{service}.versions.{version}: write IP:PORT, e.g. 127.0.0.1:8081"
+                        "endpoint \"{text}\" has port 0: give the port the version listens on"
+                    );
+                    self.at(&e.referenced, msg);
+                }
+                Err(err) => {
+                    let msg = format!(
+                        "invalid endpoint \"{text}\" in services.{service}.versions.{version}: {err}"
                     );
                     self.at(&e.referenced, msg);
                 }

@@ -49,6 +49,12 @@ impl Telemetry {
         self.lock().report(now)
     }
 
+    /// Per Envoy, what its latest stats flush said of a version's endpoints, for `cutover wait
+    /// healthy`.
+    pub fn health(&self, id: &crate::ids::ClusterId, now: Instant) -> Vec<report::NodeHealth> {
+        self.lock().health(id, now)
+    }
+
     /// Requests in flight per Envoy and endpoint at `now`, for `cutover wait drained`.
     pub fn in_flight(&self, now: Instant) -> InFlight {
         self.lock().in_flight(now)

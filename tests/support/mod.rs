@@ -333,6 +333,12 @@ impl Upstream {
         }
     }
 
+    /// Stops the server, as stopping the process would: it accepts nothing more, and every
+    /// open connection is closed.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+
     /// Requests received so far, health checks not included.
     pub fn hits(&self) -> usize {
         self.state.hits.load(Ordering::SeqCst)
@@ -769,12 +775,12 @@ impl Drop for Cutover {
 }
 
 /// The bootstrap `cutover bootstrap` prints for this node, with Envoy's admin on a free port.
-pub fn bootstrap(node_id: &str, ads: SocketAddr) -> String {
+pub fn bootstrap(node_id: &str, ads: impl std::fmt::Display) -> String {
     bootstrap_with(node_id, ads, &[])
 }
 
 /// [`bootstrap`] with extra arguments for `cutover bootstrap` (such as `--no-stats-sink`).
-pub fn bootstrap_with(node_id: &str, ads: SocketAddr, args: &[&str]) -> String {
+pub fn bootstrap_with(node_id: &str, ads: impl std::fmt::Display, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
         .args(["bootstrap", "--node-id", node_id, "--ads"])
         .arg(ads.to_string())
@@ -821,12 +827,24 @@ impl Envoy {
         Envoy::start_with(bin, dir, node_id, ads, listener, &[]).await
     }
 
+    /// [`Envoy::start`] with cutover's ADS address as `cutover bootstrap --ads` takes it: an
+    /// IP address or a name Envoy resolves.
+    pub async fn start_with_ads(
+        bin: &Path,
+        dir: &Path,
+        node_id: &str,
+        ads: &str,
+        listener: SocketAddr,
+    ) -> Envoy {
+        Envoy::start_with(bin, dir, node_id, ads, listener, &[]).await
+    }
+
     /// [`Envoy::start`] from a bootstrap made with extra `cutover bootstrap` arguments.
     pub async fn start_with(
         bin: &Path,
         dir: &Path,
         node_id: &str,
-        ads: SocketAddr,
+        ads: impl std::fmt::Display,
         listener: SocketAddr,
         bootstrap_args: &[&str],
     ) -> Envoy {
