@@ -47,6 +47,14 @@ enum Command {
         /// restart keeps it. Default: FILE.state.json beside the deployment file.
         #[arg(long, env = "CUTOVER_STATE")]
         state: Option<PathBuf>,
+        /// Only Envoys whose node id matches one of these globs (e.g. `edge-*`) get config; the
+        /// others are refused with PERMISSION_DENIED. Repeat for several. Default: everyone.
+        #[arg(long = "allow-node", value_name = "GLOB")]
+        allow_nodes: Vec<String>,
+        /// Start even if the deployment file is missing or invalid, and wait for a valid save
+        /// (/readyz answers 503 meanwhile). Without it such a start fails at once.
+        #[arg(long)]
+        wait_for_file: bool,
         /// Log format; levels come from RUST_LOG (default: info).
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -241,6 +249,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             drain_period,
             admin_token,
             state,
+            allow_nodes,
+            wait_for_file,
             log_format,
         } => {
             init_tracing(log_format);
@@ -254,6 +264,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     drain_period,
                     admin_token,
                     state_file: state,
+                    allow_nodes,
+                    wait_for_file,
                 })
                 .await?;
                 server

@@ -14,8 +14,10 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::metrics::{Metrics, ResultLabel};
-use crate::reconcile::Plan;
+use crate::reconcile::rollout::{Kind, Rollout, Status as RolloutStatus, Verdict};
+use crate::reconcile::{Plan, Role, RuntimeState, Timestamp};
 use crate::snapshot::{Published, ResourceType};
+use crate::spec::{Spec, Strategy};
 use crate::wait;
 use crate::xds::Mode;
 use crate::xds::clients::{Client, Clients, SyncState, TypeStatus};
@@ -190,10 +192,18 @@ pub struct StatusReport {
 struct Inner {
     file: PathBuf,
     /// What is served now.
-    plan: Option<Arc<Plan>>,
+    served: Option<Served>,
     state_file: Option<StateFileReport>,
     last_reload: Option<ReloadStatus>,
-    services: BTreeMap<String, ServiceReport>,
+}
+
+/// What is served now, and what it was made from: the services report is built from it when
+/// asked (so its countdowns are right at that moment), not on every change.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub spec: Arc<Spec>,
+    pub plan: Arc<Plan>,
+    pub state: Arc<RuntimeState>,
 }
 
 /// Shared, thread-safe status of the whole server.
@@ -227,17 +237,14 @@ impl Status {
         f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    pub fn set_services(&self, services: BTreeMap<String, ServiceReport>) {
-        self.with(|i| i.services = services);
-    }
-
-    pub fn set_plan(&self, plan: Arc<Plan>) {
-        self.with(|i| i.plan = Some(plan));
+    /// Records what is served now.
+    pub fn set_served(&self, served: Served) {
+        self.with(|i| i.served = Some(served));
     }
 
     /// What is served now, once a valid file was loaded.
     pub fn plan(&self) -> Option<Arc<Plan>> {
-        self.with(|i| i.plan.clone())
+        self.with(|i| i.served.as_ref().map(|s| s.plan.clone()))
     }
 
     /// Every connected Envoy (streams of one node id together) and when it answered its group's
@@ -321,19 +328,9 @@ impl Status {
             state_file: i.state_file.clone(),
             config_version: published.map(|p| p.version.clone()),
             last_reload: i.last_reload.clone(),
-            services: i
-                .services
-                .iter()
-                .map(|(name, s)| {
-                    (
-                        name.clone(),
-                        ServiceReport {
-                            synced,
-                            ..s.clone()
-                        },
-                    )
-                })
-                .collect(),
+            services: i.served.as_ref().map_or_else(BTreeMap::new, |s| {
+                service_reports(&s.spec, &s.plan, &s.state, synced, Timestamp::now())
+            }),
             nodes,
         }
     }
@@ -385,4 +382,140 @@ fn now() -> String {
 
 fn format_time(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// What the file asks of each service and what the plan serves for it, for `/status`.
+fn service_reports(
+    spec: &Spec,
+    plan: &Plan,
+    state: &RuntimeState,
+    synced: bool,
+    now: Timestamp,
+) -> BTreeMap<String, ServiceReport> {
+    plan.services
+        .iter()
+        .filter_map(|(name, planned)| Some((name, planned, spec.services.get(name)?)))
+        .map(|(name, planned, service)| {
+            let retiring = planned
+                .versions
+                .iter()
+                .filter_map(|(version, v)| match v.role {
+                    Role::Retiring { deadline } => Some(RetiringReport {
+                        version: version.clone(),
+                        awaiting_ack: deadline.is_none(),
+                        retires_in_seconds: deadline.map(|t| t.since(now).as_secs_f64()),
+                    }),
+                    _ => None,
+                })
+                .collect();
+            let report = ServiceReport {
+                strategy: service.strategy.name(),
+                split: planned
+                    .split
+                    .iter()
+                    .map(|(v, ppm)| (v.clone(), f64::from(*ppm) / 10_000.0))
+                    .collect(),
+                mirror: service.mirror.as_ref().map(|m| MirrorReport {
+                    version: m.version.clone(),
+                    percent: m.percent.as_f64(),
+                }),
+                rules: service.rules.len(),
+                deployed: planned
+                    .versions
+                    .iter()
+                    .filter(|(_, v)| !matches!(v.role, Role::Removed { .. }))
+                    .map(|(version, _)| version.clone())
+                    .collect(),
+                retiring,
+                synced,
+                rollout: state
+                    .rollouts
+                    .get(name)
+                    .map(|r| rollout_report(r, &service.strategy, now)),
+            };
+            (name.clone(), report)
+        })
+        .collect()
+}
+
+fn rollout_report(r: &Rollout, strategy: &Strategy, now: Timestamp) -> RolloutReport {
+    let (kind, version, baseline) = match &r.kind {
+        Kind::Canary { stable, canary } => ("canary", canary.clone(), stable.clone()),
+        Kind::Switch { from, to } => ("switch", to.clone(), from.clone()),
+    };
+    let (state, reason) = match &r.status {
+        RolloutStatus::Progressing => ("progressing", None),
+        RolloutStatus::Paused => ("paused", None),
+        RolloutStatus::Promoted => ("promoted", None),
+        RolloutStatus::Failed(reason) => ("rolled_back", Some(reason.clone())),
+    };
+    let steps = match strategy {
+        Strategy::Canary {
+            rollout: Some(cfg), ..
+        } if matches!(r.kind, Kind::Canary { .. }) => Some(&cfg.steps),
+        _ => None,
+    };
+    let in_seconds = |t: Timestamp| t.since(now).as_secs_f64();
+    let analysis = strategy.analysis();
+    let advice = match (&r.kind, &r.status) {
+        (Kind::Canary { stable, canary }, RolloutStatus::Promoted) => Some(format!(
+            "promoted: make {canary} the service's version in the file (e.g. `active: {canary}`); until then {canary} keeps all requests and {stable} none, and that edit moves no traffic"
+        )),
+        (Kind::Canary { canary, .. }, RolloutStatus::Failed(_)) => Some(format!(
+            "rolled back: {canary} gets no requests; save a new canary version to start again, or `cutover resume` to retry {canary} from the first step"
+        )),
+        (Kind::Switch { from, to }, RolloutStatus::Failed(_)) => Some(format!(
+            "switched back to {from}: make `active: {from}` in the file to accept it, or `cutover resume` to switch to {to} again"
+        )),
+        _ => None,
+    };
+    RolloutReport {
+        kind,
+        version,
+        baseline,
+        state,
+        reason,
+        weight: matches!(r.kind, Kind::Canary { .. }).then(|| f64::from(r.weight) / 10_000.0),
+        step: steps.and_then(|s| {
+            s.iter()
+                .position(|s| s.weight.ppm() == r.weight)
+                .map(|i| i + 1)
+        }),
+        steps: steps.map(Vec::len),
+        awaiting_ack: r.is_active() && r.since.is_none(),
+        step_ends_in_seconds: r.step_deadline(strategy).map(in_seconds),
+        next_check_in_seconds: r.next_check.map(in_seconds),
+        failed_checks: r.failed,
+        last_check: r.last_check.as_ref().map(|c| {
+            let (verdict, reason) = match &c.verdict {
+                Verdict::Pass => ("pass", None),
+                Verdict::Wait(why) => ("wait", Some(why.clone())),
+                Verdict::Fail(why) => ("fail", Some(why.clone())),
+            };
+            CheckReport {
+                at: c.at.to_string(),
+                verdict,
+                reason,
+                requests: c.figures.requests,
+                errors: c.figures.errors,
+                error_rate: (c.figures.error_rate() * 100_000.0).round() / 1000.0,
+                p99_ms: c.figures.p99_ms,
+            }
+        }),
+        thresholds: analysis.map(|a| ThresholdsReport {
+            max_error_rate: a.max_error_rate.map(|p| p.as_f64()),
+            max_p99_ms: a.max_p99_latency.map(|d| d.as_secs_f64() * 1000.0),
+            min_requests: a.min_requests,
+            failure_limit: a.failure_limit,
+        }),
+        advice,
+        history: r
+            .history
+            .iter()
+            .map(|e| HistoryReport {
+                at: e.at.to_string(),
+                what: e.what.clone(),
+            })
+            .collect(),
+    }
 }

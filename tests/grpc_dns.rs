@@ -127,6 +127,8 @@ async fn routes_to_a_new_dns_cluster_follow_its_cds_ack_without_eds() {
         drain_period: Duration::from_secs(5),
         admin_token: None,
         state_file: None,
+        allow_nodes: Vec::new(),
+        wait_for_file: false,
     })
     .await
     .expect("server starts");
@@ -222,6 +224,8 @@ async fn a_client_with_only_dns_clusters_gets_its_routes_without_ever_asking_for
         drain_period: Duration::from_secs(5),
         admin_token: None,
         state_file: None,
+        allow_nodes: Vec::new(),
+        wait_for_file: false,
     })
     .await
     .expect("server starts");

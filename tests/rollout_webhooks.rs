@@ -92,6 +92,8 @@ async fn serve(dir: &tempfile::TempDir, text: &str) -> app::Server {
         drain_period: Duration::from_secs(5),
         admin_token: None,
         state_file: None,
+        allow_nodes: Vec::new(),
+        wait_for_file: false,
     })
     .await
     .expect("server starts")

@@ -640,6 +640,32 @@ impl Cutover {
         }
     }
 
+    /// Sends SIGTERM, as a service manager stopping it would, and waits for it to exit (up to
+    /// `within`); the exit status, or `None` if it did not exit in time (then it is killed).
+    pub async fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        let started = Instant::now();
+        while started.elapsed() < within {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        kill(&mut child);
+        None
+    }
+
+    /// Starts it again after [`Cutover::kill`] or [`Cutover::terminate`].
+    pub async fn start_again(&mut self) {
+        self.spawn();
+        self.wait_ready().await;
+    }
+
     /// Kills the process if running and starts it again on the same file and ports.
     pub async fn restart(&mut self) {
         self.kill();
