@@ -329,7 +329,7 @@ impl Controller {
     }
 
     fn reload(&mut self) {
-        let text = match std::fs::read(&self.file) {
+        let text = match crate::watch::read_file(&self.file) {
             Ok(text) => text,
             Err(err) => {
                 let msg = format!(

@@ -2,7 +2,7 @@
 //! library.
 
 use std::fmt;
-use std::io::{self, IsTerminal as _, Read as _, Write};
+use std::io::{self, IsTerminal as _, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -428,12 +428,7 @@ fn compile_file<T>(
 /// Reads at most one byte more than the file size limit, so that a huge file (or a device
 /// such as /dev/zero) is refused by [`spec::parse_bytes`] without being read whole.
 fn read_file(path: &Path) -> io::Result<Vec<u8>> {
-    let max = spec::Limits::current().file_bytes as u64;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(max.saturating_add(1))
-        .read_to_end(&mut bytes)?;
-    Ok(bytes)
+    cutover::watch::read_file(path)
 }
 
 fn status(admin: SocketAddr, json: bool, watch: bool) -> anyhow::Result<ExitCode> {
