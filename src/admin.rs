@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
@@ -55,6 +55,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/telemetry", get(telemetry))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/wait/{what}", get(wait_for))
         .merge(mutating)
         .with_state(state.clone())
         .merge(crate::dashboard::router(state.dashboard))
@@ -201,6 +202,52 @@ async fn rollout_command(
         Ok(Ok(done)) => format!("{service}: {done}\n").into_response(),
         Ok(Err(why)) => (StatusCode::CONFLICT, format!("{service}: {why}\n")).into_response(),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "the controller stopped\n").into_response(),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct WaitQuery {
+    service: String,
+    /// A version or an endpoint (as the file writes it); the whole service without it.
+    target: Option<String>,
+}
+
+/// `GET /wait/{drained|healthy}?service=S[&target=T]`: whether it is so now, and if not what
+/// is still awaited (`cutover wait` asks until it is); 404 for an unknown service or target.
+async fn wait_for(
+    State(s): State<AdminState>,
+    Path(what): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> Response {
+    let Some(plan) = s.status.plan() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no valid config loaded yet\n",
+        )
+            .into_response();
+    };
+    let envoys = s.status.wait_envoys();
+    let now = std::time::Instant::now();
+    let target = q.target.as_deref();
+    let answer = match what.as_str() {
+        "drained" => crate::wait::drained(
+            &plan,
+            &q.service,
+            target,
+            &envoys,
+            &s.telemetry.in_flight(now),
+            |id| s.telemetry.health(id, now),
+        ),
+        "healthy" => crate::wait::healthy(&plan, &q.service, target, &envoys, |id| {
+            s.telemetry.health(id, now)
+        }),
+        other => Err(format!(
+            "cannot wait for \"{other}\": use /wait/drained or /wait/healthy"
+        )),
+    };
+    match answer {
+        Ok(answer) => Json(answer).into_response(),
+        Err(e) => (StatusCode::NOT_FOUND, format!("{e}\n")).into_response(),
     }
 }
 

@@ -26,7 +26,7 @@ use crate::store::StateFile;
 use crate::telemetry::Telemetry;
 use crate::translate::{Resources, translate};
 use crate::xds::clients::Clients;
-use crate::xds::server::{Ads, Cds, DiscoveryService, Eds, Lds, Rds, Shared};
+use crate::xds::server::{Ads, Cds, DiscoveryService, Eds, Lds, NodeAllowList, Rds, Shared};
 
 /// Parses, validates and translates a deployment file's text into the snapshot a freshly
 /// started server with no runtime state would serve (red-black services with only their active
@@ -76,6 +76,10 @@ pub struct ServeOptions {
     pub admin_token: Option<String>,
     /// The runtime state file; `None`: `<file>.state.json` beside the deployment file.
     pub state_file: Option<PathBuf>,
+    /// Node ids (globs) that may get config; everyone when empty.
+    pub allow_nodes: Vec<String>,
+    /// Start without a valid deployment file and wait for one; else such a start fails.
+    pub wait_for_file: bool,
 }
 
 /// A running server.
@@ -92,8 +96,9 @@ pub struct Server {
     /// What every Envoy reports over its stats sink and load reporting streams.
     pub telemetry: Telemetry,
     tasks: JoinSet<anyhow::Result<()>>,
-    /// Dropped with the server: the controller saves its state and stops.
-    shutdown: watch::Sender<()>,
+    /// Set to `true` (or dropped with the server): the controller saves its state and stops,
+    /// streams end, servers stop accepting.
+    shutdown: watch::Sender<bool>,
     controller_done: oneshot::Receiver<anyhow::Result<()>>,
 }
 
@@ -124,11 +129,18 @@ impl Server {
             res = controller(&mut self.controller_done) => return res,
             () = signal => {}
         }
-        self.shutdown.send_replace(());
-        match tokio::time::timeout(grace, controller(&mut self.controller_done)).await {
+        self.shutdown.send_replace(true);
+        let stopped = async {
+            let saved = controller(&mut self.controller_done).await;
+            while let Some(done) = self.tasks.join_next().await {
+                done.context("a server task panicked")??;
+            }
+            saved
+        };
+        match tokio::time::timeout(grace, stopped).await {
             Ok(result) => result,
             Err(_) => {
-                tracing::warn!("the controller did not stop within {grace:?}");
+                tracing::warn!("not everything stopped within {grace:?}; exiting anyway");
                 Ok(())
             }
         }
@@ -149,7 +161,10 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
 
     let (reload_tx, reload_rx) = mpsc::channel(1);
     let (commands_tx, commands_rx) = mpsc::channel(8);
-    let (shutdown, shutdown_rx) = watch::channel(());
+    // Set once, when cutover shuts down: the controller saves its state and stops, xDS and
+    // telemetry streams end, the servers stop accepting.
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let closing_rx = shutdown_rx.clone();
     let controller_done = controller::spawn(
         Settings {
             file: opts.file.clone(),
@@ -173,6 +188,16 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         },
     )
     .await?;
+    if !opts.wait_for_file && !status.ready() {
+        let why = status
+            .report()
+            .last_reload
+            .and_then(|r| r.error)
+            .unwrap_or_else(|| "no valid config".to_owned());
+        anyhow::bail!(
+            "{why}\ncannot start without a valid deployment file: fix it, or start with --wait-for-file to serve as soon as it is valid"
+        );
+    }
 
     let ads_listener = TcpListener::bind(opts.ads).await.with_context(|| {
         format!(
@@ -192,6 +217,8 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
     let shared = Shared {
         published: published.clone(),
         clients: clients.clone(),
+        allowed: Arc::new(NodeAllowList::new(&opts.allow_nodes).map_err(anyhow::Error::msg)?),
+        closing: closing_rx.clone(),
     };
     let grpc = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -216,23 +243,34 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         dashboard,
     });
 
+    let closed = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|closing| *closing).await;
+    };
     let mut tasks = JoinSet::new();
+    tasks.spawn(grpc_task(grpc, ads_listener, closed(closing_rx.clone())));
+    // The sampler stops on closing, which ends every dashboard's event stream: the admin
+    // server's graceful shutdown waits for open connections, and those would never end.
+    let sampler_closed = closed(closing_rx.clone());
     tasks.spawn(async move {
-        sampler.run().await;
+        sampler.run(sampler_closed).await;
         Ok(())
     });
-    tasks.spawn(async move {
-        grpc.serve_with_incoming(TcpListenerStream::new(ads_listener))
-            .await
-            .context("the xDS server stopped")
-    });
+    let admin_closed = closed(closing_rx.clone());
     tasks.spawn(async move {
         axum::serve(
             admin_listener,
             admin_router.into_make_service_with_connect_info::<SocketAddr>(),
         )
+        .with_graceful_shutdown(admin_closed)
         .await
         .context("the admin server stopped")
+    });
+    let telemetry_closing = telemetry.clone();
+    let mut telemetry_closed = closing_rx;
+    tasks.spawn(async move {
+        let _ = telemetry_closed.wait_for(|closing| *closing).await;
+        telemetry_closing.close_streams();
+        Ok(())
     });
 
     tracing::info!(ads = %ads_addr, admin = %admin_addr, file = %opts.file.display(), "cutover serving");
@@ -247,6 +285,18 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         shutdown,
         controller_done,
     })
+}
+
+/// The xDS server until `closed`: then it stops accepting and waits for its connections to end
+/// (every stream is ended by the same signal).
+async fn grpc_task(
+    grpc: tonic::transport::server::Router,
+    listener: TcpListener,
+    closed: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    grpc.serve_with_incoming_shutdown(TcpListenerStream::new(listener), closed)
+        .await
+        .context("the xDS server stopped")
 }
 
 /// Rollout checks read the last 10 s of what Envoys reported for the version under test.

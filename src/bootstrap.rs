@@ -3,6 +3,9 @@
 //! from ADS, the admin interface on loopback, and, unless turned off, Envoy's own reports of
 //! what it sees to cutover over the same connection: the stats sink (every second, filtered to
 //! the stats cutover reads) and the Load Reporting Service (see [`crate::telemetry`]).
+//! cutover's address may be a name (a compose service, a Kubernetes Service): Envoy then
+//! resolves it, and again every 5 s, so a cutover that comes back on another IP address is
+//! found.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,7 +16,7 @@ use envoy_types::pb::envoy::config::bootstrap::v3::{
 };
 use envoy_types::pb::envoy::config::cluster::v3::{
     Cluster,
-    cluster::{ClusterDiscoveryType, DiscoveryType},
+    cluster::{ClusterDiscoveryType, DiscoveryType, DnsLookupFamily},
 };
 use envoy_types::pb::envoy::config::core::v3::{
     ApiConfigSource, ApiVersion, GrpcService, Http2ProtocolOptions, KeepaliveSettings, Node,
@@ -37,8 +40,9 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
 };
 use envoy_types::pb::google::protobuf::BoolValue;
 
+use crate::spec::EndpointAddress;
 use crate::telemetry::stats::{LATENCY_BOUNDS_MS, STATS_MATCHER_REGEX};
-use crate::translate::{ads_config_source, any, duration, socket_address};
+use crate::translate::{ads_config_source, any, duration, endpoint_address, socket_address};
 
 /// How often Envoy flushes its stats to cutover: figures a second old at most, for a few
 /// hundred bytes per second per Envoy (docs/benchmarks.md, "Telemetry").
@@ -54,8 +58,8 @@ pub const XDS_CLUSTER: &str = "cutover_xds";
 pub struct BootstrapOptions {
     pub node_id: String,
     pub node_cluster: String,
-    /// cutover's ADS address as Envoy reaches it.
-    pub ads: SocketAddr,
+    /// cutover's ADS address as Envoy reaches it: an IP address, or a name Envoy resolves.
+    pub ads: EndpointAddress,
     /// Where Envoy's own admin interface listens.
     pub admin: SocketAddr,
     /// Ship stats to cutover's metrics service.
@@ -86,9 +90,17 @@ pub fn bootstrap(o: &BootstrapOptions) -> Bootstrap {
         )),
         ..Default::default()
     };
+    // A name is resolved as a version's names are (STRICT_DNS, IPv4 first; see
+    // `translate::cluster::dns_cluster`): with several addresses, Envoy may reconnect to any.
+    let (discovery, dns_lookup_family) = if o.ads.is_name() {
+        (DiscoveryType::StrictDns, DnsLookupFamily::V4Preferred)
+    } else {
+        (DiscoveryType::Static, DnsLookupFamily::Auto)
+    };
     let xds_cluster = Cluster {
         name: XDS_CLUSTER.to_owned(),
-        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(discovery as i32)),
+        dns_lookup_family: dns_lookup_family as i32,
         connect_timeout: Some(duration(Duration::from_secs(1))),
         // One entry only: map fields with more would encode in HashMap order.
         typed_extension_protocol_options: [(
@@ -101,7 +113,7 @@ pub fn bootstrap(o: &BootstrapOptions) -> Bootstrap {
             endpoints: vec![LocalityLbEndpoints {
                 lb_endpoints: vec![LbEndpoint {
                     host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
-                        address: Some(socket_address(o.ads)),
+                        address: Some(endpoint_address(&o.ads)),
                         ..Default::default()
                     })),
                     ..Default::default()
@@ -209,5 +221,65 @@ fn regex(r: &str) -> StringMatcher {
             ..Default::default()
         })),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn xds_cluster(ads: &str) -> Cluster {
+        let b = bootstrap(&BootstrapOptions {
+            node_id: "edge-1".into(),
+            node_cluster: "edge".into(),
+            ads: ads.parse().unwrap(),
+            admin: "127.0.0.1:9901".parse().unwrap(),
+            stats_sink: true,
+            load_reporting: true,
+            all_stats: false,
+        });
+        let mut clusters = b.static_resources.unwrap().clusters;
+        assert_eq!(clusters.len(), 1);
+        clusters.remove(0)
+    }
+
+    fn ads_address(c: &Cluster) -> (String, u32) {
+        let lb = &c.load_assignment.as_ref().unwrap().endpoints[0].lb_endpoints[0];
+        let Some(HostIdentifier::Endpoint(e)) = &lb.host_identifier else {
+            panic!("no endpoint: {lb:?}")
+        };
+        let Some(address::Address::SocketAddress(sa)) =
+            e.address.as_ref().and_then(|a| a.address.clone())
+        else {
+            panic!("no socket address: {e:?}")
+        };
+        let Some(socket_address::PortSpecifier::PortValue(port)) = sa.port_specifier else {
+            panic!("no port: {sa:?}")
+        };
+        (sa.address, port)
+    }
+
+    use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
+
+    #[test]
+    fn an_ip_address_is_a_static_cluster() {
+        let c = xds_cluster("127.0.0.1:18000");
+        assert_eq!(
+            c.cluster_discovery_type,
+            Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32))
+        );
+        assert_eq!(c.dns_lookup_family, DnsLookupFamily::Auto as i32);
+        assert_eq!(ads_address(&c), ("127.0.0.1".into(), 18000));
+    }
+
+    #[test]
+    fn a_name_is_resolved_by_envoy() {
+        let c = xds_cluster("Cutover.demo:18000");
+        assert_eq!(
+            c.cluster_discovery_type,
+            Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32))
+        );
+        assert_eq!(c.dns_lookup_family, DnsLookupFamily::V4Preferred as i32);
+        assert_eq!(ads_address(&c), ("cutover.demo".into(), 18000));
     }
 }

@@ -18,14 +18,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::metrics::Metrics;
 use crate::node::GroupId;
-use crate::reconcile::rollout::{Command, Figures, Kind, Observation, Rollout, Status, Verdict};
-use crate::reconcile::{self, Event, Plan, Previous, Role, RuntimeState, Timestamp};
+use crate::reconcile::rollout::{Command, Figures, Observation, Rollout, Status};
+use crate::reconcile::{self, Event, Previous, RuntimeState, Timestamp};
 use crate::snapshot::{Published, Snapshot};
-use crate::spec::{self, Spec, Strategy, Webhook};
-use crate::status::{
-    CheckReport, HistoryReport, MirrorReport, RetiringReport, RolloutReport, ServiceReport,
-    StateFileReport, Status as StatusModel, ThresholdsReport,
-};
+use crate::spec::{self, Spec, Webhook};
+use crate::status::{Served, StateFileReport, Status as StatusModel};
 use crate::store::{Loaded, StateFile};
 use crate::translate::translate;
 use crate::watch::FileWatcher;
@@ -75,8 +72,8 @@ pub struct Inputs {
     /// Read the file now, even if its content looks unchanged.
     pub reload: mpsc::Receiver<()>,
     pub commands: mpsc::Receiver<CommandRequest>,
-    /// Closed (the sender dropped) or signalled: save the state and stop.
-    pub shutdown: watch::Receiver<()>,
+    /// Set to `true` or closed (the sender dropped): save the state and stop.
+    pub shutdown: watch::Receiver<bool>,
 }
 
 /// Starts the controller on its own thread. Returns once the file has been read for the first
@@ -126,8 +123,8 @@ struct Controller {
     label: String,
     out: Outputs,
     state_file: StateFile,
-    last_text: Option<String>,
-    spec: Option<Spec>,
+    last_text: Option<Vec<u8>>,
+    spec: Option<Arc<Spec>>,
     state: RuntimeState,
     /// What the state file holds (nothing is written while the state is unchanged).
     saved: Option<RuntimeState>,
@@ -234,6 +231,9 @@ impl Controller {
                     return Ok(());
                 }
             }
+            // What just happened may need no Envoy to answer (none is connected, or the change
+            // left their configs as they were): waiting for their next change would wait forever.
+            self.check_answered();
             self.save();
         }
     }
@@ -329,7 +329,7 @@ impl Controller {
     }
 
     fn reload(&mut self) {
-        let text = match std::fs::read_to_string(&self.file) {
+        let text = match crate::watch::read_file(&self.file) {
             Ok(text) => text,
             Err(err) => {
                 let msg = format!(
@@ -342,19 +342,19 @@ impl Controller {
                 return;
             }
         };
-        if self.last_text.as_deref() == Some(text.as_str()) {
+        if self.last_text.as_deref() == Some(text.as_slice()) {
             return;
         }
-        let parsed = spec::parse(&self.label, &text);
+        let parsed = spec::parse_bytes(&self.label, &text);
         self.last_text = Some(text);
         match parsed {
             Ok(spec) => {
-                let previous = self.spec.replace(spec);
+                let previous = self.spec.replace(Arc::new(spec));
                 let spec = self.spec.as_ref().expect("just set");
                 self.state.reduce(
                     spec,
                     Event::FileLoaded {
-                        previous: previous.as_ref().map_or(self.first, Previous::File),
+                        previous: previous.as_deref().map_or(self.first, Previous::File),
                         drain_period: self.drain_period,
                     },
                     Timestamp::now(),
@@ -376,10 +376,10 @@ impl Controller {
     /// Plans and translates the current spec and publishes it if it differs from what is
     /// served.
     fn publish(&mut self) {
-        let spec = self.spec.as_ref().expect("publish after a valid load");
+        let spec = self.spec.clone().expect("publish after a valid load");
         let started = Instant::now();
         let now = Timestamp::now();
-        let plan = reconcile::plan(spec, &self.state, now);
+        let plan = Arc::new(reconcile::plan(&spec, &self.state, now));
         let snapshot = Snapshot::new(&translate(&plan));
         let groups = BTreeMap::from([(GroupId::all(), snapshot)]);
         let previous = self.out.published.borrow().clone();
@@ -388,6 +388,12 @@ impl Controller {
             .metrics
             .snapshot_bytes
             .set(next.encoded_len() as i64);
+        // Before the push: a client that has the new config finds /status saying so.
+        self.out.status.set_served(Served {
+            spec: spec.clone(),
+            plan,
+            state: Arc::new(self.state.clone()),
+        });
         let version = next.version.clone();
         let changed = self.out.published.send_if_modified(|current| {
             if current.as_ref().is_some_and(|c| c.version == version) {
@@ -403,9 +409,6 @@ impl Controller {
                 "config published"
             );
         }
-        self.out
-            .status
-            .set_services(service_reports(spec, &plan, &self.state, now));
     }
 
     /// Red-black retirements wait until every Envoy holding the service has answered the
@@ -462,144 +465,6 @@ impl Controller {
                 });
             }
         }
-    }
-}
-
-/// What the file asks of each service and what the plan serves for it, for `/status`.
-fn service_reports(
-    spec: &Spec,
-    plan: &Plan,
-    state: &RuntimeState,
-    now: Timestamp,
-) -> BTreeMap<String, ServiceReport> {
-    plan.services
-        .iter()
-        .filter_map(|(name, planned)| Some((name, planned, spec.services.get(name)?)))
-        .map(|(name, planned, service)| {
-            let retiring = planned
-                .versions
-                .iter()
-                .filter_map(|(version, v)| match v.role {
-                    Role::Retiring { deadline } => Some(RetiringReport {
-                        version: version.clone(),
-                        awaiting_ack: deadline.is_none(),
-                        retires_in_seconds: deadline.map(|t| t.since(now).as_secs_f64()),
-                    }),
-                    _ => None,
-                })
-                .collect();
-            let report = ServiceReport {
-                strategy: service.strategy.name(),
-                split: planned
-                    .split
-                    .iter()
-                    .map(|(v, ppm)| (v.clone(), f64::from(*ppm) / 10_000.0))
-                    .collect(),
-                mirror: service.mirror.as_ref().map(|m| MirrorReport {
-                    version: m.version.clone(),
-                    percent: m.percent.as_f64(),
-                }),
-                rules: service.rules.len(),
-                deployed: planned
-                    .versions
-                    .iter()
-                    .filter(|(_, v)| !matches!(v.role, Role::Removed { .. }))
-                    .map(|(version, _)| version.clone())
-                    .collect(),
-                retiring,
-                synced: false,
-                rollout: state
-                    .rollouts
-                    .get(name)
-                    .map(|r| rollout_report(r, &service.strategy, now)),
-                draining: crate::status::drains(planned, now),
-                // The live figures are added when the report is read.
-                ..Default::default()
-            };
-            (name.clone(), report)
-        })
-        .collect()
-}
-
-fn rollout_report(r: &Rollout, strategy: &Strategy, now: Timestamp) -> RolloutReport {
-    let (kind, version, baseline) = match &r.kind {
-        Kind::Canary { stable, canary } => ("canary", canary.clone(), stable.clone()),
-        Kind::Switch { from, to } => ("switch", to.clone(), from.clone()),
-    };
-    let (state, reason) = match &r.status {
-        Status::Progressing => ("progressing", None),
-        Status::Paused => ("paused", None),
-        Status::Promoted => ("promoted", None),
-        Status::Failed(reason) => ("rolled_back", Some(reason.clone())),
-    };
-    let steps = match strategy {
-        Strategy::Canary {
-            rollout: Some(cfg), ..
-        } if matches!(r.kind, Kind::Canary { .. }) => Some(&cfg.steps),
-        _ => None,
-    };
-    let in_seconds = |t: Timestamp| t.since(now).as_secs_f64();
-    let analysis = strategy.analysis();
-    let advice = match (&r.kind, &r.status) {
-        (Kind::Canary { stable, canary }, Status::Promoted) => Some(format!(
-            "promoted: make {canary} the service's version in the file (e.g. `active: {canary}`); until then {canary} keeps all requests and {stable} none, and that edit moves no traffic"
-        )),
-        (Kind::Canary { canary, .. }, Status::Failed(_)) => Some(format!(
-            "rolled back: {canary} gets no requests; save a new canary version to start again, or `cutover resume` to retry {canary} from the first step"
-        )),
-        (Kind::Switch { from, to }, Status::Failed(_)) => Some(format!(
-            "switched back to {from}: make `active: {from}` in the file to accept it, or `cutover resume` to switch to {to} again"
-        )),
-        _ => None,
-    };
-    RolloutReport {
-        kind,
-        version,
-        baseline,
-        state,
-        reason,
-        weight: matches!(r.kind, Kind::Canary { .. }).then(|| f64::from(r.weight) / 10_000.0),
-        step: steps.and_then(|s| {
-            s.iter()
-                .position(|s| s.weight.ppm() == r.weight)
-                .map(|i| i + 1)
-        }),
-        steps: steps.map(Vec::len),
-        awaiting_ack: r.is_active() && r.since.is_none(),
-        step_ends_in_seconds: r.step_deadline(strategy).map(in_seconds),
-        next_check_in_seconds: r.next_check.map(in_seconds),
-        failed_checks: r.failed,
-        last_check: r.last_check.as_ref().map(|c| {
-            let (verdict, reason) = match &c.verdict {
-                Verdict::Pass => ("pass", None),
-                Verdict::Wait(why) => ("wait", Some(why.clone())),
-                Verdict::Fail(why) => ("fail", Some(why.clone())),
-            };
-            CheckReport {
-                at: c.at.to_string(),
-                verdict,
-                reason,
-                requests: c.figures.requests,
-                errors: c.figures.errors,
-                error_rate: (c.figures.error_rate() * 100_000.0).round() / 1000.0,
-                p99_ms: c.figures.p99_ms,
-            }
-        }),
-        thresholds: analysis.map(|a| ThresholdsReport {
-            max_error_rate: a.max_error_rate.map(|p| p.as_f64()),
-            max_p99_ms: a.max_p99_latency.map(|d| d.as_secs_f64() * 1000.0),
-            min_requests: a.min_requests,
-            failure_limit: a.failure_limit,
-        }),
-        advice,
-        history: r
-            .history
-            .iter()
-            .map(|e| HistoryReport {
-                at: e.at.to_string(),
-                what: e.what.clone(),
-            })
-            .collect(),
     }
 }
 

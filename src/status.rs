@@ -17,12 +17,15 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::metrics::{Metrics, ResultLabel};
-use crate::reconcile::{Health, Role, ServicePlan, Timestamp};
+use crate::reconcile::rollout::{Kind, Rollout, Status as RolloutStatus, Verdict};
+use crate::reconcile::{Health, Plan, Role, RuntimeState, ServicePlan, Timestamp};
 use crate::snapshot::{Published, ResourceType};
+use crate::spec::{Spec, Strategy};
 use crate::telemetry::report::round;
 use crate::telemetry::{Telemetry, TelemetryReport};
+use crate::wait;
 use crate::xds::Mode;
-use crate::xds::clients::{Client, Clients, TypeStatus};
+use crate::xds::clients::{Client, Clients, SyncState, TypeStatus};
 
 /// The outcome of the latest attempt to load the deployment file.
 #[derive(Debug, Clone, Serialize)]
@@ -261,11 +264,19 @@ pub struct StatusReport {
 #[derive(Debug, Default)]
 struct Inner {
     file: PathBuf,
+    /// What is served now.
+    served: Option<Served>,
     state_file: Option<StateFileReport>,
     last_reload: Option<ReloadStatus>,
-    services: BTreeMap<String, ServiceReport>,
-    /// When `services` was written: its countdowns count from here.
-    services_at: Option<Instant>,
+}
+
+/// What is served now, and what it was made from: the services report is built from it when
+/// asked (so its countdowns are right at that moment), not on every change.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub spec: Arc<Spec>,
+    pub plan: Arc<Plan>,
+    pub state: Arc<RuntimeState>,
 }
 
 /// Shared, thread-safe status of the whole server.
@@ -299,12 +310,40 @@ impl Status {
         f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// The services as planned; their `*_in_seconds` countdowns are relative to now.
-    pub fn set_services(&self, services: BTreeMap<String, ServiceReport>) {
-        self.with(|i| {
-            i.services = services;
-            i.services_at = Some(Instant::now());
-        });
+    /// Records what is served now.
+    pub fn set_served(&self, served: Served) {
+        self.with(|i| i.served = Some(served));
+    }
+
+    /// What is served now, once a valid file was loaded.
+    pub fn plan(&self) -> Option<Arc<Plan>> {
+        self.with(|i| i.served.as_ref().map(|s| s.plan.clone()))
+    }
+
+    /// Every connected Envoy (streams of one node id together) and when it answered its group's
+    /// current config, for `cutover wait`.
+    pub fn wait_envoys(&self) -> Vec<wait::Envoy> {
+        let published = self.published.borrow().clone();
+        let mut by_node: BTreeMap<String, wait::Envoy> = BTreeMap::new();
+        for c in self.clients.list() {
+            let current = match (&published, &c.group) {
+                (Some(p), Some(g)) => p.group(g).map(|s| s.snapshot.version.clone()),
+                _ => None,
+            };
+            let answered = (c.config_version.is_some() && c.config_version == current)
+                .then_some(c.answered_at)
+                .flatten();
+            let e = by_node
+                .entry(c.node.id.clone())
+                .or_insert_with(|| wait::Envoy {
+                    node: c.node.id.clone(),
+                    answered_at: answered,
+                    rejected: false,
+                });
+            e.answered_at = e.answered_at.zip(answered).map(|(a, b)| a.max(b));
+            e.rejected |= c.sync == SyncState::Rejected;
+        }
+        by_node.into_values().collect()
     }
 
     pub fn set_state_file(&self, report: StateFileReport) {
@@ -368,50 +407,205 @@ impl Status {
         });
         let nodes = self.clients.list().iter().map(node_report).collect();
         let i = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        // The controller writes the services when something changes, which may be minutes
-        // apart: count its countdowns down to now.
-        let elapsed = i.services_at.map_or(0.0, |t| t.elapsed().as_secs_f64());
         StatusReport {
             file: i.file.display().to_string(),
             state_file: i.state_file.clone(),
             config_version: published.map(|p| p.version.clone()),
             last_reload: i.last_reload.clone(),
-            services: i
-                .services
-                .iter()
-                .map(|(name, s)| {
-                    let mut s = ServiceReport {
-                        synced,
-                        ..s.clone()
-                    };
-                    s.count_down(elapsed);
-                    (name.clone(), s)
-                })
-                .collect(),
+            services: i.served.as_ref().map_or_else(BTreeMap::new, |s| {
+                service_reports(&s.spec, &s.plan, &s.state, synced, Timestamp::now())
+            }),
             nodes,
             nodes_without_telemetry: Vec::new(),
         }
     }
 }
 
-impl ServiceReport {
-    /// Moves every countdown `elapsed` seconds on, stopping at zero.
-    fn count_down(&mut self, elapsed: f64) {
-        let on = |s: &mut Option<f64>| {
-            if let Some(s) = s {
-                *s = round((*s - elapsed).max(0.0), 3);
+fn node_report(c: &Client) -> NodeReport {
+    let mut types = BTreeMap::new();
+    for ty in ResourceType::ALL {
+        let TypeStatus {
+            acked,
+            pending,
+            last_nack,
+        } = c.view.status(ty);
+        if acked.is_none() && pending.is_none() && last_nack.is_none() {
+            continue;
+        }
+        let seen = c.nack_seen[ty.index()].unwrap_or_else(SystemTime::now);
+        types.insert(
+            ty.short(),
+            TypeReport {
+                acked,
+                pending,
+                last_nack: last_nack.map(|n| NackStatus {
+                    version: n.version,
+                    error: n.error,
+                    at: format_time(seen),
+                }),
+            },
+        );
+    }
+    NodeReport {
+        id: c.node.id.clone(),
+        cluster: c.node.cluster.clone(),
+        address: c.peer.map(|p| p.to_string()),
+        stream: match c.mode {
+            Mode::Aggregated => "ads".to_owned(),
+            Mode::Single(ty) => ty.short().to_owned(),
+        },
+        connected_since: format_time(c.connected_since),
+        telemetry: "none",
+        config_version: c.config_version.clone(),
+        in_sync: c.in_sync(),
+        types,
+    }
+}
+
+fn now() -> String {
+    format_time(SystemTime::now())
+}
+
+fn format_time(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// What the file asks of each service and what the plan serves for it, for `/status`.
+fn service_reports(
+    spec: &Spec,
+    plan: &Plan,
+    state: &RuntimeState,
+    synced: bool,
+    now: Timestamp,
+) -> BTreeMap<String, ServiceReport> {
+    plan.services
+        .iter()
+        .filter_map(|(name, planned)| Some((name, planned, spec.services.get(name)?)))
+        .map(|(name, planned, service)| {
+            let retiring = planned
+                .versions
+                .iter()
+                .filter_map(|(version, v)| match v.role {
+                    Role::Retiring { deadline } => Some(RetiringReport {
+                        version: version.clone(),
+                        awaiting_ack: deadline.is_none(),
+                        retires_in_seconds: deadline.map(|t| t.since(now).as_secs_f64()),
+                    }),
+                    _ => None,
+                })
+                .collect();
+            let report = ServiceReport {
+                strategy: service.strategy.name(),
+                split: planned
+                    .split
+                    .iter()
+                    .map(|(v, ppm)| (v.clone(), f64::from(*ppm) / 10_000.0))
+                    .collect(),
+                mirror: service.mirror.as_ref().map(|m| MirrorReport {
+                    version: m.version.clone(),
+                    percent: m.percent.as_f64(),
+                }),
+                rules: service.rules.len(),
+                deployed: planned
+                    .versions
+                    .iter()
+                    .filter(|(_, v)| !matches!(v.role, Role::Removed { .. }))
+                    .map(|(version, _)| version.clone())
+                    .collect(),
+                retiring,
+                synced,
+                rollout: state
+                    .rollouts
+                    .get(name)
+                    .map(|r| rollout_report(r, &service.strategy, now)),
+                draining: drains(planned, now),
+                // The live figures are added when the report is read.
+                observed: None,
+            };
+            (name.clone(), report)
+        })
+        .collect()
+}
+
+fn rollout_report(r: &Rollout, strategy: &Strategy, now: Timestamp) -> RolloutReport {
+    let (kind, version, baseline) = match &r.kind {
+        Kind::Canary { stable, canary } => ("canary", canary.clone(), stable.clone()),
+        Kind::Switch { from, to } => ("switch", to.clone(), from.clone()),
+    };
+    let (state, reason) = match &r.status {
+        RolloutStatus::Progressing => ("progressing", None),
+        RolloutStatus::Paused => ("paused", None),
+        RolloutStatus::Promoted => ("promoted", None),
+        RolloutStatus::Failed(reason) => ("rolled_back", Some(reason.clone())),
+    };
+    let steps = match strategy {
+        Strategy::Canary {
+            rollout: Some(cfg), ..
+        } if matches!(r.kind, Kind::Canary { .. }) => Some(&cfg.steps),
+        _ => None,
+    };
+    let in_seconds = |t: Timestamp| t.since(now).as_secs_f64();
+    let analysis = strategy.analysis();
+    let advice = match (&r.kind, &r.status) {
+        (Kind::Canary { stable, canary }, RolloutStatus::Promoted) => Some(format!(
+            "promoted: make {canary} the service's version in the file (e.g. `active: {canary}`); until then {canary} keeps all requests and {stable} none, and that edit moves no traffic"
+        )),
+        (Kind::Canary { canary, .. }, RolloutStatus::Failed(_)) => Some(format!(
+            "rolled back: {canary} gets no requests; save a new canary version to start again, or `cutover resume` to retry {canary} from the first step"
+        )),
+        (Kind::Switch { from, to }, RolloutStatus::Failed(_)) => Some(format!(
+            "switched back to {from}: make `active: {from}` in the file to accept it, or `cutover resume` to switch to {to} again"
+        )),
+        _ => None,
+    };
+    RolloutReport {
+        kind,
+        version,
+        baseline,
+        state,
+        reason,
+        weight: matches!(r.kind, Kind::Canary { .. }).then(|| f64::from(r.weight) / 10_000.0),
+        step: steps.and_then(|s| {
+            s.iter()
+                .position(|s| s.weight.ppm() == r.weight)
+                .map(|i| i + 1)
+        }),
+        steps: steps.map(Vec::len),
+        awaiting_ack: r.is_active() && r.since.is_none(),
+        step_ends_in_seconds: r.step_deadline(strategy).map(in_seconds),
+        next_check_in_seconds: r.next_check.map(in_seconds),
+        failed_checks: r.failed,
+        last_check: r.last_check.as_ref().map(|c| {
+            let (verdict, reason) = match &c.verdict {
+                Verdict::Pass => ("pass", None),
+                Verdict::Wait(why) => ("wait", Some(why.clone())),
+                Verdict::Fail(why) => ("fail", Some(why.clone())),
+            };
+            CheckReport {
+                at: c.at.to_string(),
+                verdict,
+                reason,
+                requests: c.figures.requests,
+                errors: c.figures.errors,
+                error_rate: (c.figures.error_rate() * 100_000.0).round() / 1000.0,
+                p99_ms: c.figures.p99_ms,
             }
-        };
-        for r in &mut self.retiring {
-            on(&mut r.retires_in_seconds);
-        }
-        for d in &mut self.draining {
-            on(&mut d.removed_in_seconds);
-        }
-        if let Some(r) = &mut self.rollout {
-            on(&mut r.step_ends_in_seconds);
-            on(&mut r.next_check_in_seconds);
-        }
+        }),
+        thresholds: analysis.map(|a| ThresholdsReport {
+            max_error_rate: a.max_error_rate.map(|p| p.as_f64()),
+            max_p99_ms: a.max_p99_latency.map(|d| d.as_secs_f64() * 1000.0),
+            min_requests: a.min_requests,
+            failure_limit: a.failure_limit,
+        }),
+        advice,
+        history: r
+            .history
+            .iter()
+            .map(|e| HistoryReport {
+                at: e.at.to_string(),
+                what: e.what.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -570,55 +764,6 @@ fn observe(
         ),
         versions,
     }
-}
-
-fn node_report(c: &Client) -> NodeReport {
-    let mut types = BTreeMap::new();
-    for ty in ResourceType::ALL {
-        let TypeStatus {
-            acked,
-            pending,
-            last_nack,
-        } = c.view.status(ty);
-        if acked.is_none() && pending.is_none() && last_nack.is_none() {
-            continue;
-        }
-        let seen = c.nack_seen[ty.index()].unwrap_or_else(SystemTime::now);
-        types.insert(
-            ty.short(),
-            TypeReport {
-                acked,
-                pending,
-                last_nack: last_nack.map(|n| NackStatus {
-                    version: n.version,
-                    error: n.error,
-                    at: format_time(seen),
-                }),
-            },
-        );
-    }
-    NodeReport {
-        id: c.node.id.clone(),
-        cluster: c.node.cluster.clone(),
-        address: c.peer.map(|p| p.to_string()),
-        stream: match c.mode {
-            Mode::Aggregated => "ads".to_owned(),
-            Mode::Single(ty) => ty.short().to_owned(),
-        },
-        connected_since: format_time(c.connected_since),
-        telemetry: "none",
-        config_version: c.config_version.clone(),
-        in_sync: c.in_sync(),
-        types,
-    }
-}
-
-fn now() -> String {
-    format_time(SystemTime::now())
-}
-
-fn format_time(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
 }
 
 #[cfg(test)]
@@ -899,21 +1044,5 @@ services:
             json["services"]["checkout"].get("observed").is_none(),
             "{json}"
         );
-    }
-
-    #[test]
-    fn countdowns_run_down_to_zero_between_two_plans() {
-        let mut s = report().services.remove("checkout").unwrap();
-        s.retiring = vec![RetiringReport {
-            version: "red".into(),
-            awaiting_ack: false,
-            retires_in_seconds: Some(10.0),
-        }];
-        s.count_down(2.5);
-        assert_eq!(s.retiring[0].retires_in_seconds, Some(7.5));
-        assert_eq!(s.draining[0].removed_in_seconds, Some(0.5));
-        assert_eq!(s.draining[1].removed_in_seconds, None);
-        s.count_down(5.0);
-        assert_eq!(s.draining[0].removed_in_seconds, Some(0.0));
     }
 }

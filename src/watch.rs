@@ -25,6 +25,24 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout_at};
 
+/// Reads the deployment file, at most [`crate::spec::Limits`]' file size plus one byte (so that
+/// validation can say it is too large without cutover holding all of it), and only a regular
+/// file: a FIFO would block the reader, a device (`/dev/zero`) never ends.
+pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let max = crate::spec::Limits::current().file_bytes as u64;
+    let mut bytes = Vec::new();
+    file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// After an in-place write that is not closed: quiet time before the file is read anyway (a
 /// writer that keeps the file open). Complete saves do not wait for it.
 pub const QUIET: Duration = Duration::from_millis(50);

@@ -441,3 +441,48 @@ fn missing_envoy_fails_on_ci_and_skips_locally() {
         Ok(on_path)
     );
 }
+
+/// SIGTERM: cutover ends its streams (Envoy keeps its config and retries), saves its runtime
+/// state and exits 0 promptly; not one request fails, and a new cutover picks up where it left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_exits_promptly_and_loses_no_request() {
+    let Some(envoy_bin) = envoy_binary() else {
+        return;
+    };
+    let mut stack = Stack::start(&envoy_bin, "blue").await;
+    stack.cutover.wait_in_sync(NODE).await;
+    let traffic = stack.envoy.background_traffic();
+    let started = std::time::Instant::now();
+    let status = stack
+        .cutover
+        .terminate(std::time::Duration::from_secs(10))
+        .await
+        .expect("cutover exits after SIGTERM");
+    let took = started.elapsed();
+    assert!(
+        status.success(),
+        "exit status {status}: {}",
+        stack.cutover.log()
+    );
+    assert!(
+        took < std::time::Duration::from_secs(6),
+        "stopping took {took:?}"
+    );
+    let log = stack.cutover.log();
+    assert!(log.contains("shutting down"), "{log}");
+    eventually(WAIT, "Envoy to see its stream closed", async || {
+        stack.envoy.stat("control_plane.connected_state").await == 0
+    })
+    .await;
+    assert_all_from(&stack.envoy.bodies(20).await, "blue");
+    stack.cutover.start_again().await;
+    stack.cutover.wait_in_sync(NODE).await;
+    let outcomes = traffic.stop().await;
+    let failures: Vec<&String> = outcomes.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(
+        outcomes.len() >= 10,
+        "{} background requests",
+        outcomes.len()
+    );
+}

@@ -134,6 +134,8 @@ async fn start_with(dir: &tempfile::TempDir, text: &str) -> app::Server {
         drain_period: Duration::from_secs(5),
         admin_token: None,
         state_file: None,
+        allow_nodes: Vec::new(),
+        wait_for_file: false,
     })
     .await
     .expect("server starts")
@@ -291,16 +293,23 @@ async fn not_ready_until_a_valid_file_is_loaded() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("deploy.yaml");
     std::fs::write(&file, "listeners: []\n").unwrap();
-    let server = app::start(ServeOptions {
+    let options = |wait_for_file| ServeOptions {
         file: file.clone(),
         ads: "127.0.0.1:0".parse().unwrap(),
         admin: "127.0.0.1:0".parse().unwrap(),
         drain_period: Duration::from_secs(5),
         admin_token: None,
         state_file: None,
-    })
-    .await
-    .unwrap();
+        allow_nodes: Vec::new(),
+        wait_for_file,
+    };
+    // Without --wait-for-file, an invalid file is a failed start that says why and what to do.
+    let err = app::start(options(false)).await.unwrap_err().to_string();
+    assert!(
+        err.contains("deploy.yaml:1:1") && err.contains("--wait-for-file"),
+        "{err}"
+    );
+    let server = app::start(options(true)).await.unwrap();
     let readyz = format!("http://{}/readyz", server.admin_addr);
     assert_eq!(reqwest::get(&readyz).await.unwrap().status(), 503);
     std::fs::write(&file, DEPLOY).unwrap();
@@ -391,6 +400,8 @@ async fn red_black_retires_the_old_version_only_after_every_envoy_acked_and_the_
         drain_period: Duration::from_secs(5),
         admin_token: None,
         state_file: None,
+        allow_nodes: Vec::new(),
+        wait_for_file: false,
     })
     .await
     .unwrap();
@@ -726,6 +737,8 @@ async fn start_with_state(dir: &tempfile::TempDir, text: &str, state: PathBuf) -
         drain_period: Duration::from_secs(5),
         admin_token: None,
         state_file: Some(state),
+        allow_nodes: Vec::new(),
+        wait_for_file: false,
     })
     .await
     .expect("server starts")
@@ -813,4 +826,121 @@ async fn a_request_over_the_size_limit_is_refused_with_a_status_that_says_so() {
         status.message().contains("too large") && status.message().contains("bytes"),
         "{status:?}"
     );
+}
+
+#[tokio::test]
+async fn only_allowed_node_ids_get_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("deploy.yaml");
+    std::fs::write(&file, DEPLOY).unwrap();
+    let server = app::start(ServeOptions {
+        file,
+        ads: "127.0.0.1:0".parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        drain_period: Duration::from_secs(5),
+        admin_token: None,
+        state_file: None,
+        allow_nodes: vec!["edge-*".into(), "grpc-t?st".into()],
+        wait_for_file: false,
+    })
+    .await
+    .unwrap();
+    // `grpc-test` (what Client::send names itself) matches `grpc-t?st`.
+    let mut allowed = Client::connect(server.ads_addr).await;
+    allowed.send(CDS, "", "", &[]).await;
+    assert_eq!(allowed.recv().await.type_url, CDS);
+
+    let mut refused = Client::connect(server.ads_addr).await;
+    refused
+        .send_req(DiscoveryRequest {
+            type_url: CDS.into(),
+            node: Some(Node {
+                id: "intruder".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await;
+    let status = tokio::time::timeout(Duration::from_secs(5), refused.rx.message())
+        .await
+        .unwrap()
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("\"intruder\""), "{status:?}");
+    assert!(
+        app::start(ServeOptions {
+            file: dir.path().join("deploy.yaml"),
+            ads: "127.0.0.1:0".parse().unwrap(),
+            admin: "127.0.0.1:0".parse().unwrap(),
+            drain_period: Duration::from_secs(5),
+            admin_token: None,
+            state_file: None,
+            allow_nodes: vec!["[".into()],
+            wait_for_file: false,
+        })
+        .await
+        .unwrap_err()
+        .to_string()
+        .contains("invalid --allow-node pattern \"[\"")
+    );
+}
+
+/// A deployment of `n` services, each with two versions; `flipped` gets green.
+fn many_services(n: usize, flipped: usize) -> String {
+    let mut text =
+        String::from("listeners:\n  - name: public\n    address: 127.0.0.1:10000\n    routes:\n");
+    for s in 0..n {
+        text.push_str(&format!(
+            "      - match: {{ prefix: /s{s}/ }}\n        service: s{s}\n"
+        ));
+    }
+    text.push_str("services:\n");
+    for s in 0..n {
+        let active = if s == flipped { "green" } else { "blue" };
+        text.push_str(&format!(
+            "  s{s}:\n    versions:\n      blue: {{ endpoints: [127.0.0.1:{}] }}\n      green: {{ endpoints: [127.0.0.1:{}] }}\n    active: {active}\n",
+            20000 + 2 * s,
+            20001 + 2 * s
+        ));
+    }
+    text
+}
+
+/// A client that never reads what it is sent fills its HTTP/2 window and its stream's small
+/// queue; it must not hold back anyone else, and its stream ends when it goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_delays_no_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(&dir, &many_services(400, 0)).await;
+    let stalled = Client::connect(server.ads_addr).await;
+    stalled.send(CDS, "", "", &[]).await;
+    stalled.send(LDS, "", "", &[]).await;
+
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(connect_and_ack_all(&server).await);
+    }
+    for flip in 1..=5 {
+        let saved = std::time::Instant::now();
+        std::fs::write(dir.path().join("deploy.yaml"), many_services(400, flip)).unwrap();
+        for c in &mut clients {
+            let rds = c.recv().await;
+            assert_eq!(rds.type_url, RDS);
+            ack(c, &rds).await;
+        }
+        let took = saved.elapsed();
+        assert!(
+            took < Duration::from_secs(2),
+            "change {flip} took {took:?} to reach every reading client"
+        );
+    }
+    assert_eq!(server.clients.in_sync_count().1, 6);
+    drop(stalled);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while server.clients.in_sync_count().1 != 5 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the stalled client's stream is gone once it disconnects");
 }

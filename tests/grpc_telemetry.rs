@@ -46,6 +46,8 @@ async fn start(dir: &tempfile::TempDir) -> app::Server {
         drain_period: Duration::from_secs(5),
         admin_token: None,
         state_file: None,
+        allow_nodes: Vec::new(),
+        wait_for_file: false,
     })
     .await
     .expect("server starts")

@@ -304,6 +304,57 @@ async fn send(
     Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
 }
 
+/// `GET /wait/{drained|healthy}` as the client reads it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct WaitAnswer {
+    pub done: bool,
+    pub waiting_for: Vec<String>,
+}
+
+/// One `GET /wait/{what}?service=..&target=..`: the answer, or the server's refusal (an
+/// unknown service or target).
+pub async fn wait_once(
+    admin: SocketAddr,
+    what: &str,
+    service: &str,
+    target: Option<&str>,
+) -> Result<Result<WaitAnswer, String>, FetchError> {
+    let mut path = format!("/wait/{what}?service={}", query_escape(service));
+    if let Some(t) = target {
+        path.push_str(&format!("&target={}", query_escape(t)));
+    }
+    let (status, body) =
+        tokio::time::timeout(TIMEOUT, send(admin, hyper::Method::GET, &path, None))
+            .await
+            .map_err(|_| FetchError::Timeout {
+                addr: admin,
+                timeout: TIMEOUT,
+            })??;
+    if !status.is_success() {
+        return Ok(Err(format!("{status}: {}", body.trim())));
+    }
+    serde_json::from_str(&body)
+        .map(Ok)
+        .map_err(|source| FetchError::Json {
+            addr: admin,
+            source,
+        })
+}
+
+/// Percent-encodes what a query value may not carry as is (IPv6 brackets, `&`, `#`, ...).
+fn query_escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// `POST /rollouts/{service}/{command}`: what the server did, or why it did nothing (`Err`
 /// with the server's answer for a refused command).
 pub async fn control(

@@ -179,12 +179,18 @@ impl Feed {
 }
 
 impl Sampler {
-    /// One frame a second, until every [`Feed`] is dropped.
-    pub async fn run(self) {
+    /// One frame a second, until `closing` completes or every [`Feed`] is dropped. Returning
+    /// drops the sender, which ends every open event stream: a server shutting down has no
+    /// connection left open by a dashboard.
+    pub async fn run(self, closing: impl Future<Output = ()>) {
         let mut tick = tokio::time::interval(PERIOD);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut closing = std::pin::pin!(closing);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = &mut closing => return,
+            }
             let frame = self.sample(Instant::now(), SystemTime::now());
             if self.frames.send(frame).is_err() {
                 return;

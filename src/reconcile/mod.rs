@@ -26,8 +26,8 @@ pub use state::{Event, Previous, RuntimeState, Timestamp};
 
 use crate::ids::{ClusterId, ClusterRef, FallbackId};
 use crate::spec::{
-    Condition, Endpoint, HashOn, LoadBalancing, Percent, Policy, Retries, Route, Service, Spec,
-    Strategy, Version,
+    Condition, Endpoint, EndpointAddress, HashOn, LoadBalancing, Percent, Policy, Retries, Route,
+    Service, Spec, Strategy, Version,
 };
 
 /// Everything cutover serves, decided; see the module docs.
@@ -97,13 +97,39 @@ pub struct VersionPlan {
     pub role: Role,
     /// Cluster settings (load balancing, health checks, outlier detection, timeouts).
     pub policy: Policy,
+    /// How Envoy learns the endpoints below.
+    pub discovery: Discovery,
     /// The file's endpoints in file order, then those draining after leaving it, by address.
     pub endpoints: Vec<EndpointPlan>,
 }
 
+/// How Envoy learns a version's endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discovery {
+    /// Every endpoint is an IP address: the endpoints are a resource of their own (EDS), so a
+    /// drain or a new endpoint changes only them and the cluster stays as it is.
+    Eds,
+    /// Some endpoint is a DNS name: Envoy resolves the names itself (a DNS cluster, each address
+    /// a name has being an endpoint), and the endpoints are part of the cluster's definition:
+    /// any change to them redefines the cluster, which Envoy warms (resolves the names, runs
+    /// the first health checks) before it replaces the previous definition.
+    Dns,
+}
+
+impl Discovery {
+    /// The discovery a version with these endpoints needs.
+    pub fn of(endpoints: &[EndpointPlan]) -> Discovery {
+        if endpoints.iter().any(|e| e.address.is_name()) {
+            Discovery::Dns
+        } else {
+            Discovery::Eds
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointPlan {
-    pub address: SocketAddr,
+    pub address: EndpointAddress,
     pub weight: Option<u32>,
     pub health: Health,
 }
@@ -180,6 +206,7 @@ pub fn plan(spec: &Spec, state: &RuntimeState, now: Timestamp) -> Plan {
                 VersionPlan {
                     role,
                     policy: service.policy.clone(),
+                    discovery: Discovery::of(&endpoints),
                     endpoints,
                 },
             );
@@ -211,6 +238,7 @@ pub fn plan(spec: &Spec, state: &RuntimeState, now: Timestamp) -> Plan {
         if service.versions.contains_key(&id.version) {
             continue;
         }
+        let endpoints = endpoints(&removed.endpoints, state.draining.get(id), now);
         service.versions.insert(
             id.version.clone(),
             VersionPlan {
@@ -218,7 +246,8 @@ pub fn plan(spec: &Spec, state: &RuntimeState, now: Timestamp) -> Plan {
                     until: removed.until,
                 },
                 policy: removed.policy.clone(),
-                endpoints: endpoints(&removed.endpoints, state.draining.get(id), now),
+                discovery: Discovery::of(&endpoints),
+                endpoints,
             },
         );
     }
@@ -279,13 +308,13 @@ fn role(
 /// The file's endpoints, then those that left it and still drain.
 fn endpoints(
     file: &[Endpoint],
-    draining: Option<&BTreeMap<SocketAddr, state::DrainingEndpoint>>,
+    draining: Option<&BTreeMap<EndpointAddress, state::DrainingEndpoint>>,
     now: Timestamp,
 ) -> Vec<EndpointPlan> {
     let mut out: Vec<EndpointPlan> = file
         .iter()
         .map(|e| EndpointPlan {
-            address: e.address,
+            address: e.address.clone(),
             weight: e.weight,
             health: if e.drain {
                 Health::Draining
@@ -297,11 +326,12 @@ fn endpoints(
     let Some(draining) = draining.filter(|d| !d.is_empty()) else {
         return out;
     };
-    let in_file: std::collections::BTreeSet<SocketAddr> = file.iter().map(|e| e.address).collect();
+    let in_file: std::collections::BTreeSet<&EndpointAddress> =
+        file.iter().map(|e| &e.address).collect();
     for (address, d) in draining {
         if d.until > now && !in_file.contains(address) {
             out.push(EndpointPlan {
-                address: *address,
+                address: address.clone(),
                 weight: d.weight,
                 health: Health::Removed { until: d.until },
             });

@@ -17,7 +17,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -25,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::rollout::{self, Command, Kind, Observation, Rollout, Status};
 use super::{deployed_versions, fallbacks};
 use crate::ids::{ClusterId, FallbackId};
-use crate::spec::{Endpoint, Policy, Service, Spec, Strategy};
+use crate::spec::{Endpoint, EndpointAddress, Policy, Service, Spec, Strategy};
 
 /// A wall-clock instant with millisecond precision, written as RFC 3339 in the state file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -136,9 +135,9 @@ impl Retiring {
 pub struct RuntimeState {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub retiring: BTreeMap<ClusterId, Retiring>,
-    /// By cluster, then by address.
+    /// By cluster, then by address (an IP address or a name, written as in the file).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub draining: BTreeMap<ClusterId, BTreeMap<SocketAddr, DrainingEndpoint>>,
+    pub draining: BTreeMap<ClusterId, BTreeMap<EndpointAddress, DrainingEndpoint>>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub removed: BTreeMap<ClusterId, RemovedVersion>,
     /// Aggregate clusters no route sends to any more, kept until the deadline.
@@ -423,8 +422,8 @@ impl RuntimeState {
                         });
                     }
                     Some(version) => {
-                        let present: BTreeSet<SocketAddr> =
-                            version.endpoints.iter().map(|e| e.address).collect();
+                        let present: BTreeSet<&EndpointAddress> =
+                            version.endpoints.iter().map(|e| &e.address).collect();
                         for e in endpoints {
                             if !present.contains(&e.address) {
                                 self.draining
@@ -451,8 +450,8 @@ impl RuntimeState {
         self.removed.retain(|id, _| in_file(id).is_none());
         self.draining.retain(|id, endpoints| {
             if let Some(version) = in_file(id) {
-                let present: BTreeSet<SocketAddr> =
-                    version.endpoints.iter().map(|e| e.address).collect();
+                let present: BTreeSet<&EndpointAddress> =
+                    version.endpoints.iter().map(|e| &e.address).collect();
                 endpoints.retain(|addr, _| !present.contains(addr));
             } else if !self.removed.contains_key(id) {
                 endpoints.clear();

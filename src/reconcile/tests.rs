@@ -789,3 +789,56 @@ fn red_black_keeps_the_previous_version_until_the_switch_window_ends() {
     w.answered().wait(secs(5));
     assert_eq!(w.clusters(), ["s/blue"]);
 }
+
+/// A name that leaves the file drains like an IP address, in the DNS cluster's own endpoints;
+/// the version is a DNS cluster while any of its endpoints (draining ones included) is a name,
+/// and an EDS cluster again once only IP addresses are left. The state file keeps the name as
+/// written.
+#[test]
+fn a_name_removed_from_the_file_drains_and_the_version_stays_dns_until_it_is_gone() {
+    let mut w = World::new();
+    w.load(&blue_green(
+        "      a: { endpoints: [a-1:8080, 127.0.0.1:8082] }\n",
+        "a",
+    ));
+    assert_eq!(
+        w.plan().services["s"].versions["a"].discovery,
+        Discovery::Dns
+    );
+
+    w.wait(Duration::from_secs(1)).load(&blue_green(
+        "      a: { endpoints: [127.0.0.1:8082] }\n",
+        "a",
+    ));
+    let until = w.at(5);
+    assert_eq!(
+        w.endpoints("s/a"),
+        [
+            ("127.0.0.1:8082".to_owned(), Health::Active),
+            ("a-1:8080".to_owned(), Health::Removed { until }),
+        ]
+    );
+    assert_eq!(
+        w.plan().services["s"].versions["a"].discovery,
+        Discovery::Dns
+    );
+    let saved = serde_json::to_value(&w.state).unwrap();
+    assert_eq!(
+        saved["draining"]["s/a"]["a-1:8080"]["until"],
+        until.to_string()
+    );
+    assert_eq!(
+        serde_json::from_value::<RuntimeState>(saved).unwrap(),
+        w.state
+    );
+
+    w.wait(PERIOD);
+    assert_eq!(
+        w.endpoints("s/a"),
+        [("127.0.0.1:8082".to_owned(), Health::Active)]
+    );
+    assert_eq!(
+        w.plan().services["s"].versions["a"].discovery,
+        Discovery::Eds
+    );
+}

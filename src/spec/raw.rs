@@ -542,14 +542,16 @@ pub struct RawRetries {
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "Version")]
 pub struct RawVersion {
-    /// The endpoints of this version: `IP:PORT`, or `{ address, weight, drain }`. A version
-    /// that gets traffic needs at least one that is not draining.
+    /// The endpoints of this version: `IP:PORT` or `HOST:PORT`, or `{ address, weight, drain }`.
+    /// A version with a `HOST` is a DNS cluster: Envoy resolves the names itself. A version that
+    /// gets traffic needs at least one endpoint that is not draining.
     #[serde(default)]
     #[schemars(with = "Vec<RawEndpoint>")]
     pub endpoints: Vec<Spanned<RawEndpoint>>,
 }
 
-/// An endpoint: `127.0.0.1:8081`, or `{ address: 127.0.0.1:8081, weight: 2, drain: true }`.
+/// An endpoint: `127.0.0.1:8081`, `blue:8080`, or
+/// `{ address: 127.0.0.1:8081, weight: 2, drain: true }`.
 #[derive(Debug)]
 pub struct RawEndpoint {
     pub address: String,
@@ -562,8 +564,9 @@ pub struct RawEndpoint {
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "EndpointOptions")]
 struct RawEndpointMap {
-    /// IP:PORT of the endpoint, e.g. `127.0.0.1:8081`.
-    #[schemars(with = "Address")]
+    /// IP:PORT or HOST:PORT of the endpoint, e.g. `127.0.0.1:8081` or `blue:8080`; Envoy
+    /// resolves a HOST with DNS.
+    #[schemars(with = "EndpointAddress")]
     address: String,
     /// Relative load-balancing weight (weighted round robin), at least 1. Default: 1.
     #[schemars(range(min = 1))]
@@ -579,7 +582,9 @@ impl<'de> Deserialize<'de> for RawEndpoint {
         impl<'de> serde::de::Visitor<'de> for Visitor {
             type Value = RawEndpoint;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an endpoint: IP:PORT, or { address: IP:PORT, weight: N, drain: true }")
+                f.write_str(
+                    "an endpoint: IP:PORT or HOST:PORT, or { address: IP:PORT, weight: N, drain: true }",
+                )
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawEndpoint, E> {
                 Ok(RawEndpoint {
@@ -685,9 +690,9 @@ impl JsonSchema for RawEndpoint {
 
     fn json_schema(generator: &mut SchemaGenerator) -> Schema {
         json_schema!({
-            "description": "An endpoint: `IP:PORT`, or `{ address: IP:PORT, weight: N, drain: true }`.",
+            "description": "An endpoint: `IP:PORT` or `HOST:PORT`, or `{ address: IP:PORT, weight: N, drain: true }`.",
             "anyOf": [
-                generator.subschema_for::<Address>(),
+                generator.subschema_for::<EndpointAddress>(),
                 generator.subschema_for::<RawEndpointMap>(),
             ]
         })
@@ -769,10 +774,15 @@ macro_rules! text_schema {
 }
 
 text_schema! {
-    /// A listener, service or version name, as `Validator::check_name` accepts it.
+    /// A listener, service or version name, as `Validator::check_name` accepts it: 1 to 64 of
+    /// these characters, and nothing a YAML reader may take for a number, boolean or null
+    /// (`validate::yaml_non_string`), which an editor cannot tell from a quoted key.
     Name => {
         "type": "string",
         "pattern": "^[A-Za-z0-9._-]{1,64}$",
+        "not": {
+            "pattern": "^(?:[-+]?(?:0[xXoObB][0-9a-fA-F_]+|(?:[0-9][0-9_]*(?:\\.[0-9_]*)?|\\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?|\\.(?:[iI][nN][fF]|[nN][aA][nN]))|[tT][rR][uU][eE]|[fF][aA][lL][sS][eE]|[yY](?:[eE][sS])?|[nN][oO]?|[oO](?:[nN]|[fF][fF])|[nN][uU][lL][lL]|~)$",
+        },
     }
 }
 
@@ -781,6 +791,14 @@ text_schema! {
     Address => {
         "type": "string",
         "examples": ["127.0.0.1:8081", "[::1]:8081"],
+    }
+}
+
+text_schema! {
+    /// `IP:PORT` or `HOST:PORT`; validation parses it as a `spec::EndpointAddress`.
+    EndpointAddress => {
+        "type": "string",
+        "examples": ["127.0.0.1:8081", "[::1]:8081", "blue:8080"],
     }
 }
 

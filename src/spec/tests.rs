@@ -131,7 +131,7 @@ listeners:
 services:
   checkout:
     versions:
-      blue: { endpoints: [127.0.0.1:8081, 127.0.0.1:8081, localhost:80, 127.0.0.1:0] }
+      blue: { endpoints: [127.0.0.1:8081, 127.0.0.1:8081, loc@lhost:80, 127.0.0.1:0] }
       green: { endpoints: [] }
     active: green
   bad/name:
@@ -151,7 +151,7 @@ services:
             "deploy.yaml:12:26: `prefix` must start with '/', got \"api\"",
             "deploy.yaml:14:11: listener \"empty\" has no routes: add one under `routes:` that names a service",
             "deploy.yaml:19:43: endpoint 127.0.0.1:8081 is listed twice in services.checkout.versions.blue",
-            "deploy.yaml:19:59: invalid endpoint \"localhost:80\" in services.checkout.versions.blue: write IP:PORT, e.g. 127.0.0.1:8081",
+            "deploy.yaml:19:59: invalid endpoint \"loc@lhost:80\" in services.checkout.versions.blue: \"loc@lhost\" is neither an IP address nor a DNS name: a name is dot-separated labels of 1 to 63 letters, digits, '-' or '_' (not starting or ending with '-'), at most 253 characters; write IPv6 addresses in brackets, e.g. [::1]:8081",
             "deploy.yaml:19:73: endpoint \"127.0.0.1:0\" has port 0: give the port the version listens on",
             "deploy.yaml:21:13: version \"green\" of service \"checkout\" gets traffic but has no endpoints: add endpoints or send the traffic to another version",
             "deploy.yaml:22:3: invalid service name \"bad/name\": use 1 to 64 letters, digits, '-', '_' or '.'",
@@ -452,5 +452,53 @@ fn rollout_problems_point_at_their_values() {
             "        steps: [10, 100]\n        analysis: { failure_limit: 0 }\n"
         ))
         .contains("`failure_limit` must be at least 1")
+    );
+}
+
+#[test]
+fn endpoints_may_be_dns_names() {
+    let text = GOOD.replace(
+        "green: { endpoints: [127.0.0.1:8083] }",
+        "green: { endpoints: [green:8080, { address: Green-2.example.com:8080, weight: 3, drain: true }, 127.0.0.1:8083] }",
+    );
+    let spec = parse("deploy.yaml", &text).unwrap();
+    let green: Vec<(String, bool, Option<u32>, bool)> = spec.services["checkout"].versions["green"]
+        .endpoints
+        .iter()
+        .map(|e| {
+            (
+                e.address.to_string(),
+                e.address.is_name(),
+                e.weight,
+                e.drain,
+            )
+        })
+        .collect();
+    assert_eq!(
+        green,
+        [
+            ("green:8080".to_owned(), true, None, false),
+            ("green-2.example.com:8080".to_owned(), true, Some(3), true),
+            ("127.0.0.1:8083".to_owned(), false, None, false),
+        ]
+    );
+}
+
+#[test]
+fn invalid_names_and_ports_are_reported_where_they_are() {
+    let text = GOOD.replace(
+        "green: { endpoints: [127.0.0.1:8083] }",
+        "green: { endpoints: [green:8080, GREEN:8080, green, green:0, green:99999, -green:80, 10.0.0.256:80] }",
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "deploy.yaml:11:40: endpoint green:8080 is listed twice in services.checkout.versions.green",
+            "deploy.yaml:11:52: invalid endpoint \"green\" in services.checkout.versions.green: no port: write IP:PORT or HOST:PORT, e.g. 127.0.0.1:8081 or blue:8080",
+            "deploy.yaml:11:59: endpoint \"green:0\" has port 0: give the port the version listens on",
+            "deploy.yaml:11:68: invalid endpoint \"green:99999\" in services.checkout.versions.green: port \"99999\" is not a number from 1 to 65535",
+            "deploy.yaml:11:81: invalid endpoint \"-green:80\" in services.checkout.versions.green: \"-green\" is neither an IP address nor a DNS name: a name is dot-separated labels of 1 to 63 letters, digits, '-' or '_' (not starting or ending with '-'), at most 253 characters; write IPv6 addresses in brackets, e.g. [::1]:8081",
+            "deploy.yaml:11:92: invalid endpoint \"10.0.0.256:80\" in services.checkout.versions.green: \"10.0.0.256\" looks like an IPv4 address but is not one (each of the 4 numbers is 0 to 255)",
+        ]
     );
 }

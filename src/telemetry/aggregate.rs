@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use super::lrs::LoadReport;
 use super::report::{
     Dropped, EndpointInFlight, EndpointTelemetry, EndpointWindow, ErrorCounts, Histogram, InFlight,
-    Membership, NodeTelemetry, StreamStatus, TelemetryReport, VersionTelemetry, WindowFigures,
-    round,
+    Membership, NodeHealth, NodeTelemetry, StreamStatus, TelemetryReport, VersionTelemetry,
+    WindowFigures, round,
 };
 use super::stats::{self, Counters, LATENCY_BUCKETS, Latency, StatsFlush};
 use super::window::{Slot, Slots, Window};
@@ -506,6 +506,31 @@ impl Aggregator {
     }
 
     /// Requests in flight per node and endpoint, from load reports.
+    /// Per Envoy with a fresh stats sink: what its latest flush said of `id`'s endpoints
+    /// (`cutover wait healthy`). Envoys whose latest flush does not mention `id` are absent.
+    pub fn health(&self, id: &ClusterId, now: Instant) -> Vec<NodeHealth> {
+        let key = ClusterRef::Version(id.clone());
+        let mut out = Vec::new();
+        for s in self.streams.values().filter(|s| self.fresh(s, now)) {
+            let Body::Stats(b) = &s.body else { continue };
+            let (Some(series), Some(at)) = (b.clusters.get(&key), b.last_arrival) else {
+                continue;
+            };
+            if series.gauges_flush != b.flush {
+                continue;
+            }
+            let g = &series.gauges;
+            out.push(NodeHealth {
+                node: s.node.id.clone(),
+                reported_at: at,
+                healthy: g.healthy.unwrap_or(0),
+                total: g.members.unwrap_or(0),
+                in_flight: g.in_flight,
+            });
+        }
+        out
+    }
+
     pub fn in_flight(&self, now: Instant) -> InFlight {
         let mut out = InFlight::default();
         for s in self.streams.values() {
@@ -515,6 +540,7 @@ impl Aggregator {
                 continue;
             }
             node.load_reporting = true;
+            node.reported_at = node.reported_at.max(Some(s.last_seen));
             for (id, endpoints) in &b.clusters {
                 for (address, series) in endpoints.iter().filter(|(_, e)| e.in_progress > 0) {
                     node.endpoints.push(EndpointInFlight {

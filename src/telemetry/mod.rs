@@ -29,6 +29,8 @@ pub use report::{InFlight, TelemetryReport};
 #[derive(Debug, Clone)]
 pub struct Telemetry {
     core: Arc<Mutex<Aggregator>>,
+    /// Set when cutover shuts down: open streams end, so the server can stop.
+    closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Default for Telemetry {
@@ -41,12 +43,30 @@ impl Telemetry {
     pub fn new(limits: Limits) -> Telemetry {
         Telemetry {
             core: Arc::new(Mutex::new(Aggregator::new(limits, Instant::now()))),
+            closing: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
+    }
+
+    /// Ends every open stream (cutover is shutting down; Envoy reconnects to the next one).
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once [`Telemetry::close_streams`] was called.
+    pub(crate) async fn closed(&self) {
+        let mut rx = self.closing.subscribe();
+        let _ = rx.wait_for(|closing| *closing).await;
     }
 
     /// Every figure at `now`.
     pub fn report(&self, now: Instant) -> TelemetryReport {
         self.lock().report(now)
+    }
+
+    /// Per Envoy, what its latest stats flush said of a version's endpoints, for `cutover wait
+    /// healthy`.
+    pub fn health(&self, id: &crate::ids::ClusterId, now: Instant) -> Vec<report::NodeHealth> {
+        self.lock().health(id, now)
     }
 
     /// Requests in flight per Envoy and endpoint at `now`, for `cutover wait drained`.

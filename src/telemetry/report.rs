@@ -166,6 +166,9 @@ pub struct NodeInFlight {
     /// Whether a fresh load reporting stream speaks for this node; without one, its requests
     /// in flight are unknown, not zero.
     pub load_reporting: bool,
+    /// When its latest load report arrived: what it says is as of then.
+    #[serde(skip)]
+    pub reported_at: Option<std::time::Instant>,
     /// Endpoints with requests in progress (none listed: nothing in flight).
     pub endpoints: Vec<EndpointInFlight>,
 }
@@ -205,6 +208,21 @@ impl InFlight {
             })
             .collect()
     }
+}
+
+/// What one Envoy's stats sink last said of one version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeHealth {
+    pub node: String,
+    /// When the flush these figures come from arrived.
+    pub reported_at: std::time::Instant,
+    /// Endpoints this Envoy counts healthy (health checks passed, not ejected, not draining).
+    pub healthy: u64,
+    pub total: u64,
+    /// Requests sent to the version's endpoints and not answered yet, plus those waiting for a
+    /// connection: all of them, where load reports list only some (an endpoint can be missing
+    /// from a report while requests to it are in progress).
+    pub in_flight: u64,
 }
 
 /// Latency counts (possibly fractional: an aggregate cluster's share) in

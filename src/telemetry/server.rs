@@ -110,12 +110,15 @@ impl MetricsService for Sink {
             self.telemetry
                 .lock()
                 .stats(registration.id, &flush, Instant::now());
-            message = match inbound.message().await {
-                Ok(next) => next,
-                Err(status) => {
-                    tracing::debug!(node = %registration.node, %status, "stats sink stream ended");
-                    None
-                }
+            message = tokio::select! {
+                next = inbound.message() => match next {
+                    Ok(next) => next,
+                    Err(status) => {
+                        tracing::debug!(node = %registration.node, %status, "stats sink stream ended");
+                        None
+                    }
+                },
+                () = self.telemetry.closed() => None,
             };
         }
         // Envoy never reads the answer; it reopens the stream at its next flush.
@@ -156,7 +159,11 @@ impl LoadReportingService for LoadReporting {
         tokio::spawn(async move {
             let _open = answers;
             loop {
-                match inbound.message().await {
+                let next = tokio::select! {
+                    next = inbound.message() => next,
+                    () = telemetry.closed() => break,
+                };
+                match next {
                     Ok(Some(report)) => {
                         let report = lrs::parse(&report);
                         telemetry

@@ -1,12 +1,14 @@
-//! One Envoy cluster (EDS, endpoints over ADS) and its load assignment per service version,
-//! with the service's load balancing, outlier detection and health checks, and the aggregate
-//! clusters that fall back from one version to another.
+//! One Envoy cluster per service version, with the service's load balancing, outlier detection
+//! and health checks: an EDS cluster with its load assignment sent apart (endpoints over ADS), or
+//! a DNS cluster whose load assignment is inline; and the aggregate clusters that fall back from
+//! one version to another.
 
 use envoy_types::pb::envoy::config::cluster::v3::{
     Cluster, OutlierDetection,
     cluster::{
-        ClusterDiscoveryType, CommonLbConfig, CustomClusterType, DiscoveryType, EdsClusterConfig,
-        LbConfig, LbPolicy, LeastRequestLbConfig, RoundRobinLbConfig, SlowStartConfig,
+        ClusterDiscoveryType, CommonLbConfig, CustomClusterType, DiscoveryType, DnsLookupFamily,
+        EdsClusterConfig, LbConfig, LbPolicy, LeastRequestLbConfig, RoundRobinLbConfig,
+        SlowStartConfig,
     },
 };
 use envoy_types::pb::envoy::config::core::v3::{
@@ -23,9 +25,39 @@ use envoy_types::pb::google::protobuf::UInt32Value;
 use super::{ads_config_source, duration};
 use crate::ids::{ClusterId, FallbackId};
 use crate::reconcile::{EndpointPlan, Health};
-use crate::spec::{self, LoadBalancing, Policy};
+use crate::spec::{self, EndpointAddress, LoadBalancing, Policy};
 
-pub(super) fn cluster(id: &ClusterId, policy: &Policy) -> Cluster {
+/// A cluster whose endpoints come over EDS, as [`load_assignment`] builds them.
+pub(super) fn eds_cluster(id: &ClusterId, policy: &Policy) -> Cluster {
+    Cluster {
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(EdsClusterConfig {
+            eds_config: Some(ads_config_source()),
+            service_name: String::new(),
+        }),
+        ..cluster(id, policy)
+    }
+}
+
+/// A cluster whose endpoints Envoy resolves with DNS, carried inline: `STRICT_DNS`, so that
+/// every address a name resolves to is an endpoint of its own (balanced, health checked, ejected
+/// and drained apart; a name with several replicas behind it gets them all). `LOGICAL_DNS`
+/// would connect to one address of one name, which suits a large external service behind
+/// rotating DNS, not a version's replicas. Envoy re-resolves every 5 s (its default).
+pub(super) fn dns_cluster(id: &ClusterId, policy: &Policy, endpoints: &[EndpointPlan]) -> Cluster {
+    Cluster {
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32)),
+        // IPv4 first, IPv6 if a name has no IPv4 address: Envoy's default (AUTO) tries IPv6
+        // first, and `localhost` or a container name then resolves to an address nothing
+        // listens on.
+        dns_lookup_family: DnsLookupFamily::V4Preferred as i32,
+        load_assignment: Some(load_assignment(id, endpoints)),
+        ..cluster(id, policy)
+    }
+}
+
+/// What every version's cluster has, whatever its discovery.
+fn cluster(id: &ClusterId, policy: &Policy) -> Cluster {
     let slow_start_config = policy.slow_start.map(|window| SlowStartConfig {
         slow_start_window: Some(duration(window)),
         ..Default::default()
@@ -54,11 +86,6 @@ pub(super) fn cluster(id: &ClusterId, policy: &Policy) -> Cluster {
     };
     Cluster {
         name: id.to_string(),
-        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
-        eds_cluster_config: Some(EdsClusterConfig {
-            eds_config: Some(ads_config_source()),
-            service_name: String::new(),
-        }),
         connect_timeout: Some(duration(policy.connect_timeout)),
         lb_policy: lb_policy as i32,
         lb_config,
@@ -158,9 +185,10 @@ pub(super) fn load_assignment(id: &ClusterId, endpoints: &[EndpointPlan]) -> Clu
         .iter()
         .map(|e| LbEndpoint {
             host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
-                address: Some(socket_address(e.address)),
+                address: Some(endpoint_address(&e.address)),
                 ..Default::default()
             })),
+            // A DNS cluster applies it to every address the name resolves to.
             health_status: match e.health {
                 Health::Active => HealthStatus::Unknown,
                 Health::Draining | Health::Removed { .. } => HealthStatus::Draining,
@@ -176,6 +204,17 @@ pub(super) fn load_assignment(id: &ClusterId, endpoints: &[EndpointPlan]) -> Clu
             ..Default::default()
         }],
         ..Default::default()
+    }
+}
+
+/// An endpoint's address as Envoy takes it: an IP, or a name its DNS cluster resolves.
+pub fn endpoint_address(addr: &EndpointAddress) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: addr.host(),
+            port_specifier: Some(PortSpecifier::PortValue(u32::from(addr.port()))),
+            ..Default::default()
+        })),
     }
 }
 

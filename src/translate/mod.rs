@@ -14,7 +14,7 @@ mod cluster;
 mod listener;
 mod routes;
 
-pub use cluster::socket_address;
+pub use cluster::{endpoint_address, socket_address};
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::{
@@ -26,7 +26,7 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::google::protobuf::{Any, Duration};
 
 use crate::ids::ClusterId;
-use crate::reconcile::Plan;
+use crate::reconcile::{Discovery, Plan};
 
 /// The four resource sets Envoy receives, each sorted by resource name.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -43,9 +43,20 @@ pub fn translate(plan: &Plan) -> Resources {
     for (service_name, service) in &plan.services {
         for (version_name, version) in &service.versions {
             let id = ClusterId::new(service_name, version_name);
-            out.clusters.push(cluster::cluster(&id, &version.policy));
-            out.endpoints
-                .push(cluster::load_assignment(&id, &version.endpoints));
+            match version.discovery {
+                Discovery::Eds => {
+                    out.clusters
+                        .push(cluster::eds_cluster(&id, &version.policy));
+                    out.endpoints
+                        .push(cluster::load_assignment(&id, &version.endpoints));
+                }
+                // No EDS resource: the endpoints are in the cluster.
+                Discovery::Dns => out.clusters.push(cluster::dns_cluster(
+                    &id,
+                    &version.policy,
+                    &version.endpoints,
+                )),
+            }
         }
         for fallback in service.fallbacks.keys() {
             out.clusters.push(cluster::fallback(fallback));

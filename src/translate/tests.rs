@@ -23,6 +23,7 @@ fn rendered_examples() {
         "load-balancing.yaml",
         "canary-rollout.yaml",
         "blue-green-analysis.yaml",
+        "demo.yaml",
     ] {
         let snapshot = compile(name, &example(name)).unwrap();
         let rendered = render::yaml(&render::snapshot_json(&snapshot).unwrap()).unwrap();
@@ -98,4 +99,60 @@ fn every_version_is_a_cluster_with_its_endpoints() {
     );
     assert_eq!(names(ResourceType::Listener), ["public"]);
     assert_eq!(names(ResourceType::Route), ["public"]);
+}
+
+/// A version with a name among its endpoints is a STRICT_DNS cluster carrying its endpoints
+/// (drains and weights included); it has no EDS resource, and an IP-only version keeps its EDS.
+#[test]
+fn a_version_with_names_is_a_dns_cluster_with_its_endpoints_inline() {
+    let text = example("basic.yaml").replace(
+        "green: { endpoints: [127.0.0.1:8083] }",
+        "green: { endpoints: [green:8080, { address: 127.0.0.1:8083, weight: 2 }, { address: green-old:8080, drain: true }] }",
+    );
+    assert!(text.contains("green:8080"), "basic.yaml changed: {text}");
+    let snapshot = compile("a", &text).unwrap();
+    let json = render::snapshot_json(&snapshot).unwrap();
+    let green = json["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "checkout/green")
+        .unwrap();
+    assert_eq!(
+        green,
+        &serde_json::json!({
+            "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            "name": "checkout/green",
+            "type": "STRICT_DNS",
+            "dns_lookup_family": "V4_PREFERRED",
+            "connect_timeout": "1s",
+            "common_lb_config": {
+                "healthy_panic_threshold": {},
+                "update_merge_window": "0s"
+            },
+            "outlier_detection": green["outlier_detection"].clone(),
+            "load_assignment": {
+                "cluster_name": "checkout/green",
+                "endpoints": [{ "lb_endpoints": [
+                    { "endpoint": { "address": { "socket_address": { "address": "green", "port_value": 8080 } } } },
+                    { "endpoint": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": 8083 } } },
+                      "load_balancing_weight": 2 },
+                    { "endpoint": { "address": { "socket_address": { "address": "green-old", "port_value": 8080 } } },
+                      "health_status": "DRAINING" }
+                ]}]
+            }
+        })
+    );
+    let names = |ty| {
+        snapshot
+            .resources(ty)
+            .keys()
+            .cloned()
+            .collect::<Vec<String>>()
+    };
+    assert_eq!(
+        names(ResourceType::Cluster),
+        ["checkout/blue", "checkout/green"]
+    );
+    assert_eq!(names(ResourceType::Endpoint), ["checkout/blue"]);
 }

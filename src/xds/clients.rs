@@ -180,6 +180,9 @@ pub struct Client {
     pub connected_since: SystemTime,
     pub config_version: Option<String>,
     pub sync: SyncState,
+    /// When it answered `config_version` (ACKed all of it or rejected part of it): what it
+    /// sends from then on follows that config (`cutover wait` compares Envoy's reports with it).
+    pub answered_at: Option<Instant>,
     pub view: ClientView,
     /// When each type's current `last_nack` was first seen.
     pub nack_seen: [Option<SystemTime>; 4],
@@ -247,6 +250,7 @@ impl Clients {
                     connected_since: SystemTime::now(),
                     config_version: None,
                     sync: SyncState::Pending,
+                    answered_at: None,
                     view: ClientView::default(),
                     nack_seen: [None; 4],
                 },
@@ -266,6 +270,7 @@ impl Clients {
                 return;
             };
             let was_synced = c.in_sync() && c.config_version.as_deref() == u.config_version;
+            let same_version = c.config_version.as_deref() == u.config_version;
             let mut new_node = false;
             if let Some(node) = u.node
                 && c.node != *node
@@ -275,6 +280,11 @@ impl Clients {
             }
             if let Some(group) = u.group {
                 c.group = Some(group.clone());
+            }
+            if u.sync == SyncState::Pending {
+                c.answered_at = None;
+            } else if c.answered_at.is_none() || !same_version || c.sync == SyncState::Pending {
+                c.answered_at = Some(Instant::now());
             }
             c.config_version = u.config_version.map(str::to_owned);
             c.sync = u.sync;

@@ -105,18 +105,19 @@ pub fn routing_settled(snap: &Snapshot, client: &impl Holdings) -> bool {
 
 /// Whether the snapshot's listeners and routes may be sent: the client has ACKed every cluster
 /// of the snapshot and the endpoints of each.
+///
+/// A cluster without an endpoints resource (a DNS cluster carries its endpoints) needs only its
+/// CDS ACK, and a client whose clusters are all such never subscribes to endpoints at all.
 pub fn clusters_ready(snap: &Snapshot, client: &impl Holdings) -> bool {
-    let (Some(cds), Some(eds)) = (
-        client.acked(ResourceType::Cluster),
-        client.acked(ResourceType::Endpoint),
-    ) else {
+    let Some(cds) = client.acked(ResourceType::Cluster) else {
         // Nothing ACKed yet: ready only if the snapshot has no clusters at all.
         return snap.resources(ResourceType::Cluster).is_empty();
     };
+    let eds = client.acked(ResourceType::Endpoint);
     snap.resources(ResourceType::Cluster).values().all(|c| {
         cds.get(&c.name) == Some(c)
             && snap
                 .get(ResourceType::Endpoint, &c.name)
-                .is_none_or(|e| eds.get(&e.name) == Some(e))
+                .is_none_or(|e| eds.and_then(|held| held.get(&e.name)) == Some(e))
     })
 }

@@ -25,11 +25,58 @@ use super::sotw::{self, Event, Mode, Response, Stream};
 use crate::node::GroupId;
 use crate::snapshot::{GroupSnapshot, Published};
 
-/// What every stream needs: the latest published config and where to report.
+/// What every stream needs: the latest published config, where to report, who may connect,
+/// and when to stop.
 #[derive(Debug, Clone)]
 pub struct Shared {
     pub published: watch::Receiver<Option<Arc<Published>>>,
     pub clients: Arc<Clients>,
+    pub allowed: Arc<NodeAllowList>,
+    /// Becomes `true` when cutover shuts down: every stream ends, telling its client to
+    /// reconnect (Envoy keeps its config meanwhile).
+    pub closing: watch::Receiver<bool>,
+}
+
+/// Which node ids may get config over a plaintext connection (`--allow-node`); everyone when
+/// empty. A refused node is logged once.
+#[derive(Debug, Default)]
+pub struct NodeAllowList {
+    patterns: Vec<glob::Pattern>,
+    logged: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl NodeAllowList {
+    /// Patterns with `*` and `?` (shell globs), e.g. `edge-*`.
+    pub fn new(patterns: &[String]) -> Result<NodeAllowList, String> {
+        let patterns = patterns
+            .iter()
+            .map(|p| {
+                glob::Pattern::new(p)
+                    .map_err(|e| format!("invalid --allow-node pattern {p:?}: {e}"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(NodeAllowList {
+            patterns,
+            logged: Default::default(),
+        })
+    }
+
+    pub fn allows(&self, node_id: &str) -> bool {
+        self.patterns.is_empty() || self.patterns.iter().any(|p| p.matches(node_id))
+    }
+
+    /// Logs a refusal, once per node id (a refused Envoy retries forever).
+    fn refused(&self, node_id: &str, peer: Option<SocketAddr>) {
+        let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded: past this many distinct ids, new ones are still refused, only not logged.
+        if logged.len() < 10_000 && logged.insert(node_id.to_owned()) {
+            tracing::warn!(
+                node = node_id,
+                ?peer,
+                "refused an xDS stream: node id not in --allow-node"
+            );
+        }
+    }
 }
 
 /// One of the discovery services: its gRPC name, stream method and what it carries.
@@ -174,6 +221,7 @@ async fn run_stream(
     let clients = shared.clients.clone();
     let id = clients.connect(mode, peer);
     let mut published = shared.published;
+    let mut closing = shared.closing;
     let mut machine = Stream::new(mode);
     // Resolved from the first request's node; until then nothing is sent anyway.
     let mut group: Option<GroupId> = None;
@@ -188,6 +236,14 @@ async fn run_stream(
                             id: n.id.clone(),
                             cluster: n.cluster.clone(),
                         }).unwrap_or_default();
+                        if !shared.allowed.allows(&node.id) {
+                            shared.allowed.refused(&node.id, peer);
+                            let _ = tx.send(Err(Status::permission_denied(format!(
+                                "node id {:?} may not get config from this cutover (see its --allow-node)",
+                                node.id
+                            )))).await;
+                            break;
+                        }
                         let p = published.borrow_and_update().clone();
                         let g = p.as_ref().map_or_else(GroupId::all, |p| p.group_of(&node));
                         if let Some(s) = p.as_ref().and_then(|p| p.group(&g)) {
@@ -210,6 +266,15 @@ async fn run_stream(
                     break;
                 }
             },
+            // The only change is to closing; a dropped sender (the server is gone) too.
+            _ = closing.changed() => {
+                let _ = tx
+                    .send(Err(Status::unavailable(
+                        "cutover is shutting down; connect again (to it or another replica)",
+                    )))
+                    .await;
+                break;
+            }
             changed = published.changed() => {
                 if changed.is_err() {
                     break;

@@ -334,6 +334,12 @@ impl Upstream {
         }
     }
 
+    /// Stops the server, as stopping the process would: it accepts nothing more, and every
+    /// open connection is closed.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+
     /// Requests received so far, health checks not included.
     pub fn hits(&self) -> usize {
         self.state.hits.load(Ordering::SeqCst)
@@ -635,6 +641,32 @@ impl Cutover {
         }
     }
 
+    /// Sends SIGTERM, as a service manager stopping it would, and waits for it to exit (up to
+    /// `within`); the exit status, or `None` if it did not exit in time (then it is killed).
+    pub async fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        let started = Instant::now();
+        while started.elapsed() < within {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        kill(&mut child);
+        None
+    }
+
+    /// Starts it again after [`Cutover::kill`] or [`Cutover::terminate`].
+    pub async fn start_again(&mut self) {
+        self.spawn();
+        self.wait_ready().await;
+    }
+
     /// Kills the process if running and starts it again on the same file and ports.
     pub async fn restart(&mut self) {
         self.kill();
@@ -770,12 +802,12 @@ impl Drop for Cutover {
 }
 
 /// The bootstrap `cutover bootstrap` prints for this node, with Envoy's admin on a free port.
-pub fn bootstrap(node_id: &str, ads: SocketAddr) -> String {
+pub fn bootstrap(node_id: &str, ads: impl std::fmt::Display) -> String {
     bootstrap_with(node_id, ads, &[])
 }
 
 /// [`bootstrap`] with extra arguments for `cutover bootstrap` (such as `--no-stats-sink`).
-pub fn bootstrap_with(node_id: &str, ads: SocketAddr, args: &[&str]) -> String {
+pub fn bootstrap_with(node_id: &str, ads: impl std::fmt::Display, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
         .args(["bootstrap", "--node-id", node_id, "--ads"])
         .arg(ads.to_string())
@@ -822,12 +854,24 @@ impl Envoy {
         Envoy::start_with(bin, dir, node_id, ads, listener, &[]).await
     }
 
+    /// [`Envoy::start`] with cutover's ADS address as `cutover bootstrap --ads` takes it: an
+    /// IP address or a name Envoy resolves.
+    pub async fn start_with_ads(
+        bin: &Path,
+        dir: &Path,
+        node_id: &str,
+        ads: &str,
+        listener: SocketAddr,
+    ) -> Envoy {
+        Envoy::start_with(bin, dir, node_id, ads, listener, &[]).await
+    }
+
     /// [`Envoy::start`] from a bootstrap made with extra `cutover bootstrap` arguments.
     pub async fn start_with(
         bin: &Path,
         dir: &Path,
         node_id: &str,
-        ads: SocketAddr,
+        ads: impl std::fmt::Display,
         listener: SocketAddr,
         bootstrap_args: &[&str],
     ) -> Envoy {

@@ -1,0 +1,24 @@
+# cutover's image: the one `cutover` binary (server, CLI and the demo's upstream application) on a
+# small base, running as an unprivileged user. `docker compose up` builds it (docker-compose.yml);
+# on its own: `docker build -t cutover .`.
+
+# Build: the release binary, with the versions in Cargo.lock.
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bin cutover \
+ && mkdir -p /out/state \
+ && cp target/release/cutover /out/cutover
+
+# Run: distroless (glibc, libgcc, CA certificates; no shell, no package manager), ~25 MB plus the
+# binary, as its `nonroot` user (uid 65532).
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /out/cutover /usr/local/bin/cutover
+# Where `--state /var/lib/cutover/state.json` keeps the runtime state: writable by the user, as
+# the deployment file's directory usually is not (a read-only mount, a ConfigMap).
+COPY --from=build --chown=65532:65532 /out/state /var/lib/cutover
+USER 65532:65532
+# ADS (gRPC), admin API, and the demo upstream's default port.
+EXPOSE 18000 19000 8080
+ENTRYPOINT ["/usr/local/bin/cutover"]
+CMD ["--help"]

@@ -1,0 +1,414 @@
+//! `cutover wait drained|healthy`: whether what a rolling deploy waits for has happened, judged
+//! from the plan (what cutover serves), what every Envoy answered, and what every Envoy
+//! reported afterwards. Pure; the admin API gathers the inputs and `cutover wait` asks until it
+//! is done.
+//!
+//! - **Drained**: the endpoints are draining (or removed) in what cutover serves, every
+//!   connected Envoy has ACKed that config, and what each Envoy reported *after* its ACK shows no
+//!   request in flight to them: its load report places none on them, and its stats account for
+//!   every request in flight to their versions (load reports can leave out an endpoint whose
+//!   requests are all still in progress, so the stats' per-version count is the check that
+//!   nothing is missing). A report from before the ACK could miss requests that started in
+//!   between, so it is not enough.
+//! - **Healthy**: the endpoints are not draining, every connected Envoy has ACKed the config,
+//!   and a stats flush each Envoy sent after its ACK counts every non-draining endpoint of the
+//!   version healthy (health checks passed, not ejected). Envoy reports health per version, not
+//!   per endpoint, so waiting for one endpoint waits for its whole version.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::ids::ClusterId;
+use crate::reconcile::{EndpointPlan, Health, Plan};
+use crate::telemetry::InFlight;
+use crate::telemetry::report::NodeHealth;
+
+/// One connected Envoy, as far as waiting goes.
+#[derive(Debug, Clone)]
+pub struct Envoy {
+    pub node: String,
+    /// When it answered the current config; `None`: not yet.
+    pub answered_at: Option<Instant>,
+    /// It answered by rejecting part of it.
+    pub rejected: bool,
+}
+
+/// Whether it is done, and if not, what is still awaited, in words.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Answer {
+    pub done: bool,
+    pub waiting_for: Vec<String>,
+}
+
+impl Answer {
+    fn of(waiting_for: Vec<String>) -> Answer {
+        Answer {
+            done: waiting_for.is_empty(),
+            waiting_for,
+        }
+    }
+}
+
+/// The endpoints `target` names in `service`: a version's, one endpoint (by the address as the
+/// file writes it), or the whole service's.
+fn endpoints<'a>(
+    plan: &'a Plan,
+    service: &str,
+    target: Option<&str>,
+) -> Result<Vec<(&'a str, &'a EndpointPlan)>, String> {
+    let planned = plan
+        .services
+        .get(service)
+        .ok_or_else(|| format!("no service \"{service}\" is served"))?;
+    let all = planned
+        .versions
+        .iter()
+        .flat_map(|(v, p)| p.endpoints.iter().map(move |e| (v.as_str(), e)));
+    let out: Vec<_> = match target {
+        None => all.collect(),
+        Some(t) if planned.versions.contains_key(t) => all.filter(|(v, _)| *v == t).collect(),
+        Some(t) => all.filter(|(_, e)| e.address.to_string() == t).collect(),
+    };
+    if out.is_empty() {
+        let versions: Vec<&str> = planned.versions.keys().map(String::as_str).collect();
+        return Err(match target {
+            Some(t) => format!(
+                "\"{t}\" is neither a version nor an endpoint of service \"{service}\" (its versions: {})",
+                versions.join(", ")
+            ),
+            None => format!("service \"{service}\" has no endpoint"),
+        });
+    }
+    Ok(out)
+}
+
+/// Waits common to both: Envoys that have not answered the current config.
+fn unanswered(envoys: &[Envoy], out: &mut Vec<String>) {
+    for e in envoys {
+        match (e.answered_at, e.rejected) {
+            (None, _) => out.push(format!(
+                "Envoy {} has not ACKed the current config yet",
+                e.node
+            )),
+            (Some(_), true) => out.push(format!(
+                "Envoy {} rejected the current config (NACK) and keeps what it had: see `cutover status`",
+                e.node
+            )),
+            _ => {}
+        }
+    }
+}
+
+/// See the module docs.
+pub fn drained(
+    plan: &Plan,
+    service: &str,
+    target: Option<&str>,
+    envoys: &[Envoy],
+    in_flight: &InFlight,
+    stats: impl Fn(&ClusterId) -> Vec<NodeHealth>,
+) -> Result<Answer, String> {
+    let endpoints = endpoints(plan, service, target)?;
+    let mut waiting = Vec::new();
+    for (version, e) in &endpoints {
+        if e.health == Health::Active {
+            waiting.push(format!(
+                "{} of {service}/{version} is not draining: give it `drain: true` (or remove it) in the file",
+                e.address
+            ));
+        }
+        if e.address.is_name() {
+            return Err(format!(
+                "{} is a name: Envoy reports requests in flight per resolved IP address, so they cannot be told apart; wait on the version instead",
+                e.address
+            ));
+        }
+    }
+    unanswered(envoys, &mut waiting);
+    for e in envoys {
+        let Some(answered) = e.answered_at else {
+            continue;
+        };
+        let node = in_flight.nodes.get(&e.node).filter(|n| n.load_reporting);
+        let Some(node) = node else {
+            waiting.push(format!(
+                "Envoy {} sends no load reports, so its requests in flight are unknown (start it from a bootstrap `cutover bootstrap` prints)",
+                e.node
+            ));
+            continue;
+        };
+        if node.reported_at.is_none_or(|t| t <= answered) {
+            waiting.push(format!(
+                "a load report from Envoy {} sent after it ACKed the drain",
+                e.node
+            ));
+            continue;
+        }
+        let targets: Vec<(&str, String)> = endpoints
+            .iter()
+            .map(|(v, ep)| (*v, ep.address.to_string()))
+            .collect();
+        for (version, address) in &targets {
+            let requests: u64 = node
+                .endpoints
+                .iter()
+                .filter(|x| x.service == service && x.version == *version && x.address == *address)
+                .map(|x| x.requests)
+                .sum();
+            if requests > 0 {
+                waiting.push(format!(
+                    "{requests} request(s) in flight to {address} ({service}/{version}) from Envoy {}",
+                    e.node
+                ));
+            }
+        }
+        let mut versions: Vec<&str> = targets.iter().map(|(v, _)| *v).collect();
+        versions.dedup();
+        for version in versions {
+            let id = ClusterId::new(service, version);
+            let latest = stats(&id)
+                .into_iter()
+                .filter(|r| r.node == e.node)
+                .max_by_key(|r| r.reported_at);
+            let Some(latest) = latest.filter(|r| r.reported_at > answered) else {
+                waiting.push(format!(
+                    "stats from Envoy {} sent after it ACKed the drain (to count every request in flight to {id})",
+                    e.node
+                ));
+                continue;
+            };
+            // Requests in flight to the version that the load report places elsewhere.
+            let elsewhere: u64 = node
+                .endpoints
+                .iter()
+                .filter(|x| {
+                    x.service == service
+                        && x.version == version
+                        && !targets
+                            .iter()
+                            .any(|(v, a)| *v == version && *a == x.address)
+                })
+                .map(|x| x.requests)
+                .sum();
+            let unplaced = latest.in_flight.saturating_sub(elsewhere);
+            if unplaced > 0 {
+                waiting.push(format!(
+                    "{unplaced} request(s) in flight to {id} from Envoy {} that its load report does not place yet",
+                    e.node
+                ));
+            }
+        }
+    }
+    Ok(Answer::of(waiting))
+}
+
+/// See the module docs. `health` gives, per version, what each Envoy's latest stats flush said.
+pub fn healthy(
+    plan: &Plan,
+    service: &str,
+    target: Option<&str>,
+    envoys: &[Envoy],
+    health: impl Fn(&ClusterId) -> Vec<NodeHealth>,
+) -> Result<Answer, String> {
+    let endpoints = endpoints(plan, service, target)?;
+    let mut waiting = Vec::new();
+    for (version, e) in &endpoints {
+        if e.health != Health::Active {
+            waiting.push(format!(
+                "{} of {service}/{version} is draining: it gets requests again once the file no longer drains it",
+                e.address
+            ));
+        }
+    }
+    unanswered(envoys, &mut waiting);
+    let mut versions: Vec<&str> = endpoints.iter().map(|(v, _)| *v).collect();
+    versions.dedup();
+    for version in versions {
+        let id = ClusterId::new(service, version);
+        let active = plan.services[service].versions[version]
+            .endpoints
+            .iter()
+            .filter(|e| e.health == Health::Active)
+            .count() as u64;
+        let reports = health(&id);
+        for e in envoys {
+            let Some(answered) = e.answered_at else {
+                continue;
+            };
+            let latest = reports
+                .iter()
+                .filter(|r| r.node == e.node)
+                .max_by_key(|r| r.reported_at);
+            match latest {
+                None => waiting.push(format!(
+                    "Envoy {} reports no stats for {id}, so its view of their health is unknown (start it from a bootstrap `cutover bootstrap` prints)",
+                    e.node
+                )),
+                Some(r) if r.reported_at <= answered => waiting.push(format!(
+                    "stats from Envoy {} sent after it ACKed the current config",
+                    e.node
+                )),
+                Some(r) if r.healthy < active => waiting.push(format!(
+                    "Envoy {} counts {} of the {active} serving endpoint(s) of {id} healthy",
+                    e.node, r.healthy
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(Answer::of(waiting))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::telemetry::report::{EndpointInFlight, NodeInFlight};
+
+    fn plan(endpoints: &str) -> Plan {
+        let text = format!(
+            "listeners:\n  - name: l\n    address: 127.0.0.1:10000\n    routes:\n      - match: {{ prefix: / }}\n        service: s\nservices:\n  s:\n    versions:\n      v1: {{ endpoints: [{endpoints}] }}\n    active: v1\n"
+        );
+        crate::app::compile_plan("t.yaml", &text).unwrap()
+    }
+
+    fn envoy(answered: Option<Instant>) -> Envoy {
+        Envoy {
+            node: "edge-1".into(),
+            answered_at: answered,
+            rejected: false,
+        }
+    }
+
+    fn in_flight(reported_at: Instant, requests: u64) -> InFlight {
+        let mut nodes = std::collections::BTreeMap::new();
+        nodes.insert(
+            "edge-1".to_owned(),
+            NodeInFlight {
+                load_reporting: true,
+                reported_at: Some(reported_at),
+                endpoints: (requests > 0)
+                    .then(|| EndpointInFlight {
+                        service: "s".into(),
+                        version: "v1".into(),
+                        address: "127.0.0.1:8081".into(),
+                        requests,
+                    })
+                    .into_iter()
+                    .collect(),
+            },
+        );
+        InFlight { nodes }
+    }
+
+    const DRAINING: &str = "{ address: 127.0.0.1:8081, drain: true }, 127.0.0.1:8082";
+
+    #[test]
+    fn drained_needs_the_drain_acked_and_a_later_report_with_nothing_in_flight() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(1);
+        let target = Some("127.0.0.1:8081");
+        let stats = |in_flight: u64| {
+            move |_: &ClusterId| {
+                vec![NodeHealth {
+                    node: "edge-1".into(),
+                    reported_at: later,
+                    healthy: 1,
+                    total: 2,
+                    in_flight,
+                }]
+            }
+        };
+        let wait =
+            |p: &Plan, e: Envoy, f: &InFlight| drained(p, "s", target, &[e], f, stats(0)).unwrap();
+
+        let not_draining = wait(
+            &plan("127.0.0.1:8081, 127.0.0.1:8082"),
+            envoy(Some(t0)),
+            &in_flight(later, 0),
+        );
+        assert!(!not_draining.done);
+        assert!(not_draining.waiting_for[0].contains("is not draining"));
+
+        let p = plan(DRAINING);
+        let unanswered = wait(&p, envoy(None), &in_flight(later, 0));
+        assert_eq!(
+            unanswered.waiting_for,
+            ["Envoy edge-1 has not ACKed the current config yet"]
+        );
+        // A report from before the ACK does not count, even with nothing in flight.
+        let stale = wait(&p, envoy(Some(later)), &in_flight(t0, 0));
+        assert!(!stale.done, "{stale:?}");
+        let busy = wait(&p, envoy(Some(t0)), &in_flight(later, 3));
+        assert_eq!(
+            busy.waiting_for,
+            ["3 request(s) in flight to 127.0.0.1:8081 (s/v1) from Envoy edge-1"]
+        );
+        let done = wait(&p, envoy(Some(t0)), &in_flight(later, 0));
+        assert!(done.done, "{done:?}");
+        // The stats count requests in flight the load report left out: not drained.
+        let unplaced = drained(
+            &p,
+            "s",
+            target,
+            &[envoy(Some(t0))],
+            &in_flight(later, 0),
+            stats(2),
+        )
+        .unwrap();
+        assert_eq!(
+            unplaced.waiting_for,
+            [
+                "2 request(s) in flight to s/v1 from Envoy edge-1 that its load report does not place yet"
+            ]
+        );
+        let silent = wait(&p, envoy(Some(t0)), &InFlight::default());
+        assert!(silent.waiting_for[0].contains("sends no load reports"));
+        // No Envoy at all: nothing can send it requests.
+        assert!(
+            drained(&p, "s", target, &[], &InFlight::default(), stats(0))
+                .unwrap()
+                .done
+        );
+        assert!(
+            drained(
+                &p,
+                "s",
+                Some("10.0.0.1:1"),
+                &[],
+                &InFlight::default(),
+                stats(0)
+            )
+            .unwrap_err()
+            .contains("neither a version nor an endpoint")
+        );
+    }
+
+    #[test]
+    fn healthy_counts_every_serving_endpoint_of_the_version_after_the_ack() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(1);
+        let p = plan(DRAINING);
+        let report = |at, healthy| {
+            move |_: &ClusterId| {
+                vec![NodeHealth {
+                    node: "edge-1".into(),
+                    reported_at: at,
+                    healthy,
+                    total: 2,
+                    in_flight: 0,
+                }]
+            }
+        };
+        let on = |target, r| healthy(&p, "s", Some(target), &[envoy(Some(t0))], r).unwrap();
+        assert!(on("127.0.0.1:8082", report(later, 1)).done);
+        assert!(!on("127.0.0.1:8082", report(t0, 1)).done, "stale stats");
+        assert_eq!(
+            on("127.0.0.1:8082", report(later, 0)).waiting_for,
+            ["Envoy edge-1 counts 0 of the 1 serving endpoint(s) of s/v1 healthy"]
+        );
+        assert!(on("127.0.0.1:8081", report(later, 1)).waiting_for[0].contains("is draining"));
+    }
+}

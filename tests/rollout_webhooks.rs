@@ -1,0 +1,156 @@
+//! Rollout webhooks, in-process: every check asks them (HTTP POST with a JSON description of
+//! the rollout) and passes only if each answers 2xx in time. No Envoy is needed: with none
+//! connected every weight is answered at once, and `min_requests: 0` lets a check judge without
+//! traffic.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cutover::app::{self, ServeOptions};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+/// A webhook on loopback that answers `status` after `delay` and keeps every body it got.
+async fn webhook(status: u16, delay: Duration) -> (SocketAddr, Arc<Mutex<Vec<Value>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let bodies = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let bodies = bodies.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let bodies = bodies.clone();
+                    async move {
+                        let body = req.into_body().collect().await?.to_bytes();
+                        if let Ok(v) = serde_json::from_slice(&body) {
+                            bodies.lock().unwrap().push(v);
+                        }
+                        tokio::time::sleep(delay).await;
+                        Ok::<_, hyper::Error>(
+                            hyper::Response::builder()
+                                .status(status)
+                                .body(Full::new(Bytes::from_static(b"ok")))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+fn deployment(hook: SocketAddr, timeout: &str) -> String {
+    format!(
+        "\
+listeners:
+  - name: public
+    address: 127.0.0.1:10000
+    routes:
+      - match: {{ prefix: / }}
+        service: checkout
+services:
+  checkout:
+    versions:
+      v1: {{ endpoints: [127.0.0.1:8081] }}
+      v2: {{ endpoints: [127.0.0.1:8082] }}
+    strategy:
+      canary:
+        stable: v1
+        canary: v2
+        steps: [50, 100]
+        interval: 1s
+        analysis:
+          interval: 1s
+          min_requests: 0
+          failure_limit: 1
+          webhooks: [ {{ url: \"http://{hook}/check\", timeout: {timeout} }} ]
+"
+    )
+}
+
+async fn serve(dir: &tempfile::TempDir, text: &str) -> app::Server {
+    let file = dir.path().join("deploy.yaml");
+    std::fs::write(&file, text).unwrap();
+    app::start(ServeOptions {
+        file,
+        ads: "127.0.0.1:0".parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        drain_period: Duration::from_secs(5),
+        admin_token: None,
+        state_file: None,
+        allow_nodes: Vec::new(),
+        wait_for_file: false,
+    })
+    .await
+    .expect("server starts")
+}
+
+async fn wait_state(server: &app::Server, state: &str) -> cutover::status::RolloutReport {
+    for _ in 0..200 {
+        let report = server.status.report();
+        if let Some(r) = report.services["checkout"].rollout.clone()
+            && r.state == state
+        {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "the rollout never got {state}: {:?}",
+        server.status.report().services["checkout"].rollout
+    );
+}
+
+#[tokio::test]
+async fn a_webhook_that_answers_2xx_lets_every_step_pass() {
+    let (hook, seen) = webhook(200, Duration::ZERO).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&dir, &deployment(hook, "2s")).await;
+    let r = wait_state(&server, "promoted").await;
+    assert_eq!(r.weight, Some(100.0));
+    let seen = seen.lock().unwrap();
+    assert!(seen.len() >= 2, "asked at every check: {seen:?}");
+    assert_eq!(seen[0]["service"], "checkout");
+    assert_eq!(seen[0]["version"], "v2");
+    assert_eq!(seen[0]["rollout"]["kind"], "canary");
+    assert_eq!(seen[0]["figures"]["requests"], 0);
+}
+
+#[tokio::test]
+async fn a_webhook_that_refuses_rolls_back() {
+    let (hook, _) = webhook(503, Duration::ZERO).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&dir, &deployment(hook, "2s")).await;
+    let r = wait_state(&server, "rolled_back").await;
+    assert_eq!(
+        r.reason.as_deref(),
+        Some(format!("webhook http://{hook}/check answered 503").as_str())
+    );
+    assert_eq!(r.weight, Some(0.0));
+}
+
+#[tokio::test]
+async fn a_webhook_that_does_not_answer_in_time_rolls_back() {
+    let (hook, _) = webhook(200, Duration::from_secs(5)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&dir, &deployment(hook, "300ms")).await;
+    let r = wait_state(&server, "rolled_back").await;
+    assert_eq!(
+        r.reason.as_deref(),
+        Some(format!("webhook http://{hook}/check did not answer within 300ms").as_str())
+    );
+}
