@@ -255,6 +255,34 @@ mod tests {
         );
     }
 
+    #[test]
+    fn only_a_regular_file_is_read_and_at_most_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("deploy.yaml");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // Opening a FIFO for reading blocks until a writer comes: open it non-blocking first is
+        // not portable, so a writer is made to exist; what matters is that it is refused.
+        let writer = std::thread::spawn({
+            let fifo = fifo.clone();
+            move || drop(std::fs::OpenOptions::new().write(true).open(fifo))
+        });
+        let err = read_file(&fifo).unwrap_err();
+        assert_eq!(err.to_string(), "not a regular file");
+        writer.join().unwrap();
+        assert_eq!(
+            read_file(Path::new("/dev/zero")).unwrap_err().to_string(),
+            "not a regular file"
+        );
+        let big = dir.path().join("big.yaml");
+        let limit = crate::spec::Limits::current().file_bytes;
+        std::fs::write(&big, vec![b'#'; limit + 100]).unwrap();
+        assert_eq!(read_file(&big).unwrap().len(), limit + 1);
+    }
+
     async fn expect_change(w: &mut FileWatcher) {
         tokio::time::timeout(Duration::from_secs(5), w.changed())
             .await
