@@ -25,11 +25,10 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout_at};
 
-/// Reads the deployment file, at most [`crate::spec::Limits`]' file size plus one byte (so that
-/// validation can say it is too large without cutover holding all of it), and only a regular
-/// file: a FIFO would block the reader, a device (`/dev/zero`) never ends.
+/// Reads the watched deployment file: only a regular file (a FIFO would block the controller
+/// until someone writes to it, a device such as `/dev/zero` never ends), and bounded by
+/// [`read_bounded`].
 pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read as _;
     let file = std::fs::File::open(path)?;
     if !file.metadata()?.is_file() {
         return Err(std::io::Error::new(
@@ -37,6 +36,14 @@ pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
             "not a regular file",
         ));
     }
+    read_bounded(file)
+}
+
+/// Reads at most [`crate::spec::Limits`]' file size plus one byte, so that validation can say
+/// the file is too large without cutover holding all of it. One-shot commands use it on any
+/// file, so that `cutover validate <(generate)` and `/dev/stdin` work.
+pub fn read_bounded(file: std::fs::File) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
     let max = crate::spec::Limits::current().file_bytes as u64;
     let mut bytes = Vec::new();
     file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
