@@ -426,9 +426,10 @@ fn compile_file<T>(
 }
 
 /// Reads at most one byte more than the file size limit, so that a huge file (or a device
-/// such as /dev/zero) is refused by [`spec::parse_bytes`] without being read whole.
+/// such as /dev/zero) is refused by [`spec::parse_bytes`] without being read whole. Unlike the
+/// server, a one-shot command reads pipes too (`cutover validate <(generate)`).
 fn read_file(path: &Path) -> io::Result<Vec<u8>> {
-    cutover::watch::read_file(path)
+    cutover::watch::read_bounded(std::fs::File::open(path)?)
 }
 
 fn status(admin: SocketAddr, json: bool, watch: bool) -> anyhow::Result<ExitCode> {

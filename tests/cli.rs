@@ -1002,6 +1002,27 @@ fn a_huge_file_is_refused_without_being_read_whole() {
 }
 
 #[test]
+fn one_shot_commands_read_a_pipe() {
+    use std::io::Write as _;
+    // `cutover validate <(generate)` and `generate | cutover validate /dev/stdin`: unlike the
+    // server's watched file, a one-shot command reads what a pipe gives it.
+    let mut child = command(&["validate", "/dev/stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run cutover");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(example("basic.yaml").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
 fn a_directory_is_no_deployment_file() {
     let dir = tempfile::tempdir().unwrap();
     let label = dir.path().display().to_string();
