@@ -15,8 +15,9 @@ use cutover::cli::schema;
 use cutover::cli::status::{self, render_status};
 use cutover::spec::{self, Limit};
 use cutover::status::{
-    CheckReport, HistoryReport, MirrorReport, NackStatus, NodeReport, ReloadStatus, RetiringReport,
-    RolloutReport, ServiceReport, StatusReport, ThresholdsReport, TypeReport,
+    CheckReport, DrainReport, HistoryReport, MirrorReport, NackStatus, NodeReport, ObservedReport,
+    ObservedVersion, ReloadStatus, RetiringReport, RolloutReport, ServiceReport, StatusReport,
+    ThresholdsReport, TypeReport,
 };
 
 fn root() -> &'static Path {
@@ -151,6 +152,45 @@ fn busy_report() -> StatusReport {
                             },
                         ],
                     }),
+                    draining: vec![DrainReport {
+                        version: "v1".into(),
+                        endpoint: Some("10.0.0.12:8080".into()),
+                        reason: "removed",
+                        removed_in_seconds: Some(3.2),
+                        in_flight: Some(2),
+                    }],
+                    observed: Some(observed(&[
+                        (
+                            "v1",
+                            ObservedVersion {
+                                share_10s: Some(89.71),
+                                share_1m: Some(90.12),
+                                requests_per_second: 183.4,
+                                error_rate: Some(0.164),
+                                p99_ms: Some(41.0),
+                                in_flight: 3,
+                                healthy: Some(2),
+                                endpoints: Some(2),
+                                ejected: 0,
+                                envoys: 1,
+                            },
+                        ),
+                        (
+                            "v2",
+                            ObservedVersion {
+                                share_10s: Some(10.29),
+                                share_1m: Some(9.88),
+                                requests_per_second: 21.03,
+                                error_rate: Some(2.5),
+                                p99_ms: Some(138.5),
+                                in_flight: 0,
+                                healthy: Some(1),
+                                endpoints: Some(2),
+                                ejected: 1,
+                                envoys: 1,
+                            },
+                        ),
+                    ])),
                 },
             ),
             (
@@ -171,6 +211,36 @@ fn busy_report() -> StatusReport {
                     }],
                     synced: false,
                     rollout: None,
+                    draining: Vec::new(),
+                    observed: Some(observed(&[
+                        (
+                            "black",
+                            ObservedVersion {
+                                share_10s: Some(100.0),
+                                share_1m: Some(100.0),
+                                requests_per_second: 55.2,
+                                error_rate: Some(0.0),
+                                p99_ms: Some(12.0),
+                                healthy: Some(3),
+                                endpoints: Some(3),
+                                envoys: 1,
+                                ..Default::default()
+                            },
+                        ),
+                        (
+                            "next",
+                            ObservedVersion {
+                                requests_per_second: 0.28,
+                                error_rate: Some(0.0),
+                                p99_ms: Some(9.5),
+                                healthy: Some(1),
+                                endpoints: Some(1),
+                                envoys: 1,
+                                ..Default::default()
+                            },
+                        ),
+                        ("red", ObservedVersion::default()),
+                    ])),
                 },
             ),
             (
@@ -188,6 +258,8 @@ fn busy_report() -> StatusReport {
                     }],
                     synced: false,
                     rollout: None,
+                    draining: Vec::new(),
+                    observed: None,
                 },
             ),
         ]),
@@ -197,6 +269,7 @@ fn busy_report() -> StatusReport {
                 cluster: "edge".into(),
                 address: Some("127.0.0.1:50001".into()),
                 stream: "ads".into(),
+                telemetry: "reporting",
                 connected_since: "2026-01-02T03:00:00.000Z".into(),
                 config_version: Some("0123456789abcdef".into()),
                 in_sync: true,
@@ -212,6 +285,7 @@ fn busy_report() -> StatusReport {
                 cluster: "edge".into(),
                 address: Some("127.0.0.1:50002".into()),
                 stream: "ads".into(),
+                telemetry: "none",
                 connected_since: "2026-01-02T03:01:00.000Z".into(),
                 config_version: Some("0123456789abcdef".into()),
                 in_sync: false,
@@ -222,12 +296,24 @@ fn busy_report() -> StatusReport {
                 cluster: String::new(),
                 address: Some("127.0.0.1:50003".into()),
                 stream: "cds".into(),
+                telemetry: "stale",
                 connected_since: "2026-01-02T03:04:06.000Z".into(),
                 config_version: None,
                 in_sync: false,
                 types: BTreeMap::new(),
             },
         ],
+        nodes_without_telemetry: vec!["edge-2".into()],
+    }
+}
+
+fn observed(versions: &[(&str, ObservedVersion)]) -> ObservedReport {
+    ObservedReport {
+        requests_per_second: versions.iter().map(|(_, v)| v.requests_per_second).sum(),
+        versions: versions
+            .iter()
+            .map(|(name, v)| ((*name).to_owned(), v.clone()))
+            .collect(),
     }
 }
 
@@ -249,6 +335,7 @@ fn status_after_a_failed_reload() {
         at: "2026-01-02T03:05:00.000Z".into(),
     });
     report.nodes.clear();
+    report.nodes_without_telemetry.clear();
     insta::assert_snapshot!(render_status(&through_json(&report), false));
 }
 
@@ -265,6 +352,7 @@ fn status_before_any_valid_config() {
         }),
         services: BTreeMap::new(),
         nodes: Vec::new(),
+        nodes_without_telemetry: Vec::new(),
     };
     insta::assert_snapshot!(render_status(&through_json(&report), false));
 }
@@ -352,10 +440,25 @@ async fn status_command_reads_a_running_cutover() {
     assert!(table.status.success(), "{}", stderr(&table));
     let text = stdout(&table);
     assert!(text.contains("last reload     ok at"), "{text}");
-    assert!(
-        text.contains("checkout  canary    v1 90% / v2 10%"),
-        "{text}"
+    // The configured split per version; with no Envoy there is nothing observed, and the
+    // figures read as unknown, never as zero.
+    let row = |version: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().any(|w| w == version) && l.contains('%'))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .unwrap_or_else(|| panic!("no row for {version}: {text}"))
+    };
+    assert_eq!(
+        row("v1"),
+        [
+            "checkout", "v1", "90%", "-", "-", "-", "-", "-", "-", "-", "-"
+        ]
     );
+    assert_eq!(
+        row("v2"),
+        ["v2", "10%", "-", "-", "-", "-", "-", "-", "-", "-"]
+    );
+    assert!(text.contains("no live figures"), "{text}");
     assert!(text.contains("no Envoy connected"), "{text}");
     assert!(!text.contains('\x1b'), "no colour when not a terminal");
 
