@@ -1,6 +1,7 @@
-//! The admin HTTP API: `GET /status` (JSON), `GET /config` (the resources being served),
-//! `GET /metrics` (Prometheus), `GET /telemetry` (JSON), `GET /healthz`, `GET /readyz`, and
-//! `POST /reload`.
+//! The admin HTTP API: the live dashboard at `GET /` with its event stream `GET /events` (see
+//! [`crate::dashboard`]), `GET /status` (JSON, with the live figures), `GET /config` (the
+//! resources being served), `GET /metrics` (Prometheus, per version too), `GET /telemetry`
+//! (JSON), `GET /healthz`, `GET /readyz`, `POST /reload` and the rollout commands.
 //!
 //! Endpoints that change anything are refused unless the caller is on loopback or presents the
 //! configured bearer token (`--admin-token`), like the seed's `/termination` that only localhost
@@ -18,9 +19,11 @@ use axum::routing::{get, post};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::controller::CommandRequest;
+use crate::dashboard::Feed;
+use crate::metrics::VersionFigures;
 use crate::reconcile::rollout::Command;
 use crate::render;
-use crate::status::Status;
+use crate::status::{Status, StatusReport};
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -33,6 +36,8 @@ pub struct AdminState {
     /// Bearer token that allows mutating calls from other hosts.
     pub token: Option<String>,
     pub telemetry: crate::telemetry::Telemetry,
+    /// What the dashboard's event stream sends.
+    pub dashboard: Feed,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -52,7 +57,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/wait/{what}", get(wait_for))
         .merge(mutating)
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(crate::dashboard::router(state.dashboard))
 }
 
 /// Whether a caller may change anything: it is on loopback, or it presents the bearer token.
@@ -94,29 +100,57 @@ async fn require_authorized(
     }
 }
 
-async fn status(State(s): State<AdminState>) -> Json<crate::status::StatusReport> {
-    Json(s.status.report())
+/// The status with the live figures.
+async fn status(State(s): State<AdminState>) -> Json<StatusReport> {
+    Json(s.status.live(&s.telemetry, std::time::Instant::now()).0)
 }
 
 /// What every Envoy reports, and which connected Envoys report nothing.
 async fn telemetry(State(s): State<AdminState>) -> Json<crate::telemetry::TelemetryReport> {
-    let connected = s.status.report().nodes;
-    Json(
-        s.telemetry
-            .report(std::time::Instant::now())
-            .with_connected(connected.iter().map(|n| n.id.as_str())),
-    )
+    Json(s.status.live(&s.telemetry, std::time::Instant::now()).1)
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
+    let (report, _) = s.status.live(&s.telemetry, std::time::Instant::now());
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        s.status.metrics.encode(),
+        s.status.metrics.encode_with(&version_figures(&report)),
     )
         .into_response()
+}
+
+/// The per-version series of `/metrics`: only the versions each service of the current file
+/// deploys or splits to, so the series are bounded by the file, whatever Envoys report (a
+/// removed version still draining is in `/status`, not here).
+fn version_figures(report: &StatusReport) -> Vec<VersionFigures> {
+    let mut out = Vec::new();
+    for (service, s) in &report.services {
+        let Some(observed) = &s.observed else {
+            continue;
+        };
+        let in_file: std::collections::BTreeSet<&String> =
+            s.deployed.iter().chain(s.split.keys()).collect();
+        for version in in_file {
+            let Some(v) = observed.versions.get(version) else {
+                continue;
+            };
+            out.push(VersionFigures {
+                service: service.clone(),
+                version: version.clone(),
+                requests_per_second: v.requests_per_second,
+                error_ratio: v.error_rate.map(|percent| percent / 100.0),
+                p99_seconds: v.p99_ms.map(|ms| ms / 1000.0),
+                in_flight: v.in_flight,
+                healthy_endpoints: v.healthy,
+                endpoints: v.endpoints,
+                ejected_endpoints: v.ejected,
+            });
+        }
+    }
+    out
 }
 
 async fn reload(State(s): State<AdminState>) -> Response {
@@ -247,6 +281,8 @@ async fn readyz(State(s): State<AdminState>) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]
@@ -271,6 +307,55 @@ mod tests {
         assert!(authorized(other, Some("Bearer t"), Some("t")));
     }
 
+    #[test]
+    fn per_version_series_are_only_the_versions_of_the_file() {
+        use crate::status::{ObservedReport, ObservedVersion, ServiceReport};
+        let figures = |rps: f64| ObservedVersion {
+            requests_per_second: rps,
+            error_rate: Some(2.5),
+            p99_ms: Some(41.0),
+            ..Default::default()
+        };
+        let service = |observed: Option<ObservedReport>| ServiceReport {
+            deployed: vec!["v1".into()],
+            split: BTreeMap::from([("v1".into(), 100.0)]),
+            observed,
+            ..Default::default()
+        };
+        let report = StatusReport {
+            file: "deploy.yaml".into(),
+            state_file: None,
+            config_version: None,
+            last_reload: None,
+            services: BTreeMap::from([
+                (
+                    "checkout".to_owned(),
+                    service(Some(ObservedReport {
+                        requests_per_second: 3.0,
+                        // `gone` left the file and drains: Envoys still report it.
+                        versions: BTreeMap::from([
+                            ("v1".to_owned(), figures(2.0)),
+                            ("gone".to_owned(), figures(1.0)),
+                        ]),
+                    })),
+                ),
+                // No Envoy reports on it: no series rather than zeros.
+                ("quiet".to_owned(), service(None)),
+            ]),
+            nodes: Vec::new(),
+            nodes_without_telemetry: Vec::new(),
+        };
+        let out = version_figures(&report);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let v1 = &out[0];
+        assert_eq!(
+            (v1.service.as_str(), v1.version.as_str()),
+            ("checkout", "v1")
+        );
+        assert_eq!(v1.error_ratio, Some(0.025));
+        assert_eq!(v1.p99_seconds, Some(0.041));
+    }
+
     /// The middleware on a real router, with the peer address a socket would give.
     #[tokio::test]
     async fn reload_is_refused_to_other_hosts_without_the_token() {
@@ -278,18 +363,21 @@ mod tests {
         use tower::ServiceExt as _;
 
         let (reload, mut requests) = mpsc::channel(1);
+        let status = Arc::new(Status::new(
+            "deploy.yaml".into(),
+            Arc::new(crate::xds::clients::Clients::new(Default::default())),
+            watch::channel(None).1,
+            Default::default(),
+        ));
+        let telemetry = crate::telemetry::Telemetry::default();
         let state = AdminState {
-            status: Arc::new(Status::new(
-                "deploy.yaml".into(),
-                Arc::new(crate::xds::clients::Clients::new(Default::default())),
-                watch::channel(None).1,
-                Default::default(),
-            )),
+            status: status.clone(),
             published: watch::channel(None).1,
             reload,
             commands: mpsc::channel(1).0,
             token: Some("s3cret".into()),
-            telemetry: Default::default(),
+            telemetry: telemetry.clone(),
+            dashboard: Feed::new(status, telemetry).0,
         };
         let call = |peer: &str, token: Option<&str>| {
             let mut req = axum::http::Request::post("/reload");

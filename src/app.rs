@@ -15,6 +15,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::{self, AdminState};
 use crate::controller::{self, Inputs, Outputs, Settings};
+use crate::dashboard::Feed;
 use crate::metrics::Metrics;
 use crate::reconcile::rollout::Figures;
 use crate::reconcile::{self, Event, Plan, Previous, RuntimeState, Timestamp};
@@ -231,6 +232,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         .add_service(crate::xds::csds::server(clients.clone()))
         .add_service(telemetry.metrics_service())
         .add_service(telemetry.load_reporting_service());
+    let (dashboard, sampler) = Feed::new(status.clone(), telemetry.clone());
     let admin_router = admin::router(AdminState {
         status: status.clone(),
         published: published.clone(),
@@ -238,6 +240,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         commands: commands_tx,
         token: opts.admin_token.clone(),
         telemetry: telemetry.clone(),
+        dashboard,
     });
 
     let closed = |mut rx: watch::Receiver<bool>| async move {
@@ -245,6 +248,13 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
     };
     let mut tasks = JoinSet::new();
     tasks.spawn(grpc_task(grpc, ads_listener, closed(closing_rx.clone())));
+    // The sampler stops on closing, which ends every dashboard's event stream: the admin
+    // server's graceful shutdown waits for open connections, and those would never end.
+    let sampler_closed = closed(closing_rx.clone());
+    tasks.spawn(async move {
+        sampler.run(sampler_closed).await;
+        Ok(())
+    });
     let admin_closed = closed(closing_rx.clone());
     tasks.spawn(async move {
         axum::serve(

@@ -123,7 +123,7 @@ struct Controller {
     label: String,
     out: Outputs,
     state_file: StateFile,
-    last_text: Option<String>,
+    last_text: Option<Vec<u8>>,
     spec: Option<Arc<Spec>>,
     state: RuntimeState,
     /// What the state file holds (nothing is written while the state is unchanged).
@@ -329,7 +329,7 @@ impl Controller {
     }
 
     fn reload(&mut self) {
-        let text = match std::fs::read_to_string(&self.file) {
+        let text = match crate::watch::read_file(&self.file) {
             Ok(text) => text,
             Err(err) => {
                 let msg = format!(
@@ -342,10 +342,10 @@ impl Controller {
                 return;
             }
         };
-        if self.last_text.as_deref() == Some(text.as_str()) {
+        if self.last_text.as_deref() == Some(text.as_slice()) {
             return;
         }
-        let parsed = spec::parse(&self.label, &text);
+        let parsed = spec::parse_bytes(&self.label, &text);
         self.last_text = Some(text);
         match parsed {
             Ok(spec) => {

@@ -7,7 +7,8 @@
 //! [`xds`] (per-stream protocol machines, the client view and the gRPC server). The
 //! [`controller`] runs that loop and its I/O ([`watch`], [`store`]); [`status`] and [`admin`]
 //! report what every Envoy has applied; [`telemetry`] takes what every Envoy sees (its stats sink
-//! and load reports). See docs/architecture.md.
+//! and load reports); [`dashboard`] shows both, live, at the admin address. See
+//! docs/architecture.md.
 
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,7 @@ pub mod app;
 pub mod bootstrap;
 pub mod cli;
 pub mod controller;
+pub mod dashboard;
 pub mod demo;
 pub mod ids;
 pub mod metrics;

@@ -1,13 +1,15 @@
 //! The `cutover` command line: argument parsing and logging setup; everything else is in the
 //! library.
 
-use std::io::IsTerminal as _;
+use std::fmt;
+use std::io::{self, IsTerminal as _, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use cutover::spec::{self, SpecError};
 use cutover::{app, bootstrap, cli, render};
 
 #[derive(Parser)]
@@ -231,13 +233,19 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // Nowhere is left to report a failure to write to stderr.
+            let _ = writeln!(io::stderr(), "error: {err:#}");
             ExitCode::FAILURE
         }
     }
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Every command reads files against the same limits, so that `validate` accepts exactly
+    // what `serve` does.
+    let limits = spec::Limits::from_env(|var| std::env::var(var).ok())?;
+    // The first and only install in this process: it cannot have been done already.
+    let _ = limits.install();
     match cli.command {
         Command::Serve {
             file,
@@ -277,32 +285,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Validate { file } => {
-            let label = file.display().to_string();
-            let text =
-                std::fs::read_to_string(&file).with_context(|| format!("cannot read {label}"))?;
-            match app::compile(&label, &text) {
-                Ok(snapshot) => {
-                    println!("{label}: valid (config version {})", snapshot.version);
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(err) => {
-                    eprintln!("{err}");
-                    let n = err.problems.len();
-                    eprintln!("{label}: {n} problem{}", if n == 1 { "" } else { "s" });
-                    Ok(ExitCode::FAILURE)
-                }
+        Command::Validate { file } => match compile_file(&file, app::compile) {
+            Ok(snapshot) => {
+                let label = file.display();
+                say(format_args!(
+                    "{label}: valid (config version {})\n",
+                    snapshot.version
+                ))?;
+                Ok(ExitCode::SUCCESS)
             }
-        }
+            Err(failure) => {
+                failure.report()?;
+                Ok(ExitCode::FAILURE)
+            }
+        },
         Command::Render {
             file,
             format,
             state,
             at,
         } => {
-            let label = file.display().to_string();
-            let text =
-                std::fs::read_to_string(&file).with_context(|| format!("cannot read {label}"))?;
             let runtime = match &state {
                 None => Default::default(),
                 Some(path) => cutover::store::StateFile::new(path.clone())
@@ -311,15 +313,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("{}: no such state file", path.display()))?,
             };
             let now = at.map_or_else(cutover::reconcile::Timestamp::now, Into::into);
-            let snapshot = match app::compile_plan_with(&label, &text, runtime, now) {
-                Ok(plan) => cutover::snapshot::Snapshot::new(&cutover::translate::translate(&plan)),
-                Err(err) => {
-                    eprintln!("{err}");
-                    return Ok(ExitCode::FAILURE);
-                }
+            let compile = |label: &str, text: &str| {
+                app::compile_plan_with(label, text, runtime, now).map(|plan| {
+                    cutover::snapshot::Snapshot::new(&cutover::translate::translate(&plan))
+                })
             };
-            print_value(&render::snapshot_json(&snapshot)?, format)?;
-            Ok(ExitCode::SUCCESS)
+            match compile_file(&file, compile) {
+                Ok(snapshot) => {
+                    print_value(&render::snapshot_json(&snapshot)?, format)?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(failure) => {
+                    failure.report()?;
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Command::Bootstrap {
             node_id,
@@ -346,7 +354,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { admin, json, watch } => status(admin, json, watch),
-        Command::Diff { old, new } => Ok(diff(&old, &new)),
+        Command::Diff { old, new } => diff(&old, &new),
         Command::Wait {
             what,
             service,
@@ -366,8 +374,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("cannot start the async runtime")?;
             runtime.block_on(async {
                 let upstream = cutover::demo::upstream::Upstream::start(&opts).await?;
-                println!("listening on {}", upstream.addr);
-                upstream.run_until(shutdown_signal()).await
+                say(format_args!("listening on {}\n", upstream.addr))?;
+                upstream.run_until(shutdown_signal()).await?;
+                anyhow::Ok(())
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -378,10 +387,56 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {
-            print!("{}", cli::schema::deployment_schema_text());
+            say(format_args!("{}", cli::schema::deployment_schema_text()))?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Why a deployment file did not compile.
+enum Failure {
+    Unreadable(String, io::Error),
+    Invalid(SpecError),
+}
+
+impl Failure {
+    /// Prints it to stderr: every problem, then how many.
+    fn report(&self) -> anyhow::Result<()> {
+        match self {
+            Failure::Unreadable(label, err) => {
+                complain(format_args!("error: cannot read {label}: {err}\n"))?;
+            }
+            Failure::Invalid(err) => {
+                let n = err.problems.len();
+                let s = if n == 1 { "" } else { "s" };
+                complain(format_args!("{err}\n{}: {n} problem{s}\n", err.file))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads a deployment file and compiles it with `compile` (into the snapshot or the resources a
+/// freshly started `serve` would have).
+fn compile_file<T>(
+    file: &Path,
+    compile: impl FnOnce(&str, &str) -> Result<T, SpecError>,
+) -> Result<T, Failure> {
+    let label = file.display().to_string();
+    let bytes = read_file(file).map_err(|err| Failure::Unreadable(label.clone(), err))?;
+    // Size, UTF-8 (with the position of the first bad byte), YAML and every check.
+    spec::parse_bytes(&label, &bytes).map_err(Failure::Invalid)?;
+    // Valid UTF-8 now, so this borrows. `app::compile` parses the text again: it takes text,
+    // not a `Spec`, and a second parse costs milliseconds.
+    let text = String::from_utf8_lossy(&bytes);
+    compile(&label, &text).map_err(Failure::Invalid)
+}
+
+/// Reads at most one byte more than the file size limit, so that a huge file (or a device
+/// such as /dev/zero) is refused by [`spec::parse_bytes`] without being read whole. Unlike the
+/// server, a one-shot command reads pipes too (`cutover validate <(generate)`).
+fn read_file(path: &Path) -> io::Result<Vec<u8>> {
+    cutover::watch::read_bounded(std::fs::File::open(path)?)
 }
 
 fn status(admin: SocketAddr, json: bool, watch: bool) -> anyhow::Result<ExitCode> {
@@ -392,34 +447,38 @@ fn status(admin: SocketAddr, json: bool, watch: bool) -> anyhow::Result<ExitCode
     let color = cli::color_for_stdout();
     let show =
         |fetched: &Result<(String, cli::status::Status), cli::status::FetchError>| match fetched {
-            Ok((body, _)) if json => println!("{}", body.trim_end()),
-            Ok((_, report)) => print!("{}", cli::status::render_status(report, color)),
-            Err(err) => eprintln!("error: {err}"),
+            Ok((body, _)) if json => say(format_args!("{}\n", body.trim_end())),
+            Ok((_, report)) => say(format_args!(
+                "{}",
+                cli::status::render_status(report, color)
+            )),
+            Err(err) => complain(format_args!("error: {err}\n")),
         };
     if !watch {
         let fetched = runtime.block_on(cli::status::fetch(admin));
-        show(&fetched);
+        show(&fetched)?;
         return Ok(if fetched.is_ok() {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
         });
     }
-    let terminal = std::io::stdout().is_terminal();
+    let terminal = io::stdout().is_terminal();
     runtime.block_on(async {
         loop {
             let fetched = cli::status::fetch(admin).await;
             // Clear the screen and go home, as watch(1) does; an error stays on screen until
             // the next refresh, so cutover coming back is picked up. Into a pipe or a file,
             // refreshes follow each other.
-            if terminal {
-                print!("\x1b[2J\x1b[H");
-            }
-            println!(
-                "every 1s: cutover status --admin {admin}    {}\n",
+            let clear = if terminal { "\x1b[2J\x1b[H" } else { "" };
+            let header = say(format_args!(
+                "{clear}every 1s: cutover status --admin {admin}    {}\n\n",
                 humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-            );
-            show(&fetched);
+            ))?;
+            // The reader is gone (`cutover status --watch | head`): nobody is watching.
+            if header == Written::Closed || show(&fetched)? == Written::Closed {
+                return Ok(ExitCode::SUCCESS);
+            }
             tokio::select! {
                 _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
                 _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
@@ -454,33 +513,33 @@ fn wait(
     loop {
         match runtime.block_on(cli::status::wait_once(admin, what, service, target)) {
             Ok(Ok(answer)) if answer.done => {
-                println!("{subject}: {what}");
+                say(format_args!("{subject}: {what}\n"))?;
                 return Ok(ExitCode::SUCCESS);
             }
             Ok(Ok(answer)) => {
                 if answer.waiting_for != shown {
                     for w in &answer.waiting_for {
-                        eprintln!("waiting for: {w}");
+                        complain(format_args!("waiting for: {w}\n"))?;
                     }
                     shown = answer.waiting_for;
                 }
             }
             Ok(Err(refused)) => {
-                eprintln!("error: {refused}");
+                complain(format_args!("error: {refused}\n"))?;
                 return Ok(ExitCode::from(2));
             }
             Err(err) => {
-                eprintln!("error: {err}");
+                complain(format_args!("error: {err}\n"))?;
                 return Ok(ExitCode::from(2));
             }
         }
         if std::time::Instant::now() >= deadline {
-            eprintln!(
-                "error: {subject} not {what} after {}; still waiting for:",
+            complain(format_args!(
+                "error: {subject} not {what} after {}; still waiting for:\n",
                 humantime::format_duration(timeout)
-            );
+            ))?;
             for w in &shown {
-                eprintln!("  {w}");
+                complain(format_args!("  {w}\n"))?;
             }
             return Ok(ExitCode::FAILURE);
         }
@@ -501,72 +560,93 @@ fn control(c: Control, command: &str) -> anyhow::Result<ExitCode> {
         c.admin_token.as_deref(),
     )) {
         Ok(Ok(done)) => {
-            println!("{done}");
+            say(format_args!("{done}\n"))?;
             Ok(ExitCode::SUCCESS)
         }
         Ok(Err(refused)) => {
-            eprintln!("error: {refused}");
+            complain(format_args!("error: {refused}\n"))?;
             Ok(ExitCode::FAILURE)
         }
         Err(err) => {
-            eprintln!("error: {err}");
+            complain(format_args!("error: {err}\n"))?;
             Ok(ExitCode::FAILURE)
         }
     }
 }
 
 /// `cutover diff`: exit 0 same, 1 different, 2 trouble (like diff(1)).
-fn diff(old: &std::path::Path, new: &std::path::Path) -> ExitCode {
+fn diff(old: &Path, new: &Path) -> anyhow::Result<ExitCode> {
     const TROUBLE: u8 = 2;
     let mut compiled = Vec::new();
     let mut failed = false;
     for file in [old, new] {
-        let label = file.display().to_string();
-        let text = match std::fs::read_to_string(file) {
-            Ok(text) => text,
-            Err(err) => {
-                eprintln!("error: cannot read {label}: {err}");
-                failed = true;
-                continue;
-            }
-        };
-        match app::compile_resources(&label, &text) {
-            Ok(resources) => compiled.push((label, resources)),
-            Err(err) => {
-                eprintln!("{err}");
-                let n = err.problems.len();
-                eprintln!("{label}: {n} problem{}", if n == 1 { "" } else { "s" });
+        match compile_file(file, app::compile_resources) {
+            Ok(resources) => compiled.push((file.display().to_string(), resources)),
+            Err(failure) => {
+                failure.report()?;
                 failed = true;
             }
         }
     }
     let [(old_label, old), (new_label, new)] = match <[_; 2]>::try_from(compiled) {
         Ok(both) if !failed => both,
-        _ => return ExitCode::from(TROUBLE),
+        _ => return Ok(ExitCode::from(TROUBLE)),
     };
     let side = |label, resources| cli::diff::Side { label, resources };
     match cli::diff::diff(side(&old_label, &old), side(&new_label, &new)) {
         Ok(d) => {
-            print!("{}", d.render(cli::color_for_stdout()));
-            if d.is_empty() {
+            say(format_args!("{}", d.render(cli::color_for_stdout())))?;
+            Ok(if d.is_empty() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
-            }
+            })
         }
         Err(err) => {
-            eprintln!("error: {err}");
-            ExitCode::from(TROUBLE)
+            complain(format_args!("error: {err}\n"))?;
+            Ok(ExitCode::from(TROUBLE))
         }
     }
 }
 
 fn print_value(value: &serde_json::Value, format: Format) -> anyhow::Result<()> {
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
-        Format::Yaml => print!("{}", render::yaml(value)?),
-    }
+        Format::Json => say(format_args!("{}\n", serde_json::to_string_pretty(value)?))?,
+        Format::Yaml => say(format_args!("{}", render::yaml(value)?))?,
+    };
     Ok(())
+}
+
+/// Whether output reached its reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    Yes,
+    /// The pipe was closed (`cutover render FILE | head -1`): the reader has seen enough. The
+    /// command goes on quietly and exits as it would have; later output goes nowhere.
+    Closed,
+}
+
+/// Prints to stdout.
+fn say(args: fmt::Arguments) -> anyhow::Result<Written> {
+    written(write_all(io::stdout().lock(), args), "stdout")
+}
+
+/// Prints to stderr.
+fn complain(args: fmt::Arguments) -> anyhow::Result<Written> {
+    written(write_all(io::stderr().lock(), args), "stderr")
+}
+
+fn write_all(mut to: impl Write, args: fmt::Arguments) -> io::Result<()> {
+    to.write_fmt(args)?;
+    to.flush()
+}
+
+fn written(result: io::Result<()>, to: &str) -> anyhow::Result<Written> {
+    match result {
+        Ok(()) => Ok(Written::Yes),
+        Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(Written::Closed),
+        Err(err) => Err(err).with_context(|| format!("cannot write to {to}")),
+    }
 }
 
 fn init_tracing(format: LogFormat) {

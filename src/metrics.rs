@@ -1,6 +1,12 @@
 //! Prometheus metrics (`GET /metrics`): connected Envoys, pushes and NACKs by type, reloads,
 //! save-to-ACK latency, streams and the encoded snapshot size. Updated per event (a push, an
 //! ACK, a reload), never per proxied request: cutover does not see requests.
+//!
+//! Per version, what the Envoys report (request rate, error ratio, p99 latency, requests in
+//! flight, endpoints healthy and ejected) is read at scrape time ([`Metrics::encode_with`]):
+//! the figures already live in the telemetry module, so nothing is copied on every flush. The
+//! caller passes only the versions of the services in the current file, which bounds the
+//! series to the file's size whatever Envoys send.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -25,6 +31,27 @@ impl From<ResourceType> for TypeLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub service: String,
+    pub version: String,
+}
+
+/// One version's figures over the last 10 s, as exported per `service`/`version`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionFigures {
+    pub service: String,
+    pub version: String,
+    pub requests_per_second: f64,
+    /// 0 to 1; `None` without requests (no sample is exported rather than a made-up 0).
+    pub error_ratio: Option<f64>,
+    pub p99_seconds: Option<f64>,
+    pub in_flight: u64,
+    pub healthy_endpoints: Option<u64>,
+    pub endpoints: Option<u64>,
+    pub ejected_endpoints: u64,
 }
 
 #[derive(Debug)]
@@ -127,9 +154,151 @@ impl Metrics {
 
     /// The Prometheus text exposition format.
     pub fn encode(&self) -> String {
+        self.encode_with(&[])
+    }
+
+    /// [`Metrics::encode`] with the per-version figures `versions`, as gauges labelled
+    /// `service` and `version`.
+    pub fn encode_with(&self, versions: &[VersionFigures]) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::new();
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &version_registry(versions));
+        let _ = encode_eof(&mut out);
         out
+    }
+}
+
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// A registry made for one scrape: a version that left the file leaves the output with it.
+fn version_registry(versions: &[VersionFigures]) -> Registry {
+    let mut registry = Registry::with_prefix("cutover_version");
+    let rate = Family::<VersionLabels, FloatGauge>::default();
+    let errors = Family::<VersionLabels, FloatGauge>::default();
+    let p99 = Family::<VersionLabels, FloatGauge>::default();
+    let in_flight = Family::<VersionLabels, Gauge>::default();
+    let healthy = Family::<VersionLabels, Gauge>::default();
+    let endpoints = Family::<VersionLabels, Gauge>::default();
+    let ejected = Family::<VersionLabels, Gauge>::default();
+    let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    for v in versions {
+        let labels = VersionLabels {
+            service: v.service.clone(),
+            version: v.version.clone(),
+        };
+        rate.get_or_create(&labels).set(v.requests_per_second);
+        if let Some(r) = v.error_ratio {
+            errors.get_or_create(&labels).set(r);
+        }
+        if let Some(s) = v.p99_seconds {
+            p99.get_or_create(&labels).set(s);
+        }
+        in_flight.get_or_create(&labels).set(gauge(v.in_flight));
+        if let Some(n) = v.healthy_endpoints {
+            healthy.get_or_create(&labels).set(gauge(n));
+        }
+        if let Some(n) = v.endpoints {
+            endpoints.get_or_create(&labels).set(gauge(n));
+        }
+        ejected
+            .get_or_create(&labels)
+            .set(gauge(v.ejected_endpoints));
+    }
+    registry.register(
+        "requests_per_second",
+        "Requests the version answered per second over the last 10 s, across the Envoys that report",
+        rate,
+    );
+    registry.register(
+        "error_ratio",
+        "Share (0 to 1) of the version's answered requests over the last 10 s that were 5xx, Envoy's own 503/504 included; absent without requests",
+        errors,
+    );
+    registry.register_with_unit(
+        "latency_p99",
+        "99th percentile of the version's request latency over the last 10 s, interpolated within Envoy's histogram buckets; absent without requests",
+        prometheus_client::registry::Unit::Seconds,
+        p99,
+    );
+    registry.register(
+        "requests_in_flight",
+        "Requests sent to the version's endpoints and not answered yet",
+        in_flight,
+    );
+    registry.register(
+        "healthy_endpoints",
+        "The version's endpoints Envoy counts healthy, summed over the Envoys",
+        healthy,
+    );
+    registry.register(
+        "endpoints",
+        "The version's endpoints, summed over the Envoys",
+        endpoints,
+    );
+    registry.register(
+        "ejected_endpoints",
+        "The version's endpoints ejected by outlier detection now, summed over the Envoys",
+        ejected,
+    );
+    registry
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figures(version: &str) -> VersionFigures {
+        VersionFigures {
+            service: "checkout".into(),
+            version: version.into(),
+            requests_per_second: 12.5,
+            error_ratio: Some(0.02),
+            p99_seconds: Some(0.041),
+            in_flight: 3,
+            healthy_endpoints: Some(1),
+            endpoints: Some(2),
+            ejected_endpoints: 1,
+        }
+    }
+
+    #[test]
+    fn per_version_gauges_are_labelled_and_the_exposition_ends_once() {
+        let m = Metrics::new();
+        let quiet = VersionFigures {
+            requests_per_second: 0.0,
+            error_ratio: None,
+            p99_seconds: None,
+            healthy_endpoints: None,
+            endpoints: None,
+            ejected_endpoints: 0,
+            in_flight: 0,
+            ..figures("v2")
+        };
+        let text = m.encode_with(&[figures("v1"), quiet]);
+        for line in [
+            r#"cutover_version_requests_per_second{service="checkout",version="v1"} 12.5"#,
+            r#"cutover_version_error_ratio{service="checkout",version="v1"} 0.02"#,
+            r#"cutover_version_latency_p99_seconds{service="checkout",version="v1"} 0.041"#,
+            r#"cutover_version_requests_in_flight{service="checkout",version="v1"} 3"#,
+            r#"cutover_version_healthy_endpoints{service="checkout",version="v1"} 1"#,
+            r#"cutover_version_endpoints{service="checkout",version="v1"} 2"#,
+            r#"cutover_version_ejected_endpoints{service="checkout",version="v1"} 1"#,
+            r#"cutover_version_requests_per_second{service="checkout",version="v2"} 0.0"#,
+            "# TYPE cutover_version_latency_p99_seconds gauge",
+            "# UNIT cutover_version_latency_p99_seconds seconds",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        // Without requests there is no error ratio or latency to report, not a zero.
+        assert!(!text.contains(r#"error_ratio{service="checkout",version="v2"}"#));
+        assert!(!text.contains(r#"latency_p99_seconds{service="checkout",version="v2"}"#));
+        assert!(text.contains("cutover_connected_envoys"), "{text}");
+        assert_eq!(text.matches("# EOF").count(), 1);
+        assert!(text.ends_with("# EOF\n"));
+        // A version that is gone from the list is gone from the output.
+        let later = m.encode_with(&[figures("v1")]);
+        assert!(!later.contains(r#"version="v2""#), "{later}");
     }
 }

@@ -1,10 +1,13 @@
 //! The deployment file: what serde reads ([`raw`]) and what is known to be consistent ([`Spec`]).
 //!
-//! [`parse`] is the only way to get a [`Spec`]: it reads YAML, then validates the whole file and
-//! returns *every* problem at once, each with its `file:line:column`. Nothing downstream re-checks
-//! what is validated here. This module does no I/O: callers hand it the file's text and name.
+//! [`parse_bytes`] (the file's bytes as read from disk) and [`parse`] (its text) are the only
+//! ways to get a [`Spec`]: they read YAML, then validate the whole file and return *every*
+//! problem at once, each with its `file:line:column`. Nothing downstream re-checks what is
+//! validated here. Every file is held to the [`Limits`] on its size and on what it describes.
+//! This module does no I/O: callers hand it the file's bytes (or text) and name.
 
 mod address;
+mod limits;
 mod policy;
 mod raw;
 mod validate;
@@ -17,9 +20,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use address::{AddressError, EndpointAddress, HostPort};
+pub use limits::{Limit, Limits, LimitsError};
 /// The file as written, before validation: its JSON Schema is the file's (`cutover schema`).
 pub use raw::RawSpec;
-pub use validate::parse;
+pub use validate::{parse, parse_bytes, parse_bytes_with, parse_with};
 
 /// A validated deployment file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -427,5 +431,7 @@ impl fmt::Display for SpecError {
     }
 }
 
+#[cfg(test)]
+mod input_tests;
 #[cfg(test)]
 mod tests;

@@ -3,21 +3,26 @@
 //! [`crate::xds::clients`]), assembled into the report `GET /status` and `cutover status` show.
 //!
 //! The controller writes what it loaded and planned; nothing here is an input to anything:
-//! gates (red-black retirement) read [`Clients`] directly.
+//! gates (red-black retirement) read [`Clients`] directly. [`StatusReport::with_telemetry`]
+//! adds what the Envoys report (per version: the observed split, rates, errors, latency,
+//! endpoint health; which Envoys report nothing) at the moment a report is read, so the planned
+//! part and the live figures are one document for `/status`, `cutover status` and the dashboard.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::metrics::{Metrics, ResultLabel};
 use crate::reconcile::rollout::{Kind, Rollout, Status as RolloutStatus, Verdict};
-use crate::reconcile::{Plan, Role, RuntimeState, Timestamp};
+use crate::reconcile::{Health, Plan, Role, RuntimeState, ServicePlan, Timestamp};
 use crate::snapshot::{Published, ResourceType};
 use crate::spec::{Spec, Strategy};
+use crate::telemetry::report::round;
+use crate::telemetry::{Telemetry, TelemetryReport};
 use crate::wait;
 use crate::xds::Mode;
 use crate::xds::clients::{Client, Clients, SyncState, TypeStatus};
@@ -53,6 +58,11 @@ pub struct NodeReport {
     pub address: Option<String>,
     /// `ads`, or the single type a per-type stream carries.
     pub stream: String,
+    /// Whether this Envoy reports what it sees to cutover: `reporting`, `stale` (its telemetry
+    /// streams went silent; its figures are left out) or `none` (started from a bootstrap
+    /// without the stats sink and load reports: its traffic is unknown, not zero). Filled by
+    /// [`StatusReport::with_telemetry`].
+    pub telemetry: &'static str,
     pub connected_since: String,
     /// The config version this stream is converging to.
     pub config_version: Option<String>,
@@ -72,7 +82,9 @@ pub struct RetiringReport {
 }
 
 /// What the file asks of one service, and what cutover serves for it.
-#[derive(Debug, Clone, Serialize)]
+///
+/// The controller fills the planned part; `observed` is added when the report is read.
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct ServiceReport {
     pub strategy: &'static str,
     /// Percent of answered requests per version.
@@ -89,6 +101,65 @@ pub struct ServiceReport {
     /// An automated rollout or a switch being watched.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutReport>,
+    /// Endpoints and versions draining now: no new requests, requests in flight finish.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub draining: Vec<DrainReport>,
+    /// What the Envoys report for each version; absent when no connected Envoy sends
+    /// telemetry (then nothing is known, which is not the same as no traffic).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed: Option<ObservedReport>,
+}
+
+/// An endpoint or a whole version that gets no new requests.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrainReport {
+    pub version: String,
+    /// `IP:PORT`; absent: the whole version left the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// `marked` (`drain: true` in the file: until the file changes) or `removed` (left the
+    /// file: removed from Envoy after the drain period).
+    pub reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub removed_in_seconds: Option<f64>,
+    /// Requests still in flight to it across the Envoys that report (load reports for an
+    /// endpoint, the stats sink for a version); absent: unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<u64>,
+}
+
+/// The live figures of one service, per version, from what the Envoys report.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ObservedReport {
+    /// Requests per second the whole service answered over the last 10 s (a mirror's copies
+    /// not included).
+    pub requests_per_second: f64,
+    /// Every version deployed or reported, by name.
+    pub versions: BTreeMap<String, ObservedVersion>,
+}
+
+/// One version's live figures. Rates, errors and latency are over the last 10 s.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ObservedVersion {
+    /// Percent of the service's answered requests this version answered over the last 10 s
+    /// (the observed split); absent when the service answered none, and for the service's
+    /// mirror (its requests are copies).
+    pub share_10s: Option<f64>,
+    /// The same over the last minute.
+    pub share_1m: Option<f64>,
+    pub requests_per_second: f64,
+    /// Percent of answered requests that were 5xx; absent without requests.
+    pub error_rate: Option<f64>,
+    pub p99_ms: Option<f64>,
+    /// Requests sent and not answered yet, now.
+    pub in_flight: u64,
+    /// Endpoints Envoy counts healthy, and all of them, summed over the Envoys.
+    pub healthy: Option<u64>,
+    pub endpoints: Option<u64>,
+    /// Endpoints ejected by outlier detection now, summed over the Envoys.
+    pub ejected: u64,
+    /// Envoys whose stats sink reports this version.
+    pub envoys: usize,
 }
 
 /// A rollout as `/status` shows it.
@@ -186,6 +257,8 @@ pub struct StatusReport {
     pub last_reload: Option<ReloadStatus>,
     pub services: BTreeMap<String, ServiceReport>,
     pub nodes: Vec<NodeReport>,
+    /// Connected Envoys that send no telemetry at all: their traffic is not in the figures.
+    pub nodes_without_telemetry: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -314,6 +387,17 @@ impl Status {
         self.published.borrow().is_some()
     }
 
+    /// [`Status::report`] with what the Envoys report at `now`
+    /// ([`StatusReport::with_telemetry`]), and the telemetry report it was made from (which
+    /// lists the connected Envoys that send nothing).
+    pub fn live(&self, telemetry: &Telemetry, now: Instant) -> (StatusReport, TelemetryReport) {
+        let report = self.report();
+        let t = telemetry
+            .report(now)
+            .with_connected(report.nodes.iter().map(|n| n.id.as_str()));
+        (report.with_telemetry(&t), t)
+    }
+
     pub fn report(&self) -> StatusReport {
         let published = self.published.borrow().clone();
         // Every client of every group holds its group's current config.
@@ -332,6 +416,7 @@ impl Status {
                 service_reports(&s.spec, &s.plan, &s.state, synced, Timestamp::now())
             }),
             nodes,
+            nodes_without_telemetry: Vec::new(),
         }
     }
 }
@@ -370,6 +455,7 @@ fn node_report(c: &Client) -> NodeReport {
             Mode::Single(ty) => ty.short().to_owned(),
         },
         connected_since: format_time(c.connected_since),
+        telemetry: "none",
         config_version: c.config_version.clone(),
         in_sync: c.in_sync(),
         types,
@@ -432,6 +518,9 @@ fn service_reports(
                     .rollouts
                     .get(name)
                     .map(|r| rollout_report(r, &service.strategy, now)),
+                draining: drains(planned, now),
+                // The live figures are added when the report is read.
+                observed: None,
             };
             (name.clone(), report)
         })
@@ -517,5 +606,443 @@ fn rollout_report(r: &Rollout, strategy: &Strategy, now: Timestamp) -> RolloutRe
                 what: e.what.clone(),
             })
             .collect(),
+    }
+}
+
+/// What drains in a planned service: endpoints marked `drain: true` or removed from the file,
+/// and versions removed from the file (their endpoints are not listed one by one).
+pub fn drains(planned: &ServicePlan, now: Timestamp) -> Vec<DrainReport> {
+    let seconds = |until: Timestamp| Some(round(until.since(now).as_secs_f64(), 3));
+    let mut out = Vec::new();
+    for (version, v) in &planned.versions {
+        if let Role::Removed { until } = v.role {
+            out.push(DrainReport {
+                version: version.clone(),
+                endpoint: None,
+                reason: "removed",
+                removed_in_seconds: seconds(until),
+                in_flight: None,
+            });
+            continue;
+        }
+        for e in &v.endpoints {
+            let (reason, removed_in_seconds) = match e.health {
+                Health::Active => continue,
+                Health::Draining => ("marked", None),
+                Health::Removed { until } => ("removed", seconds(until)),
+            };
+            out.push(DrainReport {
+                version: version.clone(),
+                endpoint: Some(e.address.to_string()),
+                reason,
+                removed_in_seconds,
+                in_flight: None,
+            });
+        }
+    }
+    out
+}
+
+impl StatusReport {
+    /// Adds what the Envoys report: per service the observed figures of every version it
+    /// deploys or that Envoys report on, requests in flight to what drains, and per node
+    /// whether it reports at all. Pure.
+    pub fn with_telemetry(mut self, t: &TelemetryReport) -> StatusReport {
+        let node_state = |id: &str| {
+            let Some(n) = t.nodes.iter().find(|n| n.id == id) else {
+                return "none";
+            };
+            let fresh = [&n.stats_sink, &n.load_reporting]
+                .into_iter()
+                .flatten()
+                .any(|s| !s.stale);
+            if fresh { "reporting" } else { "stale" }
+        };
+        for n in &mut self.nodes {
+            n.telemetry = node_state(&n.id);
+        }
+        let mut without: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.telemetry == "none")
+            .map(|n| n.id.clone())
+            .collect();
+        without.sort();
+        without.dedup();
+        self.nodes_without_telemetry = without;
+
+        let fresh =
+            |pick: fn(&crate::telemetry::report::NodeTelemetry) -> bool| t.nodes.iter().any(pick);
+        let stats_sink = fresh(|n| n.stats_sink.as_ref().is_some_and(|s| !s.stale));
+        let load_reports = fresh(|n| n.load_reporting.as_ref().is_some_and(|s| !s.stale));
+        for (name, service) in &mut self.services {
+            let reported = t.services.get(name);
+            if stats_sink {
+                service.observed = Some(observe(service, reported));
+            }
+            for d in &mut service.draining {
+                let v = reported.and_then(|r| r.get(&d.version));
+                d.in_flight = match &d.endpoint {
+                    Some(address) if load_reports => Some(
+                        v.and_then(|v| v.endpoints.get(address))
+                            .map_or(0, |e| e.in_flight),
+                    ),
+                    None if stats_sink => v.map(|v| v.in_flight),
+                    _ => None,
+                };
+            }
+        }
+        self
+    }
+}
+
+/// One service's live figures: the versions it deploys or splits to, and any other version
+/// Envoys still report (a removed version draining).
+fn observe(
+    service: &ServiceReport,
+    reported: Option<&BTreeMap<String, crate::telemetry::report::VersionTelemetry>>,
+) -> ObservedReport {
+    let empty = BTreeMap::new();
+    let reported = reported.unwrap_or(&empty);
+    let names: std::collections::BTreeSet<&String> = service
+        .deployed
+        .iter()
+        .chain(service.split.keys())
+        .chain(reported.keys())
+        .collect();
+    // A mirror's requests are copies: Envoy counts them on the mirror's cluster, but nobody
+    // got their answer, so they are no part of the split.
+    let mirror = service.mirror.as_ref().map(|m| &m.version);
+    let answering = |name: &String| Some(name) != mirror;
+    let total = |pick: fn(&crate::telemetry::report::VersionTelemetry) -> u64| -> u64 {
+        reported
+            .iter()
+            .filter(|(name, _)| answering(name))
+            .map(|(_, v)| pick(v))
+            .sum()
+    };
+    let (total_10s, total_1m) = (
+        total(|v| v.last_10s.requests),
+        total(|v| v.last_1m.requests),
+    );
+    let share = |name: &String, n: u64, total: u64| {
+        (answering(name) && total > 0).then(|| round(n as f64 * 100.0 / total as f64, 2))
+    };
+    let versions = names
+        .into_iter()
+        .map(|name| {
+            let figures = match reported.get(name) {
+                None => ObservedVersion {
+                    share_10s: share(name, 0, total_10s),
+                    share_1m: share(name, 0, total_1m),
+                    ..Default::default()
+                },
+                Some(v) => ObservedVersion {
+                    share_10s: share(name, v.last_10s.requests, total_10s),
+                    share_1m: share(name, v.last_1m.requests, total_1m),
+                    requests_per_second: v.last_10s.requests_per_second,
+                    error_rate: v.last_10s.error_rate.map(|r| round(r * 100.0, 3)),
+                    p99_ms: v.last_10s.latency_ms.map(|q| q.p99),
+                    in_flight: v.in_flight,
+                    healthy: v.membership.map(|m| m.healthy),
+                    endpoints: v.membership.map(|m| m.total),
+                    ejected: v.ejections_active,
+                    envoys: v.envoys,
+                },
+            };
+            (name.clone(), figures)
+        })
+        .collect::<BTreeMap<_, _>>();
+    ObservedReport {
+        requests_per_second: round(
+            versions
+                .iter()
+                .filter(|(name, _)| answering(name))
+                .map(|(_, v)| v.requests_per_second)
+                .sum(),
+            2,
+        ),
+        versions,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::reconcile::{Event, Previous, RuntimeState};
+    use crate::telemetry::report::{
+        EndpointTelemetry, Membership, NodeTelemetry, Quantiles, StreamStatus, VersionTelemetry,
+        WindowFigures,
+    };
+
+    const FILE: &str = "\
+listeners:
+  - { name: public, address: 127.0.0.1:10000, routes: [{ match: { prefix: / }, service: checkout }] }
+services:
+  checkout:
+    versions:
+      v1: { endpoints: [127.0.0.1:8081, { address: 127.0.0.1:8082, drain: true }, 127.0.0.1:8083] }
+      v2: { endpoints: [127.0.0.1:8084] }
+      old: { endpoints: [127.0.0.1:8085] }
+    strategy: { canary: { stable: v1, canary: v2, weight: 10 } }
+";
+
+    #[test]
+    fn drains_lists_marked_and_removed_endpoints_and_removed_versions() {
+        let t0 = Timestamp::from_millis(1_800_000_000_000);
+        let first = crate::spec::parse("t.yaml", FILE).unwrap();
+        let second_text = FILE
+            .replace(", 127.0.0.1:8083]", "]")
+            .replace("      old: { endpoints: [127.0.0.1:8085] }\n", "");
+        let second = crate::spec::parse("t.yaml", &second_text).unwrap();
+        let mut state = RuntimeState::default();
+        let load = |state: &mut RuntimeState, spec, previous| {
+            state.reduce(
+                spec,
+                Event::FileLoaded {
+                    previous,
+                    drain_period: Duration::from_secs(5),
+                },
+                t0,
+            );
+        };
+        load(&mut state, &first, Previous::Start);
+        load(&mut state, &second, Previous::File(&first));
+        let now = Timestamp::from_millis(1_800_000_002_000);
+        let plan = crate::reconcile::plan(&second, &state, now);
+        let drains = drains(&plan.services["checkout"], now);
+        let seen: Vec<(&str, Option<&str>, &str, Option<f64>)> = drains
+            .iter()
+            .map(|d| {
+                (
+                    d.version.as_str(),
+                    d.endpoint.as_deref(),
+                    d.reason,
+                    d.removed_in_seconds,
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("old", None, "removed", Some(3.0)),
+                ("v1", Some("127.0.0.1:8082"), "marked", None),
+                ("v1", Some("127.0.0.1:8083"), "removed", Some(3.0)),
+            ]
+        );
+    }
+
+    fn window(requests: u64, error_rate: f64, p99: f64) -> WindowFigures {
+        WindowFigures {
+            requests,
+            requests_per_second: requests as f64 / 10.0,
+            success_rate: Some(1.0 - error_rate),
+            error_rate: Some(error_rate),
+            latency_ms: Some(Quantiles {
+                p50: p99 / 2.0,
+                p90: p99,
+                p99,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn stream(stale: bool) -> Option<StreamStatus> {
+        Some(StreamStatus {
+            streams: 1,
+            connected_seconds: 60.0,
+            last_message_seconds_ago: if stale { 30.0 } else { 0.5 },
+            stale,
+            messages: 60,
+            bytes_per_second: 1000.0,
+            metric_families_per_flush: None,
+        })
+    }
+
+    fn node(id: &str) -> NodeReport {
+        NodeReport {
+            id: id.into(),
+            cluster: "edge".into(),
+            address: None,
+            stream: "ads".into(),
+            telemetry: "none",
+            connected_since: "2026-01-02T03:00:00.000Z".into(),
+            config_version: None,
+            in_sync: true,
+            types: BTreeMap::new(),
+        }
+    }
+
+    fn telemetry() -> TelemetryReport {
+        let v1 = VersionTelemetry {
+            envoys: 1,
+            last_10s: window(900, 0.01, 40.0),
+            last_1m: window(5000, 0.02, 45.0),
+            in_flight: 4,
+            membership: Some(Membership {
+                healthy: 2,
+                total: 3,
+            }),
+            ejections_active: 1,
+            endpoints: BTreeMap::from([(
+                "127.0.0.1:8083".to_owned(),
+                EndpointTelemetry {
+                    in_flight: 2,
+                    ..Default::default()
+                },
+            )]),
+        };
+        let v2 = VersionTelemetry {
+            envoys: 1,
+            last_10s: window(100, 0.0, 60.0),
+            last_1m: window(0, 0.0, 0.0),
+            ..Default::default()
+        };
+        let shadow = VersionTelemetry {
+            envoys: 1,
+            last_10s: window(1000, 0.5, 10.0),
+            last_1m: window(5000, 0.5, 10.0),
+            ..Default::default()
+        };
+        TelemetryReport {
+            services: BTreeMap::from([(
+                "checkout".to_owned(),
+                BTreeMap::from([
+                    ("v1".to_owned(), v1),
+                    ("v2".to_owned(), v2),
+                    ("copy".to_owned(), shadow),
+                ]),
+            )]),
+            nodes: vec![
+                NodeTelemetry {
+                    id: "edge-1".into(),
+                    cluster: "edge".into(),
+                    stats_sink: stream(false),
+                    load_reporting: stream(false),
+                },
+                NodeTelemetry {
+                    id: "edge-3".into(),
+                    cluster: "edge".into(),
+                    stats_sink: stream(true),
+                    load_reporting: None,
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    fn report() -> StatusReport {
+        let checkout = ServiceReport {
+            strategy: "canary",
+            split: BTreeMap::from([("v1".into(), 90.0), ("v2".into(), 10.0)]),
+            mirror: Some(MirrorReport {
+                version: "copy".into(),
+                percent: 100.0,
+            }),
+            deployed: vec!["copy".into(), "idle".into(), "v1".into(), "v2".into()],
+            draining: vec![
+                DrainReport {
+                    version: "v1".into(),
+                    endpoint: Some("127.0.0.1:8083".into()),
+                    reason: "removed",
+                    removed_in_seconds: Some(3.0),
+                    in_flight: None,
+                },
+                DrainReport {
+                    version: "v1".into(),
+                    endpoint: Some("127.0.0.1:8082".into()),
+                    reason: "marked",
+                    removed_in_seconds: None,
+                    in_flight: None,
+                },
+                DrainReport {
+                    version: "gone".into(),
+                    endpoint: None,
+                    reason: "removed",
+                    removed_in_seconds: Some(1.0),
+                    in_flight: None,
+                },
+            ],
+            ..Default::default()
+        };
+        StatusReport {
+            file: "deploy.yaml".into(),
+            state_file: None,
+            config_version: None,
+            last_reload: None,
+            services: BTreeMap::from([("checkout".to_owned(), checkout)]),
+            nodes: vec![node("edge-1"), node("edge-2"), node("edge-3")],
+            nodes_without_telemetry: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn observed_split_is_the_share_of_answered_requests_per_version() {
+        let r = report().with_telemetry(&telemetry());
+        let o = r.services["checkout"].observed.as_ref().unwrap();
+        let v1 = &o.versions["v1"];
+        assert_eq!(v1.share_10s, Some(90.0));
+        assert_eq!(v1.share_1m, Some(100.0));
+        assert_eq!(v1.requests_per_second, 90.0);
+        assert_eq!(v1.error_rate, Some(1.0), "percent");
+        assert_eq!(v1.p99_ms, Some(40.0));
+        assert_eq!(
+            (v1.healthy, v1.endpoints, v1.ejected),
+            (Some(2), Some(3), 1)
+        );
+        assert_eq!(v1.in_flight, 4);
+        let v2 = &o.versions["v2"];
+        assert_eq!((v2.share_10s, v2.share_1m), (Some(10.0), Some(0.0)));
+        // The mirror's copies are counted, but are no part of the split or the service's rate.
+        let copy = &o.versions["copy"];
+        assert_eq!((copy.share_10s, copy.requests_per_second), (None, 100.0));
+        assert_eq!(o.requests_per_second, 100.0);
+        // A deployed version nobody reports on is there, with no requests.
+        let idle = &o.versions["idle"];
+        assert_eq!(idle.share_10s, Some(0.0));
+        assert_eq!((idle.requests_per_second, idle.envoys), (0.0, 0));
+    }
+
+    #[test]
+    fn envoys_without_telemetry_are_named_and_drains_get_their_requests_in_flight() {
+        let r = report().with_telemetry(&telemetry());
+        let states: Vec<(&str, &str)> = r
+            .nodes
+            .iter()
+            .map(|n| (n.id.as_str(), n.telemetry))
+            .collect();
+        assert_eq!(
+            states,
+            vec![
+                ("edge-1", "reporting"),
+                ("edge-2", "none"),
+                ("edge-3", "stale")
+            ]
+        );
+        assert_eq!(r.nodes_without_telemetry, vec!["edge-2".to_owned()]);
+        let in_flight: Vec<Option<u64>> = r.services["checkout"]
+            .draining
+            .iter()
+            .map(|d| d.in_flight)
+            .collect();
+        // Load reports name the endpoint with requests in progress; one they do not name has
+        // none; a version nobody reports on is unknown.
+        assert_eq!(in_flight, vec![Some(2), Some(0), None]);
+    }
+
+    #[test]
+    fn without_any_telemetry_nothing_is_observed_and_nothing_reads_as_zero() {
+        let r = report().with_telemetry(&TelemetryReport::default());
+        let checkout = &r.services["checkout"];
+        assert!(checkout.observed.is_none());
+        assert!(checkout.draining.iter().all(|d| d.in_flight.is_none()));
+        assert_eq!(r.nodes_without_telemetry.len(), 3);
+        let json = serde_json::to_value(&r).unwrap();
+        assert!(
+            json["services"]["checkout"].get("observed").is_none(),
+            "{json}"
+        );
     }
 }

@@ -25,6 +25,31 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout_at};
 
+/// Reads the watched deployment file: only a regular file (a FIFO would block the controller
+/// until someone writes to it, a device such as `/dev/zero` never ends), and bounded by
+/// [`read_bounded`].
+pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    let file = std::fs::File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    read_bounded(file)
+}
+
+/// Reads at most [`crate::spec::Limits`]' file size plus one byte, so that validation can say
+/// the file is too large without cutover holding all of it. One-shot commands use it on any
+/// file, so that `cutover validate <(generate)` and `/dev/stdin` work.
+pub fn read_bounded(file: std::fs::File) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let max = crate::spec::Limits::current().file_bytes as u64;
+    let mut bytes = Vec::new();
+    file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// After an in-place write that is not closed: quiet time before the file is read anyway (a
 /// writer that keeps the file open). Complete saves do not wait for it.
 pub const QUIET: Duration = Duration::from_millis(50);
@@ -235,6 +260,34 @@ mod tests {
             ),
             Change::None
         );
+    }
+
+    #[test]
+    fn only_a_regular_file_is_read_and_at_most_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("deploy.yaml");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // Opening a FIFO for reading blocks until a writer comes: open it non-blocking first is
+        // not portable, so a writer is made to exist; what matters is that it is refused.
+        let writer = std::thread::spawn({
+            let fifo = fifo.clone();
+            move || drop(std::fs::OpenOptions::new().write(true).open(fifo))
+        });
+        let err = read_file(&fifo).unwrap_err();
+        assert_eq!(err.to_string(), "not a regular file");
+        writer.join().unwrap();
+        assert_eq!(
+            read_file(Path::new("/dev/zero")).unwrap_err().to_string(),
+            "not a regular file"
+        );
+        let big = dir.path().join("big.yaml");
+        let limit = crate::spec::Limits::current().file_bytes;
+        std::fs::write(&big, vec![b'#'; limit + 100]).unwrap();
+        assert_eq!(read_file(&big).unwrap().len(), limit + 1);
     }
 
     async fn expect_change(w: &mut FileWatcher) {

@@ -1,6 +1,8 @@
 //! The operator commands: `cutover status` (rendering snapshots, and the real binary against a
 //! server on port 0), `cutover diff` (snapshots on pairs of example files, exit codes) and
-//! `cutover schema` (the committed `deploy.schema.json` is current; every example validates).
+//! `cutover schema` (the committed `deploy.schema.json` is current; every example validates;
+//! schema and parser agree on names), every printing command on a closed pipe, and files a
+//! command must refuse with a clear message (not UTF-8, huge, over a limit, an alias bomb).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,9 +13,11 @@ use cutover::app::{self, ServeOptions};
 use cutover::cli::diff::{self, Side};
 use cutover::cli::schema;
 use cutover::cli::status::{self, render_status};
+use cutover::spec::{self, Limit};
 use cutover::status::{
-    CheckReport, HistoryReport, MirrorReport, NackStatus, NodeReport, ReloadStatus, RetiringReport,
-    RolloutReport, ServiceReport, StatusReport, ThresholdsReport, TypeReport,
+    CheckReport, DrainReport, HistoryReport, MirrorReport, NackStatus, NodeReport, ObservedReport,
+    ObservedVersion, ReloadStatus, RetiringReport, RolloutReport, ServiceReport, StatusReport,
+    ThresholdsReport, TypeReport,
 };
 
 fn root() -> &'static Path {
@@ -24,13 +28,20 @@ fn example(name: &str) -> String {
     std::fs::read_to_string(root().join("examples").join(name)).expect("example exists")
 }
 
-fn cutover(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cutover"))
-        .args(args)
+/// The `cutover` binary, with none of the environment that changes what it does.
+fn command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cutover"));
+    cmd.args(args)
         .env("NO_COLOR", "1")
-        .env_remove("CUTOVER_ADMIN")
-        .output()
-        .expect("run cutover")
+        .env_remove("CUTOVER_ADMIN");
+    for limit in Limit::ALL {
+        cmd.env_remove(limit.env_var());
+    }
+    cmd
+}
+
+fn cutover(args: &[&str]) -> Output {
+    command(args).output().expect("run cutover")
 }
 
 fn stdout(o: &Output) -> String {
@@ -141,6 +152,45 @@ fn busy_report() -> StatusReport {
                             },
                         ],
                     }),
+                    draining: vec![DrainReport {
+                        version: "v1".into(),
+                        endpoint: Some("10.0.0.12:8080".into()),
+                        reason: "removed",
+                        removed_in_seconds: Some(3.2),
+                        in_flight: Some(2),
+                    }],
+                    observed: Some(observed(&[
+                        (
+                            "v1",
+                            ObservedVersion {
+                                share_10s: Some(89.71),
+                                share_1m: Some(90.12),
+                                requests_per_second: 183.4,
+                                error_rate: Some(0.164),
+                                p99_ms: Some(41.0),
+                                in_flight: 3,
+                                healthy: Some(2),
+                                endpoints: Some(2),
+                                ejected: 0,
+                                envoys: 1,
+                            },
+                        ),
+                        (
+                            "v2",
+                            ObservedVersion {
+                                share_10s: Some(10.29),
+                                share_1m: Some(9.88),
+                                requests_per_second: 21.03,
+                                error_rate: Some(2.5),
+                                p99_ms: Some(138.5),
+                                in_flight: 0,
+                                healthy: Some(1),
+                                endpoints: Some(2),
+                                ejected: 1,
+                                envoys: 1,
+                            },
+                        ),
+                    ])),
                 },
             ),
             (
@@ -161,6 +211,36 @@ fn busy_report() -> StatusReport {
                     }],
                     synced: false,
                     rollout: None,
+                    draining: Vec::new(),
+                    observed: Some(observed(&[
+                        (
+                            "black",
+                            ObservedVersion {
+                                share_10s: Some(100.0),
+                                share_1m: Some(100.0),
+                                requests_per_second: 55.2,
+                                error_rate: Some(0.0),
+                                p99_ms: Some(12.0),
+                                healthy: Some(3),
+                                endpoints: Some(3),
+                                envoys: 1,
+                                ..Default::default()
+                            },
+                        ),
+                        (
+                            "next",
+                            ObservedVersion {
+                                requests_per_second: 0.28,
+                                error_rate: Some(0.0),
+                                p99_ms: Some(9.5),
+                                healthy: Some(1),
+                                endpoints: Some(1),
+                                envoys: 1,
+                                ..Default::default()
+                            },
+                        ),
+                        ("red", ObservedVersion::default()),
+                    ])),
                 },
             ),
             (
@@ -178,6 +258,8 @@ fn busy_report() -> StatusReport {
                     }],
                     synced: false,
                     rollout: None,
+                    draining: Vec::new(),
+                    observed: None,
                 },
             ),
         ]),
@@ -187,6 +269,7 @@ fn busy_report() -> StatusReport {
                 cluster: "edge".into(),
                 address: Some("127.0.0.1:50001".into()),
                 stream: "ads".into(),
+                telemetry: "reporting",
                 connected_since: "2026-01-02T03:00:00.000Z".into(),
                 config_version: Some("0123456789abcdef".into()),
                 in_sync: true,
@@ -202,6 +285,7 @@ fn busy_report() -> StatusReport {
                 cluster: "edge".into(),
                 address: Some("127.0.0.1:50002".into()),
                 stream: "ads".into(),
+                telemetry: "none",
                 connected_since: "2026-01-02T03:01:00.000Z".into(),
                 config_version: Some("0123456789abcdef".into()),
                 in_sync: false,
@@ -212,12 +296,24 @@ fn busy_report() -> StatusReport {
                 cluster: String::new(),
                 address: Some("127.0.0.1:50003".into()),
                 stream: "cds".into(),
+                telemetry: "stale",
                 connected_since: "2026-01-02T03:04:06.000Z".into(),
                 config_version: None,
                 in_sync: false,
                 types: BTreeMap::new(),
             },
         ],
+        nodes_without_telemetry: vec!["edge-2".into()],
+    }
+}
+
+fn observed(versions: &[(&str, ObservedVersion)]) -> ObservedReport {
+    ObservedReport {
+        requests_per_second: versions.iter().map(|(_, v)| v.requests_per_second).sum(),
+        versions: versions
+            .iter()
+            .map(|(name, v)| ((*name).to_owned(), v.clone()))
+            .collect(),
     }
 }
 
@@ -239,6 +335,7 @@ fn status_after_a_failed_reload() {
         at: "2026-01-02T03:05:00.000Z".into(),
     });
     report.nodes.clear();
+    report.nodes_without_telemetry.clear();
     insta::assert_snapshot!(render_status(&through_json(&report), false));
 }
 
@@ -255,6 +352,7 @@ fn status_before_any_valid_config() {
         }),
         services: BTreeMap::new(),
         nodes: Vec::new(),
+        nodes_without_telemetry: Vec::new(),
     };
     insta::assert_snapshot!(render_status(&through_json(&report), false));
 }
@@ -342,10 +440,25 @@ async fn status_command_reads_a_running_cutover() {
     assert!(table.status.success(), "{}", stderr(&table));
     let text = stdout(&table);
     assert!(text.contains("last reload     ok at"), "{text}");
-    assert!(
-        text.contains("checkout  canary    v1 90% / v2 10%"),
-        "{text}"
+    // The configured split per version; with no Envoy there is nothing observed, and the
+    // figures read as unknown, never as zero.
+    let row = |version: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().any(|w| w == version) && l.contains('%'))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .unwrap_or_else(|| panic!("no row for {version}: {text}"))
+    };
+    assert_eq!(
+        row("v1"),
+        [
+            "checkout", "v1", "90%", "-", "-", "-", "-", "-", "-", "-", "-"
+        ]
     );
+    assert_eq!(
+        row("v2"),
+        ["v2", "10%", "-", "-", "-", "-", "-", "-", "-", "-"]
+    );
+    assert!(text.contains("no live figures"), "{text}");
     assert!(text.contains("no Envoy connected"), "{text}");
     assert!(!text.contains('\x1b'), "no colour when not a terminal");
 
@@ -620,6 +733,10 @@ fn schema_rejects_what_the_parser_rejects() {
             "invalid version name",
             base.replace("      v2:", "      \"v 2\":"),
         ),
+        (
+            "a number as a listener name",
+            base.replace("name: public", "name: 12345"),
+        ),
         ("path without /", base.replace("prefix: /", "prefix: api")),
         (
             "unknown load balancer",
@@ -652,4 +769,343 @@ fn schema_describes_keys_for_editors() {
     // Doc comments wrapped in the source read as one line.
     let services = s["properties"]["services"]["description"].as_str().unwrap();
     assert!(!services.contains('\n'), "{services}");
+}
+
+#[test]
+fn every_example_is_a_fuzz_seed() {
+    let seeds = root().join("fuzz/corpus/deployment_file");
+    for entry in std::fs::read_dir(root().join("examples")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy();
+        let seed = seeds.join(format!("example-{name}"));
+        assert_eq!(
+            std::fs::read_to_string(&seed).ok(),
+            Some(std::fs::read_to_string(&path).unwrap()),
+            "{} should be a fuzz seed: cp {} {}",
+            path.display(),
+            path.display(),
+            seed.display()
+        );
+    }
+}
+
+#[test]
+fn schema_and_parser_agree_on_names() {
+    let validator = validator();
+    let base = example("basic.yaml");
+    let mut checked = 0;
+    for name in [
+        "blue", "v1", "1.2.3", "0.0.0", "1-2", "e3", "0x", "0xG", "1e", "inf", "nan", "yess",
+        "only", "_1", "0_1", "1_0.5", "0b2", "12345", "1.10", "-1", "+1", "1e3", ".5", "5.",
+        "1_000", "-1_000", "0x1F", "0X1F", "-0x1F", "0o17", "0b1_0", ".inf", "-.Inf", ".NaN",
+        "true", "False", "tRue", "yes", "No", "on", "OFF", "y", "N", "null", "NULL", "nULL", "a b",
+        "",
+    ] {
+        let quoted = format!("\"{name}\"");
+        let as_listener = |written: &str| base.replace("name: public", &format!("name: {written}"));
+        let as_version = |written: &str| {
+            base.replace("      blue:", &format!("      {written}:"))
+                .replace("active: blue", &format!("active: {quoted}"))
+        };
+        for text in [
+            as_listener(name),
+            as_listener(&quoted),
+            as_version(name),
+            as_version(&quoted),
+        ] {
+            // A file YAML cannot read is no question for the schema.
+            let Ok(json) = serde_saphyr::from_str::<serde_json::Value>(&text) else {
+                continue;
+            };
+            let parsed = spec::parse("basic.yaml", &text);
+            assert_eq!(
+                validator.is_valid(&json),
+                parsed.is_ok(),
+                "schema and parser disagree on {name:?}: {parsed:?}\n{text}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 150, "only {checked} files checked");
+}
+
+// --- closed pipes ------------------------------------------------------------------------------
+
+/// Runs `cutover` with its stdout (or stderr) a pipe whose reader is already gone, as when
+/// `cutover render FILE | head -1` has read its line; the other stream is captured. Fails the
+/// test if the command does not end within 30 s (`status --watch` must notice it too).
+fn with_closed(stream: &str, cmd: &mut Command) -> Output {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    match stream {
+        "stdout" => cmd.stdout(writer).stderr(std::process::Stdio::piped()),
+        "stderr" => cmd.stderr(writer).stdout(std::process::Stdio::piped()),
+        _ => unreachable!("stdout or stderr"),
+    };
+    let child = cmd.spawn().expect("run cutover");
+    let pid = child.id();
+    let (done, waited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait_with_output()));
+    match waited.recv_timeout(Duration::from_secs(30)) {
+        Ok(out) => out.expect("cutover ran"),
+        Err(_) => {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+            panic!("cutover did not stop writing to a closed {stream}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_command_that_prints_exits_quietly_on_a_closed_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("deploy.yaml");
+    std::fs::write(&file, example("canary-rollout.yaml")).unwrap();
+    let server = serve(file).await;
+    let admin = server.admin_addr.to_string();
+    let example = |name: &str| root().join("examples").join(name).display().to_string();
+    let (basic, canary) = (example("basic.yaml"), example("canary.yaml"));
+    let invalid = dir.path().join("invalid.yaml");
+    std::fs::write(&invalid, edited("canary.yaml", "stable: v1", "stable: v0")).unwrap();
+    let invalid = invalid.display().to_string();
+
+    let run = |stream: &'static str, args: &[&str], code: i32| {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        (stream, args, code)
+    };
+    let runs = vec![
+        run("stdout", &["render", &basic], 0),
+        run("stdout", &["render", "--format", "json", &basic], 0),
+        run("stdout", &["bootstrap", "--node-id", "edge-1"], 0),
+        run(
+            "stdout",
+            &["bootstrap", "--node-id", "edge-1", "--format", "json"],
+            0,
+        ),
+        run("stdout", &["schema"], 0),
+        run("stdout", &["validate", &basic], 0),
+        run("stderr", &["validate", &invalid], 1),
+        run("stderr", &["render", &invalid], 1),
+        run("stdout", &["diff", &basic, &canary], 1),
+        run("stderr", &["diff", &basic, &invalid], 2),
+        run("stdout", &["status", "--admin", &admin], 0),
+        run("stdout", &["status", "--admin", &admin, "--json"], 0),
+        run("stdout", &["status", "--admin", &admin, "--watch"], 0),
+        run(
+            "stdout",
+            &["status", "--admin", &admin, "--json", "--watch"],
+            0,
+        ),
+        run("stdout", &["pause", "checkout", "--admin", &admin], 0),
+        run("stderr", &["promote", "nosuch", "--admin", &admin], 1),
+    ];
+    let outs = tokio::task::spawn_blocking(move || {
+        runs.into_iter()
+            .map(|(stream, args, code)| {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let out = with_closed(stream, &mut command(&args));
+                (stream, args.join(" "), code, out)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    for (stream, args, code, out) in outs {
+        // A panic exits with 101 and prints "panicked" and a backtrace hint.
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "cutover {args} with a closed {stream}: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        let other = if stream == "stdout" {
+            stderr(&out)
+        } else {
+            stdout(&out)
+        };
+        assert!(
+            other.is_empty(),
+            "cutover {args} with a closed {stream} printed: {other}"
+        );
+    }
+}
+
+// --- files a command refuses -------------------------------------------------------------------
+
+#[test]
+fn validate_points_at_the_first_byte_that_is_not_utf8() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("latin1.yaml");
+    let text = example("basic.yaml").replace("name: public", "name: caf\u{e9}");
+    // The same file saved as Latin-1: "é" is the one byte 0xE9.
+    let latin1: Vec<u8> = text.chars().map(|c| u8::try_from(c).unwrap()).collect();
+    std::fs::write(&file, latin1).unwrap();
+    let label = file.display().to_string();
+    let out = cutover(&["validate", &label]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "{label}:5:14: the file is not valid UTF-8 here (byte 0xE9): deployment files are \
+             UTF-8 text; re-save it as UTF-8 (it may be Latin-1 or Windows-1252)\n{label}: 1 problem\n"
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_reports_where_a_saved_file_stops_being_utf8() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("deploy.yaml");
+    std::fs::write(&file, example("basic.yaml")).unwrap();
+    let server = serve(file.clone()).await;
+    let latin1 = example("basic.yaml").replace("name: public", "name: caf\u{e9}");
+    let latin1: Vec<u8> = latin1.chars().map(|c| u8::try_from(c).unwrap()).collect();
+    std::fs::write(&file, latin1).unwrap();
+    let want = format!(
+        "{}:5:14: the file is not valid UTF-8 here (byte 0xE9)",
+        file.display()
+    );
+    let started = std::time::Instant::now();
+    loop {
+        let (_, report) = status::fetch(server.admin_addr).await.expect("/status");
+        let reload = report.last_reload.expect("a reload");
+        if let Some(error) = reload.error.filter(|e| e.contains(&want)) {
+            assert!(!reload.ok, "{error}");
+            // The last good config is still served.
+            assert!(report.config_version.is_some());
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no reload error with {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn a_huge_file_is_refused_without_being_read_whole() {
+    // Endless: only a bounded read finishes.
+    let out = cutover(&["validate", "/dev/zero"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with(
+            "/dev/zero:1:1: the file is larger than 16 MiB, the limit on deployment files"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("raise the limit with CUTOVER_MAX_FILE_MIB=<MiB>"),
+        "{err}"
+    );
+}
+
+#[test]
+fn one_shot_commands_read_a_pipe() {
+    use std::io::Write as _;
+    // `cutover validate <(generate)` and `generate | cutover validate /dev/stdin`: unlike the
+    // server's watched file, a one-shot command reads what a pipe gives it.
+    let mut child = command(&["validate", "/dev/stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run cutover");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(example("basic.yaml").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn a_directory_is_no_deployment_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let label = dir.path().display().to_string();
+    for (args, code) in [
+        (vec!["validate", &label], 1),
+        (vec!["render", &label], 1),
+        (vec!["diff", &label, &label], 2),
+    ] {
+        let out = cutover(&args);
+        assert_eq!(out.status.code(), Some(code), "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!("error: cannot read {label}: Is a directory")),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn limits_are_raised_from_the_environment() {
+    let basic = root().join("examples/basic.yaml").display().to_string();
+    let run = |var: &str, value: &str| {
+        command(&["validate", &basic])
+            .env(var, value)
+            .output()
+            .unwrap()
+    };
+    // basic.yaml has 3 endpoints.
+    let over = run("CUTOVER_MAX_ENDPOINTS", "2");
+    assert_eq!(over.status.code(), Some(1));
+    let err = stderr(&over);
+    assert!(
+        err.contains(": too many endpoints: the file has 3 endpoints, more than the limit of 2")
+            && err.contains("raise the limit with CUTOVER_MAX_ENDPOINTS=3"),
+        "{err}"
+    );
+    let raised = run("CUTOVER_MAX_ENDPOINTS", "3");
+    assert!(raised.status.success(), "{}", stderr(&raised));
+    let wrong = run("CUTOVER_MAX_ENDPOINTS", "three");
+    assert_eq!(wrong.status.code(), Some(1));
+    assert_eq!(
+        stderr(&wrong),
+        "error: CUTOVER_MAX_ENDPOINTS=\"three\" is not a limit: write a whole number from 1 to 4294967295\n"
+    );
+}
+
+#[test]
+fn an_alias_bomb_is_refused_in_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bomb.yaml");
+    // 20 services of 20 versions of 20 endpoints: 8,000 endpoints from 22 lines, valid key by
+    // key, so only the expansion limit stops it.
+    let endpoints: Vec<String> = (0..20).map(|i| format!("127.0.0.1:{}", 2000 + i)).collect();
+    let versions: Vec<String> = (1..20).map(|i| format!("v{i}: *v")).collect();
+    let services: Vec<String> = (1..20).map(|i| format!("  s{i}: *s\n")).collect();
+    let text = format!(
+        "listeners:\n  - name: public\n    address: 127.0.0.1:10000\n    routes: [{{ match: {{ prefix: / }}, service: s0 }}]\n\
+         services:\n  s0: &s {{ versions: {{ v0: &v {{ endpoints: [{}] }}, {} }}, active: v0 }}\n{}",
+        endpoints.join(", "),
+        versions.join(", "),
+        services.concat(),
+    );
+    std::fs::write(&file, text).unwrap();
+    let label = file.display().to_string();
+    let out = command(&["validate", &label])
+        .env("CUTOVER_MAX_YAML_NODES", "5000")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "the file expands to more than 5,000 YAML values (mappings, lists and scalars, each \
+             value an alias `*name` repeats counted again); cutover stops reading there so that a \
+             small file cannot take unbounded memory (an \"alias bomb\"); if the file is \
+             legitimate, raise the limit with CUTOVER_MAX_YAML_NODES=<values>"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("budget") && !err.contains("Nodes {"), "{err}");
+    let roomy = command(&["validate", &label])
+        .env("CUTOVER_MAX_YAML_NODES", "100000")
+        .output()
+        .unwrap();
+    assert!(roomy.status.success(), "{}", stderr(&roomy));
 }

@@ -143,6 +143,82 @@ async fn error_rate_and_latency_are_measured_per_version_through_the_canary_aggr
     assert_eq!(u(&v2["envoys"]), 1);
 }
 
+/// The observed split in `/status` is where the requests went, `/metrics` exports it per
+/// version (and nothing for the aggregate cluster), and `cutover status` prints it next to the
+/// configured split.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_observed_split_in_status_and_metrics_is_where_requests_went() {
+    let Some(envoy) = envoy_binary() else { return };
+    let s = Scenario::start(&envoy, &["v1-1", "v2-1"], CANARY).await;
+    wait_counting(&s, NODE).await;
+    let (stable, canary) = (s.upstream("v1-1"), s.upstream("v2-1"));
+    let (stable_hits, canary_hits) = (stable.hits(), canary.hits());
+    s.envoy.replies(400, "/", &[]).await;
+    let served = [stable.hits() - stable_hits, canary.hits() - canary_hits];
+    let canary_share = served[1] as f64 * 100.0 / (served[0] + served[1]) as f64;
+    let observed = wait_for(WAIT, "/status to count the requests", async || {
+        let status = s.cutover.try_status().await?;
+        let o = &status["services"]["checkout"]["observed"];
+        let rps = o["requests_per_second"].as_f64().unwrap_or(0.0);
+        // Every request of the batch is in the last 10 s' rate once it is counted.
+        if rps * 10.0 >= 400.0 && o["versions"]["v2"]["share_10s"].is_number() {
+            Ok(o.clone())
+        } else {
+            Err(status.to_string())
+        }
+    })
+    .await;
+    // A few requests of the scenario's start may be in the window too.
+    let share = f(&observed["versions"]["v2"]["share_10s"]);
+    assert!(
+        (share - canary_share).abs() < 2.0,
+        "observed {share}% on the canary, which answered {canary_share:.1}%: {observed}"
+    );
+    let total = f(&observed["versions"]["v1"]["share_10s"]) + share;
+    assert!((total - 100.0).abs() < 0.02, "{observed}");
+    assert_eq!(observed["versions"]["v1"]["error_rate"], 0.0, "{observed}");
+    assert_eq!(observed["versions"]["v2"]["healthy"], 1, "{observed}");
+    assert!(observed["versions"].get("v2~v1").is_none(), "{observed}");
+
+    let metrics = s.cutover.metrics().await;
+    let sample = |name: &str, version: &str| {
+        let prefix = format!("{name}{{service=\"checkout\",version=\"{version}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in /metrics:\n{metrics}"))
+    };
+    assert!(sample("cutover_version_requests_per_second", "v2") > 0.0);
+    assert_eq!(sample("cutover_version_error_ratio", "v1"), 0.0);
+    assert!(sample("cutover_version_latency_p99_seconds", "v1") > 0.0);
+    assert_eq!(sample("cutover_version_healthy_endpoints", "v1"), 1.0);
+    assert!(
+        !metrics.contains("~"),
+        "no series for aggregate clusters:\n{metrics}"
+    );
+
+    let admin = s.cutover.admin.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+            .args(["status", "--admin", &admin])
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("run cutover status")
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row: Vec<&str> = text
+        .lines()
+        .find(|l| l.starts_with("          v2 "))
+        .unwrap_or_else(|| panic!("no row for v2: {text}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[..2], ["v2", "10%"], "{text}");
+    assert!(row[2].ends_with('%') && row[2] != "0%", "observed: {text}");
+}
+
 const TWO_ENDPOINTS: &str = "\
 listeners:
   - name: public
@@ -310,6 +386,20 @@ async fn a_leaving_envoy_leaves_the_figures_and_a_silent_one_is_named() {
         t["nodes_without_telemetry"],
         serde_json::json!(["edge-old"])
     );
+    // `/status` says the same, per node.
+    let status = s.cutover.status().await;
+    assert_eq!(
+        status["nodes_without_telemetry"],
+        serde_json::json!(["edge-old"])
+    );
+    let node = |id: &str| {
+        status["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.iter().find(|n| n["id"] == id))
+            .map(|n| n["telemetry"].clone())
+    };
+    assert_eq!(node("edge-old"), Some("none".into()), "{status}");
+    assert_eq!(node(NODE), Some("reporting".into()), "{status}");
     assert_eq!(
         t["nodes"][1]["load_reporting"]["stale"], false,
         "edge-2 reports load too: {t}"

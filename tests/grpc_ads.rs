@@ -915,3 +915,63 @@ async fn a_client_that_asks_for_listeners_first_is_answered_at_once() {
         Some(rds.version_info.as_str())
     );
 }
+
+/// A deployment of `n` services, each with two versions; `flipped` gets green.
+fn many_services(n: usize, flipped: usize) -> String {
+    let mut text =
+        String::from("listeners:\n  - name: public\n    address: 127.0.0.1:10000\n    routes:\n");
+    for s in 0..n {
+        text.push_str(&format!(
+            "      - match: {{ prefix: /s{s}/ }}\n        service: s{s}\n"
+        ));
+    }
+    text.push_str("services:\n");
+    for s in 0..n {
+        let active = if s == flipped { "green" } else { "blue" };
+        text.push_str(&format!(
+            "  s{s}:\n    versions:\n      blue: {{ endpoints: [127.0.0.1:{}] }}\n      green: {{ endpoints: [127.0.0.1:{}] }}\n    active: {active}\n",
+            20000 + 2 * s,
+            20001 + 2 * s
+        ));
+    }
+    text
+}
+
+/// A client that never reads what it is sent fills its HTTP/2 window and its stream's small
+/// queue; it must not hold back anyone else, and its stream ends when it goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_delays_no_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(&dir, &many_services(400, 0)).await;
+    let stalled = Client::connect(server.ads_addr).await;
+    stalled.send(CDS, "", "", &[]).await;
+    stalled.send(LDS, "", "", &[]).await;
+
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(connect_and_ack_all(&server).await);
+    }
+    for flip in 1..=5 {
+        let saved = std::time::Instant::now();
+        std::fs::write(dir.path().join("deploy.yaml"), many_services(400, flip)).unwrap();
+        for c in &mut clients {
+            let rds = c.recv().await;
+            assert_eq!(rds.type_url, RDS);
+            ack(c, &rds).await;
+        }
+        let took = saved.elapsed();
+        assert!(
+            took < Duration::from_secs(2),
+            "change {flip} took {took:?} to reach every reading client"
+        );
+    }
+    assert_eq!(server.clients.in_sync_count().1, 6);
+    drop(stalled);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while server.clients.in_sync_count().1 != 5 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the stalled client's stream is gone once it disconnects");
+}

@@ -30,6 +30,8 @@ pub struct Status {
     pub last_reload: Option<Reload>,
     pub services: BTreeMap<String, ServiceStatus>,
     pub nodes: Vec<NodeStatus>,
+    /// Connected Envoys that send no telemetry: their traffic is unknown, not zero.
+    pub nodes_without_telemetry: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -60,6 +62,43 @@ pub struct ServiceStatus {
     pub retiring: Vec<RetiringStatus>,
     pub synced: bool,
     pub rollout: Option<RolloutStatus>,
+    pub draining: Vec<DrainStatus>,
+    /// Absent: no Envoy sends telemetry (or a cutover from before live figures).
+    pub observed: Option<ObservedStatus>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct DrainStatus {
+    pub version: String,
+    pub endpoint: Option<String>,
+    pub reason: String,
+    pub removed_in_seconds: Option<f64>,
+    pub in_flight: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ObservedStatus {
+    pub requests_per_second: f64,
+    pub versions: BTreeMap<String, ObservedVersionStatus>,
+}
+
+/// One version's live figures; rates, errors and latency over the last 10 s, percentages
+/// from 0 to 100.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ObservedVersionStatus {
+    pub share_10s: Option<f64>,
+    pub share_1m: Option<f64>,
+    pub requests_per_second: f64,
+    pub error_rate: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub in_flight: u64,
+    pub healthy: Option<u64>,
+    pub endpoints: Option<u64>,
+    pub ejected: u64,
+    pub envoys: usize,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -136,6 +175,8 @@ pub struct NodeStatus {
     pub connected_since: String,
     pub config_version: Option<String>,
     pub in_sync: bool,
+    /// `reporting`, `stale` or `none`; absent from a cutover before telemetry.
+    pub telemetry: Option<String>,
     /// By short type name (`cds`, `eds`, `lds`, `rds`).
     pub types: BTreeMap<String, TypeStatus>,
 }
@@ -353,7 +394,8 @@ fn first_line(body: &str) -> String {
     }
 }
 
-/// The report as text: the config and last reload, then a table of services, then a table of
+/// The report as text: the config and last reload, then a table of services, the live figures
+/// per version next to the configured split, what drains, the rollouts, then a table of
 /// connected Envoys with, under each, what it has ACKed, has pending and last rejected.
 pub fn render_status(report: &Status, color: bool) -> String {
     let p = Painter { color };
@@ -414,6 +456,8 @@ pub fn render_status(report: &Status, color: bool) -> String {
         let _ = writeln!(out, "{}", p.paint(Style::Dim, "no services"));
     } else {
         out.push_str(&services_table(report).render("", p));
+        out.push('\n');
+        out.push_str(&render_traffic(report, p));
     }
     let rollouts: Vec<(&String, &RolloutStatus)> = report
         .services
@@ -439,6 +483,7 @@ pub fn render_status(report: &Status, color: bool) -> String {
             "STREAM",
             "CONNECTED SINCE",
             "IN SYNC",
+            "TELEMETRY",
         ]);
         for n in &report.nodes {
             nodes.row(node_row(n, current));
@@ -459,16 +504,11 @@ pub fn render_status(report: &Status, color: bool) -> String {
 }
 
 fn services_table(report: &Status) -> Table {
+    // The split is in the versions table, next to the observed one.
     let mut t = Table::header(&[
-        "SERVICE", "STRATEGY", "SPLIT", "MIRROR", "RULES", "DEPLOYED", "RETIRING", "SYNCED",
+        "SERVICE", "STRATEGY", "MIRROR", "RULES", "DEPLOYED", "RETIRING", "SYNCED",
     ]);
     for (name, s) in &report.services {
-        let split = s
-            .split
-            .iter()
-            .map(|(v, pct)| format!("{v} {}", percent(*pct)))
-            .collect::<Vec<_>>()
-            .join(" / ");
         let mirror = s.mirror.as_ref().map_or_else(
             || "-".to_owned(),
             |m| format!("{} {}", m.version, percent(m.percent)),
@@ -491,7 +531,6 @@ fn services_table(report: &Status) -> Table {
         t.row(vec![
             (name.clone(), Style::Bold),
             (s.strategy.clone(), Style::Plain),
-            (or_dash(split), Style::Plain),
             (mirror, Style::Plain),
             (s.rules.to_string(), Style::Plain),
             (or_dash(s.deployed.join(", ")), Style::Plain),
@@ -511,7 +550,167 @@ fn node_row(n: &NodeStatus, current: Option<&str>) -> Vec<(String, Style)> {
         (or_dash(n.stream.clone()), Style::Plain),
         (or_dash(n.connected_since.clone()), Style::Plain),
         yes_no(in_sync),
+        match n.telemetry.as_deref() {
+            Some("reporting") => ("yes".into(), Style::Green),
+            Some(other) => (other.to_owned(), Style::Yellow),
+            None => ("-".into(), Style::Plain),
+        },
     ]
+}
+
+/// Per version, the configured split next to the observed one and the live figures (`-` where
+/// nothing is known); then what drains, and which Envoys' traffic the figures cannot include.
+fn render_traffic(report: &Status, p: Painter) -> String {
+    let mut out = String::new();
+    let mut t = Table::header(&[
+        "SERVICE",
+        "VERSION",
+        "SPLIT",
+        "OBSERVED 10s",
+        "1m",
+        "REQ/S",
+        "ERRORS",
+        "P99",
+        "IN FLIGHT",
+        "HEALTHY",
+        "EJECTED",
+    ]);
+    let dash = || ("-".to_owned(), Style::Plain);
+    for (name, s) in &report.services {
+        let mirror = s.mirror.as_ref().map(|m| m.version.as_str());
+        // Without figures, the versions the file gives traffic to or deploys.
+        let versions: Vec<(&String, Option<&ObservedVersionStatus>)> = match &s.observed {
+            Some(o) => o.versions.iter().map(|(v, f)| (v, Some(f))).collect(),
+            None => {
+                let names: std::collections::BTreeSet<&String> =
+                    s.split.keys().chain(s.deployed.iter()).collect();
+                names.into_iter().map(|v| (v, None)).collect()
+            }
+        };
+        for (i, (version, v)) in versions.into_iter().enumerate() {
+            let mut row = vec![
+                (
+                    if i == 0 { name.clone() } else { String::new() },
+                    Style::Bold,
+                ),
+                (version.clone(), Style::Plain),
+                (
+                    s.split
+                        .get(version)
+                        .map_or_else(|| "-".to_owned(), |x| percent(*x)),
+                    Style::Plain,
+                ),
+            ];
+            let Some(v) = v else {
+                row.extend(std::iter::repeat_with(dash).take(8));
+                t.row(row);
+                continue;
+            };
+            let is_mirror = Some(version.as_str()) == mirror;
+            let share = |x: Option<f64>, copies: &str| match x {
+                _ if is_mirror => copies.to_owned(),
+                Some(x) => share_text(x),
+                None => "-".to_owned(),
+            };
+            row.push((share(v.share_10s, "copies"), Style::Cyan));
+            row.push((share(v.share_1m, "-"), Style::Plain));
+            row.push((figure(v.requests_per_second), Style::Plain));
+            row.push(match v.error_rate {
+                Some(e) if e >= 1.0 => (format!("{}%", figure(e)), Style::Red),
+                Some(e) => (format!("{}%", figure(e)), Style::Plain),
+                None => dash(),
+            });
+            row.push(
+                v.p99_ms
+                    .map_or_else(dash, |ms| (format!("{} ms", figure(ms)), Style::Plain)),
+            );
+            row.push((v.in_flight.to_string(), Style::Plain));
+            match (v.healthy, v.endpoints) {
+                (Some(h), Some(n)) => {
+                    let style = if h < n { Style::Yellow } else { Style::Plain };
+                    row.push((format!("{h}/{n}"), style));
+                    let style = if v.ejected > 0 {
+                        Style::Yellow
+                    } else {
+                        Style::Plain
+                    };
+                    row.push((v.ejected.to_string(), style));
+                }
+                _ => row.extend([dash(), dash()]),
+            }
+            t.row(row);
+        }
+    }
+    out.push_str(&t.render("", p));
+    if report.services.values().all(|s| s.observed.is_none()) {
+        let _ = writeln!(
+            out,
+            "{}",
+            p.paint(
+                Style::Dim,
+                "no live figures: no connected Envoy sends telemetry (see `cutover bootstrap`)"
+            )
+        );
+    }
+    for (name, s) in &report.services {
+        for d in &s.draining {
+            let what = match &d.endpoint {
+                Some(e) => format!("{name}/{} {e}", d.version),
+                None => format!("{name}/{} (left the file)", d.version),
+            };
+            let when = match (d.reason.as_str(), d.removed_in_seconds) {
+                ("marked", _) => "drain: true in the file".to_owned(),
+                (_, Some(s)) if s <= 0.0 => "removed now".to_owned(),
+                (_, Some(s)) => format!("removed in {}", countdown(s)),
+                (_, None) => "removed after the drain period".to_owned(),
+            };
+            let in_flight = d.in_flight.map_or_else(
+                || "in flight unknown".to_owned(),
+                |n| format!("{n} in flight"),
+            );
+            let _ = writeln!(
+                out,
+                "{} {what} · {when} · {in_flight}",
+                p.paint(Style::Yellow, "draining")
+            );
+        }
+    }
+    if !report.nodes_without_telemetry.is_empty() {
+        let _ = writeln!(
+            out,
+            "{}",
+            p.paint(
+                Style::Yellow,
+                &format!(
+                    "no telemetry from {}: their traffic is not in these figures (unknown, not zero)",
+                    report.nodes_without_telemetry.join(", ")
+                )
+            )
+        );
+    }
+    out
+}
+
+/// An observed share: `89.7%`, `100%`.
+fn share_text(x: f64) -> String {
+    let text = format!("{x:.1}");
+    format!("{}%", text.strip_suffix(".0").unwrap_or(&text))
+}
+
+/// A figure with as many decimals as it needs to be read: `0.16`, `2.5`, `183`.
+fn figure(x: f64) -> String {
+    if x == 0.0 {
+        "0".to_owned()
+    } else if x < 0.01 {
+        "<0.01".to_owned()
+    } else if x < 1.0 {
+        format!("{x:.2}").trim_end_matches('0').to_owned()
+    } else if x < 100.0 {
+        let text = format!("{x:.1}");
+        text.strip_suffix(".0").map_or(text.clone(), str::to_owned)
+    } else {
+        format!("{x:.0}")
+    }
 }
 
 /// The per-type versions of one node, indented under its row, and its rejections in full.
@@ -608,17 +807,19 @@ fn render_rollout(name: &str, r: &RolloutStatus, p: Painter) -> String {
             "fail" => Style::Red,
             _ => Style::Yellow,
         };
+        // The figures on a line of their own: with the thresholds beside them they do not
+        // fit on the check's line in 100 columns.
         let _ = writeln!(
             out,
-            "    last check {}: {} · {} requests, {errors}{p99}{}",
+            "    last check {}: {}{}",
             c.at,
             p.paint(verdict_style, &c.verdict),
-            c.requests,
             c.reason
                 .as_ref()
                 .map(|r| format!(" · {r}"))
                 .unwrap_or_default()
         );
+        let _ = writeln!(out, "      {} requests, {errors}{p99}", c.requests);
     }
     for h in r.history.iter().rev().take(3).rev() {
         let _ = writeln!(out, "    {}  {}", p.paint(Style::Dim, &h.at), h.what);

@@ -378,7 +378,8 @@ pub async fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<(), De
         dir.display(),
     );
     if !terminal {
-        print!("{header}");
+        // A closed pipe (`cutover demo | head`) must not panic: output is best effort.
+        let _ = write!(std::io::stdout(), "{header}");
     }
     // A closed terminal (SIGHUP) stops the demo too.
     let hangup = async {
@@ -397,7 +398,8 @@ pub async fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<(), De
     };
     traffic(&opts, front, &header, terminal, stop).await;
     processes.stop();
-    println!(
+    let _ = writeln!(
+        std::io::stdout(),
         "cutover demo: stopped every process; files in {}",
         dir.display()
     );

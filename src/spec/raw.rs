@@ -774,10 +774,15 @@ macro_rules! text_schema {
 }
 
 text_schema! {
-    /// A listener, service or version name, as `Validator::check_name` accepts it.
+    /// A listener, service or version name, as `Validator::check_name` accepts it: 1 to 64 of
+    /// these characters, and nothing a YAML reader may take for a number, boolean or null
+    /// (`validate::yaml_non_string`), which an editor cannot tell from a quoted key.
     Name => {
         "type": "string",
         "pattern": "^[A-Za-z0-9._-]{1,64}$",
+        "not": {
+            "pattern": "^(?:[-+]?(?:0[xXoObB][0-9a-fA-F_]+|(?:[0-9][0-9_]*(?:\\.[0-9_]*)?|\\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?|\\.(?:[iI][nN][fF]|[nN][aA][nN]))|[tT][rR][uU][eE]|[fF][aA][lL][sS][eE]|[yY](?:[eE][sS])?|[nN][oO]?|[oO](?:[nN]|[fF][fF])|[nN][uU][lL][lL]|~)$",
+        },
     }
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_saphyr::{Location, Spanned};
 
+use super::limits::{Count, Limit, Limits};
 use super::raw::{
     Entries, RawAnalysis, RawCanary, RawEndpoint, RawListener, RawPreview, RawRule, RawService,
     RawSpec, RawStep, RawStrategy, Scalar,
@@ -16,60 +17,284 @@ use super::{
     Strategy, Version, Webhook,
 };
 
-/// Parses and validates a deployment file. `file` is only used in messages.
+/// Parses and validates a deployment file read from disk: the one entry point from raw bytes.
+/// `file` is only used in messages. Checked against the process's [`Limits::current`].
+pub fn parse_bytes(file: &str, bytes: &[u8]) -> Result<Spec, SpecError> {
+    parse_bytes_with(file, bytes, Limits::current())
+}
+
+/// [`parse_bytes`] against the given limits.
+pub fn parse_bytes_with(file: &str, bytes: &[u8], limits: &Limits) -> Result<Spec, SpecError> {
+    let one = |problem| SpecError {
+        file: file.to_owned(),
+        problems: vec![problem],
+    };
+    // Before anything else looks at the bytes: a file over the limit is not read further.
+    if let Some(problem) = too_large(bytes.len(), limits) {
+        return Err(one(problem));
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(text) => parse_with(file, text, limits),
+        Err(err) => Err(one(not_utf8(bytes, &err))),
+    }
+}
+
+/// Parses and validates a deployment file's text. `file` is only used in messages. Checked
+/// against the process's [`Limits::current`].
 pub fn parse(file: &str, text: &str) -> Result<Spec, SpecError> {
-    let raw: RawSpec = match serde_saphyr::from_str(text) {
+    parse_with(file, text, Limits::current())
+}
+
+/// [`parse`] against the given limits.
+pub fn parse_with(file: &str, text: &str, limits: &Limits) -> Result<Spec, SpecError> {
+    let error = |problems| SpecError {
+        file: file.to_owned(),
+        problems,
+    };
+    if let Some(problem) = too_large(text.len(), limits) {
+        return Err(error(vec![problem]));
+    }
+    let raw: RawSpec = match serde_saphyr::from_str_with_options(text, yaml_options(limits)) {
         Ok(raw) => raw,
-        Err(err) => {
-            return Err(SpecError {
-                file: file.to_owned(),
-                problems: vec![syntax_problem(&err)],
-            });
-        }
+        Err(err) => return Err(error(vec![syntax_problem(&err, limits)])),
     };
     let mut v = Validator::default();
+    v.limits(&raw, limits);
     let spec = v.spec(&raw);
     if v.problems.is_empty() {
         Ok(spec)
     } else {
         v.problems.sort_by_key(|p| (p.line, p.column));
-        Err(SpecError {
-            file: file.to_owned(),
-            problems: v.problems,
-        })
+        Err(error(v.problems))
     }
 }
 
+fn too_large(len: usize, limits: &Limits) -> Option<Problem> {
+    (len > limits.file_bytes).then(|| Problem {
+        line: 1,
+        column: 1,
+        message: format!(
+            "the file is larger than {}, the limit on deployment files, which keeps a file \
+             from taking unbounded memory; if this file is legitimate, raise the limit with \
+             {}=<MiB>",
+            size(limits.file_bytes),
+            Limit::FileSize.env_var(),
+        ),
+    })
+}
+
+/// Where the first byte that is not UTF-8 is: its line, and its column counted in characters
+/// like every other column in messages.
+fn not_utf8(bytes: &[u8], err: &std::str::Utf8Error) -> Problem {
+    let good = &bytes[..err.valid_up_to()];
+    let line_start = good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let line = good[..line_start].iter().filter(|&&b| b == b'\n').count() + 1;
+    // The prefix is valid UTF-8 by definition of `valid_up_to`.
+    let column = String::from_utf8_lossy(&good[line_start..]).chars().count() + 1;
+    let bad = &bytes[err.valid_up_to()..];
+    let shown: Vec<String> = bad
+        .iter()
+        .take(err.error_len().unwrap_or(bad.len()).min(4))
+        .map(|b| format!("0x{b:02X}"))
+        .collect();
+    Problem {
+        line: line as u64,
+        column: column as u64,
+        message: format!(
+            "the file is not valid UTF-8 here (byte {}): deployment files are UTF-8 text; \
+             re-save it as UTF-8 (it may be Latin-1 or Windows-1252)",
+            shown.join(" ")
+        ),
+    }
+}
+
+/// The YAML parser's options: its resource budget follows `limits` (see [`super::limits`]).
+fn yaml_options(limits: &Limits) -> serde_saphyr::Options {
+    let nodes = limits.yaml_nodes;
+    // Events are about two per value (start and end of a collection) plus document markers;
+    // aliases, anchors and merge keys each stand for at least one value. Counting values is
+    // what bounds memory, so the other counts only back it up.
+    let events = nodes.saturating_mul(3).saturating_add(16);
+    let text = limits.file_bytes.saturating_mul(SCALAR_BYTES_PER_FILE_BYTE);
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = nodes;
+    budget.max_events = events;
+    budget.max_aliases = nodes;
+    budget.max_anchors = nodes;
+    budget.max_merge_keys = nodes;
+    budget.max_recorded_anchor_events = events;
+    budget.max_total_scalar_bytes = text;
+    budget.max_recorded_anchor_bytes = text;
+    budget.max_depth = MAX_YAML_DEPTH;
+    // The scanner reads ahead of the depth count: it stops unclosed brackets at the same depth.
+    budget.flow_nesting_limit = MAX_YAML_DEPTH;
+    // The ratio heuristic refuses a large fleet that shares one anchored policy among
+    // thousands of services; the value count above already stops any expansion.
+    budget.enforce_alias_anchor_ratio = false;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options.alias_limits.max_total_replayed_events = events;
+    // Messages quote no source; they carry file:line:column.
+    options.with_snippet = false;
+    options
+}
+
+/// Scalar text after alias expansion, per byte of the file limit: aliases of short names and
+/// policies are fine, a long string repeated thousands of times is not.
+const SCALAR_BYTES_PER_FILE_BYTE: usize = 4;
+
+/// Deployment files nest about ten levels; deeper is damage or an attack on the stack.
+const MAX_YAML_DEPTH: usize = 64;
+
 /// A YAML or schema error from the parser, worded for the person editing the file.
-fn syntax_problem(err: &serde_saphyr::Error) -> Problem {
-    let (line, column) = err
-        .location()
-        .map(|l| (l.line().max(1), l.column().max(1)))
-        .unwrap_or((1, 1));
-    let message = match err.without_snippet() {
-        serde_saphyr::Error::SerdeUnknownField {
+fn syntax_problem(err: &serde_saphyr::Error, limits: &Limits) -> Problem {
+    use serde_saphyr::Error as E;
+    let at = |loc: Location| (loc.line().max(1), loc.column().max(1));
+    // An error in a value that an alias (`*name`) repeats comes wrapped with where the alias
+    // is; the original error says what is wrong and where it is written.
+    let mut original = err;
+    let mut alias_at = None;
+    while let E::AliasError { error, .. } | E::WithSnippet { error, .. } = original {
+        if let (None, Some(locs)) = (alias_at, original.locations()) {
+            alias_at = Some(locs.reference_location).filter(|l| *l != Location::UNKNOWN);
+        }
+        original = error;
+    }
+    let here = original.location().or(err.location());
+    let (message, loc) = match original {
+        E::SerdeUnknownField {
             field, expected, ..
-        } => unknown_key(field, expected),
-        serde_saphyr::Error::DuplicateMappingKey { key: Some(key), .. } => {
-            format!("duplicate key `{key}`: each key may appear only once in a mapping")
+        } => (unknown_key(field, expected), here),
+        E::DuplicateMappingKey { key: Some(key), .. } => (
+            format!("duplicate key `{key}`: each key may appear only once in a mapping"),
+            here,
+        ),
+        E::SerdeMissingField { field, .. } => (format!("missing key `{field}`"), here),
+        E::Unexpected { expected, .. } => {
+            let message = match *expected {
+                "mapping start" => {
+                    "expected a mapping here: `key: value` lines or `{ key: value }`".to_owned()
+                }
+                "sequence start" => "expected a list here: `- item` lines or `[a, b]`".to_owned(),
+                "string scalar" => "expected a text value here, not a list or a mapping".to_owned(),
+                other => format!("expected {other} here"),
+            };
+            (message, here)
         }
-        serde_saphyr::Error::SerdeMissingField { field, .. } => {
-            format!("missing key `{field}`")
+        E::NullIntoString { .. } => (
+            "expected a text value here, but YAML reads this one as null (it is empty, `~` or \
+             `null`)"
+                .to_owned(),
+            here,
+        ),
+        E::RecursiveReferencesRequireWeakTypes { .. } => (
+            "an alias (`*name`) repeats a value that contains the alias itself; an alias can \
+             only repeat a value that is complete before it"
+                .to_owned(),
+            here,
+        ),
+        // The file went over a limit while an alias was being expanded: the alias that did
+        // it is the place to point at.
+        E::Budget { breach, .. } => (budget_breach(breach, limits), alias_at.or(here)),
+        E::AliasReplayLimitExceeded { .. } | E::AliasReplayCounterOverflow { .. } => {
+            (too_many_values(limits), alias_at.or(here))
         }
+        E::ExternalMessage { source, .. }
+            if matches!(
+                &**source,
+                serde_saphyr::ExternalMessageSource::Parser(scan)
+                    if matches!(scan.kind(), serde_saphyr::granit_parser::ErrorKind::RecursionLimitExceeded)
+            ) =>
+        {
+            (too_deep(), here)
+        }
+        E::AliasReplayStackDepthExceeded { .. } => (
+            format!(
+                "aliases (`*name`) are nested more than {MAX_YAML_DEPTH} deep; a deployment \
+                 file needs far fewer, so the file is damaged or not a deployment file"
+            ),
+            alias_at.or(here),
+        ),
         other => {
             let mut message = other.to_string();
             // The parser appends its own position; ours leads the line already.
             if let Some(idx) = message.rfind(" at line ") {
                 message.truncate(idx);
             }
-            message
+            if let Some(alias) = alias_at {
+                message.push_str(&format!(
+                    " (in the value the alias at line {}, column {} repeats)",
+                    alias.line(),
+                    alias.column()
+                ));
+            }
+            (message, here)
         }
     };
+    let (line, column) = loc.map_or((1, 1), at);
     Problem {
         line,
         column,
         message,
     }
+}
+
+/// The YAML parser's resource budget, in words: which limit, why, and how to raise it.
+fn budget_breach(breach: &serde_saphyr::budget::BudgetBreach, limits: &Limits) -> String {
+    use serde_saphyr::budget::BudgetBreach as B;
+    match breach {
+        B::Nodes { .. }
+        | B::Events { .. }
+        | B::Aliases { .. }
+        | B::Anchors { .. }
+        | B::MergeKeys { .. }
+        | B::RecordedAnchorEvents { .. } => too_many_values(limits),
+        B::ScalarBytes { .. } | B::RecordedAnchorBytes { .. } => format!(
+            "the file's text expands to more than {} (each string an alias `*name` repeats \
+             counts again); cutover stops reading there so that a small file cannot take \
+             unbounded memory; this limit is {SCALAR_BYTES_PER_FILE_BYTE} times the file size \
+             limit: if the file is legitimate, raise that with {}=<MiB>",
+            size(limits.file_bytes.saturating_mul(SCALAR_BYTES_PER_FILE_BYTE)),
+            Limit::FileSize.env_var(),
+        ),
+        B::Depth { .. } => too_deep(),
+        B::Documents { .. } => {
+            "the file holds too many YAML documents (`---`); a deployment file is one document"
+                .to_owned()
+        }
+        other => format!(
+            "the file exceeds a limit of the YAML parser ({other:?}); cutover stops reading \
+             there so that a file cannot take unbounded memory or time"
+        ),
+    }
+}
+
+/// A size as a limit is set: in MiB (or in bytes, below one).
+fn size(bytes: usize) -> String {
+    const MIB: usize = 1024 * 1024;
+    if bytes >= MIB && bytes.is_multiple_of(MIB) {
+        format!("{} MiB", Count(bytes / MIB))
+    } else {
+        format!("{} bytes", Count(bytes))
+    }
+}
+
+fn too_deep() -> String {
+    format!(
+        "values are nested more than {MAX_YAML_DEPTH} levels deep; a deployment file needs \
+         about ten, so the file is damaged or not a deployment file"
+    )
+}
+
+fn too_many_values(limits: &Limits) -> String {
+    format!(
+        "the file expands to more than {} YAML values (mappings, lists and scalars, each \
+         value an alias `*name` repeats counted again); cutover stops reading there so that a \
+         small file cannot take unbounded memory (an \"alias bomb\"); if the file is \
+         legitimate, raise the limit with {}=<values>",
+        Count(limits.yaml_nodes),
+        Limit::YamlNodes.env_var(),
+    )
 }
 
 /// An unknown key, with the closest valid key and the list of valid ones.
@@ -176,7 +401,118 @@ impl Validator {
                 "invalid {what} name \"{name}\": use 1 to 64 letters, digits, '-', '_' or '.'"
             );
             self.at(loc, msg);
+        } else if let Some(kind) = yaml_non_string(name) {
+            let instead = match kind {
+                "a number" => format!("use e.g. \"v{name}\""),
+                _ => "use another name".to_owned(),
+            };
+            let msg = format!(
+                "invalid {what} name \"{name}\": YAML may read it as {kind}, not as text, and \
+                 tools that rewrite YAML may change such values (1.10 becomes 1.1, on becomes \
+                 true); a name must not look like a YAML number, boolean or null (YAML 1.1 or \
+                 1.2), even quoted: {instead}"
+            );
+            self.at(loc, msg);
         }
+    }
+
+    /// Problems for every limit of [`Limits`] the file goes over, each at the first item
+    /// beyond it. (The file size and YAML values were checked while parsing.)
+    fn limits(&mut self, raw: &RawSpec, limits: &Limits) {
+        if let Some(first_over) = raw.listeners.get(limits.listeners) {
+            self.over(
+                Limit::Listeners,
+                limits,
+                raw.listeners.len(),
+                "listeners",
+                &first_over.referenced,
+            );
+        }
+        let services = &raw.services.0;
+        if let Some((name, _)) = services.get(limits.services) {
+            self.over(
+                Limit::Services,
+                limits,
+                services.len(),
+                "services",
+                &name.referenced,
+            );
+        }
+        let versions = services.iter().flat_map(|(_, s)| &s.value.versions.value.0);
+        let version_locs = versions.clone().map(|(name, _)| &name.referenced);
+        self.over_total(
+            Limit::Versions,
+            limits,
+            "versions",
+            version_locs.map(|l| (l, 1)),
+        );
+        let endpoints = versions.flat_map(|(_, v)| &v.value.endpoints);
+        self.over_total(
+            Limit::Endpoints,
+            limits,
+            "endpoints",
+            endpoints.map(|e| (&e.referenced, 1)),
+        );
+        // A listener route becomes one Envoy route per rule, per preview or sticky version
+        // and one for the strategy: at most `1 + rules + versions` (a canary's two sticky
+        // routes need two versions).
+        let per_route: BTreeMap<&str, usize> = services
+            .iter()
+            .map(|(name, s)| {
+                let s = &s.value;
+                (
+                    name.value.as_str(),
+                    1 + s.rules.len() + s.versions.value.0.len(),
+                )
+            })
+            .collect();
+        let routes = raw.listeners.iter().flat_map(|l| &l.value.routes).map(|r| {
+            let service = r.value.service.value.as_str();
+            (&r.referenced, per_route.get(service).copied().unwrap_or(1))
+        });
+        self.over_total(Limit::Routes, limits, "Envoy routes", routes);
+    }
+
+    /// Counts `items` (each with its weight) and reports the one that goes over `limit`.
+    fn over_total<'a>(
+        &mut self,
+        limit: Limit,
+        limits: &Limits,
+        what: &str,
+        items: impl Iterator<Item = (&'a Location, usize)>,
+    ) {
+        let max = limit.get(limits);
+        let mut total = 0usize;
+        let mut first_over = None;
+        for (loc, weight) in items {
+            total = total.saturating_add(weight);
+            if total > max && first_over.is_none() {
+                first_over = Some(*loc);
+            }
+        }
+        if let Some(loc) = first_over {
+            self.over(limit, limits, total, what, &loc);
+        }
+    }
+
+    fn over(&mut self, limit: Limit, limits: &Limits, total: usize, what: &str, loc: &Location) {
+        let max = limit.get(limits);
+        let counted = match limit {
+            Limit::Routes => format!(
+                "the listeners' routes become up to {} {what} (one per rule, per version and \
+                 for the strategy of the service each names)",
+                Count(total)
+            ),
+            _ => format!("the file has {} {what}", Count(total)),
+        };
+        let msg = format!(
+            "too many {what}: {counted}, more than the limit of {}, which keeps cutover's and \
+             every Envoy's memory bounded; from here on the file is over it. If this deployment \
+             is legitimate, raise the limit with {}={total}",
+            Count(max),
+            limit.env_var(),
+        );
+        self.at(loc, msg);
     }
 
     fn listener(
@@ -918,6 +1254,50 @@ fn list_or_none(names: &[&str]) -> String {
     } else {
         names.join(", ")
     }
+}
+
+/// Whether some YAML reader takes `name`, unquoted, for something other than text:
+/// `Some("a number")`, `Some("a boolean")` or `Some("null")`. It covers YAML 1.2's core schema
+/// (editors), YAML 1.1 (`yes`, `on`, `1_000`, `0b101`, as cutover's own parser and many tools
+/// read untyped values) and the case variants some readers accept, so a name that passes is
+/// text to all of them. The schema's `Name` (in [`super::raw`]) refuses the same names with a
+/// pattern; a test checks that they agree.
+pub(super) fn yaml_non_string(name: &str) -> Option<&'static str> {
+    let lower = name.to_ascii_lowercase();
+    match lower.as_str() {
+        "true" | "false" | "yes" | "no" | "on" | "off" | "y" | "n" => return Some("a boolean"),
+        "null" | "~" => return Some("null"),
+        _ => {}
+    }
+    let unsigned = lower.strip_prefix(['-', '+']).unwrap_or(&lower);
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let digits_ = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || b == b'_');
+    // 0x1F, 0o17, 0b101, with underscores anywhere after the prefix.
+    let radix = || {
+        ["0x", "0o", "0b"].iter().any(|p| {
+            unsigned.strip_prefix(p).is_some_and(|d| {
+                !d.is_empty() && d.bytes().all(|b| b.is_ascii_hexdigit() || b == b'_')
+            })
+        })
+    };
+    // 12, 1_000, 1.5, 1., .5, 1e3, 1.5e-3.
+    let decimal = || {
+        let (mantissa, exponent) = match unsigned.split_once('e') {
+            Some((m, e)) => (m, Some(e)),
+            None => (unsigned, None),
+        };
+        let exponent_ok = exponent.is_none_or(|e| digits(e.strip_prefix(['-', '+']).unwrap_or(e)));
+        let mantissa_ok = match mantissa.split_once('.') {
+            None => mantissa.starts_with(|c: char| c.is_ascii_digit()) && digits_(mantissa),
+            Some(("", frac)) => frac.starts_with(|c: char| c.is_ascii_digit()) && digits_(frac),
+            Some((int, frac)) => {
+                int.starts_with(|c: char| c.is_ascii_digit()) && digits_(int) && digits_(frac)
+            }
+        };
+        exponent_ok && mantissa_ok
+    };
+    let special = matches!(unsigned, ".inf" | ".nan");
+    (special || radix() || decimal()).then_some("a number")
 }
 
 /// Whether two listener addresses cannot both be bound: same port and the same IP, or one of

@@ -10,6 +10,7 @@
 // Each test binary uses a different part of the harness.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod load;
 
 use std::collections::BTreeMap;
