@@ -1,5 +1,6 @@
 //! A complete Envoy bootstrap that points Envoy at cutover: node identity, ADS over gRPC to
-//! cutover (HTTP/2 with keepalives so a dead control plane is noticed), listeners and clusters
+//! cutover (state of the world, or delta with `--delta`; HTTP/2 with keepalives so a dead
+//! control plane is noticed), listeners and clusters
 //! from ADS, the admin interface on loopback, and, unless turned off, Envoy's own reports of
 //! what it sees to cutover over the same connection: the stats sink (every second, filtered to
 //! the stats cutover reads) and the Load Reporting Service (see [`crate::telemetry`]).
@@ -69,6 +70,9 @@ pub struct BootstrapOptions {
     /// Keep every stat of cutover's clusters instead of only those cutover reads (more for
     /// Envoy's own `/stats` and scrapers, more for the stats sink to ship).
     pub all_stats: bool,
+    /// ADS over the incremental (delta) protocol, `DELTA_GRPC`: a change sends only the
+    /// resources that changed.
+    pub delta: bool,
 }
 
 pub fn bootstrap(o: &BootstrapOptions) -> Bootstrap {
@@ -188,7 +192,11 @@ pub fn bootstrap(o: &BootstrapOptions) -> Bootstrap {
         }),
         dynamic_resources: Some(DynamicResources {
             ads_config: Some(ApiConfigSource {
-                api_type: ApiType::Grpc as i32,
+                api_type: if o.delta {
+                    ApiType::DeltaGrpc
+                } else {
+                    ApiType::Grpc
+                } as i32,
                 transport_api_version: ApiVersion::V3 as i32,
                 grpc_services: vec![to_cutover()],
                 set_node_on_first_message_only: true,
@@ -228,8 +236,8 @@ fn regex(r: &str) -> StringMatcher {
 mod tests {
     use super::*;
 
-    fn xds_cluster(ads: &str) -> Cluster {
-        let b = bootstrap(&BootstrapOptions {
+    fn options(ads: &str) -> BootstrapOptions {
+        BootstrapOptions {
             node_id: "edge-1".into(),
             node_cluster: "edge".into(),
             ads: ads.parse().unwrap(),
@@ -237,7 +245,12 @@ mod tests {
             stats_sink: true,
             load_reporting: true,
             all_stats: false,
-        });
+            delta: false,
+        }
+    }
+
+    fn xds_cluster(ads: &str) -> Cluster {
+        let b = bootstrap(&options(ads));
         let mut clusters = b.static_resources.unwrap().clusters;
         assert_eq!(clusters.len(), 1);
         clusters.remove(0)
@@ -281,5 +294,18 @@ mod tests {
         );
         assert_eq!(c.dns_lookup_family, DnsLookupFamily::V4Preferred as i32);
         assert_eq!(ads_address(&c), ("cutover.demo".into(), 18000));
+    }
+
+    #[test]
+    fn delta_asks_for_incremental_ads() {
+        let api_type = |delta: bool| {
+            let b = bootstrap(&BootstrapOptions {
+                delta,
+                ..options("127.0.0.1:18000")
+            });
+            b.dynamic_resources.unwrap().ads_config.unwrap().api_type
+        };
+        assert_eq!(api_type(false), ApiType::Grpc as i32);
+        assert_eq!(api_type(true), ApiType::DeltaGrpc as i32);
     }
 }

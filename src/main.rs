@@ -111,6 +111,11 @@ enum Command {
         /// other stat is untouched.
         #[arg(long)]
         all_stats: bool,
+        /// Ask for config over delta (incremental) xDS, `api_type: DELTA_GRPC`: each change
+        /// sends only the resources that changed and the names of those removed, instead of
+        /// every cluster and listener again.
+        #[arg(long)]
+        delta: bool,
         #[arg(long, value_enum, default_value_t = Format::Yaml)]
         format: Format,
     },
@@ -332,6 +337,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             no_stats_sink,
             no_load_reporting,
             all_stats,
+            delta,
             format,
         } => {
             let b = bootstrap::bootstrap(&bootstrap::BootstrapOptions {
@@ -342,6 +348,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 stats_sink: !no_stats_sink,
                 load_reporting: !no_load_reporting,
                 all_stats,
+                delta,
             });
             print_value(&render::to_json(&b)?, format)?;
             Ok(ExitCode::SUCCESS)

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::load::Load;
-use support::{NODE, Scenario, envoy_binary, version_of, wait_for};
+use support::{NODE, Scenario, envoy_binary, eventually, version_of, wait_for};
 
 /// A canary rollout of `checkout` from v1 to v2; `steps`, `interval` and `analysis` as given.
 fn canary(steps: &str, interval: &str, analysis: &str) -> String {
@@ -286,6 +286,13 @@ async fn operators_pause_resume_promote_and_abort_from_the_cli() {
     assert_eq!(rollout(&s).await["state"], "progressing");
     assert!(cli(&s, &["promote", "checkout"]).status.success());
     s.cutover.wait_in_sync(NODE).await;
+    // Envoy ACKs a route change once its main thread has it; its workers get it a moment later.
+    eventually(
+        Duration::from_secs(2),
+        "a request answered by v2",
+        async || answers(s.listener, 1).await.contains_key("v2"),
+    )
+    .await;
     assert_eq!(
         answers(s.listener, 20).await,
         BTreeMap::from([("v2".to_owned(), 20)])

@@ -1,5 +1,7 @@
 //! End to end with a real Envoy: each deployment strategy and traffic policy of the deployment
-//! file, checked by counting where real requests land. See `support` for the harness.
+//! file, checked by counting where real requests land; the strategy switches (blue-green,
+//! canary, red-black) with Envoy speaking state-of-the-world and delta xDS (`name::sotw`,
+//! `name::delta`). See `support` for the harness.
 //!
 //! Random splits (canary weights, mirror percentages, random-looking load balancers) are checked
 //! against [`binomial_band`]: the count's binomial mean ± 5 standard deviations, which a correct
@@ -150,48 +152,56 @@ services:
         preview: { header: x-cutover-preview }
 ";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn blue_green_switches_all_traffic_at_once_and_previews_the_idle_colour() {
-    let Some(envoy_bin) = envoy_binary() else {
-        return;
-    };
-    let blue = BLUE_GREEN.replace("%ACTIVE%", "blue");
-    let green = BLUE_GREEN.replace("%ACTIVE%", "green");
-    let s = Scenario::start(&envoy_bin, &["blue-1", "blue-2", "green-1"], &blue).await;
+in_both_xds_modes! {
+    async fn blue_green_switches_all_traffic_at_once_and_previews_the_idle_colour(xds: Xds) {
+        let Some(envoy_bin) = envoy_binary() else {
+            return;
+        };
+        let blue = BLUE_GREEN.replace("%ACTIVE%", "blue");
+        let green = BLUE_GREEN.replace("%ACTIVE%", "green");
+        let s = Scenario::start_in(
+            &envoy_bin,
+            &["blue-1", "blue-2", "green-1"],
+            &blue,
+            &[],
+            xds,
+        )
+        .await;
 
-    // All traffic to the active colour, spread over both of its endpoints.
-    let before = s.hits();
-    let seen = s.envoy.count_bodies(100, "/", &[]).await;
-    assert_eq!(by_version(&seen), counts([("blue", 100)]), "{seen:?}");
-    assert_eq!(seen.len(), 2, "both blue endpoints serve: {seen:?}");
-    assert_eq!(s.hits_since(&before)["green-1"], 0);
+        // All traffic to the active colour, spread over both of its endpoints.
+        let before = s.hits();
+        let seen = s.envoy.count_bodies(100, "/", &[]).await;
+        assert_eq!(by_version(&seen), counts([("blue", 100)]), "{seen:?}");
+        assert_eq!(seen.len(), 2, "both blue endpoints serve: {seen:?}");
+        assert_eq!(s.hits_since(&before)["green-1"], 0);
 
-    // The preview header reaches the idle colour; plain requests, and previews of the active
-    // colour or of no colour at all, do not.
-    let preview = |v: &'static str| [("x-cutover-preview", v)];
-    let seen = s.envoy.count_bodies(50, "/", &preview("green")).await;
-    assert_eq!(seen, counts([("green-1", 50)]));
-    for headers in [&[][..], &preview("blue"), &preview("purple")] {
-        let seen = s.envoy.count_bodies(50, "/", headers).await;
-        assert_eq!(by_version(&seen), counts([("blue", 50)]), "{headers:?}");
+        // The preview header reaches the idle colour; plain requests, and previews of the active
+        // colour or of no colour at all, do not.
+        let preview = |v: &'static str| [("x-cutover-preview", v)];
+        let seen = s.envoy.count_bodies(50, "/", &preview("green")).await;
+        assert_eq!(seen, counts([("green-1", 50)]));
+        for headers in [&[][..], &preview("blue"), &preview("purple")] {
+            let seen = s.envoy.count_bodies(50, "/", headers).await;
+            assert_eq!(by_version(&seen), counts([("blue", 50)]), "{headers:?}");
+        }
+
+        // The switch: after the first green answer, only green answers, and nothing fails.
+        let bodies = switch(&s, &green, "green", 100).await;
+        assert_switched_at_once(&bodies, "blue", "green");
+        let seen = s.envoy.count_bodies(100, "/", &[]).await;
+        assert_eq!(seen, counts([("green-1", 100)]));
+        // Now blue is the idle colour, and previewable.
+        let seen = s.envoy.count_bodies(50, "/", &preview("blue")).await;
+        assert_eq!(by_version(&seen), counts([("blue", 50)]), "{seen:?}");
+        let seen = s.envoy.count_bodies(50, "/", &preview("green")).await;
+        assert_eq!(seen, counts([("green-1", 50)]));
+
+        // The rollback is the same one-word edit back.
+        let bodies = switch(&s, &blue, "blue", 100).await;
+        assert_switched_at_once(&bodies, "green", "blue");
+        let seen = s.envoy.count_bodies(100, "/", &[]).await;
+        assert_eq!(by_version(&seen), counts([("blue", 100)]), "{seen:?}");
     }
-
-    // The switch: after the first green answer, only green answers, and nothing fails.
-    let bodies = switch(&s, &green, "green", 100).await;
-    assert_switched_at_once(&bodies, "blue", "green");
-    let seen = s.envoy.count_bodies(100, "/", &[]).await;
-    assert_eq!(seen, counts([("green-1", 100)]));
-    // Now blue is the idle colour, and previewable.
-    let seen = s.envoy.count_bodies(50, "/", &preview("blue")).await;
-    assert_eq!(by_version(&seen), counts([("blue", 50)]), "{seen:?}");
-    let seen = s.envoy.count_bodies(50, "/", &preview("green")).await;
-    assert_eq!(seen, counts([("green-1", 50)]));
-
-    // The rollback is the same one-word edit back.
-    let bodies = switch(&s, &blue, "blue", 100).await;
-    assert_switched_at_once(&bodies, "green", "blue");
-    let seen = s.envoy.count_bodies(100, "/", &[]).await;
-    assert_eq!(by_version(&seen), counts([("blue", 100)]), "{seen:?}");
 }
 
 /// Blue only; then one edit adds green and makes it active.
@@ -225,22 +235,24 @@ services:
 ",
 ];
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn blue_green_switches_to_a_version_added_in_the_same_edit() {
-    let Some(envoy_bin) = envoy_binary() else {
-        return;
-    };
-    let [before, after] = BLUE_THEN_GREEN;
-    let s = Scenario::start(&envoy_bin, &["blue-1", "green-1"], before).await;
-    assert_eq!(s.envoy.dynamic_clusters().await, ["checkout/blue"]);
+in_both_xds_modes! {
+    async fn blue_green_switches_to_a_version_added_in_the_same_edit(xds: Xds) {
+        let Some(envoy_bin) = envoy_binary() else {
+            return;
+        };
+        let [before, after] = BLUE_THEN_GREEN;
+        let s = Scenario::start_in(&envoy_bin, &["blue-1", "green-1"], before, &[], xds)
+            .await;
+        assert_eq!(s.envoy.dynamic_clusters().await, ["checkout/blue"]);
 
-    // Envoy gets the new cluster, subscribes to its endpoints, and only then the routes move.
-    let bodies = switch(&s, after, "green", 50).await;
-    assert_switched_at_once(&bodies, "blue", "green");
-    assert_eq!(
-        s.envoy.dynamic_clusters().await,
-        ["checkout/blue", "checkout/green"]
-    );
+        // Envoy gets the new cluster, subscribes to its endpoints, and only then the routes move.
+        let bodies = switch(&s, after, "green", 50).await;
+        assert_switched_at_once(&bodies, "blue", "green");
+        assert_eq!(
+            s.envoy.dynamic_clusters().await,
+            ["checkout/blue", "checkout/green"]
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -266,85 +278,88 @@ services:
         sticky: { cookie: cutover-checkout, ttl: 1h }
 ";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn canary_gets_its_weight_and_sticky_users_stay_on_their_side() {
-    let Some(envoy_bin) = envoy_binary() else {
-        return;
-    };
-    let s = Scenario::start(
-        &envoy_bin,
-        &["v1-1", "v1-2", "v2-1"],
-        &CANARY.replace("%WEIGHT%", "10"),
-    )
-    .await;
+in_both_xds_modes! {
+    async fn canary_gets_its_weight_and_sticky_users_stay_on_their_side(xds: Xds) {
+        let Some(envoy_bin) = envoy_binary() else {
+            return;
+        };
+        let s = Scenario::start_in(
+            &envoy_bin,
+            &["v1-1", "v1-2", "v2-1"],
+            &CANARY.replace("%WEIGHT%", "10"),
+            &[],
+            xds,
+        )
+        .await;
 
-    // 10%: 2000 requests, binomial(2000, 0.1): mean 200, sd 13.4, band 132..=268.
-    const N: usize = 2000;
-    let before = s.hits();
-    let replies = s.envoy.replies(N, "/", &[]).await;
-    let mut sides = BTreeMap::new();
-    let mut sticky_cookie = BTreeMap::new();
-    for r in &replies {
-        assert_eq!(r.status, 200, "{r:?}");
-        let version = version_of(&r.body);
-        *sides.entry(version.to_owned()).or_insert(0) += 1;
-        // Every answer of the weighted route tells the client which side it got.
-        let set_cookie = r.header_values("set-cookie");
-        assert_eq!(
-            set_cookie,
-            [format!(
-                "cutover-checkout={version}; Path=/; Max-Age=3600; HttpOnly"
-            )],
-            "the Set-Cookie of an answer from {}",
-            r.body
+        // 10%: 2000 requests, binomial(2000, 0.1): mean 200, sd 13.4, band 132..=268.
+        const N: usize = 2000;
+        let before = s.hits();
+        let replies = s.envoy.replies(N, "/", &[]).await;
+        let mut sides = BTreeMap::new();
+        let mut sticky_cookie = BTreeMap::new();
+        for r in &replies {
+            assert_eq!(r.status, 200, "{r:?}");
+            let version = version_of(&r.body);
+            *sides.entry(version.to_owned()).or_insert(0) += 1;
+            // Every answer of the weighted route tells the client which side it got.
+            let set_cookie = r.header_values("set-cookie");
+            assert_eq!(
+                set_cookie,
+                [format!(
+                    "cutover-checkout={version}; Path=/; Max-Age=3600; HttpOnly"
+                )],
+                "the Set-Cookie of an answer from {}",
+                r.body
+            );
+            let pair = set_cookie[0]
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            sticky_cookie.insert(version.to_owned(), pair);
+        }
+        let band = binomial_band(N, 0.10);
+        let canary = sides.get("v2").copied().unwrap_or(0);
+        assert!(
+            band.contains(&canary),
+            "{canary} of {N} requests reached the canary; expected 10%, within {band:?}: {sides:?}"
         );
-        let pair = set_cookie[0]
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        sticky_cookie.insert(version.to_owned(), pair);
-    }
-    let band = binomial_band(N, 0.10);
-    let canary = sides.get("v2").copied().unwrap_or(0);
-    assert!(
-        band.contains(&canary),
-        "{canary} of {N} requests reached the canary; expected 10%, within {band:?}: {sides:?}"
-    );
-    assert_eq!(sides.values().sum::<usize>(), N, "{sides:?}");
-    assert_eq!(
-        by_version(&s.hits_since(&before)),
-        sides,
-        "the upstreams counted what Envoy answered"
-    );
+        assert_eq!(sides.values().sum::<usize>(), N, "{sides:?}");
+        assert_eq!(
+            by_version(&s.hits_since(&before)),
+            sides,
+            "the upstreams counted what Envoy answered"
+        );
 
-    // Stickiness: a client that got the canary and one that got stable keep their side while
-    // they send the cookie back, also among other cookies.
-    for version in ["v2", "v1"] {
-        let cookie = &sticky_cookie[version];
-        let seen = s.envoy.count_bodies(50, "/", &[("cookie", cookie)]).await;
-        assert_eq!(by_version(&seen), counts([(version, 50)]), "with {cookie}");
-        let among_others = format!("theme=dark; {cookie}; lang=en");
-        let seen = s
-            .envoy
-            .count_bodies(50, "/", &[("cookie", &among_others)])
-            .await;
-        assert_eq!(
-            by_version(&seen),
-            counts([(version, 50)]),
-            "with {among_others}"
-        );
-    }
+        // Stickiness: a client that got the canary and one that got stable keep their side while
+        // they send the cookie back, also among other cookies.
+        for version in ["v2", "v1"] {
+            let cookie = &sticky_cookie[version];
+            let seen = s.envoy.count_bodies(50, "/", &[("cookie", cookie)]).await;
+            assert_eq!(by_version(&seen), counts([(version, 50)]), "with {cookie}");
+            let among_others = format!("theme=dark; {cookie}; lang=en");
+            let seen = s
+                .envoy
+                .count_bodies(50, "/", &[("cookie", &among_others)])
+                .await;
+            assert_eq!(
+                by_version(&seen),
+                counts([(version, 50)]),
+                "with {among_others}"
+            );
+        }
 
-    // 0% and 100% are exact.
-    for (weight, only) in [("0", "v1"), ("100", "v2")] {
-        s.apply(&CANARY.replace("%WEIGHT%", weight)).await;
-        let seen = s.envoy.count_bodies(500, "/", &[]).await;
-        assert_eq!(
-            by_version(&seen),
-            counts([(only, 500)]),
-            "weight {weight}: {seen:?}"
-        );
+        // 0% and 100% are exact.
+        for (weight, only) in [("0", "v1"), ("100", "v2")] {
+            s.apply(&CANARY.replace("%WEIGHT%", weight)).await;
+            let seen = s.envoy.count_bodies(500, "/", &[]).await;
+            assert_eq!(
+                by_version(&seen),
+                counts([(only, 500)]),
+                "weight {weight}: {seen:?}"
+            );
+        }
     }
 }
 
@@ -920,71 +935,74 @@ services:
     strategy: { red-black: { active: %ACTIVE%, grace: 1s } }
 ";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn red_black_retires_the_old_version_after_the_grace_period() {
-    let Some(envoy_bin) = envoy_binary() else {
-        return;
-    };
-    let s = Scenario::start(
-        &envoy_bin,
-        &["red-1", "black-1"],
-        &RED_BLACK.replace("%ACTIVE%", "red"),
-    )
-    .await;
-    // In steady state only the active version is deployed.
-    assert_eq!(s.envoy.dynamic_clusters().await, ["checkout/red"]);
-    let seen = s.envoy.count_bodies(50, "/", &[]).await;
-    assert_eq!(seen, counts([("red-1", 50)]));
+in_both_xds_modes! {
+    async fn red_black_retires_the_old_version_after_the_grace_period(xds: Xds) {
+        let Some(envoy_bin) = envoy_binary() else {
+            return;
+        };
+        let s = Scenario::start_in(
+            &envoy_bin,
+            &["red-1", "black-1"],
+            &RED_BLACK.replace("%ACTIVE%", "red"),
+            &[],
+            xds,
+        )
+        .await;
+        // In steady state only the active version is deployed.
+        assert_eq!(s.envoy.dynamic_clusters().await, ["checkout/red"]);
+        let seen = s.envoy.count_bodies(50, "/", &[]).await;
+        assert_eq!(seen, counts([("red-1", 50)]));
 
-    // The switch re-creates black before routing to it.
-    let traffic = s.envoy.background_traffic();
-    s.write(&RED_BLACK.replace("%ACTIVE%", "black"));
-    wait_for(WAIT, "traffic to move to black", async || {
-        let body = s.envoy.get("/").await?;
-        if body == "black-1" {
-            Ok(())
-        } else {
-            Err(format!("answered by {body}"))
-        }
-    })
-    .await;
-    let switched = Instant::now();
-    // Right after the switch the old version is still there, for an instant rollback.
-    let clusters = s.envoy.dynamic_clusters().await;
-    assert!(
-        clusters.contains(&"checkout/red".to_owned()),
-        "checkout/red is kept during the grace period: {clusters:?}"
-    );
-    // After it, the old version is retired.
-    wait_for(
-        Duration::from_secs(10),
-        "checkout/red to be removed from Envoy",
-        async || {
-            let clusters = s.envoy.dynamic_clusters().await;
-            if clusters.contains(&"checkout/red".to_owned()) {
-                Err(format!("{clusters:?}"))
-            } else {
+        // The switch re-creates black before routing to it.
+        let traffic = s.envoy.background_traffic();
+        s.write(&RED_BLACK.replace("%ACTIVE%", "black"));
+        wait_for(WAIT, "traffic to move to black", async || {
+            let body = s.envoy.get("/").await?;
+            if body == "black-1" {
                 Ok(())
+            } else {
+                Err(format!("answered by {body}"))
             }
-        },
-    )
-    .await;
-    let retired_after = switched.elapsed();
-    // The grace period (1 s) runs from Envoy's ACK of the switch, which precedes the first
-    // answer from black by at most a poll or two.
-    assert!(
-        retired_after >= Duration::from_millis(800),
-        "checkout/red was removed {retired_after:?} after the switch, before the 1 s grace"
-    );
-    assert_eq!(s.envoy.dynamic_clusters().await, ["checkout/black"]);
+        })
+        .await;
+        let switched = Instant::now();
+        // Right after the switch the old version is still there, for an instant rollback.
+        let clusters = s.envoy.dynamic_clusters().await;
+        assert!(
+            clusters.contains(&"checkout/red".to_owned()),
+            "checkout/red is kept during the grace period: {clusters:?}"
+        );
+        // After it, the old version is retired.
+        wait_for(
+            Duration::from_secs(10),
+            "checkout/red to be removed from Envoy",
+            async || {
+                let clusters = s.envoy.dynamic_clusters().await;
+                if clusters.contains(&"checkout/red".to_owned()) {
+                    Err(format!("{clusters:?}"))
+                } else {
+                    Ok(())
+                }
+            },
+        )
+        .await;
+        let retired_after = switched.elapsed();
+        // The grace period (1 s) runs from Envoy's ACK of the switch, which precedes the first
+        // answer from black by at most a poll or two.
+        assert!(
+            retired_after >= Duration::from_millis(800),
+            "checkout/red was removed {retired_after:?} after the switch, before the 1 s grace"
+        );
+        assert_eq!(s.envoy.dynamic_clusters().await, ["checkout/black"]);
 
-    let seen = s.envoy.count_bodies(50, "/", &[]).await;
-    assert_eq!(seen, counts([("black-1", 50)]));
-    let outcomes = traffic.stop().await;
-    let bodies: Vec<String> = outcomes
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| r.unwrap_or_else(|e| panic!("background request {} failed: {e}", i + 1)))
-        .collect();
-    assert_switched_at_once(&bodies, "red", "black");
+        let seen = s.envoy.count_bodies(50, "/", &[]).await;
+        assert_eq!(seen, counts([("black-1", 50)]));
+        let outcomes = traffic.stop().await;
+        let bodies: Vec<String> = outcomes
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| r.unwrap_or_else(|e| panic!("background request {} failed: {e}", i + 1)))
+            .collect();
+        assert_switched_at_once(&bodies, "red", "black");
+    }
 }

@@ -141,11 +141,12 @@ async fn start_with(dir: &tempfile::TempDir, text: &str) -> app::Server {
     .expect("server starts")
 }
 
-/// Connects, subscribes like Envoy does and ACKs everything; returns the last RDS response.
+/// Connects, subscribes like Envoy does (listeners once its clusters have their endpoints: Envoy
+/// starts LDS once its cluster manager is initialised) and ACKs everything; returns the last RDS
+/// response.
 async fn bring_up(client: &mut Client) -> DiscoveryResponse {
     let names = ["checkout/blue", "checkout/green"];
     client.send(CDS, "", "", &[]).await;
-    client.send(LDS, "", "", &[]).await;
     let cds = client.recv().await;
     assert_eq!(cds.type_url, CDS, "clusters come first");
     let clusters: Vec<String> = cds
@@ -160,11 +161,9 @@ async fn bring_up(client: &mut Client) -> DiscoveryResponse {
     assert_eq!(eds.type_url, EDS);
     assert_eq!(eds.resources.len(), 2);
     client.ack(&eds, &names).await;
+    client.send(LDS, "", "", &[]).await;
     let lds = client.recv().await;
-    assert_eq!(
-        lds.type_url, LDS,
-        "listeners only after clusters and endpoints are ACKed"
-    );
+    assert_eq!(lds.type_url, LDS);
     client.send(RDS, "", "", &["public"]).await;
     client.ack(&lds, &[]).await;
     let rds = client.recv().await;
@@ -882,6 +881,38 @@ async fn only_allowed_node_ids_get_config() {
         .unwrap_err()
         .to_string()
         .contains("invalid --allow-node pattern \"[\"")
+    );
+}
+
+/// Conformance (issue 11, item 2), as gRPC's proxyless clients ask: LDS → RDS → CDS → EDS, each
+/// only after the answer to the one before. A client that routes nothing yet has nothing to
+/// break, so every request is answered at once.
+#[tokio::test]
+async fn a_client_that_asks_for_listeners_first_is_answered_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir).await;
+    let mut client = Client::connect(server.ads_addr).await;
+    client.send(LDS, "", "", &[]).await;
+    let lds = client.recv().await;
+    assert_eq!(resource_names(&lds), ["public"]);
+    client.send(RDS, "", "", &["public"]).await;
+    client.ack(&lds, &[]).await;
+    let rds = client.recv().await;
+    assert_eq!(route_cluster(&rds), "checkout/blue");
+    client.send(CDS, "", "", &["checkout/blue"]).await;
+    client.ack(&rds, &["public"]).await;
+    let cds = client.recv().await;
+    assert_eq!(cluster_names(&cds), ["checkout/blue"]);
+    client.send(EDS, "", "", &["checkout/blue"]).await;
+    client.ack(&cds, &["checkout/blue"]).await;
+    let eds = client.recv().await;
+    assert_eq!(resource_names(&eds), ["checkout/blue"]);
+    client.ack(&eds, &["checkout/blue"]).await;
+    client.expect_nothing().await;
+    let report = server.status.report();
+    assert_eq!(
+        report.nodes[0].types["rds"].acked.as_deref(),
+        Some(rds.version_info.as_str())
     );
 }
 

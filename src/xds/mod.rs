@@ -1,6 +1,8 @@
 //! The xDS side: the protocol machines and the server that connects them to sockets.
 //!
 //! - [`sotw`]: the state-of-the-world protocol for one stream, a pure state machine;
+//! - [`delta`]: the incremental (delta) protocol for one stream, a pure state machine beside it,
+//!   fed the same snapshots;
 //! - [`order`]: make-before-break, the ordering policy every protocol machine follows;
 //! - [`clients`]: one protocol-neutral view of what every connected client holds (ACKed, pending,
 //!   rejected), written by the machines' streams and read by status, CSDS, metrics and the
@@ -12,6 +14,7 @@
 pub mod clients;
 pub mod codec;
 pub mod csds;
+pub mod delta;
 pub mod order;
 pub mod server;
 pub mod sotw;
@@ -36,6 +39,23 @@ impl Mode {
             Mode::Single(ResourceType::Endpoint) => &[ResourceType::Endpoint],
             Mode::Single(ResourceType::Listener) => &[ResourceType::Listener],
             Mode::Single(ResourceType::Route) => &[ResourceType::Route],
+        }
+    }
+}
+
+/// What a protocol machine answers to one input: the responses to send, in order, and the events
+/// to record.
+#[derive(Debug, PartialEq)]
+pub struct Output<R> {
+    pub responses: Vec<R>,
+    pub events: Vec<Event>,
+}
+
+impl<R> Default for Output<R> {
+    fn default() -> Self {
+        Output {
+            responses: Vec::new(),
+            events: Vec::new(),
         }
     }
 }

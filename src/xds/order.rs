@@ -1,9 +1,17 @@
 //! Make-before-break: the order in which a client may be sent a config, whatever the protocol.
 //!
-//! On an aggregated (ADS) stream, a config version's listeners and routes are sent only once the
-//! client has ACKed all of its clusters *and* their endpoints; clusters that the routes the
-//! client may still be using refer to are kept until routes without them are ACKed, and only
-//! then removed. A rejected cluster therefore holds back the routes that would need it.
+//! On an aggregated (ADS) stream, a config version's listeners and routes are sent to a client
+//! that may be routing traffic only once it has ACKed all of the version's clusters *and* their
+//! endpoints; clusters that the routes the client may still be using refer to are kept until
+//! routes without them are ACKed, and only then removed. A rejected cluster therefore holds back
+//! the routes that would need it.
+//!
+//! Only what can break is gated: a client that holds no routes (none ACKed, none in flight, none
+//! reported when it connected) and reported no listeners routes nothing, so it is sent listeners
+//! and routes as soon as it asks. Clients that ask for listeners and routes before clusters (gRPC's
+//! proxyless clients ask LDS → RDS → CDS → EDS, and learn which clusters exist only from the
+//! routes) would otherwise wait forever.
+//!
 //! Per-type streams cannot see each other and get no ordering here (the best the protocol
 //! allows without ADS).
 //!
@@ -24,6 +32,9 @@ pub trait Holdings {
     fn acked(&self, ty: ResourceType) -> Option<&BTreeMap<String, Resource>>;
     /// What was sent and is not answered yet.
     fn pending(&self, ty: ResourceType) -> Option<&BTreeMap<String, Resource>>;
+    /// Whether the client said, when it connected, that it already held resources of this type
+    /// (a reconnect): they are in effect although this stream has sent nothing yet.
+    fn reported(&self, ty: ResourceType) -> bool;
 }
 
 /// The snapshot's resources of `ty` that the client asks for.
@@ -84,8 +95,11 @@ pub fn routing_settled(snap: &Snapshot, client: &impl Holdings) -> bool {
         .into_iter()
         .all(|ty| {
             if !client.subscribed(ty) {
-                // Never asked for: nothing of this type is in effect.
-                return true;
+                // Never asked for on this stream: nothing of this type is in effect, unless the
+                // client reconnected holding clusters. Then it may route with listeners and routes
+                // it has not listed again yet (a reconnecting client asks for each type anew, one
+                // request after the other), so what it holds stays until it has.
+                return !client.reported(ResourceType::Cluster);
             }
             if client.pending(ty).is_some() {
                 return false;
@@ -103,12 +117,35 @@ pub fn routing_settled(snap: &Snapshot, client: &impl Holdings) -> bool {
         })
 }
 
-/// Whether the snapshot's listeners and routes may be sent: the client has ACKed every cluster
-/// of the snapshot and the endpoints of each.
+/// Whether the client may be routing traffic: it holds routes (ACKed, in flight, or reported on
+/// reconnect), or reported listeners on reconnect (whose routes it then holds too, even if it
+/// has not said so yet: Envoy asks for each type on its own). Listeners without routes route
+/// nothing: cutover's listeners take their routes from RDS, and wait for them.
+pub fn may_be_routing(client: &impl Holdings) -> bool {
+    let non_empty = |held: Option<&BTreeMap<String, Resource>>| held.is_some_and(|m| !m.is_empty());
+    non_empty(client.acked(ResourceType::Route))
+        || non_empty(client.pending(ResourceType::Route))
+        || client.reported(ResourceType::Route)
+        || client.reported(ResourceType::Listener)
+}
+
+/// Whether the snapshot's listeners and routes may be sent now: at once to a client that is not
+/// routing anything yet (nothing can break), else once [`clusters_ready`].
+pub fn routing_may_be_sent(snap: &Snapshot, client: &impl Holdings) -> bool {
+    !may_be_routing(client) || clusters_ready(snap, client)
+}
+
+/// Whether the client has ACKed every cluster of the snapshot and the endpoints of each, with
+/// nothing of either in flight (a response in flight may still remove or redefine a cluster).
 ///
 /// A cluster without an endpoints resource (a DNS cluster carries its endpoints) needs only its
 /// CDS ACK, and a client whose clusters are all such never subscribes to endpoints at all.
 pub fn clusters_ready(snap: &Snapshot, client: &impl Holdings) -> bool {
+    if client.pending(ResourceType::Cluster).is_some()
+        || client.pending(ResourceType::Endpoint).is_some()
+    {
+        return false;
+    }
     let Some(cds) = client.acked(ResourceType::Cluster) else {
         // Nothing ACKed yet: ready only if the snapshot has no clusters at all.
         return snap.resources(ResourceType::Cluster).is_empty();

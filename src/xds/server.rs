@@ -1,29 +1,30 @@
-//! The tonic edge of the xDS server: ADS and the per-type CDS/EDS/LDS/RDS services.
+//! The tonic edge of the xDS server: ADS and the per-type CDS/EDS/LDS/RDS services, each in
+//! both protocols, state of the world (`Stream...`) and delta (`Delta...`).
 //!
 //! Each gRPC stream gets a task that feeds requests and its node group's new snapshots into its
-//! own [`sotw::Stream`], writes the responses it returns, and reports what its client holds to
-//! [`Clients`]. The generated envoy-types servers are not
-//! used because their codec would re-encode every resource per stream; [`XdsCodec`] copies the
-//! bytes encoded once per config version instead. Delta xDS is answered with `UNIMPLEMENTED`, so
-//! Envoy must use `api_type: GRPC` (what `cutover bootstrap` writes).
+//! own protocol machine ([`sotw::Stream`] or [`delta::Stream`], one task code for both through
+//! [`Machine`]), writes the responses it returns, and reports what its client holds to
+//! [`Clients`]. The generated envoy-types servers are not used because their codec would
+//! re-encode every resource per stream; [`XdsCodec`] copies the bytes encoded once per config
+//! version instead.
 
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::{BoxFuture, Context, Poll, StdError, http};
 use tonic::server::{Grpc, NamedService, StreamingService};
 use tonic::{Status, Streaming};
 
-use super::ResourceType;
-use super::clients::{ClientUpdate, Clients};
-use super::codec::XdsCodec;
-use super::sotw::{self, Event, Mode, Response, Stream};
-use crate::node::GroupId;
-use crate::snapshot::{GroupSnapshot, Published};
+use super::clients::{ClientUpdate, ClientView, Clients, SyncState};
+use super::codec::{EncodeResponse, XdsCodec};
+use super::{Event, Mode, Output, ResourceType, delta, sotw};
+use crate::node::{GroupId, NodeInfo};
+use crate::snapshot::{GroupSnapshot, Published, Snapshot};
 
 /// What every stream needs: the latest published config, where to report, who may connect,
 /// and when to stop.
@@ -79,20 +80,24 @@ impl NodeAllowList {
     }
 }
 
-/// One of the discovery services: its gRPC name, stream method and what it carries.
+/// One of the discovery services: its gRPC name, stream methods and what it carries.
 pub trait Kind: Send + Sync + 'static {
     const SERVICE: &'static str;
+    /// The state-of-the-world stream.
     const STREAM_PATH: &'static str;
+    /// The delta (incremental) stream.
+    const DELTA_PATH: &'static str;
     const MODE: Mode;
 }
 
 macro_rules! kind {
-    ($ty:ident, $service:literal, $method:literal, $mode:expr) => {
+    ($ty:ident, $service:literal, $method:literal, $delta:literal, $mode:expr) => {
         #[derive(Debug, Clone, Copy)]
         pub struct $ty;
         impl Kind for $ty {
             const SERVICE: &'static str = $service;
             const STREAM_PATH: &'static str = concat!("/", $service, "/", $method);
+            const DELTA_PATH: &'static str = concat!("/", $service, "/", $delta);
             const MODE: Mode = $mode;
         }
     };
@@ -102,32 +107,141 @@ kind!(
     Ads,
     "envoy.service.discovery.v3.AggregatedDiscoveryService",
     "StreamAggregatedResources",
+    "DeltaAggregatedResources",
     Mode::Aggregated
 );
 kind!(
     Cds,
     "envoy.service.cluster.v3.ClusterDiscoveryService",
     "StreamClusters",
+    "DeltaClusters",
     Mode::Single(ResourceType::Cluster)
 );
 kind!(
     Eds,
     "envoy.service.endpoint.v3.EndpointDiscoveryService",
     "StreamEndpoints",
+    "DeltaEndpoints",
     Mode::Single(ResourceType::Endpoint)
 );
 kind!(
     Lds,
     "envoy.service.listener.v3.ListenerDiscoveryService",
     "StreamListeners",
+    "DeltaListeners",
     Mode::Single(ResourceType::Listener)
 );
 kind!(
     Rds,
     "envoy.service.route.v3.RouteDiscoveryService",
     "StreamRoutes",
+    "DeltaRoutes",
     Mode::Single(ResourceType::Route)
 );
+
+/// A protocol machine as a stream task drives it: the same task serves both protocols.
+pub trait Machine: Send + 'static {
+    type Request: prost::Message + Default + Send + 'static;
+    type Response: EncodeResponse + Send + 'static;
+
+    fn new(mode: Mode) -> Self;
+    /// The node a request names (Envoy names it on the first request only).
+    fn request_node(req: &Self::Request) -> Option<&Node>;
+    fn on_request(&mut self, req: &Self::Request) -> Output<Self::Response>;
+    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Output<Self::Response>;
+    fn node(&self) -> Option<&NodeInfo>;
+    fn snapshot_version(&self) -> Option<&str>;
+    fn sync_state(&self) -> SyncState;
+    fn view(&self) -> ClientView;
+    /// What a response is, for the log and the metrics.
+    fn describe(response: &Self::Response) -> Pushed<'_>;
+}
+
+/// A response as logged: its type, the version it brings the client to, resources sent and
+/// names removed.
+#[derive(Debug)]
+pub struct Pushed<'a> {
+    pub ty: ResourceType,
+    pub version: &'a str,
+    pub resources: usize,
+    pub removed: usize,
+}
+
+impl Machine for sotw::Stream {
+    type Request = DiscoveryRequest;
+    type Response = sotw::Response;
+
+    fn new(mode: Mode) -> Self {
+        sotw::Stream::new(mode)
+    }
+    fn request_node(req: &DiscoveryRequest) -> Option<&Node> {
+        req.node.as_ref()
+    }
+    fn on_request(&mut self, req: &DiscoveryRequest) -> sotw::Output {
+        sotw::Stream::on_request(self, req)
+    }
+    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> sotw::Output {
+        sotw::Stream::on_snapshot(self, snapshot)
+    }
+    fn node(&self) -> Option<&NodeInfo> {
+        sotw::Stream::node(self)
+    }
+    fn snapshot_version(&self) -> Option<&str> {
+        sotw::Stream::snapshot_version(self)
+    }
+    fn sync_state(&self) -> SyncState {
+        sotw::Stream::sync_state(self)
+    }
+    fn view(&self) -> ClientView {
+        sotw::Stream::view(self)
+    }
+    fn describe(r: &sotw::Response) -> Pushed<'_> {
+        Pushed {
+            ty: r.ty,
+            version: &r.version,
+            resources: r.resources.len(),
+            removed: 0,
+        }
+    }
+}
+
+impl Machine for delta::Stream {
+    type Request = DeltaDiscoveryRequest;
+    type Response = delta::Response;
+
+    fn new(mode: Mode) -> Self {
+        delta::Stream::new(mode)
+    }
+    fn request_node(req: &DeltaDiscoveryRequest) -> Option<&Node> {
+        req.node.as_ref()
+    }
+    fn on_request(&mut self, req: &DeltaDiscoveryRequest) -> delta::Output {
+        delta::Stream::on_request(self, req)
+    }
+    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> delta::Output {
+        delta::Stream::on_snapshot(self, snapshot)
+    }
+    fn node(&self) -> Option<&NodeInfo> {
+        delta::Stream::node(self)
+    }
+    fn snapshot_version(&self) -> Option<&str> {
+        delta::Stream::snapshot_version(self)
+    }
+    fn sync_state(&self) -> SyncState {
+        delta::Stream::sync_state(self)
+    }
+    fn view(&self) -> ClientView {
+        delta::Stream::view(self)
+    }
+    fn describe(r: &delta::Response) -> Pushed<'_> {
+        Pushed {
+            ty: r.ty,
+            version: &r.version,
+            resources: r.resources.len(),
+            removed: r.removed.len(),
+        }
+    }
+}
 
 /// A discovery service as a tower service that tonic's router can serve.
 #[derive(Debug)]
@@ -173,56 +287,76 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if req.uri().path() != K::STREAM_PATH {
-            // Delta and Fetch variants.
-            return Box::pin(async {
-                Ok(
-                    Status::unimplemented("cutover serves state-of-the-world xDS streams only")
-                        .into_http(),
-                )
-            });
+        let path = req.uri().path();
+        if path == K::STREAM_PATH {
+            serve::<sotw::Stream, B>(K::MODE, self.shared.clone(), req)
+        } else if path == K::DELTA_PATH {
+            serve::<delta::Stream, B>(K::MODE, self.shared.clone(), req)
+        } else {
+            // Fetch (unary) variants.
+            Box::pin(async {
+                Ok(Status::unimplemented("cutover serves xDS streams only").into_http())
+            })
         }
-        let method = StreamMethod::<K> {
-            shared: self.shared.clone(),
-            kind: PhantomData,
-        };
-        Box::pin(async move { Ok(Grpc::new(XdsCodec).streaming(method, req).await) })
     }
 }
 
-struct StreamMethod<K> {
+fn serve<M, B>(
+    mode: Mode,
     shared: Shared,
-    kind: PhantomData<K>,
+    req: http::Request<B>,
+) -> BoxFuture<http::Response<tonic::body::Body>, std::convert::Infallible>
+where
+    M: Machine,
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    let method = StreamMethod::<M> {
+        mode,
+        shared,
+        machine: PhantomData,
+    };
+    Box::pin(async move {
+        Ok(Grpc::new(XdsCodec::<M::Request, M::Response>::default())
+            .streaming(method, req)
+            .await)
+    })
 }
 
-impl<K: Kind> StreamingService<DiscoveryRequest> for StreamMethod<K> {
-    type Response = Response;
-    type ResponseStream = ReceiverStream<Result<Response, Status>>;
+struct StreamMethod<M> {
+    mode: Mode,
+    shared: Shared,
+    machine: PhantomData<fn() -> M>,
+}
+
+impl<M: Machine> StreamingService<M::Request> for StreamMethod<M> {
+    type Response = M::Response;
+    type ResponseStream = ReceiverStream<Result<M::Response, Status>>;
     type Future = BoxFuture<tonic::Response<Self::ResponseStream>, Status>;
 
-    fn call(&mut self, request: tonic::Request<Streaming<DiscoveryRequest>>) -> Self::Future {
+    fn call(&mut self, request: tonic::Request<Streaming<M::Request>>) -> Self::Future {
         let shared = self.shared.clone();
         let peer = request.remote_addr();
         let inbound = request.into_inner();
         // A few responses of headroom: one config change is at most one per type, plus removals.
         let (tx, rx) = mpsc::channel(8);
-        tokio::spawn(run_stream(K::MODE, shared, inbound, tx, peer));
+        tokio::spawn(run_stream::<M>(self.mode, shared, inbound, tx, peer));
         Box::pin(async move { Ok(tonic::Response::new(ReceiverStream::new(rx))) })
     }
 }
 
-async fn run_stream(
+async fn run_stream<M: Machine>(
     mode: Mode,
     shared: Shared,
-    mut inbound: Streaming<DiscoveryRequest>,
-    tx: mpsc::Sender<Result<Response, Status>>,
+    mut inbound: Streaming<M::Request>,
+    tx: mpsc::Sender<Result<M::Response, Status>>,
     peer: Option<SocketAddr>,
 ) {
     let clients = shared.clients.clone();
     let id = clients.connect(mode, peer);
     let mut published = shared.published;
     let mut closing = shared.closing;
-    let mut machine = Stream::new(mode);
+    let mut machine = M::new(mode);
     // Resolved from the first request's node; until then nothing is sent anyway.
     let mut group: Option<GroupId> = None;
     let mut current: Option<GroupSnapshot> = None;
@@ -230,9 +364,9 @@ async fn run_stream(
         let out = tokio::select! {
             req = inbound.message() => match req {
                 Ok(Some(req)) => {
-                    let mut out = sotw::Output::default();
+                    let mut out = Output::default();
                     if group.is_none() {
-                        let node = req.node.as_ref().map(|n| crate::node::NodeInfo {
+                        let node = M::request_node(&req).map(|n| NodeInfo {
                             id: n.id.clone(),
                             cluster: n.cluster.clone(),
                         }).unwrap_or_default();
@@ -308,15 +442,17 @@ async fn run_stream(
             },
         );
         for response in out.responses {
+            let pushed = M::describe(&response);
             // One line per response (not per request): what each Envoy was sent, and when.
             tracing::info!(
                 node = %node_id(&machine),
-                r#type = %response.ty,
-                version = %response.version,
-                resources = response.resources.len(),
+                r#type = %pushed.ty,
+                version = %pushed.version,
+                resources = pushed.resources,
+                removed = pushed.removed,
                 "push"
             );
-            clients.pushed(response.ty);
+            clients.pushed(pushed.ty);
             if tx.send(Ok(response)).await.is_err() {
                 clients.disconnect(id);
                 return;
@@ -339,11 +475,11 @@ fn inbound_error(status: Status) -> Status {
     }
 }
 
-fn node_id(machine: &Stream) -> &str {
+fn node_id(machine: &impl Machine) -> &str {
     machine.node().map(|n| n.id.as_str()).unwrap_or("?")
 }
 
-fn log_event(machine: &Stream, event: &Event) {
+fn log_event(machine: &impl Machine, event: &Event) {
     let node = node_id(machine);
     match event {
         Event::Ack { ty, version } => {

@@ -45,11 +45,7 @@ pub struct Response {
 }
 
 /// What happened on one input: responses to send (in order) and events to record.
-#[derive(Debug, Default, PartialEq)]
-pub struct Output {
-    pub responses: Vec<Response>,
-    pub events: Vec<Event>,
-}
+pub type Output = super::Output<Response>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Subscription {
@@ -193,7 +189,7 @@ pub struct Stream {
     types: [TypeState; 4],
     nonces: u64,
     /// Inputs of the last cluster-readiness check, and its answer.
-    ready_memo: RefCell<Option<([String; 3], bool)>>,
+    ready_memo: RefCell<Option<([String; 5], bool)>>,
 }
 
 impl Stream {
@@ -507,7 +503,9 @@ impl Stream {
                 Some(desired)
             }
             ResourceType::Listener | ResourceType::Route => {
-                self.clusters_ready_cached(snap).then_some(desired)
+                // Only a client that may be routing traffic waits for its clusters.
+                (!order::may_be_routing(self) || self.clusters_ready_cached(snap))
+                    .then_some(desired)
             }
         }
     }
@@ -530,18 +528,18 @@ impl Stream {
         ready
     }
 
-    fn ready_key(&self, snap: &Snapshot) -> [String; 3] {
-        let acked = |ty: ResourceType| {
-            self.types[ty.index()]
-                .acked
-                .as_ref()
-                .map(|h| h.version.clone())
-                .unwrap_or_default()
-        };
+    fn ready_key(&self, snap: &Snapshot) -> [String; 5] {
+        let version =
+            |held: &Option<Held>| held.as_ref().map(|h| h.version.clone()).unwrap_or_default();
+        let [cds, eds] =
+            [ResourceType::Cluster, ResourceType::Endpoint].map(|ty| &self.types[ty.index()]);
         [
             snap.version.clone(),
-            acked(ResourceType::Cluster),
-            acked(ResourceType::Endpoint),
+            version(&cds.acked),
+            version(&eds.acked),
+            // Empty when nothing is in flight, else a version (never empty).
+            version(&cds.sent),
+            version(&eds.sent),
         ]
     }
 }
@@ -564,6 +562,10 @@ impl order::Holdings for Stream {
 
     fn pending(&self, ty: ResourceType) -> Option<&BTreeMap<String, Resource>> {
         self.types[ty.index()].sent.as_ref().map(|h| &*h.resources)
+    }
+
+    fn reported(&self, ty: ResourceType) -> bool {
+        self.types[ty.index()].reported.is_some()
     }
 }
 

@@ -828,6 +828,54 @@ pub fn bootstrap_with(node_id: &str, ads: impl std::fmt::Display, args: &[&str])
 // ---------------------------------------------------------------------------------------------
 // Envoy
 
+/// The xDS protocol an Envoy speaks to cutover: what a test runs in both modes is parameterised
+/// by it (see [`in_both_xds_modes!`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Xds {
+    /// State of the world (`api_type: GRPC`, what `cutover bootstrap` writes by default).
+    Sotw,
+    /// Incremental (`cutover bootstrap --delta`, `api_type: DELTA_GRPC`).
+    Delta,
+}
+
+impl Xds {
+    /// The `cutover bootstrap` arguments that choose it.
+    pub fn bootstrap_args(self) -> &'static [&'static str] {
+        match self {
+            Xds::Sotw => &[],
+            Xds::Delta => &["--delta"],
+        }
+    }
+}
+
+/// Declares each `async fn name(xds: Xds) { ... }` as a module `name` with two end-to-end tests,
+/// `name::sotw` and `name::delta`, that run the same body with each protocol. The module sees
+/// everything the test file has in scope.
+#[macro_export]
+macro_rules! in_both_xds_modes {
+    ($($(#[doc = $doc:literal])* async fn $name:ident($xds:ident: Xds) $body:block)*) => {
+        $(
+            $(#[doc = $doc])*
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+
+                async fn body($xds: $crate::support::Xds) $body
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sotw() {
+                    body($crate::support::Xds::Sotw).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn delta() {
+                    body($crate::support::Xds::Delta).await
+                }
+            }
+        )*
+    };
+}
+
 /// A real Envoy configured by `cutover bootstrap`. Killed on drop; the end of its log is printed
 /// if the test panics.
 pub struct Envoy {
@@ -1195,6 +1243,11 @@ pub struct Stack {
 impl Stack {
     /// Everything up and serving, `active` getting the traffic.
     pub async fn start(envoy_bin: &Path, active: &str) -> Stack {
+        Stack::start_in(envoy_bin, active, Xds::Sotw).await
+    }
+
+    /// [`Stack::start`] with Envoy speaking `xds` to cutover.
+    pub async fn start_in(envoy_bin: &Path, active: &str, xds: Xds) -> Stack {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let blue = vec![
             Upstream::start("blue-1").await,
@@ -1213,7 +1266,15 @@ impl Stack {
         );
         file.write_renamed(&text);
         let cutover = Cutover::start(dir.path(), &file.path).await;
-        let envoy = Envoy::start(envoy_bin, dir.path(), NODE, cutover.ads, listener).await;
+        let envoy = Envoy::start_with(
+            envoy_bin,
+            dir.path(),
+            NODE,
+            cutover.ads,
+            listener,
+            xds.bootstrap_args(),
+        )
+        .await;
         Stack {
             blue,
             green,
@@ -1283,6 +1344,17 @@ impl Scenario {
         template: &str,
         cutover_args: &[&str],
     ) -> Scenario {
+        Scenario::start_in(envoy_bin, upstreams, template, cutover_args, Xds::Sotw).await
+    }
+
+    /// [`Scenario::start_with_args`] with Envoy speaking `xds` to cutover.
+    pub async fn start_in(
+        envoy_bin: &Path,
+        upstreams: &[&str],
+        template: &str,
+        cutover_args: &[&str],
+        xds: Xds,
+    ) -> Scenario {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let mut started = Vec::with_capacity(upstreams.len());
         for name in upstreams {
@@ -1298,7 +1370,15 @@ impl Scenario {
         };
         file.write_renamed(&render_template(template, listener, &started));
         let cutover = Cutover::start_with_args(dir.path(), &file.path, cutover_args).await;
-        let envoy = Envoy::start(envoy_bin, dir.path(), NODE, cutover.ads, listener).await;
+        let envoy = Envoy::start_with(
+            envoy_bin,
+            dir.path(),
+            NODE,
+            cutover.ads,
+            listener,
+            xds.bootstrap_args(),
+        )
+        .await;
         cutover.wait_in_sync(NODE).await;
         Scenario {
             upstreams: started,

@@ -100,9 +100,13 @@ fn route_targets(resource: &Resource) -> BTreeSet<String> {
 
 /// A minimal Envoy: it applies what it is sent, asks for what its config refers to, ACKs, and
 /// checks after every response that each route targets a cluster it holds with endpoints (else
-/// real requests would fail with 503 "no cluster").
+/// real requests would fail with 503 "no cluster"). Like Envoy, it starts with clusters and
+/// asks for listeners once its first clusters have their endpoints (Envoy initialises LDS once
+/// the cluster manager is initialised).
 #[derive(Default)]
 struct FakeEnvoy {
+    /// Whether it asked for listeners yet.
+    asked_listeners: bool,
     held: BTreeMap<ResourceType, BTreeMap<String, Resource>>,
     versions: BTreeMap<ResourceType, String>,
     /// The nonce of the last response of each type: Envoy sends it on every later request of
@@ -116,10 +120,21 @@ struct FakeEnvoy {
 
 impl FakeEnvoy {
     fn start(&self) -> Vec<DiscoveryRequest> {
-        vec![
-            request(ResourceType::Cluster, "", "", &[]),
-            request(ResourceType::Listener, "", "", &[]),
-        ]
+        vec![request(ResourceType::Cluster, "", "", &[])]
+    }
+
+    /// The first listener request, once every cluster it holds has its endpoints.
+    fn ask_listeners_once_initialised(&mut self, out: &mut Vec<DiscoveryRequest>) {
+        let empty = BTreeMap::new();
+        let clusters = self.held.get(&ResourceType::Cluster).unwrap_or(&empty);
+        let endpoints = self.held.get(&ResourceType::Endpoint).unwrap_or(&empty);
+        if !self.asked_listeners
+            && self.held.contains_key(&ResourceType::Cluster)
+            && clusters.keys().all(|c| endpoints.contains_key(c))
+        {
+            self.asked_listeners = true;
+            out.push(request(ResourceType::Listener, "", "", &[]));
+        }
     }
 
     fn receive(&mut self, r: &Response) -> Vec<DiscoveryRequest> {
@@ -157,6 +172,7 @@ impl FakeEnvoy {
         let names = self.subscribed(r.ty);
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         out.push(request(r.ty, &r.version, &r.nonce, &names));
+        self.ask_listeners_once_initialised(&mut out);
         out
     }
 
@@ -272,12 +288,13 @@ fn initial_connection_sends_clusters_and_endpoints_before_listeners_and_routes()
 }
 
 #[test]
-fn listeners_wait_for_acked_clusters_and_endpoints() {
+fn listeners_wait_for_acked_clusters_and_endpoints_when_the_client_may_be_routing() {
+    // A reconnect: the client says it holds listeners (and so their routes) from before.
     let mut s = Stream::new(Mode::Aggregated);
     s.on_snapshot(blue_green("blue"));
     let cds = s.on_request(&request(ResourceType::Cluster, "", "", &[]));
     assert_eq!(types(&cds), [ResourceType::Cluster]);
-    let lds = s.on_request(&request(ResourceType::Listener, "", "", &[]));
+    let lds = s.on_request(&request(ResourceType::Listener, "old", "", &[]));
     assert!(
         lds.responses.is_empty(),
         "no listener before its clusters are ACKed"
@@ -304,6 +321,70 @@ fn listeners_wait_for_acked_clusters_and_endpoints() {
         &["checkout/blue", "checkout/green"],
     ));
     assert_eq!(types(&ack), [ResourceType::Listener]);
+}
+
+/// Conformance (issue 11, item 2): a client that asks for listeners and routes before clusters
+/// (gRPC's proxyless clients ask LDS → RDS → CDS → EDS) holds no routes, so nothing can break:
+/// each request is answered at once.
+#[test]
+fn a_client_that_routes_nothing_yet_is_answered_at_once_in_any_order() {
+    let mut s = Stream::new(Mode::Aggregated);
+    s.on_snapshot(blue_green("blue"));
+    let lds = s.on_request(&request(ResourceType::Listener, "", "", &[]));
+    let l = &lds.responses[0];
+    assert_eq!((l.ty, names(l)), (ResourceType::Listener, vec!["public"]));
+    s.on_request(&request(ResourceType::Listener, &l.version, &l.nonce, &[]));
+    let rds = s.on_request(&request(ResourceType::Route, "", "", &["public"]));
+    let r = &rds.responses[0];
+    assert_eq!((r.ty, names(r)), (ResourceType::Route, vec!["public"]));
+    s.on_request(&request(
+        ResourceType::Route,
+        &r.version,
+        &r.nonce,
+        &["public"],
+    ));
+    let cds = s.on_request(&request(ResourceType::Cluster, "", "", &["checkout/blue"]));
+    let c = &cds.responses[0];
+    assert_eq!(names(c), ["checkout/blue"]);
+    s.on_request(&request(
+        ResourceType::Cluster,
+        &c.version,
+        &c.nonce,
+        &["checkout/blue"],
+    ));
+    let eds = s.on_request(&request(ResourceType::Endpoint, "", "", &["checkout/blue"]));
+    let e = &eds.responses[0];
+    assert_eq!(names(e), ["checkout/blue"]);
+    s.on_request(&request(
+        ResourceType::Endpoint,
+        &e.version,
+        &e.nonce,
+        &["checkout/blue"],
+    ));
+
+    // From now on it routes: a switch to green waits for green's cluster and endpoints.
+    let out = s.on_snapshot(blue_green("green"));
+    assert!(out.responses.is_empty(), "{:?}", types(&out));
+    let cds = s.on_request(&request(
+        ResourceType::Cluster,
+        &c.version,
+        &c.nonce,
+        &["checkout/blue", "checkout/green"],
+    ));
+    assert_eq!(types(&cds), [ResourceType::Cluster]);
+}
+
+/// Conformance (issue 11, item 2): a client that ACKs clusters but never asks for endpoints
+/// still gets its listeners and routes while it routes nothing.
+#[test]
+fn a_client_that_never_asks_for_endpoints_still_gets_listeners_and_routes() {
+    let mut s = Stream::new(Mode::Aggregated);
+    s.on_snapshot(blue_green("blue"));
+    let cds = s.on_request(&request(ResourceType::Cluster, "", "", &[]));
+    let c = &cds.responses[0];
+    s.on_request(&request(ResourceType::Cluster, &c.version, &c.nonce, &[]));
+    let lds = s.on_request(&request(ResourceType::Listener, "", "", &[]));
+    assert_eq!(types(&lds), [ResourceType::Listener]);
 }
 
 #[test]

@@ -1,0 +1,947 @@
+//! The delta protocol machine, fed requests directly: no sockets, no clock. Tests named after a
+//! report reproduce what that report found wrong in another control plane (or what Envoy does
+//! that a server must tolerate).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, route, route_action};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::google::rpc::Status;
+use prost::Message;
+
+use super::*;
+use crate::app::compile;
+use crate::xds::clients::SyncState;
+
+const C: ResourceType = ResourceType::Cluster;
+const E: ResourceType = ResourceType::Endpoint;
+const L: ResourceType = ResourceType::Listener;
+const R: ResourceType = ResourceType::Route;
+
+/// A deployment with one listener whose `/` route goes to `checkout/<active>`.
+fn deployment(versions: &[(&str, &str)], active: &str) -> Arc<Snapshot> {
+    let mut text = String::from(
+        "listeners:\n  - name: public\n    address: 127.0.0.1:10000\n    routes:\n      - match: { prefix: / }\n        service: checkout\nservices:\n  checkout:\n    versions:\n",
+    );
+    for (name, endpoint) in versions {
+        text.push_str(&format!(
+            "      {name}: {{ endpoints: [\"{endpoint}\"] }}\n"
+        ));
+    }
+    text.push_str(&format!("    active: {active}\n"));
+    Arc::new(compile("test.yaml", &text).unwrap())
+}
+
+fn blue_green(active: &str) -> Arc<Snapshot> {
+    deployment(
+        &[("blue", "127.0.0.1:8081"), ("green", "127.0.0.1:8082")],
+        active,
+    )
+}
+
+fn request(ty: ResourceType, subscribe: &[&str], unsubscribe: &[&str]) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        type_url: ty.type_url().to_owned(),
+        resource_names_subscribe: subscribe.iter().map(|n| (*n).to_owned()).collect(),
+        resource_names_unsubscribe: unsubscribe.iter().map(|n| (*n).to_owned()).collect(),
+        node: Some(Node {
+            id: "edge-1".into(),
+            cluster: "edge".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn ack(ty: ResourceType, nonce: &str) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        response_nonce: nonce.to_owned(),
+        ..request(ty, &[], &[])
+    }
+}
+
+fn nack(ty: ResourceType, nonce: &str, error: &str) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        error_detail: Some(Status {
+            code: 13,
+            message: error.to_owned(),
+            details: vec![],
+        }),
+        ..ack(ty, nonce)
+    }
+}
+
+fn names(r: &Response) -> Vec<&str> {
+    r.resources.iter().map(|r| r.name.as_str()).collect()
+}
+
+fn types(out: &Output) -> Vec<ResourceType> {
+    out.responses.iter().map(|r| r.ty).collect()
+}
+
+/// The one response in `out`.
+fn only(out: &Output) -> &Response {
+    let [r] = &out.responses[..] else {
+        panic!("one response expected: {out:?}")
+    };
+    r
+}
+
+/// The clusters a route configuration sends traffic to.
+fn route_targets(resource: &Resource) -> BTreeSet<String> {
+    let any = Any::decode(resource.encoded.as_ref()).unwrap();
+    let rc = RouteConfiguration::decode(any.value.as_slice()).unwrap();
+    let mut out = BTreeSet::new();
+    for vh in rc.virtual_hosts {
+        for r in vh.routes {
+            if let Some(route::Action::Route(a)) = r.action {
+                match a.cluster_specifier {
+                    Some(route_action::ClusterSpecifier::Cluster(c)) => {
+                        out.insert(c);
+                    }
+                    Some(route_action::ClusterSpecifier::WeightedClusters(w)) => {
+                        out.extend(w.clusters.into_iter().map(|c| c.name));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A minimal delta Envoy. It starts with a legacy wildcard for clusters, asks for listeners once
+/// its first clusters have their endpoints (Envoy initialises LDS once its cluster manager is
+/// initialised), subscribes to the endpoints of the clusters and the routes of the listeners it
+/// holds (forgetting what it unsubscribes from), applies each response as a change (never as the
+/// full state) and ACKs it. After every response it checks what Envoy itself checks (no name
+/// twice in one response) and what cutover promises: every route targets a cluster it holds with
+/// endpoints, and `removed_resources` only names what it held.
+#[derive(Default)]
+struct FakeEnvoy {
+    held: BTreeMap<ResourceType, BTreeMap<String, Resource>>,
+    /// Endpoints and routes subscribed to, by name (clusters and listeners are wildcard).
+    subscribed: BTreeMap<ResourceType, BTreeSet<String>>,
+    ever_held: BTreeSet<(ResourceType, String)>,
+    asked_listeners: bool,
+    /// Every response type in the order received.
+    log: Vec<ResourceType>,
+    /// Resources received, in total (the bytes a change costs).
+    received: usize,
+    /// If set, responses of this type are NACKed.
+    reject: Option<ResourceType>,
+}
+
+fn parent(ty: ResourceType) -> Option<ResourceType> {
+    match ty {
+        E => Some(C),
+        R => Some(L),
+        _ => None,
+    }
+}
+
+fn dependent(ty: ResourceType) -> Option<ResourceType> {
+    match ty {
+        C => Some(E),
+        L => Some(R),
+        _ => None,
+    }
+}
+
+impl FakeEnvoy {
+    fn start(&self) -> Vec<DeltaDiscoveryRequest> {
+        vec![request(C, &[], &[])]
+    }
+
+    fn held(&self, ty: ResourceType) -> Vec<&str> {
+        self.held
+            .get(&ty)
+            .map(|m| m.keys().map(String::as_str).collect())
+            .unwrap_or_default()
+    }
+
+    fn receive(&mut self, r: &Response) -> Vec<DeltaDiscoveryRequest> {
+        self.log.push(r.ty);
+        self.received += r.resources.len();
+        let mut seen = BTreeSet::new();
+        for name in r.resources.iter().map(|r| &r.name).chain(&r.removed) {
+            assert!(seen.insert(name), "{name} twice in one response: {r:?}");
+        }
+        for name in &r.removed {
+            assert!(
+                self.ever_held.contains(&(r.ty, name.clone())),
+                "removed_resources names {name}, which this client never held"
+            );
+        }
+        if self.reject == Some(r.ty) {
+            return vec![nack(r.ty, &r.nonce, "rejected by test")];
+        }
+        let wildcard = parent(r.ty).is_none();
+        let subscribed = self.subscribed.get(&r.ty).cloned().unwrap_or_default();
+        let set = self.held.entry(r.ty).or_default();
+        for name in &r.removed {
+            set.remove(name);
+        }
+        for res in &r.resources {
+            // Like Envoy, a resource it did not ask for is not kept.
+            if wildcard || subscribed.contains(&res.name) {
+                set.insert(res.name.clone(), res.clone());
+                self.ever_held.insert((r.ty, res.name.clone()));
+            }
+        }
+        self.assert_routes_have_clusters();
+        let mut out = Vec::new();
+        // Like Envoy: subscription changes for dependent types go out before the ACK.
+        if let Some(dep) = dependent(r.ty)
+            && let Some(req) = self.resubscribe(dep)
+        {
+            out.push(req);
+        }
+        out.push(ack(r.ty, &r.nonce));
+        self.ask_listeners_once_initialised(&mut out);
+        out
+    }
+
+    /// The request that makes `dep`'s subscription follow what its parent type holds.
+    fn resubscribe(&mut self, dep: ResourceType) -> Option<DeltaDiscoveryRequest> {
+        let parent = parent(dep).expect("a dependent type");
+        let want: BTreeSet<String> = self
+            .held
+            .get(&parent)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        let have = self.subscribed.entry(dep).or_default();
+        let add: Vec<&str> = want.difference(have).map(String::as_str).collect();
+        let remove: Vec<&str> = have.difference(&want).map(String::as_str).collect();
+        if add.is_empty() && remove.is_empty() {
+            return None;
+        }
+        let req = request(dep, &add, &remove);
+        if let Some(held) = self.held.get_mut(&dep) {
+            held.retain(|name, _| want.contains(name));
+        }
+        *have = want;
+        Some(req)
+    }
+
+    fn ask_listeners_once_initialised(&mut self, out: &mut Vec<DeltaDiscoveryRequest>) {
+        let clusters = self.held(C);
+        let endpoints = self.held(E);
+        if !self.asked_listeners
+            && self.held.contains_key(&C)
+            && clusters.iter().all(|c| endpoints.contains(c))
+        {
+            self.asked_listeners = true;
+            out.push(request(L, &[], &[]));
+        }
+    }
+
+    /// The first requests on a new stream, as Envoy sends them: every subscription again, and
+    /// what it holds in `initial_resource_versions` (for clusters and listeners, the legacy
+    /// wildcard: no names).
+    fn reconnect(&self) -> Vec<DeltaDiscoveryRequest> {
+        let mut out = Vec::new();
+        for ty in ResourceType::ALL {
+            let subscribed = match (parent(ty), self.held.contains_key(&ty)) {
+                (None, held) => held,
+                (Some(_), _) => self.subscribed.contains_key(&ty),
+            };
+            if !subscribed {
+                continue;
+            }
+            let names: Vec<&str> = self
+                .subscribed
+                .get(&ty)
+                .map(|s| s.iter().map(String::as_str).collect())
+                .unwrap_or_default();
+            let mut req = request(ty, &names, &[]);
+            req.initial_resource_versions = self
+                .held
+                .get(&ty)
+                .into_iter()
+                .flat_map(|held| held.values())
+                .map(|r| (r.name.clone(), r.version.clone()))
+                .collect();
+            out.push(req);
+        }
+        out
+    }
+
+    fn assert_routes_have_clusters(&self) {
+        let empty = BTreeMap::new();
+        let clusters = self.held.get(&C).unwrap_or(&empty);
+        let endpoints = self.held.get(&E).unwrap_or(&empty);
+        for rc in self.held.get(&R).unwrap_or(&empty).values() {
+            for target in route_targets(rc) {
+                assert!(
+                    clusters.contains_key(&target) && endpoints.contains_key(&target),
+                    "route {} targets {target}, which Envoy does not hold (after {:?})",
+                    rc.name,
+                    self.log
+                );
+            }
+        }
+    }
+
+    fn route_target(&self) -> BTreeSet<String> {
+        self.held[&R].values().flat_map(route_targets).collect()
+    }
+
+    /// Holds exactly the snapshot's resources, at their versions.
+    fn holds_exactly(&self, snap: &Snapshot) -> bool {
+        ResourceType::ALL.iter().all(|&ty| {
+            let held = self.held.get(&ty).cloned().unwrap_or_default();
+            held == *snap.resources(ty)
+        })
+    }
+}
+
+/// Delivers requests and responses between `stream` and `envoy` until both are quiet, one
+/// message at a time (in the order a single gRPC stream would carry them).
+fn converge(
+    stream: &mut Stream,
+    envoy: &mut FakeEnvoy,
+    mut requests: Vec<DeltaDiscoveryRequest>,
+) -> Vec<Event> {
+    let mut events = Vec::new();
+    for _ in 0..1000 {
+        if requests.is_empty() {
+            return events;
+        }
+        let req = requests.remove(0);
+        let out = stream.on_request(&req);
+        events.extend(out.events);
+        for resp in &out.responses {
+            requests.extend(envoy.receive(resp));
+        }
+    }
+    panic!("did not converge");
+}
+
+fn push(stream: &mut Stream, envoy: &mut FakeEnvoy, snapshot: Arc<Snapshot>) -> Vec<Event> {
+    let out = stream.on_snapshot(snapshot);
+    let mut requests = Vec::new();
+    for resp in &out.responses {
+        requests.extend(envoy.receive(resp));
+    }
+    let mut events = out.events;
+    events.extend(converge(stream, envoy, requests));
+    events
+}
+
+fn connected(snapshot: Arc<Snapshot>) -> (Stream, FakeEnvoy) {
+    let mut stream = Stream::new(Mode::Aggregated);
+    let mut envoy = FakeEnvoy::default();
+    assert_eq!(
+        stream.on_snapshot(snapshot.clone()),
+        Output::default(),
+        "nothing is sent unasked"
+    );
+    let start = envoy.start();
+    converge(&mut stream, &mut envoy, start);
+    assert!(stream.in_sync());
+    assert!(envoy.holds_exactly(&snapshot));
+    (stream, envoy)
+}
+
+/// A new stream from `envoy` (a reconnect) to a server serving `snapshot`: the responses to its
+/// first requests, each delivered to it.
+fn reconnect(envoy: &mut FakeEnvoy, snapshot: Arc<Snapshot>) -> (Stream, Vec<Response>) {
+    let mut s = Stream::new(Mode::Aggregated);
+    s.on_snapshot(snapshot);
+    let mut sent = Vec::new();
+    let mut later = Vec::new();
+    for req in envoy.reconnect() {
+        let out = s.on_request(&req);
+        for r in &out.responses {
+            later.extend(envoy.receive(r));
+        }
+        sent.extend(out.responses);
+    }
+    let first: Vec<Response> = sent.clone();
+    converge(&mut s, envoy, later);
+    (s, first)
+}
+
+#[test]
+fn initial_connection_sends_clusters_and_endpoints_before_listeners_and_routes() {
+    let (s, envoy) = connected(blue_green("blue"));
+    assert_eq!(envoy.log, [C, E, L, R]);
+    assert_eq!(
+        envoy.route_target(),
+        BTreeSet::from(["checkout/blue".to_owned()])
+    );
+    assert_eq!(s.node().unwrap().id, "edge-1");
+}
+
+#[test]
+fn versions_are_the_state_of_the_world_type_versions() {
+    // Status, CSDS and the gates read both protocols alike.
+    let snap = blue_green("blue");
+    let (s, _envoy) = connected(snap.clone());
+    for ty in ResourceType::ALL {
+        assert_eq!(
+            s.status(ty).acked.as_deref(),
+            Some(snap.type_version(ty)),
+            "{ty}"
+        );
+    }
+    assert_eq!(s.sync_state(), SyncState::InSync);
+    assert_eq!(s.snapshot_version(), Some(snap.version.as_str()));
+}
+
+#[test]
+fn go_control_plane_800_a_new_version_and_the_switch_to_it_in_one_edit_is_make_before_break() {
+    let (mut s, mut envoy) = connected(deployment(&[("blue", "127.0.0.1:8081")], "blue"));
+    envoy.log.clear();
+    // FakeEnvoy asserts after every response that routes only target held clusters.
+    let next = deployment(&[("green", "127.0.0.1:8082")], "green");
+    push(&mut s, &mut envoy, next.clone());
+    assert_eq!(
+        envoy.log,
+        [
+            C, // green added, blue kept
+            E, // green's endpoints
+            R, // to green
+            C, // blue removed, once the routes to green are ACKed
+            E, // and its endpoints
+        ]
+    );
+    assert!(envoy.holds_exactly(&next));
+    assert!(s.in_sync());
+}
+
+#[test]
+fn istio_34949_a_change_sends_only_what_changed_and_is_not_the_full_state() {
+    let (mut s, mut envoy) = connected(blue_green("blue"));
+    envoy.log.clear();
+    let out = s.on_snapshot(blue_green("green"));
+    let r = only(&out);
+    assert_eq!((r.ty, names(r), r.removed.len()), (R, vec!["public"], 0));
+    let next = envoy.receive(r);
+    converge(&mut s, &mut envoy, next);
+    // Clusters, endpoints and listeners are untouched by a response that does not name them.
+    assert!(envoy.holds_exactly(&blue_green("green")));
+    assert!(s.in_sync());
+}
+
+#[test]
+fn istio_46882_what_is_gone_is_removed() {
+    let (mut s, mut envoy) = connected(deployment(
+        &[
+            ("blue", "127.0.0.1:8081"),
+            ("green", "127.0.0.1:8082"),
+            ("red", "127.0.0.1:8083"),
+        ],
+        "blue",
+    ));
+    let out = s.on_snapshot(blue_green("blue"));
+    assert_eq!(types(&out), [C, E]);
+    for r in &out.responses {
+        assert_eq!(
+            (r.resources.len(), r.removed.clone()),
+            (0, vec!["checkout/red".to_owned()])
+        );
+    }
+    let mut next = Vec::new();
+    for r in &out.responses {
+        next.extend(envoy.receive(r));
+    }
+    converge(&mut s, &mut envoy, next);
+    assert!(envoy.holds_exactly(&blue_green("blue")));
+    assert!(s.in_sync());
+}
+
+#[test]
+fn envoy_16063_a_reconnect_holding_the_current_versions_gets_nothing_to_apply() {
+    let snap = blue_green("blue");
+    let (_old, mut envoy) = connected(snap.clone());
+    let before = envoy.held.clone();
+    let (s, first) = reconnect(&mut envoy, snap);
+    // One message all the same, so that Envoy resets its reconnect backoff: a response that
+    // changes nothing.
+    let [greeting] = &first[..] else {
+        panic!("{first:?}")
+    };
+    assert!(greeting.resources.is_empty() && greeting.removed.is_empty());
+    assert_eq!(envoy.held, before, "nothing changes for Envoy");
+    assert!(s.in_sync());
+}
+
+#[test]
+fn java_control_plane_463_istio_41494_a_reconnect_removes_what_is_gone_and_sends_what_changed() {
+    let (_old, mut envoy) = connected(blue_green("blue"));
+    envoy.log.clear();
+    // While the client was away, green went and blue's endpoint moved.
+    let next = deployment(&[("blue", "127.0.0.1:9091")], "blue");
+    let (s, first) = reconnect(&mut envoy, next.clone());
+    let c = first.iter().find(|r| r.ty == C).expect("a CDS response");
+    assert_eq!(
+        (c.resources.len(), c.removed.clone()),
+        (0, vec!["checkout/green".to_owned()])
+    );
+    let e = first.iter().find(|r| r.ty == E).expect("an EDS response");
+    assert_eq!(names(e), ["checkout/blue"]);
+    assert!(!first.iter().any(|r| r.ty == L || r.ty == R), "{first:?}");
+    assert!(envoy.holds_exactly(&next));
+    assert!(s.in_sync());
+}
+
+#[test]
+fn a_reconnect_to_a_switched_config_is_make_before_break() {
+    let (_old, mut envoy) = connected(deployment(&[("blue", "127.0.0.1:8081")], "blue"));
+    envoy.log.clear();
+    // Checked by the fake after every response: no route to a cluster it does not hold.
+    let next = deployment(&[("green", "127.0.0.1:8082")], "green");
+    let (s, _) = reconnect(&mut envoy, next.clone());
+    assert_eq!(envoy.log, [C, E, R, C, E]);
+    assert!(envoy.holds_exactly(&next));
+    assert!(s.in_sync());
+}
+
+#[test]
+fn go_control_plane_1450_names_subscribed_again_are_answered_even_if_held() {
+    let (mut s, _envoy) = connected(blue_green("blue"));
+    let out = s.on_request(&request(E, &["checkout/blue"], &[]));
+    let r = only(&out);
+    assert_eq!((r.ty, names(r)), (E, vec!["checkout/blue"]));
+    s.on_request(&ack(E, &r.nonce));
+    // `*` too: everything again.
+    let out = s.on_request(&request(C, &["*"], &[]));
+    assert_eq!(names(only(&out)), ["checkout/blue", "checkout/green"]);
+}
+
+#[test]
+fn go_control_plane_583_unsubscribe_then_resubscribe_is_sent_again() {
+    let (mut s, _envoy) = connected(blue_green("blue"));
+    let out = s.on_request(&request(E, &[], &["checkout/green"]));
+    assert!(
+        out.responses.is_empty(),
+        "an unsubscription needs no answer"
+    );
+    let out = s.on_request(&request(E, &["checkout/green"], &[]));
+    assert_eq!(names(only(&out)), ["checkout/green"]);
+}
+
+#[test]
+fn envoy_22418_a_resource_forgotten_after_a_reconnect_is_sent_when_asked_again() {
+    let snap = blue_green("blue");
+    let (_old, mut envoy) = connected(snap.clone());
+    let (mut s, _) = reconnect(&mut envoy, snap);
+    // Listed as held on reconnect, then asked for: the client forgot it.
+    let out = s.on_request(&request(R, &["public"], &[]));
+    assert_eq!(names(only(&out)), ["public"]);
+}
+
+#[test]
+fn go_control_plane_488_565_no_removed_resources_for_names_that_never_existed() {
+    let (mut s, _envoy) = connected(blue_green("blue"));
+    let out = s.on_request(&request(E, &["checkout/red"], &[]));
+    assert!(out.responses.is_empty(), "{out:?}");
+    assert!(s.in_sync(), "red is not in the config");
+    // It is sent when it appears.
+    let out = s.on_snapshot(deployment(
+        &[
+            ("blue", "127.0.0.1:8081"),
+            ("green", "127.0.0.1:8082"),
+            ("red", "127.0.0.1:8083"),
+        ],
+        "blue",
+    ));
+    let eds: Vec<&Response> = out.responses.iter().filter(|r| r.ty == E).collect();
+    assert_eq!(names(eds[0]), ["checkout/red"]);
+    assert!(eds[0].removed.is_empty());
+}
+
+#[test]
+fn envoy_21416_the_legacy_wildcard_is_a_first_request_naming_nothing() {
+    let mut s = Stream::new(Mode::Aggregated);
+    s.on_snapshot(blue_green("blue"));
+    let out = s.on_request(&request(C, &[], &[]));
+    let r = only(&out).clone();
+    assert_eq!(names(&r), ["checkout/blue", "checkout/green"]);
+    // Later requests naming nothing (ACKs) leave it wildcard, and so does subscribing to a name.
+    s.on_request(&ack(C, &r.nonce));
+    let out = s.on_request(&request(C, &["checkout/blue"], &[]));
+    let r = only(&out).clone();
+    s.on_request(&ack(C, &r.nonce));
+    let out = s.on_snapshot(deployment(
+        &[
+            ("blue", "127.0.0.1:8081"),
+            ("green", "127.0.0.1:8082"),
+            ("red", "127.0.0.1:8083"),
+        ],
+        "blue",
+    ));
+    assert_eq!(names(&out.responses[0]), ["checkout/red"]);
+}
+
+#[test]
+fn conformance_1_the_explicit_wildcard_with_or_without_names() {
+    for subscribe in [vec!["*"], vec!["*", "checkout/blue"]] {
+        let mut s = Stream::new(Mode::Aggregated);
+        s.on_snapshot(blue_green("blue"));
+        let out = s.on_request(&request(C, &subscribe, &[]));
+        assert_eq!(
+            names(only(&out)),
+            ["checkout/blue", "checkout/green"],
+            "{subscribe:?}"
+        );
+    }
+    let mut s = Stream::new(Mode::Single(L));
+    s.on_snapshot(blue_green("blue"));
+    let out = s.on_request(&request(L, &["*"], &[]));
+    assert_eq!(names(only(&out)), ["public"]);
+}
+
+#[test]
+fn unsubscribing_a_name_the_wildcard_covers_is_answered_with_the_resource() {
+    let mut s = Stream::new(Mode::Single(C));
+    s.on_snapshot(blue_green("blue"));
+    let out = s.on_request(&request(C, &["*", "checkout/blue"], &[]));
+    let r = only(&out).clone();
+    s.on_request(&ack(C, &r.nonce));
+    let out = s.on_request(&request(C, &[], &["checkout/blue"]));
+    let r = only(&out);
+    assert_eq!((names(r), r.removed.len()), (vec!["checkout/blue"], 0));
+}
+
+#[test]
+fn unsubscribing_the_wildcard_keeps_only_the_names() {
+    let mut s = Stream::new(Mode::Single(C));
+    s.on_snapshot(blue_green("blue"));
+    let r = only(&s.on_request(&request(C, &["*", "checkout/blue"], &[]))).clone();
+    s.on_request(&ack(C, &r.nonce));
+    let out = s.on_request(&request(C, &[], &["*"]));
+    assert!(out.responses.is_empty(), "the client drops what it forgets");
+    assert_eq!(
+        s.view().types[C.index()]
+            .acked
+            .as_ref()
+            .unwrap()
+            .resources
+            .keys()
+            .collect::<Vec<_>>(),
+        ["checkout/blue"]
+    );
+    // Green changes: nothing for this client.
+    let out = s.on_snapshot(deployment(
+        &[("blue", "127.0.0.1:8081"), ("green", "127.0.0.1:8099")],
+        "blue",
+    ));
+    assert!(out.responses.is_empty(), "{out:?}");
+}
+
+#[test]
+fn envoy_17980_a_child_asked_for_after_its_parent_went_is_tolerated() {
+    let snap = blue_green("blue");
+    let (_old, envoy) = connected(snap.clone());
+    let mut s = Stream::new(Mode::Aggregated);
+    s.on_snapshot(snap.clone());
+    let mut requests = envoy.reconnect();
+    for req in &mut requests {
+        if req.type_url == R.type_url() {
+            // A route configuration whose listener went while the control plane was away:
+            // still held at an old version, and one asked for but never received.
+            req.resource_names_subscribe
+                .extend(["gone".to_owned(), "never".to_owned()]);
+            req.initial_resource_versions
+                .insert("gone".into(), "0123456789abcdef".into());
+        }
+    }
+    let mut sent = Vec::new();
+    for req in &requests {
+        sent.extend(s.on_request(req).responses);
+    }
+    let r = sent.iter().find(|r| r.ty == R).expect("an RDS response");
+    assert_eq!(
+        (r.resources.len(), r.removed.clone()),
+        (0, vec!["gone".to_owned()])
+    );
+    s.on_request(&ack(R, &r.nonce));
+    assert!(s.in_sync());
+}
+
+#[test]
+fn a_stale_nonce_is_not_an_answer_but_its_subscription_changes_count() {
+    let mut s = Stream::new(Mode::Aggregated);
+    s.on_snapshot(blue_green("blue"));
+    let e = only(&s.on_request(&request(E, &["checkout/blue"], &[]))).clone();
+    // Not the nonce in flight: no ACK, but green is subscribed to (and answered once blue's
+    // response is).
+    let mut stale = request(E, &["checkout/green"], &[]);
+    stale.response_nonce = "99".into();
+    let out = s.on_request(&stale);
+    assert_eq!(out, Output::default());
+    assert_eq!(
+        s.status(E).pending.as_deref(),
+        Some(e.version.as_str()),
+        "still in flight"
+    );
+    let out = s.on_request(&ack(E, &e.nonce));
+    assert!(matches!(out.events[..], [Event::Ack { ty: E, .. }]));
+    assert_eq!(names(only(&out)), ["checkout/green"]);
+}
+
+#[test]
+fn a_nacked_response_is_recorded_and_not_sent_again() {
+    let (mut s, mut envoy) = connected(blue_green("blue"));
+    envoy.reject = Some(R);
+    let events = push(&mut s, &mut envoy, blue_green("green"));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Nack { ty: R, .. }))
+    );
+    let nacked = s.status(R).last_nack.expect("NACK recorded");
+    assert_eq!(nacked.error, "rejected by test");
+    assert_eq!(
+        envoy.route_target(),
+        BTreeSet::from(["checkout/blue".to_owned()])
+    );
+    assert_eq!(s.sync_state(), SyncState::Rejected);
+
+    // Not sent again on other requests, nor after changes that leave it the same.
+    envoy.log.clear();
+    let out = s.on_request(&request(E, &[], &[]));
+    assert!(out.responses.is_empty());
+    push(
+        &mut s,
+        &mut envoy,
+        deployment(
+            &[("blue", "127.0.0.1:8081"), ("green", "127.0.0.1:8099")],
+            "green",
+        ),
+    );
+    assert!(!envoy.log.contains(&R), "{:?}", envoy.log);
+
+    // The next change of the routes is sent, and accepted.
+    envoy.reject = None;
+    let next = deployment(
+        &[("blue", "127.0.0.1:8081"), ("teal", "127.0.0.1:8082")],
+        "teal",
+    );
+    push(&mut s, &mut envoy, next.clone());
+    assert!(envoy.holds_exactly(&next));
+    assert!(s.in_sync());
+}
+
+#[test]
+fn a_nacked_cluster_holds_back_the_routes_that_need_it() {
+    let (mut s, mut envoy) = connected(deployment(&[("blue", "127.0.0.1:8081")], "blue"));
+    envoy.reject = Some(C);
+    envoy.log.clear();
+    push(
+        &mut s,
+        &mut envoy,
+        deployment(&[("green", "127.0.0.1:8082")], "green"),
+    );
+    assert_eq!(envoy.log, [C], "routes must not follow a rejected cluster");
+    assert_eq!(
+        envoy.route_target(),
+        BTreeSet::from(["checkout/blue".to_owned()])
+    );
+}
+
+#[test]
+fn rapid_edits_never_leave_a_route_without_its_cluster() {
+    let (mut s, mut envoy) = connected(deployment(&[("v1", "127.0.0.1:8081")], "v1"));
+    let mut pending = Vec::new();
+    let mut last = None;
+    for i in 2..7 {
+        let name = format!("v{i}");
+        let addr = format!("127.0.0.1:80{i:02}");
+        let snap = deployment(&[(name.as_str(), addr.as_str())], &name);
+        let out = s.on_snapshot(snap.clone());
+        for r in &out.responses {
+            pending.extend(envoy.receive(r));
+        }
+        last = Some(snap);
+    }
+    converge(&mut s, &mut envoy, pending);
+    assert!(envoy.holds_exactly(&last.unwrap()));
+    assert!(s.in_sync());
+}
+
+#[test]
+fn endpoints_are_resent_when_a_cluster_is_redefined() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/basic.yaml");
+    let resources =
+        crate::app::compile_resources("t.yaml", &std::fs::read_to_string(path).unwrap()).unwrap();
+    let (mut s, mut envoy) = connected(Arc::new(Snapshot::new(&resources)));
+    envoy.log.clear();
+    let mut changed = resources.clone();
+    changed.clusters[0].connect_timeout = Some(envoy_types::pb::google::protobuf::Duration {
+        seconds: 3,
+        nanos: 0,
+    });
+    let name = changed.clusters[0].name.clone();
+    let out = s.on_snapshot(Arc::new(Snapshot::new(&changed)));
+    assert_eq!(
+        names(only(&out)),
+        [name.as_str()],
+        "only the redefined cluster"
+    );
+    let next = envoy.receive(&out.responses[0]);
+    let mut sent = Vec::new();
+    for req in next {
+        let out = s.on_request(&req);
+        for r in &out.responses {
+            envoy.receive(r);
+        }
+        sent.extend(out.responses);
+    }
+    let e = only_of(&sent, E);
+    assert_eq!(names(e), [name.as_str()]);
+}
+
+fn only_of(responses: &[Response], ty: ResourceType) -> &Response {
+    let of: Vec<&Response> = responses.iter().filter(|r| r.ty == ty).collect();
+    let [r] = of[..] else {
+        panic!("one {ty} response expected: {responses:?}")
+    };
+    r
+}
+
+#[test]
+fn an_unchanged_snapshot_sends_nothing() {
+    let (mut s, _envoy) = connected(blue_green("blue"));
+    assert_eq!(s.on_snapshot(blue_green("blue")), Output::default());
+}
+
+#[test]
+fn per_type_streams_send_their_type_without_waiting() {
+    let mut s = Stream::new(Mode::Single(R));
+    s.on_snapshot(blue_green("blue"));
+    let out = s.on_request(&DeltaDiscoveryRequest {
+        type_url: String::new(),
+        ..request(R, &["public"], &[])
+    });
+    assert_eq!(types(&out), [R]);
+    let other = s.on_request(&request(C, &[], &[]));
+    assert!(other.responses.is_empty());
+    assert!(matches!(other.events[..], [Event::UnknownType { .. }]));
+}
+
+#[test]
+fn conformance_2_a_client_that_routes_nothing_yet_is_answered_at_once_in_any_order() {
+    let mut s = Stream::new(Mode::Aggregated);
+    s.on_snapshot(blue_green("blue"));
+    let l = only(&s.on_request(&request(L, &[], &[]))).clone();
+    assert_eq!(names(&l), ["public"]);
+    s.on_request(&ack(L, &l.nonce));
+    let r = only(&s.on_request(&request(R, &["public"], &[]))).clone();
+    assert_eq!(names(&r), ["public"]);
+    s.on_request(&ack(R, &r.nonce));
+    let c = only(&s.on_request(&request(C, &["checkout/blue"], &[]))).clone();
+    assert_eq!(names(&c), ["checkout/blue"]);
+    s.on_request(&ack(C, &c.nonce));
+    let e = only(&s.on_request(&request(E, &["checkout/blue"], &[]))).clone();
+    assert_eq!(names(&e), ["checkout/blue"]);
+    s.on_request(&ack(E, &e.nonce));
+    // Now it routes: a switch to green waits for green's cluster and endpoints.
+    let out = s.on_snapshot(blue_green("green"));
+    assert!(out.responses.is_empty(), "{out:?}");
+}
+
+#[test]
+fn a_reconnect_that_reports_routes_waits_for_clusters() {
+    let (_old, envoy) = connected(deployment(&[("blue", "127.0.0.1:8081")], "blue"));
+    let mut s = Stream::new(Mode::Aggregated);
+    s.on_snapshot(deployment(&[("green", "127.0.0.1:8082")], "green"));
+    // Routes and listeners first: held back, the client routes with what it holds.
+    let mut requests = envoy.reconnect();
+    requests.sort_by_key(|r| std::cmp::Reverse(ResourceType::from_type_url(&r.type_url)));
+    let first = s.on_request(&requests[0]);
+    assert!(first.responses.is_empty(), "{first:?}");
+    let second = s.on_request(&requests[1]);
+    assert!(second.responses.is_empty(), "{second:?}");
+}
+
+/// A small deterministic generator (xorshift64) for the randomised tests.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A random deployment: one to three versions out of five, each with a random endpoint, one of
+/// them active.
+fn random_deployment(rng: &mut Rng) -> Arc<Snapshot> {
+    let all = ["v1", "v2", "v3", "v4", "v5"];
+    let count = 1 + rng.below(3) as usize;
+    let start = rng.below(5) as usize;
+    let chosen: Vec<&str> = (0..count).map(|i| all[(start + i) % 5]).collect();
+    let addrs: Vec<String> = chosen
+        .iter()
+        .map(|_| format!("127.0.0.1:{}", 8000 + rng.below(3)))
+        .collect();
+    let versions: Vec<(&str, &str)> = chosen
+        .iter()
+        .zip(&addrs)
+        .map(|(v, a)| (*v, a.as_str()))
+        .collect();
+    let active = chosen[rng.below(count as u64) as usize];
+    deployment(&versions, active)
+}
+
+/// Hundreds of random histories: edits pushed while earlier ones are still being answered,
+/// reconnects to a server that moved on meanwhile, rejected responses. After every response the
+/// fake checks make-before-break and that only held names are removed; at the end the client
+/// holds exactly the last config and the machine says it is in sync.
+#[test]
+fn random_histories_keep_routes_on_held_clusters_and_converge() {
+    for seed in 1..=200u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut snap = random_deployment(&mut rng);
+        let (mut s, mut envoy) = connected(snap.clone());
+        let mut queued = Vec::new();
+        for _ in 0..8 {
+            match rng.below(5) {
+                0 => {
+                    // Deliver some of the queued requests before the next edit.
+                    let n = rng.below(queued.len() as u64 + 1) as usize;
+                    for req in queued.drain(..n).collect::<Vec<_>>() {
+                        for r in s.on_request(&req).responses {
+                            queued.extend(envoy.receive(&r));
+                        }
+                    }
+                }
+                1 => {
+                    // The stream breaks; the client reconnects to a server serving a new config.
+                    converge(&mut s, &mut envoy, std::mem::take(&mut queued));
+                    snap = random_deployment(&mut rng);
+                    s = reconnect(&mut envoy, snap.clone()).0;
+                }
+                2 => {
+                    envoy.reject = [None, Some(C), Some(R)][rng.below(3) as usize];
+                }
+                _ => {
+                    snap = random_deployment(&mut rng);
+                    for r in s.on_snapshot(snap.clone()).responses {
+                        queued.extend(envoy.receive(&r));
+                    }
+                }
+            }
+        }
+        envoy.reject = None;
+        converge(&mut s, &mut envoy, queued);
+        // A last edit after any rejection, so that nothing is held back.
+        let last = deployment(&[("final", "127.0.0.1:9999")], "final");
+        push(&mut s, &mut envoy, last.clone());
+        assert!(envoy.holds_exactly(&last), "seed {seed}: {:?}", envoy.held);
+        assert!(s.in_sync(), "seed {seed}");
+    }
+}
