@@ -183,6 +183,10 @@ pub struct RolloutReport {
     pub step: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub steps: Option<usize>,
+    /// A switch checked before it happens (`before_switch`): the baseline still gets the
+    /// requests, the version under test only its preview traffic.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub before_switch: bool,
     /// The step's (or switch window's) time has not started: not every Envoy has it yet.
     pub awaiting_ack: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -553,6 +557,9 @@ fn rollout_report(r: &Rollout, strategy: &Strategy, now: Timestamp) -> RolloutRe
         (Kind::Canary { canary, .. }, RolloutStatus::Failed(_)) => Some(format!(
             "rolled back: {canary} gets no requests; save a new canary version to start again, or `cutover resume` to retry {canary} from the first step"
         )),
+        (Kind::Switch { from, to }, RolloutStatus::Failed(_)) if r.previewing => Some(format!(
+            "{to} failed its check before the switch: {from} stays active; fix {to} and `cutover resume` to check it again, or make `active: {from}` in the file"
+        )),
         (Kind::Switch { from, to }, RolloutStatus::Failed(_)) => Some(format!(
             "switched back to {from}: make `active: {from}` in the file to accept it, or `cutover resume` to switch to {to} again"
         )),
@@ -571,6 +578,7 @@ fn rollout_report(r: &Rollout, strategy: &Strategy, now: Timestamp) -> RolloutRe
                 .map(|i| i + 1)
         }),
         steps: steps.map(Vec::len),
+        before_switch: r.previewing,
         awaiting_ack: r.is_active() && r.since.is_none(),
         step_ends_in_seconds: r.step_deadline(strategy).map(in_seconds),
         next_check_in_seconds: r.next_check.map(in_seconds),

@@ -121,6 +121,7 @@ fn busy_report() -> StatusReport {
                         weight: Some(10.0),
                         step: Some(2),
                         steps: Some(4),
+                        before_switch: false,
                         awaiting_ack: false,
                         step_ends_in_seconds: Some(42.3),
                         next_check_in_seconds: Some(7.0),
