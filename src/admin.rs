@@ -344,6 +344,7 @@ mod tests {
             ]),
             nodes: Vec::new(),
             nodes_without_telemetry: Vec::new(),
+            streams: None,
         };
         let out = version_figures(&report);
         assert_eq!(out.len(), 1, "{out:?}");
