@@ -346,3 +346,28 @@ impl controller::Observer for TelemetryObserver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_admin_api_beyond_loopback_needs_a_token() {
+        let any: SocketAddr = "0.0.0.0:19000".parse().unwrap();
+        let err = check_admin_access(any, None).unwrap_err().to_string();
+        assert!(
+            err.contains("0.0.0.0:19000")
+                && err.contains("--admin-token")
+                && err.contains("CUTOVER_ADMIN_TOKEN"),
+            "{err}"
+        );
+        assert!(
+            check_admin_access(any, Some("  ")).is_err(),
+            "a blank token is none"
+        );
+        assert!(check_admin_access(any, Some("s3cret")).is_ok());
+        assert!(check_admin_access("192.0.2.7:19000".parse().unwrap(), None).is_err());
+        assert!(check_admin_access("127.0.0.1:19000".parse().unwrap(), None).is_ok());
+        assert!(check_admin_access("[::1]:19000".parse().unwrap(), None).is_ok());
+    }
+}
