@@ -62,6 +62,10 @@ pub struct Metrics {
     pub reloads: Family<ResultLabel, Counter>,
     pub envoys: Gauge,
     pub streams: Gauge,
+    /// xDS and telemetry streams open, what `--max-streams` bounds.
+    pub grpc_streams: Gauge,
+    pub grpc_streams_limit: Gauge,
+    pub grpc_streams_refused: Counter,
     pub snapshot_bytes: Gauge,
     pub save_to_ack_seconds: Histogram,
     pub rollout_steps: Counter,
@@ -83,6 +87,9 @@ impl Metrics {
         let reloads = Family::<ResultLabel, Counter>::default();
         let envoys = Gauge::default();
         let streams = Gauge::default();
+        let grpc_streams = Gauge::default();
+        let grpc_streams_limit = Gauge::default();
+        let grpc_streams_refused = Counter::default();
         let snapshot_bytes = Gauge::default();
         // 1 ms to ~4 s: a save normally reaches every Envoy in milliseconds.
         let save_to_ack_seconds = Histogram::new(
@@ -109,6 +116,21 @@ impl Metrics {
             envoys.clone(),
         );
         registry.register("xds_streams", "Open xDS streams", streams.clone());
+        registry.register(
+            "grpc_streams",
+            "Open xDS and telemetry streams, what --max-streams bounds",
+            grpc_streams.clone(),
+        );
+        registry.register(
+            "grpc_streams_limit",
+            "The limit on concurrent xDS and telemetry streams (--max-streams)",
+            grpc_streams_limit.clone(),
+        );
+        registry.register(
+            "grpc_streams_refused",
+            "Streams refused because --max-streams were open",
+            grpc_streams_refused.clone(),
+        );
         registry.register(
             "snapshot_bytes",
             "Encoded size of the config being served",
@@ -147,6 +169,9 @@ impl Metrics {
             reloads,
             envoys,
             streams,
+            grpc_streams,
+            grpc_streams_limit,
+            grpc_streams_refused,
             snapshot_bytes,
             save_to_ack_seconds,
         }

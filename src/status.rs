@@ -26,6 +26,7 @@ use crate::telemetry::{Telemetry, TelemetryReport};
 use crate::wait;
 use crate::xds::Mode;
 use crate::xds::clients::{Client, Clients, SyncState, TypeStatus};
+use crate::xds::limits::StreamSlots;
 
 /// The outcome of the latest attempt to load the deployment file.
 #[derive(Debug, Clone, Serialize)]
@@ -263,6 +264,16 @@ pub struct StatusReport {
     pub nodes: Vec<NodeReport>,
     /// Connected Envoys that send no telemetry at all: their traffic is not in the figures.
     pub nodes_without_telemetry: Vec<String>,
+    /// Concurrent gRPC streams and their limit (`--max-streams`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub streams: Option<StreamsReport>,
+}
+
+/// The xDS and telemetry streams open, against `--max-streams`.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct StreamsReport {
+    pub open: usize,
+    pub limit: usize,
 }
 
 #[derive(Debug, Default)]
@@ -272,6 +283,7 @@ struct Inner {
     served: Option<Served>,
     state_file: Option<StateFileReport>,
     last_reload: Option<ReloadStatus>,
+    slots: Option<Arc<StreamSlots>>,
 }
 
 /// What is served now, and what it was made from: the services report is built from it when
@@ -312,6 +324,11 @@ impl Status {
 
     fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
         f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Where the open streams are counted (set once, at start).
+    pub fn set_stream_slots(&self, slots: Arc<StreamSlots>) {
+        self.with(|i| i.slots = Some(slots));
     }
 
     /// Records what is served now.
@@ -421,6 +438,10 @@ impl Status {
             }),
             nodes,
             nodes_without_telemetry: Vec::new(),
+            streams: i.slots.as_ref().map(|s| StreamsReport {
+                open: s.open(),
+                limit: s.max(),
+            }),
         }
     }
 }
@@ -983,6 +1004,7 @@ services:
             services: BTreeMap::from([("checkout".to_owned(), checkout)]),
             nodes: vec![node("edge-1"), node("edge-2"), node("edge-3")],
             nodes_without_telemetry: Vec::new(),
+            streams: None,
         }
     }
 

@@ -305,6 +305,7 @@ fn busy_report() -> StatusReport {
             },
         ],
         nodes_without_telemetry: vec!["edge-2".into()],
+        streams: None,
     }
 }
 
@@ -354,6 +355,7 @@ fn status_before_any_valid_config() {
         services: BTreeMap::new(),
         nodes: Vec::new(),
         nodes_without_telemetry: Vec::new(),
+        streams: None,
     };
     insta::assert_snapshot!(render_status(&through_json(&report), false));
 }
@@ -410,6 +412,7 @@ async fn serve(file: PathBuf) -> app::Server {
         state_file: None,
         allow_nodes: Vec::new(),
         wait_for_file: false,
+        clients: Default::default(),
     })
     .await
     .expect("server starts")

@@ -94,6 +94,7 @@ async fn serve(dir: &tempfile::TempDir, text: &str) -> app::Server {
         state_file: None,
         allow_nodes: Vec::new(),
         wait_for_file: false,
+        clients: Default::default(),
     })
     .await
     .expect("server starts")
