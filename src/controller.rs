@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::node::GroupId;
 use crate::reconcile::rollout::{Command, Figures, Observation, Rollout, Status};
 use crate::reconcile::{self, Event, Previous, RuntimeState, Timestamp};
-use crate::snapshot::{Published, Snapshot};
+use crate::snapshot::{Published, ResourceType, Snapshot};
 use crate::spec::{self, Spec, Webhook};
 use crate::status::{Served, StateFileReport, Status as StatusModel};
 use crate::store::{Loaded, StateFile};
@@ -428,6 +428,15 @@ impl Controller {
         let snapshot = Snapshot::new(&translate(&plan));
         let groups = BTreeMap::from([(GroupId::all(), snapshot)]);
         let previous = self.out.published.borrow().clone();
+        let encoded: usize = groups
+            .values()
+            .map(|g| {
+                ResourceType::ALL
+                    .map(|ty| g.resources(ty).len())
+                    .iter()
+                    .sum::<usize>()
+            })
+            .sum();
         let next = Published::new(groups, self.changed_at, previous.as_deref());
         self.out
             .metrics
@@ -448,6 +457,8 @@ impl Controller {
             true
         });
         if changed {
+            self.out.metrics.snapshots.inc();
+            self.out.metrics.resources_encoded.inc_by(encoded as u64);
             tracing::info!(
                 version,
                 elapsed_us = started.elapsed().as_micros() as u64,

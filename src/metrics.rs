@@ -67,6 +67,10 @@ pub struct Metrics {
     pub grpc_streams_limit: Gauge,
     pub grpc_streams_refused: Counter,
     pub snapshot_bytes: Gauge,
+    /// Config versions published, and the resources encoded for them: encoding happens once
+    /// per version, never per Envoy or per reconnect.
+    pub snapshots: Counter,
+    pub resources_encoded: Counter,
     pub save_to_ack_seconds: Histogram,
     pub rollout_steps: Counter,
     pub rollout_promotions: Counter,
@@ -91,6 +95,18 @@ impl Metrics {
         let grpc_streams_limit = Gauge::default();
         let grpc_streams_refused = Counter::default();
         let snapshot_bytes = Gauge::default();
+        let snapshots = Counter::default();
+        let resources_encoded = Counter::default();
+        registry.register(
+            "snapshots",
+            "Config versions published (each encoded once, shared by every stream)",
+            snapshots.clone(),
+        );
+        registry.register(
+            "resources_encoded",
+            "Envoy resources encoded, once per published config version",
+            resources_encoded.clone(),
+        );
         // 1 ms to ~4 s: a save normally reaches every Envoy in milliseconds.
         let save_to_ack_seconds = Histogram::new(
             prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 13),
@@ -173,6 +189,8 @@ impl Metrics {
             grpc_streams_limit,
             grpc_streams_refused,
             snapshot_bytes,
+            snapshots,
+            resources_encoded,
             save_to_ack_seconds,
         }
     }
