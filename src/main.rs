@@ -13,6 +13,18 @@ use cutover::spec::{self, SpecError};
 use cutover::xds::limits::{ClientLimits, MIB};
 use cutover::{app, bootstrap, cli, render};
 
+/// jemalloc, returning freed memory to the system within about a second (a background thread
+/// purges): with glibc's allocator, a 100,000-endpoint file replaced by a small one left cutover
+/// at ~125 MiB resident; with this, it goes back to ~29 MiB (docs/benchmarks.md, "File scale").
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read by jemalloc itself at start (the documented way to configure it
+/// without an environment variable).
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static MALLOC_CONF: &[u8; 60] =
+    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 #[derive(Parser)]
 #[command(name = "cutover", version, about = "Zero-downtime deployments on Envoy from one YAML file", long_about = None)]
 struct Cli {

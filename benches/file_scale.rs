@@ -1,0 +1,156 @@
+//! Benchmark: how cutover's cost grows with the deployment file, and what memory a big file
+//! leaves behind.
+//!
+//! 1. Files of 100, 1,000 and 10,000 services (blue and green versions of 3 endpoints each,
+//!    one listener routing to all, one service a canary): the time of each stage — parse and
+//!    validate, plan, translate, encode — in-process (median of RUNS runs), the encoded
+//!    snapshot's size, and the resident memory of a `cutover serve` that loaded the file.
+//! 2. A file of 100,000 endpoints loaded by `cutover serve`, then replaced by a small one:
+//!    resident memory before, with the big file, and after the small one replaced it.
+//!
+//! ```sh
+//! cargo bench --bench file_scale
+//! SCALES=100,1000 RUNS=3 cargo bench --bench file_scale
+//! ```
+
+#[path = "fleet/sim.rs"]
+mod sim;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cutover::reconcile::{RuntimeState, Timestamp, plan};
+use cutover::snapshot::Snapshot;
+use cutover::translate::translate;
+use sim::{Edits, Server, deployment, save, usage};
+
+fn median(mut v: Vec<Duration>) -> f64 {
+    v.sort();
+    v[v.len() / 2].as_secs_f64() * 1000.0
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
+fn main() {
+    let scales: Vec<usize> = std::env::var("SCALES")
+        .unwrap_or_else(|_| "100,1000,10000".into())
+        .split(',')
+        .map(|s| s.trim().parse().expect("SCALES: numbers"))
+        .collect();
+    let runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let binary = Path::new(env!("CARGO_BIN_EXE_cutover"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+
+    println!(
+        "| services | file | parse + validate ms | plan ms | translate ms | encode ms | total ms | snapshot | cutover RSS |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for &services in &scales {
+        let text = deployment(services, 3, &Edits::default());
+        let (mut parse, mut planning, mut translating, mut encoding) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut size = 0;
+        for _ in 0..runs {
+            let t = Instant::now();
+            let spec = cutover::spec::parse("scale.yaml", &text).expect("valid");
+            parse.push(t.elapsed());
+            let t = Instant::now();
+            let p = plan(&spec, &RuntimeState::default(), Timestamp::now());
+            planning.push(t.elapsed());
+            let t = Instant::now();
+            let resources = translate(&p);
+            translating.push(t.elapsed());
+            let t = Instant::now();
+            let snapshot = Snapshot::new(&resources);
+            encoding.push(t.elapsed());
+            size = snapshot.encoded_len();
+        }
+        let (a, b, c, d) = (
+            median(parse),
+            median(planning),
+            median(translating),
+            median(encoding),
+        );
+        let rss = runtime.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("scale.yaml");
+            save(&file, &text);
+            let mut server = Server::start(binary, &file, &[]).await;
+            let rss = usage(server.pid()).rss_bytes;
+            server.stop();
+            rss
+        });
+        println!(
+            "| {services} | {} KiB | {a:.1} | {b:.1} | {c:.1} | {d:.1} | {:.1} | {} KiB | {:.1} MiB |",
+            text.len() / 1024,
+            a + b + c + d,
+            size / 1024,
+            mib(rss)
+        );
+    }
+
+    // 1,000 services × 2 versions × 50 endpoints = 100,000 endpoints, then 10 services.
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("big.yaml");
+        let small = deployment(10, 3, &Edits::default());
+        save(&file, &small);
+        let mut server = Server::start(binary, &file, &[]).await;
+        let settle = || tokio::time::sleep(Duration::from_secs(2));
+        settle().await;
+        let before = usage(server.pid()).rss_bytes;
+        let big = deployment(1000, 50, &Edits::default());
+        save(&file, &big);
+        let loaded = wait_for_bytes(&server, 1 << 20).await;
+        settle().await;
+        let with_big = usage(server.pid()).rss_bytes;
+        save(&file, &small);
+        wait_for_bytes_below(&server, 1 << 20).await;
+        settle().await;
+        let after = usage(server.pid()).rss_bytes;
+        println!();
+        println!("| cutover serve | resident memory |\n|---|---:|");
+        println!("| 10 services loaded | {:.1} MiB |", mib(before));
+        println!(
+            "| 100,000 endpoints loaded ({} KiB file, {} KiB snapshot) | {:.1} MiB |",
+            big.len() / 1024,
+            loaded / 1024,
+            mib(with_big)
+        );
+        println!(
+            "| replaced by the 10 services again | {:.1} MiB |",
+            mib(after)
+        );
+        server.stop();
+    });
+}
+
+/// Waits until the served snapshot is larger than `bytes`; its size.
+async fn wait_for_bytes(server: &Server, bytes: u64) -> u64 {
+    for _ in 0..600 {
+        let size = server.metric("cutover_snapshot_bytes").await as u64;
+        if size > bytes {
+            return size;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the big file was not loaded within 30 s");
+}
+
+async fn wait_for_bytes_below(server: &Server, bytes: u64) {
+    for _ in 0..600 {
+        if (server.metric("cutover_snapshot_bytes").await as u64) < bytes {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the small file was not loaded within 30 s");
+}
