@@ -4,6 +4,10 @@
 
 # Build: the release binary, with the versions in Cargo.lock.
 FROM rust:1.95-slim-bookworm AS build
+# jemalloc (cutover's allocator) is built from C source with make, which the slim image lacks.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends make \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --bin cutover \
