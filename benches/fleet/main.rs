@@ -163,6 +163,7 @@ async fn run(protocol: Protocol, n: usize, services: usize) -> (Vec<Row>, f64) {
         generation += 1;
         let text = deployment(services, 3, &edits);
         fleet.set_target(target(&text, generation));
+        let encoded = server.metric("cutover_resources_encoded_total").await;
         let before = usage(server.pid());
         let t0 = Instant::now();
         save(&file, &text);
@@ -171,7 +172,13 @@ async fn run(protocol: Protocol, n: usize, services: usize) -> (Vec<Row>, f64) {
             .await
             .unwrap_or_else(|done| panic!("{what}: only {done} of {n} streams converged"));
         let after = usage(server.pid());
-        row(what.into(), &lat, after.cpu - before.cpu, after.rss_bytes);
+        let encoded = server.metric("cutover_resources_encoded_total").await - encoded;
+        row(
+            format!("{what}; {encoded} resources encoded"),
+            &lat,
+            after.cpu - before.cpu,
+            after.rss_bytes,
+        );
     }
 
     // A storm: every stream drops and reconnects at once, holding the current config.
