@@ -24,7 +24,7 @@ use crate::snapshot::{Published, Snapshot};
 use crate::spec::{self, Spec, Webhook};
 use crate::status::{Served, StateFileReport, Status as StatusModel};
 use crate::store::{Loaded, StateFile};
-use crate::translate::translate;
+use crate::translate::translate_groups;
 use crate::watch::FileWatcher;
 use crate::xds::clients::Clients;
 
@@ -380,10 +380,18 @@ impl Controller {
         let started = Instant::now();
         let now = Timestamp::now();
         let plan = Arc::new(reconcile::plan(&spec, &self.state, now));
-        let snapshot = Snapshot::new(&translate(&plan));
-        let groups = BTreeMap::from([(GroupId::all(), snapshot)]);
+        // One snapshot per group, each encoded once for all of the group's streams.
+        let groups = translate_groups(&plan)
+            .into_iter()
+            .map(|(group, resources)| (group, Snapshot::new(&resources)))
+            .collect();
         let previous = self.out.published.borrow().clone();
-        let next = Published::new(groups, self.changed_at, previous.as_deref());
+        let next = Published::new(
+            groups,
+            plan.node_groups.clone(),
+            self.changed_at,
+            previous.as_deref(),
+        );
         self.out
             .metrics
             .snapshot_bytes
@@ -420,13 +428,24 @@ impl Controller {
         let Some(published) = self.out.published.borrow().clone() else {
             return;
         };
-        let answered = published
+        let Some(plan) = self.out.status.plan() else {
+            return;
+        };
+        let answered: BTreeSet<&GroupId> = published
             .groups()
-            .all(|(g, s)| self.out.clients.answered(g, &s.snapshot.version));
-        let Some(spec) = &self.spec else { return };
-        if answered {
-            // One group today: every service is held by every Envoy.
-            let services: BTreeSet<String> = spec.services.keys().cloned().collect();
+            .filter(|(g, s)| self.out.clients.answered(g, &s.snapshot.version))
+            .map(|(g, _)| g)
+            .collect();
+        // A service is answered once every group whose config includes it has: an Envoy of
+        // another group never holds it, so it does not hold the service's retirement.
+        let services: BTreeSet<String> = self
+            .state
+            .services_awaiting_answers()
+            .into_iter()
+            .filter(|s| plan.holders(s).all(|g| answered.contains(g)))
+            .map(str::to_owned)
+            .collect();
+        if !services.is_empty() {
             self.reduce(Event::Answered {
                 services: &services,
             });

@@ -80,6 +80,16 @@ enum Command {
         /// The time to render for, RFC 3339 (e.g. 2026-11-22T10:00:00Z). Default: now.
         #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
         at: Option<std::time::SystemTime>,
+        /// Only what an Envoy with this node id gets (its group's listeners and services).
+        /// Without it, every resource of every group.
+        #[arg(long = "node", value_name = "ID")]
+        node_id: Option<String>,
+        /// The node cluster of that Envoy.
+        #[arg(long, value_name = "CLUSTER", requires = "node_id")]
+        node_cluster: Option<String>,
+        /// A node metadata entry of that Envoy; repeat for several.
+        #[arg(long = "node-metadata", value_name = "KEY=VALUE", requires = "node_id", value_parser = key_value)]
+        node_metadata: Vec<(String, String)>,
     },
     /// Print an Envoy bootstrap that gets all of its config from cutover over ADS.
     ///
@@ -304,7 +314,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             format,
             state,
             at,
+            node_id,
+            node_cluster,
+            node_metadata,
         } => {
+            let node = node_id.map(|id| cutover::node::NodeInfo {
+                id,
+                cluster: node_cluster.unwrap_or_default(),
+                metadata: node_metadata.into_iter().collect(),
+            });
             let runtime = match &state {
                 None => Default::default(),
                 Some(path) => cutover::store::StateFile::new(path.clone())
@@ -315,7 +333,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let now = at.map_or_else(cutover::reconcile::Timestamp::now, Into::into);
             let compile = |label: &str, text: &str| {
                 app::compile_plan_with(label, text, runtime, now).map(|plan| {
-                    cutover::snapshot::Snapshot::new(&cutover::translate::translate(&plan))
+                    let resources = match &node {
+                        None => cutover::translate::translate(&plan),
+                        Some(node) => {
+                            let (group, resources) = app::resources_for_node(&plan, node);
+                            // On stderr: stdout stays exactly the resources.
+                            if group.is_unmatched() {
+                                eprintln!(
+                                    "warning: no group of the file matches node {:?}: it gets an empty config",
+                                    node.id
+                                );
+                            } else {
+                                eprintln!("node {:?} is in group {group}", node.id);
+                            }
+                            resources
+                        }
+                    };
+                    cutover::snapshot::Snapshot::new(&resources)
                 })
             };
             match compile_file(&file, compile) {
@@ -675,4 +709,12 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// `KEY=VALUE` of `--node-metadata`.
+fn key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
 }

@@ -2,11 +2,13 @@
 //!
 //! Every Envoy of a group gets the same config: one snapshot per group, encoded once and shared
 //! by the group's streams. A stream resolves its group from the `node` of its first request
-//! ([`crate::snapshot::Published::group_of`]). Today every node is in one group,
-//! [`GroupId::all`]; node targeting (the file saying which Envoys get which listeners and
-//! services) adds groups there without touching the protocol machines, which only ever see their
-//! group's snapshot.
+//! ([`crate::snapshot::Published::group_of`], which asks [`NodeGroups::group_of`]) and again
+//! whenever the groups change. A file without `groups:` puts every node in one group,
+//! [`GroupId::all`]; a file with groups matches each node against them in file order (the first
+//! match wins) and puts a node no group matches in [`GroupId::unmatched`], which gets an empty
+//! config. The protocol machines only ever see their group's snapshot.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -15,6 +17,35 @@ use std::sync::Arc;
 pub struct NodeInfo {
     pub id: String,
     pub cluster: String,
+    /// The node's metadata as text: strings as they are, numbers and booleans as written in
+    /// JSON; nested structures and lists are left out (a selector cannot name them).
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl NodeInfo {
+    /// The identity an Envoy `Node` message carries.
+    pub fn from_node(node: &envoy_types::pb::envoy::config::core::v3::Node) -> NodeInfo {
+        use envoy_types::pb::google::protobuf::value::Kind;
+        let metadata = node
+            .metadata
+            .iter()
+            .flat_map(|m| &m.fields)
+            .filter_map(|(k, v)| {
+                let text = match v.kind.as_ref()? {
+                    Kind::StringValue(s) => s.clone(),
+                    Kind::BoolValue(b) => b.to_string(),
+                    Kind::NumberValue(n) => n.to_string(),
+                    _ => return None,
+                };
+                Some((k.clone(), text))
+            })
+            .collect();
+        NodeInfo {
+            id: node.id.clone(),
+            cluster: node.cluster.clone(),
+            metadata,
+        }
+    }
 }
 
 /// A group of Envoys that get the same config.
@@ -27,6 +58,21 @@ impl GroupId {
         GroupId(Arc::from("all"))
     }
 
+    /// Nodes no group of the file matches. Its name cannot be a group's in the file (names
+    /// have no parentheses or spaces), so it never collides with one.
+    pub fn unmatched() -> GroupId {
+        GroupId(Arc::from("(no group)"))
+    }
+
+    /// A group the file names.
+    pub fn named(name: &str) -> GroupId {
+        GroupId(Arc::from(name))
+    }
+
+    pub fn is_unmatched(&self) -> bool {
+        *self == GroupId::unmatched()
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -35,5 +81,167 @@ impl GroupId {
 impl fmt::Display for GroupId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// Which nodes a group takes: every condition given must hold; none given matches every node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selector {
+    /// A shell glob on the node id (`*`, `?`, `[...]`), e.g. `edge-*`.
+    pub id: Option<glob::Pattern>,
+    /// The node cluster, exactly.
+    pub cluster: Option<String>,
+    /// Metadata keys and their values, exactly (see [`NodeInfo::metadata`]).
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Selector {
+    pub fn matches(&self, node: &NodeInfo) -> bool {
+        self.id.as_ref().is_none_or(|p| p.matches(&node.id))
+            && self.cluster.as_ref().is_none_or(|c| *c == node.cluster)
+            && self
+                .metadata
+                .iter()
+                .all(|(k, v)| node.metadata.get(k) == Some(v))
+    }
+
+    /// Whether every node `other` matches is matched by `self` too (so a group with `other`
+    /// placed after one with `self` never gets a node). Sound, not complete: two globs are only
+    /// compared when equal, or when `self`'s is `*` or `other`'s has no wildcard.
+    pub fn covers(&self, other: &Selector) -> bool {
+        let id = match (&self.id, &other.id) {
+            (None, _) => true,
+            (Some(mine), _) if mine.as_str() == "*" => true,
+            (Some(_), None) => false,
+            (Some(mine), Some(theirs)) => {
+                mine.as_str() == theirs.as_str()
+                    || (is_literal(theirs.as_str()) && mine.matches(theirs.as_str()))
+            }
+        };
+        let cluster = self.cluster.is_none() || self.cluster == other.cluster;
+        let metadata = self
+            .metadata
+            .iter()
+            .all(|(k, v)| other.metadata.get(k) == Some(v));
+        id && cluster && metadata
+    }
+}
+
+/// A glob with no wildcard matches only itself.
+fn is_literal(pattern: &str) -> bool {
+    !pattern.contains(['*', '?', '['])
+}
+
+/// The file's groups in match order, or none (every node in [`GroupId::all`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeGroups {
+    groups: Vec<(GroupId, Selector)>,
+}
+
+impl NodeGroups {
+    /// Groups tried in this order; an empty list means the file does not target nodes.
+    pub fn new(groups: Vec<(GroupId, Selector)>) -> NodeGroups {
+        NodeGroups { groups }
+    }
+
+    /// Whether the file targets nodes at all.
+    pub fn is_targeted(&self) -> bool {
+        !self.groups.is_empty()
+    }
+
+    /// The first group whose selector matches `node`; [`GroupId::unmatched`] when none does, and
+    /// [`GroupId::all`] when the file has no groups.
+    pub fn group_of(&self, node: &NodeInfo) -> GroupId {
+        if self.groups.is_empty() {
+            return GroupId::all();
+        }
+        self.groups
+            .iter()
+            .find(|(_, s)| s.matches(node))
+            .map_or_else(GroupId::unmatched, |(g, _)| g.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, cluster: &str, metadata: &[(&str, &str)]) -> NodeInfo {
+        NodeInfo {
+            id: id.to_owned(),
+            cluster: cluster.to_owned(),
+            metadata: metadata
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    fn selector(id: Option<&str>, cluster: Option<&str>, metadata: &[(&str, &str)]) -> Selector {
+        Selector {
+            id: id.map(|p| glob::Pattern::new(p).unwrap()),
+            cluster: cluster.map(str::to_owned),
+            metadata: metadata
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn every_condition_must_hold() {
+        let s = selector(Some("side-*"), Some("checkout"), &[("role", "sidecar")]);
+        assert!(s.matches(&node(
+            "side-1",
+            "checkout",
+            &[("role", "sidecar"), ("x", "y")]
+        )));
+        assert!(!s.matches(&node("edge-1", "checkout", &[("role", "sidecar")])));
+        assert!(!s.matches(&node("side-1", "payments", &[("role", "sidecar")])));
+        assert!(!s.matches(&node("side-1", "checkout", &[("role", "edge")])));
+        assert!(!s.matches(&node("side-1", "checkout", &[])));
+        assert!(Selector::default().matches(&node("", "", &[])));
+    }
+
+    #[test]
+    fn first_matching_group_wins_and_the_rest_are_unmatched() {
+        let groups = NodeGroups::new(vec![
+            (GroupId::named("edge"), selector(Some("edge-*"), None, &[])),
+            (
+                GroupId::named("checkout"),
+                selector(None, Some("checkout"), &[]),
+            ),
+        ]);
+        assert_eq!(
+            groups.group_of(&node("edge-1", "checkout", &[])),
+            GroupId::named("edge")
+        );
+        assert_eq!(
+            groups.group_of(&node("side-1", "checkout", &[])),
+            GroupId::named("checkout")
+        );
+        assert_eq!(
+            groups.group_of(&node("side-1", "payments", &[])),
+            GroupId::unmatched()
+        );
+        assert_eq!(
+            NodeGroups::default().group_of(&node("x", "y", &[])),
+            GroupId::all()
+        );
+    }
+
+    #[test]
+    fn covers_is_sound_for_globs_clusters_and_metadata() {
+        let any = Selector::default();
+        let star = selector(Some("*"), None, &[]);
+        let edge = selector(Some("edge-*"), None, &[]);
+        let edge1 = selector(Some("edge-1"), Some("c"), &[]);
+        let meta = selector(None, None, &[("role", "edge")]);
+        assert!(any.covers(&edge) && star.covers(&edge) && edge.covers(&edge1));
+        assert!(!edge1.covers(&edge) && !edge.covers(&any));
+        assert!(!edge.covers(&selector(Some("e*"), None, &[])));
+        assert!(meta.covers(&selector(Some("x"), None, &[("role", "edge"), ("z", "1")])));
+        assert!(!meta.covers(&selector(Some("x"), None, &[("role", "sidecar")])));
+        assert!(!selector(None, Some("a"), &[]).covers(&selector(None, Some("b"), &[])));
     }
 }

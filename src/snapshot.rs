@@ -16,7 +16,7 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use crate::node::{GroupId, NodeInfo};
+use crate::node::{GroupId, NodeGroups, NodeInfo};
 use crate::translate::Resources;
 
 /// One encoded resource.
@@ -116,6 +116,8 @@ pub struct Published {
     /// The config version as a whole: with one group, that group's snapshot version.
     pub version: String,
     groups: BTreeMap<GroupId, GroupSnapshot>,
+    /// How a node finds its group among `groups`.
+    node_groups: NodeGroups,
 }
 
 /// One group's snapshot, and when the change that produced it was seen (for save-to-ACK).
@@ -131,6 +133,7 @@ impl Published {
     /// see no change.
     pub fn new(
         groups: BTreeMap<GroupId, Snapshot>,
+        node_groups: NodeGroups,
         changed_at: Instant,
         previous: Option<&Published>,
     ) -> Published {
@@ -158,12 +161,16 @@ impl Published {
                 hash_hex(&[all.as_bytes()])
             }
         };
-        Published { version, groups }
+        Published {
+            version,
+            groups,
+            node_groups,
+        }
     }
 
     /// The group `node` belongs to (see [`crate::node`]).
-    pub fn group_of(&self, _node: &NodeInfo) -> GroupId {
-        GroupId::all()
+    pub fn group_of(&self, node: &NodeInfo) -> GroupId {
+        self.node_groups.group_of(node)
     }
 
     pub fn group(&self, group: &GroupId) -> Option<&GroupSnapshot> {

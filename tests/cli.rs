@@ -267,6 +267,7 @@ fn busy_report() -> StatusReport {
             NodeReport {
                 id: "edge-1".into(),
                 cluster: "edge".into(),
+                group: Some("all".into()),
                 address: Some("127.0.0.1:50001".into()),
                 stream: "ads".into(),
                 telemetry: "reporting",
@@ -283,6 +284,7 @@ fn busy_report() -> StatusReport {
             NodeReport {
                 id: "edge-2".into(),
                 cluster: "edge".into(),
+                group: Some("all".into()),
                 address: Some("127.0.0.1:50002".into()),
                 stream: "ads".into(),
                 telemetry: "none",
@@ -294,6 +296,7 @@ fn busy_report() -> StatusReport {
             NodeReport {
                 id: String::new(),
                 cluster: String::new(),
+                group: None,
                 address: Some("127.0.0.1:50003".into()),
                 stream: "cds".into(),
                 telemetry: "stale",
@@ -304,6 +307,7 @@ fn busy_report() -> StatusReport {
             },
         ],
         nodes_without_telemetry: vec!["edge-2".into()],
+        nodes_without_group: Vec::new(),
     }
 }
 
@@ -320,6 +324,26 @@ fn observed(versions: &[(&str, ObservedVersion)]) -> ObservedReport {
 #[test]
 fn status_with_services_and_envoys() {
     insta::assert_snapshot!(render_status(&through_json(&busy_report()), false));
+}
+
+/// With node groups: each Envoy shows its group, and one that no group matches is warned
+/// about (it gets an empty config).
+#[test]
+fn status_with_node_groups_warns_about_an_envoy_in_no_group() {
+    let mut report = busy_report();
+    report.nodes.truncate(2);
+    report.nodes[0].group = Some("edge".into());
+    report.nodes[1].group = Some("(no group)".into());
+    report.nodes[1].id = "stray-1".into();
+    report.nodes[1].config_version = Some("5e5e5e5e5e5e5e5e".into());
+    report.nodes_without_telemetry.clear();
+    report.nodes_without_group = vec!["stray-1".into()];
+    let text = render_status(&through_json(&report), false);
+    assert!(
+        text.contains("no group of the file matches stray-1: they get an empty config"),
+        "{text}"
+    );
+    insta::assert_snapshot!(text);
 }
 
 #[test]
@@ -353,6 +377,7 @@ fn status_before_any_valid_config() {
         services: BTreeMap::new(),
         nodes: Vec::new(),
         nodes_without_telemetry: Vec::new(),
+        nodes_without_group: Vec::new(),
     };
     insta::assert_snapshot!(render_status(&through_json(&report), false));
 }
