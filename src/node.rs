@@ -127,6 +127,18 @@ impl Selector {
     }
 }
 
+/// Written as `id=GLOB cluster=NAME key=value...`, the conditions given, for version hashes
+/// and messages.
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts: Vec<String> = Vec::new();
+        parts.extend(self.id.iter().map(|p| format!("id={}", p.as_str())));
+        parts.extend(self.cluster.iter().map(|c| format!("cluster={c}")));
+        parts.extend(self.metadata.iter().map(|(k, v)| format!("{k}={v}")));
+        f.write_str(&parts.join(" "))
+    }
+}
+
 /// A glob with no wildcard matches only itself.
 fn is_literal(pattern: &str) -> bool {
     !pattern.contains(['*', '?', '['])
@@ -142,6 +154,15 @@ impl NodeGroups {
     /// Groups tried in this order; an empty list means the file does not target nodes.
     pub fn new(groups: Vec<(GroupId, Selector)>) -> NodeGroups {
         NodeGroups { groups }
+    }
+
+    /// The groups and their selectors in match order, one per line: part of the published
+    /// version, so that an edit that only moves nodes between groups is published.
+    pub fn fingerprint(&self) -> String {
+        self.groups
+            .iter()
+            .map(|(g, s)| format!("{g}: {s}\n"))
+            .collect()
     }
 
     /// Whether the file targets nodes at all.

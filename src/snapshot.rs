@@ -152,9 +152,11 @@ impl Published {
             })
             .collect();
         let version = match groups.values().collect::<Vec<_>>()[..] {
-            [only] => only.snapshot.version.clone(),
+            [only] if !node_groups.is_targeted() => only.snapshot.version.clone(),
             _ => {
-                let mut all = String::new();
+                // Which nodes go where is part of the version: moving a node to another group
+                // changes no group's snapshot, yet that node's config.
+                let mut all = node_groups.fingerprint();
                 for (group, g) in &groups {
                     let _ = writeln!(all, "{group}={}", g.snapshot.version);
                 }
