@@ -1134,3 +1134,74 @@ fn an_alias_bomb_is_refused_in_words() {
         .unwrap();
     assert!(roomy.status.success(), "{}", stderr(&roomy));
 }
+
+// --- render --node -------------------------------------------------------------------------
+
+/// The names of the resources of one type in `cutover render --format json` output.
+fn rendered_names(json: &serde_json::Value, key: &str) -> Vec<String> {
+    json[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("{key} in {json}"))
+        .iter()
+        .map(|r| {
+            r.get("name")
+                .or_else(|| r.get("cluster_name"))
+                .and_then(|n| n.as_str())
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn render_node_shows_what_that_node_gets() {
+    let file = root()
+        .join("examples/node-groups.yaml")
+        .display()
+        .to_string();
+    let render = |extra: &[&str]| {
+        let mut args = vec!["render", "--format", "json", &file];
+        args.extend_from_slice(extra);
+        let out = cutover(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (json, stderr(&out))
+    };
+    let (edge, note) = render(&["--node", "edge-1"]);
+    assert_eq!(note.trim(), "node \"edge-1\" is in group edge");
+    assert_eq!(rendered_names(&edge, "listeners"), ["public"]);
+    assert_eq!(
+        rendered_names(&edge, "clusters"),
+        ["api/v1", "web/blue", "web/green"]
+    );
+    let (sidecar, note) = render(&[
+        "--node",
+        "checkout-7",
+        "--node-cluster",
+        "checkout",
+        "--node-metadata",
+        "role=sidecar",
+    ]);
+    assert_eq!(note.trim(), "node \"checkout-7\" is in group sidecars");
+    assert_eq!(rendered_names(&sidecar, "listeners"), ["outbound"]);
+    assert_eq!(rendered_names(&sidecar, "routes"), ["outbound"]);
+    assert_eq!(
+        rendered_names(&sidecar, "endpoints"),
+        ["payments/next", "payments/stable"]
+    );
+    // Without the metadata the sidecars' group asks for: no group, an empty config.
+    let (stray, note) = render(&["--node", "checkout-7", "--node-cluster", "checkout"]);
+    assert!(
+        note.contains("no group of the file matches node \"checkout-7\""),
+        "{note}"
+    );
+    for key in ["clusters", "endpoints", "listeners", "routes"] {
+        assert!(rendered_names(&stray, key).is_empty(), "{key}: {stray}");
+    }
+    // Without --node: every group's resources.
+    let (all, _) = render(&[]);
+    assert_eq!(rendered_names(&all, "listeners"), ["outbound", "public"]);
+    // A node's cluster or metadata alone names no node.
+    let out = cutover(&["render", &file, "--node-cluster", "checkout"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
