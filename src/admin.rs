@@ -345,6 +345,7 @@ mod tests {
             nodes: Vec::new(),
             nodes_without_telemetry: Vec::new(),
             nodes_without_group: Vec::new(),
+            streams: None,
         };
         let out = version_figures(&report);
         assert_eq!(out.len(), 1, "{out:?}");
@@ -364,6 +365,7 @@ mod tests {
         use tower::ServiceExt as _;
 
         let (reload, mut requests) = mpsc::channel(1);
+        let (commands, mut rollout_requests) = mpsc::channel::<CommandRequest>(4);
         let status = Arc::new(Status::new(
             "deploy.yaml".into(),
             Arc::new(crate::xds::clients::Clients::new(Default::default())),
@@ -375,7 +377,7 @@ mod tests {
             status: status.clone(),
             published: watch::channel(None).1,
             reload,
-            commands: mpsc::channel(1).0,
+            commands,
             token: Some("s3cret".into()),
             telemetry: telemetry.clone(),
             dashboard: Feed::new(status, telemetry).0,
@@ -427,6 +429,20 @@ mod tests {
                 .status(),
             403
         );
+        assert!(
+            rollout_requests.try_recv().is_err(),
+            "a refused command must not reach the controller"
+        );
+        // With the token, or from loopback, the command reaches the controller, which answers.
+        for (peer, token) in [("192.0.2.7:5000", Some("s3cret")), ("[::1]:5000", None)] {
+            let answered = tokio::spawn(rollout(peer, token));
+            let request = rollout_requests.recv().await.expect("the command arrives");
+            assert_eq!(request.service, "checkout");
+            assert_eq!(request.command, Command::Abort);
+            let _ = request.reply.send(Ok("rolled back".into()));
+            let response = answered.await.unwrap().unwrap();
+            assert_eq!(response.status(), 200, "{peer} {token:?}");
+        }
         // Reading is open to all.
         let mut get = axum::http::Request::get("/healthz")
             .body(Body::empty())

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::admin::{self, AdminState};
 use crate::controller::{self, Inputs, Outputs, Settings};
@@ -27,6 +27,7 @@ use crate::store::StateFile;
 use crate::telemetry::Telemetry;
 use crate::translate::{Resources, translate};
 use crate::xds::clients::Clients;
+use crate::xds::limits::{ClientLimits, NoiseLog, StreamSlots};
 use crate::xds::server::{Ads, Cds, DiscoveryService, Eds, Lds, NodeAllowList, Rds, Shared};
 
 /// Parses, validates and translates a deployment file's text into the snapshot a freshly
@@ -93,6 +94,8 @@ pub struct ServeOptions {
     pub allow_nodes: Vec<String>,
     /// Start without a valid deployment file and wait for one; else such a start fails.
     pub wait_for_file: bool,
+    /// What clients may make cutover hold, and how fast dead peers are found.
+    pub clients: ClientLimits,
 }
 
 /// A running server.
@@ -164,6 +167,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
     let metrics = Arc::new(Metrics::new());
     let telemetry = Telemetry::default();
     let clients = Arc::new(Clients::new(metrics.clone()));
+    let slots = Arc::new(StreamSlots::new(opts.clients.max_streams, &metrics));
     let (published_tx, published) = watch::channel(None);
     let status = Arc::new(Status::new(
         opts.file.clone(),
@@ -171,6 +175,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         published.clone(),
         metrics.clone(),
     ));
+    status.set_stream_slots(slots.clone());
 
     let (reload_tx, reload_rx) = mpsc::channel(1);
     let (commands_tx, commands_rx) = mpsc::channel(8);
@@ -218,6 +223,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
             opts.ads
         )
     })?;
+    check_admin_access(opts.admin, opts.admin_token.as_deref())?;
     let admin_listener = TcpListener::bind(opts.admin).await.with_context(|| {
         format!(
             "cannot bind the admin address {}; choose another with --admin",
@@ -232,19 +238,24 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         clients: clients.clone(),
         allowed: Arc::new(NodeAllowList::new(&opts.allow_nodes).map_err(anyhow::Error::msg)?),
         closing: closing_rx.clone(),
+        limits: opts.clients,
+        slots: slots.clone(),
+        noise: Arc::new(NoiseLog::default()),
     };
+    let max_message = opts.clients.max_message_bytes;
+    // HTTP/2 PINGs find a peer that vanished without a FIN (a host powered off, a NAT or
+    // firewall that forgot the connection): its streams end and it leaves /status.
     let grpc = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .http2_keepalive_interval(Some(opts.clients.keepalive_interval))
+        .http2_keepalive_timeout(Some(opts.clients.keepalive_timeout))
         .add_service(DiscoveryService::<Ads>::new(shared.clone()))
         .add_service(DiscoveryService::<Cds>::new(shared.clone()))
         .add_service(DiscoveryService::<Eds>::new(shared.clone()))
         .add_service(DiscoveryService::<Lds>::new(shared.clone()))
         .add_service(DiscoveryService::<Rds>::new(shared))
         .add_service(crate::xds::csds::server(clients.clone()))
-        .add_service(telemetry.metrics_service())
-        .add_service(telemetry.load_reporting_service());
+        .add_service(telemetry.metrics_service(slots.clone(), max_message))
+        .add_service(telemetry.load_reporting_service(slots, max_message));
     let (dashboard, sampler) = Feed::new(status.clone(), telemetry.clone());
     let admin_router = admin::router(AdminState {
         status: status.clone(),
@@ -260,7 +271,11 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         let _ = rx.wait_for(|closing| *closing).await;
     };
     let mut tasks = JoinSet::new();
-    tasks.spawn(grpc_task(grpc, ads_listener, closed(closing_rx.clone())));
+    // TCP keepalive as well: it also covers a connection whose HTTP/2 is not yet up.
+    let incoming = TcpIncoming::from(ads_listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(opts.clients.dead_peer_after()));
+    tasks.spawn(grpc_task(grpc, incoming, closed(closing_rx.clone())));
     // The sampler stops on closing, which ends every dashboard's event stream: the admin
     // server's graceful shutdown waits for open connections, and those would never end.
     let sampler_closed = closed(closing_rx.clone());
@@ -300,14 +315,28 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
     })
 }
 
+/// Refuses an admin API that other hosts can reach without a token. Such a bind is meant to be
+/// used from them, and without a token every change from there (`/reload`, a rollback) would
+/// be refused, found out only when it is needed; the token makes who may change what explicit.
+fn check_admin_access(admin: SocketAddr, token: Option<&str>) -> anyhow::Result<()> {
+    if admin.ip().is_loopback() || token.is_some_and(|t| !t.trim().is_empty()) {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "the admin API would listen on {admin}, which other hosts can reach, without a token: \
+         set --admin-token (or CUTOVER_ADMIN_TOKEN) to a secret that callers from other hosts \
+         must present to /reload and /rollouts, or bind --admin to loopback (127.0.0.1:19000)"
+    )
+}
+
 /// The xDS server until `closed`: then it stops accepting and waits for its connections to end
 /// (every stream is ended by the same signal).
 async fn grpc_task(
     grpc: tonic::transport::server::Router,
-    listener: TcpListener,
+    incoming: TcpIncoming,
     closed: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    grpc.serve_with_incoming_shutdown(TcpListenerStream::new(listener), closed)
+    grpc.serve_with_incoming_shutdown(incoming, closed)
         .await
         .context("the xDS server stopped")
 }
@@ -328,5 +357,30 @@ impl controller::Observer for TelemetryObserver {
             errors: (w.error_rate.unwrap_or(0.0) * w.requests as f64).round() as u64,
             p99_ms: w.latency_ms.map(|q| q.p99),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_admin_api_beyond_loopback_needs_a_token() {
+        let any: SocketAddr = "0.0.0.0:19000".parse().unwrap();
+        let err = check_admin_access(any, None).unwrap_err().to_string();
+        assert!(
+            err.contains("0.0.0.0:19000")
+                && err.contains("--admin-token")
+                && err.contains("CUTOVER_ADMIN_TOKEN"),
+            "{err}"
+        );
+        assert!(
+            check_admin_access(any, Some("  ")).is_err(),
+            "a blank token is none"
+        );
+        assert!(check_admin_access(any, Some("s3cret")).is_ok());
+        assert!(check_admin_access("192.0.2.7:19000".parse().unwrap(), None).is_err());
+        assert!(check_admin_access("127.0.0.1:19000".parse().unwrap(), None).is_ok());
+        assert!(check_admin_access("[::1]:19000".parse().unwrap(), None).is_ok());
     }
 }

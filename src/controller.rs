@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::node::GroupId;
 use crate::reconcile::rollout::{Command, Figures, Observation, Rollout, Status};
 use crate::reconcile::{self, Event, Previous, RuntimeState, Timestamp};
-use crate::snapshot::{Published, Snapshot};
+use crate::snapshot::{Published, ResourceType, Snapshot};
 use crate::spec::{self, Spec, Webhook};
 use crate::status::{Served, StateFileReport, Status as StatusModel};
 use crate::store::{Loaded, StateFile};
@@ -138,7 +138,19 @@ struct Controller {
     /// Checks come back on `checks_in` once their webhooks answered.
     checks_out: mpsc::UnboundedSender<(String, Observation)>,
     checks_in: mpsc::UnboundedReceiver<(String, Observation)>,
+    /// Rollout events for the services' `notify` webhooks, told in order by one task.
+    notify: mpsc::Sender<Notice>,
 }
+
+/// One rollout event for a service's `notify` webhooks.
+struct Notice {
+    hooks: Vec<Webhook>,
+    body: serde_json::Value,
+}
+
+/// How many events may wait for slow `notify` webhooks before new ones are dropped (and
+/// logged): a webhook that hangs must not grow cutover's memory.
+const NOTICES_QUEUED: usize = 256;
 
 impl Controller {
     fn new(settings: Settings, out: Outputs) -> Controller {
@@ -170,6 +182,8 @@ impl Controller {
             error: problem,
         });
         let (checks_out, checks_in) = mpsc::unbounded_channel();
+        let (notify, notices) = mpsc::channel(NOTICES_QUEUED);
+        tokio::spawn(tell_notices(notices));
         Controller {
             label: settings.file.display().to_string(),
             file: settings.file,
@@ -185,6 +199,7 @@ impl Controller {
             checking: BTreeSet::new(),
             checks_out,
             checks_in,
+            notify,
         }
     }
 
@@ -242,10 +257,12 @@ impl Controller {
         let Some(spec) = &self.spec else {
             return Err("no valid deployment file is loaded yet".to_owned());
         };
+        let before = self.state.rollouts.clone();
         let done = self
             .state
             .command(spec, service, command, Timestamp::now())?;
         tracing::info!(service, %command, done, "operator command");
+        self.rollout_events(&before);
         self.changed_at = Instant::now();
         self.publish();
         Ok(done)
@@ -270,8 +287,33 @@ impl Controller {
                     .position(|e| Some(e) == o.history.last())
                     .map_or(0, |i| i + 1)
             });
+            let hooks = self
+                .spec
+                .as_ref()
+                .and_then(|spec| spec.services.get(service))
+                .map_or(&[][..], |s| s.notify.as_slice());
             for e in &r.history[seen..] {
                 tracing::info!(service, rollout = %e.what, "rollout");
+                if hooks.is_empty() {
+                    continue;
+                }
+                let notice = Notice {
+                    hooks: hooks.to_vec(),
+                    body: serde_json::json!({
+                        "service": service,
+                        "version": r.version_under_test(),
+                        "event": e.what,
+                        "at": e.at,
+                        "rollout": r,
+                    }),
+                };
+                if self.notify.try_send(notice).is_err() {
+                    tracing::warn!(
+                        service,
+                        event = %e.what,
+                        "notify webhooks are {NOTICES_QUEUED} events behind: this event is not told"
+                    );
+                }
             }
             let Some(old) = old.filter(|o| o.kind == r.kind) else {
                 continue;
@@ -351,6 +393,7 @@ impl Controller {
             Ok(spec) => {
                 let previous = self.spec.replace(Arc::new(spec));
                 let spec = self.spec.as_ref().expect("just set");
+                let before = self.state.rollouts.clone();
                 self.state.reduce(
                     spec,
                     Event::FileLoaded {
@@ -359,6 +402,8 @@ impl Controller {
                     },
                     Timestamp::now(),
                 );
+                // A file can start, continue or end a rollout: logged and told like any step.
+                self.rollout_events(&before);
                 self.publish();
                 self.out.status.reloaded();
                 // With no Envoy connected, nothing needs to ACK.
@@ -381,11 +426,20 @@ impl Controller {
         let now = Timestamp::now();
         let plan = Arc::new(reconcile::plan(&spec, &self.state, now));
         // One snapshot per group, each encoded once for all of the group's streams.
-        let groups = translate_groups(&plan)
+        let groups: BTreeMap<GroupId, Snapshot> = translate_groups(&plan)
             .into_iter()
             .map(|(group, resources)| (group, Snapshot::new(&resources)))
             .collect();
         let previous = self.out.published.borrow().clone();
+        let encoded: usize = groups
+            .values()
+            .map(|g| {
+                ResourceType::ALL
+                    .map(|ty| g.resources(ty).len())
+                    .iter()
+                    .sum::<usize>()
+            })
+            .sum();
         let next = Published::new(
             groups,
             plan.node_groups.clone(),
@@ -411,6 +465,8 @@ impl Controller {
             true
         });
         if changed {
+            self.out.metrics.snapshots.inc();
+            self.out.metrics.resources_encoded.inc_by(encoded as u64);
             tracing::info!(
                 version,
                 elapsed_us = started.elapsed().as_micros() as u64,
@@ -483,6 +539,27 @@ impl Controller {
                     error: Some(msg),
                 });
             }
+        }
+    }
+}
+
+/// Tells each rollout event to its webhooks, one event after the other so that they arrive in
+/// order; a webhook that fails or does not answer in time is logged and the next event goes on.
+async fn tell_notices(mut notices: mpsc::Receiver<Notice>) {
+    while let Some(notice) = notices.recv().await {
+        for hook in &notice.hooks {
+            let answer =
+                tokio::time::timeout(hook.timeout, post_json(&hook.url, &notice.body)).await;
+            let problem = match answer {
+                Ok(Ok(status)) if (200..300).contains(&status) => continue,
+                Ok(Ok(status)) => format!("answered {status}"),
+                Ok(Err(e)) => e,
+                Err(_) => format!(
+                    "did not answer within {}",
+                    humantime::format_duration(hook.timeout)
+                ),
+            };
+            tracing::warn!(url = %hook.url, event = %notice.body["event"], "notify webhook {problem}");
         }
     }
 }

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use cutover::spec::{self, SpecError};
+use cutover::xds::limits::{ClientLimits, MIB};
 use cutover::{app, bootstrap, cli, render};
 
 #[derive(Parser)]
@@ -55,6 +56,31 @@ enum Command {
         /// (/readyz answers 503 meanwhile). Without it such a start fails at once.
         #[arg(long)]
         wait_for_file: bool,
+        /// Most concurrent gRPC streams (xDS and telemetry, all Envoys together); one more is
+        /// refused with RESOURCE_EXHAUSTED. An Envoy opens one ADS stream, and one stats and
+        /// one load reporting stream unless its bootstrap turns them off.
+        #[arg(long, env = "CUTOVER_MAX_STREAMS", default_value_t = ClientLimits::default().max_streams,
+              value_parser = positive)]
+        max_streams: usize,
+        /// Largest message a client may send, in MiB; a larger one ends its stream with
+        /// RESOURCE_EXHAUSTED. Envoy's largest is a state-of-the-world EDS request naming every
+        /// cluster.
+        #[arg(long, env = "CUTOVER_MAX_MESSAGE_MIB", default_value_t = (ClientLimits::default().max_message_bytes / MIB) as u16,
+              value_parser = clap::value_parser!(u16).range(1..=4096))]
+        max_message_mib: u16,
+        /// Most resource names one xDS stream may subscribe to (all types together); more ends
+        /// the stream with RESOURCE_EXHAUSTED. An Envoy subscribes to one name per cluster and
+        /// per listener.
+        #[arg(long, env = "CUTOVER_MAX_NAMES", default_value_t = ClientLimits::default().max_names,
+              value_parser = positive)]
+        max_names: usize,
+        /// An HTTP/2 PING is sent on a connection silent for this long; with --keepalive-timeout
+        /// it bounds how long an Envoy that vanished (no FIN) stays connected.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        keepalive: std::time::Duration,
+        /// A PING not answered within this closes the connection and ends its streams.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        keepalive_timeout: std::time::Duration,
         /// Log format; levels come from RUST_LOG (default: info).
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -220,6 +246,16 @@ struct Control {
     admin_token: Option<String>,
 }
 
+/// A whole number from 1 (a limit of 0 would refuse everything).
+fn positive(value: &str) -> Result<usize, String> {
+    match value.trim().replace('_', "").parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "{value:?} is not a limit: write a whole number from 1"
+        )),
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum WaitFor {
     Drained,
@@ -266,6 +302,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             state,
             allow_nodes,
             wait_for_file,
+            max_streams,
+            max_message_mib,
+            max_names,
+            keepalive,
+            keepalive_timeout,
             log_format,
         } => {
             init_tracing(log_format);
@@ -281,6 +322,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     state_file: state,
                     allow_nodes,
                     wait_for_file,
+                    clients: ClientLimits {
+                        max_streams,
+                        max_message_bytes: usize::from(max_message_mib) * MIB,
+                        max_names,
+                        keepalive_interval: keepalive,
+                        keepalive_timeout,
+                    },
                 })
                 .await?;
                 server

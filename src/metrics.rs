@@ -62,7 +62,15 @@ pub struct Metrics {
     pub reloads: Family<ResultLabel, Counter>,
     pub envoys: Gauge,
     pub streams: Gauge,
+    /// xDS and telemetry streams open, what `--max-streams` bounds.
+    pub grpc_streams: Gauge,
+    pub grpc_streams_limit: Gauge,
+    pub grpc_streams_refused: Counter,
     pub snapshot_bytes: Gauge,
+    /// Config versions published, and the resources encoded for them: encoding happens once
+    /// per version, never per Envoy or per reconnect.
+    pub snapshots: Counter,
+    pub resources_encoded: Counter,
     pub save_to_ack_seconds: Histogram,
     pub rollout_steps: Counter,
     pub rollout_promotions: Counter,
@@ -83,7 +91,22 @@ impl Metrics {
         let reloads = Family::<ResultLabel, Counter>::default();
         let envoys = Gauge::default();
         let streams = Gauge::default();
+        let grpc_streams = Gauge::default();
+        let grpc_streams_limit = Gauge::default();
+        let grpc_streams_refused = Counter::default();
         let snapshot_bytes = Gauge::default();
+        let snapshots = Counter::default();
+        let resources_encoded = Counter::default();
+        registry.register(
+            "snapshots",
+            "Config versions published (each encoded once, shared by every stream)",
+            snapshots.clone(),
+        );
+        registry.register(
+            "resources_encoded",
+            "Envoy resources encoded, once per published config version",
+            resources_encoded.clone(),
+        );
         // 1 ms to ~4 s: a save normally reaches every Envoy in milliseconds.
         let save_to_ack_seconds = Histogram::new(
             prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 13),
@@ -109,6 +132,21 @@ impl Metrics {
             envoys.clone(),
         );
         registry.register("xds_streams", "Open xDS streams", streams.clone());
+        registry.register(
+            "grpc_streams",
+            "Open xDS and telemetry streams, what --max-streams bounds",
+            grpc_streams.clone(),
+        );
+        registry.register(
+            "grpc_streams_limit",
+            "The limit on concurrent xDS and telemetry streams (--max-streams)",
+            grpc_streams_limit.clone(),
+        );
+        registry.register(
+            "grpc_streams_refused",
+            "Streams refused because --max-streams were open",
+            grpc_streams_refused.clone(),
+        );
         registry.register(
             "snapshot_bytes",
             "Encoded size of the config being served",
@@ -147,7 +185,12 @@ impl Metrics {
             reloads,
             envoys,
             streams,
+            grpc_streams,
+            grpc_streams_limit,
+            grpc_streams_refused,
             snapshot_bytes,
+            snapshots,
+            resources_encoded,
             save_to_ack_seconds,
         }
     }

@@ -17,29 +17,38 @@ use std::sync::Arc;
 pub struct NodeInfo {
     pub id: String,
     pub cluster: String,
-    /// The node's metadata as text: strings as they are, numbers and booleans as written in
-    /// JSON; nested structures and lists are left out (a selector cannot name them).
+    /// The node's metadata as text, for the file's groups to match: strings as they are,
+    /// numbers and booleans as written in JSON; nested structures and lists are left out (a
+    /// selector cannot name them), and so is whatever goes over [`MAX_METADATA_BYTES`].
     pub metadata: BTreeMap<String, String>,
 }
+
+/// The node metadata kept per client, keys and values together: enough for the few keys
+/// groups match on, while a client sending megabytes of metadata cannot make cutover hold them
+/// (entries are kept in key order until the next would go over).
+pub const MAX_METADATA_BYTES: usize = 4096;
 
 impl NodeInfo {
     /// The identity an Envoy `Node` message carries.
     pub fn from_node(node: &envoy_types::pb::envoy::config::core::v3::Node) -> NodeInfo {
         use envoy_types::pb::google::protobuf::value::Kind;
-        let metadata = node
-            .metadata
-            .iter()
-            .flat_map(|m| &m.fields)
-            .filter_map(|(k, v)| {
-                let text = match v.kind.as_ref()? {
-                    Kind::StringValue(s) => s.clone(),
-                    Kind::BoolValue(b) => b.to_string(),
-                    Kind::NumberValue(n) => n.to_string(),
-                    _ => return None,
-                };
-                Some((k.clone(), text))
-            })
-            .collect();
+        let mut fields: Vec<(&String, &_)> = node.metadata.iter().flat_map(|m| &m.fields).collect();
+        fields.sort_by(|a, b| a.0.cmp(b.0));
+        let mut metadata = BTreeMap::new();
+        let mut kept = 0;
+        for (k, v) in fields {
+            let text = match v.kind.as_ref() {
+                Some(Kind::StringValue(s)) if k.len() + s.len() <= MAX_METADATA_BYTES => s.clone(),
+                Some(Kind::BoolValue(b)) => b.to_string(),
+                Some(Kind::NumberValue(n)) => n.to_string(),
+                _ => continue,
+            };
+            kept += k.len() + text.len();
+            if kept > MAX_METADATA_BYTES {
+                break;
+            }
+            metadata.insert(k.clone(), text);
+        }
         NodeInfo {
             id: node.id.clone(),
             cluster: node.cluster.clone(),
@@ -248,6 +257,62 @@ mod tests {
         assert_eq!(
             NodeGroups::default().group_of(&node("x", "y", &[])),
             GroupId::all()
+        );
+    }
+
+    #[test]
+    fn metadata_is_kept_as_text_and_bounded() {
+        use envoy_types::pb::envoy::config::core::v3::Node;
+        use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
+        let value = |kind| Value { kind: Some(kind) };
+        let mut fields = std::collections::HashMap::new();
+        fields.insert(
+            "role".to_owned(),
+            value(Kind::StringValue("sidecar".into())),
+        );
+        fields.insert("replicas".to_owned(), value(Kind::NumberValue(3.0)));
+        fields.insert("canary".to_owned(), value(Kind::BoolValue(true)));
+        fields.insert(
+            "list".to_owned(),
+            value(Kind::ListValue(ListValue::default())),
+        );
+        fields.insert(
+            "z-huge".to_owned(),
+            value(Kind::StringValue("x".repeat(1 << 20))),
+        );
+        let node = Node {
+            id: "side-1".into(),
+            metadata: Some(Struct {
+                fields: fields.clone().into_iter().collect(),
+            }),
+            ..Default::default()
+        };
+        let info = NodeInfo::from_node(&node);
+        let kept: Vec<(&str, &str)> = info
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            kept,
+            [("canary", "true"), ("replicas", "3"), ("role", "sidecar")]
+        );
+        // Many entries: kept in key order up to the bound.
+        let many: std::collections::HashMap<String, Value> = (0..1000)
+            .map(|i| (format!("k{i:04}"), value(Kind::StringValue("v".repeat(20)))))
+            .collect();
+        let node = Node {
+            metadata: Some(Struct {
+                fields: many.into_iter().collect(),
+            }),
+            ..Default::default()
+        };
+        let info = NodeInfo::from_node(&node);
+        let bytes: usize = info.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+        assert!(bytes <= MAX_METADATA_BYTES && bytes > MAX_METADATA_BYTES - 25);
+        assert_eq!(
+            info.metadata.keys().next().map(String::as_str),
+            Some("k0000")
         );
     }
 

@@ -113,6 +113,8 @@ pub struct Service {
     /// User groups sent to a chosen version, tried in order before the strategy applies.
     pub rules: Vec<Rule>,
     pub policy: Policy,
+    /// Told of every step, promotion and rollback of the service's rollout.
+    pub notify: Vec<Webhook>,
 }
 
 impl Service {
@@ -270,6 +272,9 @@ pub struct Analysis {
     pub max_wait: Option<Duration>,
     /// Blue-green and red-black: how long the new version is watched after a switch.
     pub window: Duration,
+    /// Blue-green with a preview route: how long the new version's preview traffic is watched
+    /// before the switch.
+    pub before_switch: Option<Duration>,
     pub webhooks: Vec<Webhook>,
 }
 

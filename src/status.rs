@@ -27,6 +27,7 @@ use crate::telemetry::{Telemetry, TelemetryReport};
 use crate::wait;
 use crate::xds::Mode;
 use crate::xds::clients::{Client, Clients, SyncState, TypeStatus};
+use crate::xds::limits::StreamSlots;
 
 /// The outcome of the latest attempt to load the deployment file.
 #[derive(Debug, Clone, Serialize)]
@@ -188,6 +189,10 @@ pub struct RolloutReport {
     pub step: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub steps: Option<usize>,
+    /// A switch checked before it happens (`before_switch`): the baseline still gets the
+    /// requests, the version under test only its preview traffic.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub before_switch: bool,
     /// The step's (or switch window's) time has not started: not every Envoy has it yet.
     pub awaiting_ack: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -267,6 +272,16 @@ pub struct StatusReport {
     /// Connected Envoys that no group of the file matches: they get an empty config.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub nodes_without_group: Vec<String>,
+    /// Concurrent gRPC streams and their limit (`--max-streams`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub streams: Option<StreamsReport>,
+}
+
+/// The xDS and telemetry streams open, against `--max-streams`.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct StreamsReport {
+    pub open: usize,
+    pub limit: usize,
 }
 
 #[derive(Debug, Default)]
@@ -276,6 +291,7 @@ struct Inner {
     served: Option<Served>,
     state_file: Option<StateFileReport>,
     last_reload: Option<ReloadStatus>,
+    slots: Option<Arc<StreamSlots>>,
 }
 
 /// What is served now, and what it was made from: the services report is built from it when
@@ -316,6 +332,11 @@ impl Status {
 
     fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
         f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Where the open streams are counted (set once, at start).
+    pub fn set_stream_slots(&self, slots: Arc<StreamSlots>) {
+        self.with(|i| i.slots = Some(slots));
     }
 
     /// Records what is served now.
@@ -445,6 +466,10 @@ impl Status {
             nodes,
             nodes_without_telemetry: Vec::new(),
             nodes_without_group,
+            streams: i.slots.as_ref().map(|s| StreamsReport {
+                open: s.open(),
+                limit: s.max(),
+            }),
         }
     }
 }
@@ -582,6 +607,9 @@ fn rollout_report(r: &Rollout, strategy: &Strategy, now: Timestamp) -> RolloutRe
         (Kind::Canary { canary, .. }, RolloutStatus::Failed(_)) => Some(format!(
             "rolled back: {canary} gets no requests; save a new canary version to start again, or `cutover resume` to retry {canary} from the first step"
         )),
+        (Kind::Switch { from, to }, RolloutStatus::Failed(_)) if r.previewing => Some(format!(
+            "{to} failed its check before the switch: {from} stays active; fix {to} and `cutover resume` to check it again, or make `active: {from}` in the file"
+        )),
         (Kind::Switch { from, to }, RolloutStatus::Failed(_)) => Some(format!(
             "switched back to {from}: make `active: {from}` in the file to accept it, or `cutover resume` to switch to {to} again"
         )),
@@ -600,6 +628,7 @@ fn rollout_report(r: &Rollout, strategy: &Strategy, now: Timestamp) -> RolloutRe
                 .map(|i| i + 1)
         }),
         steps: steps.map(Vec::len),
+        before_switch: r.previewing,
         awaiting_ack: r.is_active() && r.since.is_none(),
         step_ends_in_seconds: r.step_deadline(strategy).map(in_seconds),
         next_check_in_seconds: r.next_check.map(in_seconds),
@@ -1006,6 +1035,7 @@ services:
             nodes: vec![node("edge-1"), node("edge-2"), node("edge-3")],
             nodes_without_telemetry: Vec::new(),
             nodes_without_group: Vec::new(),
+            streams: None,
         }
     }
 

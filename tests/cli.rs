@@ -121,6 +121,7 @@ fn busy_report() -> StatusReport {
                         weight: Some(10.0),
                         step: Some(2),
                         steps: Some(4),
+                        before_switch: false,
                         awaiting_ack: false,
                         step_ends_in_seconds: Some(42.3),
                         next_check_in_seconds: Some(7.0),
@@ -308,6 +309,7 @@ fn busy_report() -> StatusReport {
         ],
         nodes_without_telemetry: vec!["edge-2".into()],
         nodes_without_group: Vec::new(),
+        streams: None,
     }
 }
 
@@ -378,6 +380,7 @@ fn status_before_any_valid_config() {
         nodes: Vec::new(),
         nodes_without_telemetry: Vec::new(),
         nodes_without_group: Vec::new(),
+        streams: None,
     };
     insta::assert_snapshot!(render_status(&through_json(&report), false));
 }
@@ -434,6 +437,7 @@ async fn serve(file: PathBuf) -> app::Server {
         state_file: None,
         allow_nodes: Vec::new(),
         wait_for_file: false,
+        clients: Default::default(),
     })
     .await
     .expect("server starts")

@@ -131,6 +131,11 @@ fn compose_file_deployment_file_and_bootstrap_agree() {
     let admin = flag(&command, "admin").expect("--admin");
     let admin_port = admin.rsplit(':').next().unwrap();
     assert!(strings(&cutover["ports"]).contains(&format!("127.0.0.1:{admin_port}:{admin_port}")));
+    // An admin API bound beyond loopback needs a token, or cutover refuses to start.
+    assert!(
+        cutover["environment"]["CUTOVER_ADMIN_TOKEN"].is_string(),
+        "compose gives cutover an admin token"
+    );
 
     // The front Envoy: the official image at the release the tests use, started on the bootstrap.
     let envoy = &services["envoy"];
@@ -272,6 +277,12 @@ fn kubernetes_manifests_agree_with_each_other_and_with_cutover_bootstrap() {
     assert_eq!(flag(&args, "ads"), Some(format!("0.0.0.0:{ads_port}")));
     let admin_port = port_named(container, "admin");
     assert_eq!(flag(&args, "admin"), Some(format!("0.0.0.0:{admin_port}")));
+    let env = container["env"].as_array().expect("env");
+    assert!(
+        env.iter().any(|e| e["name"] == "CUTOVER_ADMIN_TOKEN"
+            && e["valueFrom"]["secretKeyRef"]["name"] == "cutover-admin"),
+        "the admin token comes from a Secret: {env:?}"
+    );
 
     // The Service Envoy reaches it by.
     let service = kind(&cutover_docs, "Service", "cutover");

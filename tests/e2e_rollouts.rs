@@ -361,3 +361,142 @@ async fn a_blue_green_switch_to_a_failing_colour_switches_back() {
         serde_json::json!({ "blue": 100.0 })
     );
 }
+
+/// Blue-green whose switch is checked on the new colour's preview traffic first.
+const CHECKED_SWITCH: &str = "\
+listeners:
+  - name: public
+    address: ${listener}
+    routes:
+      - match: { prefix: / }
+        service: checkout
+services:
+  checkout:
+    versions:
+      blue:  { endpoints: [${blue-1}] }
+      green: { endpoints: [${green-1}] }
+    strategy:
+      blue-green:
+        active: ACTIVE
+        preview: {}
+        analysis: { before_switch: 3s, window: 2s, interval: 1s, max_error_rate: 5%, min_requests: 10, failure_limit: 1 }
+    outlier_detection: { enabled: false }
+";
+
+/// Testers' requests to the idle colour through the preview header, every 20 ms, until
+/// stopped (at most 30 s); the answers by version.
+fn preview_traffic(
+    listener: SocketAddr,
+    version: &'static str,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tokio::task::JoinHandle<BTreeMap<String, usize>>,
+) {
+    use std::sync::atomic::Ordering;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let task = tokio::spawn(async move {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let mut out = BTreeMap::new();
+        for _ in 0..1500 {
+            if stopped.load(Ordering::Relaxed) {
+                break;
+            }
+            if let Ok(reply) = client
+                .get(format!("http://{listener}/"))
+                .header("x-cutover-preview", version)
+                .send()
+                .await
+            {
+                let body = reply.text().await.unwrap_or_default();
+                *out.entry(version_of(&body).to_owned()).or_insert(0) += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        out
+    });
+    (stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_checked_on_preview_traffic_first_never_sends_users_to_a_failing_colour() {
+    let Some(envoy) = envoy_binary() else { return };
+    let s = Scenario::start(
+        &envoy,
+        &["blue-1", "green-1"],
+        &CHECKED_SWITCH.replace("ACTIVE", "blue"),
+    )
+    .await;
+    s.upstream("green-1").set_failure_share(0.3);
+    let load = Load::start(s.listener);
+    let (stop, preview) = preview_traffic(s.listener, "green");
+    s.apply(&CHECKED_SWITCH.replace("ACTIVE", "green")).await;
+    let r = wait_state(&s, "rolled_back", Duration::from_secs(20)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let previewed = preview.await.unwrap();
+    let users = load.stop().await;
+    assert_eq!(r["before_switch"], true, "{r}");
+    assert!(
+        r["reason"].as_str().unwrap().starts_with("error rate"),
+        "{r}"
+    );
+    assert!(
+        r["advice"].as_str().unwrap().contains("blue stays active"),
+        "{r}"
+    );
+    assert!(previewed.contains_key("green"), "{previewed:?}");
+    // Users never met green: every request without the header was answered by blue.
+    users.assert_no_failures("a failing colour checked before the switch");
+    assert!(
+        users.by_body.keys().all(|b| version_of(b) == "blue"),
+        "{:?}",
+        users.by_body
+    );
+    assert_eq!(
+        s.cutover.status().await["services"]["checkout"]["split"],
+        serde_json::json!({ "blue": 100.0 })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_checked_on_preview_traffic_first_happens_once_the_check_passes() {
+    let Some(envoy) = envoy_binary() else { return };
+    let s = Scenario::start(
+        &envoy,
+        &["blue-1", "green-1"],
+        &CHECKED_SWITCH.replace("ACTIVE", "blue"),
+    )
+    .await;
+    let load = Load::start(s.listener);
+    let (stop, _preview) = preview_traffic(s.listener, "green");
+    s.apply(&CHECKED_SWITCH.replace("ACTIVE", "green")).await;
+    // Still blue while green's preview traffic is checked.
+    let r = rollout(&s).await;
+    assert_eq!(r["before_switch"], true, "{r}");
+    assert_eq!(
+        answers(s.listener, 10).await,
+        BTreeMap::from([("blue".to_owned(), 10)])
+    );
+    let r = wait_state(&s, "promoted", Duration::from_secs(30)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let users = load.stop().await;
+    let history = history(&r);
+    assert!(
+        history
+            .iter()
+            .any(|h| h.starts_with("green passed its pre-switch analysis")),
+        "{history:?}"
+    );
+    users.assert_no_failures("a healthy colour checked before the switch");
+    s.cutover.wait_in_sync(NODE).await;
+    eventually(
+        Duration::from_secs(2),
+        "a request answered by green",
+        async || answers(s.listener, 1).await.contains_key("green"),
+    )
+    .await;
+    assert_eq!(
+        answers(s.listener, 10).await,
+        BTreeMap::from([("green".to_owned(), 10)])
+    );
+}

@@ -136,6 +136,7 @@ async fn start_with(dir: &tempfile::TempDir, text: &str) -> app::Server {
         state_file: None,
         allow_nodes: Vec::new(),
         wait_for_file: false,
+        clients: Default::default(),
     })
     .await
     .expect("server starts")
@@ -301,6 +302,7 @@ async fn not_ready_until_a_valid_file_is_loaded() {
         state_file: None,
         allow_nodes: Vec::new(),
         wait_for_file,
+        clients: Default::default(),
     };
     // Without --wait-for-file, an invalid file is a failed start that says why and what to do.
     let err = app::start(options(false)).await.unwrap_err().to_string();
@@ -401,6 +403,7 @@ async fn red_black_retires_the_old_version_only_after_every_envoy_acked_and_the_
         state_file: None,
         allow_nodes: Vec::new(),
         wait_for_file: false,
+        clients: Default::default(),
     })
     .await
     .unwrap();
@@ -738,6 +741,7 @@ async fn start_with_state(dir: &tempfile::TempDir, text: &str, state: PathBuf) -
         state_file: Some(state),
         allow_nodes: Vec::new(),
         wait_for_file: false,
+        clients: Default::default(),
     })
     .await
     .expect("server starts")
@@ -812,8 +816,8 @@ async fn a_request_over_the_size_limit_is_refused_with_a_status_that_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(&dir).await;
     let mut client = Client::connect(server.ads_addr).await;
-    // 5 MiB of names: over the 4 MiB limit on one message.
-    let names: Vec<String> = (0..5 * 1024).map(|i| format!("{i:01024}")).collect();
+    // 17 MiB of names: over the default limit of 16 MiB on one message.
+    let names: Vec<String> = (0..17 * 16 * 1024).map(|i| format!("{i:062}")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     client.send(EDS, "", "", &names).await;
     let status = tokio::time::timeout(Duration::from_secs(10), client.rx.message())
@@ -841,6 +845,7 @@ async fn only_allowed_node_ids_get_config() {
         state_file: None,
         allow_nodes: vec!["edge-*".into(), "grpc-t?st".into()],
         wait_for_file: false,
+        clients: Default::default(),
     })
     .await
     .unwrap();
@@ -876,6 +881,7 @@ async fn only_allowed_node_ids_get_config() {
             state_file: None,
             allow_nodes: vec!["[".into()],
             wait_for_file: false,
+            clients: Default::default(),
         })
         .await
         .unwrap_err()

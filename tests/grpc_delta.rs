@@ -140,6 +140,7 @@ async fn start(dir: &tempfile::TempDir, allow_nodes: Vec<String>) -> app::Server
         state_file: None,
         allow_nodes,
         wait_for_file: false,
+        clients: Default::default(),
     })
     .await
     .expect("server starts")

@@ -129,6 +129,7 @@ async fn routes_to_a_new_dns_cluster_follow_its_cds_ack_without_eds() {
         state_file: None,
         allow_nodes: Vec::new(),
         wait_for_file: false,
+        clients: Default::default(),
     })
     .await
     .expect("server starts");
@@ -227,6 +228,7 @@ async fn a_client_with_only_dns_clusters_gets_its_routes_without_ever_asking_for
         state_file: None,
         allow_nodes: Vec::new(),
         wait_for_file: false,
+        clients: Default::default(),
     })
     .await
     .expect("server starts");

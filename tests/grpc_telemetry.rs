@@ -48,6 +48,7 @@ async fn start(dir: &tempfile::TempDir) -> app::Server {
         state_file: None,
         allow_nodes: Vec::new(),
         wait_for_file: false,
+        clients: Default::default(),
     })
     .await
     .expect("server starts")

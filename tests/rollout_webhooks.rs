@@ -94,6 +94,7 @@ async fn serve(dir: &tempfile::TempDir, text: &str) -> app::Server {
         state_file: None,
         allow_nodes: Vec::new(),
         wait_for_file: false,
+        clients: Default::default(),
     })
     .await
     .expect("server starts")
@@ -152,5 +153,50 @@ async fn a_webhook_that_does_not_answer_in_time_rolls_back() {
     assert_eq!(
         r.reason.as_deref(),
         Some(format!("webhook http://{hook}/check did not answer within 300ms").as_str())
+    );
+}
+
+#[tokio::test]
+async fn notify_webhooks_are_told_every_event_in_order_and_a_failing_one_changes_nothing() {
+    let (check, _) = webhook(200, Duration::ZERO).await;
+    let (told, events) = webhook(200, Duration::ZERO).await;
+    // A notify webhook that refuses everything: logged, the rollout goes on.
+    let (refusing, refused) = webhook(500, Duration::ZERO).await;
+    let text = deployment(check, "2s").replace(
+        "        analysis:\n",
+        &format!(
+            "        notify: [ {{ url: \"http://{told}/events\" }}, {{ url: \"http://{refusing}/events\" }} ]\n        analysis:\n"
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&dir, &text).await;
+    wait_state(&server, "promoted").await;
+    // Told off the controller's loop: the last event may still be on its way.
+    let mut what = Vec::new();
+    for _ in 0..100 {
+        what = events
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e["event"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>();
+        if what.last().is_some_and(|w| w.starts_with("promoted")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(what.len(), 3, "{what:?}");
+    assert_eq!(what[0], "started: v2 at 50%");
+    assert!(what[1].starts_with("v2 50% → 100%"), "{what:?}");
+    assert_eq!(what[2], "promoted (every step passed)");
+    let first = events.lock().unwrap()[0].clone();
+    assert_eq!(first["service"], "checkout");
+    assert_eq!(first["version"], "v2");
+    assert_eq!(first["rollout"]["kind"], "canary");
+    assert!(first["at"].is_string(), "{first}");
+    assert_eq!(
+        refused.lock().unwrap().len(),
+        3,
+        "each event is told to every webhook"
     );
 }

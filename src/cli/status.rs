@@ -114,6 +114,7 @@ pub struct RolloutStatus {
     pub weight: Option<f64>,
     pub step: Option<usize>,
     pub steps: Option<usize>,
+    pub before_switch: bool,
     pub awaiting_ack: bool,
     pub step_ends_in_seconds: Option<f64>,
     pub next_check_in_seconds: Option<f64>,
@@ -792,6 +793,10 @@ fn render_rollout(name: &str, r: &RolloutStatus, p: Painter) -> String {
                 r.baseline
             )
         }
+        _ if r.before_switch => format!(
+            "switch {} → {}, checked before it happens ({} still active)",
+            r.baseline, r.version, r.baseline
+        ),
         _ => format!("switch {} → {}", r.baseline, r.version),
     };
     let (state, style) = match r.state.as_str() {

@@ -300,10 +300,11 @@ function chart(serviceName, metric, names, colors, limit) {
 
 function rolloutSection(r) {
   const canary = r.kind === 'canary';
-  const what = canary ? `canary ${r.version} at ${fmtShare(r.weight)} · stable ${r.baseline}` : `switch ${r.baseline} → ${r.version}`;
+  const what = canary ? `canary ${r.version} at ${fmtShare(r.weight)} · stable ${r.baseline}`
+    : r.before_switch ? `switch ${r.baseline} → ${r.version} · checking ${r.version}'s preview traffic first` : `switch ${r.baseline} → ${r.version}`;
   const when = [];
   if (r.awaiting_ack) when.push('waiting for every Envoy to ACK');
-  else if (typeof r.step_ends_in_seconds === 'number' && r.step_ends_in_seconds > 0) when.push(`${canary ? 'step' : 'window'} ends in ${fmtDuration(r.step_ends_in_seconds)}`);
+  else if (typeof r.step_ends_in_seconds === 'number' && r.step_ends_in_seconds > 0) when.push(`${canary ? 'step' : r.before_switch ? 'check before the switch' : 'window'} ends in ${fmtDuration(r.step_ends_in_seconds)}`);
   else if (typeof r.step_ends_in_seconds === 'number' && r.state === 'progressing') when.push('time is up: waits for a passing check');
   if (typeof r.next_check_in_seconds === 'number' && (r.state === 'progressing')) when.push(`next check in ${fmtDuration(r.next_check_in_seconds)}`);
   const section = el('section', { class: 'rollout', 'data-state': r.state },

@@ -21,7 +21,10 @@
 //! - `failure_limit` failed checks roll back at once, whatever the step's time: a canary to 0%,
 //!   a switch back to the previous version.
 //! - A switch (a new `active` with an `analysis`) is watched for `window` from every Envoy's
-//!   answer; it passes once the window is over and the last check passed.
+//!   answer; it passes once the window is over and the last check passed. With
+//!   `before_switch` (blue-green with a preview route), the old version stays active while the
+//!   new one's preview traffic is checked for that long; only then is it switched (and watched
+//!   for `window`). A failed pre-switch analysis leaves the old version active.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -136,6 +139,10 @@ pub struct Rollout {
     pub last_check: Option<Check>,
     #[serde(default)]
     pub history: Vec<Entry>,
+    /// A switch waiting for its pre-switch analysis (`before_switch`): the old version stays
+    /// active, the new one gets its preview traffic.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub previewing: bool,
 }
 
 /// An operator's command (`cutover promote|abort|pause|resume SERVICE`).
@@ -183,6 +190,7 @@ impl Rollout {
             next_check: None,
             last_check: None,
             history: vec![Entry { at: now, what }],
+            previewing: false,
         }
     }
 
@@ -229,6 +237,7 @@ impl Rollout {
         }
         self.log(now, format!("promoted ({why})"));
         self.status = Status::Promoted;
+        self.previewing = false;
         self.next_check = None;
     }
 
@@ -267,9 +276,7 @@ impl Rollout {
                     rollout: Some(r), ..
                 },
             ) => Some(since + r.pause_at(self.weight, r.interval)),
-            (Kind::Switch { .. }, s) => {
-                Some(since + s.analysis().map_or(Duration::ZERO, |a| a.window))
-            }
+            (Kind::Switch { .. }, s) => Some(since + switch_time(self.previewing, s.analysis())),
             _ => None,
         }
     }
@@ -330,15 +337,33 @@ pub(super) fn on_file(
             Some(e) if matches!(&e.kind, Kind::Switch { to, .. } if to == active) => Some(e),
             _ => match previous_default {
                 Some(from) if from != active && service.versions.contains_key(from) => {
-                    Some(Rollout::new(
-                        Kind::Switch {
-                            from: from.to_owned(),
-                            to: active.clone(),
+                    let kind = Kind::Switch {
+                        from: from.to_owned(),
+                        to: active.clone(),
+                    };
+                    Some(
+                        match service.strategy.analysis().and_then(|a| a.before_switch) {
+                            Some(before) => {
+                                let mut r = Rollout::new(
+                                    kind,
+                                    0,
+                                    now,
+                                    format!(
+                                        "asked to switch from {from} to {active}: watching {active}'s preview traffic for {} first",
+                                        humantime::format_duration(before)
+                                    ),
+                                );
+                                r.previewing = true;
+                                r
+                            }
+                            None => Rollout::new(
+                                kind,
+                                0,
+                                now,
+                                format!("switched from {from} to {active}: watching {active}"),
+                            ),
                         },
-                        0,
-                        now,
-                        format!("switched from {from} to {active}: watching {active}"),
-                    ))
+                    )
                 }
                 _ => None,
             },
@@ -394,9 +419,20 @@ pub(super) fn on_tick(r: &mut Rollout, strategy: &Strategy, now: Timestamp) {
                 None => r.promote(now, "every step passed"),
             }
         }
-        (Kind::Switch { .. }, _) => {
-            let window = analysis.map_or(Duration::ZERO, |a| a.window);
-            if now >= since + window && r.checks_allow(analysis) {
+        (Kind::Switch { from, to }, _) => {
+            if now < since + switch_time(r.previewing, analysis) || !r.checks_allow(analysis) {
+                return;
+            }
+            if r.previewing {
+                let what = format!(
+                    "{to} passed its pre-switch analysis: switched from {from} to {to}, watching {to}"
+                );
+                r.previewing = false;
+                r.failed = 0;
+                r.last_check = None;
+                r.restart_step();
+                r.log(now, what);
+            } else {
                 r.promote(now, "the new version passed its window");
             }
         }
@@ -532,6 +568,11 @@ pub(super) fn on_command(
             {
                 r.weight = cfg.steps[0].weight.ppm();
             }
+            if let Kind::Switch { .. } = r.kind {
+                r.previewing = strategy
+                    .analysis()
+                    .is_some_and(|a| a.before_switch.is_some());
+            }
             r.status = Status::Progressing;
             r.failed = 0;
             r.restart_step();
@@ -553,8 +594,8 @@ pub(super) fn on_command(
     Ok(done.to_owned())
 }
 
-/// The service as served: the file's, with the rollout's canary weight, or switched back
-/// after a failed switch.
+/// The service as served: the file's, with the rollout's canary weight, or still on the old
+/// version while a switch is checked before it happens, or switched back after a failed switch.
 pub fn effective<'a>(service: &'a Service, rollout: Option<&Rollout>) -> Cow<'a, Service> {
     let Some(r) = rollout else {
         return Cow::Borrowed(service);
@@ -578,7 +619,7 @@ pub fn effective<'a>(service: &'a Service, rollout: Option<&Rollout>) -> Cow<'a,
         (
             Kind::Switch { from, to },
             Strategy::BlueGreen { active, .. } | Strategy::RedBlack { active, .. },
-        ) if matches!(r.status, Status::Failed(_))
+        ) if (matches!(r.status, Status::Failed(_)) || r.previewing)
             && active == to
             && service.versions.contains_key(from) =>
         {
@@ -591,5 +632,14 @@ pub fn effective<'a>(service: &'a Service, rollout: Option<&Rollout>) -> Cow<'a,
             Cow::Owned(out)
         }
         _ => Cow::Borrowed(service),
+    }
+}
+
+/// How long a switch is watched: its pre-switch analysis, or its window after the switch.
+fn switch_time(previewing: bool, analysis: Option<&Analysis>) -> Duration {
+    match analysis {
+        Some(a) if previewing => a.before_switch.unwrap_or(Duration::ZERO),
+        Some(a) => a.window,
+        None => Duration::ZERO,
     }
 }

@@ -843,6 +843,85 @@ fn a_name_removed_from_the_file_drains_and_the_version_stays_dns_until_it_is_gon
     );
 }
 
+/// Blue-green with a preview route, checked for 20 s before a switch.
+fn checked_switch(active: &str) -> String {
+    switch(active, "blue-green", "        preview: {}\n").replace(
+        "analysis: { window: 30s,",
+        "analysis: { before_switch: 20s, window: 30s,",
+    )
+}
+
+/// Who reaches the service through a preview route.
+fn previewed(w: &World) -> Vec<String> {
+    w.plan().services["s"]
+        .routes
+        .iter()
+        .filter(|r| !r.conditions.is_empty())
+        .map(|r| format!("{:?}", r.target))
+        .collect()
+}
+
+#[test]
+fn a_switch_checked_before_it_happens_keeps_the_old_version_until_the_preview_passes() {
+    let mut w = World::new();
+    w.load(&checked_switch("blue"))
+        .load(&checked_switch("green"))
+        .answered();
+    assert_eq!(serving(&w), ["blue"], "not switched before the check");
+    assert!(w.state.rollouts["s"].previewing);
+    assert!(
+        previewed(&w).iter().any(|t| t.contains("green")),
+        "green keeps its preview route: {:?}",
+        previewed(&w)
+    );
+    w.wait(secs(10)).observe(good());
+    assert_eq!(serving(&w), ["blue"], "10 s of 20");
+    w.wait(secs(10));
+    assert_eq!(serving(&w), ["green"], "switched once the preview passed");
+    assert!(!w.state.rollouts["s"].previewing);
+    assert_eq!(
+        w.status(),
+        Status::Progressing,
+        "now watched for its window"
+    );
+    // The window counts from every Envoy's answer to the switch, as without a preview.
+    w.wait(secs(40));
+    assert_eq!(
+        w.status(),
+        Status::Progressing,
+        "no Envoy answered the switch yet"
+    );
+    w.answered();
+    w.wait(secs(10)).observe(good());
+    w.wait(secs(10)).observe(good());
+    w.wait(secs(10));
+    assert_eq!(w.status(), Status::Promoted);
+    assert_eq!(serving(&w), ["green"]);
+}
+
+#[test]
+fn a_switch_failing_its_check_before_it_happens_never_switches() {
+    let mut w = World::new();
+    w.load(&checked_switch("blue"))
+        .load(&checked_switch("green"))
+        .answered();
+    w.wait(secs(10)).observe(failing());
+    assert!(matches!(w.status(), Status::Failed(_)));
+    assert_eq!(serving(&w), ["blue"], "green never got the requests");
+    w.wait(secs(60));
+    assert_eq!(serving(&w), ["blue"]);
+    // Resumed, green is checked again before any switch.
+    assert_eq!(
+        w.command(Command::Resume).unwrap(),
+        "started again from the first step"
+    );
+    assert!(w.state.rollouts["s"].previewing);
+    assert_eq!(serving(&w), ["blue"]);
+    // Promoting switches at once.
+    assert_eq!(w.command(Command::Promote).unwrap(), "promoted");
+    assert_eq!(serving(&w), ["green"]);
+}
+
 // --- node groups ---------------------------------------------------------------------------
 
 /// An edge with `public` (checkout) and sidecars with `outbound` (payments).

@@ -198,6 +198,11 @@ pub struct RawBlueGreen {
     /// analysis, switch back to the previous version. Default: no analysis.
     #[schemars(with = "Option<RawAnalysis>")]
     pub analysis: Option<Spanned<RawAnalysis>>,
+    /// Told of every step, promotion and rollback of the rollout: an HTTP POST with a JSON
+    /// body per event, in order; the answer changes nothing. Needs a rollout: `analysis`.
+    #[serde(default)]
+    #[schemars(with = "Vec<RawWebhook>")]
+    pub notify: Vec<Spanned<RawWebhook>>,
 }
 
 /// Red-black: blue-green whose previous version is removed after a grace period.
@@ -216,6 +221,11 @@ pub struct RawRedBlack {
     /// analysis.
     #[schemars(with = "Option<RawAnalysis>")]
     pub analysis: Option<Spanned<RawAnalysis>>,
+    /// Told of every step, promotion and rollback of the rollout: an HTTP POST with a JSON
+    /// body per event, in order; the answer changes nothing. Needs a rollout: `analysis`.
+    #[serde(default)]
+    #[schemars(with = "Vec<RawWebhook>")]
+    pub notify: Vec<Spanned<RawWebhook>>,
 }
 
 /// Preview routes to the idle versions of a blue-green service.
@@ -259,6 +269,11 @@ pub struct RawCanary {
     /// Keeps each user on the version they first got, with a cookie Envoy sets.
     #[schemars(with = "Option<RawSticky>")]
     pub sticky: Option<Spanned<RawSticky>>,
+    /// Told of every step, promotion and rollback of the rollout: an HTTP POST with a JSON
+    /// body per event, in order; the answer changes nothing. Needs a rollout: `steps`.
+    #[serde(default)]
+    #[schemars(with = "Vec<RawWebhook>")]
+    pub notify: Vec<Spanned<RawWebhook>>,
 }
 
 /// One step of a rollout: a weight, or `{ weight, pause }`.
@@ -347,6 +362,12 @@ pub struct RawAnalysis {
     /// Default: 1m.
     #[schemars(with = "Option<DurationText>")]
     pub window: Option<Spanned<String>>,
+    /// Blue-green with `preview` only: before switching to a new `active` version, watch its
+    /// preview traffic (requests carrying the preview header) for this long; the switch happens
+    /// only once the checks pass, and a failed analysis leaves the old version active. Default:
+    /// switch at once.
+    #[schemars(with = "Option<DurationText>")]
+    pub before_switch: Option<Spanned<String>>,
     /// Asked at every check (HTTP POST with a JSON body describing the rollout); a check
     /// passes only if every webhook answers 2xx in time.
     #[serde(default)]

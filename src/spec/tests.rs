@@ -456,6 +456,54 @@ fn rollout_problems_point_at_their_values() {
 }
 
 #[test]
+fn checks_before_a_switch_and_notify_webhooks() {
+    let bg = |body: &str| {
+        service(&format!(
+            "    strategy:\n      blue-green:\n        active: v2\n{body}"
+        ))
+    };
+    let spec = parse(
+        "d.yaml",
+        &bg("        preview: {}\n        analysis: { before_switch: 2m }\n        notify: [ { url: http://127.0.0.1:9000/events } ]\n"),
+    )
+    .unwrap();
+    let s = &spec.services["checkout"];
+    assert_eq!(
+        s.strategy.analysis().unwrap().before_switch,
+        Some(Duration::from_secs(120))
+    );
+    assert_eq!(s.notify[0].url, "http://127.0.0.1:9000/events");
+    assert_eq!(s.notify[0].timeout, Duration::from_secs(5));
+
+    assert_eq!(
+        problem(&bg("        analysis: { before_switch: 2m }\n")),
+        "deploy.yaml:15:36: `before_switch` watches the new version's preview traffic: add `preview: {}` to the blue-green strategy (requests with `x-cutover-preview: <version>` reach it), or remove `before_switch`"
+    );
+    assert!(
+        problem(&service(
+            "    strategy:\n      red-black:\n        active: v2\n        analysis: { before_switch: 2m }\n"
+        ))
+        .contains("`before_switch` is for blue-green with `preview`: red-black deploys only")
+    );
+    assert!(
+        problem(&service(
+            "    strategy:\n      canary: { stable: v1, canary: v2, steps: [10, 100], analysis: { before_switch: 1m } }\n"
+        ))
+        .contains("`before_switch` is for blue-green with `preview`; a canary")
+    );
+    assert_eq!(
+        problem(&bg("        notify: [ { url: http://127.0.0.1:9000/ } ]\n")),
+        "deploy.yaml:15:19: `notify` tells of a rollout's steps, promotion and rollback, and this service has no rollout: add `steps` (canary) or `analysis` (blue-green, red-black), or remove `notify`"
+    );
+    assert!(
+        problem(&service(
+            "    strategy:\n      canary: { stable: v1, canary: v2, steps: [10, 100], notify: [ { url: \"https://x\" } ] }\n"
+        ))
+        .contains("invalid webhook URL \"https://x\"")
+    );
+}
+
+#[test]
 fn endpoints_may_be_dns_names() {
     let text = GOOD.replace(
         "green: { endpoints: [127.0.0.1:8083] }",

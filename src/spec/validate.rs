@@ -9,7 +9,7 @@ use serde_saphyr::{Location, Spanned};
 use super::limits::{Count, Limit, Limits};
 use super::raw::{
     Entries, RawAnalysis, RawCanary, RawEndpoint, RawGroup, RawListener, RawNodeMatch, RawPreview,
-    RawRule, RawService, RawSpec, RawStep, RawStrategy, Scalar,
+    RawRule, RawService, RawSpec, RawStep, RawStrategy, RawWebhook, Scalar,
 };
 use super::{
     AddressError, Analysis, Condition, Endpoint, EndpointAddress, Group, Listener, Mirror,
@@ -897,13 +897,42 @@ impl Validator {
         }
 
         let policy = self.policy(name, raw)?;
+        let notify = self.notify(raw, &strategy)?;
         Some(Service {
             versions,
             strategy,
             mirror: mirror.map(|(m, _)| m),
             rules: rules.into_iter().map(|(r, _)| r).collect(),
             policy,
+            notify,
         })
+    }
+
+    /// The strategy's `notify` webhooks; only a rollout has events to tell.
+    fn notify(&mut self, raw: &RawService, strategy: &Strategy) -> Option<Vec<Webhook>> {
+        let hooks = match raw.strategy.as_ref().map(|s| &s.value) {
+            Some(RawStrategy::BlueGreen(bg)) => &bg.notify,
+            Some(RawStrategy::RedBlack(rb)) => &rb.notify,
+            Some(RawStrategy::Canary(c)) => &c.notify,
+            _ => return Some(Vec::new()),
+        };
+        let rollout = match strategy {
+            Strategy::BlueGreen { analysis, .. } | Strategy::RedBlack { analysis, .. } => {
+                analysis.is_some()
+            }
+            Strategy::Canary { rollout, .. } => rollout.is_some(),
+            Strategy::Shadow { .. } => false,
+        };
+        if let Some(first) = hooks.first()
+            && !rollout
+        {
+            self.at(
+                &first.referenced,
+                "`notify` tells of a rollout's steps, promotion and rollback, and this service has no rollout: add `steps` (canary) or `analysis` (blue-green, red-black), or remove `notify`",
+            );
+            return None;
+        }
+        self.webhooks(hooks)
     }
 
     fn strategy_loc(&self, raw: &RawService, name_loc: &Location) -> Location {
@@ -956,6 +985,15 @@ impl Validator {
                 let active = self.version_ref(&bg.active, "strategy.blue-green.active", refs);
                 let preview = self.preview(bg.preview.as_ref());
                 let analysis = self.analysis(bg.analysis.as_ref(), Some(DEFAULT_WINDOW));
+                if let Some(b) = before_switch(bg.analysis.as_ref())
+                    && bg.preview.is_none()
+                {
+                    self.at(
+                        b,
+                        "`before_switch` watches the new version's preview traffic: add `preview: {}` to the blue-green strategy (requests with `x-cutover-preview: <version>` reach it), or remove `before_switch`",
+                    );
+                    return None;
+                }
                 Strategy::BlueGreen {
                     active: active?,
                     preview,
@@ -966,6 +1004,13 @@ impl Validator {
                 let active = self.version_ref(&rb.active, "strategy.red-black.active", refs);
                 let grace = self.duration_or(rb.grace.as_ref(), "grace", DEFAULT_GRACE);
                 let analysis = self.analysis(rb.analysis.as_ref(), Some(DEFAULT_WINDOW));
+                if let Some(b) = before_switch(rb.analysis.as_ref()) {
+                    self.at(
+                        b,
+                        "`before_switch` is for blue-green with `preview`: red-black deploys only the active version, so a new one has no traffic to watch before the switch",
+                    );
+                    return None;
+                }
                 Strategy::RedBlack {
                     active: active?,
                     grace: grace?,
@@ -1059,6 +1104,13 @@ impl Validator {
         };
         let interval = self.duration_or(c.interval.as_ref(), "interval", DEFAULT_STEP_INTERVAL);
         let analysis = self.analysis(c.analysis.as_ref(), None);
+        if let Some(b) = before_switch(c.analysis.as_ref()) {
+            self.at(
+                b,
+                "`before_switch` is for blue-green with `preview`; a canary's first step is its check before more traffic",
+            );
+            return None;
+        }
         if steps.value.is_empty() {
             self.at(&steps.referenced, "`steps` needs at least one step");
             return None;
@@ -1171,30 +1223,11 @@ impl Validator {
             }
             (None, None) => Some(Duration::ZERO),
         };
-        let mut webhooks = Vec::new();
-        let mut hooks_ok = true;
-        for w in &a.webhooks {
-            let url = w.value.url.value.trim();
-            let valid = url
-                .parse::<hyper::Uri>()
-                .ok()
-                .is_some_and(|u| u.scheme_str() == Some("http") && u.host().is_some());
-            if !valid {
-                let msg = format!(
-                    "invalid webhook URL \"{url}\": write an http:// URL, e.g. http://127.0.0.1:9000/check"
-                );
-                self.at(&w.value.url.referenced, msg);
-                hooks_ok = false;
-                continue;
-            }
-            match self.duration_or(w.value.timeout.as_ref(), "timeout", DEFAULT_WEBHOOK_TIMEOUT) {
-                Some(timeout) => webhooks.push(Webhook {
-                    url: url.to_owned(),
-                    timeout,
-                }),
-                None => hooks_ok = false,
-            }
-        }
+        let webhooks = self.webhooks(&a.webhooks);
+        let before_switch = match &a.before_switch {
+            Some(d) => self.duration(d, "analysis.before_switch").map(Some),
+            None => Some(None),
+        };
         let analysis = Analysis {
             interval: interval?,
             max_error_rate: max_error_rate?,
@@ -1206,9 +1239,39 @@ impl Validator {
             failure_limit: failure_limit?,
             max_wait: max_wait?,
             window: window?,
-            webhooks,
+            before_switch: before_switch?,
+            webhooks: webhooks?,
         };
-        hooks_ok.then_some(Some(analysis))
+        Some(Some(analysis))
+    }
+
+    /// Webhooks (`analysis.webhooks`, `notify`): `http://` URLs with a timeout each.
+    fn webhooks(&mut self, raw: &[Spanned<RawWebhook>]) -> Option<Vec<Webhook>> {
+        let mut webhooks = Vec::new();
+        let mut ok = true;
+        for w in raw {
+            let url = w.value.url.value.trim();
+            let valid = url
+                .parse::<hyper::Uri>()
+                .ok()
+                .is_some_and(|u| u.scheme_str() == Some("http") && u.host().is_some());
+            if !valid {
+                let msg = format!(
+                    "invalid webhook URL \"{url}\": write an http:// URL, e.g. http://127.0.0.1:9000/check"
+                );
+                self.at(&w.value.url.referenced, msg);
+                ok = false;
+                continue;
+            }
+            match self.duration_or(w.value.timeout.as_ref(), "timeout", DEFAULT_WEBHOOK_TIMEOUT) {
+                Some(timeout) => webhooks.push(Webhook {
+                    url: url.to_owned(),
+                    timeout,
+                }),
+                None => ok = false,
+            }
+        }
+        ok.then_some(webhooks)
     }
 
     fn preview(&mut self, raw: Option<&Spanned<RawPreview>>) -> Option<Preview> {
@@ -1479,4 +1542,13 @@ fn clashes(a: &SocketAddr, b: &SocketAddr) -> bool {
     a.port() == b.port()
         && a.is_ipv4() == b.is_ipv4()
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// Where an analysis sets `before_switch`, if it does.
+fn before_switch(analysis: Option<&Spanned<RawAnalysis>>) -> Option<&Location> {
+    analysis?
+        .value
+        .before_switch
+        .as_ref()
+        .map(|b| &b.referenced)
 }

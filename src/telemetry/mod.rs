@@ -77,17 +77,21 @@ impl Telemetry {
     /// The stats sink's gRPC service.
     pub fn metrics_service(
         &self,
+        slots: std::sync::Arc<crate::xds::limits::StreamSlots>,
+        max_message_bytes: usize,
     ) -> envoy_types::pb::envoy::service::metrics::v3::metrics_service_server::MetricsServiceServer<
         server::Sink,
     >{
-        server::metrics_service(self.clone())
+        server::metrics_service(self.clone(), slots, max_message_bytes)
     }
 
     /// The Load Reporting Service.
     pub fn load_reporting_service(
         &self,
+        slots: std::sync::Arc<crate::xds::limits::StreamSlots>,
+        max_message_bytes: usize,
     ) -> envoy_types::pb::envoy::service::load_stats::v3::load_reporting_service_server::LoadReportingServiceServer<server::LoadReporting>{
-        server::load_reporting_service(self.clone())
+        server::load_reporting_service(self.clone(), slots, max_message_bytes)
     }
 
     /// The core, also after a panic while it was held: at worst that message is half counted,

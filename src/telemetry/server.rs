@@ -3,6 +3,7 @@
 //! core, and forgotten when it ends, however it ends.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Instant;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -19,25 +20,39 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::aggregate::{NodeKey, Source, StreamId};
 use super::{Telemetry, lrs, stats};
+use crate::xds::limits::StreamSlots;
 
-pub fn metrics_service(telemetry: Telemetry) -> MetricsServiceServer<Sink> {
-    MetricsServiceServer::new(Sink { telemetry })
+pub fn metrics_service(
+    telemetry: Telemetry,
+    slots: Arc<StreamSlots>,
+    max_message_bytes: usize,
+) -> MetricsServiceServer<Sink> {
+    MetricsServiceServer::new(Sink { telemetry, slots })
+        .max_decoding_message_size(max_message_bytes)
 }
 
-pub fn load_reporting_service(telemetry: Telemetry) -> LoadReportingServiceServer<LoadReporting> {
-    LoadReportingServiceServer::new(LoadReporting { telemetry })
+pub fn load_reporting_service(
+    telemetry: Telemetry,
+    slots: Arc<StreamSlots>,
+    max_message_bytes: usize,
+) -> LoadReportingServiceServer<LoadReporting> {
+    LoadReportingServiceServer::new(LoadReporting { telemetry, slots })
+        .max_decoding_message_size(max_message_bytes)
 }
 
 /// `envoy.service.metrics.v3.MetricsService`.
 #[derive(Debug)]
 pub struct Sink {
     telemetry: Telemetry,
+    /// Telemetry streams count against `--max-streams` with the xDS ones.
+    slots: Arc<StreamSlots>,
 }
 
 /// `envoy.service.load_stats.v3.LoadReportingService`.
 #[derive(Debug)]
 pub struct LoadReporting {
     telemetry: Telemetry,
+    slots: Arc<StreamSlots>,
 }
 
 /// An open stream in the core; closing it on drop forgets it also when the handler is
@@ -96,6 +111,7 @@ impl MetricsService for Sink {
         &self,
         request: Request<Streaming<StreamMetricsMessage>>,
     ) -> Result<Response<StreamMetricsResponse>, Status> {
+        let _slot = self.slots.try_open()?;
         let peer = request.remote_addr();
         let mut inbound = request.into_inner();
         let Some(first) = inbound.message().await? else {
@@ -136,6 +152,7 @@ impl LoadReportingService for LoadReporting {
         &self,
         request: Request<Streaming<LoadStatsRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
+        let slot = self.slots.try_open()?;
         let peer = request.remote_addr();
         let mut inbound = request.into_inner();
         let first = inbound.message().await?.ok_or_else(|| {
@@ -158,6 +175,7 @@ impl LoadReportingService for LoadReporting {
         let _ = answers.try_send(Ok(lrs::response()));
         tokio::spawn(async move {
             let _open = answers;
+            let _slot = slot;
             loop {
                 let next = tokio::select! {
                     next = inbound.message() => next,

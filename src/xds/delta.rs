@@ -51,6 +51,7 @@ use bytes::Bytes;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
 use super::clients::{ClientView, Held, Nack, ResourceMap, SyncState, TypeStatus, TypeView};
+use super::limits::{MAX_NACK_ERROR_BYTES, truncated};
 use super::order;
 use super::{Event, Mode, ResourceType};
 use crate::node::NodeInfo;
@@ -283,6 +284,14 @@ impl Stream {
         out
     }
 
+    /// Resource names subscribed to, all types together (a wildcard counts none).
+    pub fn subscribed_names(&self) -> usize {
+        self.types
+            .iter()
+            .map(|t| t.subscription.as_ref().map_or(0, |s| s.names.len()))
+            .sum()
+    }
+
     /// A request from the client.
     pub fn on_request(&mut self, req: &DeltaDiscoveryRequest) -> Output {
         let mut out = Output::default();
@@ -324,7 +333,7 @@ impl Stream {
         if let Some(status) = &req.error_detail {
             let nack = Nack {
                 version: sent.after.version.clone(),
-                error: status.message.clone(),
+                error: truncated(&status.message, MAX_NACK_ERROR_BYTES),
             };
             events.push(Event::Nack {
                 ty,

@@ -7,7 +7,9 @@
 //! - [`clients`]: one protocol-neutral view of what every connected client holds (ACKed, pending,
 //!   rejected), written by the machines' streams and read by status, CSDS, metrics and the
 //!   controller's gates;
-//! - [`codec`], [`server`], [`csds`]: the gRPC edge.
+//! - [`codec`], [`server`], [`csds`]: the gRPC edge;
+//! - [`limits`]: what clients may make cutover hold (streams, message size, names) and a log
+//!   limiter for what they may make it log.
 //!
 //! Resource types and their order are [`ResourceType`] (in [`crate::snapshot`]).
 
@@ -15,6 +17,7 @@ pub mod clients;
 pub mod codec;
 pub mod csds;
 pub mod delta;
+pub mod limits;
 pub mod order;
 pub mod server;
 pub mod sotw;

@@ -22,6 +22,9 @@ use tonic::{Status, Streaming};
 
 use super::clients::{ClientUpdate, ClientView, Clients, SyncState};
 use super::codec::{EncodeResponse, XdsCodec};
+use super::limits::{
+    ClientLimits, MAX_NAME_BYTES, MAX_NODE_FIELD_BYTES, Noise, NoiseLog, StreamSlot, StreamSlots,
+};
 use super::{Event, Mode, Output, ResourceType, delta, sotw};
 use crate::node::{GroupId, NodeInfo};
 use crate::snapshot::{GroupSnapshot, Published, Snapshot};
@@ -36,6 +39,11 @@ pub struct Shared {
     /// Becomes `true` when cutover shuts down: every stream ends, telling its client to
     /// reconnect (Envoy keeps its config meanwhile).
     pub closing: watch::Receiver<bool>,
+    pub limits: ClientLimits,
+    /// Concurrent streams, shared with the telemetry services.
+    pub slots: Arc<StreamSlots>,
+    /// What clients make cutover log again and again, limited per node.
+    pub noise: Arc<NoiseLog>,
 }
 
 /// Which node ids may get config over a plaintext connection (`--allow-node`); everyone when
@@ -147,6 +155,10 @@ pub trait Machine: Send + 'static {
     fn new(mode: Mode) -> Self;
     /// The node a request names (Envoy names it on the first request only).
     fn request_node(req: &Self::Request) -> Option<&Node>;
+    /// The names a request subscribes to (or says it holds).
+    fn request_names(req: &Self::Request) -> impl Iterator<Item = &str>;
+    /// Names subscribed to, all types together.
+    fn subscribed_names(&self) -> usize;
     fn on_request(&mut self, req: &Self::Request) -> Output<Self::Response>;
     fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Output<Self::Response>;
     fn node(&self) -> Option<&NodeInfo>;
@@ -176,6 +188,12 @@ impl Machine for sotw::Stream {
     }
     fn request_node(req: &DiscoveryRequest) -> Option<&Node> {
         req.node.as_ref()
+    }
+    fn request_names(req: &DiscoveryRequest) -> impl Iterator<Item = &str> {
+        req.resource_names.iter().map(String::as_str)
+    }
+    fn subscribed_names(&self) -> usize {
+        sotw::Stream::subscribed_names(self)
     }
     fn on_request(&mut self, req: &DiscoveryRequest) -> sotw::Output {
         sotw::Stream::on_request(self, req)
@@ -214,6 +232,16 @@ impl Machine for delta::Stream {
     }
     fn request_node(req: &DeltaDiscoveryRequest) -> Option<&Node> {
         req.node.as_ref()
+    }
+    fn request_names(req: &DeltaDiscoveryRequest) -> impl Iterator<Item = &str> {
+        req.resource_names_subscribe
+            .iter()
+            .chain(req.resource_names_unsubscribe.iter())
+            .chain(req.initial_resource_versions.keys())
+            .map(String::as_str)
+    }
+    fn subscribed_names(&self) -> usize {
+        delta::Stream::subscribed_names(self)
     }
     fn on_request(&mut self, req: &DeltaDiscoveryRequest) -> delta::Output {
         delta::Stream::on_request(self, req)
@@ -288,15 +316,21 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let path = req.uri().path();
-        if path == K::STREAM_PATH {
-            serve::<sotw::Stream, B>(K::MODE, self.shared.clone(), req)
-        } else if path == K::DELTA_PATH {
-            serve::<delta::Stream, B>(K::MODE, self.shared.clone(), req)
-        } else {
+        if path != K::STREAM_PATH && path != K::DELTA_PATH {
             // Fetch (unary) variants.
-            Box::pin(async {
+            return Box::pin(async {
                 Ok(Status::unimplemented("cutover serves xDS streams only").into_http())
-            })
+            });
+        }
+        // Taken before anything of the stream is read, held until its task ends.
+        let slot = match self.shared.slots.try_open() {
+            Ok(slot) => slot,
+            Err(refused) => return Box::pin(async move { Ok(refused.into_http()) }),
+        };
+        if path == K::STREAM_PATH {
+            serve::<sotw::Stream, B>(K::MODE, self.shared.clone(), slot, req)
+        } else {
+            serve::<delta::Stream, B>(K::MODE, self.shared.clone(), slot, req)
         }
     }
 }
@@ -304,6 +338,7 @@ where
 fn serve<M, B>(
     mode: Mode,
     shared: Shared,
+    slot: StreamSlot,
     req: http::Request<B>,
 ) -> BoxFuture<http::Response<tonic::body::Body>, std::convert::Infallible>
 where
@@ -311,13 +346,16 @@ where
     B: http_body::Body + Send + 'static,
     B::Error: Into<StdError> + Send + 'static,
 {
+    let max_message = shared.limits.max_message_bytes;
     let method = StreamMethod::<M> {
         mode,
         shared,
+        slot: Some(slot),
         machine: PhantomData,
     };
     Box::pin(async move {
         Ok(Grpc::new(XdsCodec::<M::Request, M::Response>::default())
+            .max_decoding_message_size(max_message)
             .streaming(method, req)
             .await)
     })
@@ -326,6 +364,8 @@ where
 struct StreamMethod<M> {
     mode: Mode,
     shared: Shared,
+    /// Handed to the stream's task (tonic calls the method once per request).
+    slot: Option<StreamSlot>,
     machine: PhantomData<fn() -> M>,
 }
 
@@ -340,7 +380,12 @@ impl<M: Machine> StreamingService<M::Request> for StreamMethod<M> {
         let inbound = request.into_inner();
         // A few responses of headroom: one config change is at most one per type, plus removals.
         let (tx, rx) = mpsc::channel(8);
-        tokio::spawn(run_stream::<M>(self.mode, shared, inbound, tx, peer));
+        let slot = self.slot.take();
+        let mode = self.mode;
+        tokio::spawn(async move {
+            let _slot = slot;
+            run_stream::<M>(mode, shared, inbound, tx, peer).await;
+        });
         Box::pin(async move { Ok(tonic::Response::new(ReceiverStream::new(rx))) })
     }
 }
@@ -368,8 +413,21 @@ async fn run_stream<M: Machine>(
             req = inbound.message() => match req {
                 Ok(Some(req)) => {
                     let mut out = Output::default();
+                    if let Err(refused) = check_names::<M>(&req) {
+                        refuse(&shared.noise, &machine, peer, &refused);
+                        let _ = tx.send(Err(refused)).await;
+                        break;
+                    }
                     if group.is_none() {
-                        let node = M::request_node(&req).map(NodeInfo::from_node).unwrap_or_default();
+                        let node = M::request_node(&req);
+                        if let Err(refused) = check_node(node) {
+                            refuse(&shared.noise, &machine, peer, &refused);
+                            let _ = tx.send(Err(refused)).await;
+                            break;
+                        }
+                        // The id, the cluster and a bounded part of the metadata (for the
+                        // file's groups) are kept; nothing else of the node.
+                        let node = node.map(NodeInfo::from_node).unwrap_or_default();
                         if !shared.allowed.allows(&node.id) {
                             shared.allowed.refused(&node.id, peer);
                             let _ = tx.send(Err(Status::permission_denied(format!(
@@ -388,6 +446,17 @@ async fn run_stream<M: Machine>(
                         identity = node;
                     }
                     let more = machine.on_request(&req);
+                    let subscribed = machine.subscribed_names();
+                    if subscribed > shared.limits.max_names {
+                        let refused = Status::resource_exhausted(format!(
+                            "this stream subscribes to {subscribed} resource names, over cutover's limit of {} on one stream; \
+                             raise it with `cutover serve --max-names N` (CUTOVER_MAX_NAMES)",
+                            shared.limits.max_names
+                        ));
+                        refuse(&shared.noise, &machine, peer, &refused);
+                        let _ = tx.send(Err(refused)).await;
+                        break;
+                    }
                     out.responses.extend(more.responses);
                     out.events.extend(more.events);
                     out
@@ -436,7 +505,7 @@ async fn run_stream<M: Machine>(
             }
         };
         for event in &out.events {
-            log_event(&machine, event);
+            log_event(&shared.noise, &machine, event);
         }
         clients.update(
             id,
@@ -477,7 +546,8 @@ async fn run_stream<M: Machine>(
 fn inbound_error(status: Status) -> Status {
     match status.code() {
         tonic::Code::OutOfRange => Status::resource_exhausted(format!(
-            "request refused: {}; split the subscription into smaller requests",
+            "request refused: {}; raise the limit with `cutover serve --max-message-mib N` \
+             (CUTOVER_MAX_MESSAGE_MIB) if the client is an Envoy with that much to ask for",
             status.message()
         )),
         _ => status,
@@ -488,21 +558,80 @@ fn node_id(machine: &impl Machine) -> &str {
     machine.node().map(|n| n.id.as_str()).unwrap_or("?")
 }
 
-fn log_event(machine: &impl Machine, event: &Event) {
+/// Refuses a request naming a resource longer than any cutover serves: a subscription then
+/// holds at most `--max-names` short names.
+fn check_names<M: Machine>(req: &M::Request) -> Result<(), Status> {
+    match M::request_names(req).find(|n| n.len() > MAX_NAME_BYTES) {
+        None => Ok(()),
+        Some(long) => Err(Status::invalid_argument(format!(
+            "a resource name of {} bytes (starting {:?}): cutover's resource names are at most {MAX_NAME_BYTES} bytes",
+            long.len(),
+            long.chars().take(32).collect::<String>()
+        ))),
+    }
+}
+
+/// Refuses a node id or cluster longer than any Envoy's: they are kept and shown for as long
+/// as the stream is open.
+fn check_node(node: Option<&Node>) -> Result<(), Status> {
+    let Some(node) = node else { return Ok(()) };
+    for (field, value) in [("id", &node.id), ("cluster", &node.cluster)] {
+        if value.len() > MAX_NODE_FIELD_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "node {field} of {} bytes: cutover accepts node ids and clusters of at most {MAX_NODE_FIELD_BYTES} bytes",
+                value.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Logs a refused stream, at most once a minute per node (a refused client retries).
+fn refuse(noise: &NoiseLog, machine: &impl Machine, peer: Option<SocketAddr>, refused: &Status) {
     let node = node_id(machine);
+    if let Some(suppressed) = noise.check(Noise::Refused, node, std::time::Instant::now()) {
+        tracing::warn!(
+            node,
+            ?peer,
+            code = ?refused.code(),
+            reason = refused.message(),
+            refused_before_unlogged = suppressed,
+            "refused an xDS stream"
+        );
+    }
+}
+
+/// Logs what a protocol machine saw. What a client can repeat at will (NACKs, requests for types
+/// cutover does not serve) is logged at most once a minute per node, with how many were left
+/// out; status and metrics still count every one.
+fn log_event(noise: &NoiseLog, machine: &impl Machine, event: &Event) {
+    let node = node_id(machine);
+    let now = std::time::Instant::now();
     match event {
         Event::Ack { ty, version } => {
             tracing::debug!(node, r#type = %ty, version, "ACK");
         }
         Event::Nack { ty, version, error } => {
-            tracing::warn!(node, r#type = %ty, version, error, "Envoy rejected a config (NACK); it will not be sent again");
+            if let Some(suppressed) = noise.check(Noise::Nack, node, now) {
+                tracing::warn!(
+                    node,
+                    r#type = %ty,
+                    version,
+                    error,
+                    nacks_before_unlogged = suppressed,
+                    "Envoy rejected a config (NACK); it will not be sent again"
+                );
+            }
         }
         Event::UnknownType { type_url } => {
-            tracing::warn!(
-                node,
-                type_url,
-                "request for a resource type cutover does not serve"
-            );
+            if let Some(suppressed) = noise.check(Noise::UnknownType, node, now) {
+                tracing::warn!(
+                    node,
+                    type_url = %super::limits::truncated(type_url, 256),
+                    requests_before_unlogged = suppressed,
+                    "request for a resource type cutover does not serve (ignored)"
+                );
+            }
         }
     }
 }

@@ -30,6 +30,7 @@ use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
 use super::ResourceType;
 use super::clients::{ClientView, Held, Nack, ResourceMap, SyncState, TypeStatus, TypeView};
+use super::limits::{MAX_NACK_ERROR_BYTES, truncated};
 use super::order::{self, Holdings as _};
 pub use super::{Event, Mode};
 use crate::node::NodeInfo;
@@ -280,6 +281,17 @@ impl Stream {
         out
     }
 
+    /// Resource names subscribed to, all types together (a wildcard counts none).
+    pub fn subscribed_names(&self) -> usize {
+        self.types
+            .iter()
+            .map(|t| match &t.subscription {
+                Some(Subscription::Names(names)) => names.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+
     /// A request from the client.
     pub fn on_request(&mut self, req: &DiscoveryRequest) -> Output {
         let mut out = Output::default();
@@ -315,7 +327,7 @@ impl Stream {
                 Some(status) => {
                     let nack = Nack {
                         version: sent.version.clone(),
-                        error: status.message.clone(),
+                        error: truncated(&status.message, MAX_NACK_ERROR_BYTES),
                     };
                     out.events.push(Event::Nack {
                         ty,
