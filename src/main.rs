@@ -110,7 +110,7 @@ enum Command {
         /// Without it, every resource of every group.
         #[arg(long = "node", value_name = "ID")]
         node_id: Option<String>,
-        /// The node cluster of that Envoy.
+        /// The node cluster of that Envoy (defaults to the node id, as in `cutover bootstrap`).
         #[arg(long, value_name = "CLUSTER", requires = "node_id")]
         node_cluster: Option<String>,
         /// A node metadata entry of that Envoy; repeat for several.
@@ -127,6 +127,10 @@ enum Command {
         /// The Envoy node cluster (defaults to the node id).
         #[arg(long)]
         node_cluster: Option<String>,
+        /// A node metadata entry (a string value), for the deployment file's `groups` to match;
+        /// repeat for several.
+        #[arg(long = "node-metadata", value_name = "KEY=VALUE", value_parser = key_value)]
+        node_metadata: Vec<(String, String)>,
         /// cutover's ADS address, as Envoy reaches it: IP:PORT, or HOST:PORT (e.g. cutover:18000)
         /// that Envoy resolves with DNS.
         #[arg(long, default_value = "127.0.0.1:18000")]
@@ -367,8 +371,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             node_metadata,
         } => {
             let node = node_id.map(|id| cutover::node::NodeInfo {
+                cluster: node_cluster.unwrap_or_else(|| id.clone()),
                 id,
-                cluster: node_cluster.unwrap_or_default(),
                 metadata: node_metadata.into_iter().collect(),
             });
             let runtime = match &state {
@@ -414,6 +418,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bootstrap {
             node_id,
             node_cluster,
+            node_metadata,
             ads,
             admin,
             no_stats_sink,
@@ -425,6 +430,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let b = bootstrap::bootstrap(&bootstrap::BootstrapOptions {
                 node_cluster: node_cluster.unwrap_or_else(|| node_id.clone()),
                 node_id,
+                node_metadata: node_metadata.into_iter().collect(),
                 ads,
                 admin,
                 stats_sink: !no_stats_sink,

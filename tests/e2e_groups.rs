@@ -1,5 +1,5 @@
-//! End to end with real Envoys: node groups. An edge proxy and a sidecar, told apart by node id
-//! and node cluster, get different listeners from one cutover, and an edit to the sidecars'
+//! End to end with real Envoys: node groups. An edge proxy and a sidecar, told apart by node id,
+//! node cluster and node metadata (`cutover bootstrap --node-metadata`), get different listeners from one cutover, and an edit to the sidecars'
 //! listener changes nothing in the edge proxy (its config dump and its xDS update counters stay
 //! put). Each in state of the world and delta xDS (`name::sotw`, `name::delta`).
 
@@ -14,7 +14,7 @@ use support::{
 };
 
 /// The edge (node ids `edge-*`) serves `checkout` on `public`; the sidecars (node cluster
-/// `sidecars`) serve `payments` on `outbound`, with a `/health` route when `health` is set.
+/// `sidecars` and metadata `role: sidecar`) serve `payments` on `outbound`, with a `/health` route when `health` is set.
 fn deployment(
     public: SocketAddr,
     outbound: SocketAddr,
@@ -58,7 +58,7 @@ groups:
     match: {{ id: \"edge-*\" }}
     listeners: [public]
   - name: sidecars
-    match: {{ cluster: sidecars }}
+    match: {{ cluster: sidecars, metadata: {{ role: sidecar }} }}
     listeners: [outbound]
 ",
         web = web.addr,
@@ -122,7 +122,7 @@ in_both_xds_modes! {
             xds.bootstrap_args(),
         )
         .await;
-        let mut sidecar_args = vec!["--node-cluster", "sidecars"];
+        let mut sidecar_args = vec!["--node-cluster", "sidecars", "--node-metadata", "role=sidecar"];
         sidecar_args.extend_from_slice(xds.bootstrap_args());
         let sidecar = Envoy::start_with(
             &envoy_bin,
