@@ -24,7 +24,7 @@ use crate::snapshot::{Published, ResourceType, Snapshot};
 use crate::spec::{self, Spec, Webhook};
 use crate::status::{Served, StateFileReport, Status as StatusModel};
 use crate::store::{Loaded, StateFile};
-use crate::translate::translate_groups;
+use crate::translate::{translate, translate_groups};
 use crate::watch::FileWatcher;
 use crate::xds::clients::Clients;
 
@@ -425,21 +425,22 @@ impl Controller {
         let started = Instant::now();
         let now = Timestamp::now();
         let plan = Arc::new(reconcile::plan(&spec, &self.state, now));
-        // One snapshot per group, each encoded once for all of the group's streams.
-        let groups: BTreeMap<GroupId, Snapshot> = translate_groups(&plan)
-            .into_iter()
-            .map(|(group, resources)| (group, Snapshot::new(&resources)))
-            .collect();
-        let previous = self.out.published.borrow().clone();
-        let encoded: usize = groups
-            .values()
-            .map(|g| {
-                ResourceType::ALL
-                    .map(|ty| g.resources(ty).len())
-                    .iter()
-                    .sum::<usize>()
-            })
+        // Every resource is encoded once, then each group's snapshot shares the bytes of its
+        // part (a cluster two groups hold is encoded once for both and all of their streams).
+        let everything = Snapshot::new(&translate(&plan));
+        let encoded: usize = ResourceType::ALL
+            .map(|ty| everything.resources(ty).len())
+            .iter()
             .sum();
+        let groups: BTreeMap<GroupId, Snapshot> = if plan.node_groups.is_targeted() {
+            translate_groups(&plan)
+                .into_iter()
+                .map(|(group, resources)| (group, everything.select(&resources)))
+                .collect()
+        } else {
+            BTreeMap::from([(GroupId::all(), everything)])
+        };
+        let previous = self.out.published.borrow().clone();
         let next = Published::new(
             groups,
             plan.node_groups.clone(),
