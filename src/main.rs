@@ -668,8 +668,8 @@ fn diff(old: &Path, new: &Path) -> anyhow::Result<ExitCode> {
     let mut compiled = Vec::new();
     let mut failed = false;
     for file in [old, new] {
-        match compile_file(file, app::compile_resources) {
-            Ok(resources) => compiled.push((file.display().to_string(), resources)),
+        match compile_file(file, app::compile_plan) {
+            Ok(plan) => compiled.push((file.display().to_string(), plan)),
             Err(failure) => {
                 failure.report()?;
                 failed = true;
@@ -680,9 +680,17 @@ fn diff(old: &Path, new: &Path) -> anyhow::Result<ExitCode> {
         Ok(both) if !failed => both,
         _ => return Ok(ExitCode::from(TROUBLE)),
     };
+    let (old_resources, new_resources) = (
+        cutover::translate::translate(&old),
+        cutover::translate::translate(&new),
+    );
     let side = |label, resources| cli::diff::Side { label, resources };
-    match cli::diff::diff(side(&old_label, &old), side(&new_label, &new)) {
+    match cli::diff::diff(
+        side(&old_label, &old_resources),
+        side(&new_label, &new_resources),
+    ) {
         Ok(d) => {
+            let d = d.with_groups(&old, &new);
             say(format_args!("{}", d.render(cli::color_for_stdout())))?;
             Ok(if d.is_empty() {
                 ExitCode::SUCCESS

@@ -1209,3 +1209,42 @@ fn render_node_shows_what_that_node_gets() {
     let out = cutover(&["render", &file, "--node-cluster", "checkout"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
+
+/// With node groups, `diff` says which groups' Envoys would see the change.
+#[test]
+fn diff_names_the_node_groups_a_change_reaches() {
+    let old = example("node-groups.yaml");
+    let new = old.replace("    active: blue\n", "    active: green\n");
+    let plan = |label: &str, text: &str| app::compile_plan(label, text).unwrap();
+    let (o, n) = (plan("old.yaml", &old), plan("new.yaml", &new));
+    let (or, nr) = (
+        cutover::translate::translate(&o),
+        cutover::translate::translate(&n),
+    );
+    let side = |label, resources| Side { label, resources };
+    let d = diff::diff(side("old.yaml", &or), side("new.yaml", &nr))
+        .unwrap()
+        .with_groups(&o, &n);
+    let text = d.render(false);
+    assert!(
+        text.contains("node groups: edge changed, sidecars unchanged\n"),
+        "{text}"
+    );
+    // From no groups to groups: every Envoy was in `all`.
+    let basic = plan("basic.yaml", &example("basic.yaml"));
+    let basic_resources = cutover::translate::translate(&basic);
+    let d = diff::diff(side("basic.yaml", &basic_resources), side("new.yaml", &nr))
+        .unwrap()
+        .with_groups(&basic, &n);
+    assert!(
+        d.render(false)
+            .contains("node groups: (no group) added, all removed, edge added, sidecars added"),
+        "{}",
+        d.render(false)
+    );
+    // Without groups on either side, no such line.
+    let d = diff::diff(side("a", &or), side("b", &or))
+        .unwrap()
+        .with_groups(&basic, &basic);
+    assert!(!d.render(false).contains("node groups"));
+}
