@@ -226,7 +226,7 @@ async fn wait_for(
         )
             .into_response();
     };
-    let envoys = s.status.wait_envoys();
+    let envoys = s.status.wait_envoys(&q.service);
     let now = std::time::Instant::now();
     let target = q.target.as_deref();
     let answer = match what.as_str() {
@@ -344,6 +344,7 @@ mod tests {
             ]),
             nodes: Vec::new(),
             nodes_without_telemetry: Vec::new(),
+            nodes_without_group: Vec::new(),
             streams: None,
         };
         let out = version_figures(&report);

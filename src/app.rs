@@ -17,6 +17,7 @@ use crate::admin::{self, AdminState};
 use crate::controller::{self, Inputs, Outputs, Settings};
 use crate::dashboard::Feed;
 use crate::metrics::Metrics;
+use crate::node::{GroupId, NodeInfo};
 use crate::reconcile::rollout::Figures;
 use crate::reconcile::{self, Event, Plan, Previous, RuntimeState, Timestamp};
 use crate::snapshot::{Published, Snapshot};
@@ -34,6 +35,18 @@ use crate::xds::server::{Ads, Cds, DiscoveryService, Eds, Lds, NodeAllowList, Rd
 /// version). Pure.
 pub fn compile(file_label: &str, text: &str) -> Result<Snapshot, SpecError> {
     Ok(Snapshot::new(&compile_resources(file_label, text)?))
+}
+
+/// What an Envoy with `node` gets from `plan`: its group, and that group's resources (none
+/// for a node no group matches).
+pub fn resources_for_node(plan: &Plan, node: &NodeInfo) -> (GroupId, Resources) {
+    let group = plan.node_groups.group_of(node);
+    let resources = plan
+        .groups
+        .get(&group)
+        .map(|g| crate::translate::translate_group(plan, g))
+        .unwrap_or_default();
+    (group, resources)
 }
 
 /// The Envoy resources of [`compile`], before encoding.

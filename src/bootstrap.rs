@@ -39,7 +39,7 @@ use envoy_types::pb::envoy::config::metrics::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::{
     ListStringMatcher, RegexMatcher, StringMatcher, string_matcher::MatchPattern,
 };
-use envoy_types::pb::google::protobuf::BoolValue;
+use envoy_types::pb::google::protobuf::{BoolValue, Struct, Value, value};
 
 use crate::spec::EndpointAddress;
 use crate::telemetry::stats::{LATENCY_BOUNDS_MS, STATS_MATCHER_REGEX};
@@ -59,6 +59,8 @@ pub const XDS_CLUSTER: &str = "cutover_xds";
 pub struct BootstrapOptions {
     pub node_id: String,
     pub node_cluster: String,
+    /// `node.metadata`, string values (what the deployment file's `groups` may match).
+    pub node_metadata: std::collections::BTreeMap<String, String>,
     /// cutover's ADS address as Envoy reaches it: an IP address, or a name Envoy resolves.
     pub ads: EndpointAddress,
     /// Where Envoy's own admin interface listens.
@@ -188,6 +190,18 @@ pub fn bootstrap(o: &BootstrapOptions) -> Bootstrap {
         node: Some(Node {
             id: o.node_id.clone(),
             cluster: o.node_cluster.clone(),
+            metadata: (!o.node_metadata.is_empty()).then(|| Struct {
+                fields: o
+                    .node_metadata
+                    .iter()
+                    .map(|(k, v)| {
+                        let value = Value {
+                            kind: Some(value::Kind::StringValue(v.clone())),
+                        };
+                        (k.clone(), value)
+                    })
+                    .collect(),
+            }),
             ..Default::default()
         }),
         dynamic_resources: Some(DynamicResources {
@@ -240,6 +254,7 @@ mod tests {
         BootstrapOptions {
             node_id: "edge-1".into(),
             node_cluster: "edge".into(),
+            node_metadata: Default::default(),
             ads: ads.parse().unwrap(),
             admin: "127.0.0.1:9901".parse().unwrap(),
             stats_sink: true,
@@ -294,6 +309,19 @@ mod tests {
         );
         assert_eq!(c.dns_lookup_family, DnsLookupFamily::V4Preferred as i32);
         assert_eq!(ads_address(&c), ("cutover.demo".into(), 18000));
+    }
+
+    #[test]
+    fn node_metadata_is_written_for_groups_to_match() {
+        let plain = bootstrap(&options("127.0.0.1:18000")).node.unwrap();
+        assert_eq!(plain.metadata, None);
+        let b = bootstrap(&BootstrapOptions {
+            node_metadata: [("role".to_owned(), "sidecar".to_owned())].into(),
+            ..options("127.0.0.1:18000")
+        });
+        let node = b.node.unwrap();
+        let info = crate::node::NodeInfo::from_node(&node);
+        assert_eq!(info.metadata["role"], "sidecar");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::snapshot::{Published, ResourceType, Snapshot};
 use crate::spec::{self, Spec, Webhook};
 use crate::status::{Served, StateFileReport, Status as StatusModel};
 use crate::store::{Loaded, StateFile};
-use crate::translate::translate;
+use crate::translate::{translate, translate_groups};
 use crate::watch::FileWatcher;
 use crate::xds::clients::Clients;
 
@@ -425,19 +425,28 @@ impl Controller {
         let started = Instant::now();
         let now = Timestamp::now();
         let plan = Arc::new(reconcile::plan(&spec, &self.state, now));
-        let snapshot = Snapshot::new(&translate(&plan));
-        let groups = BTreeMap::from([(GroupId::all(), snapshot)]);
-        let previous = self.out.published.borrow().clone();
-        let encoded: usize = groups
-            .values()
-            .map(|g| {
-                ResourceType::ALL
-                    .map(|ty| g.resources(ty).len())
-                    .iter()
-                    .sum::<usize>()
-            })
+        // Every resource is encoded once, then each group's snapshot shares the bytes of its
+        // part (a cluster two groups hold is encoded once for both and all of their streams).
+        let everything = Snapshot::new(&translate(&plan));
+        let encoded: usize = ResourceType::ALL
+            .map(|ty| everything.resources(ty).len())
+            .iter()
             .sum();
-        let next = Published::new(groups, self.changed_at, previous.as_deref());
+        let groups: BTreeMap<GroupId, Snapshot> = if plan.node_groups.is_targeted() {
+            translate_groups(&plan)
+                .into_iter()
+                .map(|(group, resources)| (group, everything.select(&resources)))
+                .collect()
+        } else {
+            BTreeMap::from([(GroupId::all(), everything)])
+        };
+        let previous = self.out.published.borrow().clone();
+        let next = Published::new(
+            groups,
+            plan.node_groups.clone(),
+            self.changed_at,
+            previous.as_deref(),
+        );
         self.out
             .metrics
             .snapshot_bytes
@@ -476,13 +485,24 @@ impl Controller {
         let Some(published) = self.out.published.borrow().clone() else {
             return;
         };
-        let answered = published
+        let Some(plan) = self.out.status.plan() else {
+            return;
+        };
+        let answered: BTreeSet<&GroupId> = published
             .groups()
-            .all(|(g, s)| self.out.clients.answered(g, &s.snapshot.version));
-        let Some(spec) = &self.spec else { return };
-        if answered {
-            // One group today: every service is held by every Envoy.
-            let services: BTreeSet<String> = spec.services.keys().cloned().collect();
+            .filter(|(g, s)| self.out.clients.answered(g, &s.snapshot.version))
+            .map(|(g, _)| g)
+            .collect();
+        // A service is answered once every group whose config includes it has: an Envoy of
+        // another group never holds it, so it does not hold the service's retirement.
+        let services: BTreeSet<String> = self
+            .state
+            .services_awaiting_answers()
+            .into_iter()
+            .filter(|s| plan.holders(s).all(|g| answered.contains(g)))
+            .map(str::to_owned)
+            .collect();
+        if !services.is_empty() {
             self.reduce(Event::Answered {
                 services: &services,
             });

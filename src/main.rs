@@ -118,6 +118,16 @@ enum Command {
         /// The time to render for, RFC 3339 (e.g. 2026-11-22T10:00:00Z). Default: now.
         #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
         at: Option<std::time::SystemTime>,
+        /// Only what an Envoy with this node id gets (its group's listeners and services).
+        /// Without it, every resource of every group.
+        #[arg(long = "node", value_name = "ID")]
+        node_id: Option<String>,
+        /// The node cluster of that Envoy (defaults to the node id, as in `cutover bootstrap`).
+        #[arg(long, value_name = "CLUSTER", requires = "node_id")]
+        node_cluster: Option<String>,
+        /// A node metadata entry of that Envoy; repeat for several.
+        #[arg(long = "node-metadata", value_name = "KEY=VALUE", requires = "node_id", value_parser = key_value)]
+        node_metadata: Vec<(String, String)>,
     },
     /// Print an Envoy bootstrap that gets all of its config from cutover over ADS.
     ///
@@ -129,6 +139,10 @@ enum Command {
         /// The Envoy node cluster (defaults to the node id).
         #[arg(long)]
         node_cluster: Option<String>,
+        /// A node metadata entry (a string value), for the deployment file's `groups` to match;
+        /// repeat for several.
+        #[arg(long = "node-metadata", value_name = "KEY=VALUE", value_parser = key_value)]
+        node_metadata: Vec<(String, String)>,
         /// cutover's ADS address, as Envoy reaches it: IP:PORT, or HOST:PORT (e.g. cutover:18000)
         /// that Envoy resolves with DNS.
         #[arg(long, default_value = "127.0.0.1:18000")]
@@ -364,7 +378,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             format,
             state,
             at,
+            node_id,
+            node_cluster,
+            node_metadata,
         } => {
+            let node = node_id.map(|id| cutover::node::NodeInfo {
+                cluster: node_cluster.unwrap_or_else(|| id.clone()),
+                id,
+                metadata: node_metadata.into_iter().collect(),
+            });
             let runtime = match &state {
                 None => Default::default(),
                 Some(path) => cutover::store::StateFile::new(path.clone())
@@ -375,7 +397,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let now = at.map_or_else(cutover::reconcile::Timestamp::now, Into::into);
             let compile = |label: &str, text: &str| {
                 app::compile_plan_with(label, text, runtime, now).map(|plan| {
-                    cutover::snapshot::Snapshot::new(&cutover::translate::translate(&plan))
+                    let resources = match &node {
+                        None => cutover::translate::translate(&plan),
+                        Some(node) => {
+                            let (group, resources) = app::resources_for_node(&plan, node);
+                            // On stderr: stdout stays exactly the resources.
+                            if group.is_unmatched() {
+                                eprintln!(
+                                    "warning: no group of the file matches node {:?}: it gets an empty config",
+                                    node.id
+                                );
+                            } else {
+                                eprintln!("node {:?} is in group {group}", node.id);
+                            }
+                            resources
+                        }
+                    };
+                    cutover::snapshot::Snapshot::new(&resources)
                 })
             };
             match compile_file(&file, compile) {
@@ -392,6 +430,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bootstrap {
             node_id,
             node_cluster,
+            node_metadata,
             ads,
             admin,
             no_stats_sink,
@@ -403,6 +442,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let b = bootstrap::bootstrap(&bootstrap::BootstrapOptions {
                 node_cluster: node_cluster.unwrap_or_else(|| node_id.clone()),
                 node_id,
+                node_metadata: node_metadata.into_iter().collect(),
                 ads,
                 admin,
                 stats_sink: !no_stats_sink,
@@ -640,8 +680,8 @@ fn diff(old: &Path, new: &Path) -> anyhow::Result<ExitCode> {
     let mut compiled = Vec::new();
     let mut failed = false;
     for file in [old, new] {
-        match compile_file(file, app::compile_resources) {
-            Ok(resources) => compiled.push((file.display().to_string(), resources)),
+        match compile_file(file, app::compile_plan) {
+            Ok(plan) => compiled.push((file.display().to_string(), plan)),
             Err(failure) => {
                 failure.report()?;
                 failed = true;
@@ -652,9 +692,17 @@ fn diff(old: &Path, new: &Path) -> anyhow::Result<ExitCode> {
         Ok(both) if !failed => both,
         _ => return Ok(ExitCode::from(TROUBLE)),
     };
+    let (old_resources, new_resources) = (
+        cutover::translate::translate(&old),
+        cutover::translate::translate(&new),
+    );
     let side = |label, resources| cli::diff::Side { label, resources };
-    match cli::diff::diff(side(&old_label, &old), side(&new_label, &new)) {
+    match cli::diff::diff(
+        side(&old_label, &old_resources),
+        side(&new_label, &new_resources),
+    ) {
         Ok(d) => {
+            let d = d.with_groups(&old, &new);
             say(format_args!("{}", d.render(cli::color_for_stdout())))?;
             Ok(if d.is_empty() {
                 ExitCode::SUCCESS
@@ -735,4 +783,12 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// `KEY=VALUE` of `--node-metadata`.
+fn key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
 }

@@ -16,7 +16,7 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use crate::node::{GroupId, NodeInfo};
+use crate::node::{GroupId, NodeGroups, NodeInfo};
 use crate::translate::Resources;
 
 /// One encoded resource.
@@ -75,6 +75,38 @@ impl Snapshot {
         for r in &resources.routes {
             add(ResourceType::Route, &r.name, r.encode_to_vec());
         }
+        Snapshot::of_sets(sets)
+    }
+
+    /// The part of this snapshot named in `resources` (one node group's): the same encoded
+    /// bytes, shared, not encoded again. Names this snapshot lacks are left out.
+    pub fn select(&self, resources: &Resources) -> Snapshot {
+        let mut sets: [BTreeMap<String, Resource>; 4] = Default::default();
+        let names = [
+            resources
+                .clusters
+                .iter()
+                .map(|c| &c.name)
+                .collect::<Vec<_>>(),
+            resources
+                .endpoints
+                .iter()
+                .map(|e| &e.cluster_name)
+                .collect(),
+            resources.listeners.iter().map(|l| &l.name).collect(),
+            resources.routes.iter().map(|r| &r.name).collect(),
+        ];
+        for ty in ResourceType::ALL {
+            for name in &names[ty.index()] {
+                if let Some(r) = self.get(ty, name) {
+                    sets[ty.index()].insert(r.name.clone(), r.clone());
+                }
+            }
+        }
+        Snapshot::of_sets(sets)
+    }
+
+    fn of_sets(sets: [BTreeMap<String, Resource>; 4]) -> Snapshot {
         let type_versions: [String; 4] = std::array::from_fn(|i| set_version(sets[i].values()));
         let mut all = String::new();
         for ty in ResourceType::ALL {
@@ -116,6 +148,8 @@ pub struct Published {
     /// The config version as a whole: with one group, that group's snapshot version.
     pub version: String,
     groups: BTreeMap<GroupId, GroupSnapshot>,
+    /// How a node finds its group among `groups`.
+    node_groups: NodeGroups,
 }
 
 /// One group's snapshot, and when the change that produced it was seen (for save-to-ACK).
@@ -131,6 +165,7 @@ impl Published {
     /// see no change.
     pub fn new(
         groups: BTreeMap<GroupId, Snapshot>,
+        node_groups: NodeGroups,
         changed_at: Instant,
         previous: Option<&Published>,
     ) -> Published {
@@ -149,21 +184,27 @@ impl Published {
             })
             .collect();
         let version = match groups.values().collect::<Vec<_>>()[..] {
-            [only] => only.snapshot.version.clone(),
+            [only] if !node_groups.is_targeted() => only.snapshot.version.clone(),
             _ => {
-                let mut all = String::new();
+                // Which nodes go where is part of the version: moving a node to another group
+                // changes no group's snapshot, yet that node's config.
+                let mut all = node_groups.fingerprint();
                 for (group, g) in &groups {
                     let _ = writeln!(all, "{group}={}", g.snapshot.version);
                 }
                 hash_hex(&[all.as_bytes()])
             }
         };
-        Published { version, groups }
+        Published {
+            version,
+            groups,
+            node_groups,
+        }
     }
 
     /// The group `node` belongs to (see [`crate::node`]).
-    pub fn group_of(&self, _node: &NodeInfo) -> GroupId {
-        GroupId::all()
+    pub fn group_of(&self, node: &NodeInfo) -> GroupId {
+        self.node_groups.group_of(node)
     }
 
     pub fn group(&self, group: &GroupId) -> Option<&GroupSnapshot> {
@@ -269,5 +310,38 @@ impl ResourceType {
 impl fmt::Display for ResourceType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.short())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::translate::{translate, translate_group};
+
+    /// A group's part of the whole snapshot is what encoding the group alone gives (the same
+    /// versions), with the bytes shared rather than encoded again.
+    #[test]
+    fn a_groups_selection_equals_its_own_encoding_and_shares_the_bytes() {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/node-groups.yaml"),
+        )
+        .unwrap();
+        let plan = crate::app::compile_plan("node-groups.yaml", &text).unwrap();
+        let everything = Snapshot::new(&translate(&plan));
+        let mut versions = std::collections::BTreeSet::new();
+        for (group, g) in &plan.groups {
+            let resources = translate_group(&plan, g);
+            let selected = everything.select(&resources);
+            assert_eq!(selected, Snapshot::new(&resources), "{group}");
+            versions.insert(selected.version.clone());
+            for ty in ResourceType::ALL {
+                for (name, r) in selected.resources(ty) {
+                    let whole = everything.get(ty, name).unwrap();
+                    assert_eq!(r.encoded.as_ptr(), whole.encoded.as_ptr(), "{name}");
+                }
+            }
+        }
+        // edge, sidecars and the empty config of nodes no group matches: three versions.
+        assert_eq!(versions.len(), 3);
     }
 }

@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::node::{GroupId, NodeGroups, Selector};
+
 pub use address::{AddressError, EndpointAddress, HostPort};
 pub use limits::{Limit, Limits, LimitsError};
 /// The file as written, before validation: its JSON Schema is the file's (`cutover schema`).
@@ -32,6 +34,52 @@ pub struct Spec {
     pub listeners: Vec<Listener>,
     /// Services by name, sorted so that everything derived from them is deterministic.
     pub services: BTreeMap<String, Service>,
+    /// Which Envoys get which listeners, in match order; empty: every Envoy gets everything
+    /// (the one group [`crate::node::GroupId::all`]).
+    pub groups: Vec<Group>,
+}
+
+/// A group of Envoys (see [`crate::node`]): the nodes it takes and the listeners they get.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub name: String,
+    pub selector: Selector,
+    /// Names of the file's listeners, in file order of the group, no duplicates.
+    pub listeners: Vec<String>,
+}
+
+impl Spec {
+    /// The file's groups as the xDS server matches nodes against them.
+    pub fn node_groups(&self) -> NodeGroups {
+        NodeGroups::new(
+            self.groups
+                .iter()
+                .map(|g| (GroupId::named(&g.name), g.selector.clone()))
+                .collect(),
+        )
+    }
+
+    /// The services the routes of `listener` name.
+    pub fn routed_by(&self, listener: &str) -> impl Iterator<Item = &str> {
+        self.listeners
+            .iter()
+            .filter(move |l| l.name == listener)
+            .flat_map(|l| &l.routes)
+            .map(|r| r.service.as_str())
+    }
+
+    /// The groups whose listeners route to `service` (none when the file has no groups).
+    pub fn groups_routing(&self, service: &str) -> std::collections::BTreeSet<String> {
+        self.groups
+            .iter()
+            .filter(|g| {
+                g.listeners
+                    .iter()
+                    .any(|l| self.routed_by(l).any(|s| s == service))
+            })
+            .map(|g| g.name.clone())
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

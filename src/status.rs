@@ -8,7 +8,7 @@
 //! endpoint health; which Envoys report nothing) at the moment a report is read, so the planned
 //! part and the live figures are one document for `/status`, `cutover status` and the dashboard.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
@@ -17,6 +17,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::metrics::{Metrics, ResultLabel};
+use crate::node::GroupId;
 use crate::reconcile::rollout::{Kind, Rollout, Status as RolloutStatus, Verdict};
 use crate::reconcile::{Health, Plan, Role, RuntimeState, ServicePlan, Timestamp};
 use crate::snapshot::{Published, ResourceType};
@@ -56,6 +57,9 @@ pub struct TypeReport {
 pub struct NodeReport {
     pub id: String,
     pub cluster: String,
+    /// The node group whose config it gets (`all` when the file has no groups); absent until
+    /// it sent its first request.
+    pub group: Option<String>,
     pub address: Option<String>,
     /// `ads`, or the single type a per-type stream carries.
     pub stream: String,
@@ -97,7 +101,8 @@ pub struct ServiceReport {
     pub deployed: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub retiring: Vec<RetiringReport>,
-    /// Every connected Envoy has ACKed the current config.
+    /// Every connected Envoy that holds the service (of a group whose config includes it) has
+    /// ACKed its group's current config.
     pub synced: bool,
     /// An automated rollout or a switch being watched.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -264,6 +269,9 @@ pub struct StatusReport {
     pub nodes: Vec<NodeReport>,
     /// Connected Envoys that send no telemetry at all: their traffic is not in the figures.
     pub nodes_without_telemetry: Vec<String>,
+    /// Connected Envoys that no group of the file matches: they get an empty config.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes_without_group: Vec<String>,
     /// Concurrent gRPC streams and their limit (`--max-streams`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub streams: Option<StreamsReport>,
@@ -341,12 +349,21 @@ impl Status {
         self.with(|i| i.served.as_ref().map(|s| s.plan.clone()))
     }
 
-    /// Every connected Envoy (streams of one node id together) and when it answered its group's
-    /// current config, for `cutover wait`.
-    pub fn wait_envoys(&self) -> Vec<wait::Envoy> {
+    /// Every connected Envoy that holds `service` (streams of one node id together) and when it
+    /// answered its group's current config, for `cutover wait`. Envoys of groups whose config
+    /// does not include the service are left out; one whose group is not known yet (it has
+    /// sent nothing) is kept, since it may hold it.
+    pub fn wait_envoys(&self, service: &str) -> Vec<wait::Envoy> {
         let published = self.published.borrow().clone();
+        let holders: BTreeSet<GroupId> = self
+            .plan()
+            .map(|p| p.holders(service).cloned().collect())
+            .unwrap_or_default();
         let mut by_node: BTreeMap<String, wait::Envoy> = BTreeMap::new();
         for c in self.clients.list() {
+            if c.group.as_ref().is_some_and(|g| !holders.contains(g)) {
+                continue;
+            }
             let current = match (&published, &c.group) {
                 (Some(p), Some(g)) => p.group(g).map(|s| s.snapshot.version.clone()),
                 _ => None,
@@ -421,12 +438,22 @@ impl Status {
 
     pub fn report(&self) -> StatusReport {
         let published = self.published.borrow().clone();
-        // Every client of every group holds its group's current config.
-        let synced = published.as_ref().is_some_and(|p| {
+        // The groups every client of which holds its group's current config.
+        let synced: BTreeSet<GroupId> = published.as_ref().map_or_else(BTreeSet::new, |p| {
             p.groups()
-                .all(|(g, s)| self.clients.synced(g, &s.snapshot.version))
+                .filter(|(g, s)| self.clients.synced(g, &s.snapshot.version))
+                .map(|(g, _)| g.clone())
+                .collect()
         });
-        let nodes = self.clients.list().iter().map(node_report).collect();
+        let clients = self.clients.list();
+        let nodes = clients.iter().map(node_report).collect();
+        let mut nodes_without_group: Vec<String> = clients
+            .iter()
+            .filter(|c| c.group.as_ref().is_some_and(GroupId::is_unmatched))
+            .map(|c| c.node.id.clone())
+            .collect();
+        nodes_without_group.sort();
+        nodes_without_group.dedup();
         let i = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         StatusReport {
             file: i.file.display().to_string(),
@@ -434,10 +461,11 @@ impl Status {
             config_version: published.map(|p| p.version.clone()),
             last_reload: i.last_reload.clone(),
             services: i.served.as_ref().map_or_else(BTreeMap::new, |s| {
-                service_reports(&s.spec, &s.plan, &s.state, synced, Timestamp::now())
+                service_reports(&s.spec, &s.plan, &s.state, &synced, Timestamp::now())
             }),
             nodes,
             nodes_without_telemetry: Vec::new(),
+            nodes_without_group,
             streams: i.slots.as_ref().map(|s| StreamsReport {
                 open: s.open(),
                 limit: s.max(),
@@ -474,6 +502,7 @@ fn node_report(c: &Client) -> NodeReport {
     NodeReport {
         id: c.node.id.clone(),
         cluster: c.node.cluster.clone(),
+        group: c.group.as_ref().map(|g| g.to_string()),
         address: c.peer.map(|p| p.to_string()),
         stream: match c.mode {
             Mode::Aggregated => "ads".to_owned(),
@@ -500,7 +529,7 @@ fn service_reports(
     spec: &Spec,
     plan: &Plan,
     state: &RuntimeState,
-    synced: bool,
+    synced: &BTreeSet<GroupId>,
     now: Timestamp,
 ) -> BTreeMap<String, ServiceReport> {
     plan.services
@@ -538,7 +567,7 @@ fn service_reports(
                     .map(|(version, _)| version.clone())
                     .collect(),
                 retiring,
-                synced,
+                synced: plan.holders(name).all(|g| synced.contains(g)),
                 rollout: state
                     .rollouts
                     .get(name)
@@ -894,6 +923,7 @@ services:
         NodeReport {
             id: id.into(),
             cluster: "edge".into(),
+            group: Some("all".into()),
             address: None,
             stream: "ads".into(),
             telemetry: "none",
@@ -1004,6 +1034,7 @@ services:
             services: BTreeMap::from([("checkout".to_owned(), checkout)]),
             nodes: vec![node("edge-1"), node("edge-2"), node("edge-3")],
             nodes_without_telemetry: Vec::new(),
+            nodes_without_group: Vec::new(),
             streams: None,
         }
     }

@@ -1,7 +1,8 @@
 //! `cutover wait drained|healthy`: whether what a rolling deploy waits for has happened, judged
 //! from the plan (what cutover serves), what every Envoy answered, and what every Envoy
-//! reported afterwards. Pure; the admin API gathers the inputs and `cutover wait` asks until it
-//! is done.
+//! reported afterwards. Pure; the admin API gathers the inputs (the Envoys that hold the
+//! service: those of node groups whose config includes it) and `cutover wait` asks until it is
+//! done.
 //!
 //! - **Drained**: the endpoints are draining (or removed) in what cutover serves, every
 //!   connected Envoy has ACKed that config, and what each Envoy reported *after* its ACK shows no

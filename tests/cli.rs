@@ -268,6 +268,7 @@ fn busy_report() -> StatusReport {
             NodeReport {
                 id: "edge-1".into(),
                 cluster: "edge".into(),
+                group: Some("all".into()),
                 address: Some("127.0.0.1:50001".into()),
                 stream: "ads".into(),
                 telemetry: "reporting",
@@ -284,6 +285,7 @@ fn busy_report() -> StatusReport {
             NodeReport {
                 id: "edge-2".into(),
                 cluster: "edge".into(),
+                group: Some("all".into()),
                 address: Some("127.0.0.1:50002".into()),
                 stream: "ads".into(),
                 telemetry: "none",
@@ -295,6 +297,7 @@ fn busy_report() -> StatusReport {
             NodeReport {
                 id: String::new(),
                 cluster: String::new(),
+                group: None,
                 address: Some("127.0.0.1:50003".into()),
                 stream: "cds".into(),
                 telemetry: "stale",
@@ -305,6 +308,7 @@ fn busy_report() -> StatusReport {
             },
         ],
         nodes_without_telemetry: vec!["edge-2".into()],
+        nodes_without_group: Vec::new(),
         streams: None,
     }
 }
@@ -322,6 +326,26 @@ fn observed(versions: &[(&str, ObservedVersion)]) -> ObservedReport {
 #[test]
 fn status_with_services_and_envoys() {
     insta::assert_snapshot!(render_status(&through_json(&busy_report()), false));
+}
+
+/// With node groups: each Envoy shows its group, and one that no group matches is warned
+/// about (it gets an empty config).
+#[test]
+fn status_with_node_groups_warns_about_an_envoy_in_no_group() {
+    let mut report = busy_report();
+    report.nodes.truncate(2);
+    report.nodes[0].group = Some("edge".into());
+    report.nodes[1].group = Some("(no group)".into());
+    report.nodes[1].id = "stray-1".into();
+    report.nodes[1].config_version = Some("5e5e5e5e5e5e5e5e".into());
+    report.nodes_without_telemetry.clear();
+    report.nodes_without_group = vec!["stray-1".into()];
+    let text = render_status(&through_json(&report), false);
+    assert!(
+        text.contains("no group of the file matches stray-1: they get an empty config"),
+        "{text}"
+    );
+    insta::assert_snapshot!(text);
 }
 
 #[test]
@@ -355,6 +379,7 @@ fn status_before_any_valid_config() {
         services: BTreeMap::new(),
         nodes: Vec::new(),
         nodes_without_telemetry: Vec::new(),
+        nodes_without_group: Vec::new(),
         streams: None,
     };
     insta::assert_snapshot!(render_status(&through_json(&report), false));
@@ -1112,4 +1137,114 @@ fn an_alias_bomb_is_refused_in_words() {
         .output()
         .unwrap();
     assert!(roomy.status.success(), "{}", stderr(&roomy));
+}
+
+// --- render --node -------------------------------------------------------------------------
+
+/// The names of the resources of one type in `cutover render --format json` output.
+fn rendered_names(json: &serde_json::Value, key: &str) -> Vec<String> {
+    json[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("{key} in {json}"))
+        .iter()
+        .map(|r| {
+            r.get("name")
+                .or_else(|| r.get("cluster_name"))
+                .and_then(|n| n.as_str())
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn render_node_shows_what_that_node_gets() {
+    let file = root()
+        .join("examples/node-groups.yaml")
+        .display()
+        .to_string();
+    let render = |extra: &[&str]| {
+        let mut args = vec!["render", "--format", "json", &file];
+        args.extend_from_slice(extra);
+        let out = cutover(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (json, stderr(&out))
+    };
+    let (edge, note) = render(&["--node", "edge-1"]);
+    assert_eq!(note.trim(), "node \"edge-1\" is in group edge");
+    assert_eq!(rendered_names(&edge, "listeners"), ["public"]);
+    assert_eq!(
+        rendered_names(&edge, "clusters"),
+        ["api/v1", "web/blue", "web/green"]
+    );
+    let (sidecar, note) = render(&[
+        "--node",
+        "checkout-7",
+        "--node-cluster",
+        "checkout",
+        "--node-metadata",
+        "role=sidecar",
+    ]);
+    assert_eq!(note.trim(), "node \"checkout-7\" is in group sidecars");
+    assert_eq!(rendered_names(&sidecar, "listeners"), ["outbound"]);
+    assert_eq!(rendered_names(&sidecar, "routes"), ["outbound"]);
+    assert_eq!(
+        rendered_names(&sidecar, "endpoints"),
+        ["payments/next", "payments/stable"]
+    );
+    // Without the metadata the sidecars' group asks for: no group, an empty config.
+    let (stray, note) = render(&["--node", "checkout-7", "--node-cluster", "checkout"]);
+    assert!(
+        note.contains("no group of the file matches node \"checkout-7\""),
+        "{note}"
+    );
+    for key in ["clusters", "endpoints", "listeners", "routes"] {
+        assert!(rendered_names(&stray, key).is_empty(), "{key}: {stray}");
+    }
+    // Without --node: every group's resources.
+    let (all, _) = render(&[]);
+    assert_eq!(rendered_names(&all, "listeners"), ["outbound", "public"]);
+    // A node's cluster or metadata alone names no node.
+    let out = cutover(&["render", &file, "--node-cluster", "checkout"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+/// With node groups, `diff` says which groups' Envoys would see the change.
+#[test]
+fn diff_names_the_node_groups_a_change_reaches() {
+    let old = example("node-groups.yaml");
+    let new = old.replace("    active: blue\n", "    active: green\n");
+    let plan = |label: &str, text: &str| app::compile_plan(label, text).unwrap();
+    let (o, n) = (plan("old.yaml", &old), plan("new.yaml", &new));
+    let (or, nr) = (
+        cutover::translate::translate(&o),
+        cutover::translate::translate(&n),
+    );
+    let side = |label, resources| Side { label, resources };
+    let d = diff::diff(side("old.yaml", &or), side("new.yaml", &nr))
+        .unwrap()
+        .with_groups(&o, &n);
+    let text = d.render(false);
+    assert!(
+        text.contains("node groups: edge changed, sidecars unchanged\n"),
+        "{text}"
+    );
+    // From no groups to groups: every Envoy was in `all`.
+    let basic = plan("basic.yaml", &example("basic.yaml"));
+    let basic_resources = cutover::translate::translate(&basic);
+    let d = diff::diff(side("basic.yaml", &basic_resources), side("new.yaml", &nr))
+        .unwrap()
+        .with_groups(&basic, &n);
+    assert!(
+        d.render(false)
+            .contains("node groups: (no group) added, all removed, edge added, sidecars added"),
+        "{}",
+        d.render(false)
+    );
+    // Without groups on either side, no such line.
+    let d = diff::diff(side("a", &or), side("b", &or))
+        .unwrap()
+        .with_groups(&basic, &basic);
+    assert!(!d.render(false).contains("node groups"));
 }

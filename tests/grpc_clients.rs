@@ -566,8 +566,9 @@ async fn a_nack_storm_is_logged_once_and_long_errors_are_cut() {
     drop((last_sotw, last_delta));
 }
 
-/// Megabytes of node metadata are read (within the message limit) and not kept: only the id
-/// and cluster are. A node id longer than any Envoy's is refused.
+/// Megabytes of node metadata are read (within the message limit) and not kept: only the id,
+/// the cluster and at most 4 KiB of metadata (for node groups) are. A node id longer than any
+/// Envoy's is refused.
 #[tokio::test]
 async fn node_metadata_is_not_kept_and_oversized_node_ids_are_refused() {
     let dir = tempfile::tempdir().unwrap();

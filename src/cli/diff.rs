@@ -4,7 +4,8 @@
 //! ([`crate::app::compile_resources`]); resources are then compared by type and name in their
 //! Envoy JSON form. Clusters and listeners show the fields that changed; endpoints are compared
 //! per address (added, removed, weight or drain changed); routes are compared per match, in
-//! order, and show where each match sends requests (cluster, weights, mirror).
+//! order, and show where each match sends requests (cluster, weights, mirror). With node
+//! groups, [`Diff::with_groups`] adds which groups' Envoys see a change at all.
 //!
 //! Not modelled: what a running server adds over time: endpoints and versions taken out of the
 //! file are kept `DRAINING` for `--drain-period`, and a red-black service keeps its previous
@@ -16,9 +17,11 @@ use std::fmt::Write as _;
 use serde_json::Value;
 
 use super::style::{Painter, Style, percent};
+use crate::node::GroupId;
+use crate::reconcile::Plan;
 use crate::render::{self, RenderError};
 use crate::snapshot::Snapshot;
-use crate::translate::Resources;
+use crate::translate::{Resources, translate_groups};
 
 /// One side of a diff: a file's label (as given on the command line) and what it compiles to.
 #[derive(Debug, Clone, Copy)]
@@ -34,6 +37,9 @@ pub struct Diff {
     new: (String, String),
     /// Per type, in make-before-break order, only the types with a change.
     types: Vec<(&'static str, Vec<Change>)>,
+    /// Per node group of either file (when either has `groups`), whether its Envoys would see
+    /// a change: `changed`, `unchanged`, `added` or `removed`.
+    groups: Vec<(String, &'static str)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,10 +123,42 @@ pub fn diff(old: Side<'_>, new: Side<'_>) -> Result<Diff, RenderError> {
         old: (old.label.to_owned(), version(old.resources)),
         new: (new.label.to_owned(), version(new.resources)),
         types,
+        groups: Vec::new(),
     })
 }
 
 impl Diff {
+    /// Adds, when either file has node groups, which groups' Envoys would see a change (an
+    /// unchanged group's Envoys get no push at all).
+    pub fn with_groups(mut self, old: &Plan, new: &Plan) -> Diff {
+        if !old.node_groups.is_targeted() && !new.node_groups.is_targeted() {
+            return self;
+        }
+        let versions = |plan: &Plan| -> BTreeMap<GroupId, String> {
+            translate_groups(plan)
+                .into_iter()
+                .map(|(g, r)| (g, Snapshot::new(&r).version))
+                .collect()
+        };
+        let (o, n) = (versions(old), versions(new));
+        let names: BTreeSet<&GroupId> = o.keys().chain(n.keys()).collect();
+        self.groups = names
+            .into_iter()
+            // Nodes no group matches always get nothing: worth naming only when that changes.
+            .filter(|g| !g.is_unmatched() || o.get(*g) != n.get(*g))
+            .map(|g| {
+                let what = match (o.get(g), n.get(g)) {
+                    (Some(a), Some(b)) if a == b => "unchanged",
+                    (Some(_), Some(_)) => "changed",
+                    (None, _) => "added",
+                    (_, None) => "removed",
+                };
+                (g.to_string(), what)
+            })
+            .collect();
+        self
+    }
+
     /// Whether Envoy would see no difference at all.
     pub fn is_empty(&self) -> bool {
         self.types.is_empty()
@@ -173,6 +211,19 @@ impl Diff {
                     }
                 }
             }
+        }
+        if !self.groups.is_empty() {
+            let groups: Vec<String> = self
+                .groups
+                .iter()
+                .map(|(g, what)| format!("{g} {what}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "{} {}",
+                p.paint(Style::Bold, "node groups:"),
+                groups.join(", ")
+            );
         }
         let [added, removed, changed] = counts;
         let _ = writeln!(

@@ -32,6 +32,8 @@ pub struct Status {
     pub nodes: Vec<NodeStatus>,
     /// Connected Envoys that send no telemetry: their traffic is unknown, not zero.
     pub nodes_without_telemetry: Vec<String>,
+    /// Connected Envoys that no group of the file matches (they get an empty config).
+    pub nodes_without_group: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -171,6 +173,8 @@ pub struct RetiringStatus {
 pub struct NodeStatus {
     pub id: String,
     pub cluster: String,
+    /// Its node group; absent from a cutover before node groups.
+    pub group: Option<String>,
     pub address: Option<String>,
     pub stream: String,
     pub connected_since: String,
@@ -480,6 +484,7 @@ pub fn render_status(report: &Status, color: bool) -> String {
         let mut nodes = Table::header(&[
             "NODE",
             "CLUSTER",
+            "GROUP",
             "ADDRESS",
             "STREAM",
             "CONNECTED SINCE",
@@ -543,10 +548,18 @@ fn services_table(report: &Status) -> Table {
 }
 
 fn node_row(n: &NodeStatus, current: Option<&str>) -> Vec<(String, Style)> {
-    let in_sync = n.in_sync && (current.is_none() || n.config_version.as_deref() == current);
+    // With node groups each Envoy converges to its group's version, not the overall one.
+    let own_group = n.group.as_deref().is_some_and(|g| g != "all");
+    let in_sync =
+        n.in_sync && (current.is_none() || own_group || n.config_version.as_deref() == current);
+    let group = match n.group.as_deref() {
+        Some(g) if g.starts_with('(') => (g.to_owned(), Style::Yellow),
+        other => (or_dash(other.unwrap_or_default().to_owned()), Style::Plain),
+    };
     vec![
         (or_dash(n.id.clone()), Style::Bold),
         (or_dash(n.cluster.clone()), Style::Plain),
+        group,
         (or_dash(n.address.clone().unwrap_or_default()), Style::Plain),
         (or_dash(n.stream.clone()), Style::Plain),
         (or_dash(n.connected_since.clone()), Style::Plain),
@@ -675,6 +688,19 @@ fn render_traffic(report: &Status, p: Painter) -> String {
                 p.paint(Style::Yellow, "draining")
             );
         }
+    }
+    if !report.nodes_without_group.is_empty() {
+        let _ = writeln!(
+            out,
+            "{}",
+            p.paint(
+                Style::Yellow,
+                &format!(
+                    "no group of the file matches {}: they get an empty config (no listeners, no clusters); check their node id, cluster and metadata against `groups`",
+                    report.nodes_without_group.join(", ")
+                )
+            )
+        );
     }
     if !report.nodes_without_telemetry.is_empty() {
         let _ = writeln!(

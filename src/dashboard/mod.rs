@@ -305,6 +305,7 @@ mod tests {
             ]),
             nodes: Vec::new(),
             nodes_without_telemetry: Vec::new(),
+            nodes_without_group: Vec::new(),
             streams: None,
         }
     }

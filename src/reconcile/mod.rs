@@ -18,13 +18,14 @@ pub mod rollout;
 mod routes;
 pub mod state;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use state::{Event, Previous, RuntimeState, Timestamp};
 
 use crate::ids::{ClusterId, ClusterRef, FallbackId};
+use crate::node::{GroupId, NodeGroups};
 use crate::spec::{
     Condition, Endpoint, EndpointAddress, HashOn, LoadBalancing, Percent, Policy, Retries, Route,
     Service, Spec, Strategy, Version,
@@ -38,6 +39,32 @@ pub struct Plan {
     /// By service name: the file's services, and services removed from the file whose versions
     /// are still draining.
     pub services: BTreeMap<String, ServicePlan>,
+    /// What each node group gets: the one group `all` with everything when the file has no
+    /// groups; else the file's groups and [`GroupId::unmatched`] (nothing).
+    pub groups: BTreeMap<GroupId, GroupPlan>,
+    /// How a node finds its group among `groups`.
+    pub node_groups: NodeGroups,
+}
+
+/// The listeners and services of one node group.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GroupPlan {
+    /// Names of listeners of [`Plan::listeners`], sorted.
+    pub listeners: Vec<String>,
+    /// Names of services of [`Plan::services`]: those the listeners route to, and those still
+    /// draining that they routed to.
+    pub services: BTreeSet<String>,
+}
+
+impl Plan {
+    /// The groups whose config includes `service`: only their Envoys hold it, so only their
+    /// answers gate its retirements, drains and rollouts.
+    pub fn holders(&self, service: &str) -> impl Iterator<Item = &GroupId> {
+        self.groups
+            .iter()
+            .filter(move |(_, g)| g.services.contains(service))
+            .map(|(id, _)| id)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -272,10 +299,73 @@ pub fn plan(spec: &Spec, state: &RuntimeState, now: Timestamp) -> Plan {
         })
         .collect();
     listeners.sort_by(|a, b| a.name.cmp(&b.name));
+    let groups = group_plans(spec, state, &services, now);
     Plan {
         listeners,
         services,
+        groups,
+        node_groups: spec.node_groups(),
     }
+}
+
+/// What each group gets (see [`Plan::groups`]). A group gets the services its listeners route
+/// to, and versions that left the file where they were routed when they left; a service
+/// removed from the file with no record of where it was routed (a runtime state written before
+/// the file had groups) drains in every group, which is safe if not minimal.
+fn group_plans(
+    spec: &Spec,
+    state: &RuntimeState,
+    services: &BTreeMap<String, ServicePlan>,
+    now: Timestamp,
+) -> BTreeMap<GroupId, GroupPlan> {
+    if spec.groups.is_empty() {
+        let mut listeners: Vec<String> = spec.listeners.iter().map(|l| l.name.clone()).collect();
+        listeners.sort();
+        let services = services.keys().cloned().collect();
+        return BTreeMap::from([(
+            GroupId::all(),
+            GroupPlan {
+                listeners,
+                services,
+            },
+        )]);
+    }
+    let mut out: BTreeMap<GroupId, GroupPlan> = BTreeMap::new();
+    for g in &spec.groups {
+        let mut listeners = g.listeners.clone();
+        listeners.sort();
+        let services = g
+            .listeners
+            .iter()
+            .flat_map(|l| spec.routed_by(l))
+            .map(str::to_owned)
+            .collect();
+        out.insert(
+            GroupId::named(&g.name),
+            GroupPlan {
+                listeners,
+                services,
+            },
+        );
+    }
+    for (name, service) in services {
+        let mut recorded: BTreeSet<&str> = BTreeSet::new();
+        let mut unrecorded = false;
+        for (id, r) in &state.removed {
+            if id.service == *name && r.until > now {
+                recorded.extend(r.groups.iter().map(String::as_str));
+                unrecorded |= r.groups.is_empty();
+            }
+        }
+        let everywhere = !service.in_file && (unrecorded || recorded.is_empty());
+        for (id, g) in &mut out {
+            if everywhere || recorded.contains(id.as_str()) {
+                g.services.insert(name.clone());
+            }
+        }
+    }
+    out.insert(GroupId::unmatched(), GroupPlan::default());
+    out
 }
 
 /// Why a version of the file has a cluster, or `None` if it has none (a retired red-black

@@ -110,6 +110,10 @@ pub struct RemovedVersion {
     pub until: Timestamp,
     pub endpoints: Vec<Endpoint>,
     pub policy: Policy,
+    /// The node groups whose listeners routed to its service when it left: their Envoys keep
+    /// it while it drains. Empty: the file had no groups (every Envoy held it).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub groups: BTreeSet<String>,
 }
 
 /// A red-black version kept after traffic moved away from it.
@@ -404,7 +408,7 @@ impl RuntimeState {
         self.retiring = retiring;
 
         // Drains: what left the file lingers for the drain period.
-        if let Previous::File(_) = previous
+        if let Previous::File(old) = previous
             && !drain_period.is_zero()
         {
             let until = now + drain_period;
@@ -415,10 +419,12 @@ impl RuntimeState {
                     .and_then(|s| s.versions.get(&id.version))
                 {
                     None => {
+                        let groups = old.groups_routing(&id.service);
                         self.removed.entry(id).or_insert(RemovedVersion {
                             until,
                             endpoints,
                             policy,
+                            groups,
                         });
                     }
                     Some(version) => {
@@ -519,11 +525,22 @@ impl RuntimeState {
     /// Whether a retirement or a rollout step waits for Envoys to answer (see
     /// [`Event::Answered`]).
     pub fn awaiting_answers(&self) -> bool {
-        self.retiring.values().any(|r| r.answered.is_none())
-            || self
-                .rollouts
-                .values()
-                .any(|r| r.is_active() && r.since.is_none())
+        !self.services_awaiting_answers().is_empty()
+    }
+
+    /// The services whose retirement or rollout step waits for Envoys to answer.
+    pub fn services_awaiting_answers(&self) -> BTreeSet<&str> {
+        let retiring = self
+            .retiring
+            .iter()
+            .filter(|(_, r)| r.answered.is_none())
+            .map(|(id, _)| id.service.as_str());
+        let rollouts = self
+            .rollouts
+            .iter()
+            .filter(|(_, r)| r.is_active() && r.since.is_none())
+            .map(|(name, _)| name.as_str());
+        retiring.chain(rollouts).collect()
     }
 
     /// Services whose rollout check is due at `now`, with the version it watches.

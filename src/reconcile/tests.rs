@@ -921,3 +921,118 @@ fn a_switch_failing_its_check_before_it_happens_never_switches() {
     assert_eq!(w.command(Command::Promote).unwrap(), "promoted");
     assert_eq!(serving(&w), ["green"]);
 }
+
+// --- node groups ---------------------------------------------------------------------------
+
+/// An edge with `public` (checkout) and sidecars with `outbound` (payments).
+fn grouped(payments_versions: &str) -> String {
+    format!(
+        "listeners:
+  - name: public
+    address: 127.0.0.1:10000
+    routes:
+      - match: {{ prefix: / }}
+        service: checkout
+  - name: outbound
+    address: 127.0.0.1:15001
+    routes:
+      - match: {{ prefix: / }}
+        service: payments
+services:
+  checkout:
+    versions:
+      blue: {{ endpoints: [127.0.0.1:8081] }}
+    active: blue
+  payments:
+    versions:
+{payments_versions}    active: v1
+groups:
+  - name: edge
+    match: {{ id: \"edge-*\" }}
+    listeners: [public]
+  - name: sidecars
+    match: {{ cluster: sidecars }}
+    listeners: [outbound]
+"
+    )
+}
+
+fn group_services(plan: &Plan, group: &str) -> Vec<String> {
+    plan.groups[&GroupId::named(group)]
+        .services
+        .iter()
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn without_groups_every_node_gets_everything_in_one_group() {
+    let mut w = World::new();
+    w.load(&red_black("red"));
+    let plan = w.plan();
+    assert_eq!(plan.groups.keys().collect::<Vec<_>>(), [&GroupId::all()]);
+    let all = &plan.groups[&GroupId::all()];
+    assert_eq!(all.listeners, ["l"]);
+    assert_eq!(all.services, plan.services.keys().cloned().collect());
+    assert!(!plan.node_groups.is_targeted());
+}
+
+#[test]
+fn each_group_gets_the_services_its_listeners_route_and_unmatched_nodes_nothing() {
+    let mut w = World::new();
+    w.load(&grouped("      v1: { endpoints: [127.0.0.1:8083] }\n"));
+    let plan = w.plan();
+    assert_eq!(group_services(&plan, "edge"), ["checkout"]);
+    assert_eq!(group_services(&plan, "sidecars"), ["payments"]);
+    assert_eq!(plan.groups[&GroupId::named("edge")].listeners, ["public"]);
+    assert_eq!(plan.groups[&GroupId::unmatched()], GroupPlan::default());
+    assert_eq!(
+        plan.holders("payments").collect::<Vec<_>>(),
+        [&GroupId::named("sidecars")]
+    );
+}
+
+#[test]
+fn a_removed_version_drains_only_in_the_groups_that_routed_its_service() {
+    let mut w = World::new();
+    w.load(&grouped(
+        "      v1: { endpoints: [127.0.0.1:8083] }\n      v0: { endpoints: [127.0.0.1:8084] }\n",
+    ));
+    w.load(&grouped("      v1: { endpoints: [127.0.0.1:8083] }\n"));
+    let removed = &w.state.removed[&ClusterId::new("payments", "v0")];
+    assert_eq!(removed.groups, BTreeSet::from(["sidecars".to_owned()]));
+    let plan = w.plan();
+    assert!(plan.services["payments"].versions.contains_key("v0"));
+    assert_eq!(group_services(&plan, "edge"), ["checkout"]);
+
+    // A whole service removed from the file drains where it was routed, not everywhere.
+    let without_payments = grouped("      v1: { endpoints: [127.0.0.1:8083] }\n")
+        .replace("  - name: outbound\n    address: 127.0.0.1:15001\n    routes:\n      - match: { prefix: / }\n        service: payments\n", "  - name: outbound\n    address: 127.0.0.1:15001\n    routes:\n      - match: { prefix: / }\n        service: checkout\n")
+        .replace("  payments:\n    versions:\n      v1: { endpoints: [127.0.0.1:8083] }\n    active: v1\n", "");
+    w.load(&without_payments);
+    let plan = w.plan();
+    assert!(!plan.services["payments"].in_file);
+    assert_eq!(group_services(&plan, "sidecars"), ["checkout", "payments"]);
+    assert_eq!(group_services(&plan, "edge"), ["checkout"]);
+    w.wait(PERIOD);
+    assert_eq!(group_services(&w.plan(), "sidecars"), ["checkout"]);
+}
+
+#[test]
+fn a_service_removed_with_no_record_of_its_groups_drains_in_every_group() {
+    let mut w = World::new();
+    w.load(&grouped("      v1: { endpoints: [127.0.0.1:8083] }\n"));
+    w.state.removed.insert(
+        ClusterId::new("gone", "v1"),
+        state::RemovedVersion {
+            until: w.at(5),
+            endpoints: Vec::new(),
+            policy: w.spec.as_ref().unwrap().services["checkout"].policy.clone(),
+            groups: BTreeSet::new(),
+        },
+    );
+    let plan = w.plan();
+    assert_eq!(group_services(&plan, "edge"), ["checkout", "gone"]);
+    assert_eq!(group_services(&plan, "sidecars"), ["gone", "payments"]);
+    assert!(plan.groups[&GroupId::unmatched()].services.is_empty());
+}

@@ -27,6 +27,47 @@ pub struct RawSpec {
     #[serde(default)]
     #[schemars(with = "Names<RawService>")]
     pub services: Entries<Spanned<RawService>>,
+    /// Which Envoys get which listeners, tried in order: an Envoy belongs to the first group
+    /// whose `match` fits its node, and gets that group's listeners and the services their
+    /// routes name. An Envoy no group matches gets an empty config. Without `groups`, every
+    /// Envoy gets every listener.
+    #[schemars(with = "Option<Vec<RawGroup>>")]
+    pub groups: Option<Spanned<Vec<Spanned<RawGroup>>>>,
+}
+
+/// A group of Envoys: which nodes it takes and the listeners they get.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Group")]
+pub struct RawGroup {
+    /// Unique name, shown in status and logs.
+    #[schemars(with = "Name")]
+    pub name: Spanned<String>,
+    /// The nodes of this group: every condition given must hold. `{ id: "*" }` takes every
+    /// node not taken by a group before it.
+    #[serde(rename = "match")]
+    #[schemars(with = "RawNodeMatch")]
+    pub matcher: Spanned<RawNodeMatch>,
+    /// Names of listeners (of `listeners`) this group's Envoys get. At least one.
+    #[schemars(with = "Vec<Name>")]
+    pub listeners: Spanned<Vec<Spanned<String>>>,
+}
+
+/// Conditions on an Envoy's node (its bootstrap's `node`); at least one.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "NodeMatch")]
+pub struct RawNodeMatch {
+    /// The node id, as a shell glob: `edge-*`, `sidecar-?`, `*`.
+    #[schemars(with = "Option<String>")]
+    pub id: Option<Spanned<String>>,
+    /// The node cluster, exactly.
+    #[schemars(with = "Option<String>")]
+    pub cluster: Option<Spanned<String>>,
+    /// Node metadata keys and their values, exactly (a number or boolean in the metadata
+    /// matches its YAML form here: `replicas: 3`, `canary: true`).
+    #[schemars(with = "Option<std::collections::BTreeMap<String, Scalar>>")]
+    pub metadata: Option<Spanned<Entries<Spanned<Scalar>>>>,
 }
 
 /// An Envoy listener: one port, one route configuration of the same name.

@@ -550,3 +550,122 @@ fn invalid_names_and_ports_are_reported_where_they_are() {
         ]
     );
 }
+
+/// Two listeners, and `groups` appended to the file.
+fn with_groups(groups: &str) -> String {
+    let two = GOOD.replace(
+        "services:",
+        "  - name: internal\n    address: 127.0.0.1:15001\n    routes:\n      - match: { prefix: / }\n        service: checkout\nservices:",
+    );
+    format!("{two}groups:\n{groups}")
+}
+
+#[test]
+fn groups_select_nodes_by_id_cluster_and_metadata_in_file_order() {
+    let spec = parse(
+        "deploy.yaml",
+        &with_groups(
+            "  - name: edge\n    match: { id: \"edge-*\" }\n    listeners: [public]\n  - name: sidecars\n    match: { cluster: checkout, metadata: { role: sidecar, replicas: 3 } }\n    listeners: [internal, public]\n",
+        ),
+    )
+    .unwrap();
+    assert_eq!(spec.groups.len(), 2);
+    assert_eq!(spec.groups[1].listeners, ["internal", "public"]);
+    assert_eq!(spec.groups[1].selector.metadata["replicas"], "3");
+    let groups = spec.node_groups();
+    let node = |id: &str, cluster: &str, role: &str| crate::node::NodeInfo {
+        id: id.into(),
+        cluster: cluster.into(),
+        metadata: [
+            ("role".to_owned(), role.to_owned()),
+            ("replicas".into(), "3".into()),
+        ]
+        .into_iter()
+        .collect(),
+    };
+    assert_eq!(
+        groups
+            .group_of(&node("edge-1", "checkout", "sidecar"))
+            .as_str(),
+        "edge"
+    );
+    assert_eq!(
+        groups
+            .group_of(&node("c-1", "checkout", "sidecar"))
+            .as_str(),
+        "sidecars"
+    );
+    assert!(
+        groups
+            .group_of(&node("c-1", "checkout", "edge"))
+            .is_unmatched()
+    );
+    assert_eq!(
+        spec.groups_routing("checkout"),
+        ["edge".to_owned(), "sidecars".to_owned()].into()
+    );
+    // Without `groups`, no targeting: every node in `all`.
+    assert!(parse("deploy.yaml", GOOD).unwrap().groups.is_empty());
+}
+
+#[test]
+fn group_problems_point_at_their_values() {
+    let cases = [
+        (
+            "  - name: edge\n    match: { id: \"edge-*\" }\n    listeners: [public, internl]\n",
+            "deploy.yaml:7:11: listener \"internal\" is in no group, so no Envoy gets it; add it to a group's `listeners` or remove it\n\
+             deploy.yaml:21:25: unknown listener \"internl\" in group \"edge\" (listeners are: public, internal); did you mean \"internal\"?",
+        ),
+        (
+            "  - name: all-of-them\n    match: { id: \"*\" }\n    listeners: [public, internal]\n  - name: edge\n    match: { id: \"edge-*\" }\n    listeners: [public]\n",
+            "deploy.yaml:23:12: group \"edge\" can never get an Envoy: group \"all-of-them\" (line 20) comes first and matches every node this one matches (the first matching group wins); put the narrower group first, or make this match narrower",
+        ),
+        (
+            "  - name: a\n    match: { cluster: edge }\n    listeners: [public, internal]\n  - name: b\n    match: { cluster: edge }\n    listeners: [public]\n",
+            "deploy.yaml:23:12: group \"b\" can never get an Envoy: group \"a\" (line 20) comes first and matches every node this one matches (the first matching group wins); put the narrower group first, or make this match narrower",
+        ),
+        (
+            "  - name: edge\n    match: {}\n    listeners: [public, internal]\n",
+            "deploy.yaml:20:12: the match of group \"edge\" has no condition; give `id` (a glob), `cluster` or `metadata`; to take every remaining Envoy, write `match: { id: \"*\" }`",
+        ),
+        (
+            "  - name: edge\n    match: { id: \"edge-[\" }\n    listeners: [public, internal]\n",
+            "deploy.yaml:20:18: invalid glob \"edge-[\" in `id`: Pattern syntax error near position 5: invalid range pattern",
+        ),
+        (
+            "  - name: edge\n    match: { cluster: \"\" }\n    listeners: [public, internal]\n",
+            "deploy.yaml:20:23: an empty `cluster` matches only Envoys with no node cluster; name a cluster, or leave `cluster` out",
+        ),
+        (
+            "  - name: edge\n    match: { id: \"edge-*\" }\n    listeners: []\n  - name: rest\n    match: { id: \"*\" }\n    listeners: [public, internal]\n",
+            "deploy.yaml:21:16: group \"edge\" gets no listener: its Envoys would get an empty config, as Envoys no group matches do; name at least one listener",
+        ),
+        (
+            "  - name: edge\n    match: { id: \"edge-*\" }\n    listeners: [public]\n",
+            "deploy.yaml:7:11: listener \"internal\" is in no group, so no Envoy gets it; add it to a group's `listeners` or remove it",
+        ),
+        (
+            "  - name: edge\n    match: { id: \"edge-*\" }\n    listeners: [public, internal, public]\n",
+            "deploy.yaml:21:35: listener \"public\" is named twice in group \"edge\"",
+        ),
+        (
+            "  - name: edge\n    match: { id: \"edge-*\" }\n    listeners: [public]\n  - name: edge\n    match: { id: \"side-*\" }\n    listeners: [internal]\n",
+            "deploy.yaml:22:11: duplicate group name \"edge\" (first defined at line 19); group names must be unique",
+        ),
+        (
+            "  - name: edge\n    match: { node: \"edge-*\" }\n    listeners: [public, internal]\n",
+            "deploy.yaml:20:14: unknown key `node`; valid keys here: `id`, `cluster`, `metadata`",
+        ),
+    ];
+    for (groups, expected) in cases {
+        assert_eq!(
+            problems(&with_groups(groups)).join("\n"),
+            expected,
+            "{groups}"
+        );
+    }
+    assert_eq!(
+        problem(&format!("{GOOD}groups: []\n")),
+        "deploy.yaml:13:9: `groups` is empty: no Envoy would get any listener; list at least one group, or remove `groups` so that every Envoy gets every listener"
+    );
+}

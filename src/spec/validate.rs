@@ -8,14 +8,15 @@ use serde_saphyr::{Location, Spanned};
 
 use super::limits::{Count, Limit, Limits};
 use super::raw::{
-    Entries, RawAnalysis, RawCanary, RawEndpoint, RawListener, RawPreview, RawRule, RawService,
-    RawSpec, RawStep, RawStrategy, RawWebhook, Scalar,
+    Entries, RawAnalysis, RawCanary, RawEndpoint, RawGroup, RawListener, RawNodeMatch, RawPreview,
+    RawRule, RawService, RawSpec, RawStep, RawStrategy, RawWebhook, Scalar,
 };
 use super::{
-    AddressError, Analysis, Condition, Endpoint, EndpointAddress, Listener, Mirror, PathMatch,
-    Percent, Preview, Problem, Rollout, Route, Rule, Service, Spec, SpecError, Step, Sticky,
-    Strategy, Version, Webhook,
+    AddressError, Analysis, Condition, Endpoint, EndpointAddress, Group, Listener, Mirror,
+    PathMatch, Percent, Preview, Problem, Rollout, Route, Rule, Service, Spec, SpecError, Step,
+    Sticky, Strategy, Version, Webhook,
 };
+use crate::node::Selector;
 
 /// Parses and validates a deployment file read from disk: the one entry point from raw bytes.
 /// `file` is only used in messages. Checked against the process's [`Limits::current`].
@@ -384,10 +385,182 @@ impl Validator {
                 listeners.push(listener);
             }
         }
+        let groups = match &raw.groups {
+            Some(groups) => self.groups(groups, &raw.listeners),
+            None => Vec::new(),
+        };
         Spec {
             listeners,
             services,
+            groups,
         }
+    }
+
+    /// The `groups:` section: names, selectors that can match a node no earlier group takes,
+    /// listeners that exist, and every listener in some group.
+    fn groups(
+        &mut self,
+        raw: &Spanned<Vec<Spanned<RawGroup>>>,
+        listeners: &[Spanned<RawListener>],
+    ) -> Vec<Group> {
+        if raw.value.is_empty() {
+            self.at(
+                &raw.referenced,
+                "`groups` is empty: no Envoy would get any listener; list at least one group, or \
+                 remove `groups` so that every Envoy gets every listener",
+            );
+            return Vec::new();
+        }
+        let listener_names: Vec<&str> = listeners
+            .iter()
+            .map(|l| l.value.name.value.as_str())
+            .collect();
+        let mut out: Vec<Group> = Vec::new();
+        // Every group's selector with where it is written, valid or not, for the shadow check.
+        let mut earlier: Vec<(&str, Selector, Location)> = Vec::new();
+        let mut names: BTreeMap<&str, Location> = BTreeMap::new();
+        let mut grouped: BTreeSet<&str> = BTreeSet::new();
+        for g in &raw.value {
+            let g = &g.value;
+            let name = &g.name;
+            self.check_name(&name.value, &name.referenced, "group");
+            if let Some(first) = names.get(name.value.as_str()) {
+                let msg = format!(
+                    "duplicate group name \"{}\" (first defined at line {}); group names must be unique",
+                    name.value,
+                    first.line()
+                );
+                self.at(&name.referenced, msg);
+            } else {
+                names.insert(&name.value, name.referenced);
+            }
+            let selector = self.selector(&name.value, &g.matcher);
+            if let Some(selector) = &selector {
+                if let Some((first, _, at)) = earlier.iter().find(|(_, s, _)| s.covers(selector)) {
+                    let msg = format!(
+                        "group \"{}\" can never get an Envoy: group \"{first}\" (line {}) comes \
+                         first and matches every node this one matches (the first matching group \
+                         wins); put the narrower group first, or make this match narrower",
+                        name.value,
+                        at.line()
+                    );
+                    self.at(&g.matcher.referenced, msg);
+                }
+                earlier.push((&name.value, selector.clone(), g.matcher.referenced));
+            }
+            let mut chosen: Vec<String> = Vec::new();
+            if g.listeners.value.is_empty() {
+                let msg = format!(
+                    "group \"{}\" gets no listener: its Envoys would get an empty config, as \
+                     Envoys no group matches do; name at least one listener",
+                    name.value
+                );
+                self.at(&g.listeners.referenced, msg);
+            }
+            for l in &g.listeners.value {
+                if chosen.contains(&l.value) {
+                    let msg = format!(
+                        "listener \"{}\" is named twice in group \"{}\"",
+                        l.value, name.value
+                    );
+                    self.at(&l.referenced, msg);
+                } else if let Some(known) = listener_names.iter().find(|n| **n == l.value) {
+                    grouped.insert(known);
+                    chosen.push(l.value.clone());
+                } else {
+                    let mut msg = format!(
+                        "unknown listener \"{}\" in group \"{}\" (listeners are: {})",
+                        l.value,
+                        name.value,
+                        list_or_none(&listener_names)
+                    );
+                    if let Some(best) = closest(&l.value, listener_names.iter().copied()) {
+                        msg.push_str(&format!("; did you mean \"{best}\"?"));
+                    }
+                    self.at(&l.referenced, msg);
+                }
+            }
+            if let Some(selector) = selector {
+                out.push(Group {
+                    name: name.value.clone(),
+                    selector,
+                    listeners: chosen,
+                });
+            }
+        }
+        for l in listeners {
+            let name = &l.value.name;
+            if !grouped.contains(name.value.as_str()) {
+                let msg = format!(
+                    "listener \"{}\" is in no group, so no Envoy gets it; add it to a group's \
+                     `listeners` or remove it",
+                    name.value
+                );
+                self.at(&name.referenced, msg);
+            }
+        }
+        out
+    }
+
+    /// A group's `match`, if it is valid and can match a node.
+    fn selector(&mut self, group: &str, raw: &Spanned<RawNodeMatch>) -> Option<Selector> {
+        let m = &raw.value;
+        let metadata_given = m.metadata.as_ref().is_some_and(|e| !e.value.0.is_empty());
+        if m.id.is_none() && m.cluster.is_none() && !metadata_given {
+            let msg = format!(
+                "the match of group \"{group}\" has no condition; give `id` (a glob), `cluster` \
+                 or `metadata`; to take every remaining Envoy, write `match: {{ id: \"*\" }}`"
+            );
+            self.at(&raw.referenced, msg);
+            return None;
+        }
+        let mut ok = true;
+        let id = match &m.id {
+            None => None,
+            Some(id) if id.value.is_empty() => {
+                self.at(
+                    &id.referenced,
+                    "an empty `id` matches only Envoys with no node id; write a glob such as \
+                     `edge-*`, or `*` for every node",
+                );
+                ok = false;
+                None
+            }
+            Some(id) => match glob::Pattern::new(&id.value) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    let msg = format!("invalid glob \"{}\" in `id`: {e}", id.value);
+                    self.at(&id.referenced, msg);
+                    ok = false;
+                    None
+                }
+            },
+        };
+        let cluster = match &m.cluster {
+            Some(c) if c.value.is_empty() => {
+                self.at(
+                    &c.referenced,
+                    "an empty `cluster` matches only Envoys with no node cluster; name a cluster, \
+                     or leave `cluster` out",
+                );
+                ok = false;
+                None
+            }
+            other => other.as_ref().map(|c| c.value.clone()),
+        };
+        let mut metadata = BTreeMap::new();
+        for (key, value) in m.metadata.iter().flat_map(|e| &e.value.0) {
+            if key.value.is_empty() {
+                self.at(&key.referenced, "an empty metadata key matches nothing");
+                ok = false;
+            }
+            metadata.insert(key.value.clone(), value.value.0.clone());
+        }
+        ok.then_some(Selector {
+            id,
+            cluster,
+            metadata,
+        })
     }
 
     fn check_name(&mut self, name: &str, loc: &Location, what: &str) {

@@ -26,7 +26,10 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::google::protobuf::{Any, Duration};
 
 use crate::ids::ClusterId;
-use crate::reconcile::{Discovery, Plan};
+use std::collections::BTreeMap;
+
+use crate::node::GroupId;
+use crate::reconcile::{Discovery, GroupPlan, Plan};
 
 /// The four resource sets Envoy receives, each sorted by resource name.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -37,10 +40,42 @@ pub struct Resources {
     pub routes: Vec<RouteConfiguration>,
 }
 
-/// Translates a plan into Envoy resources. Pure and deterministic.
+/// Translates a plan into Envoy resources: every listener and service, whatever group gets
+/// them. Pure and deterministic.
 pub fn translate(plan: &Plan) -> Resources {
+    translate_some(plan, |_| true, |_| true)
+}
+
+/// The resources of one node group: its listeners, their route configurations, and the
+/// clusters of its services. Pure and deterministic.
+pub fn translate_group(plan: &Plan, group: &GroupPlan) -> Resources {
+    translate_some(
+        plan,
+        |listener| {
+            group
+                .listeners
+                .binary_search_by(|l| l.as_str().cmp(listener))
+                .is_ok()
+        },
+        |service| group.services.contains(service),
+    )
+}
+
+/// Every group's resources (see [`Plan::groups`]).
+pub fn translate_groups(plan: &Plan) -> BTreeMap<GroupId, Resources> {
+    plan.groups
+        .iter()
+        .map(|(id, g)| (id.clone(), translate_group(plan, g)))
+        .collect()
+}
+
+fn translate_some(
+    plan: &Plan,
+    listener: impl Fn(&str) -> bool,
+    service: impl Fn(&str) -> bool,
+) -> Resources {
     let mut out = Resources::default();
-    for (service_name, service) in &plan.services {
+    for (service_name, service) in plan.services.iter().filter(|(s, _)| service(s)) {
         for (version_name, version) in &service.versions {
             let id = ClusterId::new(service_name, version_name);
             match version.discovery {
@@ -62,7 +97,7 @@ pub fn translate(plan: &Plan) -> Resources {
             out.clusters.push(cluster::fallback(fallback));
         }
     }
-    for l in &plan.listeners {
+    for l in plan.listeners.iter().filter(|l| listener(&l.name)) {
         out.listeners.push(listener::listener(l));
         out.routes.push(listener::route_configuration(l, plan));
     }

@@ -99,7 +99,7 @@ pub fn client_config(s: &Client, exclude_contents: bool) -> ClientConfig {
 }
 
 fn node_matches(m: &NodeMatcher, id: &str) -> bool {
-    // Metadata matchers are not supported: cutover does not keep node metadata.
+    // Metadata matchers are not supported: cutover keeps only what node groups match on.
     m.node_id.as_ref().is_none_or(|sm| string_matches(sm, id))
 }
 

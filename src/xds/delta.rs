@@ -298,10 +298,7 @@ impl Stream {
         if self.node.is_none()
             && let Some(node) = &req.node
         {
-            self.node = Some(NodeInfo {
-                id: node.id.clone(),
-                cluster: node.cluster.clone(),
-            });
+            self.node = Some(NodeInfo::from_node(node));
         }
         let ty = match (ResourceType::from_type_url(&req.type_url), self.mode) {
             (Some(ty), Mode::Aggregated) => ty,

@@ -404,6 +404,9 @@ async fn run_stream<M: Machine>(
     let mut machine = M::new(mode);
     // Resolved from the first request's node; until then nothing is sent anyway.
     let mut group: Option<GroupId> = None;
+    // Who the client said it is on its first request: its group is matched again on every
+    // change, since an edit of the file's groups can move it to another.
+    let mut identity = NodeInfo::default();
     let mut current: Option<GroupSnapshot> = None;
     loop {
         let out = tokio::select! {
@@ -422,11 +425,9 @@ async fn run_stream<M: Machine>(
                             let _ = tx.send(Err(refused)).await;
                             break;
                         }
-                        // Only the id and cluster are kept, never the node's metadata.
-                        let node = node.map(|n| NodeInfo {
-                            id: n.id.clone(),
-                            cluster: n.cluster.clone(),
-                        }).unwrap_or_default();
+                        // The id, the cluster and a bounded part of the metadata (for the
+                        // file's groups) are kept; nothing else of the node.
+                        let node = node.map(NodeInfo::from_node).unwrap_or_default();
                         if !shared.allowed.allows(&node.id) {
                             shared.allowed.refused(&node.id, peer);
                             let _ = tx.send(Err(Status::permission_denied(format!(
@@ -442,6 +443,7 @@ async fn run_stream<M: Machine>(
                             out = machine.on_snapshot(s.snapshot.clone());
                         }
                         group = Some(g);
+                        identity = node;
                     }
                     let more = machine.on_request(&req);
                     let subscribed = machine.subscribed_names();
@@ -481,8 +483,16 @@ async fn run_stream<M: Machine>(
                 if changed.is_err() {
                     break;
                 }
-                let Some(g) = &group else { continue };
-                let next = published.borrow_and_update().as_ref().and_then(|p| p.group(g).cloned());
+                if group.is_none() {
+                    continue;
+                }
+                let Some(p) = published.borrow_and_update().clone() else { continue };
+                let g = p.group_of(&identity);
+                if group.as_ref() != Some(&g) {
+                    tracing::info!(node = %identity.id, group = %g, "the file's groups moved this Envoy to another group");
+                    group = Some(g.clone());
+                }
+                let next = p.group(&g).cloned();
                 match next {
                     // Another group's change, or nothing new for this one: no push.
                     Some(s) if current.as_ref().is_none_or(|c| !Arc::ptr_eq(&c.snapshot, &s.snapshot)) => {
