@@ -7,7 +7,7 @@
 //! controller's gates (red-black retirement waits for [`Clients::answered`]) read it. Waiters
 //! subscribe to [`Clients::changes`] instead of polling.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
@@ -198,6 +198,30 @@ impl Client {
 struct Inner {
     next_id: u64,
     clients: BTreeMap<u64, Client>,
+    /// Streams per node id (an Envoy may have several), kept as clients come, name themselves
+    /// and go: counting distinct nodes by walking every client on each connect and disconnect
+    /// made a reconnect storm of N Envoys cost N² (71 s at 10,000).
+    streams_per_node: BTreeMap<String, usize>,
+}
+
+impl Inner {
+    fn node_gone(&mut self, id: &str) {
+        if id.is_empty() {
+            return;
+        }
+        if let Some(n) = self.streams_per_node.get_mut(id) {
+            *n -= 1;
+            if *n == 0 {
+                self.streams_per_node.remove(id);
+            }
+        }
+    }
+
+    fn node_came(&mut self, id: &str) {
+        if !id.is_empty() {
+            *self.streams_per_node.entry(id.to_owned()).or_default() += 1;
+        }
+    }
 }
 
 /// Every connected client; shared and thread-safe.
@@ -271,12 +295,14 @@ impl Clients {
             };
             let was_synced = c.in_sync() && c.config_version.as_deref() == u.config_version;
             let same_version = c.config_version.as_deref() == u.config_version;
-            let mut new_node = false;
+            let mut renamed = None;
             if let Some(node) = u.node
                 && c.node != *node
             {
+                if c.node.id != node.id {
+                    renamed = Some((c.node.id.clone(), node.id.clone()));
+                }
                 c.node = node.clone();
-                new_node = true;
             }
             if let Some(group) = u.group {
                 c.group = Some(group.clone());
@@ -306,9 +332,10 @@ impl Clients {
                 }
             }
             c.view = u.view;
-            // Counting distinct nodes walks every client: only when a node is first known.
-            if new_node {
-                self.count_envoys(i);
+            if let Some((old, new)) = renamed {
+                i.node_gone(&old);
+                i.node_came(&new);
+                self.metrics.envoys.set(i.streams_per_node.len() as i64);
             }
         });
     }
@@ -320,19 +347,11 @@ impl Clients {
     pub fn disconnect(&self, id: u64) {
         self.metrics.streams.dec();
         self.with(|i| {
-            i.clients.remove(&id);
-            self.count_envoys(i);
+            if let Some(c) = i.clients.remove(&id) {
+                i.node_gone(&c.node.id);
+            }
+            self.metrics.envoys.set(i.streams_per_node.len() as i64);
         });
-    }
-
-    fn count_envoys(&self, i: &Inner) {
-        let nodes: BTreeSet<&str> = i
-            .clients
-            .values()
-            .filter(|c| !c.node.id.is_empty())
-            .map(|c| c.node.id.as_str())
-            .collect();
-        self.metrics.envoys.set(nodes.len() as i64);
     }
 
     /// Every connected client, in connection order.
@@ -373,5 +392,68 @@ impl Clients {
             let synced = i.clients.values().filter(|c| c.in_sync()).count();
             (synced, i.clients.len())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(clients: &Clients, id: u64, node: &str) {
+        let node = NodeInfo {
+            id: node.to_owned(),
+            ..NodeInfo::default()
+        };
+        clients.update(
+            id,
+            ClientUpdate {
+                node: Some(&node),
+                group: None,
+                config_version: None,
+                changed_at: None,
+                sync: SyncState::Pending,
+                view: ClientView::default(),
+                events: &[],
+            },
+        );
+    }
+
+    fn envoys(clients: &Clients) -> String {
+        clients
+            .metrics
+            .encode()
+            .lines()
+            .find(|l| l.starts_with("cutover_connected_envoys "))
+            .unwrap()
+            .to_owned()
+    }
+
+    #[test]
+    fn distinct_envoys_are_counted_as_streams_come_name_themselves_and_go() {
+        let clients = Clients::new(Arc::new(Metrics::new()));
+        let a = clients.connect(Mode::Aggregated, None);
+        let b = clients.connect(Mode::Aggregated, None);
+        let c = clients.connect(Mode::Aggregated, None);
+        assert_eq!(
+            envoys(&clients),
+            "cutover_connected_envoys 0",
+            "no node named yet"
+        );
+        named(&clients, a, "edge-1");
+        named(&clients, b, "edge-1"); // a second stream of the same Envoy
+        named(&clients, c, "edge-2");
+        assert_eq!(envoys(&clients), "cutover_connected_envoys 2");
+        named(&clients, c, "edge-3"); // a stream whose node changed its id
+        assert_eq!(envoys(&clients), "cutover_connected_envoys 2");
+        clients.disconnect(a);
+        assert_eq!(
+            envoys(&clients),
+            "cutover_connected_envoys 2",
+            "edge-1 has b"
+        );
+        clients.disconnect(b);
+        assert_eq!(envoys(&clients), "cutover_connected_envoys 1");
+        clients.disconnect(c);
+        assert_eq!(envoys(&clients), "cutover_connected_envoys 0");
     }
 }
