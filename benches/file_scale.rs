@@ -109,11 +109,11 @@ fn main() {
         let before = usage(server.pid()).rss_bytes;
         let big = deployment(1000, 50, &Edits::default());
         save(&file, &big);
-        let loaded = wait_for_bytes(&server, 1 << 20).await;
+        let loaded = wait_for_snapshot(&server, "the big file", |b| b > 1 << 20).await;
         settle().await;
         let with_big = usage(server.pid()).rss_bytes;
         save(&file, &small);
-        wait_for_bytes_below(&server, 1 << 20).await;
+        wait_for_snapshot(&server, "the small file", |b| b < 1 << 20).await;
         settle().await;
         let after = usage(server.pid()).rss_bytes;
         println!();
@@ -133,24 +133,14 @@ fn main() {
     });
 }
 
-/// Waits until the served snapshot is larger than `bytes`; its size.
-async fn wait_for_bytes(server: &Server, bytes: u64) -> u64 {
+/// Waits until the served snapshot's size satisfies `done` (at most 30 s); its size.
+async fn wait_for_snapshot(server: &Server, what: &str, done: impl Fn(u64) -> bool) -> u64 {
     for _ in 0..600 {
         let size = server.metric("cutover_snapshot_bytes").await as u64;
-        if size > bytes {
+        if done(size) {
             return size;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("the big file was not loaded within 30 s");
-}
-
-async fn wait_for_bytes_below(server: &Server, bytes: u64) {
-    for _ in 0..600 {
-        if (server.metric("cutover_snapshot_bytes").await as u64) < bytes {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the small file was not loaded within 30 s");
+    panic!("{what} was not loaded within 30 s");
 }

@@ -363,25 +363,12 @@ async fn a_blue_green_switch_to_a_failing_colour_switches_back() {
 }
 
 /// Blue-green whose switch is checked on the new colour's preview traffic first.
-const CHECKED_SWITCH: &str = "\
-listeners:
-  - name: public
-    address: ${listener}
-    routes:
-      - match: { prefix: / }
-        service: checkout
-services:
-  checkout:
-    versions:
-      blue:  { endpoints: [${blue-1}] }
-      green: { endpoints: [${green-1}] }
-    strategy:
-      blue-green:
-        active: ACTIVE
-        preview: {}
-        analysis: { before_switch: 3s, window: 2s, interval: 1s, max_error_rate: 5%, min_requests: 10, failure_limit: 1 }
-    outlier_detection: { enabled: false }
-";
+fn checked_switch(active: &str) -> String {
+    SWITCH.replace("ACTIVE", active).replace(
+        "        analysis: { window: 20s,",
+        "        preview: {}\n        analysis: { before_switch: 3s, window: 2s,",
+    )
+}
 
 /// Testers' requests to the idle colour through the preview header, every 20 ms, until
 /// stopped (at most 30 s); the answers by version.
@@ -421,16 +408,11 @@ fn preview_traffic(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_switch_checked_on_preview_traffic_first_never_sends_users_to_a_failing_colour() {
     let Some(envoy) = envoy_binary() else { return };
-    let s = Scenario::start(
-        &envoy,
-        &["blue-1", "green-1"],
-        &CHECKED_SWITCH.replace("ACTIVE", "blue"),
-    )
-    .await;
+    let s = Scenario::start(&envoy, &["blue-1", "green-1"], &checked_switch("blue")).await;
     s.upstream("green-1").set_failure_share(0.3);
     let load = Load::start(s.listener);
     let (stop, preview) = preview_traffic(s.listener, "green");
-    s.apply(&CHECKED_SWITCH.replace("ACTIVE", "green")).await;
+    s.apply(&checked_switch("green")).await;
     let r = wait_state(&s, "rolled_back", Duration::from_secs(20)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let previewed = preview.await.unwrap();
@@ -461,15 +443,10 @@ async fn a_switch_checked_on_preview_traffic_first_never_sends_users_to_a_failin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_switch_checked_on_preview_traffic_first_happens_once_the_check_passes() {
     let Some(envoy) = envoy_binary() else { return };
-    let s = Scenario::start(
-        &envoy,
-        &["blue-1", "green-1"],
-        &CHECKED_SWITCH.replace("ACTIVE", "blue"),
-    )
-    .await;
+    let s = Scenario::start(&envoy, &["blue-1", "green-1"], &checked_switch("blue")).await;
     let load = Load::start(s.listener);
     let (stop, _preview) = preview_traffic(s.listener, "green");
-    s.apply(&CHECKED_SWITCH.replace("ACTIVE", "green")).await;
+    s.apply(&checked_switch("green")).await;
     // Still blue while green's preview traffic is checked.
     let r = rollout(&s).await;
     assert_eq!(r["before_switch"], true, "{r}");

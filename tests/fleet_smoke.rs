@@ -7,7 +7,6 @@
 mod sim;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sim::{Edits, Fleet, Protocol, Server, Target, deployment, save};
@@ -15,11 +14,6 @@ use sim::{Edits, Fleet, Protocol, Server, Target, deployment, save};
 const STREAMS: usize = 20;
 const SERVICES: usize = 20;
 const WITHIN: Duration = Duration::from_secs(20);
-
-fn target(text: &str, generation: u64) -> Arc<Target> {
-    let snapshot = cutover::app::compile("fleet.yaml", text).expect("a valid generated file");
-    Arc::new(Target::of(&snapshot, generation))
-}
 
 async fn smoke(protocol: Protocol) {
     let dir = tempfile::tempdir().unwrap();
@@ -29,7 +23,7 @@ async fn smoke(protocol: Protocol) {
     let mut server = Server::start(Path::new(env!("CARGO_BIN_EXE_cutover")), &file, &[]).await;
     let what = protocol.name();
 
-    let fleet = Fleet::connect(server.ads, STREAMS, protocol, target(&base, 1)).await;
+    let fleet = Fleet::connect(server.ads, STREAMS, protocol, Target::compile(&base, 1)).await;
     fleet
         .converged(Instant::now(), WITHIN)
         .await
@@ -39,7 +33,7 @@ async fn smoke(protocol: Protocol) {
     for (edit, edits) in Edits::series() {
         generation += 1;
         text = deployment(SERVICES, 3, &edits);
-        fleet.set_target(target(&text, generation));
+        fleet.set_target(Target::compile(&text, generation));
         save(&file, &text);
         fleet
             .converged(Instant::now(), WITHIN)
@@ -52,7 +46,7 @@ async fn smoke(protocol: Protocol) {
     let encoded = server.metric("cutover_resources_encoded_total").await;
     assert!(encoded > 0.0);
     generation += 1;
-    fleet.set_target(target(&text, generation));
+    fleet.set_target(Target::compile(&text, generation));
     fleet.reconnect_all();
     fleet
         .converged(Instant::now(), WITHIN)
@@ -65,7 +59,7 @@ async fn smoke(protocol: Protocol) {
     );
 
     generation += 1;
-    fleet.set_target(target(&text, generation));
+    fleet.set_target(Target::compile(&text, generation));
     server.restart();
     fleet
         .converged(Instant::now(), WITHIN)

@@ -17,7 +17,6 @@
 
 mod sim;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sim::{Edits, Fleet, Protocol, Server, Target, deployment, percentile, save, usage};
@@ -29,11 +28,6 @@ fn env_list(name: &str, default: &str) -> Vec<String> {
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
         .collect()
-}
-
-fn target(text: &str, generation: u64) -> Arc<Target> {
-    let snapshot = cutover::app::compile("fleet.yaml", text).expect("a valid generated file");
-    Arc::new(Target::of(&snapshot, generation))
 }
 
 #[derive(serde::Serialize)]
@@ -145,7 +139,7 @@ async fn run(protocol: Protocol, n: usize, services: usize) -> (Vec<Row>, f64) {
 
     let mut generation = 1;
     let started = Instant::now();
-    let fleet = Fleet::connect(server.ads, n, protocol, target(&base, generation)).await;
+    let fleet = Fleet::connect(server.ads, n, protocol, Target::compile(&base, generation)).await;
     let lat = fleet
         .converged(started, Duration::from_secs(300))
         .await
@@ -162,7 +156,7 @@ async fn run(protocol: Protocol, n: usize, services: usize) -> (Vec<Row>, f64) {
     for (what, edits) in Edits::series() {
         generation += 1;
         let text = deployment(services, 3, &edits);
-        fleet.set_target(target(&text, generation));
+        fleet.set_target(Target::compile(&text, generation));
         let encoded = server.metric("cutover_resources_encoded_total").await;
         let before = usage(server.pid());
         let t0 = Instant::now();
@@ -185,7 +179,7 @@ async fn run(protocol: Protocol, n: usize, services: usize) -> (Vec<Row>, f64) {
     let encoded = server.metric("cutover_resources_encoded_total").await;
     generation += 1;
     let last = deployment(services, 3, &Edits::series().last().unwrap().1);
-    fleet.set_target(target(&last, generation));
+    fleet.set_target(Target::compile(&last, generation));
     let before = usage(server.pid());
     let t0 = Instant::now();
     fleet.reconnect_all();
@@ -204,7 +198,7 @@ async fn run(protocol: Protocol, n: usize, services: usize) -> (Vec<Row>, f64) {
 
     // cutover restarted under the fleet (SIGTERM, then a new process on the same ports).
     generation += 1;
-    fleet.set_target(target(&last, generation));
+    fleet.set_target(Target::compile(&last, generation));
     server.restart();
     let t0 = Instant::now();
     let lat = fleet

@@ -69,6 +69,13 @@ impl Target {
         }
     }
 
+    /// The target of a deployment file's text: what cutover serves for it (compiled by the
+    /// library, as the server does).
+    pub fn compile(text: &str, generation: u64) -> Arc<Target> {
+        let snapshot = cutover::app::compile("fleet.yaml", text).expect("a valid generated file");
+        Arc::new(Target::of(&snapshot, generation))
+    }
+
     fn names(&self, ty: ResourceType) -> Vec<String> {
         self.resources[ty.index()].keys().cloned().collect()
     }
