@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tonic::transport::server::TcpIncoming;
 
+use crate::access::Access;
 use crate::admin::{self, AdminState};
 use crate::controller::{self, Inputs, Outputs, Settings};
 use crate::dashboard::Feed;
@@ -25,6 +26,7 @@ use crate::spec::{self, SpecError};
 use crate::status::Status;
 use crate::store::StateFile;
 use crate::telemetry::Telemetry;
+use crate::tls::{Tls, TlsFiles};
 use crate::translate::{Resources, translate};
 use crate::xds::clients::Clients;
 use crate::xds::limits::{ClientLimits, NoiseLog, StreamSlots};
@@ -96,6 +98,8 @@ pub struct ServeOptions {
     pub wait_for_file: bool,
     /// What clients may make cutover hold, and how fast dead peers are found.
     pub clients: ClientLimits,
+    /// Serve the xDS port over TLS (mutual TLS with a client CA); plaintext when `None`.
+    pub tls: Option<TlsFiles>,
 }
 
 /// A running server.
@@ -177,6 +181,12 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
     ));
     status.set_stream_slots(slots.clone());
 
+    // Loaded before anything starts: TLS that was asked for and cannot be used stops the start.
+    let tls = match &opts.tls {
+        Some(files) => Some(Tls::load(files.clone()).context("cannot serve TLS")?),
+        None => None,
+    };
+    let (access_tx, access) = watch::channel(Arc::new(Access::default()));
     let (reload_tx, reload_rx) = mpsc::channel(1);
     let (commands_tx, commands_rx) = mpsc::channel(8);
     // Set once, when cutover shuts down: the controller saves its state and stops, xDS and
@@ -198,6 +208,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
             clients: clients.clone(),
             metrics,
             observer: Arc::new(TelemetryObserver(telemetry.clone())),
+            access: access_tx,
         },
         Inputs {
             reload: reload_rx,
@@ -241,7 +252,15 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         limits: opts.clients,
         slots: slots.clone(),
         noise: Arc::new(NoiseLog::default()),
+        access: access.clone(),
     };
+    let mutual_tls = tls.as_ref().is_some_and(|t| t.mutual());
+    if !mutual_tls && !access.borrow().rules.is_empty() {
+        tracing::warn!(
+            "the deployment file has `access:` rules, but they are only enforced with mutual TLS \
+             (--tls-client-ca); any client may use any node id"
+        );
+    }
     let max_message = opts.clients.max_message_bytes;
     // HTTP/2 PINGs find a peer that vanished without a FIN (a host powered off, a NAT or
     // firewall that forgot the connection): its streams end and it leaves /status.
@@ -253,9 +272,9 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         .add_service(DiscoveryService::<Eds>::new(shared.clone()))
         .add_service(DiscoveryService::<Lds>::new(shared.clone()))
         .add_service(DiscoveryService::<Rds>::new(shared))
-        .add_service(crate::xds::csds::server(clients.clone()))
-        .add_service(telemetry.metrics_service(slots.clone(), max_message))
-        .add_service(telemetry.load_reporting_service(slots, max_message));
+        .add_service(crate::xds::csds::server(clients.clone(), access.clone()))
+        .add_service(telemetry.metrics_service(slots.clone(), access.clone(), max_message))
+        .add_service(telemetry.load_reporting_service(slots, access, max_message));
     let (dashboard, sampler) = Feed::new(status.clone(), telemetry.clone());
     let admin_router = admin::router(AdminState {
         status: status.clone(),
@@ -275,7 +294,28 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
     let incoming = TcpIncoming::from(ads_listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(opts.clients.dead_peer_after()));
-    tasks.spawn(grpc_task(grpc, incoming, closed(closing_rx.clone())));
+    match tls {
+        Some(tls) => {
+            tasks.spawn({
+                let tls = tls.clone();
+                let closing = closing_rx.clone();
+                async move {
+                    tls.watch(closing).await;
+                    Ok(())
+                }
+            });
+            let incoming = crate::tls::incoming(incoming, tls);
+            let grpc_closed = closed(closing_rx.clone());
+            tasks.spawn(async move {
+                grpc.serve_with_incoming_shutdown(incoming, grpc_closed)
+                    .await
+                    .context("the xDS server stopped")
+            });
+        }
+        None => {
+            tasks.spawn(grpc_task(grpc, incoming, closed(closing_rx.clone())));
+        }
+    }
     // The sampler stops on closing, which ends every dashboard's event stream: the admin
     // server's graceful shutdown waits for open connections, and those would never end.
     let sampler_closed = closed(closing_rx.clone());

@@ -20,11 +20,17 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     cluster::{ClusterDiscoveryType, DiscoveryType, DnsLookupFamily},
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    ApiConfigSource, ApiVersion, GrpcService, Http2ProtocolOptions, KeepaliveSettings, Node,
-    api_config_source::ApiType, grpc_service::EnvoyGrpc, grpc_service::TargetSpecifier,
+    ApiConfigSource, ApiVersion, DataSource, GrpcService, Http2ProtocolOptions, KeepaliveSettings,
+    Node, TransportSocket, api_config_source::ApiType, data_source, grpc_service::EnvoyGrpc,
+    grpc_service::TargetSpecifier, transport_socket,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher, TlsCertificate,
+    UpstreamTlsContext, common_tls_context::ValidationContextType,
+    subject_alt_name_matcher::SanType,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions,
@@ -75,6 +81,20 @@ pub struct BootstrapOptions {
     /// ADS over the incremental (delta) protocol, `DELTA_GRPC`: a change sends only the
     /// resources that changed.
     pub delta: bool,
+    /// Reach cutover over TLS (`cutover serve --tls-cert`); plaintext when `None`.
+    pub tls: Option<ClientTls>,
+}
+
+/// How Envoy reaches a cutover that serves TLS: file paths as Envoy sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    /// The CA that signed cutover's certificate (PEM).
+    pub ca: String,
+    /// Envoy's own certificate chain and key (PEM), for mutual TLS.
+    pub cert_and_key: Option<(String, String)>,
+    /// The name cutover's certificate must carry, sent as SNI. `None`: the host of the ADS
+    /// address (a DNS name, or an IP address checked as an IP SAN).
+    pub server_name: Option<String>,
 }
 
 pub fn bootstrap(o: &BootstrapOptions) -> Bootstrap {
@@ -105,6 +125,7 @@ pub fn bootstrap(o: &BootstrapOptions) -> Bootstrap {
     };
     let xds_cluster = Cluster {
         name: XDS_CLUSTER.to_owned(),
+        transport_socket: o.tls.as_ref().map(|tls| transport_socket(tls, &o.ads)),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(discovery as i32)),
         dns_lookup_family: dns_lookup_family as i32,
         connect_timeout: Some(duration(Duration::from_secs(1))),
@@ -236,6 +257,61 @@ pub fn bootstrap(o: &BootstrapOptions) -> Bootstrap {
     }
 }
 
+/// Envoy's TLS to cutover: cutover's certificate checked against the CA and the expected name,
+/// Envoy's own certificate presented for mutual TLS, HTTP/2 by ALPN.
+fn transport_socket(tls: &ClientTls, ads: &EndpointAddress) -> TransportSocket {
+    let file = |path: &str| DataSource {
+        specifier: Some(data_source::Specifier::Filename(path.to_owned())),
+        ..Default::default()
+    };
+    let (name, san_type) = match (&tls.server_name, ads) {
+        (Some(name), _) => (name.clone(), SanType::Dns),
+        (None, EndpointAddress::Ip(addr)) => (addr.ip().to_string(), SanType::IpAddress),
+        (None, EndpointAddress::Name(hp)) => (hp.host().to_owned(), SanType::Dns),
+    };
+    let exact = |value: String| StringMatcher {
+        match_pattern: Some(MatchPattern::Exact(value)),
+        ..Default::default()
+    };
+    let context = UpstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            alpn_protocols: vec!["h2".to_owned()],
+            tls_certificates: tls
+                .cert_and_key
+                .iter()
+                .map(|(cert, key)| TlsCertificate {
+                    certificate_chain: Some(file(cert)),
+                    private_key: Some(file(key)),
+                    ..Default::default()
+                })
+                .collect(),
+            validation_context_type: Some(ValidationContextType::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: Some(file(&tls.ca)),
+                    match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
+                        san_type: san_type as i32,
+                        matcher: Some(exact(name.clone())),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }),
+        // SNI carries names only, never an IP address (RFC 6066).
+        sni: if san_type == SanType::Dns {
+            name
+        } else {
+            String::new()
+        },
+        ..Default::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".to_owned(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any(&context))),
+    }
+}
+
 fn regex(r: &str) -> StringMatcher {
     StringMatcher {
         match_pattern: Some(MatchPattern::SafeRegex(RegexMatcher {
@@ -261,6 +337,7 @@ mod tests {
             load_reporting: true,
             all_stats: false,
             delta: false,
+            tls: None,
         }
     }
 
@@ -335,5 +412,64 @@ mod tests {
         };
         assert_eq!(api_type(false), ApiType::Grpc as i32);
         assert_eq!(api_type(true), ApiType::DeltaGrpc as i32);
+    }
+
+    fn tls_context(b: &Bootstrap) -> UpstreamTlsContext {
+        let c = &b.static_resources.as_ref().unwrap().clusters[0];
+        let Some(transport_socket::ConfigType::TypedConfig(any)) = c
+            .transport_socket
+            .as_ref()
+            .and_then(|t| t.config_type.clone())
+        else {
+            panic!("no TLS transport socket: {c:?}")
+        };
+        prost::Message::decode(any.value.as_slice()).unwrap()
+    }
+
+    #[test]
+    fn tls_checks_cutovers_name_and_presents_envoys_certificate() {
+        assert_eq!(xds_cluster("127.0.0.1:18000").transport_socket, None);
+        let tls = ClientTls {
+            ca: "/etc/cutover/ca.pem".into(),
+            cert_and_key: Some(("/etc/envoy/cert.pem".into(), "/etc/envoy/key.pem".into())),
+            server_name: None,
+        };
+        let by_name = tls_context(&bootstrap(&BootstrapOptions {
+            tls: Some(tls.clone()),
+            ..options("cutover.demo:18000")
+        }));
+        assert_eq!(by_name.sni, "cutover.demo");
+        let common = by_name.common_tls_context.unwrap();
+        assert_eq!(common.alpn_protocols, ["h2"]);
+        assert_eq!(common.tls_certificates.len(), 1);
+        let Some(ValidationContextType::ValidationContext(v)) = common.validation_context_type
+        else {
+            panic!("no validation context")
+        };
+        assert_eq!(
+            v.match_typed_subject_alt_names[0].san_type,
+            SanType::Dns as i32
+        );
+        // An IP address is checked as an IP SAN and is never sent as SNI.
+        let by_ip = tls_context(&bootstrap(&BootstrapOptions {
+            tls: Some(ClientTls {
+                cert_and_key: None,
+                ..tls
+            }),
+            ..options("127.0.0.1:18000")
+        }));
+        assert_eq!(by_ip.sni, "");
+        let common = by_ip.common_tls_context.unwrap();
+        assert!(common.tls_certificates.is_empty());
+        let Some(ValidationContextType::ValidationContext(v)) = common.validation_context_type
+        else {
+            panic!("no validation context")
+        };
+        let san = &v.match_typed_subject_alt_names[0];
+        assert_eq!(san.san_type, SanType::IpAddress as i32);
+        assert_eq!(
+            san.matcher.as_ref().unwrap().match_pattern,
+            Some(MatchPattern::Exact("127.0.0.1".into()))
+        );
     }
 }

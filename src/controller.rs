@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::access::Access;
 use crate::metrics::Metrics;
 use crate::node::GroupId;
 use crate::reconcile::rollout::{Command, Figures, Observation, Rollout, Status};
@@ -50,6 +51,9 @@ pub struct Outputs {
     pub clients: Arc<Clients>,
     pub metrics: Arc<Metrics>,
     pub observer: Arc<dyn Observer>,
+    /// The file's access rules, for the servers that check client certificates: sent before
+    /// the config of the same file is published.
+    pub access: watch::Sender<Arc<Access>>,
 }
 
 impl std::fmt::Debug for Outputs {
@@ -402,6 +406,13 @@ impl Controller {
                     },
                     Timestamp::now(),
                 );
+                self.out.access.send_if_modified(|current| {
+                    if **current == spec.access {
+                        return false;
+                    }
+                    *current = Arc::new(spec.access.clone());
+                    true
+                });
                 // A file can start, continue or end a rollout: logged and told like any step.
                 self.rollout_events(&before);
                 self.publish();

@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod admin;
 pub mod app;
 pub mod bootstrap;
@@ -29,6 +30,7 @@ pub mod spec;
 pub mod status;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod translate;
 pub mod wait;
 pub mod watch;

@@ -93,6 +93,34 @@ enum Command {
         /// A PING not answered within this closes the connection and ends its streams.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         keepalive_timeout: std::time::Duration,
+        /// Serve the xDS port (ADS, CSDS and the telemetry services) over TLS with this
+        /// certificate chain (PEM). It and its key are read again when they change; open streams
+        /// go on.
+        #[arg(
+            long,
+            env = "CUTOVER_TLS_CERT",
+            value_name = "FILE",
+            requires = "tls_key"
+        )]
+        tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert (PEM).
+        #[arg(
+            long,
+            env = "CUTOVER_TLS_KEY",
+            value_name = "FILE",
+            requires = "tls_cert"
+        )]
+        tls_key: Option<PathBuf>,
+        /// Mutual TLS: every client must present a certificate this CA (PEM) signed, and its
+        /// node id must be one the certificate may use (the deployment file's `access:` rules;
+        /// without them, one of the certificate's DNS or URI names).
+        #[arg(
+            long,
+            env = "CUTOVER_TLS_CLIENT_CA",
+            value_name = "FILE",
+            requires = "tls_cert"
+        )]
+        tls_client_ca: Option<PathBuf>,
         /// Log format; levels come from RUST_LOG (default: info).
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -168,6 +196,20 @@ enum Command {
         /// every cluster and listener again.
         #[arg(long)]
         delta: bool,
+        /// Reach cutover over TLS (`cutover serve --tls-cert`), trusting this CA (PEM; a path
+        /// as Envoy sees it).
+        #[arg(long, value_name = "FILE")]
+        tls_ca: Option<String>,
+        /// Envoy's client certificate (PEM), for mutual TLS (`cutover serve --tls-client-ca`).
+        #[arg(long, value_name = "FILE", requires_all = ["tls_ca", "tls_key"])]
+        tls_cert: Option<String>,
+        /// The private key of --tls-cert (PEM).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<String>,
+        /// The name cutover's certificate must carry, also sent as SNI. Default: the host of
+        /// --ads (an IP address is checked as an IP address name).
+        #[arg(long, value_name = "NAME", requires = "tls_ca")]
+        tls_server_name: Option<String>,
         #[arg(long, value_enum, default_value_t = Format::Yaml)]
         format: Format,
     },
@@ -323,6 +365,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             max_names,
             keepalive,
             keepalive_timeout,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
             log_format,
         } => {
             init_tracing(log_format);
@@ -345,6 +390,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         keepalive_interval: keepalive,
                         keepalive_timeout,
                     },
+                    tls: tls_cert
+                        .zip(tls_key)
+                        .map(|(cert, key)| cutover::tls::TlsFiles {
+                            cert,
+                            key,
+                            client_ca: tls_client_ca,
+                        }),
                 })
                 .await?;
                 server
@@ -437,6 +489,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             no_load_reporting,
             all_stats,
             delta,
+            tls_ca,
+            tls_cert,
+            tls_key,
+            tls_server_name,
             format,
         } => {
             let b = bootstrap::bootstrap(&bootstrap::BootstrapOptions {
@@ -449,6 +505,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 load_reporting: !no_load_reporting,
                 all_stats,
                 delta,
+                tls: tls_ca.map(|ca| bootstrap::ClientTls {
+                    ca,
+                    cert_and_key: tls_cert.zip(tls_key),
+                    server_name: tls_server_name,
+                }),
             });
             print_value(&render::to_json(&b)?, format)?;
             Ok(ExitCode::SUCCESS)

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::access::Access;
 use crate::node::{GroupId, NodeGroups, Selector};
 
 pub use address::{AddressError, EndpointAddress, HostPort};
@@ -37,6 +38,8 @@ pub struct Spec {
     /// Which Envoys get which listeners, in match order; empty: every Envoy gets everything
     /// (the one group [`crate::node::GroupId::all`]).
     pub groups: Vec<Group>,
+    /// Which client certificate may be which Envoy (enforced with mutual TLS only).
+    pub access: Access,
 }
 
 /// A group of Envoys (see [`crate::node`]): the nodes it takes and the listeners they get.

@@ -436,6 +436,7 @@ async fn serve(file: PathBuf) -> app::Server {
         admin_token: None,
         state_file: None,
         allow_nodes: Vec::new(),
+        tls: None,
         wait_for_file: false,
         clients: Default::default(),
     })

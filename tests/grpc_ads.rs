@@ -135,6 +135,7 @@ async fn start_with(dir: &tempfile::TempDir, text: &str) -> app::Server {
         admin_token: None,
         state_file: None,
         allow_nodes: Vec::new(),
+        tls: None,
         wait_for_file: false,
         clients: Default::default(),
     })
@@ -301,6 +302,7 @@ async fn not_ready_until_a_valid_file_is_loaded() {
         admin_token: None,
         state_file: None,
         allow_nodes: Vec::new(),
+        tls: None,
         wait_for_file,
         clients: Default::default(),
     };
@@ -402,6 +404,7 @@ async fn red_black_retires_the_old_version_only_after_every_envoy_acked_and_the_
         admin_token: None,
         state_file: None,
         allow_nodes: Vec::new(),
+        tls: None,
         wait_for_file: false,
         clients: Default::default(),
     })
@@ -740,6 +743,7 @@ async fn start_with_state(dir: &tempfile::TempDir, text: &str, state: PathBuf) -
         admin_token: None,
         state_file: Some(state),
         allow_nodes: Vec::new(),
+        tls: None,
         wait_for_file: false,
         clients: Default::default(),
     })
@@ -846,6 +850,7 @@ async fn only_allowed_node_ids_get_config() {
         admin_token: None,
         state_file: None,
         allow_nodes: vec!["edge-*".into(), "grpc-t?st".into()],
+        tls: None,
         wait_for_file: false,
         clients: Default::default(),
     })
@@ -882,6 +887,7 @@ async fn only_allowed_node_ids_get_config() {
             admin_token: None,
             state_file: None,
             allow_nodes: vec!["[".into()],
+            tls: None,
             wait_for_file: false,
             clients: Default::default(),
         })

@@ -52,6 +52,7 @@ async fn start(dir: &tempfile::TempDir, clients: ClientLimits) -> app::Server {
         admin_token: None,
         state_file: None,
         allow_nodes: Vec::new(),
+        tls: None,
         wait_for_file: false,
         clients,
     })

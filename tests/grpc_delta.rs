@@ -139,6 +139,7 @@ async fn start(dir: &tempfile::TempDir, allow_nodes: Vec<String>) -> app::Server
         admin_token: None,
         state_file: None,
         allow_nodes,
+        tls: None,
         wait_for_file: false,
         clients: Default::default(),
     })

@@ -128,6 +128,7 @@ async fn routes_to_a_new_dns_cluster_follow_its_cds_ack_without_eds() {
         admin_token: None,
         state_file: None,
         allow_nodes: Vec::new(),
+        tls: None,
         wait_for_file: false,
         clients: Default::default(),
     })
@@ -227,6 +228,7 @@ async fn a_client_with_only_dns_clusters_gets_its_routes_without_ever_asking_for
         admin_token: None,
         state_file: None,
         allow_nodes: Vec::new(),
+        tls: None,
         wait_for_file: false,
         clients: Default::default(),
     })

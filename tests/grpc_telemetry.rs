@@ -47,6 +47,7 @@ async fn start(dir: &tempfile::TempDir) -> app::Server {
         admin_token: None,
         state_file: None,
         allow_nodes: Vec::new(),
+        tls: None,
         wait_for_file: false,
         clients: Default::default(),
     })

@@ -33,6 +33,46 @@ pub struct RawSpec {
     /// Envoy gets every listener.
     #[schemars(with = "Option<Vec<RawGroup>>")]
     pub groups: Option<Spanned<Vec<Spanned<RawGroup>>>>,
+    /// Which client certificate may be which Envoy, when cutover serves ADS with mutual TLS
+    /// (`cutover serve --tls-client-ca`): a client's node id must be one its certificate's
+    /// identity may use, or its streams are refused. Without `access`, the node id must equal
+    /// one of the certificate's DNS or URI names. Not used without mutual TLS.
+    #[schemars(with = "Option<Vec<RawAccessRule>>")]
+    pub access: Option<Spanned<Vec<Spanned<RawAccessRule>>>>,
+}
+
+/// Who may connect as which Envoys: a pattern for the certificate's identity and one for the
+/// node ids it may use. Patterns take `*` (any text) and `{name}` (one path segment, captured;
+/// the node pattern can use what the identity pattern captured).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "AccessRule")]
+pub struct RawAccessRule {
+    /// A DNS or URI subject alternative name of the client certificate, e.g.
+    /// `spiffe://corp.example/ns/{ns}/sa/{name}` or `*.edge.corp.example`.
+    #[schemars(with = "String")]
+    pub identity: Spanned<String>,
+    /// The node ids that identity may use, e.g. `{name}.{ns}`, `edge-*` or `*`.
+    #[schemars(with = "String")]
+    pub node: Spanned<String>,
+    /// The groups (of `groups`) its Envoys may fall in; any group when left out.
+    #[schemars(with = "Option<Vec<Name>>")]
+    pub groups: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Whose status it may read through CSDS: `own` (the Envoys whose node ids it may use, the
+    /// default) or `all` (an operator's tool).
+    #[schemars(with = "Option<RawCsdsScope>")]
+    pub csds: Option<Spanned<RawCsdsScope>>,
+}
+
+/// Whose status a CSDS caller may read.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[schemars(rename = "CsdsScope")]
+pub enum RawCsdsScope {
+    /// The Envoys whose node ids the caller may use.
+    Own,
+    /// Every Envoy.
+    All,
 }
 
 /// A group of Envoys: which nodes it takes and the listeners they get.

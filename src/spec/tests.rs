@@ -669,3 +669,61 @@ fn group_problems_point_at_their_values() {
         "deploy.yaml:13:9: `groups` is empty: no Envoy would get any listener; list at least one group, or remove `groups` so that every Envoy gets every listener"
     );
 }
+
+#[test]
+fn access_rules_bind_certificate_identities_to_node_ids_and_groups() {
+    let text = format!(
+        "{}access:\n  - identity: \"spiffe://corp.example/edge/{{name}}\"\n    node: \"{{name}}\"\n    groups: [edge]\n  - identity: \"ops.corp.example\"\n    node: \"*\"\n    csds: all\n",
+        with_groups(
+            "  - name: edge\n    match: { id: \"edge-*\" }\n    listeners: [public]\n  - name: rest\n    match: { id: \"*\" }\n    listeners: [internal]\n"
+        )
+    );
+    let spec = parse("deploy.yaml", &text).unwrap();
+    let rules = &spec.access.rules;
+    assert_eq!(rules.len(), 2);
+    assert_eq!(rules[0].groups.as_deref(), Some(&["edge".to_owned()][..]));
+    assert_eq!(rules[1].csds, crate::access::CsdsScope::All);
+    let who = crate::access::Identity {
+        names: vec!["spiffe://corp.example/edge/edge-1".into()],
+    };
+    assert_eq!(spec.access.check(&who, "edge-1", Some("edge")), Ok(()));
+    assert!(spec.access.check(&who, "edge-2", Some("edge")).is_err());
+    // Without `access`, no rules: a node id must be one of the certificate's names.
+    assert!(parse("deploy.yaml", GOOD).unwrap().access.rules.is_empty());
+}
+
+#[test]
+fn access_rule_problems_point_at_their_values() {
+    let p = problem(&format!(
+        "{GOOD}access:\n  - identity: \"spiffe://corp/{{name\"\n    node: \"x\"\n"
+    ));
+    assert!(
+        p.starts_with("deploy.yaml:14:15:") && p.contains("without a closing"),
+        "{p}"
+    );
+    let p = problem(&format!(
+        "{GOOD}access:\n  - identity: \"spiffe://corp/{{sa}}\"\n    node: \"{{name}}\"\n"
+    ));
+    assert!(
+        p.starts_with("deploy.yaml:15:11:")
+            && p.contains("uses {name}, which its identity pattern")
+            && p.contains("it captures: sa"),
+        "{p}"
+    );
+    let p = problem(&format!(
+        "{GOOD}access:\n  - identity: \"a\"\n    node: \"a\"\n    groups: [edge]\n"
+    ));
+    assert!(p.contains("the file has no `groups:`"), "{p}");
+    let p = problem(&format!("{GOOD}access: []\n"));
+    assert!(p.contains("`access` is empty"), "{p}");
+    let p = problem(&format!(
+        "{}access:\n  - identity: \"a\"\n    node: \"a\"\n    groups: [egde]\n",
+        with_groups(
+            "  - name: edge\n    match: { id: \"*\" }\n    listeners: [public, internal]\n"
+        )
+    ));
+    assert!(
+        p.contains("unknown group \"egde\"") && p.contains("did you mean \"edge\""),
+        "{p}"
+    );
+}

@@ -8,14 +8,16 @@ use serde_saphyr::{Location, Spanned};
 
 use super::limits::{Count, Limit, Limits};
 use super::raw::{
-    Entries, RawAnalysis, RawCanary, RawEndpoint, RawGroup, RawListener, RawNodeMatch, RawPreview,
-    RawRule, RawService, RawSpec, RawStep, RawStrategy, RawWebhook, Scalar,
+    Entries, RawAccessRule, RawAnalysis, RawCanary, RawCsdsScope, RawEndpoint, RawGroup,
+    RawListener, RawNodeMatch, RawPreview, RawRule, RawService, RawSpec, RawStep, RawStrategy,
+    RawWebhook, Scalar,
 };
 use super::{
     AddressError, Analysis, Condition, Endpoint, EndpointAddress, Group, Listener, Mirror,
     PathMatch, Percent, Preview, Problem, Rollout, Route, Rule, Service, Spec, SpecError, Step,
     Sticky, Strategy, Version, Webhook,
 };
+use crate::access::{self, Access, CsdsScope, Pattern};
 use crate::node::Selector;
 
 /// Parses and validates a deployment file read from disk: the one entry point from raw bytes.
@@ -389,11 +391,104 @@ impl Validator {
             Some(groups) => self.groups(groups, &raw.listeners),
             None => Vec::new(),
         };
+        let access = match &raw.access {
+            Some(rules) => self.access(rules, &groups),
+            None => Access::default(),
+        };
         Spec {
             listeners,
             services,
             groups,
+            access,
         }
+    }
+
+    /// The `access:` section: patterns that parse, node patterns that use only what their
+    /// identity captures, groups that exist.
+    fn access(&mut self, raw: &Spanned<Vec<Spanned<RawAccessRule>>>, groups: &[Group]) -> Access {
+        if raw.value.is_empty() {
+            self.at(
+                &raw.referenced,
+                "`access` is empty, which would refuse every client certificate; list at least \
+                 one rule, or remove `access` so that a node id must equal one of its \
+                 certificate's names",
+            );
+            return Access::default();
+        }
+        let group_names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+        let mut rules = Vec::new();
+        for r in &raw.value {
+            let r = &r.value;
+            let mut pattern = |field: &str, p: &Spanned<String>| match Pattern::parse(&p.value) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    self.at(
+                        &p.referenced,
+                        format!("invalid access `{field}` pattern {:?}: {e}", p.value),
+                    );
+                    None
+                }
+            };
+            let identity = pattern("identity", &r.identity);
+            let node = pattern("node", &r.node);
+            if let (Some(identity), Some(node)) = (&identity, &node) {
+                let captured: Vec<&str> = identity.captures().collect();
+                for name in node.captures() {
+                    if !captured.contains(&name) {
+                        let msg = format!(
+                            "the node pattern {:?} uses {{{name}}}, which its identity pattern {:?} does not capture{}",
+                            node.as_str(),
+                            identity.as_str(),
+                            if captured.is_empty() {
+                                "; capture it there, e.g. `spiffe://corp.example/{name}`".to_owned()
+                            } else {
+                                format!(" (it captures: {})", captured.join(", "))
+                            }
+                        );
+                        self.at(&r.node.referenced, msg);
+                    }
+                }
+            }
+            let allowed_groups = r.groups.as_ref().map(|gs| {
+                if group_names.is_empty() {
+                    self.at(
+                        &gs.referenced,
+                        "this access rule names groups, but the file has no `groups:`; every \
+                         Envoy is in one group, so remove `groups` from the rule",
+                    );
+                }
+                let mut out = Vec::new();
+                for g in &gs.value {
+                    if group_names.contains(&g.value.as_str()) {
+                        out.push(g.value.clone());
+                    } else if !group_names.is_empty() {
+                        let mut msg = format!(
+                            "unknown group \"{}\" in an access rule (groups are: {})",
+                            g.value,
+                            list_or_none(&group_names)
+                        );
+                        if let Some(best) = closest(&g.value, group_names.iter().copied()) {
+                            msg.push_str(&format!("; did you mean \"{best}\"?"));
+                        }
+                        self.at(&g.referenced, msg);
+                    }
+                }
+                out
+            });
+            let csds = match r.csds.as_ref().map(|c| c.value) {
+                None | Some(RawCsdsScope::Own) => CsdsScope::Own,
+                Some(RawCsdsScope::All) => CsdsScope::All,
+            };
+            if let (Some(identity), Some(node)) = (identity, node) {
+                rules.push(access::Rule {
+                    identity,
+                    node,
+                    groups: allowed_groups,
+                    csds,
+                });
+            }
+        }
+        Access { rules }
     }
 
     /// The `groups:` section: names, selectors that can match a node no earlier group takes,

@@ -78,20 +78,22 @@ impl Telemetry {
     pub fn metrics_service(
         &self,
         slots: std::sync::Arc<crate::xds::limits::StreamSlots>,
+        access: tokio::sync::watch::Receiver<std::sync::Arc<crate::access::Access>>,
         max_message_bytes: usize,
     ) -> envoy_types::pb::envoy::service::metrics::v3::metrics_service_server::MetricsServiceServer<
         server::Sink,
     >{
-        server::metrics_service(self.clone(), slots, max_message_bytes)
+        server::metrics_service(self.clone(), slots, access, max_message_bytes)
     }
 
     /// The Load Reporting Service.
     pub fn load_reporting_service(
         &self,
         slots: std::sync::Arc<crate::xds::limits::StreamSlots>,
+        access: tokio::sync::watch::Receiver<std::sync::Arc<crate::access::Access>>,
         max_message_bytes: usize,
     ) -> envoy_types::pb::envoy::service::load_stats::v3::load_reporting_service_server::LoadReportingServiceServer<server::LoadReporting>{
-        server::load_reporting_service(self.clone(), slots, max_message_bytes)
+        server::load_reporting_service(self.clone(), slots, access, max_message_bytes)
     }
 
     /// The core, also after a panic while it was held: at worst that message is half counted,

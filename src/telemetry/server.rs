@@ -16,28 +16,41 @@ use envoy_types::pb::envoy::service::metrics::v3::{
     metrics_service_server::{MetricsService, MetricsServiceServer},
 };
 use futures::Stream;
+use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::aggregate::{NodeKey, Source, StreamId};
 use super::{Telemetry, lrs, stats};
+use crate::access::Access;
+use crate::tls::PeerInfo;
 use crate::xds::limits::StreamSlots;
 
 pub fn metrics_service(
     telemetry: Telemetry,
     slots: Arc<StreamSlots>,
+    access: watch::Receiver<Arc<Access>>,
     max_message_bytes: usize,
 ) -> MetricsServiceServer<Sink> {
-    MetricsServiceServer::new(Sink { telemetry, slots })
-        .max_decoding_message_size(max_message_bytes)
+    MetricsServiceServer::new(Sink {
+        telemetry,
+        slots,
+        access,
+    })
+    .max_decoding_message_size(max_message_bytes)
 }
 
 pub fn load_reporting_service(
     telemetry: Telemetry,
     slots: Arc<StreamSlots>,
+    access: watch::Receiver<Arc<Access>>,
     max_message_bytes: usize,
 ) -> LoadReportingServiceServer<LoadReporting> {
-    LoadReportingServiceServer::new(LoadReporting { telemetry, slots })
-        .max_decoding_message_size(max_message_bytes)
+    LoadReportingServiceServer::new(LoadReporting {
+        telemetry,
+        slots,
+        access,
+    })
+    .max_decoding_message_size(max_message_bytes)
 }
 
 /// `envoy.service.metrics.v3.MetricsService`.
@@ -46,6 +59,9 @@ pub struct Sink {
     telemetry: Telemetry,
     /// Telemetry streams count against `--max-streams` with the xDS ones.
     slots: Arc<StreamSlots>,
+    /// With mutual TLS, a report is taken only for a node its sender's certificate may be: a
+    /// forged report could otherwise fail a rollout's check or hide an error rate.
+    access: watch::Receiver<Arc<Access>>,
 }
 
 /// `envoy.service.load_stats.v3.LoadReportingService`.
@@ -53,6 +69,7 @@ pub struct Sink {
 pub struct LoadReporting {
     telemetry: Telemetry,
     slots: Arc<StreamSlots>,
+    access: watch::Receiver<Arc<Access>>,
 }
 
 /// An open stream in the core; closing it on drop forgets it also when the handler is
@@ -69,8 +86,10 @@ impl Registration {
         telemetry: &Telemetry,
         source: Source,
         node: Option<&Node>,
-        peer: Option<std::net::SocketAddr>,
+        peer: &PeerInfo,
+        access: &Access,
     ) -> Result<Registration, Status> {
+        let peer_addr = peer.addr;
         let what = match source {
             Source::StatsSink => "StreamMetricsMessage (identifier.node)",
             Source::LoadReports => "LoadStatsRequest (node)",
@@ -80,15 +99,23 @@ impl Registration {
                 "the first {what} must name the Envoy node; cutover identifies telemetry streams by node id"
             ))
         })?;
+        if let Some(who) = &peer.identity
+            && let Err(refusal) = access.check(who, &node.id, None)
+        {
+            // Its xDS stream, on the same connection with the same node id, is refused and
+            // logged too (at most once a minute per node).
+            tracing::debug!(node = %node.id, peer = ?peer_addr, "refused a telemetry stream: {refusal}");
+            return Err(Status::permission_denied(refusal.to_string()));
+        }
         let key = NodeKey::new(&node.id, &node.cluster);
         let id = telemetry
             .lock()
             .open(source, key.clone(), Instant::now())
             .map_err(|e| {
-                tracing::warn!(node = %key.id, ?peer, "{e}");
+                tracing::warn!(node = %key.id, peer = ?peer_addr, "{e}");
                 Status::resource_exhausted(e.to_string())
             })?;
-        tracing::info!(node = %key.id, ?peer, source = ?source, "telemetry stream opened");
+        tracing::info!(node = %key.id, peer = ?peer_addr, source = ?source, "telemetry stream opened");
         Ok(Registration {
             telemetry: telemetry.clone(),
             id,
@@ -112,13 +139,15 @@ impl MetricsService for Sink {
         request: Request<Streaming<StreamMetricsMessage>>,
     ) -> Result<Response<StreamMetricsResponse>, Status> {
         let _slot = self.slots.try_open()?;
-        let peer = request.remote_addr();
+        let peer = PeerInfo::of(&request);
         let mut inbound = request.into_inner();
         let Some(first) = inbound.message().await? else {
             return Ok(Response::new(StreamMetricsResponse {}));
         };
         let node = first.identifier.as_ref().and_then(|i| i.node.as_ref());
-        let registration = Registration::open(&self.telemetry, Source::StatsSink, node, peer)?;
+        let access = self.access.borrow().clone();
+        let registration =
+            Registration::open(&self.telemetry, Source::StatsSink, node, &peer, &access)?;
         let mut message = Some(first);
         while let Some(m) = message {
             // Parsed before taking the lock: the lock is held only to add up figures.
@@ -153,7 +182,7 @@ impl LoadReportingService for LoadReporting {
         request: Request<Streaming<LoadStatsRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
         let slot = self.slots.try_open()?;
-        let peer = request.remote_addr();
+        let peer = PeerInfo::of(&request);
         let mut inbound = request.into_inner();
         let first = inbound.message().await?.ok_or_else(|| {
             Status::invalid_argument("the load reporting stream ended before its first report")
@@ -162,7 +191,8 @@ impl LoadReportingService for LoadReporting {
             &self.telemetry,
             Source::LoadReports,
             first.node.as_ref(),
-            peer,
+            &peer,
+            &self.access.borrow().clone(),
         )?;
         let telemetry = self.telemetry.clone();
         telemetry

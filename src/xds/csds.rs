@@ -20,28 +20,40 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
 use envoy_types::pb::google::protobuf::Any;
 use futures::{Stream, StreamExt};
 use prost::Message;
+use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::access::{Access, Identity};
+use crate::tls::PeerInfo;
 use crate::xds::ResourceType;
 use crate::xds::clients::{Client, ClientState, Clients};
 
 #[derive(Debug, Clone)]
 pub struct Csds {
     clients: Arc<Clients>,
+    access: watch::Receiver<Arc<Access>>,
 }
 
-pub fn server(clients: Arc<Clients>) -> ClientStatusDiscoveryServiceServer<Csds> {
-    ClientStatusDiscoveryServiceServer::new(Csds { clients })
+/// With mutual TLS, a caller sees only the Envoys its certificate may be (or every one, if its
+/// `access:` rule says `csds: all`); without, every Envoy.
+pub fn server(
+    clients: Arc<Clients>,
+    access: watch::Receiver<Arc<Access>>,
+) -> ClientStatusDiscoveryServiceServer<Csds> {
+    ClientStatusDiscoveryServiceServer::new(Csds { clients, access })
 }
 
 impl Csds {
-    fn answer(&self, req: &ClientStatusRequest) -> ClientStatusResponse {
+    fn answer(&self, req: &ClientStatusRequest, who: Option<&Identity>) -> ClientStatusResponse {
+        let access = self.access.borrow().clone();
+        let reader = who.map(|who| access.csds_reader(who));
         let config = self
             .clients
             .list()
             .iter()
             // A client that has sent nothing yet holds nothing and has no identity.
             .filter(|s| s.group.is_some())
+            .filter(|s| reader.as_ref().is_none_or(|r| r.sees(&s.node.id)))
             .filter(|s| {
                 req.node_matchers
                     .iter()
@@ -132,9 +144,10 @@ impl ClientStatusDiscoveryService for Csds {
         request: Request<Streaming<ClientStatusRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
         let this = self.clone();
+        let who = PeerInfo::of(&request).identity;
         let answers = request
             .into_inner()
-            .map(move |req| req.map(|r| this.answer(&r)));
+            .map(move |req| req.map(|r| this.answer(&r, who.as_deref())));
         Ok(Response::new(Box::pin(answers)))
     }
 
@@ -142,6 +155,9 @@ impl ClientStatusDiscoveryService for Csds {
         &self,
         request: Request<ClientStatusRequest>,
     ) -> Result<Response<ClientStatusResponse>, Status> {
-        Ok(Response::new(self.answer(request.get_ref())))
+        let who = PeerInfo::of(&request).identity;
+        Ok(Response::new(
+            self.answer(request.get_ref(), who.as_deref()),
+        ))
     }
 }

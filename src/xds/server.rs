@@ -26,8 +26,10 @@ use super::limits::{
     ClientLimits, MAX_NAME_BYTES, MAX_NODE_FIELD_BYTES, Noise, NoiseLog, StreamSlot, StreamSlots,
 };
 use super::{Event, Mode, Output, ResourceType, delta, sotw};
+use crate::access::Access;
 use crate::node::{GroupId, NodeInfo};
 use crate::snapshot::{GroupSnapshot, Published, Snapshot};
+use crate::tls::PeerInfo;
 
 /// What every stream needs: the latest published config, where to report, who may connect,
 /// and when to stop.
@@ -44,6 +46,8 @@ pub struct Shared {
     pub slots: Arc<StreamSlots>,
     /// What clients make cutover log again and again, limited per node.
     pub noise: Arc<NoiseLog>,
+    /// The file's access rules: with mutual TLS, which certificate may be which node.
+    pub access: watch::Receiver<Arc<Access>>,
 }
 
 /// Which node ids may get config over a plaintext connection (`--allow-node`); everyone when
@@ -376,7 +380,7 @@ impl<M: Machine> StreamingService<M::Request> for StreamMethod<M> {
 
     fn call(&mut self, request: tonic::Request<Streaming<M::Request>>) -> Self::Future {
         let shared = self.shared.clone();
-        let peer = request.remote_addr();
+        let peer = PeerInfo::of(&request);
         let inbound = request.into_inner();
         // A few responses of headroom: one config change is at most one per type, plus removals.
         let (tx, rx) = mpsc::channel(8);
@@ -395,12 +399,14 @@ async fn run_stream<M: Machine>(
     shared: Shared,
     mut inbound: Streaming<M::Request>,
     tx: mpsc::Sender<Result<M::Response, Status>>,
-    peer: Option<SocketAddr>,
+    peer_info: PeerInfo,
 ) {
+    let peer = peer_info.addr;
     let clients = shared.clients.clone();
     let id = clients.connect(mode, peer);
     let mut published = shared.published;
     let mut closing = shared.closing;
+    let mut access = shared.access;
     let mut machine = M::new(mode);
     // Resolved from the first request's node; until then nothing is sent anyway.
     let mut group: Option<GroupId> = None;
@@ -438,6 +444,12 @@ async fn run_stream<M: Machine>(
                         }
                         let p = published.borrow_and_update().clone();
                         let g = p.as_ref().map_or_else(GroupId::all, |p| p.group_of(&node));
+                        let rules = access.borrow_and_update().clone();
+                        if let Err(refused) = check_access(&rules, &peer_info, &node.id, &g) {
+                            refuse_node(&shared.noise, &node.id, peer, &refused);
+                            let _ = tx.send(Err(refused)).await;
+                            break;
+                        }
                         if let Some(s) = p.as_ref().and_then(|p| p.group(&g)) {
                             current = Some(s.clone());
                             out = machine.on_snapshot(s.snapshot.clone());
@@ -479,6 +491,17 @@ async fn run_stream<M: Machine>(
                     .await;
                 break;
             }
+            // New access rules: a stream its certificate no longer allows ends (revocation).
+            Ok(()) = access.changed() => {
+                let Some(g) = &group else { continue };
+                let rules = access.borrow_and_update().clone();
+                if let Err(refused) = check_access(&rules, &peer_info, &identity.id, g) {
+                    refuse_node(&shared.noise, &identity.id, peer, &refused);
+                    let _ = tx.send(Err(refused)).await;
+                    break;
+                }
+                continue;
+            }
             changed = published.changed() => {
                 if changed.is_err() {
                     break;
@@ -489,6 +512,13 @@ async fn run_stream<M: Machine>(
                 let Some(p) = published.borrow_and_update().clone() else { continue };
                 let g = p.group_of(&identity);
                 if group.as_ref() != Some(&g) {
+                    // Its certificate may not allow the new group: the Envoy keeps what it has.
+                    let rules = access.borrow().clone();
+                    if let Err(refused) = check_access(&rules, &peer_info, &identity.id, &g) {
+                        refuse_node(&shared.noise, &identity.id, peer, &refused);
+                        let _ = tx.send(Err(refused)).await;
+                        break;
+                    }
                     tracing::info!(node = %identity.id, group = %g, "the file's groups moved this Envoy to another group");
                     group = Some(g.clone());
                 }
@@ -584,6 +614,35 @@ fn check_node(node: Option<&Node>) -> Result<(), Status> {
         }
     }
     Ok(())
+}
+
+/// With mutual TLS, whether the client's certificate may be `node` in group `group`.
+fn check_access(
+    access: &Access,
+    peer: &PeerInfo,
+    node: &str,
+    group: &GroupId,
+) -> Result<(), Status> {
+    let Some(who) = &peer.identity else {
+        return Ok(());
+    };
+    access
+        .check(who, node, Some(group.as_str()))
+        .map_err(|refusal| Status::permission_denied(refusal.to_string()))
+}
+
+/// Logs a stream refused before its machine knows the node.
+fn refuse_node(noise: &NoiseLog, node: &str, peer: Option<SocketAddr>, refused: &Status) {
+    if let Some(suppressed) = noise.check(Noise::Refused, node, std::time::Instant::now()) {
+        tracing::warn!(
+            node,
+            ?peer,
+            code = ?refused.code(),
+            reason = refused.message(),
+            refused_before_unlogged = suppressed,
+            "refused an xDS stream"
+        );
+    }
 }
 
 /// Logs a refused stream, at most once a minute per node (a refused client retries).
