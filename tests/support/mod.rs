@@ -924,9 +924,33 @@ impl Envoy {
         listener: SocketAddr,
         bootstrap_args: &[&str],
     ) -> Envoy {
+        let envoy = Envoy::spawn(
+            bin,
+            dir,
+            node_id,
+            &bootstrap_with(node_id, ads, bootstrap_args),
+            listener,
+        )
+        .await;
+        envoy.wait_live().await;
+        wait_for(WAIT, "Envoy's listener to answer 200", async || {
+            envoy.get("/").await
+        })
+        .await;
+        envoy
+    }
+
+    /// Starts Envoy as node `node_id` with `bootstrap` and waits only until its admin interface
+    /// is up: for an Envoy that is not expected to get config.
+    pub async fn spawn(
+        bin: &Path,
+        dir: &Path,
+        node_id: &str,
+        bootstrap: &str,
+        listener: SocketAddr,
+    ) -> Envoy {
         let config = dir.join(format!("envoy-{node_id}.yaml"));
-        std::fs::write(&config, bootstrap_with(node_id, ads, bootstrap_args))
-            .expect("write the Envoy bootstrap");
+        std::fs::write(&config, bootstrap).expect("write the Envoy bootstrap");
         let admin_path = dir.join(format!("envoy-{node_id}.admin"));
         let log = dir.join(format!("envoy-{node_id}.log"));
         let log_file = File::create(&log).expect("create the Envoy log");
@@ -970,11 +994,6 @@ impl Envoy {
             })
             .await
         };
-        envoy.wait_live().await;
-        wait_for(WAIT, "Envoy's listener to answer 200", async || {
-            envoy.get("/").await
-        })
-        .await;
         envoy
     }
 
