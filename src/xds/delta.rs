@@ -131,6 +131,10 @@ struct TypeState {
     in_flight: Option<InFlight>,
     /// Names to send even if the client holds them at the current version.
     resend: BTreeSet<String>,
+    /// Names the client subscribed to and has not been told about yet: one that does not exist
+    /// is named in `removed_resources`, so the client need not wait for a timeout to know (it
+    /// stays subscribed, and gets the resource if it appears).
+    announce: BTreeSet<String>,
     /// The updates and removals of the last rejected response: not sent again. Cleared by the
     /// next ACK.
     rejected: Option<Diff>,
@@ -242,6 +246,7 @@ impl Stream {
             }
             st.in_flight.is_none()
                 && st.resend.is_empty()
+                && st.announce.is_empty()
                 && st.held.as_ref().map_or_else(
                     || snap.resources(ty).is_empty(),
                     |h| h.version == snap.type_version(ty),
@@ -401,6 +406,7 @@ impl Stream {
                 }
             } else {
                 sub.names.insert(name.clone());
+                st.announce.insert(name.clone());
                 if !first {
                     st.resend.insert(name.clone());
                 }
@@ -511,7 +517,7 @@ impl Stream {
                 generation: st.generation,
                 kept,
             };
-            if st.resend.is_empty() && st.settled.as_ref() == Some(&key) {
+            if st.resend.is_empty() && st.announce.is_empty() && st.settled.as_ref() == Some(&key) {
                 continue;
             }
             let Some(desired) = self.desired(ty, &snap, &key.kept) else {
@@ -527,11 +533,18 @@ impl Stream {
             let removed: BTreeSet<String> = held
                 .keys()
                 .filter(|name| !desired.contains_key(*name))
+                .chain(
+                    st.announce
+                        .iter()
+                        .filter(|name| !desired.contains_key(*name) && !held.contains_key(*name))
+                        // Unsubscribed since: nothing to tell.
+                        .filter(|name| st.subscription.as_ref().is_some_and(|s| s.wants(name))),
+                )
                 .cloned()
                 .collect();
             if updates.is_empty() && removed.is_empty() {
-                // A name to resend that does not exist is dropped: the client does not hold it.
                 st.resend.clear();
+                st.announce.clear();
                 st.blocked = None;
                 st.settled = Some(key);
                 continue;
@@ -545,6 +558,7 @@ impl Stream {
             st.blocked = None;
             st.settled = None;
             st.resend.clear();
+            st.announce.clear();
             // Applying the response gives the client exactly what it should hold.
             let after = held_from(desired);
             self.nonces += 1;

@@ -119,12 +119,15 @@ fn route_targets(resource: &Resource) -> BTreeSet<String> {
 /// holds (forgetting what it unsubscribes from), applies each response as a change (never as the
 /// full state) and ACKs it. After every response it checks what Envoy itself checks (no name
 /// twice in one response) and what cutover promises: every route targets a cluster it holds with
-/// endpoints, and `removed_resources` only names what it held.
+/// endpoints, and `removed_resources` only names what it held or asked for (a name asked for that
+/// does not exist is named there, as the spec says).
 #[derive(Default)]
 struct FakeEnvoy {
     held: BTreeMap<ResourceType, BTreeMap<String, Resource>>,
     /// Endpoints and routes subscribed to, by name (clusters and listeners are wildcard).
     subscribed: BTreeMap<ResourceType, BTreeSet<String>>,
+    /// Everything it held or asked for: what `removed_resources` may name (a removal can cross
+    /// an unsubscription on the wire).
     ever_held: BTreeSet<(ResourceType, String)>,
     asked_listeners: bool,
     /// Every response type in the order received.
@@ -173,7 +176,7 @@ impl FakeEnvoy {
         for name in &r.removed {
             assert!(
                 self.ever_held.contains(&(r.ty, name.clone())),
-                "removed_resources names {name}, which this client never held"
+                "removed_resources names {name}, which this client never held nor asked for"
             );
         }
         if self.reject == Some(r.ty) {
@@ -220,6 +223,8 @@ impl FakeEnvoy {
             return None;
         }
         let req = request(dep, &add, &remove);
+        self.ever_held
+            .extend(add.iter().map(|name| (dep, (*name).to_owned())));
         if let Some(held) = self.held.get_mut(&dep) {
             held.retain(|name, _| want.contains(name));
         }
@@ -536,13 +541,18 @@ fn envoy_22418_a_resource_forgotten_after_a_reconnect_is_sent_when_asked_again()
     assert_eq!(names(only(&out)), ["public"]);
 }
 
+/// go-control-plane #565: a client subscribing to a name that does not exist is told so in
+/// `removed_resources` (it need not wait for a timeout); #488: and it stays subscribed, so the
+/// resource is sent when it appears.
 #[test]
-fn go_control_plane_488_565_no_removed_resources_for_names_that_never_existed() {
+fn go_control_plane_488_565_a_name_that_does_not_exist_is_removed_and_sent_when_it_appears() {
     let (mut s, _envoy) = connected(blue_green("blue"));
     let out = s.on_request(&request(E, &["checkout/red"], &[]));
-    assert!(out.responses.is_empty(), "{out:?}");
+    let r = only(&out).clone();
+    assert!(r.resources.is_empty());
+    assert_eq!(r.removed, ["checkout/red"]);
+    s.on_request(&ack(E, &r.nonce));
     assert!(s.in_sync(), "red is not in the config");
-    // It is sent when it appears.
     let out = s.on_snapshot(deployment(
         &[
             ("blue", "127.0.0.1:8081"),
@@ -657,9 +667,11 @@ fn envoy_17980_a_child_asked_for_after_its_parent_went_is_tolerated() {
         sent.extend(s.on_request(req).responses);
     }
     let r = sent.iter().find(|r| r.ty == R).expect("an RDS response");
+    // Both are gone: the one it held, and the one it asked for and never got (a name that
+    // does not exist is named in removed_resources, as the spec says).
     assert_eq!(
         (r.resources.len(), r.removed.clone()),
-        (0, vec!["gone".to_owned()])
+        (0, vec!["gone".to_owned(), "never".to_owned()])
     );
     s.on_request(&ack(R, &r.nonce));
     assert!(s.in_sync());
@@ -945,3 +957,5 @@ fn random_histories_keep_routes_on_held_clusters_and_converge() {
         assert!(s.in_sync(), "seed {seed}");
     }
 }
+
+mod conformance;

@@ -937,3 +937,5 @@ fn names_of(out: &Output) -> Vec<&str> {
     };
     names(r)
 }
+
+mod conformance;
