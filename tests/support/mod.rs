@@ -12,6 +12,7 @@
 
 pub mod browser;
 pub mod load;
+pub mod proxyless;
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
