@@ -20,6 +20,7 @@ pub mod cli;
 pub mod controller;
 pub mod dashboard;
 pub mod demo;
+pub mod grpc_bootstrap;
 pub mod ids;
 pub mod metrics;
 pub mod node;

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use cutover::spec::{self, SpecError};
 use cutover::xds::limits::{ClientLimits, MIB};
-use cutover::{app, bootstrap, cli, render};
+use cutover::{app, bootstrap, cli, grpc_bootstrap, render};
 
 /// jemalloc, returning freed memory to the system within about a second (a background thread
 /// purges): with glibc's allocator, a 100,000-endpoint file replaced by a small one left cutover
@@ -157,9 +157,13 @@ enum Command {
         #[arg(long = "node-metadata", value_name = "KEY=VALUE", requires = "node_id", value_parser = key_value)]
         node_metadata: Vec<(String, String)>,
     },
-    /// Print an Envoy bootstrap that gets all of its config from cutover over ADS.
+    /// Print an Envoy bootstrap that gets all of its config from cutover over ADS (or, with
+    /// --grpc, the xDS bootstrap of gRPC's own xDS clients).
     ///
     /// Example: cutover bootstrap --node-id edge-1 > envoy.yaml && envoy -c envoy.yaml
+    ///
+    /// Example: cutover bootstrap --grpc --node-id grpc-1 > xds.json &&
+    /// GRPC_XDS_BOOTSTRAP=xds.json my-grpc-client   # which dials xds:///checkout
     Bootstrap {
         /// The Envoy node id, shown in cutover's /status.
         #[arg(long)]
@@ -210,6 +214,13 @@ enum Command {
         /// --ads (an IP address is checked as an IP address name).
         #[arg(long, value_name = "NAME", requires = "tls_ca")]
         tls_server_name: Option<String>,
+        /// Print the JSON bootstrap of a proxyless gRPC client (grpcio, grpc-js-xds, grpc-go,
+        /// grpc-java; the file GRPC_XDS_BOOTSTRAP names), for clients that dial
+        /// `xds:///<listener>` of a `proxyless: true` listener. gRPC has no admin, stats sink
+        /// or load reporting to cutover: only --node-id, --node-cluster, --node-metadata and
+        /// --ads apply.
+        #[arg(long, conflicts_with_all = ["no_stats_sink", "no_load_reporting", "all_stats", "delta", "format", "tls_ca"])]
+        grpc: bool,
         #[arg(long, value_enum, default_value_t = Format::Yaml)]
         format: Format,
     },
@@ -493,8 +504,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tls_cert,
             tls_key,
             tls_server_name,
+            grpc,
             format,
         } => {
+            if grpc {
+                let b = grpc_bootstrap::grpc_bootstrap(&grpc_bootstrap::GrpcBootstrapOptions {
+                    node_cluster: node_cluster.unwrap_or_else(|| node_id.clone()),
+                    node_id,
+                    node_metadata: node_metadata.into_iter().collect(),
+                    ads,
+                });
+                print_value(&b, Format::Json)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let b = bootstrap::bootstrap(&bootstrap::BootstrapOptions {
                 node_cluster: node_cluster.unwrap_or_else(|| node_id.clone()),
                 node_id,

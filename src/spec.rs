@@ -9,6 +9,7 @@
 mod address;
 mod limits;
 mod policy;
+mod proxyless;
 mod raw;
 mod validate;
 
@@ -24,6 +25,7 @@ use crate::node::{GroupId, NodeGroups, Selector};
 
 pub use address::{AddressError, EndpointAddress, HostPort};
 pub use limits::{Limit, Limits, LimitsError};
+pub use proxyless::GRPC_RETRY_ON;
 /// The file as written, before validation: its JSON Schema is the file's (`cutover schema`).
 pub use raw::RawSpec;
 pub use validate::{parse, parse_bytes, parse_bytes_with, parse_with};
@@ -71,6 +73,15 @@ impl Spec {
             .map(|r| r.service.as_str())
     }
 
+    /// The proxyless listeners (see [`ListenerKind::Proxyless`]) whose routes name `service`.
+    pub fn proxyless_routing(&self, service: &str) -> impl Iterator<Item = &str> {
+        self.listeners
+            .iter()
+            .filter(|l| l.kind == ListenerKind::Proxyless)
+            .filter(move |l| l.routes.iter().any(|r| r.service == service))
+            .map(|l| l.name.as_str())
+    }
+
     /// The groups whose listeners route to `service` (none when the file has no groups).
     pub fn groups_routing(&self, service: &str) -> std::collections::BTreeSet<String> {
         self.groups
@@ -88,9 +99,29 @@ impl Spec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     pub name: String,
-    pub address: SocketAddr,
+    pub kind: ListenerKind,
     /// Routes in match order: the first route whose match fits a request wins.
     pub routes: Vec<Route>,
+}
+
+/// Who serves a listener's routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// Envoy, on this address.
+    Envoy(SocketAddr),
+    /// gRPC's own xDS clients (gRFC A27): the listener's name is the `xds:///` target they
+    /// dial, and the services it routes to use only what those clients implement (checked by
+    /// validation).
+    Proxyless,
+}
+
+impl ListenerKind {
+    pub fn address(self) -> Option<SocketAddr> {
+        match self {
+            ListenerKind::Envoy(a) => Some(a),
+            ListenerKind::Proxyless => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -150,7 +150,11 @@ fn compose_file_deployment_file_and_bootstrap_agree() {
     let config = command[command.iter().position(|a| a == "-c").unwrap() + 1].clone();
     assert_eq!(config, "/etc/envoy/front.yaml");
     let ports = strings(&envoy["ports"]);
-    let listener = spec.listeners[0].address.port();
+    let listener = spec.listeners[0]
+        .kind
+        .address()
+        .expect("an Envoy listener")
+        .port();
     assert!(
         ports.contains(&format!("127.0.0.1:{listener}:{listener}")),
         "{ports:?}"
@@ -343,7 +347,16 @@ fn kubernetes_manifests_agree_with_each_other_and_with_cutover_bootstrap() {
     );
     // Envoy's port is the deployment file's listener, and its Service targets it.
     let http = port_named(econtainer, "http");
-    assert_eq!(u64::from(spec.listeners[0].address.port()), http);
+    assert_eq!(
+        u64::from(
+            spec.listeners[0]
+                .kind
+                .address()
+                .expect("an Envoy listener")
+                .port()
+        ),
+        http
+    );
     let eservice = kind(&envoy_docs, "Service", "envoy");
     assert_eq!(eservice["spec"]["selector"], epod["metadata"]["labels"]);
     assert_eq!(eservice["spec"]["ports"][0]["targetPort"], "http");

@@ -589,8 +589,8 @@ mod tests {
         let text = loopback_deployment(20000, 20001).unwrap();
         let spec = crate::spec::parse("demo.yaml", &text).unwrap();
         assert_eq!(
-            spec.listeners[0].address,
-            "127.0.0.1:20000".parse().unwrap()
+            spec.listeners[0].kind.address(),
+            Some("127.0.0.1:20000".parse().unwrap())
         );
         let shop = &spec.services["shop"];
         for (version, port) in [("blue", 20001), ("green", 20002), ("canary", 20003)] {

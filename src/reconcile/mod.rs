@@ -19,7 +19,6 @@ mod routes;
 pub mod state;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use state::{Event, Previous, RuntimeState, Timestamp};
@@ -27,8 +26,8 @@ pub use state::{Event, Previous, RuntimeState, Timestamp};
 use crate::ids::{ClusterId, ClusterRef, FallbackId};
 use crate::node::{GroupId, NodeGroups};
 use crate::spec::{
-    Condition, Endpoint, EndpointAddress, HashOn, LoadBalancing, Percent, Policy, Retries, Route,
-    Service, Spec, Strategy, Version,
+    Condition, Endpoint, EndpointAddress, HashOn, ListenerKind, LoadBalancing, Percent, Policy,
+    Retries, Route, Service, Spec, Strategy, Version,
 };
 
 /// Everything cutover serves, decided; see the module docs.
@@ -70,7 +69,7 @@ impl Plan {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListenerPlan {
     pub name: String,
-    pub address: SocketAddr,
+    pub kind: ListenerKind,
     /// Path matches and the service answering each, in match order.
     pub routes: Vec<Route>,
 }
@@ -89,6 +88,9 @@ pub struct ServicePlan {
     pub route_policy: RoutePolicy,
     /// Intended share of answered requests per version, in parts per million.
     pub split: BTreeMap<String, u32>,
+    /// gRPC's own xDS clients route to it (a proxyless listener names it): its endpoints and
+    /// aggregate clusters take the shapes those clients accept as well as Envoy.
+    pub proxyless: bool,
 }
 
 impl ServicePlan {
@@ -101,6 +103,7 @@ impl ServicePlan {
             routes: Vec::new(),
             route_policy: RoutePolicy::default(),
             split: BTreeMap::new(),
+            proxyless: false,
         }
     }
 }
@@ -252,6 +255,7 @@ pub fn plan(spec: &Spec, state: &RuntimeState, now: Timestamp) -> Plan {
                 routes,
                 route_policy: route_policy(name, service),
                 split: split(&service.strategy),
+                proxyless: spec.proxyless_routing(name).next().is_some(),
             },
         );
     }
@@ -294,7 +298,7 @@ pub fn plan(spec: &Spec, state: &RuntimeState, now: Timestamp) -> Plan {
         .iter()
         .map(|l| ListenerPlan {
             name: l.name.clone(),
-            address: l.address,
+            kind: l.kind,
             routes: l.routes.clone(),
         })
         .collect();

@@ -110,17 +110,25 @@ pub struct RawNodeMatch {
     pub metadata: Option<Spanned<Entries<Spanned<Scalar>>>>,
 }
 
-/// An Envoy listener: one port, one route configuration of the same name.
+/// An Envoy listener (one port), or the target of proxyless gRPC clients (`proxyless: true`);
+/// either way with one route configuration of the same name.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "Listener")]
 pub struct RawListener {
-    /// Unique name; also the name of its Envoy RouteConfiguration and its stat prefix.
+    /// Unique name; also the name of its Envoy RouteConfiguration and its stat prefix. With
+    /// `proxyless: true`, the target gRPC clients dial: `xds:///<name>`.
     #[schemars(with = "Name")]
     pub name: Spanned<String>,
-    /// IP:PORT Envoy listens on, e.g. `127.0.0.1:10000` or `[::1]:10000`.
-    #[schemars(with = "Address")]
-    pub address: Spanned<String>,
+    /// IP:PORT Envoy listens on, e.g. `127.0.0.1:10000` or `[::1]:10000`. Required unless
+    /// `proxyless: true`.
+    #[schemars(with = "Option<Address>")]
+    pub address: Option<Spanned<String>>,
+    /// `true`: no port, but an xDS API listener for gRPC's own xDS clients, which dial
+    /// `xds:///<name>` (see the README, "Proxyless gRPC clients"). Not with `address`.
+    /// Default: false.
+    #[schemars(with = "Option<bool>")]
+    pub proxyless: Option<Spanned<bool>>,
     /// Routes in match order: the first route whose match fits a request wins. At least one.
     #[serde(default)]
     #[schemars(with = "Vec<RawRoute>")]

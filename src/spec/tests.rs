@@ -35,7 +35,10 @@ fn parses_the_readme_example() {
     assert_eq!(spec.listeners.len(), 1);
     let l = &spec.listeners[0];
     assert_eq!(l.name, "public");
-    assert_eq!(l.address, "127.0.0.1:10000".parse().unwrap());
+    assert_eq!(
+        l.kind,
+        ListenerKind::Envoy("127.0.0.1:10000".parse().unwrap())
+    );
     assert_eq!(
         l.routes,
         vec![Route {
@@ -98,8 +101,8 @@ fn yaml_syntax_errors_have_positions() {
 
 #[test]
 fn missing_keys_are_named() {
-    let p = problem("listeners:\n  - name: x\n    routes: []\nservices: {}\n");
-    assert!(p.contains("missing key `address`"), "{p}");
+    let p = problems("listeners:\n  - name: x\n    routes: []\nservices: {}\n");
+    assert!(p[0].contains("listener \"x\" needs an `address`"), "{p:?}");
 }
 
 #[test]

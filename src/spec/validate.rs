@@ -13,9 +13,9 @@ use super::raw::{
     RawWebhook, Scalar,
 };
 use super::{
-    AddressError, Analysis, Condition, Endpoint, EndpointAddress, Group, Listener, Mirror,
-    PathMatch, Percent, Preview, Problem, Rollout, Route, Rule, Service, Spec, SpecError, Step,
-    Sticky, Strategy, Version, Webhook,
+    AddressError, Analysis, Condition, Endpoint, EndpointAddress, Group, Listener, ListenerKind,
+    Mirror, PathMatch, Percent, Preview, Problem, Rollout, Route, Rule, Service, Spec, SpecError,
+    Step, Sticky, Strategy, Version, Webhook,
 };
 use crate::access::{self, Access, CsdsScope, Pattern};
 use crate::node::Selector;
@@ -366,24 +366,24 @@ impl Validator {
             }
             self.check_name(&name.value, &name.referenced, "listener");
             if let Some(listener) = self.listener(&l.value, raw, &services) {
-                for (addr, loc, other) in &binds {
-                    if clashes(addr, &listener.address) {
-                        let msg = format!(
-                            "listener \"{}\" binds {} which clashes with listener \"{}\" ({} at line {}); give each listener its own port",
-                            listener.name,
-                            listener.address,
-                            other,
-                            addr,
-                            loc.line()
-                        );
-                        self.at(&l.value.address.referenced, msg);
+                if let (ListenerKind::Envoy(address), Some(raw_address)) =
+                    (listener.kind, &l.value.address)
+                {
+                    for (addr, loc, other) in &binds {
+                        if clashes(addr, &address) {
+                            let msg = format!(
+                                "listener \"{}\" binds {} which clashes with listener \"{}\" ({} at line {}); give each listener its own port",
+                                listener.name,
+                                address,
+                                other,
+                                addr,
+                                loc.line()
+                            );
+                            self.at(&raw_address.referenced, msg);
+                        }
                     }
+                    binds.push((address, raw_address.referenced, &l.value.name.value));
                 }
-                binds.push((
-                    listener.address,
-                    l.value.address.referenced,
-                    &l.value.name.value,
-                ));
                 listeners.push(listener);
             }
         }
@@ -395,12 +395,14 @@ impl Validator {
             Some(rules) => self.access(rules, &groups),
             None => Access::default(),
         };
-        Spec {
+        let spec = Spec {
             listeners,
             services,
             groups,
             access,
-        }
+        };
+        self.proxyless(raw, &spec);
+        spec
     }
 
     /// The `access:` section: patterns that parse, node patterns that use only what their
@@ -790,14 +792,32 @@ impl Validator {
         services: &BTreeMap<String, Service>,
     ) -> Option<Listener> {
         let name = &raw.name.value;
-        let address = match raw.address.value.parse::<SocketAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
+        let proxyless = raw.proxyless.as_ref().filter(|p| p.value);
+        let kind = match (&raw.address, proxyless) {
+            (Some(address), None) => match address.value.parse::<SocketAddr>() {
+                Ok(a) => Some(ListenerKind::Envoy(a)),
+                Err(_) => {
+                    let msg = format!(
+                        "invalid address \"{}\" for listener \"{name}\": write IP:PORT, e.g. 127.0.0.1:10000 or [::1]:10000",
+                        address.value
+                    );
+                    self.at(&address.referenced, msg);
+                    None
+                }
+            },
+            (None, Some(_)) => Some(ListenerKind::Proxyless),
+            (Some(address), Some(_)) => {
                 let msg = format!(
-                    "invalid address \"{}\" for listener \"{name}\": write IP:PORT, e.g. 127.0.0.1:10000 or [::1]:10000",
-                    raw.address.value
+                    "listener \"{name}\" has both `address` and `proxyless: true`: an Envoy listener binds an address, a proxyless one is dialled by gRPC clients as xds:///{name}; keep one"
                 );
-                self.at(&raw.address.referenced, msg);
+                self.at(&address.referenced, msg);
+                None
+            }
+            (None, None) => {
+                let msg = format!(
+                    "listener \"{name}\" needs an `address` (IP:PORT Envoy listens on, e.g. 127.0.0.1:10000), or `proxyless: true` for gRPC clients that dial xds:///{name}"
+                );
+                self.at(&raw.name.referenced, msg);
                 None
             }
         };
@@ -861,7 +881,7 @@ impl Validator {
         }
         Some(Listener {
             name: name.clone(),
-            address: address?,
+            kind: kind?,
             routes,
         })
     }

@@ -4,21 +4,24 @@
 //! one version to another.
 
 use envoy_types::pb::envoy::config::cluster::v3::{
-    Cluster, OutlierDetection,
+    Cluster, LoadBalancingPolicy, OutlierDetection,
     cluster::{
         ClusterDiscoveryType, CommonLbConfig, CustomClusterType, DiscoveryType, DnsLookupFamily,
         EdsClusterConfig, LbConfig, LbPolicy, LeastRequestLbConfig, RoundRobinLbConfig,
         SlowStartConfig,
     },
+    load_balancing_policy,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, HealthCheck, HealthStatus, SocketAddress, address,
+    Address, HealthCheck, HealthStatus, Locality, SocketAddress, TypedExtensionConfig, address,
     health_check::{HealthChecker, HttpHealthCheck, TcpHealthCheck},
     socket_address::PortSpecifier,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
 };
+use envoy_types::pb::envoy::extensions::load_balancing_policies::cluster_provided::v3::ClusterProvided;
+use envoy_types::pb::envoy::extensions::load_balancing_policies::round_robin::v3::RoundRobin;
 use envoy_types::pb::envoy::r#type::v3::Percent as EnvoyPercent;
 use envoy_types::pb::google::protobuf::UInt32Value;
 
@@ -51,7 +54,7 @@ pub(super) fn dns_cluster(id: &ClusterId, policy: &Policy, endpoints: &[Endpoint
         // first, and `localhost` or a container name then resolves to an address nothing
         // listens on.
         dns_lookup_family: DnsLookupFamily::V4Preferred as i32,
-        load_assignment: Some(load_assignment(id, endpoints)),
+        load_assignment: Some(load_assignment(id, endpoints, false)),
         ..cluster(id, policy)
     }
 }
@@ -163,8 +166,15 @@ fn health_check(h: &spec::HealthCheck) -> HealthCheck {
 }
 
 /// A cluster that sends to `primary` while it has healthy endpoints and to `fallback` when it
-/// has none (Envoy's aggregate cluster picks the first with healthy hosts).
-pub(super) fn fallback(id: &FallbackId) -> Cluster {
+/// has none (Envoy's aggregate cluster picks the first with healthy hosts; so does gRPC's,
+/// gRFC A37).
+///
+/// gRPC clients refuse an aggregate cluster whose `lb_policy` is `CLUSTER_PROVIDED`, the only
+/// one Envoy takes for it; for a service they use, the policy is given as a list instead
+/// (`load_balancing_policy`), of which each takes the first it implements: Envoy the
+/// cluster-provided policy, gRPC round robin (gRFC A52), which for an aggregate cluster it
+/// leaves to the underlying clusters.
+pub(super) fn fallback(id: &FallbackId, proxyless: bool) -> Cluster {
     let config = envoy_types::pb::envoy::extensions::clusters::aggregate::v3::ClusterConfig {
         clusters: vec![id.primary().to_string(), id.secondary().to_string()],
     };
@@ -175,12 +185,44 @@ pub(super) fn fallback(id: &FallbackId) -> Cluster {
             typed_config: Some(super::any(&config)),
         })),
         connect_timeout: Some(duration(std::time::Duration::from_secs(1))),
-        lb_policy: LbPolicy::ClusterProvided as i32,
+        lb_policy: if proxyless {
+            LbPolicy::RoundRobin
+        } else {
+            LbPolicy::ClusterProvided
+        } as i32,
+        load_balancing_policy: proxyless.then(|| LoadBalancingPolicy {
+            policies: vec![
+                lb_policy(
+                    "envoy.load_balancing_policies.cluster_provided",
+                    &ClusterProvided {},
+                ),
+                lb_policy(
+                    "envoy.load_balancing_policies.round_robin",
+                    &RoundRobin::default(),
+                ),
+            ],
+        }),
         ..Default::default()
     }
 }
 
-pub(super) fn load_assignment(id: &ClusterId, endpoints: &[EndpointPlan]) -> ClusterLoadAssignment {
+fn lb_policy<M: prost::Name>(name: &str, config: &M) -> load_balancing_policy::Policy {
+    load_balancing_policy::Policy {
+        typed_extension_config: Some(TypedExtensionConfig {
+            name: name.to_owned(),
+            typed_config: Some(super::any(config)),
+        }),
+    }
+}
+
+/// With `proxyless`, the endpoints are in a locality (an empty one) with a weight: gRPC clients
+/// refuse endpoints without a locality and ignore a locality without a weight; Envoy ignores
+/// the weight unless asked for locality-weighted balancing.
+pub(super) fn load_assignment(
+    id: &ClusterId,
+    endpoints: &[EndpointPlan],
+    proxyless: bool,
+) -> ClusterLoadAssignment {
     let lb_endpoints = endpoints
         .iter()
         .map(|e| LbEndpoint {
@@ -201,6 +243,8 @@ pub(super) fn load_assignment(id: &ClusterId, endpoints: &[EndpointPlan]) -> Clu
         cluster_name: id.to_string(),
         endpoints: vec![LocalityLbEndpoints {
             lb_endpoints,
+            locality: proxyless.then(Locality::default),
+            load_balancing_weight: if proxyless { u32v(1) } else { None },
             ..Default::default()
         }],
         ..Default::default()

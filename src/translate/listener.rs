@@ -1,6 +1,13 @@
 //! Listeners (an HTTP connection manager that takes its routes over RDS) and their routes.
+//!
+//! A proxyless listener is the same connection manager as an xDS API listener with no address
+//! (gRFC A27): gRPC clients dialling `xds:///<name>` ask for the listener `<name>`, take its
+//! routes over RDS on the same ADS stream (`config_source.ads`), pick the virtual host whose
+//! domain is that name, and require the router to be the last HTTP filter (gRFC A39).
 
-use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+use envoy_types::pb::envoy::config::listener::v3::{
+    ApiListener, Filter, FilterChain, Listener, filter,
+};
 
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
@@ -11,6 +18,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use super::cluster::socket_address;
 use super::{ads_config_source, any, routes};
 use crate::reconcile::{ListenerPlan, Plan};
+use crate::spec::ListenerKind;
 
 /// The RDS name of a listener's routes: the listener's own name, so the two read together.
 pub(crate) fn route_config_name(listener: &str) -> String {
@@ -33,9 +41,18 @@ pub(super) fn listener(l: &ListenerPlan) -> Listener {
         }],
         ..Default::default()
     };
+    let Some(address) = l.kind.address() else {
+        return Listener {
+            name: l.name.clone(),
+            api_listener: Some(ApiListener {
+                api_listener: Some(any(&hcm)),
+            }),
+            ..Default::default()
+        };
+    };
     Listener {
         name: l.name.clone(),
-        address: Some(socket_address(l.address)),
+        address: Some(socket_address(address)),
         filter_chains: vec![FilterChain {
             filters: vec![Filter {
                 name: "envoy.filters.network.http_connection_manager".to_owned(),
@@ -53,7 +70,7 @@ pub(super) fn route_configuration(l: &ListenerPlan, plan: &Plan) -> RouteConfigu
         .iter()
         .filter_map(|r| {
             let service = plan.services.get(&r.service)?;
-            Some(routes::service_routes(&r.matcher, service))
+            Some(routes::service_routes(&r.matcher, service, l.kind))
         })
         .flatten()
         .collect();
@@ -61,7 +78,11 @@ pub(super) fn route_configuration(l: &ListenerPlan, plan: &Plan) -> RouteConfigu
         name: route_config_name(&l.name),
         virtual_hosts: vec![VirtualHost {
             name: l.name.clone(),
-            domains: vec!["*".to_owned()],
+            domains: match l.kind {
+                ListenerKind::Envoy(_) => vec!["*".to_owned()],
+                // gRPC matches the domains against the target's authority, the listener name.
+                ListenerKind::Proxyless => vec![l.name.clone()],
+            },
             routes,
             ..Default::default()
         }],

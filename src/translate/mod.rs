@@ -82,10 +82,14 @@ fn translate_some(
                 Discovery::Eds => {
                     out.clusters
                         .push(cluster::eds_cluster(&id, &version.policy));
-                    out.endpoints
-                        .push(cluster::load_assignment(&id, &version.endpoints));
+                    out.endpoints.push(cluster::load_assignment(
+                        &id,
+                        &version.endpoints,
+                        service.proxyless,
+                    ));
                 }
                 // No EDS resource: the endpoints are in the cluster.
+                // Validation keeps names out of services proxyless clients use.
                 Discovery::Dns => out.clusters.push(cluster::dns_cluster(
                     &id,
                     &version.policy,
@@ -94,7 +98,8 @@ fn translate_some(
             }
         }
         for fallback in service.fallbacks.keys() {
-            out.clusters.push(cluster::fallback(fallback));
+            out.clusters
+                .push(cluster::fallback(fallback, service.proxyless));
         }
     }
     for l in plan.listeners.iter().filter(|l| listener(&l.name)) {

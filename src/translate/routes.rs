@@ -23,15 +23,21 @@ use envoy_types::pb::google::protobuf::UInt32Value;
 
 use super::{any, duration};
 use crate::reconcile::{RoutePlan, RoutePolicy, ServicePlan, Target};
-use crate::spec::{Condition, HashOn, PathMatch, Percent};
+use crate::spec::Retries;
+use crate::spec::{Condition, GRPC_RETRY_ON, HashOn, ListenerKind, PathMatch, Percent};
 
 /// The Envoy routes of `service` under a listener route matching `path`, in match order. A
 /// planned route whose conditions cannot hold inside `path` (a rule's prefix outside it) has
-/// none.
-pub(super) fn service_routes(path: &PathMatch, service: &ServicePlan) -> Vec<Route> {
+/// none. Under a proxyless listener, the retry policy keeps only what gRPC clients act on.
+pub(super) fn service_routes(
+    path: &PathMatch,
+    service: &ServicePlan,
+    kind: ListenerKind,
+) -> Vec<Route> {
     let base = RouteBuilder {
         policy: &service.route_policy,
         path,
+        kind,
     };
     service
         .routes
@@ -43,6 +49,7 @@ pub(super) fn service_routes(path: &PathMatch, service: &ServicePlan) -> Vec<Rou
 struct RouteBuilder<'a> {
     policy: &'a RoutePolicy,
     path: &'a PathMatch,
+    kind: ListenerKind,
 }
 
 impl RouteBuilder<'_> {
@@ -142,26 +149,10 @@ impl RouteBuilder<'_> {
                 ..Default::default()
             })
             .collect();
-        let retry_policy = policy.retries.as_ref().map(|retries| {
-            RetryPolicy {
-                retry_on: retries.on.join(","),
-                num_retries: Some(UInt32Value {
-                    value: retries.attempts,
-                }),
-                per_try_timeout: retries.per_try_timeout.map(duration),
-                // Retry on another endpoint than the one that failed.
-                retry_host_predicate: vec![RetryHostPredicate {
-                    name: "envoy.retry_host_predicates.previous_hosts".to_owned(),
-                    config_type: Some(
-                        envoy_types::pb::envoy::config::route::v3::retry_policy::retry_host_predicate::ConfigType::TypedConfig(
-                            any(&PreviousHostsPredicate {}),
-                        ),
-                    ),
-                }],
-                host_selection_retry_max_attempts: 3,
-                ..Default::default()
-            }
-        });
+        let retry_policy = match self.kind {
+            ListenerKind::Envoy(_) => policy.retries.as_ref().map(envoy_retry_policy),
+            ListenerKind::Proxyless => policy.retries.as_ref().and_then(grpc_retry_policy),
+        };
         Route {
             r#match: Some(m),
             action: Some(route::Action::Route(RouteAction {
@@ -175,6 +166,48 @@ impl RouteBuilder<'_> {
             ..Default::default()
         }
     }
+}
+
+/// Envoy retries on another endpoint than the one that failed.
+fn envoy_retry_policy(retries: &Retries) -> RetryPolicy {
+    RetryPolicy {
+            retry_on: retries.on.join(","),
+            num_retries: Some(UInt32Value {
+                value: retries.attempts,
+            }),
+            per_try_timeout: retries.per_try_timeout.map(duration),
+            // Retry on another endpoint than the one that failed.
+            retry_host_predicate: vec![RetryHostPredicate {
+                name: "envoy.retry_host_predicates.previous_hosts".to_owned(),
+                config_type: Some(
+                    envoy_types::pb::envoy::config::route::v3::retry_policy::retry_host_predicate::ConfigType::TypedConfig(
+                        any(&PreviousHostsPredicate {}),
+                    ),
+                ),
+            }],
+            host_selection_retry_max_attempts: 3,
+            ..Default::default()
+        }
+}
+
+/// gRPC clients act only on gRPC status codes (gRFC A44) and ignore the rest; the default
+/// conditions (a refused or reset stream before the request was sent) are what their own
+/// transparent retries already cover, so a policy with no gRPC code left is not sent.
+fn grpc_retry_policy(retries: &Retries) -> Option<RetryPolicy> {
+    let on: Vec<&str> = retries
+        .on
+        .iter()
+        .map(String::as_str)
+        .filter(|c| GRPC_RETRY_ON.contains(c))
+        .collect();
+    (!on.is_empty()).then(|| RetryPolicy {
+        retry_on: on.join(","),
+        num_retries: Some(UInt32Value {
+            value: retries.attempts,
+        }),
+        per_try_timeout: retries.per_try_timeout.map(duration),
+        ..Default::default()
+    })
 }
 
 fn exact(value: &str) -> StringMatcher {

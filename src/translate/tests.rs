@@ -24,6 +24,7 @@ fn rendered_examples() {
         "canary-rollout.yaml",
         "blue-green-analysis.yaml",
         "demo.yaml",
+        "proxyless.yaml",
     ] {
         let snapshot = compile(name, &example(name)).unwrap();
         let rendered = render::yaml(&render::snapshot_json(&snapshot).unwrap()).unwrap();

@@ -231,24 +231,37 @@ impl Stream {
     /// True when this client holds every resource of the current snapshot of every type this
     /// stream carries, nothing pending and no cluster kept for old routes. A type the client
     /// has not asked for (or asked for only some names of) is not in sync unless the snapshot
-    /// has nothing of it. O(1): it reads what the last step settled on.
+    /// has nothing of it, except for a client that names its listeners (see
+    /// [`Stream::names_its_listeners`]). O(1): it reads what the last step settled on.
     pub fn in_sync(&self) -> bool {
         let Some(snap) = &self.snapshot else {
             return false;
         };
+        let asks_what_it_uses = self.names_its_listeners();
         self.mode.types().iter().all(|&ty| {
             let st = &self.types[ty.index()];
             if st.subscription.is_none() {
                 return snap.resources(ty).is_empty();
             }
             st.sent.is_none()
-                && st.settled_complete
+                && (st.settled_complete || asks_what_it_uses)
                 && st.settled.as_ref().is_some_and(|k| {
                     k.kept.is_empty()
                         && k.generation == st.generation
                         && k.snapshot_type_version == snap.type_version(ty)
                 })
         })
+    }
+
+    /// Whether the client asks for listeners by name on this stream: gRPC's proxyless clients
+    /// do (the `xds:///` target), and then ask only for the routes, clusters and endpoints
+    /// that listener leads to; a blue-green service's idle colour, say, they never ask for.
+    /// What they asked for is then all they hold. Envoy asks for every listener (wildcard).
+    fn names_its_listeners(&self) -> bool {
+        matches!(
+            self.types[ResourceType::Listener.index()].subscription,
+            Some(Subscription::Names(_))
+        )
     }
 
     /// How far the client is with the current snapshot: in sync, waiting for something, or
@@ -512,9 +525,16 @@ impl Stream {
                 Some(desired)
             }
             ResourceType::Listener | ResourceType::Route => {
-                // Only a client that may be routing traffic waits for its clusters.
-                (!order::may_be_routing(self) || self.clusters_ready_cached(snap))
-                    .then_some(desired)
+                // Only a client that may be routing traffic waits for its clusters. A client
+                // that names its listeners asks for a cluster only once a route it holds
+                // names it, so it cannot hold the clusters first: it gets the routes at once
+                // and makes before it breaks itself, keeping its previous routes until it has
+                // the new ones' clusters and endpoints (gRFC A74). Clusters its routes still
+                // use are kept as for any client.
+                (!order::may_be_routing(self)
+                    || self.names_its_listeners()
+                    || self.clusters_ready_cached(snap))
+                .then_some(desired)
             }
         }
     }

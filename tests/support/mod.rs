@@ -13,6 +13,7 @@
 pub mod browser;
 pub mod load;
 pub mod pki;
+pub mod proxyless;
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};

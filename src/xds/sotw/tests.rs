@@ -855,6 +855,53 @@ fn a_type_not_asked_for_yet_is_not_in_sync() {
     assert!(s.in_sync());
 }
 
+/// gRPC's proxyless clients name their listener and then ask only for what it leads to: the
+/// idle colour's cluster is never asked for, and such a client is still in sync (so it
+/// answers switches and does not hold back retirements or rollouts).
+#[test]
+fn a_client_that_names_its_listener_is_in_sync_with_what_it_uses() {
+    let mut s = Stream::new(Mode::Aggregated);
+    s.on_snapshot(blue_green("blue"));
+    let mut last = BTreeMap::new();
+    for (ty, name) in [
+        (ResourceType::Listener, "public"),
+        (ResourceType::Route, "public"),
+        (ResourceType::Cluster, "checkout/blue"),
+        (ResourceType::Endpoint, "checkout/blue"),
+    ] {
+        assert!(!s.in_sync(), "{ty:?} not asked for yet");
+        let out = s.on_request(&request(ty, "", "", &[name]));
+        let r = &out.responses[0];
+        assert_eq!(names(r), [name]);
+        s.on_request(&request(ty, &r.version, &r.nonce, &[name]));
+        last.insert(ty, (r.version.clone(), r.nonce.clone()));
+    }
+    assert!(s.in_sync(), "checkout/green is idle: never asked for");
+    assert_eq!(s.sync_state(), SyncState::InSync);
+
+    // A switch: the route comes first, at once (the client asks for green's cluster only once
+    // a route names it); until green's cluster and endpoints are held, it is not in sync.
+    let out = s.on_snapshot(blue_green("green"));
+    assert_eq!(types(&out), [ResourceType::Route]);
+    let r = &out.responses[0];
+    s.on_request(&request(
+        ResourceType::Route,
+        &r.version,
+        &r.nonce,
+        &["public"],
+    ));
+    let both = ["checkout/blue", "checkout/green"];
+    for ty in [ResourceType::Cluster, ResourceType::Endpoint] {
+        let (version, nonce) = &last[&ty];
+        let out = s.on_request(&request(ty, version, nonce, &both));
+        assert!(!s.in_sync(), "green's {ty:?} is on its way");
+        let r = &out.responses[0];
+        assert_eq!(names(r), both);
+        s.on_request(&request(ty, &r.version, &r.nonce, &both));
+    }
+    assert!(s.in_sync());
+}
+
 #[test]
 fn endpoints_of_only_some_clusters_are_not_in_sync() {
     let mut s = Stream::new(Mode::Single(ResourceType::Endpoint));

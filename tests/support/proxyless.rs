@@ -1,0 +1,295 @@
+//! Real proxyless gRPC clients and real gRPC upstreams for `tests/e2e_proxyless.rs`: gRPC's
+//! Python xDS client (`grpcio`, `tests/proxyless/client.py`) and its Node one (`@grpc/grpc-js`
+//! with `@grpc/grpc-js-xds`, `tests/proxyless/client.js`), each a child process driven with
+//! one JSON command per line; upstreams are grpcio servers (`tests/proxyless/upstream.py`)
+//! that answer every call with their label (`blue/1`).
+//!
+//! Finding the parts: Python with grpcio at `PROXYLESS_PYTHON` or `<repo>/.venv/bin/python`
+//! (`tests/proxyless/requirements.txt`); `NODE_BIN` or `node` on `PATH`, with
+//! `tests/proxyless/node_modules` (`npm ci --prefix tests/proxyless`). With `CI=true` a missing
+//! part fails the test; elsewhere the test is skipped with a loud message. `scripts/test`
+//! installs them all.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+/// One answer of a driver: its calls are bounded by the command (a count or a timeout), and
+/// each call by a 5 s deadline.
+const ANSWER: Duration = Duration::from_secs(60);
+
+const INSTALL_HINT: &str = "scripts/test installs them; by hand: `python3 -m venv .venv && \
+     .venv/bin/pip install -r tests/proxyless/requirements.txt` and `npm ci --prefix tests/proxyless`";
+
+/// Which real client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientKind {
+    /// grpcio (gRPC C-core's xDS client).
+    Python,
+    /// @grpc/grpc-js with @grpc/grpc-js-xds.
+    Node,
+}
+
+/// Where the parts are.
+#[derive(Debug, Clone)]
+pub struct Parts {
+    pub python: PathBuf,
+    pub node: PathBuf,
+    dir: PathBuf,
+}
+
+/// Where each part is, or what is missing. Pure but for looking at files: `env` looks up
+/// environment variables.
+pub fn find_parts_in(
+    env: impl Fn(&str) -> Option<String>,
+    manifest_dir: &Path,
+) -> Result<Parts, String> {
+    let mut missing = Vec::new();
+    let dir = manifest_dir.join("tests/proxyless");
+    let python = env("PROXYLESS_PYTHON")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| manifest_dir.join(".venv/bin/python"), PathBuf::from);
+    let has_grpcio = python.is_file()
+        && Command::new(&python)
+            .args(["-c", "import grpc"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    if !has_grpcio {
+        missing.push(format!("Python with grpcio ({})", python.display()));
+    }
+    let node = env("NODE_BIN")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            env("PATH").and_then(|path| {
+                std::env::split_paths(&path)
+                    .map(|d| d.join("node"))
+                    .find(|p| p.is_file())
+            })
+        });
+    if node.as_ref().is_none_or(|p| !p.is_file()) {
+        missing.push("Node.js (`node` on PATH or NODE_BIN)".to_owned());
+    }
+    let xds = dir.join("node_modules/@grpc/grpc-js-xds/package.json");
+    if !xds.is_file() {
+        missing.push(format!("@grpc/grpc-js-xds ({})", xds.display()));
+    }
+    match node {
+        Some(node) if missing.is_empty() => Ok(Parts { python, node, dir }),
+        _ => Err(format!("missing {}", missing.join(", "))),
+    }
+}
+
+/// [`find_parts_in`] on the real environment: found → `Some`; missing on CI (`CI=true`) →
+/// panic; elsewhere → a loud message and `None`.
+pub fn parts_or_skip() -> Option<Parts> {
+    let env = |name: &str| std::env::var(name).ok();
+    let ci = env("CI").is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    match find_parts_in(env, Path::new(env!("CARGO_MANIFEST_DIR"))) {
+        Ok(p) => Some(p),
+        Err(err) if ci => {
+            panic!("{err}; the proxyless gRPC tests need them on CI: {INSTALL_HINT}")
+        }
+        Err(err) => {
+            eprintln!(
+                "\n{bar}\n!!! SKIPPING a proxyless gRPC test: {err}.\n!!! {INSTALL_HINT}.\n{bar}\n",
+                bar = "!".repeat(100)
+            );
+            None
+        }
+    }
+}
+
+/// A child process that answers one line per command line. Killed on drop.
+struct Driver {
+    what: String,
+    child: Option<Child>,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::UnboundedReceiver<String>,
+}
+
+impl Driver {
+    fn start(what: &str, mut command: Command) -> Driver {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {what}: {e}"));
+        let stdout = child.stdout.take().expect("the driver's stdout");
+        let (tx, lines) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Driver {
+            what: what.to_owned(),
+            stdin: child.stdin.take(),
+            child: Some(child),
+            lines,
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("the driver's stdin is open");
+        writeln!(stdin, "{line}").unwrap_or_else(|e| panic!("write to {}: {e}", self.what));
+        stdin.flush().expect("flush the driver's input");
+    }
+
+    async fn answer(&mut self) -> String {
+        let what = &self.what;
+        tokio::time::timeout(ANSWER, self.lines.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{what} did not answer within {ANSWER:?}"))
+            .unwrap_or_else(|| {
+                let status = self.child.as_mut().map(Child::try_wait);
+                panic!("{what} exited ({status:?}) before answering")
+            })
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// gRPC servers on loopback, each answering every call with its label.
+pub struct Upstreams {
+    driver: Driver,
+    pub addrs: BTreeMap<String, std::net::SocketAddr>,
+}
+
+impl Upstreams {
+    /// One server per label (e.g. `blue/1`), each on a free loopback port.
+    pub async fn start(parts: &Parts, labels: &[&str]) -> Upstreams {
+        let addrs: BTreeMap<String, std::net::SocketAddr> = labels
+            .iter()
+            .map(|l| ((*l).to_owned(), super::free_port()))
+            .collect();
+        let mut command = Command::new(&parts.python);
+        command.arg(parts.dir.join("upstream.py"));
+        command.args(addrs.iter().map(|(l, a)| format!("{l}={}", a.port())));
+        let mut driver = Driver::start("the gRPC upstreams", command);
+        let ready = driver.answer().await;
+        assert_eq!(ready, "ready", "the gRPC upstreams said {ready:?}");
+        Upstreams { driver, addrs }
+    }
+
+    pub fn addr(&self, label: &str) -> std::net::SocketAddr {
+        self.addrs[label]
+    }
+
+    /// Stops one server (after a 1 s grace for calls in flight), as a removed endpoint would.
+    pub async fn stop(&mut self, label: &str) {
+        self.driver.send(&format!("stop {label}"));
+        let ok = self.driver.answer().await;
+        assert_eq!(ok, "ok");
+    }
+}
+
+/// What a batch of calls saw.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Calls {
+    /// Answers by upstream label.
+    pub tally: BTreeMap<String, u64>,
+    pub errors: u64,
+    pub error_samples: Vec<String>,
+    pub calls: u64,
+    /// Time the batch took, in the client.
+    pub ms: f64,
+    /// The batch reached its goal (not its timeout).
+    pub done: bool,
+}
+
+impl Calls {
+    /// Answers from `version` (labels `version/N`).
+    pub fn of(&self, version: &str) -> u64 {
+        self.tally
+            .iter()
+            .filter(|(label, _)| label.split('/').next() == Some(version))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    pub fn answered(&self) -> u64 {
+        self.tally.values().sum()
+    }
+}
+
+/// One real proxyless gRPC client dialling `xds:///<target>`.
+pub struct GrpcClient {
+    pub kind: ClientKind,
+    driver: Driver,
+}
+
+impl GrpcClient {
+    /// Starts the client with `GRPC_XDS_BOOTSTRAP=bootstrap` and waits for its first answered
+    /// call (the channel resolves through cutover: LDS, RDS, CDS, EDS).
+    pub async fn start(parts: &Parts, kind: ClientKind, target: &str, bootstrap: &Path) -> Self {
+        let mut command = match kind {
+            ClientKind::Python => {
+                let mut c = Command::new(&parts.python);
+                c.arg(parts.dir.join("client.py"));
+                c
+            }
+            ClientKind::Node => {
+                let mut c = Command::new(&parts.node);
+                c.arg(parts.dir.join("client.js"));
+                c
+            }
+        };
+        command.arg(target).env("GRPC_XDS_BOOTSTRAP", bootstrap);
+        let mut client = GrpcClient {
+            kind,
+            driver: Driver::start(&format!("the {kind:?} gRPC client"), command),
+        };
+        let ready = client
+            .run(json!({ "op": "ready", "timeout_ms": 20_000 }))
+            .await;
+        assert!(
+            ready.done,
+            "the {kind:?} client's first call through cutover failed: {ready:?}"
+        );
+        client
+    }
+
+    async fn run(&mut self, command: serde_json::Value) -> Calls {
+        self.driver.send(&command.to_string());
+        let line = self.driver.answer().await;
+        serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("the {:?} client said {line:?}: {e}", self.kind))
+    }
+
+    /// `n` calls, one after the other.
+    pub async fn calls(&mut self, n: u64) -> Calls {
+        self.run(json!({ "op": "calls", "n": n })).await
+    }
+
+    /// Calls until `consecutive` answers in a row come from `accept` (labels or versions), or
+    /// `timeout` passes (then `done` is false).
+    pub async fn until(&mut self, accept: &[&str], consecutive: u64, timeout: Duration) -> Calls {
+        self.run(json!({
+            "op": "until",
+            "accept": accept,
+            "consecutive": consecutive,
+            "timeout_ms": timeout.as_millis() as u64,
+        }))
+        .await
+    }
+}
