@@ -23,7 +23,14 @@ async fn smoke(protocol: Protocol) {
     let mut server = Server::start(Path::new(env!("CARGO_BIN_EXE_cutover")), &file, &[]).await;
     let what = protocol.name();
 
-    let fleet = Fleet::connect(server.ads, STREAMS, protocol, Target::compile(&base, 1)).await;
+    let fleet = Fleet::connect(
+        server.ads,
+        STREAMS,
+        protocol,
+        Target::compile(&base, 1),
+        None,
+    )
+    .await;
     fleet
         .converged(Instant::now(), WITHIN)
         .await

@@ -370,6 +370,9 @@ async fn subscriptions_are_served_up_to_the_name_limit_and_refused_past_it() {
             ..Default::default()
         })
         .await;
+    // Names that do not exist are named in removed_resources (the client need not wait).
+    let told = delta.recv().await;
+    assert_eq!(told.removed_resources.len(), 600);
     delta
         .send(DeltaDiscoveryRequest {
             type_url: EDS.into(),

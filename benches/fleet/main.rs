@@ -12,9 +12,12 @@
 //!     cargo bench --bench fleet                             # N = 1000, 5000, 10000; 100 services
 //!     STREAMS=100,1000 SERVICES=1000 PROTOCOLS=delta cargo bench --bench fleet
 //!     FLEET_JSON=target/fleet.json cargo bench --bench fleet   # also the figures as JSON
+//!     TLS=1 cargo bench --bench fleet                       # every stream over mutual TLS
 //!
 //! Needs an open-file limit above 2 N + 100 (each stream is a connection, both ends here).
 
+#[path = "../../tests/support/pki.rs"]
+mod pki;
 mod sim;
 
 use std::time::{Duration, Instant};
@@ -60,6 +63,7 @@ fn main() {
             other => panic!("PROTOCOLS: sotw or delta, not {other}"),
         })
         .collect();
+    let tls = std::env::var("TLS").is_ok_and(|v| v == "1");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -69,7 +73,7 @@ fn main() {
     for &protocol in &protocols {
         let mut slope = Vec::new();
         for &n in &streams {
-            let (out, rss_per) = runtime.block_on(run(protocol, n, services));
+            let (out, rss_per) = runtime.block_on(run(protocol, n, services, tls));
             slope.push((n, rss_per));
             rows.extend(out);
         }
@@ -93,17 +97,54 @@ fn main() {
     }
 }
 
+/// The access rule of a fleet whose streams all present one client certificate.
+const FLEET_ACCESS: &str = "access:\n  - identity: \"spiffe://fleet/sim\"\n    node: \"*\"\n";
+
 /// One protocol at one N; the rows and cutover's resident bytes once the N streams converged.
-async fn run(protocol: Protocol, n: usize, services: usize) -> (Vec<Row>, f64) {
+/// With `tls`, cutover serves mutual TLS and every stream is its own TLS connection.
+async fn run(protocol: Protocol, n: usize, services: usize, tls: bool) -> (Vec<Row>, f64) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let file = dir.path().join("fleet.yaml");
+    let deployment = |services: usize, versions: usize, edits: &Edits| {
+        let text = deployment(services, versions, edits);
+        if tls {
+            format!("{text}{FLEET_ACCESS}")
+        } else {
+            text
+        }
+    };
     let base = deployment(services, 3, &Edits::default());
     save(&file, &base);
     let limit = (n + 100).to_string();
+    let mut args: Vec<String> = vec!["--max-streams".into(), limit];
+    let mut client_tls = None;
+    if tls {
+        let ca = pki::Ca::new("fleet CA");
+        let server = ca.write(dir.path(), "cutover", &ca.server(&["127.0.0.1"]));
+        let client = ca.client(&["spiffe://fleet/sim"]);
+        for (flag, path) in [
+            ("--tls-cert", &server.cert),
+            ("--tls-key", &server.key),
+            ("--tls-client-ca", &server.ca),
+        ] {
+            args.push(flag.into());
+            args.push(path.display().to_string());
+        }
+        client_tls = Some(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&ca.pem))
+                .identity(tonic::transport::Identity::from_pem(
+                    &client.cert,
+                    &client.key,
+                ))
+                .domain_name("127.0.0.1"),
+        );
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut server = Server::start(
         std::path::Path::new(env!("CARGO_BIN_EXE_cutover")),
         &file,
-        &["--max-streams", &limit],
+        &args,
     )
     .await;
     let idle = usage(server.pid());
@@ -127,9 +168,10 @@ async fn run(protocol: Protocol, n: usize, services: usize) -> (Vec<Row>, f64) {
         rows.push(r);
     };
     println!(
-        "\n{} services, {n} streams, {}; cutover idle: {:.1} MiB",
+        "\n{} services, {n} streams, {}{}; cutover idle: {:.1} MiB",
         services,
         protocol.name(),
+        if tls { " over mutual TLS" } else { "" },
         idle.rss_bytes as f64 / 1048576.0
     );
     println!(
@@ -139,7 +181,14 @@ async fn run(protocol: Protocol, n: usize, services: usize) -> (Vec<Row>, f64) {
 
     let mut generation = 1;
     let started = Instant::now();
-    let fleet = Fleet::connect(server.ads, n, protocol, Target::compile(&base, generation)).await;
+    let fleet = Fleet::connect(
+        server.ads,
+        n,
+        protocol,
+        Target::compile(&base, generation),
+        client_tls,
+    )
+    .await;
     let lat = fleet
         .converged(started, Duration::from_secs(300))
         .await

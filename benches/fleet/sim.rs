@@ -97,12 +97,13 @@ pub struct Fleet {
 /// Per-stream cost of the simulation's bookkeeping is a few atomics; the rest is tonic.
 impl Fleet {
     /// Opens `n` streams to `ads`, one connection each as Envoys have, at most `parallel`
-    /// connecting at a time.
+    /// connecting at a time; over TLS with `tls` (each stream its own TLS connection).
     pub async fn connect(
         ads: SocketAddr,
         n: usize,
         protocol: Protocol,
         target: Arc<Target>,
+        tls: Option<tonic::transport::ClientTlsConfig>,
     ) -> Fleet {
         let (target_tx, target_rx) = watch::channel(target);
         let (reconnect, reconnect_rx) = watch::channel(0);
@@ -117,6 +118,7 @@ impl Fleet {
             let stream = StreamTask {
                 index: i,
                 ads,
+                tls: tls.clone(),
                 protocol,
                 target: target_rx.clone(),
                 reconnect: reconnect_rx.clone(),
@@ -198,6 +200,7 @@ impl Fleet {
 struct StreamTask {
     index: usize,
     ads: SocketAddr,
+    tls: Option<tonic::transport::ClientTlsConfig>,
     protocol: Protocol,
     target: watch::Receiver<Arc<Target>>,
     reconnect: watch::Receiver<u64>,
@@ -257,11 +260,14 @@ impl StreamTask {
     async fn client(
         &self,
     ) -> Result<AggregatedDiscoveryServiceClient<tonic::transport::Channel>, ()> {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.ads))
-            .map_err(|_| ())?
-            .connect()
-            .await
-            .map_err(|_| ())?;
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint =
+            tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", self.ads))
+                .map_err(|_| ())?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(|_| ())?;
+        }
+        let channel = endpoint.connect().await.map_err(|_| ())?;
         Ok(AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20))
     }
 
