@@ -18,15 +18,39 @@ pub struct GrpcBootstrapOptions {
     pub node_metadata: BTreeMap<String, String>,
     /// cutover's ADS address as the client reaches it.
     pub ads: EndpointAddress,
+    /// Reach cutover over TLS (`cutover serve --tls-cert`); plaintext when `None`.
+    pub tls: Option<GrpcTls>,
 }
 
-/// One xDS server, cutover, over plaintext and xDS v3 (`xds_v3`; without it gRPC speaks v2).
-/// The node has an empty `locality`: grpc-js-xds refuses a bootstrap without one.
+/// gRPC's `tls` channel credentials (gRFC A65): file paths as the client sees them, re-read
+/// by the client every 10 minutes. cutover's certificate is checked against the host of
+/// `server_uri`, the `--ads` host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcTls {
+    /// The CA that signed cutover's certificate (PEM).
+    pub ca: String,
+    /// The client's own certificate chain and key (PEM), for mutual TLS.
+    pub cert_and_key: Option<(String, String)>,
+}
+
+/// One xDS server, cutover, over plaintext or TLS and xDS v3 (`xds_v3`; without it gRPC speaks
+/// v2). The node has an empty `locality`: grpc-js-xds refuses a bootstrap without one.
 pub fn grpc_bootstrap(o: &GrpcBootstrapOptions) -> Value {
+    let creds = match &o.tls {
+        None => json!({ "type": "insecure" }),
+        Some(tls) => {
+            let mut config = json!({ "ca_certificate_file": tls.ca });
+            if let Some((cert, key)) = &tls.cert_and_key {
+                config["certificate_file"] = json!(cert);
+                config["private_key_file"] = json!(key);
+            }
+            json!({ "type": "tls", "config": config })
+        }
+    };
     json!({
         "xds_servers": [{
             "server_uri": format!("{}:{}", o.ads.host(), o.ads.port()),
-            "channel_creds": [{ "type": "insecure" }],
+            "channel_creds": [creds],
             "server_features": ["xds_v3"],
         }],
         "node": {
@@ -49,6 +73,7 @@ mod tests {
             node_cluster: "shop".into(),
             node_metadata: BTreeMap::from([("role".into(), "client".into())]),
             ads: "127.0.0.1:18000".parse().unwrap(),
+            tls: None,
         });
         assert_eq!(
             b,
@@ -65,6 +90,35 @@ mod tests {
                     "locality": {},
                 },
             })
+        );
+    }
+
+    #[test]
+    fn tls_uses_grpcs_tls_channel_credentials() {
+        let b = grpc_bootstrap(&GrpcBootstrapOptions {
+            node_id: "grpc-1".into(),
+            node_cluster: "grpc-1".into(),
+            node_metadata: BTreeMap::new(),
+            ads: "cutover.corp.example:18000".parse().unwrap(),
+            tls: Some(GrpcTls {
+                ca: "/etc/grpc/ca.pem".into(),
+                cert_and_key: Some(("/etc/grpc/cert.pem".into(), "/etc/grpc/key.pem".into())),
+            }),
+        });
+        assert_eq!(
+            b["xds_servers"][0]["channel_creds"],
+            json!([{
+                "type": "tls",
+                "config": {
+                    "ca_certificate_file": "/etc/grpc/ca.pem",
+                    "certificate_file": "/etc/grpc/cert.pem",
+                    "private_key_file": "/etc/grpc/key.pem",
+                },
+            }])
+        );
+        assert_eq!(
+            b["xds_servers"][0]["server_uri"],
+            "cutover.corp.example:18000"
         );
     }
 }

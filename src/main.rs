@@ -217,9 +217,10 @@ enum Command {
         /// Print the JSON bootstrap of a proxyless gRPC client (grpcio, grpc-js-xds, grpc-go,
         /// grpc-java; the file GRPC_XDS_BOOTSTRAP names), for clients that dial
         /// `xds:///<listener>` of a `proxyless: true` listener. gRPC has no admin, stats sink
-        /// or load reporting to cutover: only --node-id, --node-cluster, --node-metadata and
-        /// --ads apply.
-        #[arg(long, conflicts_with_all = ["no_stats_sink", "no_load_reporting", "all_stats", "delta", "format", "tls_ca"])]
+        /// or load reporting to cutover: only --node-id, --node-cluster, --node-metadata, --ads
+        /// and --tls-ca/--tls-cert/--tls-key (gRPC's `tls` channel credentials; cutover's
+        /// certificate is checked against the host of --ads) apply.
+        #[arg(long, conflicts_with_all = ["no_stats_sink", "no_load_reporting", "all_stats", "delta", "format", "tls_server_name"])]
         grpc: bool,
         #[arg(long, value_enum, default_value_t = Format::Yaml)]
         format: Format,
@@ -513,6 +514,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     node_id,
                     node_metadata: node_metadata.into_iter().collect(),
                     ads,
+                    tls: tls_ca.map(|ca| grpc_bootstrap::GrpcTls {
+                        ca,
+                        cert_and_key: tls_cert.zip(tls_key),
+                    }),
                 });
                 print_value(&b, Format::Json)?;
                 return Ok(ExitCode::SUCCESS);
