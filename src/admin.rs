@@ -345,6 +345,7 @@ mod tests {
             nodes: Vec::new(),
             nodes_without_telemetry: Vec::new(),
             nodes_without_group: Vec::new(),
+            groups: Default::default(),
             streams: None,
         };
         let out = version_figures(&report);

@@ -272,9 +272,23 @@ pub struct StatusReport {
     /// Connected Envoys that no group of the file matches: they get an empty config.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub nodes_without_group: Vec<String>,
+    /// With node groups in the file: each group's config version (what its Envoys converge to;
+    /// `config_version` above is then the whole config's) and how many of its Envoys hold it.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub groups: BTreeMap<String, GroupReport>,
     /// Concurrent gRPC streams and their limit (`--max-streams`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub streams: Option<StreamsReport>,
+}
+
+/// One node group in `/status`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct GroupReport {
+    pub config_version: String,
+    /// Connected Envoys in the group.
+    pub envoys: usize,
+    /// Those that hold `config_version`.
+    pub in_sync: usize,
 }
 
 /// The xDS and telemetry streams open, against `--max-streams`.
@@ -454,6 +468,10 @@ impl Status {
             .collect();
         nodes_without_group.sort();
         nodes_without_group.dedup();
+        let groups = published
+            .as_ref()
+            .map(|p| group_reports(p, &clients))
+            .unwrap_or_default();
         let i = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         StatusReport {
             file: i.file.display().to_string(),
@@ -466,6 +484,7 @@ impl Status {
             nodes,
             nodes_without_telemetry: Vec::new(),
             nodes_without_group,
+            groups,
             streams: i.slots.as_ref().map(|s| StreamsReport {
                 open: s.open(),
                 limit: s.max(),
@@ -514,6 +533,28 @@ fn node_report(c: &Client) -> NodeReport {
         in_sync: c.in_sync(),
         types,
     }
+}
+
+/// Each of the file's groups with its version and Envoys; nothing for a file without groups
+/// (its one group's version is `config_version`).
+fn group_reports(published: &Published, clients: &[Client]) -> BTreeMap<String, GroupReport> {
+    published
+        .groups()
+        .filter(|(g, _)| **g != GroupId::all())
+        .map(|(g, s)| {
+            let members = clients.iter().filter(|c| c.group.as_ref() == Some(g));
+            let (envoys, in_sync) = members.fold((0, 0), |(n, synced), c| {
+                let holds = c.in_sync() && c.config_version.as_deref() == Some(&s.snapshot.version);
+                (n + 1, synced + usize::from(holds))
+            });
+            let report = GroupReport {
+                config_version: s.snapshot.version.clone(),
+                envoys,
+                in_sync,
+            };
+            (g.to_string(), report)
+        })
+        .collect()
 }
 
 fn now() -> String {
@@ -1035,6 +1076,7 @@ services:
             nodes: vec![node("edge-1"), node("edge-2"), node("edge-3")],
             nodes_without_telemetry: Vec::new(),
             nodes_without_group: Vec::new(),
+            groups: Default::default(),
             streams: None,
         }
     }

@@ -309,6 +309,7 @@ fn busy_report() -> StatusReport {
         ],
         nodes_without_telemetry: vec!["edge-2".into()],
         nodes_without_group: Vec::new(),
+        groups: Default::default(),
         streams: None,
     }
 }
@@ -380,6 +381,7 @@ fn status_before_any_valid_config() {
         nodes: Vec::new(),
         nodes_without_telemetry: Vec::new(),
         nodes_without_group: Vec::new(),
+        groups: Default::default(),
         streams: None,
     };
     insta::assert_snapshot!(render_status(&through_json(&report), false));

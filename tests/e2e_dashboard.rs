@@ -12,10 +12,17 @@ use support::browser::{Page, browser_or_skip};
 use support::load::Load;
 use support::{NODE, Scenario, WAIT, envoy_binary, wait_for};
 
+/// Two groups: the Envoy's group has a version of its own, which the page must count as in sync
+/// (the `internal` group has no Envoy, so its listener's address is never bound).
 const BLUE_GREEN: &str = "\
 listeners:
   - name: public
     address: ${listener}
+    routes:
+      - match: { prefix: / }
+        service: checkout
+  - name: internal
+    address: 127.0.0.2:15999
     routes:
       - match: { prefix: / }
         service: checkout
@@ -25,6 +32,9 @@ services:
       blue: { endpoints: [${blue-1}] }
       green: { endpoints: [${green-1}] }
     active: blue
+groups:
+  - { name: edge, match: { id: \"edge-*\" }, listeners: [public] }
+  - { name: internal, match: { id: \"internal-*\" }, listeners: [internal] }
 ";
 
 /// A share as the page writes it (`89.7%`), or `None` for `–` (unknown).
@@ -102,7 +112,9 @@ async fn the_dashboard_shows_the_observed_split_move_when_the_file_switches_colo
     assert_eq!(before["state"]["connection"], "live");
     let envoy_row = before["state"]["envoys"][NODE].to_string();
     assert!(
-        envoy_row.contains("in sync") && envoy_row.contains("reporting"),
+        envoy_row.contains("in sync")
+            && envoy_row.contains("reporting")
+            && envoy_row.contains("\"edge\""),
         "{envoy_row}"
     );
 

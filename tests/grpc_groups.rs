@@ -374,6 +374,26 @@ async fn an_edit_to_one_group_pushes_nothing_to_the_other(protocol: Protocol) {
         server.status.report().nodes[1].config_version,
         sidecar_version
     );
+    // /status gives each group's own version and how many of its Envoys hold it.
+    let report = server.status.report();
+    let edge = &report.groups["edge"];
+    assert_eq!(
+        (edge.config_version.clone(), edge.envoys, edge.in_sync),
+        (edge_version(&server), 1, 1)
+    );
+    let sidecars = &report.groups["sidecars"];
+    assert_eq!(
+        (
+            Some(sidecars.config_version.clone()),
+            sidecars.envoys,
+            sidecars.in_sync
+        ),
+        (sidecar_version, 1, 1)
+    );
+    assert_ne!(
+        report.config_version.as_deref(),
+        Some(edge.config_version.as_str())
+    );
 }
 
 #[tokio::test]

@@ -34,6 +34,16 @@ pub struct Status {
     pub nodes_without_telemetry: Vec<String>,
     /// Connected Envoys that no group of the file matches (they get an empty config).
     pub nodes_without_group: Vec<String>,
+    /// With node groups: each group's config version and how many of its Envoys hold it.
+    pub groups: BTreeMap<String, GroupStatus>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct GroupStatus {
+    pub config_version: String,
+    pub envoys: usize,
+    pub in_sync: usize,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -492,6 +502,12 @@ pub fn render_status(report: &Status, color: bool) -> String {
             "TELEMETRY",
         ]);
         for n in &report.nodes {
+            // With node groups each Envoy converges to its group's version.
+            let current = n
+                .group
+                .as_ref()
+                .and_then(|g| report.groups.get(g))
+                .map_or(current, |g| Some(g.config_version.as_str()));
             nodes.row(node_row(n, current));
         }
         // The node table and each node's type table are rendered apart, so that the type rows
@@ -547,11 +563,9 @@ fn services_table(report: &Status) -> Table {
     t
 }
 
+/// `current`: the version the node converges to (its group's, with node groups).
 fn node_row(n: &NodeStatus, current: Option<&str>) -> Vec<(String, Style)> {
-    // With node groups each Envoy converges to its group's version, not the overall one.
-    let own_group = n.group.as_deref().is_some_and(|g| g != "all");
-    let in_sync =
-        n.in_sync && (current.is_none() || own_group || n.config_version.as_deref() == current);
+    let in_sync = n.in_sync && (current.is_none() || n.config_version.as_deref() == current);
     let group = match n.group.as_deref() {
         Some(g) if g.starts_with('(') => (g.to_owned(), Style::Yellow),
         other => (or_dash(other.unwrap_or_default().to_owned()), Style::Plain),

@@ -139,7 +139,7 @@ function renderSummary(status) {
     );
   }
   const nodes = status.nodes || [];
-  const inSync = nodes.filter((n) => n.in_sync && n.config_version === status.config_version).length;
+  const inSync = nodes.filter((n) => nodeInSync(n, status)).length;
   parts.push(el('span', { class: inSync < nodes.length ? 'warn' : '' }, 'Envoys ', el('b', {}, `${inSync}/${nodes.length}`), ' in sync'));
   document.getElementById('summary').replaceChildren(...parts);
   const at = state.frame ? new Date(state.frame.at) : null;
@@ -416,6 +416,15 @@ function renderServices(status) {
   main.replaceChildren(...names.map((n) => serviceCard(n, status.services[n])));
 }
 
+/**
+ * Whether an Envoy holds its current config: its group's version with node groups (`groups`
+ * in /status), the served version without.
+ */
+function nodeInSync(n, status) {
+  const current = status.groups?.[n.group]?.config_version ?? status.config_version;
+  return n.in_sync && (!current || n.config_version === current);
+}
+
 function renderEnvoys(status) {
   const section = document.getElementById('envoys');
   const nodes = status.nodes || [];
@@ -427,7 +436,7 @@ function renderEnvoys(status) {
   const types = ['cds', 'eds', 'lds', 'rds'];
   const rows = [];
   for (const n of nodes) {
-    const synced = n.in_sync && n.config_version === status.config_version;
+    const synced = nodeInSync(n, status);
     const held = types.filter((t) => n.types?.[t]).map((t) => {
       const s = n.types[t];
       return el('span', { class: s.pending ? 'warn' : '' }, `${t} ${short(s.acked)}${s.pending ? ` → ${short(s.pending)}` : ''}  `);
@@ -439,6 +448,7 @@ function renderEnvoys(status) {
     rows.push(el('tr', { 'data-node': n.id },
       el('td', {}, el('b', {}, n.id || '(no id)')),
       el('td', {}, n.cluster || '–'),
+      el('td', { class: n.group?.startsWith('(') ? 'warn' : '' }, n.group || '–'),
       el('td', {}, n.address || '–'),
       el('td', {}, n.stream),
       el('td', { title: n.connected_since }, ago(n.connected_since)),
@@ -449,13 +459,13 @@ function renderEnvoys(status) {
     ));
     for (const t of nacks) {
       const nack = n.types[t].last_nack;
-      rows.push(el('tr', { class: 'nack' }, el('td', {}), el('td', { colspan: 8 }, `${t} rejected ${short(nack.version)}: ${nack.error}`)));
+      rows.push(el('tr', { class: 'nack' }, el('td', {}), el('td', { colspan: 9 }, `${t} rejected ${short(nack.version)}: ${nack.error}`)));
     }
   }
   section.replaceChildren(
     el('h2', {}, `Envoys (${nodes.length})`),
     el('table', {},
-      el('thead', {}, el('tr', {}, ['node', 'cluster', 'address', 'stream', 'connected', 'config', 'ACKed (→ pending)', 'telemetry', 'last NACK'].map((h) => el('th', {}, h)))),
+      el('thead', {}, el('tr', {}, ['node', 'cluster', 'group', 'address', 'stream', 'connected', 'config', 'ACKed (→ pending)', 'telemetry', 'last NACK'].map((h) => el('th', {}, h)))),
       el('tbody', {}, rows),
     ),
   );

@@ -306,6 +306,7 @@ mod tests {
             nodes: Vec::new(),
             nodes_without_telemetry: Vec::new(),
             nodes_without_group: Vec::new(),
+            groups: Default::default(),
             streams: None,
         }
     }

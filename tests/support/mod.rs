@@ -766,12 +766,17 @@ impl Cutover {
                 let current = &status["config_version"];
                 let reloaded =
                     (current, &status["last_reload"]["at"]) != (&previous.0, &previous.1);
+                // With node groups, a node converges to its group's version.
                 let synced = reloaded
                     && status["nodes"].as_array().is_some_and(|nodes| {
                         nodes.iter().any(|n| {
+                            let target = n["group"]
+                                .as_str()
+                                .and_then(|g| status["groups"].get(g))
+                                .map_or(current, |g| &g["config_version"]);
                             n["id"] == node_id
                                 && n["in_sync"] == true
-                                && &n["config_version"] == current
+                                && &n["config_version"] == target
                         })
                     });
                 if synced {
