@@ -372,7 +372,15 @@ async fn a_leaving_envoy_leaves_the_figures_and_a_silent_one_is_named() {
                     .flatten()
                     .filter_map(|n| n["id"].as_str())
                     .collect();
-                if v1["envoys"] == n && nodes.len() as u64 == n {
+                // Each one's load reports too: they start apart from its stats (on a loaded
+                // machine, seconds later).
+                let reporting_load = t["nodes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|n| n["load_reporting"]["stale"] == false)
+                    .count();
+                if v1["envoys"] == n && nodes.len() as u64 == n && reporting_load as u64 == n {
                     Ok(t)
                 } else {
                     Err(t.to_string())
