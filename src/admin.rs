@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::controller::CommandRequest;
 use crate::dashboard::Feed;
-use crate::metrics::VersionFigures;
+use crate::metrics::{GroupFigures, VersionFigures};
 use crate::reconcile::rollout::Command;
 use crate::render;
 use crate::status::{Status, StatusReport};
@@ -117,9 +117,24 @@ async fn metrics(State(s): State<AdminState>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        s.status.metrics.encode_with(&version_figures(&report)),
+        s.status
+            .metrics
+            .encode_with(&version_figures(&report), &group_figures(&report)),
     )
         .into_response()
+}
+
+/// The per-group series of `/metrics`: the file's node groups (none without `groups:`).
+fn group_figures(report: &StatusReport) -> Vec<GroupFigures> {
+    report
+        .groups
+        .iter()
+        .map(|(group, g)| GroupFigures {
+            group: group.clone(),
+            envoys: g.envoys as u64,
+            in_sync: g.in_sync as u64,
+        })
+        .collect()
 }
 
 /// The per-version series of `/metrics`: only the versions each service of the current file

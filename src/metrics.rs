@@ -39,6 +39,20 @@ pub struct VersionLabels {
     pub version: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabel {
+    pub group: String,
+}
+
+/// One node group of the file, as exported per `group`: its connected Envoys and how many hold
+/// its current config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupFigures {
+    pub group: String,
+    pub envoys: u64,
+    pub in_sync: u64,
+}
+
 /// One version's figures over the last 10 s, as exported per `service`/`version`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VersionFigures {
@@ -197,20 +211,48 @@ impl Metrics {
 
     /// The Prometheus text exposition format.
     pub fn encode(&self) -> String {
-        self.encode_with(&[])
+        self.encode_with(&[], &[])
     }
 
     /// [`Metrics::encode`] with the per-version figures `versions`, as gauges labelled
-    /// `service` and `version`.
-    pub fn encode_with(&self, versions: &[VersionFigures]) -> String {
+    /// `service` and `version`, and the file's node groups, labelled `group`.
+    pub fn encode_with(&self, versions: &[VersionFigures], groups: &[GroupFigures]) -> String {
         use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = encode_registry(&mut out, &self.registry);
         let _ = encode_registry(&mut out, &version_registry(versions));
+        if !groups.is_empty() {
+            let _ = encode_registry(&mut out, &group_registry(groups));
+        }
         let _ = encode_eof(&mut out);
         out
     }
+}
+
+/// A registry made for one scrape, per node group of the current file (bounded by the file).
+fn group_registry(groups: &[GroupFigures]) -> Registry {
+    let mut registry = Registry::with_prefix("cutover_group");
+    let envoys = Family::<GroupLabel, Gauge>::default();
+    let in_sync = Family::<GroupLabel, Gauge>::default();
+    for g in groups {
+        let label = GroupLabel {
+            group: g.group.clone(),
+        };
+        envoys
+            .get_or_create(&label)
+            .set(i64::try_from(g.envoys).unwrap_or(i64::MAX));
+        in_sync
+            .get_or_create(&label)
+            .set(i64::try_from(g.in_sync).unwrap_or(i64::MAX));
+    }
+    registry.register("envoys", "Envoys connected in the node group", envoys);
+    registry.register(
+        "envoys_in_sync",
+        "Envoys of the node group that hold its current config version",
+        in_sync,
+    );
+    registry
 }
 
 type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
@@ -319,7 +361,12 @@ mod tests {
             in_flight: 0,
             ..figures("v2")
         };
-        let text = m.encode_with(&[figures("v1"), quiet]);
+        let groups = [GroupFigures {
+            group: "edge".into(),
+            envoys: 3,
+            in_sync: 2,
+        }];
+        let text = m.encode_with(&[figures("v1"), quiet], &groups);
         for line in [
             r#"cutover_version_requests_per_second{service="checkout",version="v1"} 12.5"#,
             r#"cutover_version_error_ratio{service="checkout",version="v1"} 0.02"#,
@@ -331,6 +378,8 @@ mod tests {
             r#"cutover_version_requests_per_second{service="checkout",version="v2"} 0.0"#,
             "# TYPE cutover_version_latency_p99_seconds gauge",
             "# UNIT cutover_version_latency_p99_seconds seconds",
+            r#"cutover_group_envoys{group="edge"} 3"#,
+            r#"cutover_group_envoys_in_sync{group="edge"} 2"#,
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
@@ -341,7 +390,11 @@ mod tests {
         assert_eq!(text.matches("# EOF").count(), 1);
         assert!(text.ends_with("# EOF\n"));
         // A version that is gone from the list is gone from the output.
-        let later = m.encode_with(&[figures("v1")]);
+        let later = m.encode_with(&[figures("v1")], &[]);
         assert!(!later.contains(r#"version="v2""#), "{later}");
+        assert!(
+            !later.contains("cutover_group_"),
+            "no groups, no group series: {later}"
+        );
     }
 }

@@ -394,6 +394,19 @@ async fn an_edit_to_one_group_pushes_nothing_to_the_other(protocol: Protocol) {
         report.config_version.as_deref(),
         Some(edge.config_version.as_str())
     );
+    // And /metrics, per group.
+    let metrics = reqwest::get(format!("http://{}/metrics", server.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"cutover_group_envoys{group="edge"} 1"#,
+        r#"cutover_group_envoys_in_sync{group="sidecars"} 1"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no {line} in {metrics}");
+    }
 }
 
 #[tokio::test]
