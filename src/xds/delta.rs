@@ -642,11 +642,25 @@ impl order::Holdings for Stream {
         self.types[ty.index()].held.as_ref().map(|h| &*h.resources)
     }
 
+    fn acked_version(&self, ty: ResourceType) -> Option<&str> {
+        self.types[ty.index()]
+            .held
+            .as_ref()
+            .map(|h| h.version.as_str())
+    }
+
     fn pending(&self, ty: ResourceType) -> Option<&BTreeMap<String, Resource>> {
         self.types[ty.index()]
             .in_flight
             .as_ref()
             .map(|f| &*f.after.resources)
+    }
+
+    fn pending_version(&self, ty: ResourceType) -> Option<&str> {
+        self.types[ty.index()]
+            .in_flight
+            .as_ref()
+            .map(|f| f.after.version.as_str())
     }
 
     fn reported(&self, ty: ResourceType) -> bool {

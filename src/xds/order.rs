@@ -30,8 +30,14 @@ pub trait Holdings {
     fn wants(&self, ty: ResourceType, name: &str) -> bool;
     /// What the client ACKed.
     fn acked(&self, ty: ResourceType) -> Option<&BTreeMap<String, Resource>>;
+    /// The version of what it ACKed: [`crate::snapshot::set_version`] of [`Holdings::acked`].
+    /// Equal to the snapshot's type version exactly when it holds the snapshot's set, which
+    /// answers the checks below in one comparison instead of one per resource.
+    fn acked_version(&self, ty: ResourceType) -> Option<&str>;
     /// What was sent and is not answered yet.
     fn pending(&self, ty: ResourceType) -> Option<&BTreeMap<String, Resource>>;
+    /// The version of [`Holdings::pending`], as [`Holdings::acked_version`].
+    fn pending_version(&self, ty: ResourceType) -> Option<&str>;
     /// Whether the client said, when it connected, that it already held resources of this type
     /// (a reconnect): they are in effect although this stream has sent nothing yet.
     fn reported(&self, ty: ResourceType) -> bool;
@@ -56,13 +62,22 @@ pub fn kept_clusters(snap: &Snapshot, client: &impl Holdings) -> Vec<String> {
         return Vec::new();
     }
     let mut names: BTreeSet<&String> = BTreeSet::new();
-    for held in [
-        client.acked(ResourceType::Cluster),
-        client.pending(ResourceType::Cluster),
-    ]
-    .into_iter()
-    .flatten()
-    {
+    let current = Some(snap.type_version(ResourceType::Cluster));
+    for (held, version) in [
+        (
+            client.acked(ResourceType::Cluster),
+            client.acked_version(ResourceType::Cluster),
+        ),
+        (
+            client.pending(ResourceType::Cluster),
+            client.pending_version(ResourceType::Cluster),
+        ),
+    ] {
+        let Some(held) = held else { continue };
+        if version == current {
+            // Exactly the snapshot's clusters: none of them is gone.
+            continue;
+        }
         names.extend(
             held.keys()
                 .filter(|n| snap.get(ResourceType::Cluster, n).is_none()),
@@ -150,6 +165,13 @@ pub fn clusters_ready(snap: &Snapshot, client: &impl Holdings) -> bool {
         // Nothing ACKed yet: ready only if the snapshot has no clusters at all.
         return snap.resources(ResourceType::Cluster).is_empty();
     };
+    let same = |ty: ResourceType| client.acked_version(ty) == Some(snap.type_version(ty));
+    if same(ResourceType::Cluster)
+        && (snap.resources(ResourceType::Endpoint).is_empty() || same(ResourceType::Endpoint))
+    {
+        // Every cluster and every endpoints resource of the snapshot, as they are.
+        return true;
+    }
     let eds = client.acked(ResourceType::Endpoint);
     snap.resources(ResourceType::Cluster).values().all(|c| {
         cds.get(&c.name) == Some(c)

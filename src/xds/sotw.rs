@@ -152,6 +152,8 @@ impl TypeState {
                     .all(|(name, r)| held.resources.get(name) == Some(r));
             if subset {
                 Arc::make_mut(&mut held.resources).retain(|name, _| desired.contains_key(name));
+                // The version stays the hash of what is held (`order` compares it).
+                held.version = set_version(held.resources.values());
             }
             return subset;
         }
@@ -589,8 +591,22 @@ impl order::Holdings for Stream {
         self.types[ty.index()].acked_resources()
     }
 
+    fn acked_version(&self, ty: ResourceType) -> Option<&str> {
+        self.types[ty.index()]
+            .acked
+            .as_ref()
+            .map(|h| h.version.as_str())
+    }
+
     fn pending(&self, ty: ResourceType) -> Option<&BTreeMap<String, Resource>> {
         self.types[ty.index()].sent.as_ref().map(|h| &*h.resources)
+    }
+
+    fn pending_version(&self, ty: ResourceType) -> Option<&str> {
+        self.types[ty.index()]
+            .sent
+            .as_ref()
+            .map(|h| h.version.as_str())
     }
 
     fn reported(&self, ty: ResourceType) -> bool {
