@@ -315,33 +315,45 @@ impl Access {
         })
     }
 
-    /// What a CSDS caller holding `who` may read.
-    pub fn csds_reader(&self, who: &Identity) -> CsdsReader<'_> {
-        if self.rules.iter().any(|r| {
-            r.csds == CsdsScope::All && who.names.iter().any(|n| r.identity.capture(n).is_some())
-        }) {
-            return CsdsReader::All;
+    /// What a CSDS caller holding `who` may read: its node patterns are compiled once here,
+    /// not once per connected Envoy.
+    pub fn csds_reader(&self, who: &Identity) -> CsdsReader {
+        if self.rules.is_empty() {
+            return CsdsReader::Names(who.names.clone());
         }
-        CsdsReader::Own {
-            access: self,
-            who: who.clone(),
+        let mut nodes = Vec::new();
+        for rule in &self.rules {
+            for name in &who.names {
+                if let Some(bound) = rule.identity.capture(name) {
+                    if rule.csds == CsdsScope::All {
+                        return CsdsReader::All;
+                    }
+                    nodes.push(compile(&rule.node.parts, &bound));
+                }
+            }
         }
+        CsdsReader::Nodes(nodes)
     }
 }
 
-/// Decides, per connected Envoy, whether a CSDS caller sees it.
+/// Decides, per connected Envoy, whether a CSDS caller sees it: it does when it may be that
+/// node (as [`Access::check`] without a group).
 #[derive(Debug, Clone)]
-pub enum CsdsReader<'a> {
+pub enum CsdsReader {
     All,
-    Own { access: &'a Access, who: Identity },
+    /// The node ids its rules allow, with its captures filled in.
+    Nodes(Vec<Regex>),
+    /// Without rules: its certificate's names.
+    Names(Vec<String>),
 }
 
-impl CsdsReader<'_> {
-    /// Whether the caller sees the Envoy with this node id: it does when it may be that node.
+impl CsdsReader {
     pub fn sees(&self, node: &str) -> bool {
         match self {
             CsdsReader::All => true,
-            CsdsReader::Own { access, who } => access.check(who, node, None).is_ok(),
+            CsdsReader::Nodes(_) if node.len() > MAX_MATCHED_BYTES => false,
+            CsdsReader::Nodes(nodes) => nodes.iter().any(|re| re.is_match(node)),
+            CsdsReader::Names(names) => names.iter().any(|n| n == node),
         }
     }
 }
@@ -483,6 +495,9 @@ mod tests {
         assert!(op.sees("e1") && op.sees("anything"));
         let stranger = access.csds_reader(&who(&["spiffe://elsewhere/x"]));
         assert!(!stranger.sees("e1"));
+        // Without rules: the certificate's own names.
+        let own = Access::default().csds_reader(&who(&["e1"]));
+        assert!(own.sees("e1") && !own.sees("e2"));
     }
 
     #[test]
