@@ -14,14 +14,12 @@
 //! The engine comes from `scripts/docker-engine` (run by `scripts/test`). Without one, the test
 //! fails on CI (`CI=true`) saying what is missing, and skips loudly elsewhere.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{envoy_binary, wait_for};
+use cutover::testing::{envoy_binary, wait_for};
 
 /// The compose project of this test: its containers, network and labels carry this name.
 const PROJECT: &str = "cutover_compose_test";

@@ -2,15 +2,13 @@
 //! upstreams as processes on loopback. It runs a few seconds, traffic flows, a scripted save of
 //! its deployment file shifts the measured split, and Ctrl-C (SIGINT) leaves no process behind.
 
-mod support;
-
 use std::io::{BufRead as _, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::{envoy_binary, free_port};
+use cutover::testing::{envoy_binary, free_port};
 
 /// Four consecutive free loopback ports (the demo's upstreams).
 fn four_free_ports() -> u16 {

@@ -3,14 +3,12 @@
 //! its observed split moves when the file moves the traffic (all of it within the last 10 s:
 //! the test takes about 20 s).
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use cutover::testing::browser::{Page, browser_or_skip};
+use cutover::testing::load::Load;
+use cutover::testing::{NODE, Scenario, WAIT, envoy_binary, wait_for};
 use serde_json::Value;
-use support::browser::{Page, browser_or_skip};
-use support::load::Load;
-use support::{NODE, Scenario, WAIT, envoy_binary, wait_for};
 
 /// Two groups: the Envoy's group has a version of its own, which the page must count as in sync
 /// (the `internal` group has no Envoy, so its listener's address is never bound).

@@ -2,12 +2,12 @@
 //! cluster Envoy resolves itself) and cutover reached by Envoy as `localhost:PORT` (a bootstrap
 //! made by `cutover bootstrap --ads localhost:PORT`).
 
-mod support;
-
 use std::collections::BTreeMap;
 
-use support::load::Load;
-use support::{Cutover, DeploymentFile, Envoy, Upstream, WAIT, envoy_binary, free_port, wait_for};
+use cutover::testing::load::Load;
+use cutover::testing::{
+    Cutover, DeploymentFile, Envoy, Upstream, WAIT, envoy_binary, free_port, wait_for,
+};
 
 /// A deployment of service `checkout`: blue by IP address, green as given.
 fn deployment(

@@ -2,9 +2,7 @@
 //! back to the stable version (Envoy's aggregate cluster `<service>/<canary>~<stable>`), so a
 //! broken canary costs no failed requests, and gets its share back once healthy.
 
-mod support;
-
-use support::{Scenario, WAIT, envoy_binary, eventually};
+use cutover::testing::{Scenario, WAIT, envoy_binary, eventually};
 
 const CANARY: &str = "\
 listeners:

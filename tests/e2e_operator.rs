@@ -2,11 +2,9 @@
 //! `/metrics`, and a config Envoy rejects shown as a NACK with Envoy's own error text, while
 //! traffic keeps flowing on the last config it accepted.
 
-mod support;
-
 use std::net::TcpListener;
 
-use support::{NODE, Scenario, WAIT, envoy_binary, wait_for};
+use cutover::testing::{NODE, Scenario, WAIT, envoy_binary, wait_for};
 
 const ONE_LISTENER: &str = "\
 listeners:

@@ -3,16 +3,15 @@
 //! `xds:///checkout` with the bootstrap `cutover bootstrap --grpc` prints, and call real gRPC
 //! upstreams through the config a real `cutover serve` gives them: a canary's weights, a
 //! blue-green switch and a drain, each with the calls made while the change happens counted,
-//! not one of which may fail. See `support::proxyless` for the clients and upstreams.
-
-mod support;
+//! not one of which may fail. See `testing::proxyless` for the clients and upstreams.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use support::proxyless::{ClientKind, GrpcClient, Parts, Upstreams, parts_or_skip};
-use support::{Cutover, DeploymentFile, WAIT};
+use cutover::testing;
+use cutover::testing::proxyless::{ClientKind, GrpcClient, Parts, Upstreams, parts_or_skip};
+use cutover::testing::{Cutover, DeploymentFile, WAIT};
 
 /// Each test once per real client.
 macro_rules! with_each_client {
@@ -98,7 +97,7 @@ impl Setup {
         let mut serve_args = Vec::new();
         let mut bootstrap_args = Vec::new();
         if mutual_tls {
-            let ca = support::pki::Ca::new("proxyless CA");
+            let ca = testing::pki::Ca::new("proxyless CA");
             let server = ca.write(dir.path(), "cutover", &ca.server(&["127.0.0.1"]));
             let client = ca.write(dir.path(), &node, &ca.client(&[&node]));
             let path = |p: &Path| p.display().to_string();
@@ -145,7 +144,7 @@ impl Setup {
         let saved = Instant::now();
         self.file
             .write_renamed(&deployment(&self.upstreams, strategy, drain_blue_1));
-        support::wait_for(WAIT, "cutover to read the file", async || {
+        testing::wait_for(WAIT, "cutover to read the file", async || {
             let now = self.cutover.last_reload().await;
             if now != before {
                 Ok(())
@@ -161,7 +160,7 @@ impl Setup {
     /// (ACKed) what it asked for, so it does not hold back retirements or rollouts.
     async fn wait_client_in_sync(&self) {
         let node = &self.node;
-        support::wait_for(WAIT, &format!("{node} in sync in /status"), async || {
+        testing::wait_for(WAIT, &format!("{node} in sync in /status"), async || {
             let status = self.cutover.try_status().await?;
             let in_sync = status["nodes"].as_array().is_some_and(|nodes| {
                 nodes.iter().any(|n| {

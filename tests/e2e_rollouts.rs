@@ -2,16 +2,14 @@
 //! what Envoy itself reports to cutover (its stats sink, flushed every second), with steps and
 //! checks of a second or two.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
+use cutover::testing::load::Load;
+use cutover::testing::{NODE, Scenario, envoy_binary, eventually, version_of, wait_for};
 use serde_json::Value;
-use support::load::Load;
-use support::{NODE, Scenario, envoy_binary, eventually, version_of, wait_for};
 
 /// A canary rollout of `checkout` from v1 to v2; `steps`, `interval` and `analysis` as given.
 fn canary(steps: &str, interval: &str, analysis: &str) -> String {

@@ -3,12 +3,10 @@
 //! service's previous version stays until its grace period ends, although cutover was killed
 //! (SIGKILL) and started again inside those periods. Not one request fails.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::load::Load;
-use support::{NODE, Scenario, envoy_binary, wait_for};
+use cutover::testing::load::Load;
+use cutover::testing::{NODE, Scenario, envoy_binary, wait_for};
 
 const ROLLING: &str = "
 listeners:

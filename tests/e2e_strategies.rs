@@ -7,13 +7,11 @@
 //! against [`binomial_band`]: the count's binomial mean ± 5 standard deviations, which a correct
 //! implementation leaves with a probability below 10⁻⁶ per assertion.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
-use support::{Scenario, WAIT, envoy_binary, version_of, wait_for};
+use cutover::testing::{Scenario, WAIT, envoy_binary, in_both_xds_modes, version_of, wait_for};
 
 /// Where a count of successes out of `n` independent trials of probability `p` lies but for a
 /// chance below 10⁻⁶: mean ± 5 standard deviations (normal approximation), clamped to `0..=n`.
@@ -153,7 +151,7 @@ services:
 ";
 
 in_both_xds_modes! {
-    async fn blue_green_switches_all_traffic_at_once_and_previews_the_idle_colour(xds: Xds) {
+    async fn blue_green_switches_all_traffic_at_once_and_previews_the_idle_colour(xds: Protocol) {
         let Some(envoy_bin) = envoy_binary() else {
             return;
         };
@@ -236,7 +234,7 @@ services:
 ];
 
 in_both_xds_modes! {
-    async fn blue_green_switches_to_a_version_added_in_the_same_edit(xds: Xds) {
+    async fn blue_green_switches_to_a_version_added_in_the_same_edit(xds: Protocol) {
         let Some(envoy_bin) = envoy_binary() else {
             return;
         };
@@ -279,7 +277,7 @@ services:
 ";
 
 in_both_xds_modes! {
-    async fn canary_gets_its_weight_and_sticky_users_stay_on_their_side(xds: Xds) {
+    async fn canary_gets_its_weight_and_sticky_users_stay_on_their_side(xds: Protocol) {
         let Some(envoy_bin) = envoy_binary() else {
             return;
         };
@@ -508,7 +506,7 @@ services:
         version: b
 ";
 
-/// Request headers, as [`support::Envoy::send`] takes them.
+/// Request headers, as [`testing::Envoy::send`] takes them.
 type Headers<'a> = &'a [(&'a str, &'a str)];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -936,7 +934,7 @@ services:
 ";
 
 in_both_xds_modes! {
-    async fn red_black_retires_the_old_version_after_the_grace_period(xds: Xds) {
+    async fn red_black_retires_the_old_version_after_the_grace_period(xds: Protocol) {
         let Some(envoy_bin) = envoy_binary() else {
             return;
         };

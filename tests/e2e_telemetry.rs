@@ -2,12 +2,10 @@
 //! version matches what the upstreams actually did. Envoy flushes stats and load reports every
 //! second, so each check waits a few seconds at most; every load is a fixed number of requests.
 
-mod support;
-
 use std::time::Duration;
 
+use cutover::testing::{Envoy, NODE, Scenario, WAIT, envoy_binary, wait_for};
 use serde_json::Value;
-use support::{Envoy, NODE, Scenario, WAIT, envoy_binary, wait_for};
 
 /// The figures of one version in `/telemetry`, or why there are none yet.
 fn version<'a>(t: &'a Value, service: &str, version: &str) -> Result<&'a Value, String> {

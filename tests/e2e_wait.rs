@@ -2,13 +2,12 @@
 //! to a draining endpoint have finished, and a rolling deploy written as the seed's script
 //! (drain, wait drained, stop, replace, wait healthy) loses not one request under load.
 
-mod support;
-
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use support::load::Load;
-use support::{Scenario, envoy_binary};
+use cutover::testing;
+use cutover::testing::load::Load;
+use cutover::testing::{Scenario, envoy_binary};
 
 const ROLLING: &str = "
 listeners:
@@ -73,7 +72,7 @@ async fn wait_drained_returns_only_after_the_requests_in_flight_finish() {
             })
         })
         .collect();
-    support::wait_for(
+    testing::wait_for(
         Duration::from_secs(5),
         "requests in flight to live-1",
         async || match live_1.in_flight() {

@@ -6,8 +6,7 @@
 //! with `envoy --mode validate`. Envoy is found as the end-to-end tests find it; without one,
 //! on CI (`CI=true`) the test fails, elsewhere it skips Envoy with a loud message.
 
-mod support;
-
+use cutover::testing;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -567,7 +566,7 @@ fn envoy_validates(envoy: &Path, bootstrap: &Value) -> Result<(), String> {
 }
 
 /// Looked for once: the skip message (or the failure on CI) is said once.
-static ENVOY: LazyLock<Option<PathBuf>> = LazyLock::new(support::envoy_binary);
+static ENVOY: LazyLock<Option<PathBuf>> = LazyLock::new(testing::envoy_binary);
 
 /// Files Envoy checks; each `envoy --mode validate` takes about half a second.
 const ENVOY_CASES: u32 = 16;

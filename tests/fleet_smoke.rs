@@ -3,13 +3,10 @@
 //! `cutover serve` follow every edit of the series, are served again after a reconnect storm
 //! without anything being encoded for it, and after a restart of cutover.
 
-#[path = "../benches/fleet/sim.rs"]
-mod sim;
-
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sim::{Edits, Fleet, Protocol, Server, Target, deployment, save};
+use cutover::testing::fleet::{Edits, Fleet, Target, deployment};
+use cutover::testing::{Cutover, DeploymentFile, Protocol};
 
 const STREAMS: usize = 20;
 const SERVICES: usize = 20;
@@ -17,10 +14,10 @@ const WITHIN: Duration = Duration::from_secs(20);
 
 async fn smoke(protocol: Protocol) {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("fleet.yaml");
+    let file = DeploymentFile::new(dir.path().join("fleet.yaml"));
     let base = deployment(SERVICES, 3, &Edits::default());
-    save(&file, &base);
-    let mut server = Server::start(Path::new(env!("CARGO_BIN_EXE_cutover")), &file, &[]).await;
+    file.write_renamed(&base);
+    let mut server = Cutover::start(dir.path(), &file.path).await;
     let what = protocol.name();
 
     let fleet = Fleet::connect(
@@ -41,7 +38,7 @@ async fn smoke(protocol: Protocol) {
         generation += 1;
         text = deployment(SERVICES, 3, &edits);
         fleet.set_target(Target::compile(&text, generation));
-        save(&file, &text);
+        file.write_renamed(&text);
         fleet
             .converged(Instant::now(), WITHIN)
             .await
@@ -67,13 +64,14 @@ async fn smoke(protocol: Protocol) {
 
     generation += 1;
     fleet.set_target(Target::compile(&text, generation));
-    server.restart();
+    server.terminate(Duration::from_secs(10)).await;
+    server.launch();
     fleet
         .converged(Instant::now(), WITHIN)
         .await
         .unwrap_or_else(|n| panic!("{what}, restart: {n} of {STREAMS} streams back"));
     fleet.close().await;
-    server.stop();
+    server.terminate(Duration::from_secs(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,13 +3,13 @@
 //! certificate's identity by the file's `access:` rules; CSDS and telemetry under the same
 //! rules; certificate rotation without dropping streams.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use cutover::app::{self, ServeOptions};
+use cutover::testing;
+use cutover::testing::pki::{Ca, Pair};
 use cutover::tls::TlsFiles;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
@@ -19,7 +19,6 @@ use envoy_types::pb::envoy::service::metrics::v3::metrics_service_client::Metric
 use envoy_types::pb::envoy::service::metrics::v3::stream_metrics_message::Identifier;
 use envoy_types::pb::envoy::service::status::v3::ClientStatusRequest;
 use envoy_types::pb::envoy::service::status::v3::client_status_discovery_service_client::ClientStatusDiscoveryServiceClient;
-use support::pki::{Ca, Pair};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -197,7 +196,7 @@ async fn tls_serves_ads_and_csds_and_plaintext_is_not_answered() {
         .await
         .unwrap();
     let _open = Ads::open(ch.clone(), "edge-2").await.unwrap();
-    support::eventually(Duration::from_secs(5), "CSDS to list edge-2", async || {
+    testing::eventually(Duration::from_secs(5), "CSDS to list edge-2", async || {
         let status = ClientStatusDiscoveryServiceClient::new(ch.clone())
             .fetch_client_status(ClientStatusRequest::default())
             .await
@@ -365,7 +364,7 @@ async fn csds_shows_a_caller_only_the_envoys_its_certificate_may_be() {
         ids.sort();
         ids
     };
-    support::eventually(
+    testing::eventually(
         Duration::from_secs(5),
         "both Envoys to connect",
         async || seen(&ops).await == ["edge-1", "edge-2"],
@@ -398,7 +397,7 @@ async fn a_rotated_certificate_serves_new_connections_and_open_streams_go_on() {
     tls.ca
         .server(&["rotated.test", "127.0.0.1"])
         .write(&tls.server.cert, &tls.server.key);
-    support::eventually(
+    testing::eventually(
         Duration::from_secs(10),
         "new connections to get the rotated certificate",
         async || {

@@ -9,14 +9,13 @@
 //! Envoy while the deployment file changes again and again, then asserts that every response was
 //! a 2xx, that no connection failed, and where the traffic ended up.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::load::Load;
-use support::{Scenario, envoy_binary, version_of};
+use cutover::testing;
+use cutover::testing::load::Load;
+use cutover::testing::{Scenario, envoy_binary, in_both_xds_modes, version_of};
 
 /// Sends `n` requests and returns who answered them.
 async fn answers(listener: SocketAddr, n: usize) -> BTreeMap<String, usize> {
@@ -73,7 +72,7 @@ macro_rules! envoy_or_return {
 }
 
 in_both_xds_modes! {
-    async fn fifty_blue_green_flips_under_load(xds: Xds) {
+    async fn fifty_blue_green_flips_under_load(xds: Protocol) {
         let envoy = envoy_or_return!();
         let s = Scenario::start_in(
             &envoy,
@@ -119,7 +118,7 @@ in_both_xds_modes! {
 }
 
 in_both_xds_modes! {
-    async fn canary_steps_up_and_back_under_load(xds: Xds) {
+    async fn canary_steps_up_and_back_under_load(xds: Protocol) {
         let envoy = envoy_or_return!();
         let canary = |w: u32| {
             two_versions(&format!(
@@ -149,7 +148,7 @@ in_both_xds_modes! {
 }
 
 in_both_xds_modes! {
-    async fn a_new_version_and_the_switch_to_it_in_one_edit(xds: Xds) {
+    async fn a_new_version_and_the_switch_to_it_in_one_edit(xds: Protocol) {
         let envoy = envoy_or_return!();
         let names = ["v1", "v2", "v3", "v4", "v5", "v6"];
         // Each edit adds a version nobody has seen and moves all traffic to it at once: the hardest
@@ -178,7 +177,7 @@ in_both_xds_modes! {
 }
 
 in_both_xds_modes! {
-    async fn removing_a_version_in_the_edit_that_moves_its_traffic(xds: Xds) {
+    async fn removing_a_version_in_the_edit_that_moves_its_traffic(xds: Protocol) {
         let envoy = envoy_or_return!();
         let only = |v: &str| one_version(v, &format!("${{{v}-1}}, ${{{v}-2}}"));
         let s = Scenario::start_in(
@@ -211,7 +210,7 @@ in_both_xds_modes! {
 }
 
 in_both_xds_modes! {
-    async fn draining_and_removing_endpoints_of_the_active_version(xds: Xds) {
+    async fn draining_and_removing_endpoints_of_the_active_version(xds: Protocol) {
         let envoy = envoy_or_return!();
         let endpoints = |list: &str| one_version("live", list);
         let s = Scenario::start_in(
@@ -251,7 +250,7 @@ in_both_xds_modes! {
 }
 
 in_both_xds_modes! {
-    async fn killing_and_restarting_cutover_mid_load(xds: Xds) {
+    async fn killing_and_restarting_cutover_mid_load(xds: Protocol) {
         let envoy = envoy_or_return!();
         let mut s = Scenario::start_in(
             &envoy,
@@ -268,7 +267,7 @@ in_both_xds_modes! {
         // The control plane is gone: Envoy keeps serving what it has.
         tokio::time::sleep(Duration::from_millis(800)).await;
         s.cutover.restart().await;
-        s.cutover.wait_in_sync(support::NODE).await;
+        s.cutover.wait_in_sync(testing::NODE).await;
         // And a switch after the restart still works, under the same load.
         s.apply(&two_versions("active: green")).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -287,7 +286,7 @@ in_both_xds_modes! {
 }
 
 in_both_xds_modes! {
-    async fn twenty_broken_files_mid_load(xds: Xds) {
+    async fn twenty_broken_files_mid_load(xds: Protocol) {
         let envoy = envoy_or_return!();
         let good = two_versions("active: blue");
         let s = Scenario::start_in(
@@ -345,8 +344,8 @@ in_both_xds_modes! {
         );
         // A good file after all that is applied.
         s.write(&two_versions("active: green"));
-        support::wait_for(
-            support::WAIT,
+        testing::wait_for(
+            testing::WAIT,
             "traffic on green after a good file",
             async || match answers(s.listener, 1)
                 .await

@@ -1,5 +1,5 @@
 //! Benchmark: cutover serving a fleet — N simulated Envoys on real ADS streams over loopback
-//! (see `sim.rs`), state of the world and delta.
+//! (`cutover::testing::fleet`), state of the world and delta.
 //!
 //! For each protocol and each N, a fresh `cutover serve` (the release binary) loads a file of
 //! S services; the fleet connects and converges; then a series of edits is saved (a canary
@@ -16,13 +16,10 @@
 //!
 //! Needs an open-file limit above 2 N + 100 (each stream is a connection, both ends here).
 
-#[path = "../../tests/support/pki.rs"]
-mod pki;
-mod sim;
-
 use std::time::{Duration, Instant};
 
-use sim::{Edits, Fleet, Protocol, Server, Target, deployment, percentile, save, usage};
+use cutover::testing::fleet::{Edits, Fleet, Target, deployment, percentile, usage};
+use cutover::testing::{Cutover, DeploymentFile, Protocol, pki};
 
 fn env_list(name: &str, default: &str) -> Vec<String> {
     std::env::var(name)
@@ -104,7 +101,7 @@ const FLEET_ACCESS: &str = "access:\n  - identity: \"spiffe://fleet/sim\"\n    n
 /// With `tls`, cutover serves mutual TLS and every stream is its own TLS connection.
 async fn run(protocol: Protocol, n: usize, services: usize, tls: bool) -> (Vec<Row>, f64) {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let file = dir.path().join("fleet.yaml");
+    let file = DeploymentFile::new(dir.path().join("fleet.yaml"));
     let deployment = |services: usize, versions: usize, edits: &Edits| {
         let text = deployment(services, versions, edits);
         if tls {
@@ -114,7 +111,7 @@ async fn run(protocol: Protocol, n: usize, services: usize, tls: bool) -> (Vec<R
         }
     };
     let base = deployment(services, 3, &Edits::default());
-    save(&file, &base);
+    file.write_renamed(&base);
     let limit = (n + 100).to_string();
     let mut args: Vec<String> = vec!["--max-streams".into(), limit];
     let mut client_tls = None;
@@ -141,12 +138,8 @@ async fn run(protocol: Protocol, n: usize, services: usize, tls: bool) -> (Vec<R
         );
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut server = Server::start(
-        std::path::Path::new(env!("CARGO_BIN_EXE_cutover")),
-        &file,
-        &args,
-    )
-    .await;
+    // Little logging: what cutover logs costs it the CPU time measured here.
+    let mut server = Cutover::start_logging(dir.path(), &file.path, &args, "warn").await;
     let idle = usage(server.pid());
     let mut rows = Vec::new();
     let mut row = |what: String, lat: &[Duration], cpu: Duration, rss: u64| {
@@ -209,7 +202,7 @@ async fn run(protocol: Protocol, n: usize, services: usize, tls: bool) -> (Vec<R
         let encoded = server.metric("cutover_resources_encoded_total").await;
         let before = usage(server.pid());
         let t0 = Instant::now();
-        save(&file, &text);
+        file.write_renamed(&text);
         let lat = fleet
             .converged(t0, Duration::from_secs(120))
             .await
@@ -248,7 +241,8 @@ async fn run(protocol: Protocol, n: usize, services: usize, tls: bool) -> (Vec<R
     // cutover restarted under the fleet (SIGTERM, then a new process on the same ports).
     generation += 1;
     fleet.set_target(Target::compile(&last, generation));
-    server.restart();
+    server.terminate(Duration::from_secs(10)).await;
+    server.launch();
     let t0 = Instant::now();
     let lat = fleet
         .converged(t0, Duration::from_secs(120))
@@ -263,6 +257,6 @@ async fn run(protocol: Protocol, n: usize, services: usize, tls: bool) -> (Vec<R
     );
 
     fleet.close().await;
-    server.stop();
+    server.terminate(Duration::from_secs(10)).await;
     (rows, rss_with_fleet)
 }

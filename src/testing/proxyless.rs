@@ -64,17 +64,8 @@ pub fn find_parts_in(
     if !has_grpcio {
         missing.push(format!("Python with grpcio ({})", python.display()));
     }
-    let node = env("NODE_BIN")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            env("PATH").and_then(|path| {
-                std::env::split_paths(&path)
-                    .map(|d| d.join("node"))
-                    .find(|p| p.is_file())
-            })
-        });
-    if node.as_ref().is_none_or(|p| !p.is_file()) {
+    let node = super::find_node(&env);
+    if node.is_none() {
         missing.push("Node.js (`node` on PATH or NODE_BIN)".to_owned());
     }
     let xds = dir.join("node_modules/@grpc/grpc-js-xds/package.json");
@@ -91,20 +82,13 @@ pub fn find_parts_in(
 /// panic; elsewhere → a loud message and `None`.
 pub fn parts_or_skip() -> Option<Parts> {
     let env = |name: &str| std::env::var(name).ok();
-    let ci = env("CI").is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
-    match find_parts_in(env, Path::new(env!("CARGO_MANIFEST_DIR"))) {
-        Ok(p) => Some(p),
-        Err(err) if ci => {
-            panic!("{err}; the proxyless gRPC tests need them on CI: {INSTALL_HINT}")
-        }
-        Err(err) => {
-            eprintln!(
-                "\n{bar}\n!!! SKIPPING a proxyless gRPC test: {err}.\n!!! {INSTALL_HINT}.\n{bar}\n",
-                bar = "!".repeat(100)
-            );
-            None
-        }
-    }
+    let ci = super::on_ci(&env);
+    super::found_or_skip(
+        find_parts_in(env, super::repo()),
+        ci,
+        "a proxyless gRPC test",
+        INSTALL_HINT,
+    )
 }
 
 /// A child process that answers one line per command line. Killed on drop.

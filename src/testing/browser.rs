@@ -34,17 +34,8 @@ pub fn find_browser_in(
     manifest_dir: &Path,
 ) -> Result<Browser, String> {
     let mut missing = Vec::new();
-    let node = env("NODE_BIN")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            env("PATH").and_then(|path| {
-                std::env::split_paths(&path)
-                    .map(|d| d.join("node"))
-                    .find(|p| p.is_file())
-            })
-        });
-    if node.as_ref().is_none_or(|p| !p.is_file()) {
+    let node = super::find_node(&env);
+    if node.is_none() {
         missing.push("Node.js (`node` on PATH or NODE_BIN)".to_owned());
     }
     let chromium = PathBuf::from(
@@ -74,18 +65,13 @@ pub fn find_browser_in(
 /// panic; elsewhere → a loud message and `None`.
 pub fn browser_or_skip() -> Option<Browser> {
     let env = |name: &str| std::env::var(name).ok();
-    let ci = env("CI").is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
-    match find_browser_in(env, Path::new(env!("CARGO_MANIFEST_DIR"))) {
-        Ok(b) => Some(b),
-        Err(err) if ci => panic!("{err}; the browser tests need them on CI: {INSTALL_HINT}"),
-        Err(err) => {
-            eprintln!(
-                "\n{bar}\n!!! SKIPPING a browser test: {err}.\n!!! {INSTALL_HINT}.\n{bar}\n",
-                bar = "!".repeat(100)
-            );
-            None
-        }
-    }
+    let ci = super::on_ci(&env);
+    super::found_or_skip(
+        find_browser_in(env, super::repo()),
+        ci,
+        "a browser test",
+        INSTALL_HINT,
+    )
 }
 
 /// A page open at a URL. The browser is killed on drop.

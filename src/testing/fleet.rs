@@ -1,17 +1,19 @@
 //! A fleet of simulated Envoys: N real ADS gRPC streams over loopback, each behaving as Envoy
 //! does on the wire (state of the world or delta): it subscribes to every cluster and listener,
 //! to the endpoints of its clusters and the routes of its listeners, ACKs every response, and
-//! reconnects when its stream ends. Shared by the fleet benchmark and its smoke test.
+//! reconnects when its stream ends. For the fleet benchmark (`benches/fleet.rs`) and its smoke
+//! test.
 //!
 //! What a stream must hold is given as a [`Target`] (what cutover serves, compiled from the same
 //! file by the library); each stream records the moment it first holds all of it, so that the
 //! driver can time "file saved → every Envoy has ACKed" without asking cutover.
 //!
-//! The simulated Envoys decode nothing: the names they subscribe to come from the target, and
-//! state of the world is checked by the versions ACKed, delta by each resource's version. Their
-//! CPU cost is thereby small next to cutover's, though they share the machine with it.
-
-#![allow(dead_code)] // The smoke test uses part of it.
+//! A stream is the kit's [`Client`] (its gRPC stream, plaintext or TLS) with a loop of its own
+//! instead of the [`FakeEnvoy`](super::xds::FakeEnvoy)'s answers: the fake Envoy decodes every
+//! resource to check it, which for thousands of streams sharing two cores with cutover would
+//! take the CPU the benchmark measures. These streams decode nothing: the names they subscribe
+//! to come from the target, and state of the world is checked by the versions ACKed, delta by
+//! each resource's version. Their CPU cost is thereby small next to cutover's.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,31 +21,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cutover::snapshot::Snapshot;
-use cutover::xds::ResourceType;
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
-use tokio::sync::{mpsc, watch};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::ReceiverStream;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    Sotw,
-    Delta,
-}
-
-impl Protocol {
-    pub fn name(self) -> &'static str {
-        match self {
-            Protocol::Sotw => "state of the world",
-            Protocol::Delta => "delta",
-        }
-    }
-}
+use super::Protocol;
+use super::xds::{Client, FakeEnvoy, Raw, Request, channel};
+use crate::snapshot::Snapshot;
+use crate::xds::{Mode, ResourceType};
 
 /// What every stream must hold: per type, the version of the whole set (state of the world)
 /// and each resource's version (delta).
@@ -72,7 +58,7 @@ impl Target {
     /// The target of a deployment file's text: what cutover serves for it (compiled by the
     /// library, as the server does).
     pub fn compile(text: &str, generation: u64) -> Arc<Target> {
-        let snapshot = cutover::app::compile("fleet.yaml", text).expect("a valid generated file");
+        let snapshot = crate::app::compile("fleet.yaml", text).expect("a valid generated file");
         Arc::new(Target::of(&snapshot, generation))
     }
 
@@ -141,7 +127,8 @@ impl Fleet {
         }
     }
 
-    pub fn len(&self) -> usize {
+    /// How many streams it has.
+    pub fn streams(&self) -> usize {
         self.synced.len()
     }
 
@@ -174,7 +161,7 @@ impl Fleet {
         let deadline = Instant::now() + timeout;
         loop {
             let done = self.in_sync();
-            if done == self.len() {
+            if done == self.streams() {
                 break;
             }
             if Instant::now() >= deadline {
@@ -257,45 +244,35 @@ impl StreamTask {
         }
     }
 
-    async fn client(
-        &self,
-    ) -> Result<AggregatedDiscoveryServiceClient<tonic::transport::Channel>, ()> {
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let mut endpoint =
-            tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", self.ads))
-                .map_err(|_| ())?;
-        if let Some(tls) = &self.tls {
-            endpoint = endpoint.tls_config(tls.clone()).map_err(|_| ())?;
-        }
-        let channel = endpoint.connect().await.map_err(|_| ())?;
-        Ok(AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20))
+    /// Opens this stream's ADS stream with `first` on its way.
+    async fn open(&self, first: Vec<Request>) -> Result<Client, ()> {
+        let channel = channel(self.ads, self.tls.clone()).await.map_err(|_| ())?;
+        let envoy = FakeEnvoy::named(self.protocol, self.node());
+        Client::open_sending(channel, Mode::Aggregated, envoy, first)
+            .await
+            .map_err(|_| ())
     }
 
     /// One state-of-the-world session; `Err` when the stream ends.
     async fn sotw(&mut self, held: &mut Held) -> Result<(), ()> {
-        let mut client = self.client().await?;
-        let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
+        // Every request names the node, as these streams always have (their figures compare).
         let node = self.node();
-        let request =
-            |ty: ResourceType, version: &str, nonce: &str, names: Vec<String>| DiscoveryRequest {
+        let request = |ty: ResourceType, version: &str, nonce: &str, names: Vec<String>| {
+            Request::Sotw(DiscoveryRequest {
                 type_url: ty.type_url().to_owned(),
                 version_info: version.to_owned(),
                 response_nonce: nonce.to_owned(),
                 resource_names: names,
                 node: Some(node.clone()),
                 ..Default::default()
-            };
+            })
+        };
         let target = self.target.borrow().clone();
         // Envoy's first requests: clusters and listeners (wildcard), and on a reconnect the
         // endpoints and routes it had, each with the version it holds.
-        let first = [
-            ResourceType::Cluster,
-            ResourceType::Endpoint,
-            ResourceType::Listener,
-            ResourceType::Route,
-        ];
         let mut subscribed: [Option<Vec<String>>; 4] = Default::default();
-        for ty in first {
+        let mut first = Vec::new();
+        for ty in ResourceType::ALL {
             let reconnecting = !held.versions[ty.index()].is_empty();
             let names = match ty {
                 ResourceType::Cluster | ResourceType::Listener => Vec::new(),
@@ -305,21 +282,15 @@ impl StreamTask {
             if ty == ResourceType::Listener && !reconnecting {
                 continue; // asked once the clusters are in, as Envoy does
             }
-            tx.send(request(ty, &held.versions[ty.index()], "", names.clone()))
-                .await
-                .map_err(|_| ())?;
+            first.push(request(ty, &held.versions[ty.index()], "", names.clone()));
             subscribed[ty.index()] = Some(names);
         }
-        let mut responses = client
-            .stream_aggregated_resources(ReceiverStream::new(rx))
-            .await
-            .map_err(|_| ())?
-            .into_inner();
+        let mut client = self.open(first).await?;
         let mut nonces: [String; 4] = Default::default();
         loop {
-            let r: DiscoveryResponse = tokio::select! {
-                r = responses.message() => match r {
-                    Ok(Some(r)) => r,
+            let r = tokio::select! {
+                r = client.message() => match r {
+                    Ok(Some(Raw::Sotw(r))) => r,
                     _ => return Err(()),
                 },
                 _ = self.reconnect.changed() => return Ok(()),
@@ -343,23 +314,23 @@ impl StreamTask {
                 let names = target.names(dep);
                 if subscribed[dep.index()].as_ref() != Some(&names) {
                     let i = dep.index();
-                    tx.send(request(dep, &held.versions[i], &nonces[i], names.clone()))
-                        .await
-                        .map_err(|_| ())?;
+                    client
+                        .send(request(dep, &held.versions[i], &nonces[i], names.clone()))
+                        .await;
                     subscribed[dep.index()] = Some(names);
                 }
             }
             let names = subscribed[ty.index()].clone().unwrap_or_default();
-            tx.send(request(ty, &r.version_info, &r.nonce, names))
-                .await
-                .map_err(|_| ())?;
+            client
+                .send(request(ty, &r.version_info, &r.nonce, names))
+                .await;
             held.versions[ty.index()] = r.version_info;
-            let endpoints_done = ty == ResourceType::Endpoint
-                || (ty == ResourceType::Cluster && target.names(ResourceType::Endpoint).is_empty());
-            if endpoints_done && subscribed[ResourceType::Listener.index()].is_none() {
-                tx.send(request(ResourceType::Listener, "", "", Vec::new()))
-                    .await
-                    .map_err(|_| ())?;
+            if self.endpoints_done(ty, &target)
+                && subscribed[ResourceType::Listener.index()].is_none()
+            {
+                client
+                    .send(request(ResourceType::Listener, "", "", Vec::new()))
+                    .await;
                 subscribed[ResourceType::Listener.index()] = Some(Vec::new());
             }
             self.record_if_synced(held);
@@ -368,8 +339,6 @@ impl StreamTask {
 
     /// One delta session; `Err` when the stream ends.
     async fn delta(&mut self, held: &mut Held) -> Result<(), ()> {
-        let mut client = self.client().await?;
-        let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
         let node = self.node();
         let request =
             |ty: ResourceType, subscribe: Vec<String>, nonce: &str| DeltaDiscoveryRequest {
@@ -381,6 +350,7 @@ impl StreamTask {
             };
         let target = self.target.borrow().clone();
         let mut subscribed: [Option<Vec<String>>; 4] = Default::default();
+        let mut first = Vec::new();
         for ty in ResourceType::ALL {
             let reconnecting = !held.resources[ty.index()].is_empty();
             let names = match ty {
@@ -394,18 +364,14 @@ impl StreamTask {
                 .iter()
                 .map(|(n, v)| (n.clone(), v.clone()))
                 .collect();
-            tx.send(req).await.map_err(|_| ())?;
+            first.push(Request::Delta(req));
             subscribed[ty.index()] = Some(names);
         }
-        let mut responses = client
-            .delta_aggregated_resources(ReceiverStream::new(rx))
-            .await
-            .map_err(|_| ())?
-            .into_inner();
+        let mut client = self.open(first).await?;
         loop {
-            let r: DeltaDiscoveryResponse = tokio::select! {
-                r = responses.message() => match r {
-                    Ok(Some(r)) => r,
+            let r = tokio::select! {
+                r = client.message() => match r {
+                    Ok(Some(Raw::Delta(r))) => r,
                     _ => return Err(()),
                 },
                 _ = self.reconnect.changed() => return Ok(()),
@@ -443,23 +409,28 @@ impl StreamTask {
                 if !add.is_empty() || !drop.is_empty() || subscribed[dep.index()].is_none() {
                     let mut req = request(dep, add, "");
                     req.resource_names_unsubscribe = drop;
-                    tx.send(req).await.map_err(|_| ())?;
+                    client.send(req).await;
                     subscribed[dep.index()] = Some(names);
                 }
             }
-            tx.send(request(ty, Vec::new(), &r.nonce))
-                .await
-                .map_err(|_| ())?;
-            let endpoints_done = ty == ResourceType::Endpoint
-                || (ty == ResourceType::Cluster && target.names(ResourceType::Endpoint).is_empty());
-            if endpoints_done && subscribed[ResourceType::Listener.index()].is_none() {
-                tx.send(request(ResourceType::Listener, Vec::new(), ""))
-                    .await
-                    .map_err(|_| ())?;
+            client.send(request(ty, Vec::new(), &r.nonce)).await;
+            if self.endpoints_done(ty, &target)
+                && subscribed[ResourceType::Listener.index()].is_none()
+            {
+                client
+                    .send(request(ResourceType::Listener, Vec::new(), ""))
+                    .await;
                 subscribed[ResourceType::Listener.index()] = Some(Vec::new());
             }
             self.record_if_synced(held);
         }
+    }
+
+    /// Whether a response of `ty` completes the clusters' endpoints (Envoy asks for listeners
+    /// then): the endpoints themselves, or clusters when the target has no endpoints.
+    fn endpoints_done(&self, ty: ResourceType, target: &Target) -> bool {
+        ty == ResourceType::Endpoint
+            || (ty == ResourceType::Cluster && target.names(ResourceType::Endpoint).is_empty())
     }
 }
 
@@ -594,13 +565,6 @@ impl Edits {
     }
 }
 
-/// Writes `text` to `path` as editors do: a temporary file renamed over it.
-pub fn save(path: &std::path::Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).expect("write the deployment file");
-    std::fs::rename(&tmp, path).expect("rename the deployment file into place");
-}
-
 /// Percentiles of sorted durations, in milliseconds.
 pub fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -608,152 +572,4 @@ pub fn percentile(sorted: &[Duration], p: f64) -> f64 {
     }
     let i = ((sorted.len() - 1) as f64 * p).round() as usize;
     sorted[i].as_secs_f64() * 1000.0
-}
-
-/// A `cutover serve` process on fresh loopback ports.
-pub struct Server {
-    pub binary: std::path::PathBuf,
-    pub file: std::path::PathBuf,
-    pub ads: SocketAddr,
-    pub admin: SocketAddr,
-    pub child: Option<std::process::Child>,
-    args: Vec<String>,
-    log: std::path::PathBuf,
-}
-
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local address")
-}
-
-impl Server {
-    /// `cutover serve FILE` with `args`, ready.
-    pub async fn start(binary: &std::path::Path, file: &std::path::Path, args: &[&str]) -> Server {
-        let mut s = Server {
-            binary: binary.to_owned(),
-            file: file.to_owned(),
-            ads: free_port(),
-            admin: free_port(),
-            child: None,
-            args: args.iter().map(|a| (*a).to_owned()).collect(),
-            log: file.with_extension("log"),
-        };
-        s.spawn();
-        s.wait_ready().await;
-        s
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("open the server log");
-        let child = std::process::Command::new(&self.binary)
-            .arg("serve")
-            .arg(&self.file)
-            .args([
-                "--ads",
-                &self.ads.to_string(),
-                "--admin",
-                &self.admin.to_string(),
-            ])
-            .args(&self.args)
-            .env("RUST_LOG", "warn")
-            .env("NO_COLOR", "1")
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().expect("clone the log"))
-            .stderr(log)
-            .spawn()
-            .expect("start cutover");
-        self.child = Some(child);
-    }
-
-    pub async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if self
-                .get("/readyz")
-                .await
-                .is_ok_and(|(status, _)| status == 200)
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("cutover not ready within 30 s; see {}", self.log.display());
-    }
-
-    /// A GET on the admin API: status and body.
-    pub async fn get(&self, path: &str) -> Result<(u16, String), String> {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let mut s = tokio::net::TcpStream::connect(self.admin)
-            .await
-            .map_err(|e| e.to_string())?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: cutover\r\n\r\n").as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = out
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or("no status line")?;
-        let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
-        Ok((status, body))
-    }
-
-    /// A counter or gauge from `/metrics` (the sum over its labels).
-    pub async fn metric(&self, name: &str) -> f64 {
-        let (_, body) = self.get("/metrics").await.expect("GET /metrics");
-        body.lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-
-    /// SIGTERM, then waits for the exit (at most 10 s, then SIGKILL).
-    pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-
-    /// Stops and starts again on the same ports and files; returns when the new process is
-    /// spawned (not yet ready).
-    pub fn restart(&mut self) {
-        self.stop();
-        self.spawn();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }

@@ -1,0 +1,144 @@
+//! The in-process transport: a [`FakeEnvoy`] and a protocol machine (`xds::sotw::Stream` or
+//! `xds::delta::Stream`, the pure state machines the server runs per stream), messages delivered
+//! one at a time in the order one gRPC stream would carry them. No sockets, no clock.
+
+use std::sync::Arc;
+
+use super::{FakeEnvoy, Request, Response};
+use crate::snapshot::Snapshot;
+use crate::testing::Protocol;
+use crate::xds::clients::SyncState;
+use crate::xds::server::Machine as ServerMachine;
+use crate::xds::{Event, Mode, delta, sotw};
+
+/// A protocol machine the fake client can talk to.
+pub trait Machine: ServerMachine {
+    const PROTOCOL: Protocol;
+
+    /// `req` as this machine takes it; panics on the other protocol's.
+    fn request(req: Request) -> Self::Request;
+
+    fn response(r: &Self::Response) -> Response;
+
+    /// Feeds `req` in: the responses, as the client gets them, and the events.
+    fn send(&mut self, req: Request) -> (Vec<Response>, Vec<Event>) {
+        let out = self.on_request(&Self::request(req));
+        (
+            out.responses.iter().map(Self::response).collect(),
+            out.events,
+        )
+    }
+
+    /// Publishes `snapshot`: the responses and the events.
+    fn publish(&mut self, snapshot: Arc<Snapshot>) -> (Vec<Response>, Vec<Event>) {
+        let out = self.on_snapshot(snapshot);
+        (
+            out.responses.iter().map(Self::response).collect(),
+            out.events,
+        )
+    }
+}
+
+impl Machine for sotw::Stream {
+    const PROTOCOL: Protocol = Protocol::Sotw;
+
+    fn request(req: Request) -> Self::Request {
+        req.into_sotw()
+    }
+
+    fn response(r: &sotw::Response) -> Response {
+        r.into()
+    }
+}
+
+impl Machine for delta::Stream {
+    const PROTOCOL: Protocol = Protocol::Delta;
+
+    fn request(req: Request) -> Self::Request {
+        req.into_delta()
+    }
+
+    fn response(r: &delta::Response) -> Response {
+        r.into()
+    }
+}
+
+/// Delivers `requests`, and everything they lead to, between `stream` and `envoy` until both
+/// are quiet; the events on the way. Panics if they are never quiet.
+pub fn converge<M: Machine>(
+    stream: &mut M,
+    envoy: &mut FakeEnvoy,
+    requests: Vec<Request>,
+) -> Vec<Event> {
+    let mut requests = std::collections::VecDeque::from(requests);
+    let mut events = Vec::new();
+    for _ in 0..1000 {
+        let Some(req) = requests.pop_front() else {
+            return events;
+        };
+        let (responses, more) = stream.send(req);
+        events.extend(more);
+        for r in responses {
+            requests.extend(envoy.receive(r));
+        }
+    }
+    panic!("did not converge");
+}
+
+/// Publishes `snapshot` on `stream` and converges; the events.
+pub fn push<M: Machine>(
+    stream: &mut M,
+    envoy: &mut FakeEnvoy,
+    snapshot: Arc<Snapshot>,
+) -> Vec<Event> {
+    let (responses, mut events) = stream.publish(snapshot);
+    let mut requests = Vec::new();
+    for r in responses {
+        requests.extend(envoy.receive(r));
+    }
+    events.extend(converge(stream, envoy, requests));
+    events
+}
+
+/// An ADS stream serving `snapshot` and a fake Envoy brought up on it: nothing is sent before
+/// it asks, and then it is in sync and holds exactly the snapshot.
+pub fn connected<M: Machine>(snapshot: Arc<Snapshot>) -> (M, FakeEnvoy) {
+    let mut stream = M::new(Mode::Aggregated);
+    let mut envoy = FakeEnvoy::new(M::PROTOCOL);
+    assert_eq!(
+        stream.publish(snapshot.clone()),
+        (Vec::new(), Vec::new()),
+        "nothing is sent unasked"
+    );
+    let start = envoy.start();
+    converge(&mut stream, &mut envoy, start);
+    assert_eq!(
+        stream.sync_state(),
+        SyncState::InSync,
+        "in sync once converged"
+    );
+    assert!(
+        envoy.holds_exactly(&snapshot),
+        "holds what is served: {:?}",
+        envoy.held
+    );
+    (stream, envoy)
+}
+
+/// A new ADS stream from `envoy` (a reconnect) to a server serving `snapshot`: the responses to
+/// its first requests, each delivered to it as it comes, and then everything converged.
+pub fn reconnect<M: Machine>(envoy: &mut FakeEnvoy, snapshot: Arc<Snapshot>) -> (M, Vec<Response>) {
+    let mut stream = M::new(Mode::Aggregated);
+    stream.publish(snapshot);
+    let mut first = Vec::new();
+    let mut later = Vec::new();
+    for req in envoy.reconnect() {
+        let (responses, _) = stream.send(req);
+        for r in &responses {
+            later.extend(envoy.receive(r));
+        }
+        first.extend(responses);
+    }
+    converge(&mut stream, envoy, later);
+    (stream, first)
+}
