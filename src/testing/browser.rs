@@ -6,13 +6,13 @@
 //! `CI=true` a missing part fails the test; elsewhere the test is skipped with a loud message.
 //! `scripts/test` installs them all.
 
-use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::mpsc;
+
+use super::driver::Driver;
 
 /// One answer of the driver; Chromium's start is included in the first.
 const ANSWER: Duration = Duration::from_secs(30);
@@ -76,10 +76,7 @@ pub fn browser_or_skip() -> Option<Browser> {
 
 /// A page open at a URL. The browser is killed on drop.
 pub struct Page {
-    /// Taken by [`Page::close`].
-    child: Option<Child>,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::UnboundedReceiver<String>,
+    driver: Driver,
     /// The driver's `ready` answer: load time, HTTP status and headers of the page.
     pub ready: Value,
 }
@@ -87,29 +84,13 @@ pub struct Page {
 impl Page {
     /// Opens `url` and waits until the page shows a service.
     pub async fn open(browser: &Browser, url: &str) -> Page {
-        let mut child = Command::new(&browser.node)
+        let mut command = Command::new(&browser.node);
+        command
             .arg(&browser.script)
             .arg(url)
-            .env("CHROMIUM_BIN", &browser.chromium)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", browser.node.display()));
-        let stdout = child.stdout.take().expect("the driver's stdout");
-        let (tx, lines) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+            .env("CHROMIUM_BIN", &browser.chromium);
         let mut page = Page {
-            stdin: child.stdin.take(),
-            child: Some(child),
-            lines,
+            driver: Driver::start("the browser driver", command, ANSWER),
             ready: Value::Null,
         };
         page.ready = page.answer("ready").await;
@@ -118,13 +99,7 @@ impl Page {
 
     /// The next answer of the driver; panics on an error, on silence or on an early exit.
     async fn answer(&mut self, key: &str) -> Value {
-        let line = tokio::time::timeout(ANSWER, self.lines.recv())
-            .await
-            .unwrap_or_else(|_| panic!("the browser did not answer ({key}) within {ANSWER:?}"))
-            .unwrap_or_else(|| {
-                let status = self.child.as_mut().map(Child::try_wait);
-                panic!("the browser driver exited ({status:?}) before answering ({key})")
-            });
+        let line = self.driver.answer().await;
         let value: Value = serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("the browser driver said {line:?}: {e}"));
         if let Some(error) = value.get("error") {
@@ -134,43 +109,23 @@ impl Page {
         value
     }
 
-    fn send(&mut self, command: &str) {
-        let stdin = self.stdin.as_mut().expect("the driver's stdin is open");
-        writeln!(stdin, "{command}").expect("write to the browser driver");
-        stdin.flush().expect("flush the browser driver's input");
-    }
-
     /// What the page shows now (`state`), with the driver's `problems` (console errors, failed
     /// requests) and every URL the page has `requests`ted.
     pub async fn read(&mut self) -> Value {
-        self.send("read");
+        self.driver.send("read");
         self.answer("state").await
     }
 
     /// A full-page PNG at `path`.
     pub async fn screenshot(&mut self, path: &Path) {
-        self.send(&format!("screenshot {}", path.display()));
+        self.driver.send(&format!("screenshot {}", path.display()));
         self.answer("screenshot").await;
     }
 
     /// Closes the browser; panics unless the driver exits cleanly.
     pub async fn close(mut self) {
-        self.send("quit");
-        drop(self.stdin.take());
-        let mut child = self.child.take().expect("the driver is running");
-        let status = tokio::task::spawn_blocking(move || child.wait())
-            .await
-            .expect("wait for the browser driver")
-            .expect("the browser driver's exit status");
+        self.driver.send("quit");
+        let status = self.driver.finish().await;
         assert!(status.success(), "the browser driver exited with {status}");
-    }
-}
-
-impl Drop for Page {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }

@@ -2,33 +2,58 @@
 
 use std::sync::Arc;
 
-use crate::app::compile;
+use crate::app::{compile, compile_resources};
 use crate::snapshot::Snapshot;
+
+/// A deployment file's start: one listener `public` at `$address` routing everything to service
+/// `checkout`, whose versions follow.
+macro_rules! checkout_head {
+    ($address:literal) => {
+        concat!(
+            "listeners:\n",
+            "  - name: public\n",
+            "    address: ",
+            $address,
+            "\n",
+            "    routes:\n",
+            "      - match: { prefix: / }\n",
+            "        service: checkout\n",
+            "services:\n",
+            "  checkout:\n",
+            "    versions:\n",
+        )
+    };
+}
 
 /// One listener `public` on 127.0.0.1:10000 routing everything to service `checkout`, with
 /// versions blue (127.0.0.1:8081) and green (127.0.0.1:8082), blue active: what most tests
-/// that do not route real traffic serve. Tests edit it with `replace`, so its text is fixed.
-pub const DEPLOY: &str = "\
-listeners:
-  - name: public
-    address: 127.0.0.1:10000
-    routes:
-      - match: { prefix: / }
-        service: checkout
-services:
-  checkout:
-    versions:
-      blue:  { endpoints: [127.0.0.1:8081] }
-      green: { endpoints: [127.0.0.1:8082] }
-    active: blue
-";
+/// that do not route real traffic serve. Tests edit it with `replace`, so its text is fixed:
+///
+/// ```yaml
+/// listeners:
+///   - name: public
+///     address: 127.0.0.1:10000
+///     routes:
+///       - match: { prefix: / }
+///         service: checkout
+/// services:
+///   checkout:
+///     versions:
+///       blue:  { endpoints: [127.0.0.1:8081] }
+///       green: { endpoints: [127.0.0.1:8082] }
+///     active: blue
+/// ```
+pub const DEPLOY: &str = concat!(
+    checkout_head!("127.0.0.1:10000"),
+    "      blue:  { endpoints: [127.0.0.1:8081] }\n",
+    "      green: { endpoints: [127.0.0.1:8082] }\n",
+    "    active: blue\n",
+);
 
 /// [`DEPLOY`]'s shape with `versions` (name, endpoint) of `checkout`, `active` getting the
 /// traffic.
 pub fn checkout(versions: &[(&str, &str)], active: &str) -> String {
-    let mut text = String::from(
-        "listeners:\n  - name: public\n    address: 127.0.0.1:10000\n    routes:\n      - match: { prefix: / }\n        service: checkout\nservices:\n  checkout:\n    versions:\n",
-    );
+    let mut text = String::from(checkout_head!("127.0.0.1:10000"));
     for (name, endpoint) in versions {
         text.push_str(&format!(
             "      {name}: {{ endpoints: [\"{endpoint}\"] }}\n"
@@ -65,22 +90,39 @@ pub fn three_versions() -> Arc<Snapshot> {
 
 /// A service `checkout` whose one version `live` has `%ENDPOINTS%` (see [`rolling`]), behind an
 /// end-to-end listener (`${listener}`): for tests that add, remove and drain endpoints.
-pub const ROLLING: &str = "
-listeners:
-  - name: public
-    address: ${listener}
-    routes:
-      - match: { prefix: / }
-        service: checkout
-services:
-  checkout:
-    versions:
-      live:
-        endpoints: [%ENDPOINTS%]
-    active: live
-";
+pub const ROLLING: &str = concat!(
+    "\n",
+    checkout_head!("${listener}"),
+    "      live:\n",
+    "        endpoints: [%ENDPOINTS%]\n",
+    "    active: live\n",
+);
 
 /// [`ROLLING`] with `endpoints` (placeholders such as `${live-1}, ${live-2}`).
 pub fn rolling(endpoints: &str) -> String {
     ROLLING.replace("%ENDPOINTS%", endpoints)
+}
+
+/// An example file (`examples/NAME`) as text.
+pub fn example(name: &str) -> String {
+    let path = super::repo().join("examples").join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `examples/basic.yaml` compiled, and the same with one cluster redefined (same name and
+/// endpoints, another connect timeout: Envoy re-creates it, and it warms until its endpoints
+/// come again); the name of that cluster.
+pub fn a_cluster_redefined() -> (Arc<Snapshot>, Arc<Snapshot>, String) {
+    let resources = compile_resources("t.yaml", &example("basic.yaml")).expect("basic.yaml");
+    let mut changed = resources.clone();
+    changed.clusters[0].connect_timeout = Some(envoy_types::pb::google::protobuf::Duration {
+        seconds: 3,
+        nanos: 0,
+    });
+    let name = changed.clusters[0].name.clone();
+    (
+        Arc::new(Snapshot::new(&resources)),
+        Arc::new(Snapshot::new(&changed)),
+        name,
+    )
 }

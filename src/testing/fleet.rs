@@ -27,7 +27,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::Protocol;
-use super::xds::{Client, FakeEnvoy, Raw, Request, channel};
+use super::xds::{
+    Client, FakeEnvoy, Raw, Request, channel, delta_request, dependent, sotw_request,
+};
 use crate::snapshot::Snapshot;
 use crate::xds::{Mode, ResourceType};
 
@@ -259,12 +261,9 @@ impl StreamTask {
         let node = self.node();
         let request = |ty: ResourceType, version: &str, nonce: &str, names: Vec<String>| {
             Request::Sotw(DiscoveryRequest {
-                type_url: ty.type_url().to_owned(),
-                version_info: version.to_owned(),
-                response_nonce: nonce.to_owned(),
                 resource_names: names,
                 node: Some(node.clone()),
-                ..Default::default()
+                ..sotw_request(ty, version, nonce, &[])
             })
         };
         let target = self.target.borrow().clone();
@@ -305,12 +304,7 @@ impl StreamTask {
             nonces[ty.index()] = r.nonce.clone();
             let target = self.target.borrow().clone();
             // Subscriptions follow what the clusters and listeners bring.
-            let dependent = match ty {
-                ResourceType::Cluster => Some(ResourceType::Endpoint),
-                ResourceType::Listener => Some(ResourceType::Route),
-                _ => None,
-            };
-            if let Some(dep) = dependent {
+            if let Some(dep) = dependent(ty) {
                 let names = target.names(dep);
                 if subscribed[dep.index()].as_ref() != Some(&names) {
                     let i = dep.index();
@@ -325,28 +319,22 @@ impl StreamTask {
                 .send(request(ty, &r.version_info, &r.nonce, names))
                 .await;
             held.versions[ty.index()] = r.version_info;
-            if self.endpoints_done(ty, &target)
-                && subscribed[ResourceType::Listener.index()].is_none()
-            {
-                client
-                    .send(request(ResourceType::Listener, "", "", Vec::new()))
-                    .await;
-                subscribed[ResourceType::Listener.index()] = Some(Vec::new());
-            }
+            let listeners = request(ResourceType::Listener, "", "", Vec::new());
+            ask_listeners(&mut client, &mut subscribed, ty, &target, listeners).await;
             self.record_if_synced(held);
         }
     }
 
     /// One delta session; `Err` when the stream ends.
     async fn delta(&mut self, held: &mut Held) -> Result<(), ()> {
+        // Every request names the node, as these streams always have (their figures compare).
         let node = self.node();
         let request =
             |ty: ResourceType, subscribe: Vec<String>, nonce: &str| DeltaDiscoveryRequest {
-                type_url: ty.type_url().to_owned(),
                 resource_names_subscribe: subscribe,
                 response_nonce: nonce.to_owned(),
                 node: Some(node.clone()),
-                ..Default::default()
+                ..delta_request(ty, &[], &[])
             };
         let target = self.target.borrow().clone();
         let mut subscribed: [Option<Vec<String>>; 4] = Default::default();
@@ -388,12 +376,7 @@ impl StreamTask {
                 set.insert(res.name.clone(), res.version.clone());
             }
             let target = self.target.borrow().clone();
-            let dependent = match ty {
-                ResourceType::Cluster => Some(ResourceType::Endpoint),
-                ResourceType::Listener => Some(ResourceType::Route),
-                _ => None,
-            };
-            if let Some(dep) = dependent {
+            if let Some(dep) = dependent(ty) {
                 let names = target.names(dep);
                 let before = subscribed[dep.index()].clone().unwrap_or_default();
                 let add: Vec<String> = names
@@ -414,23 +397,29 @@ impl StreamTask {
                 }
             }
             client.send(request(ty, Vec::new(), &r.nonce)).await;
-            if self.endpoints_done(ty, &target)
-                && subscribed[ResourceType::Listener.index()].is_none()
-            {
-                client
-                    .send(request(ResourceType::Listener, Vec::new(), ""))
-                    .await;
-                subscribed[ResourceType::Listener.index()] = Some(Vec::new());
-            }
+            let listeners = request(ResourceType::Listener, Vec::new(), "");
+            ask_listeners(&mut client, &mut subscribed, ty, &target, listeners).await;
             self.record_if_synced(held);
         }
     }
+}
 
-    /// Whether a response of `ty` completes the clusters' endpoints (Envoy asks for listeners
-    /// then): the endpoints themselves, or clusters when the target has no endpoints.
-    fn endpoints_done(&self, ty: ResourceType, target: &Target) -> bool {
-        ty == ResourceType::Endpoint
-            || (ty == ResourceType::Cluster && target.names(ResourceType::Endpoint).is_empty())
+/// Asks for listeners with `request` once a response of `ty` completes the clusters' endpoints
+/// (the endpoints themselves, or clusters when the target has no endpoints), as Envoy does, if
+/// not asked yet.
+async fn ask_listeners(
+    client: &mut Client,
+    subscribed: &mut [Option<Vec<String>>; 4],
+    ty: ResourceType,
+    target: &Target,
+    request: impl Into<Request>,
+) {
+    let endpoints_done = ty == ResourceType::Endpoint
+        || (ty == ResourceType::Cluster && target.names(ResourceType::Endpoint).is_empty());
+    let listeners = &mut subscribed[ResourceType::Listener.index()];
+    if endpoints_done && listeners.is_none() {
+        client.send(request).await;
+        *listeners = Some(Vec::new());
     }
 }
 

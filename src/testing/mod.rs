@@ -18,6 +18,7 @@
 
 pub mod browser;
 mod cutover;
+mod driver;
 mod envoy;
 pub mod fixtures;
 pub mod fleet;

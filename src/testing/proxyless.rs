@@ -11,14 +11,14 @@
 //! installs them all.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::mpsc;
+
+use super::driver::Driver;
 
 /// One answer of a driver: its calls are bounded by the command (a count or a timeout), and
 /// each call by a 5 s deadline.
@@ -91,68 +91,6 @@ pub fn parts_or_skip() -> Option<Parts> {
     )
 }
 
-/// A child process that answers one line per command line. Killed on drop.
-struct Driver {
-    what: String,
-    child: Option<Child>,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::UnboundedReceiver<String>,
-}
-
-impl Driver {
-    fn start(what: &str, mut command: Command) -> Driver {
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {what}: {e}"));
-        let stdout = child.stdout.take().expect("the driver's stdout");
-        let (tx, lines) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Driver {
-            what: what.to_owned(),
-            stdin: child.stdin.take(),
-            child: Some(child),
-            lines,
-        }
-    }
-
-    fn send(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("the driver's stdin is open");
-        writeln!(stdin, "{line}").unwrap_or_else(|e| panic!("write to {}: {e}", self.what));
-        stdin.flush().expect("flush the driver's input");
-    }
-
-    async fn answer(&mut self) -> String {
-        let what = &self.what;
-        tokio::time::timeout(ANSWER, self.lines.recv())
-            .await
-            .unwrap_or_else(|_| panic!("{what} did not answer within {ANSWER:?}"))
-            .unwrap_or_else(|| {
-                let status = self.child.as_mut().map(Child::try_wait);
-                panic!("{what} exited ({status:?}) before answering")
-            })
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// gRPC servers on loopback, each answering every call with its label.
 pub struct Upstreams {
     driver: Driver,
@@ -169,7 +107,7 @@ impl Upstreams {
         let mut command = Command::new(&parts.python);
         command.arg(parts.dir.join("upstream.py"));
         command.args(addrs.iter().map(|(l, a)| format!("{l}={}", a.port())));
-        let mut driver = Driver::start("the gRPC upstreams", command);
+        let mut driver = Driver::start("the gRPC upstreams", command, ANSWER);
         let ready = driver.answer().await;
         assert_eq!(ready, "ready", "the gRPC upstreams said {ready:?}");
         Upstreams { driver, addrs }
@@ -241,7 +179,7 @@ impl GrpcClient {
         command.arg(target).env("GRPC_XDS_BOOTSTRAP", bootstrap);
         let mut client = GrpcClient {
             kind,
-            driver: Driver::start(&format!("the {kind:?} gRPC client"), command),
+            driver: Driver::start(&format!("the {kind:?} gRPC client"), command, ANSWER),
         };
         let ready = client
             .run(json!({ "op": "ready", "timeout_ms": 20_000 }))

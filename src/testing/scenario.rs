@@ -44,26 +44,9 @@ impl Stack {
         ];
         let green = vec![Upstream::start("green-1").await];
         let listener = free_port();
-        let file = DeploymentFile {
-            path: dir.path().join("deploy.yaml"),
-        };
-        let text = checkout_deployment(
-            listener,
-            &blue.iter().map(|u| u.addr).collect::<Vec<_>>(),
-            &green.iter().map(|u| u.addr).collect::<Vec<_>>(),
-            active,
-        );
-        file.write_renamed(&text);
-        let cutover = Cutover::start(dir.path(), &file.path).await;
-        let envoy = Envoy::start_with(
-            envoy_bin,
-            dir.path(),
-            NODE,
-            cutover.ads,
-            listener,
-            xds.bootstrap_args(),
-        )
-        .await;
+        let text = checkout_deployment(listener, &addrs(&blue), &addrs(&green), active);
+        let (file, cutover, envoy) =
+            serve_envoy(envoy_bin, dir.path(), &text, &[], listener, xds).await;
         Stack {
             blue,
             green,
@@ -79,8 +62,8 @@ impl Stack {
     pub fn deployment(&self, active: &str) -> String {
         checkout_deployment(
             self.listener,
-            &self.blue.iter().map(|u| u.addr).collect::<Vec<_>>(),
-            &self.green.iter().map(|u| u.addr).collect::<Vec<_>>(),
+            &addrs(&self.blue),
+            &addrs(&self.green),
             active,
         )
     }
@@ -101,6 +84,35 @@ impl Stack {
         )
         .await;
     }
+}
+
+/// `text` saved as `deploy.yaml` in `dir`, cutover serving it (with `cutover_args`) and an Envoy
+/// (node [`NODE`]) speaking `xds` to it, up and answering on `listener`.
+async fn serve_envoy(
+    envoy_bin: &Path,
+    dir: &Path,
+    text: &str,
+    cutover_args: &[&str],
+    listener: SocketAddr,
+    xds: Protocol,
+) -> (DeploymentFile, Cutover, Envoy) {
+    let file = DeploymentFile::new(dir.join("deploy.yaml"));
+    file.write_renamed(text);
+    let cutover = Cutover::start_with_args(dir, &file.path, cutover_args).await;
+    let envoy = Envoy::start_with(
+        envoy_bin,
+        dir,
+        NODE,
+        cutover.ads,
+        listener,
+        xds.bootstrap_args(),
+    )
+    .await;
+    (file, cutover, envoy)
+}
+
+fn addrs(upstreams: &[Upstream]) -> Vec<SocketAddr> {
+    upstreams.iter().map(|u| u.addr).collect()
 }
 
 /// Upstreams with names chosen by the test, a deployment file made from a template that refers
@@ -154,20 +166,9 @@ impl Scenario {
             started.push(Upstream::start(name).await);
         }
         let listener = free_port();
-        let file = DeploymentFile {
-            path: dir.path().join("deploy.yaml"),
-        };
-        file.write_renamed(&render_template(template, listener, &started));
-        let cutover = Cutover::start_with_args(dir.path(), &file.path, cutover_args).await;
-        let envoy = Envoy::start_with(
-            envoy_bin,
-            dir.path(),
-            NODE,
-            cutover.ads,
-            listener,
-            xds.bootstrap_args(),
-        )
-        .await;
+        let text = render_template(template, listener, &started);
+        let (file, cutover, envoy) =
+            serve_envoy(envoy_bin, dir.path(), &text, cutover_args, listener, xds).await;
         cutover.wait_in_sync(NODE).await;
         Scenario {
             upstreams: started,

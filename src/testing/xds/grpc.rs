@@ -42,6 +42,47 @@ pub async fn channel(
     endpoint.connect().await
 }
 
+/// Opens a stream of `$mode` on `$channel` sending `$requests`, with the method of the ADS or
+/// per-type client that serves it; `?` on a refusal.
+macro_rules! call {
+    ($channel:expr, $mode:expr, $requests:expr, $ads:ident, $cds:ident, $eds:ident, $lds:ident, $rds:ident) => {
+        match $mode {
+            Mode::Aggregated => {
+                AggregatedDiscoveryServiceClient::new($channel)
+                    .max_encoding_message_size(usize::MAX)
+                    .max_decoding_message_size(MAX_RESPONSE)
+                    .$ads($requests)
+                    .await
+            }
+            Mode::Single(CDS) => {
+                ClusterDiscoveryServiceClient::new($channel)
+                    .max_decoding_message_size(MAX_RESPONSE)
+                    .$cds($requests)
+                    .await
+            }
+            Mode::Single(EDS) => {
+                EndpointDiscoveryServiceClient::new($channel)
+                    .max_decoding_message_size(MAX_RESPONSE)
+                    .$eds($requests)
+                    .await
+            }
+            Mode::Single(LDS) => {
+                ListenerDiscoveryServiceClient::new($channel)
+                    .max_decoding_message_size(MAX_RESPONSE)
+                    .$lds($requests)
+                    .await
+            }
+            Mode::Single(RDS) => {
+                RouteDiscoveryServiceClient::new($channel)
+                    .max_decoding_message_size(MAX_RESPONSE)
+                    .$rds($requests)
+                    .await
+            }
+        }?
+        .into_inner()
+    };
+}
+
 enum Sender {
     Sotw(mpsc::Sender<DiscoveryRequest>),
     Delta(mpsc::Sender<DeltaDiscoveryRequest>),
@@ -119,41 +160,17 @@ impl Client {
                     tx.try_send(r.into_sotw())
                         .expect("room for the first requests");
                 }
-                let requests = ReceiverStream::new(requests);
-                let rx = match mode {
-                    Mode::Aggregated => {
-                        AggregatedDiscoveryServiceClient::new(channel)
-                            .max_encoding_message_size(usize::MAX)
-                            .max_decoding_message_size(MAX_RESPONSE)
-                            .stream_aggregated_resources(requests)
-                            .await
-                    }
-                    Mode::Single(CDS) => {
-                        ClusterDiscoveryServiceClient::new(channel)
-                            .max_decoding_message_size(MAX_RESPONSE)
-                            .stream_clusters(requests)
-                            .await
-                    }
-                    Mode::Single(EDS) => {
-                        EndpointDiscoveryServiceClient::new(channel)
-                            .max_decoding_message_size(MAX_RESPONSE)
-                            .stream_endpoints(requests)
-                            .await
-                    }
-                    Mode::Single(LDS) => {
-                        ListenerDiscoveryServiceClient::new(channel)
-                            .max_decoding_message_size(MAX_RESPONSE)
-                            .stream_listeners(requests)
-                            .await
-                    }
-                    Mode::Single(RDS) => {
-                        RouteDiscoveryServiceClient::new(channel)
-                            .max_decoding_message_size(MAX_RESPONSE)
-                            .stream_routes(requests)
-                            .await
-                    }
-                }?;
-                (Sender::Sotw(tx), Receiver::Sotw(rx.into_inner()))
+                let rx = call!(
+                    channel,
+                    mode,
+                    ReceiverStream::new(requests),
+                    stream_aggregated_resources,
+                    stream_clusters,
+                    stream_endpoints,
+                    stream_listeners,
+                    stream_routes
+                );
+                (Sender::Sotw(tx), Receiver::Sotw(rx))
             }
             Protocol::Delta => {
                 let (tx, requests) = mpsc::channel(depth);
@@ -161,41 +178,17 @@ impl Client {
                     tx.try_send(r.into_delta())
                         .expect("room for the first requests");
                 }
-                let requests = ReceiverStream::new(requests);
-                let rx = match mode {
-                    Mode::Aggregated => {
-                        AggregatedDiscoveryServiceClient::new(channel)
-                            .max_encoding_message_size(usize::MAX)
-                            .max_decoding_message_size(MAX_RESPONSE)
-                            .delta_aggregated_resources(requests)
-                            .await
-                    }
-                    Mode::Single(CDS) => {
-                        ClusterDiscoveryServiceClient::new(channel)
-                            .max_decoding_message_size(MAX_RESPONSE)
-                            .delta_clusters(requests)
-                            .await
-                    }
-                    Mode::Single(EDS) => {
-                        EndpointDiscoveryServiceClient::new(channel)
-                            .max_decoding_message_size(MAX_RESPONSE)
-                            .delta_endpoints(requests)
-                            .await
-                    }
-                    Mode::Single(LDS) => {
-                        ListenerDiscoveryServiceClient::new(channel)
-                            .max_decoding_message_size(MAX_RESPONSE)
-                            .delta_listeners(requests)
-                            .await
-                    }
-                    Mode::Single(RDS) => {
-                        RouteDiscoveryServiceClient::new(channel)
-                            .max_decoding_message_size(MAX_RESPONSE)
-                            .delta_routes(requests)
-                            .await
-                    }
-                }?;
-                (Sender::Delta(tx), Receiver::Delta(rx.into_inner()))
+                let rx = call!(
+                    channel,
+                    mode,
+                    ReceiverStream::new(requests),
+                    delta_aggregated_resources,
+                    delta_clusters,
+                    delta_endpoints,
+                    delta_listeners,
+                    delta_routes
+                );
+                (Sender::Delta(tx), Receiver::Delta(rx))
             }
         };
         Ok(Client { envoy, tx, rx })

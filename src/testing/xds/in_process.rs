@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use super::{FakeEnvoy, Request, Response};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Resource, Snapshot};
 use crate::testing::Protocol;
 use crate::xds::clients::SyncState;
 use crate::xds::server::Machine as ServerMachine;
-use crate::xds::{Event, Mode, delta, sotw};
+use crate::xds::{Event, Mode, Output, ResourceType, delta, sotw};
 
 /// A protocol machine the fake client can talk to.
 pub trait Machine: ServerMachine {
@@ -141,4 +141,62 @@ pub fn reconnect<M: Machine>(envoy: &mut FakeEnvoy, snapshot: Arc<Snapshot>) -> 
     }
     converge(&mut stream, envoy, later);
     (stream, first)
+}
+
+/// What a test reads of a protocol machine's own response, either protocol.
+pub trait Sent: std::fmt::Debug {
+    fn ty(&self) -> ResourceType;
+    fn resources(&self) -> &[Resource];
+}
+
+impl Sent for sotw::Response {
+    fn ty(&self) -> ResourceType {
+        self.ty
+    }
+    fn resources(&self) -> &[Resource] {
+        &self.resources
+    }
+}
+
+impl Sent for delta::Response {
+    fn ty(&self) -> ResourceType {
+        self.ty
+    }
+    fn resources(&self) -> &[Resource] {
+        &self.resources
+    }
+}
+
+impl Sent for Response {
+    fn ty(&self) -> ResourceType {
+        self.ty
+    }
+    fn resources(&self) -> &[Resource] {
+        &self.resources
+    }
+}
+
+/// The names of the resources a response carries, in order.
+pub fn names(r: &impl Sent) -> Vec<&str> {
+    r.resources().iter().map(|r| r.name.as_str()).collect()
+}
+
+/// The types of the responses, in order.
+pub fn types<R: Sent>(out: &Output<R>) -> Vec<ResourceType> {
+    out.responses.iter().map(Sent::ty).collect()
+}
+
+/// The one response in `out`; panics if there is not exactly one.
+pub fn only<R: Sent>(out: &Output<R>) -> &R {
+    let [r] = &out.responses[..] else {
+        panic!("one response expected: {out:?}")
+    };
+    r
+}
+
+/// A per-type stream of `ty` serving `snapshot`.
+pub fn single<M: Machine>(ty: ResourceType, snapshot: Arc<Snapshot>) -> M {
+    let mut stream = M::new(Mode::Single(ty));
+    stream.publish(snapshot);
+    stream
 }

@@ -46,6 +46,16 @@ pub const EDS: ResourceType = ResourceType::Endpoint;
 pub const LDS: ResourceType = ResourceType::Listener;
 pub const RDS: ResourceType = ResourceType::Route;
 
+/// The type whose subscription follows what a response of `ty` brings: the endpoints of the
+/// clusters, the route configurations of the listeners.
+pub fn dependent(ty: ResourceType) -> Option<ResourceType> {
+    match ty {
+        CDS => Some(EDS),
+        LDS => Some(RDS),
+        _ => None,
+    }
+}
+
 /// What Envoy puts in `error_detail.code` when it rejects a config (INTERNAL).
 const NACK_CODE: i32 = 13;
 
@@ -574,12 +584,7 @@ impl FakeEnvoy {
         self.assert_routes_have_clusters();
         let mut out = Vec::new();
         // Like Envoy: subscription changes for dependent types go out before the ACK.
-        let dependent = match r.ty {
-            CDS => Some(EDS),
-            LDS => Some(RDS),
-            _ => None,
-        };
-        if let Some(req) = dependent.and_then(|dep| self.follow(dep)) {
+        if let Some(req) = dependent(r.ty).and_then(|dep| self.follow(dep)) {
             out.push(req);
         }
         let ack = match self.protocol {

@@ -1,271 +1,19 @@
-//! The protocol state machine, fed requests directly: no sockets, no clock.
+//! The protocol state machine, fed requests directly: no sockets, no clock. The fake client
+//! and the fixtures are the test kit's (`crate::testing`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, route, route_action};
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
-use envoy_types::pb::google::protobuf::Any;
-use envoy_types::pb::google::rpc::Status;
-use prost::Message;
-
 use super::*;
-use crate::app::compile;
+use crate::testing::Protocol;
+use crate::testing::fixtures::{a_cluster_redefined, blue_green, deployment};
+use crate::testing::xds::in_process::{self, converge, names, only, push, types};
+use crate::testing::xds::{FakeEnvoy, node, sotw_nack as nack, sotw_request as request, with_node};
 use crate::xds::clients::SyncState;
 
-/// A deployment with one listener whose `/` route goes to `checkout/<active>`.
-fn deployment(versions: &[(&str, &str)], active: &str) -> Arc<Snapshot> {
-    let mut text = String::from(
-        "listeners:\n  - name: public\n    address: 127.0.0.1:10000\n    routes:\n      - match: { prefix: / }\n        service: checkout\nservices:\n  checkout:\n    versions:\n",
-    );
-    for (name, endpoint) in versions {
-        text.push_str(&format!(
-            "      {name}: {{ endpoints: [\"{endpoint}\"] }}\n"
-        ));
-    }
-    text.push_str(&format!("    active: {active}\n"));
-    Arc::new(compile("test.yaml", &text).unwrap())
-}
-
-fn blue_green(active: &str) -> Arc<Snapshot> {
-    deployment(
-        &[("blue", "127.0.0.1:8081"), ("green", "127.0.0.1:8082")],
-        active,
-    )
-}
-
-fn request(ty: ResourceType, version: &str, nonce: &str, names: &[&str]) -> DiscoveryRequest {
-    DiscoveryRequest {
-        type_url: ty.type_url().to_owned(),
-        version_info: version.to_owned(),
-        response_nonce: nonce.to_owned(),
-        resource_names: names.iter().map(|n| (*n).to_owned()).collect(),
-        node: Some(Node {
-            id: "edge-1".into(),
-            cluster: "edge".into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn nack(
-    ty: ResourceType,
-    version: &str,
-    nonce: &str,
-    names: &[&str],
-    error: &str,
-) -> DiscoveryRequest {
-    DiscoveryRequest {
-        error_detail: Some(Status {
-            code: 3,
-            message: error.to_owned(),
-            details: vec![],
-        }),
-        ..request(ty, version, nonce, names)
-    }
-}
-
-fn names(r: &Response) -> Vec<&str> {
-    r.resources.iter().map(|r| r.name.as_str()).collect()
-}
-
-fn types(out: &Output) -> Vec<ResourceType> {
-    out.responses.iter().map(|r| r.ty).collect()
-}
-
-/// The clusters a route configuration sends traffic to.
-fn route_targets(resource: &Resource) -> BTreeSet<String> {
-    let any = Any::decode(resource.encoded.as_ref()).unwrap();
-    let rc = RouteConfiguration::decode(any.value.as_slice()).unwrap();
-    let mut out = BTreeSet::new();
-    for vh in rc.virtual_hosts {
-        for r in vh.routes {
-            if let Some(route::Action::Route(a)) = r.action {
-                match a.cluster_specifier {
-                    Some(route_action::ClusterSpecifier::Cluster(c)) => {
-                        out.insert(c);
-                    }
-                    Some(route_action::ClusterSpecifier::WeightedClusters(w)) => {
-                        out.extend(w.clusters.into_iter().map(|c| c.name));
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-    out
-}
-
-/// A minimal Envoy: it applies what it is sent, asks for what its config refers to, ACKs, and
-/// checks after every response that each route targets a cluster it holds with endpoints (else
-/// real requests would fail with 503 "no cluster"). Like Envoy, it starts with clusters and
-/// asks for listeners once its first clusters have their endpoints (Envoy initialises LDS once
-/// the cluster manager is initialised).
-#[derive(Default)]
-struct FakeEnvoy {
-    /// Whether it asked for listeners yet.
-    asked_listeners: bool,
-    held: BTreeMap<ResourceType, BTreeMap<String, Resource>>,
-    versions: BTreeMap<ResourceType, String>,
-    /// The nonce of the last response of each type: Envoy sends it on every later request of
-    /// that type, subscription changes included.
-    nonces: BTreeMap<ResourceType, String>,
-    /// Every response type in the order received.
-    log: Vec<ResourceType>,
-    /// If set, responses of this type are NACKed.
-    reject: Option<ResourceType>,
-}
-
-impl FakeEnvoy {
-    fn start(&self) -> Vec<DiscoveryRequest> {
-        vec![request(ResourceType::Cluster, "", "", &[])]
-    }
-
-    /// The first listener request, once every cluster it holds has its endpoints.
-    fn ask_listeners_once_initialised(&mut self, out: &mut Vec<DiscoveryRequest>) {
-        let empty = BTreeMap::new();
-        let clusters = self.held.get(&ResourceType::Cluster).unwrap_or(&empty);
-        let endpoints = self.held.get(&ResourceType::Endpoint).unwrap_or(&empty);
-        if !self.asked_listeners
-            && self.held.contains_key(&ResourceType::Cluster)
-            && clusters.keys().all(|c| endpoints.contains_key(c))
-        {
-            self.asked_listeners = true;
-            out.push(request(ResourceType::Listener, "", "", &[]));
-        }
-    }
-
-    fn receive(&mut self, r: &Response) -> Vec<DiscoveryRequest> {
-        self.log.push(r.ty);
-        self.nonces.insert(r.ty, r.nonce.clone());
-        if self.reject == Some(r.ty) {
-            let held = self.versions.get(&r.ty).cloned().unwrap_or_default();
-            let names = self.subscribed(r.ty);
-            let names: Vec<&str> = names.iter().map(String::as_str).collect();
-            return vec![nack(r.ty, &held, &r.nonce, &names, "rejected by test")];
-        }
-        let set = self.held.entry(r.ty).or_default();
-        if r.ty.is_full_state() {
-            set.clear();
-        }
-        for res in &r.resources {
-            set.insert(res.name.clone(), res.clone());
-        }
-        self.versions.insert(r.ty, r.version.clone());
-        self.assert_routes_have_clusters();
-        let mut out = Vec::new();
-        // Like Envoy: subscription changes for dependent types go out before the ACK.
-        let dependent = match r.ty {
-            ResourceType::Cluster => Some(ResourceType::Endpoint),
-            ResourceType::Listener => Some(ResourceType::Route),
-            _ => None,
-        };
-        if let Some(dep) = dependent {
-            let names = self.subscribed(dep);
-            let version = self.versions.get(&dep).cloned().unwrap_or_default();
-            let nonce = self.nonces.get(&dep).cloned().unwrap_or_default();
-            let names: Vec<&str> = names.iter().map(String::as_str).collect();
-            out.push(request(dep, &version, &nonce, &names));
-        }
-        let names = self.subscribed(r.ty);
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        out.push(request(r.ty, &r.version, &r.nonce, &names));
-        self.ask_listeners_once_initialised(&mut out);
-        out
-    }
-
-    fn subscribed(&self, ty: ResourceType) -> Vec<String> {
-        let parent = match ty {
-            ResourceType::Endpoint => ResourceType::Cluster,
-            ResourceType::Route => ResourceType::Listener,
-            _ => return Vec::new(),
-        };
-        self.held
-            .get(&parent)
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    fn assert_routes_have_clusters(&self) {
-        let empty = BTreeMap::new();
-        let clusters = self.held.get(&ResourceType::Cluster).unwrap_or(&empty);
-        let endpoints = self.held.get(&ResourceType::Endpoint).unwrap_or(&empty);
-        for rc in self
-            .held
-            .get(&ResourceType::Route)
-            .unwrap_or(&empty)
-            .values()
-        {
-            for target in route_targets(rc) {
-                assert!(
-                    clusters.contains_key(&target) && endpoints.contains_key(&target),
-                    "route {} targets {target}, which Envoy does not hold (after {:?})",
-                    rc.name,
-                    self.log
-                );
-            }
-        }
-    }
-
-    fn route_target(&self) -> BTreeSet<String> {
-        self.held[&ResourceType::Route]
-            .values()
-            .flat_map(route_targets)
-            .collect()
-    }
-
-    fn clusters(&self) -> Vec<String> {
-        self.held[&ResourceType::Cluster].keys().cloned().collect()
-    }
-}
-
-/// Delivers requests and responses between `stream` and `envoy` until both are quiet, one
-/// message at a time (in the order a single gRPC stream would carry them).
-fn converge(
-    stream: &mut Stream,
-    envoy: &mut FakeEnvoy,
-    mut requests: Vec<DiscoveryRequest>,
-) -> Vec<Event> {
-    let mut events = Vec::new();
-    for _ in 0..1000 {
-        if requests.is_empty() {
-            return events;
-        }
-        let req = requests.remove(0);
-        let out = stream.on_request(&req);
-        events.extend(out.events);
-        for resp in &out.responses {
-            requests.extend(envoy.receive(resp));
-        }
-    }
-    panic!("did not converge");
-}
-
-fn push(stream: &mut Stream, envoy: &mut FakeEnvoy, snapshot: Arc<Snapshot>) -> Vec<Event> {
-    let out = stream.on_snapshot(snapshot);
-    let mut requests = Vec::new();
-    for resp in &out.responses {
-        requests.extend(envoy.receive(resp));
-    }
-    let mut events = out.events;
-    events.extend(converge(stream, envoy, requests));
-    events
-}
-
+/// An ADS stream serving `snapshot` with a fake Envoy brought up on it.
 fn connected(snapshot: Arc<Snapshot>) -> (Stream, FakeEnvoy) {
-    let mut stream = Stream::new(Mode::Aggregated);
-    let mut envoy = FakeEnvoy::default();
-    assert_eq!(
-        stream.on_snapshot(snapshot),
-        Output::default(),
-        "nothing is sent unasked"
-    );
-    let start = envoy.start();
-    converge(&mut stream, &mut envoy, start);
-    assert!(stream.in_sync());
-    (stream, envoy)
+    in_process::connected(snapshot)
 }
 
 #[test]
@@ -281,7 +29,7 @@ fn initial_connection_sends_clusters_and_endpoints_before_listeners_and_routes()
         ]
     );
     assert_eq!(
-        envoy.route_target(),
+        envoy.route_targets(),
         BTreeSet::from(["checkout/blue".to_owned()])
     );
     assert_eq!(stream.node().unwrap().id, "edge-1");
@@ -394,7 +142,7 @@ fn a_switch_sends_only_routes() {
     push(&mut s, &mut envoy, blue_green("green"));
     assert_eq!(envoy.log, [ResourceType::Route]);
     assert_eq!(
-        envoy.route_target(),
+        envoy.route_targets(),
         BTreeSet::from(["checkout/green".to_owned()])
     );
     assert!(s.in_sync());
@@ -421,7 +169,7 @@ fn a_new_version_and_the_switch_to_it_in_one_edit_is_make_before_break() {
     );
     assert_eq!(envoy.clusters(), ["checkout/green"]);
     assert_eq!(
-        envoy.route_target(),
+        envoy.route_targets(),
         BTreeSet::from(["checkout/green".to_owned()])
     );
     assert!(s.in_sync());
@@ -443,7 +191,7 @@ fn rapid_edits_never_leave_a_route_without_its_cluster() {
     converge(&mut s, &mut envoy, pending);
     assert_eq!(envoy.clusters(), ["checkout/v5"]);
     assert_eq!(
-        envoy.route_target(),
+        envoy.route_targets(),
         BTreeSet::from(["checkout/v5".to_owned()])
     );
     assert!(s.in_sync());
@@ -503,7 +251,7 @@ fn a_nacked_version_is_recorded_and_not_sent_again() {
         }
     )));
     assert_eq!(
-        envoy.route_target(),
+        envoy.route_targets(),
         BTreeSet::from(["checkout/blue".to_owned()])
     );
     assert!(!s.in_sync());
@@ -540,7 +288,7 @@ fn a_nacked_version_is_recorded_and_not_sent_again() {
         ),
     );
     assert_eq!(
-        envoy.route_target(),
+        envoy.route_targets(),
         BTreeSet::from(["checkout/teal".to_owned()])
     );
     assert!(s.in_sync());
@@ -562,7 +310,7 @@ fn a_nacked_cluster_holds_back_the_routes_that_need_it() {
         "routes must not follow a rejected cluster"
     );
     assert_eq!(
-        envoy.route_target(),
+        envoy.route_targets(),
         BTreeSet::from(["checkout/blue".to_owned()])
     );
 }
@@ -573,18 +321,10 @@ fn a_reconnect_holding_the_current_versions_gets_nothing_to_apply() {
     let (_old, mut envoy) = connected(snapshot.clone());
     let mut s = Stream::new(Mode::Aggregated);
     s.on_snapshot(snapshot);
-    let v = |ty| envoy.versions[&ty].clone();
+    // Every type again, each with the version it holds and the names it asks for.
     let mut sent = Vec::new();
-    for (ty, names) in [
-        (ResourceType::Cluster, vec![]),
-        (ResourceType::Listener, vec![]),
-        (
-            ResourceType::Endpoint,
-            vec!["checkout/blue", "checkout/green"],
-        ),
-        (ResourceType::Route, vec!["public"]),
-    ] {
-        sent.extend(s.on_request(&request(ty, &v(ty), "", &names)).responses);
+    for req in envoy.reconnect() {
+        sent.extend(s.on_request(&req.into_sotw()).responses);
     }
     // One message, so that Envoy resets its reconnect backoff: the routes it holds, as a
     // response with no resource (which keeps them all), under the version it holds.
@@ -593,7 +333,7 @@ fn a_reconnect_holding_the_current_versions_gets_nothing_to_apply() {
     };
     assert_eq!(greeting.ty, ResourceType::Route);
     assert!(greeting.resources.is_empty());
-    assert_eq!(greeting.version, v(ResourceType::Route));
+    assert_eq!(greeting.version, envoy.versions[&ResourceType::Route]);
     let held = envoy.held.clone();
     let ack = envoy.receive(greeting);
     assert_eq!(envoy.held, held, "nothing changes for Envoy");
@@ -629,27 +369,12 @@ fn a_reconnect_holding_older_versions_gets_the_difference() {
     let mut s = Stream::new(Mode::Aggregated);
     s.on_snapshot(blue_green("green"));
     envoy.log.clear();
-    let v = |ty| envoy.versions[&ty].clone();
-    let requests = vec![
-        request(ResourceType::Cluster, &v(ResourceType::Cluster), "", &[]),
-        request(ResourceType::Listener, &v(ResourceType::Listener), "", &[]),
-        request(
-            ResourceType::Endpoint,
-            &v(ResourceType::Endpoint),
-            "",
-            &["checkout/blue", "checkout/green"],
-        ),
-        request(
-            ResourceType::Route,
-            &v(ResourceType::Route),
-            "",
-            &["public"],
-        ),
-    ];
+    // Every type again, each with the version it holds and the names it asks for.
+    let requests = envoy.reconnect();
     converge(&mut s, &mut envoy, requests);
     assert_eq!(envoy.log, [ResourceType::Route]);
     assert_eq!(
-        envoy.route_target(),
+        envoy.route_targets(),
         BTreeSet::from(["checkout/green".to_owned()])
     );
 }
@@ -721,19 +446,12 @@ fn new_clusters_get_their_endpoints() {
 
 #[test]
 fn endpoints_are_resent_when_a_cluster_is_redefined() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/basic.yaml");
-    let resources =
-        crate::app::compile_resources("t.yaml", &std::fs::read_to_string(path).unwrap()).unwrap();
-    let (mut s, mut envoy) = connected(Arc::new(Snapshot::new(&resources)));
-    envoy.log.clear();
     // Same names and endpoints, one cluster definition changed: Envoy re-creates that cluster,
     // which warms until it receives its endpoints again.
-    let mut changed = resources.clone();
-    changed.clusters[0].connect_timeout = Some(envoy_types::pb::google::protobuf::Duration {
-        seconds: 3,
-        nanos: 0,
-    });
-    push(&mut s, &mut envoy, Arc::new(Snapshot::new(&changed)));
+    let (basic, changed, _) = a_cluster_redefined();
+    let (mut s, mut envoy) = connected(basic);
+    envoy.log.clear();
+    push(&mut s, &mut envoy, changed);
     assert_eq!(envoy.log, [ResourceType::Cluster, ResourceType::Endpoint]);
     assert!(s.in_sync());
 }
@@ -815,7 +533,7 @@ fn a_type_not_asked_for_yet_is_not_in_sync() {
     // Envoy asks for routes after its listeners are ACKed: until then it holds no route, so
     // it is not in sync (status, save-to-ACK and the retirement gate rely on this).
     let mut s = Stream::new(Mode::Aggregated);
-    let mut envoy = FakeEnvoy::default();
+    let mut envoy = FakeEnvoy::new(Protocol::Sotw);
     s.on_snapshot(blue_green("blue"));
     let mut requests = envoy.start();
     let mut seen_lds_ack = false;
@@ -823,11 +541,11 @@ fn a_type_not_asked_for_yet_is_not_in_sync() {
         let Some(req) = (!requests.is_empty()).then(|| requests.remove(0)) else {
             break;
         };
-        if req.type_url == ResourceType::Route.type_url() {
+        if req.type_url() == ResourceType::Route.type_url() {
             // Held back: the route subscription has not arrived yet.
             continue;
         }
-        let out = s.on_request(&req);
+        let out = s.on_request(&req.into_sotw());
         seen_lds_ack |= out.events.iter().any(|e| {
             matches!(
                 e,
@@ -979,10 +697,7 @@ fn an_empty_list_after_names_unsubscribes_and_star_resubscribes() {
 
 /// The resource names of the one response in `out`.
 fn names_of(out: &Output) -> Vec<&str> {
-    let [r] = &out.responses[..] else {
-        panic!("one response expected: {out:?}")
-    };
-    names(r)
+    names(only(out))
 }
 
 mod conformance;

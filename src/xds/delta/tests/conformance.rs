@@ -6,6 +6,8 @@
 
 use super::*;
 
+use crate::testing::fixtures::three_versions;
+
 fn with_nonce(req: DeltaDiscoveryRequest, nonce: &str) -> DeltaDiscoveryRequest {
     DeltaDiscoveryRequest {
         response_nonce: nonce.to_owned(),
@@ -19,20 +21,7 @@ fn without_node(req: DeltaDiscoveryRequest) -> DeltaDiscoveryRequest {
 
 /// A per-type stream of `ty` serving `snapshot`.
 fn single(ty: ResourceType, snapshot: Arc<Snapshot>) -> Stream {
-    let mut s = Stream::new(Mode::Single(ty));
-    s.on_snapshot(snapshot);
-    s
-}
-
-fn three_versions() -> Arc<Snapshot> {
-    deployment(
-        &[
-            ("blue", "127.0.0.1:8081"),
-            ("green", "127.0.0.1:8082"),
-            ("red", "127.0.0.1:8083"),
-        ],
-        "blue",
-    )
+    in_process::single(ty, snapshot)
 }
 
 /// "Incremental xDS": "In the delta xDS wire protocol, the nonce field is required and used to
@@ -58,7 +47,8 @@ fn the_nonce_field_is_required_in_every_response() {
 #[test]
 fn only_the_first_request_is_guaranteed_to_carry_the_node_identifier() {
     let mut s = single(C, blue_green("blue"));
-    let r = only(&s.on_request(&request(C, &[], &[]))).clone();
+    let first = with_node(request(C, &[], &[]), node("edge-1")).into_delta();
+    let r = only(&s.on_request(&first)).clone();
     let out = s.on_request(&without_node(ack(C, &r.nonce)));
     assert!(out.events.iter().any(|e| matches!(e, Event::Ack { .. })));
     assert_eq!(s.node().unwrap().id, "edge-1");

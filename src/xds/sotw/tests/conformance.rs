@@ -6,6 +6,9 @@
 
 use super::*;
 
+use crate::testing::fixtures::three_versions;
+use crate::testing::xds::in_process::only as one;
+
 const C: ResourceType = ResourceType::Cluster;
 const E: ResourceType = ResourceType::Endpoint;
 const L: ResourceType = ResourceType::Listener;
@@ -17,28 +20,7 @@ fn without_node(req: DiscoveryRequest) -> DiscoveryRequest {
 
 /// A per-type stream of `ty` serving `snapshot`.
 fn single(ty: ResourceType, snapshot: Arc<Snapshot>) -> Stream {
-    let mut s = Stream::new(Mode::Single(ty));
-    s.on_snapshot(snapshot);
-    s
-}
-
-/// The one response in `out`.
-fn one(out: &Output) -> &Response {
-    let [r] = &out.responses[..] else {
-        panic!("one response expected: {out:?}")
-    };
-    r
-}
-
-fn three_versions() -> Arc<Snapshot> {
-    deployment(
-        &[
-            ("blue", "127.0.0.1:8081"),
-            ("green", "127.0.0.1:8082"),
-            ("red", "127.0.0.1:8083"),
-        ],
-        "blue",
-    )
+    in_process::single(ty, snapshot)
 }
 
 /// "Basic Protocol Overview": "All server responses will contain a nonce, and all subsequent
@@ -47,7 +29,7 @@ fn three_versions() -> Arc<Snapshot> {
 #[test]
 fn all_server_responses_will_contain_a_nonce() {
     let mut stream = Stream::new(Mode::Aggregated);
-    let mut envoy = FakeEnvoy::default();
+    let mut envoy = FakeEnvoy::new(Protocol::Sotw);
     stream.on_snapshot(blue_green("blue"));
     let start = envoy.start();
     converge(&mut stream, &mut envoy, start);
@@ -68,7 +50,8 @@ fn all_server_responses_will_contain_a_nonce() {
 #[test]
 fn only_the_first_request_is_guaranteed_to_carry_the_node_identifier() {
     let mut s = single(C, blue_green("blue"));
-    let r = one(&s.on_request(&request(C, "", "", &[]))).clone();
+    let first = with_node(request(C, "", "", &[]), node("edge-1")).into_sotw();
+    let r = one(&s.on_request(&first)).clone();
     let out = s.on_request(&without_node(request(C, &r.version, &r.nonce, &[])));
     assert!(out.responses.is_empty(), "an ACK without a node is an ACK");
     assert_eq!(
