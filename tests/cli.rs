@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use cutover::app::{self, ServeOptions};
+use cutover::app;
 use cutover::cli::diff::{self, Side};
 use cutover::cli::schema;
 use cutover::cli::status::{self, render_status};
@@ -430,20 +430,9 @@ fn status_of_an_unknown_report_shape_shows_what_it_can() {
 }
 
 async fn serve(file: PathBuf) -> app::Server {
-    app::start(ServeOptions {
-        file,
-        ads: "127.0.0.1:0".parse().unwrap(),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        drain_period: Duration::from_secs(5),
-        admin_token: None,
-        state_file: None,
-        allow_nodes: Vec::new(),
-        tls: None,
-        wait_for_file: false,
-        clients: Default::default(),
-    })
-    .await
-    .expect("server starts")
+    app::start(cutover::testing::serve_options(file))
+        .await
+        .expect("server starts")
 }
 
 #[tokio::test(flavor = "multi_thread")]

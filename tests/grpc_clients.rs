@@ -5,15 +5,16 @@
 //! at will is logged once.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use cutover::app::{self, ServeOptions};
+use cutover::app;
+use cutover::testing::fixtures::DEPLOY;
+use cutover::testing::xds::{CDS, Client, EDS, FakeEnvoy, channel, node};
+use cutover::testing::{Protocol, serve_with};
+use cutover::xds::Mode;
 use cutover::xds::limits::ClientLimits;
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use envoy_types::pb::envoy::service::metrics::v3::StreamMetricsMessage;
 use envoy_types::pb::envoy::service::metrics::v3::metrics_service_client::MetricsServiceClient;
 use envoy_types::pb::envoy::service::metrics::v3::stream_metrics_message::Identifier;
@@ -23,130 +24,31 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
-const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
-
-const DEPLOY: &str = "\
-listeners:
-  - name: public
-    address: 127.0.0.1:10000
-    routes:
-      - match: { prefix: / }
-        service: checkout
-services:
-  checkout:
-    versions:
-      blue:  { endpoints: [127.0.0.1:8081] }
-      green: { endpoints: [127.0.0.1:8082] }
-    active: blue
-";
-
 async fn start(dir: &tempfile::TempDir, clients: ClientLimits) -> app::Server {
-    let file = dir.path().join("deploy.yaml");
-    std::fs::write(&file, DEPLOY).unwrap();
-    app::start(ServeOptions {
-        file,
-        ads: "127.0.0.1:0".parse().unwrap(),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        drain_period: Duration::from_secs(5),
-        admin_token: None,
-        state_file: None,
-        allow_nodes: Vec::new(),
-        tls: None,
-        wait_for_file: false,
-        clients,
-    })
-    .await
-    .expect("server starts")
+    serve_with(dir.path(), DEPLOY, |o| o.clients = clients).await
 }
 
-fn node(id: &str) -> Option<Node> {
-    Some(Node {
-        id: id.into(),
-        cluster: "tests".into(),
-        ..Default::default()
-    })
+/// An ADS stream of `protocol` to `addr`; the status if it is refused at once. (Its requests
+/// name their node themselves.)
+async fn open(addr: std::net::SocketAddr, protocol: Protocol) -> Result<Client, tonic::Status> {
+    let channel = channel(addr, None).await.expect("connect to cutover");
+    Client::open(channel, Mode::Aggregated, FakeEnvoy::new(protocol)).await
 }
 
 /// A state-of-the-world ADS stream.
-struct Sotw {
-    tx: mpsc::Sender<DiscoveryRequest>,
-    rx: tonic::Streaming<DiscoveryResponse>,
-}
-
-impl Sotw {
-    async fn connect(addr: std::net::SocketAddr) -> Result<Sotw, tonic::Status> {
-        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
-            .await
-            .expect("connect to cutover")
-            .max_encoding_message_size(usize::MAX);
-        let (tx, rx) = mpsc::channel(16);
-        let rx = client
-            .stream_aggregated_resources(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
-        Ok(Sotw { tx, rx })
-    }
-
-    async fn send(&self, req: DiscoveryRequest) {
-        // A refused stream may be gone already; what it was told is read from `rx`.
-        let _ = self.tx.send(req).await;
-    }
-
-    async fn recv(&mut self) -> DiscoveryResponse {
-        tokio::time::timeout(Duration::from_secs(10), self.rx.message())
-            .await
-            .expect("a response within 10 s")
-            .expect("no stream error")
-            .expect("stream not closed")
-    }
-
-    async fn refusal(&mut self) -> tonic::Status {
-        tokio::time::timeout(Duration::from_secs(10), self.rx.message())
-            .await
-            .expect("an answer within 10 s")
-            .expect_err("the stream ends with an error status")
-    }
+async fn open_sotw(addr: std::net::SocketAddr) -> Result<Client, tonic::Status> {
+    open(addr, Protocol::Sotw).await
 }
 
 /// A delta ADS stream.
-struct Delta {
-    tx: mpsc::Sender<DeltaDiscoveryRequest>,
-    rx: tonic::Streaming<DeltaDiscoveryResponse>,
+async fn open_delta(addr: std::net::SocketAddr) -> Client {
+    open(addr, Protocol::Delta)
+        .await
+        .expect("open a delta stream")
 }
 
-impl Delta {
-    async fn connect(addr: std::net::SocketAddr) -> Delta {
-        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
-            .await
-            .expect("connect to cutover");
-        let (tx, rx) = mpsc::channel(16);
-        let rx = client
-            .delta_aggregated_resources(ReceiverStream::new(rx))
-            .await
-            .expect("open a delta stream")
-            .into_inner();
-        Delta { tx, rx }
-    }
-
-    async fn send(&self, req: DeltaDiscoveryRequest) {
-        let _ = self.tx.send(req).await;
-    }
-
-    async fn recv(&mut self) -> DeltaDiscoveryResponse {
-        tokio::time::timeout(Duration::from_secs(10), self.rx.message())
-            .await
-            .expect("a response within 10 s")
-            .expect("no stream error")
-            .expect("stream not closed")
-    }
-
-    async fn refusal(&mut self) -> tonic::Status {
-        tokio::time::timeout(Duration::from_secs(10), self.rx.message())
-            .await
-            .expect("an answer within 10 s")
-            .expect_err("the stream ends with an error status")
-    }
+fn node_named(id: &str) -> Option<Node> {
+    Some(node(id))
 }
 
 fn names(n: usize, prefix: &str) -> Vec<String> {
@@ -186,16 +88,9 @@ impl std::io::Write for Logs {
     }
 }
 
+/// Polls `condition` for up to 10 s; how long it took to hold.
 async fn eventually(what: &str, mut condition: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !condition() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "not within 10 s: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    started.elapsed()
+    cutover::testing::eventually(Duration::from_secs(10), what, async || condition()).await
 }
 
 #[tokio::test]
@@ -211,14 +106,14 @@ async fn streams_over_the_limit_are_refused_with_the_limit_and_how_to_raise_it()
     .await;
     let streams = || server.status.report().streams.expect("streams in /status");
     // One xDS stream and one telemetry stream (Envoy's stats sink) fill the limit.
-    let mut ads = Sotw::connect(server.ads_addr).await.unwrap();
+    let mut ads = open_sotw(server.ads_addr).await.unwrap();
     ads.send(DiscoveryRequest {
-        type_url: CDS.into(),
-        node: node("edge-1"),
+        type_url: CDS.type_url().into(),
+        node: node_named("edge-1"),
         ..Default::default()
     })
     .await;
-    assert_eq!(ads.recv().await.type_url, CDS);
+    assert_eq!(ads.recv().await.ty, CDS);
     let (stats_tx, stats_rx) = mpsc::channel(1);
     let mut sink = MetricsServiceClient::connect(format!("http://{}", server.ads_addr))
         .await
@@ -228,7 +123,7 @@ async fn streams_over_the_limit_are_refused_with_the_limit_and_how_to_raise_it()
     stats_tx
         .send(StreamMetricsMessage {
             identifier: Some(Identifier {
-                node: node("edge-1"),
+                node: node_named("edge-1"),
             }),
             envoy_metrics: Vec::new(),
         })
@@ -237,7 +132,7 @@ async fn streams_over_the_limit_are_refused_with_the_limit_and_how_to_raise_it()
     eventually("two streams open", || streams().open == 2).await;
     assert_eq!(streams().limit, 2);
 
-    let refused = match Sotw::connect(server.ads_addr).await {
+    let refused = match open_sotw(server.ads_addr).await {
         Err(status) => status,
         Ok(mut third) => third.refusal().await,
     };
@@ -270,15 +165,15 @@ async fn streams_over_the_limit_are_refused_with_the_limit_and_how_to_raise_it()
         .unwrap()
         .expect("the stats sink answers at its end");
     eventually("one stream open", || streams().open == 1).await;
-    let mut again = Sotw::connect(server.ads_addr).await.unwrap();
+    let mut again = open_sotw(server.ads_addr).await.unwrap();
     again
         .send(DiscoveryRequest {
-            type_url: CDS.into(),
-            node: node("edge-2"),
+            type_url: CDS.type_url().into(),
+            node: node_named("edge-2"),
             ..Default::default()
         })
         .await;
-    assert_eq!(again.recv().await.type_url, CDS);
+    assert_eq!(again.recv().await.ty, CDS);
 }
 
 #[tokio::test]
@@ -292,14 +187,14 @@ async fn a_message_over_the_configured_size_is_refused_with_how_to_raise_it() {
         },
     )
     .await;
-    let mut client = Sotw::connect(server.ads_addr).await.unwrap();
+    let mut client = open_sotw(server.ads_addr).await.unwrap();
     // 40,000 names of 60 bytes: 2.4 MB, over the 1 MiB limit.
     let big: Vec<String> = (0..40_000).map(|i| format!("{i:060}")).collect();
     client
         .send(DiscoveryRequest {
-            type_url: EDS.into(),
+            type_url: EDS.type_url().into(),
             resource_names: big,
-            node: node("edge-1"),
+            node: node_named("edge-1"),
             ..Default::default()
         })
         .await;
@@ -320,18 +215,18 @@ async fn a_message_over_the_configured_size_is_refused_with_how_to_raise_it() {
 async fn subscriptions_are_served_up_to_the_name_limit_and_refused_past_it() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(&dir, ClientLimits::default()).await;
-    let mut sotw = Sotw::connect(server.ads_addr).await.unwrap();
+    let mut sotw = open_sotw(server.ads_addr).await.unwrap();
     let mut wanted = names(99_999, "nowhere");
     wanted.push("checkout/blue".into());
     sotw.send(DiscoveryRequest {
-        type_url: EDS.into(),
+        type_url: EDS.type_url().into(),
         resource_names: wanted,
-        node: node("edge-1"),
+        node: node_named("edge-1"),
         ..Default::default()
     })
     .await;
     let eds = sotw.recv().await;
-    assert_eq!(eds.type_url, EDS);
+    assert_eq!(eds.ty, EDS);
     assert_eq!(eds.resources.len(), 1, "only the name that exists is sent");
 
     let dir = tempfile::tempdir().unwrap();
@@ -343,11 +238,11 @@ async fn subscriptions_are_served_up_to_the_name_limit_and_refused_past_it() {
         },
     )
     .await;
-    let mut sotw = Sotw::connect(server.ads_addr).await.unwrap();
+    let mut sotw = open_sotw(server.ads_addr).await.unwrap();
     sotw.send(DiscoveryRequest {
-        type_url: EDS.into(),
+        type_url: EDS.type_url().into(),
         resource_names: names(1_001, "s"),
-        node: node("edge-1"),
+        node: node_named("edge-1"),
         ..Default::default()
     })
     .await;
@@ -361,21 +256,21 @@ async fn subscriptions_are_served_up_to_the_name_limit_and_refused_past_it() {
     );
 
     // Delta subscriptions add up over requests: the second one goes over.
-    let mut delta = Delta::connect(server.ads_addr).await;
+    let mut delta = open_delta(server.ads_addr).await;
     delta
         .send(DeltaDiscoveryRequest {
-            type_url: EDS.into(),
+            type_url: EDS.type_url().into(),
             resource_names_subscribe: names(600, "a"),
-            node: node("edge-2"),
+            node: node_named("edge-2"),
             ..Default::default()
         })
         .await;
     // Names that do not exist are named in removed_resources (the client need not wait).
     let told = delta.recv().await;
-    assert_eq!(told.removed_resources.len(), 600);
+    assert_eq!(told.removed.len(), 600);
     delta
         .send(DeltaDiscoveryRequest {
-            type_url: EDS.into(),
+            type_url: EDS.type_url().into(),
             resource_names_subscribe: names(600, "b"),
             ..Default::default()
         })
@@ -387,11 +282,11 @@ async fn subscriptions_are_served_up_to_the_name_limit_and_refused_past_it() {
         "{status:?}"
     );
 
-    let mut long = Delta::connect(server.ads_addr).await;
+    let mut long = open_delta(server.ads_addr).await;
     long.send(DeltaDiscoveryRequest {
-        type_url: EDS.into(),
+        type_url: EDS.type_url().into(),
         resource_names_subscribe: vec!["x".repeat(300)],
-        node: node("edge-3"),
+        node: node_named("edge-3"),
         ..Default::default()
     })
     .await;
@@ -416,17 +311,17 @@ async fn unknown_types_and_garbage_nonces_change_nothing_and_are_logged_once() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(&dir, ClientLimits::default()).await;
     for _ in 0..20 {
-        let mut sotw = Sotw::connect(server.ads_addr).await.unwrap();
+        let mut sotw = open_sotw(server.ads_addr).await.unwrap();
         for i in 0..10 {
             sotw.send(DiscoveryRequest {
                 type_url: format!("type.googleapis.com/not.a.Type{i}"),
-                node: node("confused"),
+                node: node_named("confused"),
                 ..Default::default()
             })
             .await;
         }
         sotw.send(DiscoveryRequest {
-            type_url: CDS.into(),
+            type_url: CDS.type_url().into(),
             response_nonce: "not-a-nonce".into(),
             error_detail: Some(Status {
                 code: 3,
@@ -438,27 +333,27 @@ async fn unknown_types_and_garbage_nonces_change_nothing_and_are_logged_once() {
         .await;
         // The stream still works, and the garbage changed nothing: CDS as if first asked.
         sotw.send(DiscoveryRequest {
-            type_url: CDS.into(),
+            type_url: CDS.type_url().into(),
             ..Default::default()
         })
         .await;
         let cds = sotw.recv().await;
-        assert_eq!(cds.type_url, CDS);
+        assert_eq!(cds.ty, CDS);
         assert_eq!(cds.resources.len(), 2);
     }
-    let mut delta = Delta::connect(server.ads_addr).await;
+    let mut delta = open_delta(server.ads_addr).await;
     for _ in 0..10 {
         delta
             .send(DeltaDiscoveryRequest {
                 type_url: "type.googleapis.com/not.a.Type".into(),
-                node: node("confused"),
+                node: node_named("confused"),
                 ..Default::default()
             })
             .await;
     }
     delta
         .send(DeltaDiscoveryRequest {
-            type_url: CDS.into(),
+            type_url: CDS.type_url().into(),
             response_nonce: "not-a-nonce".into(),
             error_detail: Some(Status {
                 code: 3,
@@ -500,16 +395,16 @@ async fn a_nack_storm_is_logged_once_and_long_errors_are_cut() {
     };
     let mut last_sotw = None;
     for _ in 0..25 {
-        let mut sotw = Sotw::connect(server.ads_addr).await.unwrap();
+        let mut sotw = open_sotw(server.ads_addr).await.unwrap();
         sotw.send(DiscoveryRequest {
-            type_url: CDS.into(),
-            node: node("stormy"),
+            type_url: CDS.type_url().into(),
+            node: node_named("stormy"),
             ..Default::default()
         })
         .await;
         let cds = sotw.recv().await;
         sotw.send(DiscoveryRequest {
-            type_url: CDS.into(),
+            type_url: CDS.type_url().into(),
             response_nonce: cds.nonce.clone(),
             error_detail: Some(error.clone()),
             ..Default::default()
@@ -519,18 +414,18 @@ async fn a_nack_storm_is_logged_once_and_long_errors_are_cut() {
     }
     let mut last_delta = None;
     for _ in 0..25 {
-        let mut delta = Delta::connect(server.ads_addr).await;
+        let mut delta = open_delta(server.ads_addr).await;
         delta
             .send(DeltaDiscoveryRequest {
-                type_url: CDS.into(),
-                node: node("stormy-delta"),
+                type_url: CDS.type_url().into(),
+                node: node_named("stormy-delta"),
                 ..Default::default()
             })
             .await;
         let cds = delta.recv().await;
         delta
             .send(DeltaDiscoveryRequest {
-                type_url: CDS.into(),
+                type_url: CDS.type_url().into(),
                 response_nonce: cds.nonce.clone(),
                 error_detail: Some(error.clone()),
                 ..Default::default()
@@ -577,7 +472,7 @@ async fn a_nack_storm_is_logged_once_and_long_errors_are_cut() {
 async fn node_metadata_is_not_kept_and_oversized_node_ids_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(&dir, ClientLimits::default()).await;
-    let mut sotw = Sotw::connect(server.ads_addr).await.unwrap();
+    let mut sotw = open_sotw(server.ads_addr).await.unwrap();
     let metadata = Struct {
         fields: [(
             "blob".to_owned(),
@@ -588,7 +483,7 @@ async fn node_metadata_is_not_kept_and_oversized_node_ids_are_refused() {
         .into(),
     };
     sotw.send(DiscoveryRequest {
-        type_url: CDS.into(),
+        type_url: CDS.type_url().into(),
         node: Some(Node {
             id: "heavy".into(),
             cluster: "tests".into(),
@@ -615,10 +510,10 @@ async fn node_metadata_is_not_kept_and_oversized_node_ids_are_refused() {
             "node cluster of 4096 bytes",
         ),
     ] {
-        let mut refused = Sotw::connect(server.ads_addr).await.unwrap();
+        let mut refused = open_sotw(server.ads_addr).await.unwrap();
         refused
             .send(DiscoveryRequest {
-                type_url: CDS.into(),
+                type_url: CDS.type_url().into(),
                 node: Some(Node {
                     id,
                     cluster,
@@ -684,23 +579,22 @@ async fn a_peer_that_vanishes_without_closing_leaves_status_within_the_keepalive
     };
     let server = start(&dir, limits).await;
     let (proxy, silence) = silent_proxy(server.ads_addr).await;
-    let mut sotw = Sotw::connect(proxy).await.unwrap();
+    let mut sotw = open_sotw(proxy).await.unwrap();
     sotw.send(DiscoveryRequest {
-        type_url: CDS.into(),
-        node: node("vanishing"),
+        type_url: CDS.type_url().into(),
+        node: node_named("vanishing"),
         ..Default::default()
     })
     .await;
     sotw.recv().await;
-    let delta_client = Delta::connect(proxy).await;
+    let mut delta_client = open_delta(proxy).await;
     delta_client
         .send(DeltaDiscoveryRequest {
-            type_url: CDS.into(),
-            node: node("vanishing-delta"),
+            type_url: CDS.type_url().into(),
+            node: node_named("vanishing-delta"),
             ..Default::default()
         })
         .await;
-    let mut delta_client = delta_client;
     delta_client.recv().await;
     assert_eq!(server.status.report().nodes.len(), 2);
     // Quiet for longer than the keepalive: PINGs are answered, nobody is dropped.

@@ -5,8 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use cutover::app::{self, ServeOptions};
+use cutover::app;
 use cutover::telemetry::TelemetryReport;
+use cutover::testing::fixtures::DEPLOY;
+use cutover::testing::serve;
 use envoy_types::pb::envoy::config::core::v3::{Address, Node, SocketAddress, address};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterStats, UpstreamEndpointStats, UpstreamLocalityStats,
@@ -21,38 +23,8 @@ use envoy_types::pb::io::prometheus::client::{Counter, Metric, MetricFamily, Met
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-const DEPLOY: &str = "\
-listeners:
-  - name: public
-    address: 127.0.0.1:10000
-    routes:
-      - match: { prefix: / }
-        service: checkout
-services:
-  checkout:
-    versions:
-      blue:  { endpoints: [127.0.0.1:8081] }
-      green: { endpoints: [127.0.0.1:8082] }
-    active: blue
-";
-
 async fn start(dir: &tempfile::TempDir) -> app::Server {
-    let file = dir.path().join("deploy.yaml");
-    std::fs::write(&file, DEPLOY).unwrap();
-    app::start(ServeOptions {
-        file,
-        ads: "127.0.0.1:0".parse().unwrap(),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        drain_period: Duration::from_secs(5),
-        admin_token: None,
-        state_file: None,
-        allow_nodes: Vec::new(),
-        tls: None,
-        wait_for_file: false,
-        clients: Default::default(),
-    })
-    .await
-    .expect("server starts")
+    serve(dir.path(), DEPLOY).await
 }
 
 fn node() -> Node {
@@ -63,24 +35,17 @@ fn node() -> Node {
     }
 }
 
-/// Polls the server's telemetry until `check` returns `Some`.
+/// Polls the server's telemetry until `check` returns `Some` (at most 10 s).
 async fn wait_for<T>(
     server: &app::Server,
     what: &str,
     check: impl Fn(&TelemetryReport) -> Option<T>,
 ) -> T {
-    let started = Instant::now();
-    loop {
+    cutover::testing::wait_for(Duration::from_secs(10), what, async || {
         let report = server.telemetry.report(Instant::now());
-        if let Some(v) = check(&report) {
-            return v;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}: {report:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        check(&report).ok_or_else(|| format!("{report:?}"))
+    })
+    .await
 }
 
 /// One flush of the sink: `ok` 2xx answers of `checkout/blue`, taken at `snapshot_ms`.

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cutover::app::{self, ServeOptions};
+use cutover::app;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper::server::conn::http1;
@@ -83,22 +83,7 @@ services:
 }
 
 async fn serve(dir: &tempfile::TempDir, text: &str) -> app::Server {
-    let file = dir.path().join("deploy.yaml");
-    std::fs::write(&file, text).unwrap();
-    app::start(ServeOptions {
-        file,
-        ads: "127.0.0.1:0".parse().unwrap(),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        drain_period: Duration::from_secs(5),
-        admin_token: None,
-        state_file: None,
-        allow_nodes: Vec::new(),
-        tls: None,
-        wait_for_file: false,
-        clients: Default::default(),
-    })
-    .await
-    .expect("server starts")
+    cutover::testing::serve(dir.path(), text).await
 }
 
 async fn wait_state(server: &app::Server, state: &str) -> cutover::status::RolloutReport {

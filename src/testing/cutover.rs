@@ -58,6 +58,24 @@ pub async fn serve_with(
         .unwrap_or_else(|e| panic!("cutover did not start: {e:#}"))
 }
 
+/// Waits until `server` has `clients` clients, all in sync with their group's config; panics
+/// after 5 s, saying what `what` waited for.
+pub async fn all_in_sync(server: &app::Server, clients: usize, what: &str) {
+    let mut changes = server.clients.changes();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while server.clients.in_sync_count() != (clients, clients) {
+            changes.changed().await.expect("the server runs");
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "{what}: (in sync, connected) is {:?} after 5 s",
+            server.clients.in_sync_count()
+        )
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // The deployment file
 

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
@@ -77,6 +79,18 @@ impl Ca {
             cert: cert.pem(),
             key: key.serialize_pem(),
         }
+    }
+
+    /// What a gRPC client that trusts this CA needs to reach a server by `domain` (a name or an
+    /// IP address its certificate carries), presenting `client` if given.
+    pub fn client_tls(&self, domain: &str, client: Option<&Pair>) -> ClientTlsConfig {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.pem))
+            .domain_name(domain);
+        if let Some(p) = client {
+            tls = tls.identity(Identity::from_pem(&p.cert, &p.key));
+        }
+        tls
     }
 
     /// Writes the CA and `pair` into `dir` as `<stem>-ca.pem`, `<stem>.pem`, `<stem>-key.pem`.

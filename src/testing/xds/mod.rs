@@ -266,6 +266,19 @@ impl Response {
         self.resources.iter().map(decode).collect()
     }
 
+    /// The one cluster the first route of its first route configuration sends traffic to;
+    /// panics if that route sends it elsewhere (a weighted split, a redirect).
+    pub fn route_cluster(&self) -> String {
+        let rc: RouteConfiguration = decode(self.resources.first().expect("a route configuration"));
+        match &rc.virtual_hosts[0].routes[0].action {
+            Some(route::Action::Route(a)) => match &a.cluster_specifier {
+                Some(route_action::ClusterSpecifier::Cluster(c)) => c.clone(),
+                other => panic!("unexpected cluster specifier {other:?}"),
+            },
+            other => panic!("unexpected action {other:?}"),
+        }
+    }
+
     /// The clusters the route configurations in it send traffic to.
     pub fn route_targets(&self) -> BTreeSet<String> {
         assert_eq!(self.ty, RDS, "route targets of a {} response", self.ty);
