@@ -7,10 +7,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cutover::app;
 use cutover::testing::fixtures::DEPLOY;
 use cutover::testing::xds::{CDS, Client, EDS, FakeEnvoy, channel, node};
-use cutover::testing::{Protocol, serve_with};
+use cutover::testing::{Protocol, serve, serve_with};
 use cutover::xds::Mode;
 use cutover::xds::limits::ClientLimits;
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -23,10 +22,6 @@ use envoy_types::pb::google::rpc::Status;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-
-async fn start(dir: &tempfile::TempDir, clients: ClientLimits) -> app::Server {
-    serve_with(dir.path(), DEPLOY, |o| o.clients = clients).await
-}
 
 /// An ADS stream of `protocol` to `addr`; the status if it is refused at once. (Its requests
 /// name their node themselves.)
@@ -96,13 +91,12 @@ async fn eventually(what: &str, mut condition: impl FnMut() -> bool) -> Duration
 #[tokio::test]
 async fn streams_over_the_limit_are_refused_with_the_limit_and_how_to_raise_it() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(
-        &dir,
-        ClientLimits {
+    let server = serve_with(dir.path(), DEPLOY, |o| {
+        o.clients = ClientLimits {
             max_streams: 2,
             ..Default::default()
-        },
-    )
+        }
+    })
     .await;
     let streams = || server.status.report().streams.expect("streams in /status");
     // One xDS stream and one telemetry stream (Envoy's stats sink) fill the limit.
@@ -179,13 +173,12 @@ async fn streams_over_the_limit_are_refused_with_the_limit_and_how_to_raise_it()
 #[tokio::test]
 async fn a_message_over_the_configured_size_is_refused_with_how_to_raise_it() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(
-        &dir,
-        ClientLimits {
+    let server = serve_with(dir.path(), DEPLOY, |o| {
+        o.clients = ClientLimits {
             max_message_bytes: 1024 * 1024,
             ..Default::default()
-        },
-    )
+        }
+    })
     .await;
     let mut client = open_sotw(server.ads_addr).await.unwrap();
     // 40,000 names of 60 bytes: 2.4 MB, over the 1 MiB limit.
@@ -214,7 +207,7 @@ async fn a_message_over_the_configured_size_is_refused_with_how_to_raise_it() {
 #[tokio::test]
 async fn subscriptions_are_served_up_to_the_name_limit_and_refused_past_it() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(&dir, ClientLimits::default()).await;
+    let server = serve(dir.path(), DEPLOY).await;
     let mut sotw = open_sotw(server.ads_addr).await.unwrap();
     let mut wanted = names(99_999, "nowhere");
     wanted.push("checkout/blue".into());
@@ -230,13 +223,12 @@ async fn subscriptions_are_served_up_to_the_name_limit_and_refused_past_it() {
     assert_eq!(eds.resources.len(), 1, "only the name that exists is sent");
 
     let dir = tempfile::tempdir().unwrap();
-    let server = start(
-        &dir,
-        ClientLimits {
+    let server = serve_with(dir.path(), DEPLOY, |o| {
+        o.clients = ClientLimits {
             max_names: 1_000,
             ..Default::default()
-        },
-    )
+        }
+    })
     .await;
     let mut sotw = open_sotw(server.ads_addr).await.unwrap();
     sotw.send(DiscoveryRequest {
@@ -309,7 +301,7 @@ async fn subscriptions_are_served_up_to_the_name_limit_and_refused_past_it() {
 async fn unknown_types_and_garbage_nonces_change_nothing_and_are_logged_once() {
     let (logs, _guard) = Logs::capture();
     let dir = tempfile::tempdir().unwrap();
-    let server = start(&dir, ClientLimits::default()).await;
+    let server = serve(dir.path(), DEPLOY).await;
     for _ in 0..20 {
         let mut sotw = open_sotw(server.ads_addr).await.unwrap();
         for i in 0..10 {
@@ -387,7 +379,7 @@ async fn unknown_types_and_garbage_nonces_change_nothing_and_are_logged_once() {
 async fn a_nack_storm_is_logged_once_and_long_errors_are_cut() {
     let (logs, _guard) = Logs::capture();
     let dir = tempfile::tempdir().unwrap();
-    let server = start(&dir, ClientLimits::default()).await;
+    let server = serve(dir.path(), DEPLOY).await;
     let error = Status {
         code: 3,
         message: "bad cluster ".repeat(100_000),
@@ -471,7 +463,7 @@ async fn a_nack_storm_is_logged_once_and_long_errors_are_cut() {
 #[tokio::test]
 async fn node_metadata_is_not_kept_and_oversized_node_ids_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(&dir, ClientLimits::default()).await;
+    let server = serve(dir.path(), DEPLOY).await;
     let mut sotw = open_sotw(server.ads_addr).await.unwrap();
     let metadata = Struct {
         fields: [(
@@ -577,7 +569,7 @@ async fn a_peer_that_vanishes_without_closing_leaves_status_within_the_keepalive
         keepalive_timeout: Duration::from_millis(500),
         ..Default::default()
     };
-    let server = start(&dir, limits).await;
+    let server = serve_with(dir.path(), DEPLOY, |o| o.clients = limits).await;
     let (proxy, silence) = silent_proxy(server.ads_addr).await;
     let mut sotw = open_sotw(proxy).await.unwrap();
     sotw.send(DiscoveryRequest {

@@ -23,10 +23,6 @@ use envoy_types::pb::io::prometheus::client::{Counter, Metric, MetricFamily, Met
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-async fn start(dir: &tempfile::TempDir) -> app::Server {
-    serve(dir.path(), DEPLOY).await
-}
-
 fn node() -> Node {
     Node {
         id: "grpc-test".into(),
@@ -71,7 +67,7 @@ fn flush(identifier: bool, snapshot_ms: i64, ok: f64) -> StreamMetricsMessage {
 #[tokio::test]
 async fn a_stats_sink_stream_counts_from_its_second_flush_and_is_forgotten_when_it_ends() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(&dir).await;
+    let server = serve(dir.path(), DEPLOY).await;
     let mut client = MetricsServiceClient::connect(format!("http://{}", server.ads_addr))
         .await
         .expect("connect to cutover");
@@ -101,7 +97,7 @@ async fn a_stats_sink_stream_counts_from_its_second_flush_and_is_forgotten_when_
 #[tokio::test]
 async fn a_stats_sink_stream_that_names_no_node_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(&dir).await;
+    let server = serve(dir.path(), DEPLOY).await;
     let mut client = MetricsServiceClient::connect(format!("http://{}", server.ads_addr))
         .await
         .expect("connect to cutover");
@@ -151,7 +147,7 @@ fn report(in_progress: u64) -> LoadStatsRequest {
 #[tokio::test]
 async fn load_reporting_asks_for_every_endpoint_every_second_and_forgets_the_node_at_the_end() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(&dir).await;
+    let server = serve(dir.path(), DEPLOY).await;
     let mut client = LoadReportingServiceClient::connect(format!("http://{}", server.ads_addr))
         .await
         .expect("connect to cutover");
