@@ -127,15 +127,7 @@ async fn run(protocol: Protocol, n: usize, services: usize, tls: bool) -> (Vec<R
             args.push(flag.into());
             args.push(path.display().to_string());
         }
-        client_tls = Some(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(&ca.pem))
-                .identity(tonic::transport::Identity::from_pem(
-                    &client.cert,
-                    &client.key,
-                ))
-                .domain_name("127.0.0.1"),
-        );
+        client_tls = Some(ca.client_tls("127.0.0.1", Some(&client)));
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // Little logging: what cutover logs costs it the CPU time measured here.

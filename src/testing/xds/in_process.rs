@@ -2,6 +2,7 @@
 //! `xds::delta::Stream`, the pure state machines the server runs per stream), messages delivered
 //! one at a time in the order one gRPC stream would carry them. No sockets, no clock.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::{FakeEnvoy, Request, Response};
@@ -70,19 +71,7 @@ pub fn converge<M: Machine>(
     envoy: &mut FakeEnvoy,
     requests: Vec<Request>,
 ) -> Vec<Event> {
-    let mut requests = std::collections::VecDeque::from(requests);
-    let mut events = Vec::new();
-    for _ in 0..1000 {
-        let Some(req) = requests.pop_front() else {
-            return events;
-        };
-        let (responses, more) = stream.send(req);
-        events.extend(more);
-        for r in responses {
-            requests.extend(envoy.receive(r));
-        }
-    }
-    panic!("did not converge");
+    exchange(stream, envoy, Vec::new(), requests, |_| {})
 }
 
 /// Publishes `snapshot` on `stream` and converges; the events.
@@ -91,13 +80,41 @@ pub fn push<M: Machine>(
     envoy: &mut FakeEnvoy,
     snapshot: Arc<Snapshot>,
 ) -> Vec<Event> {
-    let (responses, mut events) = stream.publish(snapshot);
-    let mut requests = Vec::new();
-    for r in responses {
-        requests.extend(envoy.receive(r));
-    }
-    events.extend(converge(stream, envoy, requests));
+    let out = stream.on_snapshot(snapshot);
+    let mut events = out.events;
+    events.extend(exchange(stream, envoy, out.responses, Vec::new(), |_| {}));
     events
+}
+
+/// Delivers `responses` (already made, by a publish) to `envoy`, then `requests` and everything
+/// they lead to, one message at a time in the order one gRPC stream carries them, until both
+/// are quiet. `observe` sees every response as the machine made it (a bench counts its bytes).
+/// The events on the way; panics if they are never quiet.
+pub fn exchange<M: Machine>(
+    stream: &mut M,
+    envoy: &mut FakeEnvoy,
+    responses: Vec<M::Response>,
+    requests: Vec<Request>,
+    mut observe: impl FnMut(&M::Response),
+) -> Vec<Event> {
+    let mut requests = VecDeque::from(requests);
+    let mut deliver = |responses: &[M::Response], requests: &mut VecDeque<Request>| {
+        for r in responses {
+            observe(r);
+            requests.extend(envoy.receive(M::response(r)));
+        }
+    };
+    deliver(&responses, &mut requests);
+    let mut events = Vec::new();
+    for _ in 0..1000 {
+        let Some(req) = requests.pop_front() else {
+            return events;
+        };
+        let out = stream.on_request(&M::request(req));
+        events.extend(out.events);
+        deliver(&out.responses, &mut requests);
+    }
+    panic!("did not converge");
 }
 
 /// An ADS stream serving `snapshot` and a fake Envoy brought up on it: nothing is sent before

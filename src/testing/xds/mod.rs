@@ -519,6 +519,7 @@ impl FakeEnvoy {
     /// The first request of a stream: every cluster.
     pub fn start(&mut self) -> Vec<Request> {
         self.named = false;
+        self.nonces.clear();
         let first = self.request(CDS, "", "", Vec::new(), Vec::new());
         vec![self.stamp(first)]
     }
@@ -529,6 +530,8 @@ impl FakeEnvoy {
     /// for endpoints and routes, the names it is subscribed to.
     pub fn reconnect(&mut self) -> Vec<Request> {
         self.named = false;
+        // Nonces are the old stream's: the new one has not sent any.
+        self.nonces.clear();
         let mut out = Vec::new();
         for ty in ResourceType::ALL {
             let asked = match ty {
