@@ -1,4 +1,4 @@
-//! Real proxyless gRPC clients and real gRPC upstreams for `tests/e2e_proxyless.rs`: gRPC's
+//! Real proxyless gRPC clients and real gRPC upstreams for `tests/proxyless_clients.rs`: gRPC's
 //! Python xDS client (`grpcio`, `tests/proxyless/client.py`) and its Node one (`@grpc/grpc-js`
 //! with `@grpc/grpc-js-xds`, `tests/proxyless/client.js`), each a child process driven with
 //! one JSON command per line; upstreams are grpcio servers (`tests/proxyless/upstream.py`)

@@ -6,7 +6,6 @@
 //! with `envoy --mode validate`. Envoy is found as the end-to-end tests find it; without one,
 //! on CI (`CI=true`) the test fails, elsewhere it skips Envoy with a loud message.
 
-use cutover::testing;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -14,6 +13,7 @@ use std::process::Command;
 use std::sync::LazyLock;
 
 use cutover::render;
+use cutover::testing;
 use cutover::translate::Resources;
 use proptest::prelude::*;
 use proptest::sample::{select, subsequence};

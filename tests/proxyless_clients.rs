@@ -43,7 +43,7 @@ const SETTLED: u64 = 50;
 fn deployment(up: &Upstreams, strategy: &str, drain_blue_1: bool) -> String {
     format!(
         "\
-# Written by tests/e2e_proxyless.rs.
+# Written by tests/proxyless_clients.rs.
 listeners:
   - name: checkout
     proxyless: true

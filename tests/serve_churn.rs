@@ -20,7 +20,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// One client: a new connection, an ADS stream, the clusters, gone. The request stream stays
 /// open until the client goes, as Envoy's does: then it ends and the connection closes (a client
-/// that vanishes without closing is the keepalive's, see tests/grpc_clients.rs).
+/// that vanishes without closing is the keepalive's, see tests/wire_clients.rs).
 async fn cycle(ads: std::net::SocketAddr, i: usize) {
     let mut client = Client::connect(ads, Protocol::Sotw, &format!("churn-{i}")).await;
     client.send(sotw_request(CDS, "", "", &[])).await;

@@ -1,7 +1,7 @@
 //! The demo's files agree with each other and with the code that makes them: the bootstraps in
 //! `envoy/` are what `cutover bootstrap` prints today, and docker-compose.yml, examples/demo.yaml
 //! and envoy/front.yaml name the same services, ports and paths. Pure file checks; the demo
-//! itself runs in `tests/compose.rs` and `tests/demo.rs`.
+//! itself runs in `tests/compose_demo.rs` and `tests/e2e_demo.rs`.
 
 use std::path::Path;
 use std::process::Command;
