@@ -2,34 +2,19 @@ use crate::app::compile;
 use crate::render;
 use crate::snapshot::ResourceType;
 use crate::snapshot::Snapshot;
+use crate::testing::fixtures::example;
 
-fn example(name: &str) -> String {
-    let path = format!("{}/examples/{name}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-/// What Envoy receives for each example file, so a reviewer sees every change to it.
+/// What Envoy receives for each example file, so a reviewer sees every change to it. A new
+/// example is snapshotted by being added to `examples/`.
 #[test]
 fn rendered_examples() {
-    for name in [
-        "basic.yaml",
-        "blue-green.yaml",
-        "red-black.yaml",
-        "canary.yaml",
-        "shadow.yaml",
-        "ab-testing.yaml",
-        "rolling.yaml",
-        "health.yaml",
-        "load-balancing.yaml",
-        "canary-rollout.yaml",
-        "blue-green-analysis.yaml",
-        "demo.yaml",
-        "proxyless.yaml",
-    ] {
-        let snapshot = compile(name, &example(name)).unwrap();
+    insta::glob!("../../examples", "*.yaml", |path| {
+        let name = path.file_name().unwrap().to_string_lossy();
+        let text = std::fs::read_to_string(path).unwrap();
+        let snapshot = compile(&name, &text).unwrap();
         let rendered = render::yaml(&render::snapshot_json(&snapshot).unwrap()).unwrap();
-        insta::assert_snapshot!(name, rendered);
-    }
+        insta::assert_snapshot!(rendered);
+    });
 }
 
 #[test]
