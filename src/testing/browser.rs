@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::Missing;
 use super::driver::Driver;
 
 /// One answer of the driver; Chromium's start is included in the first.
@@ -33,45 +34,28 @@ pub fn find_browser_in(
     env: impl Fn(&str) -> Option<String>,
     manifest_dir: &Path,
 ) -> Result<Browser, String> {
-    let mut missing = Vec::new();
-    let node = super::find_node(&env);
-    if node.is_none() {
-        missing.push("Node.js (`node` on PATH or NODE_BIN)".to_owned());
-    }
+    let mut missing = Missing::default();
+    let node = missing.node(&env);
     let chromium = PathBuf::from(
         env("CHROMIUM_BIN")
             .filter(|v| !v.is_empty())
             .unwrap_or_else(|| "/usr/bin/chromium".to_owned()),
     );
-    if !chromium.is_file() {
-        missing.push(format!("Chromium ({})", chromium.display()));
-    }
+    missing.file(&chromium, "Chromium");
     let browser_dir = manifest_dir.join("tests/browser");
     let playwright = browser_dir.join("node_modules/playwright-core/package.json");
-    if !playwright.is_file() {
-        missing.push(format!("playwright-core ({})", playwright.display()));
-    }
-    match node {
-        Some(node) if missing.is_empty() => Ok(Browser {
-            node,
-            chromium,
-            script: browser_dir.join("dashboard.mjs"),
-        }),
-        _ => Err(format!("missing {}", missing.join(", "))),
-    }
+    missing.file(&playwright, "playwright-core");
+    missing.or(Browser {
+        node,
+        chromium,
+        script: browser_dir.join("dashboard.mjs"),
+    })
 }
 
 /// [`find_browser_in`] on the real environment: found → `Some`; missing on CI (`CI=true`) →
 /// panic; elsewhere → a loud message and `None`.
 pub fn browser_or_skip() -> Option<Browser> {
-    let env = |name: &str| std::env::var(name).ok();
-    let ci = super::on_ci(&env);
-    super::found_or_skip(
-        find_browser_in(env, super::repo()),
-        ci,
-        "a browser test",
-        INSTALL_HINT,
-    )
+    super::real_or_skip(find_browser_in, "a browser test", INSTALL_HINT)
 }
 
 /// A page open at a URL. The browser is killed on drop.

@@ -89,10 +89,7 @@ pub fn envoy_or_skip_in(
 
 /// The Envoy binary for this test run, from the real environment; see [`envoy_or_skip_in`].
 pub fn envoy_binary() -> Option<PathBuf> {
-    envoy_or_skip_in(
-        |name| std::env::var(name).ok(),
-        Path::new(env!("CARGO_MANIFEST_DIR")),
-    )
+    envoy_or_skip_in(super::real_env, super::repo())
 }
 
 fn is_executable(path: &Path) -> bool {

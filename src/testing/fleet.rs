@@ -255,6 +255,29 @@ impl StreamTask {
             .map_err(|_| ())
     }
 
+    /// The next response on `client` of a type it knows, and that type; `None` when every
+    /// stream is told to reconnect, `Err` when the stream ends. A new target only wakes it: it may complete nothing by itself, and
+    /// is checked on answers.
+    async fn next(&mut self, client: &mut Client) -> Result<Option<(ResourceType, Raw)>, ()> {
+        loop {
+            let r = tokio::select! {
+                r = client.message() => match r {
+                    Ok(Some(r)) => r,
+                    _ => return Err(()),
+                },
+                _ = self.reconnect.changed() => return Ok(None),
+                _ = self.target.changed() => continue,
+            };
+            let url = match &r {
+                Raw::Sotw(r) => &r.type_url,
+                Raw::Delta(r) => &r.type_url,
+            };
+            if let Some(ty) = ResourceType::from_type_url(url) {
+                return Ok(Some((ty, r)));
+            }
+        }
+    }
+
     /// One state-of-the-world session; `Err` when the stream ends.
     async fn sotw(&mut self, held: &mut Held) -> Result<(), ()> {
         // Every request names the node, as these streams always have (their figures compare).
@@ -266,40 +289,19 @@ impl StreamTask {
                 ..sotw_request(ty, version, nonce, &[])
             })
         };
+        // Envoy's first requests, each with the version it holds.
         let target = self.target.borrow().clone();
-        // Envoy's first requests: clusters and listeners (wildcard), and on a reconnect the
-        // endpoints and routes it had, each with the version it holds.
-        let mut subscribed: [Option<Vec<String>>; 4] = Default::default();
-        let mut first = Vec::new();
-        for ty in ResourceType::ALL {
-            let reconnecting = !held.versions[ty.index()].is_empty();
-            let names = match ty {
-                ResourceType::Cluster | ResourceType::Listener => Vec::new(),
-                _ if reconnecting => target.names(ty),
-                _ => continue,
-            };
-            if ty == ResourceType::Listener && !reconnecting {
-                continue; // asked once the clusters are in, as Envoy does
-            }
-            first.push(request(ty, &held.versions[ty.index()], "", names.clone()));
-            subscribed[ty.index()] = Some(names);
-        }
+        let (first, mut subscribed) = first_requests(
+            |ty| !held.versions[ty.index()].is_empty(),
+            &target,
+            |ty, names| request(ty, &held.versions[ty.index()], "", names),
+        );
         let mut client = self.open(first).await?;
         let mut nonces: [String; 4] = Default::default();
         loop {
-            let r = tokio::select! {
-                r = client.message() => match r {
-                    Ok(Some(Raw::Sotw(r))) => r,
-                    _ => return Err(()),
-                },
-                _ = self.reconnect.changed() => return Ok(()),
-                _ = self.target.changed() => {
-                    // A new target may complete nothing by itself; it is checked on answers.
-                    continue;
-                }
-            };
-            let Some(ty) = ResourceType::from_type_url(&r.type_url) else {
-                continue;
+            let (ty, r) = match self.next(&mut client).await? {
+                Some((ty, Raw::Sotw(r))) => (ty, r),
+                _ => return Ok(()),
             };
             nonces[ty.index()] = r.nonce.clone();
             let target = self.target.borrow().clone();
@@ -336,37 +338,25 @@ impl StreamTask {
                 node: Some(node.clone()),
                 ..delta_request(ty, &[], &[])
             };
+        // Envoy's first requests, with what it holds.
         let target = self.target.borrow().clone();
-        let mut subscribed: [Option<Vec<String>>; 4] = Default::default();
-        let mut first = Vec::new();
-        for ty in ResourceType::ALL {
-            let reconnecting = !held.resources[ty.index()].is_empty();
-            let names = match ty {
-                ResourceType::Cluster => Vec::new(),
-                ResourceType::Listener if reconnecting => Vec::new(),
-                _ if reconnecting => target.names(ty),
-                _ => continue,
-            };
-            let mut req = request(ty, names.clone(), "");
-            req.initial_resource_versions = held.resources[ty.index()]
-                .iter()
-                .map(|(n, v)| (n.clone(), v.clone()))
-                .collect();
-            first.push(Request::Delta(req));
-            subscribed[ty.index()] = Some(names);
-        }
+        let (first, mut subscribed) = first_requests(
+            |ty| !held.resources[ty.index()].is_empty(),
+            &target,
+            |ty, names| {
+                let mut req = request(ty, names, "");
+                req.initial_resource_versions = held.resources[ty.index()]
+                    .iter()
+                    .map(|(n, v)| (n.clone(), v.clone()))
+                    .collect();
+                Request::Delta(req)
+            },
+        );
         let mut client = self.open(first).await?;
         loop {
-            let r = tokio::select! {
-                r = client.message() => match r {
-                    Ok(Some(Raw::Delta(r))) => r,
-                    _ => return Err(()),
-                },
-                _ = self.reconnect.changed() => return Ok(()),
-                _ = self.target.changed() => continue,
-            };
-            let Some(ty) = ResourceType::from_type_url(&r.type_url) else {
-                continue;
+            let (ty, r) = match self.next(&mut client).await? {
+                Some((ty, Raw::Delta(r))) => (ty, r),
+                _ => return Ok(()),
             };
             let set = &mut held.resources[ty.index()];
             for name in &r.removed_resources {
@@ -402,6 +392,30 @@ impl StreamTask {
             self.record_if_synced(held);
         }
     }
+}
+
+/// The first requests of a stream, made by `make` from a type and the names it asks for: every
+/// cluster (a wildcard); the rest only when `reconnecting` for that type (listeners are asked
+/// for once the clusters are in, as Envoy does), the listeners as a wildcard and the endpoints
+/// and routes by the target's names. With the subscriptions they make.
+fn first_requests(
+    reconnecting: impl Fn(ResourceType) -> bool,
+    target: &Target,
+    make: impl Fn(ResourceType, Vec<String>) -> Request,
+) -> (Vec<Request>, [Option<Vec<String>>; 4]) {
+    let mut subscribed: [Option<Vec<String>>; 4] = Default::default();
+    let mut first = Vec::new();
+    for ty in ResourceType::ALL {
+        let names = match ty {
+            ResourceType::Cluster => Vec::new(),
+            _ if !reconnecting(ty) => continue,
+            ResourceType::Listener => Vec::new(),
+            _ => target.names(ty),
+        };
+        first.push(make(ty, names.clone()));
+        subscribed[ty.index()] = Some(names);
+    }
+    (first, subscribed)
 }
 
 /// Asks for listeners with `request` once a response of `ty` completes the clusters' endpoints

@@ -270,19 +270,65 @@ fn found_or_skip<T>(
     }
 }
 
-/// Node.js: `NODE_BIN`, else `node` on `PATH`.
-fn find_node(env: &impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
-    env("NODE_BIN")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            env("PATH").and_then(|path| {
-                std::env::split_paths(&path)
-                    .map(|d| d.join("node"))
-                    .find(|p| p.is_file())
+/// The real environment, for the `find_*_in` functions (which take it as an argument, so that
+/// their tests can pass another).
+fn real_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// `find` on the real environment and repository, then [`found_or_skip`].
+fn real_or_skip<T>(
+    find: impl FnOnce(fn(&str) -> Option<String>, &Path) -> Result<T, String>,
+    test: &str,
+    install_hint: &str,
+) -> Option<T> {
+    found_or_skip(find(real_env, repo()), on_ci(&real_env), test, install_hint)
+}
+
+/// What a test's tools lack, said all at once.
+#[derive(Default)]
+struct Missing(Vec<String>);
+
+impl Missing {
+    /// Notes `what` unless `found`.
+    fn unless(&mut self, found: bool, what: impl FnOnce() -> String) {
+        if !found {
+            self.0.push(what());
+        }
+    }
+
+    /// Notes `what (path)` unless `path` is a file.
+    fn file(&mut self, path: &Path, what: &str) {
+        self.unless(path.is_file(), || format!("{what} ({})", path.display()));
+    }
+
+    /// Node.js: `NODE_BIN`, else `node` on `PATH`; noted if neither is there.
+    fn node(&mut self, env: &impl Fn(&str) -> Option<String>) -> PathBuf {
+        let node = env("NODE_BIN")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| {
+                env("PATH").and_then(|path| {
+                    std::env::split_paths(&path)
+                        .map(|d| d.join("node"))
+                        .find(|p| p.is_file())
+                })
             })
-        })
-        .filter(|p| p.is_file())
+            .filter(|p| p.is_file());
+        self.unless(node.is_some(), || {
+            "Node.js (`node` on PATH or NODE_BIN)".to_owned()
+        });
+        node.unwrap_or_default()
+    }
+
+    /// `found` if nothing is missing, else what is.
+    fn or<T>(self, found: T) -> Result<T, String> {
+        if self.0.is_empty() {
+            Ok(found)
+        } else {
+            Err(format!("missing {}", self.0.join(", ")))
+        }
+    }
 }
 
 /// An HTTP client for loopback only: never a proxy from the environment.

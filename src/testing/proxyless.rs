@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::Missing;
 use super::driver::Driver;
 
 /// One answer of a driver: its calls are bounded by the command (a count or a timeout), and
@@ -50,7 +51,7 @@ pub fn find_parts_in(
     env: impl Fn(&str) -> Option<String>,
     manifest_dir: &Path,
 ) -> Result<Parts, String> {
-    let mut missing = Vec::new();
+    let mut missing = Missing::default();
     let dir = manifest_dir.join("tests/proxyless");
     let python = env("PROXYLESS_PYTHON")
         .filter(|v| !v.is_empty())
@@ -61,34 +62,19 @@ pub fn find_parts_in(
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
-    if !has_grpcio {
-        missing.push(format!("Python with grpcio ({})", python.display()));
-    }
-    let node = super::find_node(&env);
-    if node.is_none() {
-        missing.push("Node.js (`node` on PATH or NODE_BIN)".to_owned());
-    }
+    missing.unless(has_grpcio, || {
+        format!("Python with grpcio ({})", python.display())
+    });
+    let node = missing.node(&env);
     let xds = dir.join("node_modules/@grpc/grpc-js-xds/package.json");
-    if !xds.is_file() {
-        missing.push(format!("@grpc/grpc-js-xds ({})", xds.display()));
-    }
-    match node {
-        Some(node) if missing.is_empty() => Ok(Parts { python, node, dir }),
-        _ => Err(format!("missing {}", missing.join(", "))),
-    }
+    missing.file(&xds, "@grpc/grpc-js-xds");
+    missing.or(Parts { python, node, dir })
 }
 
 /// [`find_parts_in`] on the real environment: found → `Some`; missing on CI (`CI=true`) →
 /// panic; elsewhere → a loud message and `None`.
 pub fn parts_or_skip() -> Option<Parts> {
-    let env = |name: &str| std::env::var(name).ok();
-    let ci = super::on_ci(&env);
-    super::found_or_skip(
-        find_parts_in(env, super::repo()),
-        ci,
-        "a proxyless gRPC test",
-        INSTALL_HINT,
-    )
+    super::real_or_skip(find_parts_in, "a proxyless gRPC test", INSTALL_HINT)
 }
 
 /// gRPC servers on loopback, each answering every call with its label.

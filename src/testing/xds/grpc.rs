@@ -42,10 +42,27 @@ pub async fn channel(
     endpoint.connect().await
 }
 
-/// Opens a stream of `$mode` on `$channel` sending `$requests`, with the method of the ADS or
-/// per-type client that serves it; `?` on a refusal.
+/// Opens a stream of `$mode` on `$channel` sending `$requests`, in the protocol `sotw` or
+/// `delta` says, with the method of the ADS or per-type client that serves it; `?` on a refusal.
 macro_rules! call {
-    ($channel:expr, $mode:expr, $requests:expr, $ads:ident, $cds:ident, $eds:ident, $lds:ident, $rds:ident) => {
+    (sotw, $channel:expr, $mode:expr, $requests:expr) => {
+        call!(@ $channel, $mode, $requests, stream_aggregated_resources, stream_clusters,
+            stream_endpoints, stream_listeners, stream_routes)
+    };
+    (delta, $channel:expr, $mode:expr, $requests:expr) => {
+        call!(@ $channel, $mode, $requests, delta_aggregated_resources, delta_clusters,
+            delta_endpoints, delta_listeners, delta_routes)
+    };
+    (@ $channel:expr, $mode:expr, $requests:expr, $ads:ident, $cds:ident, $eds:ident, $lds:ident, $rds:ident) => {{
+        // One type's service: its client, its method.
+        macro_rules! one {
+            ($client:ident, $method:ident) => {
+                $client::new($channel)
+                    .max_decoding_message_size(MAX_RESPONSE)
+                    .$method($requests)
+                    .await
+            };
+        }
         match $mode {
             Mode::Aggregated => {
                 AggregatedDiscoveryServiceClient::new($channel)
@@ -54,33 +71,24 @@ macro_rules! call {
                     .$ads($requests)
                     .await
             }
-            Mode::Single(CDS) => {
-                ClusterDiscoveryServiceClient::new($channel)
-                    .max_decoding_message_size(MAX_RESPONSE)
-                    .$cds($requests)
-                    .await
-            }
-            Mode::Single(EDS) => {
-                EndpointDiscoveryServiceClient::new($channel)
-                    .max_decoding_message_size(MAX_RESPONSE)
-                    .$eds($requests)
-                    .await
-            }
-            Mode::Single(LDS) => {
-                ListenerDiscoveryServiceClient::new($channel)
-                    .max_decoding_message_size(MAX_RESPONSE)
-                    .$lds($requests)
-                    .await
-            }
-            Mode::Single(RDS) => {
-                RouteDiscoveryServiceClient::new($channel)
-                    .max_decoding_message_size(MAX_RESPONSE)
-                    .$rds($requests)
-                    .await
-            }
+            Mode::Single(CDS) => one!(ClusterDiscoveryServiceClient, $cds),
+            Mode::Single(EDS) => one!(EndpointDiscoveryServiceClient, $eds),
+            Mode::Single(LDS) => one!(ListenerDiscoveryServiceClient, $lds),
+            Mode::Single(RDS) => one!(RouteDiscoveryServiceClient, $rds),
         }?
         .into_inner()
-    };
+    }};
+}
+
+/// A request channel of `depth` with `first` already in it, and the stream it feeds.
+fn queue<R>(depth: usize, first: impl Iterator<Item = R>) -> (mpsc::Sender<R>, ReceiverStream<R>) {
+    let (tx, rx) = mpsc::channel(depth);
+    for r in first {
+        if tx.try_send(r).is_err() {
+            panic!("no room for the first requests in a queue of {depth}");
+        }
+    }
+    (tx, ReceiverStream::new(rx))
 }
 
 enum Sender {
@@ -153,41 +161,16 @@ impl Client {
         // A few requests of headroom: a client sends at most a few before it reads.
         let depth = 16.max(first.len());
         let first: Vec<Request> = first.into_iter().map(|r| envoy.stamp(r)).collect();
+        let first = first.into_iter();
         let (tx, rx) = match envoy.protocol() {
             Protocol::Sotw => {
-                let (tx, requests) = mpsc::channel(depth);
-                for r in first {
-                    tx.try_send(r.into_sotw())
-                        .expect("room for the first requests");
-                }
-                let rx = call!(
-                    channel,
-                    mode,
-                    ReceiverStream::new(requests),
-                    stream_aggregated_resources,
-                    stream_clusters,
-                    stream_endpoints,
-                    stream_listeners,
-                    stream_routes
-                );
+                let (tx, requests) = queue(depth, first.map(Request::into_sotw));
+                let rx = call!(sotw, channel, mode, requests);
                 (Sender::Sotw(tx), Receiver::Sotw(rx))
             }
             Protocol::Delta => {
-                let (tx, requests) = mpsc::channel(depth);
-                for r in first {
-                    tx.try_send(r.into_delta())
-                        .expect("room for the first requests");
-                }
-                let rx = call!(
-                    channel,
-                    mode,
-                    ReceiverStream::new(requests),
-                    delta_aggregated_resources,
-                    delta_clusters,
-                    delta_endpoints,
-                    delta_listeners,
-                    delta_routes
-                );
+                let (tx, requests) = queue(depth, first.map(Request::into_delta));
+                let rx = call!(delta, channel, mode, requests);
                 (Sender::Delta(tx), Receiver::Delta(rx))
             }
         };

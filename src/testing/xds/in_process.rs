@@ -40,28 +40,26 @@ pub trait Machine: ServerMachine {
     }
 }
 
-impl Machine for sotw::Stream {
-    const PROTOCOL: Protocol = Protocol::Sotw;
+/// `Machine` for a protocol's stream: its protocol and its request's variant.
+macro_rules! machine {
+    ($($stream:ty: $protocol:ident, $into:ident;)*) => {$(
+        impl Machine for $stream {
+            const PROTOCOL: Protocol = Protocol::$protocol;
 
-    fn request(req: Request) -> Self::Request {
-        req.into_sotw()
-    }
+            fn request(req: Request) -> Self::Request {
+                req.$into()
+            }
 
-    fn response(r: &sotw::Response) -> Response {
-        r.into()
-    }
+            fn response(r: &Self::Response) -> Response {
+                r.into()
+            }
+        }
+    )*};
 }
 
-impl Machine for delta::Stream {
-    const PROTOCOL: Protocol = Protocol::Delta;
-
-    fn request(req: Request) -> Self::Request {
-        req.into_delta()
-    }
-
-    fn response(r: &delta::Response) -> Response {
-        r.into()
-    }
+machine! {
+    sotw::Stream: Sotw, into_sotw;
+    delta::Stream: Delta, into_delta;
 }
 
 /// Delivers `requests`, and everything they lead to, between `stream` and `envoy` until both
@@ -166,32 +164,21 @@ pub trait Sent: std::fmt::Debug {
     fn resources(&self) -> &[Resource];
 }
 
-impl Sent for sotw::Response {
-    fn ty(&self) -> ResourceType {
-        self.ty
-    }
-    fn resources(&self) -> &[Resource] {
-        &self.resources
-    }
+/// `Sent` for the machines' responses, which read alike.
+macro_rules! sent {
+    ($($response:ty),*) => {$(
+        impl Sent for $response {
+            fn ty(&self) -> ResourceType {
+                self.ty
+            }
+            fn resources(&self) -> &[Resource] {
+                &self.resources
+            }
+        }
+    )*};
 }
 
-impl Sent for delta::Response {
-    fn ty(&self) -> ResourceType {
-        self.ty
-    }
-    fn resources(&self) -> &[Resource] {
-        &self.resources
-    }
-}
-
-impl Sent for Response {
-    fn ty(&self) -> ResourceType {
-        self.ty
-    }
-    fn resources(&self) -> &[Resource] {
-        &self.resources
-    }
-}
+sent!(sotw::Response, delta::Response);
 
 /// The names of the resources a response carries, in order.
 pub fn names(r: &impl Sent) -> Vec<&str> {

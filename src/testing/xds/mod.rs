@@ -39,7 +39,7 @@ use prost::Message;
 pub use self::grpc::{Client, Raw, channel};
 use super::Protocol;
 use crate::snapshot::{Resource, Snapshot};
-use crate::xds::{ResourceType, delta, sotw};
+use crate::xds::{ResourceType, sotw};
 
 pub const CDS: ResourceType = ResourceType::Cluster;
 pub const EDS: ResourceType = ResourceType::Endpoint;
@@ -242,18 +242,11 @@ fn nack_status(error: &str) -> Status {
 // ---------------------------------------------------------------------------------------------
 // Responses
 
-/// A response of either protocol, however it came: what it brings and what it removes.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Response {
-    pub ty: ResourceType,
-    /// The version of the whole type (state of the world's `version_info`, delta's
-    /// `system_version_info`).
-    pub version: String,
-    pub nonce: String,
-    pub resources: Vec<Resource>,
-    /// Delta: the names removed.
-    pub removed: Vec<String>,
-}
+/// A response of either protocol, however it came, in the delta machine's shape: what it
+/// brings and what it removes by name (a state-of-the-world response removes nothing by name:
+/// what it leaves out of a full-state type is gone). `version` is the version of the whole type
+/// (state of the world's `version_info`, delta's `system_version_info`).
+pub use crate::xds::delta::Response;
 
 impl Response {
     /// The names of the resources, in order.
@@ -294,18 +287,6 @@ impl From<&sotw::Response> for Response {
             nonce: r.nonce.clone(),
             resources: r.resources.clone(),
             removed: Vec::new(),
-        }
-    }
-}
-
-impl From<&delta::Response> for Response {
-    fn from(r: &delta::Response) -> Response {
-        Response {
-            ty: r.ty,
-            version: r.version.clone(),
-            nonce: r.nonce.clone(),
-            resources: r.resources.clone(),
-            removed: r.removed.clone(),
         }
     }
 }

@@ -10,8 +10,8 @@ use super::*;
 use crate::testing::fixtures::{a_cluster_redefined, blue_green, deployment};
 use crate::testing::xds::in_process::{self, converge, names, only, push, types};
 use crate::testing::xds::{
-    FakeEnvoy, Request, Response as Received, delta_ack as ack, delta_nack as nack,
-    delta_request as request, node, with_node,
+    FakeEnvoy, Request, delta_ack as ack, delta_nack as nack, delta_request as request, node,
+    with_node,
 };
 use crate::xds::clients::SyncState;
 
@@ -27,7 +27,7 @@ fn connected(snapshot: Arc<Snapshot>) -> (Stream, FakeEnvoy) {
 
 /// A new stream from `envoy` (a reconnect) to a server serving `snapshot`: the responses to its
 /// first requests, each delivered to it, then everything converged.
-fn reconnect(envoy: &mut FakeEnvoy, snapshot: Arc<Snapshot>) -> (Stream, Vec<Received>) {
+fn reconnect(envoy: &mut FakeEnvoy, snapshot: Arc<Snapshot>) -> (Stream, Vec<Response>) {
     in_process::reconnect(envoy, snapshot)
 }
 
