@@ -76,6 +76,32 @@ pub fn blue_green(active: &str) -> Arc<Snapshot> {
     )
 }
 
+/// [`deployment`] with blue (127.0.0.1:8081) alone.
+pub fn only_blue() -> Arc<Snapshot> {
+    deployment(&[("blue", "127.0.0.1:8081")], "blue")
+}
+
+/// [`deployment`] with green (127.0.0.1:8082) alone.
+pub fn only_green() -> Arc<Snapshot> {
+    deployment(&[("green", "127.0.0.1:8082")], "green")
+}
+
+/// [`blue_green`] (blue active) with blue's endpoint moved to 127.0.0.1:9999.
+pub fn blue_moved() -> Arc<Snapshot> {
+    deployment(
+        &[("blue", "127.0.0.1:9999"), ("green", "127.0.0.1:8082")],
+        "blue",
+    )
+}
+
+/// [`blue_green`] (blue active) with green's endpoint moved to 127.0.0.1:9999.
+pub fn green_moved() -> Arc<Snapshot> {
+    deployment(
+        &[("blue", "127.0.0.1:8081"), ("green", "127.0.0.1:9999")],
+        "blue",
+    )
+}
+
 /// [`deployment`] with blue, green and red (127.0.0.1:8083), blue active.
 pub fn three_versions() -> Arc<Snapshot> {
     deployment(

@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use super::*;
-use crate::testing::fixtures::{a_cluster_redefined, blue_green, deployment};
+use crate::testing::fixtures::{
+    a_cluster_redefined, blue_green, blue_moved, deployment, only_blue, only_green, three_versions,
+};
 use crate::testing::xds::in_process::{self, converge, names, only, push, types};
 use crate::testing::xds::{
     FakeEnvoy, Request, delta_ack as ack, delta_nack as nack, delta_request as request, node,
@@ -60,10 +62,10 @@ fn versions_are_the_state_of_the_world_type_versions() {
 
 #[test]
 fn go_control_plane_800_a_new_version_and_the_switch_to_it_in_one_edit_is_make_before_break() {
-    let (mut s, mut envoy) = connected(deployment(&[("blue", "127.0.0.1:8081")], "blue"));
+    let (mut s, mut envoy) = connected(only_blue());
     envoy.log.clear();
     // FakeEnvoy asserts after every response that routes only target held clusters.
-    let next = deployment(&[("green", "127.0.0.1:8082")], "green");
+    let next = only_green();
     push(&mut s, &mut envoy, next.clone());
     assert_eq!(
         envoy.log,
@@ -95,14 +97,7 @@ fn istio_34949_a_change_sends_only_what_changed_and_is_not_the_full_state() {
 
 #[test]
 fn istio_46882_what_is_gone_is_removed() {
-    let (mut s, mut envoy) = connected(deployment(
-        &[
-            ("blue", "127.0.0.1:8081"),
-            ("green", "127.0.0.1:8082"),
-            ("red", "127.0.0.1:8083"),
-        ],
-        "blue",
-    ));
+    let (mut s, mut envoy) = connected(three_versions());
     let out = s.on_snapshot(blue_green("blue"));
     assert_eq!(types(&out), [C, E]);
     for r in &out.responses {
@@ -157,10 +152,10 @@ fn java_control_plane_463_istio_41494_a_reconnect_removes_what_is_gone_and_sends
 
 #[test]
 fn a_reconnect_to_a_switched_config_is_make_before_break() {
-    let (_old, mut envoy) = connected(deployment(&[("blue", "127.0.0.1:8081")], "blue"));
+    let (_old, mut envoy) = connected(only_blue());
     envoy.log.clear();
     // Checked by the fake after every response: no route to a cluster it does not hold.
-    let next = deployment(&[("green", "127.0.0.1:8082")], "green");
+    let next = only_green();
     let (s, _) = reconnect(&mut envoy, next.clone());
     assert_eq!(envoy.log, [C, E, R, C, E]);
     assert!(envoy.holds_exactly(&next));
@@ -213,14 +208,7 @@ fn go_control_plane_488_565_a_name_that_does_not_exist_is_removed_and_sent_when_
     assert_eq!(r.removed, ["checkout/red"]);
     s.on_request(&ack(E, &r.nonce));
     assert!(s.in_sync(), "red is not in the config");
-    let out = s.on_snapshot(deployment(
-        &[
-            ("blue", "127.0.0.1:8081"),
-            ("green", "127.0.0.1:8082"),
-            ("red", "127.0.0.1:8083"),
-        ],
-        "blue",
-    ));
+    let out = s.on_snapshot(three_versions());
     let eds: Vec<&Response> = out.responses.iter().filter(|r| r.ty == E).collect();
     assert_eq!(names(eds[0]), ["checkout/red"]);
     assert!(eds[0].removed.is_empty());
@@ -238,14 +226,7 @@ fn envoy_21416_the_legacy_wildcard_is_a_first_request_naming_nothing() {
     let out = s.on_request(&request(C, &["checkout/blue"], &[]));
     let r = only(&out).clone();
     s.on_request(&ack(C, &r.nonce));
-    let out = s.on_snapshot(deployment(
-        &[
-            ("blue", "127.0.0.1:8081"),
-            ("green", "127.0.0.1:8082"),
-            ("red", "127.0.0.1:8083"),
-        ],
-        "blue",
-    ));
+    let out = s.on_snapshot(three_versions());
     assert_eq!(names(&out.responses[0]), ["checkout/red"]);
 }
 
@@ -404,14 +385,10 @@ fn a_nacked_response_is_recorded_and_not_sent_again() {
 
 #[test]
 fn a_nacked_cluster_holds_back_the_routes_that_need_it() {
-    let (mut s, mut envoy) = connected(deployment(&[("blue", "127.0.0.1:8081")], "blue"));
+    let (mut s, mut envoy) = connected(only_blue());
     envoy.reject = Some(C);
     envoy.log.clear();
-    push(
-        &mut s,
-        &mut envoy,
-        deployment(&[("green", "127.0.0.1:8082")], "green"),
-    );
+    push(&mut s, &mut envoy, only_green());
     assert_eq!(envoy.log, [C], "routes must not follow a rejected cluster");
     assert_eq!(
         envoy.route_targets(),
@@ -514,9 +491,9 @@ fn conformance_2_a_client_that_routes_nothing_yet_is_answered_at_once_in_any_ord
 
 #[test]
 fn a_reconnect_that_reports_routes_waits_for_clusters() {
-    let (_old, mut envoy) = connected(deployment(&[("blue", "127.0.0.1:8081")], "blue"));
+    let (_old, mut envoy) = connected(only_blue());
     let mut s = Stream::new(Mode::Aggregated);
-    s.on_snapshot(deployment(&[("green", "127.0.0.1:8082")], "green"));
+    s.on_snapshot(only_green());
     // Routes and listeners first: held back, the client routes with what it holds.
     let mut requests = envoy.reconnect();
     requests.sort_by_key(|r| std::cmp::Reverse(ResourceType::from_type_url(r.type_url())));

@@ -6,8 +6,6 @@
 
 use super::*;
 
-use crate::testing::fixtures::three_versions;
-
 fn with_nonce(req: DeltaDiscoveryRequest, nonce: &str) -> DeltaDiscoveryRequest {
     DeltaDiscoveryRequest {
         response_nonce: nonce.to_owned(),
@@ -80,10 +78,7 @@ fn subscription_changes_are_honoured_even_with_a_stale_nonce() {
     let mut s = single(E, blue_green("blue"));
     let first = only(&s.on_request(&request(E, &["checkout/blue"], &[]))).clone();
     s.on_request(&ack(E, &first.nonce));
-    let moved = deployment(
-        &[("blue", "127.0.0.1:9999"), ("green", "127.0.0.1:8082")],
-        "blue",
-    );
+    let moved = blue_moved();
     let newer = only(&s.on_snapshot(moved)).clone();
     assert_ne!(newer.nonce, first.nonce);
     // Stale nonce, new name: the subscription counts (green follows the response in flight).
@@ -232,10 +227,7 @@ fn phantom_unsubscriptions_are_processed_cleanly() {
     s.on_request(&ack(E, &r.nonce));
     let out = s.on_request(&request(E, &[], &["checkout/green", "never/existed"]));
     assert!(out.responses.is_empty(), "{out:?}");
-    let moved = deployment(
-        &[("blue", "127.0.0.1:9999"), ("green", "127.0.0.1:8082")],
-        "blue",
-    );
+    let moved = blue_moved();
     assert_eq!(
         names(only(&s.on_snapshot(moved))),
         ["checkout/blue"],
@@ -294,10 +286,7 @@ fn a_subscribed_resource_that_springs_into_existence_later_is_sent() {
 #[test]
 fn a_change_sends_only_the_changed_resource_and_removes_nothing_unchanged() {
     let (mut stream, mut envoy) = connected(blue_green("blue"));
-    let out = stream.on_snapshot(deployment(
-        &[("blue", "127.0.0.1:9999"), ("green", "127.0.0.1:8082")],
-        "blue",
-    ));
+    let out = stream.on_snapshot(blue_moved());
     let r = only(&out);
     assert_eq!(r.ty, E);
     assert_eq!(names(r), ["checkout/blue"]);
@@ -346,11 +335,7 @@ fn updates_are_sequenced_make_before_break() {
     let (mut stream, mut envoy) = connected(three_versions());
     envoy.log.clear();
     // The fake Envoy checks after every response that each route's cluster is held.
-    push(
-        &mut stream,
-        &mut envoy,
-        deployment(&[("green", "127.0.0.1:8082")], "green"),
-    );
+    push(&mut stream, &mut envoy, only_green());
     let route_at = envoy.log.iter().position(|t| *t == R).expect("routes sent");
     let last_cluster = envoy
         .log

@@ -6,13 +6,7 @@
 
 use super::*;
 
-use crate::testing::fixtures::three_versions;
 use crate::testing::xds::in_process::only as one;
-
-const C: ResourceType = ResourceType::Cluster;
-const E: ResourceType = ResourceType::Endpoint;
-const L: ResourceType = ResourceType::Listener;
-const R: ResourceType = ResourceType::Route;
 
 fn without_node(req: DiscoveryRequest) -> DiscoveryRequest {
     DiscoveryRequest { node: None, ..req }
@@ -72,10 +66,7 @@ fn whenever_one_resource_of_that_type_changes_the_version_is_changed() {
     let all = ["checkout/blue", "checkout/green"];
     let first = one(&s.on_request(&request(E, "", "", &all))).clone();
     s.on_request(&request(E, &first.version, &first.nonce, &all));
-    let moved = deployment(
-        &[("blue", "127.0.0.1:8081"), ("green", "127.0.0.1:9999")],
-        "blue",
-    );
+    let moved = green_moved();
     let next = one(&s.on_snapshot(moved)).clone();
     assert_ne!(next.version, first.version);
 }
@@ -137,10 +128,7 @@ fn updates_are_sent_only_when_resources_have_changed() {
     let (mut stream, mut envoy) = connected(blue_green("blue"));
     assert!(stream.on_snapshot(blue_green("blue")).responses.is_empty());
     // Only an endpoint moves: only endpoints are sent.
-    let moved = deployment(
-        &[("blue", "127.0.0.1:9999"), ("green", "127.0.0.1:8082")],
-        "blue",
-    );
+    let moved = blue_moved();
     envoy.log.clear();
     push(&mut stream, &mut envoy, moved);
     assert_eq!(envoy.log, [E]);
@@ -195,10 +183,7 @@ fn an_empty_list_of_names_means_no_interest_in_the_type() {
     for r in &out.responses {
         assert!(r.resources.is_empty(), "{out:?}");
     }
-    let moved = deployment(
-        &[("blue", "127.0.0.1:9999"), ("green", "127.0.0.1:8082")],
-        "blue",
-    );
+    let moved = blue_moved();
     assert!(
         s.on_snapshot(moved).responses.is_empty(),
         "no interest, no update"
@@ -308,10 +293,7 @@ fn a_name_left_out_of_a_request_is_unsubscribed() {
     let r = one(&s.on_request(&request(E, "", "", &both))).clone();
     let out = s.on_request(&request(E, &r.version, &r.nonce, &["checkout/blue"]));
     assert!(out.responses.iter().all(|r| r.resources.len() <= 1));
-    let green_moved = deployment(
-        &[("blue", "127.0.0.1:8081"), ("green", "127.0.0.1:9999")],
-        "blue",
-    );
+    let green_moved = green_moved();
     assert!(
         s.on_snapshot(green_moved).responses.is_empty(),
         "green is no longer asked for"
@@ -325,10 +307,7 @@ fn a_name_left_out_of_a_request_is_unsubscribed() {
 fn a_request_with_a_stale_nonce_gets_no_response() {
     let mut s = single(E, blue_green("blue"));
     let first = one(&s.on_request(&request(E, "", "", &["checkout/blue"]))).clone();
-    let moved = deployment(
-        &[("blue", "127.0.0.1:9999"), ("green", "127.0.0.1:8082")],
-        "blue",
-    );
+    let moved = blue_moved();
     let newer = one(&s.on_snapshot(moved)).clone();
     assert_ne!(newer.nonce, first.nonce);
     let out = s.on_request(&request(
