@@ -4,21 +4,15 @@
 
 use std::net::TcpListener;
 
+use cutover::checkout_head;
 use cutover::testing::{NODE, Scenario, WAIT, envoy_binary, wait_for};
 
-const ONE_LISTENER: &str = "\
-listeners:
-  - name: public
-    address: ${listener}
-    routes:
-      - match: { prefix: / }
-        service: checkout
-services:
-  checkout:
-    versions:
-      blue: { endpoints: [${blue-1}] }
+const ONE_LISTENER: &str = concat!(
+    checkout_head!("${listener}"),
+    "      blue: { endpoints: [${blue-1}] }
     active: blue
-";
+",
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_envoy_rejects_is_reported_as_a_nack_and_traffic_stays() {

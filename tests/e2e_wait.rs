@@ -6,28 +6,19 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use cutover::testing;
+use cutover::testing::fixtures;
 use cutover::testing::load::Load;
 use cutover::testing::{Scenario, envoy_binary};
 
-const ROLLING: &str = "
-listeners:
-  - name: public
-    address: ${listener}
-    routes:
-      - match: { prefix: / }
-        service: checkout
-services:
-  checkout:
-    versions:
-      live:
-        endpoints: [%ENDPOINTS%]
-    active: live
-    health_check: { path: /health, interval: 1s, timeout: 500ms, healthy_threshold: 1 }
-    outlier_detection: { enabled: false }
-";
-
+/// The kit's rolling deployment with the health check and the outlier detection these tests
+/// run with.
 fn rolling(endpoints: &str) -> String {
-    ROLLING.replace("%ENDPOINTS%", endpoints)
+    format!(
+        "{}    health_check: {{ path: /health, interval: 1s, timeout: 500ms, healthy_threshold: 1 }}
+    outlier_detection: {{ enabled: false }}
+",
+        fixtures::rolling(endpoints)
+    )
 }
 
 /// `cutover wait ...` against the scenario's cutover, run on a thread so the test's runtime

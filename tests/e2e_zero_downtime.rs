@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use cutover::checkout_head;
 use cutover::testing;
 use cutover::testing::load::Load;
 use cutover::testing::{Scenario, envoy_binary, in_both_xds_modes, version_of};
@@ -35,20 +36,13 @@ async fn answers(listener: SocketAddr, n: usize) -> BTreeMap<String, usize> {
     out
 }
 
-const TWO_VERSIONS: &str = "\
-listeners:
-  - name: public
-    address: ${listener}
-    routes:
-      - match: { prefix: / }
-        service: checkout
-services:
-  checkout:
-    versions:
-      blue:  { endpoints: [${blue-1}, ${blue-2}] }
+const TWO_VERSIONS: &str = concat!(
+    checkout_head!("${listener}"),
+    "      blue:  { endpoints: [${blue-1}, ${blue-2}] }
       green: { endpoints: [${green-1}, ${green-2}] }
     STRATEGY
-";
+",
+);
 
 fn two_versions(strategy: &str) -> String {
     TWO_VERSIONS.replace("STRATEGY", strategy)

@@ -27,10 +27,7 @@ async fn wait_in_sync(server: &app::Server) {
 /// starts LDS once its cluster manager is initialised), ACKing everything; checks the order and
 /// returns the routes.
 async fn bring_up(client: &mut Client) -> Response {
-    client.start().await;
-    let got = client
-        .settle_until("the routes", |e| e.held.contains_key(&RDS))
-        .await;
+    let got = client.come_up().await;
     let types: Vec<_> = got.iter().map(|r| r.ty).collect();
     assert_eq!(types, [CDS, EDS, LDS, RDS], "clusters come first");
     assert_eq!(got[0].names(), ["checkout/blue", "checkout/green"]);
@@ -197,10 +194,7 @@ fn red_black(active: &str) -> String {
 /// A client that comes up as Envoy does and ACKs everything.
 async fn connect_and_ack_all(server: &app::Server) -> Client {
     let mut client = connect(server).await;
-    client.start().await;
-    client
-        .settle_until("the routes", |e| e.held.contains_key(&RDS))
-        .await;
+    client.come_up().await;
     client
 }
 

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cutover::testing::fixtures::DEPLOY;
-use cutover::testing::xds::{CDS, Client, EDS, FakeEnvoy, channel, node};
+use cutover::testing::xds::{
+    CDS, Client, EDS, FakeEnvoy, channel, delta_request, node, sotw_request,
+};
 use cutover::testing::{Protocol, serve, serve_with};
 use cutover::xds::Mode;
 use cutover::xds::limits::ClientLimits;
@@ -101,12 +103,7 @@ async fn streams_over_the_limit_are_refused_with_the_limit_and_how_to_raise_it()
     let streams = || server.status.report().streams.expect("streams in /status");
     // One xDS stream and one telemetry stream (Envoy's stats sink) fill the limit.
     let mut ads = open_sotw(server.ads_addr).await.unwrap();
-    ads.send(DiscoveryRequest {
-        type_url: CDS.type_url().into(),
-        node: node_named("edge-1"),
-        ..Default::default()
-    })
-    .await;
+    ads.send(sotw_request(CDS, "", "", &[])).await;
     assert_eq!(ads.recv().await.ty, CDS);
     let (stats_tx, stats_rx) = mpsc::channel(1);
     let mut sink = MetricsServiceClient::connect(format!("http://{}", server.ads_addr))
@@ -162,9 +159,8 @@ async fn streams_over_the_limit_are_refused_with_the_limit_and_how_to_raise_it()
     let mut again = open_sotw(server.ads_addr).await.unwrap();
     again
         .send(DiscoveryRequest {
-            type_url: CDS.type_url().into(),
             node: node_named("edge-2"),
-            ..Default::default()
+            ..sotw_request(CDS, "", "", &[])
         })
         .await;
     assert_eq!(again.recv().await.ty, CDS);
@@ -185,10 +181,8 @@ async fn a_message_over_the_configured_size_is_refused_with_how_to_raise_it() {
     let big: Vec<String> = (0..40_000).map(|i| format!("{i:060}")).collect();
     client
         .send(DiscoveryRequest {
-            type_url: EDS.type_url().into(),
             resource_names: big,
-            node: node_named("edge-1"),
-            ..Default::default()
+            ..sotw_request(EDS, "", "", &[])
         })
         .await;
     let status = client.refusal().await;
@@ -212,10 +206,8 @@ async fn subscriptions_are_served_up_to_the_name_limit_and_refused_past_it() {
     let mut wanted = names(99_999, "nowhere");
     wanted.push("checkout/blue".into());
     sotw.send(DiscoveryRequest {
-        type_url: EDS.type_url().into(),
         resource_names: wanted,
-        node: node_named("edge-1"),
-        ..Default::default()
+        ..sotw_request(EDS, "", "", &[])
     })
     .await;
     let eds = sotw.recv().await;
@@ -232,10 +224,8 @@ async fn subscriptions_are_served_up_to_the_name_limit_and_refused_past_it() {
     .await;
     let mut sotw = open_sotw(server.ads_addr).await.unwrap();
     sotw.send(DiscoveryRequest {
-        type_url: EDS.type_url().into(),
         resource_names: names(1_001, "s"),
-        node: node_named("edge-1"),
-        ..Default::default()
+        ..sotw_request(EDS, "", "", &[])
     })
     .await;
     let status = sotw.refusal().await;
@@ -251,10 +241,9 @@ async fn subscriptions_are_served_up_to_the_name_limit_and_refused_past_it() {
     let mut delta = open_delta(server.ads_addr).await;
     delta
         .send(DeltaDiscoveryRequest {
-            type_url: EDS.type_url().into(),
             resource_names_subscribe: names(600, "a"),
             node: node_named("edge-2"),
-            ..Default::default()
+            ..delta_request(EDS, &[], &[])
         })
         .await;
     // Names that do not exist are named in removed_resources (the client need not wait).
@@ -262,9 +251,8 @@ async fn subscriptions_are_served_up_to_the_name_limit_and_refused_past_it() {
     assert_eq!(told.removed.len(), 600);
     delta
         .send(DeltaDiscoveryRequest {
-            type_url: EDS.type_url().into(),
             resource_names_subscribe: names(600, "b"),
-            ..Default::default()
+            ..delta_request(EDS, &[], &[])
         })
         .await;
     let status = delta.refusal().await;
@@ -276,10 +264,9 @@ async fn subscriptions_are_served_up_to_the_name_limit_and_refused_past_it() {
 
     let mut long = open_delta(server.ads_addr).await;
     long.send(DeltaDiscoveryRequest {
-        type_url: EDS.type_url().into(),
         resource_names_subscribe: vec!["x".repeat(300)],
         node: node_named("edge-3"),
-        ..Default::default()
+        ..delta_request(EDS, &[], &[])
     })
     .await;
     let status = long.refusal().await;
@@ -313,22 +300,17 @@ async fn unknown_types_and_garbage_nonces_change_nothing_and_are_logged_once() {
             .await;
         }
         sotw.send(DiscoveryRequest {
-            type_url: CDS.type_url().into(),
             response_nonce: "not-a-nonce".into(),
             error_detail: Some(Status {
                 code: 3,
                 message: "a NACK of nothing".into(),
                 details: Vec::new(),
             }),
-            ..Default::default()
+            ..sotw_request(CDS, "", "", &[])
         })
         .await;
         // The stream still works, and the garbage changed nothing: CDS as if first asked.
-        sotw.send(DiscoveryRequest {
-            type_url: CDS.type_url().into(),
-            ..Default::default()
-        })
-        .await;
+        sotw.send(sotw_request(CDS, "", "", &[])).await;
         let cds = sotw.recv().await;
         assert_eq!(cds.ty, CDS);
         assert_eq!(cds.resources.len(), 2);
@@ -345,14 +327,13 @@ async fn unknown_types_and_garbage_nonces_change_nothing_and_are_logged_once() {
     }
     delta
         .send(DeltaDiscoveryRequest {
-            type_url: CDS.type_url().into(),
             response_nonce: "not-a-nonce".into(),
             error_detail: Some(Status {
                 code: 3,
                 message: "a NACK of nothing".into(),
                 details: Vec::new(),
             }),
-            ..Default::default()
+            ..delta_request(CDS, &[], &[])
         })
         .await;
     let cds = delta.recv().await;
@@ -389,17 +370,15 @@ async fn a_nack_storm_is_logged_once_and_long_errors_are_cut() {
     for _ in 0..25 {
         let mut sotw = open_sotw(server.ads_addr).await.unwrap();
         sotw.send(DiscoveryRequest {
-            type_url: CDS.type_url().into(),
             node: node_named("stormy"),
-            ..Default::default()
+            ..sotw_request(CDS, "", "", &[])
         })
         .await;
         let cds = sotw.recv().await;
         sotw.send(DiscoveryRequest {
-            type_url: CDS.type_url().into(),
             response_nonce: cds.nonce.clone(),
             error_detail: Some(error.clone()),
-            ..Default::default()
+            ..sotw_request(CDS, "", "", &[])
         })
         .await;
         last_sotw = Some(sotw);
@@ -409,18 +388,16 @@ async fn a_nack_storm_is_logged_once_and_long_errors_are_cut() {
         let mut delta = open_delta(server.ads_addr).await;
         delta
             .send(DeltaDiscoveryRequest {
-                type_url: CDS.type_url().into(),
                 node: node_named("stormy-delta"),
-                ..Default::default()
+                ..delta_request(CDS, &[], &[])
             })
             .await;
         let cds = delta.recv().await;
         delta
             .send(DeltaDiscoveryRequest {
-                type_url: CDS.type_url().into(),
                 response_nonce: cds.nonce.clone(),
                 error_detail: Some(error.clone()),
-                ..Default::default()
+                ..delta_request(CDS, &[], &[])
             })
             .await;
         last_delta = Some(delta);
@@ -475,14 +452,13 @@ async fn node_metadata_is_not_kept_and_oversized_node_ids_are_refused() {
         .into(),
     };
     sotw.send(DiscoveryRequest {
-        type_url: CDS.type_url().into(),
         node: Some(Node {
             id: "heavy".into(),
             cluster: "tests".into(),
             metadata: Some(metadata),
             ..Default::default()
         }),
-        ..Default::default()
+        ..sotw_request(CDS, "", "", &[])
     })
     .await;
     assert_eq!(sotw.recv().await.resources.len(), 2);
@@ -505,13 +481,12 @@ async fn node_metadata_is_not_kept_and_oversized_node_ids_are_refused() {
         let mut refused = open_sotw(server.ads_addr).await.unwrap();
         refused
             .send(DiscoveryRequest {
-                type_url: CDS.type_url().into(),
                 node: Some(Node {
                     id,
                     cluster,
                     ..Default::default()
                 }),
-                ..Default::default()
+                ..sotw_request(CDS, "", "", &[])
             })
             .await;
         let status = refused.refusal().await;
@@ -573,18 +548,16 @@ async fn a_peer_that_vanishes_without_closing_leaves_status_within_the_keepalive
     let (proxy, silence) = silent_proxy(server.ads_addr).await;
     let mut sotw = open_sotw(proxy).await.unwrap();
     sotw.send(DiscoveryRequest {
-        type_url: CDS.type_url().into(),
         node: node_named("vanishing"),
-        ..Default::default()
+        ..sotw_request(CDS, "", "", &[])
     })
     .await;
     sotw.recv().await;
     let mut delta_client = open_delta(proxy).await;
     delta_client
         .send(DeltaDiscoveryRequest {
-            type_url: CDS.type_url().into(),
             node: node_named("vanishing-delta"),
-            ..Default::default()
+            ..delta_request(CDS, &[], &[])
         })
         .await;
     delta_client.recv().await;

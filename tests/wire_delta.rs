@@ -24,10 +24,7 @@ async fn wait_in_sync(server: &app::Server) {
 /// ACKs everything; checks what came and returns the responses in order.
 async fn bring_up(client: &mut Client) -> Vec<Response> {
     let names = ["checkout/blue", "checkout/green"];
-    client.start().await;
-    let got = client
-        .settle_until("the routes", |e| e.held.contains_key(&RDS))
-        .await;
+    let got = client.come_up().await;
     let [cds, eds, lds, rds] = &got[..] else {
         panic!("four responses expected: {got:?}")
     };

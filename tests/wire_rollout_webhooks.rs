@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cutover::app;
+use cutover::checkout_head;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper::server::conn::http1;
@@ -55,17 +56,7 @@ async fn webhook(status: u16, delay: Duration) -> (SocketAddr, Arc<Mutex<Vec<Val
 
 fn deployment(hook: SocketAddr, timeout: &str) -> String {
     format!(
-        "\
-listeners:
-  - name: public
-    address: 127.0.0.1:10000
-    routes:
-      - match: {{ prefix: / }}
-        service: checkout
-services:
-  checkout:
-    versions:
-      v1: {{ endpoints: [127.0.0.1:8081] }}
+        "{head}      v1: {{ endpoints: [127.0.0.1:8081] }}
       v2: {{ endpoints: [127.0.0.1:8082] }}
     strategy:
       canary:
@@ -78,7 +69,8 @@ services:
           min_requests: 0
           failure_limit: 1
           webhooks: [ {{ url: \"http://{hook}/check\", timeout: {timeout} }} ]
-"
+",
+        head = checkout_head!("127.0.0.1:10000"),
     )
 }
 

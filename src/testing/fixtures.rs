@@ -5,8 +5,10 @@ use std::sync::Arc;
 use crate::app::{compile, compile_resources};
 use crate::snapshot::Snapshot;
 
-/// A deployment file's start: one listener `public` at `$address` routing everything to service
-/// `checkout`, whose versions follow.
+/// A deployment file's start, as a literal: one listener `public` at `$address` (a literal,
+/// `"${listener}"` in a [`Scenario`](crate::testing::Scenario) template) routing everything to
+/// service `checkout`, whose versions follow. For `concat!`.
+#[macro_export]
 macro_rules! checkout_head {
     ($address:literal) => {
         concat!(

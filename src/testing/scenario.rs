@@ -246,20 +246,21 @@ fn render_template(template: &str, listener: SocketAddr, upstreams: &[Upstream])
 }
 
 /// One listener `public` on `listener` routing everything to service `checkout`, whose versions
-/// `blue` and `green` have the given endpoints; `active` gets the traffic.
+/// `blue` and `green` have the given endpoints (addresses, or names Envoy resolves); `active`
+/// gets the traffic.
 pub fn checkout_deployment(
     listener: SocketAddr,
-    blue: &[SocketAddr],
-    green: &[SocketAddr],
+    blue: &[impl std::fmt::Display],
+    green: &[impl std::fmt::Display],
     active: &str,
 ) -> String {
-    let list = |addrs: &[SocketAddr]| {
-        addrs
+    fn list(endpoints: &[impl std::fmt::Display]) -> String {
+        endpoints
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(", ")
-    };
+    }
     format!(
         "\
 # Written by the end-to-end tests.

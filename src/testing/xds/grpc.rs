@@ -267,6 +267,14 @@ impl Client {
         }
     }
 
+    /// Comes up as Envoy does ([`Client::start`]) and answers everything until it holds its
+    /// routes; what came.
+    pub async fn come_up(&mut self) -> Vec<Response> {
+        self.start().await;
+        self.settle_until("the routes", |e| e.held.contains_key(&RDS))
+            .await
+    }
+
     /// Answers every response as Envoy until nothing comes for `quiet`; what came.
     pub async fn settle(&mut self, quiet: Duration) -> Vec<Response> {
         let mut got = Vec::new();
