@@ -17,6 +17,11 @@ fn rendered_examples() {
     });
 }
 
+/// The names of `snapshot`'s resources of `ty`, sorted.
+fn names_of(snapshot: &Snapshot, ty: ResourceType) -> Vec<String> {
+    snapshot.resources(ty).keys().cloned().collect()
+}
+
 #[test]
 fn same_file_same_bytes_and_versions() {
     let text = example("basic.yaml");
@@ -68,13 +73,7 @@ fn a_switch_changes_only_the_routes() {
 #[test]
 fn every_version_is_a_cluster_with_its_endpoints() {
     let snapshot: Snapshot = compile("a", &example("basic.yaml")).unwrap();
-    let names = |ty| {
-        snapshot
-            .resources(ty)
-            .keys()
-            .cloned()
-            .collect::<Vec<String>>()
-    };
+    let names = |ty| names_of(&snapshot, ty);
     assert_eq!(
         names(ResourceType::Cluster),
         ["checkout/blue", "checkout/green"]
@@ -129,13 +128,7 @@ fn a_version_with_names_is_a_dns_cluster_with_its_endpoints_inline() {
             }
         })
     );
-    let names = |ty| {
-        snapshot
-            .resources(ty)
-            .keys()
-            .cloned()
-            .collect::<Vec<String>>()
-    };
+    let names = |ty| names_of(&snapshot, ty);
     assert_eq!(
         names(ResourceType::Cluster),
         ["checkout/blue", "checkout/green"]

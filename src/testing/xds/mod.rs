@@ -96,17 +96,18 @@ pub enum Request {
     Delta(DeltaDiscoveryRequest),
 }
 
-impl From<DiscoveryRequest> for Request {
-    fn from(r: DiscoveryRequest) -> Request {
-        Request::Sotw(r)
-    }
+/// Each protocol's request is a [`Request`].
+macro_rules! request_from {
+    ($($request:ty => $variant:ident),*) => {$(
+        impl From<$request> for Request {
+            fn from(r: $request) -> Request {
+                Request::$variant(r)
+            }
+        }
+    )*};
 }
 
-impl From<DeltaDiscoveryRequest> for Request {
-    fn from(r: DeltaDiscoveryRequest) -> Request {
-        Request::Delta(r)
-    }
-}
+request_from!(DiscoveryRequest => Sotw, DeltaDiscoveryRequest => Delta);
 
 impl Request {
     pub fn protocol(&self) -> Protocol {
