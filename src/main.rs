@@ -1,14 +1,17 @@
 //! The `cutover` command line: the commands and their help, logging setup and dispatch to each
-//! command's `run` in [`cutover::cli`]; everything else is in the library.
+//! command's `run` in [`cutover::cli`]; everything else is in the library, except the demo
+//! ([`demo`]), which is part of the binary only.
 
 use std::io::{self, IsTerminal as _, Write};
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use cutover::cli::{self, output::say, serve::LogFormat};
+use cutover::cli::{self, serve::LogFormat};
 use cutover::reconcile::rollout;
+// Also `crate::spec` for the demo's modules, written when they were part of the library.
 use cutover::spec;
+
+mod demo;
 
 /// jemalloc, returning freed memory to the system within about a second (a background thread
 /// purges): with glibc's allocator, a 100,000-endpoint file replaced by a small one left cutover
@@ -85,13 +88,13 @@ enum Command {
     /// Run the demo's upstream application: answers every request with its version and colour,
     /// /health with 200, and can be told to fail or slow down (POST /fail?percent=N, POST
     /// /slow?ms=N). Prints the address it listens on.
-    DemoUpstream(cutover::demo::upstream::Options),
+    DemoUpstream(demo::upstream::Options),
     /// The Docker Compose demo without Docker: Envoy, cutover and the demo upstreams as local
     /// processes on loopback, with live bars of the requests each version answers.
     ///
     /// Edit the deployment file it prints (a copy of examples/demo.yaml for loopback) in another
     /// window and watch the bars move. Ctrl-C stops every process it started.
-    Demo(cutover::demo::twin::Options),
+    Demo(demo::twin::Options),
     /// Print the JSON Schema of the deployment file, for editor completion and help.
     ///
     /// The repository keeps it as deploy.schema.json; regenerate it with
@@ -134,21 +137,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Resume(args) => cli::rollout::run(args, rollout::Command::Resume),
         Command::DemoUpstream(opts) => {
             init_tracing(LogFormat::Text);
-            let runtime = cli::current_thread_runtime()?;
-            runtime.block_on(async {
-                let upstream = cutover::demo::upstream::Upstream::start(&opts).await?;
-                say(format_args!("listening on {}\n", upstream.addr))?;
-                upstream.run_until(cli::shutdown_signal()).await?;
-                anyhow::Ok(())
-            })?;
-            Ok(ExitCode::SUCCESS)
+            demo::run_upstream(&opts)
         }
-        Command::Demo(opts) => {
-            let runtime =
-                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(cutover::demo::twin::run(opts, cli::shutdown_signal()))?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Demo(opts) => demo::run(opts),
         Command::Schema => cli::schema::run(),
     }
 }

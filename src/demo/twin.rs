@@ -200,7 +200,8 @@ impl Processes {
         Ok(())
     }
 
-    /// The process ids, by name.
+    /// The process ids, by name (only the tests ask).
+    #[cfg(test)]
     pub fn pids(&self) -> Vec<(String, u32)> {
         self.children
             .iter()
