@@ -1,7 +1,7 @@
 //! `cutover diff OLD NEW`: what Envoy would see change between two deployment files.
 //!
 //! Both files are compiled as a freshly started cutover would serve them
-//! ([`crate::app::compile_resources`]); resources are then compared by type and name in their
+//! ([`crate::app::fresh_plan`]); resources are then compared by type and name in their
 //! Envoy JSON form. Clusters and listeners show the fields that changed; endpoints are compared
 //! per address (added, removed, weight or drain changed); routes are compared per match, in
 //! order, and show where each match sends requests (cluster, weights, mirror). With node
@@ -18,7 +18,7 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use super::output::{compile_file, complain, say};
+use super::output::{complain, read_spec, say};
 use super::style::{Painter, Style, percent};
 use crate::app;
 use crate::node::GroupId;
@@ -799,8 +799,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut compiled = Vec::new();
     let mut failed = false;
     for file in [&args.old, &args.new] {
-        match compile_file(file, app::compile_plan) {
-            Ok(plan) => compiled.push((file.display().to_string(), plan)),
+        match read_spec(file) {
+            Ok(spec) => compiled.push((file.display().to_string(), app::fresh_plan(&spec))),
             Err(failure) => {
                 failure.report()?;
                 failed = true;

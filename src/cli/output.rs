@@ -1,6 +1,6 @@
 //! What every command prints through: stdout and stderr that tolerate a reader who has gone
-//! (`cutover render FILE | head -1`), JSON or YAML values, and a deployment file read and
-//! compiled with every problem reported the same way by `validate`, `render` and `diff`.
+//! (`cutover render FILE | head -1`), JSON or YAML values, and a deployment file read and parsed
+//! once, with every problem reported the same way by `validate`, `render` and `diff`.
 
 use std::fmt;
 use std::io::{self, Write};
@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use clap::ValueEnum;
 
 use crate::render;
-use crate::spec::{self, SpecError};
+use crate::spec::{self, Spec, SpecError};
 
 /// How `render` and `bootstrap` print what they make.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -83,20 +83,13 @@ impl Failure {
     }
 }
 
-/// Reads a deployment file and compiles it with `compile` (into the snapshot or the resources a
-/// freshly started `serve` would have).
-pub fn compile_file<T>(
-    file: &Path,
-    compile: impl FnOnce(&str, &str) -> Result<T, SpecError>,
-) -> Result<T, Failure> {
+/// Reads a deployment file and parses it, the one parse a command makes: size, UTF-8 (with
+/// the position of the first bad byte), YAML and every check, against the same limits as
+/// `serve`.
+pub fn read_spec(file: &Path) -> Result<Spec, Failure> {
     let label = file.display().to_string();
     let bytes = read_file(file).map_err(|err| Failure::Unreadable(label.clone(), err))?;
-    // Size, UTF-8 (with the position of the first bad byte), YAML and every check.
-    spec::parse_bytes(&label, &bytes).map_err(Failure::Invalid)?;
-    // Valid UTF-8 now, so this borrows. `app::compile` parses the text again: it takes text,
-    // not a `Spec`, and a second parse costs milliseconds.
-    let text = String::from_utf8_lossy(&bytes);
-    compile(&label, &text).map_err(Failure::Invalid)
+    spec::parse_bytes(&label, &bytes).map_err(Failure::Invalid)
 }
 
 /// Reads at most one byte more than the file size limit, so that a huge file (or a device

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use anyhow::Context as _;
 
-use super::output::{Format, compile_file, print_value};
+use super::output::{Format, print_value, read_spec};
 use crate::reconcile::Timestamp;
 use crate::snapshot::Snapshot;
 use crate::store::StateFile;
@@ -51,35 +51,33 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("{}: no such state file", path.display()))?,
     };
     let now = args.at.map_or_else(Timestamp::now, Into::into);
-    let compile = |label: &str, text: &str| {
-        app::compile_plan_with(label, text, runtime, now).map(|plan| {
-            let resources = match &node {
-                None => translate::translate(&plan),
-                Some(node) => {
-                    let (group, resources) = app::resources_for_node(&plan, node);
-                    // On stderr: stdout stays exactly the resources.
-                    if group.is_unmatched() {
-                        eprintln!(
-                            "warning: no group of the file matches node {:?}: it gets an empty config",
-                            node.id
-                        );
-                    } else {
-                        eprintln!("node {:?} is in group {group}", node.id);
-                    }
-                    resources
-                }
-            };
-            Snapshot::new(&resources)
-        })
-    };
-    match compile_file(&args.file, compile) {
-        Ok(snapshot) => {
-            print_value(&render::snapshot_json(&snapshot)?, args.format)?;
-            Ok(ExitCode::SUCCESS)
-        }
+    let spec = match read_spec(&args.file) {
+        Ok(spec) => spec,
         Err(failure) => {
             failure.report()?;
-            Ok(ExitCode::FAILURE)
+            return Ok(ExitCode::FAILURE);
         }
-    }
+    };
+    let plan = app::plan_at(&spec, runtime, now);
+    let resources = match &node {
+        None => translate::translate(&plan),
+        Some(node) => {
+            let (group, resources) = app::resources_for_node(&plan, node);
+            // On stderr: stdout stays exactly the resources.
+            if group.is_unmatched() {
+                eprintln!(
+                    "warning: no group of the file matches node {:?}: it gets an empty config",
+                    node.id
+                );
+            } else {
+                eprintln!("node {:?} is in group {group}", node.id);
+            }
+            resources
+        }
+    };
+    print_value(
+        &render::snapshot_json(&Snapshot::new(&resources))?,
+        args.format,
+    )?;
+    Ok(ExitCode::SUCCESS)
 }

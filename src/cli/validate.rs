@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use super::output::{compile_file, say};
+use super::output::{read_spec, say};
 use crate::app;
 
 #[derive(clap::Args)]
@@ -15,8 +15,9 @@ pub struct Args {
 
 /// Exit 0 if the file is valid, 1 if not.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    match compile_file(&args.file, app::compile) {
-        Ok(snapshot) => {
+    match read_spec(&args.file) {
+        Ok(spec) => {
+            let snapshot = app::fresh_snapshot(&spec);
             let label = args.file.display();
             say(format_args!(
                 "{label}: valid (config version {})\n",
