@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+use serde_json::Value;
+
 use super::output::{Format, print_value};
 use crate::node::NodeInfo;
 use crate::spec::EndpointAddress;
@@ -74,6 +76,13 @@ pub struct Args {
 
 /// Prints the bootstrap; exit 0.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let (value, format) = made(args)?;
+    print_value(&value, format)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The bootstrap `args` ask for, and how it is printed (gRPC's is JSON, always).
+fn made(args: Args) -> anyhow::Result<(Value, Format)> {
     let NodeInfo {
         id,
         cluster,
@@ -90,8 +99,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 cert_and_key: args.tls_cert.zip(args.tls_key),
             }),
         });
-        print_value(&b, Format::Json)?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok((b, Format::Json));
     }
     let b = bootstrap::bootstrap(&bootstrap::BootstrapOptions {
         node_id: id,
@@ -109,6 +117,64 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             server_name: args.tls_server_name,
         }),
     });
-    print_value(&render::to_json(&b)?, args.format)?;
-    Ok(ExitCode::SUCCESS)
+    Ok((render::to_json(&b)?, args.format))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Write as _;
+
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::output::value_text;
+
+    #[derive(clap::Parser)]
+    struct Bootstrap {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    /// What `cutover bootstrap FLAGS` prints.
+    fn printed(flags: &str) -> String {
+        let argv = std::iter::once("bootstrap").chain(flags.split_whitespace());
+        let args = Bootstrap::try_parse_from(argv)
+            .unwrap_or_else(|e| panic!("{flags}: {e}"))
+            .args;
+        let (value, format) = made(args).unwrap();
+        value_text(&value, format).unwrap()
+    }
+
+    /// Every combination of flags the README, the tests and the benches use, as printed: a
+    /// change to what any of them prints shows in the snapshot.
+    #[test]
+    fn what_bootstrap_prints_for_each_combination_of_flags_in_use() {
+        let combinations = [
+            "--node-id edge-1",
+            "--node-id edge-1 --ads 127.0.0.1:18000 --format json",
+            "--node-id edge-1 --ads 127.0.0.1:41000 --admin 127.0.0.1:0 --format yaml --delta",
+            "--node-id front --ads cutover:18000 --admin 0.0.0.0:9901",
+            "--node-id sidecar-1 --node-cluster sidecars --node-metadata role=sidecar \
+             --node-metadata zone=eu-1",
+            "--node-id edge-1 --no-stats-sink --no-load-reporting",
+            "--node-id edge-1 --no-stats-sink",
+            "--node-id edge-1 --all-stats",
+            "--node-id edge-1 --ads cutover.corp.example:18000 --tls-ca cutover-ca.pem \
+             --tls-cert edge-1.pem --tls-key edge-1-key.pem",
+            "--node-id edge-1 --delta --tls-ca /pki/ca.pem --tls-cert /pki/edge.pem \
+             --tls-key /pki/edge-key.pem",
+            "--node-id edge-1 --ads 10.0.0.7:18000 --tls-ca ca.pem --tls-server-name cutover.internal",
+            "--grpc --node-id grpc-checkout-1 --ads 127.0.0.1:18000",
+            "--grpc --node-id grpc-1 --node-cluster shop --node-metadata role=client",
+            "--grpc --node-id grpc-1 --ads cutover.corp.example:18000 --tls-ca ca.pem",
+            "--grpc --node-id grpc-1 --ads localhost:18000 --tls-ca /pki/ca.pem \
+             --tls-cert /pki/client.pem --tls-key /pki/client-key.pem",
+        ];
+        let mut out = String::new();
+        for flags in combinations {
+            let flags = flags.split_whitespace().collect::<Vec<_>>().join(" ");
+            let _ = writeln!(out, "### cutover bootstrap {flags}\n{}", printed(&flags));
+        }
+        insta::assert_snapshot!(out);
+    }
 }

@@ -21,11 +21,16 @@ pub enum Format {
 
 /// Prints a JSON value as pretty JSON or as YAML.
 pub fn print_value(value: &serde_json::Value, format: Format) -> anyhow::Result<()> {
-    match format {
-        Format::Json => say(format_args!("{}\n", serde_json::to_string_pretty(value)?))?,
-        Format::Yaml => say(format_args!("{}", render::yaml(value)?))?,
-    };
+    say(format_args!("{}", value_text(value, format)?))?;
     Ok(())
+}
+
+/// What [`print_value`] prints.
+pub fn value_text(value: &serde_json::Value, format: Format) -> anyhow::Result<String> {
+    Ok(match format {
+        Format::Json => format!("{}\n", serde_json::to_string_pretty(value)?),
+        Format::Yaml => render::yaml(value)?,
+    })
 }
 
 /// Whether output reached its reader.
