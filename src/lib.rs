@@ -19,7 +19,6 @@ pub mod bootstrap;
 pub mod cli;
 pub mod controller;
 pub mod dashboard;
-pub mod grpc_bootstrap;
 pub mod ids;
 pub mod metrics;
 pub mod node;

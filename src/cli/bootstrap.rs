@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use serde_json::Value;
 
 use super::output::{Format, print_value};
-use crate::node::NodeInfo;
+use crate::bootstrap::{self, Client, ClientTls};
+use crate::render;
 use crate::spec::EndpointAddress;
-use crate::{bootstrap, grpc_bootstrap, render};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -83,39 +83,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// The bootstrap `args` ask for, and how it is printed (gRPC's is JSON, always).
 fn made(args: Args) -> anyhow::Result<(Value, Format)> {
-    let NodeInfo {
-        id,
-        cluster,
-        metadata,
-    } = super::node(args.node_id, args.node_cluster, args.node_metadata);
-    if args.grpc {
-        let b = grpc_bootstrap::grpc_bootstrap(&grpc_bootstrap::GrpcBootstrapOptions {
-            node_id: id,
-            node_cluster: cluster,
-            node_metadata: metadata,
-            ads: args.ads,
-            tls: args.tls_ca.map(|ca| grpc_bootstrap::GrpcTls {
-                ca,
-                cert_and_key: args.tls_cert.zip(args.tls_key),
-            }),
-        });
-        return Ok((b, Format::Json));
-    }
-    let b = bootstrap::bootstrap(&bootstrap::BootstrapOptions {
-        node_id: id,
-        node_cluster: cluster,
-        node_metadata: metadata,
+    let client = Client {
+        node: super::node(args.node_id, args.node_cluster, args.node_metadata),
         ads: args.ads,
+        tls: args.tls_ca.map(|ca| ClientTls {
+            ca,
+            cert_and_key: args.tls_cert.zip(args.tls_key),
+        }),
+    };
+    if args.grpc {
+        return Ok((bootstrap::grpc::bootstrap(&client), Format::Json));
+    }
+    let b = bootstrap::envoy::bootstrap(&bootstrap::envoy::Options {
+        client,
         admin: args.admin,
         stats_sink: !args.no_stats_sink,
         load_reporting: !args.no_load_reporting,
         all_stats: args.all_stats,
         delta: args.delta,
-        tls: args.tls_ca.map(|ca| bootstrap::ClientTls {
-            ca,
-            cert_and_key: args.tls_cert.zip(args.tls_key),
-            server_name: args.tls_server_name,
-        }),
+        tls_server_name: args.tls_server_name,
     });
     Ok((render::to_json(&b)?, args.format))
 }
