@@ -34,38 +34,34 @@ pub fn run(opts: twin::Options) -> anyhow::Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser as _;
     use serde_json::Value;
 
-    /// `--name=value` or `--name value` in a compose service's command.
-    fn flag(command: &[String], name: &str) -> Option<String> {
-        let long = format!("--{name}");
-        command.iter().enumerate().find_map(|(i, a)| {
-            a.strip_prefix(&format!("{long}="))
-                .map(str::to_owned)
-                .or_else(|| (*a == long).then(|| command.get(i + 1).cloned()).flatten())
-        })
-    }
+    use crate::{Cli, Command};
 
     /// `cutover demo` starts the same upstreams as docker-compose.yml, each with its colour and
     /// share of failed requests (`tests/demo_files.rs` checks the rest of the compose file).
+    /// The compose commands are read as the image's `cutover` reads them.
     #[test]
     fn the_twin_starts_the_compose_demos_upstreams() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml");
         let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
         let compose: Value = serde_saphyr::from_str(&text).expect("docker-compose.yml is YAML");
         for (name, colour, fail) in super::twin::UPSTREAMS {
-            let command: Vec<String> = compose["services"][name]["command"]
+            let command = compose["services"][name]["command"]
                 .as_array()
-                .unwrap_or_else(|| panic!("no compose service {name} with a command"))
-                .iter()
-                .map(|s| match s {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                })
-                .collect();
-            assert_eq!(flag(&command, "colour").as_deref(), Some(colour), "{name}");
-            let compose_fail = flag(&command, "fail-percent").unwrap_or_else(|| "0".into());
-            assert_eq!(compose_fail, fail.to_string(), "{name}");
+                .unwrap_or_else(|| panic!("no compose service {name} with a command"));
+            let argv = command.iter().map(|a| match a {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            });
+            let cli = Cli::try_parse_from(std::iter::once("cutover".to_owned()).chain(argv))
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let Command::DemoUpstream(opts) = cli.command else {
+                panic!("{name} does not run `cutover demo-upstream`");
+            };
+            assert_eq!(opts.colour.as_deref(), Some(colour), "{name}");
+            assert_eq!(opts.fail_percent, fail, "{name}");
         }
     }
 }
