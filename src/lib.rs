@@ -15,6 +15,8 @@
 pub mod access;
 pub mod admin;
 pub mod app;
+#[cfg(test)]
+mod architecture;
 pub mod bootstrap;
 pub mod cli;
 pub mod controller;
