@@ -9,7 +9,7 @@
 //! driver can time "file saved → every Envoy has ACKed" without asking cutover.
 //!
 //! A stream is the kit's [`Client`] (its gRPC stream, plaintext or TLS) with a loop of its own
-//! instead of the [`FakeEnvoy`](super::xds::FakeEnvoy)'s answers: the fake Envoy decodes every
+//! instead of the [`FakeEnvoy`]'s answers: the fake Envoy decodes every
 //! resource to check it, which for thousands of streams sharing two cores with cutover would
 //! take the CPU the benchmark measures. These streams decode nothing: the names they subscribe
 //! to come from the target, and state of the world is checked by the versions ACKed, delta by
