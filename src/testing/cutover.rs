@@ -92,10 +92,19 @@ impl DeploymentFile {
     /// Writes a temporary file in the same directory, then renames it over the file (a new
     /// inode, as most editors and `kubectl cp`-style tools save).
     pub fn write_renamed(&self, text: &str) {
+        self.stage(text).commit();
+    }
+
+    /// The first half of [`DeploymentFile::write_renamed`]: writes the temporary file and
+    /// returns it unrenamed, so that a bench can start its clock just before the rename.
+    pub fn stage(&self, text: &str) -> Staged {
         let name = self.path.file_name().expect("file name").to_string_lossy();
         let tmp = self.path.with_file_name(format!(".{name}.tmp"));
         std::fs::write(&tmp, text).expect("write the temporary deployment file");
-        std::fs::rename(&tmp, &self.path).expect("rename over the deployment file");
+        Staged {
+            tmp,
+            path: self.path.clone(),
+        }
     }
 
     /// Truncates the file and writes into the same inode (as `>` in a shell does).
@@ -108,6 +117,20 @@ impl DeploymentFile {
         f.write_all(text.as_bytes())
             .expect("write the deployment file");
         f.sync_all().expect("sync the deployment file");
+    }
+}
+
+/// A new content written beside the file, not yet renamed over it; see [`DeploymentFile::stage`].
+#[must_use = "the file changes only when the staged content is committed"]
+pub struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+impl Staged {
+    /// Renames the new content over the file: the save, in one step.
+    pub fn commit(self) {
+        std::fs::rename(&self.tmp, &self.path).expect("rename over the deployment file");
     }
 }
 

@@ -9,6 +9,8 @@
 //!   them together, [`load`]: steady load through Envoy;
 //! - [`pki`]: certificates, [`browser`]: a page in headless Chromium, [`proxyless`]: gRPC's own
 //!   xDS clients; [`fleet`]: many simulated Envoys for the fleet benchmark and its smoke test;
+//!   [`switch_latency`]: the switch-latency benchmark's two setups and probe, for the benchmark
+//!   and its smoke test;
 //! - [`fixtures`]: the deployment files the tests share; [`eventually`] and [`wait_for`]: every
 //!   wait polls and is bounded, nothing sleeps for a fixed long time.
 //!
@@ -26,6 +28,7 @@ pub mod load;
 pub mod pki;
 pub mod proxyless;
 mod scenario;
+pub mod switch_latency;
 mod upstream;
 pub mod xds;
 
@@ -39,7 +42,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub use self::cutover::{
-    Cutover, DeploymentFile, all_in_sync, bootstrap, bootstrap_with, serve, serve_options,
+    Cutover, DeploymentFile, Staged, all_in_sync, bootstrap, bootstrap_with, serve, serve_options,
     serve_with,
 };
 pub use self::envoy::{
