@@ -1148,4 +1148,226 @@ services:
             "{json}"
         );
     }
+
+    const EVERY_STATE: &str = "\
+listeners:
+  - name: public
+    address: 127.0.0.1:10000
+    routes:
+      - { match: { prefix: /cart }, service: cart }
+      - { match: { prefix: /pay }, service: payments }
+      - { match: { prefix: /search }, service: search }
+      - { match: { prefix: /feed }, service: feed }
+      - { match: { prefix: / }, service: checkout }
+services:
+  checkout:
+    versions:
+      v1: { endpoints: [127.0.0.1:8081, { address: 127.0.0.1:8082, drain: true }, 127.0.0.1:8083] }
+      v2: { endpoints: [127.0.0.1:8084] }
+      old: { endpoints: [127.0.0.1:8085] }
+    strategy:
+      canary:
+        stable: v1
+        canary: v2
+        steps: [10, 50, 100]
+        interval: 1m
+        analysis: { interval: 10s, max_error_rate: 1%, max_p99_latency: 500ms, min_requests: 100, failure_limit: 2 }
+  cart:
+    versions:
+      v1: { endpoints: [127.0.0.1:8091] }
+      v2: { endpoints: [127.0.0.1:8092] }
+    strategy:
+      canary: { stable: v1, canary: v2, steps: [20, 100], interval: 1m, analysis: { interval: 10s, min_requests: 10 } }
+  payments:
+    versions:
+      blue: { endpoints: [127.0.0.1:8101] }
+      green: { endpoints: [127.0.0.1:8102] }
+    strategy:
+      blue-green: { active: ACTIVE_PAYMENTS, preview: {}, analysis: { before_switch: 2m, window: 5m, interval: 10s, max_error_rate: 1%, failure_limit: 1 } }
+  search:
+    versions:
+      red: { endpoints: [127.0.0.1:8111] }
+      black: { endpoints: [127.0.0.1:8112] }
+    strategy:
+      red-black: { active: ACTIVE_SEARCH, grace: 10m, analysis: { window: 1m, interval: 10s, max_error_rate: 1% } }
+  feed:
+    versions:
+      v1: { endpoints: [127.0.0.1:8121] }
+      v2: { endpoints: [127.0.0.1:8122] }
+    strategy:
+      shadow: { primary: v1, mirror: v2, percent: 25 }
+";
+
+    /// Every state `/status` can say, in one report built the way the server builds it: the
+    /// JSON is pinned, so that a change of how it is made cannot change what clients read.
+    #[test]
+    fn the_status_json_clients_read_is_pinned() {
+        use crate::reconcile::rollout::{Check, Entry, Figures};
+        let at = |s: u64| Timestamp::from_millis(1_800_000_000_000 + s * 1000);
+        let file = |payments: &str, search: &str| {
+            crate::spec::parse(
+                "t.yaml",
+                &EVERY_STATE
+                    .replace("ACTIVE_PAYMENTS", payments)
+                    .replace("ACTIVE_SEARCH", search),
+            )
+            .unwrap()
+        };
+        let first = file("blue", "red");
+        let second_text = EVERY_STATE
+            .replace(", 127.0.0.1:8083]", "]")
+            .replace("      old: { endpoints: [127.0.0.1:8085] }\n", "")
+            .replace("ACTIVE_PAYMENTS", "green")
+            .replace("ACTIVE_SEARCH", "black");
+        let second = crate::spec::parse("t.yaml", &second_text).unwrap();
+        let mut state = RuntimeState::default();
+        for (spec, previous) in [(&first, Previous::Start), (&second, Previous::File(&first))] {
+            state.reduce(
+                spec,
+                Event::FileLoaded {
+                    previous,
+                    drain_period: Duration::from_secs(60),
+                },
+                at(0),
+            );
+        }
+        let check = |verdict: Verdict, requests: u64, errors: u64| Check {
+            at: at(20),
+            verdict,
+            figures: Figures {
+                requests,
+                errors,
+                p99_ms: Some(41.5),
+            },
+        };
+        let rollout = |kind: Kind, status: RolloutStatus| Rollout {
+            kind,
+            status,
+            started: at(0),
+            weight: 0,
+            since: None,
+            passed: 0,
+            failed: 0,
+            waiting_since: None,
+            next_check: None,
+            last_check: None,
+            history: vec![Entry {
+                at: at(0),
+                what: "started".into(),
+            }],
+            previewing: false,
+        };
+        let canary = |stable: &str, canary: &str| Kind::Canary {
+            stable: stable.into(),
+            canary: canary.into(),
+        };
+        let switch = |from: &str, to: &str| Kind::Switch {
+            from: from.into(),
+            to: to.into(),
+        };
+        state.rollouts = BTreeMap::from([
+            (
+                "checkout".to_owned(),
+                Rollout {
+                    weight: 500_000,
+                    since: Some(at(10)),
+                    passed: 1,
+                    next_check: Some(at(30)),
+                    last_check: Some(check(Verdict::Pass, 1834, 3)),
+                    ..rollout(canary("v1", "v2"), RolloutStatus::Progressing)
+                },
+            ),
+            (
+                "cart".to_owned(),
+                Rollout {
+                    weight: 200_000,
+                    since: Some(at(10)),
+                    last_check: Some(check(
+                        Verdict::Wait("3 requests, fewer than 10".into()),
+                        3,
+                        0,
+                    )),
+                    ..rollout(canary("v1", "v2"), RolloutStatus::Paused)
+                },
+            ),
+            (
+                "payments".to_owned(),
+                Rollout {
+                    failed: 1,
+                    previewing: true,
+                    last_check: Some(check(Verdict::Fail("error rate 5% over 1%".into()), 100, 5)),
+                    ..rollout(
+                        switch("blue", "green"),
+                        RolloutStatus::Failed("error rate 5% over 1%".into()),
+                    )
+                },
+            ),
+            (
+                "search".to_owned(),
+                rollout(switch("red", "black"), RolloutStatus::Promoted),
+            ),
+        ]);
+        let now = at(25);
+        let plan = crate::reconcile::plan(&second, &state, now);
+        let synced = BTreeSet::from([GroupId::all()]);
+        let mut nodes = vec![node("edge-1"), node("edge-2"), node("edge-3")];
+        nodes[0].address = Some("127.0.0.1:50001".into());
+        nodes[0].config_version = Some("0123456789abcdef".into());
+        nodes[0].types = BTreeMap::from([
+            (
+                "cds",
+                TypeReport {
+                    acked: Some("a1a1a1a1a1a1a1a1".into()),
+                    pending: Some("b2b2b2b2b2b2b2b2".into()),
+                    last_nack: None,
+                },
+            ),
+            (
+                "lds",
+                TypeReport {
+                    acked: Some("c3c3c3c3c3c3c3c3".into()),
+                    pending: None,
+                    last_nack: Some(NackStatus {
+                        version: "d4d4d4d4d4d4d4d4".into(),
+                        error: "cannot bind '127.0.0.1:10000'".into(),
+                        at: "2026-01-02T03:04:07.000Z".into(),
+                    }),
+                },
+            ),
+        ]);
+        nodes[2].group = None;
+        nodes[2].stream = "cds".into();
+        let report = StatusReport {
+            file: "deploy.yaml".into(),
+            state_file: Some(StateFileReport {
+                path: "deploy.yaml.state.json".into(),
+                ok: false,
+                error: Some("cannot write it: read-only file system".into()),
+            }),
+            config_version: Some("0123456789abcdef".into()),
+            last_reload: Some(ReloadStatus {
+                ok: false,
+                error: Some("t.yaml:3:5: unknown key".into()),
+                at: "2026-01-02T03:04:05.000Z".into(),
+            }),
+            services: service_reports(&second, &plan, &state, &synced, now),
+            nodes,
+            nodes_without_telemetry: Vec::new(),
+            nodes_without_group: vec!["stray-1".into()],
+            groups: BTreeMap::from([(
+                "edge".to_owned(),
+                GroupReport {
+                    config_version: "fedcba9876543210".into(),
+                    envoys: 3,
+                    in_sync: 2,
+                },
+            )]),
+            streams: Some(StreamsReport {
+                open: 5,
+                limit: 4096,
+            }),
+        }
+        .with_telemetry(&telemetry());
+        insta::assert_snapshot!(serde_json::to_string_pretty(&report).unwrap());
+    }
 }
