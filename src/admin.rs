@@ -18,12 +18,13 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::api::StatusReport;
 use crate::controller::CommandRequest;
 use crate::dashboard::Feed;
 use crate::metrics::{GroupFigures, VersionFigures};
 use crate::reconcile::rollout::Command;
 use crate::render;
-use crate::status::{Status, StatusReport};
+use crate::status::Status;
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -324,7 +325,7 @@ mod tests {
 
     #[test]
     fn per_version_series_are_only_the_versions_of_the_file() {
-        use crate::status::{ObservedReport, ObservedVersion, ServiceReport};
+        use crate::api::{ObservedReport, ObservedVersion, ServiceReport};
         let figures = |rps: f64| ObservedVersion {
             requests_per_second: rps,
             error_rate: Some(2.5),

@@ -17,13 +17,14 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::access::Access;
+use crate::api::StateFileReport;
 use crate::metrics::Metrics;
 use crate::node::GroupId;
 use crate::reconcile::rollout::{Command, Figures, Observation, Rollout, Status};
 use crate::reconcile::{self, Event, Previous, RuntimeState, Timestamp};
 use crate::snapshot::{Published, ResourceType, Snapshot};
 use crate::spec::{self, Spec, Webhook};
-use crate::status::{Served, StateFileReport, Status as StatusModel};
+use crate::status::{Served, Status as StatusModel};
 use crate::store::{Loaded, StateFile};
 use crate::translate::{translate, translate_groups};
 use crate::watch::FileWatcher;

@@ -633,15 +633,16 @@ fn status(admin: SocketAddr, json: bool, watch: bool) -> anyhow::Result<ExitCode
         .build()
         .context("cannot start the async runtime")?;
     let color = cli::color_for_stdout();
-    let show =
-        |fetched: &Result<(String, cli::status::Status), cli::status::FetchError>| match fetched {
+    let show = |fetched: &Result<(String, cutover::api::StatusReport), cli::status::FetchError>| {
+        match fetched {
             Ok((body, _)) if json => say(format_args!("{}\n", body.trim_end())),
             Ok((_, report)) => say(format_args!(
                 "{}",
                 cli::status::render_status(report, color)
             )),
             Err(err) => complain(format_args!("error: {err}\n")),
-        };
+        }
+    };
     if !watch {
         let fetched = runtime.block_on(cli::status::fetch(admin));
         show(&fetched)?;

@@ -9,16 +9,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use cutover::api::{
+    CheckReport, DrainReason, DrainReport, HistoryReport, MirrorReport, NackStatus, NodeReport,
+    ObservedReport, ObservedVersion, ReloadStatus, RetiringReport, RolloutKind, RolloutReport,
+    RolloutState, ServiceReport, StatusReport, Strategy, TelemetryState, ThresholdsReport,
+    TypeReport, Verdict,
+};
 use cutover::app::{self, ServeOptions};
 use cutover::cli::diff::{self, Side};
 use cutover::cli::schema;
 use cutover::cli::status::{self, render_status};
 use cutover::spec::{self, Limit};
-use cutover::status::{
-    CheckReport, DrainReport, HistoryReport, MirrorReport, NackStatus, NodeReport, ObservedReport,
-    ObservedVersion, ReloadStatus, RetiringReport, RolloutReport, ServiceReport, StatusReport,
-    ThresholdsReport, TypeReport,
-};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -54,12 +55,12 @@ fn stderr(o: &Output) -> String {
 
 // --- status ------------------------------------------------------------------------------------
 
-fn versions(cds: &str, eds: &str, lds: &str, rds: &str) -> BTreeMap<&'static str, TypeReport> {
+fn versions(cds: &str, eds: &str, lds: &str, rds: &str) -> BTreeMap<String, TypeReport> {
     [("cds", cds), ("eds", eds), ("lds", lds), ("rds", rds)]
         .into_iter()
         .map(|(ty, v)| {
             (
-                ty,
+                ty.to_owned(),
                 TypeReport {
                     acked: Some(v.to_owned()),
                     pending: None,
@@ -72,7 +73,7 @@ fn versions(cds: &str, eds: &str, lds: &str, rds: &str) -> BTreeMap<&'static str
 
 /// A report as the server builds it (its own types), read back through JSON by the client, so
 /// that these snapshots also check that the client reads what the server writes.
-fn through_json(report: &StatusReport) -> status::Status {
+fn through_json(report: &StatusReport) -> StatusReport {
     let json = serde_json::to_string(report).expect("the report serializes");
     serde_json::from_str(&json).expect("the client reads the server's report")
 }
@@ -105,7 +106,7 @@ fn busy_report() -> StatusReport {
             (
                 "checkout".to_owned(),
                 ServiceReport {
-                    strategy: "canary",
+                    strategy: Strategy::Canary,
                     split: BTreeMap::from([("v1".into(), 90.0), ("v2".into(), 10.0)]),
                     mirror: None,
                     rules: 2,
@@ -113,10 +114,10 @@ fn busy_report() -> StatusReport {
                     retiring: Vec::new(),
                     synced: false,
                     rollout: Some(RolloutReport {
-                        kind: "canary",
+                        kind: RolloutKind::Canary,
                         version: "v2".into(),
                         baseline: "v1".into(),
-                        state: "progressing",
+                        state: RolloutState::Progressing,
                         reason: None,
                         weight: Some(10.0),
                         step: Some(2),
@@ -128,7 +129,7 @@ fn busy_report() -> StatusReport {
                         failed_checks: 0,
                         last_check: Some(CheckReport {
                             at: "2026-01-02T03:04:20.000Z".into(),
-                            verdict: "pass",
+                            verdict: Verdict::Pass,
                             reason: None,
                             requests: 1834,
                             errors: 3,
@@ -156,7 +157,7 @@ fn busy_report() -> StatusReport {
                     draining: vec![DrainReport {
                         version: "v1".into(),
                         endpoint: Some("10.0.0.12:8080".into()),
-                        reason: "removed",
+                        reason: DrainReason::Removed,
                         removed_in_seconds: Some(3.2),
                         in_flight: Some(2),
                     }],
@@ -197,7 +198,7 @@ fn busy_report() -> StatusReport {
             (
                 "payments".to_owned(),
                 ServiceReport {
-                    strategy: "red-black",
+                    strategy: Strategy::RedBlack,
                     split: BTreeMap::from([("black".into(), 100.0)]),
                     mirror: Some(MirrorReport {
                         version: "next".into(),
@@ -247,7 +248,7 @@ fn busy_report() -> StatusReport {
             (
                 "search".to_owned(),
                 ServiceReport {
-                    strategy: "red-black",
+                    strategy: Strategy::RedBlack,
                     split: BTreeMap::from([("v7".into(), 100.0)]),
                     mirror: None,
                     rules: 0,
@@ -271,7 +272,7 @@ fn busy_report() -> StatusReport {
                 group: Some("all".into()),
                 address: Some("127.0.0.1:50001".into()),
                 stream: "ads".into(),
-                telemetry: "reporting",
+                telemetry: TelemetryState::Reporting,
                 connected_since: "2026-01-02T03:00:00.000Z".into(),
                 config_version: Some("0123456789abcdef".into()),
                 in_sync: true,
@@ -288,7 +289,7 @@ fn busy_report() -> StatusReport {
                 group: Some("all".into()),
                 address: Some("127.0.0.1:50002".into()),
                 stream: "ads".into(),
-                telemetry: "none",
+                telemetry: TelemetryState::Absent,
                 connected_since: "2026-01-02T03:01:00.000Z".into(),
                 config_version: Some("0123456789abcdef".into()),
                 in_sync: false,
@@ -300,7 +301,7 @@ fn busy_report() -> StatusReport {
                 group: None,
                 address: Some("127.0.0.1:50003".into()),
                 stream: "cds".into(),
-                telemetry: "stale",
+                telemetry: TelemetryState::Stale,
                 connected_since: "2026-01-02T03:04:06.000Z".into(),
                 config_version: None,
                 in_sync: false,
@@ -420,7 +421,7 @@ fn strip_ansi(text: &str) -> String {
 #[test]
 fn status_of_an_unknown_report_shape_shows_what_it_can() {
     // Another release may add or drop fields: the client reads what it knows.
-    let report: status::Status = serde_json::from_str(
+    let report: StatusReport = serde_json::from_str(
         r#"{"config_version": "abc", "future_field": 1, "nodes": [{"id": "x"}]}"#,
     )
     .unwrap();
@@ -458,7 +459,7 @@ async fn status_command_reads_a_running_cutover() {
         .await
         .expect("fetch /status");
     assert!(body.starts_with('{'));
-    assert_eq!(report.services["checkout"].strategy, "canary");
+    assert_eq!(report.services["checkout"].strategy, Strategy::Canary);
 
     let out = tokio::task::spawn_blocking(move || {
         (

@@ -3,7 +3,7 @@
 //! server-sent events from `GET /events`.
 //!
 //! A sampler ([`Feed::run`]) builds one frame a second, whoever watches: the status report with
-//! its live figures ([`crate::status::StatusReport::with_telemetry`]), the telemetry streams of
+//! its live figures ([`StatusReport::with_telemetry`]), the telemetry streams of
 //! every Envoy, and one [`Point`] per version for the charts. The frame is serialized once and
 //! shared by every open page, so a wall of dashboards costs no more than one.
 //!
@@ -29,7 +29,8 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 
-use crate::status::{Status, StatusReport};
+use crate::api::StatusReport;
+use crate::status::Status;
 use crate::telemetry::Telemetry;
 use crate::telemetry::report::{Dropped, NodeTelemetry};
 
@@ -273,7 +274,7 @@ async fn events(State(feed): State<Feed>) -> Sse<impl Stream<Item = Result<Event
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{ObservedReport, ObservedVersion, ServiceReport};
+    use crate::api::{ObservedReport, ObservedVersion, ServiceReport};
 
     fn report(rps: f64) -> StatusReport {
         let observed = ObservedReport {

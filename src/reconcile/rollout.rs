@@ -33,6 +33,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::Timestamp;
+use crate::api::RolloutState;
 use crate::spec::{Analysis, Percent, Service, Strategy};
 
 /// How many history entries a rollout keeps.
@@ -103,6 +104,18 @@ pub enum Status {
     Promoted,
     /// Rolled back: the canary gets nothing, or the switch went back.
     Failed(String),
+}
+
+impl Status {
+    /// As the admin API says it.
+    pub fn state(&self) -> RolloutState {
+        match self {
+            Status::Progressing => RolloutState::Progressing,
+            Status::Paused => RolloutState::Paused,
+            Status::Promoted => RolloutState::Promoted,
+            Status::Failed(_) => RolloutState::RolledBack,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
