@@ -18,11 +18,10 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::api::StatusReport;
+use crate::api::{RolloutCommand, StatusReport, WaitFor};
 use crate::controller::CommandRequest;
 use crate::dashboard::Feed;
 use crate::metrics::{GroupFigures, VersionFigures};
-use crate::reconcile::rollout::Command;
 use crate::render;
 use crate::status::Status;
 
@@ -188,18 +187,9 @@ async fn rollout_command(
     State(s): State<AdminState>,
     Path((service, command)): Path<(String, String)>,
 ) -> Response {
-    let command = match command.as_str() {
-        "promote" => Command::Promote,
-        "abort" => Command::Abort,
-        "pause" => Command::Pause,
-        "resume" => Command::Resume,
-        other => {
-            return (
-                StatusCode::NOT_FOUND,
-                format!("unknown command \"{other}\": use promote, abort, pause or resume\n"),
-            )
-                .into_response();
-        }
+    let command = match command.parse::<RolloutCommand>() {
+        Ok(command) => command,
+        Err(unknown) => return (StatusCode::NOT_FOUND, format!("{unknown}\n")).into_response(),
     };
     let (reply, answer) = oneshot::channel();
     let request = CommandRequest {
@@ -235,6 +225,10 @@ async fn wait_for(
     Path(what): Path<String>,
     Query(q): Query<WaitQuery>,
 ) -> Response {
+    let what = match what.parse::<WaitFor>() {
+        Ok(what) => what,
+        Err(unknown) => return (StatusCode::NOT_FOUND, format!("{unknown}\n")).into_response(),
+    };
     let Some(plan) = s.status.plan() else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -245,8 +239,8 @@ async fn wait_for(
     let envoys = s.status.wait_envoys(&q.service);
     let now = std::time::Instant::now();
     let target = q.target.as_deref();
-    let answer = match what.as_str() {
-        "drained" => crate::wait::drained(
+    let answer = match what {
+        WaitFor::Drained => crate::wait::drained(
             &plan,
             &q.service,
             target,
@@ -254,12 +248,9 @@ async fn wait_for(
             &s.telemetry.in_flight(now),
             |id| s.telemetry.health(id, now),
         ),
-        "healthy" => crate::wait::healthy(&plan, &q.service, target, &envoys, |id| {
+        WaitFor::Healthy => crate::wait::healthy(&plan, &q.service, target, &envoys, |id| {
             s.telemetry.health(id, now)
         }),
-        other => Err(format!(
-            "cannot wait for \"{other}\": use /wait/drained or /wait/healthy"
-        )),
     };
     match answer {
         Ok(answer) => Json(answer).into_response(),
@@ -455,7 +446,7 @@ mod tests {
             let answered = tokio::spawn(rollout(peer, token));
             let request = rollout_requests.recv().await.expect("the command arrives");
             assert_eq!(request.service, "checkout");
-            assert_eq!(request.command, Command::Abort);
+            assert_eq!(request.command, RolloutCommand::Abort);
             let _ = request.reply.send(Ok("rolled back".into()));
             let response = answered.await.unwrap().unwrap();
             assert_eq!(response.status(), 200, "{peer} {token:?}");

@@ -444,6 +444,174 @@ pub struct StreamsReport {
     pub limit: usize,
 }
 
+// --- GET /wait/{what} --------------------------------------------------------------------------
+
+/// What `cutover wait` waits for: the `{what}` of `GET /wait/{what}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum WaitFor {
+    // Plain comments: clap would show doc comments in `cutover wait --help`, which says this
+    // in the argument's own help.
+    // The endpoints are draining, every Envoy ACKed that, and none reports a request in flight
+    // to them.
+    Drained,
+    // They get requests again and every Envoy counts the version's serving endpoints healthy.
+    Healthy,
+}
+
+impl WaitFor {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            WaitFor::Drained => "drained",
+            WaitFor::Healthy => "healthy",
+        }
+    }
+}
+
+impl fmt::Display for WaitFor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for WaitFor {
+    type Err = WaitError;
+
+    fn from_str(text: &str) -> Result<WaitFor, WaitError> {
+        match text {
+            "drained" => Ok(WaitFor::Drained),
+            "healthy" => Ok(WaitFor::Healthy),
+            other => Err(WaitError::UnknownWait(other.to_owned())),
+        }
+    }
+}
+
+/// `GET /wait/{what}`: whether it is so now, and if not, what is still awaited, in words.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WaitAnswer {
+    pub done: bool,
+    pub waiting_for: Vec<String>,
+}
+
+impl WaitAnswer {
+    /// Done once nothing is awaited.
+    pub fn of(waiting_for: Vec<String>) -> WaitAnswer {
+        WaitAnswer {
+            done: waiting_for.is_empty(),
+            waiting_for,
+        }
+    }
+}
+
+/// Why `GET /wait/{what}` cannot say: the text is the answer's body, and [`crate::admin`]
+/// gives each its HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WaitError {
+    #[error("cannot wait for \"{0}\": use /wait/drained or /wait/healthy")]
+    UnknownWait(String),
+    #[error("no valid config loaded yet")]
+    NotLoaded,
+    #[error("no service \"{0}\" is served")]
+    UnknownService(String),
+    #[error(
+        "\"{target}\" is neither a version nor an endpoint of service \"{service}\" (its versions: {})",
+        versions.join(", ")
+    )]
+    UnknownTarget {
+        service: String,
+        target: String,
+        versions: Vec<String>,
+    },
+    #[error("service \"{0}\" has no endpoint")]
+    NoEndpoint(String),
+    /// Envoy reports requests in flight per resolved IP address.
+    #[error(
+        "{0} is a name: Envoy reports requests in flight per resolved IP address, so they cannot be told apart; wait on the version instead"
+    )]
+    ByName(String),
+}
+
+// --- POST /rollouts/{service}/{command} --------------------------------------------------------
+
+/// An operator's command for a service's rollout (`cutover promote|abort|pause|resume
+/// SERVICE`), the `{command}` of `POST /rollouts/{service}/{command}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RolloutCommand {
+    /// The canary gets everything now; a switch is accepted.
+    Promote,
+    /// Roll back now.
+    Abort,
+    Pause,
+    /// Continue a paused rollout from where it is (its step's time starts again), or start a
+    /// rolled-back one again from its first step.
+    Resume,
+}
+
+impl RolloutCommand {
+    pub const ALL: [RolloutCommand; 4] = [
+        RolloutCommand::Promote,
+        RolloutCommand::Abort,
+        RolloutCommand::Pause,
+        RolloutCommand::Resume,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RolloutCommand::Promote => "promote",
+            RolloutCommand::Abort => "abort",
+            RolloutCommand::Pause => "pause",
+            RolloutCommand::Resume => "resume",
+        }
+    }
+}
+
+impl fmt::Display for RolloutCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RolloutCommand {
+    type Err = CommandError;
+
+    fn from_str(text: &str) -> Result<RolloutCommand, CommandError> {
+        RolloutCommand::ALL
+            .into_iter()
+            .find(|c| c.as_str() == text)
+            .ok_or_else(|| CommandError::UnknownCommand(text.to_owned()))
+    }
+}
+
+/// Why an operator's rollout command was not done, from the reducer up to the admin API: the
+/// text is the answer's body (after `SERVICE: ` when the controller answered), and
+/// [`crate::admin`] gives each its HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// Bad input.
+    #[error("unknown command \"{0}\": use promote, abort, pause or resume")]
+    UnknownCommand(String),
+    #[error("no service \"{0}\" in the deployment file")]
+    UnknownService(String),
+    #[error(
+        "service \"{0}\" has no rollout (a canary with `steps`, or a switch with an `analysis`)"
+    )]
+    NoRollout(String),
+    /// The rollout is in a state the command does not apply to.
+    #[error("cannot {command} a rollout that is {}", state.in_words())]
+    NotNow {
+        command: RolloutCommand,
+        state: RolloutState,
+    },
+    #[error("no valid deployment file is loaded yet")]
+    NotLoaded,
+    /// The command could not be handed to the controller.
+    #[error("the controller is not running")]
+    ControllerNotRunning,
+    /// The controller went away before it answered.
+    #[error("the controller stopped")]
+    ControllerStopped,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -495,5 +663,34 @@ mod tests {
             (RolloutState::Paused, RolloutKind::Unknown)
         );
         assert_eq!(report.nodes[0].telemetry, TelemetryState::Unknown);
+    }
+
+    #[test]
+    fn verbs_parse_as_they_print_and_say_what_is_known() {
+        for c in RolloutCommand::ALL {
+            assert_eq!(c.to_string().parse::<RolloutCommand>(), Ok(c));
+        }
+        assert_eq!(
+            "promte".parse::<RolloutCommand>().unwrap_err().to_string(),
+            "unknown command \"promte\": use promote, abort, pause or resume"
+        );
+        for w in [WaitFor::Drained, WaitFor::Healthy] {
+            assert_eq!(w.to_string().parse::<WaitFor>(), Ok(w));
+            // `cutover wait` takes the same spelling as `/wait/{what}`.
+            let value = clap::ValueEnum::to_possible_value(&w).unwrap();
+            assert_eq!(value.get_name(), w.as_str());
+        }
+        assert_eq!(
+            "drain".parse::<WaitFor>().unwrap_err().to_string(),
+            "cannot wait for \"drain\": use /wait/drained or /wait/healthy"
+        );
+        assert_eq!(
+            CommandError::NotNow {
+                command: RolloutCommand::Pause,
+                state: RolloutState::RolledBack
+            }
+            .to_string(),
+            "cannot pause a rollout that is rolled back"
+        );
     }
 }

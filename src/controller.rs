@@ -17,10 +17,10 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::access::Access;
-use crate::api::StateFileReport;
+use crate::api::{RolloutCommand, StateFileReport};
 use crate::metrics::Metrics;
 use crate::node::GroupId;
-use crate::reconcile::rollout::{Command, Figures, Observation, Rollout, Status};
+use crate::reconcile::rollout::{Figures, Observation, Rollout, Status};
 use crate::reconcile::{self, Event, Previous, RuntimeState, Timestamp};
 use crate::snapshot::{Published, ResourceType, Snapshot};
 use crate::spec::{self, Spec, Webhook};
@@ -67,7 +67,7 @@ impl std::fmt::Debug for Outputs {
 #[derive(Debug)]
 pub struct CommandRequest {
     pub service: String,
-    pub command: Command,
+    pub command: RolloutCommand,
     pub reply: oneshot::Sender<Result<String, String>>,
 }
 
@@ -258,7 +258,7 @@ impl Controller {
         }
     }
 
-    fn command(&mut self, service: &str, command: Command) -> Result<String, String> {
+    fn command(&mut self, service: &str, command: RolloutCommand) -> Result<String, String> {
         let Some(spec) = &self.spec else {
             return Err("no valid deployment file is loaded yet".to_owned());
         };

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use cutover::api::{RolloutCommand, WaitFor};
 use cutover::spec::{self, SpecError};
 use cutover::xds::limits::{ClientLimits, MIB};
 use cutover::{app, bootstrap, cli, grpc_bootstrap, render};
@@ -327,12 +328,6 @@ fn positive(value: &str) -> Result<usize, String> {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum WaitFor {
-    Drained,
-    Healthy,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
 enum Format {
     Yaml,
     Json,
@@ -550,10 +545,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             timeout,
             admin,
         } => wait(what, &service, target.as_deref(), timeout, admin),
-        Command::Promote(c) => control(c, "promote"),
-        Command::Abort(c) => control(c, "abort"),
-        Command::Pause(c) => control(c, "pause"),
-        Command::Resume(c) => control(c, "resume"),
+        Command::Promote(c) => control(c, RolloutCommand::Promote),
+        Command::Abort(c) => control(c, RolloutCommand::Abort),
+        Command::Pause(c) => control(c, RolloutCommand::Pause),
+        Command::Resume(c) => control(c, RolloutCommand::Resume),
         Command::DemoUpstream(opts) => {
             init_tracing(LogFormat::Text);
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -685,10 +680,6 @@ fn wait(
     timeout: std::time::Duration,
     admin: SocketAddr,
 ) -> anyhow::Result<ExitCode> {
-    let what = match what {
-        WaitFor::Drained => "drained",
-        WaitFor::Healthy => "healthy",
-    };
     let subject = match target {
         Some(t) => format!("{service} {t}"),
         None => service.to_owned(),
@@ -737,7 +728,7 @@ fn wait(
 }
 
 /// `cutover promote|abort|pause|resume SERVICE`: exit 0 if done, 1 if refused or unreachable.
-fn control(c: Control, command: &str) -> anyhow::Result<ExitCode> {
+fn control(c: Control, command: RolloutCommand) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -18,8 +18,7 @@
 
 use std::time::Instant;
 
-use serde::Serialize;
-
+use crate::api::WaitAnswer;
 use crate::ids::ClusterId;
 use crate::reconcile::{EndpointPlan, Health, Plan};
 use crate::telemetry::InFlight;
@@ -33,22 +32,6 @@ pub struct Envoy {
     pub answered_at: Option<Instant>,
     /// It answered by rejecting part of it.
     pub rejected: bool,
-}
-
-/// Whether it is done, and if not, what is still awaited, in words.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Answer {
-    pub done: bool,
-    pub waiting_for: Vec<String>,
-}
-
-impl Answer {
-    fn of(waiting_for: Vec<String>) -> Answer {
-        Answer {
-            done: waiting_for.is_empty(),
-            waiting_for,
-        }
-    }
 }
 
 /// The endpoints `target` names in `service`: a version's, one endpoint (by the address as the
@@ -109,7 +92,7 @@ pub fn drained(
     envoys: &[Envoy],
     in_flight: &InFlight,
     stats: impl Fn(&ClusterId) -> Vec<NodeHealth>,
-) -> Result<Answer, String> {
+) -> Result<WaitAnswer, String> {
     let endpoints = endpoints(plan, service, target)?;
     let mut waiting = Vec::new();
     for (version, e) in &endpoints {
@@ -201,7 +184,7 @@ pub fn drained(
             }
         }
     }
-    Ok(Answer::of(waiting))
+    Ok(WaitAnswer::of(waiting))
 }
 
 /// See the module docs. `health` gives, per version, what each Envoy's latest stats flush said.
@@ -211,7 +194,7 @@ pub fn healthy(
     target: Option<&str>,
     envoys: &[Envoy],
     health: impl Fn(&ClusterId) -> Vec<NodeHealth>,
-) -> Result<Answer, String> {
+) -> Result<WaitAnswer, String> {
     let endpoints = endpoints(plan, service, target)?;
     let mut waiting = Vec::new();
     for (version, e) in &endpoints {
@@ -258,7 +241,7 @@ pub fn healthy(
             }
         }
     }
-    Ok(Answer::of(waiting))
+    Ok(WaitAnswer::of(waiting))
 }
 
 #[cfg(test)]

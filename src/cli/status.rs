@@ -12,12 +12,12 @@ use std::time::Duration;
 use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use serde::Deserialize;
 
 use super::style::{Painter, Style, Table, percent};
 use crate::api::{
-    DrainReason, NodeReport, ObservedVersion, ReloadStatus, RolloutKind, RolloutReport,
-    RolloutState, StatusReport, Strategy, TelemetryState, Verdict,
+    DrainReason, NodeReport, ObservedVersion, ReloadStatus, RolloutCommand, RolloutKind,
+    RolloutReport, RolloutState, StatusReport, Strategy, TelemetryState, Verdict, WaitAnswer,
+    WaitFor,
 };
 
 /// The default admin address of `cutover serve`.
@@ -130,19 +130,11 @@ async fn send(
     Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
 }
 
-/// `GET /wait/{drained|healthy}` as the client reads it.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct WaitAnswer {
-    pub done: bool,
-    pub waiting_for: Vec<String>,
-}
-
 /// One `GET /wait/{what}?service=..&target=..`: the answer, or the server's refusal (an
 /// unknown service or target).
 pub async fn wait_once(
     admin: SocketAddr,
-    what: &str,
+    what: WaitFor,
     service: &str,
     target: Option<&str>,
 ) -> Result<Result<WaitAnswer, String>, FetchError> {
@@ -186,7 +178,7 @@ fn query_escape(value: &str) -> String {
 pub async fn control(
     admin: SocketAddr,
     service: &str,
-    command: &str,
+    command: RolloutCommand,
     token: Option<&str>,
 ) -> Result<Result<String, String>, FetchError> {
     let path = format!("/rollouts/{service}/{command}");

@@ -21,8 +21,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::rollout::{self, Command, Kind, Observation, Rollout, Status};
+use super::rollout::{self, Kind, Observation, Rollout, Status};
 use super::{deployed_versions, fallbacks};
+use crate::api::RolloutCommand;
 use crate::ids::{ClusterId, FallbackId};
 use crate::spec::{Endpoint, EndpointAddress, Policy, Service, Spec, Strategy};
 
@@ -263,7 +264,7 @@ impl RuntimeState {
         &mut self,
         spec: &Spec,
         service: &str,
-        command: Command,
+        command: RolloutCommand,
         now: Timestamp,
     ) -> Result<String, String> {
         let strategy = &spec
