@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::access::Access;
-use crate::api::{RolloutCommand, StateFileReport};
+use crate::api::{CommandError, RolloutCommand, StateFileReport};
 use crate::metrics::Metrics;
 use crate::node::GroupId;
 use crate::reconcile::rollout::{Figures, Observation, Rollout, Status};
@@ -68,7 +68,8 @@ impl std::fmt::Debug for Outputs {
 pub struct CommandRequest {
     pub service: String,
     pub command: RolloutCommand,
-    pub reply: oneshot::Sender<Result<String, String>>,
+    /// What was done, or why nothing was.
+    pub reply: oneshot::Sender<Result<&'static str, CommandError>>,
 }
 
 /// Asks a running controller to do something.
@@ -258,9 +259,13 @@ impl Controller {
         }
     }
 
-    fn command(&mut self, service: &str, command: RolloutCommand) -> Result<String, String> {
+    fn command(
+        &mut self,
+        service: &str,
+        command: RolloutCommand,
+    ) -> Result<&'static str, CommandError> {
         let Some(spec) = &self.spec else {
-            return Err("no valid deployment file is loaded yet".to_owned());
+            return Err(CommandError::NotLoaded);
         };
         let before = self.state.rollouts.clone();
         let done = self

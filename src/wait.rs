@@ -18,7 +18,7 @@
 
 use std::time::Instant;
 
-use crate::api::WaitAnswer;
+use crate::api::{WaitAnswer, WaitError};
 use crate::ids::ClusterId;
 use crate::reconcile::{EndpointPlan, Health, Plan};
 use crate::telemetry::InFlight;
@@ -40,11 +40,11 @@ fn endpoints<'a>(
     plan: &'a Plan,
     service: &str,
     target: Option<&str>,
-) -> Result<Vec<(&'a str, &'a EndpointPlan)>, String> {
+) -> Result<Vec<(&'a str, &'a EndpointPlan)>, WaitError> {
     let planned = plan
         .services
         .get(service)
-        .ok_or_else(|| format!("no service \"{service}\" is served"))?;
+        .ok_or_else(|| WaitError::UnknownService(service.to_owned()))?;
     let all = planned
         .versions
         .iter()
@@ -55,13 +55,13 @@ fn endpoints<'a>(
         Some(t) => all.filter(|(_, e)| e.address.to_string() == t).collect(),
     };
     if out.is_empty() {
-        let versions: Vec<&str> = planned.versions.keys().map(String::as_str).collect();
         return Err(match target {
-            Some(t) => format!(
-                "\"{t}\" is neither a version nor an endpoint of service \"{service}\" (its versions: {})",
-                versions.join(", ")
-            ),
-            None => format!("service \"{service}\" has no endpoint"),
+            Some(t) => WaitError::UnknownTarget {
+                service: service.to_owned(),
+                target: t.to_owned(),
+                versions: planned.versions.keys().cloned().collect(),
+            },
+            None => WaitError::NoEndpoint(service.to_owned()),
         });
     }
     Ok(out)
@@ -92,7 +92,7 @@ pub fn drained(
     envoys: &[Envoy],
     in_flight: &InFlight,
     stats: impl Fn(&ClusterId) -> Vec<NodeHealth>,
-) -> Result<WaitAnswer, String> {
+) -> Result<WaitAnswer, WaitError> {
     let endpoints = endpoints(plan, service, target)?;
     let mut waiting = Vec::new();
     for (version, e) in &endpoints {
@@ -103,10 +103,7 @@ pub fn drained(
             ));
         }
         if e.address.is_name() {
-            return Err(format!(
-                "{} is a name: Envoy reports requests in flight per resolved IP address, so they cannot be told apart; wait on the version instead",
-                e.address
-            ));
+            return Err(WaitError::ByName(e.address.to_string()));
         }
     }
     unanswered(envoys, &mut waiting);
@@ -194,7 +191,7 @@ pub fn healthy(
     target: Option<&str>,
     envoys: &[Envoy],
     health: impl Fn(&ClusterId) -> Vec<NodeHealth>,
-) -> Result<WaitAnswer, String> {
+) -> Result<WaitAnswer, WaitError> {
     let endpoints = endpoints(plan, service, target)?;
     let mut waiting = Vec::new();
     for (version, e) in &endpoints {
@@ -356,17 +353,24 @@ mod tests {
                 .unwrap()
                 .done
         );
+        let unknown = drained(
+            &p,
+            "s",
+            Some("10.0.0.1:1"),
+            &[],
+            &InFlight::default(),
+            stats(0),
+        )
+        .unwrap_err();
         assert!(
-            drained(
-                &p,
-                "s",
-                Some("10.0.0.1:1"),
-                &[],
-                &InFlight::default(),
-                stats(0)
-            )
-            .unwrap_err()
-            .contains("neither a version nor an endpoint")
+            matches!(&unknown, WaitError::UnknownTarget { target, .. } if target == "10.0.0.1:1"),
+            "{unknown:?}"
+        );
+        assert!(
+            unknown
+                .to_string()
+                .contains("neither a version nor an endpoint"),
+            "{unknown}"
         );
     }
 

@@ -519,6 +519,93 @@ fn status_command_explains_an_unreachable_cutover() {
     assert!(err.contains("--admin"), "{err}");
 }
 
+// --- rollout commands and wait ------------------------------------------------------------------
+
+/// What the operator commands print when the admin API refuses, with the HTTP status of each
+/// kind of refusal: an unknown service 404, a command that does not apply now 409, bad input
+/// 400; and their exit codes (1 for a refused rollout command, 2 for a refused wait).
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_commands_say_why_with_their_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("deploy.yaml");
+    let plain =
+        "  plain:\n    versions:\n      v1: { endpoints: [127.0.0.1:8091] }\n    active: v1\n";
+    let text = example("canary-rollout.yaml")
+        .replace(
+            "      - match: { prefix: / }\n",
+            "      - match: { prefix: /plain }\n        service: plain\n      - match: { prefix: / }\n",
+        )
+        .replace("services:\n", &format!("services:\n{plain}"));
+    std::fs::write(&file, text).unwrap();
+    let server = serve(file).await;
+    let admin = server.admin_addr.to_string();
+    let run = move |args: &[&str]| {
+        let mut args = args.to_vec();
+        args.extend(["--admin", &admin]);
+        let out = cutover(&args);
+        (out.status.code(), stdout(&out), stderr(&out))
+    };
+    let outputs = tokio::task::spawn_blocking(move || {
+        [
+            run(&["pause", "nope"]),
+            run(&["pause", "plain"]),
+            run(&["pause", "checkout"]),
+            run(&["pause", "checkout"]),
+            run(&["wait", "drained", "nope"]),
+            run(&["wait", "healthy", "checkout", "v9"]),
+        ]
+    })
+    .await
+    .unwrap();
+    let refused = |code: i32, err: &str| (Some(code), String::new(), format!("error: {err}\n"));
+    assert_eq!(
+        outputs,
+        [
+            refused(
+                1,
+                "404 Not Found: nope: no service \"nope\" in the deployment file"
+            ),
+            refused(
+                1,
+                "409 Conflict: plain: service \"plain\" has no rollout (a canary with `steps`, or a switch with an `analysis`)"
+            ),
+            (Some(0), "checkout: paused\n".to_owned(), String::new()),
+            refused(
+                1,
+                "409 Conflict: checkout: cannot pause a rollout that is paused"
+            ),
+            refused(2, "404 Not Found: no service \"nope\" is served"),
+            refused(
+                2,
+                "404 Not Found: \"v9\" is neither a version nor an endpoint of service \"checkout\" (its versions: v1, v2)"
+            ),
+        ]
+    );
+    // What the commands cannot send: bad input.
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", server.admin_addr);
+    let promte = http
+        .post(format!("{base}/rollouts/checkout/promte"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(promte.status(), 400);
+    assert_eq!(
+        promte.text().await.unwrap(),
+        "unknown command \"promte\": use promote, abort, pause or resume\n"
+    );
+    let drain = http
+        .get(format!("{base}/wait/drain?service=checkout"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(drain.status(), 400);
+    assert_eq!(
+        drain.text().await.unwrap(),
+        "cannot wait for \"drain\": use /wait/drained or /wait/healthy\n"
+    );
+}
+
 // --- diff --------------------------------------------------------------------------------------
 
 /// `cutover diff` between two texts, as the command renders it without colour.

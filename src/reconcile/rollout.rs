@@ -32,7 +32,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::Timestamp;
-use crate::api::{RolloutCommand, RolloutState};
+use crate::api::{CommandError, RolloutCommand, RolloutState};
 use crate::spec::{Analysis, Percent, Service, Strategy};
 
 /// How many history entries a rollout keeps.
@@ -522,7 +522,7 @@ pub(super) fn on_command(
     strategy: &Strategy,
     command: RolloutCommand,
     now: Timestamp,
-) -> Result<String, String> {
+) -> Result<&'static str, CommandError> {
     let done = match (command, &r.status) {
         (RolloutCommand::Promote, Status::Progressing | Status::Paused) => {
             r.promote(now, "by the operator");
@@ -568,18 +568,13 @@ pub(super) fn on_command(
             "started again from the first step"
         }
         (_, status) => {
-            return Err(format!(
-                "cannot {command} a rollout that is {}",
-                match status {
-                    Status::Progressing => "progressing",
-                    Status::Paused => "paused",
-                    Status::Promoted => "promoted",
-                    Status::Failed(_) => "rolled back",
-                }
-            ));
+            return Err(CommandError::NotNow {
+                command,
+                state: status.state(),
+            });
         }
     };
-    Ok(done.to_owned())
+    Ok(done)
 }
 
 /// The service as served: the file's, with the rollout's canary weight, or still on the old

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::rollout::{self, Kind, Observation, Rollout, Status};
 use super::{deployed_versions, fallbacks};
-use crate::api::RolloutCommand;
+use crate::api::{CommandError, RolloutCommand};
 use crate::ids::{ClusterId, FallbackId};
 use crate::spec::{Endpoint, EndpointAddress, Policy, Service, Spec, Strategy};
 
@@ -266,16 +266,17 @@ impl RuntimeState {
         service: &str,
         command: RolloutCommand,
         now: Timestamp,
-    ) -> Result<String, String> {
+    ) -> Result<&'static str, CommandError> {
         let strategy = &spec
             .services
             .get(service)
-            .ok_or_else(|| format!("no service \"{service}\" in the deployment file"))?
+            .ok_or_else(|| CommandError::UnknownService(service.to_owned()))?
             .strategy;
         let before = self.routed_fallbacks(spec);
-        let r = self.rollouts.get_mut(service).ok_or_else(|| {
-            format!("service \"{service}\" has no rollout (a canary with `steps`, or a switch with an `analysis`)")
-        })?;
+        let r = self
+            .rollouts
+            .get_mut(service)
+            .ok_or_else(|| CommandError::NoRollout(service.to_owned()))?;
         let done = rollout::on_command(r, strategy, command, now)?;
         self.settle(spec, before, now);
         Ok(done)

@@ -404,7 +404,7 @@ fn the_state_file_format_is_readable_and_stable() {
 // Rollouts
 
 use super::rollout::{Figures, Observation, Status};
-use crate::api::RolloutCommand;
+use crate::api::{CommandError, RolloutCommand, RolloutState};
 
 fn rollout(steps: &str, analysis: &str) -> String {
     format!(
@@ -461,7 +461,7 @@ impl World {
         self
     }
 
-    fn command(&mut self, c: RolloutCommand) -> Result<String, String> {
+    fn command(&mut self, c: RolloutCommand) -> Result<&'static str, CommandError> {
         let spec = self.spec.clone().unwrap();
         self.state.command(&spec, "s", c, self.now)
     }
@@ -692,7 +692,13 @@ fn operators_pause_resume_promote_and_abort() {
     assert_eq!(w.command(RolloutCommand::Pause).unwrap(), "paused");
     w.wait(secs(600)).observe(good());
     assert_eq!(w.canary_weight(), 10.0, "paused: nothing advances");
-    assert!(w.command(RolloutCommand::Pause).is_err());
+    assert_eq!(
+        w.command(RolloutCommand::Pause),
+        Err(CommandError::NotNow {
+            command: RolloutCommand::Pause,
+            state: RolloutState::Paused
+        })
+    );
     assert_eq!(w.command(RolloutCommand::Resume).unwrap(), "resumed");
     assert_eq!(
         w.state.rollouts["s"].since,
@@ -701,8 +707,12 @@ fn operators_pause_resume_promote_and_abort() {
     );
     assert_eq!(w.command(RolloutCommand::Promote).unwrap(), "promoted");
     assert_eq!(w.canary_weight(), 100.0);
-    assert!(
-        w.command(RolloutCommand::Abort).is_err(),
+    assert_eq!(
+        w.command(RolloutCommand::Abort),
+        Err(CommandError::NotNow {
+            command: RolloutCommand::Abort,
+            state: RolloutState::Promoted
+        }),
         "promoted is final"
     );
 
@@ -721,7 +731,9 @@ fn operators_pause_resume_promote_and_abort() {
         RolloutCommand::Pause,
         w.now,
     );
-    assert!(err.unwrap_err().contains("no service \"nope\""));
+    let err = err.unwrap_err();
+    assert_eq!(err, CommandError::UnknownService("nope".into()));
+    assert!(err.to_string().contains("no service \"nope\""), "{err}");
 }
 
 fn switch(active: &str, strategy: &str, extra: &str) -> String {
