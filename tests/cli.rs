@@ -519,6 +519,70 @@ fn status_command_explains_an_unreachable_cutover() {
     assert!(err.contains("--admin"), "{err}");
 }
 
+/// A server on loopback that answers every request with `body` and `status` as is, or never
+/// answers (`None`): what `cutover status` may find at a wrong address.
+fn raw_server(answer: Option<(&'static str, &'static str)>) -> String {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut silent = Vec::new();
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let Some((status, body)) = answer else {
+                silent.push(stream);
+                continue;
+            };
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+#[test]
+fn status_command_explains_what_answers_at_a_wrong_address() {
+    let page = raw_server(Some(("404 Not Found", "no such page\n")));
+    let not_json = raw_server(Some(("200 OK", "hello")));
+    let silent = raw_server(None);
+    let out: Vec<(Option<i32>, String)> = [&page, &not_json, &silent]
+        .into_iter()
+        .map(|addr| {
+            let out = cutover(&["status", "--admin", addr]);
+            assert!(stdout(&out).is_empty());
+            (out.status.code(), stderr(&out))
+        })
+        .collect();
+    assert_eq!(
+        out,
+        [
+            (
+                Some(1),
+                format!(
+                    "error: http://{page}/status answered 404 Not Found (no such page); is {page} cutover's admin address (--admin)?\n"
+                )
+            ),
+            (
+                Some(1),
+                format!(
+                    "error: http://{not_json}/status is not cutover's status JSON: expected value at line 1 column 1\n"
+                )
+            ),
+            (
+                Some(1),
+                format!(
+                    "error: no answer from {silent} within 5s; is it cutover's admin address (--admin)?\n"
+                )
+            ),
+        ]
+    );
+}
+
 // --- rollout commands and wait ------------------------------------------------------------------
 
 /// What the operator commands print when the admin API refuses, with the HTTP status of each

@@ -159,6 +159,24 @@ async fn a_webhook_that_does_not_answer_in_time_rolls_back() {
 }
 
 #[tokio::test]
+async fn a_webhook_nobody_listens_on_rolls_back_saying_so() {
+    // A port nothing listens on: bind one, then free it.
+    let hook = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&dir, &deployment(hook, "2s")).await;
+    let r = wait_state(&server, RolloutState::RolledBack).await;
+    // The words of the system's own error, as a connection of this test's gets it.
+    let refused = std::net::TcpStream::connect(hook).unwrap_err();
+    assert_eq!(
+        r.reason.as_deref(),
+        Some(format!("webhook http://{hook}/check: cannot connect: {refused}").as_str())
+    );
+}
+
+#[tokio::test]
 async fn notify_webhooks_are_told_every_event_in_order_and_a_failing_one_changes_nothing() {
     let (check, _) = webhook(200, Duration::ZERO).await;
     let (told, events) = webhook(200, Duration::ZERO).await;
