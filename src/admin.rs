@@ -407,24 +407,12 @@ mod tests {
         use axum::body::Body;
         use tower::ServiceExt as _;
 
-        let (reload, mut requests) = mpsc::channel(1);
-        let (commands, mut rollout_requests) = mpsc::channel::<CommandRequest>(4);
-        let status = Arc::new(Status::new(
-            "deploy.yaml".into(),
-            Arc::new(crate::xds::clients::Clients::new(Default::default())),
-            watch::channel(None).1,
-            Default::default(),
-        ));
-        let telemetry = crate::telemetry::Telemetry::default();
-        let state = AdminState {
-            status: status.clone(),
-            published: watch::channel(None).1,
-            reload,
-            commands,
-            token: Some("s3cret".into()),
-            telemetry: telemetry.clone(),
-            dashboard: Feed::new(status, telemetry).0,
-        };
+        let Fixture {
+            state,
+            reloads: mut requests,
+            commands: mut rollout_requests,
+            ..
+        } = fixture(Some("s3cret"));
         let call = |peer: &str, token: Option<&str>| {
             let mut req = axum::http::Request::post("/reload");
             if let Some(t) = token {
@@ -500,14 +488,18 @@ mod tests {
 
     type Req = axum::http::Request<axum::body::Body>;
 
-    /// An admin API on loopback with a controller the test plays: the router, what reaches
-    /// the controller, and the status model (to give it a plan).
-    fn loopback() -> (
-        impl Fn(Req) -> tower::util::Oneshot<Router, Req>,
-        mpsc::Receiver<CommandRequest>,
-        Arc<Status>,
-    ) {
-        let (reload, _) = mpsc::channel(1);
+    /// An admin API whose controller and loader the test plays.
+    struct Fixture {
+        state: AdminState,
+        /// What reaches the loader and the controller.
+        reloads: mpsc::Receiver<()>,
+        commands: mpsc::Receiver<CommandRequest>,
+        /// To give it a plan.
+        status: Arc<Status>,
+    }
+
+    fn fixture(token: Option<&str>) -> Fixture {
+        let (reload, reloads) = mpsc::channel(1);
         let (commands, requests) = mpsc::channel::<CommandRequest>(4);
         let status = Arc::new(Status::new(
             "deploy.yaml".into(),
@@ -521,17 +513,38 @@ mod tests {
             published: watch::channel(None).1,
             reload,
             commands,
-            token: None,
+            token: token.map(str::to_owned),
             telemetry: telemetry.clone(),
             dashboard: Feed::new(status.clone(), telemetry).0,
         };
+        Fixture {
+            state,
+            reloads,
+            commands: requests,
+            status,
+        }
+    }
+
+    /// The fixture's router called from loopback, what reaches the controller, and the status
+    /// model.
+    fn loopback() -> (
+        impl Fn(Req) -> tower::util::Oneshot<Router, Req>,
+        mpsc::Receiver<CommandRequest>,
+        Arc<Status>,
+    ) {
+        let Fixture {
+            state,
+            commands,
+            status,
+            ..
+        } = fixture(None);
         let call = move |mut req: Req| {
             use tower::ServiceExt as _;
             req.extensions_mut()
                 .insert(ConnectInfo("127.0.0.1:5000".parse::<SocketAddr>().unwrap()));
             router(state.clone()).oneshot(req)
         };
-        (call, requests, status)
+        (call, commands, status)
     }
 
     async fn answer(response: Response) -> (u16, String) {

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::access::Access;
 use crate::api::{CommandError, RolloutCommand, StateFileReport};
+use crate::http_client;
 use crate::metrics::Metrics;
 use crate::node::GroupId;
 use crate::reconcile::rollout::{Figures, Observation, Rollout, Status};
@@ -146,6 +147,8 @@ struct Controller {
     checks_in: mpsc::UnboundedReceiver<(String, Observation)>,
     /// Rollout events for the services' `notify` webhooks, told in order by one task.
     notify: mpsc::Sender<Notice>,
+    /// What asks the webhooks.
+    http: http_client::Client,
 }
 
 /// One rollout event for a service's `notify` webhooks.
@@ -189,7 +192,8 @@ impl Controller {
         });
         let (checks_out, checks_in) = mpsc::unbounded_channel();
         let (notify, notices) = mpsc::channel(NOTICES_QUEUED);
-        tokio::spawn(tell_notices(notices));
+        let http = http_client::Client::new();
+        tokio::spawn(tell_notices(http.clone(), notices));
         Controller {
             label: settings.file.display().to_string(),
             file: settings.file,
@@ -206,6 +210,7 @@ impl Controller {
             checks_out,
             checks_in,
             notify,
+            http,
         }
     }
 
@@ -366,6 +371,7 @@ impl Controller {
             let hooks = analysis.webhooks.clone();
             let tx = self.checks_out.clone();
             let rollout = self.state.rollouts.get(&service).cloned();
+            let http = self.http.clone();
             self.checking.insert(service.clone());
             tokio::spawn(async move {
                 let body = serde_json::json!({
@@ -374,7 +380,7 @@ impl Controller {
                     "rollout": rollout,
                     "figures": figures,
                 });
-                let webhooks = ask_webhooks(&hooks, &body).await;
+                let webhooks = ask_webhooks(&http, &hooks, &body).await;
                 let _ = tx.send((service, Observation { figures, webhooks }));
             });
         }
@@ -563,16 +569,14 @@ impl Controller {
 
 /// Tells each rollout event to its webhooks, one event after the other so that they arrive in
 /// order; a webhook that fails or does not answer in time is logged and the next event goes on.
-async fn tell_notices(mut notices: mpsc::Receiver<Notice>) {
+async fn tell_notices(http: http_client::Client, mut notices: mpsc::Receiver<Notice>) {
     while let Some(notice) = notices.recv().await {
         for hook in &notice.hooks {
-            let answer =
-                tokio::time::timeout(hook.timeout, post_json(&hook.url, &notice.body)).await;
-            let problem = match answer {
-                Ok(Ok(status)) if (200..300).contains(&status) => continue,
-                Ok(Ok(status)) => format!("answered {status}"),
-                Ok(Err(e)) => e,
-                Err(_) => format!(
+            let problem = match ask(&http, hook, &notice.body).await {
+                Ok(()) => continue,
+                Err(Refused::Status(status)) => format!("answered {status}"),
+                Err(Refused::Error(e)) => e.to_string(),
+                Err(Refused::Late) => format!(
                     "did not answer within {}",
                     humantime::format_duration(hook.timeout)
                 ),
@@ -584,14 +588,19 @@ async fn tell_notices(mut notices: mpsc::Receiver<Notice>) {
 
 /// Asks every webhook (HTTP POST, JSON body) in turn; the first that does not answer 2xx in
 /// time fails the check.
-async fn ask_webhooks(hooks: &[Webhook], body: &serde_json::Value) -> Result<(), String> {
+async fn ask_webhooks(
+    http: &http_client::Client,
+    hooks: &[Webhook],
+    body: &serde_json::Value,
+) -> Result<(), String> {
     for hook in hooks {
-        let answer = tokio::time::timeout(hook.timeout, post_json(&hook.url, body)).await;
-        match answer {
-            Ok(Ok(status)) if (200..300).contains(&status) => {}
-            Ok(Ok(status)) => return Err(format!("webhook {} answered {status}", hook.url)),
-            Ok(Err(e)) => return Err(format!("webhook {}: {e}", hook.url)),
-            Err(_) => {
+        match ask(http, hook, body).await {
+            Ok(()) => {}
+            Err(Refused::Status(status)) => {
+                return Err(format!("webhook {} answered {status}", hook.url));
+            }
+            Err(Refused::Error(e)) => return Err(format!("webhook {}: {e}", hook.url)),
+            Err(Refused::Late) => {
                 return Err(format!(
                     "webhook {} did not answer within {}",
                     hook.url,
@@ -603,32 +612,26 @@ async fn ask_webhooks(hooks: &[Webhook], body: &serde_json::Value) -> Result<(),
     Ok(())
 }
 
-/// One HTTP/1.1 POST on its own connection; the status code of the answer.
-async fn post_json(url: &str, body: &serde_json::Value) -> Result<u16, String> {
-    use http_body_util::Full;
-    let uri: hyper::Uri = url.parse().map_err(|e| format!("invalid URL: {e}"))?;
-    let host = uri.host().ok_or("no host in the URL")?.to_owned();
-    let port = uri.port_u16().unwrap_or(80);
-    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-    let driver = tokio::spawn(connection);
-    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-    let request = hyper::Request::post(path)
-        .header(hyper::header::HOST, format!("{host}:{port}"))
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(bytes::Bytes::from(body.to_string())))
-        .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    driver.abort();
-    Ok(response.status().as_u16())
+/// How a webhook did not answer 2xx in time.
+enum Refused {
+    /// Its status code.
+    Status(u16),
+    Error(http_client::Error),
+    Late,
+}
+
+/// One POST of `body` to the webhook.
+async fn ask(
+    http: &http_client::Client,
+    hook: &Webhook,
+    body: &serde_json::Value,
+) -> Result<(), Refused> {
+    match http.post_json(&hook.url, body, hook.timeout).await {
+        Ok(status) if status.is_success() => Ok(()),
+        Ok(status) => Err(Refused::Status(status.as_u16())),
+        Err(http_client::Error::Timeout(_)) => Err(Refused::Late),
+        Err(e) => Err(Refused::Error(e)),
+    }
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

@@ -22,6 +22,7 @@ pub mod controller;
 pub mod dashboard;
 pub mod demo;
 pub mod grpc_bootstrap;
+pub mod http_client;
 pub mod ids;
 pub mod metrics;
 pub mod node;

@@ -9,16 +9,13 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http_body_util::{BodyExt as _, Empty};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
-
 use super::style::{Painter, Style, Table, percent};
 use crate::api::{
     DrainReason, NodeReport, ObservedVersion, ReloadStatus, RolloutCommand, RolloutKind,
     RolloutReport, RolloutState, StatusReport, Strategy, TelemetryState, Verdict, WaitAnswer,
     WaitFor,
 };
+use crate::http_client;
 
 /// The default admin address of `cutover serve`.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:19000";
@@ -40,14 +37,14 @@ pub enum FetchError {
     Http {
         addr: SocketAddr,
         #[source]
-        source: hyper::Error,
+        source: http_client::Error,
     },
     #[error(
         "http://{addr}/status answered {status} ({body}); is {addr} cutover's admin address (--admin)?"
     )]
     Status {
         addr: SocketAddr,
-        status: hyper::StatusCode,
+        status: http_client::StatusCode,
         body: String,
     },
     #[error("cannot make the request: {0}")]
@@ -60,17 +57,33 @@ pub enum FetchError {
     },
 }
 
-/// How long one `GET /status` may take, connection included.
+/// How long one request to the admin API may take, connection included.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+impl FetchError {
+    fn of(addr: SocketAddr, e: http_client::Error) -> FetchError {
+        match e {
+            http_client::Error::Connect(source) => FetchError::Connect { addr, source },
+            http_client::Error::Timeout(timeout) => FetchError::Timeout { addr, timeout },
+            e @ (http_client::Error::Url(_) | http_client::Error::Request(_)) => {
+                FetchError::Request(e.to_string())
+            }
+            e @ http_client::Error::Http(_) => FetchError::Http { addr, source: e },
+        }
+    }
+}
 
 /// `GET http://{admin}/status`: the body as served, and as read.
 pub async fn fetch(admin: SocketAddr) -> Result<(String, StatusReport), FetchError> {
-    let body = tokio::time::timeout(TIMEOUT, get(admin, "/status"))
-        .await
-        .map_err(|_| FetchError::Timeout {
+    let answer = send(admin, http_client::Method::GET, "/status", None).await?;
+    let body = answer.text();
+    if !answer.status.is_success() {
+        return Err(FetchError::Status {
             addr: admin,
-            timeout: TIMEOUT,
-        })??;
+            status: answer.status,
+            body: first_line(&body),
+        });
+    }
     let status = serde_json::from_str(&body).map_err(|source| FetchError::Json {
         addr: admin,
         source,
@@ -78,56 +91,24 @@ pub async fn fetch(admin: SocketAddr) -> Result<(String, StatusReport), FetchErr
     Ok((body, status))
 }
 
-/// One HTTP/1.1 GET on its own connection; the admin API is local and asked once a second at
-/// most, so there is nothing to pool.
-async fn get(addr: SocketAddr, path: &str) -> Result<String, FetchError> {
-    let (status, body) = send(addr, hyper::Method::GET, path, None).await?;
-    if !status.is_success() {
-        return Err(FetchError::Status {
-            addr,
-            status,
-            body: first_line(&body),
-        });
-    }
-    Ok(body)
-}
-
-/// One HTTP/1.1 request on its own connection: the answer's status and body.
+/// One request to the admin API, on its own connection (it is local and asked once a second
+/// at most: there is nothing to pool): the answer, whatever its status.
 async fn send(
     addr: SocketAddr,
-    method: hyper::Method,
+    method: http_client::Method,
     path: &str,
     token: Option<&str>,
-) -> Result<(hyper::StatusCode, String), FetchError> {
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|source| FetchError::Connect { addr, source })?;
-    let http = |source| FetchError::Http { addr, source };
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(http)?;
-    let driver = tokio::spawn(connection);
-    let mut request = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header(hyper::header::HOST, addr.to_string())
-        .header(hyper::header::ACCEPT, "application/json");
-    if let Some(token) = token {
-        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+) -> Result<http_client::Answer, FetchError> {
+    let url = format!("http://{addr}{path}");
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("accept", "application/json")];
+    if let Some(bearer) = &bearer {
+        headers.push(("authorization", bearer));
     }
-    let request = request
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| FetchError::Request(e.to_string()))?;
-    let response = sender.send_request(request).await.map_err(http)?;
-    let status = response.status();
-    let bytes = response
-        .into_body()
-        .collect()
+    http_client::Client::new()
+        .send(method, &url, &headers, TIMEOUT)
         .await
-        .map_err(http)?
-        .to_bytes();
-    driver.abort();
-    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+        .map_err(|e| FetchError::of(addr, e))
 }
 
 /// One `GET /wait/{what}?service=..&target=..`: the answer, or the server's refusal (an
@@ -142,17 +123,11 @@ pub async fn wait_once(
     if let Some(t) = target {
         path.push_str(&format!("&target={}", query_escape(t)));
     }
-    let (status, body) =
-        tokio::time::timeout(TIMEOUT, send(admin, hyper::Method::GET, &path, None))
-            .await
-            .map_err(|_| FetchError::Timeout {
-                addr: admin,
-                timeout: TIMEOUT,
-            })??;
-    if !status.is_success() {
-        return Ok(Err(format!("{status}: {}", body.trim())));
+    let answer = send(admin, http_client::Method::GET, &path, None).await?;
+    if !answer.status.is_success() {
+        return Ok(Err(format!("{}: {}", answer.status, answer.text().trim())));
     }
-    serde_json::from_str(&body)
+    serde_json::from_slice(&answer.body)
         .map(Ok)
         .map_err(|source| FetchError::Json {
             addr: admin,
@@ -182,18 +157,12 @@ pub async fn control(
     token: Option<&str>,
 ) -> Result<Result<String, String>, FetchError> {
     let path = format!("/rollouts/{service}/{command}");
-    let (status, body) =
-        tokio::time::timeout(TIMEOUT, send(admin, hyper::Method::POST, &path, token))
-            .await
-            .map_err(|_| FetchError::Timeout {
-                addr: admin,
-                timeout: TIMEOUT,
-            })??;
-    let body = body.trim().to_owned();
-    Ok(if status.is_success() {
+    let answer = send(admin, http_client::Method::POST, &path, token).await?;
+    let body = answer.text().trim().to_owned();
+    Ok(if answer.status.is_success() {
         Ok(body)
     } else {
-        Err(format!("{status}: {body}"))
+        Err(format!("{}: {body}", answer.status))
     })
 }
 

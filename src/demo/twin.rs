@@ -272,31 +272,24 @@ fn tail(log: &Path) -> String {
 
 /// One GET over a new connection: the status and the x-demo-version header.
 async fn get(addr: SocketAddr, path: &str) -> Result<(u16, Option<String>), String> {
-    use http_body_util::BodyExt as _;
-    let stream = tokio::net::TcpStream::connect(addr)
+    let answer = crate::http_client::Client::new()
+        .send(
+            crate::http_client::Method::GET,
+            &format!("http://{addr}{path}"),
+            &[],
+            STARTUP,
+        )
         .await
-        .map_err(|e| format!("connect {addr}: {e}"))?;
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let req = hyper::Request::get(path)
-        .header(hyper::header::HOST, addr.to_string())
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let version = resp
-        .headers()
+        .map_err(|e| match e {
+            crate::http_client::Error::Connect(e) => format!("connect {addr}: {e}"),
+            e => e.to_string(),
+        })?;
+    let version = answer
+        .headers
         .get(VERSION_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    resp.into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok((status, version))
+    Ok((answer.status.as_u16(), version))
 }
 
 // ---------------------------------------------------------------------------------------------
