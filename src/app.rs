@@ -1,6 +1,8 @@
 //! Wires the stages together: the controller (file → spec → plan → resources → snapshots), the
 //! xDS server and the admin API. Returns the addresses it actually bound so tests can ask for
-//! port 0. Also the pure compile path the CLI commands share with the server.
+//! port 0. Also the pure compile path the CLI commands share with the server: from a file's
+//! text ([`compile`], [`compile_plan`]) or, for a file already parsed, from its [`Spec`]
+//! ([`fresh_plan`], [`plan_at`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,7 +24,7 @@ use crate::node::{GroupId, NodeInfo};
 use crate::reconcile::rollout::Figures;
 use crate::reconcile::{self, Event, Plan, Previous, RuntimeState, Timestamp};
 use crate::snapshot::{Published, Snapshot};
-use crate::spec::{self, SpecError};
+use crate::spec::{self, Spec, SpecError};
 use crate::status::Status;
 use crate::store::StateFile;
 use crate::telemetry::Telemetry;
@@ -36,7 +38,42 @@ use crate::xds::server::{Ads, Cds, DiscoveryService, Eds, Lds, NodeAllowList, Rd
 /// started server with no runtime state would serve (red-black services with only their active
 /// version). Pure.
 pub fn compile(file_label: &str, text: &str) -> Result<Snapshot, SpecError> {
-    Ok(Snapshot::new(&compile_resources(file_label, text)?))
+    Ok(fresh_snapshot(&spec::parse(file_label, text)?))
+}
+
+/// The Envoy resources of [`compile`], before encoding.
+pub fn compile_resources(file_label: &str, text: &str) -> Result<Resources, SpecError> {
+    Ok(translate(&compile_plan(file_label, text)?))
+}
+
+/// The [`Plan`] of [`compile`].
+pub fn compile_plan(file_label: &str, text: &str) -> Result<Plan, SpecError> {
+    Ok(fresh_plan(&spec::parse(file_label, text)?))
+}
+
+/// The snapshot a freshly started server serves for a parsed file ([`compile`] without the
+/// parse).
+pub fn fresh_snapshot(spec: &Spec) -> Snapshot {
+    Snapshot::new(&translate(&fresh_plan(spec)))
+}
+
+/// The [`Plan`] a freshly started server with no runtime state serves for a parsed file.
+pub fn fresh_plan(spec: &Spec) -> Plan {
+    plan_at(spec, RuntimeState::default(), Timestamp::now())
+}
+
+/// The [`Plan`] a server started on `spec` with runtime `state` serves at `now` (what
+/// `cutover render --state` shows).
+pub fn plan_at(spec: &Spec, mut state: RuntimeState, now: Timestamp) -> Plan {
+    state.reduce(
+        spec,
+        Event::FileLoaded {
+            previous: Previous::Start,
+            drain_period: Duration::ZERO,
+        },
+        now,
+    );
+    reconcile::plan(spec, &state, now)
 }
 
 /// What an Envoy with `node` gets from `plan`: its group, and that group's resources (none
@@ -49,36 +86,6 @@ pub fn resources_for_node(plan: &Plan, node: &NodeInfo) -> (GroupId, Resources) 
         .map(|g| crate::translate::translate_group(plan, g))
         .unwrap_or_default();
     (group, resources)
-}
-
-/// The Envoy resources of [`compile`], before encoding.
-pub fn compile_resources(file_label: &str, text: &str) -> Result<Resources, SpecError> {
-    Ok(translate(&compile_plan(file_label, text)?))
-}
-
-/// The [`Plan`] of [`compile`].
-pub fn compile_plan(file_label: &str, text: &str) -> Result<Plan, SpecError> {
-    compile_plan_with(file_label, text, RuntimeState::default(), Timestamp::now())
-}
-
-/// The [`Plan`] a server started on the file with runtime `state` serves at `now` (what
-/// `cutover render --state` shows).
-pub fn compile_plan_with(
-    file_label: &str,
-    text: &str,
-    mut state: RuntimeState,
-    now: Timestamp,
-) -> Result<Plan, SpecError> {
-    let spec = spec::parse(file_label, text)?;
-    state.reduce(
-        &spec,
-        Event::FileLoaded {
-            previous: Previous::Start,
-            drain_period: Duration::ZERO,
-        },
-        now,
-    );
-    Ok(reconcile::plan(&spec, &state, now))
 }
 
 #[derive(Debug, Clone)]

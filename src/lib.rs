@@ -16,12 +16,12 @@ pub mod access;
 pub mod admin;
 pub mod api;
 pub mod app;
+#[cfg(test)]
+mod architecture;
 pub mod bootstrap;
 pub mod cli;
 pub mod controller;
 pub mod dashboard;
-pub mod demo;
-pub mod grpc_bootstrap;
 pub mod http_client;
 pub mod ids;
 pub mod metrics;

@@ -98,6 +98,10 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one registration per metric, in the order /metrics lists them"
+    )]
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("cutover");
         let pushes = Family::<TypeLabel, Counter>::default();

@@ -1,4 +1,4 @@
-//! The deployment file: what serde reads ([`raw`]) and what is known to be consistent ([`Spec`]).
+//! The deployment file: what serde reads (`raw`) and what is known to be consistent ([`Spec`]).
 //!
 //! [`parse_bytes`] (the file's bytes as read from disk) and [`parse`] (its text) are the only
 //! ways to get a [`Spec`]: they read YAML, then validate the whole file and return *every*

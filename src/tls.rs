@@ -379,8 +379,8 @@ impl AsyncWrite for TlsConn {
 }
 
 /// TLS connections from accepted TCP connections. Each handshake runs in its own task, so a
-/// slow client delays nobody; at most [`MAX_HANDSHAKES`] at once, each within
-/// [`HANDSHAKE_TIMEOUT`]. A failed handshake (no client certificate, one the CA did not sign,
+/// slow client delays nobody; at most `MAX_HANDSHAKES` at once, each within
+/// `HANDSHAKE_TIMEOUT`. A failed handshake (no client certificate, one the CA did not sign,
 /// a plaintext client) closes that connection and is logged at most once a minute per address.
 pub fn incoming<S>(tcp: S, tls: Arc<Tls>) -> impl Stream<Item = io::Result<TlsConn>>
 where

@@ -1,7 +1,7 @@
 //! `cutover diff OLD NEW`: what Envoy would see change between two deployment files.
 //!
 //! Both files are compiled as a freshly started cutover would serve them
-//! ([`crate::app::compile_resources`]); resources are then compared by type and name in their
+//! ([`crate::app::fresh_plan`]); resources are then compared by type and name in their
 //! Envoy JSON form. Clusters and listeners show the fields that changed; endpoints are compared
 //! per address (added, removed, weight or drain changed); routes are compared per match, in
 //! order, and show where each match sends requests (cluster, weights, mirror). With node
@@ -13,15 +13,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 use serde_json::Value;
 
+use super::output::{complain, read_spec, say};
 use super::style::{Painter, Style, percent};
+use crate::app;
 use crate::node::GroupId;
 use crate::reconcile::Plan;
 use crate::render::{self, RenderError};
 use crate::snapshot::Snapshot;
-use crate::translate::{Resources, translate_groups};
+use crate::translate::{Resources, translate, translate_groups};
 
 /// One side of a diff: a file's label (as given on the command line) and what it compiles to.
 #[derive(Debug, Clone, Copy)]
@@ -778,6 +782,55 @@ fn lcs<T: PartialEq>(a: &[T], b: &[T]) -> Vec<Step> {
         }
     }
     steps
+}
+
+/// `cutover diff`'s arguments.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The deployment file as it is (e.g. the one being served).
+    old: PathBuf,
+    /// The deployment file as it would be.
+    new: PathBuf,
+}
+
+/// Exit 0 same, 1 different, 2 trouble (like diff(1)).
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    const TROUBLE: u8 = 2;
+    let mut compiled = Vec::new();
+    let mut failed = false;
+    for file in [&args.old, &args.new] {
+        match read_spec(file) {
+            Ok(spec) => compiled.push((file.display().to_string(), app::fresh_plan(&spec))),
+            Err(failure) => {
+                failure.report()?;
+                failed = true;
+            }
+        }
+    }
+    let [(old_label, old), (new_label, new)] = match <[_; 2]>::try_from(compiled) {
+        Ok(both) if !failed => both,
+        _ => return Ok(ExitCode::from(TROUBLE)),
+    };
+    let (old_resources, new_resources) = (translate(&old), translate(&new));
+    let side = |label, resources| Side { label, resources };
+    match diff(
+        side(&old_label, &old_resources),
+        side(&new_label, &new_resources),
+    ) {
+        Ok(d) => {
+            let d = d.with_groups(&old, &new);
+            say(format_args!("{}", d.render(super::color_for_stdout())))?;
+            Ok(if d.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Err(err) => {
+            complain(format_args!("error: {err}\n"))?;
+            Ok(ExitCode::from(TROUBLE))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,9 +7,12 @@
 //! syntax, durations and the like are checked there only). `deploy.schema.json` at the
 //! repository root is this output, kept current by a test.
 
+use std::process::ExitCode;
+
 use schemars::generate::SchemaSettings;
 use serde_json::Value;
 
+use super::output::say;
 use crate::spec::RawSpec;
 
 /// The schema as a JSON value.
@@ -52,4 +55,10 @@ pub fn deployment_schema_text() -> String {
         serde_json::to_string_pretty(&deployment_schema()).expect("a JSON value always serializes");
     text.push('\n');
     text
+}
+
+/// Prints [`deployment_schema_text`].
+pub fn run() -> anyhow::Result<ExitCode> {
+    say(format_args!("{}", deployment_schema_text()))?;
+    Ok(ExitCode::SUCCESS)
 }

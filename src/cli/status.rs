@@ -671,3 +671,69 @@ fn countdown(seconds: f64) -> String {
     let whole = Duration::from_secs(seconds.ceil() as u64);
     humantime::format_duration(whole).to_string()
 }
+
+// ---------------------------------------------------------------------------------------------
+// The command
+
+/// `cutover status`'s arguments.
+#[derive(clap::Args)]
+pub struct Args {
+    /// cutover's admin address (`cutover serve --admin`).
+    #[arg(long, default_value = DEFAULT_ADMIN, env = "CUTOVER_ADMIN")]
+    admin: SocketAddr,
+    /// Print the JSON as served instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Refresh every second until Ctrl-C.
+    #[arg(long)]
+    watch: bool,
+}
+
+/// Prints the report once (exit 1 if cutover cannot be reached), or with `--watch` every second
+/// until Ctrl-C or until nobody reads any more.
+pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
+    use std::io::IsTerminal as _;
+    use std::process::ExitCode;
+
+    use super::output::{Written, complain, say};
+
+    let Args { admin, json, watch } = args;
+    let runtime = super::current_thread_runtime()?;
+    let color = super::color_for_stdout();
+    let show = |fetched: &Result<(String, StatusReport), FetchError>| match fetched {
+        Ok((body, _)) if json => say(format_args!("{}\n", body.trim_end())),
+        Ok((_, report)) => say(format_args!("{}", render_status(report, color))),
+        Err(err) => complain(format_args!("error: {err}\n")),
+    };
+    if !watch {
+        let fetched = runtime.block_on(fetch(admin));
+        show(&fetched)?;
+        return Ok(if fetched.is_ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    let terminal = std::io::stdout().is_terminal();
+    runtime.block_on(async {
+        loop {
+            let fetched = fetch(admin).await;
+            // Clear the screen and go home, as watch(1) does; an error stays on screen until
+            // the next refresh, so cutover coming back is picked up. Into a pipe or a file,
+            // refreshes follow each other.
+            let clear = if terminal { "\x1b[2J\x1b[H" } else { "" };
+            let header = say(format_args!(
+                "{clear}every 1s: cutover status --admin {admin}    {}\n\n",
+                humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+            ))?;
+            // The reader is gone (`cutover status --watch | head`): nobody is watching.
+            if header == Written::Closed || show(&fetched)? == Written::Closed {
+                return Ok(ExitCode::SUCCESS);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            }
+        }
+    })
+}

@@ -2,7 +2,7 @@
 //! JavaScript compiled into the binary, no build step, nothing fetched from elsewhere) fed by
 //! server-sent events from `GET /events`.
 //!
-//! A sampler ([`Feed::run`]) builds one frame a second, whoever watches: the status report with
+//! A sampler ([`Sampler::run`]) builds one frame a second, whoever watches: the status report with
 //! its live figures ([`StatusReport::with_telemetry`]), the telemetry streams of
 //! every Envoy, and one [`Point`] per version for the charts. The frame is serialized once and
 //! shared by every open page, so a wall of dashboards costs no more than one.
@@ -140,7 +140,7 @@ pub struct Feed {
     history: Arc<Mutex<History>>,
 }
 
-/// Makes the frames; see [`Feed::run`].
+/// Makes the frames; see [`Sampler::run`].
 #[derive(Debug)]
 pub struct Sampler {
     frames: watch::Sender<Arc<str>>,

@@ -200,7 +200,8 @@ impl Processes {
         Ok(())
     }
 
-    /// The process ids, by name.
+    /// The process ids, by name (only the tests ask).
+    #[cfg(test)]
     pub fn pids(&self) -> Vec<(String, u32)> {
         self.children
             .iter()
@@ -272,16 +273,16 @@ fn tail(log: &Path) -> String {
 
 /// One GET over a new connection: the status and the x-demo-version header.
 async fn get(addr: SocketAddr, path: &str) -> Result<(u16, Option<String>), String> {
-    let answer = crate::http_client::Client::new()
+    let answer = cutover::http_client::Client::new()
         .send(
-            crate::http_client::Method::GET,
+            cutover::http_client::Method::GET,
             &format!("http://{addr}{path}"),
             &[],
             STARTUP,
         )
         .await
         .map_err(|e| match e {
-            crate::http_client::Error::Connect(e) => format!("connect {addr}: {e}"),
+            cutover::http_client::Error::Connect(e) => format!("connect {addr}: {e}"),
             e => e.to_string(),
         })?;
     let version = answer

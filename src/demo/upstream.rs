@@ -250,7 +250,7 @@ mod tests {
 
     /// One request with cutover's HTTP client: status, headers and body.
     async fn http(base: &str, method: &str, path: &str) -> (u16, axum::http::HeaderMap, String) {
-        let answer = crate::http_client::Client::new()
+        let answer = cutover::http_client::Client::new()
             .send(
                 method.parse().unwrap(),
                 &format!("{base}{path}"),

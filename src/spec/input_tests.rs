@@ -318,6 +318,10 @@ fn duplicate_keys_are_refused_in_every_mapping() {
 // --- limits ------------------------------------------------------------------------------------
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one file crossing every limit, and each report"
+)]
 fn every_limit_is_reported_where_the_file_crosses_it() {
     let text = "\
 listeners:

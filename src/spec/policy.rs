@@ -3,7 +3,11 @@
 
 use std::time::Duration;
 
-use super::raw::{RawHashOn, RawLoadBalancing, RawService};
+use serde_saphyr::Spanned;
+
+use super::raw::{
+    RawHashOn, RawHealthCheck, RawLoadBalancing, RawOutlierDetection, RawRetries, RawService,
+};
 use super::validate::Validator;
 use super::{
     FailurePercentage, HashOn, HealthCheck, LoadBalancing, OutlierDetection, Percent, Policy,
@@ -46,158 +50,13 @@ impl Validator {
             Some(RawLoadBalancing::RingHash(h)) => LoadBalancing::RingHash(hash_on(h)),
             Some(RawLoadBalancing::Maglev(h)) => LoadBalancing::Maglev(hash_on(h)),
         };
-
         let outlier_detection = match &raw.outlier_detection {
             Some(o) if o.value.enabled == Some(false) => None,
-            o => {
-                let o = o.as_ref().map(|o| &o.value);
-                let interval = self.duration_or(
-                    o.and_then(|o| o.interval.as_ref()),
-                    "outlier_detection.interval",
-                    Duration::from_secs(10),
-                );
-                let base_ejection_time = self.duration_or(
-                    o.and_then(|o| o.base_ejection_time.as_ref()),
-                    "outlier_detection.base_ejection_time",
-                    Duration::from_secs(30),
-                );
-                let max_ejection_percent = match o.and_then(|o| o.max_ejection_percent.as_ref()) {
-                    Some(p) if p.value > 100 => {
-                        self.at(
-                            &p.referenced,
-                            "`max_ejection_percent` is a percentage from 0 to 100",
-                        );
-                        ok = false;
-                        0
-                    }
-                    Some(p) => p.value,
-                    None => 50,
-                };
-                let success_rate = o
-                    .and_then(|o| o.success_rate.as_ref())
-                    .map(|s| SuccessRate {
-                        minimum_hosts: s.value.minimum_hosts.unwrap_or(5),
-                        request_volume: s.value.request_volume.unwrap_or(100),
-                        stdev_factor_milli: match &s.value.stdev_factor {
-                            None => 1900,
-                            Some(f) => match f.value.0.parse::<f64>() {
-                                Ok(v) if v > 0.0 && v < 100.0 => (v * 1000.0).round() as u32,
-                                _ => {
-                                    self.at(
-                                        &f.referenced,
-                                        "`stdev_factor` is a number such as 1.9",
-                                    );
-                                    ok = false;
-                                    0
-                                }
-                            },
-                        },
-                    });
-                let failure_percentage =
-                    o.and_then(|o| o.failure_percentage.as_ref())
-                        .map(|f| FailurePercentage {
-                            threshold: match &f.value.threshold {
-                                Some(t) if t.value > 100 => {
-                                    self.at(
-                                        &t.referenced,
-                                        "`threshold` is a percentage from 0 to 100",
-                                    );
-                                    ok = false;
-                                    0
-                                }
-                                Some(t) => t.value,
-                                None => 85,
-                            },
-                            minimum_hosts: f.value.minimum_hosts.unwrap_or(5),
-                            request_volume: f.value.request_volume.unwrap_or(50),
-                        });
-                Some(OutlierDetection {
-                    consecutive_5xx: o
-                        .and_then(|o| o.consecutive_5xx.as_ref())
-                        .map_or(5, |v| v.value),
-                    consecutive_gateway_errors: o
-                        .and_then(|o| o.consecutive_gateway_errors.as_ref())
-                        .map(|v| v.value),
-                    interval: interval?,
-                    base_ejection_time: base_ejection_time?,
-                    max_ejection_percent,
-                    success_rate,
-                    failure_percentage,
-                })
-            }
+            o => Some(self.outlier_detection(o.as_ref().map(|o| &o.value), &mut ok)?),
         };
-
         let health_check = match &raw.health_check {
             None => None,
-            Some(h) => {
-                let v = &h.value;
-                let path = match (&v.path, v.tcp) {
-                    (Some(p), None | Some(false)) => {
-                        if !p.value.starts_with('/') {
-                            self.at(
-                                &p.referenced,
-                                format!(
-                                    "`health_check.path` must start with '/', got \"{}\"",
-                                    p.value
-                                ),
-                            );
-                            ok = false;
-                        }
-                        Some(p.value.clone())
-                    }
-                    (None, Some(true)) => None,
-                    (Some(_), Some(true)) => {
-                        self.at(
-                            &h.referenced,
-                            "a health check is either HTTP (`path`) or `tcp: true`, not both",
-                        );
-                        ok = false;
-                        None
-                    }
-                    (None, _) => {
-                        let msg = format!(
-                            "the health check of service \"{service}\" needs an HTTP `path` (e.g. /health) or `tcp: true`"
-                        );
-                        self.at(&h.referenced, msg);
-                        ok = false;
-                        None
-                    }
-                };
-                let threshold = |this: &mut Validator,
-                                 t: &Option<serde_saphyr::Spanned<u32>>,
-                                 default: u32,
-                                 key: &str| match t {
-                    Some(t) if t.value == 0 => {
-                        this.at(
-                            &t.referenced,
-                            format!("`health_check.{key}` must be at least 1"),
-                        );
-                        None
-                    }
-                    Some(t) => Some(t.value),
-                    None => Some(default),
-                };
-                let unhealthy = threshold(self, &v.unhealthy_threshold, 3, "unhealthy_threshold");
-                let healthy = threshold(self, &v.healthy_threshold, 2, "healthy_threshold");
-                let interval = self.duration_or(
-                    v.interval.as_ref(),
-                    "health_check.interval",
-                    Duration::from_secs(5),
-                );
-                let timeout = self.duration_or(
-                    v.timeout.as_ref(),
-                    "health_check.timeout",
-                    Duration::from_secs(2),
-                );
-                Some(HealthCheck {
-                    path,
-                    interval: interval?,
-                    timeout: timeout?,
-                    unhealthy_threshold: unhealthy?,
-                    healthy_threshold: healthy?,
-                    wait_for_first_check: v.wait_for_first_check.unwrap_or(true),
-                })
-            }
+            Some(h) => Some(self.health_check(service, h, &mut ok)?),
         };
 
         let slow_start = match &raw.slow_start {
@@ -226,49 +85,13 @@ impl Validator {
             "connect_timeout",
             DEFAULT_CONNECT_TIMEOUT,
         )?;
-
         let retries = match &raw.retries {
             None => Retries {
                 attempts: DEFAULT_RETRY_ATTEMPTS,
                 on: DEFAULT_RETRY_ON.iter().map(|s| (*s).to_owned()).collect(),
                 per_try_timeout: None,
             },
-            Some(r) => {
-                let mut on = Vec::new();
-                for cond in r.value.on.iter().flatten() {
-                    if RETRY_ON.contains(&cond.value.as_str()) {
-                        on.push(cond.value.clone());
-                    } else {
-                        let mut msg = format!("unknown retry condition \"{}\"", cond.value);
-                        if let Some(best) =
-                            super::validate::closest(&cond.value, RETRY_ON.iter().copied())
-                        {
-                            msg.push_str(&format!(" (did you mean \"{best}\"?)"));
-                        }
-                        msg.push_str(&format!(
-                            "; Envoy's conditions are: {}",
-                            RETRY_ON.join(", ")
-                        ));
-                        self.at(&cond.referenced, msg);
-                        ok = false;
-                    }
-                }
-                if r.value.on.is_none() {
-                    on = DEFAULT_RETRY_ON.iter().map(|s| (*s).to_owned()).collect();
-                }
-                Retries {
-                    attempts: r
-                        .value
-                        .attempts
-                        .as_ref()
-                        .map_or(DEFAULT_RETRY_ATTEMPTS, |a| a.value),
-                    on,
-                    per_try_timeout: match &r.value.per_try_timeout {
-                        Some(d) => Some(self.duration(d, "retries.per_try_timeout")?),
-                        None => None,
-                    },
-                }
-            }
+            Some(r) => self.retries(&r.value, &mut ok)?,
         };
         let panic_threshold = self.percent_or(
             raw.panic_threshold.as_ref(),
@@ -285,6 +108,199 @@ impl Validator {
             connect_timeout,
             retries,
             panic_threshold,
+        })
+    }
+
+    /// Outlier detection with its defaults (`o` is `None` when the file says nothing: it is on
+    /// by default). `None` when a problem leaves nothing to build; other problems are reported
+    /// and clear `ok`.
+    fn outlier_detection(
+        &mut self,
+        o: Option<&RawOutlierDetection>,
+        ok: &mut bool,
+    ) -> Option<OutlierDetection> {
+        let interval = self.duration_or(
+            o.and_then(|o| o.interval.as_ref()),
+            "outlier_detection.interval",
+            Duration::from_secs(10),
+        );
+        let base_ejection_time = self.duration_or(
+            o.and_then(|o| o.base_ejection_time.as_ref()),
+            "outlier_detection.base_ejection_time",
+            Duration::from_secs(30),
+        );
+        let max_ejection_percent = match o.and_then(|o| o.max_ejection_percent.as_ref()) {
+            Some(p) if p.value > 100 => {
+                self.at(
+                    &p.referenced,
+                    "`max_ejection_percent` is a percentage from 0 to 100",
+                );
+                *ok = false;
+                0
+            }
+            Some(p) => p.value,
+            None => 50,
+        };
+        let success_rate = o
+            .and_then(|o| o.success_rate.as_ref())
+            .map(|s| SuccessRate {
+                minimum_hosts: s.value.minimum_hosts.unwrap_or(5),
+                request_volume: s.value.request_volume.unwrap_or(100),
+                stdev_factor_milli: match &s.value.stdev_factor {
+                    None => 1900,
+                    Some(f) => match f.value.0.parse::<f64>() {
+                        // Below 100,000 once in range, so it fits.
+                        #[allow(
+                            clippy::cast_possible_truncation,
+                            clippy::cast_sign_loss,
+                            reason = "0 < v < 100, so v * 1000 fits a u32"
+                        )]
+                        Ok(v) if v > 0.0 && v < 100.0 => (v * 1000.0).round() as u32,
+                        _ => {
+                            self.at(&f.referenced, "`stdev_factor` is a number such as 1.9");
+                            *ok = false;
+                            0
+                        }
+                    },
+                },
+            });
+        let failure_percentage =
+            o.and_then(|o| o.failure_percentage.as_ref())
+                .map(|f| FailurePercentage {
+                    threshold: match &f.value.threshold {
+                        Some(t) if t.value > 100 => {
+                            self.at(&t.referenced, "`threshold` is a percentage from 0 to 100");
+                            *ok = false;
+                            0
+                        }
+                        Some(t) => t.value,
+                        None => 85,
+                    },
+                    minimum_hosts: f.value.minimum_hosts.unwrap_or(5),
+                    request_volume: f.value.request_volume.unwrap_or(50),
+                });
+        Some(OutlierDetection {
+            consecutive_5xx: o
+                .and_then(|o| o.consecutive_5xx.as_ref())
+                .map_or(5, |v| v.value),
+            consecutive_gateway_errors: o
+                .and_then(|o| o.consecutive_gateway_errors.as_ref())
+                .map(|v| v.value),
+            interval: interval?,
+            base_ejection_time: base_ejection_time?,
+            max_ejection_percent,
+            success_rate,
+            failure_percentage,
+        })
+    }
+
+    /// An active health check with its defaults; `None` when a problem leaves nothing to build.
+    fn health_check(
+        &mut self,
+        service: &str,
+        h: &Spanned<RawHealthCheck>,
+        ok: &mut bool,
+    ) -> Option<HealthCheck> {
+        let v = &h.value;
+        let path = match (&v.path, v.tcp) {
+            (Some(p), None | Some(false)) => {
+                if !p.value.starts_with('/') {
+                    self.at(
+                        &p.referenced,
+                        format!(
+                            "`health_check.path` must start with '/', got \"{}\"",
+                            p.value
+                        ),
+                    );
+                    *ok = false;
+                }
+                Some(p.value.clone())
+            }
+            (None, Some(true)) => None,
+            (Some(_), Some(true)) => {
+                self.at(
+                    &h.referenced,
+                    "a health check is either HTTP (`path`) or `tcp: true`, not both",
+                );
+                *ok = false;
+                None
+            }
+            (None, _) => {
+                let msg = format!(
+                    "the health check of service \"{service}\" needs an HTTP `path` (e.g. /health) or `tcp: true`"
+                );
+                self.at(&h.referenced, msg);
+                *ok = false;
+                None
+            }
+        };
+        let threshold =
+            |this: &mut Validator, t: &Option<Spanned<u32>>, default: u32, key: &str| match t {
+                Some(t) if t.value == 0 => {
+                    this.at(
+                        &t.referenced,
+                        format!("`health_check.{key}` must be at least 1"),
+                    );
+                    None
+                }
+                Some(t) => Some(t.value),
+                None => Some(default),
+            };
+        let unhealthy = threshold(self, &v.unhealthy_threshold, 3, "unhealthy_threshold");
+        let healthy = threshold(self, &v.healthy_threshold, 2, "healthy_threshold");
+        let interval = self.duration_or(
+            v.interval.as_ref(),
+            "health_check.interval",
+            Duration::from_secs(5),
+        );
+        let timeout = self.duration_or(
+            v.timeout.as_ref(),
+            "health_check.timeout",
+            Duration::from_secs(2),
+        );
+        Some(HealthCheck {
+            path,
+            interval: interval?,
+            timeout: timeout?,
+            unhealthy_threshold: unhealthy?,
+            healthy_threshold: healthy?,
+            wait_for_first_check: v.wait_for_first_check.unwrap_or(true),
+        })
+    }
+
+    /// The retry policy the file gives; `None` when a problem leaves nothing to build.
+    fn retries(&mut self, r: &RawRetries, ok: &mut bool) -> Option<Retries> {
+        let mut on = Vec::new();
+        for cond in r.on.iter().flatten() {
+            if RETRY_ON.contains(&cond.value.as_str()) {
+                on.push(cond.value.clone());
+            } else {
+                let mut msg = format!("unknown retry condition \"{}\"", cond.value);
+                if let Some(best) = super::validate::closest(&cond.value, RETRY_ON.iter().copied())
+                {
+                    msg.push_str(&format!(" (did you mean \"{best}\"?)"));
+                }
+                msg.push_str(&format!(
+                    "; Envoy's conditions are: {}",
+                    RETRY_ON.join(", ")
+                ));
+                self.at(&cond.referenced, msg);
+                *ok = false;
+            }
+        }
+        if r.on.is_none() {
+            on = DEFAULT_RETRY_ON.iter().map(|s| (*s).to_owned()).collect();
+        }
+        Some(Retries {
+            attempts: r
+                .attempts
+                .as_ref()
+                .map_or(DEFAULT_RETRY_ATTEMPTS, |a| a.value),
+            on,
+            per_try_timeout: match &r.per_try_timeout {
+                Some(d) => Some(self.duration(d, "retries.per_try_timeout")?),
+                None => None,
+            },
         })
     }
 }

@@ -1059,6 +1059,10 @@ impl Validator {
     }
 
     /// The strategy, and the mirror a shadow strategy brings with it.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one arm per strategy, each a few checks; read as the strategy table of the README"
+    )]
     fn strategy(
         &mut self,
         name: &str,
@@ -1180,6 +1184,10 @@ impl Validator {
     }
 
     /// A canary's weight: a manual `weight`, or the first of `steps` with the rollout.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "the rollout keys in the order the README documents them"
+    )]
     fn rollout(
         &mut self,
         c: &RawCanary,

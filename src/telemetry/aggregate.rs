@@ -14,7 +14,7 @@ use super::lrs::LoadReport;
 use super::report::{
     Dropped, EndpointInFlight, EndpointTelemetry, EndpointWindow, ErrorCounts, Histogram, InFlight,
     Membership, NodeHealth, NodeTelemetry, StreamStatus, TelemetryReport, VersionTelemetry,
-    WindowFigures, round,
+    WindowFigures, count, round,
 };
 use super::stats::{self, Counters, LATENCY_BUCKETS, Latency, StatsFlush};
 use super::window::{Slot, Slots, Window};
@@ -694,15 +694,15 @@ impl WindowAcc {
         let s = self.sum;
         let error_rate = (s.completed > 0.0).then(|| (s.http_5xx / s.completed).clamp(0.0, 1.0));
         WindowFigures {
-            requests: s.completed.round() as u64,
+            requests: count(s.completed),
             requests_per_second: round(self.per_second, 2),
             success_rate: error_rate.map(|e| round(1.0 - e, 4)),
             error_rate: error_rate.map(|e| round(e, 4)),
             errors: ErrorCounts {
-                http_5xx: s.http_5xx.round() as u64,
-                timeouts: s.timeouts.round() as u64,
-                resets: s.resets.round() as u64,
-                connect_failures: s.connect_failures.round() as u64,
+                http_5xx: count(s.http_5xx),
+                timeouts: count(s.timeouts),
+                resets: count(s.resets),
+                connect_failures: count(s.connect_failures),
             },
             latency_ms: s.latency.quantiles(),
         }

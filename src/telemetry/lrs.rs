@@ -28,7 +28,9 @@ use crate::ids::{ClusterId, ClusterRef};
 
 /// How often Envoy reports: often enough that in-flight counts are live for `wait drained`,
 /// rarely enough to cost nothing (one small message per second per Envoy).
-pub const LOAD_REPORTING_INTERVAL: Duration = Duration::from_secs(1);
+pub const LOAD_REPORTING_INTERVAL: Duration = Duration::from_secs(INTERVAL_SECONDS.unsigned_abs());
+/// Whole seconds, as the protobuf `Duration` of the answer counts them.
+const INTERVAL_SECONDS: i64 = 1;
 
 /// The one answer cutover sends on a load reporting stream: every cluster, every endpoint,
 /// every [`LOAD_REPORTING_INTERVAL`].
@@ -37,8 +39,8 @@ pub fn response() -> LoadStatsResponse {
         clusters: Vec::new(),
         send_all_clusters: true,
         load_reporting_interval: Some(envoy_types::pb::google::protobuf::Duration {
-            seconds: LOAD_REPORTING_INTERVAL.as_secs() as i64,
-            nanos: LOAD_REPORTING_INTERVAL.subsec_nanos() as i32,
+            seconds: INTERVAL_SECONDS,
+            nanos: 0,
         }),
         report_endpoint_granularity: true,
     }
@@ -161,7 +163,7 @@ pub mod fake {
             cluster_name: name.to_owned(),
             load_report_interval: Some(envoy_types::pb::google::protobuf::Duration {
                 seconds: interval_ms / 1000,
-                nanos: ((interval_ms % 1000) * 1_000_000) as i32,
+                nanos: i32::try_from((interval_ms % 1000) * 1_000_000).unwrap(),
             }),
             upstream_locality_stats: vec![UpstreamLocalityStats {
                 upstream_endpoint_stats: endpoints

@@ -284,6 +284,17 @@ impl Histogram {
     }
 }
 
+/// A figure summed from shares of counts, as a whole count: rounded; never negative or NaN
+/// here, and `as` would map those to 0 and cap huge values at `u64::MAX`.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "saturating on purpose, see above"
+)]
+pub fn count(x: f64) -> u64 {
+    x.round() as u64
+}
+
 /// `x` with `digits` decimals: the JSON stays readable.
 pub fn round(x: f64, digits: i32) -> f64 {
     let f = 10f64.powi(digits);

@@ -348,6 +348,11 @@ fn record(entry: &mut ClusterStats, stat: Stat, metric: &Metric) {
 
 /// A Prometheus value as a count: negative, NaN and fractions are what no Envoy sends; they
 /// become 0 or are truncated, and huge values saturate.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "`as` saturates and maps NaN to 0: exactly the rule above"
+)]
 fn whole(v: f64) -> u64 {
     v as u64
 }
@@ -357,7 +362,7 @@ pub fn flush_period(previous_ms: i64, current_ms: i64) -> Option<Duration> {
     let delta = current_ms.checked_sub(previous_ms)?;
     (1..=60_000)
         .contains(&delta)
-        .then(|| Duration::from_millis(delta as u64))
+        .then(|| Duration::from_millis(delta.unsigned_abs()))
 }
 
 /// Builders of the messages Envoy's sink sends, for tests here and in the core.

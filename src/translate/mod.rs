@@ -130,10 +130,12 @@ pub fn any<M: prost::Name>(msg: &M) -> Any {
     }
 }
 
+/// A protobuf `Duration`; one longer than `i64::MAX` seconds (no file can say one) saturates.
 pub fn duration(d: std::time::Duration) -> Duration {
     Duration {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        // Below 10^9, so it always fits.
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(i32::MAX),
     }
 }
 

@@ -14,6 +14,7 @@ use std::time::{Instant, SystemTime};
 
 use tokio::sync::watch;
 
+use super::limits::gauge;
 use super::{Event, Mode, ResourceType};
 use crate::metrics::Metrics;
 use crate::node::{GroupId, NodeInfo};
@@ -335,7 +336,7 @@ impl Clients {
             if let Some((old, new)) = renamed {
                 i.node_gone(&old);
                 i.node_came(&new);
-                self.metrics.envoys.set(i.streams_per_node.len() as i64);
+                self.metrics.envoys.set(gauge(i.streams_per_node.len()));
             }
         });
     }
@@ -350,7 +351,7 @@ impl Clients {
             if let Some(c) = i.clients.remove(&id) {
                 i.node_gone(&c.node.id);
             }
-            self.metrics.envoys.set(i.streams_per_node.len() as i64);
+            self.metrics.envoys.set(gauge(i.streams_per_node.len()));
         });
     }
 

@@ -137,7 +137,8 @@ impl StreamSlots {
     }
 }
 
-fn gauge(n: usize) -> i64 {
+/// A count as a Prometheus gauge value (saturating: no count here comes near `i64::MAX`).
+pub(crate) fn gauge(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 

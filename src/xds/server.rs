@@ -394,6 +394,10 @@ impl<M: Machine> StreamingService<M::Request> for StreamMethod<M> {
     }
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one select loop: the client's requests, shutdown, access rules and published config, each arm short"
+)]
 async fn run_stream<M: Machine>(
     mode: Mode,
     shared: Shared,

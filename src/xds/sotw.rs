@@ -12,7 +12,7 @@
 //!   exactly the current resources (same `version_info`) is sent nothing it would apply. It is
 //!   sent one message all the same, which changes nothing it holds: Envoy resets its reconnect
 //!   backoff only when a message arrives on the stream, so without one every restart of cutover
-//!   would make the next reconnect slower (see [`Stream::greet`]).
+//!   would make the next reconnect slower (see `Stream::greet`).
 //! - New subscriptions are answered even if nothing changed; names that do not exist yet are
 //!   sent when they appear.
 //! - After clusters change, endpoints are sent again so that re-created clusters finish warming.
@@ -234,7 +234,7 @@ impl Stream {
     /// stream carries, nothing pending and no cluster kept for old routes. A type the client
     /// has not asked for (or asked for only some names of) is not in sync unless the snapshot
     /// has nothing of it, except for a client that names its listeners (see
-    /// [`Stream::names_its_listeners`]). O(1): it reads what the last step settled on.
+    /// `Stream::names_its_listeners`). O(1): it reads what the last step settled on.
     pub fn in_sync(&self) -> bool {
         let Some(snap) = &self.snapshot else {
             return false;

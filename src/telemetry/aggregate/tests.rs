@@ -72,7 +72,7 @@ fn streams(n: u64) -> ClusterStats {
 
 fn flush(second: u64, clusters: &[(&str, ClusterStats)]) -> StatsFlush {
     StatsFlush {
-        snapshot_ms: Some(1_700_000_000_000 + 1000 * second as i64),
+        snapshot_ms: Some(1_700_000_000_000 + 1000 * i64::try_from(second).unwrap()),
         clusters: clusters
             .iter()
             .map(|(n, c)| (ClusterRef::parse(n).expect("a cluster name"), c.clone()))
@@ -486,7 +486,7 @@ fn load_reports_give_each_endpoint_its_rate_and_requests_in_flight_per_node() {
     agg.open(Source::StatsSink, node("edge-3"), clock.at(0.0))
         .unwrap();
     for i in 1..=5 {
-        let now = clock.at(i as f64);
+        let now = clock.at(f64::from(i));
         agg.load(
             e1,
             &report(vec![cluster_load(

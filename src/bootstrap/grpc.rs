@@ -4,39 +4,18 @@
 //!
 //! Pure: it builds the JSON value; `cutover bootstrap --grpc` prints it.
 
-use std::collections::BTreeMap;
-
 use serde_json::{Value, json};
 
-use crate::spec::EndpointAddress;
-
-#[derive(Debug, Clone)]
-pub struct GrpcBootstrapOptions {
-    pub node_id: String,
-    pub node_cluster: String,
-    /// `node.metadata`, string values (what the deployment file's `groups` may match).
-    pub node_metadata: BTreeMap<String, String>,
-    /// cutover's ADS address as the client reaches it.
-    pub ads: EndpointAddress,
-    /// Reach cutover over TLS (`cutover serve --tls-cert`); plaintext when `None`.
-    pub tls: Option<GrpcTls>,
-}
-
-/// gRPC's `tls` channel credentials (gRFC A65): file paths as the client sees them, re-read
-/// by the client every 10 minutes. cutover's certificate is checked against the host of
-/// `server_uri`, the `--ads` host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GrpcTls {
-    /// The CA that signed cutover's certificate (PEM).
-    pub ca: String,
-    /// The client's own certificate chain and key (PEM), for mutual TLS.
-    pub cert_and_key: Option<(String, String)>,
-}
+use super::Client;
 
 /// One xDS server, cutover, over plaintext or TLS and xDS v3 (`xds_v3`; without it gRPC speaks
 /// v2). The node has an empty `locality`: grpc-js-xds refuses a bootstrap without one.
-pub fn grpc_bootstrap(o: &GrpcBootstrapOptions) -> Value {
-    let creds = match &o.tls {
+///
+/// TLS is gRPC's `tls` channel credentials (gRFC A65): the files are re-read by the client every
+/// 10 minutes, and cutover's certificate is checked against the host of `server_uri`, the
+/// `--ads` host. gRPC has nothing else of its own to set.
+pub fn bootstrap(client: &Client) -> Value {
+    let creds = match &client.tls {
         None => json!({ "type": "insecure" }),
         Some(tls) => {
             let mut config = json!({ "ca_certificate_file": tls.ca });
@@ -47,16 +26,17 @@ pub fn grpc_bootstrap(o: &GrpcBootstrapOptions) -> Value {
             json!({ "type": "tls", "config": config })
         }
     };
+    let Client { node, ads, .. } = client;
     json!({
         "xds_servers": [{
-            "server_uri": format!("{}:{}", o.ads.host(), o.ads.port()),
+            "server_uri": format!("{}:{}", ads.host(), ads.port()),
             "channel_creds": [creds],
             "server_features": ["xds_v3"],
         }],
         "node": {
-            "id": o.node_id,
-            "cluster": o.node_cluster,
-            "metadata": o.node_metadata,
+            "id": node.id,
+            "cluster": node.cluster,
+            "metadata": node.metadata,
             "locality": {},
         },
     })
@@ -66,12 +46,19 @@ pub fn grpc_bootstrap(o: &GrpcBootstrapOptions) -> Value {
 mod tests {
     use super::*;
 
+    use std::collections::BTreeMap;
+
+    use super::super::ClientTls;
+    use crate::node::NodeInfo;
+
     #[test]
     fn points_grpc_clients_at_cutover_over_xds_v3() {
-        let b = grpc_bootstrap(&GrpcBootstrapOptions {
-            node_id: "grpc-1".into(),
-            node_cluster: "shop".into(),
-            node_metadata: BTreeMap::from([("role".into(), "client".into())]),
+        let b = bootstrap(&Client {
+            node: NodeInfo {
+                id: "grpc-1".into(),
+                cluster: "shop".into(),
+                metadata: BTreeMap::from([("role".into(), "client".into())]),
+            },
             ads: "127.0.0.1:18000".parse().unwrap(),
             tls: None,
         });
@@ -95,12 +82,14 @@ mod tests {
 
     #[test]
     fn tls_uses_grpcs_tls_channel_credentials() {
-        let b = grpc_bootstrap(&GrpcBootstrapOptions {
-            node_id: "grpc-1".into(),
-            node_cluster: "grpc-1".into(),
-            node_metadata: BTreeMap::new(),
+        let b = bootstrap(&Client {
+            node: NodeInfo {
+                id: "grpc-1".into(),
+                cluster: "grpc-1".into(),
+                metadata: BTreeMap::new(),
+            },
             ads: "cutover.corp.example:18000".parse().unwrap(),
-            tls: Some(GrpcTls {
+            tls: Some(ClientTls {
                 ca: "/etc/grpc/ca.pem".into(),
                 cert_and_key: Some(("/etc/grpc/cert.pem".into(), "/etc/grpc/key.pem".into())),
             }),

@@ -47,6 +47,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
 };
 use envoy_types::pb::google::protobuf::{BoolValue, Struct, Value, value};
 
+use super::{Client, ClientTls};
 use crate::spec::EndpointAddress;
 use crate::telemetry::stats::{LATENCY_BOUNDS_MS, STATS_MATCHER_REGEX};
 use crate::translate::{ads_config_source, any, duration, endpoint_address, socket_address};
@@ -61,14 +62,11 @@ const SINK_BATCH_SIZE: u32 = 1000;
 /// The name of the static cluster through which Envoy reaches cutover.
 pub const XDS_CLUSTER: &str = "cutover_xds";
 
+/// What only an Envoy has: its admin interface, what it reports to cutover, the protocol.
 #[derive(Debug, Clone)]
-pub struct BootstrapOptions {
-    pub node_id: String,
-    pub node_cluster: String,
-    /// `node.metadata`, string values (what the deployment file's `groups` may match).
-    pub node_metadata: std::collections::BTreeMap<String, String>,
-    /// cutover's ADS address as Envoy reaches it: an IP address, or a name Envoy resolves.
-    pub ads: EndpointAddress,
+pub struct Options {
+    /// Who the Envoy is and how it reaches cutover.
+    pub client: Client,
     /// Where Envoy's own admin interface listens.
     pub admin: SocketAddr,
     /// Ship stats to cutover's metrics service.
@@ -81,23 +79,13 @@ pub struct BootstrapOptions {
     /// ADS over the incremental (delta) protocol, `DELTA_GRPC`: a change sends only the
     /// resources that changed.
     pub delta: bool,
-    /// Reach cutover over TLS (`cutover serve --tls-cert`); plaintext when `None`.
-    pub tls: Option<ClientTls>,
+    /// With TLS, the name cutover's certificate must carry, sent as SNI. `None`: the host of
+    /// the ADS address (a DNS name, or an IP address checked as an IP SAN).
+    pub tls_server_name: Option<String>,
 }
 
-/// How Envoy reaches a cutover that serves TLS: file paths as Envoy sees them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientTls {
-    /// The CA that signed cutover's certificate (PEM).
-    pub ca: String,
-    /// Envoy's own certificate chain and key (PEM), for mutual TLS.
-    pub cert_and_key: Option<(String, String)>,
-    /// The name cutover's certificate must carry, sent as SNI. `None`: the host of the ADS
-    /// address (a DNS name, or an IP address checked as an IP SAN).
-    pub server_name: Option<String>,
-}
-
-pub fn bootstrap(o: &BootstrapOptions) -> Bootstrap {
+pub fn bootstrap(o: &Options) -> Bootstrap {
+    let client = &o.client;
     let http2 = HttpProtocolOptions {
         upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
             ExplicitHttpConfig {
@@ -118,14 +106,17 @@ pub fn bootstrap(o: &BootstrapOptions) -> Bootstrap {
     };
     // A name is resolved as a version's names are (STRICT_DNS, IPv4 first; see
     // `translate::cluster::dns_cluster`): with several addresses, Envoy may reconnect to any.
-    let (discovery, dns_lookup_family) = if o.ads.is_name() {
+    let (discovery, dns_lookup_family) = if client.ads.is_name() {
         (DiscoveryType::StrictDns, DnsLookupFamily::V4Preferred)
     } else {
         (DiscoveryType::Static, DnsLookupFamily::Auto)
     };
     let xds_cluster = Cluster {
         name: XDS_CLUSTER.to_owned(),
-        transport_socket: o.tls.as_ref().map(|tls| transport_socket(tls, &o.ads)),
+        transport_socket: client
+            .tls
+            .as_ref()
+            .map(|tls| transport_socket(tls, o.tls_server_name.as_deref(), &client.ads)),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(discovery as i32)),
         dns_lookup_family: dns_lookup_family as i32,
         connect_timeout: Some(duration(Duration::from_secs(1))),
@@ -140,7 +131,7 @@ pub fn bootstrap(o: &BootstrapOptions) -> Bootstrap {
             endpoints: vec![LocalityLbEndpoints {
                 lb_endpoints: vec![LbEndpoint {
                     host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
-                        address: Some(endpoint_address(&o.ads)),
+                        address: Some(endpoint_address(&client.ads)),
                         ..Default::default()
                     })),
                     ..Default::default()
@@ -209,11 +200,12 @@ pub fn bootstrap(o: &BootstrapOptions) -> Bootstrap {
     });
     Bootstrap {
         node: Some(Node {
-            id: o.node_id.clone(),
-            cluster: o.node_cluster.clone(),
-            metadata: (!o.node_metadata.is_empty()).then(|| Struct {
-                fields: o
-                    .node_metadata
+            id: client.node.id.clone(),
+            cluster: client.node.cluster.clone(),
+            metadata: (!client.node.metadata.is_empty()).then(|| Struct {
+                fields: client
+                    .node
+                    .metadata
                     .iter()
                     .map(|(k, v)| {
                         let value = Value {
@@ -259,13 +251,17 @@ pub fn bootstrap(o: &BootstrapOptions) -> Bootstrap {
 
 /// Envoy's TLS to cutover: cutover's certificate checked against the CA and the expected name,
 /// Envoy's own certificate presented for mutual TLS, HTTP/2 by ALPN.
-fn transport_socket(tls: &ClientTls, ads: &EndpointAddress) -> TransportSocket {
+fn transport_socket(
+    tls: &ClientTls,
+    server_name: Option<&str>,
+    ads: &EndpointAddress,
+) -> TransportSocket {
     let file = |path: &str| DataSource {
         specifier: Some(data_source::Specifier::Filename(path.to_owned())),
         ..Default::default()
     };
-    let (name, san_type) = match (&tls.server_name, ads) {
-        (Some(name), _) => (name.clone(), SanType::Dns),
+    let (name, san_type) = match (server_name, ads) {
+        (Some(name), _) => (name.to_owned(), SanType::Dns),
         (None, EndpointAddress::Ip(addr)) => (addr.ip().to_string(), SanType::IpAddress),
         (None, EndpointAddress::Name(hp)) => (hp.host().to_owned(), SanType::Dns),
     };
@@ -325,20 +321,33 @@ fn regex(r: &str) -> StringMatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::NodeInfo;
 
-    fn options(ads: &str) -> BootstrapOptions {
-        BootstrapOptions {
-            node_id: "edge-1".into(),
-            node_cluster: "edge".into(),
-            node_metadata: Default::default(),
-            ads: ads.parse().unwrap(),
+    fn options(ads: &str) -> Options {
+        Options {
+            client: Client {
+                node: NodeInfo {
+                    id: "edge-1".into(),
+                    cluster: "edge".into(),
+                    metadata: Default::default(),
+                },
+                ads: ads.parse().unwrap(),
+                tls: None,
+            },
             admin: "127.0.0.1:9901".parse().unwrap(),
             stats_sink: true,
             load_reporting: true,
             all_stats: false,
             delta: false,
-            tls: None,
+            tls_server_name: None,
         }
+    }
+
+    /// [`options`] with TLS.
+    fn with_tls(ads: &str, tls: ClientTls) -> Options {
+        let mut o = options(ads);
+        o.client.tls = Some(tls);
+        o
     }
 
     fn xds_cluster(ads: &str) -> Cluster {
@@ -392,19 +401,17 @@ mod tests {
     fn node_metadata_is_written_for_groups_to_match() {
         let plain = bootstrap(&options("127.0.0.1:18000")).node.unwrap();
         assert_eq!(plain.metadata, None);
-        let b = bootstrap(&BootstrapOptions {
-            node_metadata: [("role".to_owned(), "sidecar".to_owned())].into(),
-            ..options("127.0.0.1:18000")
-        });
-        let node = b.node.unwrap();
-        let info = crate::node::NodeInfo::from_node(&node);
+        let mut o = options("127.0.0.1:18000");
+        o.client.node.metadata = [("role".to_owned(), "sidecar".to_owned())].into();
+        let node = bootstrap(&o).node.unwrap();
+        let info = NodeInfo::from_node(&node);
         assert_eq!(info.metadata["role"], "sidecar");
     }
 
     #[test]
     fn delta_asks_for_incremental_ads() {
         let api_type = |delta: bool| {
-            let b = bootstrap(&BootstrapOptions {
+            let b = bootstrap(&Options {
                 delta,
                 ..options("127.0.0.1:18000")
             });
@@ -432,12 +439,8 @@ mod tests {
         let tls = ClientTls {
             ca: "/etc/cutover/ca.pem".into(),
             cert_and_key: Some(("/etc/envoy/cert.pem".into(), "/etc/envoy/key.pem".into())),
-            server_name: None,
         };
-        let by_name = tls_context(&bootstrap(&BootstrapOptions {
-            tls: Some(tls.clone()),
-            ..options("cutover.demo:18000")
-        }));
+        let by_name = tls_context(&bootstrap(&with_tls("cutover.demo:18000", tls.clone())));
         assert_eq!(by_name.sni, "cutover.demo");
         let common = by_name.common_tls_context.unwrap();
         assert_eq!(common.alpn_protocols, ["h2"]);
@@ -451,13 +454,13 @@ mod tests {
             SanType::Dns as i32
         );
         // An IP address is checked as an IP SAN and is never sent as SNI.
-        let by_ip = tls_context(&bootstrap(&BootstrapOptions {
-            tls: Some(ClientTls {
+        let by_ip = tls_context(&bootstrap(&with_tls(
+            "127.0.0.1:18000",
+            ClientTls {
                 cert_and_key: None,
                 ..tls
-            }),
-            ..options("127.0.0.1:18000")
-        }));
+            },
+        )));
         assert_eq!(by_ip.sni, "");
         let common = by_ip.common_tls_context.unwrap();
         assert!(common.tls_certificates.is_empty());

@@ -1,0 +1,161 @@
+//! `cutover serve`: the server, until Ctrl-C or SIGTERM ([`crate::app`] does the work).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::ValueEnum;
+
+use crate::app;
+use crate::tls::TlsFiles;
+use crate::xds::limits::{ClientLimits, MIB};
+
+/// How long the controller gets to save the runtime state once asked to stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The deployment file.
+    file: PathBuf,
+    /// Address of the xDS (ADS) gRPC server.
+    #[arg(long, default_value = "127.0.0.1:18000", env = "CUTOVER_ADS")]
+    ads: SocketAddr,
+    /// Address of the admin HTTP API (/status, /config, /healthz, /readyz).
+    #[arg(long, default_value = "127.0.0.1:19000", env = "CUTOVER_ADMIN")]
+    admin: SocketAddr,
+    /// How long an endpoint or version removed from the file stays in Envoy as DRAINING
+    /// (no new requests, requests in flight finish) before it is removed. 0s removes at once.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    drain_period: Duration,
+    /// Bearer token that lets callers other than loopback use the admin API's mutating
+    /// endpoints (POST /reload). Loopback callers never need it.
+    #[arg(long, env = "CUTOVER_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// The runtime state file: what is draining or retiring, with its deadlines, so that a
+    /// restart keeps it. Default: FILE.state.json beside the deployment file.
+    #[arg(long, env = "CUTOVER_STATE")]
+    state: Option<PathBuf>,
+    /// Only Envoys whose node id matches one of these globs (e.g. `edge-*`) get config; the
+    /// others are refused with PERMISSION_DENIED. Repeat for several. Default: everyone.
+    #[arg(long = "allow-node", value_name = "GLOB")]
+    allow_nodes: Vec<String>,
+    /// Start even if the deployment file is missing or invalid, and wait for a valid save
+    /// (/readyz answers 503 meanwhile). Without it such a start fails at once.
+    #[arg(long)]
+    wait_for_file: bool,
+    /// Most concurrent gRPC streams (xDS and telemetry, all Envoys together); one more is
+    /// refused with RESOURCE_EXHAUSTED. An Envoy opens one ADS stream, and one stats and
+    /// one load reporting stream unless its bootstrap turns them off.
+    #[arg(long, env = "CUTOVER_MAX_STREAMS", default_value_t = ClientLimits::default().max_streams,
+          value_parser = positive)]
+    max_streams: usize,
+    /// Largest message a client may send, in MiB; a larger one ends its stream with
+    /// RESOURCE_EXHAUSTED. Envoy's largest is a state-of-the-world EDS request naming every
+    /// cluster.
+    #[arg(long, env = "CUTOVER_MAX_MESSAGE_MIB", default_value_t = (ClientLimits::default().max_message_bytes / MIB) as u16,
+          value_parser = clap::value_parser!(u16).range(1..=4096))]
+    max_message_mib: u16,
+    /// Most resource names one xDS stream may subscribe to (all types together); more ends
+    /// the stream with RESOURCE_EXHAUSTED. An Envoy subscribes to one name per cluster and
+    /// per listener.
+    #[arg(long, env = "CUTOVER_MAX_NAMES", default_value_t = ClientLimits::default().max_names,
+          value_parser = positive)]
+    max_names: usize,
+    /// An HTTP/2 PING is sent on a connection silent for this long; with --keepalive-timeout
+    /// it bounds how long an Envoy that vanished (no FIN) stays connected.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    keepalive: Duration,
+    /// A PING not answered within this closes the connection and ends its streams.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    keepalive_timeout: Duration,
+    /// Serve the xDS port (ADS, CSDS and the telemetry services) over TLS with this
+    /// certificate chain (PEM). It and its key are read again when they change; open streams
+    /// go on.
+    #[arg(
+        long,
+        env = "CUTOVER_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(
+        long,
+        env = "CUTOVER_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: every client must present a certificate this CA (PEM) signed, and its
+    /// node id must be one the certificate may use (the deployment file's `access:` rules;
+    /// without them, one of the certificate's DNS or URI names).
+    #[arg(
+        long,
+        env = "CUTOVER_TLS_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_client_ca: Option<PathBuf>,
+    /// Log format; levels come from RUST_LOG (default: info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How the server logs (`main.rs` sets tracing up before [`run`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A whole number from 1 (a limit of 0 would refuse everything).
+fn positive(value: &str) -> Result<usize, String> {
+    match value.trim().replace('_', "").parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "{value:?} is not a limit: write a whole number from 1"
+        )),
+    }
+}
+
+/// Serves until Ctrl-C or SIGTERM, then saves the runtime state.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let options = app::ServeOptions {
+        file: args.file,
+        ads: args.ads,
+        admin: args.admin,
+        drain_period: args.drain_period,
+        admin_token: args.admin_token,
+        state_file: args.state,
+        allow_nodes: args.allow_nodes,
+        wait_for_file: args.wait_for_file,
+        clients: ClientLimits {
+            max_streams: args.max_streams,
+            max_message_bytes: usize::from(args.max_message_mib) * MIB,
+            max_names: args.max_names,
+            keepalive_interval: args.keepalive,
+            keepalive_timeout: args.keepalive_timeout,
+        },
+        tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| TlsFiles {
+            cert,
+            key,
+            client_ca: args.tls_client_ca,
+        }),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let server = app::start(options).await?;
+        server
+            .run_until(
+                async {
+                    super::shutdown_signal().await;
+                    tracing::info!("shutting down");
+                },
+                SHUTDOWN_GRACE,
+            )
+            .await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
