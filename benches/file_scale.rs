@@ -13,16 +13,13 @@
 //! SCALES=100,1000 RUNS=3 cargo bench --bench file_scale
 //! ```
 
-#[path = "fleet/sim.rs"]
-mod sim;
-
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cutover::reconcile::{RuntimeState, Timestamp, plan};
 use cutover::snapshot::Snapshot;
+use cutover::testing::fleet::{Edits, deployment, usage};
+use cutover::testing::{Cutover, DeploymentFile};
 use cutover::translate::translate;
-use sim::{Edits, Server, deployment, save, usage};
 
 fn median(mut v: Vec<Duration>) -> f64 {
     v.sort();
@@ -43,7 +40,6 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
-    let binary = Path::new(env!("CARGO_BIN_EXE_cutover"));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -81,11 +77,11 @@ fn main() {
         );
         let rss = runtime.block_on(async {
             let dir = tempfile::tempdir().unwrap();
-            let file = dir.path().join("scale.yaml");
-            save(&file, &text);
-            let mut server = Server::start(binary, &file, &[]).await;
+            let file = DeploymentFile::new(dir.path().join("scale.yaml"));
+            file.write_renamed(&text);
+            let mut server = start(dir.path(), &file).await;
             let rss = usage(server.pid()).rss_bytes;
-            server.stop();
+            server.terminate(Duration::from_secs(10)).await;
             rss
         });
         println!(
@@ -100,19 +96,19 @@ fn main() {
     // 1,000 services × 2 versions × 50 endpoints = 100,000 endpoints, then 10 services.
     runtime.block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("big.yaml");
+        let file = DeploymentFile::new(dir.path().join("big.yaml"));
         let small = deployment(10, 3, &Edits::default());
-        save(&file, &small);
-        let mut server = Server::start(binary, &file, &[]).await;
+        file.write_renamed(&small);
+        let mut server = start(dir.path(), &file).await;
         let settle = || tokio::time::sleep(Duration::from_secs(2));
         settle().await;
         let before = usage(server.pid()).rss_bytes;
         let big = deployment(1000, 50, &Edits::default());
-        save(&file, &big);
+        file.write_renamed(&big);
         let loaded = wait_for_snapshot(&server, "the big file", |b| b > 1 << 20).await;
         settle().await;
         let with_big = usage(server.pid()).rss_bytes;
-        save(&file, &small);
+        file.write_renamed(&small);
         wait_for_snapshot(&server, "the small file", |b| b < 1 << 20).await;
         settle().await;
         let after = usage(server.pid()).rss_bytes;
@@ -129,12 +125,17 @@ fn main() {
             "| replaced by the 10 services again | {:.1} MiB |",
             mib(after)
         );
-        server.stop();
+        server.terminate(Duration::from_secs(10)).await;
     });
 }
 
+/// `cutover serve` on `file`, logging little (logging costs it time and memory).
+async fn start(dir: &std::path::Path, file: &DeploymentFile) -> Cutover {
+    Cutover::start_logging(dir, &file.path, &[], "warn").await
+}
+
 /// Waits until the served snapshot's size satisfies `done` (at most 30 s); its size.
-async fn wait_for_snapshot(server: &Server, what: &str, done: impl Fn(u64) -> bool) -> u64 {
+async fn wait_for_snapshot(server: &Cutover, what: &str, done: impl Fn(u64) -> bool) -> u64 {
     for _ in 0..600 {
         let size = server.metric("cutover_snapshot_bytes").await as u64;
         if done(size) {

@@ -8,13 +8,10 @@
 //! Not part of the test suite: it runs for tens of seconds and reports numbers; it exits
 //! non-zero only if a request failed. Loopback only; bounded in count and time.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::load::Load;
-use support::{Envoy, NODE, Scenario, WAIT, envoy_binary};
+use cutover::testing::load::Load;
+use cutover::testing::{Envoy, NODE, Scenario, WAIT, envoy_binary};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)

@@ -10,13 +10,10 @@
 //!
 //! Not part of the test suite. Loopback only; bounded in count and time.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::time::{Duration, Instant};
 
+use cutover::testing::{Envoy, Scenario, WAIT, envoy_binary, wait_for};
 use serde_json::Value;
-use support::{Envoy, Scenario, WAIT, envoy_binary, wait_for};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)

@@ -1,23 +1,25 @@
 //! Benchmark: bytes on the wire per change, state of the world against delta.
 //!
-//! One simulated Envoy per protocol (the pure protocol machine, answered the way Envoy answers:
-//! it subscribes to the endpoints of the clusters and the routes of the listeners it holds, and
-//! ACKs) is converged on a config of S services × 2 versions, then each change below is
-//! published. Counted: the gRPC messages cutover sends (5 bytes of framing each plus the message
-//! as the server's codec encodes it) until the Envoy is in sync again. Requests from Envoy are
-//! not counted (a few dozen bytes each, alike in both protocols).
+//! One simulated Envoy per protocol (the test kit's fake Envoy on the pure protocol machine: it
+//! subscribes to the endpoints of the clusters and the routes of the listeners it holds, and
+//! ACKs, as Envoy does) is converged on a config of S services × 2 versions, then each change
+//! below is published. Counted: the gRPC messages cutover sends (5 bytes of framing each plus
+//! the message as the server's codec encodes it) until the Envoy is in sync again. Requests from
+//! Envoy are not counted (a few dozen bytes each, alike in both protocols).
 //!
 //!     cargo bench --bench wire                  # 1000 services
 //!     SERVICES=100 cargo bench --bench wire
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use cutover::app::compile;
 use cutover::snapshot::Snapshot;
-use cutover::xds::codec::{encode_delta_response, encode_response};
+use cutover::testing::Protocol;
+use cutover::testing::xds::in_process::{Machine, exchange};
+use cutover::testing::xds::{FakeEnvoy, Request};
+use cutover::xds::clients::SyncState;
+use cutover::xds::codec::EncodeResponse;
 use cutover::xds::{Mode, ResourceType, delta, sotw};
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 
 /// gRPC's length-prefixed message framing: a flag byte and a 4-byte length.
 const FRAME: usize = 5;
@@ -75,198 +77,53 @@ fn deployment(services: usize, edit: &Edit) -> Arc<Snapshot> {
     Arc::new(compile("bench.yaml", &text).expect("a valid generated deployment"))
 }
 
-/// A state-of-the-world Envoy: (bytes, messages) sent by cutover until quiet.
-#[derive(Default)]
-struct SotwEnvoy {
-    clusters: BTreeSet<String>,
-    listeners: bool,
-    /// The version of each type it holds, for a reconnect.
-    versions: BTreeMap<ResourceType, String>,
+/// (bytes, messages) cutover sent.
+type Cost = (usize, usize);
+
+/// What cutover sends `envoy` on `stream` until both are quiet, starting from `responses` it
+/// just made and `requests` from the Envoy.
+fn cost<M: Machine>(
+    stream: &mut M,
+    envoy: &mut FakeEnvoy,
+    responses: Vec<M::Response>,
+    requests: Vec<Request>,
+) -> Cost {
+    let (mut bytes, mut messages) = (0, 0);
+    exchange(stream, envoy, responses, requests, |r| {
+        let mut buf = Vec::new();
+        r.encode_to(&mut buf);
+        bytes += FRAME + buf.len();
+        messages += 1;
+    });
+    assert_eq!(stream.sync_state(), SyncState::InSync);
+    (bytes, messages)
 }
 
-impl SotwEnvoy {
-    fn request(
-        ty: ResourceType,
-        r: Option<&sotw::Response>,
-        names: Vec<String>,
-    ) -> DiscoveryRequest {
-        DiscoveryRequest {
-            type_url: ty.type_url().to_owned(),
-            version_info: r.map(|r| r.version.clone()).unwrap_or_default(),
-            response_nonce: r.map(|r| r.nonce.clone()).unwrap_or_default(),
-            resource_names: names,
-            ..Default::default()
-        }
+/// One protocol's column: the cost of the first connection, of each change (each made on top of
+/// the one before) and of each reconnect (a new stream serving that snapshot).
+fn column<M: Machine>(
+    protocol: Protocol,
+    first: &Arc<Snapshot>,
+    changes: &[Arc<Snapshot>],
+    reconnects: &[Arc<Snapshot>],
+) -> Vec<Cost> {
+    let mut envoy = FakeEnvoy::new(protocol);
+    let mut stream = M::new(Mode::Aggregated);
+    stream.on_snapshot(first.clone());
+    let start = envoy.start();
+    let mut out = vec![cost(&mut stream, &mut envoy, Vec::new(), start)];
+    for snap in changes {
+        let responses = stream.on_snapshot(snap.clone()).responses;
+        out.push(cost(&mut stream, &mut envoy, responses, Vec::new()));
     }
-
-    fn names(&self, ty: ResourceType) -> Vec<String> {
-        match ty {
-            ResourceType::Endpoint => self.clusters.iter().cloned().collect(),
-            ResourceType::Route if self.listeners => vec!["public".to_owned()],
-            _ => Vec::new(),
-        }
+    // cutover restarts: the Envoy reconnects to a new stream.
+    for snap in reconnects {
+        let mut stream = M::new(Mode::Aggregated);
+        stream.on_snapshot(snap.clone());
+        let requests = envoy.reconnect();
+        out.push(cost(&mut stream, &mut envoy, Vec::new(), requests));
     }
-
-    fn run(
-        &mut self,
-        s: &mut sotw::Stream,
-        mut out: Vec<sotw::Response>,
-        mut queue: Vec<DiscoveryRequest>,
-    ) -> (usize, usize) {
-        let (mut bytes, mut messages) = (0, 0);
-        loop {
-            for r in out.drain(..) {
-                let mut buf = Vec::new();
-                encode_response(&r, &mut buf);
-                bytes += FRAME + buf.len();
-                messages += 1;
-                let dependent = match r.ty {
-                    ResourceType::Cluster => {
-                        self.clusters = r.resources.iter().map(|c| c.name.clone()).collect();
-                        Some(ResourceType::Endpoint)
-                    }
-                    ResourceType::Listener => {
-                        self.listeners = true;
-                        Some(ResourceType::Route)
-                    }
-                    _ => None,
-                };
-                if let Some(dep) = dependent {
-                    queue.push(Self::request(dep, None, self.names(dep)));
-                }
-                queue.push(Self::request(r.ty, Some(&r), self.names(r.ty)));
-                self.versions.insert(r.ty, r.version.clone());
-                if r.ty == ResourceType::Endpoint && !self.listeners {
-                    queue.push(Self::request(ResourceType::Listener, None, Vec::new()));
-                }
-            }
-            if queue.is_empty() {
-                return (bytes, messages);
-            }
-            out = s.on_request(&queue.remove(0)).responses;
-        }
-    }
-}
-
-impl SotwEnvoy {
-    /// The first requests on a new stream: every type again, with the version it holds.
-    fn reconnect(&self) -> Vec<DiscoveryRequest> {
-        ResourceType::ALL
-            .into_iter()
-            .map(|ty| DiscoveryRequest {
-                version_info: self.versions[&ty].clone(),
-                ..Self::request(ty, None, self.names(ty))
-            })
-            .collect()
-    }
-}
-
-/// A delta Envoy: (bytes, messages) sent by cutover until quiet.
-#[derive(Default)]
-struct DeltaEnvoy {
-    clusters: BTreeSet<String>,
-    listeners: bool,
-    /// The version of each resource it holds, for a reconnect.
-    held: BTreeMap<ResourceType, BTreeMap<String, String>>,
-}
-
-impl DeltaEnvoy {
-    fn request(
-        ty: ResourceType,
-        subscribe: Vec<String>,
-        unsubscribe: Vec<String>,
-    ) -> DeltaDiscoveryRequest {
-        DeltaDiscoveryRequest {
-            type_url: ty.type_url().to_owned(),
-            resource_names_subscribe: subscribe,
-            resource_names_unsubscribe: unsubscribe,
-            ..Default::default()
-        }
-    }
-
-    fn run(
-        &mut self,
-        s: &mut delta::Stream,
-        mut out: Vec<delta::Response>,
-        mut queue: Vec<DeltaDiscoveryRequest>,
-    ) -> (usize, usize) {
-        let (mut bytes, mut messages) = (0, 0);
-        loop {
-            for r in out.drain(..) {
-                let mut buf = Vec::new();
-                encode_delta_response(&r, &mut buf);
-                bytes += FRAME + buf.len();
-                messages += 1;
-                match r.ty {
-                    ResourceType::Cluster => {
-                        let before = self.clusters.clone();
-                        for name in &r.removed {
-                            self.clusters.remove(name);
-                        }
-                        self.clusters
-                            .extend(r.resources.iter().map(|c| c.name.clone()));
-                        let add = self.clusters.difference(&before).cloned().collect();
-                        let remove = before.difference(&self.clusters).cloned().collect();
-                        queue.push(Self::request(ResourceType::Endpoint, add, remove));
-                    }
-                    ResourceType::Listener if !self.listeners => {
-                        self.listeners = true;
-                        queue.push(Self::request(
-                            ResourceType::Route,
-                            vec!["public".to_owned()],
-                            Vec::new(),
-                        ));
-                    }
-                    _ => {}
-                }
-                let held = self.held.entry(r.ty).or_default();
-                for name in &r.removed {
-                    held.remove(name);
-                }
-                for res in &r.resources {
-                    held.insert(res.name.clone(), res.version.clone());
-                }
-                queue.push(DeltaDiscoveryRequest {
-                    response_nonce: r.nonce.clone(),
-                    ..Self::request(r.ty, Vec::new(), Vec::new())
-                });
-                if r.ty == ResourceType::Endpoint && !self.listeners {
-                    queue.push(Self::request(
-                        ResourceType::Listener,
-                        Vec::new(),
-                        Vec::new(),
-                    ));
-                }
-            }
-            if queue.is_empty() {
-                return (bytes, messages);
-            }
-            out = s.on_request(&queue.remove(0)).responses;
-        }
-    }
-}
-
-impl DeltaEnvoy {
-    /// The first requests on a new stream: every subscription again, and what it holds.
-    fn reconnect(&self) -> Vec<DeltaDiscoveryRequest> {
-        ResourceType::ALL
-            .into_iter()
-            .map(|ty| {
-                let subscribe = match ty {
-                    ResourceType::Endpoint => self.clusters.iter().cloned().collect(),
-                    ResourceType::Route => vec!["public".to_owned()],
-                    _ => Vec::new(),
-                };
-                DeltaDiscoveryRequest {
-                    initial_resource_versions: self.held[&ty]
-                        .iter()
-                        .map(|(n, v)| (n.clone(), v.clone()))
-                        .collect(),
-                    ..Self::request(ty, subscribe, Vec::new())
-                }
-            })
-            .collect()
-    }
+    out
 }
 
 fn main() {
@@ -298,77 +155,46 @@ fn main() {
         first.encoded_len() / 1024
     );
 
-    let mut sotw_stream = sotw::Stream::new(Mode::Aggregated);
-    let mut sotw_envoy = SotwEnvoy::default();
-    sotw_stream.on_snapshot(first.clone());
-    let initial_sotw = sotw_envoy.run(
-        &mut sotw_stream,
-        Vec::new(),
-        vec![SotwEnvoy::request(ResourceType::Cluster, None, Vec::new())],
-    );
-    let mut delta_stream = delta::Stream::new(Mode::Aggregated);
-    let mut delta_envoy = DeltaEnvoy::default();
-    delta_stream.on_snapshot(first.clone());
-    let initial_delta = delta_envoy.run(
-        &mut delta_stream,
-        Vec::new(),
-        vec![DeltaEnvoy::request(
-            ResourceType::Cluster,
-            Vec::new(),
-            Vec::new(),
-        )],
-    );
-    assert!(sotw_stream.in_sync() && delta_stream.in_sync());
+    // cutover restarts: the Envoy reconnects, to the same config, then to one with a version
+    // added meanwhile.
+    let last = changes[changes.len() - 1].1.clone();
+    let reconnects = [
+        (
+            "reconnect, nothing changed meanwhile",
+            deployment(services, &last),
+        ),
+        (
+            "reconnect, a version added meanwhile",
+            deployment(
+                services,
+                &Edit {
+                    version: true,
+                    ..last
+                },
+            ),
+        ),
+    ];
+    let snapshots: Vec<Arc<Snapshot>> = changes
+        .iter()
+        .map(|(_, edit)| deployment(services, edit))
+        .collect();
+    let restarted: Vec<Arc<Snapshot>> = reconnects.iter().map(|(_, s)| s.clone()).collect();
+    let sotw = column::<sotw::Stream>(Protocol::Sotw, &first, &snapshots, &restarted);
+    let delta = column::<delta::Stream>(Protocol::Delta, &first, &snapshots, &restarted);
 
     println!();
     println!("| change | state of the world | delta | delta / sotw |\n|---|---:|---:|---:|");
-    let row = |what: &str, (sb, sm): (usize, usize), (db, dm): (usize, usize)| {
+    let rows = std::iter::once("first connection")
+        .chain(changes.iter().map(|(what, _)| *what))
+        .chain(reconnects.iter().map(|(what, _)| *what));
+    for (what, ((sb, sm), (db, dm))) in rows.zip(sotw.into_iter().zip(delta)) {
         println!(
             "| {what} | {} in {sm} messages | {} in {dm} messages | {:.4} |",
             human(sb),
             human(db),
             db as f64 / sb as f64
         );
-    };
-    row("first connection", initial_sotw, initial_delta);
-    for (what, edit) in &changes {
-        let snap = deployment(services, edit);
-        let out = sotw_stream.on_snapshot(snap.clone()).responses;
-        let sotw_cost = sotw_envoy.run(&mut sotw_stream, out, Vec::new());
-        let out = delta_stream.on_snapshot(snap.clone()).responses;
-        let delta_cost = delta_envoy.run(&mut delta_stream, out, Vec::new());
-        assert!(sotw_stream.in_sync(), "{what}: state of the world in sync");
-        assert!(delta_stream.in_sync(), "{what}: delta in sync");
-        row(what, sotw_cost, delta_cost);
     }
-
-    // cutover restarts: the Envoy reconnects, to the same config, then to one with an endpoint
-    // added meanwhile.
-    let same = deployment(services, &changes[changes.len() - 1].1);
-    let moved = deployment(
-        services,
-        &Edit {
-            version: true,
-            ..changes[changes.len() - 1].1.clone()
-        },
-    );
-    for (what, snap) in [
-        ("reconnect, nothing changed meanwhile", same),
-        ("reconnect, a version added meanwhile", moved),
-    ] {
-        let mut s = sotw::Stream::new(Mode::Aggregated);
-        s.on_snapshot(snap.clone());
-        let sotw_cost = sotw_envoy.run(&mut s, Vec::new(), sotw_envoy.reconnect());
-        assert!(s.in_sync(), "{what}: state of the world in sync");
-        sotw_stream = s;
-        let mut d = delta::Stream::new(Mode::Aggregated);
-        d.on_snapshot(snap.clone());
-        let delta_cost = delta_envoy.run(&mut d, Vec::new(), delta_envoy.reconnect());
-        assert!(d.in_sync(), "{what}: delta in sync");
-        delta_stream = d;
-        row(what, sotw_cost, delta_cost);
-    }
-    drop((sotw_stream, delta_stream));
 }
 
 fn human(bytes: usize) -> String {

@@ -33,6 +33,8 @@ pub mod spec;
 pub mod status;
 pub mod store;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod tls;
 pub mod translate;
 pub mod wait;

@@ -29,6 +29,17 @@ pub struct Resource {
     pub encoded: Bytes,
 }
 
+impl Resource {
+    /// `encoded` (a `google.protobuf.Any`) under `name`, versioned by a hash of its bytes.
+    pub fn new(name: impl Into<String>, encoded: Bytes) -> Resource {
+        Resource {
+            name: name.into(),
+            version: hash_hex(&[&encoded]),
+            encoded,
+        }
+    }
+}
+
 /// Resources are equal when their names and content hashes are: comparing hashes instead of
 /// the encoded bytes keeps the per-stream "does the client hold this?" checks cheap.
 impl PartialEq for Resource {
@@ -55,12 +66,7 @@ impl Snapshot {
                 type_url: ty.type_url().to_owned(),
                 value,
             };
-            let encoded = Bytes::from(any.encode_to_vec());
-            let resource = Resource {
-                name: name.to_owned(),
-                version: hash_hex(&[&encoded]),
-                encoded,
-            };
+            let resource = Resource::new(name, Bytes::from(any.encode_to_vec()));
             sets[ty.index()].insert(name.to_owned(), resource);
         };
         for c in &resources.clusters {

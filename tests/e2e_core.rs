@@ -2,16 +2,14 @@
 //! edits, invalid edits and a restart of cutover, each with Envoy speaking state-of-the-world
 //! and delta xDS (`name::sotw`, `name::delta`). See `support` for the harness.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::Value;
 
-use support::{
-    NODE, Stack, WAIT, envoy_binary, envoy_or_skip_in, eventually, find_envoy_in, position_of,
-    tally, version_of,
+use cutover::testing::{
+    NODE, Protocol, Stack, WAIT, envoy_binary, envoy_or_skip_in, eventually, find_envoy_in,
+    in_both_xds_modes, position_of, tally, version_of,
 };
 
 /// Panics unless every body came from an upstream of `version`.
@@ -24,7 +22,7 @@ fn assert_all_from(bodies: &[String], version: &str) {
 }
 
 in_both_xds_modes! {
-    async fn requests_reach_only_the_active_version(xds: Xds) {
+    async fn requests_reach_only_the_active_version(xds: Protocol) {
         let Some(envoy_bin) = envoy_binary() else {
             return;
         };
@@ -53,7 +51,7 @@ in_both_xds_modes! {
 }
 
 in_both_xds_modes! {
-    async fn renamed_edit_moves_traffic_and_in_place_edit_moves_it_back(xds: Xds) {
+    async fn renamed_edit_moves_traffic_and_in_place_edit_moves_it_back(xds: Protocol) {
         let Some(envoy_bin) = envoy_binary() else {
             return;
         };
@@ -73,7 +71,7 @@ in_both_xds_modes! {
 }
 
 in_both_xds_modes! {
-    async fn invalid_edit_keeps_traffic_and_is_reported_until_fixed(xds: Xds) {
+    async fn invalid_edit_keeps_traffic_and_is_reported_until_fixed(xds: Protocol) {
         let Some(envoy_bin) = envoy_binary() else {
             return;
         };
@@ -133,7 +131,7 @@ in_both_xds_modes! {
 }
 
 in_both_xds_modes! {
-    async fn restarting_cutover_changes_nothing_in_envoy(xds: Xds) {
+    async fn restarting_cutover_changes_nothing_in_envoy(xds: Protocol) {
         let Some(envoy_bin) = envoy_binary() else {
             return;
         };
@@ -214,7 +212,7 @@ in_both_xds_modes! {
     /// message that changes nothing, so restart after restart Envoy comes back as fast, an edit
     /// saved while cutover was down applies as soon as it is back, and no cluster or listener is
     /// added or modified.
-    async fn five_restarts_in_a_row_reconnect_fast_and_change_nothing(xds: Xds) {
+    async fn five_restarts_in_a_row_reconnect_fast_and_change_nothing(xds: Protocol) {
         let Some(envoy_bin) = envoy_binary() else {
             return;
         };
@@ -291,7 +289,7 @@ in_both_xds_modes! {
 }
 
 in_both_xds_modes! {
-    async fn envoy_config_dump_uses_service_version_cluster_names(xds: Xds) {
+    async fn envoy_config_dump_uses_service_version_cluster_names(xds: Protocol) {
         let Some(envoy_bin) = envoy_binary() else {
             return;
         };
@@ -333,8 +331,8 @@ in_both_xds_modes! {
                 .into_iter()
                 .collect();
         let expected = match xds {
-            support::Xds::Sotw => 1,
-            support::Xds::Delta => 2,
+            Protocol::Sotw => 1,
+            Protocol::Delta => 2,
         };
         assert_eq!(versions.len(), expected, "{xds:?}: {clusters:#}");
 
@@ -463,7 +461,7 @@ fn missing_envoy_fails_on_ci_and_skips_locally() {
 in_both_xds_modes! {
     /// SIGTERM: cutover ends its streams (Envoy keeps its config and retries), saves its runtime
     /// state and exits 0 promptly; not one request fails, and a new cutover picks up where it left.
-    async fn a_graceful_stop_exits_promptly_and_loses_no_request(xds: Xds) {
+    async fn a_graceful_stop_exits_promptly_and_loses_no_request(xds: Protocol) {
         let Some(envoy_bin) = envoy_binary() else {
             return;
         };

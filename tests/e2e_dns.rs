@@ -2,38 +2,13 @@
 //! cluster Envoy resolves itself) and cutover reached by Envoy as `localhost:PORT` (a bootstrap
 //! made by `cutover bootstrap --ads localhost:PORT`).
 
-mod support;
-
 use std::collections::BTreeMap;
 
-use support::load::Load;
-use support::{Cutover, DeploymentFile, Envoy, Upstream, WAIT, envoy_binary, free_port, wait_for};
-
-/// A deployment of service `checkout`: blue by IP address, green as given.
-fn deployment(
-    listener: std::net::SocketAddr,
-    blue: &Upstream,
-    green: &str,
-    active: &str,
-) -> String {
-    format!(
-        "\
-listeners:
-  - name: public
-    address: {listener}
-    routes:
-      - match: {{ prefix: / }}
-        service: checkout
-services:
-  checkout:
-    versions:
-      blue:  {{ endpoints: [{blue}] }}
-      green: {{ endpoints: [{green}] }}
-    active: {active}
-",
-        blue = blue.addr
-    )
-}
+use cutover::testing::load::Load;
+use cutover::testing::{
+    Cutover, DeploymentFile, Envoy, Upstream, WAIT, checkout_deployment, envoy_binary, free_port,
+    wait_for,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_reaches_upstreams_and_cutover_by_name() {
@@ -53,7 +28,8 @@ async fn envoy_reaches_upstreams_and_cutover_by_name() {
     };
     // green has no endpoint yet (an idle version may have none).
     file.write_renamed(
-        &deployment(listener, &blue, "", "blue").replace("green: { endpoints: [] }", "green: {}"),
+        &checkout_deployment(listener, &[blue.addr], &[""; 0], "blue")
+            .replace("green: { endpoints: [] }", "green: {}"),
     );
     let cutover = Cutover::start(dir.path(), &file.path).await;
 
@@ -74,7 +50,12 @@ async fn envoy_reaches_upstreams_and_cutover_by_name() {
     let load = Load::start(listener);
     let previous = cutover.last_reload().await;
     let names = format!("{}, {}", by_name(&green[0]), by_name(&green[1]));
-    file.write_renamed(&deployment(listener, &blue, &names, "green"));
+    file.write_renamed(&checkout_deployment(
+        listener,
+        &[blue.addr],
+        &[names],
+        "green",
+    ));
     cutover.wait_applied("edge-dns", &previous).await;
     wait_for(WAIT, "requests to reach green", async || {
         match envoy.get("/").await? {
@@ -112,7 +93,12 @@ async fn envoy_reaches_upstreams_and_cutover_by_name() {
         by_name(&green[0]),
         by_name(&green[1])
     );
-    file.write_renamed(&deployment(listener, &blue, &drained, "green"));
+    file.write_renamed(&checkout_deployment(
+        listener,
+        &[blue.addr],
+        &[drained],
+        "green",
+    ));
     cutover.wait_applied("edge-dns", &previous).await;
     wait_for(WAIT, "green-2 to be drained", async || {
         let flags = envoy.health_flags("checkout/green", green[1].addr).await;

@@ -2,26 +2,18 @@
 //! back to the stable version (Envoy's aggregate cluster `<service>/<canary>~<stable>`), so a
 //! broken canary costs no failed requests, and gets its share back once healthy.
 
-mod support;
+use cutover::checkout_head;
+use cutover::testing::{Scenario, WAIT, envoy_binary, eventually};
 
-use support::{Scenario, WAIT, envoy_binary, eventually};
-
-const CANARY: &str = "\
-listeners:
-  - name: public
-    address: ${listener}
-    routes:
-      - match: { prefix: / }
-        service: checkout
-services:
-  checkout:
-    versions:
-      v1: { endpoints: [${v1-1}, ${v1-2}] }
+const CANARY: &str = concat!(
+    checkout_head!("${listener}"),
+    "      v1: { endpoints: [${v1-1}, ${v1-2}] }
       v2: { endpoints: [${v2-1}] }
     strategy:
       canary: { stable: v1, canary: v2, weight: 50 }
     health_check: { path: /health, interval: 200ms, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1 }
-";
+",
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unhealthy_canary_falls_back_to_stable() {
@@ -83,24 +75,17 @@ async fn an_unhealthy_canary_falls_back_to_stable() {
     );
 }
 
-const RULE: &str = "\
-listeners:
-  - name: public
-    address: ${listener}
-    routes:
-      - match: { prefix: / }
-        service: checkout
-services:
-  checkout:
-    versions:
-      a: { endpoints: [${a-1}] }
+const RULE: &str = concat!(
+    checkout_head!("${listener}"),
+    "      a: { endpoints: [${a-1}] }
       b: { endpoints: [${b-1}] }
     active: a
     rules:
       - match: { header: { x-group: beta } }
         version: b
     health_check: { path: /health, interval: 200ms, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1 }
-";
+",
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rule_whose_version_is_unhealthy_falls_back_to_the_default() {

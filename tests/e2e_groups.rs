@@ -3,14 +3,14 @@
 //! listener changes nothing in the edge proxy (its config dump and its xDS update counters stay
 //! put). Each in state of the world and delta xDS (`name::sotw`, `name::delta`).
 
-mod support;
-
 use std::net::SocketAddr;
 
 use serde_json::Value;
 
-use support::{
-    Cutover, DeploymentFile, Envoy, Upstream, envoy_binary, eventually, free_port, version_of,
+use cutover::testing;
+use cutover::testing::{
+    Cutover, DeploymentFile, Envoy, Upstream, envoy_binary, eventually, free_port,
+    in_both_xds_modes, version_of,
 };
 
 /// The edge (node ids `edge-*`) serves `checkout` on `public`; the sidecars (node cluster
@@ -98,7 +98,7 @@ async fn update_counters(envoy: &Envoy) -> Vec<(String, u64)> {
 }
 
 in_both_xds_modes! {
-    async fn an_edge_and_a_sidecar_get_their_own_listeners_and_an_edit_to_one_leaves_the_other(xds: Xds) {
+    async fn an_edge_and_a_sidecar_get_their_own_listeners_and_an_edit_to_one_leaves_the_other(xds: Protocol) {
         let Some(envoy_bin) = envoy_binary() else {
             return;
         };
@@ -162,14 +162,14 @@ in_both_xds_modes! {
 
         // An edit of the sidecars' listener (a new route) and of their service (a switch).
         file.write_renamed(&deployment(public, outbound, &ups, "v2", true));
-        eventually(support::WAIT, "the sidecar to route to payments v2", async || {
+        eventually(testing::WAIT, "the sidecar to route to payments v2", async || {
             sidecar
                 .get("/")
                 .await
                 .is_ok_and(|body| version_of(&body) == "v2")
         })
         .await;
-        eventually(support::WAIT, "the sidecar to serve /health", async || {
+        eventually(testing::WAIT, "the sidecar to serve /health", async || {
             sidecar.get("/health").await.is_ok()
         })
         .await;

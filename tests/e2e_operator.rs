@@ -2,25 +2,17 @@
 //! `/metrics`, and a config Envoy rejects shown as a NACK with Envoy's own error text, while
 //! traffic keeps flowing on the last config it accepted.
 
-mod support;
-
 use std::net::TcpListener;
 
-use support::{NODE, Scenario, WAIT, envoy_binary, wait_for};
+use cutover::checkout_head;
+use cutover::testing::{NODE, Scenario, WAIT, envoy_binary, wait_for};
 
-const ONE_LISTENER: &str = "\
-listeners:
-  - name: public
-    address: ${listener}
-    routes:
-      - match: { prefix: / }
-        service: checkout
-services:
-  checkout:
-    versions:
-      blue: { endpoints: [${blue-1}] }
+const ONE_LISTENER: &str = concat!(
+    checkout_head!("${listener}"),
+    "      blue: { endpoints: [${blue-1}] }
     active: blue
-";
+",
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_envoy_rejects_is_reported_as_a_nack_and_traffic_stays() {

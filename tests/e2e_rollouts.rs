@@ -2,31 +2,20 @@
 //! what Envoy itself reports to cutover (its stats sink, flushed every second), with steps and
 //! checks of a second or two.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
+use cutover::checkout_head;
+use cutover::testing::load::Load;
+use cutover::testing::{NODE, Scenario, envoy_binary, eventually, version_of, wait_for};
 use serde_json::Value;
-use support::load::Load;
-use support::{NODE, Scenario, envoy_binary, eventually, version_of, wait_for};
 
 /// A canary rollout of `checkout` from v1 to v2; `steps`, `interval` and `analysis` as given.
 fn canary(steps: &str, interval: &str, analysis: &str) -> String {
     format!(
-        "\
-listeners:
-  - name: public
-    address: ${{listener}}
-    routes:
-      - match: {{ prefix: / }}
-        service: checkout
-services:
-  checkout:
-    versions:
-      v1: {{ endpoints: [${{v1-1}}] }}
+        "{head}      v1: {{ endpoints: [${{v1-1}}] }}
       v2: {{ endpoints: [${{v2-1}}] }}
     strategy:
       canary:
@@ -37,7 +26,8 @@ services:
         analysis: {analysis}
     # Ejections would hide the canary's errors behind its fallback to stable.
     outlier_detection: {{ enabled: false }}
-"
+",
+        head = checkout_head!("${listener}"),
     )
 }
 
@@ -306,24 +296,17 @@ async fn operators_pause_resume_promote_and_abort_from_the_cli() {
     );
 }
 
-const SWITCH: &str = "\
-listeners:
-  - name: public
-    address: ${listener}
-    routes:
-      - match: { prefix: / }
-        service: checkout
-services:
-  checkout:
-    versions:
-      blue:  { endpoints: [${blue-1}] }
+const SWITCH: &str = concat!(
+    checkout_head!("${listener}"),
+    "      blue:  { endpoints: [${blue-1}] }
       green: { endpoints: [${green-1}] }
     strategy:
       blue-green:
         active: ACTIVE
         analysis: { window: 20s, interval: 1s, max_error_rate: 5%, min_requests: 10, failure_limit: 1 }
     outlier_detection: { enabled: false }
-";
+",
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blue_green_switch_to_a_failing_colour_switches_back() {

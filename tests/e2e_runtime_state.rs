@@ -3,42 +3,21 @@
 //! service's previous version stays until its grace period ends, although cutover was killed
 //! (SIGKILL) and started again inside those periods. Not one request fails.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::load::Load;
-use support::{NODE, Scenario, envoy_binary, wait_for};
+use cutover::checkout_head;
+use cutover::testing::fixtures::rolling;
+use cutover::testing::load::Load;
+use cutover::testing::{NODE, Scenario, envoy_binary, wait_for};
 
-const ROLLING: &str = "
-listeners:
-  - name: public
-    address: ${listener}
-    routes:
-      - match: { prefix: / }
-        service: checkout
-services:
-  checkout:
-    versions:
-      live:
-        endpoints: [%ENDPOINTS%]
-    active: live
-";
-
-const RED_BLACK: &str = "
-listeners:
-  - name: public
-    address: ${listener}
-    routes:
-      - match: { prefix: / }
-        service: checkout
-services:
-  checkout:
-    versions:
-      red:   { endpoints: [${red-1}] }
+const RED_BLACK: &str = concat!(
+    "\n",
+    checkout_head!("${listener}"),
+    "      red:   { endpoints: [${red-1}] }
       black: { endpoints: [${black-1}] }
     strategy: { red-black: { active: %ACTIVE%, grace: 5s } }
-";
+",
+);
 
 /// The runtime state file cutover writes beside the scenario's deployment file.
 fn state_file(s: &Scenario) -> String {
@@ -72,7 +51,6 @@ async fn a_restart_inside_a_drain_period_keeps_the_endpoint_draining_until_its_d
     let Some(envoy_bin) = envoy_binary() else {
         return;
     };
-    let rolling = |endpoints: &str| ROLLING.replace("%ENDPOINTS%", endpoints);
     let mut s = Scenario::start_with_args(
         &envoy_bin,
         &["live-1", "live-2", "live-3"],

@@ -7,13 +7,13 @@
 //! against [`binomial_band`]: the count's binomial mean ± 5 standard deviations, which a correct
 //! implementation leaves with a probability below 10⁻⁶ per assertion.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
-use support::{Scenario, WAIT, envoy_binary, version_of, wait_for};
+use cutover::checkout_head;
+use cutover::testing::fixtures::rolling;
+use cutover::testing::{Scenario, WAIT, envoy_binary, in_both_xds_modes, version_of, wait_for};
 
 /// Where a count of successes out of `n` independent trials of probability `p` lies but for a
 /// chance below 10⁻⁶: mean ± 5 standard deviations (normal approximation), clamped to `0..=n`.
@@ -134,26 +134,20 @@ fn binomial_bands() {
 // ---------------------------------------------------------------------------------------------
 // Blue-green
 
-const BLUE_GREEN: &str = "
-listeners:
-  - name: public
-    address: ${listener}
-    routes:
-      - match: { prefix: / }
-        service: checkout
-services:
-  checkout:
-    versions:
-      blue:  { endpoints: [${blue-1}, ${blue-2}] }
+const BLUE_GREEN: &str = concat!(
+    "\n",
+    checkout_head!("${listener}"),
+    "      blue:  { endpoints: [${blue-1}, ${blue-2}] }
       green: { endpoints: [${green-1}] }
     strategy:
       blue-green:
         active: %ACTIVE%
         preview: { header: x-cutover-preview }
-";
+",
+);
 
 in_both_xds_modes! {
-    async fn blue_green_switches_all_traffic_at_once_and_previews_the_idle_colour(xds: Xds) {
+    async fn blue_green_switches_all_traffic_at_once_and_previews_the_idle_colour(xds: Protocol) {
         let Some(envoy_bin) = envoy_binary() else {
             return;
         };
@@ -236,7 +230,7 @@ services:
 ];
 
 in_both_xds_modes! {
-    async fn blue_green_switches_to_a_version_added_in_the_same_edit(xds: Xds) {
+    async fn blue_green_switches_to_a_version_added_in_the_same_edit(xds: Protocol) {
         let Some(envoy_bin) = envoy_binary() else {
             return;
         };
@@ -258,17 +252,10 @@ in_both_xds_modes! {
 // ---------------------------------------------------------------------------------------------
 // Canary
 
-const CANARY: &str = "
-listeners:
-  - name: public
-    address: ${listener}
-    routes:
-      - match: { prefix: / }
-        service: checkout
-services:
-  checkout:
-    versions:
-      v1: { endpoints: [${v1-1}, ${v1-2}] }
+const CANARY: &str = concat!(
+    "\n",
+    checkout_head!("${listener}"),
+    "      v1: { endpoints: [${v1-1}, ${v1-2}] }
       v2: { endpoints: [${v2-1}] }
     strategy:
       canary:
@@ -276,10 +263,11 @@ services:
         canary: v2
         weight: %WEIGHT%
         sticky: { cookie: cutover-checkout, ttl: 1h }
-";
+",
+);
 
 in_both_xds_modes! {
-    async fn canary_gets_its_weight_and_sticky_users_stay_on_their_side(xds: Xds) {
+    async fn canary_gets_its_weight_and_sticky_users_stay_on_their_side(xds: Protocol) {
         let Some(envoy_bin) = envoy_binary() else {
             return;
         };
@@ -366,37 +354,25 @@ in_both_xds_modes! {
 // ---------------------------------------------------------------------------------------------
 // Shadow and mirror
 
-const SHADOW: &str = "
-listeners:
-  - name: public
-    address: ${listener}
-    routes:
-      - match: { prefix: / }
-        service: checkout
-services:
-  checkout:
-    versions:
-      v1: { endpoints: [${v1-1}] }
+const SHADOW: &str = concat!(
+    "\n",
+    checkout_head!("${listener}"),
+    "      v1: { endpoints: [${v1-1}] }
       v2: { endpoints: [${v2-1}] }
     strategy: { shadow: { primary: v1, mirror: v2, percent: %PERCENT% } }
-";
+",
+);
 
 /// The same split as `SHADOW`, written as blue-green with a service-level mirror.
-const MIRROR: &str = "
-listeners:
-  - name: public
-    address: ${listener}
-    routes:
-      - match: { prefix: / }
-        service: checkout
-services:
-  checkout:
-    versions:
-      v1: { endpoints: [${v1-1}] }
+const MIRROR: &str = concat!(
+    "\n",
+    checkout_head!("${listener}"),
+    "      v1: { endpoints: [${v1-1}] }
       v2: { endpoints: [${v2-1}] }
     active: v1
     mirror: { version: v2, percent: %PERCENT% }
-";
+",
+);
 
 /// Sends `n` requests, all of which must be answered by the primary `v1-1`, then waits for the
 /// mirror's count to settle (copies are sent asynchronously and may still be on their way when
@@ -483,17 +459,10 @@ async fn shadow_copies_its_share_to_the_mirror_and_answers_from_the_primary() {
 // ---------------------------------------------------------------------------------------------
 // A/B rules
 
-const AB: &str = "
-listeners:
-  - name: public
-    address: ${listener}
-    routes:
-      - match: { prefix: / }
-        service: checkout
-services:
-  checkout:
-    versions:
-      a: { endpoints: [${a-1}] }
+const AB: &str = concat!(
+    "\n",
+    checkout_head!("${listener}"),
+    "      a: { endpoints: [${a-1}] }
       b: { endpoints: [${b-1}] }
       c: { endpoints: [${c-1}] }
     %STRATEGY%
@@ -506,9 +475,10 @@ services:
         version: b
       - match: { prefix: /new }
         version: b
-";
+",
+);
 
-/// Request headers, as [`support::Envoy::send`] takes them.
+/// Request headers, as [`testing::Envoy::send`] takes them.
 type Headers<'a> = &'a [(&'a str, &'a str)];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -573,27 +543,11 @@ async fn ab_rules_pick_the_version_and_everyone_else_follows_the_strategy() {
 // ---------------------------------------------------------------------------------------------
 // Rolling: draining endpoints
 
-const ROLLING: &str = "
-listeners:
-  - name: public
-    address: ${listener}
-    routes:
-      - match: { prefix: / }
-        service: checkout
-services:
-  checkout:
-    versions:
-      live:
-        endpoints: [%ENDPOINTS%]
-    active: live
-";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_endpoints_get_no_new_requests_and_can_be_removed() {
     let Some(envoy_bin) = envoy_binary() else {
         return;
     };
-    let rolling = |endpoints: &str| ROLLING.replace("%ENDPOINTS%", endpoints);
     // An endpoint removed from the file drains for the drain period before Envoy drops it.
     let s = Scenario::start_with_args(
         &envoy_bin,
@@ -673,21 +627,15 @@ async fn draining_endpoints_get_no_new_requests_and_can_be_removed() {
 // ---------------------------------------------------------------------------------------------
 // Load balancing
 
-const BALANCED: &str = "
-listeners:
-  - name: public
-    address: ${listener}
-    routes:
-      - match: { prefix: / }
-        service: checkout
-services:
-  checkout:
-    versions:
-      v1:
+const BALANCED: &str = concat!(
+    "\n",
+    checkout_head!("${listener}"),
+    "      v1:
         endpoints: [%ENDPOINTS%]
     active: v1
     load_balancing: %LB%
-";
+",
+);
 
 fn balanced(lb: &str, endpoints: &str) -> String {
     BALANCED
@@ -779,20 +727,14 @@ async fn least_request_uses_every_endpoint() {
 // ---------------------------------------------------------------------------------------------
 // Health: outlier detection and active health checks
 
-const HEALTH: &str = "
-listeners:
-  - name: public
-    address: ${listener}
-    routes:
-      - match: { prefix: / }
-        service: checkout
-services:
-  checkout:
-    versions:
-      v1: { endpoints: [${v1-1}, ${v1-2}, ${v1-3}] }
+const HEALTH: &str = concat!(
+    "\n",
+    checkout_head!("${listener}"),
+    "      v1: { endpoints: [${v1-1}, ${v1-2}, ${v1-3}] }
     active: v1
     %POLICY%
-";
+",
+);
 
 /// Waits until Envoy's `/clusters` shows `flag` among the health flags of `name`'s endpoint.
 async fn wait_for_flag(s: &Scenario, name: &str, flag: &str) {
@@ -920,23 +862,17 @@ async fn active_health_check_takes_failing_endpoints_out_and_back() {
 // ---------------------------------------------------------------------------------------------
 // Red-black
 
-const RED_BLACK: &str = "
-listeners:
-  - name: public
-    address: ${listener}
-    routes:
-      - match: { prefix: / }
-        service: checkout
-services:
-  checkout:
-    versions:
-      red:   { endpoints: [${red-1}] }
+const RED_BLACK: &str = concat!(
+    "\n",
+    checkout_head!("${listener}"),
+    "      red:   { endpoints: [${red-1}] }
       black: { endpoints: [${black-1}] }
     strategy: { red-black: { active: %ACTIVE%, grace: 1s } }
-";
+",
+);
 
 in_both_xds_modes! {
-    async fn red_black_retires_the_old_version_after_the_grace_period(xds: Xds) {
+    async fn red_black_retires_the_old_version_after_the_grace_period(xds: Protocol) {
         let Some(envoy_bin) = envoy_binary() else {
             return;
         };

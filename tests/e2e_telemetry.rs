@@ -2,12 +2,11 @@
 //! version matches what the upstreams actually did. Envoy flushes stats and load reports every
 //! second, so each check waits a few seconds at most; every load is a fixed number of requests.
 
-mod support;
-
 use std::time::Duration;
 
+use cutover::checkout_head;
+use cutover::testing::{Envoy, NODE, Scenario, WAIT, envoy_binary, wait_for};
 use serde_json::Value;
-use support::{Envoy, NODE, Scenario, WAIT, envoy_binary, wait_for};
 
 /// The figures of one version in `/telemetry`, or why there are none yet.
 fn version<'a>(t: &'a Value, service: &str, version: &str) -> Result<&'a Value, String> {
@@ -46,22 +45,15 @@ async fn wait_counting(s: &Scenario, node: &str) {
     .await;
 }
 
-const CANARY: &str = "\
-listeners:
-  - name: public
-    address: ${listener}
-    routes:
-      - match: { prefix: / }
-        service: checkout
-services:
-  checkout:
-    versions:
-      v1: { endpoints: [${v1-1}] }
+const CANARY: &str = concat!(
+    checkout_head!("${listener}"),
+    "      v1: { endpoints: [${v1-1}] }
       v2: { endpoints: [${v2-1}] }
     strategy:
       canary: { stable: v1, canary: v2, weight: 10 }
     outlier_detection: { enabled: false }
-";
+",
+);
 
 /// Stable fails 10% of its requests; the canary, reached through its aggregate cluster
 /// `checkout/v2~v1`, answers after 200 ms.
@@ -219,20 +211,13 @@ async fn the_observed_split_in_status_and_metrics_is_where_requests_went() {
     assert!(row[2].ends_with('%') && row[2] != "0%", "observed: {text}");
 }
 
-const TWO_ENDPOINTS: &str = "\
-listeners:
-  - name: public
-    address: ${listener}
-    routes:
-      - match: { prefix: / }
-        service: checkout
-services:
-  checkout:
-    versions:
-      v1: { endpoints: [${v1-1}, ${v1-2}] }
+const TWO_ENDPOINTS: &str = concat!(
+    checkout_head!("${listener}"),
+    "      v1: { endpoints: [${v1-1}, ${v1-2}] }
     active: v1
     outlier_detection: { consecutive_5xx: 3, base_ejection_time: 30s }
-";
+",
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_ejected_by_outlier_detection_shows_as_ejected() {
@@ -280,19 +265,12 @@ async fn an_endpoint_ejected_by_outlier_detection_shows_as_ejected() {
     }
 }
 
-const ONE_ENDPOINT: &str = "\
-listeners:
-  - name: public
-    address: ${listener}
-    routes:
-      - match: { prefix: / }
-        service: checkout
-services:
-  checkout:
-    versions:
-      v1: { endpoints: [${v1-1}] }
+const ONE_ENDPOINT: &str = concat!(
+    checkout_head!("${listener}"),
+    "      v1: { endpoints: [${v1-1}] }
     active: v1
-";
+",
+);
 
 /// Requests in flight to a slow endpoint show per endpoint and per Envoy, and go when they end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,15 +4,14 @@
 //! certificate is rotated under traffic without Envoy reconnecting; an Envoy whose certificate
 //! does not allow its node id gets nothing. In both xDS protocols.
 
-mod support;
-
 use std::path::Path;
 use std::time::Duration;
 
-use support::pki::Ca;
-use support::{
-    DeploymentFile, Envoy, Upstream, WAIT, Xds, checkout_deployment, envoy_binary, eventually,
-    free_port, version_of,
+use cutover::testing;
+use cutover::testing::pki::Ca;
+use cutover::testing::{
+    DeploymentFile, Envoy, Protocol, Upstream, WAIT, checkout_deployment, envoy_binary, eventually,
+    free_port, in_both_xds_modes, version_of,
 };
 
 const ACCESS: &str = "\
@@ -22,7 +21,7 @@ access:
 ";
 
 /// Paths of `files` as `cutover bootstrap` arguments.
-fn bootstrap_args(xds: Xds, ca: &Path, cert: &Path, key: &Path) -> Vec<String> {
+fn bootstrap_args(xds: Protocol, ca: &Path, cert: &Path, key: &Path) -> Vec<String> {
     let mut args: Vec<String> = xds.bootstrap_args().iter().map(|a| a.to_string()).collect();
     for (flag, path) in [("--tls-ca", ca), ("--tls-cert", cert), ("--tls-key", key)] {
         args.push(flag.into());
@@ -32,7 +31,7 @@ fn bootstrap_args(xds: Xds, ca: &Path, cert: &Path, key: &Path) -> Vec<String> {
 }
 
 in_both_xds_modes! {
-    async fn envoy_over_mutual_tls_gets_config_reports_and_survives_a_certificate_rotation(xds: Xds) {
+    async fn envoy_over_mutual_tls_gets_config_reports_and_survives_a_certificate_rotation(xds: Protocol) {
         let Some(envoy_bin) = envoy_binary() else {
             return;
         };
@@ -49,7 +48,7 @@ in_both_xds_modes! {
         };
         file.write_renamed(&deployment("blue"));
         let path = |p: &Path| p.display().to_string();
-        let cutover = support::Cutover::start_with_args(
+        let cutover = testing::Cutover::start_with_args(
             dir.path(),
             &file.path,
             &[
@@ -106,9 +105,9 @@ in_both_xds_modes! {
         let other = ca.write(dir.path(), "impostor", &ca.client(&["spiffe://test/envoy/edge-9"]));
         let args = bootstrap_args(xds, &other.ca, &other.cert, &other.key);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let bootstrap = support::bootstrap_with("edge-2", cutover.ads, &args);
+        let bootstrap = testing::bootstrap_with("edge-2", cutover.ads, &args);
         let impostor = Envoy::spawn(&envoy_bin, dir.path(), "edge-2", &bootstrap, free_port()).await;
-        support::wait_for(Duration::from_secs(20), "Envoy edge-2 to be told why it is refused", async || {
+        testing::wait_for(Duration::from_secs(20), "Envoy edge-2 to be told why it is refused", async || {
             let log = impostor.log();
             // PERMISSION_DENIED (7), with cutover's reason (percent-encoded as gRPC sends it).
             if log.contains("AggregatedResources gRPC config stream to cutover_xds closed: 7")

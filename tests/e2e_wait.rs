@@ -2,33 +2,23 @@
 //! to a draining endpoint have finished, and a rolling deploy written as the seed's script
 //! (drain, wait drained, stop, replace, wait healthy) loses not one request under load.
 
-mod support;
-
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use support::load::Load;
-use support::{Scenario, envoy_binary};
+use cutover::testing;
+use cutover::testing::fixtures;
+use cutover::testing::load::Load;
+use cutover::testing::{Scenario, envoy_binary};
 
-const ROLLING: &str = "
-listeners:
-  - name: public
-    address: ${listener}
-    routes:
-      - match: { prefix: / }
-        service: checkout
-services:
-  checkout:
-    versions:
-      live:
-        endpoints: [%ENDPOINTS%]
-    active: live
-    health_check: { path: /health, interval: 1s, timeout: 500ms, healthy_threshold: 1 }
-    outlier_detection: { enabled: false }
-";
-
+/// The kit's rolling deployment with the health check and the outlier detection these tests
+/// run with.
 fn rolling(endpoints: &str) -> String {
-    ROLLING.replace("%ENDPOINTS%", endpoints)
+    format!(
+        "{}    health_check: {{ path: /health, interval: 1s, timeout: 500ms, healthy_threshold: 1 }}
+    outlier_detection: {{ enabled: false }}
+",
+        fixtures::rolling(endpoints)
+    )
 }
 
 /// `cutover wait ...` against the scenario's cutover, run on a thread so the test's runtime
@@ -73,7 +63,7 @@ async fn wait_drained_returns_only_after_the_requests_in_flight_finish() {
             })
         })
         .collect();
-    support::wait_for(
+    testing::wait_for(
         Duration::from_secs(5),
         "requests in flight to live-1",
         async || match live_1.in_flight() {

@@ -40,7 +40,7 @@ mod tests {
     use crate::{Cli, Command};
 
     /// `cutover demo` starts the same upstreams as docker-compose.yml, each with its colour and
-    /// share of failed requests (`tests/demo_files.rs` checks the rest of the compose file).
+    /// share of failed requests (`tests/cli_demo_files.rs` checks the rest of the compose file).
     /// The compose commands are read as the image's `cutover` reads them.
     #[test]
     fn the_twin_starts_the_compose_demos_upstreams() {

@@ -30,7 +30,7 @@ pub const DEMO_FILE: &str = include_str!("../../examples/demo.yaml");
 pub const FRONT_BOOTSTRAP: &str = include_str!("../../envoy/front.yaml");
 
 /// The upstreams of docker-compose.yml: name (also the compose service and the version it
-/// answers as), colour, percent of requests it fails. `tests/demo_files.rs` checks they match.
+/// answers as), colour, percent of requests it fails. `tests/cli_demo_files.rs` checks they match.
 pub const UPSTREAMS: [(&str, &str, u32); 4] = [
     ("blue", "blue", 0),
     ("green", "green", 0),

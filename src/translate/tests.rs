@@ -2,34 +2,24 @@ use crate::app::compile;
 use crate::render;
 use crate::snapshot::ResourceType;
 use crate::snapshot::Snapshot;
+use crate::testing::fixtures::example;
 
-fn example(name: &str) -> String {
-    let path = format!("{}/examples/{name}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-/// What Envoy receives for each example file, so a reviewer sees every change to it.
+/// What Envoy receives for each example file, so a reviewer sees every change to it. A new
+/// example is snapshotted by being added to `examples/`.
 #[test]
 fn rendered_examples() {
-    for name in [
-        "basic.yaml",
-        "blue-green.yaml",
-        "red-black.yaml",
-        "canary.yaml",
-        "shadow.yaml",
-        "ab-testing.yaml",
-        "rolling.yaml",
-        "health.yaml",
-        "load-balancing.yaml",
-        "canary-rollout.yaml",
-        "blue-green-analysis.yaml",
-        "demo.yaml",
-        "proxyless.yaml",
-    ] {
-        let snapshot = compile(name, &example(name)).unwrap();
+    insta::glob!("../../examples", "*.yaml", |path| {
+        let name = path.file_name().unwrap().to_string_lossy();
+        let text = std::fs::read_to_string(path).unwrap();
+        let snapshot = compile(&name, &text).unwrap();
         let rendered = render::yaml(&render::snapshot_json(&snapshot).unwrap()).unwrap();
-        insta::assert_snapshot!(name, rendered);
-    }
+        insta::assert_snapshot!(rendered);
+    });
+}
+
+/// The names of `snapshot`'s resources of `ty`, sorted.
+fn names_of(snapshot: &Snapshot, ty: ResourceType) -> Vec<String> {
+    snapshot.resources(ty).keys().cloned().collect()
 }
 
 #[test]
@@ -83,13 +73,7 @@ fn a_switch_changes_only_the_routes() {
 #[test]
 fn every_version_is_a_cluster_with_its_endpoints() {
     let snapshot: Snapshot = compile("a", &example("basic.yaml")).unwrap();
-    let names = |ty| {
-        snapshot
-            .resources(ty)
-            .keys()
-            .cloned()
-            .collect::<Vec<String>>()
-    };
+    let names = |ty| names_of(&snapshot, ty);
     assert_eq!(
         names(ResourceType::Cluster),
         ["checkout/blue", "checkout/green"]
@@ -144,13 +128,7 @@ fn a_version_with_names_is_a_dns_cluster_with_its_endpoints_inline() {
             }
         })
     );
-    let names = |ty| {
-        snapshot
-            .resources(ty)
-            .keys()
-            .cloned()
-            .collect::<Vec<String>>()
-    };
+    let names = |ty| names_of(&snapshot, ty);
     assert_eq!(
         names(ResourceType::Cluster),
         ["checkout/blue", "checkout/green"]

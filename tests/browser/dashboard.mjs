@@ -1,5 +1,5 @@
 // Drives cutover's dashboard in a real headless Chromium (Debian's, through Playwright), for
-// tests/e2e_dashboard.rs, which starts cutover, Envoy and the upstreams and decides what to check.
+// tests/browser_dashboard.rs, which starts cutover, Envoy and the upstreams and decides what to check.
 //
 //   node tests/browser/dashboard.mjs http://127.0.0.1:PORT/
 //

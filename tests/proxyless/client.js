@@ -1,5 +1,5 @@
 // gRPC's Node xDS client (@grpc/grpc-js with @grpc/grpc-js-xds) driven by
-// tests/e2e_proxyless.rs over stdin/stdout, with the same JSON-lines protocol as client.py
+// tests/proxyless_clients.rs over stdin/stdout, with the same JSON-lines protocol as client.py
 // (read its docstring). Dials `xds:///TARGET` (argv[2]); the xDS bootstrap comes from
 // GRPC_XDS_BOOTSTRAP, as for any grpc-js-xds program.
 'use strict';

@@ -1,4 +1,4 @@
-"""gRPC's Python xDS client (grpcio) driven by tests/e2e_proxyless.rs over stdin/stdout.
+"""gRPC's Python xDS client (grpcio) driven by tests/proxyless_clients.rs over stdin/stdout.
 
 Dials `xds:///TARGET` (argv[1]); the xDS bootstrap comes from GRPC_XDS_BOOTSTRAP, as for any
 grpcio program. Reads one JSON command per line and answers one JSON line (see client.js for

@@ -1,4 +1,4 @@
-"""Real gRPC upstreams for tests/e2e_proxyless.rs: one grpcio server per `LABEL=PORT` argument,
+"""Real gRPC upstreams for tests/proxyless_clients.rs: one grpcio server per `LABEL=PORT` argument,
 on 127.0.0.1, each answering every method with its label (e.g. `blue/1`) as raw bytes.
 
 Prints `ready` once every server listens. Reads commands on stdin, one per line:

@@ -1,19 +1,20 @@
 //! The delta protocol machine, fed requests directly: no sockets, no clock. Tests named after a
 //! report reproduce what that report found wrong in another control plane (or what Envoy does
-//! that a server must tolerate).
+//! that a server must tolerate). The fake client and the fixtures are the test kit's
+//! (`crate::testing`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, route, route_action};
-use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
-use envoy_types::pb::google::protobuf::Any;
-use envoy_types::pb::google::rpc::Status;
-use prost::Message;
-
 use super::*;
-use crate::app::compile;
+use crate::testing::fixtures::{
+    a_cluster_redefined, blue_green, blue_moved, deployment, only_blue, only_green, three_versions,
+};
+use crate::testing::xds::in_process::{self, converge, names, only, push, types};
+use crate::testing::xds::{
+    FakeEnvoy, Request, delta_ack as ack, delta_nack as nack, delta_request as request, node,
+    with_node,
+};
 use crate::xds::clients::SyncState;
 
 const C: ResourceType = ResourceType::Cluster;
@@ -21,354 +22,15 @@ const E: ResourceType = ResourceType::Endpoint;
 const L: ResourceType = ResourceType::Listener;
 const R: ResourceType = ResourceType::Route;
 
-/// A deployment with one listener whose `/` route goes to `checkout/<active>`.
-fn deployment(versions: &[(&str, &str)], active: &str) -> Arc<Snapshot> {
-    let mut text = String::from(
-        "listeners:\n  - name: public\n    address: 127.0.0.1:10000\n    routes:\n      - match: { prefix: / }\n        service: checkout\nservices:\n  checkout:\n    versions:\n",
-    );
-    for (name, endpoint) in versions {
-        text.push_str(&format!(
-            "      {name}: {{ endpoints: [\"{endpoint}\"] }}\n"
-        ));
-    }
-    text.push_str(&format!("    active: {active}\n"));
-    Arc::new(compile("test.yaml", &text).unwrap())
-}
-
-fn blue_green(active: &str) -> Arc<Snapshot> {
-    deployment(
-        &[("blue", "127.0.0.1:8081"), ("green", "127.0.0.1:8082")],
-        active,
-    )
-}
-
-fn request(ty: ResourceType, subscribe: &[&str], unsubscribe: &[&str]) -> DeltaDiscoveryRequest {
-    DeltaDiscoveryRequest {
-        type_url: ty.type_url().to_owned(),
-        resource_names_subscribe: subscribe.iter().map(|n| (*n).to_owned()).collect(),
-        resource_names_unsubscribe: unsubscribe.iter().map(|n| (*n).to_owned()).collect(),
-        node: Some(Node {
-            id: "edge-1".into(),
-            cluster: "edge".into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn ack(ty: ResourceType, nonce: &str) -> DeltaDiscoveryRequest {
-    DeltaDiscoveryRequest {
-        response_nonce: nonce.to_owned(),
-        ..request(ty, &[], &[])
-    }
-}
-
-fn nack(ty: ResourceType, nonce: &str, error: &str) -> DeltaDiscoveryRequest {
-    DeltaDiscoveryRequest {
-        error_detail: Some(Status {
-            code: 13,
-            message: error.to_owned(),
-            details: vec![],
-        }),
-        ..ack(ty, nonce)
-    }
-}
-
-fn names(r: &Response) -> Vec<&str> {
-    r.resources.iter().map(|r| r.name.as_str()).collect()
-}
-
-fn types(out: &Output) -> Vec<ResourceType> {
-    out.responses.iter().map(|r| r.ty).collect()
-}
-
-/// The one response in `out`.
-fn only(out: &Output) -> &Response {
-    let [r] = &out.responses[..] else {
-        panic!("one response expected: {out:?}")
-    };
-    r
-}
-
-/// The clusters a route configuration sends traffic to.
-fn route_targets(resource: &Resource) -> BTreeSet<String> {
-    let any = Any::decode(resource.encoded.as_ref()).unwrap();
-    let rc = RouteConfiguration::decode(any.value.as_slice()).unwrap();
-    let mut out = BTreeSet::new();
-    for vh in rc.virtual_hosts {
-        for r in vh.routes {
-            if let Some(route::Action::Route(a)) = r.action {
-                match a.cluster_specifier {
-                    Some(route_action::ClusterSpecifier::Cluster(c)) => {
-                        out.insert(c);
-                    }
-                    Some(route_action::ClusterSpecifier::WeightedClusters(w)) => {
-                        out.extend(w.clusters.into_iter().map(|c| c.name));
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-    out
-}
-
-/// A minimal delta Envoy. It starts with a legacy wildcard for clusters, asks for listeners once
-/// its first clusters have their endpoints (Envoy initialises LDS once its cluster manager is
-/// initialised), subscribes to the endpoints of the clusters and the routes of the listeners it
-/// holds (forgetting what it unsubscribes from), applies each response as a change (never as the
-/// full state) and ACKs it. After every response it checks what Envoy itself checks (no name
-/// twice in one response) and what cutover promises: every route targets a cluster it holds with
-/// endpoints, and `removed_resources` only names what it held or asked for (a name asked for that
-/// does not exist is named there, as the spec says).
-#[derive(Default)]
-struct FakeEnvoy {
-    held: BTreeMap<ResourceType, BTreeMap<String, Resource>>,
-    /// Endpoints and routes subscribed to, by name (clusters and listeners are wildcard).
-    subscribed: BTreeMap<ResourceType, BTreeSet<String>>,
-    /// Everything it held or asked for: what `removed_resources` may name (a removal can cross
-    /// an unsubscription on the wire).
-    ever_held: BTreeSet<(ResourceType, String)>,
-    asked_listeners: bool,
-    /// Every response type in the order received.
-    log: Vec<ResourceType>,
-    /// Resources received, in total (the bytes a change costs).
-    received: usize,
-    /// If set, responses of this type are NACKed.
-    reject: Option<ResourceType>,
-}
-
-fn parent(ty: ResourceType) -> Option<ResourceType> {
-    match ty {
-        E => Some(C),
-        R => Some(L),
-        _ => None,
-    }
-}
-
-fn dependent(ty: ResourceType) -> Option<ResourceType> {
-    match ty {
-        C => Some(E),
-        L => Some(R),
-        _ => None,
-    }
-}
-
-impl FakeEnvoy {
-    fn start(&self) -> Vec<DeltaDiscoveryRequest> {
-        vec![request(C, &[], &[])]
-    }
-
-    fn held(&self, ty: ResourceType) -> Vec<&str> {
-        self.held
-            .get(&ty)
-            .map(|m| m.keys().map(String::as_str).collect())
-            .unwrap_or_default()
-    }
-
-    fn receive(&mut self, r: &Response) -> Vec<DeltaDiscoveryRequest> {
-        self.log.push(r.ty);
-        self.received += r.resources.len();
-        let mut seen = BTreeSet::new();
-        for name in r.resources.iter().map(|r| &r.name).chain(&r.removed) {
-            assert!(seen.insert(name), "{name} twice in one response: {r:?}");
-        }
-        for name in &r.removed {
-            assert!(
-                self.ever_held.contains(&(r.ty, name.clone())),
-                "removed_resources names {name}, which this client never held nor asked for"
-            );
-        }
-        if self.reject == Some(r.ty) {
-            return vec![nack(r.ty, &r.nonce, "rejected by test")];
-        }
-        let wildcard = parent(r.ty).is_none();
-        let subscribed = self.subscribed.get(&r.ty).cloned().unwrap_or_default();
-        let set = self.held.entry(r.ty).or_default();
-        for name in &r.removed {
-            set.remove(name);
-        }
-        for res in &r.resources {
-            // Like Envoy, a resource it did not ask for is not kept.
-            if wildcard || subscribed.contains(&res.name) {
-                set.insert(res.name.clone(), res.clone());
-                self.ever_held.insert((r.ty, res.name.clone()));
-            }
-        }
-        self.assert_routes_have_clusters();
-        let mut out = Vec::new();
-        // Like Envoy: subscription changes for dependent types go out before the ACK.
-        if let Some(dep) = dependent(r.ty)
-            && let Some(req) = self.resubscribe(dep)
-        {
-            out.push(req);
-        }
-        out.push(ack(r.ty, &r.nonce));
-        self.ask_listeners_once_initialised(&mut out);
-        out
-    }
-
-    /// The request that makes `dep`'s subscription follow what its parent type holds.
-    fn resubscribe(&mut self, dep: ResourceType) -> Option<DeltaDiscoveryRequest> {
-        let parent = parent(dep).expect("a dependent type");
-        let want: BTreeSet<String> = self
-            .held
-            .get(&parent)
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default();
-        let have = self.subscribed.entry(dep).or_default();
-        let add: Vec<&str> = want.difference(have).map(String::as_str).collect();
-        let remove: Vec<&str> = have.difference(&want).map(String::as_str).collect();
-        if add.is_empty() && remove.is_empty() {
-            return None;
-        }
-        let req = request(dep, &add, &remove);
-        self.ever_held
-            .extend(add.iter().map(|name| (dep, (*name).to_owned())));
-        if let Some(held) = self.held.get_mut(&dep) {
-            held.retain(|name, _| want.contains(name));
-        }
-        *have = want;
-        Some(req)
-    }
-
-    fn ask_listeners_once_initialised(&mut self, out: &mut Vec<DeltaDiscoveryRequest>) {
-        let clusters = self.held(C);
-        let endpoints = self.held(E);
-        if !self.asked_listeners
-            && self.held.contains_key(&C)
-            && clusters.iter().all(|c| endpoints.contains(c))
-        {
-            self.asked_listeners = true;
-            out.push(request(L, &[], &[]));
-        }
-    }
-
-    /// The first requests on a new stream, as Envoy sends them: every subscription again, and
-    /// what it holds in `initial_resource_versions` (for clusters and listeners, the legacy
-    /// wildcard: no names).
-    fn reconnect(&self) -> Vec<DeltaDiscoveryRequest> {
-        let mut out = Vec::new();
-        for ty in ResourceType::ALL {
-            let subscribed = match (parent(ty), self.held.contains_key(&ty)) {
-                (None, held) => held,
-                (Some(_), _) => self.subscribed.contains_key(&ty),
-            };
-            if !subscribed {
-                continue;
-            }
-            let names: Vec<&str> = self
-                .subscribed
-                .get(&ty)
-                .map(|s| s.iter().map(String::as_str).collect())
-                .unwrap_or_default();
-            let mut req = request(ty, &names, &[]);
-            req.initial_resource_versions = self
-                .held
-                .get(&ty)
-                .into_iter()
-                .flat_map(|held| held.values())
-                .map(|r| (r.name.clone(), r.version.clone()))
-                .collect();
-            out.push(req);
-        }
-        out
-    }
-
-    fn assert_routes_have_clusters(&self) {
-        let empty = BTreeMap::new();
-        let clusters = self.held.get(&C).unwrap_or(&empty);
-        let endpoints = self.held.get(&E).unwrap_or(&empty);
-        for rc in self.held.get(&R).unwrap_or(&empty).values() {
-            for target in route_targets(rc) {
-                assert!(
-                    clusters.contains_key(&target) && endpoints.contains_key(&target),
-                    "route {} targets {target}, which Envoy does not hold (after {:?})",
-                    rc.name,
-                    self.log
-                );
-            }
-        }
-    }
-
-    fn route_target(&self) -> BTreeSet<String> {
-        self.held[&R].values().flat_map(route_targets).collect()
-    }
-
-    /// Holds exactly the snapshot's resources, at their versions.
-    fn holds_exactly(&self, snap: &Snapshot) -> bool {
-        ResourceType::ALL.iter().all(|&ty| {
-            let held = self.held.get(&ty).cloned().unwrap_or_default();
-            held == *snap.resources(ty)
-        })
-    }
-}
-
-/// Delivers requests and responses between `stream` and `envoy` until both are quiet, one
-/// message at a time (in the order a single gRPC stream would carry them).
-fn converge(
-    stream: &mut Stream,
-    envoy: &mut FakeEnvoy,
-    mut requests: Vec<DeltaDiscoveryRequest>,
-) -> Vec<Event> {
-    let mut events = Vec::new();
-    for _ in 0..1000 {
-        if requests.is_empty() {
-            return events;
-        }
-        let req = requests.remove(0);
-        let out = stream.on_request(&req);
-        events.extend(out.events);
-        for resp in &out.responses {
-            requests.extend(envoy.receive(resp));
-        }
-    }
-    panic!("did not converge");
-}
-
-fn push(stream: &mut Stream, envoy: &mut FakeEnvoy, snapshot: Arc<Snapshot>) -> Vec<Event> {
-    let out = stream.on_snapshot(snapshot);
-    let mut requests = Vec::new();
-    for resp in &out.responses {
-        requests.extend(envoy.receive(resp));
-    }
-    let mut events = out.events;
-    events.extend(converge(stream, envoy, requests));
-    events
-}
-
+/// An ADS stream serving `snapshot` with a fake Envoy brought up on it.
 fn connected(snapshot: Arc<Snapshot>) -> (Stream, FakeEnvoy) {
-    let mut stream = Stream::new(Mode::Aggregated);
-    let mut envoy = FakeEnvoy::default();
-    assert_eq!(
-        stream.on_snapshot(snapshot.clone()),
-        Output::default(),
-        "nothing is sent unasked"
-    );
-    let start = envoy.start();
-    converge(&mut stream, &mut envoy, start);
-    assert!(stream.in_sync());
-    assert!(envoy.holds_exactly(&snapshot));
-    (stream, envoy)
+    in_process::connected(snapshot)
 }
 
 /// A new stream from `envoy` (a reconnect) to a server serving `snapshot`: the responses to its
-/// first requests, each delivered to it.
+/// first requests, each delivered to it, then everything converged.
 fn reconnect(envoy: &mut FakeEnvoy, snapshot: Arc<Snapshot>) -> (Stream, Vec<Response>) {
-    let mut s = Stream::new(Mode::Aggregated);
-    s.on_snapshot(snapshot);
-    let mut sent = Vec::new();
-    let mut later = Vec::new();
-    for req in envoy.reconnect() {
-        let out = s.on_request(&req);
-        for r in &out.responses {
-            later.extend(envoy.receive(r));
-        }
-        sent.extend(out.responses);
-    }
-    let first: Vec<Response> = sent.clone();
-    converge(&mut s, envoy, later);
-    (s, first)
+    in_process::reconnect(envoy, snapshot)
 }
 
 #[test]
@@ -376,7 +38,7 @@ fn initial_connection_sends_clusters_and_endpoints_before_listeners_and_routes()
     let (s, envoy) = connected(blue_green("blue"));
     assert_eq!(envoy.log, [C, E, L, R]);
     assert_eq!(
-        envoy.route_target(),
+        envoy.route_targets(),
         BTreeSet::from(["checkout/blue".to_owned()])
     );
     assert_eq!(s.node().unwrap().id, "edge-1");
@@ -400,10 +62,10 @@ fn versions_are_the_state_of_the_world_type_versions() {
 
 #[test]
 fn go_control_plane_800_a_new_version_and_the_switch_to_it_in_one_edit_is_make_before_break() {
-    let (mut s, mut envoy) = connected(deployment(&[("blue", "127.0.0.1:8081")], "blue"));
+    let (mut s, mut envoy) = connected(only_blue());
     envoy.log.clear();
     // FakeEnvoy asserts after every response that routes only target held clusters.
-    let next = deployment(&[("green", "127.0.0.1:8082")], "green");
+    let next = only_green();
     push(&mut s, &mut envoy, next.clone());
     assert_eq!(
         envoy.log,
@@ -435,14 +97,7 @@ fn istio_34949_a_change_sends_only_what_changed_and_is_not_the_full_state() {
 
 #[test]
 fn istio_46882_what_is_gone_is_removed() {
-    let (mut s, mut envoy) = connected(deployment(
-        &[
-            ("blue", "127.0.0.1:8081"),
-            ("green", "127.0.0.1:8082"),
-            ("red", "127.0.0.1:8083"),
-        ],
-        "blue",
-    ));
+    let (mut s, mut envoy) = connected(three_versions());
     let out = s.on_snapshot(blue_green("blue"));
     assert_eq!(types(&out), [C, E]);
     for r in &out.responses {
@@ -497,10 +152,10 @@ fn java_control_plane_463_istio_41494_a_reconnect_removes_what_is_gone_and_sends
 
 #[test]
 fn a_reconnect_to_a_switched_config_is_make_before_break() {
-    let (_old, mut envoy) = connected(deployment(&[("blue", "127.0.0.1:8081")], "blue"));
+    let (_old, mut envoy) = connected(only_blue());
     envoy.log.clear();
     // Checked by the fake after every response: no route to a cluster it does not hold.
-    let next = deployment(&[("green", "127.0.0.1:8082")], "green");
+    let next = only_green();
     let (s, _) = reconnect(&mut envoy, next.clone());
     assert_eq!(envoy.log, [C, E, R, C, E]);
     assert!(envoy.holds_exactly(&next));
@@ -553,14 +208,7 @@ fn go_control_plane_488_565_a_name_that_does_not_exist_is_removed_and_sent_when_
     assert_eq!(r.removed, ["checkout/red"]);
     s.on_request(&ack(E, &r.nonce));
     assert!(s.in_sync(), "red is not in the config");
-    let out = s.on_snapshot(deployment(
-        &[
-            ("blue", "127.0.0.1:8081"),
-            ("green", "127.0.0.1:8082"),
-            ("red", "127.0.0.1:8083"),
-        ],
-        "blue",
-    ));
+    let out = s.on_snapshot(three_versions());
     let eds: Vec<&Response> = out.responses.iter().filter(|r| r.ty == E).collect();
     assert_eq!(names(eds[0]), ["checkout/red"]);
     assert!(eds[0].removed.is_empty());
@@ -578,14 +226,7 @@ fn envoy_21416_the_legacy_wildcard_is_a_first_request_naming_nothing() {
     let out = s.on_request(&request(C, &["checkout/blue"], &[]));
     let r = only(&out).clone();
     s.on_request(&ack(C, &r.nonce));
-    let out = s.on_snapshot(deployment(
-        &[
-            ("blue", "127.0.0.1:8081"),
-            ("green", "127.0.0.1:8082"),
-            ("red", "127.0.0.1:8083"),
-        ],
-        "blue",
-    ));
+    let out = s.on_snapshot(three_versions());
     assert_eq!(names(&out.responses[0]), ["checkout/red"]);
 }
 
@@ -648,11 +289,12 @@ fn unsubscribing_the_wildcard_keeps_only_the_names() {
 #[test]
 fn envoy_17980_a_child_asked_for_after_its_parent_went_is_tolerated() {
     let snap = blue_green("blue");
-    let (_old, envoy) = connected(snap.clone());
+    let (_old, mut envoy) = connected(snap.clone());
     let mut s = Stream::new(Mode::Aggregated);
     s.on_snapshot(snap.clone());
     let mut requests = envoy.reconnect();
     for req in &mut requests {
+        let req = req.delta_mut();
         if req.type_url == R.type_url() {
             // A route configuration whose listener went while the control plane was away:
             // still held at an old version, and one asked for but never received.
@@ -663,8 +305,8 @@ fn envoy_17980_a_child_asked_for_after_its_parent_went_is_tolerated() {
         }
     }
     let mut sent = Vec::new();
-    for req in &requests {
-        sent.extend(s.on_request(req).responses);
+    for req in requests {
+        sent.extend(s.on_request(&req.into_delta()).responses);
     }
     let r = sent.iter().find(|r| r.ty == R).expect("an RDS response");
     // Both are gone: the one it held, and the one it asked for and never got (a name that
@@ -711,7 +353,7 @@ fn a_nacked_response_is_recorded_and_not_sent_again() {
     let nacked = s.status(R).last_nack.expect("NACK recorded");
     assert_eq!(nacked.error, "rejected by test");
     assert_eq!(
-        envoy.route_target(),
+        envoy.route_targets(),
         BTreeSet::from(["checkout/blue".to_owned()])
     );
     assert_eq!(s.sync_state(), SyncState::Rejected);
@@ -743,17 +385,13 @@ fn a_nacked_response_is_recorded_and_not_sent_again() {
 
 #[test]
 fn a_nacked_cluster_holds_back_the_routes_that_need_it() {
-    let (mut s, mut envoy) = connected(deployment(&[("blue", "127.0.0.1:8081")], "blue"));
+    let (mut s, mut envoy) = connected(only_blue());
     envoy.reject = Some(C);
     envoy.log.clear();
-    push(
-        &mut s,
-        &mut envoy,
-        deployment(&[("green", "127.0.0.1:8082")], "green"),
-    );
+    push(&mut s, &mut envoy, only_green());
     assert_eq!(envoy.log, [C], "routes must not follow a rejected cluster");
     assert_eq!(
-        envoy.route_target(),
+        envoy.route_targets(),
         BTreeSet::from(["checkout/blue".to_owned()])
     );
 }
@@ -780,18 +418,10 @@ fn rapid_edits_never_leave_a_route_without_its_cluster() {
 
 #[test]
 fn endpoints_are_resent_when_a_cluster_is_redefined() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/basic.yaml");
-    let resources =
-        crate::app::compile_resources("t.yaml", &std::fs::read_to_string(path).unwrap()).unwrap();
-    let (mut s, mut envoy) = connected(Arc::new(Snapshot::new(&resources)));
+    let (basic, changed, name) = a_cluster_redefined();
+    let (mut s, mut envoy) = connected(basic);
     envoy.log.clear();
-    let mut changed = resources.clone();
-    changed.clusters[0].connect_timeout = Some(envoy_types::pb::google::protobuf::Duration {
-        seconds: 3,
-        nanos: 0,
-    });
-    let name = changed.clusters[0].name.clone();
-    let out = s.on_snapshot(Arc::new(Snapshot::new(&changed)));
+    let out = s.on_snapshot(changed);
     assert_eq!(
         names(only(&out)),
         [name.as_str()],
@@ -800,7 +430,7 @@ fn endpoints_are_resent_when_a_cluster_is_redefined() {
     let next = envoy.receive(&out.responses[0]);
     let mut sent = Vec::new();
     for req in next {
-        let out = s.on_request(&req);
+        let out = s.on_request(&req.into_delta());
         for r in &out.responses {
             envoy.receive(r);
         }
@@ -861,15 +491,16 @@ fn conformance_2_a_client_that_routes_nothing_yet_is_answered_at_once_in_any_ord
 
 #[test]
 fn a_reconnect_that_reports_routes_waits_for_clusters() {
-    let (_old, envoy) = connected(deployment(&[("blue", "127.0.0.1:8081")], "blue"));
+    let (_old, mut envoy) = connected(only_blue());
     let mut s = Stream::new(Mode::Aggregated);
-    s.on_snapshot(deployment(&[("green", "127.0.0.1:8082")], "green"));
+    s.on_snapshot(only_green());
     // Routes and listeners first: held back, the client routes with what it holds.
     let mut requests = envoy.reconnect();
-    requests.sort_by_key(|r| std::cmp::Reverse(ResourceType::from_type_url(&r.type_url)));
-    let first = s.on_request(&requests[0]);
+    requests.sort_by_key(|r| std::cmp::Reverse(ResourceType::from_type_url(r.type_url())));
+    let mut requests = requests.into_iter().map(Request::into_delta);
+    let first = s.on_request(&requests.next().unwrap());
     assert!(first.responses.is_empty(), "{first:?}");
-    let second = s.on_request(&requests[1]);
+    let second = s.on_request(&requests.next().unwrap());
     assert!(second.responses.is_empty(), "{second:?}");
 }
 
@@ -925,8 +556,8 @@ fn random_histories_keep_routes_on_held_clusters_and_converge() {
                 0 => {
                     // Deliver some of the queued requests before the next edit.
                     let n = rng.below(queued.len() as u64 + 1) as usize;
-                    for req in queued.drain(..n).collect::<Vec<_>>() {
-                        for r in s.on_request(&req).responses {
+                    for req in queued.drain(..n).collect::<Vec<Request>>() {
+                        for r in s.on_request(&req.into_delta()).responses {
                             queued.extend(envoy.receive(&r));
                         }
                     }

@@ -1,287 +1,35 @@
-//! The protocol state machine, fed requests directly: no sockets, no clock.
+//! The protocol state machine, fed requests directly: no sockets, no clock. The fake client
+//! and the fixtures are the test kit's (`crate::testing`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, route, route_action};
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
-use envoy_types::pb::google::protobuf::Any;
-use envoy_types::pb::google::rpc::Status;
-use prost::Message;
-
 use super::*;
-use crate::app::compile;
+use crate::testing::Protocol;
+use crate::testing::fixtures::{
+    a_cluster_redefined, blue_green, blue_moved, deployment, green_moved, only_blue, only_green,
+    three_versions,
+};
+use crate::testing::xds::in_process::{self, converge, names, only, push, types};
+use crate::testing::xds::{FakeEnvoy, node, sotw_nack as nack, sotw_request as request, with_node};
 use crate::xds::clients::SyncState;
 
-/// A deployment with one listener whose `/` route goes to `checkout/<active>`.
-fn deployment(versions: &[(&str, &str)], active: &str) -> Arc<Snapshot> {
-    let mut text = String::from(
-        "listeners:\n  - name: public\n    address: 127.0.0.1:10000\n    routes:\n      - match: { prefix: / }\n        service: checkout\nservices:\n  checkout:\n    versions:\n",
-    );
-    for (name, endpoint) in versions {
-        text.push_str(&format!(
-            "      {name}: {{ endpoints: [\"{endpoint}\"] }}\n"
-        ));
-    }
-    text.push_str(&format!("    active: {active}\n"));
-    Arc::new(compile("test.yaml", &text).unwrap())
-}
+const C: ResourceType = ResourceType::Cluster;
+const E: ResourceType = ResourceType::Endpoint;
+const L: ResourceType = ResourceType::Listener;
+const R: ResourceType = ResourceType::Route;
 
-fn blue_green(active: &str) -> Arc<Snapshot> {
-    deployment(
-        &[("blue", "127.0.0.1:8081"), ("green", "127.0.0.1:8082")],
-        active,
-    )
-}
-
-fn request(ty: ResourceType, version: &str, nonce: &str, names: &[&str]) -> DiscoveryRequest {
-    DiscoveryRequest {
-        type_url: ty.type_url().to_owned(),
-        version_info: version.to_owned(),
-        response_nonce: nonce.to_owned(),
-        resource_names: names.iter().map(|n| (*n).to_owned()).collect(),
-        node: Some(Node {
-            id: "edge-1".into(),
-            cluster: "edge".into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn nack(
-    ty: ResourceType,
-    version: &str,
-    nonce: &str,
-    names: &[&str],
-    error: &str,
-) -> DiscoveryRequest {
-    DiscoveryRequest {
-        error_detail: Some(Status {
-            code: 3,
-            message: error.to_owned(),
-            details: vec![],
-        }),
-        ..request(ty, version, nonce, names)
-    }
-}
-
-fn names(r: &Response) -> Vec<&str> {
-    r.resources.iter().map(|r| r.name.as_str()).collect()
-}
-
-fn types(out: &Output) -> Vec<ResourceType> {
-    out.responses.iter().map(|r| r.ty).collect()
-}
-
-/// The clusters a route configuration sends traffic to.
-fn route_targets(resource: &Resource) -> BTreeSet<String> {
-    let any = Any::decode(resource.encoded.as_ref()).unwrap();
-    let rc = RouteConfiguration::decode(any.value.as_slice()).unwrap();
-    let mut out = BTreeSet::new();
-    for vh in rc.virtual_hosts {
-        for r in vh.routes {
-            if let Some(route::Action::Route(a)) = r.action {
-                match a.cluster_specifier {
-                    Some(route_action::ClusterSpecifier::Cluster(c)) => {
-                        out.insert(c);
-                    }
-                    Some(route_action::ClusterSpecifier::WeightedClusters(w)) => {
-                        out.extend(w.clusters.into_iter().map(|c| c.name));
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-    out
-}
-
-/// A minimal Envoy: it applies what it is sent, asks for what its config refers to, ACKs, and
-/// checks after every response that each route targets a cluster it holds with endpoints (else
-/// real requests would fail with 503 "no cluster"). Like Envoy, it starts with clusters and
-/// asks for listeners once its first clusters have their endpoints (Envoy initialises LDS once
-/// the cluster manager is initialised).
-#[derive(Default)]
-struct FakeEnvoy {
-    /// Whether it asked for listeners yet.
-    asked_listeners: bool,
-    held: BTreeMap<ResourceType, BTreeMap<String, Resource>>,
-    versions: BTreeMap<ResourceType, String>,
-    /// The nonce of the last response of each type: Envoy sends it on every later request of
-    /// that type, subscription changes included.
-    nonces: BTreeMap<ResourceType, String>,
-    /// Every response type in the order received.
-    log: Vec<ResourceType>,
-    /// If set, responses of this type are NACKed.
-    reject: Option<ResourceType>,
-}
-
-impl FakeEnvoy {
-    fn start(&self) -> Vec<DiscoveryRequest> {
-        vec![request(ResourceType::Cluster, "", "", &[])]
-    }
-
-    /// The first listener request, once every cluster it holds has its endpoints.
-    fn ask_listeners_once_initialised(&mut self, out: &mut Vec<DiscoveryRequest>) {
-        let empty = BTreeMap::new();
-        let clusters = self.held.get(&ResourceType::Cluster).unwrap_or(&empty);
-        let endpoints = self.held.get(&ResourceType::Endpoint).unwrap_or(&empty);
-        if !self.asked_listeners
-            && self.held.contains_key(&ResourceType::Cluster)
-            && clusters.keys().all(|c| endpoints.contains_key(c))
-        {
-            self.asked_listeners = true;
-            out.push(request(ResourceType::Listener, "", "", &[]));
-        }
-    }
-
-    fn receive(&mut self, r: &Response) -> Vec<DiscoveryRequest> {
-        self.log.push(r.ty);
-        self.nonces.insert(r.ty, r.nonce.clone());
-        if self.reject == Some(r.ty) {
-            let held = self.versions.get(&r.ty).cloned().unwrap_or_default();
-            let names = self.subscribed(r.ty);
-            let names: Vec<&str> = names.iter().map(String::as_str).collect();
-            return vec![nack(r.ty, &held, &r.nonce, &names, "rejected by test")];
-        }
-        let set = self.held.entry(r.ty).or_default();
-        if r.ty.is_full_state() {
-            set.clear();
-        }
-        for res in &r.resources {
-            set.insert(res.name.clone(), res.clone());
-        }
-        self.versions.insert(r.ty, r.version.clone());
-        self.assert_routes_have_clusters();
-        let mut out = Vec::new();
-        // Like Envoy: subscription changes for dependent types go out before the ACK.
-        let dependent = match r.ty {
-            ResourceType::Cluster => Some(ResourceType::Endpoint),
-            ResourceType::Listener => Some(ResourceType::Route),
-            _ => None,
-        };
-        if let Some(dep) = dependent {
-            let names = self.subscribed(dep);
-            let version = self.versions.get(&dep).cloned().unwrap_or_default();
-            let nonce = self.nonces.get(&dep).cloned().unwrap_or_default();
-            let names: Vec<&str> = names.iter().map(String::as_str).collect();
-            out.push(request(dep, &version, &nonce, &names));
-        }
-        let names = self.subscribed(r.ty);
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        out.push(request(r.ty, &r.version, &r.nonce, &names));
-        self.ask_listeners_once_initialised(&mut out);
-        out
-    }
-
-    fn subscribed(&self, ty: ResourceType) -> Vec<String> {
-        let parent = match ty {
-            ResourceType::Endpoint => ResourceType::Cluster,
-            ResourceType::Route => ResourceType::Listener,
-            _ => return Vec::new(),
-        };
-        self.held
-            .get(&parent)
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    fn assert_routes_have_clusters(&self) {
-        let empty = BTreeMap::new();
-        let clusters = self.held.get(&ResourceType::Cluster).unwrap_or(&empty);
-        let endpoints = self.held.get(&ResourceType::Endpoint).unwrap_or(&empty);
-        for rc in self
-            .held
-            .get(&ResourceType::Route)
-            .unwrap_or(&empty)
-            .values()
-        {
-            for target in route_targets(rc) {
-                assert!(
-                    clusters.contains_key(&target) && endpoints.contains_key(&target),
-                    "route {} targets {target}, which Envoy does not hold (after {:?})",
-                    rc.name,
-                    self.log
-                );
-            }
-        }
-    }
-
-    fn route_target(&self) -> BTreeSet<String> {
-        self.held[&ResourceType::Route]
-            .values()
-            .flat_map(route_targets)
-            .collect()
-    }
-
-    fn clusters(&self) -> Vec<String> {
-        self.held[&ResourceType::Cluster].keys().cloned().collect()
-    }
-}
-
-/// Delivers requests and responses between `stream` and `envoy` until both are quiet, one
-/// message at a time (in the order a single gRPC stream would carry them).
-fn converge(
-    stream: &mut Stream,
-    envoy: &mut FakeEnvoy,
-    mut requests: Vec<DiscoveryRequest>,
-) -> Vec<Event> {
-    let mut events = Vec::new();
-    for _ in 0..1000 {
-        if requests.is_empty() {
-            return events;
-        }
-        let req = requests.remove(0);
-        let out = stream.on_request(&req);
-        events.extend(out.events);
-        for resp in &out.responses {
-            requests.extend(envoy.receive(resp));
-        }
-    }
-    panic!("did not converge");
-}
-
-fn push(stream: &mut Stream, envoy: &mut FakeEnvoy, snapshot: Arc<Snapshot>) -> Vec<Event> {
-    let out = stream.on_snapshot(snapshot);
-    let mut requests = Vec::new();
-    for resp in &out.responses {
-        requests.extend(envoy.receive(resp));
-    }
-    let mut events = out.events;
-    events.extend(converge(stream, envoy, requests));
-    events
-}
-
+/// An ADS stream serving `snapshot` with a fake Envoy brought up on it.
 fn connected(snapshot: Arc<Snapshot>) -> (Stream, FakeEnvoy) {
-    let mut stream = Stream::new(Mode::Aggregated);
-    let mut envoy = FakeEnvoy::default();
-    assert_eq!(
-        stream.on_snapshot(snapshot),
-        Output::default(),
-        "nothing is sent unasked"
-    );
-    let start = envoy.start();
-    converge(&mut stream, &mut envoy, start);
-    assert!(stream.in_sync());
-    (stream, envoy)
+    in_process::connected(snapshot)
 }
 
 #[test]
 fn initial_connection_sends_clusters_and_endpoints_before_listeners_and_routes() {
     let (stream, envoy) = connected(blue_green("blue"));
+    assert_eq!(envoy.log, [C, E, L, R]);
     assert_eq!(
-        envoy.log,
-        [
-            ResourceType::Cluster,
-            ResourceType::Endpoint,
-            ResourceType::Listener,
-            ResourceType::Route
-        ]
-    );
-    assert_eq!(
-        envoy.route_target(),
+        envoy.route_targets(),
         BTreeSet::from(["checkout/blue".to_owned()])
     );
     assert_eq!(stream.node().unwrap().id, "edge-1");
@@ -292,35 +40,30 @@ fn listeners_wait_for_acked_clusters_and_endpoints_when_the_client_may_be_routin
     // A reconnect: the client says it holds listeners (and so their routes) from before.
     let mut s = Stream::new(Mode::Aggregated);
     s.on_snapshot(blue_green("blue"));
-    let cds = s.on_request(&request(ResourceType::Cluster, "", "", &[]));
-    assert_eq!(types(&cds), [ResourceType::Cluster]);
-    let lds = s.on_request(&request(ResourceType::Listener, "old", "", &[]));
+    let cds = s.on_request(&request(C, "", "", &[]));
+    assert_eq!(types(&cds), [C]);
+    let lds = s.on_request(&request(L, "old", "", &[]));
     assert!(
         lds.responses.is_empty(),
         "no listener before its clusters are ACKed"
     );
     let c = &cds.responses[0];
-    let eds = s.on_request(&request(
-        ResourceType::Endpoint,
-        "",
-        "",
-        &["checkout/blue", "checkout/green"],
-    ));
-    assert_eq!(types(&eds), [ResourceType::Endpoint]);
+    let eds = s.on_request(&request(E, "", "", &["checkout/blue", "checkout/green"]));
+    assert_eq!(types(&eds), [E]);
     assert_eq!(
         names(&eds.responses[0]),
         ["checkout/blue", "checkout/green"]
     );
-    let ack = s.on_request(&request(ResourceType::Cluster, &c.version, &c.nonce, &[]));
+    let ack = s.on_request(&request(C, &c.version, &c.nonce, &[]));
     assert!(ack.responses.is_empty(), "endpoints not ACKed yet");
     let e = &eds.responses[0];
     let ack = s.on_request(&request(
-        ResourceType::Endpoint,
+        E,
         &e.version,
         &e.nonce,
         &["checkout/blue", "checkout/green"],
     ));
-    assert_eq!(types(&ack), [ResourceType::Listener]);
+    assert_eq!(types(&ack), [L]);
 }
 
 /// Conformance (issue 11, item 2): a client that asks for listeners and routes before clusters
@@ -330,48 +73,33 @@ fn listeners_wait_for_acked_clusters_and_endpoints_when_the_client_may_be_routin
 fn a_client_that_routes_nothing_yet_is_answered_at_once_in_any_order() {
     let mut s = Stream::new(Mode::Aggregated);
     s.on_snapshot(blue_green("blue"));
-    let lds = s.on_request(&request(ResourceType::Listener, "", "", &[]));
+    let lds = s.on_request(&request(L, "", "", &[]));
     let l = &lds.responses[0];
-    assert_eq!((l.ty, names(l)), (ResourceType::Listener, vec!["public"]));
-    s.on_request(&request(ResourceType::Listener, &l.version, &l.nonce, &[]));
-    let rds = s.on_request(&request(ResourceType::Route, "", "", &["public"]));
+    assert_eq!((l.ty, names(l)), (L, vec!["public"]));
+    s.on_request(&request(L, &l.version, &l.nonce, &[]));
+    let rds = s.on_request(&request(R, "", "", &["public"]));
     let r = &rds.responses[0];
-    assert_eq!((r.ty, names(r)), (ResourceType::Route, vec!["public"]));
-    s.on_request(&request(
-        ResourceType::Route,
-        &r.version,
-        &r.nonce,
-        &["public"],
-    ));
-    let cds = s.on_request(&request(ResourceType::Cluster, "", "", &["checkout/blue"]));
+    assert_eq!((r.ty, names(r)), (R, vec!["public"]));
+    s.on_request(&request(R, &r.version, &r.nonce, &["public"]));
+    let cds = s.on_request(&request(C, "", "", &["checkout/blue"]));
     let c = &cds.responses[0];
     assert_eq!(names(c), ["checkout/blue"]);
-    s.on_request(&request(
-        ResourceType::Cluster,
-        &c.version,
-        &c.nonce,
-        &["checkout/blue"],
-    ));
-    let eds = s.on_request(&request(ResourceType::Endpoint, "", "", &["checkout/blue"]));
+    s.on_request(&request(C, &c.version, &c.nonce, &["checkout/blue"]));
+    let eds = s.on_request(&request(E, "", "", &["checkout/blue"]));
     let e = &eds.responses[0];
     assert_eq!(names(e), ["checkout/blue"]);
-    s.on_request(&request(
-        ResourceType::Endpoint,
-        &e.version,
-        &e.nonce,
-        &["checkout/blue"],
-    ));
+    s.on_request(&request(E, &e.version, &e.nonce, &["checkout/blue"]));
 
     // From now on it routes: a switch to green waits for green's cluster and endpoints.
     let out = s.on_snapshot(blue_green("green"));
     assert!(out.responses.is_empty(), "{:?}", types(&out));
     let cds = s.on_request(&request(
-        ResourceType::Cluster,
+        C,
         &c.version,
         &c.nonce,
         &["checkout/blue", "checkout/green"],
     ));
-    assert_eq!(types(&cds), [ResourceType::Cluster]);
+    assert_eq!(types(&cds), [C]);
 }
 
 /// Conformance (issue 11, item 2): a client that ACKs clusters but never asks for endpoints
@@ -380,11 +108,11 @@ fn a_client_that_routes_nothing_yet_is_answered_at_once_in_any_order() {
 fn a_client_that_never_asks_for_endpoints_still_gets_listeners_and_routes() {
     let mut s = Stream::new(Mode::Aggregated);
     s.on_snapshot(blue_green("blue"));
-    let cds = s.on_request(&request(ResourceType::Cluster, "", "", &[]));
+    let cds = s.on_request(&request(C, "", "", &[]));
     let c = &cds.responses[0];
-    s.on_request(&request(ResourceType::Cluster, &c.version, &c.nonce, &[]));
-    let lds = s.on_request(&request(ResourceType::Listener, "", "", &[]));
-    assert_eq!(types(&lds), [ResourceType::Listener]);
+    s.on_request(&request(C, &c.version, &c.nonce, &[]));
+    let lds = s.on_request(&request(L, "", "", &[]));
+    assert_eq!(types(&lds), [L]);
 }
 
 #[test]
@@ -392,9 +120,9 @@ fn a_switch_sends_only_routes() {
     let (mut s, mut envoy) = connected(blue_green("blue"));
     envoy.log.clear();
     push(&mut s, &mut envoy, blue_green("green"));
-    assert_eq!(envoy.log, [ResourceType::Route]);
+    assert_eq!(envoy.log, [R]);
     assert_eq!(
-        envoy.route_target(),
+        envoy.route_targets(),
         BTreeSet::from(["checkout/green".to_owned()])
     );
     assert!(s.in_sync());
@@ -402,26 +130,22 @@ fn a_switch_sends_only_routes() {
 
 #[test]
 fn a_new_version_and_the_switch_to_it_in_one_edit_is_make_before_break() {
-    let (mut s, mut envoy) = connected(deployment(&[("blue", "127.0.0.1:8081")], "blue"));
+    let (mut s, mut envoy) = connected(only_blue());
     envoy.log.clear();
     // FakeEnvoy asserts after every response that routes only target held clusters.
-    push(
-        &mut s,
-        &mut envoy,
-        deployment(&[("green", "127.0.0.1:8082")], "green"),
-    );
+    push(&mut s, &mut envoy, only_green());
     assert_eq!(
         envoy.log,
         [
-            ResourceType::Cluster,  // blue + green
-            ResourceType::Endpoint, // green's endpoints
-            ResourceType::Route,    // to green
-            ResourceType::Cluster,  // blue removed, once the routes to green are ACKed
+            C, // blue + green
+            E, // green's endpoints
+            R, // to green
+            C, // blue removed, once the routes to green are ACKed
         ]
     );
     assert_eq!(envoy.clusters(), ["checkout/green"]);
     assert_eq!(
-        envoy.route_target(),
+        envoy.route_targets(),
         BTreeSet::from(["checkout/green".to_owned()])
     );
     assert!(s.in_sync());
@@ -443,7 +167,7 @@ fn rapid_edits_never_leave_a_route_without_its_cluster() {
     converge(&mut s, &mut envoy, pending);
     assert_eq!(envoy.clusters(), ["checkout/v5"]);
     assert_eq!(
-        envoy.route_target(),
+        envoy.route_targets(),
         BTreeSet::from(["checkout/v5".to_owned()])
     );
     assert!(s.in_sync());
@@ -453,33 +177,23 @@ fn rapid_edits_never_leave_a_route_without_its_cluster() {
 fn stale_nonces_are_ignored() {
     let mut s = Stream::new(Mode::Aggregated);
     s.on_snapshot(blue_green("blue"));
-    let first = s.on_request(&request(ResourceType::Cluster, "", "", &[]));
+    let first = s.on_request(&request(C, "", "", &[]));
     let first = &first.responses[0];
     // A second push of clusters supersedes the first before Envoy answers.
-    let second = s.on_snapshot(deployment(&[("blue", "127.0.0.1:8081")], "blue"));
+    let second = s.on_snapshot(only_blue());
     let second = &second.responses[0];
     assert_ne!(first.nonce, second.nonce);
-    let stale = s.on_request(&request(
-        ResourceType::Cluster,
-        &first.version,
-        &first.nonce,
-        &[],
-    ));
+    let stale = s.on_request(&request(C, &first.version, &first.nonce, &[]));
     assert_eq!(stale, Output::default());
     assert_eq!(
-        s.status(ResourceType::Cluster).pending.as_deref(),
+        s.status(C).pending.as_deref(),
         Some(second.version.as_str())
     );
-    let ack = s.on_request(&request(
-        ResourceType::Cluster,
-        &second.version,
-        &second.nonce,
-        &[],
-    ));
+    let ack = s.on_request(&request(C, &second.version, &second.nonce, &[]));
     assert_eq!(
         ack.events,
         [Event::Ack {
-            ty: ResourceType::Cluster,
+            ty: C,
             version: second.version.clone()
         }]
     );
@@ -488,34 +202,24 @@ fn stale_nonces_are_ignored() {
 #[test]
 fn a_nacked_version_is_recorded_and_not_sent_again() {
     let (mut s, mut envoy) = connected(blue_green("blue"));
-    envoy.reject = Some(ResourceType::Route);
+    envoy.reject = Some(R);
     let events = push(&mut s, &mut envoy, blue_green("green"));
-    let nacked = s
-        .status(ResourceType::Route)
-        .last_nack
-        .expect("NACK recorded");
+    let nacked = s.status(R).last_nack.expect("NACK recorded");
     assert_eq!(nacked.error, "rejected by test");
-    assert!(events.iter().any(|e| matches!(
-        e,
-        Event::Nack {
-            ty: ResourceType::Route,
-            ..
-        }
-    )));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Nack { ty: R, .. }))
+    );
     assert_eq!(
-        envoy.route_target(),
+        envoy.route_targets(),
         BTreeSet::from(["checkout/blue".to_owned()])
     );
     assert!(!s.in_sync());
 
     // The same content again (another request for routes) is not resent.
     envoy.log.clear();
-    let again = s.on_request(&request(
-        ResourceType::Route,
-        &envoy.versions[&ResourceType::Route],
-        "",
-        &["public"],
-    ));
+    let again = s.on_request(&request(R, &envoy.versions[&R], "", &["public"]));
     assert!(again.responses.is_empty());
 
     // Nor after other changes, while it is still the content to send.
@@ -527,7 +231,7 @@ fn a_nacked_version_is_recorded_and_not_sent_again() {
             "green",
         ),
     );
-    assert!(!envoy.log.contains(&ResourceType::Route), "{:?}", envoy.log);
+    assert!(!envoy.log.contains(&R), "{:?}", envoy.log);
 
     // The next change of the routes is sent, and accepted.
     envoy.reject = None;
@@ -540,7 +244,7 @@ fn a_nacked_version_is_recorded_and_not_sent_again() {
         ),
     );
     assert_eq!(
-        envoy.route_target(),
+        envoy.route_targets(),
         BTreeSet::from(["checkout/teal".to_owned()])
     );
     assert!(s.in_sync());
@@ -548,21 +252,13 @@ fn a_nacked_version_is_recorded_and_not_sent_again() {
 
 #[test]
 fn a_nacked_cluster_holds_back_the_routes_that_need_it() {
-    let (mut s, mut envoy) = connected(deployment(&[("blue", "127.0.0.1:8081")], "blue"));
-    envoy.reject = Some(ResourceType::Cluster);
+    let (mut s, mut envoy) = connected(only_blue());
+    envoy.reject = Some(C);
     envoy.log.clear();
-    push(
-        &mut s,
-        &mut envoy,
-        deployment(&[("green", "127.0.0.1:8082")], "green"),
-    );
+    push(&mut s, &mut envoy, only_green());
+    assert_eq!(envoy.log, [C], "routes must not follow a rejected cluster");
     assert_eq!(
-        envoy.log,
-        [ResourceType::Cluster],
-        "routes must not follow a rejected cluster"
-    );
-    assert_eq!(
-        envoy.route_target(),
+        envoy.route_targets(),
         BTreeSet::from(["checkout/blue".to_owned()])
     );
 }
@@ -573,27 +269,19 @@ fn a_reconnect_holding_the_current_versions_gets_nothing_to_apply() {
     let (_old, mut envoy) = connected(snapshot.clone());
     let mut s = Stream::new(Mode::Aggregated);
     s.on_snapshot(snapshot);
-    let v = |ty| envoy.versions[&ty].clone();
+    // Every type again, each with the version it holds and the names it asks for.
     let mut sent = Vec::new();
-    for (ty, names) in [
-        (ResourceType::Cluster, vec![]),
-        (ResourceType::Listener, vec![]),
-        (
-            ResourceType::Endpoint,
-            vec!["checkout/blue", "checkout/green"],
-        ),
-        (ResourceType::Route, vec!["public"]),
-    ] {
-        sent.extend(s.on_request(&request(ty, &v(ty), "", &names)).responses);
+    for req in envoy.reconnect() {
+        sent.extend(s.on_request(&req.into_sotw()).responses);
     }
     // One message, so that Envoy resets its reconnect backoff: the routes it holds, as a
     // response with no resource (which keeps them all), under the version it holds.
     let [greeting] = &sent[..] else {
         panic!("{sent:?}")
     };
-    assert_eq!(greeting.ty, ResourceType::Route);
+    assert_eq!(greeting.ty, R);
     assert!(greeting.resources.is_empty());
-    assert_eq!(greeting.version, v(ResourceType::Route));
+    assert_eq!(greeting.version, envoy.versions[&R]);
     let held = envoy.held.clone();
     let ack = envoy.receive(greeting);
     assert_eq!(envoy.held, held, "nothing changes for Envoy");
@@ -607,19 +295,19 @@ fn a_reconnect_holding_the_current_versions_gets_nothing_to_apply() {
 fn a_per_type_stream_reconnecting_to_cds_gets_the_same_set_again() {
     let snapshot = blue_green("blue");
     let (_old, envoy) = connected(snapshot.clone());
-    let mut s = Stream::new(Mode::Single(ResourceType::Cluster));
+    let mut s = Stream::new(Mode::Single(C));
     s.on_snapshot(snapshot);
-    let version = envoy.versions[&ResourceType::Cluster].clone();
-    let out = s.on_request(&request(ResourceType::Cluster, &version, "", &[]));
+    let version = envoy.versions[&C].clone();
+    let out = s.on_request(&request(C, &version, "", &[]));
     let [r] = &out.responses[..] else {
         panic!("{out:?}")
     };
     assert_eq!(r.version, version);
     assert_eq!(names(r), ["checkout/blue", "checkout/green"]);
-    s.on_request(&request(ResourceType::Cluster, &version, &r.nonce, &[]));
+    s.on_request(&request(C, &version, &r.nonce, &[]));
     assert!(s.in_sync());
     // Once per stream.
-    let out = s.on_request(&request(ResourceType::Cluster, &version, &r.nonce, &[]));
+    let out = s.on_request(&request(C, &version, &r.nonce, &[]));
     assert!(out.responses.is_empty());
 }
 
@@ -629,27 +317,12 @@ fn a_reconnect_holding_older_versions_gets_the_difference() {
     let mut s = Stream::new(Mode::Aggregated);
     s.on_snapshot(blue_green("green"));
     envoy.log.clear();
-    let v = |ty| envoy.versions[&ty].clone();
-    let requests = vec![
-        request(ResourceType::Cluster, &v(ResourceType::Cluster), "", &[]),
-        request(ResourceType::Listener, &v(ResourceType::Listener), "", &[]),
-        request(
-            ResourceType::Endpoint,
-            &v(ResourceType::Endpoint),
-            "",
-            &["checkout/blue", "checkout/green"],
-        ),
-        request(
-            ResourceType::Route,
-            &v(ResourceType::Route),
-            "",
-            &["public"],
-        ),
-    ];
+    // Every type again, each with the version it holds and the names it asks for.
+    let requests = envoy.reconnect();
     converge(&mut s, &mut envoy, requests);
-    assert_eq!(envoy.log, [ResourceType::Route]);
+    assert_eq!(envoy.log, [R]);
     assert_eq!(
-        envoy.route_target(),
+        envoy.route_targets(),
         BTreeSet::from(["checkout/green".to_owned()])
     );
 }
@@ -658,12 +331,12 @@ fn a_reconnect_holding_older_versions_gets_the_difference() {
 fn new_names_are_answered_and_unknown_names_sent_when_they_appear() {
     let mut s = Stream::new(Mode::Aggregated);
     s.on_snapshot(blue_green("blue"));
-    let out = s.on_request(&request(ResourceType::Endpoint, "", "", &["checkout/blue"]));
+    let out = s.on_request(&request(E, "", "", &["checkout/blue"]));
     let first = &out.responses[0];
     assert_eq!(names(first), ["checkout/blue"]);
     // Adding a name that exists: answered even though no content changed.
     let out = s.on_request(&request(
-        ResourceType::Endpoint,
+        E,
         &first.version,
         &first.nonce,
         &["checkout/blue", "checkout/green"],
@@ -672,26 +345,15 @@ fn new_names_are_answered_and_unknown_names_sent_when_they_appear() {
     assert_eq!(names(second), ["checkout/blue", "checkout/green"]);
     // A name that does not exist yet: nothing to send now...
     let out = s.on_request(&request(
-        ResourceType::Endpoint,
+        E,
         &second.version,
         &second.nonce,
         &["checkout/blue", "checkout/green", "checkout/red"],
     ));
     assert!(out.responses.is_empty());
     // ...and sent when it appears.
-    let out = s.on_snapshot(deployment(
-        &[
-            ("blue", "127.0.0.1:8081"),
-            ("green", "127.0.0.1:8082"),
-            ("red", "127.0.0.1:8083"),
-        ],
-        "blue",
-    ));
-    let eds: Vec<&Response> = out
-        .responses
-        .iter()
-        .filter(|r| r.ty == ResourceType::Endpoint)
-        .collect();
+    let out = s.on_snapshot(three_versions());
+    let eds: Vec<&Response> = out.responses.iter().filter(|r| r.ty == E).collect();
     assert_eq!(
         names(eds[0]),
         ["checkout/blue", "checkout/green", "checkout/red"]
@@ -700,41 +362,25 @@ fn new_names_are_answered_and_unknown_names_sent_when_they_appear() {
 
 #[test]
 fn new_clusters_get_their_endpoints() {
-    let (mut s, mut envoy) = connected(deployment(&[("blue", "127.0.0.1:8081")], "blue"));
+    let (mut s, mut envoy) = connected(only_blue());
     envoy.log.clear();
-    push(
-        &mut s,
-        &mut envoy,
-        deployment(
-            &[("blue", "127.0.0.1:8081"), ("green", "127.0.0.1:8082")],
-            "blue",
-        ),
-    );
-    assert_eq!(envoy.log, [ResourceType::Cluster, ResourceType::Endpoint]);
+    push(&mut s, &mut envoy, blue_green("blue"));
+    assert_eq!(envoy.log, [C, E]);
     assert_eq!(
-        envoy.held[&ResourceType::Endpoint]
-            .keys()
-            .collect::<Vec<_>>(),
+        envoy.held[&E].keys().collect::<Vec<_>>(),
         ["checkout/blue", "checkout/green"]
     );
 }
 
 #[test]
 fn endpoints_are_resent_when_a_cluster_is_redefined() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/basic.yaml");
-    let resources =
-        crate::app::compile_resources("t.yaml", &std::fs::read_to_string(path).unwrap()).unwrap();
-    let (mut s, mut envoy) = connected(Arc::new(Snapshot::new(&resources)));
-    envoy.log.clear();
     // Same names and endpoints, one cluster definition changed: Envoy re-creates that cluster,
     // which warms until it receives its endpoints again.
-    let mut changed = resources.clone();
-    changed.clusters[0].connect_timeout = Some(envoy_types::pb::google::protobuf::Duration {
-        seconds: 3,
-        nanos: 0,
-    });
-    push(&mut s, &mut envoy, Arc::new(Snapshot::new(&changed)));
-    assert_eq!(envoy.log, [ResourceType::Cluster, ResourceType::Endpoint]);
+    let (basic, changed, _) = a_cluster_redefined();
+    let (mut s, mut envoy) = connected(basic);
+    envoy.log.clear();
+    push(&mut s, &mut envoy, changed);
+    assert_eq!(envoy.log, [C, E]);
     assert!(s.in_sync());
 }
 
@@ -743,17 +389,12 @@ fn dropped_names_need_no_response() {
     let mut s = Stream::new(Mode::Aggregated);
     s.on_snapshot(blue_green("blue"));
     let both = ["checkout/blue", "checkout/green"];
-    let out = s.on_request(&request(ResourceType::Endpoint, "", "", &both));
+    let out = s.on_request(&request(E, "", "", &both));
     let r = &out.responses[0];
-    let out = s.on_request(&request(
-        ResourceType::Endpoint,
-        &r.version,
-        &r.nonce,
-        &["checkout/blue"],
-    ));
+    let out = s.on_request(&request(E, &r.version, &r.nonce, &["checkout/blue"]));
     assert!(out.responses.is_empty());
     // Asking again for the dropped name is a new subscription: it is answered.
-    let out = s.on_request(&request(ResourceType::Endpoint, &r.version, "", &both));
+    let out = s.on_request(&request(E, &r.version, "", &both));
     assert_eq!(names(&out.responses[0]), both);
 }
 
@@ -765,11 +406,11 @@ fn an_unchanged_snapshot_sends_nothing() {
 
 #[test]
 fn per_type_streams_send_their_type_without_waiting() {
-    let mut s = Stream::new(Mode::Single(ResourceType::Listener));
+    let mut s = Stream::new(Mode::Single(L));
     s.on_snapshot(blue_green("blue"));
-    let out = s.on_request(&request(ResourceType::Listener, "", "", &[]));
-    assert_eq!(types(&out), [ResourceType::Listener]);
-    let other = s.on_request(&request(ResourceType::Cluster, "", "", &[]));
+    let out = s.on_request(&request(L, "", "", &[]));
+    assert_eq!(types(&out), [L]);
+    let other = s.on_request(&request(C, "", "", &[]));
     assert!(other.responses.is_empty());
     assert!(matches!(other.events[..], [Event::UnknownType { .. }]));
 }
@@ -778,8 +419,8 @@ fn per_type_streams_send_their_type_without_waiting() {
 fn types_are_not_sent_unasked() {
     let mut s = Stream::new(Mode::Aggregated);
     s.on_snapshot(blue_green("blue"));
-    let out = s.on_request(&request(ResourceType::Cluster, "", "", &[]));
-    assert_eq!(types(&out), [ResourceType::Cluster]);
+    let out = s.on_request(&request(C, "", "", &[]));
+    assert_eq!(types(&out), [C]);
 }
 
 #[test]
@@ -788,17 +429,12 @@ fn a_subscription_change_with_the_acked_nonce_is_answered() {
     // after an ACK a request adding names carries that (answered) nonce: it is not stale.
     let mut s = Stream::new(Mode::Aggregated);
     s.on_snapshot(blue_green("blue"));
-    let out = s.on_request(&request(ResourceType::Endpoint, "", "", &["checkout/blue"]));
+    let out = s.on_request(&request(E, "", "", &["checkout/blue"]));
     let r = out.responses[0].clone();
-    let ack = s.on_request(&request(
-        ResourceType::Endpoint,
-        &r.version,
-        &r.nonce,
-        &["checkout/blue"],
-    ));
+    let ack = s.on_request(&request(E, &r.version, &r.nonce, &["checkout/blue"]));
     assert!(ack.responses.is_empty());
     let more = s.on_request(&request(
-        ResourceType::Endpoint,
+        E,
         &r.version,
         &r.nonce,
         &["checkout/blue", "checkout/green"],
@@ -815,7 +451,7 @@ fn a_type_not_asked_for_yet_is_not_in_sync() {
     // Envoy asks for routes after its listeners are ACKed: until then it holds no route, so
     // it is not in sync (status, save-to-ACK and the retirement gate rely on this).
     let mut s = Stream::new(Mode::Aggregated);
-    let mut envoy = FakeEnvoy::default();
+    let mut envoy = FakeEnvoy::new(Protocol::Sotw);
     s.on_snapshot(blue_green("blue"));
     let mut requests = envoy.start();
     let mut seen_lds_ack = false;
@@ -823,20 +459,15 @@ fn a_type_not_asked_for_yet_is_not_in_sync() {
         let Some(req) = (!requests.is_empty()).then(|| requests.remove(0)) else {
             break;
         };
-        if req.type_url == ResourceType::Route.type_url() {
+        if req.type_url() == R.type_url() {
             // Held back: the route subscription has not arrived yet.
             continue;
         }
-        let out = s.on_request(&req);
-        seen_lds_ack |= out.events.iter().any(|e| {
-            matches!(
-                e,
-                Event::Ack {
-                    ty: ResourceType::Listener,
-                    ..
-                }
-            )
-        });
+        let out = s.on_request(&req.into_sotw());
+        seen_lds_ack |= out
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Ack { ty: L, .. }));
         for r in &out.responses {
             requests.extend(envoy.receive(r));
         }
@@ -844,14 +475,9 @@ fn a_type_not_asked_for_yet_is_not_in_sync() {
     assert!(seen_lds_ack);
     assert!(!s.in_sync(), "no route subscribed, none held");
     assert_eq!(s.sync_state(), SyncState::Pending);
-    let out = s.on_request(&request(ResourceType::Route, "", "", &["public"]));
+    let out = s.on_request(&request(R, "", "", &["public"]));
     let r = &out.responses[0];
-    s.on_request(&request(
-        ResourceType::Route,
-        &r.version,
-        &r.nonce,
-        &["public"],
-    ));
+    s.on_request(&request(R, &r.version, &r.nonce, &["public"]));
     assert!(s.in_sync());
 }
 
@@ -864,10 +490,10 @@ fn a_client_that_names_its_listener_is_in_sync_with_what_it_uses() {
     s.on_snapshot(blue_green("blue"));
     let mut last = BTreeMap::new();
     for (ty, name) in [
-        (ResourceType::Listener, "public"),
-        (ResourceType::Route, "public"),
-        (ResourceType::Cluster, "checkout/blue"),
-        (ResourceType::Endpoint, "checkout/blue"),
+        (L, "public"),
+        (R, "public"),
+        (C, "checkout/blue"),
+        (E, "checkout/blue"),
     ] {
         assert!(!s.in_sync(), "{ty:?} not asked for yet");
         let out = s.on_request(&request(ty, "", "", &[name]));
@@ -882,16 +508,11 @@ fn a_client_that_names_its_listener_is_in_sync_with_what_it_uses() {
     // A switch: the route comes first, at once (the client asks for green's cluster only once
     // a route names it); until green's cluster and endpoints are held, it is not in sync.
     let out = s.on_snapshot(blue_green("green"));
-    assert_eq!(types(&out), [ResourceType::Route]);
+    assert_eq!(types(&out), [R]);
     let r = &out.responses[0];
-    s.on_request(&request(
-        ResourceType::Route,
-        &r.version,
-        &r.nonce,
-        &["public"],
-    ));
+    s.on_request(&request(R, &r.version, &r.nonce, &["public"]));
     let both = ["checkout/blue", "checkout/green"];
-    for ty in [ResourceType::Cluster, ResourceType::Endpoint] {
+    for ty in [C, E] {
         let (version, nonce) = &last[&ty];
         let out = s.on_request(&request(ty, version, nonce, &both));
         assert!(!s.in_sync(), "green's {ty:?} is on its way");
@@ -904,23 +525,18 @@ fn a_client_that_names_its_listener_is_in_sync_with_what_it_uses() {
 
 #[test]
 fn endpoints_of_only_some_clusters_are_not_in_sync() {
-    let mut s = Stream::new(Mode::Single(ResourceType::Endpoint));
+    let mut s = Stream::new(Mode::Single(E));
     s.on_snapshot(blue_green("blue"));
-    let out = s.on_request(&request(ResourceType::Endpoint, "", "", &["checkout/blue"]));
+    let out = s.on_request(&request(E, "", "", &["checkout/blue"]));
     let r = &out.responses[0];
-    s.on_request(&request(
-        ResourceType::Endpoint,
-        &r.version,
-        &r.nonce,
-        &["checkout/blue"],
-    ));
+    s.on_request(&request(E, &r.version, &r.nonce, &["checkout/blue"]));
     assert!(!s.in_sync(), "checkout/green's endpoints are not held");
 }
 
 #[test]
 fn a_client_that_rejected_the_current_config_has_answered_it() {
     let (mut s, mut envoy) = connected(blue_green("blue"));
-    envoy.reject = Some(ResourceType::Route);
+    envoy.reject = Some(R);
     push(&mut s, &mut envoy, blue_green("green"));
     assert!(!s.in_sync());
     assert_eq!(s.sync_state(), SyncState::Rejected);
@@ -939,7 +555,7 @@ fn the_explicit_wildcard_subscribes_to_every_cluster_and_listener() {
     for names in [vec!["*"], vec!["*", "checkout/blue"]] {
         let mut s = Stream::new(Mode::Aggregated);
         s.on_snapshot(blue_green("blue"));
-        let out = s.on_request(&request(ResourceType::Cluster, "", "", &names));
+        let out = s.on_request(&request(C, "", "", &names));
         assert_eq!(
             names_of(&out),
             ["checkout/blue", "checkout/green"],
@@ -948,41 +564,33 @@ fn the_explicit_wildcard_subscribes_to_every_cluster_and_listener() {
     }
     // LDS ["*"]: every listener, never an empty set (which in state-of-the-world xDS tells the
     // client to delete every listener it holds).
-    let mut s = Stream::new(Mode::Single(ResourceType::Listener));
+    let mut s = Stream::new(Mode::Single(L));
     s.on_snapshot(blue_green("blue"));
-    let out = s.on_request(&request(ResourceType::Listener, "", "", &["*"]));
+    let out = s.on_request(&request(L, "", "", &["*"]));
     assert_eq!(names_of(&out), ["public"]);
 }
 
 #[test]
 fn an_empty_list_after_names_unsubscribes_and_star_resubscribes() {
-    let mut s = Stream::new(Mode::Single(ResourceType::Cluster));
+    let mut s = Stream::new(Mode::Single(C));
     s.on_snapshot(blue_green("blue"));
-    let out = s.on_request(&request(ResourceType::Cluster, "", "", &["checkout/blue"]));
+    let out = s.on_request(&request(C, "", "", &["checkout/blue"]));
     let r = out.responses[0].clone();
     assert_eq!(names(&r), ["checkout/blue"]);
-    let out = s.on_request(&request(ResourceType::Cluster, &r.version, &r.nonce, &[]));
+    let out = s.on_request(&request(C, &r.version, &r.nonce, &[]));
     assert_eq!(
         names_of(&out),
         Vec::<&str>::new(),
         "unsubscribed from everything"
     );
     let r = out.responses[0].clone();
-    let out = s.on_request(&request(
-        ResourceType::Cluster,
-        &r.version,
-        &r.nonce,
-        &["*"],
-    ));
+    let out = s.on_request(&request(C, &r.version, &r.nonce, &["*"]));
     assert_eq!(names_of(&out), ["checkout/blue", "checkout/green"]);
 }
 
 /// The resource names of the one response in `out`.
 fn names_of(out: &Output) -> Vec<&str> {
-    let [r] = &out.responses[..] else {
-        panic!("one response expected: {out:?}")
-    };
-    names(r)
+    names(only(out))
 }
 
 mod conformance;

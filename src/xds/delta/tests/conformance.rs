@@ -19,20 +19,7 @@ fn without_node(req: DeltaDiscoveryRequest) -> DeltaDiscoveryRequest {
 
 /// A per-type stream of `ty` serving `snapshot`.
 fn single(ty: ResourceType, snapshot: Arc<Snapshot>) -> Stream {
-    let mut s = Stream::new(Mode::Single(ty));
-    s.on_snapshot(snapshot);
-    s
-}
-
-fn three_versions() -> Arc<Snapshot> {
-    deployment(
-        &[
-            ("blue", "127.0.0.1:8081"),
-            ("green", "127.0.0.1:8082"),
-            ("red", "127.0.0.1:8083"),
-        ],
-        "blue",
-    )
+    in_process::single(ty, snapshot)
 }
 
 /// "Incremental xDS": "In the delta xDS wire protocol, the nonce field is required and used to
@@ -58,7 +45,8 @@ fn the_nonce_field_is_required_in_every_response() {
 #[test]
 fn only_the_first_request_is_guaranteed_to_carry_the_node_identifier() {
     let mut s = single(C, blue_green("blue"));
-    let r = only(&s.on_request(&request(C, &[], &[]))).clone();
+    let first = with_node(request(C, &[], &[]), node("edge-1")).into_delta();
+    let r = only(&s.on_request(&first)).clone();
     let out = s.on_request(&without_node(ack(C, &r.nonce)));
     assert!(out.events.iter().any(|e| matches!(e, Event::Ack { .. })));
     assert_eq!(s.node().unwrap().id, "edge-1");
@@ -90,10 +78,7 @@ fn subscription_changes_are_honoured_even_with_a_stale_nonce() {
     let mut s = single(E, blue_green("blue"));
     let first = only(&s.on_request(&request(E, &["checkout/blue"], &[]))).clone();
     s.on_request(&ack(E, &first.nonce));
-    let moved = deployment(
-        &[("blue", "127.0.0.1:9999"), ("green", "127.0.0.1:8082")],
-        "blue",
-    );
+    let moved = blue_moved();
     let newer = only(&s.on_snapshot(moved)).clone();
     assert_ne!(newer.nonce, first.nonce);
     // Stale nonce, new name: the subscription counts (green follows the response in flight).
@@ -242,10 +227,7 @@ fn phantom_unsubscriptions_are_processed_cleanly() {
     s.on_request(&ack(E, &r.nonce));
     let out = s.on_request(&request(E, &[], &["checkout/green", "never/existed"]));
     assert!(out.responses.is_empty(), "{out:?}");
-    let moved = deployment(
-        &[("blue", "127.0.0.1:9999"), ("green", "127.0.0.1:8082")],
-        "blue",
-    );
+    let moved = blue_moved();
     assert_eq!(
         names(only(&s.on_snapshot(moved))),
         ["checkout/blue"],
@@ -304,10 +286,7 @@ fn a_subscribed_resource_that_springs_into_existence_later_is_sent() {
 #[test]
 fn a_change_sends_only_the_changed_resource_and_removes_nothing_unchanged() {
     let (mut stream, mut envoy) = connected(blue_green("blue"));
-    let out = stream.on_snapshot(deployment(
-        &[("blue", "127.0.0.1:9999"), ("green", "127.0.0.1:8082")],
-        "blue",
-    ));
+    let out = stream.on_snapshot(blue_moved());
     let r = only(&out);
     assert_eq!(r.ty, E);
     assert_eq!(names(r), ["checkout/blue"]);
@@ -356,11 +335,7 @@ fn updates_are_sequenced_make_before_break() {
     let (mut stream, mut envoy) = connected(three_versions());
     envoy.log.clear();
     // The fake Envoy checks after every response that each route's cluster is held.
-    push(
-        &mut stream,
-        &mut envoy,
-        deployment(&[("green", "127.0.0.1:8082")], "green"),
-    );
+    push(&mut stream, &mut envoy, only_green());
     let route_at = envoy.log.iter().position(|t| *t == R).expect("routes sent");
     let last_cluster = envoy
         .log

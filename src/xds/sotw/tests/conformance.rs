@@ -6,10 +6,7 @@
 
 use super::*;
 
-const C: ResourceType = ResourceType::Cluster;
-const E: ResourceType = ResourceType::Endpoint;
-const L: ResourceType = ResourceType::Listener;
-const R: ResourceType = ResourceType::Route;
+use crate::testing::xds::in_process::only as one;
 
 fn without_node(req: DiscoveryRequest) -> DiscoveryRequest {
     DiscoveryRequest { node: None, ..req }
@@ -17,28 +14,7 @@ fn without_node(req: DiscoveryRequest) -> DiscoveryRequest {
 
 /// A per-type stream of `ty` serving `snapshot`.
 fn single(ty: ResourceType, snapshot: Arc<Snapshot>) -> Stream {
-    let mut s = Stream::new(Mode::Single(ty));
-    s.on_snapshot(snapshot);
-    s
-}
-
-/// The one response in `out`.
-fn one(out: &Output) -> &Response {
-    let [r] = &out.responses[..] else {
-        panic!("one response expected: {out:?}")
-    };
-    r
-}
-
-fn three_versions() -> Arc<Snapshot> {
-    deployment(
-        &[
-            ("blue", "127.0.0.1:8081"),
-            ("green", "127.0.0.1:8082"),
-            ("red", "127.0.0.1:8083"),
-        ],
-        "blue",
-    )
+    in_process::single(ty, snapshot)
 }
 
 /// "Basic Protocol Overview": "All server responses will contain a nonce, and all subsequent
@@ -47,7 +23,7 @@ fn three_versions() -> Arc<Snapshot> {
 #[test]
 fn all_server_responses_will_contain_a_nonce() {
     let mut stream = Stream::new(Mode::Aggregated);
-    let mut envoy = FakeEnvoy::default();
+    let mut envoy = FakeEnvoy::new(Protocol::Sotw);
     stream.on_snapshot(blue_green("blue"));
     let start = envoy.start();
     converge(&mut stream, &mut envoy, start);
@@ -68,7 +44,8 @@ fn all_server_responses_will_contain_a_nonce() {
 #[test]
 fn only_the_first_request_is_guaranteed_to_carry_the_node_identifier() {
     let mut s = single(C, blue_green("blue"));
-    let r = one(&s.on_request(&request(C, "", "", &[]))).clone();
+    let first = with_node(request(C, "", "", &[]), node("edge-1")).into_sotw();
+    let r = one(&s.on_request(&first)).clone();
     let out = s.on_request(&without_node(request(C, &r.version, &r.nonce, &[])));
     assert!(out.responses.is_empty(), "an ACK without a node is an ACK");
     assert_eq!(
@@ -89,10 +66,7 @@ fn whenever_one_resource_of_that_type_changes_the_version_is_changed() {
     let all = ["checkout/blue", "checkout/green"];
     let first = one(&s.on_request(&request(E, "", "", &all))).clone();
     s.on_request(&request(E, &first.version, &first.nonce, &all));
-    let moved = deployment(
-        &[("blue", "127.0.0.1:8081"), ("green", "127.0.0.1:9999")],
-        "blue",
-    );
+    let moved = green_moved();
     let next = one(&s.on_snapshot(moved)).clone();
     assert_ne!(next.version, first.version);
 }
@@ -154,10 +128,7 @@ fn updates_are_sent_only_when_resources_have_changed() {
     let (mut stream, mut envoy) = connected(blue_green("blue"));
     assert!(stream.on_snapshot(blue_green("blue")).responses.is_empty());
     // Only an endpoint moves: only endpoints are sent.
-    let moved = deployment(
-        &[("blue", "127.0.0.1:9999"), ("green", "127.0.0.1:8082")],
-        "blue",
-    );
+    let moved = blue_moved();
     envoy.log.clear();
     push(&mut stream, &mut envoy, moved);
     assert_eq!(envoy.log, [E]);
@@ -212,10 +183,7 @@ fn an_empty_list_of_names_means_no_interest_in_the_type() {
     for r in &out.responses {
         assert!(r.resources.is_empty(), "{out:?}");
     }
-    let moved = deployment(
-        &[("blue", "127.0.0.1:9999"), ("green", "127.0.0.1:8082")],
-        "blue",
-    );
+    let moved = blue_moved();
     assert!(
         s.on_snapshot(moved).responses.is_empty(),
         "no interest, no update"
@@ -325,10 +293,7 @@ fn a_name_left_out_of_a_request_is_unsubscribed() {
     let r = one(&s.on_request(&request(E, "", "", &both))).clone();
     let out = s.on_request(&request(E, &r.version, &r.nonce, &["checkout/blue"]));
     assert!(out.responses.iter().all(|r| r.resources.len() <= 1));
-    let green_moved = deployment(
-        &[("blue", "127.0.0.1:8081"), ("green", "127.0.0.1:9999")],
-        "blue",
-    );
+    let green_moved = green_moved();
     assert!(
         s.on_snapshot(green_moved).responses.is_empty(),
         "green is no longer asked for"
@@ -342,10 +307,7 @@ fn a_name_left_out_of_a_request_is_unsubscribed() {
 fn a_request_with_a_stale_nonce_gets_no_response() {
     let mut s = single(E, blue_green("blue"));
     let first = one(&s.on_request(&request(E, "", "", &["checkout/blue"]))).clone();
-    let moved = deployment(
-        &[("blue", "127.0.0.1:9999"), ("green", "127.0.0.1:8082")],
-        "blue",
-    );
+    let moved = blue_moved();
     let newer = one(&s.on_snapshot(moved)).clone();
     assert_ne!(newer.nonce, first.nonce);
     let out = s.on_request(&request(

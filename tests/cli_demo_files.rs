@@ -1,0 +1,358 @@
+//! The demo's files agree with each other and with the code that makes them: the bootstraps in
+//! `envoy/` are what `cutover bootstrap` prints today, and docker-compose.yml, examples/demo.yaml
+//! and envoy/front.yaml name the same services, ports and paths. Pure file checks; the demo
+//! itself runs in `tests/compose_demo.rs` and `tests/e2e_demo.rs`.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn repo_file(path: &str) -> String {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+}
+
+fn yaml(text: &str) -> Value {
+    serde_saphyr::from_str(text).unwrap_or_else(|e| panic!("not YAML: {e}\n{text}"))
+}
+
+/// `cutover` with these arguments; its stdout. Panics if it fails.
+fn cutover(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(args)
+        .output()
+        .expect("run cutover");
+    assert!(
+        out.status.success(),
+        "cutover {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A generated file: its header names the command (a `#   cutover bootstrap ...` line), and the
+/// rest is exactly what that command prints today.
+fn check_generated(path: &str) -> Value {
+    let text = repo_file(path);
+    let command = text
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .find_map(|l| l.trim_start_matches('#').trim().strip_prefix("cutover "))
+        .unwrap_or_else(|| panic!("{path}: no `#   cutover ...` line in its header"));
+    let body: String = text
+        .lines()
+        .skip_while(|l| l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let args: Vec<&str> = command.split_whitespace().collect();
+    let printed = cutover(&args);
+    assert!(
+        body == printed,
+        "{path} is not what `cutover {command}` prints today; regenerate it:\n--- {path}\n{body}\n--- printed\n{printed}"
+    );
+    yaml(&body)
+}
+
+/// The ADS address (host, port) of a bootstrap.
+fn ads_of(bootstrap: &Value) -> (String, u64) {
+    let sa = &bootstrap["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        [0]["endpoint"]["address"]["socket_address"];
+    (
+        sa["address"].as_str().unwrap().to_owned(),
+        sa["port_value"].as_u64().unwrap(),
+    )
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not a list: {v}"))
+        .iter()
+        .map(|s| match s {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+/// `--name=value` or `--name value` in a command.
+fn flag(command: &[String], name: &str) -> Option<String> {
+    let long = format!("--{name}");
+    command.iter().enumerate().find_map(|(i, a)| {
+        a.strip_prefix(&format!("{long}="))
+            .map(str::to_owned)
+            .or_else(|| (*a == long).then(|| command.get(i + 1).cloned()).flatten())
+    })
+}
+
+#[test]
+fn the_front_envoy_bootstrap_is_what_cutover_bootstrap_prints() {
+    let b = check_generated("envoy/front.yaml");
+    assert_eq!(b["node"]["id"], "front");
+    assert_eq!(ads_of(&b), ("cutover".to_owned(), 18000));
+    assert_eq!(b["static_resources"]["clusters"][0]["type"], "STRICT_DNS");
+}
+
+#[test]
+fn compose_file_deployment_file_and_bootstrap_agree() {
+    let compose = yaml(&repo_file("docker-compose.yml"));
+    let services = compose["services"].as_object().expect("services");
+    let bootstrap = yaml(&repo_file("envoy/front.yaml"));
+    let deploy_text = repo_file("examples/demo.yaml");
+    let spec = cutover::spec::parse("examples/demo.yaml", &deploy_text).expect("demo.yaml valid");
+
+    // Every port is published on the host's loopback only.
+    for (name, s) in services {
+        for p in s["ports"].as_array().into_iter().flatten() {
+            let p = p.as_str().unwrap();
+            assert!(
+                p.starts_with("127.0.0.1:"),
+                "{name} publishes {p} beyond loopback"
+            );
+        }
+    }
+
+    // cutover serves the mounted demo.yaml on the ADS port the bootstrap names, by its name.
+    let cutover = &services["cutover"];
+    let command = strings(&cutover["command"]);
+    assert_eq!(command[0], "serve");
+    assert_eq!(command[1], "/etc/cutover/demo.yaml");
+    assert_eq!(
+        strings(&cutover["volumes"]),
+        ["./examples:/etc/cutover:ro"],
+        "the directory is mounted (editors save by rename), read-only"
+    );
+    let ads = flag(&command, "ads").expect("--ads");
+    let (host, port) = ads_of(&bootstrap);
+    assert_eq!(host, "cutover", "the bootstrap names the compose service");
+    assert_eq!(ads, format!("0.0.0.0:{port}"));
+    let state = flag(&command, "state").expect("--state: the mount is read-only");
+    assert!(state.starts_with("/var/lib/cutover/"), "{state}");
+    let admin = flag(&command, "admin").expect("--admin");
+    let admin_port = admin.rsplit(':').next().unwrap();
+    assert!(strings(&cutover["ports"]).contains(&format!("127.0.0.1:{admin_port}:{admin_port}")));
+    // An admin API bound beyond loopback needs a token, or cutover refuses to start.
+    assert!(
+        cutover["environment"]["CUTOVER_ADMIN_TOKEN"].is_string(),
+        "compose gives cutover an admin token"
+    );
+
+    // The front Envoy: the official image at the release the tests use, started on the bootstrap.
+    let envoy = &services["envoy"];
+    let version = repo_file("scripts/test")
+        .lines()
+        .find_map(|l| l.strip_prefix("ENVOY_VERSION="))
+        .expect("ENVOY_VERSION in scripts/test")
+        .to_owned();
+    assert_eq!(envoy["image"], format!("envoyproxy/envoy:v{version}"));
+    assert_eq!(strings(&envoy["volumes"]), ["./envoy:/etc/envoy:ro"]);
+    let command = strings(&envoy["command"]);
+    let config = command[command.iter().position(|a| a == "-c").unwrap() + 1].clone();
+    assert_eq!(config, "/etc/envoy/front.yaml");
+    let ports = strings(&envoy["ports"]);
+    let listener = spec.listeners[0]
+        .kind
+        .address()
+        .expect("an Envoy listener")
+        .port();
+    assert!(
+        ports.contains(&format!("127.0.0.1:{listener}:{listener}")),
+        "{ports:?}"
+    );
+    let envoy_admin = bootstrap["admin"]["address"]["socket_address"]["port_value"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        ports.contains(&format!("127.0.0.1:{envoy_admin}:{envoy_admin}")),
+        "{ports:?}"
+    );
+
+    // Every endpoint of the deployment file is an upstream service of the compose file, on the
+    // port it listens on; each upstream runs `cutover demo-upstream` named after its service.
+    let mut upstreams = Vec::new();
+    for (name, s) in services {
+        let command = strings(&s["command"]);
+        if command.first().map(String::as_str) == Some("demo-upstream") {
+            assert_eq!(flag(&command, "name").as_deref(), Some(name.as_str()));
+            assert_eq!(flag(&command, "listen").as_deref(), Some("0.0.0.0:8080"));
+            upstreams.push(name.clone());
+        }
+    }
+    upstreams.sort();
+    assert_eq!(upstreams, ["blue", "broken", "canary", "green"]);
+    // `cutover demo` starts the same upstreams on loopback: checked where its list is, in the
+    // binary's unit tests (`src/demo/mod.rs`), the demo being no part of the library.
+    for (service, s) in &spec.services {
+        for (version, v) in &s.versions {
+            for e in &v.endpoints {
+                assert!(
+                    upstreams.contains(&e.address.host()) && e.address.port() == 8080,
+                    "{service}/{version}: endpoint {} is no compose upstream",
+                    e.address
+                );
+            }
+        }
+    }
+    // cutover and the upstreams share one image, built from the Dockerfile.
+    for name in ["cutover", "blue", "green", "canary", "broken"] {
+        assert_eq!(services[name]["image"], "cutover:demo", "{name}");
+        assert_eq!(services[name]["build"], ".", "{name}");
+    }
+}
+
+fn manifests(path: &str) -> Vec<Value> {
+    serde_saphyr::from_multiple(&repo_file(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn kind<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+/// deploy/kubernetes: the manifests parse, and names, ports and paths agree with each other, with
+/// the deployment file they carry and with `cutover bootstrap`.
+#[test]
+fn kubernetes_manifests_agree_with_each_other_and_with_cutover_bootstrap() {
+    let cutover_docs = manifests("deploy/kubernetes/cutover.yaml");
+    let envoy_docs = manifests("deploy/kubernetes/envoy.yaml");
+    for d in cutover_docs.iter().chain(&envoy_docs) {
+        assert!(d["apiVersion"].is_string() && d["kind"].is_string(), "{d}");
+    }
+
+    // cutover: serves the ConfigMap's file, mounted as a directory, state on a writable volume.
+    let config = kind(&cutover_docs, "ConfigMap", "cutover-deployment");
+    let file_text = config["data"]["deploy.yaml"].as_str().unwrap();
+    let spec =
+        cutover::spec::parse("deploy.yaml", file_text).expect("the ConfigMap's file is valid");
+    let deployment = kind(&cutover_docs, "Deployment", "cutover");
+    let pod = &deployment["spec"]["template"];
+    assert_eq!(
+        deployment["spec"]["selector"]["matchLabels"],
+        pod["metadata"]["labels"]
+    );
+    let container = &pod["spec"]["containers"][0];
+    let args = strings(&container["args"]);
+    assert_eq!(args[0], "serve");
+    let mounts = container["volumeMounts"].as_array().unwrap();
+    let mount_of = |volume: &str| {
+        mounts
+            .iter()
+            .find(|m| m["name"] == volume)
+            .unwrap_or_else(|| panic!("no mount of {volume}"))
+    };
+    let volumes = pod["spec"]["volumes"].as_array().unwrap();
+    let volume = |name: &str| volumes.iter().find(|v| v["name"] == name).unwrap();
+    assert_eq!(
+        volume("deployment")["configMap"]["name"],
+        "cutover-deployment"
+    );
+    let file_mount = mount_of("deployment");
+    assert!(
+        file_mount["subPath"].is_null(),
+        "a subPath mount never sees ConfigMap updates"
+    );
+    assert_eq!(
+        args[1],
+        format!("{}/deploy.yaml", file_mount["mountPath"].as_str().unwrap())
+    );
+    let state = flag(&args, "state").expect("--state");
+    let state_dir = mount_of("state")["mountPath"].as_str().unwrap();
+    assert!(
+        state.starts_with(&format!("{state_dir}/")),
+        "{state} not on the state volume"
+    );
+    assert!(volume("state")["emptyDir"].is_object());
+    let port_named = |c: &Value, name: &str| {
+        c["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["containerPort"].as_u64())
+            .unwrap_or_else(|| panic!("no port {name}"))
+    };
+    let ads_port = port_named(container, "ads");
+    assert_eq!(flag(&args, "ads"), Some(format!("0.0.0.0:{ads_port}")));
+    let admin_port = port_named(container, "admin");
+    assert_eq!(flag(&args, "admin"), Some(format!("0.0.0.0:{admin_port}")));
+    let env = container["env"].as_array().expect("env");
+    assert!(
+        env.iter().any(|e| e["name"] == "CUTOVER_ADMIN_TOKEN"
+            && e["valueFrom"]["secretKeyRef"]["name"] == "cutover-admin"),
+        "the admin token comes from a Secret: {env:?}"
+    );
+
+    // The Service Envoy reaches it by.
+    let service = kind(&cutover_docs, "Service", "cutover");
+    assert_eq!(service["spec"]["selector"], pod["metadata"]["labels"]);
+    let ads = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["targetPort"] == "ads")
+        .expect("an ADS port on the Service");
+
+    // Envoy: its bootstrap is what `cutover bootstrap` prints for that Service.
+    let bootstrap_map = kind(&envoy_docs, "ConfigMap", "envoy-bootstrap");
+    let bootstrap_text = bootstrap_map["data"]["front.yaml"].as_str().unwrap();
+    let expected_command = format!(
+        "bootstrap --node-id front --ads cutover:{} --admin 127.0.0.1:9901",
+        ads["port"]
+    );
+    let printed = cutover(&expected_command.split_whitespace().collect::<Vec<_>>());
+    assert_eq!(
+        bootstrap_text, printed,
+        "regenerate with `cutover {expected_command}`"
+    );
+    assert!(
+        repo_file("deploy/kubernetes/envoy.yaml")
+            .contains(&format!("#   cutover {expected_command}")),
+        "the ConfigMap's comment names the command"
+    );
+    let bootstrap = yaml(bootstrap_text);
+    assert_eq!(
+        ads_of(&bootstrap),
+        (
+            service["metadata"]["name"].as_str().unwrap().to_owned(),
+            ads["port"].as_u64().unwrap()
+        )
+    );
+    let envoy = kind(&envoy_docs, "Deployment", "envoy");
+    let epod = &envoy["spec"]["template"];
+    assert_eq!(
+        envoy["spec"]["selector"]["matchLabels"],
+        epod["metadata"]["labels"]
+    );
+    let econtainer = &epod["spec"]["containers"][0];
+    let version = repo_file("scripts/test")
+        .lines()
+        .find_map(|l| l.strip_prefix("ENVOY_VERSION="))
+        .unwrap()
+        .to_owned();
+    assert_eq!(econtainer["image"], format!("envoyproxy/envoy:v{version}"));
+    let eargs = strings(&econtainer["args"]);
+    let emount = &econtainer["volumeMounts"][0];
+    let evolume = &epod["spec"]["volumes"][0];
+    assert_eq!(emount["name"], evolume["name"]);
+    assert_eq!(evolume["configMap"]["name"], "envoy-bootstrap");
+    assert_eq!(
+        eargs[eargs.iter().position(|a| a == "-c").unwrap() + 1],
+        format!("{}/front.yaml", emount["mountPath"].as_str().unwrap())
+    );
+    // Envoy's port is the deployment file's listener, and its Service targets it.
+    let http = port_named(econtainer, "http");
+    assert_eq!(
+        u64::from(
+            spec.listeners[0]
+                .kind
+                .address()
+                .expect("an Envoy listener")
+                .port()
+        ),
+        http
+    );
+    let eservice = kind(&envoy_docs, "Service", "envoy");
+    assert_eq!(eservice["spec"]["selector"], epod["metadata"]["labels"]);
+    assert_eq!(eservice["spec"]["ports"][0]["targetPort"], "http");
+}
