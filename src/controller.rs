@@ -473,7 +473,7 @@ impl Controller {
         self.out
             .metrics
             .snapshot_bytes
-            .set(next.encoded_len() as i64);
+            .set(i64::try_from(next.encoded_len()).unwrap_or(i64::MAX));
         // Before the push: a client that has the new config finds /status saying so.
         self.out.status.set_served(Served {
             spec: spec.clone(),
@@ -493,7 +493,7 @@ impl Controller {
             self.out.metrics.resources_encoded.inc_by(encoded as u64);
             tracing::info!(
                 version,
-                elapsed_us = started.elapsed().as_micros() as u64,
+                elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
                 "config published"
             );
         }
