@@ -138,10 +138,6 @@ impl Status {
         self.with(|i| i.state_file = Some(report));
     }
 
-    pub fn state_file(&self) -> Option<StateFileReport> {
-        self.with(|i| i.state_file.clone())
-    }
-
     pub fn reloaded(&self) {
         self.metrics
             .reloads
