@@ -18,12 +18,12 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::api::{CommandError, RolloutCommand, StatusReport, WaitAnswer, WaitError, WaitFor};
 use crate::controller::CommandRequest;
 use crate::dashboard::Feed;
 use crate::metrics::{GroupFigures, VersionFigures};
-use crate::reconcile::rollout::Command;
 use crate::render;
-use crate::status::{Status, StatusReport};
+use crate::status::Status;
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -181,43 +181,36 @@ async fn reload(State(s): State<AdminState>) -> Response {
     }
 }
 
-/// `POST /rollouts/{service}/{promote|abort|pause|resume}`: 200 with what was done, 404 for
-/// an unknown command, 409 with why nothing was done.
+/// `POST /rollouts/{service}/{promote|abort|pause|resume}`: 200 with what was done, or why
+/// nothing was ([`command_refused`] says with which status).
 async fn rollout_command(
     State(s): State<AdminState>,
     Path((service, command)): Path<(String, String)>,
 ) -> Response {
-    let command = match command.as_str() {
-        "promote" => Command::Promote,
-        "abort" => Command::Abort,
-        "pause" => Command::Pause,
-        "resume" => Command::Resume,
-        other => {
-            return (
-                StatusCode::NOT_FOUND,
-                format!("unknown command \"{other}\": use promote, abort, pause or resume\n"),
-            )
-                .into_response();
-        }
-    };
+    match run_command(&s, &service, &command).await {
+        Ok(done) => format!("{service}: {done}\n").into_response(),
+        Err(e) => command_refused(&service, &e),
+    }
+}
+
+/// Hands the command to the controller and waits for its answer.
+async fn run_command(
+    s: &AdminState,
+    service: &str,
+    command: &str,
+) -> Result<&'static str, CommandError> {
+    let command = command.parse::<RolloutCommand>()?;
     let (reply, answer) = oneshot::channel();
     let request = CommandRequest {
-        service: service.clone(),
+        service: service.to_owned(),
         command,
         reply,
     };
-    if s.commands.send(request).await.is_err() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the controller is not running\n",
-        )
-            .into_response();
-    }
-    match answer.await {
-        Ok(Ok(done)) => format!("{service}: {done}\n").into_response(),
-        Ok(Err(why)) => (StatusCode::CONFLICT, format!("{service}: {why}\n")).into_response(),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "the controller stopped\n").into_response(),
-    }
+    s.commands
+        .send(request)
+        .await
+        .map_err(|_| CommandError::ControllerNotRunning)?;
+    answer.await.map_err(|_| CommandError::ControllerStopped)?
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -228,24 +221,27 @@ struct WaitQuery {
 }
 
 /// `GET /wait/{drained|healthy}?service=S[&target=T]`: whether it is so now, and if not what
-/// is still awaited (`cutover wait` asks until it is); 404 for an unknown service or target.
+/// is still awaited (`cutover wait` asks until it is), or why it cannot say
+/// ([`wait_refused`] says with which status).
 async fn wait_for(
     State(s): State<AdminState>,
     Path(what): Path<String>,
     Query(q): Query<WaitQuery>,
 ) -> Response {
-    let Some(plan) = s.status.plan() else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no valid config loaded yet\n",
-        )
-            .into_response();
-    };
+    match wait_answer(&s, &what, &q) {
+        Ok(answer) => Json(answer).into_response(),
+        Err(e) => wait_refused(&e),
+    }
+}
+
+fn wait_answer(s: &AdminState, what: &str, q: &WaitQuery) -> Result<WaitAnswer, WaitError> {
+    let what = what.parse::<WaitFor>()?;
+    let plan = s.status.plan().ok_or(WaitError::NotLoaded)?;
     let envoys = s.status.wait_envoys(&q.service);
     let now = std::time::Instant::now();
     let target = q.target.as_deref();
-    let answer = match what.as_str() {
-        "drained" => crate::wait::drained(
+    match what {
+        WaitFor::Drained => crate::wait::drained(
             &plan,
             &q.service,
             target,
@@ -253,17 +249,48 @@ async fn wait_for(
             &s.telemetry.in_flight(now),
             |id| s.telemetry.health(id, now),
         ),
-        "healthy" => crate::wait::healthy(&plan, &q.service, target, &envoys, |id| {
+        WaitFor::Healthy => crate::wait::healthy(&plan, &q.service, target, &envoys, |id| {
             s.telemetry.health(id, now)
         }),
-        other => Err(format!(
-            "cannot wait for \"{other}\": use /wait/drained or /wait/healthy"
-        )),
-    };
-    match answer {
-        Ok(answer) => Json(answer).into_response(),
-        Err(e) => (StatusCode::NOT_FOUND, format!("{e}\n")).into_response(),
     }
+}
+
+// Refusals: the one place where what an operator asked and did not get becomes an HTTP
+// status. An unknown service (or wait target) is 404, a command that does not apply now 409,
+// bad input 400, no controller (or no config yet, for a wait) 503.
+
+/// A rollout command that was not done; what the controller answered follows `SERVICE: `, as
+/// what it did does.
+fn command_refused(service: &str, e: &CommandError) -> Response {
+    let (status, from_controller) = match e {
+        CommandError::UnknownCommand(_) => (StatusCode::BAD_REQUEST, false),
+        CommandError::UnknownService(_) => (StatusCode::NOT_FOUND, true),
+        CommandError::NoRollout(_) | CommandError::NotNow { .. } | CommandError::NotLoaded => {
+            (StatusCode::CONFLICT, true)
+        }
+        CommandError::ControllerNotRunning | CommandError::ControllerStopped => {
+            (StatusCode::SERVICE_UNAVAILABLE, false)
+        }
+    };
+    let body = if from_controller {
+        format!("{service}: {e}\n")
+    } else {
+        format!("{e}\n")
+    };
+    (status, body).into_response()
+}
+
+/// A wait that cannot be answered.
+fn wait_refused(e: &WaitError) -> Response {
+    let status = match e {
+        // A name's requests in flight cannot be told apart: ask for something else.
+        WaitError::UnknownWait(_) | WaitError::ByName(_) => StatusCode::BAD_REQUEST,
+        WaitError::UnknownService(_)
+        | WaitError::UnknownTarget { .. }
+        | WaitError::NoEndpoint(_) => StatusCode::NOT_FOUND,
+        WaitError::NotLoaded => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (status, format!("{e}\n")).into_response()
 }
 
 async fn config(State(s): State<AdminState>) -> Response {
@@ -324,7 +351,7 @@ mod tests {
 
     #[test]
     fn per_version_series_are_only_the_versions_of_the_file() {
-        use crate::status::{ObservedReport, ObservedVersion, ServiceReport};
+        use crate::api::{ObservedReport, ObservedVersion, ServiceReport};
         let figures = |rps: f64| ObservedVersion {
             requests_per_second: rps,
             error_rate: Some(2.5),
@@ -380,24 +407,12 @@ mod tests {
         use axum::body::Body;
         use tower::ServiceExt as _;
 
-        let (reload, mut requests) = mpsc::channel(1);
-        let (commands, mut rollout_requests) = mpsc::channel::<CommandRequest>(4);
-        let status = Arc::new(Status::new(
-            "deploy.yaml".into(),
-            Arc::new(crate::xds::clients::Clients::new(Default::default())),
-            watch::channel(None).1,
-            Default::default(),
-        ));
-        let telemetry = crate::telemetry::Telemetry::default();
-        let state = AdminState {
-            status: status.clone(),
-            published: watch::channel(None).1,
-            reload,
-            commands,
-            token: Some("s3cret".into()),
-            telemetry: telemetry.clone(),
-            dashboard: Feed::new(status, telemetry).0,
-        };
+        let Fixture {
+            state,
+            reloads: mut requests,
+            commands: mut rollout_requests,
+            ..
+        } = fixture(Some("s3cret"));
         let call = |peer: &str, token: Option<&str>| {
             let mut req = axum::http::Request::post("/reload");
             if let Some(t) = token {
@@ -454,8 +469,8 @@ mod tests {
             let answered = tokio::spawn(rollout(peer, token));
             let request = rollout_requests.recv().await.expect("the command arrives");
             assert_eq!(request.service, "checkout");
-            assert_eq!(request.command, Command::Abort);
-            let _ = request.reply.send(Ok("rolled back".into()));
+            assert_eq!(request.command, RolloutCommand::Abort);
+            let _ = request.reply.send(Ok("rolled back"));
             let response = answered.await.unwrap().unwrap();
             assert_eq!(response.status(), 200, "{peer} {token:?}");
         }
@@ -469,5 +484,216 @@ mod tests {
             router(state.clone()).oneshot(get).await.unwrap().status(),
             200
         );
+    }
+
+    type Req = axum::http::Request<axum::body::Body>;
+
+    /// An admin API whose controller and loader the test plays.
+    struct Fixture {
+        state: AdminState,
+        /// What reaches the loader and the controller.
+        reloads: mpsc::Receiver<()>,
+        commands: mpsc::Receiver<CommandRequest>,
+        /// To give it a plan.
+        status: Arc<Status>,
+    }
+
+    fn fixture(token: Option<&str>) -> Fixture {
+        let (reload, reloads) = mpsc::channel(1);
+        let (commands, requests) = mpsc::channel::<CommandRequest>(4);
+        let status = Arc::new(Status::new(
+            "deploy.yaml".into(),
+            Arc::new(crate::xds::clients::Clients::new(Default::default())),
+            watch::channel(None).1,
+            Default::default(),
+        ));
+        let telemetry = crate::telemetry::Telemetry::default();
+        let state = AdminState {
+            status: status.clone(),
+            published: watch::channel(None).1,
+            reload,
+            commands,
+            token: token.map(str::to_owned),
+            telemetry: telemetry.clone(),
+            dashboard: Feed::new(status.clone(), telemetry).0,
+        };
+        Fixture {
+            state,
+            reloads,
+            commands: requests,
+            status,
+        }
+    }
+
+    /// The fixture's router called from loopback, what reaches the controller, and the status
+    /// model.
+    fn loopback() -> (
+        impl Fn(Req) -> tower::util::Oneshot<Router, Req>,
+        mpsc::Receiver<CommandRequest>,
+        Arc<Status>,
+    ) {
+        let Fixture {
+            state,
+            commands,
+            status,
+            ..
+        } = fixture(None);
+        let call = move |mut req: Req| {
+            use tower::ServiceExt as _;
+            req.extensions_mut()
+                .insert(ConnectInfo("127.0.0.1:5000".parse::<SocketAddr>().unwrap()));
+            router(state.clone()).oneshot(req)
+        };
+        (call, commands, status)
+    }
+
+    async fn answer(response: Response) -> (u16, String) {
+        use http_body_util::BodyExt as _;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    fn post(path: &str) -> Req {
+        axum::http::Request::post(path)
+            .body(axum::body::Body::empty())
+            .unwrap()
+    }
+
+    fn get(path: &str) -> Req {
+        axum::http::Request::get(path)
+            .body(axum::body::Body::empty())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn each_refused_command_has_its_status_and_says_why() {
+        let (call, mut requests, _) = loopback();
+        // Bad input never reaches the controller.
+        assert_eq!(
+            answer(call(post("/rollouts/checkout/promte")).await.unwrap()).await,
+            (
+                400,
+                "unknown command \"promte\": use promote, abort, pause or resume\n".to_owned()
+            )
+        );
+        assert!(requests.try_recv().is_err());
+        let cases = [
+            (
+                "nope",
+                Err(CommandError::UnknownService("nope".into())),
+                404,
+                "nope: no service \"nope\" in the deployment file\n",
+            ),
+            (
+                "plain",
+                Err(CommandError::NoRollout("plain".into())),
+                409,
+                "plain: service \"plain\" has no rollout (a canary with `steps`, or a switch with an `analysis`)\n",
+            ),
+            (
+                "checkout",
+                Err(CommandError::NotNow {
+                    command: RolloutCommand::Pause,
+                    state: crate::api::RolloutState::RolledBack,
+                }),
+                409,
+                "checkout: cannot pause a rollout that is rolled back\n",
+            ),
+            (
+                "checkout",
+                Err(CommandError::NotLoaded),
+                409,
+                "checkout: no valid deployment file is loaded yet\n",
+            ),
+            ("checkout", Ok("paused"), 200, "checkout: paused\n"),
+        ];
+        for (service, reply, status, body) in cases {
+            let answered = tokio::spawn(call(post(&format!("/rollouts/{service}/pause"))));
+            let request = requests.recv().await.expect("the command arrives");
+            assert_eq!(
+                (request.service.as_str(), request.command),
+                (service, RolloutCommand::Pause)
+            );
+            let _ = request.reply.send(reply);
+            let response = answered.await.unwrap().unwrap();
+            assert_eq!(answer(response).await, (status, body.to_owned()));
+        }
+        // The controller went away before it answered, or is not there at all.
+        let answered = tokio::spawn(call(post("/rollouts/checkout/abort")));
+        drop(requests.recv().await.expect("the command arrives"));
+        assert_eq!(
+            answer(answered.await.unwrap().unwrap()).await,
+            (503, "the controller stopped\n".to_owned())
+        );
+        drop(requests);
+        assert_eq!(
+            answer(call(post("/rollouts/checkout/abort")).await.unwrap()).await,
+            (503, "the controller is not running\n".to_owned())
+        );
+    }
+
+    #[tokio::test]
+    async fn each_refused_wait_has_its_status_and_says_why() {
+        let (call, _requests, status) = loopback();
+        let ask = async |path: &str| answer(call(get(path)).await.unwrap()).await;
+        assert_eq!(
+            ask("/wait/drained?service=s").await,
+            (503, "no valid config loaded yet\n".to_owned())
+        );
+        let text = "\
+listeners:
+  - name: l
+    address: 127.0.0.1:10000
+    routes:
+      - { match: { prefix: /named }, service: named }
+      - { match: { prefix: / }, service: s }
+services:
+  s:
+    versions:
+      v1: { endpoints: [127.0.0.1:8081] }
+    active: v1
+  named:
+    versions:
+      v1: { endpoints: [backend.internal:8080] }
+    active: v1
+";
+        let spec = crate::spec::parse("t.yaml", text).unwrap();
+        let plan = crate::app::compile_plan("t.yaml", text).unwrap();
+        status.set_served(crate::status::Served {
+            spec: Arc::new(spec),
+            plan: Arc::new(plan),
+            state: Default::default(),
+        });
+        let cases = [
+            (
+                "/wait/drain?service=s",
+                400,
+                "cannot wait for \"drain\": use /wait/drained or /wait/healthy\n",
+            ),
+            (
+                "/wait/drained?service=nope",
+                404,
+                "no service \"nope\" is served\n",
+            ),
+            (
+                "/wait/healthy?service=s&target=v9",
+                404,
+                "\"v9\" is neither a version nor an endpoint of service \"s\" (its versions: v1)\n",
+            ),
+            (
+                "/wait/drained?service=named&target=v1",
+                400,
+                "backend.internal:8080 is a name: Envoy reports requests in flight per resolved IP address, so they cannot be told apart; wait on the version instead\n",
+            ),
+        ];
+        for (path, code, body) in cases {
+            assert_eq!(ask(path).await, (code, body.to_owned()), "{path}");
+        }
+        // And an answer when there is one: with no Envoy, nothing holds the endpoint.
+        let (code, body) = ask("/wait/healthy?service=s").await;
+        assert_eq!(code, 200, "{body}");
+        let answer: WaitAnswer = serde_json::from_str(&body).unwrap();
+        assert!(answer.done, "{answer:?}");
     }
 }

@@ -17,13 +17,15 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::access::Access;
+use crate::api::{CommandError, RolloutCommand, StateFileReport};
+use crate::http_client;
 use crate::metrics::Metrics;
 use crate::node::GroupId;
-use crate::reconcile::rollout::{Command, Figures, Observation, Rollout, Status};
-use crate::reconcile::{self, Event, Previous, RuntimeState, Timestamp};
+use crate::reconcile::rollout::{Figures, Observation, Rollout, Status};
+use crate::reconcile::{self, Event, Plan, Previous, RuntimeState, Timestamp};
 use crate::snapshot::{Published, ResourceType, Snapshot};
 use crate::spec::{self, Spec, Webhook};
-use crate::status::{Served, StateFileReport, Status as StatusModel};
+use crate::status::{Served, Status as StatusModel};
 use crate::store::{Loaded, StateFile};
 use crate::translate::{translate, translate_groups};
 use crate::watch::FileWatcher;
@@ -66,8 +68,9 @@ impl std::fmt::Debug for Outputs {
 #[derive(Debug)]
 pub struct CommandRequest {
     pub service: String,
-    pub command: Command,
-    pub reply: oneshot::Sender<Result<String, String>>,
+    pub command: RolloutCommand,
+    /// What was done, or why nothing was.
+    pub reply: oneshot::Sender<Result<&'static str, CommandError>>,
 }
 
 /// Asks a running controller to do something.
@@ -137,6 +140,11 @@ struct Controller {
     drain_period: Duration,
     /// When the change being applied was seen.
     changed_at: Instant,
+    /// The plan last published. Kept here, not read back from the status read model: the
+    /// controller's decisions come from its own inputs only.
+    plan: Option<Arc<Plan>>,
+    /// The state file's last problem, logged once until it changes or goes away.
+    state_file_problem: Option<String>,
     /// Rollout checks whose webhooks are being asked, by service.
     checking: BTreeSet<String>,
     /// Checks come back on `checks_in` once their webhooks answered.
@@ -144,6 +152,8 @@ struct Controller {
     checks_in: mpsc::UnboundedReceiver<(String, Observation)>,
     /// Rollout events for the services' `notify` webhooks, told in order by one task.
     notify: mpsc::Sender<Notice>,
+    /// What asks the webhooks.
+    http: http_client::Client,
 }
 
 /// One rollout event for a service's `notify` webhooks.
@@ -183,11 +193,12 @@ impl Controller {
         out.status.set_state_file(StateFileReport {
             path,
             ok: problem.is_none(),
-            error: problem,
+            error: problem.clone(),
         });
         let (checks_out, checks_in) = mpsc::unbounded_channel();
         let (notify, notices) = mpsc::channel(NOTICES_QUEUED);
-        tokio::spawn(tell_notices(notices));
+        let http = http_client::Client::new();
+        tokio::spawn(tell_notices(http.clone(), notices));
         Controller {
             label: settings.file.display().to_string(),
             file: settings.file,
@@ -200,10 +211,13 @@ impl Controller {
             first,
             drain_period: settings.drain_period,
             changed_at: Instant::now(),
+            plan: None,
+            state_file_problem: problem,
             checking: BTreeSet::new(),
             checks_out,
             checks_in,
             notify,
+            http,
         }
     }
 
@@ -257,9 +271,13 @@ impl Controller {
         }
     }
 
-    fn command(&mut self, service: &str, command: Command) -> Result<String, String> {
+    fn command(
+        &mut self,
+        service: &str,
+        command: RolloutCommand,
+    ) -> Result<&'static str, CommandError> {
         let Some(spec) = &self.spec else {
-            return Err("no valid deployment file is loaded yet".to_owned());
+            return Err(CommandError::NotLoaded);
         };
         let before = self.state.rollouts.clone();
         let done = self
@@ -360,6 +378,7 @@ impl Controller {
             let hooks = analysis.webhooks.clone();
             let tx = self.checks_out.clone();
             let rollout = self.state.rollouts.get(&service).cloned();
+            let http = self.http.clone();
             self.checking.insert(service.clone());
             tokio::spawn(async move {
                 let body = serde_json::json!({
@@ -368,7 +387,7 @@ impl Controller {
                     "rollout": rollout,
                     "figures": figures,
                 });
-                let webhooks = ask_webhooks(&hooks, &body).await;
+                let webhooks = ask_webhooks(&http, &hooks, &body).await;
                 let _ = tx.send((service, Observation { figures, webhooks }));
             });
         }
@@ -461,8 +480,9 @@ impl Controller {
         self.out
             .metrics
             .snapshot_bytes
-            .set(next.encoded_len() as i64);
+            .set(i64::try_from(next.encoded_len()).unwrap_or(i64::MAX));
         // Before the push: a client that has the new config finds /status saying so.
+        self.plan = Some(plan.clone());
         self.out.status.set_served(Served {
             spec: spec.clone(),
             plan,
@@ -481,7 +501,7 @@ impl Controller {
             self.out.metrics.resources_encoded.inc_by(encoded as u64);
             tracing::info!(
                 version,
-                elapsed_us = started.elapsed().as_micros() as u64,
+                elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
                 "config published"
             );
         }
@@ -496,7 +516,7 @@ impl Controller {
         let Some(published) = self.out.published.borrow().clone() else {
             return;
         };
-        let Some(plan) = self.out.status.plan() else {
+        let Some(plan) = self.plan.clone() else {
             return;
         };
         let answered: BTreeSet<&GroupId> = published
@@ -532,6 +552,7 @@ impl Controller {
         match self.state_file.save(&self.state) {
             Ok(()) => {
                 self.saved = Some(self.state.clone());
+                self.state_file_problem = None;
                 self.out.status.set_state_file(StateFileReport {
                     path,
                     ok: true,
@@ -540,11 +561,11 @@ impl Controller {
             }
             Err(err) => {
                 let msg = err.to_string();
-                let report = self.out.status.state_file();
                 // Once per distinct problem, not on every change.
-                if report.as_ref().and_then(|r| r.error.as_deref()) != Some(msg.as_str()) {
+                if self.state_file_problem.as_deref() != Some(msg.as_str()) {
                     tracing::warn!("{msg}");
                 }
+                self.state_file_problem = Some(msg.clone());
                 self.out.status.set_state_file(StateFileReport {
                     path,
                     ok: false,
@@ -557,16 +578,14 @@ impl Controller {
 
 /// Tells each rollout event to its webhooks, one event after the other so that they arrive in
 /// order; a webhook that fails or does not answer in time is logged and the next event goes on.
-async fn tell_notices(mut notices: mpsc::Receiver<Notice>) {
+async fn tell_notices(http: http_client::Client, mut notices: mpsc::Receiver<Notice>) {
     while let Some(notice) = notices.recv().await {
         for hook in &notice.hooks {
-            let answer =
-                tokio::time::timeout(hook.timeout, post_json(&hook.url, &notice.body)).await;
-            let problem = match answer {
-                Ok(Ok(status)) if (200..300).contains(&status) => continue,
-                Ok(Ok(status)) => format!("answered {status}"),
-                Ok(Err(e)) => e,
-                Err(_) => format!(
+            let problem = match ask(&http, hook, &notice.body).await {
+                Ok(()) => continue,
+                Err(Refused::Status(status)) => format!("answered {status}"),
+                Err(Refused::Error(e)) => e.to_string(),
+                Err(Refused::Late) => format!(
                     "did not answer within {}",
                     humantime::format_duration(hook.timeout)
                 ),
@@ -578,14 +597,19 @@ async fn tell_notices(mut notices: mpsc::Receiver<Notice>) {
 
 /// Asks every webhook (HTTP POST, JSON body) in turn; the first that does not answer 2xx in
 /// time fails the check.
-async fn ask_webhooks(hooks: &[Webhook], body: &serde_json::Value) -> Result<(), String> {
+async fn ask_webhooks(
+    http: &http_client::Client,
+    hooks: &[Webhook],
+    body: &serde_json::Value,
+) -> Result<(), String> {
     for hook in hooks {
-        let answer = tokio::time::timeout(hook.timeout, post_json(&hook.url, body)).await;
-        match answer {
-            Ok(Ok(status)) if (200..300).contains(&status) => {}
-            Ok(Ok(status)) => return Err(format!("webhook {} answered {status}", hook.url)),
-            Ok(Err(e)) => return Err(format!("webhook {}: {e}", hook.url)),
-            Err(_) => {
+        match ask(http, hook, body).await {
+            Ok(()) => {}
+            Err(Refused::Status(status)) => {
+                return Err(format!("webhook {} answered {status}", hook.url));
+            }
+            Err(Refused::Error(e)) => return Err(format!("webhook {}: {e}", hook.url)),
+            Err(Refused::Late) => {
                 return Err(format!(
                     "webhook {} did not answer within {}",
                     hook.url,
@@ -597,32 +621,26 @@ async fn ask_webhooks(hooks: &[Webhook], body: &serde_json::Value) -> Result<(),
     Ok(())
 }
 
-/// One HTTP/1.1 POST on its own connection; the status code of the answer.
-async fn post_json(url: &str, body: &serde_json::Value) -> Result<u16, String> {
-    use http_body_util::Full;
-    let uri: hyper::Uri = url.parse().map_err(|e| format!("invalid URL: {e}"))?;
-    let host = uri.host().ok_or("no host in the URL")?.to_owned();
-    let port = uri.port_u16().unwrap_or(80);
-    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-    let driver = tokio::spawn(connection);
-    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-    let request = hyper::Request::post(path)
-        .header(hyper::header::HOST, format!("{host}:{port}"))
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(bytes::Bytes::from(body.to_string())))
-        .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    driver.abort();
-    Ok(response.status().as_u16())
+/// How a webhook did not answer 2xx in time.
+enum Refused {
+    /// Its status code.
+    Status(u16),
+    Error(http_client::Error),
+    Late,
+}
+
+/// One POST of `body` to the webhook.
+async fn ask(
+    http: &http_client::Client,
+    hook: &Webhook,
+    body: &serde_json::Value,
+) -> Result<(), Refused> {
+    match http.post_json(&hook.url, body, hook.timeout).await {
+        Ok(status) if status.is_success() => Ok(()),
+        Ok(status) => Err(Refused::Status(status.as_u16())),
+        Err(http_client::Error::Timeout(_)) => Err(Refused::Late),
+        Err(e) => Err(Refused::Error(e)),
+    }
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

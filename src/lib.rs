@@ -6,14 +6,15 @@
 //! Envoy resources) → [`snapshot`] (encoded once, versioned by content, one per node group) →
 //! [`xds`] (per-stream protocol machines, the client view and the gRPC server). The
 //! [`controller`] runs that loop and its I/O ([`watch`], [`store`]); [`status`] and [`admin`]
-//! report what every Envoy has applied; [`telemetry`] takes what every Envoy sees (its stats sink
-//! and load reports); [`dashboard`] shows both, live, at the admin address. See
-//! docs/architecture.md.
+//! report what every Envoy has applied, in the types of [`api`] that `cutover status` reads;
+//! [`telemetry`] takes what every Envoy sees (its stats sink and load reports); [`dashboard`]
+//! shows both, live, at the admin address. See docs/architecture.md.
 
 #![forbid(unsafe_code)]
 
 pub mod access;
 pub mod admin;
+pub mod api;
 pub mod app;
 #[cfg(test)]
 mod architecture;
@@ -21,6 +22,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod controller;
 pub mod dashboard;
+pub mod http_client;
 pub mod ids;
 pub mod metrics;
 pub mod node;

@@ -6,8 +6,8 @@ use std::io::{self, IsTerminal as _, Write};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use cutover::api::RolloutCommand;
 use cutover::cli::{self, serve::LogFormat};
-use cutover::reconcile::rollout;
 // Also `crate::spec` for the demo's modules, written when they were part of the library.
 use cutover::spec;
 
@@ -21,6 +21,11 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options, read by jemalloc itself at start (the documented way to configure it
 /// without an environment variable).
+#[allow(
+    unsafe_code,
+    reason = "exporting a symbol is unsafe in general; this one is the static NUL-terminated \
+              string jemalloc reads once, as its documentation says"
+)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 pub static MALLOC_CONF: &[u8; 60] =
     b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
@@ -131,10 +136,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => cli::status::run(args),
         Command::Diff(args) => cli::diff::run(args),
         Command::Wait(args) => cli::wait::run(args),
-        Command::Promote(args) => cli::rollout::run(args, rollout::Command::Promote),
-        Command::Abort(args) => cli::rollout::run(args, rollout::Command::Abort),
-        Command::Pause(args) => cli::rollout::run(args, rollout::Command::Pause),
-        Command::Resume(args) => cli::rollout::run(args, rollout::Command::Resume),
+        Command::Promote(args) => cli::rollout::run(args, RolloutCommand::Promote),
+        Command::Abort(args) => cli::rollout::run(args, RolloutCommand::Abort),
+        Command::Pause(args) => cli::rollout::run(args, RolloutCommand::Pause),
+        Command::Resume(args) => cli::rollout::run(args, RolloutCommand::Resume),
         Command::DemoUpstream(opts) => {
             init_tracing(LogFormat::Text);
             demo::run_upstream(&opts)

@@ -13,9 +13,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::api::{
+    self, CheckReport, DrainReason, DrainReport, GroupReport, HistoryReport, MirrorReport,
+    NackStatus, NodeReport, ObservedReport, ObservedVersion, ReloadStatus, RetiringReport,
+    RolloutKind, RolloutReport, ServiceReport, StateFileReport, StatusReport, StreamsReport,
+    TelemetryState, ThresholdsReport, TypeReport,
+};
 use crate::metrics::{Metrics, ResultLabel};
 use crate::node::GroupId;
 use crate::reconcile::rollout::{Kind, Rollout, Status as RolloutStatus, Verdict};
@@ -28,275 +33,6 @@ use crate::wait;
 use crate::xds::Mode;
 use crate::xds::clients::{Client, Clients, SyncState, TypeStatus};
 use crate::xds::limits::StreamSlots;
-
-/// The outcome of the latest attempt to load the deployment file.
-#[derive(Debug, Clone, Serialize)]
-pub struct ReloadStatus {
-    pub ok: bool,
-    /// Every problem, one `file:line:column: message` per line, when `ok` is false.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    pub at: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct NackStatus {
-    pub version: String,
-    pub error: String,
-    pub at: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct TypeReport {
-    pub acked: Option<String>,
-    pub pending: Option<String>,
-    pub last_nack: Option<NackStatus>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct NodeReport {
-    pub id: String,
-    pub cluster: String,
-    /// The node group whose config it gets (`all` when the file has no groups); absent until
-    /// it sent its first request.
-    pub group: Option<String>,
-    pub address: Option<String>,
-    /// `ads`, or the single type a per-type stream carries.
-    pub stream: String,
-    /// Whether this Envoy reports what it sees to cutover: `reporting`, `stale` (its telemetry
-    /// streams went silent; its figures are left out) or `none` (started from a bootstrap
-    /// without the stats sink and load reports: its traffic is unknown, not zero). Filled by
-    /// [`StatusReport::with_telemetry`].
-    pub telemetry: &'static str,
-    pub connected_since: String,
-    /// The config version this stream is converging to.
-    pub config_version: Option<String>,
-    /// Every subscribed type ACKed at `config_version`, nothing pending.
-    pub in_sync: bool,
-    pub types: BTreeMap<&'static str, TypeReport>,
-}
-
-/// A kept idle version of a red-black service.
-#[derive(Debug, Clone, Serialize)]
-pub struct RetiringReport {
-    pub version: String,
-    /// Still waiting for every connected Envoy to ACK the switch.
-    pub awaiting_ack: bool,
-    /// Seconds until the cluster is removed, once the grace period runs.
-    pub retires_in_seconds: Option<f64>,
-}
-
-/// What the file asks of one service, and what cutover serves for it.
-///
-/// The controller fills the planned part; `observed` is added when the report is read.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ServiceReport {
-    pub strategy: &'static str,
-    /// Percent of answered requests per version.
-    pub split: BTreeMap<String, f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mirror: Option<MirrorReport>,
-    pub rules: usize,
-    /// Versions whose clusters are served (red-black services serve fewer than they list).
-    pub deployed: Vec<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub retiring: Vec<RetiringReport>,
-    /// Every connected Envoy that holds the service (of a group whose config includes it) has
-    /// ACKed its group's current config.
-    pub synced: bool,
-    /// An automated rollout or a switch being watched.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rollout: Option<RolloutReport>,
-    /// Endpoints and versions draining now: no new requests, requests in flight finish.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub draining: Vec<DrainReport>,
-    /// What the Envoys report for each version; absent when no connected Envoy sends
-    /// telemetry (then nothing is known, which is not the same as no traffic).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub observed: Option<ObservedReport>,
-}
-
-/// An endpoint or a whole version that gets no new requests.
-#[derive(Debug, Clone, Serialize)]
-pub struct DrainReport {
-    pub version: String,
-    /// `IP:PORT`; absent: the whole version left the file.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<String>,
-    /// `marked` (`drain: true` in the file: until the file changes) or `removed` (left the
-    /// file: removed from Envoy after the drain period).
-    pub reason: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub removed_in_seconds: Option<f64>,
-    /// Requests still in flight to it across the Envoys that report (load reports for an
-    /// endpoint, the stats sink for a version); absent: unknown.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub in_flight: Option<u64>,
-}
-
-/// The live figures of one service, per version, from what the Envoys report.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ObservedReport {
-    /// Requests per second the whole service answered over the last 10 s (a mirror's copies
-    /// not included).
-    pub requests_per_second: f64,
-    /// Every version deployed or reported, by name.
-    pub versions: BTreeMap<String, ObservedVersion>,
-}
-
-/// One version's live figures. Rates, errors and latency are over the last 10 s.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct ObservedVersion {
-    /// Percent of the service's answered requests this version answered over the last 10 s
-    /// (the observed split); absent when the service answered none, and for the service's
-    /// mirror (its requests are copies).
-    pub share_10s: Option<f64>,
-    /// The same over the last minute.
-    pub share_1m: Option<f64>,
-    pub requests_per_second: f64,
-    /// Percent of answered requests that were 5xx; absent without requests.
-    pub error_rate: Option<f64>,
-    pub p99_ms: Option<f64>,
-    /// Requests sent and not answered yet, now.
-    pub in_flight: u64,
-    /// Endpoints Envoy counts healthy, and all of them, summed over the Envoys.
-    pub healthy: Option<u64>,
-    pub endpoints: Option<u64>,
-    /// Endpoints ejected by outlier detection now, summed over the Envoys.
-    pub ejected: u64,
-    /// Envoys whose stats sink reports this version.
-    pub envoys: usize,
-}
-
-/// A rollout as `/status` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct RolloutReport {
-    /// `canary` or `switch`.
-    pub kind: &'static str,
-    /// The version under test.
-    pub version: String,
-    /// The version it is compared with and goes back to.
-    pub baseline: String,
-    /// `progressing`, `paused`, `promoted` or `rolled_back`.
-    pub state: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// A canary's share of requests now, in percent.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub weight: Option<f64>,
-    /// A canary's step (1-based) and the number of steps.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub step: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub steps: Option<usize>,
-    /// A switch checked before it happens (`before_switch`): the baseline still gets the
-    /// requests, the version under test only its preview traffic.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub before_switch: bool,
-    /// The step's (or switch window's) time has not started: not every Envoy has it yet.
-    pub awaiting_ack: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub step_ends_in_seconds: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_check_in_seconds: Option<f64>,
-    pub failed_checks: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_check: Option<CheckReport>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub thresholds: Option<ThresholdsReport>,
-    /// What the operator should do next, if anything.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub advice: Option<String>,
-    pub history: Vec<HistoryReport>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct CheckReport {
-    pub at: String,
-    /// `pass`, `wait` or `fail`.
-    pub verdict: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    pub requests: u64,
-    pub errors: u64,
-    /// Percent.
-    pub error_rate: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub p99_ms: Option<f64>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ThresholdsReport {
-    /// Percent.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_error_rate: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_p99_ms: Option<f64>,
-    pub min_requests: u64,
-    pub failure_limit: u32,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct HistoryReport {
-    pub at: String,
-    pub what: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct MirrorReport {
-    pub version: String,
-    pub percent: f64,
-}
-
-/// The runtime state file: where it is and whether it can be used.
-#[derive(Debug, Clone, Serialize)]
-pub struct StateFileReport {
-    pub path: String,
-    /// Read (or absent) and written without trouble.
-    pub ok: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct StatusReport {
-    pub file: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub state_file: Option<StateFileReport>,
-    pub config_version: Option<String>,
-    pub last_reload: Option<ReloadStatus>,
-    pub services: BTreeMap<String, ServiceReport>,
-    pub nodes: Vec<NodeReport>,
-    /// Connected Envoys that send no telemetry at all: their traffic is not in the figures.
-    pub nodes_without_telemetry: Vec<String>,
-    /// Connected Envoys that no group of the file matches: they get an empty config.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub nodes_without_group: Vec<String>,
-    /// With node groups in the file: each group's config version (what its Envoys converge to;
-    /// `config_version` above is then the whole config's) and how many of its Envoys hold it.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub groups: BTreeMap<String, GroupReport>,
-    /// Concurrent gRPC streams and their limit (`--max-streams`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub streams: Option<StreamsReport>,
-}
-
-/// One node group in `/status`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct GroupReport {
-    pub config_version: String,
-    /// Connected Envoys in the group.
-    pub envoys: usize,
-    /// Those that hold `config_version`.
-    pub in_sync: usize,
-}
-
-/// The xDS and telemetry streams open, against `--max-streams`.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-pub struct StreamsReport {
-    pub open: usize,
-    pub limit: usize,
-}
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -402,10 +138,6 @@ impl Status {
         self.with(|i| i.state_file = Some(report));
     }
 
-    pub fn state_file(&self) -> Option<StateFileReport> {
-        self.with(|i| i.state_file.clone())
-    }
-
     pub fn reloaded(&self) {
         self.metrics
             .reloads
@@ -506,7 +238,7 @@ fn node_report(c: &Client) -> NodeReport {
         }
         let seen = c.nack_seen[ty.index()].unwrap_or_else(SystemTime::now);
         types.insert(
-            ty.short(),
+            ty.short().to_owned(),
             TypeReport {
                 acked,
                 pending,
@@ -528,7 +260,7 @@ fn node_report(c: &Client) -> NodeReport {
             Mode::Single(ty) => ty.short().to_owned(),
         },
         connected_since: format_time(c.connected_since),
-        telemetry: "none",
+        telemetry: TelemetryState::Absent,
         config_version: c.config_version.clone(),
         in_sync: c.in_sync(),
         types,
@@ -590,7 +322,7 @@ fn service_reports(
                 })
                 .collect();
             let report = ServiceReport {
-                strategy: service.strategy.name(),
+                strategy: strategy(&service.strategy),
                 split: planned
                     .split
                     .iter()
@@ -622,16 +354,24 @@ fn service_reports(
         .collect()
 }
 
+/// A strategy's name on the wire.
+fn strategy(s: &Strategy) -> api::Strategy {
+    match s {
+        Strategy::BlueGreen { .. } => api::Strategy::BlueGreen,
+        Strategy::RedBlack { .. } => api::Strategy::RedBlack,
+        Strategy::Canary { .. } => api::Strategy::Canary,
+        Strategy::Shadow { .. } => api::Strategy::Shadow,
+    }
+}
+
 fn rollout_report(r: &Rollout, strategy: &Strategy, now: Timestamp) -> RolloutReport {
     let (kind, version, baseline) = match &r.kind {
-        Kind::Canary { stable, canary } => ("canary", canary.clone(), stable.clone()),
-        Kind::Switch { from, to } => ("switch", to.clone(), from.clone()),
+        Kind::Canary { stable, canary } => (RolloutKind::Canary, canary.clone(), stable.clone()),
+        Kind::Switch { from, to } => (RolloutKind::Switch, to.clone(), from.clone()),
     };
-    let (state, reason) = match &r.status {
-        RolloutStatus::Progressing => ("progressing", None),
-        RolloutStatus::Paused => ("paused", None),
-        RolloutStatus::Promoted => ("promoted", None),
-        RolloutStatus::Failed(reason) => ("rolled_back", Some(reason.clone())),
+    let reason = match &r.status {
+        RolloutStatus::Failed(reason) => Some(reason.clone()),
+        RolloutStatus::Progressing | RolloutStatus::Paused | RolloutStatus::Promoted => None,
     };
     let steps = match strategy {
         Strategy::Canary {
@@ -660,7 +400,7 @@ fn rollout_report(r: &Rollout, strategy: &Strategy, now: Timestamp) -> RolloutRe
         kind,
         version,
         baseline,
-        state,
+        state: r.status.state(),
         reason,
         weight: matches!(r.kind, Kind::Canary { .. }).then(|| f64::from(r.weight) / 10_000.0),
         step: steps.and_then(|s| {
@@ -676,9 +416,9 @@ fn rollout_report(r: &Rollout, strategy: &Strategy, now: Timestamp) -> RolloutRe
         failed_checks: r.failed,
         last_check: r.last_check.as_ref().map(|c| {
             let (verdict, reason) = match &c.verdict {
-                Verdict::Pass => ("pass", None),
-                Verdict::Wait(why) => ("wait", Some(why.clone())),
-                Verdict::Fail(why) => ("fail", Some(why.clone())),
+                Verdict::Pass => (api::Verdict::Pass, None),
+                Verdict::Wait(why) => (api::Verdict::Wait, Some(why.clone())),
+                Verdict::Fail(why) => (api::Verdict::Fail, Some(why.clone())),
             };
             CheckReport {
                 at: c.at.to_string(),
@@ -718,7 +458,7 @@ pub fn drains(planned: &ServicePlan, now: Timestamp) -> Vec<DrainReport> {
             out.push(DrainReport {
                 version: version.clone(),
                 endpoint: None,
-                reason: "removed",
+                reason: DrainReason::Removed,
                 removed_in_seconds: seconds(until),
                 in_flight: None,
             });
@@ -727,8 +467,8 @@ pub fn drains(planned: &ServicePlan, now: Timestamp) -> Vec<DrainReport> {
         for e in &v.endpoints {
             let (reason, removed_in_seconds) = match e.health {
                 Health::Active => continue,
-                Health::Draining => ("marked", None),
-                Health::Removed { until } => ("removed", seconds(until)),
+                Health::Draining => (DrainReason::Marked, None),
+                Health::Removed { until } => (DrainReason::Removed, seconds(until)),
             };
             out.push(DrainReport {
                 version: version.clone(),
@@ -749,13 +489,17 @@ impl StatusReport {
     pub fn with_telemetry(mut self, t: &TelemetryReport) -> StatusReport {
         let node_state = |id: &str| {
             let Some(n) = t.nodes.iter().find(|n| n.id == id) else {
-                return "none";
+                return TelemetryState::Absent;
             };
             let fresh = [&n.stats_sink, &n.load_reporting]
                 .into_iter()
                 .flatten()
                 .any(|s| !s.stale);
-            if fresh { "reporting" } else { "stale" }
+            if fresh {
+                TelemetryState::Reporting
+            } else {
+                TelemetryState::Stale
+            }
         };
         for n in &mut self.nodes {
             n.telemetry = node_state(&n.id);
@@ -763,7 +507,7 @@ impl StatusReport {
         let mut without: Vec<String> = self
             .nodes
             .iter()
-            .filter(|n| n.telemetry == "none")
+            .filter(|n| n.telemetry == TelemetryState::Absent)
             .map(|n| n.id.clone())
             .collect();
         without.sort();
@@ -912,7 +656,7 @@ services:
         let now = Timestamp::from_millis(1_800_000_002_000);
         let plan = crate::reconcile::plan(&second, &state, now);
         let drains = drains(&plan.services["checkout"], now);
-        let seen: Vec<(&str, Option<&str>, &str, Option<f64>)> = drains
+        let seen: Vec<(&str, Option<&str>, DrainReason, Option<f64>)> = drains
             .iter()
             .map(|d| {
                 (
@@ -926,9 +670,14 @@ services:
         assert_eq!(
             seen,
             vec![
-                ("old", None, "removed", Some(3.0)),
-                ("v1", Some("127.0.0.1:8082"), "marked", None),
-                ("v1", Some("127.0.0.1:8083"), "removed", Some(3.0)),
+                ("old", None, DrainReason::Removed, Some(3.0)),
+                ("v1", Some("127.0.0.1:8082"), DrainReason::Marked, None),
+                (
+                    "v1",
+                    Some("127.0.0.1:8083"),
+                    DrainReason::Removed,
+                    Some(3.0)
+                ),
             ]
         );
     }
@@ -967,7 +716,7 @@ services:
             group: Some("all".into()),
             address: None,
             stream: "ads".into(),
-            telemetry: "none",
+            telemetry: TelemetryState::Absent,
             connected_since: "2026-01-02T03:00:00.000Z".into(),
             config_version: None,
             in_sync: true,
@@ -1035,7 +784,7 @@ services:
 
     fn report() -> StatusReport {
         let checkout = ServiceReport {
-            strategy: "canary",
+            strategy: api::Strategy::Canary,
             split: BTreeMap::from([("v1".into(), 90.0), ("v2".into(), 10.0)]),
             mirror: Some(MirrorReport {
                 version: "copy".into(),
@@ -1046,21 +795,21 @@ services:
                 DrainReport {
                     version: "v1".into(),
                     endpoint: Some("127.0.0.1:8083".into()),
-                    reason: "removed",
+                    reason: DrainReason::Removed,
                     removed_in_seconds: Some(3.0),
                     in_flight: None,
                 },
                 DrainReport {
                     version: "v1".into(),
                     endpoint: Some("127.0.0.1:8082".into()),
-                    reason: "marked",
+                    reason: DrainReason::Marked,
                     removed_in_seconds: None,
                     in_flight: None,
                 },
                 DrainReport {
                     version: "gone".into(),
                     endpoint: None,
-                    reason: "removed",
+                    reason: DrainReason::Removed,
                     removed_in_seconds: Some(1.0),
                     in_flight: None,
                 },
@@ -1111,7 +860,7 @@ services:
     #[test]
     fn envoys_without_telemetry_are_named_and_drains_get_their_requests_in_flight() {
         let r = report().with_telemetry(&telemetry());
-        let states: Vec<(&str, &str)> = r
+        let states: Vec<(&str, TelemetryState)> = r
             .nodes
             .iter()
             .map(|n| (n.id.as_str(), n.telemetry))
@@ -1119,9 +868,9 @@ services:
         assert_eq!(
             states,
             vec![
-                ("edge-1", "reporting"),
-                ("edge-2", "none"),
-                ("edge-3", "stale")
+                ("edge-1", TelemetryState::Reporting),
+                ("edge-2", TelemetryState::Absent),
+                ("edge-3", TelemetryState::Stale)
             ]
         );
         assert_eq!(r.nodes_without_telemetry, vec!["edge-2".to_owned()]);
@@ -1147,5 +896,231 @@ services:
             json["services"]["checkout"].get("observed").is_none(),
             "{json}"
         );
+    }
+
+    const EVERY_STATE: &str = "\
+listeners:
+  - name: public
+    address: 127.0.0.1:10000
+    routes:
+      - { match: { prefix: /cart }, service: cart }
+      - { match: { prefix: /pay }, service: payments }
+      - { match: { prefix: /search }, service: search }
+      - { match: { prefix: /feed }, service: feed }
+      - { match: { prefix: / }, service: checkout }
+services:
+  checkout:
+    versions:
+      v1: { endpoints: [127.0.0.1:8081, { address: 127.0.0.1:8082, drain: true }, 127.0.0.1:8083] }
+      v2: { endpoints: [127.0.0.1:8084] }
+      old: { endpoints: [127.0.0.1:8085] }
+    strategy:
+      canary:
+        stable: v1
+        canary: v2
+        steps: [10, 50, 100]
+        interval: 1m
+        analysis: { interval: 10s, max_error_rate: 1%, max_p99_latency: 500ms, min_requests: 100, failure_limit: 2 }
+  cart:
+    versions:
+      v1: { endpoints: [127.0.0.1:8091] }
+      v2: { endpoints: [127.0.0.1:8092] }
+    strategy:
+      canary: { stable: v1, canary: v2, steps: [20, 100], interval: 1m, analysis: { interval: 10s, min_requests: 10 } }
+  payments:
+    versions:
+      blue: { endpoints: [127.0.0.1:8101] }
+      green: { endpoints: [127.0.0.1:8102] }
+    strategy:
+      blue-green: { active: ACTIVE_PAYMENTS, preview: {}, analysis: { before_switch: 2m, window: 5m, interval: 10s, max_error_rate: 1%, failure_limit: 1 } }
+  search:
+    versions:
+      red: { endpoints: [127.0.0.1:8111] }
+      black: { endpoints: [127.0.0.1:8112] }
+    strategy:
+      red-black: { active: ACTIVE_SEARCH, grace: 10m, analysis: { window: 1m, interval: 10s, max_error_rate: 1% } }
+  feed:
+    versions:
+      v1: { endpoints: [127.0.0.1:8121] }
+      v2: { endpoints: [127.0.0.1:8122] }
+    strategy:
+      shadow: { primary: v1, mirror: v2, percent: 25 }
+";
+
+    /// Every state `/status` can say, in one report built the way the server builds it: the
+    /// JSON is pinned, so that a change of how it is made cannot change what clients read.
+    #[test]
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one report holding every state /status can say"
+    )]
+    fn the_status_json_clients_read_is_pinned() {
+        use crate::reconcile::rollout::{Check, Entry, Figures};
+        let at = |s: u64| Timestamp::from_millis(1_800_000_000_000 + s * 1000);
+        let file = |payments: &str, search: &str| {
+            crate::spec::parse(
+                "t.yaml",
+                &EVERY_STATE
+                    .replace("ACTIVE_PAYMENTS", payments)
+                    .replace("ACTIVE_SEARCH", search),
+            )
+            .unwrap()
+        };
+        let first = file("blue", "red");
+        let second_text = EVERY_STATE
+            .replace(", 127.0.0.1:8083]", "]")
+            .replace("      old: { endpoints: [127.0.0.1:8085] }\n", "")
+            .replace("ACTIVE_PAYMENTS", "green")
+            .replace("ACTIVE_SEARCH", "black");
+        let second = crate::spec::parse("t.yaml", &second_text).unwrap();
+        let mut state = RuntimeState::default();
+        for (spec, previous) in [(&first, Previous::Start), (&second, Previous::File(&first))] {
+            state.reduce(
+                spec,
+                Event::FileLoaded {
+                    previous,
+                    drain_period: Duration::from_secs(60),
+                },
+                at(0),
+            );
+        }
+        let check = |verdict: Verdict, requests: u64, errors: u64| Check {
+            at: at(20),
+            verdict,
+            figures: Figures {
+                requests,
+                errors,
+                p99_ms: Some(41.5),
+            },
+        };
+        let rollout = |kind: Kind, status: RolloutStatus| Rollout {
+            kind,
+            status,
+            started: at(0),
+            weight: 0,
+            since: None,
+            passed: 0,
+            failed: 0,
+            waiting_since: None,
+            next_check: None,
+            last_check: None,
+            history: vec![Entry {
+                at: at(0),
+                what: "started".into(),
+            }],
+            previewing: false,
+        };
+        let canary = |stable: &str, canary: &str| Kind::Canary {
+            stable: stable.into(),
+            canary: canary.into(),
+        };
+        let switch = |from: &str, to: &str| Kind::Switch {
+            from: from.into(),
+            to: to.into(),
+        };
+        state.rollouts = BTreeMap::from([
+            (
+                "checkout".to_owned(),
+                Rollout {
+                    weight: 500_000,
+                    since: Some(at(10)),
+                    passed: 1,
+                    next_check: Some(at(30)),
+                    last_check: Some(check(Verdict::Pass, 1834, 3)),
+                    ..rollout(canary("v1", "v2"), RolloutStatus::Progressing)
+                },
+            ),
+            (
+                "cart".to_owned(),
+                Rollout {
+                    weight: 200_000,
+                    since: Some(at(10)),
+                    last_check: Some(check(
+                        Verdict::Wait("3 requests, fewer than 10".into()),
+                        3,
+                        0,
+                    )),
+                    ..rollout(canary("v1", "v2"), RolloutStatus::Paused)
+                },
+            ),
+            (
+                "payments".to_owned(),
+                Rollout {
+                    failed: 1,
+                    previewing: true,
+                    last_check: Some(check(Verdict::Fail("error rate 5% over 1%".into()), 100, 5)),
+                    ..rollout(
+                        switch("blue", "green"),
+                        RolloutStatus::Failed("error rate 5% over 1%".into()),
+                    )
+                },
+            ),
+            (
+                "search".to_owned(),
+                rollout(switch("red", "black"), RolloutStatus::Promoted),
+            ),
+        ]);
+        let now = at(25);
+        let plan = crate::reconcile::plan(&second, &state, now);
+        let synced = BTreeSet::from([GroupId::all()]);
+        let mut nodes = vec![node("edge-1"), node("edge-2"), node("edge-3")];
+        nodes[0].address = Some("127.0.0.1:50001".into());
+        nodes[0].config_version = Some("0123456789abcdef".into());
+        nodes[0].types = BTreeMap::from([
+            (
+                "cds".to_owned(),
+                TypeReport {
+                    acked: Some("a1a1a1a1a1a1a1a1".into()),
+                    pending: Some("b2b2b2b2b2b2b2b2".into()),
+                    last_nack: None,
+                },
+            ),
+            (
+                "lds".to_owned(),
+                TypeReport {
+                    acked: Some("c3c3c3c3c3c3c3c3".into()),
+                    pending: None,
+                    last_nack: Some(NackStatus {
+                        version: "d4d4d4d4d4d4d4d4".into(),
+                        error: "cannot bind '127.0.0.1:10000'".into(),
+                        at: "2026-01-02T03:04:07.000Z".into(),
+                    }),
+                },
+            ),
+        ]);
+        nodes[2].group = None;
+        nodes[2].stream = "cds".into();
+        let report = StatusReport {
+            file: "deploy.yaml".into(),
+            state_file: Some(StateFileReport {
+                path: "deploy.yaml.state.json".into(),
+                ok: false,
+                error: Some("cannot write it: read-only file system".into()),
+            }),
+            config_version: Some("0123456789abcdef".into()),
+            last_reload: Some(ReloadStatus {
+                ok: false,
+                error: Some("t.yaml:3:5: unknown key".into()),
+                at: "2026-01-02T03:04:05.000Z".into(),
+            }),
+            services: service_reports(&second, &plan, &state, &synced, now),
+            nodes,
+            nodes_without_telemetry: Vec::new(),
+            nodes_without_group: vec!["stray-1".into()],
+            groups: BTreeMap::from([(
+                "edge".to_owned(),
+                GroupReport {
+                    config_version: "fedcba9876543210".into(),
+                    envoys: 3,
+                    in_sync: 2,
+                },
+            )]),
+            streams: Some(StreamsReport {
+                open: 5,
+                limit: 4096,
+            }),
+        }
+        .with_telemetry(&telemetry());
+        insta::assert_snapshot!(serde_json::to_string_pretty(&report).unwrap());
     }
 }

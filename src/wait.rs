@@ -18,8 +18,7 @@
 
 use std::time::Instant;
 
-use serde::Serialize;
-
+use crate::api::{WaitAnswer, WaitError};
 use crate::ids::ClusterId;
 use crate::reconcile::{EndpointPlan, Health, Plan};
 use crate::telemetry::InFlight;
@@ -35,33 +34,17 @@ pub struct Envoy {
     pub rejected: bool,
 }
 
-/// Whether it is done, and if not, what is still awaited, in words.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Answer {
-    pub done: bool,
-    pub waiting_for: Vec<String>,
-}
-
-impl Answer {
-    fn of(waiting_for: Vec<String>) -> Answer {
-        Answer {
-            done: waiting_for.is_empty(),
-            waiting_for,
-        }
-    }
-}
-
 /// The endpoints `target` names in `service`: a version's, one endpoint (by the address as the
 /// file writes it), or the whole service's.
 fn endpoints<'a>(
     plan: &'a Plan,
     service: &str,
     target: Option<&str>,
-) -> Result<Vec<(&'a str, &'a EndpointPlan)>, String> {
+) -> Result<Vec<(&'a str, &'a EndpointPlan)>, WaitError> {
     let planned = plan
         .services
         .get(service)
-        .ok_or_else(|| format!("no service \"{service}\" is served"))?;
+        .ok_or_else(|| WaitError::UnknownService(service.to_owned()))?;
     let all = planned
         .versions
         .iter()
@@ -72,13 +55,13 @@ fn endpoints<'a>(
         Some(t) => all.filter(|(_, e)| e.address.to_string() == t).collect(),
     };
     if out.is_empty() {
-        let versions: Vec<&str> = planned.versions.keys().map(String::as_str).collect();
         return Err(match target {
-            Some(t) => format!(
-                "\"{t}\" is neither a version nor an endpoint of service \"{service}\" (its versions: {})",
-                versions.join(", ")
-            ),
-            None => format!("service \"{service}\" has no endpoint"),
+            Some(t) => WaitError::UnknownTarget {
+                service: service.to_owned(),
+                target: t.to_owned(),
+                versions: planned.versions.keys().cloned().collect(),
+            },
+            None => WaitError::NoEndpoint(service.to_owned()),
         });
     }
     Ok(out)
@@ -109,7 +92,7 @@ pub fn drained(
     envoys: &[Envoy],
     in_flight: &InFlight,
     stats: impl Fn(&ClusterId) -> Vec<NodeHealth>,
-) -> Result<Answer, String> {
+) -> Result<WaitAnswer, WaitError> {
     let endpoints = endpoints(plan, service, target)?;
     let mut waiting = Vec::new();
     for (version, e) in &endpoints {
@@ -120,10 +103,7 @@ pub fn drained(
             ));
         }
         if e.address.is_name() {
-            return Err(format!(
-                "{} is a name: Envoy reports requests in flight per resolved IP address, so they cannot be told apart; wait on the version instead",
-                e.address
-            ));
+            return Err(WaitError::ByName(e.address.to_string()));
         }
     }
     unanswered(envoys, &mut waiting);
@@ -201,7 +181,7 @@ pub fn drained(
             }
         }
     }
-    Ok(Answer::of(waiting))
+    Ok(WaitAnswer::of(waiting))
 }
 
 /// See the module docs. `health` gives, per version, what each Envoy's latest stats flush said.
@@ -211,7 +191,7 @@ pub fn healthy(
     target: Option<&str>,
     envoys: &[Envoy],
     health: impl Fn(&ClusterId) -> Vec<NodeHealth>,
-) -> Result<Answer, String> {
+) -> Result<WaitAnswer, WaitError> {
     let endpoints = endpoints(plan, service, target)?;
     let mut waiting = Vec::new();
     for (version, e) in &endpoints {
@@ -258,7 +238,7 @@ pub fn healthy(
             }
         }
     }
-    Ok(Answer::of(waiting))
+    Ok(WaitAnswer::of(waiting))
 }
 
 #[cfg(test)]
@@ -373,17 +353,24 @@ mod tests {
                 .unwrap()
                 .done
         );
+        let unknown = drained(
+            &p,
+            "s",
+            Some("10.0.0.1:1"),
+            &[],
+            &InFlight::default(),
+            stats(0),
+        )
+        .unwrap_err();
         assert!(
-            drained(
-                &p,
-                "s",
-                Some("10.0.0.1:1"),
-                &[],
-                &InFlight::default(),
-                stats(0)
-            )
-            .unwrap_err()
-            .contains("neither a version nor an endpoint")
+            matches!(&unknown, WaitError::UnknownTarget { target, .. } if target == "10.0.0.1:1"),
+            "{unknown:?}"
+        );
+        assert!(
+            unknown
+                .to_string()
+                .contains("neither a version nor an endpoint"),
+            "{unknown}"
         );
     }
 

@@ -9,16 +9,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use cutover::api::{
+    CheckReport, DrainReason, DrainReport, HistoryReport, MirrorReport, NackStatus, NodeReport,
+    ObservedReport, ObservedVersion, ReloadStatus, RetiringReport, RolloutKind, RolloutReport,
+    RolloutState, ServiceReport, StatusReport, Strategy, TelemetryState, ThresholdsReport,
+    TypeReport, Verdict,
+};
 use cutover::app;
 use cutover::cli::diff::{self, Side};
 use cutover::cli::schema;
 use cutover::cli::status::{self, render_status};
 use cutover::spec::{self, Limit};
-use cutover::status::{
-    CheckReport, DrainReport, HistoryReport, MirrorReport, NackStatus, NodeReport, ObservedReport,
-    ObservedVersion, ReloadStatus, RetiringReport, RolloutReport, ServiceReport, StatusReport,
-    ThresholdsReport, TypeReport,
-};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -54,12 +55,12 @@ fn stderr(o: &Output) -> String {
 
 // --- status ------------------------------------------------------------------------------------
 
-fn versions(cds: &str, eds: &str, lds: &str, rds: &str) -> BTreeMap<&'static str, TypeReport> {
+fn versions(cds: &str, eds: &str, lds: &str, rds: &str) -> BTreeMap<String, TypeReport> {
     [("cds", cds), ("eds", eds), ("lds", lds), ("rds", rds)]
         .into_iter()
         .map(|(ty, v)| {
             (
-                ty,
+                ty.to_owned(),
                 TypeReport {
                     acked: Some(v.to_owned()),
                     pending: None,
@@ -72,11 +73,15 @@ fn versions(cds: &str, eds: &str, lds: &str, rds: &str) -> BTreeMap<&'static str
 
 /// A report as the server builds it (its own types), read back through JSON by the client, so
 /// that these snapshots also check that the client reads what the server writes.
-fn through_json(report: &StatusReport) -> status::Status {
+fn through_json(report: &StatusReport) -> StatusReport {
     let json = serde_json::to_string(report).expect("the report serializes");
     serde_json::from_str(&json).expect("the client reads the server's report")
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one report with something in every section"
+)]
 fn busy_report() -> StatusReport {
     let mut edge_2 = versions(
         "a1a1a1a1a1a1a1a1",
@@ -105,7 +110,7 @@ fn busy_report() -> StatusReport {
             (
                 "checkout".to_owned(),
                 ServiceReport {
-                    strategy: "canary",
+                    strategy: Strategy::Canary,
                     split: BTreeMap::from([("v1".into(), 90.0), ("v2".into(), 10.0)]),
                     mirror: None,
                     rules: 2,
@@ -113,10 +118,10 @@ fn busy_report() -> StatusReport {
                     retiring: Vec::new(),
                     synced: false,
                     rollout: Some(RolloutReport {
-                        kind: "canary",
+                        kind: RolloutKind::Canary,
                         version: "v2".into(),
                         baseline: "v1".into(),
-                        state: "progressing",
+                        state: RolloutState::Progressing,
                         reason: None,
                         weight: Some(10.0),
                         step: Some(2),
@@ -128,7 +133,7 @@ fn busy_report() -> StatusReport {
                         failed_checks: 0,
                         last_check: Some(CheckReport {
                             at: "2026-01-02T03:04:20.000Z".into(),
-                            verdict: "pass",
+                            verdict: Verdict::Pass,
                             reason: None,
                             requests: 1834,
                             errors: 3,
@@ -156,7 +161,7 @@ fn busy_report() -> StatusReport {
                     draining: vec![DrainReport {
                         version: "v1".into(),
                         endpoint: Some("10.0.0.12:8080".into()),
-                        reason: "removed",
+                        reason: DrainReason::Removed,
                         removed_in_seconds: Some(3.2),
                         in_flight: Some(2),
                     }],
@@ -197,7 +202,7 @@ fn busy_report() -> StatusReport {
             (
                 "payments".to_owned(),
                 ServiceReport {
-                    strategy: "red-black",
+                    strategy: Strategy::RedBlack,
                     split: BTreeMap::from([("black".into(), 100.0)]),
                     mirror: Some(MirrorReport {
                         version: "next".into(),
@@ -247,7 +252,7 @@ fn busy_report() -> StatusReport {
             (
                 "search".to_owned(),
                 ServiceReport {
-                    strategy: "red-black",
+                    strategy: Strategy::RedBlack,
                     split: BTreeMap::from([("v7".into(), 100.0)]),
                     mirror: None,
                     rules: 0,
@@ -271,7 +276,7 @@ fn busy_report() -> StatusReport {
                 group: Some("all".into()),
                 address: Some("127.0.0.1:50001".into()),
                 stream: "ads".into(),
-                telemetry: "reporting",
+                telemetry: TelemetryState::Reporting,
                 connected_since: "2026-01-02T03:00:00.000Z".into(),
                 config_version: Some("0123456789abcdef".into()),
                 in_sync: true,
@@ -288,7 +293,7 @@ fn busy_report() -> StatusReport {
                 group: Some("all".into()),
                 address: Some("127.0.0.1:50002".into()),
                 stream: "ads".into(),
-                telemetry: "none",
+                telemetry: TelemetryState::Absent,
                 connected_since: "2026-01-02T03:01:00.000Z".into(),
                 config_version: Some("0123456789abcdef".into()),
                 in_sync: false,
@@ -300,7 +305,7 @@ fn busy_report() -> StatusReport {
                 group: None,
                 address: Some("127.0.0.1:50003".into()),
                 stream: "cds".into(),
-                telemetry: "stale",
+                telemetry: TelemetryState::Stale,
                 connected_since: "2026-01-02T03:04:06.000Z".into(),
                 config_version: None,
                 in_sync: false,
@@ -420,7 +425,7 @@ fn strip_ansi(text: &str) -> String {
 #[test]
 fn status_of_an_unknown_report_shape_shows_what_it_can() {
     // Another release may add or drop fields: the client reads what it knows.
-    let report: status::Status = serde_json::from_str(
+    let report: StatusReport = serde_json::from_str(
         r#"{"config_version": "abc", "future_field": 1, "nodes": [{"id": "x"}]}"#,
     )
     .unwrap();
@@ -447,7 +452,7 @@ async fn status_command_reads_a_running_cutover() {
         .await
         .expect("fetch /status");
     assert!(body.starts_with('{'));
-    assert_eq!(report.services["checkout"].strategy, "canary");
+    assert_eq!(report.services["checkout"].strategy, Strategy::Canary);
 
     let out = tokio::task::spawn_blocking(move || {
         (
@@ -505,6 +510,157 @@ fn status_command_explains_an_unreachable_cutover() {
         "{err}"
     );
     assert!(err.contains("--admin"), "{err}");
+}
+
+/// A server on loopback that answers every request with `body` and `status` as is, or never
+/// answers (`None`): what `cutover status` may find at a wrong address.
+fn raw_server(answer: Option<(&'static str, &'static str)>) -> String {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut silent = Vec::new();
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let Some((status, body)) = answer else {
+                silent.push(stream);
+                continue;
+            };
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+#[test]
+fn status_command_explains_what_answers_at_a_wrong_address() {
+    let page = raw_server(Some(("404 Not Found", "no such page\n")));
+    let not_json = raw_server(Some(("200 OK", "hello")));
+    let silent = raw_server(None);
+    let out: Vec<(Option<i32>, String)> = [&page, &not_json, &silent]
+        .into_iter()
+        .map(|addr| {
+            let out = cutover(&["status", "--admin", addr]);
+            assert!(stdout(&out).is_empty());
+            (out.status.code(), stderr(&out))
+        })
+        .collect();
+    assert_eq!(
+        out,
+        [
+            (
+                Some(1),
+                format!(
+                    "error: http://{page}/status answered 404 Not Found (no such page); is {page} cutover's admin address (--admin)?\n"
+                )
+            ),
+            (
+                Some(1),
+                format!(
+                    "error: http://{not_json}/status is not cutover's status JSON: expected value at line 1 column 1\n"
+                )
+            ),
+            (
+                Some(1),
+                format!(
+                    "error: no answer from {silent} within 5s; is it cutover's admin address (--admin)?\n"
+                )
+            ),
+        ]
+    );
+}
+
+// --- rollout commands and wait ------------------------------------------------------------------
+
+/// What the operator commands print when the admin API refuses, with the HTTP status of each
+/// kind of refusal: an unknown service 404, a command that does not apply now 409, bad input
+/// 400; and their exit codes (1 for a refused rollout command, 2 for a refused wait).
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_commands_say_why_with_their_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("deploy.yaml");
+    let plain =
+        "  plain:\n    versions:\n      v1: { endpoints: [127.0.0.1:8091] }\n    active: v1\n";
+    let text = example("canary-rollout.yaml")
+        .replace(
+            "      - match: { prefix: / }\n",
+            "      - match: { prefix: /plain }\n        service: plain\n      - match: { prefix: / }\n",
+        )
+        .replace("services:\n", &format!("services:\n{plain}"));
+    std::fs::write(&file, text).unwrap();
+    let server = serve(file).await;
+    let admin = server.admin_addr.to_string();
+    let run = move |args: &[&str]| {
+        let mut args = args.to_vec();
+        args.extend(["--admin", &admin]);
+        let out = cutover(&args);
+        (out.status.code(), stdout(&out), stderr(&out))
+    };
+    let outputs = tokio::task::spawn_blocking(move || {
+        [
+            run(&["pause", "nope"]),
+            run(&["pause", "plain"]),
+            run(&["pause", "checkout"]),
+            run(&["pause", "checkout"]),
+            run(&["wait", "drained", "nope"]),
+            run(&["wait", "healthy", "checkout", "v9"]),
+        ]
+    })
+    .await
+    .unwrap();
+    let refused = |code: i32, err: &str| (Some(code), String::new(), format!("error: {err}\n"));
+    assert_eq!(
+        outputs,
+        [
+            refused(
+                1,
+                "404 Not Found: nope: no service \"nope\" in the deployment file"
+            ),
+            refused(
+                1,
+                "409 Conflict: plain: service \"plain\" has no rollout (a canary with `steps`, or a switch with an `analysis`)"
+            ),
+            (Some(0), "checkout: paused\n".to_owned(), String::new()),
+            refused(
+                1,
+                "409 Conflict: checkout: cannot pause a rollout that is paused"
+            ),
+            refused(2, "404 Not Found: no service \"nope\" is served"),
+            refused(
+                2,
+                "404 Not Found: \"v9\" is neither a version nor an endpoint of service \"checkout\" (its versions: v1, v2)"
+            ),
+        ]
+    );
+    // What the commands cannot send: bad input.
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", server.admin_addr);
+    let promte = http
+        .post(format!("{base}/rollouts/checkout/promte"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(promte.status(), 400);
+    assert_eq!(
+        promte.text().await.unwrap(),
+        "unknown command \"promte\": use promote, abort, pause or resume\n"
+    );
+    let drain = http
+        .get(format!("{base}/wait/drain?service=checkout"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(drain.status(), 400);
+    assert_eq!(
+        drain.text().await.unwrap(),
+        "cannot wait for \"drain\": use /wait/drained or /wait/healthy\n"
+    );
 }
 
 // --- diff --------------------------------------------------------------------------------------

@@ -93,8 +93,8 @@ async fn error_rate_and_latency_are_measured_per_version_through_the_canary_aggr
         let t = s.cutover.telemetry().await?;
         let stable_counted = counted(&t, "v1", "requests") - counted(&before, "v1", "requests");
         let canary_counted = counted(&t, "v2", "requests") - counted(&before, "v2", "requests");
-        if stable_counted as usize == served_by_stable
-            && canary_counted as usize == canary.hits() - canary_hits
+        if stable_counted == served_by_stable as u64
+            && canary_counted == (canary.hits() - canary_hits) as u64
         {
             Ok(t)
         } else {

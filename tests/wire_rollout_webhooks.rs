@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cutover::api::{RolloutReport, RolloutState};
 use cutover::app;
 use cutover::checkout_head;
 use http_body_util::{BodyExt as _, Full};
@@ -78,7 +79,7 @@ async fn serve(dir: &tempfile::TempDir, text: &str) -> app::Server {
     cutover::testing::serve(dir.path(), text).await
 }
 
-async fn wait_state(server: &app::Server, state: &str) -> cutover::status::RolloutReport {
+async fn wait_state(server: &app::Server, state: RolloutState) -> RolloutReport {
     for _ in 0..200 {
         let report = server.status.report();
         if let Some(r) = report.services["checkout"].rollout.clone()
@@ -99,7 +100,7 @@ async fn a_webhook_that_answers_2xx_lets_every_step_pass() {
     let (hook, seen) = webhook(200, Duration::ZERO).await;
     let dir = tempfile::tempdir().unwrap();
     let server = serve(&dir, &deployment(hook, "2s")).await;
-    let r = wait_state(&server, "promoted").await;
+    let r = wait_state(&server, RolloutState::Promoted).await;
     assert_eq!(r.weight, Some(100.0));
     let seen = seen.lock().unwrap();
     assert!(seen.len() >= 2, "asked at every check: {seen:?}");
@@ -114,7 +115,7 @@ async fn a_webhook_that_refuses_rolls_back() {
     let (hook, _) = webhook(503, Duration::ZERO).await;
     let dir = tempfile::tempdir().unwrap();
     let server = serve(&dir, &deployment(hook, "2s")).await;
-    let r = wait_state(&server, "rolled_back").await;
+    let r = wait_state(&server, RolloutState::RolledBack).await;
     assert_eq!(
         r.reason.as_deref(),
         Some(format!("webhook http://{hook}/check answered 503").as_str())
@@ -127,10 +128,28 @@ async fn a_webhook_that_does_not_answer_in_time_rolls_back() {
     let (hook, _) = webhook(200, Duration::from_secs(5)).await;
     let dir = tempfile::tempdir().unwrap();
     let server = serve(&dir, &deployment(hook, "300ms")).await;
-    let r = wait_state(&server, "rolled_back").await;
+    let r = wait_state(&server, RolloutState::RolledBack).await;
     assert_eq!(
         r.reason.as_deref(),
         Some(format!("webhook http://{hook}/check did not answer within 300ms").as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_webhook_nobody_listens_on_rolls_back_saying_so() {
+    // A port nothing listens on: bind one, then free it.
+    let hook = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&dir, &deployment(hook, "2s")).await;
+    let r = wait_state(&server, RolloutState::RolledBack).await;
+    // The words of the system's own error, as a connection of this test's gets it.
+    let refused = std::net::TcpStream::connect(hook).unwrap_err();
+    assert_eq!(
+        r.reason.as_deref(),
+        Some(format!("webhook http://{hook}/check: cannot connect: {refused}").as_str())
     );
 }
 
@@ -148,7 +167,7 @@ async fn notify_webhooks_are_told_every_event_in_order_and_a_failing_one_changes
     );
     let dir = tempfile::tempdir().unwrap();
     let server = serve(&dir, &text).await;
-    wait_state(&server, "promoted").await;
+    wait_state(&server, RolloutState::Promoted).await;
     // Told off the controller's loop: the last event may still be on its way.
     let mut what = Vec::new();
     for _ in 0..100 {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use super::output::{complain, say};
 use super::status::{DEFAULT_ADMIN, control};
-use crate::reconcile::rollout::Command;
+use crate::api::RolloutCommand;
 
 /// Where a rollout command goes.
 #[derive(clap::Args)]
@@ -23,12 +23,12 @@ pub struct Args {
 }
 
 /// Sends `command`; prints what cutover did. Exit 0 if done, 1 if refused or unreachable.
-pub fn run(args: Args, command: Command) -> anyhow::Result<ExitCode> {
+pub fn run(args: Args, command: RolloutCommand) -> anyhow::Result<ExitCode> {
     let runtime = super::current_thread_runtime()?;
     match runtime.block_on(control(
         args.admin,
         &args.service,
-        &command.to_string(),
+        command,
         args.admin_token.as_deref(),
     )) {
         Ok(Ok(done)) => {

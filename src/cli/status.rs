@@ -1,216 +1,24 @@
 //! `cutover status`: a running cutover's `GET /status`, as tables an operator reads at a glance.
 //!
 //! [`fetch`] makes the one HTTP request; [`render_status`] is pure (report in, text out) so its
-//! output is snapshot-tested without a server. The report types here are the client's reading
-//! of [`crate::status::StatusReport`]: every field has a default, so a `cutover status` of
-//! another release still shows what it understands.
+//! output is snapshot-tested without a server. It reads the very types the server writes
+//! ([`crate::api`]): every field has a default and an unknown state reads as `Unknown`, so a
+//! `cutover status` of another release still shows what it understands.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http_body_util::{BodyExt as _, Empty};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
-use serde::Deserialize;
-
 use super::style::{Painter, Style, Table, percent};
+use crate::api::{
+    DrainReason, NodeReport, ObservedVersion, ReloadStatus, RolloutCommand, RolloutKind,
+    RolloutReport, RolloutState, StatusReport, Strategy, TelemetryState, Verdict, WaitAnswer,
+    WaitFor,
+};
+use crate::http_client;
 
 /// The default admin address of `cutover serve`.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:19000";
-
-/// `GET /status` as the client reads it.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct Status {
-    pub file: String,
-    pub state_file: Option<StateFile>,
-    pub config_version: Option<String>,
-    pub last_reload: Option<Reload>,
-    pub services: BTreeMap<String, ServiceStatus>,
-    pub nodes: Vec<NodeStatus>,
-    /// Connected Envoys that send no telemetry: their traffic is unknown, not zero.
-    pub nodes_without_telemetry: Vec<String>,
-    /// Connected Envoys that no group of the file matches (they get an empty config).
-    pub nodes_without_group: Vec<String>,
-    /// With node groups: each group's config version and how many of its Envoys hold it.
-    pub groups: BTreeMap<String, GroupStatus>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct GroupStatus {
-    pub config_version: String,
-    pub envoys: usize,
-    pub in_sync: usize,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct StateFile {
-    pub path: String,
-    pub ok: bool,
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct Reload {
-    pub ok: bool,
-    pub error: Option<String>,
-    pub at: String,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct ServiceStatus {
-    pub strategy: String,
-    /// Percent of answered requests per version.
-    pub split: BTreeMap<String, f64>,
-    pub mirror: Option<MirrorStatus>,
-    pub rules: usize,
-    pub deployed: Vec<String>,
-    pub retiring: Vec<RetiringStatus>,
-    pub synced: bool,
-    pub rollout: Option<RolloutStatus>,
-    pub draining: Vec<DrainStatus>,
-    /// Absent: no Envoy sends telemetry (or a cutover from before live figures).
-    pub observed: Option<ObservedStatus>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct DrainStatus {
-    pub version: String,
-    pub endpoint: Option<String>,
-    pub reason: String,
-    pub removed_in_seconds: Option<f64>,
-    pub in_flight: Option<u64>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct ObservedStatus {
-    pub requests_per_second: f64,
-    pub versions: BTreeMap<String, ObservedVersionStatus>,
-}
-
-/// One version's live figures; rates, errors and latency over the last 10 s, percentages
-/// from 0 to 100.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct ObservedVersionStatus {
-    pub share_10s: Option<f64>,
-    pub share_1m: Option<f64>,
-    pub requests_per_second: f64,
-    pub error_rate: Option<f64>,
-    pub p99_ms: Option<f64>,
-    pub in_flight: u64,
-    pub healthy: Option<u64>,
-    pub endpoints: Option<u64>,
-    pub ejected: u64,
-    pub envoys: usize,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct RolloutStatus {
-    pub kind: String,
-    pub version: String,
-    pub baseline: String,
-    pub state: String,
-    pub reason: Option<String>,
-    pub weight: Option<f64>,
-    pub step: Option<usize>,
-    pub steps: Option<usize>,
-    pub before_switch: bool,
-    pub awaiting_ack: bool,
-    pub step_ends_in_seconds: Option<f64>,
-    pub next_check_in_seconds: Option<f64>,
-    pub failed_checks: u32,
-    pub last_check: Option<CheckStatus>,
-    pub thresholds: Option<ThresholdsStatus>,
-    pub advice: Option<String>,
-    pub history: Vec<HistoryStatus>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct CheckStatus {
-    pub at: String,
-    pub verdict: String,
-    pub reason: Option<String>,
-    pub requests: u64,
-    pub errors: u64,
-    pub error_rate: f64,
-    pub p99_ms: Option<f64>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct ThresholdsStatus {
-    pub max_error_rate: Option<f64>,
-    pub max_p99_ms: Option<f64>,
-    pub min_requests: u64,
-    pub failure_limit: u32,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct HistoryStatus {
-    pub at: String,
-    pub what: String,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct MirrorStatus {
-    pub version: String,
-    pub percent: f64,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct RetiringStatus {
-    pub version: String,
-    pub awaiting_ack: bool,
-    pub retires_in_seconds: Option<f64>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct NodeStatus {
-    pub id: String,
-    pub cluster: String,
-    /// Its node group; absent from a cutover before node groups.
-    pub group: Option<String>,
-    pub address: Option<String>,
-    pub stream: String,
-    pub connected_since: String,
-    pub config_version: Option<String>,
-    pub in_sync: bool,
-    /// `reporting`, `stale` or `none`; absent from a cutover before telemetry.
-    pub telemetry: Option<String>,
-    /// By short type name (`cds`, `eds`, `lds`, `rds`).
-    pub types: BTreeMap<String, TypeStatus>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct TypeStatus {
-    pub acked: Option<String>,
-    pub pending: Option<String>,
-    pub last_nack: Option<Nack>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct Nack {
-    pub version: String,
-    pub error: String,
-    pub at: String,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -229,14 +37,14 @@ pub enum FetchError {
     Http {
         addr: SocketAddr,
         #[source]
-        source: hyper::Error,
+        source: http_client::Error,
     },
     #[error(
         "http://{addr}/status answered {status} ({body}); is {addr} cutover's admin address (--admin)?"
     )]
     Status {
         addr: SocketAddr,
-        status: hyper::StatusCode,
+        status: http_client::StatusCode,
         body: String,
     },
     #[error("cannot make the request: {0}")]
@@ -249,17 +57,33 @@ pub enum FetchError {
     },
 }
 
-/// How long one `GET /status` may take, connection included.
+/// How long one request to the admin API may take, connection included.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
+impl FetchError {
+    fn of(addr: SocketAddr, e: http_client::Error) -> FetchError {
+        match e {
+            http_client::Error::Connect(source) => FetchError::Connect { addr, source },
+            http_client::Error::Timeout(timeout) => FetchError::Timeout { addr, timeout },
+            e @ (http_client::Error::Url(_) | http_client::Error::Request(_)) => {
+                FetchError::Request(e.to_string())
+            }
+            e @ http_client::Error::Http(_) => FetchError::Http { addr, source: e },
+        }
+    }
+}
+
 /// `GET http://{admin}/status`: the body as served, and as read.
-pub async fn fetch(admin: SocketAddr) -> Result<(String, Status), FetchError> {
-    let body = tokio::time::timeout(TIMEOUT, get(admin, "/status"))
-        .await
-        .map_err(|_| FetchError::Timeout {
+pub async fn fetch(admin: SocketAddr) -> Result<(String, StatusReport), FetchError> {
+    let answer = send(admin, http_client::Method::GET, "/status", None).await?;
+    let body = answer.text();
+    if !answer.status.is_success() {
+        return Err(FetchError::Status {
             addr: admin,
-            timeout: TIMEOUT,
-        })??;
+            status: answer.status,
+            body: first_line(&body),
+        });
+    }
     let status = serde_json::from_str(&body).map_err(|source| FetchError::Json {
         addr: admin,
         source,
@@ -267,71 +91,31 @@ pub async fn fetch(admin: SocketAddr) -> Result<(String, Status), FetchError> {
     Ok((body, status))
 }
 
-/// One HTTP/1.1 GET on its own connection; the admin API is local and asked once a second at
-/// most, so there is nothing to pool.
-async fn get(addr: SocketAddr, path: &str) -> Result<String, FetchError> {
-    let (status, body) = send(addr, hyper::Method::GET, path, None).await?;
-    if !status.is_success() {
-        return Err(FetchError::Status {
-            addr,
-            status,
-            body: first_line(&body),
-        });
-    }
-    Ok(body)
-}
-
-/// One HTTP/1.1 request on its own connection: the answer's status and body.
+/// One request to the admin API, on its own connection (it is local and asked once a second
+/// at most: there is nothing to pool): the answer, whatever its status.
 async fn send(
     addr: SocketAddr,
-    method: hyper::Method,
+    method: http_client::Method,
     path: &str,
     token: Option<&str>,
-) -> Result<(hyper::StatusCode, String), FetchError> {
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|source| FetchError::Connect { addr, source })?;
-    let http = |source| FetchError::Http { addr, source };
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(http)?;
-    let driver = tokio::spawn(connection);
-    let mut request = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header(hyper::header::HOST, addr.to_string())
-        .header(hyper::header::ACCEPT, "application/json");
-    if let Some(token) = token {
-        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+) -> Result<http_client::Answer, FetchError> {
+    let url = format!("http://{addr}{path}");
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("accept", "application/json")];
+    if let Some(bearer) = &bearer {
+        headers.push(("authorization", bearer));
     }
-    let request = request
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| FetchError::Request(e.to_string()))?;
-    let response = sender.send_request(request).await.map_err(http)?;
-    let status = response.status();
-    let bytes = response
-        .into_body()
-        .collect()
+    http_client::Client::new()
+        .send(method, &url, &headers, TIMEOUT)
         .await
-        .map_err(http)?
-        .to_bytes();
-    driver.abort();
-    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
-}
-
-/// `GET /wait/{drained|healthy}` as the client reads it.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct WaitAnswer {
-    pub done: bool,
-    pub waiting_for: Vec<String>,
+        .map_err(|e| FetchError::of(addr, e))
 }
 
 /// One `GET /wait/{what}?service=..&target=..`: the answer, or the server's refusal (an
 /// unknown service or target).
 pub async fn wait_once(
     admin: SocketAddr,
-    what: &str,
+    what: WaitFor,
     service: &str,
     target: Option<&str>,
 ) -> Result<Result<WaitAnswer, String>, FetchError> {
@@ -339,17 +123,11 @@ pub async fn wait_once(
     if let Some(t) = target {
         path.push_str(&format!("&target={}", query_escape(t)));
     }
-    let (status, body) =
-        tokio::time::timeout(TIMEOUT, send(admin, hyper::Method::GET, &path, None))
-            .await
-            .map_err(|_| FetchError::Timeout {
-                addr: admin,
-                timeout: TIMEOUT,
-            })??;
-    if !status.is_success() {
-        return Ok(Err(format!("{status}: {}", body.trim())));
+    let answer = send(admin, http_client::Method::GET, &path, None).await?;
+    if !answer.status.is_success() {
+        return Ok(Err(format!("{}: {}", answer.status, answer.text().trim())));
     }
-    serde_json::from_str(&body)
+    serde_json::from_slice(&answer.body)
         .map(Ok)
         .map_err(|source| FetchError::Json {
             addr: admin,
@@ -375,22 +153,16 @@ fn query_escape(value: &str) -> String {
 pub async fn control(
     admin: SocketAddr,
     service: &str,
-    command: &str,
+    command: RolloutCommand,
     token: Option<&str>,
 ) -> Result<Result<String, String>, FetchError> {
     let path = format!("/rollouts/{service}/{command}");
-    let (status, body) =
-        tokio::time::timeout(TIMEOUT, send(admin, hyper::Method::POST, &path, token))
-            .await
-            .map_err(|_| FetchError::Timeout {
-                addr: admin,
-                timeout: TIMEOUT,
-            })??;
-    let body = body.trim().to_owned();
-    Ok(if status.is_success() {
+    let answer = send(admin, http_client::Method::POST, &path, token).await?;
+    let body = answer.text().trim().to_owned();
+    Ok(if answer.status.is_success() {
         Ok(body)
     } else {
-        Err(format!("{status}: {body}"))
+        Err(format!("{}: {body}", answer.status))
     })
 }
 
@@ -412,7 +184,11 @@ fn first_line(body: &str) -> String {
 /// The report as text: the config and last reload, then a table of services, the live figures
 /// per version next to the configured split, what drains, the rollouts, then a table of
 /// connected Envoys with, under each, what it has ACKed, has pending and last rejected.
-pub fn render_status(report: &Status, color: bool) -> String {
+#[allow(
+    clippy::too_many_lines,
+    reason = "the report's sections in the order they are printed"
+)]
+pub fn render_status(report: &StatusReport, color: bool) -> String {
     let p = Painter { color };
     let mut out = String::new();
 
@@ -455,7 +231,7 @@ pub fn render_status(report: &Status, color: bool) -> String {
     if let Some(error) = report.state_file.as_ref().and_then(|s| s.error.as_deref()) {
         let _ = writeln!(out, "    {}", p.paint(Style::Red, error));
     }
-    if let Some(Reload {
+    if let Some(ReloadStatus {
         ok: false,
         error: Some(error),
         ..
@@ -474,7 +250,7 @@ pub fn render_status(report: &Status, color: bool) -> String {
         out.push('\n');
         out.push_str(&render_traffic(report, p));
     }
-    let rollouts: Vec<(&String, &RolloutStatus)> = report
+    let rollouts: Vec<(&String, &RolloutReport)> = report
         .services
         .iter()
         .filter_map(|(name, s)| Some((name, s.rollout.as_ref()?)))
@@ -525,7 +301,7 @@ pub fn render_status(report: &Status, color: bool) -> String {
     out
 }
 
-fn services_table(report: &Status) -> Table {
+fn services_table(report: &StatusReport) -> Table {
     // The split is in the versions table, next to the observed one.
     let mut t = Table::header(&[
         "SERVICE", "STRATEGY", "MIRROR", "RULES", "DEPLOYED", "RETIRING", "SYNCED",
@@ -552,7 +328,13 @@ fn services_table(report: &Status) -> Table {
         };
         t.row(vec![
             (name.clone(), Style::Bold),
-            (s.strategy.clone(), Style::Plain),
+            (
+                match s.strategy {
+                    Strategy::Unknown => "-".to_owned(),
+                    known => known.to_string(),
+                },
+                Style::Plain,
+            ),
             (mirror, Style::Plain),
             (s.rules.to_string(), Style::Plain),
             (or_dash(s.deployed.join(", ")), Style::Plain),
@@ -564,7 +346,7 @@ fn services_table(report: &Status) -> Table {
 }
 
 /// `current`: the version the node converges to (its group's, with node groups).
-fn node_row(n: &NodeStatus, current: Option<&str>) -> Vec<(String, Style)> {
+fn node_row(n: &NodeReport, current: Option<&str>) -> Vec<(String, Style)> {
     let in_sync = n.in_sync && (current.is_none() || n.config_version.as_deref() == current);
     let group = match n.group.as_deref() {
         Some(g) if g.starts_with('(') => (g.to_owned(), Style::Yellow),
@@ -578,17 +360,19 @@ fn node_row(n: &NodeStatus, current: Option<&str>) -> Vec<(String, Style)> {
         (or_dash(n.stream.clone()), Style::Plain),
         (or_dash(n.connected_since.clone()), Style::Plain),
         yes_no(in_sync),
-        match n.telemetry.as_deref() {
-            Some("reporting") => ("yes".into(), Style::Green),
-            Some(other) => (other.to_owned(), Style::Yellow),
-            None => ("-".into(), Style::Plain),
+        match n.telemetry {
+            TelemetryState::Reporting => ("yes".into(), Style::Green),
+            // Absent from a cutover before telemetry.
+            TelemetryState::Unknown => ("-".into(), Style::Plain),
+            other => (other.to_string(), Style::Yellow),
         },
     ]
 }
 
 /// Per version, the configured split next to the observed one and the live figures (`-` where
 /// nothing is known); then what drains, and which Envoys' traffic the figures cannot include.
-fn render_traffic(report: &Status, p: Painter) -> String {
+#[allow(clippy::too_many_lines, reason = "one table, its columns in order")]
+fn render_traffic(report: &StatusReport, p: Painter) -> String {
     let mut out = String::new();
     let mut t = Table::header(&[
         "SERVICE",
@@ -607,7 +391,7 @@ fn render_traffic(report: &Status, p: Painter) -> String {
     for (name, s) in &report.services {
         let mirror = s.mirror.as_ref().map(|m| m.version.as_str());
         // Without figures, the versions the file gives traffic to or deploys.
-        let versions: Vec<(&String, Option<&ObservedVersionStatus>)> = match &s.observed {
+        let versions: Vec<(&String, Option<&ObservedVersion>)> = match &s.observed {
             Some(o) => o.versions.iter().map(|(v, f)| (v, Some(f))).collect(),
             None => {
                 let names: std::collections::BTreeSet<&String> =
@@ -686,8 +470,8 @@ fn render_traffic(report: &Status, p: Painter) -> String {
                 Some(e) => format!("{name}/{} {e}", d.version),
                 None => format!("{name}/{} (left the file)", d.version),
             };
-            let when = match (d.reason.as_str(), d.removed_in_seconds) {
-                ("marked", _) => "drain: true in the file".to_owned(),
+            let when = match (d.reason, d.removed_in_seconds) {
+                (DrainReason::Marked, _) => "drain: true in the file".to_owned(),
                 (_, Some(s)) if s <= 0.0 => "removed now".to_owned(),
                 (_, Some(s)) => format!("removed in {}", countdown(s)),
                 (_, None) => "removed after the drain period".to_owned(),
@@ -755,7 +539,7 @@ fn figure(x: f64) -> String {
 }
 
 /// The per-type versions of one node, indented under its row, and its rejections in full.
-fn node_types(n: &NodeStatus, p: Painter) -> String {
+fn node_types(n: &NodeReport, p: Painter) -> String {
     if n.types.is_empty() {
         return format!("    {}\n", p.paint(Style::Dim, "nothing subscribed yet"));
     }
@@ -792,10 +576,10 @@ fn node_types(n: &NodeStatus, p: Painter) -> String {
 
 /// One rollout: where it is, its last check against its thresholds, its recent history and
 /// what to do next.
-fn render_rollout(name: &str, r: &RolloutStatus, p: Painter) -> String {
+fn render_rollout(name: &str, r: &RolloutReport, p: Painter) -> String {
     let mut out = String::new();
-    let what = match (r.kind.as_str(), r.weight) {
-        ("canary", Some(w)) => {
+    let what = match (r.kind, r.weight) {
+        (RolloutKind::Canary, Some(w)) => {
             let step = match (r.step, r.steps) {
                 (Some(i), Some(n)) => format!(", step {i}/{n}"),
                 _ => String::new(),
@@ -813,12 +597,12 @@ fn render_rollout(name: &str, r: &RolloutStatus, p: Painter) -> String {
         ),
         _ => format!("switch {} → {}", r.baseline, r.version),
     };
-    let (state, style) = match r.state.as_str() {
-        "progressing" => ("progressing", Style::Cyan),
-        "paused" => ("PAUSED", Style::Yellow),
-        "promoted" => ("promoted", Style::Green),
-        "rolled_back" => ("ROLLED BACK", Style::Red),
-        other => (other, Style::Plain),
+    let (state, style) = match r.state {
+        RolloutState::Progressing => ("progressing", Style::Cyan),
+        RolloutState::Paused => ("PAUSED", Style::Yellow),
+        RolloutState::Promoted => ("promoted", Style::Green),
+        RolloutState::RolledBack => ("ROLLED BACK", Style::Red),
+        RolloutState::Unknown => ("unknown", Style::Plain),
     };
     let when = if r.awaiting_ack {
         " · waiting for every Envoy to ACK".to_owned()
@@ -847,10 +631,10 @@ fn render_rollout(name: &str, r: &RolloutStatus, p: Painter) -> String {
             (Some(v), None) => format!(", p99 {v:.0} ms"),
             (None, _) => String::new(),
         };
-        let verdict_style = match c.verdict.as_str() {
-            "pass" => Style::Green,
-            "fail" => Style::Red,
-            _ => Style::Yellow,
+        let verdict_style = match c.verdict {
+            Verdict::Pass => Style::Green,
+            Verdict::Fail => Style::Red,
+            Verdict::Wait | Verdict::Unknown => Style::Yellow,
         };
         // The figures on a line of their own: with the thresholds beside them they do not
         // fit on the check's line in 100 columns.
@@ -858,7 +642,7 @@ fn render_rollout(name: &str, r: &RolloutStatus, p: Painter) -> String {
             out,
             "    last check {}: {}{}",
             c.at,
-            p.paint(verdict_style, &c.verdict),
+            p.paint(verdict_style, c.verdict.as_str()),
             c.reason
                 .as_ref()
                 .map(|r| format!(" · {r}"))
@@ -889,7 +673,8 @@ fn or_dash(text: String) -> String {
 
 /// Whole seconds, as `4m 12s`.
 fn countdown(seconds: f64) -> String {
-    let whole = Duration::from_secs(seconds.ceil() as u64);
+    // Rounded up to whole seconds; a countdown already past reads 0s.
+    let whole = Duration::try_from_secs_f64(seconds.ceil().max(0.0)).unwrap_or(Duration::MAX);
     humantime::format_duration(whole).to_string()
 }
 
@@ -921,7 +706,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let Args { admin, json, watch } = args;
     let runtime = super::current_thread_runtime()?;
     let color = super::color_for_stdout();
-    let show = |fetched: &Result<(String, Status), FetchError>| match fetched {
+    let show = |fetched: &Result<(String, StatusReport), FetchError>| match fetched {
         Ok((body, _)) if json => say(format_args!("{}\n", body.trim_end())),
         Ok((_, report)) => say(format_args!("{}", render_status(report, color))),
         Err(err) => complain(format_args!("error: {err}\n")),

@@ -5,10 +5,9 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::ValueEnum;
-
 use super::output::{complain, say};
 use super::status::{DEFAULT_ADMIN, wait_once};
+use crate::api::WaitFor;
 
 /// How often cutover is asked again.
 const POLL: Duration = Duration::from_millis(250);
@@ -33,12 +32,6 @@ pub struct Args {
     admin: SocketAddr,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum WaitFor {
-    Drained,
-    Healthy,
-}
-
 /// Exit 0 once it is so, 1 on `--timeout` (printing what is still awaited), 2 if the service or
 /// target is unknown or cutover cannot be reached.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -49,10 +42,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         timeout,
         admin,
     } = args;
-    let what = match what {
-        WaitFor::Drained => "drained",
-        WaitFor::Healthy => "healthy",
-    };
     let subject = match &target {
         Some(t) => format!("{service} {t}"),
         None => service.clone(),

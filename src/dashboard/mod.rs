@@ -3,7 +3,7 @@
 //! server-sent events from `GET /events`.
 //!
 //! A sampler ([`Sampler::run`]) builds one frame a second, whoever watches: the status report with
-//! its live figures ([`crate::status::StatusReport::with_telemetry`]), the telemetry streams of
+//! its live figures ([`StatusReport::with_telemetry`]), the telemetry streams of
 //! every Envoy, and one [`Point`] per version for the charts. The frame is serialized once and
 //! shared by every open page, so a wall of dashboards costs no more than one.
 //!
@@ -29,7 +29,8 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 
-use crate::status::{Status, StatusReport};
+use crate::api::StatusReport;
+use crate::status::Status;
 use crate::telemetry::Telemetry;
 use crate::telemetry::report::{Dropped, NodeTelemetry};
 
@@ -170,7 +171,7 @@ impl Feed {
     fn history_json(&self) -> String {
         let history = self.history.lock().unwrap_or_else(|e| e.into_inner());
         let message = HistoryMessage {
-            period_ms: PERIOD.as_millis() as u64,
+            period_ms: u64::try_from(PERIOD.as_millis()).unwrap_or(u64::MAX),
             points: history.points().collect(),
         };
         // Plain data: serializing it cannot fail.
@@ -204,7 +205,7 @@ impl Sampler {
         let (report, telemetry) = self.status.live(&self.telemetry, now);
         let t = wall
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let point = Point::of(&report, t);
         let frame = Frame {
             at: humantime::format_rfc3339_millis(wall).to_string(),
@@ -273,7 +274,7 @@ async fn events(State(feed): State<Feed>) -> Sse<impl Stream<Item = Result<Event
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{ObservedReport, ObservedVersion, ServiceReport};
+    use crate::api::{ObservedReport, ObservedVersion, ServiceReport};
 
     fn report(rps: f64) -> StatusReport {
         let observed = ObservedReport {

@@ -248,32 +248,18 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(150));
     }
 
-    /// One HTTP/1.1 request with hyper's client: status, headers and body.
+    /// One request with cutover's HTTP client: status, headers and body.
     async fn http(base: &str, method: &str, path: &str) -> (u16, axum::http::HeaderMap, String) {
-        use http_body_util::BodyExt as _;
-        let uri: axum::http::Uri = format!("{base}{path}").parse().unwrap();
-        let stream = tokio::net::TcpStream::connect(format!(
-            "{}:{}",
-            uri.host().unwrap(),
-            uri.port_u16().unwrap()
-        ))
-        .await
-        .unwrap();
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let req = axum::http::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", uri.authority().unwrap().as_str())
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
+        let answer = cutover::http_client::Client::new()
+            .send(
+                method.parse().unwrap(),
+                &format!("{base}{path}"),
+                &[],
+                Duration::from_secs(5),
+            )
+            .await
             .unwrap();
-        let resp = send.send_request(req).await.unwrap();
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, headers, String::from_utf8_lossy(&body).into_owned())
+        let text = answer.text();
+        (answer.status.as_u16(), answer.headers, text)
     }
 }

@@ -5,7 +5,7 @@
 //! same step and weight). The reducer advances it on four events: every Envoy holding the
 //! service answered the current weight or switch (the time at a step counts from there), time
 //! passed (a step's time is up), a check's figures arrived ([`Observation`], read by the
-//! controller from what Envoy reports to cutover), or an operator's [`Command`]. `plan` reads
+//! controller from what Envoy reports to cutover), or an operator's [`RolloutCommand`]. `plan` reads
 //! it through [`effective`]: the service as the file says it, with the rollout's weight, or
 //! switched back.
 //!
@@ -27,12 +27,12 @@
 //!   for `window`). A failed pre-switch analysis leaves the old version active.
 
 use std::borrow::Cow;
-use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::Timestamp;
+use crate::api::{CommandError, RolloutCommand, RolloutState};
 use crate::spec::{Analysis, Percent, Service, Strategy};
 
 /// How many history entries a rollout keeps.
@@ -105,6 +105,18 @@ pub enum Status {
     Failed(String),
 }
 
+impl Status {
+    /// As the admin API says it.
+    pub fn state(&self) -> RolloutState {
+        match self {
+            Status::Progressing => RolloutState::Progressing,
+            Status::Paused => RolloutState::Paused,
+            Status::Promoted => RolloutState::Promoted,
+            Status::Failed(_) => RolloutState::RolledBack,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     pub at: Timestamp,
@@ -143,30 +155,6 @@ pub struct Rollout {
     /// active, the new one gets its preview traffic.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub previewing: bool,
-}
-
-/// An operator's command (`cutover promote|abort|pause|resume SERVICE`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Command {
-    /// The canary gets everything now; a switch is accepted.
-    Promote,
-    /// Roll back now.
-    Abort,
-    Pause,
-    /// Continue a paused rollout from where it is (its step's time starts again), or start a
-    /// rolled-back one again from its first step.
-    Resume,
-}
-
-impl fmt::Display for Command {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Command::Promote => "promote",
-            Command::Abort => "abort",
-            Command::Pause => "pause",
-            Command::Resume => "resume",
-        })
-    }
 }
 
 fn pct(ppm: u32) -> String {
@@ -532,25 +520,25 @@ pub(super) fn on_observed(
 pub(super) fn on_command(
     r: &mut Rollout,
     strategy: &Strategy,
-    command: Command,
+    command: RolloutCommand,
     now: Timestamp,
-) -> Result<String, String> {
+) -> Result<&'static str, CommandError> {
     let done = match (command, &r.status) {
-        (Command::Promote, Status::Progressing | Status::Paused) => {
+        (RolloutCommand::Promote, Status::Progressing | Status::Paused) => {
             r.promote(now, "by the operator");
             "promoted"
         }
-        (Command::Abort, Status::Progressing | Status::Paused) => {
+        (RolloutCommand::Abort, Status::Progressing | Status::Paused) => {
             r.roll_back(now, "aborted by the operator".to_owned());
             "rolled back"
         }
-        (Command::Pause, Status::Progressing) => {
+        (RolloutCommand::Pause, Status::Progressing) => {
             r.status = Status::Paused;
             r.next_check = None;
             r.log(now, "paused by the operator".to_owned());
             "paused"
         }
-        (Command::Resume, Status::Paused) => {
+        (RolloutCommand::Resume, Status::Paused) => {
             r.status = Status::Progressing;
             // The step's time starts again, from now: the pause did not count.
             r.since = Some(now);
@@ -558,7 +546,7 @@ pub(super) fn on_command(
             r.log(now, "resumed by the operator".to_owned());
             "resumed"
         }
-        (Command::Resume, Status::Failed(_)) => {
+        (RolloutCommand::Resume, Status::Failed(_)) => {
             if let (
                 Kind::Canary { .. },
                 Strategy::Canary {
@@ -580,18 +568,13 @@ pub(super) fn on_command(
             "started again from the first step"
         }
         (_, status) => {
-            return Err(format!(
-                "cannot {command} a rollout that is {}",
-                match status {
-                    Status::Progressing => "progressing",
-                    Status::Paused => "paused",
-                    Status::Promoted => "promoted",
-                    Status::Failed(_) => "rolled back",
-                }
-            ));
+            return Err(CommandError::NotNow {
+                command,
+                state: status.state(),
+            });
         }
     };
-    Ok(done.to_owned())
+    Ok(done)
 }
 
 /// The service as served: the file's, with the rollout's canary weight, or still on the old

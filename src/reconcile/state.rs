@@ -21,8 +21,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::rollout::{self, Command, Kind, Observation, Rollout, Status};
+use super::rollout::{self, Kind, Observation, Rollout, Status};
 use super::{deployed_versions, fallbacks};
+use crate::api::{CommandError, RolloutCommand};
 use crate::ids::{ClusterId, FallbackId};
 use crate::spec::{Endpoint, EndpointAddress, Policy, Service, Spec, Strategy};
 
@@ -263,18 +264,19 @@ impl RuntimeState {
         &mut self,
         spec: &Spec,
         service: &str,
-        command: Command,
+        command: RolloutCommand,
         now: Timestamp,
-    ) -> Result<String, String> {
+    ) -> Result<&'static str, CommandError> {
         let strategy = &spec
             .services
             .get(service)
-            .ok_or_else(|| format!("no service \"{service}\" in the deployment file"))?
+            .ok_or_else(|| CommandError::UnknownService(service.to_owned()))?
             .strategy;
         let before = self.routed_fallbacks(spec);
-        let r = self.rollouts.get_mut(service).ok_or_else(|| {
-            format!("service \"{service}\" has no rollout (a canary with `steps`, or a switch with an `analysis`)")
-        })?;
+        let r = self
+            .rollouts
+            .get_mut(service)
+            .ok_or_else(|| CommandError::NoRollout(service.to_owned()))?;
         let done = rollout::on_command(r, strategy, command, now)?;
         self.settle(spec, before, now);
         Ok(done)
@@ -331,6 +333,10 @@ impl RuntimeState {
         rollout::effective(service, self.rollouts.get(name))
     }
 
+    #[allow(
+        clippy::too_many_lines,
+        reason = "what a new file changes, in the order the rules apply"
+    )]
     fn file_loaded(&mut self, spec: &Spec, previous: Previous<'_>, now: Timestamp) {
         let drain_period = self.drain_period;
         // What Envoy holds from the previous file, before this event changes the state.

@@ -403,7 +403,8 @@ fn the_state_file_format_is_readable_and_stable() {
 // ---------------------------------------------------------------------------------------------
 // Rollouts
 
-use super::rollout::{Command, Figures, Observation, Status};
+use super::rollout::{Figures, Observation, Status};
+use crate::api::{CommandError, RolloutCommand, RolloutState};
 
 fn rollout(steps: &str, analysis: &str) -> String {
     format!(
@@ -460,7 +461,7 @@ impl World {
         self
     }
 
-    fn command(&mut self, c: Command) -> Result<String, String> {
+    fn command(&mut self, c: RolloutCommand) -> Result<&'static str, CommandError> {
         let spec = self.spec.clone().unwrap();
         self.state.command(&spec, "s", c, self.now)
     }
@@ -688,33 +689,51 @@ fn an_edited_step_list_continues_from_the_current_weight() {
 fn operators_pause_resume_promote_and_abort() {
     let mut w = World::new();
     w.load(&rollout("[10, 50, 100]", ANALYSIS)).answered();
-    assert_eq!(w.command(Command::Pause).unwrap(), "paused");
+    assert_eq!(w.command(RolloutCommand::Pause).unwrap(), "paused");
     w.wait(secs(600)).observe(good());
     assert_eq!(w.canary_weight(), 10.0, "paused: nothing advances");
-    assert!(w.command(Command::Pause).is_err());
-    assert_eq!(w.command(Command::Resume).unwrap(), "resumed");
+    assert_eq!(
+        w.command(RolloutCommand::Pause),
+        Err(CommandError::NotNow {
+            command: RolloutCommand::Pause,
+            state: RolloutState::Paused
+        })
+    );
+    assert_eq!(w.command(RolloutCommand::Resume).unwrap(), "resumed");
     assert_eq!(
         w.state.rollouts["s"].since,
         Some(w.now),
         "the step's time starts again"
     );
-    assert_eq!(w.command(Command::Promote).unwrap(), "promoted");
+    assert_eq!(w.command(RolloutCommand::Promote).unwrap(), "promoted");
     assert_eq!(w.canary_weight(), 100.0);
-    assert!(w.command(Command::Abort).is_err(), "promoted is final");
+    assert_eq!(
+        w.command(RolloutCommand::Abort),
+        Err(CommandError::NotNow {
+            command: RolloutCommand::Abort,
+            state: RolloutState::Promoted
+        }),
+        "promoted is final"
+    );
 
     let mut w = World::new();
     w.load(&rollout("[10, 50, 100]", ANALYSIS)).answered();
-    assert_eq!(w.command(Command::Abort).unwrap(), "rolled back");
+    assert_eq!(w.command(RolloutCommand::Abort).unwrap(), "rolled back");
     assert_eq!(w.canary_weight(), 0.0);
     assert_eq!(
-        w.command(Command::Resume).unwrap(),
+        w.command(RolloutCommand::Resume).unwrap(),
         "started again from the first step"
     );
     assert_eq!(w.canary_weight(), 10.0);
-    let err = w
-        .state
-        .command(w.spec.as_ref().unwrap(), "nope", Command::Pause, w.now);
-    assert!(err.unwrap_err().contains("no service \"nope\""));
+    let err = w.state.command(
+        w.spec.as_ref().unwrap(),
+        "nope",
+        RolloutCommand::Pause,
+        w.now,
+    );
+    let err = err.unwrap_err();
+    assert_eq!(err, CommandError::UnknownService("nope".into()));
+    assert!(err.to_string().contains("no service \"nope\""), "{err}");
 }
 
 fn switch(active: &str, strategy: &str, extra: &str) -> String {
@@ -912,13 +931,13 @@ fn a_switch_failing_its_check_before_it_happens_never_switches() {
     assert_eq!(serving(&w), ["blue"]);
     // Resumed, green is checked again before any switch.
     assert_eq!(
-        w.command(Command::Resume).unwrap(),
+        w.command(RolloutCommand::Resume).unwrap(),
         "started again from the first step"
     );
     assert!(w.state.rollouts["s"].previewing);
     assert_eq!(serving(&w), ["blue"]);
     // Promoting switches at once.
-    assert_eq!(w.command(Command::Promote).unwrap(), "promoted");
+    assert_eq!(w.command(RolloutCommand::Promote).unwrap(), "promoted");
     assert_eq!(serving(&w), ["green"]);
 }
 

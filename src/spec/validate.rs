@@ -1375,7 +1375,7 @@ impl Validator {
         for w in raw {
             let url = w.value.url.value.trim();
             let valid = url
-                .parse::<hyper::Uri>()
+                .parse::<http::Uri>()
                 .ok()
                 .is_some_and(|u| u.scheme_str() == Some("http") && u.host().is_some());
             if !valid {
