@@ -360,6 +360,11 @@ fn print_report(env: &Value, result: &Value, o: &Options) {
         println!("  types pushed per switch: {}", c["pushed_types"]);
     }
     println!();
+    print_checks(result);
+}
+
+/// What each setup's switches and pauses saw besides the figures.
+fn print_checks(result: &Value) {
     for (k, _) in LABELS {
         let c = &result["checks"][k];
         let warm: Vec<String> = c["warmup_latency_ms"]

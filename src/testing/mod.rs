@@ -172,9 +172,6 @@ pub async fn eventually(
 // ---------------------------------------------------------------------------------------------
 // Small helpers
 
-/// A loopback port that was free a moment ago: bind port 0, note it, let it go. Never the same
-/// port twice in one process: the kernel may hand a port just let go to the next bind, and a
-/// test that asks for a listener and then for cutover's ports would get one port twice.
 /// The `p` quantile (0 to 1) of sorted values, by nearest rank; `None` for none.
 pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
     let last = sorted.len().checked_sub(1)?;
@@ -193,6 +190,24 @@ pub fn whole_u64(units: u128) -> u64 {
     u64::try_from(units).unwrap_or(u64::MAX)
 }
 
+/// The `p` quantile (0 to 1) of sorted values, interpolated linearly between the two closest
+/// ranks (numpy's default, which the switch-latency figures have always used); `None` for none.
+pub fn interpolated_percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    let last = sorted.len().checked_sub(1)?;
+    let k = last as f64 * p.clamp(0.0, 1.0);
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "k is within 0..=last: p is clamped to 0..=1"
+    )]
+    let lo = k.floor() as usize;
+    let hi = (lo + 1).min(last);
+    Some(sorted[lo] + (sorted[hi] - sorted[lo]) * (k - lo as f64))
+}
+
+/// A loopback port that was free a moment ago: bind port 0, note it, let it go. Never the same
+/// port twice in one process: the kernel may hand a port just let go to the next bind, and a
+/// test that asks for a listener and then for cutover's ports would get one port twice.
 pub fn free_port() -> SocketAddr {
     static GIVEN: Mutex<std::collections::BTreeSet<u16>> =
         Mutex::new(std::collections::BTreeSet::new());

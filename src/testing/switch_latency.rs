@@ -42,7 +42,7 @@ use tokio::runtime::Runtime;
 
 use super::{
     Cutover, DeploymentFile, Envoy, Upstream, checkout_deployment, cutover_binary, free_port,
-    get_json, http_client, wait_for,
+    get_json, http_client, interpolated_percentile, wait_for,
 };
 
 /// The two versions of every service, in the order the switches visit them.
@@ -276,25 +276,14 @@ impl Summary {
         s.sort_by(f64::total_cmp);
         Some(Summary {
             n: s.len(),
-            median: percentile(&s, 50.0),
-            p90: percentile(&s, 90.0),
-            p99: percentile(&s, 99.0),
+            median: interpolated_percentile(&s, 0.5)?,
+            p90: interpolated_percentile(&s, 0.9)?,
+            p99: interpolated_percentile(&s, 0.99)?,
             min: *s.first()?,
             max: *s.last()?,
             mean: s.iter().sum::<f64>() / s.len() as f64,
         })
     }
-}
-
-/// Linear interpolation between closest ranks (numpy's default) of sorted figures.
-pub fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let k = (sorted.len() - 1) as f64 * p / 100.0;
-    let lo = k.floor() as usize;
-    let hi = (lo + 1).min(sorted.len() - 1);
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (k - lo as f64)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -792,28 +781,7 @@ pub async fn run(envoy_bin: &Path, o: &Options) -> Measurement {
     );
     let (a_listener, b_listener) = (free_port(), free_port());
 
-    // Setup A: cutover and an Envoy from `cutover bootstrap`.
-    let a_dir = work_dir.join("a");
-    std::fs::create_dir_all(a_dir.join("conf")).expect("create a/conf");
-    let a_texts = COLOURS.map(|c| deployment(a_listener, blue.addr, green.addr, c, o.services));
-    let a_versions = [0, 1].map(|i| {
-        let spec = a_dir.join(format!("spec-{}.yaml", COLOURS[i]));
-        std::fs::write(&spec, &a_texts[i]).expect("write a spec");
-        render(&spec)["version"]
-            .as_str()
-            .expect("a config version")
-            .to_owned()
-    });
-    let deploy = DeploymentFile::new(a_dir.join("conf/deploy.yaml"));
-    std::fs::write(&deploy.path, &a_texts[0]).expect("write deploy.yaml");
-    let log_filter = if o.quiet_logs {
-        "info"
-    } else {
-        "info,cutover=debug"
-    };
-    let cutover =
-        Cutover::start_logging(&a_dir, &deploy.path, &["--log-format", "json"], log_filter).await;
-    let a_bootstrap = super::bootstrap(NODE_A, cutover.ads);
+    let a = start_setup_a(&work_dir.join("a"), a_listener, blue.addr, green.addr, o).await;
 
     let b = write_setup_b(&work_dir.join("b"), b_listener, blue.addr, green.addr, o);
 
@@ -828,7 +796,7 @@ pub async fn run(envoy_bin: &Path, o: &Options) -> Measurement {
         ]);
     }
     let envoy_a =
-        Envoy::spawn_with_flags(envoy_bin, &a_dir, NODE_A, &a_bootstrap, a_listener, &flags).await;
+        Envoy::spawn_with_flags(envoy_bin, &a.dir, NODE_A, &a.bootstrap, a_listener, &flags).await;
     let envoy_b =
         Envoy::spawn_with_flags(envoy_bin, &b.dir, NODE_B, &b.bootstrap, b_listener, &flags).await;
     for envoy in [&envoy_a, &envoy_b] {
@@ -848,7 +816,7 @@ pub async fn run(envoy_bin: &Path, o: &Options) -> Measurement {
     wait_for(
         Duration::from_secs(10),
         "cutover /status to show the Envoy in sync",
-        async || in_sync(&client, cutover.admin, &a_versions[0]).await,
+        async || in_sync(&client, a.cutover.admin, &a.versions[0]).await,
     )
     .await;
     log(&format!(
@@ -857,13 +825,13 @@ pub async fn run(envoy_bin: &Path, o: &Options) -> Measurement {
     ));
 
     let setups = [
-        Setup::new(Side::A, a_listener, deploy, a_texts),
+        Setup::new(Side::A, a_listener, a.deploy, a.texts),
         Setup::new(Side::B, b_listener, DeploymentFile::new(b.rds), b.texts),
     ];
-    let admin = cutover.admin;
-    let mut switched = tokio::task::block_in_place(|| measure(setups, admin, &a_versions, o));
+    let (cutover, versions) = (a.cutover, a.versions);
+    let mut switched = tokio::task::block_in_place(|| measure(setups, cutover.admin, &versions, o));
     if !o.quiet_logs {
-        annotate_cutover(&cutover.log(), &mut switched.samples, &a_versions);
+        annotate_cutover(&cutover.log(), &mut switched.samples, &versions);
         annotate_envoy(&envoy_a.log(), &mut switched.samples, Side::A);
         annotate_envoy(&envoy_b.log(), &mut switched.samples, Side::B);
     }
@@ -883,6 +851,56 @@ pub async fn run(envoy_bin: &Path, o: &Options) -> Measurement {
         log(&format!("work directory kept: {}", work.keep().display()));
     }
     m
+}
+
+/// Setup A, started in `dir`: cutover serving the deployment, and what a switch writes.
+struct SetupA {
+    dir: PathBuf,
+    cutover: Cutover,
+    /// The file cutover watches, its content per colour and the config version of each.
+    deploy: DeploymentFile,
+    texts: [String; 2],
+    versions: [String; 2],
+    /// The Envoy's, from `cutover bootstrap`.
+    bootstrap: String,
+}
+
+/// Writes the deployment (blue) in `dir` and starts cutover on it, logging JSON.
+async fn start_setup_a(
+    dir: &Path,
+    listener: SocketAddr,
+    blue: SocketAddr,
+    green: SocketAddr,
+    o: &Options,
+) -> SetupA {
+    std::fs::create_dir_all(dir.join("conf")).expect("create a/conf");
+    let texts = COLOURS.map(|c| deployment(listener, blue, green, c, o.services));
+    let versions = [0, 1].map(|i| {
+        let spec = dir.join(format!("spec-{}.yaml", COLOURS[i]));
+        std::fs::write(&spec, &texts[i]).expect("write a spec");
+        render(&spec)["version"]
+            .as_str()
+            .expect("a config version")
+            .to_owned()
+    });
+    let deploy = DeploymentFile::new(dir.join("conf/deploy.yaml"));
+    std::fs::write(&deploy.path, &texts[0]).expect("write deploy.yaml");
+    let log_filter = if o.quiet_logs {
+        "info"
+    } else {
+        "info,cutover=debug"
+    };
+    let cutover =
+        Cutover::start_logging(dir, &deploy.path, &["--log-format", "json"], log_filter).await;
+    let bootstrap = super::bootstrap(NODE_A, cutover.ads);
+    SetupA {
+        dir: dir.to_owned(),
+        cutover,
+        deploy,
+        texts,
+        versions,
+        bootstrap,
+    }
 }
 
 /// Setup B's files, written in `dir`: what it switches and how Envoy starts.
@@ -1176,11 +1194,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn percentiles_interpolate_between_closest_ranks() {
+    fn summaries_interpolate_between_closest_ranks() {
         let xs = [1.0, 2.0, 3.0, 4.0];
-        assert_eq!(percentile(&xs, 50.0), 2.5);
-        assert_eq!(percentile(&xs, 100.0), 4.0);
-        assert!((percentile(&xs, 90.0) - 3.7).abs() < 1e-9);
+        assert_eq!(interpolated_percentile(&xs, 0.5), Some(2.5));
+        assert_eq!(interpolated_percentile(&xs, 1.0), Some(4.0));
+        assert!((interpolated_percentile(&xs, 0.9).unwrap() - 3.7).abs() < 1e-9);
+        assert_eq!(interpolated_percentile(&[], 0.5), None);
         let s = Summary::of(&[3.0, 1.0, 2.0]).expect("figures");
         assert_eq!(
             (s.n, s.median, s.min, s.max, s.mean),
