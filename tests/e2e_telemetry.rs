@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use cutover::api::TelemetryState;
 use cutover::checkout_head;
 use cutover::testing::{Envoy, NODE, Scenario, WAIT, envoy_binary, wait_for};
 use serde_json::Value;
@@ -149,28 +150,37 @@ async fn the_observed_split_in_status_and_metrics_is_where_requests_went() {
     let served = [stable.hits() - stable_hits, canary.hits() - canary_hits];
     let canary_share = served[1] as f64 * 100.0 / (served[0] + served[1]) as f64;
     let observed = wait_for(WAIT, "/status to count the requests", async || {
-        let status = s.cutover.try_status().await?;
-        let o = &status["services"]["checkout"]["observed"];
-        let rps = o["requests_per_second"].as_f64().unwrap_or(0.0);
+        let mut status = s.cutover.try_status().await?;
+        let o = status
+            .services
+            .get_mut("checkout")
+            .and_then(|c| c.observed.take());
+        let rps = o.as_ref().map_or(0.0, |o| o.requests_per_second);
+        let v2_share = o.as_ref().and_then(|o| o.versions.get("v2")?.share_10s);
         // Every request of the batch is in the last 10 s' rate once it is counted.
-        if rps * 10.0 >= 400.0 && o["versions"]["v2"]["share_10s"].is_number() {
-            Ok(o.clone())
-        } else {
-            Err(status.to_string())
+        match o {
+            Some(o) if rps * 10.0 >= 400.0 && v2_share.is_some() => Ok(o),
+            _ => Err(format!("{status:?}")),
         }
     })
     .await;
+    let version = |v: &str| {
+        observed
+            .versions
+            .get(v)
+            .unwrap_or_else(|| panic!("{v} observed: {observed:?}"))
+    };
     // A few requests of the scenario's start may be in the window too.
-    let share = f(&observed["versions"]["v2"]["share_10s"]);
+    let share = version("v2").share_10s.unwrap();
     assert!(
         (share - canary_share).abs() < 2.0,
-        "observed {share}% on the canary, which answered {canary_share:.1}%: {observed}"
+        "observed {share}% on the canary, which answered {canary_share:.1}%: {observed:?}"
     );
-    let total = f(&observed["versions"]["v1"]["share_10s"]) + share;
-    assert!((total - 100.0).abs() < 0.02, "{observed}");
-    assert_eq!(observed["versions"]["v1"]["error_rate"], 0.0, "{observed}");
-    assert_eq!(observed["versions"]["v2"]["healthy"], 1, "{observed}");
-    assert!(observed["versions"].get("v2~v1").is_none(), "{observed}");
+    let total = version("v1").share_10s.expect("v1's share") + share;
+    assert!((total - 100.0).abs() < 0.02, "{observed:?}");
+    assert_eq!(version("v1").error_rate, Some(0.0), "{observed:?}");
+    assert_eq!(version("v2").healthy, Some(1), "{observed:?}");
+    assert!(!observed.versions.contains_key("v2~v1"), "{observed:?}");
 
     let metrics = s.cutover.metrics().await;
     let sample = |name: &str, version: &str| {
@@ -374,18 +384,16 @@ async fn a_leaving_envoy_leaves_the_figures_and_a_silent_one_is_named() {
     );
     // `/status` says the same, per node.
     let status = s.cutover.status().await;
-    assert_eq!(
-        status["nodes_without_telemetry"],
-        serde_json::json!(["edge-old"])
-    );
+    assert_eq!(status.nodes_without_telemetry, ["edge-old"]);
     let node = |id: &str| {
-        status["nodes"]
-            .as_array()
-            .and_then(|nodes| nodes.iter().find(|n| n["id"] == id))
-            .map(|n| n["telemetry"].clone())
+        status
+            .nodes
+            .iter()
+            .find(|n| n.id == id)
+            .map(|n| n.telemetry)
     };
-    assert_eq!(node("edge-old"), Some("none".into()), "{status}");
-    assert_eq!(node(NODE), Some("reporting".into()), "{status}");
+    assert_eq!(node("edge-old"), Some(TelemetryState::Absent), "{status:?}");
+    assert_eq!(node(NODE), Some(TelemetryState::Reporting), "{status:?}");
     assert_eq!(
         t["nodes"][1]["load_reporting"]["stale"], false,
         "edge-2 reports load too: {t}"
