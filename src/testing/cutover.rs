@@ -10,14 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use super::exact::exact;
 use super::{
     POLL, WAIT, cutover_binary, free_port, get_json, get_text, http_client, kill, read_log,
 };
 use crate::api::StatusReport;
 use crate::app::{self, ServeOptions};
+use crate::telemetry::TelemetryReport;
 
 // ---------------------------------------------------------------------------------------------
 // In-process
@@ -297,9 +296,10 @@ impl Cutover {
             .sum()
     }
 
-    /// `GET /telemetry` as JSON.
-    pub async fn telemetry(&self) -> Result<Value, String> {
-        get_json(&self.client, &format!("http://{}/telemetry", self.admin)).await
+    /// `GET /telemetry`, read exactly as [`Cutover::try_status`] reads `/status`.
+    pub async fn telemetry(&self) -> Result<TelemetryReport, String> {
+        let json = get_json(&self.client, &format!("http://{}/telemetry", self.admin)).await?;
+        Ok(exact(&json, "cutover /telemetry"))
     }
 
     /// Waits until `/status` lists a stream of node `node_id` that is in sync.
