@@ -27,7 +27,7 @@ fn median(mut v: Vec<Duration>) -> f64 {
 }
 
 fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1 << 20) as f64
+    bytes as f64 / f64::from(1 << 20)
 }
 
 fn main() {
@@ -137,7 +137,7 @@ async fn start(dir: &std::path::Path, file: &DeploymentFile) -> Cutover {
 /// Waits until the served snapshot's size satisfies `done` (at most 30 s); its size.
 async fn wait_for_snapshot(server: &Cutover, what: &str, done: impl Fn(u64) -> bool) -> u64 {
     for _ in 0..600 {
-        let size = server.metric("cutover_snapshot_bytes").await as u64;
+        let size = cutover::telemetry::report::count(server.metric("cutover_snapshot_bytes").await);
         if done(size) {
             return size;
         }

@@ -99,6 +99,10 @@ const FLEET_ACCESS: &str = "access:\n  - identity: \"spiffe://fleet/sim\"\n    n
 
 /// One protocol at one N; the rows and cutover's resident bytes once the N streams converged.
 /// With `tls`, cutover serves mutual TLS and every stream is its own TLS connection.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one measurement, its phases in order"
+)]
 async fn run(protocol: Protocol, n: usize, services: usize, tls: bool) -> (Vec<Row>, f64) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let file = DeploymentFile::new(dir.path().join("fleet.yaml"));
@@ -144,7 +148,7 @@ async fn run(protocol: Protocol, n: usize, services: usize, tls: bool) -> (Vec<R
             p99_ms: percentile(lat, 0.99),
             max_ms: percentile(lat, 1.0),
             cpu_ms: cpu.as_secs_f64() * 1000.0,
-            rss_mib: rss as f64 / (1 << 20) as f64,
+            rss_mib: rss as f64 / f64::from(1 << 20),
         };
         println!(
             "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} |",

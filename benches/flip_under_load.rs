@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use cutover::testing::load::Load;
-use cutover::testing::{Envoy, NODE, Scenario, WAIT, envoy_binary};
+use cutover::testing::{Envoy, NODE, Scenario, WAIT, envoy_binary, percentile};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -34,11 +34,6 @@ services:
       green: { endpoints: [${green-1}, ${green-2}] }
     active: ACTIVE
 ";
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -121,9 +116,9 @@ async fn main() {
     println!("requests failed       {}", outcome.failures.len());
     println!(
         "save → all ACKed      p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms (polled every 1 ms)",
-        ms(percentile(&latencies, 0.5)),
-        ms(percentile(&latencies, 0.9)),
-        ms(percentile(&latencies, 0.99)),
+        ms(percentile(&latencies, 0.5).unwrap_or_default()),
+        ms(percentile(&latencies, 0.9).unwrap_or_default()),
+        ms(percentile(&latencies, 0.99).unwrap_or_default()),
         ms(*latencies.last().unwrap()),
     );
     if !outcome.failures.is_empty() {

@@ -174,6 +174,10 @@ impl Server {
     }
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "the wiring, stage by stage in the order they must start"
+)]
 pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
     let metrics = Arc::new(Metrics::new());
     let telemetry = Telemetry::default();
@@ -401,7 +405,9 @@ impl controller::Observer for TelemetryObserver {
             requests: w.requests,
             // Answered 5xx: from the upstream, or Envoy's own after a reset, a connect
             // failure or a timeout.
-            errors: (w.error_rate.unwrap_or(0.0) * w.requests as f64).round() as u64,
+            errors: crate::telemetry::report::count(
+                w.error_rate.unwrap_or(0.0) * w.requests as f64,
+            ),
             p99_ms: w.latency_ms.map(|q| q.p99),
         }
     }

@@ -22,7 +22,7 @@ use crate::http_client;
 use crate::metrics::Metrics;
 use crate::node::GroupId;
 use crate::reconcile::rollout::{Figures, Observation, Rollout, Status};
-use crate::reconcile::{self, Event, Previous, RuntimeState, Timestamp};
+use crate::reconcile::{self, Event, Plan, Previous, RuntimeState, Timestamp};
 use crate::snapshot::{Published, ResourceType, Snapshot};
 use crate::spec::{self, Spec, Webhook};
 use crate::status::{Served, Status as StatusModel};
@@ -140,6 +140,11 @@ struct Controller {
     drain_period: Duration,
     /// When the change being applied was seen.
     changed_at: Instant,
+    /// The plan last published. Kept here, not read back from the status read model: the
+    /// controller's decisions come from its own inputs only.
+    plan: Option<Arc<Plan>>,
+    /// The state file's last problem, logged once until it changes or goes away.
+    state_file_problem: Option<String>,
     /// Rollout checks whose webhooks are being asked, by service.
     checking: BTreeSet<String>,
     /// Checks come back on `checks_in` once their webhooks answered.
@@ -188,7 +193,7 @@ impl Controller {
         out.status.set_state_file(StateFileReport {
             path,
             ok: problem.is_none(),
-            error: problem,
+            error: problem.clone(),
         });
         let (checks_out, checks_in) = mpsc::unbounded_channel();
         let (notify, notices) = mpsc::channel(NOTICES_QUEUED);
@@ -206,6 +211,8 @@ impl Controller {
             first,
             drain_period: settings.drain_period,
             changed_at: Instant::now(),
+            plan: None,
+            state_file_problem: problem,
             checking: BTreeSet::new(),
             checks_out,
             checks_in,
@@ -473,8 +480,9 @@ impl Controller {
         self.out
             .metrics
             .snapshot_bytes
-            .set(next.encoded_len() as i64);
+            .set(i64::try_from(next.encoded_len()).unwrap_or(i64::MAX));
         // Before the push: a client that has the new config finds /status saying so.
+        self.plan = Some(plan.clone());
         self.out.status.set_served(Served {
             spec: spec.clone(),
             plan,
@@ -493,7 +501,7 @@ impl Controller {
             self.out.metrics.resources_encoded.inc_by(encoded as u64);
             tracing::info!(
                 version,
-                elapsed_us = started.elapsed().as_micros() as u64,
+                elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
                 "config published"
             );
         }
@@ -508,7 +516,7 @@ impl Controller {
         let Some(published) = self.out.published.borrow().clone() else {
             return;
         };
-        let Some(plan) = self.out.status.plan() else {
+        let Some(plan) = self.plan.clone() else {
             return;
         };
         let answered: BTreeSet<&GroupId> = published
@@ -544,6 +552,7 @@ impl Controller {
         match self.state_file.save(&self.state) {
             Ok(()) => {
                 self.saved = Some(self.state.clone());
+                self.state_file_problem = None;
                 self.out.status.set_state_file(StateFileReport {
                     path,
                     ok: true,
@@ -552,11 +561,11 @@ impl Controller {
             }
             Err(err) => {
                 let msg = err.to_string();
-                let report = self.out.status.state_file();
                 // Once per distinct problem, not on every change.
-                if report.as_ref().and_then(|r| r.error.as_deref()) != Some(msg.as_str()) {
+                if self.state_file_problem.as_deref() != Some(msg.as_str()) {
                     tracing::warn!("{msg}");
                 }
+                self.state_file_problem = Some(msg.clone());
                 self.out.status.set_state_file(StateFileReport {
                     path,
                     ok: false,

@@ -21,6 +21,11 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options, read by jemalloc itself at start (the documented way to configure it
 /// without an environment variable).
+#[allow(
+    unsafe_code,
+    reason = "exporting a symbol is unsafe in general; this one is the static NUL-terminated \
+              string jemalloc reads once, as its documentation says"
+)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 pub static MALLOC_CONF: &[u8; 60] =
     b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";

@@ -138,10 +138,6 @@ impl Status {
         self.with(|i| i.state_file = Some(report));
     }
 
-    pub fn state_file(&self) -> Option<StateFileReport> {
-        self.with(|i| i.state_file.clone())
-    }
-
     pub fn reloaded(&self) {
         self.metrics
             .reloads
@@ -954,6 +950,10 @@ services:
     /// Every state `/status` can say, in one report built the way the server builds it: the
     /// JSON is pinned, so that a change of how it is made cannot change what clients read.
     #[test]
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one report holding every state /status can say"
+    )]
     fn the_status_json_clients_read_is_pinned() {
         use crate::reconcile::rollout::{Check, Entry, Figures};
         let at = |s: u64| Timestamp::from_millis(1_800_000_000_000 + s * 1000);

@@ -64,6 +64,7 @@ async fn page_until(page: &mut Page, what: &str, done: impl Fn(&Value) -> bool) 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 async fn the_dashboard_shows_the_observed_split_move_when_the_file_switches_colours() {
     let Some(envoy) = envoy_binary() else { return };
     let Some(browser) = browser_or_skip() else {

@@ -79,6 +79,10 @@ fn through_json(report: &StatusReport) -> StatusReport {
     serde_json::from_str(&json).expect("the client reads the server's report")
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one report with something in every section"
+)]
 fn busy_report() -> StatusReport {
     let mut edge_2 = versions(
         "a1a1a1a1a1a1a1a1",

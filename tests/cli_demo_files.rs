@@ -213,6 +213,10 @@ fn kind<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
 /// deploy/kubernetes: the manifests parse, and names, ports and paths agree with each other, with
 /// the deployment file they carry and with `cutover bootstrap`.
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one check per manifest, in the order kubectl applies them"
+)]
 fn kubernetes_manifests_agree_with_each_other_and_with_cutover_bootstrap() {
     let cutover_docs = manifests("deploy/kubernetes/cutover.yaml");
     let envoy_docs = manifests("deploy/kubernetes/envoy.yaml");

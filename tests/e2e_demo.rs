@@ -111,6 +111,15 @@ fn proc_stats() -> Vec<Stat> {
     out
 }
 
+/// Ctrl-C to a process of ours.
+fn interrupt(pid: u32) -> rustix::io::Result<()> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or(rustix::io::Errno::SRCH)?;
+    rustix::process::kill_process(pid, rustix::process::Signal::INT)
+}
+
 #[test]
 fn the_demo_shows_traffic_follows_an_edit_and_leaves_nothing_on_ctrl_c() {
     let Some(envoy) = envoy_binary() else {
@@ -151,9 +160,7 @@ fn the_demo_shows_traffic_follows_an_edit_and_leaves_nothing_on_ctrl_c() {
     struct Guard(u32);
     impl Drop for Guard {
         fn drop(&mut self) {
-            if let Some(pid) = rustix::process::Pid::from_raw(self.0 as i32) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
-            }
+            let _ = interrupt(self.0);
         }
     }
     let guard = Guard(demo_pid);
@@ -195,8 +202,7 @@ fn the_demo_shows_traffic_follows_an_edit_and_leaves_nothing_on_ctrl_c() {
     eprintln!("cutover demo, canary at 50%, one second: {split:?}");
 
     // Ctrl-C: the demo stops every process it started and exits 0.
-    let pid = rustix::process::Pid::from_raw(demo_pid as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    interrupt(demo_pid).unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
         if let Some(status) = demo.try_wait().unwrap() {

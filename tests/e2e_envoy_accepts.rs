@@ -307,6 +307,10 @@ fn hash_on() -> impl Strategy<Value = String> {
     ]
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one generator per policy key, in the README's order"
+)]
 fn policy() -> impl Strategy<Value = Vec<String>> {
     let load_balancing = prop_oneof![
         Just(None),

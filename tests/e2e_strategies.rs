@@ -20,8 +20,17 @@ use cutover::testing::{Scenario, WAIT, envoy_binary, in_both_xds_modes, version_
 fn binomial_band(n: usize, p: f64) -> RangeInclusive<usize> {
     let mean = n as f64 * p;
     let sd = (n as f64 * p * (1.0 - p)).sqrt();
-    let low = (mean - 5.0 * sd).floor().max(0.0) as usize;
-    let high = ((mean + 5.0 * sd).ceil() as usize).min(n);
+    let within = |x: f64| {
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "clamped to 0..=n first"
+        )]
+        let x = x.clamp(0.0, n as f64) as usize;
+        x
+    };
+    let low = within((mean - 5.0 * sd).floor());
+    let high = within((mean + 5.0 * sd).ceil());
     low..=high
 }
 

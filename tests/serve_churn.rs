@@ -70,7 +70,7 @@ async fn ten_thousand_connect_disconnect_cycles_leave_no_growth() {
     let took = timed.elapsed();
     settled().await;
     let after = rss_kib(pid);
-    let growth = after as i64 - before as i64;
+    let growth = i128::from(after) - i128::from(before);
     println!(
         "10,000 connect/disconnect cycles in {took:.1?} ({:.0}/s): VmRSS {before} KiB after a \
          1,000-cycle warm-up, {after} KiB after (growth {growth} KiB)",

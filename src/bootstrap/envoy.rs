@@ -84,6 +84,10 @@ pub struct Options {
     pub tls_server_name: Option<String>,
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one Envoy bootstrap, written top to bottom as Envoy reads it"
+)]
 pub fn bootstrap(o: &Options) -> Bootstrap {
     let client = &o.client;
     let http2 = HttpProtocolOptions {

@@ -184,6 +184,10 @@ fn first_line(body: &str) -> String {
 /// The report as text: the config and last reload, then a table of services, the live figures
 /// per version next to the configured split, what drains, the rollouts, then a table of
 /// connected Envoys with, under each, what it has ACKed, has pending and last rejected.
+#[allow(
+    clippy::too_many_lines,
+    reason = "the report's sections in the order they are printed"
+)]
 pub fn render_status(report: &StatusReport, color: bool) -> String {
     let p = Painter { color };
     let mut out = String::new();
@@ -367,6 +371,7 @@ fn node_row(n: &NodeReport, current: Option<&str>) -> Vec<(String, Style)> {
 
 /// Per version, the configured split next to the observed one and the live figures (`-` where
 /// nothing is known); then what drains, and which Envoys' traffic the figures cannot include.
+#[allow(clippy::too_many_lines, reason = "one table, its columns in order")]
 fn render_traffic(report: &StatusReport, p: Painter) -> String {
     let mut out = String::new();
     let mut t = Table::header(&[
@@ -668,7 +673,8 @@ fn or_dash(text: String) -> String {
 
 /// Whole seconds, as `4m 12s`.
 fn countdown(seconds: f64) -> String {
-    let whole = Duration::from_secs(seconds.ceil() as u64);
+    // Rounded up to whole seconds; a countdown already past reads 0s.
+    let whole = Duration::try_from_secs_f64(seconds.ceil().max(0.0)).unwrap_or(Duration::MAX);
     humantime::format_duration(whole).to_string()
 }
 

@@ -171,7 +171,7 @@ impl Feed {
     fn history_json(&self) -> String {
         let history = self.history.lock().unwrap_or_else(|e| e.into_inner());
         let message = HistoryMessage {
-            period_ms: PERIOD.as_millis() as u64,
+            period_ms: u64::try_from(PERIOD.as_millis()).unwrap_or(u64::MAX),
             points: history.points().collect(),
         };
         // Plain data: serializing it cannot fail.
@@ -205,7 +205,7 @@ impl Sampler {
         let (report, telemetry) = self.status.live(&self.telemetry, now);
         let t = wall
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let point = Point::of(&report, t);
         let frame = Frame {
             at: humantime::format_rfc3339_millis(wall).to_string(),

@@ -115,8 +115,8 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DemoError {
 /// and every upstream `NAME:8080` as `localhost:PORT`.
 pub fn loopback_deployment(port: u16, upstream_port: u16) -> Result<String, DemoError> {
     let mut text = DEMO_FILE.replacen(COMPOSE_LISTENER, &format!("127.0.0.1:{port}"), 1);
-    for (i, (name, ..)) in UPSTREAMS.iter().enumerate() {
-        let local = format!("localhost:{}", upstream_port + i as u16);
+    for ((name, ..), port) in UPSTREAMS.iter().zip(upstream_port..) {
+        let local = format!("localhost:{port}");
         text = text.replace(&format!("[{name}:{COMPOSE_PORT}]"), &format!("[{local}]"));
     }
     let header = format!(
@@ -131,14 +131,14 @@ pub fn loopback_deployment(port: u16, upstream_port: u16) -> Result<String, Demo
 fn upstream_legend(upstream_port: u16) -> String {
     UPSTREAMS
         .iter()
-        .enumerate()
-        .map(|(i, (name, _, fail))| {
+        .zip(upstream_port..)
+        .map(|((name, _, fail), port)| {
             let fails = if *fail > 0 {
                 format!(" (fails {fail}%)")
             } else {
                 String::new()
             };
-            format!("{name} = localhost:{}{fails}", upstream_port + i as u16)
+            format!("{name} = localhost:{port}{fails}")
         })
         .collect::<Vec<_>>()
         .join(", ")
@@ -322,11 +322,11 @@ pub async fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<(), De
     let exe = std::env::current_exe().map_err(io("find the cutover binary"))?;
 
     let mut processes = Processes::new();
-    for (i, (name, colour, fail)) in UPSTREAMS.iter().enumerate() {
+    for ((name, colour, fail), port) in UPSTREAMS.iter().zip(opts.upstream_port..) {
         let mut cmd = Command::new(&exe);
         cmd.args(["demo-upstream", "--name", name, "--colour", colour])
             .arg("--listen")
-            .arg(format!("127.0.0.1:{}", opts.upstream_port + i as u16))
+            .arg(format!("127.0.0.1:{port}"))
             .arg(format!("--fail-percent={fail}"));
         processes.spawn(name, cmd, &dir.join(format!("{name}.log")))?;
     }
@@ -350,9 +350,9 @@ pub async fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<(), De
     let front = SocketAddr::from(([127, 0, 0, 1], opts.port));
     let mut waits: Vec<(String, SocketAddr, &str)> = UPSTREAMS
         .iter()
-        .enumerate()
-        .map(|(i, (name, ..))| {
-            let addr = SocketAddr::from(([127, 0, 0, 1], opts.upstream_port + i as u16));
+        .zip(opts.upstream_port..)
+        .map(|((name, ..), port)| {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
             ((*name).to_owned(), addr, "/health")
         })
         .collect();
@@ -534,7 +534,7 @@ fn draw(
         "broken" => "\x1b[31m",
         _ => "\x1b[35m",
     };
-    let width = 50.0;
+    const WIDTH: usize = 50;
     let mut screen = String::from("\x1b[2J\x1b[H");
     screen.push_str(header);
     screen.push_str(&format!(
@@ -544,9 +544,14 @@ fn draw(
         .iter()
         .chain(std::iter::once(&("errors".to_owned(), errors)))
     {
-        let len = ((*n as f64 / f64::from(rate)) * width)
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "clamped to 0..=WIDTH"
+        )]
+        let len = ((*n as f64 / f64::from(rate)) * WIDTH as f64)
             .round()
-            .clamp(0.0, width) as usize;
+            .clamp(0.0, WIDTH as f64) as usize;
         let c = if v == "errors" {
             "\x1b[31;1m"
         } else {
@@ -555,7 +560,7 @@ fn draw(
         screen.push_str(&format!(
             "  {c}{v:<8}\x1b[0m {c}{}\x1b[0m{} {n:>4}\n",
             "█".repeat(len),
-            " ".repeat(width as usize - len)
+            " ".repeat(WIDTH - len)
         ));
     }
     if errors > 0 {

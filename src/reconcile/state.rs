@@ -333,6 +333,10 @@ impl RuntimeState {
         rollout::effective(service, self.rollouts.get(name))
     }
 
+    #[allow(
+        clippy::too_many_lines,
+        reason = "what a new file changes, in the order the rules apply"
+    )]
     fn file_loaded(&mut self, spec: &Spec, previous: Previous<'_>, now: Timestamp) {
         let drain_period = self.drain_period;
         // What Envoy holds from the previous file, before this event changes the state.

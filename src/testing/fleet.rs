@@ -171,7 +171,7 @@ impl Fleet {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        let since = since.saturating_duration_since(self.base).as_nanos() as u64;
+        let since = super::whole_u64(since.saturating_duration_since(self.base).as_nanos());
         let mut out: Vec<Duration> = self
             .synced
             .iter()
@@ -240,7 +240,7 @@ impl StreamTask {
         };
         let slot = &self.synced_generation[self.index];
         if holds && slot.load(Ordering::Acquire) != target.generation {
-            let at = self.base.elapsed().as_nanos() as u64;
+            let at = super::whole_u64(self.base.elapsed().as_nanos());
             self.synced[self.index].store(at, Ordering::Release);
             slot.store(target.generation, Ordering::Release);
         }
@@ -568,11 +568,7 @@ impl Edits {
     }
 }
 
-/// Percentiles of sorted durations, in milliseconds.
+/// Percentiles of sorted durations, in milliseconds (0 for none).
 pub fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
+    super::percentile(sorted, p).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }

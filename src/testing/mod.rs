@@ -175,6 +175,24 @@ pub async fn eventually(
 /// A loopback port that was free a moment ago: bind port 0, note it, let it go. Never the same
 /// port twice in one process: the kernel may hand a port just let go to the next bind, and a
 /// test that asks for a listener and then for cutover's ports would get one port twice.
+/// The `p` quantile (0 to 1) of sorted values, by nearest rank; `None` for none.
+pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
+    let last = sorted.len().checked_sub(1)?;
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a rank within 0..=last: p is clamped to 0..=1"
+    )]
+    let rank = (last as f64 * p.clamp(0.0, 1.0)).round() as usize;
+    sorted.get(rank).copied()
+}
+
+/// A duration in whole units (`as_millis`, `as_nanos`) as a `u64`, saturating: no wait in a
+/// test comes near 584 years of nanoseconds.
+pub fn whole_u64(units: u128) -> u64 {
+    u64::try_from(units).unwrap_or(u64::MAX)
+}
+
 pub fn free_port() -> SocketAddr {
     static GIVEN: Mutex<std::collections::BTreeSet<u16>> =
         Mutex::new(std::collections::BTreeSet::new());

@@ -196,7 +196,7 @@ impl GrpcClient {
             "op": "until",
             "accept": accept,
             "consecutive": consecutive,
-            "timeout_ms": timeout.as_millis() as u64,
+            "timeout_ms": super::whole_u64(timeout.as_millis()),
         }))
         .await
     }

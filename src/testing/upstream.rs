@@ -109,6 +109,11 @@ impl Upstream {
     /// From now on, answer each request (not health checks) 500 with probability `share`
     /// (0 to 1), independently, from a fixed-seed generator.
     pub fn set_failure_share(&self, share: f64) {
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "0 to 1,000,000 once clamped"
+        )]
         let ppm = (share.clamp(0.0, 1.0) * 1e6).round() as u32;
         self.state.failure_ppm.store(ppm, Ordering::SeqCst);
     }
@@ -122,7 +127,7 @@ impl Upstream {
     pub fn set_delay(&self, delay: Duration) {
         self.state
             .delay_ms
-            .store(delay.as_millis() as u64, Ordering::SeqCst);
+            .store(super::whole_u64(delay.as_millis()), Ordering::SeqCst);
     }
 
     /// Requests (not health checks) received and not answered yet.

@@ -515,8 +515,8 @@ impl Rng {
         self.0
     }
 
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+    fn below(&mut self, n: usize) -> usize {
+        usize::try_from(self.next() % n as u64).expect("below n, a usize")
     }
 }
 
@@ -524,8 +524,8 @@ impl Rng {
 /// them active.
 fn random_deployment(rng: &mut Rng) -> Arc<Snapshot> {
     let all = ["v1", "v2", "v3", "v4", "v5"];
-    let count = 1 + rng.below(3) as usize;
-    let start = rng.below(5) as usize;
+    let count = 1 + rng.below(3);
+    let start = rng.below(5);
     let chosen: Vec<&str> = (0..count).map(|i| all[(start + i) % 5]).collect();
     let addrs: Vec<String> = chosen
         .iter()
@@ -536,7 +536,7 @@ fn random_deployment(rng: &mut Rng) -> Arc<Snapshot> {
         .zip(&addrs)
         .map(|(v, a)| (*v, a.as_str()))
         .collect();
-    let active = chosen[rng.below(count as u64) as usize];
+    let active = chosen[rng.below(count)];
     deployment(&versions, active)
 }
 
@@ -555,7 +555,7 @@ fn random_histories_keep_routes_on_held_clusters_and_converge() {
             match rng.below(5) {
                 0 => {
                     // Deliver some of the queued requests before the next edit.
-                    let n = rng.below(queued.len() as u64 + 1) as usize;
+                    let n = rng.below(queued.len() + 1);
                     for req in queued.drain(..n).collect::<Vec<Request>>() {
                         for r in s.on_request(&req.into_delta()).responses {
                             queued.extend(envoy.receive(&r));
@@ -569,7 +569,7 @@ fn random_histories_keep_routes_on_held_clusters_and_converge() {
                     s = reconnect(&mut envoy, snap.clone()).0;
                 }
                 2 => {
-                    envoy.reject = [None, Some(C), Some(R)][rng.below(3) as usize];
+                    envoy.reject = [None, Some(C), Some(R)][rng.below(3)];
                 }
                 _ => {
                     snap = random_deployment(&mut rng);
