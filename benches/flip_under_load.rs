@@ -67,7 +67,7 @@ async fn main() {
     for i in 0..flips {
         let colour = if i % 2 == 0 { "green" } else { "blue" };
         let text = s.render(&DEPLOYMENT.replace("ACTIVE", colour));
-        let before = s.cutover.status().await["config_version"].clone();
+        let before = s.cutover.status().await.config_version;
         let t0 = Instant::now();
         if i % 2 == 0 {
             s.file.write_renamed(&text);
@@ -81,16 +81,13 @@ async fn main() {
                 "the flip was not ACKed by every Envoy within {WAIT:?}"
             );
             if let Ok(status) = s.cutover.try_status().await {
-                let version = &status["config_version"];
-                let all = version != &before
+                let version = &status.config_version;
+                let all = *version != before
                     && node_ids.iter().all(|id| {
-                        status["nodes"].as_array().is_some_and(|nodes| {
-                            nodes.iter().any(|n| {
-                                &n["id"] == id
-                                    && n["in_sync"] == true
-                                    && &n["config_version"] == version
-                            })
-                        })
+                        status
+                            .nodes
+                            .iter()
+                            .any(|n| n.id == *id && n.in_sync && n.config_version == *version)
                     });
                 if all {
                     break;

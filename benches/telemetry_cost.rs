@@ -91,10 +91,10 @@ async fn main() {
 
     let t = wait_for(WAIT, "both Envoys in /telemetry", async || {
         let t = s.cutover.telemetry().await?;
-        if t["nodes"].as_array().map_or(0, Vec::len) == 2 {
+        if t.nodes.len() == 2 {
             Ok(t)
         } else {
-            Err(t.to_string())
+            Err(format!("{t:?}"))
         }
     })
     .await;
@@ -110,21 +110,22 @@ async fn main() {
         (&s.envoy, "default bootstrap (filtered)"),
         (&unfiltered, "`--all-stats`"),
     ] {
-        let node = t["nodes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|n| n["id"] == envoy.node_id.as_str())
-            .cloned()
-            .unwrap_or(Value::Null);
+        let node = t.nodes.iter().find(|n| n.id == envoy.node_id);
+        let sink = node.and_then(|n| n.stats_sink.as_ref());
+        let load = node.and_then(|n| n.load_reporting.as_ref());
         let kept = envoy.stats().await.len() + histograms(envoy).await;
         println!(
             "| {label} | {kept} | {} | {} | {} |",
-            node["stats_sink"]["metric_families_per_flush"],
-            node["stats_sink"]["bytes_per_second"],
-            node["load_reporting"]["bytes_per_second"],
+            shown(sink.and_then(|s| s.metric_families_per_flush)),
+            shown(sink.map(|s| s.bytes_per_second)),
+            shown(load.map(|l| l.bytes_per_second)),
         );
     }
+}
+
+/// A figure of the table, `–` when cutover has none.
+fn shown(figure: Option<impl std::fmt::Display>) -> String {
+    figure.map_or_else(|| "–".to_owned(), |f| f.to_string())
 }
 
 /// Histograms in Envoy's `/stats?format=json` (the harness's `stats()` has counters and gauges).

@@ -226,16 +226,6 @@ impl Strategy {
         }
     }
 
-    /// The strategy's name as written in the file.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Strategy::BlueGreen { .. } => "blue-green",
-            Strategy::RedBlack { .. } => "red-black",
-            Strategy::Canary { .. } => "canary",
-            Strategy::Shadow { .. } => "shadow",
-        }
-    }
-
     pub fn preview(&self) -> Option<&Preview> {
         match self {
             Strategy::BlueGreen { preview, .. } => preview.as_ref(),

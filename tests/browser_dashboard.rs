@@ -75,11 +75,14 @@ async fn the_dashboard_shows_the_observed_split_move_when_the_file_switches_colo
     let load = Load::with(s.listener, 2, Duration::from_millis(10));
     wait_for(WAIT, "/status to observe blue's traffic", async || {
         let status = s.cutover.try_status().await?;
-        let blue = &status["services"]["checkout"]["observed"]["versions"]["blue"];
-        if blue["share_10s"] == 100.0 && blue["requests_per_second"].as_f64() > Some(10.0) {
+        let blue = status
+            .services
+            .get("checkout")
+            .and_then(|c| c.observed.as_ref()?.versions.get("blue"));
+        if blue.is_some_and(|b| b.share_10s == Some(100.0) && b.requests_per_second > 10.0) {
             Ok(())
         } else {
-            Err(status.to_string())
+            Err(format!("{status:?}"))
         }
     })
     .await;

@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cutover::testing::{envoy_binary, wait_for};
+use cutover::api::StatusReport;
+use cutover::testing::{envoy_binary, read_exact, wait_for};
 
 /// The compose project of this test: its containers, network and labels carry this name.
 const PROJECT: &str = "cutover_compose_test";
@@ -370,12 +371,13 @@ async fn wait_for_version(client: &reqwest::Client, expected: &str, timeout: Dur
 
 /// Waits until cutover has loaded a file whose split for service shop is `split` and the front
 /// Envoy has ACKed all of it.
-async fn wait_applied(client: &reqwest::Client, split: serde_json::Value) {
+async fn wait_applied(client: &reqwest::Client, split: &[(&str, f64)]) {
+    let split: BTreeMap<String, f64> = split.iter().map(|(v, p)| ((*v).to_owned(), *p)).collect();
     wait_for(
         WAIT,
-        &format!("the front Envoy to apply split {split}"),
+        &format!("the front Envoy to apply split {split:?}"),
         async || {
-            let status: serde_json::Value = client
+            let json: serde_json::Value = client
                 .get(format!("{CUTOVER_ADMIN}/status"))
                 .send()
                 .await
@@ -383,13 +385,18 @@ async fn wait_applied(client: &reqwest::Client, split: serde_json::Value) {
                 .json()
                 .await
                 .map_err(|e| e.to_string())?;
-            let synced = status["nodes"]
-                .as_array()
-                .is_some_and(|n| n.iter().any(|n| n["id"] == "front" && n["in_sync"] == true));
-            if status["services"]["shop"]["split"] == split && synced {
+            let status: StatusReport =
+                read_exact(&json).unwrap_or_else(|e| panic!("cutover /status {e}: {json}"));
+            let synced = status.nodes.iter().any(|n| n.id == "front" && n.in_sync);
+            if status
+                .services
+                .get("shop")
+                .is_some_and(|s| s.split == split)
+                && synced
+            {
                 Ok(())
             } else {
-                Err(status.to_string())
+                Err(format!("{status:?}"))
             }
         },
     )
@@ -447,7 +454,7 @@ async fn the_compose_demo_runs_and_follows_edits_of_the_mounted_file() {
     );
     project.edit("active: blue", "active: green");
     wait_for_version(&client, "green", WAIT).await;
-    wait_applied(&client, serde_json::json!({ "green": 100.0 })).await;
+    wait_applied(&client, &[("green", 100.0)]).await;
     assert_eq!(
         split(&client, 50).await,
         BTreeMap::from([("green".into(), 50)])
@@ -460,11 +467,7 @@ async fn the_compose_demo_runs_and_follows_edits_of_the_mounted_file() {
         "active: green",
         "strategy: { canary: { stable: green, canary: canary, weight: 20 } }",
     );
-    wait_applied(
-        &client,
-        serde_json::json!({ "green": 80.0, "canary": 20.0 }),
-    )
-    .await;
+    wait_applied(&client, &[("green", 80.0), ("canary", 20.0)]).await;
     let n = 500;
     let measured = split(&client, n).await;
     let canary = measured.get("canary").copied().unwrap_or(0);

@@ -142,11 +142,10 @@ in_both_xds_modes! {
         assert_eq!(edge.get("/").await.unwrap(), "blue-1");
         assert_eq!(version_of(&sidecar.get("/").await.unwrap()), "v1");
         let status = cutover.status().await;
-        let groups: Vec<(&str, &str)> = status["nodes"]
-            .as_array()
-            .unwrap()
+        let groups: Vec<(&str, &str)> = status
+            .nodes
             .iter()
-            .map(|n| (n["id"].as_str().unwrap(), n["group"].as_str().unwrap()))
+            .map(|n| (n.id.as_str(), n.group.as_deref().expect("a node's group")))
             .collect();
         assert!(groups.contains(&("edge-1", "edge")), "{groups:?}");
         assert!(groups.contains(&("payments-sidecar-1", "sidecars")), "{groups:?}");

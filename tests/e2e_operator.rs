@@ -19,19 +19,17 @@ async fn a_config_envoy_rejects_is_reported_as_a_nack_and_traffic_stays() {
     let Some(envoy) = envoy_binary() else { return };
     let s = Scenario::start(&envoy, &["blue-1"], ONE_LISTENER).await;
     let status = s.cutover.status().await;
-    let node = status["nodes"]
-        .as_array()
-        .unwrap()
+    let node = status
+        .nodes
         .iter()
-        .find(|n| n["id"] == NODE)
-        .expect("the Envoy is listed")
-        .clone();
-    assert_eq!(node["in_sync"], true);
-    assert_eq!(node["config_version"], status["config_version"]);
+        .find(|n| n.id == NODE)
+        .expect("the Envoy is listed");
+    assert!(node.in_sync);
+    assert_eq!(node.config_version, status.config_version);
     for ty in ["cds", "eds", "lds", "rds"] {
         assert!(
-            node["types"][ty]["acked"].is_string(),
-            "{ty} ACKed: {node:#}"
+            node.types.get(ty).is_some_and(|t| t.acked.is_some()),
+            "{ty} ACKed: {node:#?}"
         );
     }
 
@@ -50,20 +48,15 @@ async fn a_config_envoy_rejects_is_reported_as_a_nack_and_traffic_stays() {
         "Envoy's NACK of the listener to show in /status",
         async || {
             let status = s.cutover.status().await;
-            let node = status["nodes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|n| n["id"] == NODE)
-                .cloned();
-            match node.map(|n| n["types"]["lds"]["last_nack"].clone()) {
-                Some(nack) if nack.is_object() => Ok(nack),
+            let node = status.nodes.iter().find(|n| n.id == NODE);
+            match node.map(|n| n.types.get("lds").and_then(|t| t.last_nack.clone())) {
+                Some(Some(nack)) => Ok(nack),
                 other => Err(format!("{other:?}")),
             }
         },
     )
     .await;
-    let error = nack["error"].as_str().unwrap();
+    let error = &nack.error;
     assert!(
         error.contains("second") && error.contains(&port.to_string()),
         "Envoy's own error text names the listener and the address: {error}"

@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
+use cutover::api::{RolloutKind, RolloutReport, RolloutState, Verdict};
 use cutover::checkout_head;
 use cutover::testing::load::Load;
 use cutover::testing::{NODE, Scenario, envoy_binary, eventually, version_of, wait_for};
-use serde_json::Value;
 
 /// A canary rollout of `checkout` from v1 to v2; `steps`, `interval` and `analysis` as given.
 fn canary(steps: &str, interval: &str, analysis: &str) -> String {
@@ -33,20 +33,26 @@ fn canary(steps: &str, interval: &str, analysis: &str) -> String {
 
 const ANALYSIS: &str = "{ interval: 1s, max_error_rate: 5%, max_p99_latency: 150ms, min_requests: 10, failure_limit: 1 }";
 
-async fn rollout(s: &Scenario) -> Value {
-    s.cutover.status().await["services"]["checkout"]["rollout"].clone()
+/// The rollout of `checkout`, if it has one.
+async fn try_rollout(s: &Scenario) -> Option<RolloutReport> {
+    let mut status = s.cutover.status().await;
+    status.services.remove("checkout")?.rollout
 }
 
-/// Waits until the rollout is in `state` (`promoted`, `rolled_back`, ...); returns it.
-async fn wait_state(s: &Scenario, state: &str, within: Duration) -> Value {
-    wait_for(within, &format!("the rollout to be {state}"), async || {
-        let r = rollout(s).await;
-        if r["state"] == state {
-            Ok(r)
-        } else {
-            Err(r.to_string())
-        }
-    })
+async fn rollout(s: &Scenario) -> RolloutReport {
+    try_rollout(s).await.expect("checkout has a rollout")
+}
+
+/// Waits until the rollout is in `state`; returns it.
+async fn wait_state(s: &Scenario, state: RolloutState, within: Duration) -> RolloutReport {
+    wait_for(
+        within,
+        &format!("the rollout to be {state}"),
+        async || match try_rollout(s).await {
+            Some(r) if r.state == state => Ok(r),
+            other => Err(format!("{other:?}")),
+        },
+    )
     .await
 }
 
@@ -68,13 +74,8 @@ async fn answers(listener: SocketAddr, n: usize) -> BTreeMap<String, usize> {
     out
 }
 
-fn history(r: &Value) -> Vec<String> {
-    r["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["what"].as_str().unwrap().to_owned())
-        .collect()
+fn history(r: &RolloutReport) -> Vec<String> {
+    r.history.iter().map(|e| e.what.clone()).collect()
 }
 
 fn cli(s: &Scenario, args: &[&str]) -> std::process::Output {
@@ -96,7 +97,7 @@ async fn a_healthy_canary_is_promoted_through_every_step() {
     )
     .await;
     let load = Load::start(s.listener);
-    let r = wait_state(&s, "promoted", Duration::from_secs(40)).await;
+    let r = wait_state(&s, RolloutState::Promoted, Duration::from_secs(40)).await;
     let outcome = load.stop().await;
     outcome.assert_no_failures("a healthy canary rollout");
     assert_eq!(
@@ -108,9 +109,9 @@ async fn a_healthy_canary_is_promoted_through_every_step() {
             "promoted (every step passed)"
         ]
     );
-    assert!(history(&r)[1].starts_with("v2 20% → 50% after"), "{r}");
-    assert!(history(&r)[2].starts_with("v2 50% → 100% after"), "{r}");
-    assert_eq!(r["weight"], 100.0);
+    assert!(history(&r)[1].starts_with("v2 20% → 50% after"), "{r:?}");
+    assert!(history(&r)[2].starts_with("v2 50% → 100% after"), "{r:?}");
+    assert_eq!(r.weight, Some(100.0));
     assert_eq!(
         answers(s.listener, 30).await,
         BTreeMap::from([("v2".to_owned(), 30)])
@@ -134,18 +135,21 @@ async fn a_canary_failing_a_fifth_of_its_requests_is_rolled_back_at_its_first_an
     .await;
     s.upstream("v2-1").set_failure_share(0.2);
     let load = Load::start(s.listener);
-    let r = wait_state(&s, "rolled_back", Duration::from_secs(20)).await;
+    let r = wait_state(&s, RolloutState::RolledBack, Duration::from_secs(20)).await;
     load.stop().await;
-    let reason = r["reason"].as_str().unwrap();
-    assert!(reason.starts_with("error rate "), "{r}");
-    assert_eq!(r["failed_checks"], 1, "{r}");
-    assert_eq!(r["weight"], 0.0);
-    assert_eq!(r["last_check"]["verdict"], "fail");
+    let reason = r.reason.as_deref().unwrap();
+    assert!(reason.starts_with("error rate "), "{r:?}");
+    assert_eq!(r.failed_checks, 1, "{r:?}");
+    assert_eq!(r.weight, Some(0.0));
+    assert_eq!(
+        r.last_check.as_ref().map(|c| c.verdict),
+        Some(Verdict::Fail)
+    );
     assert!(
         !history(&r).iter().any(|h| h.contains("→")),
-        "no step was taken: {r}"
+        "no step was taken: {r:?}"
     );
-    assert!(r["advice"].as_str().unwrap().contains("cutover resume"));
+    assert!(r.advice.as_deref().unwrap().contains("cutover resume"));
 
     // Stable serves everything from now on, and not one request fails.
     s.cutover.wait_in_sync(NODE).await;
@@ -171,13 +175,13 @@ async fn a_slow_canary_fails_max_p99_latency() {
     .await;
     s.upstream("v2-1").set_delay(Duration::from_millis(200));
     let load = Load::start(s.listener);
-    let r = wait_state(&s, "rolled_back", Duration::from_secs(20)).await;
+    let r = wait_state(&s, RolloutState::RolledBack, Duration::from_secs(20)).await;
     let outcome = load.stop().await;
     outcome.assert_no_failures("a slow canary");
-    let reason = r["reason"].as_str().unwrap();
+    let reason = r.reason.as_deref().unwrap();
     assert!(
         reason.starts_with("p99 latency ") && reason.ends_with("above max_p99_latency 150ms"),
-        "{r}"
+        "{r:?}"
     );
 }
 
@@ -191,25 +195,25 @@ async fn too_little_traffic_waits_then_passes_once_traffic_arrives() {
     )
     .await;
     // No traffic: checks wait, the step neither passes nor fails.
-    let r = wait_for(Duration::from_secs(15), "a check that waits", async || {
-        let r = rollout(&s).await;
-        if r["last_check"]["verdict"] == "wait" {
-            Ok(r)
-        } else {
-            Err(r.to_string())
-        }
-    })
+    let r = wait_for(
+        Duration::from_secs(15),
+        "a check that waits",
+        async || match try_rollout(&s).await {
+            Some(r) if r.last_check.as_ref().map(|c| c.verdict) == Some(Verdict::Wait) => Ok(r),
+            other => Err(format!("{other:?}")),
+        },
+    )
     .await;
-    assert_eq!(r["state"], "progressing");
+    assert_eq!(r.state, RolloutState::Progressing);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let r = rollout(&s).await;
     assert_eq!(
-        (r["state"].as_str(), r["weight"].as_f64()),
-        (Some("progressing"), Some(50.0)),
-        "waiting does not pass the step: {r}"
+        (r.state, r.weight),
+        (RolloutState::Progressing, Some(50.0)),
+        "waiting does not pass the step: {r:?}"
     );
     let load = Load::start(s.listener);
-    wait_state(&s, "promoted", Duration::from_secs(30)).await;
+    wait_state(&s, RolloutState::Promoted, Duration::from_secs(30)).await;
     load.stop().await.assert_no_failures("once traffic arrives");
 }
 
@@ -223,14 +227,14 @@ async fn a_restarted_cutover_resumes_at_the_same_step_and_weight() {
     )
     .await;
     let load = Load::start(s.listener);
-    wait_for(Duration::from_secs(30), "step 2 at 50%", async || {
-        let r = rollout(&s).await;
-        if r["weight"] == 50.0 && r["awaiting_ack"] == false {
-            Ok(())
-        } else {
-            Err(r.to_string())
-        }
-    })
+    wait_for(
+        Duration::from_secs(30),
+        "step 2 at 50%",
+        async || match try_rollout(&s).await {
+            Some(r) if r.weight == Some(50.0) && !r.awaiting_ack => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
     .await;
     let reloads = "http.public.rds.public.config_reload";
     let before = s.envoy.stat(reloads).await;
@@ -239,14 +243,18 @@ async fn a_restarted_cutover_resumes_at_the_same_step_and_weight() {
     s.cutover.restart().await;
     s.cutover.wait_in_sync(NODE).await;
     let r = rollout(&s).await;
-    assert_eq!(r["weight"], 50.0, "the same step after the restart: {r}");
-    assert_eq!(r["step"], 2);
+    assert_eq!(
+        r.weight,
+        Some(50.0),
+        "the same step after the restart: {r:?}"
+    );
+    assert_eq!(r.step, Some(2));
     assert_eq!(
         s.envoy.stat(reloads).await,
         before,
         "the restart made Envoy reload its routes"
     );
-    wait_state(&s, "promoted", Duration::from_secs(30)).await;
+    wait_state(&s, RolloutState::Promoted, Duration::from_secs(30)).await;
     load.stop()
         .await
         .assert_no_failures("a rollout across a restart");
@@ -264,7 +272,7 @@ async fn operators_pause_resume_promote_and_abort_from_the_cli() {
     let out = cli(&s, &["pause", "checkout"]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "checkout: paused\n");
-    assert_eq!(rollout(&s).await["state"], "paused");
+    assert_eq!(rollout(&s).await.state, RolloutState::Paused);
     let out = cli(&s, &["pause", "checkout"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -273,7 +281,7 @@ async fn operators_pause_resume_promote_and_abort_from_the_cli() {
         "{out:?}"
     );
     assert!(cli(&s, &["resume", "checkout"]).status.success());
-    assert_eq!(rollout(&s).await["state"], "progressing");
+    assert_eq!(rollout(&s).await.state, RolloutState::Progressing);
     assert!(cli(&s, &["promote", "checkout"]).status.success());
     s.cutover.wait_in_sync(NODE).await;
     // Envoy ACKs a route change once its main thread has it; its workers get it a moment later.
@@ -320,16 +328,16 @@ async fn a_blue_green_switch_to_a_failing_colour_switches_back() {
     s.upstream("green-1").set_failure_share(0.3);
     let load = Load::start(s.listener);
     s.apply(&SWITCH.replace("ACTIVE", "green")).await;
-    let r = wait_state(&s, "rolled_back", Duration::from_secs(20)).await;
+    let r = wait_state(&s, RolloutState::RolledBack, Duration::from_secs(20)).await;
     load.stop().await;
-    assert_eq!(r["kind"], "switch");
+    assert_eq!(r.kind, RolloutKind::Switch);
     assert!(
-        r["reason"].as_str().unwrap().starts_with("error rate"),
-        "{r}"
+        r.reason.as_deref().unwrap().starts_with("error rate"),
+        "{r:?}"
     );
     assert!(
-        r["advice"]
-            .as_str()
+        r.advice
+            .as_deref()
             .unwrap()
             .contains("switched back to blue")
     );
@@ -340,8 +348,8 @@ async fn a_blue_green_switch_to_a_failing_colour_switches_back() {
     );
     let status = s.cutover.status().await;
     assert_eq!(
-        status["services"]["checkout"]["split"],
-        serde_json::json!({ "blue": 100.0 })
+        status.services["checkout"].split,
+        BTreeMap::from([("blue".to_owned(), 100.0)])
     );
 }
 
@@ -396,18 +404,18 @@ async fn a_switch_checked_on_preview_traffic_first_never_sends_users_to_a_failin
     let load = Load::start(s.listener);
     let (stop, preview) = preview_traffic(s.listener, "green");
     s.apply(&checked_switch("green")).await;
-    let r = wait_state(&s, "rolled_back", Duration::from_secs(20)).await;
+    let r = wait_state(&s, RolloutState::RolledBack, Duration::from_secs(20)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let previewed = preview.await.unwrap();
     let users = load.stop().await;
-    assert_eq!(r["before_switch"], true, "{r}");
+    assert!(r.before_switch, "{r:?}");
     assert!(
-        r["reason"].as_str().unwrap().starts_with("error rate"),
-        "{r}"
+        r.reason.as_deref().unwrap().starts_with("error rate"),
+        "{r:?}"
     );
     assert!(
-        r["advice"].as_str().unwrap().contains("blue stays active"),
-        "{r}"
+        r.advice.as_deref().unwrap().contains("blue stays active"),
+        "{r:?}"
     );
     assert!(previewed.contains_key("green"), "{previewed:?}");
     // Users never met green: every request without the header was answered by blue.
@@ -418,8 +426,8 @@ async fn a_switch_checked_on_preview_traffic_first_never_sends_users_to_a_failin
         users.by_body
     );
     assert_eq!(
-        s.cutover.status().await["services"]["checkout"]["split"],
-        serde_json::json!({ "blue": 100.0 })
+        s.cutover.status().await.services["checkout"].split,
+        BTreeMap::from([("blue".to_owned(), 100.0)])
     );
 }
 
@@ -432,12 +440,12 @@ async fn a_switch_checked_on_preview_traffic_first_happens_once_the_check_passes
     s.apply(&checked_switch("green")).await;
     // Still blue while green's preview traffic is checked.
     let r = rollout(&s).await;
-    assert_eq!(r["before_switch"], true, "{r}");
+    assert!(r.before_switch, "{r:?}");
     assert_eq!(
         answers(s.listener, 10).await,
         BTreeMap::from([("blue".to_owned(), 10)])
     );
-    let r = wait_state(&s, "promoted", Duration::from_secs(30)).await;
+    let r = wait_state(&s, RolloutState::Promoted, Duration::from_secs(30)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let users = load.stop().await;
     let history = history(&r);

@@ -4,26 +4,27 @@
 
 use std::time::Duration;
 
+use cutover::api::TelemetryState;
 use cutover::checkout_head;
+use cutover::telemetry::TelemetryReport;
+use cutover::telemetry::report::{Membership, Quantiles, VersionTelemetry};
 use cutover::testing::{Envoy, NODE, Scenario, WAIT, envoy_binary, wait_for};
-use serde_json::Value;
 
 /// The figures of one version in `/telemetry`, or why there are none yet.
-fn version<'a>(t: &'a Value, service: &str, version: &str) -> Result<&'a Value, String> {
-    let v = &t["services"][service][version];
-    if v.is_null() {
-        Err(format!("no figures for {service}/{version} yet: {t}"))
-    } else {
-        Ok(v)
-    }
+fn version<'a>(
+    t: &'a TelemetryReport,
+    service: &str,
+    version: &str,
+) -> Result<&'a VersionTelemetry, String> {
+    t.version(service, version)
+        .ok_or_else(|| format!("no figures for {service}/{version} yet: {t:?}"))
 }
 
-fn u(v: &Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
-}
-
-fn f(v: &Value) -> f64 {
-    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+/// The latency quantiles of a window with requests.
+fn latency(v: &VersionTelemetry) -> Quantiles {
+    v.last_1m
+        .latency_ms
+        .unwrap_or_else(|| panic!("no latency: {v:?}"))
 }
 
 /// Waits until the stats sink of `node` has flushed twice (its first flush is not counted), so
@@ -31,15 +32,16 @@ fn f(v: &Value) -> f64 {
 async fn wait_counting(s: &Scenario, node: &str) {
     wait_for(WAIT, "the stats sink to report twice", async || {
         let t = s.cutover.telemetry().await?;
-        let connected = t["nodes"]
-            .as_array()
-            .and_then(|nodes| nodes.iter().find(|n| n["id"] == node))
-            .map(|n| n["stats_sink"]["connected_seconds"].as_f64().unwrap_or(0.0))
-            .unwrap_or(0.0);
+        let connected = t
+            .nodes
+            .iter()
+            .find(|n| n.id == node)
+            .and_then(|n| n.stats_sink.as_ref())
+            .map_or(0.0, |sink| sink.connected_seconds);
         if connected >= 1.5 {
             Ok(())
         } else {
-            Err(t.to_string())
+            Err(format!("{t:?}"))
         }
     })
     .await;
@@ -64,12 +66,10 @@ async fn error_rate_and_latency_are_measured_per_version_through_the_canary_aggr
     let (stable, canary) = (s.upstream("v1-1"), s.upstream("v2-1"));
     wait_counting(&s, NODE).await;
     let before = s.cutover.telemetry().await.unwrap();
-    let counted = |t: &Value, v: &str, what: &str| {
-        version(t, "checkout", v).map_or(0, |x| u(&x["last_1m"][what]))
-    };
-    let errors = |t: &Value| {
-        version(t, "checkout", "v1").map_or(0, |x| u(&x["last_1m"]["errors"]["http_5xx"]))
-    };
+    let counted =
+        |t: &TelemetryReport, v: &str| version(t, "checkout", v).map_or(0, |x| x.last_1m.requests);
+    let errors =
+        |t: &TelemetryReport| version(t, "checkout", "v1").map_or(0, |x| x.last_1m.errors.http_5xx);
     let (stable_hits, canary_hits) = (stable.hits(), canary.hits());
     stable.set_failure_share(0.1);
     canary.set_delay(Duration::from_millis(200));
@@ -91,48 +91,47 @@ async fn error_rate_and_latency_are_measured_per_version_through_the_canary_aggr
     // Every request counted, each on the version that served it, none on the aggregate.
     let t = wait_for(WAIT, "telemetry to count every request", async || {
         let t = s.cutover.telemetry().await?;
-        let stable_counted = counted(&t, "v1", "requests") - counted(&before, "v1", "requests");
-        let canary_counted = counted(&t, "v2", "requests") - counted(&before, "v2", "requests");
+        let stable_counted = counted(&t, "v1") - counted(&before, "v1");
+        let canary_counted = counted(&t, "v2") - counted(&before, "v2");
         if stable_counted == served_by_stable as u64
             && canary_counted == (canary.hits() - canary_hits) as u64
         {
             Ok(t)
         } else {
             Err(format!(
-                "stable {stable_counted} of {served_by_stable}, canary {canary_counted}: {t}"
+                "stable {stable_counted} of {served_by_stable}, canary {canary_counted}: {t:?}"
             ))
         }
     })
     .await;
-    assert!(t["services"]["checkout"]["v2~v1"].is_null(), "{t}");
-    assert_eq!(errors(&t) - errors(&before), failed as u64, "{t}");
+    assert!(t.version("checkout", "v2~v1").is_none(), "{t:?}");
+    assert_eq!(errors(&t) - errors(&before), failed as u64, "{t:?}");
 
     // The upstream failed each request with probability 0.1, independently: the error rate over
     // n ≈ 900 requests is binomial, with a standard deviation of sqrt(0.1 × 0.9 / n) ≈ 0.01.
     // Four of them (a false alarm about once in 16,000 runs), plus the few requests of the
     // scenario's start-up that are in the window and did not fail.
     let v1 = version(&t, "checkout", "v1").unwrap();
-    let n = u(&v1["last_1m"]["requests"]) as f64;
+    let n = v1.last_1m.requests as f64;
     let tolerance = 4.0 * (0.1f64 * 0.9 / n).sqrt() + 0.005;
-    let rate = f(&v1["last_1m"]["error_rate"]);
+    let rate = v1.last_1m.error_rate.expect("an error rate");
     assert!(
         (rate - 0.1).abs() <= tolerance,
-        "stable's error rate {rate} is not within {tolerance:.3} of 10% over {n} requests: {v1}"
+        "stable's error rate {rate} is not within {tolerance:.3} of 10% over {n} requests: {v1:?}"
     );
-    assert!(f(&v1["last_1m"]["latency_ms"]["p50"]) < 50.0, "{v1}");
+    assert!(latency(v1).p50 < 50.0, "{v1:?}");
 
     // 200 ms plus Envoy's and the upstream's own time is 200 to 209 ms, which Envoy counts in
     // the bucket (175, 200]: the quantiles are interpolated within it.
     let v2 = version(&t, "checkout", "v2").unwrap();
-    assert_eq!(v2["last_1m"]["error_rate"], 0.0, "{v2}");
-    for q in ["p50", "p99"] {
-        let ms = f(&v2["last_1m"]["latency_ms"][q]);
+    assert_eq!(v2.last_1m.error_rate, Some(0.0), "{v2:?}");
+    for (q, ms) in [("p50", latency(v2).p50), ("p99", latency(v2).p99)] {
         assert!(
             ms > 175.0 && ms <= 250.0,
-            "the canary's {q} {ms} ms shows its 200 ms: {v2}"
+            "the canary's {q} {ms} ms shows its 200 ms: {v2:?}"
         );
     }
-    assert_eq!(u(&v2["envoys"]), 1);
+    assert_eq!(v2.envoys, 1);
 }
 
 /// The observed split in `/status` is where the requests went, `/metrics` exports it per
@@ -149,28 +148,37 @@ async fn the_observed_split_in_status_and_metrics_is_where_requests_went() {
     let served = [stable.hits() - stable_hits, canary.hits() - canary_hits];
     let canary_share = served[1] as f64 * 100.0 / (served[0] + served[1]) as f64;
     let observed = wait_for(WAIT, "/status to count the requests", async || {
-        let status = s.cutover.try_status().await?;
-        let o = &status["services"]["checkout"]["observed"];
-        let rps = o["requests_per_second"].as_f64().unwrap_or(0.0);
+        let mut status = s.cutover.try_status().await?;
+        let o = status
+            .services
+            .get_mut("checkout")
+            .and_then(|c| c.observed.take());
+        let rps = o.as_ref().map_or(0.0, |o| o.requests_per_second);
+        let v2_share = o.as_ref().and_then(|o| o.versions.get("v2")?.share_10s);
         // Every request of the batch is in the last 10 s' rate once it is counted.
-        if rps * 10.0 >= 400.0 && o["versions"]["v2"]["share_10s"].is_number() {
-            Ok(o.clone())
-        } else {
-            Err(status.to_string())
+        match o {
+            Some(o) if rps * 10.0 >= 400.0 && v2_share.is_some() => Ok(o),
+            _ => Err(format!("{status:?}")),
         }
     })
     .await;
+    let version = |v: &str| {
+        observed
+            .versions
+            .get(v)
+            .unwrap_or_else(|| panic!("{v} observed: {observed:?}"))
+    };
     // A few requests of the scenario's start may be in the window too.
-    let share = f(&observed["versions"]["v2"]["share_10s"]);
+    let share = version("v2").share_10s.unwrap();
     assert!(
         (share - canary_share).abs() < 2.0,
-        "observed {share}% on the canary, which answered {canary_share:.1}%: {observed}"
+        "observed {share}% on the canary, which answered {canary_share:.1}%: {observed:?}"
     );
-    let total = f(&observed["versions"]["v1"]["share_10s"]) + share;
-    assert!((total - 100.0).abs() < 0.02, "{observed}");
-    assert_eq!(observed["versions"]["v1"]["error_rate"], 0.0, "{observed}");
-    assert_eq!(observed["versions"]["v2"]["healthy"], 1, "{observed}");
-    assert!(observed["versions"].get("v2~v1").is_none(), "{observed}");
+    let total = version("v1").share_10s.expect("v1's share") + share;
+    assert!((total - 100.0).abs() < 0.02, "{observed:?}");
+    assert_eq!(version("v1").error_rate, Some(0.0), "{observed:?}");
+    assert_eq!(version("v2").healthy, Some(1), "{observed:?}");
+    assert!(!observed.versions.contains_key("v2~v1"), "{observed:?}");
 
     let metrics = s.cutover.metrics().await;
     let sample = |name: &str, version: &str| {
@@ -236,15 +244,21 @@ async fn an_endpoint_ejected_by_outlier_detection_shows_as_ejected() {
     let v1 = wait_for(WAIT, "telemetry to show the ejection", async || {
         let t = s.cutover.telemetry().await?;
         let v1 = version(&t, "checkout", "v1")?;
-        if v1["ejections_active"] == 1 {
+        if v1.ejections_active == 1 {
             Ok(v1.clone())
         } else {
-            Err(t.to_string())
+            Err(format!("{t:?}"))
         }
     })
     .await;
-    assert_eq!(v1["membership"]["healthy"], 1, "{v1}");
-    assert_eq!(v1["membership"]["total"], 2, "{v1}");
+    assert_eq!(
+        v1.membership,
+        Some(Membership {
+            healthy: 1,
+            total: 2
+        }),
+        "{v1:?}"
+    );
 
     // The bootstrap's stats matcher: Envoy keeps what cutover reads of its clusters and
     // everything else, and not the rest.
@@ -289,15 +303,19 @@ async fn requests_in_flight_to_a_slow_endpoint_show_until_they_end() {
             async || {
                 let t = s.cutover.telemetry().await?;
                 let v1 = version(&t, "checkout", "v1")?;
-                let e = &v1["endpoints"][&endpoint];
+                let e = v1.endpoints.get(&endpoint);
+                let sent = SLOW as u64;
                 // Load reports and the stats sink (requests sent and not answered) agree.
-                if e["in_flight"] == SLOW
-                    && e["in_flight_by_node"][NODE] == SLOW
-                    && v1["in_flight"] == SLOW
+                if e.is_some_and(|e| {
+                    e.in_flight == sent && e.in_flight_by_node.get(NODE) == Some(&sent)
+                }) && v1.in_flight == sent
                 {
                     Ok(t)
                 } else {
-                    Err(format!("upstream has {} in flight: {t}", slow.in_flight()))
+                    Err(format!(
+                        "upstream has {} in flight: {t:?}",
+                        slow.in_flight()
+                    ))
                 }
             },
         )
@@ -308,10 +326,15 @@ async fn requests_in_flight_to_a_slow_endpoint_show_until_they_end() {
     wait_for(WAIT, "the requests in flight to go", async || {
         let t = s.cutover.telemetry().await?;
         let v1 = version(&t, "checkout", "v1")?;
-        if v1["endpoints"][&endpoint]["in_flight"] == 0 && v1["in_flight"] == 0 {
+        if v1
+            .endpoints
+            .get(&endpoint)
+            .is_some_and(|e| e.in_flight == 0)
+            && v1.in_flight == 0
+        {
             Ok(())
         } else {
-            Err(t.to_string())
+            Err(format!("{t:?}"))
         }
     })
     .await;
@@ -337,65 +360,50 @@ async fn a_leaving_envoy_leaves_the_figures_and_a_silent_one_is_named() {
     )
     .await;
     s.cutover.wait_in_sync("edge-old").await;
-    let envoys = async |n: u64| {
+    let envoys = async |n: usize| {
         wait_for(
             WAIT,
             &format!("{n} Envoys to report checkout/v1"),
             async || {
                 let t = s.cutover.telemetry().await?;
                 let v1 = version(&t, "checkout", "v1")?;
-                let nodes: Vec<&str> = t["nodes"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|n| n["id"].as_str())
-                    .collect();
                 // Each one's load reports too: they start apart from its stats (on a loaded
                 // machine, seconds later).
-                let reporting_load = t["nodes"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|n| n["load_reporting"]["stale"] == false)
+                let reporting_load = t
+                    .nodes
+                    .iter()
+                    .filter(|n| n.load_reporting.as_ref().is_some_and(|l| !l.stale))
                     .count();
-                if v1["envoys"] == n && nodes.len() as u64 == n && reporting_load as u64 == n {
+                if v1.envoys == n && t.nodes.len() == n && reporting_load == n {
                     Ok(t)
                 } else {
-                    Err(t.to_string())
+                    Err(format!("{t:?}"))
                 }
             },
         )
         .await
     };
     let t = envoys(2).await;
-    assert_eq!(
-        t["nodes_without_telemetry"],
-        serde_json::json!(["edge-old"])
-    );
+    assert_eq!(t.nodes_without_telemetry, ["edge-old"]);
     // `/status` says the same, per node.
     let status = s.cutover.status().await;
-    assert_eq!(
-        status["nodes_without_telemetry"],
-        serde_json::json!(["edge-old"])
-    );
+    assert_eq!(status.nodes_without_telemetry, ["edge-old"]);
     let node = |id: &str| {
-        status["nodes"]
-            .as_array()
-            .and_then(|nodes| nodes.iter().find(|n| n["id"] == id))
-            .map(|n| n["telemetry"].clone())
+        status
+            .nodes
+            .iter()
+            .find(|n| n.id == id)
+            .map(|n| n.telemetry)
     };
-    assert_eq!(node("edge-old"), Some("none".into()), "{status}");
-    assert_eq!(node(NODE), Some("reporting".into()), "{status}");
-    assert_eq!(
-        t["nodes"][1]["load_reporting"]["stale"], false,
-        "edge-2 reports load too: {t}"
+    assert_eq!(node("edge-old"), Some(TelemetryState::Absent), "{status:?}");
+    assert_eq!(node(NODE), Some(TelemetryState::Reporting), "{status:?}");
+    assert!(
+        t.nodes[1].load_reporting.as_ref().is_some_and(|l| !l.stale),
+        "edge-2 reports load too: {t:?}"
     );
 
     second.kill();
     let t = envoys(1).await;
-    assert_eq!(t["nodes"][0]["id"], NODE);
-    assert_eq!(
-        t["nodes_without_telemetry"],
-        serde_json::json!(["edge-old"])
-    );
+    assert_eq!(t.nodes[0].id, NODE);
+    assert_eq!(t.nodes_without_telemetry, ["edge-old"]);
 }

@@ -85,7 +85,7 @@ async fn wait_drained_returns_only_after_the_requests_in_flight_finish() {
     assert_eq!(
         live_1.in_flight(),
         0,
-        "returned while requests were in flight; it said: {stderr}; telemetry: {}",
+        "returned while requests were in flight; it said: {stderr}; telemetry: {:?}",
         s.cutover.telemetry().await.unwrap()
     );
     assert!(

@@ -162,17 +162,14 @@ impl Setup {
         let node = &self.node;
         testing::wait_for(WAIT, &format!("{node} in sync in /status"), async || {
             let status = self.cutover.try_status().await?;
-            let in_sync = status["nodes"].as_array().is_some_and(|nodes| {
-                nodes.iter().any(|n| {
-                    n["id"] == node.as_str()
-                        && n["in_sync"] == true
-                        && n["config_version"] == status["config_version"]
-                })
-            });
+            let in_sync = status
+                .nodes
+                .iter()
+                .any(|n| n.id == *node && n.in_sync && n.config_version == status.config_version);
             if in_sync {
                 Ok(())
             } else {
-                Err(status["nodes"].to_string())
+                Err(format!("{:?}", status.nodes))
             }
         })
         .await;

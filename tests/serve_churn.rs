@@ -36,8 +36,8 @@ async fn cycles(ads: std::net::SocketAddr, range: std::ops::Range<usize>, concur
         .await;
 }
 
-async fn open_streams(cutover: &Cutover) -> Option<u64> {
-    cutover.try_status().await.ok()?["streams"]["open"].as_u64()
+async fn open_streams(cutover: &Cutover) -> Option<usize> {
+    Some(cutover.try_status().await.ok()?.streams?.open)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,12 +5,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use cutover::api::StatusReport;
 use cutover::app;
 use cutover::testing::fixtures::DEPLOY;
 use cutover::testing::xds::{
     CDS, Client, EDS, FakeEnvoy, LDS, RDS, Response, node, sotw_ack, sotw_nack, sotw_request,
 };
-use cutover::testing::{Protocol, all_in_sync, serve, serve_options, serve_with};
+use cutover::testing::{Protocol, all_in_sync, read_exact, serve, serve_options, serve_with};
 use cutover::xds::Mode;
 
 /// A state-of-the-world client of `server` called `grpc-test`.
@@ -136,10 +137,11 @@ async fn admin_api_reports_status_and_config() {
     let get = |path: &str| reqwest::get(format!("{base}{path}"));
     assert_eq!(get("/healthz").await.unwrap().status(), 200);
     assert_eq!(get("/readyz").await.unwrap().status(), 200);
-    let status: serde_json::Value = get("/status").await.unwrap().json().await.unwrap();
-    assert_eq!(status["last_reload"]["ok"], true);
+    let status: StatusReport =
+        read_exact(&get("/status").await.unwrap().json().await.unwrap()).unwrap();
+    assert!(status.last_reload.is_some_and(|r| r.ok));
     assert_eq!(
-        status["config_version"].as_str(),
+        status.config_version.as_deref(),
         Some(server.published.borrow().as_ref().unwrap().version.as_str())
     );
     let config: serde_json::Value = get("/config").await.unwrap().json().await.unwrap();

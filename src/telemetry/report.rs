@@ -1,14 +1,15 @@
 //! What the telemetry says, as served by `GET /telemetry` and read by status, metrics, the
-//! dashboard and `cutover wait`. Plain data.
+//! dashboard and `cutover wait`. Plain data; what `GET /telemetry` answers also deserializes, for
+//! the tests and benches that read it (`testing::read_exact`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::stats::{LATENCY_BOUNDS_MS, LATENCY_BUCKETS};
 
 /// Every figure, per service and version, across every Envoy that reports.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TelemetryReport {
     /// By service, then version.
     pub services: BTreeMap<String, BTreeMap<String, VersionTelemetry>>,
@@ -40,7 +41,7 @@ impl TelemetryReport {
 }
 
 /// One version across all Envoys.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct VersionTelemetry {
     /// Envoys whose stats sink reports this version.
     pub envoys: usize,
@@ -61,7 +62,7 @@ pub struct VersionTelemetry {
 }
 
 /// Requests a version served in one window.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct WindowFigures {
     /// Requests answered (any status, Envoy's own 503 and 504 included).
     pub requests: u64,
@@ -78,7 +79,7 @@ pub struct WindowFigures {
 
 /// Failures by cause in one window. Resets and connect failures count attempts: one that a
 /// retry recovered is counted here and is not in `error_rate`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorCounts {
     pub http_5xx: u64,
     pub timeouts: u64,
@@ -86,21 +87,21 @@ pub struct ErrorCounts {
     pub connect_failures: u64,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Quantiles {
     pub p50: f64,
     pub p90: f64,
     pub p99: f64,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Membership {
     pub healthy: u64,
     pub total: u64,
 }
 
 /// One endpoint across all Envoys, from their load reports.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EndpointTelemetry {
     /// Requests in progress now, summed over the Envoys.
     pub in_flight: u64,
@@ -110,7 +111,7 @@ pub struct EndpointTelemetry {
     pub last_1m: EndpointWindow,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EndpointWindow {
     /// Requests finished (succeeded or failed).
     pub requests: u64,
@@ -119,7 +120,7 @@ pub struct EndpointWindow {
 }
 
 /// One Envoy's telemetry streams.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeTelemetry {
     pub id: String,
     pub cluster: String,
@@ -127,7 +128,7 @@ pub struct NodeTelemetry {
     pub load_reporting: Option<StreamStatus>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamStatus {
     /// Open streams of this kind (more than one: several Envoys share the node id).
     pub streams: usize,
@@ -144,7 +145,7 @@ pub struct StreamStatus {
 }
 
 /// Counts of what was refused or not kept because of a cap (never reset).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dropped {
     /// Telemetry streams refused: too many open.
     pub streams: u64,

@@ -10,12 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
+use super::exact::exact;
 use super::{
     POLL, WAIT, cutover_binary, free_port, get_json, get_text, http_client, kill, read_log,
 };
+use crate::api::StatusReport;
 use crate::app::{self, ServeOptions};
+use crate::telemetry::TelemetryReport;
 
 // ---------------------------------------------------------------------------------------------
 // In-process
@@ -282,12 +283,16 @@ impl Cutover {
         .await;
     }
 
-    pub async fn try_status(&self) -> Result<Value, String> {
-        get_json(&self.client, &format!("http://{}/status", self.admin)).await
+    /// `GET /status`, read exactly into the type cutover writes it from ([`super::read_exact`]): an
+    /// error if cutover does not answer 200, a panic if the answer does not read back as it
+    /// came.
+    pub async fn try_status(&self) -> Result<StatusReport, String> {
+        let json = get_json(&self.client, &format!("http://{}/status", self.admin)).await?;
+        Ok(exact(&json, "cutover /status"))
     }
 
-    /// `GET /status` as JSON.
-    pub async fn status(&self) -> Value {
+    /// [`Cutover::try_status`], or a panic.
+    pub async fn status(&self) -> StatusReport {
         self.try_status()
             .await
             .unwrap_or_else(|e| panic!("cutover /status: {e}"))
@@ -314,27 +319,23 @@ impl Cutover {
             .sum()
     }
 
-    /// `GET /telemetry` as JSON.
-    pub async fn telemetry(&self) -> Result<Value, String> {
-        get_json(&self.client, &format!("http://{}/telemetry", self.admin)).await
+    /// `GET /telemetry`, read exactly as [`Cutover::try_status`] reads `/status`.
+    pub async fn telemetry(&self) -> Result<TelemetryReport, String> {
+        let json = get_json(&self.client, &format!("http://{}/telemetry", self.admin)).await?;
+        Ok(exact(&json, "cutover /telemetry"))
     }
 
     /// Waits until `/status` lists a stream of node `node_id` that is in sync.
-    pub async fn wait_in_sync(&self, node_id: &str) -> Value {
+    pub async fn wait_in_sync(&self, node_id: &str) -> StatusReport {
         super::wait_for(
             WAIT,
             &format!("cutover /status to show node {node_id} in sync"),
             async || {
                 let status = self.try_status().await?;
-                let synced = status["nodes"].as_array().is_some_and(|nodes| {
-                    nodes
-                        .iter()
-                        .any(|n| n["id"] == node_id && n["in_sync"] == true)
-                });
-                if synced {
+                if status.nodes.iter().any(|n| n.id == node_id && n.in_sync) {
                     Ok(status)
                 } else {
-                    Err(status.to_string())
+                    Err(format!("{status:?}"))
                 }
             },
         )
@@ -344,49 +345,40 @@ impl Cutover {
     /// What identifies the last reload in `/status`: the config version and the time of the
     /// reload. A file that translates to the same resources as the one before keeps the version
     /// (versions are content hashes), so the time tells that it was read.
-    pub async fn last_reload(&self) -> (Value, Value) {
-        let status = self.status().await;
-        (
-            status["config_version"].clone(),
-            status["last_reload"]["at"].clone(),
-        )
+    pub async fn last_reload(&self) -> LastReload {
+        LastReload::of(&self.status().await)
     }
 
     /// Waits until cutover has reloaded the file since `previous` (a [`Cutover::last_reload`])
     /// and node `node_id` has ACKed all of the config. Panics at once if cutover rejected the
     /// file.
-    pub async fn wait_applied(&self, node_id: &str, previous: &(Value, Value)) -> Value {
+    pub async fn wait_applied(&self, node_id: &str, previous: &LastReload) -> StatusReport {
         super::wait_for(
             WAIT,
             &format!("cutover to load the new file and node {node_id} to ACK it"),
             async || {
                 let status = self.try_status().await?;
-                if status["last_reload"]["ok"] == false {
+                if let Some(reload) = status.last_reload.as_ref().filter(|r| !r.ok) {
                     panic!(
                         "cutover rejected the deployment file: {}",
-                        status["last_reload"]["error"]
+                        reload.error.as_deref().unwrap_or("(no error given)")
                     );
                 }
-                let current = &status["config_version"];
-                let reloaded =
-                    (current, &status["last_reload"]["at"]) != (&previous.0, &previous.1);
+                let current = status.config_version.as_ref();
                 // With node groups, a node converges to its group's version.
-                let synced = reloaded
-                    && status["nodes"].as_array().is_some_and(|nodes| {
-                        nodes.iter().any(|n| {
-                            let target = n["group"]
-                                .as_str()
-                                .and_then(|g| status["groups"].get(g))
-                                .map_or(current, |g| &g["config_version"]);
-                            n["id"] == node_id
-                                && n["in_sync"] == true
-                                && &n["config_version"] == target
-                        })
+                let synced = LastReload::of(&status) != *previous
+                    && status.nodes.iter().any(|n| {
+                        let target = n
+                            .group
+                            .as_ref()
+                            .and_then(|g| status.groups.get(g))
+                            .map_or(current, |g| Some(&g.config_version));
+                        n.id == node_id && n.in_sync && n.config_version.as_ref() == target
                     });
                 if synced {
                     Ok(status)
                 } else {
-                    Err(status.to_string())
+                    Err(format!("{status:?}"))
                 }
             },
         )
@@ -396,6 +388,23 @@ impl Cutover {
     /// Everything cutover logged so far, across restarts.
     pub fn log(&self) -> String {
         read_log(&self.log)
+    }
+}
+
+/// What identifies a reload in `/status` (see [`Cutover::last_reload`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastReload {
+    pub config_version: Option<String>,
+    /// When the file was last read, valid or not.
+    pub at: Option<String>,
+}
+
+impl LastReload {
+    pub fn of(status: &StatusReport) -> LastReload {
+        LastReload {
+            config_version: status.config_version.clone(),
+            at: status.last_reload.as_ref().map(|r| r.at.clone()),
+        }
     }
 }
 

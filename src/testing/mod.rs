@@ -12,7 +12,8 @@
 //!   [`switch_latency`]: the switch-latency benchmark's two setups and probe, for the benchmark
 //!   and its smoke test;
 //! - [`fixtures`]: the deployment files the tests share; [`eventually`] and [`wait_for`]: every
-//!   wait polls and is bounded, nothing sleeps for a fixed long time.
+//!   wait polls and is bounded, nothing sleeps for a fixed long time; [`read_exact`]: what
+//!   cutover's admin API answers, in the types it is written from, hiding nothing.
 //!
 //! Compiled for the crate's own unit tests and, with the `testing` feature, for its integration
 //! tests and benches (the crate is its own dev-dependency with that feature); never in a release
@@ -22,6 +23,7 @@ pub mod browser;
 mod cutover;
 mod driver;
 mod envoy;
+mod exact;
 pub mod fixtures;
 pub mod fleet;
 pub mod load;
@@ -42,12 +44,13 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub use self::cutover::{
-    Cutover, DeploymentFile, Staged, all_in_sync, bootstrap, bootstrap_with, serve, serve_options,
-    serve_with,
+    Cutover, DeploymentFile, LastReload, Staged, all_in_sync, bootstrap, bootstrap_with, serve,
+    serve_options, serve_with,
 };
 pub use self::envoy::{
     CONCURRENCY, Envoy, Reply, Traffic, envoy_binary, envoy_or_skip_in, find_envoy_in,
 };
+pub use self::exact::read_exact;
 pub use self::scenario::{NODE, Scenario, Stack, checkout_deployment};
 pub use self::upstream::{HEALTH_PATH, Upstream};
 pub use crate::in_both_xds_modes;

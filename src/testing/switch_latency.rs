@@ -733,17 +733,14 @@ fn warm_pause(rt: &Runtime, setups: &mut [Setup], o: &Options) {
 
 /// Whether cutover's `/status` shows node A in sync at `version`.
 async fn in_sync(client: &reqwest::Client, admin: SocketAddr, version: &str) -> Result<(), String> {
-    let status = get_json(client, &format!("http://{admin}/status")).await?;
-    let nodes: Vec<&Value> = status["nodes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|n| n["id"] == NODE_A)
-        .collect();
-    if status["config_version"] == version && nodes.len() == 1 && nodes[0]["in_sync"] == true {
-        Ok(())
-    } else {
-        Err(status.to_string())
+    let json = get_json(client, &format!("http://{admin}/status")).await?;
+    let status: crate::api::StatusReport = super::read_exact(&json)?;
+    let mut a = status.nodes.iter().filter(|n| n.id == NODE_A);
+    match (a.next(), a.next()) {
+        (Some(node), None) if node.in_sync && status.config_version.as_deref() == Some(version) => {
+            Ok(())
+        }
+        _ => Err(json.to_string()),
     }
 }
 
