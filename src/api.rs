@@ -361,6 +361,13 @@ pub struct CheckReport {
     pub error_rate: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub p99_ms: Option<f64>,
+    /// Where the figures' window begins: 10 s before the check, or later, when every Envoy
+    /// holding the service answered the step, switch or resume judged (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_from: Option<String>,
+    /// How long that window was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -373,6 +380,10 @@ pub struct ThresholdsReport {
     pub max_p99_ms: Option<f64>,
     pub min_requests: u64,
     pub failure_limit: u32,
+    /// With `max_error_rate`: this many errors fail a check at once, before `min_requests`,
+    /// since no success could bring the error rate back under the limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fails_early_at_errors: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -392,15 +392,22 @@ async fn grpc_task(
         .context("the xDS server stopped")
 }
 
-/// Rollout checks read the last 10 s of what Envoys reported for the version under test.
+/// Rollout checks read what Envoys reported for the version under test over the last 10 s,
+/// and only of the time since they all had what is judged.
 struct TelemetryObserver(Telemetry);
 
 impl controller::Observer for TelemetryObserver {
-    fn figures(&self, service: &str, version: &str) -> Figures {
-        let report = self.0.report(std::time::Instant::now());
-        let Some(w) = report.version(service, version).map(|v| &v.last_10s) else {
-            return Figures::default();
-        };
+    fn figures(&self, service: &str, version: &str, since: Timestamp) -> Figures {
+        let now = Timestamp::now();
+        let short = crate::telemetry::window::Window::Short.length();
+        let from = since
+            .max(Timestamp::from_millis(now.as_millis().saturating_sub(
+                u64::try_from(short.as_millis()).unwrap_or(u64::MAX),
+            )));
+        let id = crate::ids::ClusterId::new(service, version);
+        let w = self
+            .0
+            .recent_figures(&id, now.since(from), std::time::Instant::now());
         Figures {
             requests: w.requests,
             // Answered 5xx: from the upstream, or Envoy's own after a reset, a connect
@@ -409,6 +416,7 @@ impl controller::Observer for TelemetryObserver {
                 w.error_rate.unwrap_or(0.0) * w.requests as f64,
             ),
             p99_ms: w.latency_ms.map(|q| q.p99),
+            from: Some(from),
         }
     }
 }

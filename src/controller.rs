@@ -41,9 +41,10 @@ pub struct Settings {
 }
 
 /// Where rollout checks read a version's figures: what Envoys reported to cutover over the
-/// last 10 s.
+/// last 10 s, and only of the time since `since` (when every Envoy holding the service had
+/// what is judged).
 pub trait Observer: Send + Sync + 'static {
-    fn figures(&self, service: &str, version: &str) -> Figures;
+    fn figures(&self, service: &str, version: &str, since: Timestamp) -> Figures;
 }
 
 /// Where the controller publishes and reports, and what it observes.
@@ -363,7 +364,7 @@ impl Controller {
     /// `self.checks_in`.
     fn start_checks(&mut self) {
         let Some(spec) = &self.spec else { return };
-        for (service, version) in self.state.checks_due(Timestamp::now()) {
+        for (service, version, since) in self.state.checks_due(Timestamp::now()) {
             if self.checking.contains(&service) {
                 continue;
             }
@@ -374,7 +375,7 @@ impl Controller {
             else {
                 continue;
             };
-            let figures = self.out.observer.figures(&service, &version);
+            let figures = self.out.observer.figures(&service, &version, since);
             let hooks = analysis.webhooks.clone();
             let tx = self.checks_out.clone();
             let rollout = self.state.rollouts.get(&service).cloned();

@@ -428,6 +428,8 @@ fn rollout_report(r: &Rollout, strategy: &Strategy, now: Timestamp) -> RolloutRe
                 errors: c.figures.errors,
                 error_rate: (c.figures.error_rate() * 100_000.0).round() / 1000.0,
                 p99_ms: c.figures.p99_ms,
+                window_from: c.figures.from.map(|t| t.to_string()),
+                window_seconds: c.figures.from.map(|from| c.at.since(from).as_secs_f64()),
             }
         }),
         thresholds: analysis.map(|a| ThresholdsReport {
@@ -435,6 +437,9 @@ fn rollout_report(r: &Rollout, strategy: &Strategy, now: Timestamp) -> RolloutRe
             max_p99_ms: a.max_p99_latency.map(|d| d.as_secs_f64() * 1000.0),
             min_requests: a.min_requests,
             failure_limit: a.failure_limit,
+            fails_early_at_errors: a
+                .max_error_rate
+                .map(|_| crate::reconcile::rollout::fails_early_at(a)),
         }),
         advice,
         history: r
@@ -991,6 +996,8 @@ services:
                 requests,
                 errors,
                 p99_ms: Some(41.5),
+                // The whole usual window: 10 s before the check.
+                from: Some(at(10)),
             },
         };
         let rollout = |kind: Kind, status: RolloutStatus| Rollout {

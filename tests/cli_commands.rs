@@ -140,12 +140,16 @@ fn busy_report() -> StatusReport {
                             errors: 3,
                             error_rate: 0.164,
                             p99_ms: Some(41.0),
+                            // The step began 6.5 s before the check.
+                            window_from: Some("2026-01-02T03:04:13.500Z".into()),
+                            window_seconds: Some(6.5),
                         }),
                         thresholds: Some(ThresholdsReport {
                             max_error_rate: Some(1.0),
                             max_p99_ms: Some(500.0),
                             min_requests: 100,
                             failure_limit: 2,
+                            fails_early_at_errors: Some(2),
                         }),
                         advice: None,
                         history: vec![

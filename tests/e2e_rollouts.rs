@@ -165,6 +165,87 @@ async fn a_canary_failing_a_fifth_of_its_requests_is_rolled_back_at_its_first_an
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_answering_only_errors_is_rolled_back_before_min_requests() {
+    let Some(envoy) = envoy_binary() else { return };
+    // 200 requests take the canary's 20% ten seconds at this load; 11 errors of 200 are
+    // already more than 5% whatever the rest do.
+    let analysis = ANALYSIS.replace("min_requests: 10", "min_requests: 200");
+    let s = Scenario::start(
+        &envoy,
+        &["v1-1", "v2-1"],
+        &canary("[20, 50, 100]", "30s", &analysis),
+    )
+    .await;
+    s.upstream("v2-1").set_failure_share(1.0);
+    // About 100 requests a second, 20 of them to the canary.
+    let load = Load::with(s.listener, 2, Duration::from_millis(20));
+    let r = wait_state(&s, RolloutState::RolledBack, Duration::from_secs(20)).await;
+    load.stop().await;
+    let reason = r.reason.as_deref().unwrap();
+    assert!(
+        reason.contains(" request(s): above max_error_rate 5% even if the ")
+            && reason.ends_with(" more up to min_requests 200 all succeed"),
+        "{r:?}"
+    );
+    let check = r.last_check.as_ref().unwrap();
+    assert_eq!(check.verdict, Verdict::Fail, "{r:?}");
+    assert!(
+        check.requests < 200 && check.errors >= 11 && check.errors == check.requests,
+        "{r:?}"
+    );
+    assert_eq!(
+        r.thresholds.as_ref().and_then(|t| t.fails_early_at_errors),
+        Some(11)
+    );
+    assert_eq!(r.weight, Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_fixed_and_resumed_is_judged_on_its_requests_since_the_resume() {
+    let Some(envoy) = envoy_binary() else { return };
+    let s = Scenario::start(
+        &envoy,
+        &["v1-1", "v2-1"],
+        &canary("[20, 100]", "3s", ANALYSIS),
+    )
+    .await;
+    s.upstream("v2-1").set_failure_share(1.0);
+    let load = Load::start(s.listener);
+    wait_state(&s, RolloutState::RolledBack, Duration::from_secs(20)).await;
+    // Fixed, and resumed at once: the last 10 s still hold the canary's errors, which the
+    // checks after the resume must not count.
+    s.upstream("v2-1").set_failure_share(0.0);
+    let resumed_at = std::time::SystemTime::now();
+    let out = cli(&s, &["resume", "checkout"]);
+    assert!(out.status.success(), "{out:?}");
+    let r = wait_for(
+        Duration::from_secs(30),
+        "the resumed rollout to be promoted",
+        async || match try_rollout(&s).await {
+            Some(r) if r.state == RolloutState::Promoted => Ok(r),
+            Some(r) if r.state == RolloutState::RolledBack => Err(format!("failed again: {r:?}")),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    load.stop().await;
+    assert!(
+        history(&r)
+            .iter()
+            .filter(|h| h.starts_with("rolled back"))
+            .count()
+            == 1,
+        "{r:?}"
+    );
+    // The last check's window began after the resume.
+    let check = r.last_check.as_ref().unwrap();
+    let from = check.window_from.as_deref().expect("a window");
+    let from = humantime::parse_rfc3339(from).unwrap();
+    assert!(from >= resumed_at - Duration::from_millis(1), "{r:?}");
+    assert!(check.window_seconds.is_some_and(|s| s <= 10.0), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_canary_fails_max_p99_latency() {
     let Some(envoy) = envoy_binary() else { return };
     let s = Scenario::start(

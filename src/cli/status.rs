@@ -648,7 +648,13 @@ fn render_rollout(name: &str, r: &RolloutReport, p: Painter) -> String {
                 .map(|r| format!(" · {r}"))
                 .unwrap_or_default()
         );
-        let _ = writeln!(out, "      {} requests, {errors}{p99}", c.requests);
+        // Shorter than 10 s when the step, switch or resume judged began less than 10 s ago:
+        // nothing from before it is counted.
+        let window = c
+            .window_seconds
+            .map(|s| format!(" over the last {s:.1} s"))
+            .unwrap_or_default();
+        let _ = writeln!(out, "      {} requests{window}, {errors}{p99}", c.requests);
     }
     for h in r.history.iter().rev().take(3).rev() {
         let _ = writeln!(out, "    {}  {}", p.paint(Style::Dim, &h.at), h.what);

@@ -47,6 +47,11 @@ pub struct Figures {
     /// 99th percentile of upstream latency, in milliseconds, if any request was timed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p99_ms: Option<f64>,
+    /// Where the window begins: the later of its usual start (10 s before the figures were
+    /// read) and the moment every Envoy holding the service answered what is judged, so no
+    /// request from before a step, a resume or a switch is counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Timestamp>,
 }
 
 impl Figures {
@@ -441,6 +446,19 @@ pub(super) fn on_observed(
     let f = observed.figures;
     let verdict = if let Err(e) = &observed.webhooks {
         Verdict::Fail(e.clone())
+    } else if let Some(max) = analysis
+        .max_error_rate
+        .filter(|_| f.requests < analysis.min_requests && f.errors >= fails_early_at(analysis))
+    {
+        // Certain already: even if every request missing up to min_requests succeeded, the
+        // error rate would stay above the limit.
+        Verdict::Fail(format!(
+            "{} errors in {} request(s): above max_error_rate {max} even if the {} more up to min_requests {} all succeed",
+            f.errors,
+            f.requests,
+            analysis.min_requests - f.requests,
+            analysis.min_requests
+        ))
     } else if f.requests < analysis.min_requests {
         Verdict::Wait(format!(
             "{} request(s), fewer than min_requests {}",
@@ -514,6 +532,18 @@ pub(super) fn on_observed(
         figures: f,
     });
     r.next_check = Some(now + analysis.interval);
+}
+
+/// How many errors fail a check before it has `min_requests` (with a `max_error_rate`): the
+/// fewest whose share of `min_requests` is above the limit, so no later success could bring
+/// the error rate under it.
+pub fn fails_early_at(analysis: &Analysis) -> u64 {
+    let Some(max) = analysis.max_error_rate else {
+        return u64::MAX;
+    };
+    // Parts per million, exact: errors / min_requests > ppm / 10^6.
+    let allowed = u128::from(analysis.min_requests) * u128::from(max.ppm()) / 1_000_000;
+    u64::try_from(allowed + 1).unwrap_or(u64::MAX)
 }
 
 /// An operator's command; returns what it did, or why it did nothing.

@@ -549,12 +549,15 @@ impl RuntimeState {
         retiring.chain(rollouts).collect()
     }
 
-    /// Services whose rollout check is due at `now`, with the version it watches.
-    pub fn checks_due(&self, now: Timestamp) -> Vec<(String, String)> {
+    /// Services whose rollout check is due at `now`, with the version it watches and since
+    /// when every Envoy holding the service has what is judged (the check reads nothing older).
+    pub fn checks_due(&self, now: Timestamp) -> Vec<(String, String, Timestamp)> {
         self.rollouts
             .iter()
             .filter(|(_, r)| r.is_active() && r.next_check.is_some_and(|t| t <= now))
-            .map(|(name, r)| (name.clone(), r.version_under_test().to_owned()))
+            .filter_map(|(name, r)| {
+                Some((name.clone(), r.version_under_test().to_owned(), r.since?))
+            })
             .collect()
     }
 }

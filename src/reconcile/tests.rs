@@ -420,6 +420,7 @@ fn good() -> Observation {
             requests: 1000,
             errors: 2,
             p99_ms: Some(40.0),
+            from: None,
         },
         webhooks: Ok(()),
     }
@@ -431,6 +432,7 @@ fn failing() -> Observation {
             requests: 1000,
             errors: 200,
             p99_ms: Some(40.0),
+            from: None,
         },
         webhooks: Ok(()),
     }
@@ -442,6 +444,7 @@ fn quiet() -> Observation {
             requests: 3,
             errors: 0,
             p99_ms: Some(40.0),
+            from: None,
         },
         webhooks: Ok(()),
     }
@@ -582,6 +585,7 @@ fn a_slow_canary_fails_max_p99_latency() {
             requests: 500,
             errors: 0,
             p99_ms: Some(640.0),
+            from: None,
         },
         webhooks: Ok(()),
     };
@@ -626,6 +630,139 @@ fn too_little_traffic_waits_then_passes_and_max_wait_fails() {
         panic!("{:?}", w.status())
     };
     assert!(reason.starts_with("too little traffic for 30s"), "{reason}");
+}
+
+fn observed(requests: u64, errors: u64) -> Observation {
+    Observation {
+        figures: Figures {
+            requests,
+            errors,
+            p99_ms: Some(40.0),
+            from: None,
+        },
+        webhooks: Ok(()),
+    }
+}
+
+#[test]
+fn a_check_certain_to_fail_fails_before_min_requests_and_none_passes_before_it() {
+    // max_error_rate 2% of min_requests 20: a single error is already certain to fail.
+    let analysis = ANALYSIS
+        .replace("max_error_rate: 1%", "max_error_rate: 2%")
+        .replace("failure_limit: 2", "failure_limit: 1");
+    let mut w = World::new();
+    w.load(&rollout("[10, 100]", &analysis)).answered();
+    w.wait(secs(10)).observe(observed(3, 0));
+    assert_eq!(w.status(), Status::Progressing, "3 good of 20: waits");
+    assert!(matches!(
+        w.state.rollouts["s"].last_check.as_ref().unwrap().verdict,
+        rollout::Verdict::Wait(_)
+    ));
+    w.wait(secs(10)).observe(observed(3, 3));
+    let Status::Failed(reason) = w.status() else {
+        panic!("{:?}", w.status())
+    };
+    assert_eq!(
+        reason,
+        "3 errors in 3 request(s): above max_error_rate 2% even if the 17 more up to min_requests 20 all succeed"
+    );
+    assert_eq!(w.canary_weight(), 0.0, "rolled back");
+
+    // At 10% of 20, two errors could still end at 10%: only the third is certain.
+    let analysis = ANALYSIS
+        .replace("max_error_rate: 1%", "max_error_rate: 10%")
+        .replace("failure_limit: 2", "failure_limit: 1");
+    let mut w = World::new();
+    w.load(&rollout("[10, 100]", &analysis)).answered();
+    w.wait(secs(10)).observe(observed(5, 2));
+    assert_eq!(w.status(), Status::Progressing, "2 of 20 is exactly 10%");
+    w.wait(secs(10)).observe(observed(19, 0));
+    assert_eq!(w.status(), Status::Progressing, "19 good: still waits");
+    assert_eq!(w.canary_weight(), 10.0, "never passes before min_requests");
+    w.wait(secs(10)).observe(observed(6, 3));
+    assert!(matches!(w.status(), Status::Failed(_)), "{:?}", w.status());
+}
+
+#[test]
+fn the_errors_that_fail_a_check_early_are_the_fewest_above_the_limit_of_min_requests() {
+    let spec = |rate: &str, min: u64| {
+        let text = rollout(
+            "[10, 100]",
+            &format!("        analysis: {{ max_error_rate: {rate}, min_requests: {min} }}\n"),
+        );
+        let spec = parse("t.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
+        spec.services["s"].strategy.analysis().unwrap().clone()
+    };
+    for (rate, min, errors) in [
+        ("2%", 20, 1),
+        ("10%", 20, 3),
+        ("5%", 100, 6),
+        ("0.5%", 1000, 6),
+        ("0%", 20, 1),
+        ("100%", 20, 21),
+    ] {
+        assert_eq!(
+            rollout::fails_early_at(&spec(rate, min)),
+            errors,
+            "{rate} of {min}"
+        );
+    }
+    let mut without = spec("1%", 20);
+    without.max_error_rate = None;
+    assert_eq!(rollout::fails_early_at(&without), u64::MAX);
+}
+
+#[test]
+fn a_check_reads_only_what_came_after_every_envoy_answered_the_state_it_judges() {
+    let with_limit_1 = ANALYSIS.replace("failure_limit: 2", "failure_limit: 1");
+    let mut w = World::new();
+    w.load(&rollout("[10, 50, 100]", &with_limit_1));
+    w.wait(secs(3)).answered();
+    let answered = w.now;
+    w.wait(secs(10));
+    assert_eq!(
+        w.state.checks_due(w.now),
+        [("s".to_owned(), "v2".to_owned(), answered)],
+        "the window begins when every Envoy had the first step"
+    );
+    w.observe(failing());
+    assert!(matches!(w.status(), Status::Failed(_)));
+    assert_eq!(w.state.checks_due(w.at(60)), []);
+
+    // Fixed, then resumed: the first step again, judged from the answers to it.
+    w.wait(secs(30));
+    w.command(RolloutCommand::Resume).unwrap();
+    assert_eq!(w.state.checks_due(w.at(60)), [], "not before the answers");
+    w.wait(secs(2)).answered();
+    let resumed = w.now;
+    w.wait(secs(10));
+    assert_eq!(
+        w.state.checks_due(w.now),
+        [("s".to_owned(), "v2".to_owned(), resumed)]
+    );
+
+    // A pause and a resume: nothing changes in Envoy, so the window begins at the resume.
+    w.command(RolloutCommand::Pause).unwrap();
+    w.wait(secs(30));
+    w.command(RolloutCommand::Resume).unwrap();
+    let resumed = w.now;
+    assert_eq!(
+        w.state.checks_due(w.at(10)),
+        [("s".to_owned(), "v2".to_owned(), resumed)]
+    );
+
+    // The next step: from the answers to its weight.
+    for _ in 0..6 {
+        w.wait(secs(10)).observe(good());
+    }
+    w.wait(Duration::ZERO);
+    assert_eq!(w.canary_weight(), 50.0);
+    w.wait(secs(1)).answered();
+    let stepped = w.now;
+    assert_eq!(
+        w.state.checks_due(w.at(10)),
+        [("s".to_owned(), "v2".to_owned(), stepped)]
+    );
 }
 
 #[test]

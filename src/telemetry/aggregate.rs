@@ -103,6 +103,9 @@ struct Stream {
     /// Seconds of Envoy time the counted messages stand for: rates divide by this, so a window
     /// that is only partly covered (a new stream, a skipped first flush) is still right.
     periods: Slots<f64>,
+    /// By slot, the earliest moment its counted messages stand for: a figure judged "since"
+    /// a moment takes only slots that begin after it.
+    covers_from: Slots<Earliest>,
     body: Body,
     messages: u64,
     /// Encoded bytes received, by slot.
@@ -119,6 +122,8 @@ enum Body {
 struct StatsBody {
     last_snapshot_ms: Option<i64>,
     last_arrival: Option<Instant>,
+    /// Where the current flush's period begins, in milliseconds since the epoch (if counted).
+    flush_from_ms: Option<u64>,
     /// Flushes seen; batches of one flush share a number.
     flush: u64,
     /// Whether the current flush's counters are counted (its period is known).
@@ -143,12 +148,40 @@ struct Sample {
     latency: Option<Box<Latency>>,
 }
 
+/// The earliest of several moments, in milliseconds since the aggregator's epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Earliest(u64);
+
+impl Default for Earliest {
+    fn default() -> Self {
+        Earliest(u64::MAX)
+    }
+}
+
+impl Slot for Earliest {
+    fn merge(&mut self, other: &Self) {
+        self.0 = self.0.min(other.0);
+    }
+}
+
 impl Slot for Sample {
     fn merge(&mut self, other: &Self) {
         self.counters.add(&other.counters);
         if let Some(l) = &other.latency {
             self.latency.get_or_insert_with(Default::default).add(l);
         }
+    }
+}
+
+impl StatsBody {
+    /// This Envoy's figures per version over the slots `sum` adds up (see [`attribute`]).
+    fn parts(&self, sum: impl Fn(&Slots<Sample>) -> Sample) -> Vec<(ClusterId, Part)> {
+        let sums: BTreeMap<&ClusterRef, Sample> = self
+            .clusters
+            .iter()
+            .map(|(id, series)| (id, sum(&series.slots)))
+            .collect();
+        attribute(&sums)
     }
 }
 
@@ -193,6 +226,10 @@ impl Aggregator {
         now.saturating_duration_since(self.epoch).as_secs()
     }
 
+    fn ms(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// A new stream from `node`, or an error when [`Limits::max_streams`] are open.
     pub fn open(
         &mut self,
@@ -217,6 +254,7 @@ impl Aggregator {
                 opened_at: now,
                 last_seen: now,
                 periods: Slots::default(),
+                covers_from: Slots::default(),
                 body,
                 messages: 0,
                 bytes: Slots::default(),
@@ -233,6 +271,7 @@ impl Aggregator {
     /// One stats sink message on stream `id`.
     pub fn stats(&mut self, id: StreamId, flush: &StatsFlush, now: Instant) {
         let sec = self.sec(now);
+        let now_ms = self.ms(now);
         let limits = self.limits;
         let Aggregator {
             streams, dropped, ..
@@ -264,10 +303,15 @@ impl Aggregator {
             if let Some(p) = period {
                 stream.periods.add(sec, &p.as_secs_f64());
             }
+            b.flush_from_ms = period
+                .map(|p| now_ms.saturating_sub(u64::try_from(p.as_millis()).unwrap_or(u64::MAX)));
             b.last_snapshot_ms = flush.snapshot_ms;
             b.last_arrival = Some(now);
         }
         b.families = b.families.saturating_add(flush.families);
+        if let Some(from) = b.flush_from_ms {
+            stream.covers_from.add(sec, &Earliest(from));
+        }
         for (name, c) in &flush.clusters {
             let known = b.clusters.len();
             let series = match b.clusters.get_mut(name) {
@@ -389,12 +433,7 @@ impl Aggregator {
                 Body::Stats(b) => {
                     for window in Window::ALL {
                         let period = s.periods.sum(window, sec);
-                        let sums: BTreeMap<&ClusterRef, Sample> = b
-                            .clusters
-                            .iter()
-                            .map(|(id, series)| (id, series.slots.sum(window, sec)))
-                            .collect();
-                        for (id, part) in attribute(&sums) {
+                        for (id, part) in b.parts(|slots| slots.sum(window, sec)) {
                             acc.entry(id).or_default().window(window).add(&part, period);
                         }
                     }
@@ -455,6 +494,29 @@ impl Aggregator {
                 .insert(version, v.finish());
         }
         report
+    }
+
+    /// One version's figures over the last `last` before `now` (the short window at most),
+    /// counting only what Envoys reported of that time: a stats flush whose period began
+    /// earlier is left out (its counters may hold requests from before), so the figures lag by
+    /// up to one flush interval.
+    pub fn recent_figures(&self, id: &ClusterId, last: Duration, now: Instant) -> WindowFigures {
+        let sec = self.sec(now);
+        let from = self
+            .ms(now)
+            .saturating_sub(u64::try_from(last.as_millis()).unwrap_or(u64::MAX));
+        let mut acc = WindowAcc::default();
+        for s in self.streams.values().filter(|s| self.fresh(s, now)) {
+            let Body::Stats(b) = &s.body else { continue };
+            let after = |i| s.covers_from.short_slot(i).is_some_and(|e| e.0 >= from);
+            let period = s.periods.sum_short_where(sec, after);
+            for (version, part) in b.parts(|slots| slots.sum_short_where(sec, after)) {
+                if version == *id {
+                    acc.add(&part, period);
+                }
+            }
+        }
+        acc.finish()
     }
 
     fn nodes(&self, now: Instant) -> Vec<NodeTelemetry> {

@@ -63,6 +63,17 @@ impl Telemetry {
         self.lock().report(now)
     }
 
+    /// One version's figures over the last `last` (at most 10 s) before `now`, from what
+    /// Envoys reported of that time only: what rollout checks judge.
+    pub fn recent_figures(
+        &self,
+        id: &crate::ids::ClusterId,
+        last: std::time::Duration,
+        now: Instant,
+    ) -> report::WindowFigures {
+        self.lock().recent_figures(id, last, now)
+    }
+
     /// Per Envoy, what its latest stats flush said of a version's endpoints, for `cutover wait
     /// healthy`.
     pub fn health(&self, id: &crate::ids::ClusterId, now: Instant) -> Vec<report::NodeHealth> {

@@ -15,6 +15,14 @@ pub enum Window {
 
 impl Window {
     pub const ALL: [Window; 2] = [Window::Short, Window::Long];
+
+    /// How much time the window covers, at most.
+    pub fn length(self) -> std::time::Duration {
+        std::time::Duration::from_secs(match self {
+            Window::Short => FINE_SLOTS,
+            Window::Long => COARSE_SECONDS * COARSE_SLOTS,
+        })
+    }
 }
 
 const FINE_SLOTS: u64 = 10;
@@ -90,6 +98,22 @@ impl<T: Slot> Slots<T> {
         out
     }
 
+    /// The sum of the short window's slots at second `sec` that `keep` accepts (by slot number,
+    /// a second since the epoch).
+    pub fn sum_short_where(&self, sec: u64, keep: impl Fn(u64) -> bool) -> T {
+        let mut out = T::default();
+        self.fine
+            .iter()
+            .filter(|(i, _)| in_fine(*i, sec) && keep(*i))
+            .for_each(|(_, v)| out.merge(v));
+        out
+    }
+
+    /// What one-second slot `i` holds, if it is still kept.
+    pub fn short_slot(&self, i: u64) -> Option<&T> {
+        self.fine.iter().find(|(j, _)| *j == i).map(|(_, v)| v)
+    }
+
     /// Whether no window at `sec` includes anything.
     pub fn is_empty_at(&self, sec: u64) -> bool {
         !self.coarse.iter().any(|(i, _)| in_coarse(*i, sec))
@@ -136,6 +160,23 @@ mod tests {
         assert_eq!(s.sum(Window::Short, 200), 0.0);
         assert!(s.is_empty_at(170), "seconds 120..=179 hold nothing");
         assert!(!s.is_empty_at(169));
+    }
+
+    #[test]
+    fn a_part_of_the_short_window_sums_only_the_slots_it_keeps() {
+        let mut s = Slots::<f64>::default();
+        for sec in 0..20 {
+            s.add(sec, &1.0);
+        }
+        assert_eq!(s.sum_short_where(19, |i| i >= 15), 5.0);
+        assert_eq!(
+            s.sum_short_where(19, |_| true),
+            s.sum(Window::Short, 19),
+            "all of it"
+        );
+        assert_eq!(s.sum_short_where(19, |i| i < 10), 0.0, "outside the window");
+        assert_eq!(s.short_slot(19), Some(&1.0));
+        assert_eq!(s.short_slot(5), None, "pruned");
     }
 
     #[test]

@@ -605,3 +605,54 @@ fn each_stream_shows_what_it_costs() {
     let lrs = r.nodes[0].load_reporting.as_ref().unwrap();
     assert_eq!((lrs.messages, lrs.metric_families_per_flush), (1, None));
 }
+
+#[test]
+fn recent_figures_leave_out_every_flush_that_began_earlier() {
+    let clock = Clock::new();
+    let mut agg = clock.aggregator(Limits::default());
+    let s = agg
+        .open(Source::StatsSink, node("edge-1"), clock.at(0.0))
+        .unwrap();
+    // Failing until second 5, then healthy: flushes at 0.5, 1.5, ..., 9.5, each for the second
+    // before it.
+    for i in 0..10 {
+        let c = if i <= 5 { served(0, 10) } else { served(10, 0) };
+        agg.stats(
+            s,
+            &flush(i, &[("checkout/v1", c)]),
+            clock.at(i as f64 + 0.5),
+        );
+    }
+    let id = ClusterId::new("checkout", "v1");
+    let now = clock.at(9.6);
+    let last = |secs: u64| agg.recent_figures(&id, Duration::from_millis(secs), now);
+    let all = agg.report(now);
+    let all = &all.version("checkout", "v1").unwrap().last_10s;
+    assert_eq!((all.requests, all.errors.http_5xx), (90, 50), "{all:?}");
+    assert_eq!(last(10_000), *all, "the whole short window");
+    assert_eq!(last(60_000), *all, "never more than the short window");
+
+    // The service was fixed at 5.7 (3.9 s ago): the flush at 6.5 covers 5.5..6.5, which
+    // began before; 7.5, 8.5 and 9.5 come after.
+    let fresh = last(3_900);
+    assert_eq!(
+        (fresh.requests, fresh.errors.http_5xx),
+        (30, 0),
+        "{fresh:?}"
+    );
+    assert_eq!(fresh.error_rate, Some(0.0));
+    assert_eq!(fresh.requests_per_second, 10.0);
+
+    // A flush period that begins exactly then counts.
+    assert_eq!(last(3_100).requests, 30);
+    // Nothing yet after the latest flush began.
+    let none = last(600);
+    assert_eq!((none.requests, none.error_rate), (0, None), "{none:?}");
+    // Another version has nothing.
+    let other = ClusterId::new("checkout", "v2");
+    assert_eq!(
+        agg.recent_figures(&other, Duration::from_secs(10), now)
+            .requests,
+        0
+    );
+}
