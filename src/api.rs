@@ -368,6 +368,30 @@ pub struct CheckReport {
     /// How long that window was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window_seconds: Option<f64>,
+    /// The baseline (a canary's stable) over the same window, when the analysis compares.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<BaselineReport>,
+}
+
+/// The baseline's figures beside a check's, with the statistical tests.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BaselineReport {
+    pub version: String,
+    pub requests: u64,
+    pub errors: u64,
+    /// Percent.
+    pub error_rate: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<f64>,
+    /// Two-proportion test: the chance of an error rate this much above the baseline's if both
+    /// had the same (one-sided p-value).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_rate_p_value: Option<f64>,
+    /// Mann-Whitney test on the latency histograms: the chance of latencies ranked this much
+    /// above the baseline's if both had the same distribution (one-sided p-value).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_p_value: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -384,6 +408,14 @@ pub struct ThresholdsReport {
     /// since no success could bring the error rate back under the limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fails_early_at_errors: Option<u64>,
+    /// Percentage points above the baseline's error rate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_error_rate_increase: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_p99_ratio: Option<f64>,
+    /// Percent; with a comparison with the baseline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

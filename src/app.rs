@@ -397,7 +397,7 @@ async fn grpc_task(
 struct TelemetryObserver(Telemetry);
 
 impl controller::Observer for TelemetryObserver {
-    fn figures(&self, service: &str, version: &str, since: Timestamp) -> Figures {
+    fn figures(&self, service: &str, version: &str, since: Timestamp) -> (Figures, Vec<f64>) {
         let now = Timestamp::now();
         let short = crate::telemetry::window::Window::Short.length();
         let from = since
@@ -405,10 +405,10 @@ impl controller::Observer for TelemetryObserver {
                 u64::try_from(short.as_millis()).unwrap_or(u64::MAX),
             )));
         let id = crate::ids::ClusterId::new(service, version);
-        let w = self
+        let (w, latency) = self
             .0
             .recent_figures(&id, now.since(from), std::time::Instant::now());
-        Figures {
+        let figures = Figures {
             requests: w.requests,
             // Answered 5xx: from the upstream, or Envoy's own after a reset, a connect
             // failure or a timeout.
@@ -417,7 +417,8 @@ impl controller::Observer for TelemetryObserver {
             ),
             p99_ms: w.latency_ms.map(|q| q.p99),
             from: Some(from),
-        }
+        };
+        (figures, latency.0.to_vec())
     }
 }
 

@@ -21,7 +21,7 @@ use crate::api::{CommandError, RolloutCommand, StateFileReport};
 use crate::http_client;
 use crate::metrics::Metrics;
 use crate::node::GroupId;
-use crate::reconcile::rollout::{Figures, Observation, Rollout, Status};
+use crate::reconcile::rollout::{Baseline, Figures, Observation, Rollout, Status};
 use crate::reconcile::{self, Event, Plan, Previous, RuntimeState, Timestamp};
 use crate::snapshot::{Published, ResourceType, Snapshot};
 use crate::spec::{self, Spec, Webhook};
@@ -44,7 +44,9 @@ pub struct Settings {
 /// last 10 s, and only of the time since `since` (when every Envoy holding the service had
 /// what is judged).
 pub trait Observer: Send + Sync + 'static {
-    fn figures(&self, service: &str, version: &str, since: Timestamp) -> Figures;
+    /// The figures, and the latency histogram (requests per bucket of Envoy's bounds) that
+    /// comparisons with a baseline rank.
+    fn figures(&self, service: &str, version: &str, since: Timestamp) -> (Figures, Vec<f64>);
 }
 
 /// Where the controller publishes and reports, and what it observes.
@@ -375,10 +377,24 @@ impl Controller {
             else {
                 continue;
             };
-            let figures = self.out.observer.figures(&service, &version, since);
+            let (figures, latency) = self.out.observer.figures(&service, &version, since);
+            let rollout = self.state.rollouts.get(&service).cloned();
+            // The baseline over the same window, from the same reports.
+            let baseline = rollout
+                .as_ref()
+                .and_then(Rollout::baseline)
+                .filter(|_| analysis.baseline.is_some())
+                .map(|stable| {
+                    let (figures, baseline_latency) =
+                        self.out.observer.figures(&service, stable, since);
+                    Baseline {
+                        version: stable.to_owned(),
+                        figures,
+                        latency: [baseline_latency, latency],
+                    }
+                });
             let hooks = analysis.webhooks.clone();
             let tx = self.checks_out.clone();
-            let rollout = self.state.rollouts.get(&service).cloned();
             let http = self.http.clone();
             self.checking.insert(service.clone());
             tokio::spawn(async move {
@@ -387,9 +403,18 @@ impl Controller {
                     "version": version,
                     "rollout": rollout,
                     "figures": figures,
+                    "baseline": baseline.as_ref().map(|b| serde_json::json!({
+                        "version": b.version,
+                        "figures": b.figures,
+                    })),
                 });
                 let webhooks = ask_webhooks(&http, &hooks, &body).await;
-                let _ = tx.send((service, Observation { figures, webhooks }));
+                let observation = Observation {
+                    figures,
+                    webhooks,
+                    baseline,
+                };
+                let _ = tx.send((service, observation));
             });
         }
     }

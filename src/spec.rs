@@ -299,7 +299,27 @@ pub struct Analysis {
     /// Blue-green with a preview route: how long the new version's preview traffic is watched
     /// before the switch.
     pub before_switch: Option<Duration>,
+    /// Canary only: limits relative to stable's figures in the same window.
+    pub baseline: Option<BaselineLimits>,
     pub webhooks: Vec<Webhook>,
+}
+
+/// A canary judged against stable: each limit fails a check only when the difference is over
+/// it *and* its statistical test finds the canary worse at `confidence`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BaselineLimits {
+    /// Percentage points above stable's error rate.
+    pub max_error_rate_increase: Option<Percent>,
+    /// Canary p99 over stable p99, in thousandths (1500 is 1.5 times).
+    pub max_p99_ratio_milli: Option<u32>,
+    pub confidence: Percent,
+}
+
+impl BaselineLimits {
+    /// The largest p-value that counts as "the canary is worse".
+    pub fn significance(&self) -> f64 {
+        1.0 - self.confidence.as_f64() / 100.0
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

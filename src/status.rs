@@ -16,10 +16,10 @@ use std::time::{Instant, SystemTime};
 use tokio::sync::watch;
 
 use crate::api::{
-    self, CheckReport, DrainReason, DrainReport, GroupReport, HistoryReport, MirrorReport,
-    NackStatus, NodeReport, ObservedReport, ObservedVersion, ReloadStatus, RetiringReport,
-    RolloutKind, RolloutReport, ServiceReport, StateFileReport, StatusReport, StreamsReport,
-    TelemetryState, ThresholdsReport, TypeReport,
+    self, BaselineReport, CheckReport, DrainReason, DrainReport, GroupReport, HistoryReport,
+    MirrorReport, NackStatus, NodeReport, ObservedReport, ObservedVersion, ReloadStatus,
+    RetiringReport, RolloutKind, RolloutReport, ServiceReport, StateFileReport, StatusReport,
+    StreamsReport, TelemetryState, ThresholdsReport, TypeReport,
 };
 use crate::metrics::{Metrics, ResultLabel};
 use crate::node::GroupId;
@@ -414,33 +414,8 @@ fn rollout_report(r: &Rollout, strategy: &Strategy, now: Timestamp) -> RolloutRe
         step_ends_in_seconds: r.step_deadline(strategy).map(in_seconds),
         next_check_in_seconds: r.next_check.map(in_seconds),
         failed_checks: r.failed,
-        last_check: r.last_check.as_ref().map(|c| {
-            let (verdict, reason) = match &c.verdict {
-                Verdict::Pass => (api::Verdict::Pass, None),
-                Verdict::Wait(why) => (api::Verdict::Wait, Some(why.clone())),
-                Verdict::Fail(why) => (api::Verdict::Fail, Some(why.clone())),
-            };
-            CheckReport {
-                at: c.at.to_string(),
-                verdict,
-                reason,
-                requests: c.figures.requests,
-                errors: c.figures.errors,
-                error_rate: (c.figures.error_rate() * 100_000.0).round() / 1000.0,
-                p99_ms: c.figures.p99_ms,
-                window_from: c.figures.from.map(|t| t.to_string()),
-                window_seconds: c.figures.from.map(|from| c.at.since(from).as_secs_f64()),
-            }
-        }),
-        thresholds: analysis.map(|a| ThresholdsReport {
-            max_error_rate: a.max_error_rate.map(|p| p.as_f64()),
-            max_p99_ms: a.max_p99_latency.map(|d| d.as_secs_f64() * 1000.0),
-            min_requests: a.min_requests,
-            failure_limit: a.failure_limit,
-            fails_early_at_errors: a
-                .max_error_rate
-                .map(|_| crate::reconcile::rollout::fails_early_at(a)),
-        }),
+        last_check: r.last_check.as_ref().map(check_report),
+        thresholds: analysis.map(thresholds_report),
         advice,
         history: r
             .history
@@ -450,6 +425,57 @@ fn rollout_report(r: &Rollout, strategy: &Strategy, now: Timestamp) -> RolloutRe
                 what: e.what.clone(),
             })
             .collect(),
+    }
+}
+
+/// A rollout check as the admin API says it.
+fn check_report(c: &crate::reconcile::rollout::Check) -> CheckReport {
+    let (verdict, reason) = match &c.verdict {
+        Verdict::Pass => (api::Verdict::Pass, None),
+        Verdict::Wait(why) => (api::Verdict::Wait, Some(why.clone())),
+        Verdict::Fail(why) => (api::Verdict::Fail, Some(why.clone())),
+    };
+    CheckReport {
+        at: c.at.to_string(),
+        verdict,
+        reason,
+        requests: c.figures.requests,
+        errors: c.figures.errors,
+        error_rate: (c.figures.error_rate() * 100_000.0).round() / 1000.0,
+        p99_ms: c.figures.p99_ms,
+        window_from: c.figures.from.map(|t| t.to_string()),
+        window_seconds: c.figures.from.map(|from| c.at.since(from).as_secs_f64()),
+        baseline: c.baseline.as_ref().map(|b| BaselineReport {
+            version: b.version.clone(),
+            requests: b.figures.requests,
+            errors: b.figures.errors,
+            error_rate: (b.figures.error_rate() * 100_000.0).round() / 1000.0,
+            p99_ms: b.figures.p99_ms,
+            error_rate_p_value: b.error_rate.map(|t| t.p),
+            latency_p_value: b.latency.map(|t| t.p),
+        }),
+    }
+}
+
+/// An analysis's limits as the admin API says them.
+fn thresholds_report(a: &crate::spec::Analysis) -> ThresholdsReport {
+    ThresholdsReport {
+        max_error_rate: a.max_error_rate.map(|p| p.as_f64()),
+        max_p99_ms: a.max_p99_latency.map(|d| d.as_secs_f64() * 1000.0),
+        min_requests: a.min_requests,
+        failure_limit: a.failure_limit,
+        fails_early_at_errors: a
+            .max_error_rate
+            .map(|_| crate::reconcile::rollout::fails_early_at(a)),
+        max_error_rate_increase: a
+            .baseline
+            .and_then(|b| b.max_error_rate_increase)
+            .map(|p| p.as_f64()),
+        max_p99_ratio: a
+            .baseline
+            .and_then(|b| b.max_p99_ratio_milli)
+            .map(|r| f64::from(r) / 1000.0),
+        confidence: a.baseline.map(|b| b.confidence.as_f64()),
     }
 }
 
@@ -960,7 +986,8 @@ services:
         reason = "one report holding every state /status can say"
     )]
     fn the_status_json_clients_read_is_pinned() {
-        use crate::reconcile::rollout::{Check, Entry, Figures};
+        use crate::reconcile::compare::Test;
+        use crate::reconcile::rollout::{Check, Comparison, Entry, Figures};
         let at = |s: u64| Timestamp::from_millis(1_800_000_000_000 + s * 1000);
         let file = |payments: &str, search: &str| {
             crate::spec::parse(
@@ -999,6 +1026,7 @@ services:
                 // The whole usual window: 10 s before the check.
                 from: Some(at(10)),
             },
+            baseline: None,
         };
         let rollout = |kind: Kind, status: RolloutStatus| Rollout {
             kind,
@@ -1033,7 +1061,20 @@ services:
                     since: Some(at(10)),
                     passed: 1,
                     next_check: Some(at(30)),
-                    last_check: Some(check(Verdict::Pass, 1834, 3)),
+                    last_check: Some(Check {
+                        baseline: Some(Comparison {
+                            version: "v1".into(),
+                            figures: Figures {
+                                requests: 16_506,
+                                errors: 20,
+                                p99_ms: Some(38.0),
+                                from: Some(at(10)),
+                            },
+                            error_rate: Some(Test { z: 1.2, p: 0.115 }),
+                            latency: Some(Test { z: 0.4, p: 0.345 }),
+                        }),
+                        ..check(Verdict::Pass, 1834, 3)
+                    }),
                     ..rollout(canary("v1", "v2"), RolloutStatus::Progressing)
                 },
             ),

@@ -10,10 +10,10 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use cutover::api::{
-    CheckReport, DrainReason, DrainReport, HistoryReport, MirrorReport, NackStatus, NodeReport,
-    ObservedReport, ObservedVersion, ReloadStatus, RetiringReport, RolloutKind, RolloutReport,
-    RolloutState, ServiceReport, StatusReport, Strategy, TelemetryState, ThresholdsReport,
-    TypeReport, Verdict,
+    BaselineReport, CheckReport, DrainReason, DrainReport, HistoryReport, MirrorReport, NackStatus,
+    NodeReport, ObservedReport, ObservedVersion, ReloadStatus, RetiringReport, RolloutKind,
+    RolloutReport, RolloutState, ServiceReport, StatusReport, Strategy, TelemetryState,
+    ThresholdsReport, TypeReport, Verdict,
 };
 use cutover::app;
 use cutover::cli::diff::{self, Side};
@@ -143,6 +143,15 @@ fn busy_report() -> StatusReport {
                             // The step began 6.5 s before the check.
                             window_from: Some("2026-01-02T03:04:13.500Z".into()),
                             window_seconds: Some(6.5),
+                            baseline: Some(BaselineReport {
+                                version: "v1".into(),
+                                requests: 16_506,
+                                errors: 20,
+                                error_rate: 0.121,
+                                p99_ms: Some(38.0),
+                                error_rate_p_value: Some(0.115),
+                                latency_p_value: Some(0.345),
+                            }),
                         }),
                         thresholds: Some(ThresholdsReport {
                             max_error_rate: Some(1.0),
@@ -150,6 +159,9 @@ fn busy_report() -> StatusReport {
                             min_requests: 100,
                             failure_limit: 2,
                             fails_early_at_errors: Some(2),
+                            max_error_rate_increase: Some(1.0),
+                            max_p99_ratio: Some(1.5),
+                            confidence: Some(95.0),
                         }),
                         advice: None,
                         history: vec![

@@ -245,6 +245,81 @@ async fn a_canary_fixed_and_resumed_is_judged_on_its_requests_since_the_resume()
     assert!(check.window_seconds.is_some_and(|s| s <= 10.0), "{r:?}");
 }
 
+/// Judged against stable only: no absolute limit would tell a slow day from a slow canary.
+const COMPARED: &str = "{ interval: 1s, min_requests: 20, failure_limit: 1, max_error_rate_increase: 5%, max_p99_ratio: 1.5 }";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_as_slow_as_a_slowed_stable_passes_the_comparison_and_three_times_slower_fails() {
+    let Some(envoy) = envoy_binary() else { return };
+    // A bad day: stable answers in 100 ms, and so does the canary.
+    let s = Scenario::start(
+        &envoy,
+        &["v1-1", "v2-1"],
+        // Long enough at 50% to read a passed comparison before the step ends.
+        &canary("[50, 100]", "5s", COMPARED),
+    )
+    .await;
+    s.upstream("v1-1").set_delay(Duration::from_millis(100));
+    s.upstream("v2-1").set_delay(Duration::from_millis(100));
+    // Enough clients that both versions get their 20 requests a second at 100 ms each.
+    let load = Load::with(s.listener, 16, Duration::from_millis(2));
+    // At 50% the check compares with stable (at 100% stable gets nothing to compare with).
+    let compared = wait_for(
+        Duration::from_secs(20),
+        "a check at 50% compared with stable",
+        async || {
+            let r = rollout(&s).await;
+            match r.last_check.as_ref() {
+                Some(c) if r.weight == Some(50.0) && c.verdict == Verdict::Pass => c
+                    .baseline
+                    .clone()
+                    .ok_or_else(|| format!("no baseline: {r:?}")),
+                _ => Err(format!("{r:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(compared.version, "v1");
+    assert!(compared.requests >= 20, "{compared:?}");
+    assert!(
+        compared.latency_p_value.is_some_and(|p| p >= 0.05),
+        "{compared:?}"
+    );
+    let r = wait_state(&s, RolloutState::Promoted, Duration::from_secs(30)).await;
+    load.stop()
+        .await
+        .assert_no_failures("a canary as slow as stable");
+    assert!(r.last_check.unwrap().baseline.is_none(), "none at 100%");
+    drop(s);
+
+    // Three times slower than stable.
+    let s = Scenario::start(
+        &envoy,
+        &["v1-1", "v2-1"],
+        &canary("[50, 100]", "30s", COMPARED),
+    )
+    .await;
+    s.upstream("v1-1").set_delay(Duration::from_millis(100));
+    s.upstream("v2-1").set_delay(Duration::from_millis(300));
+    let load = Load::with(s.listener, 16, Duration::from_millis(2));
+    let r = wait_state(&s, RolloutState::RolledBack, Duration::from_secs(20)).await;
+    load.stop()
+        .await
+        .assert_no_failures("a slow canary: slow, not failing");
+    let reason = r.reason.as_deref().unwrap();
+    assert!(
+        reason.starts_with("p99 latency ")
+            && reason.contains(" times v1's ")
+            && reason.contains("more than max_p99_ratio 1.5 (Mann-Whitney p = "),
+        "{r:?}"
+    );
+    let t = r.thresholds.as_ref().unwrap();
+    assert_eq!(
+        (t.max_p99_ratio, t.max_error_rate_increase, t.confidence),
+        (Some(1.5), Some(5.0), Some(95.0))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_canary_fails_max_p99_latency() {
     let Some(envoy) = envoy_binary() else { return };

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use super::style::{Painter, Style, Table, percent};
 use crate::api::{
-    DrainReason, NodeReport, ObservedVersion, ReloadStatus, RolloutCommand, RolloutKind,
-    RolloutReport, RolloutState, StatusReport, Strategy, TelemetryState, Verdict, WaitAnswer,
-    WaitFor,
+    BaselineReport, DrainReason, NodeReport, ObservedVersion, ReloadStatus, RolloutCommand,
+    RolloutKind, RolloutReport, RolloutState, StatusReport, Strategy, TelemetryState, Verdict,
+    WaitAnswer, WaitFor,
 };
 use crate::http_client;
 
@@ -655,6 +655,9 @@ fn render_rollout(name: &str, r: &RolloutReport, p: Painter) -> String {
             .map(|s| format!(" over the last {s:.1} s"))
             .unwrap_or_default();
         let _ = writeln!(out, "      {} requests{window}, {errors}{p99}", c.requests);
+        if let Some(b) = &c.baseline {
+            render_baseline(&mut out, b);
+        }
     }
     for h in r.history.iter().rev().take(3).rev() {
         let _ = writeln!(out, "    {}  {}", p.paint(Style::Dim, &h.at), h.what);
@@ -663,6 +666,32 @@ fn render_rollout(name: &str, r: &RolloutReport, p: Painter) -> String {
         let _ = writeln!(out, "    {}", p.paint(Style::Yellow, advice));
     }
     out
+}
+
+/// The baseline's figures a check compared with, and how likely the differences are by chance.
+fn render_baseline(out: &mut String, b: &BaselineReport) {
+    let p99 = b
+        .p99_ms
+        .map(|v| format!(", p99 {v:.0} ms"))
+        .unwrap_or_default();
+    // The p-values: how likely the differences are by chance.
+    let tests: Vec<String> = [
+        ("errors", b.error_rate_p_value),
+        ("latency", b.latency_p_value),
+    ]
+    .into_iter()
+    .filter_map(|(what, p)| Some(format!("{what} p = {:.3}", p?)))
+    .collect();
+    let tests = if tests.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", tests.join(", "))
+    };
+    let _ = writeln!(
+        out,
+        "      baseline {}: {} requests, {}% errors{p99}{tests}",
+        b.version, b.requests, b.error_rate
+    );
 }
 
 fn yes_no(yes: bool) -> (String, Style) {

@@ -343,6 +343,14 @@ function rolloutSection(r) {
         c.reason ? el('span', { class: 'muted' }, ` · ${c.reason}`) : null,
       ),
     );
+    const b = c.baseline;
+    if (b) {
+      section.append(el('div', { class: 'check muted' },
+        `against ${b.version}: ${b.requests} requests · errors ${fmtPct(b.error_rate)}`,
+        typeof b.p99_ms === 'number' ? ` · p99 ${fmtMs(b.p99_ms)}` : '',
+        typeof b.error_rate_p_value === 'number' ? ` · errors p = ${b.error_rate_p_value.toPrecision(2)}` : '',
+        typeof b.latency_p_value === 'number' ? ` · latency p = ${b.latency_p_value.toPrecision(2)}` : ''));
+    }
   }
   const history = (r.history || []).slice(-4);
   if (history.length) {

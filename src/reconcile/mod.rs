@@ -14,6 +14,7 @@
 //! resources afterwards. No I/O and no clock: the controller ([`crate::controller`]) feeds events
 //! and the time in.
 
+pub mod compare;
 pub mod rollout;
 mod routes;
 pub mod state;

@@ -31,9 +31,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::Timestamp;
+use super::{Timestamp, compare};
 use crate::api::{CommandError, RolloutCommand, RolloutState};
-use crate::spec::{Analysis, Percent, Service, Strategy};
+use crate::spec::{Analysis, BaselineLimits, Percent, Service, Strategy};
 
 /// How many history entries a rollout keeps.
 const HISTORY: usize = 50;
@@ -64,12 +64,37 @@ impl Figures {
     }
 }
 
-/// What the controller observed for a check: the figures of the version under test and the
-/// webhooks' answers (`Err` with the first failure).
+/// What the controller observed for a check: the figures of the version under test, the
+/// webhooks' answers (`Err` with the first failure) and, when the analysis compares, the
+/// baseline's figures over the same window.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation {
     pub figures: Figures,
     pub webhooks: Result<(), String>,
+    pub baseline: Option<Baseline>,
+}
+
+/// The baseline (stable) over the same window as the version under test, from the same Envoys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Baseline {
+    pub version: String,
+    pub figures: Figures,
+    /// Requests per latency bucket (Envoy's bounds, the same for both): the baseline's, then
+    /// the version under test's.
+    pub latency: [Vec<f64>; 2],
+}
+
+/// What a check found comparing the version under test with its baseline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    pub version: String,
+    pub figures: Figures,
+    /// Two-proportion test: is the error rate higher than the baseline's?
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_rate: Option<compare::Test>,
+    /// Mann-Whitney test: are the latencies higher than the baseline's?
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<compare::Test>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,6 +112,8 @@ pub struct Check {
     #[serde(flatten)]
     pub verdict: Verdict,
     pub figures: Figures,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Comparison>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,6 +224,15 @@ impl Rollout {
     /// Whether it still changes by itself (waits for answers, time or checks).
     pub fn is_active(&self) -> bool {
         self.status == Status::Progressing
+    }
+
+    /// The version the version under test is compared with: a canary's stable, while it gets
+    /// requests (not at a 100% step).
+    pub fn baseline(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Canary { stable, .. } if self.weight < Percent::MILLION => Some(stable),
+            Kind::Canary { .. } | Kind::Switch { .. } => None,
+        }
     }
 
     /// The version the analysis watches.
@@ -444,6 +480,61 @@ pub(super) fn on_observed(
         return;
     }
     let f = observed.figures;
+    let (verdict, comparison) = judge(analysis, observed);
+    let verdict = match verdict {
+        Verdict::Wait(why) => {
+            let waiting = *r.waiting_since.get_or_insert(now);
+            match analysis.max_wait {
+                Some(max) if now.since(waiting) >= max => Verdict::Fail(format!(
+                    "too little traffic for {}: {why}",
+                    humantime::format_duration(max)
+                )),
+                _ => Verdict::Wait(why),
+            }
+        }
+        v => {
+            r.waiting_since = None;
+            v
+        }
+    };
+    match &verdict {
+        Verdict::Pass => r.passed += 1,
+        Verdict::Wait(_) => {}
+        Verdict::Fail(reason) => {
+            r.failed += 1;
+            let reason = reason.clone();
+            r.log(
+                now,
+                format!(
+                    "check failed ({} of {}): {reason}",
+                    r.failed, analysis.failure_limit
+                ),
+            );
+            if r.failed >= analysis.failure_limit {
+                r.last_check = Some(Check {
+                    at: now,
+                    verdict,
+                    figures: f,
+                    baseline: comparison,
+                });
+                r.roll_back(now, reason);
+                return;
+            }
+        }
+    }
+    r.last_check = Some(Check {
+        at: now,
+        verdict,
+        figures: f,
+        baseline: comparison,
+    });
+    r.next_check = Some(now + analysis.interval);
+}
+
+/// A check's verdict on what was observed, and the comparison with the baseline if any.
+fn judge(analysis: &Analysis, observed: &Observation) -> (Verdict, Option<Comparison>) {
+    let f = observed.figures;
+    let comparison = observed.baseline.as_ref().map(|b| compared(b, &f));
     let verdict = if let Err(e) = &observed.webhooks {
         Verdict::Fail(e.clone())
     } else if let Some(max) = analysis
@@ -483,55 +574,89 @@ pub(super) fn on_observed(
             "p99 latency {p99:.0} ms above max_p99_latency {}",
             humantime::format_duration(max)
         ))
+    } else if let Some(why) = analysis
+        .baseline
+        .zip(observed.baseline.as_ref())
+        .and_then(|(_, b)| baseline_wait(analysis, b))
+    {
+        Verdict::Wait(why)
+    } else if let Some(why) = analysis
+        .baseline
+        .zip(comparison.as_ref())
+        .and_then(|(limits, c)| worse_than_baseline(&limits, &f, c))
+    {
+        Verdict::Fail(why)
     } else {
         Verdict::Pass
     };
-    let verdict = match verdict {
-        Verdict::Wait(why) => {
-            let waiting = *r.waiting_since.get_or_insert(now);
-            match analysis.max_wait {
-                Some(max) if now.since(waiting) >= max => Verdict::Fail(format!(
-                    "too little traffic for {}: {why}",
-                    humantime::format_duration(max)
-                )),
-                _ => Verdict::Wait(why),
-            }
-        }
-        v => {
-            r.waiting_since = None;
-            v
-        }
-    };
-    match &verdict {
-        Verdict::Pass => r.passed += 1,
-        Verdict::Wait(_) => {}
-        Verdict::Fail(reason) => {
-            r.failed += 1;
-            let reason = reason.clone();
-            r.log(
-                now,
-                format!(
-                    "check failed ({} of {}): {reason}",
-                    r.failed, analysis.failure_limit
-                ),
-            );
-            if r.failed >= analysis.failure_limit {
-                r.last_check = Some(Check {
-                    at: now,
-                    verdict,
-                    figures: f,
-                });
-                r.roll_back(now, reason);
-                return;
-            }
+    (verdict, comparison)
+}
+
+/// The baseline's figures beside the tested version's, with both tests.
+fn compared(b: &Baseline, tested: &Figures) -> Comparison {
+    let [baseline_latency, tested_latency] = &b.latency;
+    #[allow(
+        clippy::cast_precision_loss,
+        reason = "request counts far below 2^52 in a 10 s window"
+    )]
+    let error_rate = compare::error_rate_higher(
+        tested.errors as f64,
+        tested.requests as f64,
+        b.figures.errors as f64,
+        b.figures.requests as f64,
+    );
+    Comparison {
+        version: b.version.clone(),
+        figures: b.figures,
+        error_rate,
+        latency: compare::latency_higher(tested_latency, baseline_latency),
+    }
+}
+
+/// Too little baseline traffic to compare with: the check waits, as for the tested version.
+fn baseline_wait(analysis: &Analysis, b: &Baseline) -> Option<String> {
+    (b.figures.requests < analysis.min_requests).then(|| {
+        format!(
+            "baseline {} has {} request(s), fewer than min_requests {}",
+            b.version, b.figures.requests, analysis.min_requests
+        )
+    })
+}
+
+/// Why the tested version is worse than its baseline beyond a limit, with the test's
+/// confidence, if it is.
+fn worse_than_baseline(limits: &BaselineLimits, f: &Figures, c: &Comparison) -> Option<String> {
+    let significance = limits.significance();
+    let confidence = limits.confidence;
+    if let (Some(max), Some(test)) = (limits.max_error_rate_increase, c.error_rate) {
+        let increase = (f.error_rate() - c.figures.error_rate()) * 100.0;
+        if increase > max.as_f64() && test.p < significance {
+            return Some(format!(
+                "error rate {:.1}% is {increase:.1} points above {}'s {:.1}%, more than max_error_rate_increase {max} (two-proportion test p = {:.2e}, below {:.2} for confidence {confidence})",
+                f.error_rate() * 100.0,
+                c.version,
+                c.figures.error_rate() * 100.0,
+                test.p,
+                significance
+            ));
         }
     }
-    r.last_check = Some(Check {
-        at: now,
-        verdict,
-        figures: f,
-    });
-    r.next_check = Some(now + analysis.interval);
+    if let (Some(max), Some(test), Some(p99), Some(base)) = (
+        limits.max_p99_ratio_milli,
+        c.latency,
+        f.p99_ms,
+        c.figures.p99_ms,
+    ) {
+        let max = f64::from(max) / 1000.0;
+        let ratio = p99 / base.max(f64::MIN_POSITIVE);
+        if ratio > max && test.p < significance {
+            return Some(format!(
+                "p99 latency {p99:.0} ms is {ratio:.2} times {}'s {base:.0} ms, more than max_p99_ratio {max} (Mann-Whitney p = {:.2e}, below {:.2} for confidence {confidence})",
+                c.version, test.p, significance
+            ));
+        }
+    }
+    None
 }
 
 /// How many errors fail a check before it has `min_requests` (with a `max_error_rate`): the

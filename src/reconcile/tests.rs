@@ -423,6 +423,7 @@ fn good() -> Observation {
             from: None,
         },
         webhooks: Ok(()),
+        baseline: None,
     }
 }
 
@@ -435,6 +436,7 @@ fn failing() -> Observation {
             from: None,
         },
         webhooks: Ok(()),
+        baseline: None,
     }
 }
 
@@ -447,6 +449,7 @@ fn quiet() -> Observation {
             from: None,
         },
         webhooks: Ok(()),
+        baseline: None,
     }
 }
 
@@ -588,6 +591,7 @@ fn a_slow_canary_fails_max_p99_latency() {
             from: None,
         },
         webhooks: Ok(()),
+        baseline: None,
     };
     w.wait(secs(10)).observe(slow.clone());
     w.wait(secs(10)).observe(slow);
@@ -641,6 +645,7 @@ fn observed(requests: u64, errors: u64) -> Observation {
             from: None,
         },
         webhooks: Ok(()),
+        baseline: None,
     }
 }
 
@@ -762,6 +767,109 @@ fn a_check_reads_only_what_came_after_every_envoy_answered_the_state_it_judges()
     assert_eq!(
         w.state.checks_due(w.at(10)),
         [("s".to_owned(), "v2".to_owned(), stepped)]
+    );
+}
+
+/// The canary's figures against stable's over the same window; latency as requests per
+/// bucket (the bucket numbers stand for Envoy's bounds).
+fn against_stable(
+    (requests, errors, p99, latency): (u64, u64, f64, &[f64]),
+    (stable_requests, stable_errors, stable_p99, stable_latency): (u64, u64, f64, &[f64]),
+) -> Observation {
+    let figures = |requests, errors, p99| Figures {
+        requests,
+        errors,
+        p99_ms: Some(p99),
+        from: None,
+    };
+    Observation {
+        figures: figures(requests, errors, p99),
+        webhooks: Ok(()),
+        baseline: Some(rollout::Baseline {
+            version: "v1".into(),
+            figures: figures(stable_requests, stable_errors, stable_p99),
+            latency: [stable_latency.to_vec(), latency.to_vec()],
+        }),
+    }
+}
+
+const COMPARED: &str = "        analysis: { interval: 10s, min_requests: 20, failure_limit: 1, max_error_rate_increase: 1%, max_p99_ratio: 1.5 }\n";
+
+#[test]
+fn a_canary_compared_with_stable_fails_only_on_a_significant_difference_over_a_limit() {
+    let typical: &[f64] = &[0.0, 10.0, 60.0, 25.0, 5.0, 0.0, 0.0];
+    let slow: &[f64] = &[0.0, 0.0, 0.0, 5.0, 20.0, 55.0, 20.0];
+
+    // Both slow on a bad day, with the same error rate: passes.
+    let mut w = World::new();
+    w.load(&rollout("[10, 100]", COMPARED)).answered();
+    w.wait(secs(10)).observe(against_stable(
+        (100, 5, 400.0, slow),
+        (900, 45, 390.0, slow),
+    ));
+    let check = w.state.rollouts["s"].last_check.clone().unwrap();
+    assert_eq!(check.verdict, rollout::Verdict::Pass, "{check:?}");
+    let c = check.baseline.unwrap();
+    assert_eq!((c.version.as_str(), c.figures.requests), ("v1", 900));
+    assert!(
+        c.error_rate.unwrap().p > 0.4 && c.latency.unwrap().p > 0.4,
+        "{c:?}"
+    );
+
+    // Three times stable's p99, and ranked slower beyond doubt: fails.
+    let mut w = World::new();
+    w.load(&rollout("[10, 100]", COMPARED)).answered();
+    w.wait(secs(10)).observe(against_stable(
+        (100, 0, 300.0, slow),
+        (900, 0, 100.0, typical),
+    ));
+    let Status::Failed(reason) = w.status() else {
+        panic!("{:?}", w.status())
+    };
+    assert!(
+        reason.starts_with("p99 latency 300 ms is 3.00 times v1's 100 ms, more than max_p99_ratio 1.5 (Mann-Whitney p = ")
+            && reason.ends_with(", below 0.05 for confidence 95%)"),
+        "{reason}"
+    );
+
+    // 3 points more errors than stable: significant at 1,000 requests each, fails ...
+    let mut w = World::new();
+    w.load(&rollout("[10, 100]", COMPARED)).answered();
+    w.wait(secs(10)).observe(against_stable(
+        (1000, 40, 50.0, typical),
+        (1000, 10, 50.0, typical),
+    ));
+    let Status::Failed(reason) = w.status() else {
+        panic!("{:?}", w.status())
+    };
+    assert!(
+        reason.starts_with("error rate 4.0% is 3.0 points above v1's 1.0%, more than max_error_rate_increase 1% (two-proportion test p = "),
+        "{reason}"
+    );
+    // ... but not at 30 requests, where 2 errors against none can be chance.
+    let mut w = World::new();
+    w.load(&rollout("[10, 100]", COMPARED)).answered();
+    w.wait(secs(10)).observe(against_stable(
+        (30, 2, 50.0, typical),
+        (30, 0, 50.0, typical),
+    ));
+    assert_eq!(w.status(), Status::Progressing);
+    assert_eq!(
+        w.state.rollouts["s"].last_check.as_ref().unwrap().verdict,
+        rollout::Verdict::Pass
+    );
+
+    // Too little stable traffic to compare with: waits.
+    let mut w = World::new();
+    w.load(&rollout("[10, 100]", COMPARED)).answered();
+    w.wait(secs(10)).observe(against_stable(
+        (100, 0, 50.0, typical),
+        (5, 0, 50.0, typical),
+    ));
+    let check = w.state.rollouts["s"].last_check.clone().unwrap();
+    assert_eq!(
+        check.verdict,
+        rollout::Verdict::Wait("baseline v1 has 5 request(s), fewer than min_requests 20".into())
     );
 }
 

@@ -416,6 +416,20 @@ pub struct RawAnalysis {
     /// switch at once.
     #[schemars(with = "Option<DurationText>")]
     pub before_switch: Option<Spanned<String>>,
+    /// Canary only: a check fails when the canary's error rate is more than this many
+    /// percentage points above stable's in the same window, from the same Envoys, and a
+    /// two-proportion test finds it higher at `confidence`. E.g. `1%`. Default: not compared.
+    #[schemars(with = "Option<Percentage>")]
+    pub max_error_rate_increase: Option<Spanned<Scalar>>,
+    /// Canary only: a check fails when the canary's p99 latency is more than this many times
+    /// stable's in the same window, and a Mann-Whitney rank test on both latency histograms
+    /// finds the canary slower at `confidence`. E.g. `1.5`. Default: not compared.
+    #[schemars(with = "Option<f64>")]
+    pub max_p99_ratio: Option<Spanned<Scalar>>,
+    /// How sure the comparisons with stable must be before they fail a check, e.g. `99%`.
+    /// Default: 95%.
+    #[schemars(with = "Option<Percentage>")]
+    pub confidence: Option<Spanned<Scalar>>,
     /// Asked at every check (HTTP POST with a JSON body describing the rollout); a check
     /// passes only if every webhook answers 2xx in time.
     #[serde(default)]

@@ -459,6 +459,74 @@ fn rollout_problems_point_at_their_values() {
 }
 
 #[test]
+fn a_canary_compared_with_stable_reads_its_relative_limits() {
+    let canary = |analysis: &str| {
+        service(&format!(
+            "    strategy:\n      canary:\n        stable: v1\n        canary: v2\n        steps: [10, 100]\n        analysis: {analysis}\n"
+        ))
+    };
+    let spec = parse(
+        "d.yaml",
+        &canary("{ max_error_rate_increase: 0.5%, max_p99_ratio: 1.5, confidence: 99% }"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let b = spec.services["checkout"]
+        .strategy
+        .analysis()
+        .unwrap()
+        .baseline
+        .unwrap();
+    assert_eq!(b.max_error_rate_increase, Percent::from_ppm(5_000));
+    assert_eq!(b.max_p99_ratio_milli, Some(1500));
+    assert_eq!(b.confidence, Percent::from_ppm(990_000).unwrap());
+    assert!((b.significance() - 0.01).abs() < 1e-12);
+    let spec = parse("d.yaml", &canary("{ max_p99_ratio: 2 }")).unwrap();
+    let b = spec.services["checkout"]
+        .strategy
+        .analysis()
+        .unwrap()
+        .baseline
+        .unwrap();
+    assert_eq!(
+        (b.max_error_rate_increase, b.confidence.ppm()),
+        (None, 950_000),
+        "95% unless given"
+    );
+    let plain = parse("d.yaml", &canary("{ max_error_rate: 1% }")).unwrap();
+    assert_eq!(
+        plain.services["checkout"]
+            .strategy
+            .analysis()
+            .unwrap()
+            .baseline,
+        None
+    );
+
+    assert_eq!(
+        problem(&canary("{ max_p99_ratio: 0.5 }")),
+        "deploy.yaml:17:36: invalid `max_p99_ratio` \"0.5\": write how many times stable's p99 the canary's may reach, a number from 1 to 1000, e.g. 1.5"
+    );
+    assert!(
+        problem(&canary("{ confidence: 99% }"))
+            .contains("`confidence` applies to `max_error_rate_increase` and `max_p99_ratio`"),
+        "{}",
+        problem(&canary("{ confidence: 99% }"))
+    );
+    assert!(
+        problem(&canary("{ max_p99_ratio: 2, confidence: 40% }"))
+            .contains("`confidence` 40% is out of range"),
+        "{}",
+        problem(&canary("{ max_p99_ratio: 2, confidence: 40% }"))
+    );
+    assert!(
+        problem(&service(
+            "    strategy:\n      blue-green:\n        active: v2\n        analysis: { max_p99_ratio: 2 }\n"
+        ))
+        .contains("`max_p99_ratio` compares a canary with stable in the same window: it is for a canary's analysis")
+    );
+}
+
+#[test]
 fn checks_before_a_switch_and_notify_webhooks() {
     let bg = |body: &str| {
         service(&format!(

@@ -13,9 +13,9 @@ use super::raw::{
     RawWebhook, Scalar,
 };
 use super::{
-    AddressError, Analysis, Condition, Endpoint, EndpointAddress, Group, Listener, ListenerKind,
-    Mirror, PathMatch, Percent, Preview, Problem, Rollout, Route, Rule, Service, Spec, SpecError,
-    Step, Sticky, Strategy, Version, Webhook,
+    AddressError, Analysis, BaselineLimits, Condition, Endpoint, EndpointAddress, Group, Listener,
+    ListenerKind, Mirror, PathMatch, Percent, Preview, Problem, Rollout, Route, Rule, Service,
+    Spec, SpecError, Step, Sticky, Strategy, Version, Webhook,
 };
 use crate::access::{self, Access, CsdsScope, Pattern};
 use crate::node::Selector;
@@ -1310,6 +1310,7 @@ impl Validator {
             return Some(None);
         };
         let a = &raw.value;
+        let canary = window.is_none();
         let interval = self.duration_or(
             a.interval.as_ref(),
             "analysis.interval",
@@ -1351,6 +1352,7 @@ impl Validator {
             Some(d) => self.duration(d, "analysis.before_switch").map(Some),
             None => Some(None),
         };
+        let baseline = self.baseline_limits(a, canary);
         let analysis = Analysis {
             interval: interval?,
             max_error_rate: max_error_rate?,
@@ -1363,9 +1365,90 @@ impl Validator {
             max_wait: max_wait?,
             window: window?,
             before_switch: before_switch?,
+            baseline: baseline?,
             webhooks: webhooks?,
         };
         Some(Some(analysis))
+    }
+
+    /// `max_error_rate_increase`, `max_p99_ratio` and `confidence`, which compare a canary with
+    /// stable: `Some(None)` when absent.
+    fn baseline_limits(&mut self, a: &RawAnalysis, canary: bool) -> Option<Option<BaselineLimits>> {
+        let keys = [
+            (
+                "max_error_rate_increase",
+                a.max_error_rate_increase.as_ref(),
+            ),
+            ("max_p99_ratio", a.max_p99_ratio.as_ref()),
+            ("confidence", a.confidence.as_ref()),
+        ];
+        let given: Vec<(&str, &Spanned<Scalar>)> = keys
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect();
+        let Some((first, at)) = given.first().copied() else {
+            return Some(None);
+        };
+        if !canary {
+            let msg = format!(
+                "`{first}` compares a canary with stable in the same window: it is for a canary's analysis (after a blue-green or red-black switch the old version gets no requests to compare with)"
+            );
+            self.at(&at.referenced, msg);
+            return None;
+        }
+        let max_error_rate_increase = match &a.max_error_rate_increase {
+            Some(p) => self
+                .percent(p, "analysis.max_error_rate_increase")
+                .map(Some),
+            None => Some(None),
+        };
+        let max_p99_ratio_milli = match &a.max_p99_ratio {
+            Some(r) => match r.value.0.trim().parse::<f64>() {
+                #[allow(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    reason = "within 1..=1000 here"
+                )]
+                Ok(x) if (1.0..=1000.0).contains(&x) => Some(Some((x * 1000.0).round() as u32)),
+                _ => {
+                    let msg = format!(
+                        "invalid `max_p99_ratio` \"{}\": write how many times stable's p99 the canary's may reach, a number from 1 to 1000, e.g. 1.5",
+                        r.value.0
+                    );
+                    self.at(&r.referenced, msg);
+                    None
+                }
+            },
+            None => Some(None),
+        };
+        let confidence = match &a.confidence {
+            Some(c) => match self.percent(c, "analysis.confidence") {
+                Some(p) if p.as_f64() >= 50.0 && p.as_f64() < 100.0 => Some(p),
+                Some(p) => {
+                    let msg = format!(
+                        "`confidence` {p} is out of range: write at least 50% and below 100%, e.g. 95% or 99%"
+                    );
+                    self.at(&c.referenced, msg);
+                    None
+                }
+                None => None,
+            },
+            None => Percent::parse("95"),
+        };
+        let (max_error_rate_increase, max_p99_ratio_milli, confidence) =
+            (max_error_rate_increase?, max_p99_ratio_milli?, confidence?);
+        if max_error_rate_increase.is_none() && max_p99_ratio_milli.is_none() {
+            self.at(
+                &at.referenced,
+                "`confidence` applies to `max_error_rate_increase` and `max_p99_ratio`: give one of them, or remove `confidence`",
+            );
+            return None;
+        }
+        Some(Some(BaselineLimits {
+            max_error_rate_increase,
+            max_p99_ratio_milli,
+            confidence,
+        }))
     }
 
     /// Webhooks (`analysis.webhooks`, `notify`): `http://` URLs with a timeout each.

@@ -499,8 +499,13 @@ impl Aggregator {
     /// One version's figures over the last `last` before `now` (the short window at most),
     /// counting only what Envoys reported of that time: a stats flush whose period began
     /// earlier is left out (its counters may hold requests from before), so the figures lag by
-    /// up to one flush interval.
-    pub fn recent_figures(&self, id: &ClusterId, last: Duration, now: Instant) -> WindowFigures {
+    /// up to one flush interval. With the latency histogram the figures' p99 comes from.
+    pub fn recent_figures(
+        &self,
+        id: &ClusterId,
+        last: Duration,
+        now: Instant,
+    ) -> (WindowFigures, Histogram) {
         let sec = self.sec(now);
         let from = self
             .ms(now)
@@ -516,7 +521,8 @@ impl Aggregator {
                 }
             }
         }
-        acc.finish()
+        let latency = acc.sum.latency.clone();
+        (acc.finish(), latency)
     }
 
     fn nodes(&self, now: Instant) -> Vec<NodeTelemetry> {

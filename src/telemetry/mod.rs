@@ -70,7 +70,7 @@ impl Telemetry {
         id: &crate::ids::ClusterId,
         last: std::time::Duration,
         now: Instant,
-    ) -> report::WindowFigures {
+    ) -> (report::WindowFigures, report::Histogram) {
         self.lock().recent_figures(id, last, now)
     }
 

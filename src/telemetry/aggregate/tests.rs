@@ -625,7 +625,7 @@ fn recent_figures_leave_out_every_flush_that_began_earlier() {
     }
     let id = ClusterId::new("checkout", "v1");
     let now = clock.at(9.6);
-    let last = |secs: u64| agg.recent_figures(&id, Duration::from_millis(secs), now);
+    let last = |secs: u64| agg.recent_figures(&id, Duration::from_millis(secs), now).0;
     let all = agg.report(now);
     let all = &all.version("checkout", "v1").unwrap().last_10s;
     assert_eq!((all.requests, all.errors.http_5xx), (90, 50), "{all:?}");
@@ -652,6 +652,7 @@ fn recent_figures_leave_out_every_flush_that_began_earlier() {
     let other = ClusterId::new("checkout", "v2");
     assert_eq!(
         agg.recent_figures(&other, Duration::from_secs(10), now)
+            .0
             .requests,
         0
     );
