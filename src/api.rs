@@ -337,6 +337,9 @@ pub struct RolloutReport {
     pub step_ends_in_seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_check_in_seconds: Option<f64>,
+    /// With `progress_deadline`: when the current step rolls back if it has not ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress_deadline_in_seconds: Option<f64>,
     pub failed_checks: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_check: Option<CheckReport>,

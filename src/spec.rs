@@ -301,6 +301,8 @@ pub struct Analysis {
     pub before_switch: Option<Duration>,
     /// Canary only: limits relative to stable's figures in the same window.
     pub baseline: Option<BaselineLimits>,
+    /// A step not ended this long after it began rolls back.
+    pub progress_deadline: Option<Duration>,
     pub webhooks: Vec<Webhook>,
 }
 

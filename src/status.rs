@@ -413,6 +413,7 @@ fn rollout_report(r: &Rollout, strategy: &Strategy, now: Timestamp) -> RolloutRe
         awaiting_ack: r.is_active() && r.since.is_none(),
         step_ends_in_seconds: r.step_deadline(strategy).map(in_seconds),
         next_check_in_seconds: r.next_check.map(in_seconds),
+        progress_deadline_in_seconds: r.progress_deadline(strategy).map(in_seconds),
         failed_checks: r.failed,
         last_check: r.last_check.as_ref().map(check_report),
         thresholds: analysis.map(thresholds_report),
@@ -1044,6 +1045,7 @@ services:
                 what: "started".into(),
             }],
             previewing: false,
+            step_started: Some(at(0)),
         };
         let canary = |stable: &str, canary: &str| Kind::Canary {
             stable: stable.into(),

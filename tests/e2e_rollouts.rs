@@ -321,6 +321,43 @@ async fn a_canary_as_slow_as_a_slowed_stable_passes_the_comparison_and_three_tim
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_stuck_past_its_progress_deadline_rolls_back_and_says_why() {
+    let Some(envoy) = envoy_binary() else { return };
+    // No traffic: the checks wait for requests that never come (no max_wait).
+    let s = Scenario::start(
+        &envoy,
+        &["v1-1", "v2-1"],
+        &canary(
+            "[20, 100]",
+            "2s",
+            "{ interval: 1s, max_error_rate: 5%, min_requests: 10, progress_deadline: 4s }",
+        ),
+    )
+    .await;
+    let progressing = rollout(&s).await;
+    assert!(
+        progressing
+            .progress_deadline_in_seconds
+            .is_some_and(|s| s > 0.0 && s <= 4.0),
+        "{progressing:?}"
+    );
+    let r = wait_state(&s, RolloutState::RolledBack, Duration::from_secs(15)).await;
+    assert_eq!(
+        r.reason.as_deref(),
+        Some(
+            "no progress for 4s (progress_deadline): its checks wait: 0 request(s), fewer than min_requests 10"
+        ),
+        "{r:?}"
+    );
+    assert_eq!(r.weight, Some(0.0));
+    s.cutover.wait_in_sync(NODE).await;
+    assert_eq!(
+        answers(s.listener, 10).await,
+        BTreeMap::from([("v1".to_owned(), 10)])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_canary_fails_max_p99_latency() {
     let Some(envoy) = envoy_binary() else { return };
     let s = Scenario::start(

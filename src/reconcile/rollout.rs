@@ -187,6 +187,10 @@ pub struct Rollout {
     /// active, the new one gets its preview traffic.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub previewing: bool,
+    /// When the current step (weight, switch or check before it) began or was resumed: the
+    /// progress deadline counts from here. `None` in state from before it was kept: `started`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started: Option<Timestamp>,
 }
 
 fn pct(ppm: u32) -> String {
@@ -211,6 +215,7 @@ impl Rollout {
             last_check: None,
             history: vec![Entry { at: now, what }],
             previewing: false,
+            step_started: Some(now),
         }
     }
 
@@ -244,7 +249,8 @@ impl Rollout {
     }
 
     /// A new weight or switch is being served: its time starts once every Envoy answered.
-    fn restart_step(&mut self) {
+    fn restart_step(&mut self, now: Timestamp) {
+        self.step_started = Some(now);
         self.since = None;
         self.passed = 0;
         self.waiting_since = None;
@@ -286,10 +292,33 @@ impl Rollout {
         if !self.is_active() {
             return None;
         }
-        [self.step_deadline(strategy), self.next_check]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.step_deadline(strategy),
+            self.next_check,
+            self.progress_deadline(strategy),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// When the current step rolls back if it has not ended (`progress_deadline`).
+    pub fn progress_deadline(&self, strategy: &Strategy) -> Option<Timestamp> {
+        let deadline = strategy.analysis()?.progress_deadline?;
+        self.is_active()
+            .then(|| self.step_started.unwrap_or(self.started) + deadline)
+    }
+
+    /// What the current step waits for, to say why it made no progress.
+    fn stalled_on(&self) -> String {
+        if self.since.is_none() {
+            return "not every Envoy holding the service has answered the step".to_owned();
+        }
+        match self.last_check.as_ref().map(|c| &c.verdict) {
+            Some(Verdict::Wait(why)) => format!("its checks wait: {why}"),
+            Some(Verdict::Fail(why)) => format!("its last check failed: {why}"),
+            Some(Verdict::Pass) | None => "its checks have not passed".to_owned(),
+        }
     }
 
     /// When the current step's time (or a switch's window) is up, once it runs.
@@ -414,6 +443,16 @@ pub(super) fn on_tick(r: &mut Rollout, strategy: &Strategy, now: Timestamp) {
     if !r.is_active() {
         return;
     }
+    if let Some(deadline) = r.progress_deadline(strategy).filter(|t| now >= *t) {
+        let began = r.step_started.unwrap_or(r.started);
+        let reason = format!(
+            "no progress for {} (progress_deadline): {}",
+            humantime::format_duration(deadline.since(began)),
+            r.stalled_on()
+        );
+        r.roll_back(now, reason);
+        return;
+    }
     let Some(since) = r.since else { return };
     let analysis = strategy.analysis();
     match (&r.kind, strategy) {
@@ -443,7 +482,7 @@ pub(super) fn on_tick(r: &mut Rollout, strategy: &Strategy, now: Timestamp) {
                         ),
                     );
                     r.weight = next.ppm();
-                    r.restart_step();
+                    r.restart_step(now);
                 }
                 None => r.promote(now, "every step passed"),
             }
@@ -459,7 +498,7 @@ pub(super) fn on_tick(r: &mut Rollout, strategy: &Strategy, now: Timestamp) {
                 r.previewing = false;
                 r.failed = 0;
                 r.last_check = None;
-                r.restart_step();
+                r.restart_step(now);
                 r.log(now, what);
             } else {
                 r.promote(now, "the new version passed its window");
@@ -695,6 +734,8 @@ pub(super) fn on_command(
         }
         (RolloutCommand::Resume, Status::Paused) => {
             r.status = Status::Progressing;
+            // Nor does it count toward the progress deadline.
+            r.step_started = Some(now);
             // The step's time starts again, from now: the pause did not count.
             r.since = Some(now);
             r.next_check = strategy.analysis().map(|a| now + a.interval);
@@ -718,7 +759,7 @@ pub(super) fn on_command(
             }
             r.status = Status::Progressing;
             r.failed = 0;
-            r.restart_step();
+            r.restart_step(now);
             r.log(now, "started again by the operator".to_owned());
             "started again from the first step"
         }

@@ -874,6 +874,73 @@ fn a_canary_compared_with_stable_fails_only_on_a_significant_difference_over_a_l
 }
 
 #[test]
+fn a_step_that_makes_no_progress_by_its_deadline_rolls_back_and_says_why() {
+    let with_deadline = ANALYSIS.replace(
+        "failure_limit: 2",
+        "failure_limit: 2, progress_deadline: 5m",
+    );
+    // An Envoy never answers the first step.
+    let mut w = World::new();
+    w.load(&rollout("[10, 100]", &with_deadline));
+    assert_eq!(
+        w.next_deadline(),
+        Some(w.at(300)),
+        "the deadline wakes the controller"
+    );
+    w.wait(secs(299));
+    assert_eq!(w.status(), Status::Progressing);
+    w.wait(secs(1));
+    assert_eq!(
+        w.status(),
+        Status::Failed(
+            "no progress for 5m (progress_deadline): not every Envoy holding the service has answered the step".into()
+        )
+    );
+    assert_eq!(w.canary_weight(), 0.0);
+
+    // Checks that keep waiting for traffic (no max_wait): the deadline ends it, counted from
+    // the step, and a pause does not count.
+    let mut w = World::new();
+    w.load(&rollout("[10, 100]", &with_deadline)).answered();
+    for _ in 0..10 {
+        w.wait(secs(10)).observe(quiet());
+    }
+    w.command(RolloutCommand::Pause).unwrap();
+    w.wait(secs(600));
+    assert_eq!(w.status(), Status::Paused, "paused: no deadline");
+    w.command(RolloutCommand::Resume).unwrap();
+    for _ in 0..29 {
+        w.wait(secs(10)).observe(quiet());
+    }
+    assert_eq!(w.status(), Status::Progressing, "290 s since the resume");
+    w.wait(secs(10));
+    let Status::Failed(reason) = w.status() else {
+        panic!("{:?}", w.status())
+    };
+    assert_eq!(
+        reason,
+        "no progress for 5m (progress_deadline): its checks wait: 3 request(s), fewer than min_requests 20"
+    );
+
+    // A step that advances in time never meets it.
+    let mut w = World::new();
+    w.load(&rollout("[10, 50, 100]", &with_deadline)).answered();
+    for _ in 0..2 {
+        for _ in 0..6 {
+            w.wait(secs(10)).observe(good());
+        }
+        w.wait(Duration::ZERO).answered();
+    }
+    assert_eq!(w.status(), Status::Progressing);
+    assert_eq!(w.canary_weight(), 100.0);
+    assert_eq!(
+        w.state.rollouts["s"].progress_deadline(&w.spec.as_ref().unwrap().services["s"].strategy),
+        Some(w.at(300)),
+        "counted from the last step"
+    );
+}
+
+#[test]
 fn a_restart_resumes_the_rollout_at_the_same_step_and_weight() {
     let mut w = World::new();
     w.load(&rollout("[10, 50, 100]", ANALYSIS)).answered();

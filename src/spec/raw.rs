@@ -416,6 +416,11 @@ pub struct RawAnalysis {
     /// switch at once.
     #[schemars(with = "Option<DurationText>")]
     pub before_switch: Option<Spanned<String>>,
+    /// A rollout whose step (or switch window) has not ended this long after it began rolls
+    /// back, saying what it waited for (an Envoy that never answers, checks that keep
+    /// waiting); a pause does not count. Longer than every step's time. Default: no deadline.
+    #[schemars(with = "Option<DurationText>")]
+    pub progress_deadline: Option<Spanned<String>>,
     /// Canary only: a check fails when the canary's error rate is more than this many
     /// percentage points above stable's in the same window, from the same Envoys, and a
     /// two-proportion test finds it higher at `confidence`. E.g. `1%`. Default: not compared.

@@ -527,6 +527,34 @@ fn a_canary_compared_with_stable_reads_its_relative_limits() {
 }
 
 #[test]
+fn a_progress_deadline_must_leave_every_step_its_time() {
+    let canary = |analysis: &str| {
+        service(&format!(
+            "    strategy:\n      canary:\n        stable: v1\n        canary: v2\n        steps: [10, {{ weight: 50, pause: 10m }}, 100]\n        analysis: {analysis}\n"
+        ))
+    };
+    let spec = parse("d.yaml", &canary("{ progress_deadline: 15m }")).unwrap();
+    assert_eq!(
+        spec.services["checkout"]
+            .strategy
+            .analysis()
+            .unwrap()
+            .progress_deadline,
+        Some(Duration::from_secs(900))
+    );
+    assert_eq!(
+        problem(&canary("{ progress_deadline: 10m }")),
+        "deploy.yaml:17:40: `progress_deadline` 10m is not longer than the step at 50% (10m): that step would always roll back; make it longer"
+    );
+    assert_eq!(
+        problem(&service(
+            "    strategy:\n      blue-green:\n        active: v2\n        analysis: { window: 2m, progress_deadline: 1m }\n"
+        )),
+        "deploy.yaml:15:52: `progress_deadline` 1m is not longer than the switch's 2m watch: every switch would roll back; make it longer"
+    );
+}
+
+#[test]
 fn checks_before_a_switch_and_notify_webhooks() {
     let bg = |body: &str| {
         service(&format!(

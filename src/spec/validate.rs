@@ -1286,6 +1286,23 @@ impl Validator {
             out.push(Step { weight, pause });
         }
         let analysis = analysis?;
+        // Every step must be able to take its time before the deadline.
+        if let (Some(deadline), Some(raw)) = (
+            analysis.as_ref().and_then(|a| a.progress_deadline),
+            c.analysis
+                .as_ref()
+                .and_then(|a| a.value.progress_deadline.as_ref()),
+        ) && let Some(step) = out.iter().find(|s| s.pause >= deadline)
+        {
+            let msg = format!(
+                "`progress_deadline` {} is not longer than the step at {} ({}): that step would always roll back; make it longer",
+                humantime::format_duration(deadline),
+                step.weight,
+                humantime::format_duration(step.pause)
+            );
+            self.at(&raw.referenced, msg);
+            ok = false;
+        }
         if !ok {
             return None;
         }
@@ -1353,6 +1370,26 @@ impl Validator {
             None => Some(None),
         };
         let baseline = self.baseline_limits(a, canary);
+        let progress_deadline = match &a.progress_deadline {
+            Some(d) => self.duration(d, "analysis.progress_deadline").map(Some),
+            None => Some(None),
+        };
+        // A switch's time is its window (and its check before the switch): the deadline must
+        // leave room for it. A canary's steps are checked where they are read.
+        if let (Some(Some(deadline)), Some(w), Some(d)) =
+            (progress_deadline, window, &a.progress_deadline)
+            && !canary
+        {
+            let longest = w.max(before_switch.flatten().unwrap_or(Duration::ZERO));
+            if deadline <= longest {
+                let msg = format!(
+                    "`progress_deadline` {} is not longer than the switch's {} watch: every switch would roll back; make it longer",
+                    humantime::format_duration(deadline),
+                    humantime::format_duration(longest)
+                );
+                self.at(&d.referenced, msg);
+            }
+        }
         let analysis = Analysis {
             interval: interval?,
             max_error_rate: max_error_rate?,
@@ -1366,6 +1403,7 @@ impl Validator {
             window: window?,
             before_switch: before_switch?,
             baseline: baseline?,
+            progress_deadline: progress_deadline?,
             webhooks: webhooks?,
         };
         Some(Some(analysis))
