@@ -21,10 +21,10 @@ use crate::api::{CommandError, RolloutCommand, StateFileReport};
 use crate::http_client;
 use crate::metrics::Metrics;
 use crate::node::GroupId;
-use crate::reconcile::rollout::{Baseline, Figures, Observation, Rollout, Status};
+use crate::reconcile::rollout::{Baseline, Figures, Kind, Observation, Rollout, Status};
 use crate::reconcile::{self, Event, Plan, Previous, RuntimeState, Timestamp};
 use crate::snapshot::{Published, ResourceType, Snapshot};
-use crate::spec::{self, Spec, Webhook};
+use crate::spec::{self, Spec, Webhook, WebhookFormat};
 use crate::status::{Served, Status as StatusModel};
 use crate::store::{Loaded, StateFile};
 use crate::translate::{translate, translate_groups};
@@ -163,6 +163,18 @@ struct Controller {
 struct Notice {
     hooks: Vec<Webhook>,
     body: serde_json::Value,
+    /// The event in one line, for chat webhooks (`format: slack`).
+    text: String,
+}
+
+impl Notice {
+    /// What `hook` is sent.
+    fn payload(&self, hook: &Webhook) -> serde_json::Value {
+        match hook.format {
+            WebhookFormat::Json => self.body.clone(),
+            WebhookFormat::Slack => serde_json::json!({ "text": self.text }),
+        }
+    }
 }
 
 /// How many events may wait for slow `notify` webhooks before new ones are dropped (and
@@ -324,6 +336,15 @@ impl Controller {
                 }
                 let notice = Notice {
                     hooks: hooks.to_vec(),
+                    text: format!(
+                        "cutover: {service} ({} {}): {}",
+                        match r.kind {
+                            Kind::Canary { .. } => "canary",
+                            Kind::Switch { .. } => "switch to",
+                        },
+                        r.version_under_test(),
+                        e.what
+                    ),
                     body: serde_json::json!({
                         "service": service,
                         "version": r.version_under_test(),
@@ -607,7 +628,7 @@ impl Controller {
 async fn tell_notices(http: http_client::Client, mut notices: mpsc::Receiver<Notice>) {
     while let Some(notice) = notices.recv().await {
         for hook in &notice.hooks {
-            let problem = match ask(&http, hook, &notice.body).await {
+            let problem = match ask(&http, hook, &notice.payload(hook)).await {
                 Ok(()) => continue,
                 Err(Refused::Status(status)) => format!("answered {status}"),
                 Err(Refused::Error(e)) => e.to_string(),

@@ -328,6 +328,17 @@ impl BaselineLimits {
 pub struct Webhook {
     pub url: String,
     pub timeout: Duration,
+    pub format: WebhookFormat,
+}
+
+/// What a webhook is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WebhookFormat {
+    /// The JSON description of the check or event.
+    #[default]
+    Json,
+    /// `{"text": ...}`, one line for a chat channel (Slack, Mattermost incoming webhooks).
+    Slack,
 }
 
 /// Requests carrying `header: <version>` go to that version, so it can be tried before a switch.

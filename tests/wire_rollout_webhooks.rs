@@ -159,10 +159,12 @@ async fn notify_webhooks_are_told_every_event_in_order_and_a_failing_one_changes
     let (told, events) = webhook(200, Duration::ZERO).await;
     // A notify webhook that refuses everything: logged, the rollout goes on.
     let (refusing, refused) = webhook(500, Duration::ZERO).await;
+    // A chat channel's incoming webhook: one line of text per event.
+    let (chat, lines) = webhook(200, Duration::ZERO).await;
     let text = deployment(check, "2s").replace(
         "        analysis:\n",
         &format!(
-            "        notify: [ {{ url: \"http://{told}/events\" }}, {{ url: \"http://{refusing}/events\" }} ]\n        analysis:\n"
+            "        notify: [ {{ url: \"http://{told}/events\" }}, {{ url: \"http://{refusing}/events\" }}, {{ url: \"http://{chat}/hooks/x\", format: slack }} ]\n        analysis:\n"
         ),
     );
     let dir = tempfile::tempdir().unwrap();
@@ -195,5 +197,22 @@ async fn notify_webhooks_are_told_every_event_in_order_and_a_failing_one_changes
         refused.lock().unwrap().len(),
         3,
         "each event is told to every webhook"
+    );
+    // The chat webhook is told each event after the other two.
+    for _ in 0..100 {
+        if lines.lock().unwrap().len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lines: Vec<Value> = lines.lock().unwrap().clone();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(
+        lines[0],
+        serde_json::json!({ "text": "cutover: checkout (canary v2): started: v2 at 50%" })
+    );
+    assert_eq!(
+        lines[2],
+        serde_json::json!({ "text": "cutover: checkout (canary v2): promoted (every step passed)" })
     );
 }

@@ -453,6 +453,19 @@ pub struct RawWebhook {
     /// How long to wait for the answer. Default: 5s.
     #[schemars(with = "Option<DurationText>")]
     pub timeout: Option<Spanned<String>>,
+    /// `notify` only: `json` (the event with the rollout, default) or `slack`, a `text`
+    /// payload that Slack and Mattermost incoming webhooks post to a channel.
+    #[schemars(with = "Option<WebhookFormat>")]
+    pub format: Option<Spanned<String>>,
+}
+
+/// What a `notify` webhook is sent.
+#[derive(JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code, reason = "only its schema is used")]
+pub enum WebhookFormat {
+    Json,
+    Slack,
 }
 
 /// Sticky canary users: a cookie naming the version that answered.

@@ -573,6 +573,24 @@ fn checks_before_a_switch_and_notify_webhooks() {
     );
     assert_eq!(s.notify[0].url, "http://127.0.0.1:9000/events");
     assert_eq!(s.notify[0].timeout, Duration::from_secs(5));
+    assert_eq!(s.notify[0].format, crate::spec::WebhookFormat::Json);
+    let chat = parse(
+        "d.yaml",
+        &bg("        preview: {}\n        analysis: { before_switch: 2m }\n        notify: [ { url: http://127.0.0.1:9000/hooks, format: slack } ]\n"),
+    )
+    .unwrap();
+    assert_eq!(
+        chat.services["checkout"].notify[0].format,
+        crate::spec::WebhookFormat::Slack
+    );
+    assert!(
+        problem(&bg("        preview: {}\n        analysis: { before_switch: 2m }\n        notify: [ { url: http://127.0.0.1:9000/hooks, format: teams } ]\n"))
+            .contains("unknown webhook format \"teams\": write `json` (the event as JSON) or `slack`")
+    );
+    assert!(
+        problem(&bg("        preview: {}\n        analysis: { before_switch: 2m, webhooks: [ { url: http://127.0.0.1:9000/check, format: slack } ] }\n"))
+            .contains("`format` is for `notify` webhooks")
+    );
 
     assert_eq!(
         problem(&bg("        analysis: { before_switch: 2m }\n")),

@@ -15,7 +15,7 @@ use super::raw::{
 use super::{
     AddressError, Analysis, BaselineLimits, Condition, Endpoint, EndpointAddress, Group, Listener,
     ListenerKind, Mirror, PathMatch, Percent, Preview, Problem, Rollout, Route, Rule, Service,
-    Spec, SpecError, Step, Sticky, Strategy, Version, Webhook,
+    Spec, SpecError, Step, Sticky, Strategy, Version, Webhook, WebhookFormat,
 };
 use crate::access::{self, Access, CsdsScope, Pattern};
 use crate::node::Selector;
@@ -1047,7 +1047,7 @@ impl Validator {
             );
             return None;
         }
-        self.webhooks(hooks)
+        self.webhooks(hooks, true)
     }
 
     fn strategy_loc(&self, raw: &RawService, name_loc: &Location) -> Location {
@@ -1364,7 +1364,7 @@ impl Validator {
             }
             (None, None) => Some(Duration::ZERO),
         };
-        let webhooks = self.webhooks(&a.webhooks);
+        let webhooks = self.webhooks(&a.webhooks, false);
         let before_switch = match &a.before_switch {
             Some(d) => self.duration(d, "analysis.before_switch").map(Some),
             None => Some(None),
@@ -1489,8 +1489,9 @@ impl Validator {
         }))
     }
 
-    /// Webhooks (`analysis.webhooks`, `notify`): `http://` URLs with a timeout each.
-    fn webhooks(&mut self, raw: &[Spanned<RawWebhook>]) -> Option<Vec<Webhook>> {
+    /// Webhooks (`analysis.webhooks`, `notify`): `http://` URLs with a timeout each; a format
+    /// only where they are told (`notify`), not asked.
+    fn webhooks(&mut self, raw: &[Spanned<RawWebhook>], notify: bool) -> Option<Vec<Webhook>> {
         let mut webhooks = Vec::new();
         let mut ok = true;
         for w in raw {
@@ -1507,12 +1508,37 @@ impl Validator {
                 ok = false;
                 continue;
             }
-            match self.duration_or(w.value.timeout.as_ref(), "timeout", DEFAULT_WEBHOOK_TIMEOUT) {
-                Some(timeout) => webhooks.push(Webhook {
+            let format = match &w.value.format {
+                None => Some(WebhookFormat::Json),
+                Some(f) if !notify => {
+                    self.at(
+                        &f.referenced,
+                        "`format` is for `notify` webhooks: a check's webhook is asked about the check and gets its JSON description",
+                    );
+                    None
+                }
+                Some(f) => match f.value.trim() {
+                    "json" => Some(WebhookFormat::Json),
+                    "slack" => Some(WebhookFormat::Slack),
+                    other => {
+                        let msg = format!(
+                            "unknown webhook format \"{other}\": write `json` (the event as JSON) or `slack` (a text line for Slack or Mattermost)"
+                        );
+                        self.at(&f.referenced, msg);
+                        None
+                    }
+                },
+            };
+            match (
+                self.duration_or(w.value.timeout.as_ref(), "timeout", DEFAULT_WEBHOOK_TIMEOUT),
+                format,
+            ) {
+                (Some(timeout), Some(format)) => webhooks.push(Webhook {
                     url: url.to_owned(),
                     timeout,
+                    format,
                 }),
-                None => ok = false,
+                _ => ok = false,
             }
         }
         ok.then_some(webhooks)
