@@ -84,7 +84,9 @@ fn unanswered(envoys: &[Envoy], out: &mut Vec<String>) {
     }
 }
 
-/// See the module docs.
+/// See the module docs. Every blocker still true is listed, requests in flight first, and
+/// each request once: a request a load report places on an endpoint is not counted again
+/// among those the stats see in flight to its version.
 pub fn drained(
     plan: &Plan,
     service: &str,
@@ -94,6 +96,8 @@ pub fn drained(
     stats: impl Fn(&ClusterId) -> Vec<NodeHealth>,
 ) -> Result<WaitAnswer, WaitError> {
     let endpoints = endpoints(plan, service, target)?;
+    // Requests in flight come first: they are what a drain waits for.
+    let mut requests = Vec::new();
     let mut waiting = Vec::new();
     for (version, e) in &endpoints {
         if e.health == Health::Active {
@@ -107,6 +111,10 @@ pub fn drained(
         }
     }
     unanswered(envoys, &mut waiting);
+    let targets: Vec<(&str, String)> = endpoints
+        .iter()
+        .map(|(v, ep)| (*v, ep.address.to_string()))
+        .collect();
     for e in envoys {
         let Some(answered) = e.answered_at else {
             continue;
@@ -119,30 +127,31 @@ pub fn drained(
             ));
             continue;
         };
-        if node.reported_at.is_none_or(|t| t <= answered) {
-            waiting.push(format!(
-                "a load report from Envoy {} sent after it ACKed the drain",
-                e.node
-            ));
-            continue;
-        }
-        let targets: Vec<(&str, String)> = endpoints
-            .iter()
-            .map(|(v, ep)| (*v, ep.address.to_string()))
-            .collect();
-        for (version, address) in &targets {
-            let requests: u64 = node
-                .endpoints
+        // What the latest report places on the targets holds even if it came before the ACK
+        // (the config may have changed again since): those requests have not ended.
+        let placed = |version: &str, address: Option<&str>| -> u64 {
+            node.endpoints
                 .iter()
-                .filter(|x| x.service == service && x.version == *version && x.address == *address)
+                .filter(|x| x.service == service && x.version == version)
+                .filter(|x| address.is_none_or(|a| x.address == a))
                 .map(|x| x.requests)
-                .sum();
-            if requests > 0 {
-                waiting.push(format!(
-                    "{requests} request(s) in flight to {address} ({service}/{version}) from Envoy {}",
+                .sum()
+        };
+        for (version, address) in &targets {
+            let n = placed(version, Some(address));
+            if n > 0 {
+                requests.push(format!(
+                    "{n} request(s) in flight to {address} ({service}/{version}) from Envoy {}",
                     e.node
                 ));
             }
+        }
+        if node.reported_at.is_none_or(|t| t <= answered) {
+            waiting.push(format!(
+                "a load report from Envoy {} sent after it ACKed the current config",
+                e.node
+            ));
+            continue;
         }
         let mut versions: Vec<&str> = targets.iter().map(|(v, _)| *v).collect();
         versions.dedup();
@@ -154,34 +163,24 @@ pub fn drained(
                 .max_by_key(|r| r.reported_at);
             let Some(latest) = latest.filter(|r| r.reported_at > answered) else {
                 waiting.push(format!(
-                    "stats from Envoy {} sent after it ACKed the drain (to count every request in flight to {id})",
+                    "stats from Envoy {} sent after it ACKed the current config (to count every request in flight to {id})",
                     e.node
                 ));
                 continue;
             };
-            // Requests in flight to the version that the load report places elsewhere.
-            let elsewhere: u64 = node
-                .endpoints
-                .iter()
-                .filter(|x| {
-                    x.service == service
-                        && x.version == version
-                        && !targets
-                            .iter()
-                            .any(|(v, a)| *v == version && *a == x.address)
-                })
-                .map(|x| x.requests)
-                .sum();
-            let unplaced = latest.in_flight.saturating_sub(elsewhere);
+            // In flight to the version by the stats, less every request the load report
+            // places on one of its endpoints (targets included: those are listed above).
+            let unplaced = latest.in_flight.saturating_sub(placed(version, None));
             if unplaced > 0 {
-                waiting.push(format!(
+                requests.push(format!(
                     "{unplaced} request(s) in flight to {id} from Envoy {} that its load report does not place yet",
                     e.node
                 ));
             }
         }
     }
-    Ok(WaitAnswer::of(waiting))
+    requests.append(&mut waiting);
+    Ok(WaitAnswer::of(requests))
 }
 
 /// See the module docs. `health` gives, per version, what each Envoy's latest stats flush said.
@@ -371,6 +370,57 @@ mod tests {
                 .to_string()
                 .contains("neither a version nor an endpoint"),
             "{unknown}"
+        );
+    }
+
+    #[test]
+    fn drained_names_each_request_once_and_first_even_after_a_later_ack() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(1);
+        let target = Some("127.0.0.1:8081");
+        let p = plan(DRAINING);
+        let stats = |in_flight: u64| {
+            move |_: &ClusterId| {
+                vec![NodeHealth {
+                    node: "edge-1".into(),
+                    reported_at: later,
+                    healthy: 1,
+                    total: 2,
+                    in_flight,
+                }]
+            }
+        };
+        // One request, placed by the load report and counted by the stats: listed once.
+        let once = drained(
+            &p,
+            "s",
+            target,
+            &[envoy(Some(t0))],
+            &in_flight(later, 1),
+            stats(1),
+        )
+        .unwrap();
+        assert_eq!(
+            once.waiting_for,
+            ["1 request(s) in flight to 127.0.0.1:8081 (s/v1) from Envoy edge-1"]
+        );
+        // The config changed again (another endpoint's drain ended) and the Envoy ACKed it
+        // after its latest report: the request that report placed is still named, first.
+        let reacked = drained(
+            &p,
+            "s",
+            target,
+            &[envoy(Some(later + Duration::from_secs(1)))],
+            &in_flight(later, 1),
+            stats(1),
+        )
+        .unwrap();
+        assert_eq!(
+            reacked.waiting_for,
+            [
+                "1 request(s) in flight to 127.0.0.1:8081 (s/v1) from Envoy edge-1",
+                "a load report from Envoy edge-1 sent after it ACKed the current config"
+            ]
         );
     }
 
