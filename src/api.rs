@@ -340,6 +340,9 @@ pub struct RolloutReport {
     /// With `progress_deadline`: when the current step rolls back if it has not ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub progress_deadline_in_seconds: Option<f64>,
+    /// The webhooks the rollout waits on before it goes on, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateReport>,
     pub failed_checks: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_check: Option<CheckReport>,
@@ -349,6 +352,21 @@ pub struct RolloutReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advice: Option<String>,
     pub history: Vec<HistoryReport>,
+}
+
+/// A rollout waiting on webhooks: `pre_rollout` (before the canary gets a request) or
+/// `confirm` (before the next step or promotion).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GateReport {
+    pub kind: String,
+    /// What comes once they answer 2xx: a weight, or `promotion`.
+    pub next: String,
+    /// Why they last refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_ask_in_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -21,10 +21,12 @@ use crate::api::{CommandError, RolloutCommand, StateFileReport};
 use crate::http_client;
 use crate::metrics::Metrics;
 use crate::node::GroupId;
-use crate::reconcile::rollout::{Baseline, Figures, Kind, Observation, Rollout, Status};
+use crate::reconcile::rollout::{
+    self, Baseline, Figures, Gate, Kind, Observation, Rollout, Status,
+};
 use crate::reconcile::{self, Event, Plan, Previous, RuntimeState, Timestamp};
 use crate::snapshot::{Published, ResourceType, Snapshot};
-use crate::spec::{self, Spec, Webhook, WebhookFormat};
+use crate::spec::{self, Spec, Strategy, Webhook, WebhookFormat};
 use crate::status::{Served, Status as StatusModel};
 use crate::store::{Loaded, StateFile};
 use crate::translate::{translate, translate_groups};
@@ -148,11 +150,14 @@ struct Controller {
     plan: Option<Arc<Plan>>,
     /// The state file's last problem, logged once until it changes or goes away.
     state_file_problem: Option<String>,
-    /// Rollout checks whose webhooks are being asked, by service.
+    /// Services whose rollout check or gate webhooks are being asked.
     checking: BTreeSet<String>,
     /// Checks come back on `checks_in` once their webhooks answered.
     checks_out: mpsc::UnboundedSender<(String, Observation)>,
     checks_in: mpsc::UnboundedReceiver<(String, Observation)>,
+    /// Gates' webhooks' answers (`confirm`, `pre_rollout`).
+    gates_out: mpsc::UnboundedSender<(String, Gate, Result<(), String>)>,
+    gates_in: mpsc::UnboundedReceiver<(String, Gate, Result<(), String>)>,
     /// Rollout events for the services' `notify` webhooks, told in order by one task.
     notify: mpsc::Sender<Notice>,
     /// What asks the webhooks.
@@ -211,6 +216,7 @@ impl Controller {
             error: problem.clone(),
         });
         let (checks_out, checks_in) = mpsc::unbounded_channel();
+        let (gates_out, gates_in) = mpsc::unbounded_channel();
         let (notify, notices) = mpsc::channel(NOTICES_QUEUED);
         let http = http_client::Client::new();
         tokio::spawn(tell_notices(http.clone(), notices));
@@ -231,6 +237,8 @@ impl Controller {
             checking: BTreeSet::new(),
             checks_out,
             checks_in,
+            gates_out,
+            gates_in,
             notify,
             http,
         }
@@ -266,6 +274,13 @@ impl Controller {
                     self.changed_at = Instant::now();
                     self.reduce(Event::Tick);
                     self.start_checks();
+                    self.start_gates();
+                    self.publish();
+                }
+                Some((service, gate, answer)) = self.gates_in.recv() => {
+                    self.checking.remove(&service);
+                    self.changed_at = Instant::now();
+                    self.reduce(Event::GateAnswered { service: &service, gate, answer: &answer });
                     self.publish();
                 }
                 Some((service, observation)) = self.checks_in.recv() => {
@@ -436,6 +451,46 @@ impl Controller {
                     baseline,
                 };
                 let _ = tx.send((service, observation));
+            });
+        }
+    }
+
+    /// Asks the webhooks of the gates rollouts wait at, off this loop; the answers come back on
+    /// `self.gates_in`.
+    fn start_gates(&mut self) {
+        let Some(spec) = &self.spec else { return };
+        for (service, gate) in self.state.gates_due(Timestamp::now()) {
+            let (Some(s), Some(r)) = (
+                spec.services.get(&service),
+                self.state.rollouts.get(&service),
+            ) else {
+                continue;
+            };
+            let Strategy::Canary {
+                rollout: Some(cfg), ..
+            } = &s.strategy
+            else {
+                continue;
+            };
+            if self.checking.contains(&service) {
+                continue;
+            }
+            let hooks = match gate {
+                Gate::PreRollout => cfg.pre_rollout.clone(),
+                Gate::Confirm => cfg.confirm.clone(),
+            };
+            let body = serde_json::json!({
+                "service": service,
+                "version": r.version_under_test(),
+                "gate": gate.as_str(),
+                "next": rollout::gate_next(r, &s.strategy),
+                "rollout": r,
+            });
+            let (tx, http) = (self.gates_out.clone(), self.http.clone());
+            self.checking.insert(service.clone());
+            tokio::spawn(async move {
+                let answer = ask_webhooks(&http, &hooks, &body).await;
+                let _ = tx.send((service, gate, answer));
             });
         }
     }

@@ -254,6 +254,10 @@ pub struct Rollout {
     /// the steps were edited).
     pub interval: Duration,
     pub analysis: Option<Analysis>,
+    /// Asked before each step and before promotion; the step holds until all answer 2xx.
+    pub confirm: Vec<Webhook>,
+    /// Asked once before the canary gets a request; a failure fails the rollout.
+    pub pre_rollout: Vec<Webhook>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,10 +16,10 @@ use std::time::{Instant, SystemTime};
 use tokio::sync::watch;
 
 use crate::api::{
-    self, BaselineReport, CheckReport, DrainReason, DrainReport, GroupReport, HistoryReport,
-    MirrorReport, NackStatus, NodeReport, ObservedReport, ObservedVersion, ReloadStatus,
-    RetiringReport, RolloutKind, RolloutReport, ServiceReport, StateFileReport, StatusReport,
-    StreamsReport, TelemetryState, ThresholdsReport, TypeReport,
+    self, BaselineReport, CheckReport, DrainReason, DrainReport, GateReport, GroupReport,
+    HistoryReport, MirrorReport, NackStatus, NodeReport, ObservedReport, ObservedVersion,
+    ReloadStatus, RetiringReport, RolloutKind, RolloutReport, ServiceReport, StateFileReport,
+    StatusReport, StreamsReport, TelemetryState, ThresholdsReport, TypeReport,
 };
 use crate::metrics::{Metrics, ResultLabel};
 use crate::node::GroupId;
@@ -414,6 +414,12 @@ fn rollout_report(r: &Rollout, strategy: &Strategy, now: Timestamp) -> RolloutRe
         step_ends_in_seconds: r.step_deadline(strategy).map(in_seconds),
         next_check_in_seconds: r.next_check.map(in_seconds),
         progress_deadline_in_seconds: r.progress_deadline(strategy).map(in_seconds),
+        gate: r.gate.map(|g| GateReport {
+            kind: g.as_str().to_owned(),
+            next: crate::reconcile::rollout::gate_next(r, strategy),
+            refused: r.gate_refused.clone(),
+            next_ask_in_seconds: r.next_ask.map(in_seconds),
+        }),
         failed_checks: r.failed,
         last_check: r.last_check.as_ref().map(check_report),
         thresholds: analysis.map(thresholds_report),
@@ -1046,6 +1052,10 @@ services:
             }],
             previewing: false,
             step_started: Some(at(0)),
+            gate: None,
+            next_ask: None,
+            gate_refused: None,
+            confirmed: false,
         };
         let canary = |stable: &str, canary: &str| Kind::Canary {
             stable: stable.into(),

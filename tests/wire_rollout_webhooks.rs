@@ -4,6 +4,7 @@
 //! traffic.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,6 +20,14 @@ use serde_json::Value;
 
 /// A webhook on loopback that answers `status` after `delay` and keeps every body it got.
 async fn webhook(status: u16, delay: Duration) -> (SocketAddr, Arc<Mutex<Vec<Value>>>) {
+    webhook_answering(Arc::new(AtomicU16::new(status)), delay).await
+}
+
+/// [`webhook`], answering whatever `status` holds at the time.
+async fn webhook_answering(
+    status: Arc<AtomicU16>,
+    delay: Duration,
+) -> (SocketAddr, Arc<Mutex<Vec<Value>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
@@ -28,10 +37,10 @@ async fn webhook(status: u16, delay: Duration) -> (SocketAddr, Arc<Mutex<Vec<Val
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
-            let bodies = bodies.clone();
+            let (bodies, status) = (bodies.clone(), status.clone());
             tokio::spawn(async move {
                 let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let bodies = bodies.clone();
+                    let (bodies, status) = (bodies.clone(), status.load(Ordering::SeqCst));
                     async move {
                         let body = req.into_body().collect().await?.to_bytes();
                         if let Ok(v) = serde_json::from_slice(&body) {
@@ -214,5 +223,125 @@ async fn notify_webhooks_are_told_every_event_in_order_and_a_failing_one_changes
     assert_eq!(
         lines[2],
         serde_json::json!({ "text": "cutover: checkout (canary v2): promoted (every step passed)" })
+    );
+}
+
+/// Waits until `what` holds of the rollout; returns it.
+async fn wait_until(
+    server: &app::Server,
+    what: &str,
+    holds: impl Fn(&RolloutReport) -> bool,
+) -> RolloutReport {
+    for _ in 0..200 {
+        if let Some(r) = server.status.report().services["checkout"].rollout.clone()
+            && holds(&r)
+        {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "{what}: {:?}",
+        server.status.report().services["checkout"].rollout
+    );
+}
+
+#[tokio::test]
+async fn a_confirm_webhook_holds_each_step_until_it_answers_2xx() {
+    let (check, _) = webhook(200, Duration::ZERO).await;
+    let approval = Arc::new(AtomicU16::new(403));
+    let (confirm, asked) = webhook_answering(approval.clone(), Duration::ZERO).await;
+    let text = deployment(check, "2s").replace(
+        "        analysis:\n",
+        &format!(
+            "        confirm: [ {{ url: \"http://{confirm}/approve\" }} ]\n        analysis:\n"
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&dir, &text).await;
+    let held = wait_until(&server, "the step held by a refusing confirm", |r| {
+        r.gate.as_ref().is_some_and(|g| g.refused.is_some())
+    })
+    .await;
+    let gate = held.gate.clone().unwrap();
+    assert_eq!(
+        (gate.kind.as_str(), gate.next.as_str()),
+        ("confirm", "100%")
+    );
+    assert_eq!(
+        gate.refused.as_deref(),
+        Some(format!("webhook http://{confirm}/approve answered 403").as_str())
+    );
+    // Asked again every analysis interval, and the step holds meanwhile.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let r = server.status.report().services["checkout"]
+        .rollout
+        .clone()
+        .unwrap();
+    assert_eq!(
+        (r.state, r.weight),
+        (RolloutState::Progressing, Some(50.0)),
+        "{r:?}"
+    );
+    assert!(asked.lock().unwrap().len() >= 3, "asked again");
+
+    // Approved: the next step, then promotion (asked again before it).
+    approval.store(200, Ordering::SeqCst);
+    let r = wait_state(&server, RolloutState::Promoted).await;
+    assert_eq!(r.weight, Some(100.0));
+    let asked = asked.lock().unwrap().clone();
+    let last = asked.last().unwrap();
+    assert_eq!(
+        (last["gate"].as_str(), last["next"].as_str()),
+        (Some("confirm"), Some("promotion"))
+    );
+    assert_eq!(last["version"], "v2");
+    assert!(asked.iter().any(|b| b["next"] == "100%"), "{asked:?}");
+}
+
+#[tokio::test]
+async fn a_pre_rollout_webhook_gates_the_first_request_to_the_canary() {
+    let (check, _) = webhook(200, Duration::ZERO).await;
+    let with_smoke_test = |smoke: SocketAddr| {
+        deployment(check, "2s").replace(
+            "        analysis:\n",
+            &format!(
+                "        pre_rollout: [ {{ url: \"http://{smoke}/smoke\" }} ]\n        analysis:\n"
+            ),
+        )
+    };
+    // Refused: the rollout fails and the canary never had a request.
+    let (smoke, _) = webhook(500, Duration::ZERO).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&dir, &with_smoke_test(smoke)).await;
+    let r = wait_state(&server, RolloutState::RolledBack).await;
+    assert_eq!(
+        r.reason.as_deref(),
+        Some(format!("pre_rollout: webhook http://{smoke}/smoke answered 500").as_str())
+    );
+    let history: Vec<&str> = r.history.iter().map(|h| h.what.as_str()).collect();
+    assert_eq!(
+        history[0],
+        "started: asking the pre_rollout webhooks before v2 gets a request"
+    );
+    assert!(!history.iter().any(|h| h.contains("50%")), "{history:?}");
+    assert_eq!(r.weight, Some(0.0));
+
+    // Passed: the first step, and on to promotion.
+    let (smoke, asked) = webhook(200, Duration::ZERO).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&dir, &with_smoke_test(smoke)).await;
+    let r = wait_state(&server, RolloutState::Promoted).await;
+    assert!(
+        r.history
+            .iter()
+            .any(|h| h.what == "pre_rollout webhooks passed: v2 at 50%"),
+        "{r:?}"
+    );
+    let asked = asked.lock().unwrap();
+    assert_eq!(asked.len(), 1, "asked once");
+    assert_eq!(
+        (asked[0]["gate"].as_str(), asked[0]["next"].as_str()),
+        (Some("pre_rollout"), Some("50%"))
     );
 }

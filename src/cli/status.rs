@@ -604,7 +604,9 @@ fn render_rollout(name: &str, r: &RolloutReport, p: Painter) -> String {
         RolloutState::RolledBack => ("ROLLED BACK", Style::Red),
         RolloutState::Unknown => ("unknown", Style::Plain),
     };
-    let when = if r.awaiting_ack {
+    let when = if let Some(g) = &r.gate {
+        format!(" · waiting for its {} webhooks before {}", g.kind, g.next)
+    } else if r.awaiting_ack {
         " · waiting for every Envoy to ACK".to_owned()
     } else {
         r.step_ends_in_seconds

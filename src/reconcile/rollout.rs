@@ -149,6 +149,25 @@ impl Status {
     }
 }
 
+/// Webhooks a canary rollout waits on before it goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Gate {
+    /// Before the canary gets any request (`pre_rollout`): a refusal fails the rollout.
+    PreRollout,
+    /// Before the next step or promotion (`confirm`): holds until every webhook answers 2xx.
+    Confirm,
+}
+
+impl Gate {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Gate::PreRollout => "pre_rollout",
+            Gate::Confirm => "confirm",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     pub at: Timestamp,
@@ -191,6 +210,16 @@ pub struct Rollout {
     /// progress deadline counts from here. `None` in state from before it was kept: `started`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_started: Option<Timestamp>,
+    /// The webhooks it waits on, if any, when they are asked next, and why they last refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<Gate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_ask: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_refused: Option<String>,
+    /// The `confirm` webhooks approved leaving the current step.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub confirmed: bool,
 }
 
 fn pct(ppm: u32) -> String {
@@ -216,6 +245,10 @@ impl Rollout {
             history: vec![Entry { at: now, what }],
             previewing: false,
             step_started: Some(now),
+            gate: None,
+            next_ask: None,
+            gate_refused: None,
+            confirmed: false,
         }
     }
 
@@ -251,13 +284,38 @@ impl Rollout {
     /// A new weight or switch is being served: its time starts once every Envoy answered.
     fn restart_step(&mut self, now: Timestamp) {
         self.step_started = Some(now);
+        self.confirmed = false;
+        self.clear_gate();
         self.since = None;
         self.passed = 0;
         self.waiting_since = None;
         self.next_check = None;
     }
 
+    fn clear_gate(&mut self) {
+        self.gate = None;
+        self.next_ask = None;
+        self.gate_refused = None;
+    }
+
+    /// Waits at `gate`, asking its webhooks now: the canary at 0% before `pre_rollout`.
+    fn wait_at(&mut self, gate: Gate, now: Timestamp) {
+        if gate == Gate::PreRollout {
+            self.weight = 0;
+        }
+        self.gate = Some(gate);
+        self.next_ask = Some(now);
+        self.gate_refused = None;
+    }
+
+    /// Whether its gate's webhooks are due at `now`: the gate, and what comes after it.
+    pub fn gate_due(&self, now: Timestamp) -> Option<Gate> {
+        self.gate
+            .filter(|_| self.is_active() && self.next_ask.is_some_and(|t| t <= now))
+    }
+
     fn roll_back(&mut self, now: Timestamp, reason: String) {
+        self.clear_gate();
         if let Kind::Canary { .. } = self.kind {
             self.weight = 0;
         }
@@ -267,6 +325,7 @@ impl Rollout {
     }
 
     fn promote(&mut self, now: Timestamp, why: &str) {
+        self.clear_gate();
         if let Kind::Canary { .. } = self.kind {
             self.weight = Percent::MILLION;
         }
@@ -296,6 +355,7 @@ impl Rollout {
             self.step_deadline(strategy),
             self.next_check,
             self.progress_deadline(strategy),
+            self.next_ask,
         ]
         .into_iter()
         .flatten()
@@ -311,6 +371,12 @@ impl Rollout {
 
     /// What the current step waits for, to say why it made no progress.
     fn stalled_on(&self) -> String {
+        if let Some(gate) = self.gate {
+            return match &self.gate_refused {
+                Some(why) => format!("its {} webhooks refuse: {why}", gate.as_str()),
+                None => format!("its {} webhooks have not answered", gate.as_str()),
+            };
+        }
         if self.since.is_none() {
             return "not every Envoy holding the service has answered the step".to_owned();
         }
@@ -370,6 +436,18 @@ pub(super) fn on_file(
                         existing.promote(now, "the steps end below the current weight");
                     }
                     Some(existing)
+                }
+                _ if !r.pre_rollout.is_empty() => {
+                    let mut rollout = Rollout::new(
+                        kind,
+                        0,
+                        now,
+                        format!(
+                            "started: asking the pre_rollout webhooks before {canary} gets a request"
+                        ),
+                    );
+                    rollout.wait_at(Gate::PreRollout, now);
+                    Some(rollout)
                 }
                 _ => {
                     let first = r.steps[0].weight;
@@ -432,7 +510,7 @@ pub(super) fn on_file(
 
 /// Every Envoy holding the service answered what is served: the step's time starts.
 pub(super) fn on_answered(r: &mut Rollout, analysis: Option<&Analysis>, now: Timestamp) {
-    if r.is_active() && r.since.is_none() {
+    if r.is_active() && r.since.is_none() && r.gate != Some(Gate::PreRollout) {
         r.since = Some(now);
         r.next_check = analysis.map(|a| now + a.interval);
     }
@@ -466,6 +544,22 @@ pub(super) fn on_tick(r: &mut Rollout, strategy: &Strategy, now: Timestamp) {
                 return;
             }
             let canary = canary.clone();
+            if !cfg.confirm.is_empty() && !r.confirmed {
+                if r.gate.is_none() {
+                    let next = cfg
+                        .next_weight(r.weight)
+                        .map_or("promotion".to_owned(), |w| w.to_string());
+                    r.log(
+                        now,
+                        format!(
+                            "{canary} at {} passed: asking the confirm webhooks before {next}",
+                            pct(r.weight)
+                        ),
+                    );
+                    r.wait_at(Gate::Confirm, now);
+                }
+                return;
+            }
             match cfg.next_weight(r.weight) {
                 Some(next) => {
                     let passed = r.passed;
@@ -505,6 +599,73 @@ pub(super) fn on_tick(r: &mut Rollout, strategy: &Strategy, now: Timestamp) {
             }
         }
         _ => {}
+    }
+}
+
+/// How long a refused `confirm` waits before it is asked again.
+const CONFIRM_AGAIN: Duration = Duration::from_secs(10);
+
+/// A gate's webhooks answered: `Ok` when every one answered 2xx in time.
+pub(super) fn on_gate(
+    r: &mut Rollout,
+    strategy: &Strategy,
+    gate: Gate,
+    answer: &Result<(), String>,
+    now: Timestamp,
+) {
+    if !r.is_active() || r.gate != Some(gate) {
+        return;
+    }
+    let Strategy::Canary {
+        canary,
+        rollout: Some(cfg),
+        ..
+    } = strategy
+    else {
+        return;
+    };
+    match (gate, answer) {
+        (Gate::PreRollout, Ok(())) => {
+            let first = cfg.steps[0].weight;
+            r.weight = first.ppm();
+            r.restart_step(now);
+            r.log(
+                now,
+                format!("pre_rollout webhooks passed: {canary} at {first}"),
+            );
+        }
+        (Gate::PreRollout, Err(e)) => r.roll_back(now, format!("pre_rollout: {e}")),
+        (Gate::Confirm, Ok(())) => {
+            r.clear_gate();
+            r.confirmed = true;
+            on_tick(r, strategy, now);
+        }
+        (Gate::Confirm, Err(e)) => {
+            r.gate_refused = Some(e.clone());
+            let again = cfg.analysis.as_ref().map_or(CONFIRM_AGAIN, |a| a.interval);
+            r.next_ask = Some(now + again);
+        }
+    }
+}
+
+/// What the gate's webhooks are asked about: the weight that comes next, or promotion.
+pub fn gate_next(r: &Rollout, strategy: &Strategy) -> String {
+    match (r.gate, strategy) {
+        (
+            Some(Gate::PreRollout),
+            Strategy::Canary {
+                rollout: Some(cfg), ..
+            },
+        ) => cfg.steps[0].weight.to_string(),
+        (
+            _,
+            Strategy::Canary {
+                rollout: Some(cfg), ..
+            },
+        ) => cfg
+            .next_weight(r.weight)
+            .map_or("promotion".to_owned(), |w| w.to_string()),
+        _ => String::new(),
     }
 }
 
@@ -752,6 +913,10 @@ pub(super) fn on_command(
             {
                 r.weight = cfg.steps[0].weight.ppm();
             }
+            let pre_rollout = matches!(
+                strategy,
+                Strategy::Canary { rollout: Some(cfg), .. } if !cfg.pre_rollout.is_empty()
+            );
             if let Kind::Switch { .. } = r.kind {
                 r.previewing = strategy
                     .analysis()
@@ -760,6 +925,9 @@ pub(super) fn on_command(
             r.status = Status::Progressing;
             r.failed = 0;
             r.restart_step(now);
+            if pre_rollout {
+                r.wait_at(Gate::PreRollout, now);
+            }
             r.log(now, "started again by the operator".to_owned());
             "started again from the first step"
         }

@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::rollout::{self, Kind, Observation, Rollout, Status};
+use super::rollout::{self, Gate, Kind, Observation, Rollout, Status};
 use super::{deployed_versions, fallbacks};
 use crate::api::{CommandError, RolloutCommand};
 use crate::ids::{ClusterId, FallbackId};
@@ -199,6 +199,12 @@ pub enum Event<'a> {
         service: &'a str,
         observation: &'a Observation,
     },
+    /// The webhooks of the gate `service`'s rollout waits at answered (`Ok`: all 2xx).
+    GateAnswered {
+        service: &'a str,
+        gate: Gate,
+        answer: &'a Result<(), String>,
+    },
 }
 
 impl RuntimeState {
@@ -252,6 +258,17 @@ impl RuntimeState {
                         .and_then(|s| s.strategy.analysis()),
                 ) {
                     rollout::on_observed(r, analysis, observation, now);
+                }
+            }
+            Event::GateAnswered {
+                service,
+                gate,
+                answer,
+            } => {
+                if let (Some(r), Some(s)) =
+                    (self.rollouts.get_mut(service), spec.services.get(service))
+                {
+                    rollout::on_gate(r, &s.strategy, gate, answer, now);
                 }
             }
         }
@@ -547,6 +564,14 @@ impl RuntimeState {
             .filter(|(_, r)| r.is_active() && r.since.is_none())
             .map(|(name, _)| name.as_str());
         retiring.chain(rollouts).collect()
+    }
+
+    /// Services whose rollout waits at a gate whose webhooks are due at `now`.
+    pub fn gates_due(&self, now: Timestamp) -> Vec<(String, Gate)> {
+        self.rollouts
+            .iter()
+            .filter_map(|(name, r)| Some((name.clone(), r.gate_due(now)?)))
+            .collect()
     }
 
     /// Services whose rollout check is due at `now`, with the version it watches and since

@@ -940,6 +940,94 @@ fn a_step_that_makes_no_progress_by_its_deadline_rolls_back_and_says_why() {
     );
 }
 
+impl World {
+    fn gate_answered(&mut self, gate: rollout::Gate, answer: Result<(), String>) -> &mut World {
+        let spec = self.spec.clone().unwrap();
+        self.state.reduce(
+            &spec,
+            Event::GateAnswered {
+                service: "s",
+                gate,
+                answer: &answer,
+            },
+            self.now,
+        );
+        self
+    }
+}
+
+#[test]
+fn gates_hold_the_canary_at_0_before_pre_rollout_and_each_step_until_confirmed() {
+    use rollout::Gate;
+    let gated = |hooks: &str| {
+        rollout("[10, 100]", ANALYSIS).replace(
+            "        interval: 60s\n",
+            &format!("        interval: 60s\n{hooks}"),
+        )
+    };
+    let both = gated(
+        "        pre_rollout: [ { url: http://127.0.0.1:9/smoke } ]\n        confirm: [ { url: http://127.0.0.1:9/ok } ]\n",
+    );
+    let mut w = World::new();
+    w.load(&both).answered();
+    assert_eq!(w.canary_weight(), 0.0, "no request before the smoke test");
+    assert_eq!(
+        w.state.gates_due(w.now),
+        [("s".to_owned(), Gate::PreRollout)]
+    );
+    assert_eq!(w.state.checks_due(w.at(60)), [], "no checks at 0%");
+    w.gate_answered(Gate::PreRollout, Ok(())).answered();
+    assert_eq!(w.canary_weight(), 10.0);
+    assert_eq!(w.state.gates_due(w.now), []);
+    for _ in 0..6 {
+        w.wait(secs(10)).observe(good());
+    }
+    assert_eq!(w.canary_weight(), 10.0, "held for confirm");
+    assert_eq!(w.state.gates_due(w.now), [("s".to_owned(), Gate::Confirm)]);
+    w.gate_answered(Gate::Confirm, Err("answered 403".into()));
+    assert_eq!(
+        w.state.gates_due(w.now),
+        [],
+        "asked again after the interval"
+    );
+    assert_eq!(
+        w.state.gates_due(w.at(10)),
+        [("s".to_owned(), Gate::Confirm)]
+    );
+    w.wait(secs(30));
+    assert_eq!(w.canary_weight(), 10.0);
+    w.gate_answered(Gate::Confirm, Ok(()));
+    assert_eq!(w.canary_weight(), 100.0, "confirmed: on at once");
+
+    // Failed and resumed: the smoke test again, at 0%.
+    let mut w = World::new();
+    w.load(&both).answered();
+    w.gate_answered(Gate::PreRollout, Err("answered 500".into()));
+    assert_eq!(
+        w.status(),
+        Status::Failed("pre_rollout: answered 500".into())
+    );
+    w.command(RolloutCommand::Resume).unwrap();
+    assert_eq!(w.canary_weight(), 0.0);
+    assert_eq!(
+        w.state.gates_due(w.now),
+        [("s".to_owned(), Gate::PreRollout)]
+    );
+
+    // Removing confirm from the file lets a held step go on.
+    let mut w = World::new();
+    w.load(&gated(
+        "        confirm: [ { url: http://127.0.0.1:9/ok } ]\n",
+    ))
+    .answered();
+    for _ in 0..6 {
+        w.wait(secs(10)).observe(good());
+    }
+    assert_eq!(w.canary_weight(), 10.0);
+    w.load(&gated("")).wait(Duration::ZERO);
+    assert_eq!(w.canary_weight(), 100.0);
+}
+
 #[test]
 fn a_restart_resumes_the_rollout_at_the_same_step_and_weight() {
     let mut w = World::new();

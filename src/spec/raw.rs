@@ -322,6 +322,17 @@ pub struct RawCanary {
     #[serde(default)]
     #[schemars(with = "Vec<RawWebhook>")]
     pub notify: Vec<Spanned<RawWebhook>>,
+    /// Asked before every step and before promotion (HTTP POST, JSON body with `next`): the
+    /// rollout holds its step until each answers 2xx, asking again every `interval` of the
+    /// analysis (10 s without one): a manual approval. Needs `steps`.
+    #[serde(default)]
+    #[schemars(with = "Vec<RawWebhook>")]
+    pub confirm: Vec<Spanned<RawWebhook>>,
+    /// Asked once before the canary gets any request (a smoke test of the canary): if one does
+    /// not answer 2xx in time, the rollout fails without having moved a request. Needs `steps`.
+    #[serde(default)]
+    #[schemars(with = "Vec<RawWebhook>")]
+    pub pre_rollout: Vec<Spanned<RawWebhook>>,
 }
 
 /// One step of a rollout: a weight, or `{ weight, pause }`.

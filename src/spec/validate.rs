@@ -1198,6 +1198,8 @@ impl Validator {
                 for (key, loc) in [
                     ("interval", c.interval.as_ref().map(|i| &i.referenced)),
                     ("analysis", c.analysis.as_ref().map(|a| &a.referenced)),
+                    ("confirm", c.confirm.first().map(|w| &w.referenced)),
+                    ("pre_rollout", c.pre_rollout.first().map(|w| &w.referenced)),
                 ] {
                     if let Some(loc) = loc {
                         let msg = format!(
@@ -1306,12 +1308,17 @@ impl Validator {
         if !ok {
             return None;
         }
+        let confirm = self.webhooks(&c.confirm, false);
+        let pre_rollout = self.webhooks(&c.pre_rollout, false);
+        let (confirm, pre_rollout) = (confirm?, pre_rollout?);
         Some((
             out[0].weight,
             Some(Rollout {
                 steps: out,
                 interval: interval?,
                 analysis,
+                confirm,
+                pre_rollout,
             }),
         ))
     }
@@ -1513,7 +1520,7 @@ impl Validator {
                 Some(f) if !notify => {
                     self.at(
                         &f.referenced,
-                        "`format` is for `notify` webhooks: a check's webhook is asked about the check and gets its JSON description",
+                        "`format` is for `notify` webhooks: a webhook that is asked (a check's, `confirm`, `pre_rollout`) gets the JSON description and answers it",
                     );
                     None
                 }
