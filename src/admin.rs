@@ -185,9 +185,18 @@ async fn reload(State(s): State<AdminState>) -> Response {
 /// nothing was ([`command_refused`] says with which status).
 async fn rollout_command(
     State(s): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
     Path((service, command)): Path<(String, String)>,
 ) -> Response {
-    match run_command(&s, &service, &command).await {
+    // Who, for the rollout's history: the caller's address, and whether it showed the token.
+    let by = if headers.contains_key(axum::http::header::AUTHORIZATION) && !peer.ip().is_loopback()
+    {
+        format!("the operator at {} (admin token)", peer.ip())
+    } else {
+        format!("the operator at {}", peer.ip())
+    };
+    match run_command(&s, &service, &command, by).await {
         Ok(done) => format!("{service}: {done}\n").into_response(),
         Err(e) => command_refused(&service, &e),
     }
@@ -198,12 +207,14 @@ async fn run_command(
     s: &AdminState,
     service: &str,
     command: &str,
+    by: String,
 ) -> Result<&'static str, CommandError> {
     let command = command.parse::<RolloutCommand>()?;
     let (reply, answer) = oneshot::channel();
     let request = CommandRequest {
         service: service.to_owned(),
         command,
+        by,
         reply,
     };
     s.commands

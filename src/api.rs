@@ -244,6 +244,9 @@ pub struct ServiceReport {
     /// An automated rollout or a switch being watched.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutReport>,
+    /// The rollouts before it (replaced by a new one or ended by the file), newest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub past_rollouts: Vec<PastRolloutReport>,
     /// Endpoints and versions draining now: no new requests, requests in flight finish.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub draining: Vec<DrainReport>,
@@ -351,6 +354,20 @@ pub struct RolloutReport {
     /// What the operator should do next, if anything.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advice: Option<String>,
+    pub history: Vec<HistoryReport>,
+}
+
+/// A rollout that is over: what it tried, how it ended, and every step with who did what.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PastRolloutReport {
+    pub kind: RolloutKind,
+    pub version: String,
+    pub baseline: String,
+    pub state: RolloutState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub started: String,
     pub history: Vec<HistoryReport>,
 }
 

@@ -74,6 +74,8 @@ impl std::fmt::Debug for Outputs {
 pub struct CommandRequest {
     pub service: String,
     pub command: RolloutCommand,
+    /// Who asked, as the rollout's history says it: "the operator at 127.0.0.1".
+    pub by: String,
     /// What was done, or why nothing was.
     pub reply: oneshot::Sender<Result<&'static str, CommandError>>,
 }
@@ -264,7 +266,7 @@ impl Controller {
                     self.reload();
                 }
                 Some(request) = inputs.commands.recv() => {
-                    let answer = self.command(&request.service, request.command);
+                    let answer = self.command(&request.service, request.command, &request.by);
                     let _ = request.reply.send(answer);
                 }
                 _ = client_changes.changed(), if self.state.awaiting_answers() => {
@@ -305,6 +307,7 @@ impl Controller {
         &mut self,
         service: &str,
         command: RolloutCommand,
+        by: &str,
     ) -> Result<&'static str, CommandError> {
         let Some(spec) = &self.spec else {
             return Err(CommandError::NotLoaded);
@@ -312,8 +315,8 @@ impl Controller {
         let before = self.state.rollouts.clone();
         let done = self
             .state
-            .command(spec, service, command, Timestamp::now())?;
-        tracing::info!(service, %command, done, "operator command");
+            .command(spec, service, command, by, Timestamp::now())?;
+        tracing::info!(service, %command, by, done, "operator command");
         self.rollout_events(&before);
         self.changed_at = Instant::now();
         self.publish();

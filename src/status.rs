@@ -18,8 +18,8 @@ use tokio::sync::watch;
 use crate::api::{
     self, BaselineReport, CheckReport, DrainReason, DrainReport, GateReport, GroupReport,
     HistoryReport, MirrorReport, NackStatus, NodeReport, ObservedReport, ObservedVersion,
-    ReloadStatus, RetiringReport, RolloutKind, RolloutReport, ServiceReport, StateFileReport,
-    StatusReport, StreamsReport, TelemetryState, ThresholdsReport, TypeReport,
+    PastRolloutReport, ReloadStatus, RetiringReport, RolloutKind, RolloutReport, ServiceReport,
+    StateFileReport, StatusReport, StreamsReport, TelemetryState, ThresholdsReport, TypeReport,
 };
 use crate::metrics::{Metrics, ResultLabel};
 use crate::node::GroupId;
@@ -345,6 +345,14 @@ fn service_reports(
                     .rollouts
                     .get(name)
                     .map(|r| rollout_report(r, &service.strategy, now)),
+                past_rollouts: state
+                    .past_rollouts
+                    .get(name)
+                    .into_iter()
+                    .flatten()
+                    .rev()
+                    .map(past_rollout_report)
+                    .collect(),
                 draining: drains(planned, now),
                 // The live figures are added when the report is read.
                 observed: None,
@@ -424,6 +432,33 @@ fn rollout_report(r: &Rollout, strategy: &Strategy, now: Timestamp) -> RolloutRe
         last_check: r.last_check.as_ref().map(check_report),
         thresholds: analysis.map(thresholds_report),
         advice,
+        history: r
+            .history
+            .iter()
+            .map(|e| HistoryReport {
+                at: e.at.to_string(),
+                what: e.what.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// An ended rollout as the admin API says it.
+fn past_rollout_report(r: &Rollout) -> PastRolloutReport {
+    let (kind, version, baseline) = match &r.kind {
+        Kind::Canary { stable, canary } => (RolloutKind::Canary, canary, stable),
+        Kind::Switch { from, to } => (RolloutKind::Switch, to, from),
+    };
+    PastRolloutReport {
+        kind,
+        version: version.clone(),
+        baseline: baseline.clone(),
+        state: r.status.state(),
+        reason: match &r.status {
+            RolloutStatus::Failed(why) => Some(why.clone()),
+            _ => None,
+        },
+        started: r.started.to_string(),
         history: r
             .history
             .iter()

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use cutover::api::{
     BaselineReport, CheckReport, DrainReason, DrainReport, HistoryReport, MirrorReport, NackStatus,
-    NodeReport, ObservedReport, ObservedVersion, ReloadStatus, RetiringReport, RolloutKind,
-    RolloutReport, RolloutState, ServiceReport, StatusReport, Strategy, TelemetryState,
-    ThresholdsReport, TypeReport, Verdict,
+    NodeReport, ObservedReport, ObservedVersion, PastRolloutReport, ReloadStatus, RetiringReport,
+    RolloutKind, RolloutReport, RolloutState, ServiceReport, StatusReport, Strategy,
+    TelemetryState, ThresholdsReport, TypeReport, Verdict,
 };
 use cutover::app;
 use cutover::cli::diff::{self, Side};
@@ -177,6 +177,24 @@ fn busy_report() -> StatusReport {
                             },
                         ],
                     }),
+                    past_rollouts: vec![PastRolloutReport {
+                        kind: RolloutKind::Canary,
+                        version: "v2".into(),
+                        baseline: "v1".into(),
+                        state: RolloutState::RolledBack,
+                        reason: Some("aborted by the operator at 127.0.0.1".into()),
+                        started: "2026-01-01T22:00:00.000Z".into(),
+                        history: vec![
+                            HistoryReport {
+                                at: "2026-01-01T22:00:00.000Z".into(),
+                                what: "started: v2 at 5%".into(),
+                            },
+                            HistoryReport {
+                                at: "2026-01-01T22:04:10.000Z".into(),
+                                what: "rolled back: aborted by the operator at 127.0.0.1".into(),
+                            },
+                        ],
+                    }],
                     draining: vec![DrainReport {
                         version: "v1".into(),
                         endpoint: Some("10.0.0.12:8080".into()),
@@ -236,6 +254,7 @@ fn busy_report() -> StatusReport {
                     }],
                     synced: false,
                     rollout: None,
+                    past_rollouts: vec![],
                     draining: Vec::new(),
                     observed: Some(observed(&[
                         (
@@ -283,6 +302,7 @@ fn busy_report() -> StatusReport {
                     }],
                     synced: false,
                     rollout: None,
+                    past_rollouts: vec![],
                     draining: Vec::new(),
                     observed: None,
                 },
@@ -355,6 +375,16 @@ fn status_with_services_and_envoys() {
 
 /// With node groups: each Envoy shows its group, and one that no group matches is warned
 /// about (it gets an empty config).
+#[test]
+fn status_history_of_a_service() {
+    let report = through_json(&busy_report());
+    insta::assert_snapshot!(status::render_history(
+        "checkout",
+        &report.services["checkout"],
+        false
+    ));
+}
+
 #[test]
 fn status_with_node_groups_warns_about_an_envoy_in_no_group() {
     let mut report = busy_report();

@@ -490,6 +490,18 @@ async fn operators_pause_resume_promote_and_abort_from_the_cli() {
     );
     let out = cli(&s, &["abort", "checkout"]);
     assert_eq!(out.status.code(), Some(1), "promoted is final: {out:?}");
+    // Who did what, in the rollout's history.
+    let out = cli(&s, &["status", "checkout", "--history"]);
+    assert!(out.status.success(), "{out:?}");
+    let history = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "checkout:  canary v2 (stable v1)  promoted (current)",
+        "paused by the operator at 127.0.0.1",
+        "resumed by the operator at 127.0.0.1",
+        "promoted (by the operator at 127.0.0.1)",
+    ] {
+        assert!(history.contains(line), "{line:?} in:\n{history}");
+    }
     let out = cli(&s, &["abort", "nope"]);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("no service \"nope\""),

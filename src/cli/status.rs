@@ -12,8 +12,8 @@ use std::time::Duration;
 use super::style::{Painter, Style, Table, percent};
 use crate::api::{
     BaselineReport, DrainReason, NodeReport, ObservedVersion, ReloadStatus, RolloutCommand,
-    RolloutKind, RolloutReport, RolloutState, StatusReport, Strategy, TelemetryState, Verdict,
-    WaitAnswer, WaitFor,
+    RolloutKind, RolloutReport, RolloutState, ServiceReport, StatusReport, Strategy,
+    TelemetryState, Verdict, WaitAnswer, WaitFor,
 };
 use crate::http_client;
 
@@ -670,6 +670,61 @@ fn render_rollout(name: &str, r: &RolloutReport, p: Painter) -> String {
     out
 }
 
+/// `cutover status SERVICE --history`: the current rollout and those before it, newest first,
+/// each with its whole history.
+pub fn render_history(name: &str, s: &ServiceReport, color: bool) -> String {
+    let p = Painter { color };
+    let mut out = String::new();
+    let current = s.rollout.as_ref().map(|r| {
+        (
+            r.kind,
+            &r.version,
+            &r.baseline,
+            r.state,
+            r.reason.as_ref(),
+            &r.history,
+        )
+    });
+    let past = s.past_rollouts.iter().map(|r| {
+        (
+            r.kind,
+            &r.version,
+            &r.baseline,
+            r.state,
+            r.reason.as_ref(),
+            &r.history,
+        )
+    });
+    let all: Vec<_> = current.into_iter().chain(past).collect();
+    if all.is_empty() {
+        let _ = writeln!(out, "{name}: no rollout yet");
+        return out;
+    }
+    for (i, (kind, version, baseline, state, reason, history)) in all.into_iter().enumerate() {
+        let what = match kind {
+            RolloutKind::Canary => format!("canary {version} (stable {baseline})"),
+            _ => format!("switch {baseline} → {version}"),
+        };
+        let now = if i == 0 && s.rollout.is_some() {
+            " (current)"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "{}  {what}  {state}{now}",
+            p.paint(Style::Bold, &format!("{name}:"))
+        );
+        if let Some(reason) = reason {
+            let _ = writeln!(out, "    {}", p.paint(Style::Red, reason));
+        }
+        for h in history {
+            let _ = writeln!(out, "    {}  {}", p.paint(Style::Dim, &h.at), h.what);
+        }
+    }
+    out
+}
+
 /// The baseline's figures a check compared with, and how likely the differences are by chance.
 fn render_baseline(out: &mut String, b: &BaselineReport) {
     let p99 = b
@@ -730,6 +785,13 @@ pub struct Args {
     /// Refresh every second until Ctrl-C.
     #[arg(long)]
     watch: bool,
+    /// With `--history`: the service whose rollouts to show.
+    #[arg(requires = "history")]
+    service: Option<String>,
+    /// The service's rollouts, the current one and those before it, each with every step,
+    /// check result and operator command.
+    #[arg(long, requires = "service")]
+    history: bool,
 }
 
 /// Prints the report once (exit 1 if cutover cannot be reached), or with `--watch` every second
@@ -740,13 +802,29 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
 
     use super::output::{Written, complain, say};
 
-    let Args { admin, json, watch } = args;
+    let Args {
+        admin,
+        json,
+        watch,
+        service,
+        history: _,
+    } = args;
     let runtime = super::current_thread_runtime()?;
     let color = super::color_for_stdout();
-    let show = |fetched: &Result<(String, StatusReport), FetchError>| match fetched {
-        Ok((body, _)) if json => say(format_args!("{}\n", body.trim_end())),
-        Ok((_, report)) => say(format_args!("{}", render_status(report, color))),
-        Err(err) => complain(format_args!("error: {err}\n")),
+    let show = |fetched: &Result<(String, StatusReport), FetchError>| match (fetched, &service) {
+        (Ok((body, _)), None) if json => say(format_args!("{}\n", body.trim_end())),
+        (Ok((_, report)), None) => say(format_args!("{}", render_status(report, color))),
+        (Ok((_, report)), Some(name)) => match report.services.get(name) {
+            Some(s) if json => say(format_args!(
+                "{}\n",
+                serde_json::json!({ "rollout": s.rollout, "past_rollouts": s.past_rollouts })
+            )),
+            Some(s) => say(format_args!("{}", render_history(name, s, color))),
+            None => complain(format_args!(
+                "error: cutover serves no service \"{name}\" (see `cutover status`)\n"
+            )),
+        },
+        (Err(err), _) => complain(format_args!("error: {err}\n")),
     };
     if !watch {
         let fetched = runtime.block_on(fetch(admin));

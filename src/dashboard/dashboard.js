@@ -410,6 +410,16 @@ function serviceCard(name, service) {
     chart(name, METRICS[2], names, colors, t.max_p99_ms),
   ));
   if (service.rollout) card.append(rolloutSection(service.rollout));
+  // Earlier rollouts, newest first: how each ended (the whole story: `cutover status NAME --history`).
+  const past = (service.past_rollouts || []).slice(0, 3);
+  if (past.length) {
+    card.append(el('details', { class: 'past' },
+      el('summary', {}, `${service.past_rollouts.length} earlier rollout(s)`),
+      el('ul', {}, past.map((p) => el('li', {},
+        `${p.kind === 'canary' ? `canary ${p.version}` : `switch to ${p.version}`}: ${p.state.replace('_', ' ')}`,
+        p.reason ? el('span', { class: 'muted' }, ` · ${p.reason}`) : null,
+        el('span', { class: 'muted' }, ` · started ${ago(p.started)}`))))));
+  }
   const n = notes(service);
   if (n) card.append(n);
   return card;

@@ -568,10 +568,13 @@ pub(super) fn on_tick(r: &mut Rollout, strategy: &Strategy, now: Timestamp) {
                         format!(
                             "{canary} {} → {next}{}",
                             pct(r.weight),
-                            if analysis.is_some() {
-                                format!(" after {passed} passed check(s)")
-                            } else {
-                                String::new()
+                            match (analysis, r.last_check.as_ref()) {
+                                (Some(_), Some(c)) => format!(
+                                    " after {passed} passed check(s) (last: {})",
+                                    figures_text(&c.figures)
+                                ),
+                                (Some(_), None) => format!(" after {passed} passed check(s)"),
+                                (None, _) => String::new(),
                             }
                         ),
                     );
@@ -859,6 +862,19 @@ fn worse_than_baseline(limits: &BaselineLimits, f: &Figures, c: &Comparison) -> 
     None
 }
 
+/// A check's figures in a few words, for the rollout's history.
+fn figures_text(f: &Figures) -> String {
+    let p99 = f
+        .p99_ms
+        .map(|p| format!(", p99 {p:.0} ms"))
+        .unwrap_or_default();
+    format!(
+        "{} requests, {:.2}% errors{p99}",
+        f.requests,
+        f.error_rate() * 100.0
+    )
+}
+
 /// How many errors fail a check before it has `min_requests` (with a `max_error_rate`): the
 /// fewest whose share of `min_requests` is above the limit, so no later success could bring
 /// the error rate under it.
@@ -871,26 +887,28 @@ pub fn fails_early_at(analysis: &Analysis) -> u64 {
     u64::try_from(allowed + 1).unwrap_or(u64::MAX)
 }
 
-/// An operator's command; returns what it did, or why it did nothing.
+/// An operator's command, `by` whom (e.g. "the operator at 127.0.0.1"); returns what it
+/// did, or why it did nothing.
 pub(super) fn on_command(
     r: &mut Rollout,
     strategy: &Strategy,
     command: RolloutCommand,
+    by: &str,
     now: Timestamp,
 ) -> Result<&'static str, CommandError> {
     let done = match (command, &r.status) {
         (RolloutCommand::Promote, Status::Progressing | Status::Paused) => {
-            r.promote(now, "by the operator");
+            r.promote(now, &format!("by {by}"));
             "promoted"
         }
         (RolloutCommand::Abort, Status::Progressing | Status::Paused) => {
-            r.roll_back(now, "aborted by the operator".to_owned());
+            r.roll_back(now, format!("aborted by {by}"));
             "rolled back"
         }
         (RolloutCommand::Pause, Status::Progressing) => {
             r.status = Status::Paused;
             r.next_check = None;
-            r.log(now, "paused by the operator".to_owned());
+            r.log(now, format!("paused by {by}"));
             "paused"
         }
         (RolloutCommand::Resume, Status::Paused) => {
@@ -900,7 +918,7 @@ pub(super) fn on_command(
             // The step's time starts again, from now: the pause did not count.
             r.since = Some(now);
             r.next_check = strategy.analysis().map(|a| now + a.interval);
-            r.log(now, "resumed by the operator".to_owned());
+            r.log(now, format!("resumed by {by}"));
             "resumed"
         }
         (RolloutCommand::Resume, Status::Failed(_)) => {
@@ -928,7 +946,7 @@ pub(super) fn on_command(
             if pre_rollout {
                 r.wait_at(Gate::PreRollout, now);
             }
-            r.log(now, "started again by the operator".to_owned());
+            r.log(now, format!("started again by {by}"));
             "started again from the first step"
         }
         (_, status) => {

@@ -15,7 +15,7 @@
 //! [`crate::store`]) keeps serving what was draining or retiring until the original deadline.
 //! The reducer never looks at a clock: every event comes with its `now`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -151,6 +151,10 @@ pub struct RuntimeState {
     /// Automated rollouts, by service.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rollouts: BTreeMap<String, Rollout>,
+    /// The last [`PAST_ROLLOUTS`] rollouts of each service of the file that a new one replaced
+    /// or the file ended, oldest first.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub past_rollouts: BTreeMap<String, VecDeque<Rollout>>,
     /// The drain period of the last file loaded (a setting of `cutover serve`, not state).
     #[serde(skip)]
     drain_period: Duration,
@@ -164,8 +168,12 @@ impl PartialEq for RuntimeState {
             && self.removed == other.removed
             && self.fallbacks == other.fallbacks
             && self.rollouts == other.rollouts
+            && self.past_rollouts == other.past_rollouts
     }
 }
+
+/// How many ended rollouts each service keeps.
+pub const PAST_ROLLOUTS: usize = 10;
 
 /// What the file replaced when a valid one is loaded.
 #[derive(Debug, Clone, Copy)]
@@ -282,6 +290,7 @@ impl RuntimeState {
         spec: &Spec,
         service: &str,
         command: RolloutCommand,
+        by: &str,
         now: Timestamp,
     ) -> Result<&'static str, CommandError> {
         let strategy = &spec
@@ -294,7 +303,7 @@ impl RuntimeState {
             .rollouts
             .get_mut(service)
             .ok_or_else(|| CommandError::NoRollout(service.to_owned()))?;
-        let done = rollout::on_command(r, strategy, command, now)?;
+        let done = rollout::on_command(r, strategy, command, by, now)?;
         self.settle(spec, before, now);
         Ok(done)
     }
@@ -385,13 +394,26 @@ impl RuntimeState {
         let mut rollouts = BTreeMap::new();
         for (name, service) in &spec.services {
             let previous_default = served_before.get(name.as_str()).map(|(d, _)| d.as_str());
-            if let Some(r) =
-                rollout::on_file(self.rollouts.remove(name), previous_default, service, now)
+            let existing = self.rollouts.remove(name);
+            let r = rollout::on_file(existing.clone(), previous_default, service, now);
+            // One the file replaced (a new canary, a new switch) or ended goes to history.
+            if let Some(old) = existing
+                && r.as_ref()
+                    .is_none_or(|r| r.kind != old.kind || r.started != old.started)
             {
+                let past = self.past_rollouts.entry(name.clone()).or_default();
+                past.push_back(old);
+                while past.len() > PAST_ROLLOUTS {
+                    past.pop_front();
+                }
+            }
+            if let Some(r) = r {
                 rollouts.insert(name.clone(), r);
             }
         }
         self.rollouts = rollouts;
+        self.past_rollouts
+            .retain(|name, _| spec.services.contains_key(name));
 
         // Red-black: versions traffic just moved away from start retiring.
         let mut retiring = BTreeMap::new();

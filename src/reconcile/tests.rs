@@ -469,7 +469,7 @@ impl World {
 
     fn command(&mut self, c: RolloutCommand) -> Result<&'static str, CommandError> {
         let spec = self.spec.clone().unwrap();
-        self.state.command(&spec, "s", c, self.now)
+        self.state.command(&spec, "s", c, "the operator", self.now)
     }
 
     /// The canary's share of requests as planned, in percent.
@@ -528,8 +528,8 @@ fn a_healthy_canary_is_promoted_step_by_step_each_step_timed_from_the_answers() 
         history,
         [
             "started: v2 at 10%",
-            "v2 10% → 50% after 5 passed check(s)",
-            "v2 50% → 100% after 5 passed check(s)",
+            "v2 10% → 50% after 5 passed check(s) (last: 1000 requests, 0.20% errors, p99 40 ms)",
+            "v2 50% → 100% after 5 passed check(s) (last: 1000 requests, 0.20% errors, p99 40 ms)",
             "promoted (every step passed)"
         ]
     );
@@ -1029,6 +1029,57 @@ fn gates_hold_the_canary_at_0_before_pre_rollout_and_each_step_until_confirmed()
 }
 
 #[test]
+fn ended_rollouts_are_kept_per_service_bounded_with_who_did_what() {
+    let mut w = World::new();
+    w.load(&rollout("[10, 100]", ANALYSIS)).answered();
+    w.state
+        .command(
+            w.spec.as_ref().unwrap(),
+            "s",
+            RolloutCommand::Abort,
+            "the operator at 127.0.0.1",
+            w.now,
+        )
+        .unwrap();
+    // A new canary version: the aborted rollout goes to history, the new one starts.
+    w.wait(secs(5));
+    w.load(&rollout("[10, 100]", ANALYSIS).replace("        canary: v2", "        canary: v3"));
+    let past = &w.state.past_rollouts["s"];
+    assert_eq!(past.len(), 1);
+    assert_eq!(
+        past[0].status,
+        Status::Failed("aborted by the operator at 127.0.0.1".into())
+    );
+    assert_eq!(
+        past[0].history.last().unwrap().what,
+        "rolled back: aborted by the operator at 127.0.0.1"
+    );
+    // An unrelated edit keeps the current rollout where it is.
+    w.load(
+        &rollout("[10, 100]", ANALYSIS)
+            .replace("        canary: v2", "        canary: v3")
+            .replace("8081", "8091"),
+    );
+    assert_eq!(w.state.past_rollouts["s"].len(), 1);
+    // Bounded: the newest PAST_ROLLOUTS stay.
+    for i in 0..15 {
+        let canary = if i % 2 == 0 { "v2" } else { "v3" };
+        w.wait(secs(1));
+        w.load(
+            &rollout("[10, 100]", ANALYSIS)
+                .replace("        canary: v2", &format!("        canary: {canary}")),
+        );
+    }
+    let past = &w.state.past_rollouts["s"];
+    assert_eq!(past.len(), super::state::PAST_ROLLOUTS);
+    assert!(past.back().unwrap().started > past.front().unwrap().started);
+    // Kept in the state file.
+    let saved = serde_json::to_string(&w.state).unwrap();
+    let restored: RuntimeState = serde_json::from_str(&saved).unwrap();
+    assert_eq!(restored.past_rollouts, w.state.past_rollouts);
+}
+
+#[test]
 fn a_restart_resumes_the_rollout_at_the_same_step_and_weight() {
     let mut w = World::new();
     w.load(&rollout("[10, 50, 100]", ANALYSIS)).answered();
@@ -1129,6 +1180,7 @@ fn operators_pause_resume_promote_and_abort() {
         w.spec.as_ref().unwrap(),
         "nope",
         RolloutCommand::Pause,
+        "the operator",
         w.now,
     );
     let err = err.unwrap_err();
