@@ -190,3 +190,71 @@ async fn the_dashboard_shows_the_observed_split_move_when_the_file_switches_colo
         "the page showed blue after {loaded:?}; green had all of the last 10 s {moved:?} after the save"
     );
 }
+
+/// A canary rollout that stays at its first step until someone acts.
+const CANARY: &str = "\
+listeners:
+  - name: public
+    address: ${listener}
+    routes:
+      - match: { prefix: / }
+        service: checkout
+services:
+  checkout:
+    versions:
+      v1: { endpoints: [${v1-1}] }
+      v2: { endpoints: [${v2-1}] }
+    strategy:
+      canary: { stable: v1, canary: v2, steps: [20, 100], interval: 10m }
+";
+
+/// The rollout of `checkout` as the page shows it.
+fn rollout(page: &Value) -> &Value {
+    &page["state"]["services"]["checkout"]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_pause_resume_and_abort_a_rollout_from_the_dashboard() {
+    let Some(envoy) = envoy_binary() else { return };
+    let Some(browser) = browser_or_skip() else {
+        return;
+    };
+    let s = Scenario::start(&envoy, &["v1-1", "v2-1"], CANARY).await;
+    let mut page = Page::open(&browser, &format!("http://{}/", s.cutover.admin)).await;
+    let shown = page_until(&mut page, "the rollout progressing", |p| {
+        rollout(p)["rollout_state"] == "progressing"
+    })
+    .await;
+    assert_eq!(
+        rollout(&shown)["actions"],
+        serde_json::json!(["pause", "promote", "abort"])
+    );
+
+    // Each button does what `cutover pause|resume|abort` does, through the same admin API.
+    for (command, state, answer) in [
+        ("pause", "paused", "checkout: paused"),
+        ("resume", "progressing", "checkout: resumed"),
+        ("abort", "rolled_back", "checkout: rolled back"),
+    ] {
+        page.click("checkout", command).await;
+        let shown = page_until(&mut page, &format!("the rollout {state}"), |p| {
+            rollout(p)["rollout_state"] == state && rollout(p)["action_result"] == answer
+        })
+        .await;
+        let status = s.cutover.status().await;
+        let r = status.services["checkout"].rollout.as_ref().unwrap();
+        assert_eq!(r.state.to_string(), state, "{r:?}");
+        if state == "rolled_back" {
+            assert_eq!(rollout(&shown)["actions"], serde_json::json!(["resume"]));
+            assert_eq!(
+                r.reason.as_deref(),
+                Some("aborted by the operator at 127.0.0.1")
+            );
+        }
+    }
+    // Stable takes every request again.
+    s.cutover.wait_in_sync(NODE).await;
+    let read = page.read().await;
+    assert_eq!(read["problems"], serde_json::json!([]), "{read:#}");
+    page.close().await;
+}

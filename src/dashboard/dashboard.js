@@ -298,7 +298,63 @@ function chart(serviceName, metric, names, colors, limit) {
   );
 }
 
-function rolloutSection(r) {
+/** The operator's commands for a rollout in `state`, as the admin API allows them. */
+const COMMANDS = {
+  progressing: ['pause', 'promote', 'abort'],
+  paused: ['resume', 'promote', 'abort'],
+  rolled_back: ['resume'],
+};
+
+/**
+ * Sends `command` for `service` through the admin API (the same rules: loopback, or the admin
+ * token, asked for once and kept for this tab) and shows the answer in `out`.
+ */
+const answers = {};
+
+async function rolloutCommand(service, command) {
+  // Kept by service: the page is drawn afresh with every frame.
+  const show = (text, cls) => {
+    answers[service] = { text, cls };
+    render();
+  };
+  const send = (token) => fetch(`rollouts/${encodeURIComponent(service)}/${command}`, {
+    method: 'POST',
+    headers: token ? { Authorization: `Bearer ${token}` } : {},
+  });
+  show(`${command}…`, 'muted');
+  try {
+    let token = sessionStorage.getItem('cutover-admin-token');
+    let res = await send(token);
+    if (res.status === 403) {
+      token = window.prompt('Changes from this address need cutover\'s admin token (--admin-token):');
+      if (token) {
+        sessionStorage.setItem('cutover-admin-token', token);
+        res = await send(token);
+      }
+    }
+    show((await res.text()).trim(), res.ok ? 'ok' : 'bad');
+  } catch (e) {
+    show(`${command}: ${e.message}`, 'bad');
+  }
+}
+
+function rolloutActions(service, r) {
+  const commands = COMMANDS[r.state] || [];
+  const answer = answers[service];
+  if (!commands.length && !answer) return null;
+  const out = el('span', { class: `action-result ${answer ? answer.cls : ''}` }, answer ? answer.text : '');
+  const buttons = commands.map((c) => {
+    const b = el('button', { type: 'button', 'data-command': c }, c);
+    b.addEventListener('click', () => {
+      if (c === 'abort' && !window.confirm(`Abort the rollout of ${service}? Every request goes back to ${r.baseline}.`)) return;
+      rolloutCommand(service, c);
+    });
+    return b;
+  });
+  return el('div', { class: 'actions' }, ...buttons, out);
+}
+
+function rolloutSection(r, service) {
   const canary = r.kind === 'canary';
   const what = canary ? `canary ${r.version} at ${fmtShare(r.weight)} · stable ${r.baseline}`
     : r.before_switch ? `switch ${r.baseline} → ${r.version} · checking ${r.version}'s preview traffic first` : `switch ${r.baseline} → ${r.version}`;
@@ -323,6 +379,8 @@ function rolloutSection(r) {
     section.append(steps);
   }
   if (r.reason) section.append(el('div', { class: 'bad' }, r.reason));
+  const actions = rolloutActions(service, r);
+  if (actions) section.append(actions);
   const c = r.last_check;
   if (c) {
     const t = r.thresholds || {};
@@ -409,7 +467,7 @@ function serviceCard(name, service) {
     chart(name, METRICS[1], names, colors, t.max_error_rate),
     chart(name, METRICS[2], names, colors, t.max_p99_ms),
   ));
-  if (service.rollout) card.append(rolloutSection(service.rollout));
+  if (service.rollout) card.append(rolloutSection(service.rollout, name));
   // Earlier rollouts, newest first: how each ended (the whole story: `cutover status NAME --history`).
   const past = (service.past_rollouts || []).slice(0, 3);
   if (past.length) {

@@ -100,6 +100,13 @@ impl Page {
         self.answer("state").await
     }
 
+    /// Clicks `service`'s rollout button for `command` (`pause`, `resume`, `promote`,
+    /// `abort`), accepting the confirmation it may ask for.
+    pub async fn click(&mut self, service: &str, command: &str) {
+        self.driver.send(&format!("click {service} {command}"));
+        self.answer("clicked").await;
+    }
+
     /// A full-page PNG at `path`.
     pub async fn screenshot(&mut self, path: &Path) {
         self.driver.send(&format!("screenshot {}", path.display()));

@@ -7,6 +7,9 @@
 // read from stdin, one per line, each with one JSON line on stdout:
 //   read             {"state": what the page shows: services, versions, charts, Envoys, ...}
 //   screenshot PATH  {"screenshot": PATH}
+//   click SERVICE COMMAND
+//                    clicks the rollout button of SERVICE (accepting a confirmation), then
+//                    {"clicked": COMMAND}
 //   quit             (or end of input) closes the browser and exits 0
 // Anything that goes wrong prints {"error": "..."} and exits 1.
 
@@ -70,6 +73,9 @@ function pageState() {
       versions,
       charts,
       rollout: text(card.querySelector('.rollout')),
+      rollout_state: card.querySelector('.rollout')?.dataset.state || null,
+      actions: [...card.querySelectorAll('.rollout .actions button')].map((b) => b.dataset.command),
+      action_result: text(card.querySelector('.rollout .action-result')),
     };
   }
   const envoys = {};
@@ -103,6 +109,8 @@ try {
     if (m.type() === 'error' || m.type() === 'warning') problems.push(`console ${m.type()}: ${m.text()}`);
   });
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  // An abort asks "are you sure?": the test's operator is.
+  page.on('dialog', (d) => d.accept());
   page.on('request', (r) => requests.add(r.url()));
   page.on('requestfailed', (r) => {
     // The event stream is cut when the page closes; anything else failing is a problem.
@@ -125,6 +133,10 @@ try {
     } else if (command === 'screenshot') {
       await page.screenshot({ path: rest.join(' '), fullPage: true });
       say({ screenshot: rest.join(' ') });
+    } else if (command === 'click') {
+      const [service, action] = rest;
+      await page.click(`[data-service="${service}"] .rollout button[data-command="${action}"]`, { timeout: 5000 });
+      say({ clicked: action });
     } else if (command === 'quit') {
       break;
     } else {
