@@ -346,6 +346,10 @@ pub struct RolloutReport {
     /// The webhooks the rollout waits on before it goes on, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gate: Option<GateReport>,
+    /// Its last checks (at most 120), oldest first: what the dashboard charts against the
+    /// limits.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckPointReport>,
     pub failed_checks: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_check: Option<CheckReport>,
@@ -355,6 +359,23 @@ pub struct RolloutReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advice: Option<String>,
     pub history: Vec<HistoryReport>,
+}
+
+/// One check of a rollout, for its chart.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CheckPointReport {
+    pub at: String,
+    /// The canary's weight then, percent (a canary only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f64>,
+    pub requests: u64,
+    /// Percent; `None` without requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_rate: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<f64>,
+    pub verdict: Verdict,
 }
 
 /// A rollout that is over: what it tried, how it ended, and every step with who did what.

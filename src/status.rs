@@ -16,10 +16,11 @@ use std::time::{Instant, SystemTime};
 use tokio::sync::watch;
 
 use crate::api::{
-    self, BaselineReport, CheckReport, DrainReason, DrainReport, GateReport, GroupReport,
-    HistoryReport, MirrorReport, NackStatus, NodeReport, ObservedReport, ObservedVersion,
-    PastRolloutReport, ReloadStatus, RetiringReport, RolloutKind, RolloutReport, ServiceReport,
-    StateFileReport, StatusReport, StreamsReport, TelemetryState, ThresholdsReport, TypeReport,
+    self, BaselineReport, CheckPointReport, CheckReport, DrainReason, DrainReport, GateReport,
+    GroupReport, HistoryReport, MirrorReport, NackStatus, NodeReport, ObservedReport,
+    ObservedVersion, PastRolloutReport, ReloadStatus, RetiringReport, RolloutKind, RolloutReport,
+    ServiceReport, StateFileReport, StatusReport, StreamsReport, TelemetryState, ThresholdsReport,
+    TypeReport,
 };
 use crate::metrics::{Metrics, ResultLabel};
 use crate::node::GroupId;
@@ -422,6 +423,7 @@ fn rollout_report(r: &Rollout, strategy: &Strategy, now: Timestamp) -> RolloutRe
         step_ends_in_seconds: r.step_deadline(strategy).map(in_seconds),
         next_check_in_seconds: r.next_check.map(in_seconds),
         progress_deadline_in_seconds: r.progress_deadline(strategy).map(in_seconds),
+        checks: check_points(r),
         gate: r.gate.map(|g| GateReport {
             kind: g.as_str().to_owned(),
             next: crate::reconcile::rollout::gate_next(r, strategy),
@@ -441,6 +443,27 @@ fn rollout_report(r: &Rollout, strategy: &Strategy, now: Timestamp) -> RolloutRe
             })
             .collect(),
     }
+}
+
+/// A rollout's last checks, for its chart.
+fn check_points(r: &Rollout) -> Vec<CheckPointReport> {
+    r.checks
+        .iter()
+        .map(|c| CheckPointReport {
+            at: c.at.to_string(),
+            weight: matches!(r.kind, Kind::Canary { .. }).then(|| f64::from(c.weight) / 10_000.0),
+            requests: c.requests,
+            #[allow(clippy::cast_precision_loss, reason = "request counts of one window")]
+            error_rate: (c.requests > 0)
+                .then(|| (c.errors as f64 / c.requests as f64 * 100_000.0).round() / 1000.0),
+            p99_ms: c.p99_ms,
+            verdict: match c.verdict {
+                'p' => api::Verdict::Pass,
+                'f' => api::Verdict::Fail,
+                _ => api::Verdict::Wait,
+            },
+        })
+        .collect()
 }
 
 /// An ended rollout as the admin API says it.
@@ -1091,6 +1114,7 @@ services:
             next_ask: None,
             gate_refused: None,
             confirmed: false,
+            checks: std::collections::VecDeque::new(),
         };
         let canary = |stable: &str, canary: &str| Kind::Canary {
             stable: stable.into(),

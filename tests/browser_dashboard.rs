@@ -205,7 +205,12 @@ services:
       v1: { endpoints: [${v1-1}] }
       v2: { endpoints: [${v2-1}] }
     strategy:
-      canary: { stable: v1, canary: v2, steps: [20, 100], interval: 10m }
+      canary:
+        stable: v1
+        canary: v2
+        steps: [20, 100]
+        interval: 10m
+        analysis: { interval: 1s, max_error_rate: 5%, min_requests: 1 }
 ";
 
 /// The rollout of `checkout` as the page shows it.
@@ -220,9 +225,15 @@ async fn operators_pause_resume_and_abort_a_rollout_from_the_dashboard() {
         return;
     };
     let s = Scenario::start(&envoy, &["v1-1", "v2-1"], CANARY).await;
+    // About 50 requests a second, 10 of them to the canary: every check has some.
+    let load = Load::with(s.listener, 1, Duration::from_millis(20));
     let mut page = Page::open(&browser, &format!("http://{}/", s.cutover.admin)).await;
-    let shown = page_until(&mut page, "the rollout progressing", |p| {
+    // Each check a point of the error rate chart, against max_error_rate.
+    let shown = page_until(&mut page, "the rollout's checks charted", |p| {
         rollout(p)["rollout_state"] == "progressing"
+            && rollout(p)["check_points"]["error_rate"]
+                .as_array()
+                .is_some_and(|c| c.len() >= 2 && c.iter().all(|v| v == "pass"))
     })
     .await;
     assert_eq!(
@@ -252,7 +263,9 @@ async fn operators_pause_resume_and_abort_a_rollout_from_the_dashboard() {
             );
         }
     }
-    // Stable takes every request again.
+    load.stop()
+        .await
+        .assert_no_failures("operators acting on the dashboard");
     s.cutover.wait_in_sync(NODE).await;
     let read = page.read().await;
     assert_eq!(read["problems"], serde_json::json!([]), "{read:#}");

@@ -133,6 +133,7 @@ fn busy_report() -> StatusReport {
                         next_check_in_seconds: Some(7.0),
                         progress_deadline_in_seconds: None,
                         gate: None,
+                        checks: vec![],
                         failed_checks: 0,
                         last_check: Some(CheckReport {
                             at: "2026-01-02T03:04:20.000Z".into(),

@@ -354,6 +354,36 @@ function rolloutActions(service, r) {
   return el('div', { class: 'actions' }, ...buttons, out);
 }
 
+/**
+ * The rollout's checks, one point each (coloured by verdict), against the analysis's limit:
+ * what each step was judged on.
+ */
+function checksChart(r, key, title, limit, format) {
+  const points = (r.checks || []).filter((c) => typeof c[key] === 'number');
+  if (points.length < 2 && typeof limit !== 'number') return null;
+  const W = 300;
+  const H = 60;
+  let max = typeof limit === 'number' ? limit : 0;
+  for (const c of points) max = Math.max(max, c[key]);
+  const top = niceMax(max, 1);
+  const x = (i) => (points.length < 2 ? W / 2 : (i / (points.length - 1)) * (W - 8) + 4);
+  const y = (v) => H - 4 - (v / top) * (H - 10);
+  const box = svg('svg', { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: 'none', 'data-checks': key, role: 'img', 'aria-label': `${title} of each check` });
+  if (typeof limit === 'number') {
+    box.append(svg('line', { class: 'limit', x1: 0, x2: W, y1: y(limit), y2: y(limit), 'vector-effect': 'non-scaling-stroke' }));
+  }
+  if (points.length > 1) {
+    box.append(svg('path', { class: 'line checks', d: points.map((c, i) => `${i ? 'L' : 'M'}${x(i).toFixed(1)},${y(c[key]).toFixed(1)}`).join(''), 'vector-effect': 'non-scaling-stroke' }));
+  }
+  points.forEach((c, i) => box.append(svg('circle', { class: `check ${c.verdict}`, cx: x(i).toFixed(1), cy: y(c[key]).toFixed(1), r: 2.5 })));
+  const last = points.length ? points[points.length - 1][key] : null;
+  return el('div', { class: 'chart' },
+    el('div', { class: 'head' }, el('span', {}, `${title} per check`), el('b', { class: 'now' }, last === null ? '–' : format(last))),
+    el('div', { class: 'plot' }, box, el('span', { class: 'scale' }, format(top))),
+    el('div', { class: 'axis' }, el('span', {}, `${points.length} check(s)`), el('span', {}, 'last')),
+  );
+}
+
 function rolloutSection(r, service) {
   const canary = r.kind === 'canary';
   const what = canary ? `canary ${r.version} at ${fmtShare(r.weight)} · stable ${r.baseline}`
@@ -379,6 +409,12 @@ function rolloutSection(r, service) {
     section.append(steps);
   }
   if (r.reason) section.append(el('div', { class: 'bad' }, r.reason));
+  const t = r.thresholds || {};
+  const charts = [
+    checksChart(r, 'error_rate', 'errors', t.max_error_rate, fmtPct),
+    checksChart(r, 'p99_ms', 'p99', t.max_p99_ms, fmtMs),
+  ].filter(Boolean);
+  if (charts.length && (r.checks || []).length) section.append(el('div', { class: 'charts checks' }, ...charts));
   const actions = rolloutActions(service, r);
   if (actions) section.append(actions);
   const c = r.last_check;

@@ -37,6 +37,22 @@ use crate::spec::{Analysis, BaselineLimits, Percent, Service, Strategy};
 
 /// How many history entries a rollout keeps.
 const HISTORY: usize = 50;
+/// How many checks a rollout keeps for its chart.
+pub const CHECKS_KEPT: usize = 120;
+
+/// One check, as the rollout's chart draws it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CheckPoint {
+    pub at: Timestamp,
+    /// The canary's weight then, in parts per million (0 for a switch).
+    pub weight: u32,
+    pub requests: u64,
+    pub errors: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<f64>,
+    /// Pass, wait or fail.
+    pub verdict: char,
+}
 
 /// One version's figures over a check's window, as Envoy reported them.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
@@ -220,6 +236,9 @@ pub struct Rollout {
     /// The `confirm` webhooks approved leaving the current step.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub confirmed: bool,
+    /// The last [`CHECKS_KEPT`] checks, oldest first.
+    #[serde(default, skip_serializing_if = "std::collections::VecDeque::is_empty")]
+    pub checks: std::collections::VecDeque<CheckPoint>,
 }
 
 fn pct(ppm: u32) -> String {
@@ -249,6 +268,7 @@ impl Rollout {
             next_ask: None,
             gate_refused: None,
             confirmed: false,
+            checks: std::collections::VecDeque::new(),
         }
     }
 
@@ -700,6 +720,21 @@ pub(super) fn on_observed(
             v
         }
     };
+    r.checks.push_back(CheckPoint {
+        at: now,
+        weight: r.weight,
+        requests: f.requests,
+        errors: f.errors,
+        p99_ms: f.p99_ms,
+        verdict: match &verdict {
+            Verdict::Pass => 'p',
+            Verdict::Wait(_) => 'w',
+            Verdict::Fail(_) => 'f',
+        },
+    });
+    if r.checks.len() > CHECKS_KEPT {
+        r.checks.pop_front();
+    }
     match &verdict {
         Verdict::Pass => r.passed += 1,
         Verdict::Wait(_) => {}

@@ -1080,6 +1080,38 @@ fn ended_rollouts_are_kept_per_service_bounded_with_who_did_what() {
 }
 
 #[test]
+fn each_check_is_kept_for_the_chart_with_its_final_verdict_and_bounded() {
+    let with_max_wait = ANALYSIS.replace("failure_limit: 2", "failure_limit: 3, max_wait: 15s");
+    let mut w = World::new();
+    // A step long enough for every check below.
+    let long_step = rollout("[10, 100]", &with_max_wait).replace("interval: 60s", "interval: 1h");
+    w.load(&long_step).answered();
+    w.wait(secs(10)).observe(good());
+    w.wait(secs(10)).observe(quiet());
+    w.wait(secs(10)).observe(quiet());
+    w.wait(secs(10)).observe(quiet());
+    let checks = &w.state.rollouts["s"].checks;
+    let seen: Vec<(u32, u64, char)> = checks
+        .iter()
+        .map(|c| (c.weight, c.requests, c.verdict))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (100_000, 1000, 'p'),
+            (100_000, 3, 'w'),
+            (100_000, 3, 'w'),
+            (100_000, 3, 'f')
+        ],
+        "the wait that max_wait turned into a failure is charted as one"
+    );
+    for _ in 0..200 {
+        w.wait(secs(10)).observe(good());
+    }
+    assert_eq!(w.state.rollouts["s"].checks.len(), rollout::CHECKS_KEPT);
+}
+
+#[test]
 fn a_restart_resumes_the_rollout_at_the_same_step_and_weight() {
     let mut w = World::new();
     w.load(&rollout("[10, 50, 100]", ANALYSIS)).answered();

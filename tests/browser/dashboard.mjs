@@ -76,6 +76,12 @@ function pageState() {
       rollout_state: card.querySelector('.rollout')?.dataset.state || null,
       actions: [...card.querySelectorAll('.rollout .actions button')].map((b) => b.dataset.command),
       action_result: text(card.querySelector('.rollout .action-result')),
+      check_points: Object.fromEntries(
+        [...card.querySelectorAll('.rollout svg[data-checks]')].map((s) => [
+          s.dataset.checks,
+          [...s.querySelectorAll('circle.check')].map((c) => c.getAttribute('class').split(' ')[1]),
+        ]),
+      ),
     };
   }
   const envoys = {};
