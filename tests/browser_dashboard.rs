@@ -240,6 +240,16 @@ async fn operators_pause_resume_and_abort_a_rollout_from_the_dashboard() {
         rollout(&shown)["actions"],
         serde_json::json!(["pause", "promote", "abort"])
     );
+    // The README's picture of a rollout on the dashboard.
+    if let Some(path) = std::env::var_os("CUTOVER_ROLLOUT_SCREENSHOT") {
+        page_until(&mut page, "a few checks charted", |p| {
+            rollout(p)["check_points"]["error_rate"]
+                .as_array()
+                .is_some_and(|c| c.len() >= 8)
+        })
+        .await;
+        page.screenshot(std::path::Path::new(&path)).await;
+    }
 
     // Each button does what `cutover pause|resume|abort` does, through the same admin API.
     for (command, state, answer) in [
