@@ -24,7 +24,7 @@ use crate::api::{
 };
 use crate::metrics::{Metrics, ResultLabel};
 use crate::node::GroupId;
-use crate::reconcile::rollout::{Kind, Rollout, Status as RolloutStatus, Verdict};
+use crate::reconcile::rollout::{Entry, Kind, Rollout, Status as RolloutStatus, Verdict};
 use crate::reconcile::{Health, Plan, Role, RuntimeState, ServicePlan, Timestamp};
 use crate::snapshot::{Published, ResourceType};
 use crate::spec::{Spec, Strategy};
@@ -434,14 +434,7 @@ fn rollout_report(r: &Rollout, strategy: &Strategy, now: Timestamp) -> RolloutRe
         last_check: r.last_check.as_ref().map(check_report),
         thresholds: analysis.map(thresholds_report),
         advice,
-        history: r
-            .history
-            .iter()
-            .map(|e| HistoryReport {
-                at: e.at.to_string(),
-                what: e.what.clone(),
-            })
-            .collect(),
+        history: history_reports(&r.history),
     }
 }
 
@@ -466,6 +459,17 @@ fn check_points(r: &Rollout) -> Vec<CheckPointReport> {
         .collect()
 }
 
+/// A rollout's history as the admin API says it.
+fn history_reports(entries: &[Entry]) -> Vec<HistoryReport> {
+    entries
+        .iter()
+        .map(|e| HistoryReport {
+            at: e.at.to_string(),
+            what: e.what.clone(),
+        })
+        .collect()
+}
+
 /// An ended rollout as the admin API says it.
 fn past_rollout_report(r: &Rollout) -> PastRolloutReport {
     let (kind, version, baseline) = match &r.kind {
@@ -482,14 +486,7 @@ fn past_rollout_report(r: &Rollout) -> PastRolloutReport {
             _ => None,
         },
         started: r.started.to_string(),
-        history: r
-            .history
-            .iter()
-            .map(|e| HistoryReport {
-                at: e.at.to_string(),
-                what: e.what.clone(),
-            })
-            .collect(),
+        history: history_reports(&r.history),
     }
 }
 

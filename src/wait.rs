@@ -283,6 +283,19 @@ mod tests {
         InFlight { nodes }
     }
 
+    /// Stats edge-1 sent at `reported_at`, counting `in_flight` requests to the version.
+    fn stats_at(reported_at: Instant, in_flight: u64) -> impl Fn(&ClusterId) -> Vec<NodeHealth> {
+        move |_: &ClusterId| {
+            vec![NodeHealth {
+                node: "edge-1".into(),
+                reported_at,
+                healthy: 1,
+                total: 2,
+                in_flight,
+            }]
+        }
+    }
+
     const DRAINING: &str = "{ address: 127.0.0.1:8081, drain: true }, 127.0.0.1:8082";
 
     #[test]
@@ -290,17 +303,7 @@ mod tests {
         let t0 = Instant::now();
         let later = t0 + Duration::from_secs(1);
         let target = Some("127.0.0.1:8081");
-        let stats = |in_flight: u64| {
-            move |_: &ClusterId| {
-                vec![NodeHealth {
-                    node: "edge-1".into(),
-                    reported_at: later,
-                    healthy: 1,
-                    total: 2,
-                    in_flight,
-                }]
-            }
-        };
+        let stats = |in_flight: u64| stats_at(later, in_flight);
         let wait =
             |p: &Plan, e: Envoy, f: &InFlight| drained(p, "s", target, &[e], f, stats(0)).unwrap();
 
@@ -379,17 +382,7 @@ mod tests {
         let later = t0 + Duration::from_secs(1);
         let target = Some("127.0.0.1:8081");
         let p = plan(DRAINING);
-        let stats = |in_flight: u64| {
-            move |_: &ClusterId| {
-                vec![NodeHealth {
-                    node: "edge-1".into(),
-                    reported_at: later,
-                    healthy: 1,
-                    total: 2,
-                    in_flight,
-                }]
-            }
-        };
+        let stats = |in_flight: u64| stats_at(later, in_flight);
         // One request, placed by the load report and counted by the stats: listed once.
         let once = drained(
             &p,

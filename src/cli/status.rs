@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use super::style::{Painter, Style, Table, percent};
 use crate::api::{
-    BaselineReport, DrainReason, NodeReport, ObservedVersion, ReloadStatus, RolloutCommand,
-    RolloutKind, RolloutReport, RolloutState, ServiceReport, StatusReport, Strategy,
-    TelemetryState, Verdict, WaitAnswer, WaitFor,
+    BaselineReport, DrainReason, NodeReport, ObservedVersion, PastRolloutReport, ReloadStatus,
+    RolloutCommand, RolloutKind, RolloutReport, RolloutState, ServiceReport, StatusReport,
+    Strategy, TelemetryState, Verdict, WaitAnswer, WaitFor,
 };
 use crate::http_client;
 
@@ -675,33 +675,24 @@ fn render_rollout(name: &str, r: &RolloutReport, p: Painter) -> String {
 pub fn render_history(name: &str, s: &ServiceReport, color: bool) -> String {
     let p = Painter { color };
     let mut out = String::new();
-    let current = s.rollout.as_ref().map(|r| {
-        (
-            r.kind,
-            &r.version,
-            &r.baseline,
-            r.state,
-            r.reason.as_ref(),
-            &r.history,
-        )
+    // The current rollout read as an ended one: the same lines.
+    let current = s.rollout.as_ref().map(|r| PastRolloutReport {
+        kind: r.kind,
+        version: r.version.clone(),
+        baseline: r.baseline.clone(),
+        state: r.state,
+        reason: r.reason.clone(),
+        started: String::new(),
+        history: r.history.clone(),
     });
-    let past = s.past_rollouts.iter().map(|r| {
-        (
-            r.kind,
-            &r.version,
-            &r.baseline,
-            r.state,
-            r.reason.as_ref(),
-            &r.history,
-        )
-    });
-    let all: Vec<_> = current.into_iter().chain(past).collect();
+    let all: Vec<&PastRolloutReport> = current.iter().chain(&s.past_rollouts).collect();
     if all.is_empty() {
         let _ = writeln!(out, "{name}: no rollout yet");
         return out;
     }
-    for (i, (kind, version, baseline, state, reason, history)) in all.into_iter().enumerate() {
-        let what = match kind {
+    for (i, r) in all.into_iter().enumerate() {
+        let (version, baseline) = (&r.version, &r.baseline);
+        let what = match r.kind {
             RolloutKind::Canary => format!("canary {version} (stable {baseline})"),
             _ => format!("switch {baseline} → {version}"),
         };
@@ -712,13 +703,14 @@ pub fn render_history(name: &str, s: &ServiceReport, color: bool) -> String {
         };
         let _ = writeln!(
             out,
-            "{}  {what}  {state}{now}",
-            p.paint(Style::Bold, &format!("{name}:"))
+            "{}  {what}  {}{now}",
+            p.paint(Style::Bold, &format!("{name}:")),
+            r.state
         );
-        if let Some(reason) = reason {
+        if let Some(reason) = &r.reason {
             let _ = writeln!(out, "    {}", p.paint(Style::Red, reason));
         }
-        for h in history {
+        for h in &r.history {
             let _ = writeln!(out, "    {}  {}", p.paint(Style::Dim, &h.at), h.what);
         }
     }
