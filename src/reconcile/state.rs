@@ -397,10 +397,13 @@ impl RuntimeState {
             let existing = self.rollouts.remove(name);
             let r = rollout::on_file(existing.clone(), previous_default, service, now);
             // One the file replaced (a new canary, a new switch) or ended goes to history.
-            if let Some(old) = existing
+            if let Some(mut old) = existing
                 && r.as_ref()
                     .is_none_or(|r| r.kind != old.kind || r.started != old.started)
             {
+                // Its history stays; its chart points would only grow the state file, which
+                // is written at every check.
+                old.checks.clear();
                 let past = self.past_rollouts.entry(name.clone()).or_default();
                 past.push_back(old);
                 while past.len() > PAST_ROLLOUTS {

@@ -1032,6 +1032,8 @@ fn gates_hold_the_canary_at_0_before_pre_rollout_and_each_step_until_confirmed()
 fn ended_rollouts_are_kept_per_service_bounded_with_who_did_what() {
     let mut w = World::new();
     w.load(&rollout("[10, 100]", ANALYSIS)).answered();
+    w.wait(secs(10)).observe(good());
+    assert_eq!(w.state.rollouts["s"].checks.len(), 1);
     w.state
         .command(
             w.spec.as_ref().unwrap(),
@@ -1046,6 +1048,10 @@ fn ended_rollouts_are_kept_per_service_bounded_with_who_did_what() {
     w.load(&rollout("[10, 100]", ANALYSIS).replace("        canary: v2", "        canary: v3"));
     let past = &w.state.past_rollouts["s"];
     assert_eq!(past.len(), 1);
+    assert!(
+        past[0].checks.is_empty(),
+        "no chart points kept for ended rollouts"
+    );
     assert_eq!(
         past[0].status,
         Status::Failed("aborted by the operator at 127.0.0.1".into())
