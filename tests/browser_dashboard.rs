@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use cutover::checkout_head;
 use cutover::testing::browser::{Page, browser_or_skip};
 use cutover::testing::load::Load;
 use cutover::testing::{NODE, Scenario, WAIT, envoy_binary, wait_for};
@@ -192,17 +193,9 @@ async fn the_dashboard_shows_the_observed_split_move_when_the_file_switches_colo
 }
 
 /// A canary rollout that stays at its first step until someone acts.
-const CANARY: &str = "\
-listeners:
-  - name: public
-    address: ${listener}
-    routes:
-      - match: { prefix: / }
-        service: checkout
-services:
-  checkout:
-    versions:
-      v1: { endpoints: [${v1-1}] }
+const CANARY: &str = concat!(
+    checkout_head!("${listener}"),
+    "      v1: { endpoints: [${v1-1}] }
       v2: { endpoints: [${v2-1}] }
     strategy:
       canary:
@@ -211,7 +204,8 @@ services:
         steps: [20, 100]
         interval: 10m
         analysis: { interval: 1s, max_error_rate: 5%, min_requests: 1 }
-";
+",
+);
 
 /// The rollout of `checkout` as the page shows it.
 fn rollout(page: &Value) -> &Value {
