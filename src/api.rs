@@ -325,6 +325,14 @@ pub struct RolloutReport {
     /// A canary's share of requests now, in percent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight: Option<f64>,
+    /// A canary at a mirror step: the percent of requests copied to it (its answers are
+    /// thrown away; `weight` is 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<f64>,
+    /// A canary at a match step: the requests it gets, e.g. "requests with header x-tester: 1"
+    /// (`weight` is 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matching: Option<String>,
     /// A canary's step (1-based) and the number of steps.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step: Option<usize>,

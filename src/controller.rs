@@ -383,7 +383,7 @@ impl Controller {
                 continue;
             };
             let m = &self.out.metrics;
-            if old.weight != r.weight && r.status == Status::Progressing {
+            if old.step() != r.step() && r.status == Status::Progressing {
                 m.rollout_steps.inc();
             }
             if old.status != r.status {

@@ -193,7 +193,7 @@ pub enum Strategy {
     },
     /// `weight` of the requests go to `canary`, the rest to `stable`. With a `rollout`, the
     /// weight changes over time (see [`crate::reconcile::rollout`]) and `weight` is the first
-    /// step's.
+    /// step's (0 when it is a mirror or match step).
     Canary {
         stable: String,
         canary: String,
@@ -248,7 +248,8 @@ impl Strategy {
 /// An automated canary rollout: the canary's weights in turn.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rollout {
-    /// Strictly increasing weights, each held for its pause once every Envoy has it.
+    /// Mirror and match steps first, then strictly increasing weights; each held for its
+    /// pause once every Envoy has it.
     pub steps: Vec<Step>,
     /// The time at a step that has no pause of its own (also for a weight no step has, after
     /// the steps were edited).
@@ -260,28 +261,81 @@ pub struct Rollout {
     pub pre_rollout: Vec<Webhook>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
-    pub weight: Percent,
+    pub kind: StepKind,
     pub pause: Duration,
 }
 
+/// What the canary gets during a step. Mirror and match steps come before the weights: the
+/// canary is judged on copies, then on a chosen group, before any other user sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    /// This share of every request; users get its answers.
+    Weight(Percent),
+    /// A copy of this share of the requests; its answers are thrown away (stable answers).
+    Mirror(Percent),
+    /// Only the requests meeting every condition (e.g. internal testers); users get its answers.
+    Match(Vec<Condition>),
+}
+
+impl StepKind {
+    /// The canary's share of the users' requests during the step: 0 before the weights.
+    pub fn weight_ppm(&self) -> u32 {
+        match self {
+            StepKind::Weight(w) => w.ppm(),
+            StepKind::Mirror(_) | StepKind::Match(_) => 0,
+        }
+    }
+}
+
+impl fmt::Display for StepKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StepKind::Weight(w) => write!(f, "{w}"),
+            StepKind::Mirror(p) => write!(f, "a mirror of {p}"),
+            StepKind::Match(conditions) => {
+                f.write_str("requests with ")?;
+                for (i, c) in conditions.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(" and ")?;
+                    }
+                    write!(f, "{c}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 impl Rollout {
-    /// The time at the step with `weight`, or the default time if no step has it (the steps
-    /// were edited since).
-    pub fn pause_at(&self, weight_ppm: u32, default: Duration) -> Duration {
-        self.steps
-            .iter()
-            .find(|s| s.weight.ppm() == weight_ppm)
-            .map_or(default, |s| s.pause)
+    /// Where `current` is in the steps, if they have it (they may have been edited since).
+    pub fn position(&self, current: &StepKind) -> Option<usize> {
+        self.steps.iter().position(|s| &s.kind == current)
     }
 
-    /// The first step's weight above `weight_ppm`, if any.
-    pub fn next_weight(&self, weight_ppm: u32) -> Option<Percent> {
+    /// The time at the step `current`, or the default time if no step is it (the steps were
+    /// edited since).
+    pub fn pause_at(&self, current: &StepKind, default: Duration) -> Duration {
+        self.position(current)
+            .map_or(default, |i| self.steps[i].pause)
+    }
+
+    /// The step after `current`: the next one in the list; when the list no longer has
+    /// `current` (edited), the first weight above its weight (0%: the first step).
+    pub fn next_step(&self, current: &StepKind) -> Option<&StepKind> {
+        if let Some(i) = self.position(current) {
+            return self.steps.get(i + 1).map(|s| &s.kind);
+        }
+        let weight = current.weight_ppm();
+        if *current == StepKind::Weight(Percent::ZERO) {
+            return self.steps.first().map(|s| &s.kind);
+        }
         self.steps
             .iter()
-            .map(|s| s.weight)
-            .find(|w| w.ppm() > weight_ppm)
+            .map(|s| &s.kind)
+            .find(|k| matches!(k, StepKind::Weight(w) if w.ppm() > weight))
     }
 }
 
@@ -371,12 +425,67 @@ pub struct Rule {
     pub version: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Condition {
-    Header { name: String, value: String },
-    Cookie { name: String, value: String },
-    Query { name: String, value: String },
+    Header {
+        name: String,
+        value: String,
+    },
+    Cookie {
+        name: String,
+        value: String,
+    },
+    Query {
+        name: String,
+        value: String,
+    },
     Prefix(String),
+    /// cutover's own, for sticky canaries: the request's bucket is below `below` of
+    /// [`BUCKETS`]. A bucket is the first three hex digits of a random id: the sticky cookie's
+    /// value, or the `x-request-id` Envoy gives a request that has no cookie yet.
+    Bucket {
+        from: BucketFrom,
+        below: u16,
+    },
+}
+
+/// How many sticky buckets users are spread over: a canary's share is exact to 1/4096.
+pub const BUCKETS: u16 = 4096;
+
+/// Where a request's sticky bucket is read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BucketFrom {
+    /// The sticky cookie of a returning user.
+    Cookie(String),
+    /// The id Envoy generates for every request (a random UUID): a first visit.
+    RequestId,
+}
+
+impl fmt::Display for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Condition::Header { name, value } => write!(f, "header {name}: {value}"),
+            Condition::Cookie { name, value } => write!(f, "cookie {name}={value}"),
+            Condition::Query { name, value } => write!(f, "query {name}={value}"),
+            Condition::Prefix(p) => write!(f, "path prefix {p}"),
+            Condition::Bucket { from, below } => {
+                let from = match from {
+                    BucketFrom::Cookie(name) => format!("cookie {name}"),
+                    BucketFrom::RequestId => "x-request-id".to_owned(),
+                };
+                if *below >= BUCKETS {
+                    return write!(f, "any sticky bucket ({from})");
+                }
+                let share = f64::from(*below) * 100.0 / f64::from(BUCKETS);
+                write!(
+                    f,
+                    "sticky bucket ({from}) below {below} of {BUCKETS} ({share:.1}%)"
+                )
+            }
+        }
+    }
 }
 
 /// A share of requests in parts per million, so that 0.5% is exact and hashing is stable.
@@ -385,6 +494,7 @@ pub struct Percent(u32);
 
 impl Percent {
     pub const MILLION: u32 = 1_000_000;
+    pub const ZERO: Percent = Percent(0);
 
     pub fn from_ppm(ppm: u32) -> Option<Percent> {
         (ppm <= Self::MILLION).then_some(Percent(ppm))

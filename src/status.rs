@@ -27,7 +27,7 @@ use crate::node::GroupId;
 use crate::reconcile::rollout::{Entry, Kind, Rollout, Status as RolloutStatus, Verdict};
 use crate::reconcile::{Health, Plan, Role, RuntimeState, ServicePlan, Timestamp};
 use crate::snapshot::{Published, ResourceType};
-use crate::spec::{Spec, Strategy};
+use crate::spec::{Spec, StepKind, Strategy};
 use crate::telemetry::report::round;
 use crate::telemetry::{Telemetry, TelemetryReport};
 use crate::wait;
@@ -382,12 +382,13 @@ fn rollout_report(r: &Rollout, strategy: &Strategy, now: Timestamp) -> RolloutRe
         RolloutStatus::Failed(reason) => Some(reason.clone()),
         RolloutStatus::Progressing | RolloutStatus::Paused | RolloutStatus::Promoted => None,
     };
-    let steps = match strategy {
+    let cfg = match strategy {
         Strategy::Canary {
             rollout: Some(cfg), ..
-        } if matches!(r.kind, Kind::Canary { .. }) => Some(&cfg.steps),
+        } if matches!(r.kind, Kind::Canary { .. }) => Some(cfg),
         _ => None,
     };
+    let stage = r.stage.as_ref();
     let in_seconds = |t: Timestamp| t.since(now).as_secs_f64();
     let analysis = strategy.analysis();
     let advice = match (&r.kind, &r.status) {
@@ -412,12 +413,16 @@ fn rollout_report(r: &Rollout, strategy: &Strategy, now: Timestamp) -> RolloutRe
         state: r.status.state(),
         reason,
         weight: matches!(r.kind, Kind::Canary { .. }).then(|| f64::from(r.weight) / 10_000.0),
-        step: steps.and_then(|s| {
-            s.iter()
-                .position(|s| s.weight.ppm() == r.weight)
-                .map(|i| i + 1)
-        }),
-        steps: steps.map(Vec::len),
+        step: cfg.and_then(|c| c.position(&r.step())).map(|i| i + 1),
+        steps: cfg.map(|c| c.steps.len()),
+        mirror: match stage {
+            Some(StepKind::Mirror(p)) => Some(p.as_f64()),
+            _ => None,
+        },
+        matching: match stage {
+            Some(m @ StepKind::Match(_)) => Some(m.to_string()),
+            _ => None,
+        },
         before_switch: r.previewing,
         awaiting_ack: r.is_active() && r.since.is_none(),
         step_ends_in_seconds: r.step_deadline(strategy).map(in_seconds),
@@ -1095,6 +1100,7 @@ services:
             status,
             started: at(0),
             weight: 0,
+            stage: None,
             since: None,
             passed: 0,
             failed: 0,

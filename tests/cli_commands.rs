@@ -125,6 +125,8 @@ fn busy_report() -> StatusReport {
                         state: RolloutState::Progressing,
                         reason: None,
                         weight: Some(10.0),
+                        mirror: None,
+                        matching: None,
                         step: Some(2),
                         steps: Some(4),
                         before_switch: false,
@@ -862,7 +864,9 @@ fn diff_command_exit_codes() {
     assert_eq!(changed.status.code(), Some(1), "{}", stderr(&changed));
     let text = stdout(&changed);
     assert!(
-        text.contains("~ prefix /: checkout/v1 90% / ") && text.contains("→ checkout/v1 75% / "),
+        text.contains("- prefix / & sticky bucket (x-request-id) below 410 of 4096 (10.0%)")
+            && text
+                .contains("+ prefix / & sticky bucket (x-request-id) below 1024 of 4096 (25.0%)"),
         "{text}"
     );
     assert!(!stdout(&changed).contains('\x1b'));

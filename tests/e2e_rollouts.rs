@@ -245,6 +245,108 @@ async fn a_canary_fixed_and_resumed_is_judged_on_its_requests_since_the_resume()
     assert!(check.window_seconds.is_some_and(|s| s <= 10.0), "{r:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_failing_its_mirrored_copies_is_rolled_back_while_no_user_sees_an_error() {
+    let Some(envoy) = envoy_binary() else { return };
+    let s = Scenario::start(
+        &envoy,
+        &["v1-1", "v2-1"],
+        &canary("[{ mirror: 100 }, 50, 100]", "30s", ANALYSIS),
+    )
+    .await;
+    s.upstream("v2-1").set_failure_share(1.0);
+    let before = s.hits();
+    let load = Load::start(s.listener);
+    let r = wait_state(&s, RolloutState::RolledBack, Duration::from_secs(20)).await;
+    let outcome = load.stop().await;
+    // Every user got stable's answer, while the canary's copies were judged and failed.
+    outcome.assert_no_failures("a canary failing at its mirror step");
+    assert!(
+        outcome.by_body.keys().all(|b| version_of(b) == "v1"),
+        "{:?}",
+        outcome.by_body
+    );
+    let reason = r.reason.as_deref().unwrap();
+    assert!(reason.contains("error"), "{r:?}");
+    let check = r.last_check.as_ref().unwrap();
+    assert!(
+        check.requests > 0 && check.errors == check.requests,
+        "judged on the mirror's 500s: {r:?}"
+    );
+    assert!(
+        history(&r)[0] == "started: v2 at a mirror of 100%"
+            && !history(&r).iter().any(|h| h.contains("→")),
+        "{r:?}"
+    );
+    assert_eq!(r.mirror, None, "no copies once rolled back: {r:?}");
+    let copies = s.hits_since(&before);
+    assert!(
+        copies.get("v2-1").copied().unwrap_or(0) > 0,
+        "the canary got copies: {copies:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_match_step_sends_only_the_testers_to_the_canary_then_the_weights_follow() {
+    let Some(envoy) = envoy_binary() else { return };
+    let s = Scenario::start(
+        &envoy,
+        &["v1-1", "v2-1"],
+        &canary(
+            "[{ match: { header: { x-tester: \"1\" } }, pause: 5s }, 100]",
+            "2s",
+            ANALYSIS,
+        ),
+    )
+    .await;
+    let r = rollout(&s).await;
+    assert_eq!(
+        r.matching.as_deref(),
+        Some("requests with header x-tester: 1")
+    );
+    assert_eq!((r.weight, r.step, r.steps), (Some(0.0), Some(1), Some(2)));
+    s.cutover.wait_in_sync(NODE).await;
+    let users = Load::start(s.listener);
+    let testers = Load::with_headers(
+        s.listener,
+        1,
+        Duration::from_millis(20),
+        &[("x-tester", "1")],
+    );
+    // Users stay on stable while the testers' requests reach the canary and pass its checks.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(rollout(&s).await.state, RolloutState::Progressing);
+    let (users_seen, testers_seen) = (users.stop().await, testers.stop().await);
+    users_seen.assert_no_failures("users during the match step");
+    testers_seen.assert_no_failures("testers during the match step");
+    assert!(
+        users_seen.by_body.keys().all(|b| version_of(b) == "v1"),
+        "{:?}",
+        users_seen.by_body
+    );
+    assert!(
+        testers_seen.by_body.keys().all(|b| version_of(b) == "v2"),
+        "{:?}",
+        testers_seen.by_body
+    );
+    let testers = Load::with_headers(
+        s.listener,
+        1,
+        Duration::from_millis(20),
+        &[("x-tester", "1")],
+    );
+    let r = wait_state(&s, RolloutState::Promoted, Duration::from_secs(30)).await;
+    testers.stop().await;
+    assert!(
+        history(&r)[1].starts_with("v2 requests with header x-tester: 1 → 100% after"),
+        "{r:?}"
+    );
+    assert_eq!(
+        answers(s.listener, 20).await,
+        BTreeMap::from([("v2".to_owned(), 20)])
+    );
+}
+
 /// Judged against stable only: no absolute limit would tell a slow day from a slow canary.
 const COMPARED: &str = "{ interval: 1s, min_requests: 20, failure_limit: 1, max_error_rate_increase: 5%, max_p99_ratio: 1.5 }";
 

@@ -276,7 +276,7 @@ const CANARY: &str = concat!(
 );
 
 in_both_xds_modes! {
-    async fn canary_gets_its_weight_and_sticky_users_stay_on_their_side(xds: Protocol) {
+    async fn canary_gets_its_weight_and_sticky_users_follow_the_steps(xds: Protocol) {
         let Some(envoy_bin) = envoy_binary() else {
             return;
         };
@@ -289,32 +289,30 @@ in_both_xds_modes! {
         )
         .await;
 
-        // 10%: 2000 requests, binomial(2000, 0.1): mean 200, sd 13.4, band 132..=268.
+        // 10%: 2000 first visits, binomial(2000, 0.1): mean 200, sd 13.4, band 132..=268.
         const N: usize = 2000;
         let before = s.hits();
         let replies = s.envoy.replies(N, "/", &[]).await;
         let mut sides = BTreeMap::new();
-        let mut sticky_cookie = BTreeMap::new();
+        // Each first visit is a new user: their cookie and the version that answered.
+        let mut users: Vec<(String, String)> = Vec::new();
         for r in &replies {
             assert_eq!(r.status, 200, "{r:?}");
             let version = version_of(&r.body);
             *sides.entry(version.to_owned()).or_insert(0) += 1;
-            // Every answer of the weighted route tells the client which side it got.
+            // A first visit gets its bucket for good: the request's random id.
             let set_cookie = r.header_values("set-cookie");
+            let [cookie] = set_cookie.as_slice() else {
+                panic!("one Set-Cookie on a first visit, got {set_cookie:?}");
+            };
+            let (pair, attributes) = cookie.split_once("; ").unwrap_or_default();
+            assert_eq!(attributes, "Path=/; Max-Age=3600; HttpOnly", "{cookie}");
             assert_eq!(
-                set_cookie,
-                [format!(
-                    "cutover-checkout={version}; Path=/; Max-Age=3600; HttpOnly"
-                )],
-                "the Set-Cookie of an answer from {}",
-                r.body
+                version,
+                expected_side(pair, 10),
+                "a first visit goes by its bucket: {pair}"
             );
-            let pair = set_cookie[0]
-                .split(';')
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            sticky_cookie.insert(version.to_owned(), pair);
+            users.push((pair.to_owned(), version.to_owned()));
         }
         let band = binomial_band(N, 0.10);
         let canary = sides.get("v2").copied().unwrap_or(0);
@@ -329,25 +327,45 @@ in_both_xds_modes! {
             "the upstreams counted what Envoy answered"
         );
 
-        // Stickiness: a client that got the canary and one that got stable keep their side while
-        // they send the cookie back, also among other cookies.
-        for version in ["v2", "v1"] {
-            let cookie = &sticky_cookie[version];
-            let seen = s.envoy.count_bodies(50, "/", &[("cookie", cookie)]).await;
-            assert_eq!(by_version(&seen), counts([(version, 50)]), "with {cookie}");
-            let among_others = format!("theme=dark; {cookie}; lang=en");
-            let seen = s
-                .envoy
-                .count_bodies(50, "/", &[("cookie", &among_others)])
-                .await;
-            assert_eq!(
-                by_version(&seen),
-                counts([(version, 50)]),
-                "with {among_others}"
-            );
+        // Returning users keep their side, also among other cookies, and get no new cookie.
+        for (pair, version) in users.iter().take(100) {
+            let among_others = format!("theme=dark; {pair}; lang=en");
+            for cookie in [pair, &among_others] {
+                let r = &s.envoy.replies(1, "/", &[("cookie", cookie)]).await[0];
+                assert_eq!(version_of(&r.body), version, "with {cookie}");
+                assert!(r.header_values("set-cookie").is_empty(), "{r:?}");
+            }
         }
 
-        // 0% and 100% are exact.
+        // Raising the weight moves exactly the buckets it must: the user split follows the
+        // step, and nobody on the canary moves back.
+        let population = &users[..400];
+        for weight in [50, 100] {
+            s.apply(&CANARY.replace("%WEIGHT%", &weight.to_string())).await;
+            let mut on_canary = 0;
+            for (pair, first) in population {
+                let r = &s.envoy.replies(1, "/", &[("cookie", pair)]).await[0];
+                let now = version_of(&r.body);
+                assert_eq!(now, expected_side(pair, weight), "{pair} at {weight}%");
+                assert!(
+                    !(first == "v2" && now == "v1"),
+                    "{pair} moved back to stable at {weight}%"
+                );
+                on_canary += usize::from(now == "v2");
+            }
+            if weight < 100 {
+                let band = binomial_band(population.len(), f64::from(weight) / 100.0);
+                assert!(
+                    band.contains(&on_canary),
+                    "{on_canary} of {} returning users on the canary at {weight}%, expected within {band:?}",
+                    population.len()
+                );
+            } else {
+                assert_eq!(on_canary, population.len());
+            }
+        }
+
+        // 0% and 100% are exact, for new users too.
         for (weight, only) in [("0", "v1"), ("100", "v2")] {
             s.apply(&CANARY.replace("%WEIGHT%", weight)).await;
             let seen = s.envoy.count_bodies(500, "/", &[]).await;
@@ -358,6 +376,17 @@ in_both_xds_modes! {
             );
         }
     }
+}
+
+/// The version a user with the sticky cookie `pair` (`name=<request id>`) gets at `weight`
+/// percent: the canary when the id's first three hex digits are below the weight's share of
+/// 4096 (rounded).
+fn expected_side(pair: &str, weight: u32) -> &'static str {
+    let id = pair.split_once('=').map(|(_, v)| v).unwrap_or_default();
+    let bucket = u32::from_str_radix(id.get(..3).unwrap_or("fff"), 16)
+        .unwrap_or_else(|e| panic!("the sticky cookie {pair} holds no bucket: {e}"));
+    let below = (weight * 4096 + 50) / 100;
+    if bucket < below { "v2" } else { "v1" }
 }
 
 // ---------------------------------------------------------------------------------------------

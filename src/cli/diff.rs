@@ -560,6 +560,11 @@ fn route_match(m: &Value) -> String {
 
 fn header_condition(h: &Value) -> String {
     let name = h["name"].as_str().unwrap_or("?");
+    if let Some(regex) = h["string_match"]["safe_regex"]["regex"].as_str()
+        && let Some(bucket) = crate::translate::bucket_condition(name, regex)
+    {
+        return bucket.to_string();
+    }
     if name == "cookie"
         && let Some(regex) = h["string_match"]["safe_regex"]["regex"].as_str()
         && let Some((cookie, value)) = cookie_from_regex(regex)

@@ -584,12 +584,12 @@ fn render_rollout(name: &str, r: &RolloutReport, p: Painter) -> String {
                 (Some(i), Some(n)) => format!(", step {i}/{n}"),
                 _ => String::new(),
             };
-            format!(
-                "canary {} at {}{step} (stable {})",
-                r.version,
-                percent(w),
-                r.baseline
-            )
+            let at = match (r.mirror, &r.matching) {
+                (Some(m), _) => format!("a mirror of {}", percent(m)),
+                (None, Some(matching)) => matching.clone(),
+                (None, None) => percent(w),
+            };
+            format!("canary {} at {at}{step} (stable {})", r.version, r.baseline)
         }
         _ if r.before_switch => format!(
             "switch {} → {}, checked before it happens ({} still active)",

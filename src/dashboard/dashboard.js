@@ -386,7 +386,8 @@ function checksChart(r, key, title, limit, format) {
 
 function rolloutSection(r, service) {
   const canary = r.kind === 'canary';
-  const what = canary ? `canary ${r.version} at ${fmtShare(r.weight)} · stable ${r.baseline}`
+  const at = typeof r.mirror === 'number' ? `a mirror of ${fmtShare(r.mirror)}` : r.matching ? r.matching : fmtShare(r.weight);
+  const what = canary ? `canary ${r.version} at ${at} · stable ${r.baseline}`
     : r.before_switch ? `switch ${r.baseline} → ${r.version} · checking ${r.version}'s preview traffic first` : `switch ${r.baseline} → ${r.version}`;
   const when = [];
   if (r.awaiting_ack) when.push('waiting for every Envoy to ACK');

@@ -186,6 +186,8 @@ pub struct RoutePlan {
     /// Besides the listener route's path match; all must hold.
     pub conditions: Vec<Condition>,
     pub target: Target,
+    /// Answers through this route give the user their sticky bucket (a first visit).
+    pub set_cookie: Option<StickyCookie>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,15 +201,13 @@ pub struct WeightedTarget {
     pub cluster: ClusterRef,
     /// Parts per million.
     pub weight: u32,
-    /// Responses through this target set this cookie (sticky canary users).
-    pub set_cookie: Option<StickyCookie>,
 }
 
+/// The sticky cookie a first visit gets: its value is the request's id, whose first three
+/// hex digits are the user's bucket for good.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StickyCookie {
     pub name: String,
-    /// The version's name: users stay where they are when the canary becomes stable.
-    pub value: String,
     pub ttl: Duration,
 }
 

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Timestamp, compare};
 use crate::api::{CommandError, RolloutCommand, RolloutState};
-use crate::spec::{Analysis, BaselineLimits, Percent, Service, Strategy};
+use crate::spec::{Analysis, BaselineLimits, Mirror, Percent, Rule, Service, StepKind, Strategy};
 
 /// How many history entries a rollout keeps.
 const HISTORY: usize = 50;
@@ -197,9 +197,12 @@ pub struct Rollout {
     pub kind: Kind,
     pub status: Status,
     pub started: Timestamp,
-    /// A canary's weight now, in parts per million.
+    /// A canary's weight now, in parts per million (0 at a mirror or match step).
     #[serde(default)]
     pub weight: u32,
+    /// A canary at a mirror or match step (`None` at a weight: `weight`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<StepKind>,
     /// When every Envoy holding the service answered the current weight or switch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<Timestamp>,
@@ -241,20 +244,14 @@ pub struct Rollout {
     pub checks: std::collections::VecDeque<CheckPoint>,
 }
 
-fn pct(ppm: u32) -> String {
-    format!(
-        "{}",
-        Percent::from_ppm(ppm).unwrap_or(Percent::from_ppm(0).expect("0 is valid"))
-    )
-}
-
 impl Rollout {
-    fn new(kind: Kind, weight: u32, now: Timestamp, what: String) -> Rollout {
-        Rollout {
+    fn new(kind: Kind, step: &StepKind, now: Timestamp, what: String) -> Rollout {
+        let mut r = Rollout {
             kind,
             status: Status::Progressing,
             started: now,
-            weight,
+            weight: 0,
+            stage: None,
             since: None,
             passed: 0,
             failed: 0,
@@ -269,7 +266,30 @@ impl Rollout {
             gate_refused: None,
             confirmed: false,
             checks: std::collections::VecDeque::new(),
-        }
+        };
+        r.set_step(step);
+        r
+    }
+
+    /// A canary's current step.
+    pub fn step(&self) -> StepKind {
+        self.stage.clone().unwrap_or_else(|| {
+            StepKind::Weight(Percent::from_ppm(self.weight).unwrap_or(Percent::ZERO))
+        })
+    }
+
+    fn set_step(&mut self, step: &StepKind) {
+        self.weight = step.weight_ppm();
+        self.stage = match step {
+            StepKind::Weight(_) => None,
+            StepKind::Mirror(_) | StepKind::Match(_) => Some(step.clone()),
+        };
+    }
+
+    /// At 0% (before the first step, or rolled back) or at 100% (promoted).
+    fn set_weight(&mut self, ppm: u32) {
+        self.weight = ppm;
+        self.stage = None;
     }
 
     fn log(&mut self, at: Timestamp, what: String) {
@@ -321,7 +341,7 @@ impl Rollout {
     /// Waits at `gate`, asking its webhooks now: the canary at 0% before `pre_rollout`.
     fn wait_at(&mut self, gate: Gate, now: Timestamp) {
         if gate == Gate::PreRollout {
-            self.weight = 0;
+            self.set_weight(0);
         }
         self.gate = Some(gate);
         self.next_ask = Some(now);
@@ -337,7 +357,7 @@ impl Rollout {
     fn roll_back(&mut self, now: Timestamp, reason: String) {
         self.clear_gate();
         if let Kind::Canary { .. } = self.kind {
-            self.weight = 0;
+            self.set_weight(0);
         }
         self.log(now, format!("rolled back: {reason}"));
         self.status = Status::Failed(reason);
@@ -347,7 +367,7 @@ impl Rollout {
     fn promote(&mut self, now: Timestamp, why: &str) {
         self.clear_gate();
         if let Kind::Canary { .. } = self.kind {
-            self.weight = Percent::MILLION;
+            self.set_weight(Percent::MILLION);
         }
         self.log(now, format!("promoted ({why})"));
         self.status = Status::Promoted;
@@ -419,7 +439,7 @@ impl Rollout {
                 Strategy::Canary {
                     rollout: Some(r), ..
                 },
-            ) => Some(since + r.pause_at(self.weight, r.interval)),
+            ) => Some(since + r.pause_at(&self.step(), r.interval)),
             (Kind::Switch { .. }, s) => Some(since + switch_time(self.previewing, s.analysis())),
             _ => None,
         }
@@ -448,9 +468,10 @@ pub(super) fn on_file(
             match existing {
                 // An edited step list continues from the current weight.
                 Some(mut existing) if existing.kind == kind => {
+                    let step = existing.step();
                     if existing.is_active()
-                        && r.next_weight(existing.weight).is_none()
-                        && !r.steps.iter().any(|s| s.weight.ppm() == existing.weight)
+                        && r.next_step(&step).is_none()
+                        && r.position(&step).is_none()
                     {
                         // The steps now end below the current weight: the rollout is done.
                         existing.promote(now, "the steps end below the current weight");
@@ -460,7 +481,7 @@ pub(super) fn on_file(
                 _ if !r.pre_rollout.is_empty() => {
                     let mut rollout = Rollout::new(
                         kind,
-                        0,
+                        &StepKind::Weight(Percent::ZERO),
                         now,
                         format!(
                             "started: asking the pre_rollout webhooks before {canary} gets a request"
@@ -470,10 +491,10 @@ pub(super) fn on_file(
                     Some(rollout)
                 }
                 _ => {
-                    let first = r.steps[0].weight;
+                    let first = &r.steps[0].kind;
                     Some(Rollout::new(
                         kind,
-                        first.ppm(),
+                        first,
                         now,
                         format!("started: {canary} at {first}"),
                     ))
@@ -502,7 +523,7 @@ pub(super) fn on_file(
                             Some(before) => {
                                 let mut r = Rollout::new(
                                     kind,
-                                    0,
+                                    &StepKind::Weight(Percent::ZERO),
                                     now,
                                     format!(
                                         "asked to switch from {from} to {active}: watching {active}'s preview traffic for {} first",
@@ -514,7 +535,7 @@ pub(super) fn on_file(
                             }
                             None => Rollout::new(
                                 kind,
-                                0,
+                                &StepKind::Weight(Percent::ZERO),
                                 now,
                                 format!("switched from {from} to {active}: watching {active}"),
                             ),
@@ -560,34 +581,33 @@ pub(super) fn on_tick(r: &mut Rollout, strategy: &Strategy, now: Timestamp) {
                 rollout: Some(cfg), ..
             },
         ) => {
-            if now < since + cfg.pause_at(r.weight, cfg.interval) || !r.checks_allow(analysis) {
+            let step = r.step();
+            if now < since + cfg.pause_at(&step, cfg.interval) || !r.checks_allow(analysis) {
                 return;
             }
             let canary = canary.clone();
             if !cfg.confirm.is_empty() && !r.confirmed {
                 if r.gate.is_none() {
                     let next = cfg
-                        .next_weight(r.weight)
-                        .map_or("promotion".to_owned(), |w| w.to_string());
+                        .next_step(&step)
+                        .map_or("promotion".to_owned(), ToString::to_string);
                     r.log(
                         now,
                         format!(
-                            "{canary} at {} passed: asking the confirm webhooks before {next}",
-                            pct(r.weight)
+                            "{canary} at {step} passed: asking the confirm webhooks before {next}"
                         ),
                     );
                     r.wait_at(Gate::Confirm, now);
                 }
                 return;
             }
-            match cfg.next_weight(r.weight) {
+            match cfg.next_step(&step).cloned() {
                 Some(next) => {
                     let passed = r.passed;
                     r.log(
                         now,
                         format!(
-                            "{canary} {} → {next}{}",
-                            pct(r.weight),
+                            "{canary} {step} → {next}{}",
                             match (analysis, r.last_check.as_ref()) {
                                 (Some(_), Some(c)) => format!(
                                     " after {passed} passed check(s) (last: {})",
@@ -598,7 +618,7 @@ pub(super) fn on_tick(r: &mut Rollout, strategy: &Strategy, now: Timestamp) {
                             }
                         ),
                     );
-                    r.weight = next.ppm();
+                    r.set_step(&next);
                     r.restart_step(now);
                 }
                 None => r.promote(now, "every step passed"),
@@ -649,8 +669,8 @@ pub(super) fn on_gate(
     };
     match (gate, answer) {
         (Gate::PreRollout, Ok(())) => {
-            let first = cfg.steps[0].weight;
-            r.weight = first.ppm();
+            let first = &cfg.steps[0].kind;
+            r.set_step(first);
             r.restart_step(now);
             r.log(
                 now,
@@ -679,15 +699,15 @@ pub fn gate_next(r: &Rollout, strategy: &Strategy) -> String {
             Strategy::Canary {
                 rollout: Some(cfg), ..
             },
-        ) => cfg.steps[0].weight.to_string(),
+        ) => cfg.steps[0].kind.to_string(),
         (
             _,
             Strategy::Canary {
                 rollout: Some(cfg), ..
             },
         ) => cfg
-            .next_weight(r.weight)
-            .map_or("promotion".to_owned(), |w| w.to_string()),
+            .next_step(&r.step())
+            .map_or("promotion".to_owned(), ToString::to_string),
         _ => String::new(),
     }
 }
@@ -964,7 +984,7 @@ pub(super) fn on_command(
                 },
             ) = (&r.kind, strategy)
             {
-                r.weight = cfg.steps[0].weight.ppm();
+                r.set_step(&cfg.steps[0].kind);
             }
             let pre_rollout = matches!(
                 strategy,
@@ -1009,10 +1029,25 @@ pub fn effective<'a>(service: &'a Service, rollout: Option<&Rollout>) -> Cow<'a,
                 weight,
                 ..
             },
-        ) if stable == s && canary == c && weight.ppm() != r.weight => {
+        ) if stable == s && canary == c && (weight.ppm() != r.weight || r.stage.is_some()) => {
             let mut out = service.clone();
             if let Strategy::Canary { weight, .. } = &mut out.strategy {
                 *weight = Percent::from_ppm(r.weight).unwrap_or(*weight);
+            }
+            // Validation refuses mirror steps on a service that mirrors already.
+            match &r.stage {
+                Some(StepKind::Mirror(percent)) => {
+                    out.mirror = Some(Mirror {
+                        version: canary.clone(),
+                        percent: *percent,
+                    });
+                }
+                // After the file's own rules, which keep their groups where they are.
+                Some(StepKind::Match(conditions)) => out.rules.push(Rule {
+                    conditions: conditions.clone(),
+                    version: canary.clone(),
+                }),
+                Some(StepKind::Weight(_)) | None => {}
             }
             Cow::Owned(out)
         }

@@ -1545,3 +1545,138 @@ fn a_service_removed_with_no_record_of_its_groups_drains_in_every_group() {
     assert_eq!(group_services(&plan, "sidecars"), ["gone", "payments"]);
     assert!(plan.groups[&GroupId::unmatched()].services.is_empty());
 }
+
+const MIRROR_THEN_TESTERS: &str =
+    "[{ mirror: 50 }, { match: { header: { x-tester: \"1\" } }, pause: 30s }, 10, 100]";
+
+/// The routes of `s` as (conditions, target) text.
+fn route_targets(w: &World) -> Vec<String> {
+    w.plan().services["s"]
+        .routes
+        .iter()
+        .map(|r| {
+            let conditions: Vec<String> = r.conditions.iter().map(ToString::to_string).collect();
+            let target = match &r.target {
+                Target::One(c) => c.to_string(),
+                Target::Weighted(ws) => ws
+                    .iter()
+                    .map(|w| format!("{} {}", w.cluster, w.weight))
+                    .collect::<Vec<_>>()
+                    .join(" + "),
+            };
+            format!("[{}] {target}", conditions.join(", "))
+        })
+        .collect()
+}
+
+fn mirrored(w: &World) -> Option<String> {
+    w.plan().services["s"]
+        .route_policy
+        .mirror
+        .as_ref()
+        .map(|(c, p)| format!("{c} {p}"))
+}
+
+#[test]
+fn a_rollout_mirrors_then_serves_testers_then_raises_its_weight() {
+    let mut w = World::new();
+    w.load(&rollout(MIRROR_THEN_TESTERS, ANALYSIS));
+    // Mirror step: stable answers every request, the canary gets copies of half of them.
+    assert_eq!(w.canary_weight(), 0.0);
+    assert_eq!(mirrored(&w).as_deref(), Some("s/v2 50%"));
+    assert_eq!(route_targets(&w), ["[] s/v1"]);
+    assert!(w.clusters().contains(&"s/v2".to_owned()));
+    w.answered();
+    for _ in 0..6 {
+        w.wait(secs(10)).observe(good());
+    }
+    w.wait(Duration::ZERO);
+    // Match step: only the testers' requests reach the canary (falling back to stable).
+    assert_eq!(mirrored(&w), None);
+    assert_eq!(w.canary_weight(), 0.0);
+    assert_eq!(
+        route_targets(&w),
+        ["[header x-tester: 1] s/v2~v1", "[] s/v1"]
+    );
+    assert!(w.state.awaiting_answers());
+    w.answered();
+    // Its own pause: 30 s.
+    for _ in 0..3 {
+        w.wait(secs(10)).observe(good());
+    }
+    w.wait(Duration::ZERO);
+    assert_eq!(w.canary_weight(), 10.0);
+    assert_eq!(route_targets(&w), ["[] s/v1 900000 + s/v2~v1 100000"]);
+    w.answered();
+    for _ in 0..6 {
+        w.wait(secs(10)).observe(good());
+    }
+    w.wait(Duration::ZERO).answered();
+    for _ in 0..6 {
+        w.wait(secs(10)).observe(good());
+    }
+    w.wait(Duration::ZERO);
+    assert_eq!(w.status(), Status::Promoted);
+    let history: Vec<&str> = w.state.rollouts["s"]
+        .history
+        .iter()
+        .map(|e| e.what.as_str())
+        .collect();
+    assert_eq!(
+        history,
+        [
+            "started: v2 at a mirror of 50%",
+            "v2 a mirror of 50% → requests with header x-tester: 1 after 5 passed check(s) (last: 1000 requests, 0.20% errors, p99 40 ms)",
+            "v2 requests with header x-tester: 1 → 10% after 2 passed check(s) (last: 1000 requests, 0.20% errors, p99 40 ms)",
+            "v2 10% → 100% after 5 passed check(s) (last: 1000 requests, 0.20% errors, p99 40 ms)",
+            "promoted (every step passed)"
+        ]
+    );
+}
+
+#[test]
+fn a_canary_failing_its_mirror_step_rolls_back_and_no_user_ever_reached_it() {
+    let mut w = World::new();
+    w.load(&rollout(MIRROR_THEN_TESTERS, ANALYSIS)).answered();
+    w.wait(secs(10)).observe(failing());
+    w.wait(secs(10)).observe(failing());
+    assert!(matches!(w.status(), Status::Failed(_)), "{:?}", w.status());
+    assert_eq!(mirrored(&w), None, "no more copies");
+    assert_eq!(route_targets(&w), ["[] s/v1"]);
+    // Resume starts again at the mirror.
+    w.command(RolloutCommand::Resume).unwrap();
+    assert_eq!(mirrored(&w).as_deref(), Some("s/v2 50%"));
+}
+
+#[test]
+fn a_restart_resumes_a_match_step_and_an_edit_that_drops_it_moves_on_to_the_weights() {
+    let mut w = World::new();
+    w.load(&rollout(MIRROR_THEN_TESTERS, ANALYSIS)).answered();
+    for _ in 0..6 {
+        w.wait(secs(10)).observe(good());
+    }
+    w.wait(Duration::ZERO).answered();
+    let before = w.plan();
+    let saved = serde_json::to_string(&w.state).unwrap();
+    let mut restarted = World::with_state(serde_json::from_str(&saved).unwrap());
+    restarted.now = w.now + secs(5);
+    restarted.load(&rollout(MIRROR_THEN_TESTERS, ANALYSIS));
+    assert_eq!(
+        restarted.plan(),
+        before,
+        "the same match step, no route change"
+    );
+    // The steps no longer have the match step: it is held for the interval, then the first
+    // weight follows.
+    restarted.load(&rollout("[{ mirror: 50 }, 20, 100]", ANALYSIS));
+    assert_eq!(
+        route_targets(&restarted),
+        ["[header x-tester: 1] s/v2~v1", "[] s/v1"],
+        "an edit does not move traffic"
+    );
+    for _ in 0..6 {
+        restarted.wait(secs(10)).observe(good());
+    }
+    restarted.wait(Duration::ZERO);
+    assert_eq!(restarted.canary_weight(), 20.0);
+}

@@ -8,7 +8,7 @@
 
 use serde_saphyr::Location;
 
-use super::raw::{RawLoadBalancing, RawService, RawSpec, RawStrategy};
+use super::raw::{RawLoadBalancing, RawRuleMatch, RawService, RawSpec, RawStep, RawStrategy};
 use super::validate::Validator;
 use super::{EndpointAddress, ListenerKind, Spec};
 
@@ -105,6 +105,24 @@ impl Check<'_> {
         self.v.at(loc, msg);
     }
 
+    /// A rule's or a match step's conditions: gRPC clients match headers (metadata) and paths.
+    fn match_conditions(&mut self, m: &RawRuleMatch) {
+        if let Some((k, _)) = m.cookie.0.first() {
+            self.refuse(
+                &k.referenced,
+                "send no cookies",
+                "match a header (gRPC metadata) instead: `header: { name: value }`",
+            );
+        }
+        if let Some((k, _)) = m.query.0.first() {
+            self.refuse(
+                &k.referenced,
+                "have no query string (and skip routes that match one)",
+                "match a header (gRPC metadata) instead: `header: { name: value }`",
+            );
+        }
+    }
+
     #[allow(
         clippy::too_many_lines,
         reason = "one refusal per feature gRPC clients lack, in the README's order"
@@ -126,6 +144,22 @@ impl Check<'_> {
                             "remove `sticky`; a rule on a header can pin a group of callers",
                         );
                     }
+                    let steps = c.steps.iter().flat_map(|s| &s.value);
+                    for step in steps {
+                        let RawStep::WithPause(m) = &step.value else {
+                            continue;
+                        };
+                        if let Some(p) = &m.mirror {
+                            self.refuse(
+                                &p.referenced,
+                                "do not mirror requests (they ignore `request_mirror_policies`)",
+                                "remove the mirror step; a match step on a header can try the canary on a group of callers first",
+                            );
+                        }
+                        if let Some(m) = &m.matcher {
+                            self.match_conditions(&m.value);
+                        }
+                    }
                 }
                 RawStrategy::BlueGreen(_) | RawStrategy::RedBlack(_) => {}
             }
@@ -138,21 +172,7 @@ impl Check<'_> {
             );
         }
         for rule in &raw.rules {
-            let m = &rule.value.matcher.value;
-            if let Some((k, _)) = m.cookie.0.first() {
-                self.refuse(
-                    &k.referenced,
-                    "send no cookies",
-                    "match a header (gRPC metadata) instead: `header: { name: value }`",
-                );
-            }
-            if let Some((k, _)) = m.query.0.first() {
-                self.refuse(
-                    &k.referenced,
-                    "have no query string (and skip routes that match one)",
-                    "match a header (gRPC metadata) instead: `header: { name: value }`",
-                );
-            }
+            self.match_conditions(&rule.value.matcher.value);
         }
         for (version, v) in &raw.versions.value.0 {
             for e in &v.value.endpoints {
@@ -335,6 +355,19 @@ services:
         );
         assert!(p[5].contains("use `success_rate` or `failure_percentage` (gRFC A50)"));
         assert!(p[8].contains("not on \"5xx\"; use cancelled, deadline-exceeded"));
+
+        // A rollout's mirror step and a match step on a cookie, likewise.
+        let steps = "    strategy:
+      canary:
+        stable: blue
+        canary: green
+        steps: [{ mirror: 10 }, { match: { cookie: { beta: \"1\" } } }, { match: { header: { x-beta: \"1\" } } }, 100]
+";
+        let p = problems(&file(PROXYLESS, steps));
+        let at: Vec<&str> = p.iter().map(|p| &p[..p.find(": ").unwrap()]).collect();
+        assert_eq!(at, ["deploy.yaml:15:27", "deploy.yaml:15:54"], "{p:#?}");
+        assert!(p[0].contains("which do not mirror requests"), "{}", p[0]);
+        assert!(p[1].contains("which send no cookies"), "{}", p[1]);
     }
 
     #[test]

@@ -303,8 +303,10 @@ pub struct RawCanary {
     pub weight: Option<Spanned<Scalar>>,
     /// An automated rollout: the canary's weights in turn, each held for `interval` (or the
     /// step's own `pause`) once every Envoy has it and while the analysis passes, e.g.
-    /// `[5, 25, 50, 100]` or `[{ weight: 5, pause: 2m }, 50, 100]`. After the last step the
-    /// canary gets all requests (promoted). Give either `weight` or `steps`.
+    /// `[5, 25, 50, 100]` or `[{ weight: 5, pause: 2m }, 50, 100]`; before the weights, mirror
+    /// steps (`{ mirror: 50 }`) and match steps (`{ match: { header: { x-tester: "1" } } }`).
+    /// After the last step the canary gets all requests (promoted). Give either `weight` or
+    /// `steps`.
     #[schemars(with = "Option<Vec<RawStep>>")]
     pub steps: Option<Spanned<Vec<Spanned<RawStep>>>>,
     /// Time at each step of `steps` unless the step says otherwise. Default: 1m.
@@ -335,27 +337,37 @@ pub struct RawCanary {
     pub pre_rollout: Vec<Spanned<RawWebhook>>,
 }
 
-/// One step of a rollout: a weight, or `{ weight, pause }`.
+/// One step of a rollout: a weight, or `{ weight | mirror | match, pause }`.
 #[derive(Debug, JsonSchema)]
 #[schemars(rename = "Step", untagged)]
 pub enum RawStep {
     /// The canary's percent of requests during this step.
     #[schemars(with = "Percentage")]
     Weight(Scalar),
-    /// A weight held for its own time.
+    /// A weight, a mirror or a match step, with its own time if given.
     #[schemars(with = "RawStepMap")]
-    WithPause(RawStepMap),
+    WithPause(Box<RawStepMap>),
 }
 
-/// A rollout step with its own time.
+/// A rollout step: exactly one of `weight`, `mirror` or `match`, and its own time if given.
+/// Mirror and match steps come before the first weight.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(rename = "StepWithPause")]
+#[schemars(rename = "StepMap")]
 pub struct RawStepMap {
     /// The canary's percent of requests during this step.
-    #[schemars(with = "Percentage")]
-    pub weight: Spanned<Scalar>,
-    /// How long this step lasts once every Envoy has its weight. Default: the `interval`.
+    #[schemars(with = "Option<Percentage>")]
+    pub weight: Option<Spanned<Scalar>>,
+    /// The canary gets a copy of this percent of the requests and its answers are thrown away
+    /// (stable answers every user); its own figures are judged.
+    #[schemars(with = "Option<Percentage>")]
+    pub mirror: Option<Spanned<Scalar>>,
+    /// Only requests meeting every condition go to the canary (e.g. internal testers with a
+    /// header); everyone else stays on stable.
+    #[serde(rename = "match")]
+    #[schemars(with = "Option<RawRuleMatch>")]
+    pub matcher: Option<Spanned<RawRuleMatch>>,
+    /// How long this step lasts once every Envoy has it. Default: the `interval`.
     #[schemars(with = "Option<DurationText>")]
     pub pause: Option<Spanned<String>>,
 }
@@ -366,7 +378,9 @@ impl<'de> Deserialize<'de> for RawStep {
         impl<'de> serde::de::Visitor<'de> for Visitor {
             type Value = RawStep;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a step: a percentage, or { weight: 25, pause: 2m }")
+                f.write_str(
+                    "a step: a percentage, or { weight: 25, pause: 2m }, { mirror: 50 } or { match: { header: { x-tester: \"1\" } } }",
+                )
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawStep, E> {
                 Ok(RawStep::Weight(Scalar(v.to_owned())))
@@ -382,7 +396,7 @@ impl<'de> Deserialize<'de> for RawStep {
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawStep, A::Error> {
                 RawStepMap::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                    .map(RawStep::WithPause)
+                    .map(|m| RawStep::WithPause(Box::new(m)))
             }
         }
         deserializer.deserialize_any(Visitor)

@@ -396,7 +396,7 @@ fn a_rollout_reads_its_steps_interval_and_analysis() {
     let steps: Vec<(u32, u64)> = r
         .steps
         .iter()
-        .map(|s| (s.weight.ppm(), s.pause.as_secs()))
+        .map(|s| (s.kind.weight_ppm(), s.pause.as_secs()))
         .collect();
     assert_eq!(
         steps,
@@ -842,5 +842,89 @@ fn access_rule_problems_point_at_their_values() {
     assert!(
         p.contains("unknown group \"egde\"") && p.contains("did you mean \"edge\""),
         "{p}"
+    );
+}
+
+#[test]
+fn mirror_and_match_steps_come_before_the_weights() {
+    let steps = |steps: &str| {
+        service(&format!(
+            "    strategy:\n      canary:\n        stable: v1\n        canary: v2\n        steps: {steps}\n"
+        ))
+    };
+    let spec = parse(
+        "d.yaml",
+        &steps("[{ mirror: 20, pause: 5m }, { match: { header: { X-Tester: \"1\" }, cookie: { beta: b1 } } }, 5, 100]"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let Strategy::Canary {
+        weight,
+        rollout: Some(r),
+        ..
+    } = &spec.services["checkout"].strategy
+    else {
+        panic!()
+    };
+    assert_eq!(
+        weight.ppm(),
+        0,
+        "a mirror step gives users nothing of the canary"
+    );
+    let kinds: Vec<String> = r
+        .steps
+        .iter()
+        .map(|s| format!("{} ({}s)", s.kind, s.pause.as_secs()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "a mirror of 20% (300s)",
+            "requests with header x-tester: 1 and cookie beta=b1 (60s)",
+            "5% (60s)",
+            "100% (60s)"
+        ]
+    );
+
+    for (text, expected) in [
+        (
+            "[5, { mirror: 20 }, 100]",
+            "d.yaml:16:20: a mirror step comes after the weight 5%: mirror and match steps come first, before any user gets the canary's answers by weight",
+        ),
+        (
+            "[{ mirror: 20, weight: 5 }, 100]",
+            "d.yaml:16:17: a step gives exactly one of `weight` (a share of requests), `mirror` (a share copied to the canary) or `match` (only matching requests, e.g. `match: { header: { x-tester: \"1\" } }`)",
+        ),
+        (
+            "[{ mirror: 0 }, 100]",
+            "d.yaml:16:17: a mirror step copies more than 0% of the requests to the canary",
+        ),
+        (
+            "[{ match: {} }, 100]",
+            "d.yaml:16:26: a match step needs at least one `header`, `cookie`, `query` or `prefix` to match",
+        ),
+        (
+            "[{ mirror: 20 }, { mirror: 20 }, 100]",
+            "d.yaml:16:33: the step a mirror of 20% is listed twice",
+        ),
+    ] {
+        let p = parse("d.yaml", &steps(text)).expect_err(text).to_string();
+        assert_eq!(p, expected, "{text}");
+    }
+
+    // The service's own mirror and a mirror step would both need the route's one mirror.
+    let both = steps("[{ mirror: 20 }, 100]").replace(
+        "    strategy:",
+        "    mirror: { version: v1 }\n    strategy:",
+    );
+    let p = parse(
+        "d.yaml",
+        &both
+            .replace("stable: v1", "stable: v2")
+            .replace("canary: v2", "canary: v1"),
+    );
+    assert!(
+        p.as_ref()
+            .is_err_and(|e| e.to_string().contains("its rollout has a mirror step")),
+        "{p:?}"
     );
 }

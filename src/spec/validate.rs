@@ -9,13 +9,13 @@ use serde_saphyr::{Location, Spanned};
 use super::limits::{Count, Limit, Limits};
 use super::raw::{
     Entries, RawAccessRule, RawAnalysis, RawCanary, RawCsdsScope, RawEndpoint, RawGroup,
-    RawListener, RawNodeMatch, RawPreview, RawRule, RawService, RawSpec, RawStep, RawStrategy,
-    RawWebhook, Scalar,
+    RawListener, RawNodeMatch, RawPreview, RawRule, RawRuleMatch, RawService, RawSpec, RawStep,
+    RawStrategy, RawWebhook, Scalar,
 };
 use super::{
     AddressError, Analysis, BaselineLimits, Condition, Endpoint, EndpointAddress, Group, Listener,
     ListenerKind, Mirror, PathMatch, Percent, Preview, Problem, Rollout, Route, Rule, Service,
-    Spec, SpecError, Step, Sticky, Strategy, Version, Webhook, WebhookFormat,
+    Spec, SpecError, Step, StepKind, Sticky, Strategy, Version, Webhook, WebhookFormat,
 };
 use crate::access::{self, Access, CsdsScope, Pattern};
 use crate::node::Selector;
@@ -723,16 +723,16 @@ impl Validator {
             "endpoints",
             endpoints.map(|e| (&e.referenced, 1)),
         );
-        // A listener route becomes one Envoy route per rule, per preview or sticky version
-        // and one for the strategy: at most `1 + rules + versions` (a canary's two sticky
-        // routes need two versions).
+        // A listener route becomes one Envoy route per rule, per preview version, a sticky
+        // canary's three and one for the strategy: at most `1 + rules + versions`, one more
+        // for a sticky canary (two versions, three routes) or a rollout's match step (a rule).
         let per_route: BTreeMap<&str, usize> = services
             .iter()
             .map(|(name, s)| {
                 let s = &s.value;
                 (
                     name.value.as_str(),
-                    1 + s.rules.len() + s.versions.value.0.len(),
+                    1 + s.rules.len() + s.versions.value.0.len() + canary_extra(s),
                 )
             })
             .collect();
@@ -949,31 +949,7 @@ impl Validator {
         };
 
         let (strategy, shadow_mirror) = self.strategy(name, name_loc, raw, &refs)?;
-        let mirror = match (&raw.mirror, shadow_mirror) {
-            (Some(m), Some(_)) => {
-                self.at(&m.referenced, format!("service \"{name}\" already mirrors with its shadow strategy: remove `mirror`"));
-                return None;
-            }
-            (Some(m), None) => {
-                let version = self.version_ref(&m.value.version, "mirror.version", &refs)?;
-                let percent = self.percent_or(
-                    m.value.percent.as_ref(),
-                    "mirror.percent",
-                    Percent::from_ppm(Percent::MILLION),
-                )?;
-                Some((Mirror { version, percent }, m.value.version.referenced))
-            }
-            (None, shadow) => shadow,
-        };
-        if let Some((m, loc)) = &mirror
-            && strategy.serving_versions().contains(&m.version.as_str())
-        {
-            let msg = format!(
-                "version \"{}\" of service \"{name}\" answers requests and cannot also be their mirror: mirror a version that gets no traffic",
-                m.version
-            );
-            self.at(loc, msg);
-        }
+        let mirror = self.service_mirror(name, raw, shadow_mirror, &strategy, &refs)?;
 
         let mut rules = Vec::new();
         for r in &raw.rules {
@@ -990,6 +966,20 @@ impl Validator {
             .collect();
         if let Some((m, loc)) = &mirror {
             receiving.push((m.version.as_str(), *loc, "receives mirrored traffic"));
+        }
+        // A rollout starting with a mirror or match step gives its canary no weight yet.
+        if let Strategy::Canary {
+            canary,
+            rollout: Some(_),
+            ..
+        } = &strategy
+            && !strategy.serving_versions().contains(&canary.as_str())
+        {
+            receiving.push((
+                canary.as_str(),
+                self.strategy_loc(raw, name_loc),
+                "is rolled out",
+            ));
         }
         for (rule, loc) in &rules {
             receiving.push((rule.version.as_str(), *loc, "gets traffic from a rule"));
@@ -1021,6 +1011,61 @@ impl Validator {
             policy,
             notify,
         })
+    }
+
+    /// The service's mirror (its own, or its shadow strategy's) and where the file names it.
+    fn service_mirror(
+        &mut self,
+        name: &str,
+        raw: &RawService,
+        shadow_mirror: Option<(Mirror, Location)>,
+        strategy: &Strategy,
+        refs: &VersionRefs<'_>,
+    ) -> Option<Option<(Mirror, Location)>> {
+        let mirror = match (&raw.mirror, shadow_mirror) {
+            (Some(m), Some(_)) => {
+                self.at(&m.referenced, format!("service \"{name}\" already mirrors with its shadow strategy: remove `mirror`"));
+                return None;
+            }
+            (Some(m), None) => {
+                let version = self.version_ref(&m.value.version, "mirror.version", refs)?;
+                let percent = self.percent_or(
+                    m.value.percent.as_ref(),
+                    "mirror.percent",
+                    Percent::from_ppm(Percent::MILLION),
+                )?;
+                Some((Mirror { version, percent }, m.value.version.referenced))
+            }
+            (None, shadow) => shadow,
+        };
+        if let Some((m, loc)) = &mirror
+            && strategy.serving_versions().contains(&m.version.as_str())
+        {
+            let msg = format!(
+                "version \"{}\" of service \"{name}\" answers requests and cannot also be their mirror: mirror a version that gets no traffic",
+                m.version
+            );
+            self.at(loc, msg);
+        }
+
+        if let (
+            Some((_, loc)),
+            Strategy::Canary {
+                rollout: Some(r), ..
+            },
+        ) = (&mirror, strategy)
+            && r.steps
+                .iter()
+                .any(|s| matches!(s.kind, StepKind::Mirror(_)))
+        {
+            let msg = format!(
+                "service \"{name}\" mirrors to \"{}\" already, and its rollout has a mirror step: Envoy routes get one mirror from cutover; remove the service's `mirror` during the rollout, or the mirror step",
+                mirror.as_ref().map_or("", |(m, _)| m.version.as_str())
+            );
+            self.at(loc, msg);
+        }
+
+        Some(mirror)
     }
 
     /// The strategy's `notify` webhooks; only a rollout has events to tell.
@@ -1248,44 +1293,56 @@ impl Validator {
         let mut out: Vec<Step> = Vec::new();
         let mut ok = true;
         for step in &steps.value {
-            let (weight, pause) = match &step.value {
-                RawStep::Weight(w) => (
-                    self.percent(
-                        &Spanned {
-                            value: w.clone(),
-                            referenced: step.referenced,
-                            defined: step.defined,
-                        },
-                        "steps",
-                    ),
-                    interval,
-                ),
-                RawStep::WithPause(m) => (
-                    self.percent(&m.weight, "steps[].weight"),
-                    match (&m.pause, interval) {
-                        (Some(p), _) => self.duration(p, "steps[].pause"),
-                        (None, i) => i,
-                    },
-                ),
-            };
-            let (Some(weight), Some(pause)) = (weight, pause) else {
+            let Some((kind, pause)) = self.step(step, interval) else {
                 ok = false;
                 continue;
             };
-            if weight.ppm() == 0 {
-                self.at(
-                    &step.referenced,
-                    "a step's weight must be above 0 (a rollout starts at its first step)",
-                );
-                ok = false;
-            } else if let Some(previous) = out.last()
-                && previous.weight >= weight
-            {
-                let msg = format!("steps must rise: {weight} comes after {}", previous.weight);
-                self.at(&step.referenced, msg);
-                ok = false;
+            let previous = out.last().map(|s| &s.kind);
+            match (&kind, previous) {
+                (StepKind::Weight(w), _) if w.ppm() == 0 => {
+                    self.at(
+                        &step.referenced,
+                        "a step's weight must be above 0 (a rollout starts at its first step)",
+                    );
+                    ok = false;
+                }
+                (StepKind::Mirror(w), _) if w.ppm() == 0 => {
+                    self.at(
+                        &step.referenced,
+                        "a mirror step copies more than 0% of the requests to the canary",
+                    );
+                    ok = false;
+                }
+                (StepKind::Weight(weight), Some(StepKind::Weight(previous)))
+                    if previous >= weight =>
+                {
+                    let msg = format!("steps must rise: {weight} comes after {previous}");
+                    self.at(&step.referenced, msg);
+                    ok = false;
+                }
+                (StepKind::Mirror(_) | StepKind::Match(_), Some(StepKind::Weight(previous))) => {
+                    let msg = format!(
+                        "a {} step comes after the weight {previous}: mirror and match steps come first, before any user gets the canary's answers by weight",
+                        if matches!(kind, StepKind::Mirror(_)) {
+                            "mirror"
+                        } else {
+                            "match"
+                        }
+                    );
+                    self.at(&step.referenced, msg);
+                    ok = false;
+                }
+                (_, _) if out.iter().any(|s| s.kind == kind) => {
+                    let msg = format!("the step {kind} is listed twice");
+                    self.at(&step.referenced, msg);
+                    ok = false;
+                }
+                _ => {}
             }
-            out.push(Step { weight, pause });
+            match pause {
+                Some(pause) => out.push(Step { kind, pause }),
+                None => ok = false,
+            }
         }
         let analysis = analysis?;
         // Every step must be able to take its time before the deadline.
@@ -1299,7 +1356,7 @@ impl Validator {
             let msg = format!(
                 "`progress_deadline` {} is not longer than the step at {} ({}): that step would always roll back; make it longer",
                 humantime::format_duration(deadline),
-                step.weight,
+                step.kind,
                 humantime::format_duration(step.pause)
             );
             self.at(&raw.referenced, msg);
@@ -1312,7 +1369,7 @@ impl Validator {
         let pre_rollout = self.webhooks(&c.pre_rollout, false);
         let (confirm, pre_rollout) = (confirm?, pre_rollout?);
         Some((
-            out[0].weight,
+            Percent::from_ppm(out[0].kind.weight_ppm()).expect("a step's weight is a percent"),
             Some(Rollout {
                 steps: out,
                 interval: interval?,
@@ -1560,9 +1617,55 @@ impl Validator {
         Some(Preview { header })
     }
 
+    /// One rollout step and its time (`None` when the time is invalid, already reported).
+    fn step(
+        &mut self,
+        step: &Spanned<RawStep>,
+        interval: Option<Duration>,
+    ) -> Option<(StepKind, Option<Duration>)> {
+        match &step.value {
+            RawStep::Weight(w) => {
+                let at = Spanned {
+                    value: w.clone(),
+                    referenced: step.referenced,
+                    defined: step.defined,
+                };
+                Some((StepKind::Weight(self.percent(&at, "steps")?), interval))
+            }
+            RawStep::WithPause(m) => {
+                let pause = match &m.pause {
+                    Some(p) => self.duration(p, "steps[].pause"),
+                    None => interval,
+                };
+                let kind = match (&m.weight, &m.mirror, &m.matcher) {
+                    (Some(w), None, None) => StepKind::Weight(self.percent(w, "steps[].weight")?),
+                    (None, Some(p), None) => StepKind::Mirror(self.percent(p, "steps[].mirror")?),
+                    (None, None, Some(c)) => StepKind::Match(self.conditions(c, "a match step")?),
+                    _ => {
+                        self.at(
+                            &step.referenced,
+                            "a step gives exactly one of `weight` (a share of requests), `mirror` (a share copied to the canary) or `match` (only matching requests, e.g. `match: { header: { x-tester: \"1\" } }`)",
+                        );
+                        return None;
+                    }
+                };
+                Some((kind, pause))
+            }
+        }
+    }
+
     fn rule(&mut self, raw: &RawRule, refs: &VersionRefs<'_>) -> Option<Rule> {
         let version = self.version_ref(&raw.version, "rules[].version", refs);
-        let m = &raw.matcher.value;
+        let conditions = self.conditions(&raw.matcher, "a rule");
+        Some(Rule {
+            conditions: conditions?,
+            version: version?,
+        })
+    }
+
+    /// Conditions that must all hold: at least one.
+    fn conditions(&mut self, raw: &Spanned<RawRuleMatch>, what: &str) -> Option<Vec<Condition>> {
+        let m = &raw.value;
         let mut conditions = Vec::new();
         for (k, v) in &m.header.0 {
             let name = self.token(k, "header")?.to_ascii_lowercase();
@@ -1588,16 +1691,13 @@ impl Validator {
             conditions.push(Condition::Prefix(self.path(p, "prefix")?));
         }
         if conditions.is_empty() {
-            self.at(
-                &raw.matcher.referenced,
-                "a rule needs at least one `header`, `cookie`, `query` or `prefix` to match",
+            let msg = format!(
+                "{what} needs at least one `header`, `cookie`, `query` or `prefix` to match"
             );
+            self.at(&raw.referenced, msg);
             return None;
         }
-        Some(Rule {
-            conditions,
-            version: version?,
-        })
+        Some(conditions)
     }
 
     fn endpoints(
@@ -1740,6 +1840,21 @@ impl Validator {
             self.at(&t.referenced, msg);
             None
         }
+    }
+}
+
+/// The Envoy route a canary may have beyond one per version: a sticky canary's third, or a
+/// match step's.
+fn canary_extra(s: &RawService) -> usize {
+    match s.strategy.as_ref().map(|s| &s.value) {
+        Some(RawStrategy::Canary(c)) => usize::from(
+            c.sticky.is_some()
+                || c.steps
+                    .iter()
+                    .flat_map(|s| &s.value)
+                    .any(|s| matches!(&s.value, RawStep::WithPause(m) if m.matcher.is_some())),
+        ),
+        _ => 0,
     }
 }
 

@@ -67,10 +67,25 @@ impl Load {
 
     /// `workers` clients, each pausing `pace` between requests (zero: as fast as it can).
     pub fn with(listener: SocketAddr, workers: usize, pace: Duration) -> Load {
+        Load::with_headers(listener, workers, pace, &[])
+    }
+
+    /// As [`Load::with`], every request carrying `headers` (e.g. a tester's header).
+    pub fn with_headers(
+        listener: SocketAddr,
+        workers: usize,
+        pace: Duration,
+        headers: &[(&str, &str)],
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         let workers = (0..workers)
             .map(|_| {
                 let stop = stop.clone();
+                let headers = headers.clone();
                 tokio::spawn(async move {
                     let client = reqwest::Client::builder()
                         .no_proxy()
@@ -87,7 +102,11 @@ impl Load {
                         && sent < MAX_REQUESTS_PER_WORKER
                     {
                         sent += 1;
-                        match client.get(&url).send().await {
+                        let mut request = client.get(&url);
+                        for (k, v) in &headers {
+                            request = request.header(k, v);
+                        }
+                        match request.send().await {
                             Ok(reply) => {
                                 let status = reply.status();
                                 let body = reply.text().await.unwrap_or_default();

@@ -15,6 +15,7 @@ mod listener;
 mod routes;
 
 pub use cluster::{endpoint_address, socket_address};
+pub use routes::bucket_condition;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::{

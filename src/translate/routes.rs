@@ -24,7 +24,9 @@ use envoy_types::pb::google::protobuf::UInt32Value;
 use super::{any, duration};
 use crate::reconcile::{RoutePlan, RoutePolicy, ServicePlan, Target};
 use crate::spec::Retries;
-use crate::spec::{Condition, GRPC_RETRY_ON, HashOn, ListenerKind, PathMatch, Percent};
+use crate::spec::{
+    BUCKETS, BucketFrom, Condition, GRPC_RETRY_ON, HashOn, ListenerKind, PathMatch, Percent,
+};
 
 /// The Envoy routes of `service` under a listener route matching `path`, in match order. A
 /// planned route whose conditions cannot hold inside `path` (a rule's prefix outside it) has
@@ -42,7 +44,7 @@ pub(super) fn service_routes(
     service
         .routes
         .iter()
-        .filter_map(|r: &RoutePlan| Some(base.route(base.matcher(&r.conditions)?, &r.target)))
+        .filter_map(|r: &RoutePlan| Some(base.route(base.matcher(&r.conditions)?, r)))
         .collect()
 }
 
@@ -68,7 +70,17 @@ impl RouteBuilder<'_> {
                     header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(exact(value))),
                     ..Default::default()
                 }),
-                Condition::Cookie { name, value } => m.headers.push(cookie_matcher(name, value)),
+                Condition::Cookie { name, value } => {
+                    m.headers.push(cookie_matcher(name, &regex_escape(value), ""));
+                }
+                Condition::Bucket { from, below } => m.headers.push(match from {
+                    // The rest of the value is the rest of the id.
+                    BucketFrom::Cookie(name) => cookie_matcher(name, &hex_below(*below), "[^;]*"),
+                    BucketFrom::RequestId => regex_matcher(
+                        REQUEST_ID,
+                        format!("{}.*", hex_below(*below)),
+                    ),
+                }),
                 Condition::Query { name, value } => m.query_parameters.push(QueryParameterMatcher {
                     name: name.clone(),
                     query_parameter_match_specifier: Some(
@@ -95,9 +107,9 @@ impl RouteBuilder<'_> {
         Some(m)
     }
 
-    fn route(&self, m: RouteMatch, target: &Target) -> Route {
+    fn route(&self, m: RouteMatch, plan: &RoutePlan) -> Route {
         let policy = self.policy;
-        let cluster_specifier = match target {
+        let cluster_specifier = match &plan.target {
             Target::One(c) => route_action::ClusterSpecifier::Cluster(c.to_string()),
             Target::Weighted(clusters) => {
                 route_action::ClusterSpecifier::WeightedClusters(WeightedCluster {
@@ -106,24 +118,6 @@ impl RouteBuilder<'_> {
                         .map(|w| ClusterWeight {
                             name: w.cluster.to_string(),
                             weight: Some(UInt32Value { value: w.weight }),
-                            response_headers_to_add: w
-                                .set_cookie
-                                .iter()
-                                .map(|c| HeaderValueOption {
-                                    header: Some(HeaderValue {
-                                        key: "set-cookie".to_owned(),
-                                        value: format!(
-                                            "{}={}; Path=/; Max-Age={}; HttpOnly",
-                                            c.name,
-                                            c.value,
-                                            c.ttl.as_secs()
-                                        ),
-                                        ..Default::default()
-                                    }),
-                                    append_action: HeaderAppendAction::AppendIfExistsOrAdd as i32,
-                                    ..Default::default()
-                                })
-                                .collect(),
                             ..Default::default()
                         })
                         .collect(),
@@ -153,8 +147,28 @@ impl RouteBuilder<'_> {
             ListenerKind::Envoy(_) => policy.retries.as_ref().map(envoy_retry_policy),
             ListenerKind::Proxyless => policy.retries.as_ref().and_then(grpc_retry_policy),
         };
+        // The id Envoy gave the request (a random UUID unless a trusted client sent one) is the
+        // user's bucket from now on; `%` starts Envoy's header formatter.
+        let response_headers_to_add = plan
+            .set_cookie
+            .iter()
+            .map(|c| HeaderValueOption {
+                header: Some(HeaderValue {
+                    key: "set-cookie".to_owned(),
+                    value: format!(
+                        "{}=%REQ({REQUEST_ID})%; Path=/; Max-Age={}; HttpOnly",
+                        c.name,
+                        c.ttl.as_secs()
+                    ),
+                    ..Default::default()
+                }),
+                append_action: HeaderAppendAction::AppendIfExistsOrAdd as i32,
+                ..Default::default()
+            })
+            .collect();
         Route {
             r#match: Some(m),
+            response_headers_to_add,
             action: Some(route::Action::Route(RouteAction {
                 cluster_specifier: Some(cluster_specifier),
                 timeout: policy.timeout.map(duration),
@@ -218,15 +232,72 @@ fn exact(value: &str) -> StringMatcher {
 }
 
 /// Route matching has no cookie matcher, so a cookie is matched as one `name=value` pair of the
-/// Cookie header, bounded by `;` or the ends, never a substring of another cookie.
-fn cookie_matcher(name: &str, value: &str) -> HeaderMatcher {
+/// Cookie header, bounded by `;` or the ends, never a substring of another cookie: `value` is a
+/// regex, followed by `rest` (a regex) up to the end of the value.
+fn cookie_matcher(name: &str, value: &str, rest: &str) -> HeaderMatcher {
     let regex = format!(
-        r"(?:^|.*;\s*){}={}(?:\s*;.*|\s*$)",
+        r"(?:^|.*;\s*){}={value}{rest}(?:\s*;.*|\s*$)",
         regex_escape(name),
-        regex_escape(value)
     );
+    regex_matcher("cookie", regex)
+}
+
+/// The header Envoy gives every request a random id in (a UUID, lowercase hex).
+const REQUEST_ID: &str = "x-request-id";
+
+/// A regex for three lowercase hex digits (how Envoy writes its ids) whose value is below
+/// `below` (1 to 4096). Kept short: Envoy refuses regexes over a program size of 100.
+fn hex_below(below: u16) -> String {
+    const ANY: &str = "[0-9a-f]";
+    let hex = |d: u16| char::from_digit(u32::from(d), 16).unwrap_or('0');
+    // Digits 0 to d-1.
+    let lower = |d: u16| match d {
+        1 => "0".to_owned(),
+        2..=10 => format!("[0-{}]", hex(d - 1)),
+        11 => "[0-9a]".to_owned(),
+        _ => format!("[0-9a-{}]", hex(d - 1)),
+    };
+    if below >= BUCKETS {
+        return format!("{ANY}{{3}}");
+    }
+    let digits = [below >> 8, (below >> 4) & 0xf, below & 0xf];
+    let mut alternatives = Vec::new();
+    for (i, &d) in digits.iter().enumerate() {
+        if d > 0 {
+            let prefix: String = digits[..i].iter().map(|&p| hex(p)).collect();
+            let rest = match 2 - i {
+                0 => String::new(),
+                1 => ANY.to_owned(),
+                n => format!("{ANY}{{{n}}}"),
+            };
+            alternatives.push(format!("{prefix}{}{rest}", lower(d)));
+        }
+    }
+    format!("(?:{})", alternatives.join("|"))
+}
+
+/// The sticky-bucket condition a header matcher of [`hex_below`]'s form renders, read back
+/// (for `cutover diff`); `None` for any other matcher.
+pub fn bucket_condition(header: &str, regex: &str) -> Option<Condition> {
+    let (from, range) = match header {
+        "cookie" => {
+            let pair = regex
+                .strip_prefix(r"(?:^|.*;\s*)")?
+                .strip_suffix(r"[^;]*(?:\s*;.*|\s*$)")?;
+            let (name, range) = pair.split_once('=')?;
+            let name: String = name.chars().filter(|c| *c != '\\').collect();
+            (BucketFrom::Cookie(name), range)
+        }
+        REQUEST_ID => (BucketFrom::RequestId, regex.strip_suffix(".*")?),
+        _ => return None,
+    };
+    let below = (1..=BUCKETS).find(|b| hex_below(*b) == range)?;
+    Some(Condition::Bucket { from, below })
+}
+
+fn regex_matcher(header: &str, regex: String) -> HeaderMatcher {
     HeaderMatcher {
-        name: "cookie".to_owned(),
+        name: header.to_owned(),
         header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(StringMatcher {
             match_pattern: Some(string_matcher::MatchPattern::SafeRegex(RegexMatcher {
                 regex,
@@ -267,5 +338,68 @@ fn hash_policy(on: &HashOn) -> HashPolicy {
     HashPolicy {
         policy_specifier: Some(policy_specifier),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod bucket_tests {
+    use super::hex_below;
+
+    #[test]
+    fn a_bucket_condition_is_read_back_from_its_matcher() {
+        use super::{BucketFrom, Condition, bucket_condition, cookie_matcher, regex_matcher};
+        use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+        use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+        let regex = |m: envoy_types::pb::envoy::config::route::v3::HeaderMatcher| match m
+            .header_match_specifier
+        {
+            Some(HeaderMatchSpecifier::StringMatch(s)) => match s.match_pattern {
+                Some(MatchPattern::SafeRegex(r)) => r.regex,
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        };
+        let cookie = regex(cookie_matcher("a-b.c", &hex_below(410), "[^;]*"));
+        assert_eq!(
+            bucket_condition("cookie", &cookie),
+            Some(Condition::Bucket {
+                from: BucketFrom::Cookie("a-b.c".to_owned()),
+                below: 410
+            })
+        );
+        let id = regex(regex_matcher(
+            "x-request-id",
+            format!("{}.*", hex_below(4096)),
+        ));
+        assert_eq!(
+            bucket_condition("x-request-id", &id),
+            Some(Condition::Bucket {
+                from: BucketFrom::RequestId,
+                below: 4096
+            })
+        );
+        assert_eq!(
+            bucket_condition("cookie", r"(?:^|.*;\s*)a=v(?:\s*;.*|\s*$)"),
+            None
+        );
+    }
+
+    /// Every three-digit hex value is matched exactly when it is below the bound.
+    #[test]
+    fn hex_below_matches_exactly_the_lower_buckets() {
+        for below in (1u16..=4096)
+            .step_by(7)
+            .chain([2, 11, 12, 16, 17, 256, 410, 4095, 4096])
+        {
+            let re = regex::Regex::new(&format!("^{}$", hex_below(below))).unwrap();
+            for v in 0..4096u16 {
+                let text = format!("{v:03x}");
+                assert_eq!(
+                    re.is_match(&text),
+                    v < below,
+                    "{text} against below {below}"
+                );
+            }
+        }
     }
 }
