@@ -10,7 +10,7 @@
 //!   NACKed version is recorded and never sent again; the next change produces a new version.
 //! - Versions are content hashes of what one response holds, so a client that reconnects holding
 //!   exactly the current resources (same `version_info`) is sent nothing it would apply. It is
-//!   sent one message all the same, which changes nothing it holds: Envoy resets its reconnect
+//!   sent one message all the same, the same content again: Envoy resets its reconnect
 //!   backoff only when a message arrives on the stream, so without one every restart of cutover
 //!   would make the next reconnect slower (see `Stream::greet`).
 //! - New subscriptions are answered even if nothing changed; names that do not exist yet are
@@ -381,7 +381,7 @@ impl Stream {
         if self.nonces == 0 && self.in_sync() {
             let greet = match self.mode {
                 Mode::Single(only) => only,
-                // Endpoints or routes: a response with none of them changes nothing.
+                // Endpoints or routes: a few resources again, not the whole set of a type.
                 Mode::Aggregated if !ty.is_full_state() => ty,
                 Mode::Aggregated => [ResourceType::Route, ResourceType::Endpoint]
                     .into_iter()
@@ -394,11 +394,11 @@ impl Stream {
     }
 
     /// The first message on a stream whose client reconnected holding exactly what it should
-    /// (it is in sync before anything was sent): what it holds of `ty` again, without a change.
-    /// For EDS and RDS that is a response with no resources (in state-of-the-world xDS a
-    /// resource left out of such a response is kept); CDS and LDS responses carry the full set,
-    /// so a per-type stream of those gets its set again, which Envoy compares and leaves as it
-    /// is.
+    /// (it is in sync before anything was sent): what it holds of `ty` again, the same content
+    /// under the same version, which Envoy compares and leaves as it is. Never an empty
+    /// response under that version: the spec allows nothing or the same content, and a client
+    /// that trusts the version would believe it holds nothing. On an ADS stream only routes or
+    /// endpoints greet (a few resources; clusters and listeners would be the whole set).
     fn greet(&mut self, ty: ResourceType, out: &mut Output) {
         let st = &self.types[ty.index()];
         let held = match (&st.sent, &st.reported, &st.acked) {
@@ -406,8 +406,7 @@ impl Stream {
             _ => return,
         };
         let resources = match (ty.is_full_state(), self.mode) {
-            (false, _) => Vec::new(),
-            (true, Mode::Single(_)) => held.resources.values().cloned().collect(),
+            (false, _) | (true, Mode::Single(_)) => held.resources.values().cloned().collect(),
             (true, Mode::Aggregated) => return,
         };
         self.nonces += 1;

@@ -274,14 +274,17 @@ fn a_reconnect_holding_the_current_versions_gets_nothing_to_apply() {
     for req in envoy.reconnect() {
         sent.extend(s.on_request(&req.into_sotw()).responses);
     }
-    // One message, so that Envoy resets its reconnect backoff: the routes it holds, as a
-    // response with no resource (which keeps them all), under the version it holds.
+    // One message, so that Envoy resets its reconnect backoff: the routes it holds, again,
+    // under the version it holds. Not an empty response under that version: a client that
+    // trusts the version would believe it holds no routes.
     let [greeting] = &sent[..] else {
         panic!("{sent:?}")
     };
     assert_eq!(greeting.ty, R);
-    assert!(greeting.resources.is_empty());
     assert_eq!(greeting.version, envoy.versions[&R]);
+    let held_routes: Vec<String> = envoy.held[&R].keys().cloned().collect();
+    assert!(!held_routes.is_empty());
+    assert_eq!(names(greeting), held_routes, "the same content");
     let held = envoy.held.clone();
     let ack = envoy.receive(greeting);
     assert_eq!(envoy.held, held, "nothing changes for Envoy");
