@@ -264,6 +264,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         slots: slots.clone(),
         noise: Arc::new(NoiseLog::default()),
         access: access.clone(),
+        sent: Arc::default(),
     };
     let mutual_tls = tls.as_ref().is_some_and(|t| t.mutual());
     if !mutual_tls && !access.borrow().rules.is_empty() {

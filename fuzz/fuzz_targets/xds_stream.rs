@@ -8,7 +8,7 @@
 #![no_main]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use arbitrary::Arbitrary;
 use cutover::snapshot::Snapshot;
@@ -19,46 +19,9 @@ use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::google::rpc::Status;
 use libfuzzer_sys::fuzz_target;
 
-/// Config versions to switch between: every example, and edits of them that switch traffic,
-/// move weights, drain and remove endpoints and versions (what a deploy does).
-static SNAPSHOTS: LazyLock<Vec<Arc<Snapshot>>> = LazyLock::new(|| {
-    let examples = [
-        include_str!("../../examples/basic.yaml"),
-        include_str!("../../examples/blue-green.yaml"),
-        include_str!("../../examples/red-black.yaml"),
-        include_str!("../../examples/canary.yaml"),
-        include_str!("../../examples/shadow.yaml"),
-        include_str!("../../examples/ab-testing.yaml"),
-        include_str!("../../examples/rolling.yaml"),
-        include_str!("../../examples/health.yaml"),
-        include_str!("../../examples/load-balancing.yaml"),
-        include_str!("../../examples/canary-rollout.yaml"),
-        include_str!("../../examples/blue-green-analysis.yaml"),
-        include_str!("../../examples/demo.yaml"),
-    ];
-    let edits = [
-        ("active: blue", "active: green"),
-        ("weight: 10 ", "weight: 100 "),
-        ("weight: 10 ", "weight: 0 "),
-        (", 127.0.0.1:8082]", "]"),
-        ("127.0.0.1:8081", "127.0.0.1:9081"),
-        ("drain: true", "drain: false"),
-        ("prefix: /", "prefix: /v2"),
-    ];
-    let mut texts: Vec<String> = examples.iter().map(|t| t.to_string()).collect();
-    for example in examples {
-        for (from, to) in edits {
-            if example.contains(from) {
-                texts.push(example.replacen(from, to, 1));
-            }
-        }
-    }
-    texts
-        .iter()
-        .filter_map(|text| cutover::app::compile("example.yaml", text).ok())
-        .map(Arc::new)
-        .collect()
-});
+#[path = "shared/snapshots.rs"]
+mod snapshots;
+use snapshots::SNAPSHOTS;
 
 #[derive(Debug, Arbitrary)]
 enum StreamMode {

@@ -30,6 +30,56 @@ pub struct Held {
     pub resources: ResourceMap,
 }
 
+/// Sets recently sent to any client, by type and version (state of the world: clusters). A
+/// state-of-the-world client that reconnects says only the version it holds of each type; this
+/// tells what that was, so that the clusters its routes may still use are kept until it has
+/// routes without them (make-before-break across a reconnect, including the clusters kept for
+/// routes it rejected).
+/// Shared by every stream of one cutover, bounded (the oldest go first), gone after a restart.
+#[derive(Debug, Default)]
+pub struct SentSets {
+    inner: Mutex<SentInner>,
+}
+
+#[derive(Debug, Default)]
+struct SentInner {
+    sets: std::collections::HashMap<(ResourceType, String), ResourceMap>,
+    order: std::collections::VecDeque<(ResourceType, String)>,
+}
+
+impl SentSets {
+    /// Sets remembered: enough for every version and kept set of a few dozen config versions.
+    pub const KEPT: usize = 256;
+
+    /// Remembers that `resources` were sent as `version` of `ty` (shared, not copied).
+    pub fn record(&self, ty: ResourceType, version: &str, resources: &ResourceMap) {
+        let mut inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (ty, version.to_owned());
+        if inner.sets.contains_key(&key) {
+            return;
+        }
+        inner.sets.insert(key.clone(), resources.clone());
+        inner.order.push_back(key);
+        while inner.order.len() > Self::KEPT {
+            if let Some(oldest) = inner.order.pop_front() {
+                inner.sets.remove(&oldest);
+            }
+        }
+    }
+
+    /// What was sent as `version` of `ty`, if it is still remembered.
+    pub fn get(&self, ty: ResourceType, version: &str) -> Option<ResourceMap> {
+        let inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        inner.sets.get(&(ty, version.to_owned())).cloned()
+    }
+}
+
 /// A rejected version and Envoy's reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Nack {

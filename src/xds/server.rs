@@ -20,7 +20,7 @@ use tonic::codegen::{BoxFuture, Context, Poll, StdError, http};
 use tonic::server::{Grpc, NamedService, StreamingService};
 use tonic::{Status, Streaming};
 
-use super::clients::{ClientUpdate, ClientView, Clients, SyncState};
+use super::clients::{ClientUpdate, ClientView, Clients, SentSets, SyncState};
 use super::codec::{EncodeResponse, XdsCodec};
 use super::limits::{
     ClientLimits, MAX_NAME_BYTES, MAX_NODE_FIELD_BYTES, Noise, NoiseLog, StreamSlot, StreamSlots,
@@ -48,6 +48,8 @@ pub struct Shared {
     pub noise: Arc<NoiseLog>,
     /// The file's access rules: with mutual TLS, which certificate may be which node.
     pub access: watch::Receiver<Arc<Access>>,
+    /// What the streams sent, by type and version (see [`SentSets`]).
+    pub sent: Arc<SentSets>,
 }
 
 /// Which node ids may get config over a plaintext connection (`--allow-node`); everyone when
@@ -157,6 +159,15 @@ pub trait Machine: Send + 'static {
     type Response: EncodeResponse + Send + 'static;
 
     fn new(mode: Mode) -> Self;
+    /// Shares what it sends with the other streams, to know what a reconnecting client holds
+    /// (state of the world; a delta client names what it holds itself).
+    #[must_use]
+    fn remembering(self, _sent: Arc<SentSets>) -> Self
+    where
+        Self: Sized,
+    {
+        self
+    }
     /// The node a request names (Envoy names it on the first request only).
     fn request_node(req: &Self::Request) -> Option<&Node>;
     /// The names a request subscribes to (or says it holds).
@@ -189,6 +200,9 @@ impl Machine for sotw::Stream {
 
     fn new(mode: Mode) -> Self {
         sotw::Stream::new(mode)
+    }
+    fn remembering(self, sent: Arc<SentSets>) -> Self {
+        sotw::Stream::remembering(self, sent)
     }
     fn request_node(req: &DiscoveryRequest) -> Option<&Node> {
         req.node.as_ref()
@@ -411,7 +425,7 @@ async fn run_stream<M: Machine>(
     let mut published = shared.published;
     let mut closing = shared.closing;
     let mut access = shared.access;
-    let mut machine = M::new(mode);
+    let mut machine = M::new(mode).remembering(shared.sent.clone());
     // Resolved from the first request's node; until then nothing is sent anyway.
     let mut group: Option<GroupId> = None;
     // Who the client said it is on its first request: its group is matched again on every

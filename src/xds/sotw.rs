@@ -29,7 +29,9 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
 use super::ResourceType;
-use super::clients::{ClientView, Held, Nack, ResourceMap, SyncState, TypeStatus, TypeView};
+use super::clients::{
+    ClientView, Held, Nack, ResourceMap, SentSets, SyncState, TypeStatus, TypeView,
+};
 use super::limits::{MAX_NACK_ERROR_BYTES, truncated};
 use super::order::{self, Holdings as _};
 pub use super::{Event, Mode};
@@ -193,6 +195,8 @@ pub struct Stream {
     nonces: u64,
     /// Inputs of the last cluster-readiness check, and its answer.
     ready_memo: RefCell<Option<([String; 5], bool)>>,
+    /// What this cutover sent to any client, to know what a reconnecting client holds.
+    sent: Option<Arc<SentSets>>,
 }
 
 impl Stream {
@@ -204,7 +208,15 @@ impl Stream {
             types: Default::default(),
             nonces: 0,
             ready_memo: RefCell::new(None),
+            sent: None,
         }
+    }
+
+    /// Records every set it sends in `sent`, and reads there what a reconnecting client holds.
+    #[must_use]
+    pub fn remembering(mut self, sent: Arc<SentSets>) -> Stream {
+        self.sent = Some(sent);
+        self
     }
 
     pub fn node(&self) -> Option<&NodeInfo> {
@@ -333,6 +345,26 @@ impl Stream {
             // from an earlier stream (a reconnect).
             if st.subscription.is_none() && !req.version_info.is_empty() {
                 st.reported = Some(req.version_info.clone());
+                // Clusters this cutover sent (to this client on an earlier stream, or to
+                // another): the client holds exactly them (a cluster response is the whole
+                // set), as if it had ACKed them here, so those its routes may still use are
+                // kept until routes without them are ACKed (make-before-break across a
+                // reconnect). Endpoints and routes are not: a client drops the endpoints of a
+                // cluster it removes whatever version it last ACKed, and what a response leaves
+                // out of those types is kept anyway.
+                let current = self.snapshot.as_ref().map(|s| s.type_version(ty));
+                let earlier = self
+                    .sent
+                    .as_ref()
+                    .filter(|_| ty == ResourceType::Cluster)
+                    .filter(|_| current != Some(req.version_info.as_str()))
+                    .and_then(|sent| sent.get(ty, &req.version_info));
+                if let Some(resources) = earlier {
+                    st.acked = Some(Held {
+                        version: req.version_info.clone(),
+                        resources,
+                    });
+                }
             }
         } else if st.last_nonce.as_deref() != Some(req.response_nonce.as_str()) {
             // Stale: it answers a response that a newer one has replaced.
@@ -426,9 +458,20 @@ impl Stream {
     /// Sends, in make-before-break order, every type whose desired content differs from what the
     /// client holds.
     fn step(&mut self, out: &mut Output) {
+        // A reconnecting client found to hold a later type (routes) as they are may let an
+        // earlier one (clusters kept for its old routes) change: once more, then.
+        if self.step_once(out) {
+            self.step_once(out);
+        }
+    }
+
+    /// One pass over the types; true when it found that the client holds a type it reported
+    /// on reconnecting.
+    fn step_once(&mut self, out: &mut Output) -> bool {
         let Some(snap) = self.snapshot.clone() else {
-            return;
+            return false;
         };
+        let mut adopted = false;
         for &ty in self.mode.types() {
             let kept = match (self.mode, ty) {
                 (Mode::Aggregated, ResourceType::Cluster | ResourceType::Endpoint) => {
@@ -450,7 +493,9 @@ impl Stream {
             };
             let version = set_version(desired.values());
             let st = &mut self.types[ty.index()];
+            let acked_before = st.acked.is_some();
             if !st.force && st.holds(ty, &desired, &version) {
+                adopted |= !acked_before && st.acked.is_some();
                 st.blocked = None;
                 if st.sent.is_none() {
                     st.settled_complete = match &st.subscription {
@@ -480,11 +525,13 @@ impl Stream {
                 nonce: nonce.clone(),
                 resources: desired.values().cloned().collect(),
             });
-            self.types[ty.index()].sent = Some(Held {
-                version,
-                resources: Arc::new(desired),
-            });
+            let resources = Arc::new(desired);
+            if let Some(sent) = self.sent.as_ref().filter(|_| ty == ResourceType::Cluster) {
+                sent.record(ty, &version, &resources);
+            }
+            self.types[ty.index()].sent = Some(Held { version, resources });
         }
+        adopted
     }
 
     /// Envoy re-creates a cluster whose definition changed, and the new one warms until it gets

@@ -761,8 +761,8 @@ impl FakeEnvoy {
                         .is_none_or(|eds| endpoints.contains_key(eds));
                 assert!(
                     ready,
-                    "route {} targets {target}, which Envoy does not hold with its endpoints (after {:?})",
-                    rc.name, self.log
+                    "route {} targets {target}, which Envoy does not hold with its endpoints ({:?}, after {:?})",
+                    rc.name, self.protocol, self.log
                 );
             }
         }
