@@ -666,6 +666,13 @@ impl order::Holdings for Stream {
     fn reported(&self, ty: ResourceType) -> bool {
         self.types[ty.index()].reported.is_some()
     }
+
+    fn names_its_listeners(&self) -> bool {
+        self.types[ResourceType::Listener.index()]
+            .subscription
+            .as_ref()
+            .is_some_and(|s| !s.wildcard)
+    }
 }
 
 #[cfg(test)]

@@ -41,6 +41,16 @@ pub trait Holdings {
     /// Whether the client said, when it connected, that it already held resources of this type
     /// (a reconnect): they are in effect although this stream has sent nothing yet.
     fn reported(&self, ty: ResourceType) -> bool;
+    /// Whether it asks for its listeners by name rather than for every one: gRPC's proxyless
+    /// clients do (the `xds:///` target), then ask only for what that listener leads to.
+    fn names_its_listeners(&self) -> bool;
+    /// [`clusters_ready`]; a machine may remember the answer for inputs that did not change.
+    fn clusters_ready(&self, snap: &Snapshot) -> bool
+    where
+        Self: Sized,
+    {
+        clusters_ready(snap, self)
+    }
 }
 
 /// The snapshot's resources of `ty` that the client asks for.
@@ -145,9 +155,13 @@ pub fn may_be_routing(client: &impl Holdings) -> bool {
 }
 
 /// Whether the snapshot's listeners and routes may be sent now: at once to a client that is not
-/// routing anything yet (nothing can break), else once [`clusters_ready`].
+/// routing anything yet (nothing can break), else once [`clusters_ready`]. A client that names
+/// its listeners asks for a cluster only once a route it holds names it, so it cannot hold the
+/// clusters first: it gets the routes at once and makes before it breaks itself, keeping its
+/// previous routes until it has the new ones' clusters and endpoints (gRFC A74); clusters its
+/// routes still use are kept for it as for any client.
 pub fn routing_may_be_sent(snap: &Snapshot, client: &impl Holdings) -> bool {
-    !may_be_routing(client) || clusters_ready(snap, client)
+    !may_be_routing(client) || client.names_its_listeners() || client.clusters_ready(snap)
 }
 
 /// Whether the client has ACKed every cluster of the snapshot and the endpoints of each, with

@@ -573,16 +573,7 @@ impl Stream {
                 Some(desired)
             }
             ResourceType::Listener | ResourceType::Route => {
-                // Only a client that may be routing traffic waits for its clusters. A client
-                // that names its listeners asks for a cluster only once a route it holds
-                // names it, so it cannot hold the clusters first: it gets the routes at once
-                // and makes before it breaks itself, keeping its previous routes until it has
-                // the new ones' clusters and endpoints (gRFC A74). Clusters its routes still
-                // use are kept as for any client.
-                (!order::may_be_routing(self)
-                    || self.names_its_listeners()
-                    || self.clusters_ready_cached(snap))
-                .then_some(desired)
+                order::routing_may_be_sent(snap, self).then_some(desired)
             }
         }
     }
@@ -657,6 +648,14 @@ impl order::Holdings for Stream {
 
     fn reported(&self, ty: ResourceType) -> bool {
         self.types[ty.index()].reported.is_some()
+    }
+
+    fn names_its_listeners(&self) -> bool {
+        Stream::names_its_listeners(self)
+    }
+
+    fn clusters_ready(&self, snap: &Snapshot) -> bool {
+        self.clusters_ready_cached(snap)
     }
 }
 

@@ -590,3 +590,29 @@ fn random_histories_keep_routes_on_held_clusters_and_converge() {
 }
 
 mod conformance;
+
+/// The ordering rule for clients that name their listeners is `order`'s, for both protocols: a
+/// delta client that names its listener (as gRPC's proxyless clients do) gets a switch's route
+/// at once, since it asks for a cluster only once a route names it.
+#[test]
+fn a_client_that_names_its_listener_gets_a_switch_route_at_once() {
+    let mut s = Stream::new(Mode::Aggregated);
+    s.on_snapshot(blue_green("blue"));
+    for (ty, name) in [
+        (L, "public"),
+        (R, "public"),
+        (C, "checkout/blue"),
+        (E, "checkout/blue"),
+    ] {
+        let out = s.on_request(&request(ty, &[name], &[]));
+        let r = only(&out);
+        assert_eq!(names(r), [name]);
+        s.on_request(&ack(ty, &r.nonce));
+    }
+    let out = s.on_snapshot(blue_green("green"));
+    assert_eq!(
+        types(&out),
+        [R],
+        "the route first, without waiting for green's cluster"
+    );
+}
