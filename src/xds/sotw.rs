@@ -473,6 +473,12 @@ impl Stream {
         };
         let mut adopted = false;
         for &ty in self.mode.types() {
+            // One response of a type in flight at a time: what changes meanwhile goes out as
+            // one response, the latest, once the client answered (a burst of saves costs a
+            // slow client one response, not one per save).
+            if self.types[ty.index()].sent.is_some() {
+                continue;
+            }
             let kept = match (self.mode, ty) {
                 (Mode::Aggregated, ResourceType::Cluster | ResourceType::Endpoint) => {
                     self.kept_clusters(&snap)

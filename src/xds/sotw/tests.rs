@@ -179,10 +179,11 @@ fn stale_nonces_are_ignored() {
     s.on_snapshot(blue_green("blue"));
     let first = s.on_request(&request(C, "", "", &[]));
     let first = &first.responses[0];
-    // A second push of clusters supersedes the first before Envoy answers.
+    s.on_request(&request(C, &first.version, &first.nonce, &[]));
     let second = s.on_snapshot(only_blue());
     let second = &second.responses[0];
     assert_ne!(first.nonce, second.nonce);
+    // A request that crossed the second push on the wire still answers the first.
     let stale = s.on_request(&request(C, &first.version, &first.nonce, &[]));
     assert_eq!(stale, Output::default());
     assert_eq!(
@@ -597,3 +598,24 @@ fn names_of(out: &Output) -> Vec<&str> {
 }
 
 mod conformance;
+
+/// A burst of changes while a response is unanswered costs the client one response, the
+/// latest, once it answers: not one per change.
+#[test]
+fn changes_while_a_response_is_in_flight_go_out_as_one_response_once_it_is_answered() {
+    let mut s = Stream::new(Mode::Single(C));
+    s.on_snapshot(blue_green("blue"));
+    let first = s.on_request(&request(C, "", "", &[]));
+    let first = &first.responses[0];
+    for snapshot in [only_blue(), only_green(), three_versions()] {
+        assert_eq!(s.on_snapshot(snapshot), Output::default(), "held back");
+    }
+    let out = s.on_request(&request(C, &first.version, &first.nonce, &[]));
+    let [latest] = &out.responses[..] else {
+        panic!("{out:?}")
+    };
+    let all: Vec<String> = three_versions().resources(C).keys().cloned().collect();
+    assert_eq!(names(latest), all, "the latest content");
+    s.on_request(&request(C, &latest.version, &latest.nonce, &[]));
+    assert!(s.in_sync());
+}

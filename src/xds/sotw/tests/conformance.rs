@@ -307,6 +307,12 @@ fn a_name_left_out_of_a_request_is_unsubscribed() {
 fn a_request_with_a_stale_nonce_gets_no_response() {
     let mut s = single(E, blue_green("blue"));
     let first = one(&s.on_request(&request(E, "", "", &["checkout/blue"]))).clone();
+    s.on_request(&request(
+        E,
+        &first.version,
+        &first.nonce,
+        &["checkout/blue"],
+    ));
     let moved = blue_moved();
     let newer = one(&s.on_snapshot(moved)).clone();
     assert_ne!(newer.nonce, first.nonce);
