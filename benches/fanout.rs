@@ -8,6 +8,7 @@
 //!
 //!     cargo bench --bench fanout                      # 200 streams, 500 services
 //!     STREAMS=1000 SERVICES=1000 cargo bench --bench fanout
+//!     CHANGE=endpoint cargo bench --bench fanout      # an endpoint moves instead of a route
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,7 +28,8 @@ fn env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn deployment(services: usize, flip: usize) -> Arc<Snapshot> {
+/// `services` services, `flip` switched to green, and `moved`'s blue endpoint on another port.
+fn deployment(services: usize, flip: usize, moved: usize) -> Arc<Snapshot> {
     let mut text =
         String::from("listeners:\n  - name: public\n    address: 127.0.0.1:10000\n    routes:\n");
     for s in 0..services {
@@ -38,7 +40,7 @@ fn deployment(services: usize, flip: usize) -> Arc<Snapshot> {
     text.push_str("services:\n");
     for s in 0..services {
         let active = if s == flip { "green" } else { "blue" };
-        let port = 20000 + 2 * s;
+        let port = 20000 + 2 * s + if s == moved { 10_000 } else { 0 };
         text.push_str(&format!(
             "  s{s}:\n    versions:\n      blue: {{ endpoints: [127.0.0.1:{port}] }}\n      green: {{ endpoints: [127.0.0.1:{}] }}\n    active: {active}\n",
             port + 1
@@ -83,8 +85,15 @@ fn converge(stream: &mut Stream, first: Vec<DiscoveryRequest>, clusters: &[Strin
 fn main() {
     let streams = env("STREAMS", 200);
     let services = env("SERVICES", 500);
-    let before = deployment(services, usize::MAX);
-    let after = deployment(services, 0);
+    // CHANGE=route (default): one route switches colour; CHANGE=endpoint: one endpoint moves
+    // (every stream's endpoints response, of all the clusters' endpoints, changes).
+    let change = std::env::var("CHANGE").unwrap_or_else(|_| "route".to_owned());
+    let before = deployment(services, usize::MAX, usize::MAX);
+    let after = match change.as_str() {
+        "route" => deployment(services, 0, usize::MAX),
+        "endpoint" => deployment(services, usize::MAX, 0),
+        other => panic!("CHANGE={other}: route or endpoint"),
+    };
     let clusters: Vec<String> = before
         .resources(ResourceType::Cluster)
         .keys()
@@ -141,8 +150,12 @@ fn main() {
         for r in &out.responses {
             bytes += r.resources.iter().map(|x| x.encoded.len()).sum::<usize>();
         }
-        let r = out.responses.last().expect("the changed routes").clone();
-        let ack = s.on_request(&request(r.ty, Some(&r), &["public".to_owned()]));
+        let r = out.responses.last().expect("the change").clone();
+        let names = match r.ty {
+            ResourceType::Endpoint => clusters.clone(),
+            _ => vec!["public".to_owned()],
+        };
+        let ack = s.on_request(&request(r.ty, Some(&r), &names));
         report(*id, s, &ack.events);
     }
     let elapsed = started.elapsed();
@@ -153,7 +166,13 @@ fn main() {
         clusters.len(),
         after.encoded_len() / 1024
     );
-    println!("change                one route (RDS only), pushed to every stream and ACKed");
+    println!(
+        "change                {}, pushed to every stream and ACKed",
+        match change.as_str() {
+            "route" => "one route (RDS only)",
+            _ => "one endpoint (EDS only, every cluster's endpoints in the response)",
+        }
+    );
     println!(
         "time                  {:.2} ms for all streams, {:.1} µs per stream ({} KiB of resources referenced)",
         elapsed.as_secs_f64() * 1e3,

@@ -53,9 +53,15 @@ impl PartialEq for Resource {
 pub struct Snapshot {
     /// Content hash over every resource of every type.
     pub version: String,
-    sets: [BTreeMap<String, Resource>; 4],
+    /// Shared: a stream whose client gets a whole type holds this very map, not a copy.
+    sets: [Arc<BTreeMap<String, Resource>>; 4],
+    /// The same resources in name order, as a response to a client that gets a whole type
+    /// carries them: built once, shared by every such response.
+    lists: [Arc<[Resource]>; 4],
     /// [`set_version`] of each whole type, computed once.
     type_versions: [String; 4],
+    /// A hash of each type's names alone: equal while no resource of the type comes or goes.
+    name_versions: [String; 4],
 }
 
 impl Snapshot {
@@ -118,15 +124,36 @@ impl Snapshot {
         for ty in ResourceType::ALL {
             let _ = writeln!(all, "{}={}", ty.short(), type_versions[ty.index()]);
         }
+        let lists = std::array::from_fn(|i| sets[i].values().cloned().collect());
+        let name_versions = std::array::from_fn(|i| {
+            let mut hasher = Sha256::new();
+            for name in sets[i].keys() {
+                hasher.update(name.as_bytes());
+                hasher.update([b'\n']);
+            }
+            hex16(&hasher.finalize())
+        });
         Snapshot {
             version: hash_hex(&[all.as_bytes()]),
-            sets,
+            sets: sets.map(Arc::new),
+            lists,
             type_versions,
+            name_versions,
         }
     }
 
     pub fn resources(&self, ty: ResourceType) -> &BTreeMap<String, Resource> {
         &self.sets[ty.index()]
+    }
+
+    /// Every resource of `ty`, shared (see [`Snapshot::type_version`] for its version).
+    pub fn shared(&self, ty: ResourceType) -> &Arc<BTreeMap<String, Resource>> {
+        &self.sets[ty.index()]
+    }
+
+    /// Every resource of `ty` in name order, shared: what a response of the whole type carries.
+    pub fn list(&self, ty: ResourceType) -> &Arc<[Resource]> {
+        &self.lists[ty.index()]
     }
 
     pub fn get(&self, ty: ResourceType, name: &str) -> Option<&Resource> {
@@ -140,6 +167,12 @@ impl Snapshot {
             .flat_map(|set| set.values())
             .map(|r| r.encoded.len())
             .sum()
+    }
+
+    /// A hash of the names of `ty`'s resources: what a subscription to names is checked
+    /// against (the names did not change, so neither did whether it covers them all).
+    pub fn names_version(&self, ty: ResourceType) -> &str {
+        &self.name_versions[ty.index()]
     }
 
     /// The version of a whole type, as in [`set_version`].

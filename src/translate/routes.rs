@@ -276,7 +276,7 @@ fn hex_below(below: u16) -> String {
     format!("(?:{})", alternatives.join("|"))
 }
 
-/// The sticky-bucket condition a header matcher of [`hex_below`]'s form renders, read back
+/// The sticky-bucket condition a header matcher of `hex_below`'s form renders, read back
 /// (for `cutover diff`); `None` for any other matcher.
 pub fn bucket_condition(header: &str, regex: &str) -> Option<Condition> {
     let (from, range) = match header {

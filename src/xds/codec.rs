@@ -54,7 +54,7 @@ impl EncodeResponse for delta::Response {
 /// Writes `response` as an encoded `DiscoveryResponse`.
 pub fn encode_response(response: &sotw::Response, buf: &mut impl BufMut) {
     string::encode(VERSION_INFO, &response.version, buf);
-    for r in &response.resources {
+    for r in response.resources.iter() {
         encode_key(RESOURCES, WireType::LengthDelimited, buf);
         encode_varint(r.encoded.len() as u64, buf);
         buf.put_slice(&r.encoded);
@@ -156,7 +156,7 @@ mod tests {
             ty: ResourceType::Cluster,
             version: "abc".into(),
             nonce: "7".into(),
-            resources: vec![resource.clone(), resource],
+            resources: vec![resource.clone(), resource].into(),
         };
         let mut ours = Vec::new();
         encode_response(&response, &mut ours);

@@ -38,13 +38,14 @@ pub use super::{Event, Mode};
 use crate::node::NodeInfo;
 use crate::snapshot::{Resource, Snapshot, set_version};
 
-/// A response to send: the resources are shared, pre-encoded bytes.
+/// A response to send: the resources are shared, pre-encoded bytes (and a response of a whole
+/// type shares its very list with every other stream's).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Response {
     pub ty: ResourceType,
     pub version: String,
     pub nonce: String,
-    pub resources: Vec<Resource>,
+    pub resources: Arc<[Resource]>,
 }
 
 /// What happened on one input: responses to send (in order) and events to record.
@@ -116,6 +117,9 @@ struct TypeState {
     /// The snapshot type version whose content for this client is the rejected version: the
     /// client answered it with a NACK and nothing is sent until the content changes.
     blocked: Option<String>,
+    /// Whether the subscription covers every resource of the type, for the snapshot's names
+    /// ([`Snapshot::names_version`]) and the subscription's generation it was computed on.
+    covers: Option<(String, u64, bool)>,
 }
 
 /// The inputs that decide a type's desired resources.
@@ -138,14 +142,10 @@ impl TypeState {
     /// Whether the client already holds (or is being sent) `desired`. For EDS and RDS, where a
     /// response need not repeat every name, a client that merely dropped names holds a superset
     /// that is narrowed here without a response.
-    fn holds(
-        &mut self,
-        ty: ResourceType,
-        desired: &BTreeMap<String, Resource>,
-        version: &str,
-    ) -> bool {
+    fn holds(&mut self, ty: ResourceType, desired: &ResourceMap, version: &str) -> bool {
         if let Some(held) = self.latest_mut() {
-            if *held.resources == *desired {
+            // Versions are content hashes: the same version is the same content.
+            if held.version == version || *held.resources == **desired {
                 return true;
             }
             let subset = !ty.is_full_state()
@@ -163,7 +163,7 @@ impl TypeState {
             // Reconnected holding exactly this.
             self.acked = Some(Held {
                 version: version.to_owned(),
-                resources: Arc::new(desired.clone()),
+                resources: desired.clone(),
             });
             return true;
         }
@@ -494,22 +494,17 @@ impl Stream {
             if !st.force && st.sent.is_none() && st.settled.as_ref() == Some(&key) {
                 continue;
             }
-            let Some(desired) = self.desired(ty, &snap, &key.kept) else {
+            let wants_all = self.wants_all(ty, &snap);
+            let Some((desired, version)) = self.desired(ty, &snap, &key.kept, wants_all) else {
                 continue;
             };
-            let version = set_version(desired.values());
             let st = &mut self.types[ty.index()];
             let acked_before = st.acked.is_some();
             if !st.force && st.holds(ty, &desired, &version) {
                 adopted |= !acked_before && st.acked.is_some();
                 st.blocked = None;
                 if st.sent.is_none() {
-                    st.settled_complete = match &st.subscription {
-                        Some(Subscription::Names(names)) => {
-                            snap.resources(ty).keys().all(|n| names.contains(n))
-                        }
-                        _ => true,
-                    };
+                    st.settled_complete = wants_all;
                     st.settled = Some(key);
                 }
                 continue;
@@ -529,9 +524,13 @@ impl Stream {
                 ty,
                 version: version.clone(),
                 nonce: nonce.clone(),
-                resources: desired.values().cloned().collect(),
+                resources: if Arc::ptr_eq(&desired, snap.shared(ty)) {
+                    snap.list(ty).clone()
+                } else {
+                    desired.values().cloned().collect()
+                },
             });
-            let resources = Arc::new(desired);
+            let resources = desired;
             if let Some(sent) = self.sent.as_ref().filter(|_| ty == ResourceType::Cluster) {
                 sent.record(ty, &version, &resources);
             }
@@ -556,32 +555,59 @@ impl Stream {
         }
     }
 
-    /// The resources this client should hold for `ty` now, or `None` when the type must wait
-    /// (routes whose clusters are not ready yet).
+    /// The resources this client should hold for `ty` now and their version, or `None` when
+    /// the type must wait (routes whose clusters are not ready yet). A client that gets every
+    /// resource of the type (the usual case) shares the snapshot's set and its version, both
+    /// computed once per config version: nothing is copied or hashed per stream.
     fn desired(
         &self,
         ty: ResourceType,
         snap: &Snapshot,
         kept: &[String],
-    ) -> Option<BTreeMap<String, Resource>> {
+        wants_all: bool,
+    ) -> Option<(ResourceMap, String)> {
         if !self.subscribed(ty) {
             return None;
+        }
+        let routing = matches!(ty, ResourceType::Listener | ResourceType::Route);
+        if self.mode == Mode::Aggregated && routing && !order::routing_may_be_sent(snap, self) {
+            return None;
+        }
+        let whole = snap.shared(ty);
+        if wants_all && kept.is_empty() {
+            return Some((whole.clone(), snap.type_version(ty).to_owned()));
         }
         let mut desired: BTreeMap<String, Resource> = order::wanted(snap, ty, self)
             .map(|r| (r.name.clone(), r.clone()))
             .collect();
-        if self.mode != Mode::Aggregated {
-            return Some(desired);
+        if self.mode == Mode::Aggregated && !routing {
+            order::keep(ty, &mut desired, kept, self);
         }
-        match ty {
-            ResourceType::Cluster | ResourceType::Endpoint => {
-                order::keep(ty, &mut desired, kept, self);
-                Some(desired)
-            }
-            ResourceType::Listener | ResourceType::Route => {
-                order::routing_may_be_sent(snap, self).then_some(desired)
-            }
+        let version = set_version(desired.values());
+        Some((Arc::new(desired), version))
+    }
+
+    /// Whether the client asks for every resource of `ty` in `snap`: remembered while the
+    /// snapshot's names and the subscription stay the same (a change of content only, the usual
+    /// edit, costs no walk over the names).
+    fn wants_all(&mut self, ty: ResourceType, snap: &Snapshot) -> bool {
+        let st = &mut self.types[ty.index()];
+        let names_version = snap.names_version(ty);
+        if let Some((v, generation, covers)) = &st.covers
+            && v == names_version
+            && *generation == st.generation
+        {
+            return *covers;
         }
+        let covers = match &st.subscription {
+            Some(Subscription::Wildcard) => true,
+            Some(Subscription::Names(names)) => {
+                snap.resources(ty).keys().all(|n| names.contains(n))
+            }
+            None => false,
+        };
+        st.covers = Some((names_version.to_owned(), st.generation, covers));
+        covers
     }
 
     fn kept_clusters(&self, snap: &Snapshot) -> Vec<String> {

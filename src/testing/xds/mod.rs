@@ -286,7 +286,7 @@ impl From<&sotw::Response> for Response {
             ty: r.ty,
             version: r.version.clone(),
             nonce: r.nonce.clone(),
-            resources: r.resources.clone(),
+            resources: r.resources.to_vec(),
             removed: Vec::new(),
         }
     }
