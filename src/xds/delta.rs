@@ -234,23 +234,39 @@ impl Stream {
     /// True when this client holds every resource of the current snapshot of every type this
     /// stream carries, at its version, and nothing else: nothing in flight, nothing kept for old
     /// routes. A type the client has not asked for (or asked for only some names of) is not in
-    /// sync unless the snapshot has nothing of it. O(1): type versions are computed once.
+    /// sync unless the snapshot has nothing of it, except for a client that names its listeners
+    /// (as for state of the world): what it asked for is all it uses, so it is in sync once it
+    /// holds that. O(1): type versions are computed once.
     pub fn in_sync(&self) -> bool {
         let Some(snap) = &self.snapshot else {
             return false;
         };
+        let asks_what_it_uses = order::Holdings::names_its_listeners(self);
         self.mode.types().iter().all(|&ty| {
             let st = &self.types[ty.index()];
             if st.subscription.is_none() {
                 return snap.resources(ty).is_empty();
             }
+            let holds_what_it_asked = || {
+                st.settled.as_ref().is_some_and(|k| {
+                    k.kept.is_empty()
+                        && k.generation == st.generation
+                        && k.snapshot_type_version == snap.type_version(ty)
+                        && st
+                            .held
+                            .as_ref()
+                            .map(|h| h.version.as_str())
+                            .unwrap_or_default()
+                            == k.held_version
+                })
+            };
             st.in_flight.is_none()
                 && st.resend.is_empty()
                 && st.announce.is_empty()
-                && st.held.as_ref().map_or_else(
+                && (st.held.as_ref().map_or_else(
                     || snap.resources(ty).is_empty(),
                     |h| h.version == snap.type_version(ty),
-                )
+                ) || (asks_what_it_uses && holds_what_it_asked()))
         })
     }
 

@@ -593,9 +593,10 @@ mod conformance;
 
 /// The ordering rule for clients that name their listeners is `order`'s, for both protocols: a
 /// delta client that names its listener (as gRPC's proxyless clients do) gets a switch's route
-/// at once, since it asks for a cluster only once a route names it.
+/// at once, since it asks for a cluster only once a route names it; and it is in sync with what
+/// it uses, as a state-of-the-world one is.
 #[test]
-fn a_client_that_names_its_listener_gets_a_switch_route_at_once() {
+fn a_client_that_names_its_listener_gets_a_switch_route_at_once_and_is_in_sync_with_what_it_uses() {
     let mut s = Stream::new(Mode::Aggregated);
     s.on_snapshot(blue_green("blue"));
     for (ty, name) in [
@@ -609,10 +610,21 @@ fn a_client_that_names_its_listener_gets_a_switch_route_at_once() {
         assert_eq!(names(r), [name]);
         s.on_request(&ack(ty, &r.nonce));
     }
+    assert!(s.in_sync(), "checkout/green is idle: never asked for");
     let out = s.on_snapshot(blue_green("green"));
     assert_eq!(
         types(&out),
         [R],
         "the route first, without waiting for green's cluster"
     );
+    assert!(!s.in_sync(), "the route is on its way");
+    s.on_request(&ack(R, &only(&out).nonce));
+    for ty in [C, E] {
+        let out = s.on_request(&request(ty, &["checkout/green"], &[]));
+        assert!(!s.in_sync(), "green's {ty:?} is on its way");
+        let r = only(&out);
+        assert_eq!(names(r), ["checkout/green"]);
+        s.on_request(&ack(ty, &r.nonce));
+    }
+    assert!(s.in_sync());
 }
