@@ -15,23 +15,12 @@ use arbitrary::Arbitrary;
 use cutover::snapshot::Snapshot;
 use cutover::xds::delta::Stream;
 use cutover::xds::{Mode, ResourceType};
-use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
-use envoy_types::pb::google::rpc::Status;
 use libfuzzer_sys::fuzz_target;
 
-#[path = "shared/snapshots.rs"]
-mod snapshots;
-use snapshots::SNAPSHOTS;
-
-#[derive(Debug, Arbitrary)]
-enum StreamMode {
-    Ads,
-    Cds,
-    Eds,
-    Lds,
-    Rds,
-}
+#[path = "shared/inputs.rs"]
+mod inputs;
+use inputs::{Checks, Echo, SNAPSHOTS, StreamMode, TypeUrl, nack, node};
 
 #[derive(Debug, Arbitrary)]
 enum Step {
@@ -54,13 +43,6 @@ struct Request {
 }
 
 #[derive(Debug, Arbitrary)]
-enum TypeUrl {
-    Served(u8),
-    Empty,
-    Garbage(String),
-}
-
-#[derive(Debug, Arbitrary)]
 enum Name {
     /// A resource of the current config version.
     Known(u8),
@@ -75,30 +57,16 @@ enum Version {
     Garbage(String),
 }
 
-/// What a request repeats of the latest response of its type.
-#[derive(Debug, Arbitrary)]
-enum Echo {
-    Latest,
-    Empty,
-    Garbage(String),
-}
-
 fuzz_target!(|input: (StreamMode, Vec<Step>)| {
     let (mode, steps) = input;
     let snapshots = &*SNAPSHOTS;
     assert!(!snapshots.is_empty(), "the examples compile");
-    let mode = match mode {
-        StreamMode::Ads => Mode::Aggregated,
-        StreamMode::Cds => Mode::Single(ResourceType::Cluster),
-        StreamMode::Eds => Mode::Single(ResourceType::Endpoint),
-        StreamMode::Lds => Mode::Single(ResourceType::Listener),
-        StreamMode::Rds => Mode::Single(ResourceType::Route),
-    };
+    let mode = mode.mode();
     let mut stream = Stream::new(mode);
     let mut current: Option<Arc<Snapshot>> = None;
     // Per type URL: the latest response's nonce, as a client would echo it.
     let mut latest: BTreeMap<&'static str, String> = BTreeMap::new();
-    let mut nonces = BTreeSet::new();
+    let mut checks = Checks::default();
     for step in steps {
         let out = match step {
             Step::Snapshot(i) => {
@@ -107,13 +75,7 @@ fuzz_target!(|input: (StreamMode, Vec<Step>)| {
                 stream.on_snapshot(snapshot)
             }
             Step::Request(r) => {
-                let type_url = match r.type_url {
-                    TypeUrl::Served(i) => {
-                        ResourceType::ALL[usize::from(i) % 4].type_url().to_owned()
-                    }
-                    TypeUrl::Empty => String::new(),
-                    TypeUrl::Garbage(url) => url,
-                };
+                let type_url = r.type_url.text();
                 let ty = ResourceType::from_type_url(&type_url).or(match mode {
                     Mode::Single(only) if type_url.is_empty() => Some(only),
                     _ => None,
@@ -146,24 +108,9 @@ fuzz_target!(|input: (StreamMode, Vec<Step>)| {
                             Some((name(n)?, version))
                         })
                         .collect(),
-                    response_nonce: match r.nonce {
-                        Echo::Latest => ty
-                            .and_then(|ty| latest.get(ty.type_url()))
-                            .cloned()
-                            .unwrap_or_default(),
-                        Echo::Empty => String::new(),
-                        Echo::Garbage(s) => s,
-                    },
-                    error_detail: r.error.map(|message| Status {
-                        code: 13,
-                        message,
-                        details: Vec::new(),
-                    }),
-                    node: r.node.map(|(id, cluster)| Node {
-                        id,
-                        cluster,
-                        ..Default::default()
-                    }),
+                    response_nonce: r.nonce.text(ty.and_then(|ty| latest.get(ty.type_url()))),
+                    error_detail: nack(r.error),
+                    node: node(r.node),
                     type_url,
                     ..Default::default()
                 };
@@ -171,18 +118,14 @@ fuzz_target!(|input: (StreamMode, Vec<Step>)| {
             }
         };
         for response in out.responses {
-            assert!(
-                nonces.insert(response.nonce.clone()),
-                "nonce {:?} sent twice",
-                response.nonce
-            );
-            if let Mode::Single(only) = mode {
-                assert_eq!(response.ty, only, "a per-type stream answered another type");
-            }
+            checks.response(mode, response.ty, &response.nonce);
             let brought: BTreeSet<&str> =
                 response.resources.iter().map(|r| r.name.as_str()).collect();
             assert!(
-                response.removed.iter().all(|n| !brought.contains(n.as_str())),
+                response
+                    .removed
+                    .iter()
+                    .all(|n| !brought.contains(n.as_str())),
                 "a response both brings and removes a name: {response:?}"
             );
             latest.insert(response.ty.type_url(), response.nonce);

@@ -7,30 +7,19 @@
 
 #![no_main]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arbitrary::Arbitrary;
 use cutover::snapshot::Snapshot;
 use cutover::xds::ResourceType;
-use cutover::xds::sotw::{Mode, Stream};
-use envoy_types::pb::envoy::config::core::v3::Node;
+use cutover::xds::sotw::Stream;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
-use envoy_types::pb::google::rpc::Status;
 use libfuzzer_sys::fuzz_target;
 
-#[path = "shared/snapshots.rs"]
-mod snapshots;
-use snapshots::SNAPSHOTS;
-
-#[derive(Debug, Arbitrary)]
-enum StreamMode {
-    Ads,
-    Cds,
-    Eds,
-    Lds,
-    Rds,
-}
+#[path = "shared/inputs.rs"]
+mod inputs;
+use inputs::{Checks, Echo, SNAPSHOTS, StreamMode, TypeUrl, nack, node};
 
 #[derive(Debug, Arbitrary)]
 enum Step {
@@ -51,24 +40,9 @@ struct Request {
 }
 
 #[derive(Debug, Arbitrary)]
-enum TypeUrl {
-    Served(u8),
-    Empty,
-    Garbage(String),
-}
-
-#[derive(Debug, Arbitrary)]
 enum Name {
     /// A resource of the current config version.
     Known(u8),
-    Garbage(String),
-}
-
-/// What a request repeats of the latest response of its type.
-#[derive(Debug, Arbitrary)]
-enum Echo {
-    Latest,
-    Empty,
     Garbage(String),
 }
 
@@ -76,18 +50,12 @@ fuzz_target!(|input: (StreamMode, Vec<Step>)| {
     let (mode, steps) = input;
     let snapshots = &*SNAPSHOTS;
     assert!(!snapshots.is_empty(), "the examples compile");
-    let mode = match mode {
-        StreamMode::Ads => Mode::Aggregated,
-        StreamMode::Cds => Mode::Single(ResourceType::Cluster),
-        StreamMode::Eds => Mode::Single(ResourceType::Endpoint),
-        StreamMode::Lds => Mode::Single(ResourceType::Listener),
-        StreamMode::Rds => Mode::Single(ResourceType::Route),
-    };
+    let mode = mode.mode();
     let mut stream = Stream::new(mode);
     let mut current: Option<Arc<Snapshot>> = None;
     // Per type URL: the latest response's (nonce, version), as a client would echo them.
     let mut latest: BTreeMap<&'static str, (String, String)> = BTreeMap::new();
-    let mut nonces = BTreeSet::new();
+    let mut checks = Checks::default();
     for step in steps {
         let out = match step {
             Step::Snapshot(i) => {
@@ -96,20 +64,9 @@ fuzz_target!(|input: (StreamMode, Vec<Step>)| {
                 stream.on_snapshot(snapshot)
             }
             Step::Request(r) => {
-                let type_url = match r.type_url {
-                    TypeUrl::Served(i) => {
-                        ResourceType::ALL[usize::from(i) % 4].type_url().to_owned()
-                    }
-                    TypeUrl::Empty => String::new(),
-                    TypeUrl::Garbage(url) => url,
-                };
+                let type_url = r.type_url.text();
                 let echoed =
                     ResourceType::from_type_url(&type_url).and_then(|ty| latest.get(ty.type_url()));
-                let echo = |e: Echo, pick: fn(&(String, String)) -> &String| match e {
-                    Echo::Latest => echoed.map(pick).cloned().unwrap_or_default(),
-                    Echo::Empty => String::new(),
-                    Echo::Garbage(s) => s,
-                };
                 let known = |i: u8| {
                     let ty = ResourceType::from_type_url(&type_url)?;
                     let names = current.as_ref()?.resources(ty);
@@ -119,8 +76,8 @@ fuzz_target!(|input: (StreamMode, Vec<Step>)| {
                         .cloned()
                 };
                 let request = DiscoveryRequest {
-                    version_info: echo(r.version, |(_, v)| v),
-                    response_nonce: echo(r.nonce, |(n, _)| n),
+                    version_info: r.version.text(echoed.map(|(_, v)| v)),
+                    response_nonce: r.nonce.text(echoed.map(|(n, _)| n)),
                     resource_names: r
                         .names
                         .into_iter()
@@ -129,16 +86,8 @@ fuzz_target!(|input: (StreamMode, Vec<Step>)| {
                             Name::Garbage(s) => Some(s),
                         })
                         .collect(),
-                    error_detail: r.error.map(|message| Status {
-                        code: 13,
-                        message,
-                        details: Vec::new(),
-                    }),
-                    node: r.node.map(|(id, cluster)| Node {
-                        id,
-                        cluster,
-                        ..Default::default()
-                    }),
+                    error_detail: nack(r.error),
+                    node: node(r.node),
                     type_url,
                     ..Default::default()
                 };
@@ -146,14 +95,7 @@ fuzz_target!(|input: (StreamMode, Vec<Step>)| {
             }
         };
         for response in out.responses {
-            assert!(
-                nonces.insert(response.nonce.clone()),
-                "nonce {:?} sent twice",
-                response.nonce
-            );
-            if let Mode::Single(only) = mode {
-                assert_eq!(response.ty, only, "a per-type stream answered another type");
-            }
+            checks.response(mode, response.ty, &response.nonce);
             latest.insert(response.ty.type_url(), (response.nonce, response.version));
         }
         // What status reports and CSDS read from the stream.

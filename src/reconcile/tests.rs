@@ -486,6 +486,15 @@ impl World {
     fn status(&self) -> Status {
         self.state.rollouts["s"].status.clone()
     }
+
+    /// What the rollout of `s` logged, in order.
+    fn history(&self) -> Vec<&str> {
+        self.state.rollouts["s"]
+            .history
+            .iter()
+            .map(|e| e.what.as_str())
+            .collect()
+    }
 }
 
 #[test]
@@ -519,13 +528,8 @@ fn a_healthy_canary_is_promoted_step_by_step_each_step_timed_from_the_answers() 
     }
     assert_eq!(w.status(), Status::Promoted);
     assert_eq!(w.canary_weight(), 100.0);
-    let history: Vec<&str> = w.state.rollouts["s"]
-        .history
-        .iter()
-        .map(|e| e.what.as_str())
-        .collect();
     assert_eq!(
-        history,
+        w.history(),
         [
             "started: v2 at 10%",
             "v2 10% → 50% after 5 passed check(s) (last: 1000 requests, 0.20% errors, p99 40 ms)",
@@ -1617,13 +1621,8 @@ fn a_rollout_mirrors_then_serves_testers_then_raises_its_weight() {
     }
     w.wait(Duration::ZERO);
     assert_eq!(w.status(), Status::Promoted);
-    let history: Vec<&str> = w.state.rollouts["s"]
-        .history
-        .iter()
-        .map(|e| e.what.as_str())
-        .collect();
     assert_eq!(
-        history,
+        w.history(),
         [
             "started: v2 at a mirror of 50%",
             "v2 a mirror of 50% → requests with header x-tester: 1 after 5 passed check(s) (last: 1000 requests, 0.20% errors, p99 40 ms)",

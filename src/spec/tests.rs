@@ -364,6 +364,18 @@ fn with_strategy(strategy: &str) -> String {
     GOOD.replace("    active: blue\n", strategy)
 }
 
+/// The first step's weight and the rollout of `checkout`'s canary.
+fn canary_rollout(spec: &Spec) -> (Percent, &Rollout) {
+    match &spec.services["checkout"].strategy {
+        Strategy::Canary {
+            weight,
+            rollout: Some(r),
+            ..
+        } => (*weight, r),
+        other => panic!("a canary with a rollout: {other:?}"),
+    }
+}
+
 #[test]
 fn a_rollout_reads_its_steps_interval_and_analysis() {
     let spec = parse(
@@ -384,14 +396,7 @@ fn a_rollout_reads_its_steps_interval_and_analysis() {
         ),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let Strategy::Canary {
-        weight,
-        rollout: Some(r),
-        ..
-    } = &spec.services["checkout"].strategy
-    else {
-        panic!("{:?}", spec.services["checkout"].strategy)
-    };
+    let (weight, r) = canary_rollout(&spec);
     assert_eq!(weight.ppm(), 50_000, "a rollout starts at its first step");
     let steps: Vec<(u32, u64)> = r
         .steps
@@ -857,14 +862,7 @@ fn mirror_and_match_steps_come_before_the_weights() {
         &steps("[{ mirror: 20, pause: 5m }, { match: { header: { X-Tester: \"1\" }, cookie: { beta: b1 } } }, 5, 100]"),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let Strategy::Canary {
-        weight,
-        rollout: Some(r),
-        ..
-    } = &spec.services["checkout"].strategy
-    else {
-        panic!()
-    };
+    let (weight, r) = canary_rollout(&spec);
     assert_eq!(
         weight.ppm(),
         0,

@@ -131,19 +131,11 @@ struct SettledOn {
 }
 
 impl TypeState {
-    /// What the client holds or is about to hold, if this stream sent it.
-    fn latest_mut(&mut self) -> Option<&mut Held> {
-        match (&mut self.sent, &mut self.acked) {
-            (Some(sent), _) => Some(sent),
-            (None, acked) => acked.as_mut(),
-        }
-    }
-
-    /// Whether the client already holds (or is being sent) `desired`. For EDS and RDS, where a
-    /// response need not repeat every name, a client that merely dropped names holds a superset
-    /// that is narrowed here without a response.
+    /// Whether the client already holds `desired` (asked only with nothing in flight). For EDS
+    /// and RDS, where a response need not repeat every name, a client that merely dropped names
+    /// holds a superset that is narrowed here without a response.
     fn holds(&mut self, ty: ResourceType, desired: &ResourceMap, version: &str) -> bool {
-        if let Some(held) = self.latest_mut() {
+        if let Some(held) = &mut self.acked {
             // Versions are content hashes: the same version is the same content.
             if held.version == version || *held.resources == **desired {
                 return true;
@@ -491,7 +483,7 @@ impl Stream {
                 generation: st.generation,
                 kept,
             };
-            if !st.force && st.sent.is_none() && st.settled.as_ref() == Some(&key) {
+            if !st.force && st.settled.as_ref() == Some(&key) {
                 continue;
             }
             let wants_all = self.wants_all(ty, &snap);
@@ -503,10 +495,8 @@ impl Stream {
             if !st.force && st.holds(ty, &desired, &version) {
                 adopted |= !acked_before && st.acked.is_some();
                 st.blocked = None;
-                if st.sent.is_none() {
-                    st.settled_complete = wants_all;
-                    st.settled = Some(key);
-                }
+                st.settled_complete = wants_all;
+                st.settled = Some(key);
                 continue;
             }
             st.settled = None;
