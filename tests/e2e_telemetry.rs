@@ -374,7 +374,14 @@ async fn a_leaving_envoy_leaves_the_figures_and_a_silent_one_is_named() {
                     .iter()
                     .filter(|n| n.load_reporting.as_ref().is_some_and(|l| !l.stale))
                     .count();
-                if v1.envoys == n && t.nodes.len() == n && reporting_load == n {
+                // An Envoy that left ends its telemetry and its xDS stream apart: it is gone
+                // from both, not connected and silent.
+                let only_the_silent_one = t.nodes_without_telemetry == ["edge-old"];
+                if v1.envoys == n
+                    && t.nodes.len() == n
+                    && reporting_load == n
+                    && only_the_silent_one
+                {
                     Ok(t)
                 } else {
                     Err(format!("{t:?}"))
