@@ -138,6 +138,8 @@ struct Controller {
     out: Outputs,
     state_file: StateFile,
     last_text: Option<Vec<u8>>,
+    /// What the PEM files the file names held when they were last read (polled for rotation).
+    pem_read: spec::PemRead,
     spec: Option<Arc<Spec>>,
     state: RuntimeState,
     /// What the state file holds (nothing is written while the state is unchanged).
@@ -228,6 +230,7 @@ impl Controller {
             out,
             state_file: settings.state_file,
             last_text: None,
+            pem_read: spec::PemRead::new(),
             spec: None,
             state,
             saved,
@@ -248,6 +251,8 @@ impl Controller {
 
     async fn run(mut self, mut watcher: FileWatcher, mut inputs: Inputs) -> anyhow::Result<()> {
         let mut client_changes = self.out.clients.changes();
+        let mut pem_poll = tokio::time::interval(crate::watch::PEM_POLL);
+        pem_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self
                 .spec
@@ -268,6 +273,14 @@ impl Controller {
                 Some(request) = inputs.commands.recv() => {
                     let answer = self.command(&request.service, request.command, &request.by);
                     let _ = request.reply.send(answer);
+                }
+                _ = pem_poll.tick(), if !self.pem_read.is_empty() => {
+                    let paths = self.pem_read.keys().cloned().collect();
+                    if crate::watch::read_pem_files(&self.file, &paths) != self.pem_read {
+                        self.changed_at = Instant::now();
+                        self.last_text = None;
+                        self.reload();
+                    }
                 }
                 _ = client_changes.changed(), if self.state.awaiting_answers() => {
                     self.check_answered();
@@ -515,7 +528,19 @@ impl Controller {
         if self.last_text.as_deref() == Some(text.as_slice()) {
             return;
         }
-        let parsed = spec::parse_bytes(&self.label, &text);
+        let parsed = spec::parse_bytes(&self.label, &text).and_then(|spec| {
+            self.pem_read = crate::watch::read_pem_files(&self.file, &spec::pem_paths(&spec));
+            let (spec, warnings) = spec::load_pem_files(
+                spec,
+                &self.label,
+                &self.pem_read,
+                std::time::SystemTime::now(),
+            )?;
+            for w in warnings {
+                tracing::warn!("{}:{}:{}: {}", self.label, w.line, w.column, w.message);
+            }
+            Ok(spec)
+        });
         self.last_text = Some(text);
         match parsed {
             Ok(spec) => {

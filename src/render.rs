@@ -71,9 +71,31 @@ pub fn snapshot_json(snapshot: &Snapshot) -> Result<Value, RenderError> {
             .values()
             .map(|r| message_json("google.protobuf.Any", &r.encoded))
             .collect::<Result<Vec<_>, _>>()?;
-        out.insert(type_key(ty).into(), Value::Array(resources));
+        let mut resources = Value::Array(resources);
+        if ty == ResourceType::Secret {
+            redact_private_keys(&mut resources);
+        }
+        out.insert(type_key(ty).into(), resources);
     }
     Ok(Value::Object(out))
+}
+
+/// Replaces every `private_key` with `[redacted]`, as Envoy's own config dump does: what is
+/// rendered is printed and served by the admin API, a private key is neither.
+fn redact_private_keys(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                if key == "private_key" {
+                    *v = serde_json::json!({ "inline_string": "[redacted]" });
+                } else {
+                    redact_private_keys(v);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact_private_keys),
+        _ => {}
+    }
 }
 
 /// What is published, as [`snapshot_json`]: with one node group, that group's snapshot; with
@@ -97,6 +119,7 @@ pub fn type_key(ty: ResourceType) -> &'static str {
         ResourceType::Endpoint => "endpoints",
         ResourceType::Listener => "listeners",
         ResourceType::Route => "routes",
+        ResourceType::Secret => "secrets",
     }
 }
 

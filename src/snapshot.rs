@@ -54,19 +54,19 @@ pub struct Snapshot {
     /// Content hash over every resource of every type.
     pub version: String,
     /// Shared: a stream whose client gets a whole type holds this very map, not a copy.
-    sets: [Arc<BTreeMap<String, Resource>>; 4],
+    sets: [Arc<BTreeMap<String, Resource>>; ResourceType::COUNT],
     /// The same resources in name order, as a response to a client that gets a whole type
     /// carries them: built once, shared by every such response.
-    lists: [Arc<[Resource]>; 4],
+    lists: [Arc<[Resource]>; ResourceType::COUNT],
     /// [`set_version`] of each whole type, computed once.
-    type_versions: [String; 4],
+    type_versions: [String; ResourceType::COUNT],
     /// A hash of each type's names alone: equal while no resource of the type comes or goes.
-    name_versions: [String; 4],
+    name_versions: [String; ResourceType::COUNT],
 }
 
 impl Snapshot {
     pub fn new(resources: &Resources) -> Snapshot {
-        let mut sets: [BTreeMap<String, Resource>; 4] = Default::default();
+        let mut sets: [BTreeMap<String, Resource>; ResourceType::COUNT] = Default::default();
         let mut add = |ty: ResourceType, name: &str, value: Vec<u8>| {
             let any = Any {
                 type_url: ty.type_url().to_owned(),
@@ -87,13 +87,16 @@ impl Snapshot {
         for r in &resources.routes {
             add(ResourceType::Route, &r.name, r.encode_to_vec());
         }
+        for s in &resources.secrets {
+            add(ResourceType::Secret, &s.name, s.encode_to_vec());
+        }
         Snapshot::of_sets(sets)
     }
 
     /// The part of this snapshot named in `resources` (one node group's): the same encoded
     /// bytes, shared, not encoded again. Names this snapshot lacks are left out.
     pub fn select(&self, resources: &Resources) -> Snapshot {
-        let mut sets: [BTreeMap<String, Resource>; 4] = Default::default();
+        let mut sets: [BTreeMap<String, Resource>; ResourceType::COUNT] = Default::default();
         let names = [
             resources
                 .clusters
@@ -107,6 +110,7 @@ impl Snapshot {
                 .collect(),
             resources.listeners.iter().map(|l| &l.name).collect(),
             resources.routes.iter().map(|r| &r.name).collect(),
+            resources.secrets.iter().map(|s| &s.name).collect(),
         ];
         for ty in ResourceType::ALL {
             for name in &names[ty.index()] {
@@ -118,10 +122,16 @@ impl Snapshot {
         Snapshot::of_sets(sets)
     }
 
-    fn of_sets(sets: [BTreeMap<String, Resource>; 4]) -> Snapshot {
-        let type_versions: [String; 4] = std::array::from_fn(|i| set_version(sets[i].values()));
+    fn of_sets(sets: [BTreeMap<String, Resource>; ResourceType::COUNT]) -> Snapshot {
+        let type_versions: [String; ResourceType::COUNT] =
+            std::array::from_fn(|i| set_version(sets[i].values()));
         let mut all = String::new();
         for ty in ResourceType::ALL {
+            // No secrets, no line: the versions of configs without TLS stay what they were
+            // before cutover served secrets (an upgrade pushes nothing).
+            if ty == ResourceType::Secret && sets[ty.index()].is_empty() {
+                continue;
+            }
             let _ = writeln!(all, "{}={}", ty.short(), type_versions[ty.index()]);
         }
         let lists = std::array::from_fn(|i| sets[i].values().cloned().collect());
@@ -299,15 +309,22 @@ pub enum ResourceType {
     Endpoint,
     Listener,
     Route,
+    /// TLS certificates and CAs (SDS), which listeners name. Envoy asks for them once it holds
+    /// a listener that names them, and the listener warms (the previous one serving) until they
+    /// arrive, so they need no place before listeners.
+    Secret,
 }
 
 impl ResourceType {
+    pub const COUNT: usize = 5;
+
     /// Every type, in the order updates are sent.
-    pub const ALL: [ResourceType; 4] = [
+    pub const ALL: [ResourceType; ResourceType::COUNT] = [
         ResourceType::Cluster,
         ResourceType::Endpoint,
         ResourceType::Listener,
         ResourceType::Route,
+        ResourceType::Secret,
     ];
 
     pub const fn type_url(self) -> &'static str {
@@ -318,6 +335,9 @@ impl ResourceType {
             }
             ResourceType::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
             ResourceType::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+            ResourceType::Secret => {
+                "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+            }
         }
     }
 
@@ -325,8 +345,8 @@ impl ResourceType {
         Self::ALL.into_iter().find(|t| t.type_url() == url)
     }
 
-    /// CDS and LDS responses carry the full set: a resource left out is removed. EDS and RDS
-    /// carry only the names the client asked for.
+    /// CDS and LDS responses carry the full set: a resource left out is removed. EDS, RDS and
+    /// SDS carry only the names the client asked for.
     pub const fn is_full_state(self) -> bool {
         matches!(self, ResourceType::Cluster | ResourceType::Listener)
     }
@@ -338,6 +358,7 @@ impl ResourceType {
             ResourceType::Endpoint => "eds",
             ResourceType::Listener => "lds",
             ResourceType::Route => "rds",
+            ResourceType::Secret => "sds",
         }
     }
 

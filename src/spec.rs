@@ -11,11 +11,13 @@ mod limits;
 mod policy;
 mod proxyless;
 mod raw;
+mod tls;
 mod validate;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -28,6 +30,7 @@ pub use limits::{Limit, Limits, LimitsError};
 pub use proxyless::GRPC_RETRY_ON;
 /// The file as written, before validation: its JSON Schema is the file's (`cutover schema`).
 pub use raw::RawSpec;
+pub use tls::{PEM_FILE_BYTES, PemRead, load_pem_files, pem_paths};
 pub use validate::{parse, parse_bytes, parse_bytes_with, parse_with};
 
 /// A validated deployment file.
@@ -42,6 +45,9 @@ pub struct Spec {
     pub groups: Vec<Group>,
     /// Which client certificate may be which Envoy (enforced with mutual TLS only).
     pub access: Access,
+    /// The PEM files the listeners' `tls` names, by path as written: empty after [`parse`],
+    /// filled and checked by [`load_pem_files`].
+    pub pem_files: BTreeMap<String, Arc<str>>,
 }
 
 /// A group of Envoys (see [`crate::node`]): the nodes it takes and the listeners they get.
@@ -102,6 +108,52 @@ pub struct Listener {
     pub kind: ListenerKind,
     /// Routes in match order: the first route whose match fits a request wins.
     pub routes: Vec<Route>,
+    /// TLS termination (Envoy listeners only).
+    pub tls: Option<ListenerTls>,
+}
+
+/// TLS termination on a listener: certificates chosen by SNI, sent to Envoy over SDS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// In file order. Server names are unique across them; at most one has none (the default).
+    pub certificates: Vec<TlsCertificate>,
+    pub min_version: TlsVersion,
+    /// The CA client certificates must be signed by (mutual TLS), if any.
+    pub client_ca: Option<FileRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsCertificate {
+    pub cert: FileRef,
+    pub key: FileRef,
+    /// Exact names and `*.` wildcards, lowercase; empty: the default certificate.
+    pub server_names: Vec<String>,
+}
+
+impl TlsCertificate {
+    /// What the certificate is called in Envoy (an SDS secret name): its listener and first
+    /// server name, so that it keeps its name when its files move or the list is reordered,
+    /// and new content under the name is a rotation, not a listener change.
+    pub fn secret_name(&self, listener: &str) -> String {
+        let first = self.server_names.first().map_or("default", String::as_str);
+        format!("{listener}/{first}")
+    }
+}
+
+/// The oldest TLS version a listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    V1_2,
+    V1_3,
+}
+
+/// A file the deployment file names, and where it names it (for messages).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRef {
+    /// As written: relative paths are relative to the deployment file's directory.
+    pub path: String,
+    pub line: u64,
+    pub column: u64,
 }
 
 /// Who serves a listener's routes.

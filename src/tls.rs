@@ -286,6 +286,17 @@ pub struct PeerInfo {
     pub addr: Option<SocketAddr>,
     /// The verified client certificate's names; `None` without mutual TLS.
     pub identity: Option<Arc<Identity>>,
+    /// Whether the connection is TLS.
+    pub encrypted: bool,
+}
+
+impl PeerInfo {
+    /// Whether secrets (private keys, over SDS) may be sent on this connection: it is TLS, or
+    /// it is plaintext over loopback, which only this machine can read. A plaintext connection
+    /// from elsewhere could be read on the way, and so could a key sent on it.
+    pub fn may_receive_secrets(&self) -> bool {
+        self.encrypted || self.addr.is_some_and(|a| a.ip().is_loopback())
+    }
 }
 
 impl PeerInfo {
@@ -299,6 +310,7 @@ impl PeerInfo {
                 .get::<TcpConnectInfo>()
                 .and_then(|i| i.remote_addr()),
             identity: None,
+            encrypted: false,
         }
     }
 }
@@ -425,7 +437,11 @@ where
                         let _ = tx
                             .send(Ok(TlsConn {
                                 stream,
-                                info: PeerInfo { addr, identity },
+                                info: PeerInfo {
+                                    addr,
+                                    identity,
+                                    encrypted: true,
+                                },
                             }))
                             .await;
                     }
@@ -465,5 +481,27 @@ impl FailureLog {
                  client CA signed, or one speaking plaintext to a TLS port?)"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PeerInfo;
+
+    /// Keys go over TLS, or over loopback only this machine can read; never over plaintext
+    /// from elsewhere, nor when the peer is unknown.
+    #[test]
+    fn secrets_go_only_where_nobody_on_the_way_can_read_them() {
+        let peer = |addr: Option<&str>, encrypted| PeerInfo {
+            addr: addr.map(|a| a.parse().unwrap()),
+            identity: None,
+            encrypted,
+        };
+        assert!(peer(Some("127.0.0.1:5000"), false).may_receive_secrets());
+        assert!(peer(Some("[::1]:5000"), false).may_receive_secrets());
+        assert!(peer(Some("10.0.0.7:5000"), true).may_receive_secrets());
+        assert!(!peer(Some("10.0.0.7:5000"), false).may_receive_secrets());
+        assert!(!peer(Some("[2001:db8::1]:5000"), false).may_receive_secrets());
+        assert!(!peer(None, false).may_receive_secrets());
     }
 }

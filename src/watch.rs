@@ -50,6 +50,43 @@ pub fn read_bounded(file: std::fs::File) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Reads each PEM file a deployment file at `file` names (relative paths from its directory),
+/// regular files only and at most [`crate::spec::PEM_FILE_BYTES`] and one byte each; what
+/// each read gave, for [`crate::spec::load_pem_files`] to check.
+pub fn read_pem_files(
+    file: &Path,
+    paths: &std::collections::BTreeSet<String>,
+) -> crate::spec::PemRead {
+    use std::io::Read as _;
+    let dir = file.parent().unwrap_or(Path::new(""));
+    paths
+        .iter()
+        .map(|p| {
+            let path = dir.join(p);
+            let read = || -> std::io::Result<Vec<u8>> {
+                let file = std::fs::File::open(&path)?;
+                if !file.metadata()?.is_file() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "not a regular file",
+                    ));
+                }
+                let mut bytes = Vec::new();
+                let max = crate::spec::PEM_FILE_BYTES as u64;
+                file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+                Ok(bytes)
+            };
+            let result = read().map_err(|e| format!("cannot read {}: {e}", path.display()));
+            (p.clone(), result)
+        })
+        .collect()
+}
+
+/// How often the PEM files the deployment file names are read again to see whether they
+/// changed (a rotation): polled, since a Kubernetes Secret volume swaps a symlink, which file
+/// events report unreliably, and they may live anywhere.
+pub const PEM_POLL: Duration = Duration::from_secs(1);
+
 /// After an in-place write that is not closed: quiet time before the file is read anyway (a
 /// writer that keeps the file open). Complete saves do not wait for it.
 pub const QUIET: Duration = Duration::from_millis(50);

@@ -94,7 +94,17 @@ impl Failure {
 pub fn read_spec(file: &Path) -> Result<Spec, Failure> {
     let label = file.display().to_string();
     let bytes = read_file(file).map_err(|err| Failure::Unreadable(label.clone(), err))?;
-    spec::parse_bytes(&label, &bytes).map_err(Failure::Invalid)
+    let spec = spec::parse_bytes(&label, &bytes).map_err(Failure::Invalid)?;
+    let read = crate::watch::read_pem_files(file, &spec::pem_paths(&spec));
+    let (spec, warnings) = spec::load_pem_files(spec, &label, &read, std::time::SystemTime::now())
+        .map_err(Failure::Invalid)?;
+    for w in warnings {
+        let _ = complain(format_args!(
+            "{label}:{}:{}: {}\n",
+            w.line, w.column, w.message
+        ));
+    }
+    Ok(spec)
 }
 
 /// Reads at most one byte more than the file size limit, so that a huge file (or a device

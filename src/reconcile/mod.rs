@@ -20,6 +20,7 @@ mod routes;
 pub mod state;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use state::{Event, Previous, RuntimeState, Timestamp};
@@ -27,8 +28,8 @@ pub use state::{Event, Previous, RuntimeState, Timestamp};
 use crate::ids::{ClusterId, ClusterRef, FallbackId};
 use crate::node::{GroupId, NodeGroups};
 use crate::spec::{
-    Condition, Endpoint, EndpointAddress, HashOn, ListenerKind, LoadBalancing, Percent, Policy,
-    Retries, Route, Service, Spec, Strategy, Version,
+    Condition, Endpoint, EndpointAddress, HashOn, ListenerKind, ListenerTls, LoadBalancing,
+    Percent, Policy, Retries, Route, Service, Spec, Strategy, Version,
 };
 
 /// Everything cutover serves, decided; see the module docs.
@@ -44,6 +45,8 @@ pub struct Plan {
     pub groups: BTreeMap<GroupId, GroupPlan>,
     /// How a node finds its group among `groups`.
     pub node_groups: NodeGroups,
+    /// The PEM files the listeners' TLS names, by path as written (see [`Spec::pem_files`]).
+    pub pem_files: BTreeMap<String, Arc<str>>,
 }
 
 /// The listeners and services of one node group.
@@ -73,6 +76,8 @@ pub struct ListenerPlan {
     pub kind: ListenerKind,
     /// Path matches and the service answering each, in match order.
     pub routes: Vec<Route>,
+    /// TLS termination, its certificates' content in [`Plan::pem_files`].
+    pub tls: Option<ListenerTls>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -301,6 +306,7 @@ pub fn plan(spec: &Spec, state: &RuntimeState, now: Timestamp) -> Plan {
             name: l.name.clone(),
             kind: l.kind,
             routes: l.routes.clone(),
+            tls: l.tls.clone(),
         })
         .collect();
     listeners.sort_by(|a, b| a.name.cmp(&b.name));
@@ -310,6 +316,7 @@ pub fn plan(spec: &Spec, state: &RuntimeState, now: Timestamp) -> Plan {
         services,
         groups,
         node_groups: spec.node_groups(),
+        pem_files: spec.pem_files.clone(),
     }
 }
 

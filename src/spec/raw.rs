@@ -133,6 +133,50 @@ pub struct RawListener {
     #[serde(default)]
     #[schemars(with = "Vec<RawRoute>")]
     pub routes: Vec<Spanned<RawRoute>>,
+    /// Terminate TLS (HTTPS) on this listener with the certificates given, chosen by the name
+    /// the client asks for (SNI). Envoy gets them through SDS on its ADS stream and gets them
+    /// again when the files change, without draining the listener. Not with `proxyless: true`.
+    #[schemars(with = "Option<RawListenerTls>")]
+    pub tls: Option<Spanned<RawListenerTls>>,
+}
+
+/// TLS termination on a listener (Envoy's `DownstreamTlsContext`, secrets over SDS).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "ListenerTls")]
+pub struct RawListenerTls {
+    /// One or more certificates. A client's SNI picks the one whose `server_names` has the
+    /// name (exact names before wildcards); the one without `server_names` answers every other
+    /// client (without it, those connections are closed).
+    #[serde(default)]
+    #[schemars(with = "Vec<RawCertificate>")]
+    pub certificates: Vec<Spanned<RawCertificate>>,
+    /// The oldest TLS version accepted: `"1.2"` (default) or `"1.3"`.
+    #[schemars(with = "Option<Scalar>")]
+    pub min_version: Option<Spanned<Scalar>>,
+    /// PEM file of the CA that signs client certificates: with it, every client must present
+    /// one (mutual TLS). Relative paths are relative to the deployment file's directory.
+    #[schemars(with = "Option<String>")]
+    pub client_ca: Option<Spanned<String>>,
+}
+
+/// One certificate, its key and the names it answers.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Certificate")]
+pub struct RawCertificate {
+    /// PEM file of the certificate chain, leaf first. Relative paths are relative to the
+    /// deployment file's directory. Read again whenever it changes (rotation).
+    #[schemars(with = "String")]
+    pub cert: Spanned<String>,
+    /// PEM file of the certificate's private key (PKCS#8, RSA or EC).
+    #[schemars(with = "String")]
+    pub key: Spanned<String>,
+    /// The names (SNI) this certificate answers: `shop.example.com`, or `*.example.com` for
+    /// one label under it. None: the default certificate.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub server_names: Vec<Spanned<String>>,
 }
 
 /// A path match and the service that answers it.

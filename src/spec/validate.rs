@@ -333,6 +333,10 @@ pub(super) struct Validator {
 }
 
 impl Validator {
+    pub(super) fn problem_count(&self) -> usize {
+        self.problems.len()
+    }
+
     pub(super) fn at(&mut self, loc: &Location, message: impl Into<String>) {
         self.problems.push(Problem {
             line: loc.line().max(1),
@@ -400,6 +404,7 @@ impl Validator {
             services,
             groups,
             access,
+            pem_files: BTreeMap::new(),
         };
         self.proxyless(raw, &spec);
         spec
@@ -879,10 +884,15 @@ impl Validator {
                 });
             }
         }
+        let tls = match &raw.tls {
+            Some(tls) => Some(self.listener_tls(tls, name, proxyless.is_some())?),
+            None => None,
+        };
         Some(Listener {
             name: name.clone(),
             kind: kind?,
             routes,
+            tls,
         })
     }
 

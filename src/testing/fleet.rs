@@ -38,15 +38,19 @@ use crate::xds::{Mode, ResourceType};
 #[derive(Debug, Default)]
 pub struct Target {
     pub generation: u64,
-    versions: [String; 4],
-    resources: [BTreeMap<String, String>; 4],
+    versions: [String; ResourceType::COUNT],
+    resources: [BTreeMap<String, String>; ResourceType::COUNT],
 }
 
 impl Target {
     pub fn of(snapshot: &Snapshot, generation: u64) -> Target {
         Target {
             generation,
-            versions: ResourceType::ALL.map(|ty| snapshot.type_version(ty).to_owned()),
+            // The simulated Envoys ask for secrets never (their files have no TLS): none held.
+            versions: ResourceType::ALL.map(|ty| match ty {
+                ResourceType::Secret if snapshot.resources(ty).is_empty() => String::new(),
+                _ => snapshot.type_version(ty).to_owned(),
+            }),
             resources: ResourceType::ALL.map(|ty| {
                 snapshot
                     .resources(ty)
@@ -202,9 +206,9 @@ struct StreamTask {
 #[derive(Default)]
 struct Held {
     /// State of the world: the version ACKed per type.
-    versions: [String; 4],
+    versions: [String; ResourceType::COUNT],
     /// Delta: each resource's version per type.
-    resources: [BTreeMap<String, String>; 4],
+    resources: [BTreeMap<String, String>; ResourceType::COUNT],
 }
 
 impl StreamTask {
@@ -297,7 +301,7 @@ impl StreamTask {
             |ty, names| request(ty, &held.versions[ty.index()], "", names),
         );
         let mut client = self.open(first).await?;
-        let mut nonces: [String; 4] = Default::default();
+        let mut nonces: [String; ResourceType::COUNT] = Default::default();
         loop {
             let (ty, r) = match self.next(&mut client).await? {
                 Some((ty, Raw::Sotw(r))) => (ty, r),
@@ -402,8 +406,8 @@ fn first_requests(
     reconnecting: impl Fn(ResourceType) -> bool,
     target: &Target,
     make: impl Fn(ResourceType, Vec<String>) -> Request,
-) -> (Vec<Request>, [Option<Vec<String>>; 4]) {
-    let mut subscribed: [Option<Vec<String>>; 4] = Default::default();
+) -> (Vec<Request>, [Option<Vec<String>>; ResourceType::COUNT]) {
+    let mut subscribed: [Option<Vec<String>>; ResourceType::COUNT] = Default::default();
     let mut first = Vec::new();
     for ty in ResourceType::ALL {
         let names = match ty {
@@ -423,7 +427,7 @@ fn first_requests(
 /// not asked yet.
 async fn ask_listeners(
     client: &mut Client,
-    subscribed: &mut [Option<Vec<String>>; 4],
+    subscribed: &mut [Option<Vec<String>>; ResourceType::COUNT],
     ty: ResourceType,
     target: &Target,
     request: impl Into<Request>,

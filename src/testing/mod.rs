@@ -20,6 +20,7 @@
 //! build. It checks nothing of cutover's behaviour itself: the tests do.
 
 pub mod browser;
+pub mod curl;
 mod cutover;
 mod driver;
 mod envoy;

@@ -50,16 +50,26 @@ pub(super) fn listener(l: &ListenerPlan) -> Listener {
             ..Default::default()
         };
     };
+    let filter = Filter {
+        name: "envoy.filters.network.http_connection_manager".to_owned(),
+        config_type: Some(filter::ConfigType::TypedConfig(any(&hcm))),
+    };
+    let Some(tls) = &l.tls else {
+        return Listener {
+            name: l.name.clone(),
+            address: Some(socket_address(address)),
+            filter_chains: vec![FilterChain {
+                filters: vec![filter],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+    };
     Listener {
         name: l.name.clone(),
         address: Some(socket_address(address)),
-        filter_chains: vec![FilterChain {
-            filters: vec![Filter {
-                name: "envoy.filters.network.http_connection_manager".to_owned(),
-                config_type: Some(filter::ConfigType::TypedConfig(any(&hcm))),
-            }],
-            ..Default::default()
-        }],
+        listener_filters: vec![super::tls::tls_inspector()],
+        filter_chains: super::tls::filter_chains(&l.name, tls, &filter),
         ..Default::default()
     }
 }

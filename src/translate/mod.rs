@@ -13,6 +13,7 @@
 mod cluster;
 mod listener;
 mod routes;
+mod tls;
 
 pub use cluster::{endpoint_address, socket_address};
 pub use routes::bucket_condition;
@@ -24,6 +25,7 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::google::protobuf::{Any, Duration};
 
 use crate::ids::ClusterId;
@@ -32,13 +34,14 @@ use std::collections::BTreeMap;
 use crate::node::GroupId;
 use crate::reconcile::{Discovery, GroupPlan, Plan};
 
-/// The four resource sets Envoy receives, each sorted by resource name.
+/// The resource sets Envoy receives, each sorted by resource name.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Resources {
     pub clusters: Vec<Cluster>,
     pub endpoints: Vec<ClusterLoadAssignment>,
     pub listeners: Vec<Listener>,
     pub routes: Vec<RouteConfiguration>,
+    pub secrets: Vec<Secret>,
 }
 
 /// Translates a plan into Envoy resources: every listener and service, whatever group gets
@@ -106,12 +109,17 @@ fn translate_some(
     for l in plan.listeners.iter().filter(|l| listener(&l.name)) {
         out.listeners.push(listener::listener(l));
         out.routes.push(listener::route_configuration(l, plan));
+        if let Some(t) = &l.tls {
+            out.secrets
+                .extend(tls::secrets(&l.name, t, &plan.pem_files));
+        }
     }
     out.clusters.sort_by(|a, b| a.name.cmp(&b.name));
     out.endpoints
         .sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
     out.listeners.sort_by(|a, b| a.name.cmp(&b.name));
     out.routes.sort_by(|a, b| a.name.cmp(&b.name));
+    out.secrets.sort_by(|a, b| a.name.cmp(&b.name));
     out
 }
 

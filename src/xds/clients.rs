@@ -104,7 +104,7 @@ pub struct TypeView {
 /// What a client holds, per type.
 #[derive(Debug, Clone, Default)]
 pub struct ClientView {
-    pub types: [TypeView; 4],
+    pub types: [TypeView; ResourceType::COUNT],
 }
 
 /// One resource as a client holds it (CSDS).
@@ -236,7 +236,7 @@ pub struct Client {
     pub answered_at: Option<Instant>,
     pub view: ClientView,
     /// When each type's current `last_nack` was first seen.
-    pub nack_seen: [Option<SystemTime>; 4],
+    pub nack_seen: [Option<SystemTime>; ResourceType::COUNT],
 }
 
 impl Client {
@@ -327,7 +327,7 @@ impl Clients {
                     sync: SyncState::Pending,
                     answered_at: None,
                     view: ClientView::default(),
-                    nack_seen: [None; 4],
+                    nack_seen: [None; ResourceType::COUNT],
                 },
             );
             id

@@ -89,7 +89,8 @@ pub fn client_config(s: &Client, exclude_contents: bool) -> ClientConfig {
                 type_url: ty.type_url().to_owned(),
                 name: r.resource.name.clone(),
                 version_info: r.resource.version.clone(),
-                xds_config: (!exclude_contents)
+                // A secret's content is a private key: it never leaves through CSDS.
+                xds_config: (!exclude_contents && ty != ResourceType::Secret)
                     .then(|| Any::decode(r.resource.encoded.as_ref()).ok())
                     .flatten(),
                 config_status: config_status as i32,

@@ -193,7 +193,7 @@ pub struct Stream {
     mode: Mode,
     node: Option<NodeInfo>,
     snapshot: Option<Arc<Snapshot>>,
-    types: [TypeState; 4],
+    types: [TypeState; ResourceType::COUNT],
     nonces: u64,
 }
 
@@ -612,6 +612,7 @@ impl Stream {
             ResourceType::Listener | ResourceType::Route => {
                 order::routing_may_be_sent(snap, self).then_some(desired)
             }
+            ResourceType::Secret => Some(desired),
         }
     }
 }

@@ -203,6 +203,8 @@ pub enum Noise {
     Nack,
     /// Streams refused for what they ask (a node id too long, too many names).
     Refused,
+    /// Certificates asked for over a connection that would expose their keys.
+    Secrets,
 }
 
 /// [`LogLimiter`]s per node id and kind of [`Noise`], shared by every stream so that a client

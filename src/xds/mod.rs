@@ -42,6 +42,7 @@ impl Mode {
             Mode::Single(ResourceType::Endpoint) => &[ResourceType::Endpoint],
             Mode::Single(ResourceType::Listener) => &[ResourceType::Listener],
             Mode::Single(ResourceType::Route) => &[ResourceType::Route],
+            Mode::Single(ResourceType::Secret) => &[ResourceType::Secret],
         }
     }
 }

@@ -104,7 +104,9 @@ pub fn keep(
     kept: &[String],
     client: &impl Holdings,
 ) {
-    debug_assert!(matches!(ty, ResourceType::Cluster | ResourceType::Endpoint));
+    if !matches!(ty, ResourceType::Cluster | ResourceType::Endpoint) {
+        return;
+    }
     for name in kept {
         if let Some(r) = client.acked(ty).and_then(|held| held.get(name))
             && client.wants(ty, name)

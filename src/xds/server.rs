@@ -170,6 +170,8 @@ pub trait Machine: Send + 'static {
     }
     /// The node a request names (Envoy names it on the first request only).
     fn request_node(req: &Self::Request) -> Option<&Node>;
+    /// The type a request is about.
+    fn request_type(req: &Self::Request) -> &str;
     /// The names a request subscribes to (or says it holds).
     fn request_names(req: &Self::Request) -> impl Iterator<Item = &str>;
     /// Names subscribed to, all types together.
@@ -206,6 +208,9 @@ impl Machine for sotw::Stream {
     }
     fn request_node(req: &DiscoveryRequest) -> Option<&Node> {
         req.node.as_ref()
+    }
+    fn request_type(req: &DiscoveryRequest) -> &str {
+        &req.type_url
     }
     fn request_names(req: &DiscoveryRequest) -> impl Iterator<Item = &str> {
         req.resource_names.iter().map(String::as_str)
@@ -250,6 +255,9 @@ impl Machine for delta::Stream {
     }
     fn request_node(req: &DeltaDiscoveryRequest) -> Option<&Node> {
         req.node.as_ref()
+    }
+    fn request_type(req: &DeltaDiscoveryRequest) -> &str {
+        &req.type_url
     }
     fn request_names(req: &DeltaDiscoveryRequest) -> impl Iterator<Item = &str> {
         req.resource_names_subscribe
@@ -475,6 +483,14 @@ async fn run_stream<M: Machine>(
                         group = Some(g);
                         identity = node;
                     }
+                    if M::request_type(&req) == ResourceType::Secret.type_url()
+                        && !peer_info.may_receive_secrets()
+                    {
+                        // Not answered: the Envoy keeps serving its previous listener while
+                        // the new one waits for its certificate, and shows as not in sync.
+                        withhold_secrets(&shared.noise, &identity.id, peer);
+                        out
+                    } else {
                     let more = machine.on_request(&req);
                     let subscribed = machine.subscribed_names();
                     if subscribed > shared.limits.max_names {
@@ -490,6 +506,7 @@ async fn run_stream<M: Machine>(
                     out.responses.extend(more.responses);
                     out.events.extend(more.events);
                     out
+                    }
                 }
                 Ok(None) => break,
                 Err(status) => {
@@ -647,6 +664,23 @@ fn check_access(
     access
         .check(who, node, Some(group.as_str()))
         .map_err(|refusal| Status::permission_denied(refusal.to_string()))
+}
+
+/// Logs (rate limited) that a client asked for certificates over a connection that would
+/// expose their keys.
+fn withhold_secrets(noise: &NoiseLog, node: &str, peer: Option<SocketAddr>) {
+    if let Some(suppressed) = noise.check(Noise::Secrets, node, std::time::Instant::now()) {
+        tracing::error!(
+            node,
+            ?peer,
+            suppressed,
+            "not sending TLS certificates and keys (SDS) over a plaintext xDS connection from \
+             another machine, where anyone on the way could read the keys: serve xDS over TLS \
+             (`cutover serve --tls-cert FILE --tls-key FILE`, and `cutover bootstrap --tls-ca \
+             FILE` for the Envoy), or connect over loopback; the listener waits for its \
+             certificate meanwhile"
+        );
+    }
 }
 
 /// Logs a stream refused before its machine knows the node.

@@ -183,7 +183,7 @@ pub struct Stream {
     mode: Mode,
     node: Option<NodeInfo>,
     snapshot: Option<Arc<Snapshot>>,
-    types: [TypeState; 4],
+    types: [TypeState; ResourceType::COUNT],
     nonces: u64,
     /// Inputs of the last cluster-readiness check, and its answer.
     ready_memo: RefCell<Option<([String; 5], bool)>>,

@@ -75,6 +75,10 @@ macro_rules! call {
             Mode::Single(EDS) => one!(EndpointDiscoveryServiceClient, $eds),
             Mode::Single(LDS) => one!(ListenerDiscoveryServiceClient, $lds),
             Mode::Single(RDS) => one!(RouteDiscoveryServiceClient, $rds),
+            // cutover serves secrets on ADS only.
+            Mode::Single(crate::xds::ResourceType::Secret) => {
+                Err(Status::unimplemented("no secret discovery service of its own"))
+            }
         }?
         .into_inner()
     }};

@@ -358,6 +358,12 @@ fn name_of(ty: ResourceType, bytes: &[u8]) -> String {
         EDS => decoded::<ClusterLoadAssignment>(ty, bytes).cluster_name,
         LDS => decoded::<Listener>(ty, bytes).name,
         RDS => decoded::<RouteConfiguration>(ty, bytes).name,
+        ResourceType::Secret => {
+            decoded::<envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret>(
+                ty, bytes,
+            )
+            .name
+        }
     }
 }
 

@@ -49,7 +49,11 @@ fn versions_are_the_state_of_the_world_type_versions() {
     // Status, CSDS and the gates read both protocols alike.
     let snap = blue_green("blue");
     let (s, _envoy) = connected(snap.clone());
-    for ty in ResourceType::ALL {
+    // No TLS in the file: no listener names a secret, so none is asked for.
+    for ty in ResourceType::ALL
+        .into_iter()
+        .filter(|&ty| ty != ResourceType::Secret)
+    {
         assert_eq!(
             s.status(ty).acked.as_deref(),
             Some(snap.type_version(ty)),
