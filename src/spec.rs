@@ -7,6 +7,7 @@
 //! This module does no I/O: callers hand it the file's bytes (or text) and name.
 
 mod address;
+mod hosts;
 mod limits;
 mod policy;
 mod proxyless;
@@ -75,7 +76,7 @@ impl Spec {
         self.listeners
             .iter()
             .filter(move |l| l.name == listener)
-            .flat_map(|l| &l.routes)
+            .flat_map(Listener::all_routes)
             .map(|r| r.service.as_str())
     }
 
@@ -106,10 +107,39 @@ impl Spec {
 pub struct Listener {
     pub name: String,
     pub kind: ListenerKind,
-    /// Routes in match order: the first route whose match fits a request wins.
+    /// Routes in match order: the first route whose match fits a request wins. With
+    /// `hosts`, those of requests for any other host.
     pub routes: Vec<Route>,
+    /// Virtual hosts, by host name (Envoy listeners only).
+    pub hosts: Vec<Host>,
+    /// What answers the requests no route matches (Envoy listeners only).
+    pub redirect: Option<Redirect>,
     /// TLS termination (Envoy listeners only).
     pub tls: Option<ListenerTls>,
+}
+
+impl Listener {
+    /// Every route of the listener, of every host.
+    pub fn all_routes(&self) -> impl Iterator<Item = &Route> {
+        self.routes
+            .iter()
+            .chain(self.hosts.iter().flat_map(|h| &h.routes))
+    }
+}
+
+/// A virtual host: the routes of requests for some host names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    /// Lowercase; `*.example.com` for any name under the domain. Unique across the listener.
+    pub names: Vec<String>,
+    pub routes: Vec<Route>,
+}
+
+/// A redirect for every request a listener's routes do not match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redirect {
+    /// To the same host and path over HTTPS (301).
+    Https,
 }
 
 /// TLS termination on a listener: certificates chosen by SNI, sent to Envoy over SDS.

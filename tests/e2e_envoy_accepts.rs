@@ -1,10 +1,11 @@
 //! Property: any deployment file that passes validation translates into resources a real Envoy
-//! accepts. Files are generated across listeners, routes, services, versions, every strategy,
-//! rules, mirrors and every policy; each one that validates is compiled as a freshly started
-//! cutover serves it, turned into a static bootstrap (EDS clusters get their load assignment
-//! inline, RDS its route configuration inline; aggregate clusters stay as they are) and checked
-//! with `envoy --mode validate`. Envoy is found as the end-to-end tests find it; without one,
-//! on CI (`CI=true`) the test fails, elsewhere it skips Envoy with a loud message.
+//! accepts. Files are generated across listeners (with TLS, hosts and redirects), routes,
+//! services, versions, every strategy, rules, mirrors and every policy; each one that
+//! validates is compiled as a freshly started cutover serves it, turned into a static bootstrap
+//! (EDS clusters get their load assignment inline, RDS its route configuration inline, SDS
+//! secrets become static ones; aggregate clusters stay as they are) and checked with `envoy
+//! --mode validate`. Envoy is found as the end-to-end tests find it; without one, on CI
+//! (`CI=true`) the test fails, elsewhere it skips Envoy with a loud message.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -25,7 +26,66 @@ use serde_json::{Value, json};
 struct File {
     /// Each listener's routes: a match and the index of the service it names.
     listeners: Vec<Vec<(String, usize)>>,
+    /// Each listener's edge settings (missing ones: none).
+    edges: Vec<Edge>,
     services: Vec<Service>,
+}
+
+/// A listener's TLS, hosts and redirect.
+#[derive(Debug, Clone, Default)]
+struct Edge {
+    /// `tls:` with the example certificates: the default one only, or with an SNI name too;
+    /// and `min_version: "1.3"`.
+    tls: Option<(bool, bool)>,
+    /// The routes under two hosts instead of the listener's own.
+    hosts: bool,
+    /// `redirect: https` (on plain listeners only).
+    redirect: bool,
+}
+
+/// The example certificates (examples/certs), by absolute path.
+fn example_cert(stem: &str) -> (String, String) {
+    let dir = testing::repo().join("examples/certs");
+    let path = |name: String| dir.join(name).display().to_string();
+    (path(format!("{stem}.pem")), path(format!("{stem}-key.pem")))
+}
+
+impl Edge {
+    fn yaml(&self, i: usize, routes: &str) -> String {
+        let mut out = String::new();
+        if let Some((sni, tls13)) = self.tls {
+            let (cert, key) = example_cert("wildcard");
+            out.push_str("    tls:\n      certificates:\n");
+            let _ = writeln!(out, "        - {{ cert: \"{cert}\", key: \"{key}\" }}");
+            if sni {
+                let (cert, key) = example_cert("shop");
+                let _ = writeln!(
+                    out,
+                    "        - {{ cert: \"{cert}\", key: \"{key}\", server_names: [shop.example.com] }}"
+                );
+            }
+            if tls13 {
+                out.push_str("      min_version: \"1.3\"\n");
+            }
+        } else if self.redirect {
+            out.push_str("    redirect: https\n");
+        }
+        if self.hosts {
+            let _ = write!(
+                out,
+                "    hosts:\n      - names: [h{i}.example.com]\n        routes:\n{routes}      - names: [\"*.h{i}.example.com\"]\n        routes:\n{routes}",
+                routes = indent(routes, 4)
+            );
+        } else {
+            let _ = write!(out, "    routes:\n{routes}");
+        }
+        out
+    }
+}
+
+fn indent(text: &str, by: usize) -> String {
+    let pad = " ".repeat(by);
+    text.lines().map(|l| format!("{pad}{l}\n")).collect()
 }
 
 #[derive(Debug, Clone)]
@@ -54,18 +114,17 @@ impl File {
     fn yaml(&self) -> String {
         let mut out = String::from("listeners:\n");
         for (i, routes) in self.listeners.iter().enumerate() {
-            let _ = write!(
-                out,
-                "  - name: l{i}\n    address: 127.0.0.1:{}\n    routes:\n",
-                10_000 + i
-            );
+            let _ = writeln!(out, "  - name: l{i}\n    address: 127.0.0.1:{}", 10_000 + i);
+            let mut lines = String::new();
             for (matcher, service) in routes {
                 let _ = write!(
-                    out,
+                    lines,
                     "      - match: {{ {matcher} }}\n        service: s{}\n",
                     service % self.services.len()
                 );
             }
+            let edge = self.edges.get(i).cloned().unwrap_or_default();
+            out.push_str(&edge.yaml(i, &lines));
         }
         out.push_str("services:\n");
         for (i, s) in self.services.iter().enumerate() {
@@ -477,10 +536,25 @@ fn file() -> impl Strategy<Value = File> {
             1..=3,
         ),
         proptest::collection::vec(service(), 1..=4),
+        proptest::collection::vec(edge(), 0..=3),
     )
-        .prop_map(|(listeners, services)| File {
+        .prop_map(|(listeners, services, edges)| File {
             listeners,
+            edges,
             services,
+        })
+}
+
+fn edge() -> impl Strategy<Value = Edge> {
+    (
+        proptest::option::of((any::<bool>(), any::<bool>())),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(tls, hosts, redirect)| Edge {
+            tls,
+            hosts,
+            redirect,
         })
 }
 
@@ -524,10 +598,30 @@ fn bootstrap(resources: &Resources) -> Value {
             listener
         })
         .collect();
+    // Secrets as static ones: a listener names them without an SDS config source.
+    let secrets: Vec<Value> = resources
+        .secrets
+        .iter()
+        .map(|s| json(render::to_json(s)))
+        .collect();
+    let mut listeners = Value::Array(listeners);
+    drop_sds_sources(&mut listeners);
     json!({
         "node": { "id": "proptest", "cluster": "proptest" },
-        "static_resources": { "clusters": clusters, "listeners": listeners },
+        "static_resources": { "clusters": clusters, "listeners": listeners, "secrets": secrets },
     })
+}
+
+/// Removes every `sds_config` (secrets over ADS), leaving the names of static secrets.
+fn drop_sds_sources(value: &mut Value) {
+    match value {
+        Value::Object(object) => {
+            object.remove("sds_config");
+            object.values_mut().for_each(drop_sds_sources);
+        }
+        Value::Array(items) => items.iter_mut().for_each(drop_sds_sources),
+        _ => {}
+    }
 }
 
 /// Replaces every `rds` (a route configuration by name over ADS) with that configuration.
@@ -569,6 +663,23 @@ fn envoy_validates(envoy: &Path, bootstrap: &Value) -> Result<(), String> {
     }
 }
 
+/// What a freshly started cutover serves for `text`, its PEM files loaded as `serve` loads them.
+fn compile(text: &str) -> Result<Resources, cutover::spec::SpecError> {
+    use cutover::spec;
+    let parsed = spec::parse("generated.yaml", text)?;
+    let read =
+        cutover::watch::read_pem_files(Path::new("generated.yaml"), &spec::pem_paths(&parsed));
+    let (parsed, _) = spec::load_pem_files(
+        parsed,
+        "generated.yaml",
+        &read,
+        std::time::SystemTime::now(),
+    )?;
+    Ok(cutover::translate::translate(&cutover::app::fresh_plan(
+        &parsed,
+    )))
+}
+
 /// Looked for once: the skip message (or the failure on CI) is said once.
 static ENVOY: LazyLock<Option<PathBuf>> = LazyLock::new(testing::envoy_binary);
 
@@ -584,7 +695,7 @@ proptest! {
     #[test]
     fn every_valid_file_translates_into_resources_envoy_accepts(file in file()) {
         let text = file.yaml();
-        let resources = match cutover::app::compile_resources("generated.yaml", &text) {
+        let resources = match compile(&text) {
             Ok(resources) => resources,
             // The generator aims at valid files; proptest fails if too many are not.
             Err(err) => return Err(TestCaseError::reject(err.to_string())),

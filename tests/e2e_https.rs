@@ -147,3 +147,116 @@ in_both_xds_modes! {
         .await;
     }
 }
+
+/// Two hosts on an HTTPS listener (no default: other hosts get 404), and a plain listener that
+/// redirects to it.
+fn hosts_file(
+    https: std::net::SocketAddr,
+    plain: std::net::SocketAddr,
+    shop: (&Upstream, &Upstream),
+    api: &Upstream,
+    active: &str,
+) -> String {
+    format!(
+        "\
+listeners:
+  - name: public
+    address: {https}
+    tls:
+      certificates:
+        - cert: certs/wild.pem
+          key: certs/wild-key.pem
+    hosts:
+      - names: [shop.example.com]
+        routes:
+          - match: {{ prefix: / }}
+            service: shop
+      - names: [\"*.example.com\"]
+        routes:
+          - match: {{ prefix: / }}
+            service: api
+  - name: plain
+    address: {plain}
+    redirect: https
+services:
+  shop:
+    versions:
+      blue:  {{ endpoints: [{blue}] }}
+      green: {{ endpoints: [{green}] }}
+    active: {active}
+  api:
+    versions:
+      v1: {{ endpoints: [{api}] }}
+    active: v1
+",
+        blue = shop.0.addr,
+        green = shop.1.addr,
+        api = api.addr,
+    )
+}
+
+in_both_xds_modes! {
+    async fn hosts_route_by_name_unknown_hosts_get_404_plain_http_redirects_and_a_switch_fails_nothing(xds: Protocol) {
+        let (Some(envoy_bin), Some(curl)) = (envoy_binary(), Curl::find()) else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        write_certs(dir.path());
+        let blue = Upstream::start("shop-blue").await;
+        let green = Upstream::start("shop-green").await;
+        let api = Upstream::start("api-1").await;
+        let (https, plain) = (free_port(), free_port());
+        let file = DeploymentFile::new(dir.path().join("deploy.yaml"));
+        file.write_renamed(&hosts_file(https, plain, (&blue, &green), &api, "blue"));
+        let cutover = Cutover::start(dir.path(), &file.path).await;
+        let envoy = Envoy::spawn(
+            &envoy_bin,
+            dir.path(),
+            "edge-1",
+            &bootstrap_with("edge-1", cutover.ads, xds.bootstrap_args()),
+            plain,
+        )
+        .await;
+        envoy.wait_live().await;
+        cutover.wait_in_sync("edge-1").await;
+        let ca = ca_file(dir.path(), "wild");
+        let port = https.port();
+
+        let shop = curl.get(&ca, "shop.example.com", port, &[]).await.unwrap();
+        assert_eq!((shop.status, shop.body.as_str()), (200, "shop-blue"));
+        let other = curl.get(&ca, "docs.example.com", port, &[]).await.unwrap();
+        assert_eq!((other.status, other.body.as_str()), (200, "api-1"));
+        // A name no host lists: Envoy's 404, from no upstream.
+        let unknown = curl
+            .get(&ca, "docs.example.com", port, &["--header", "Host: elsewhere.test"])
+            .await
+            .unwrap();
+        assert_eq!(unknown.status, 404, "{unknown:?}");
+        // Plain HTTP: a 301 to the same host and path over HTTPS.
+        let redirect = envoy
+            .send("/cart?item=7", &[("host", "shop.example.com")])
+            .await
+            .unwrap();
+        assert_eq!(redirect.status, 301, "{redirect:?}");
+        assert_eq!(
+            redirect.headers.get("location").and_then(|v| v.to_str().ok()),
+            Some("https://shop.example.com/cart?item=7")
+        );
+
+        // A blue-green switch of the HTTPS host under load: nothing fails, api is untouched.
+        let load = curl.steady(&ca, "shop.example.com", port, 60, 20, &[]);
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        file.write_renamed(&hosts_file(https, plain, (&blue, &green), &api, "green"));
+        eventually(WAIT, "shop.example.com to answer from green", async || {
+            curl.get(&ca, "shop.example.com", port, &[])
+                .await
+                .is_ok_and(|r| r.body == "shop-green")
+        })
+        .await;
+        let replies = load.await.unwrap().unwrap();
+        assert_eq!(replies.len(), 60);
+        assert!(replies.iter().all(|&(status, _)| status == 200), "{replies:?}");
+        let other = curl.get(&ca, "docs.example.com", port, &[]).await.unwrap();
+        assert_eq!(other.body, "api-1");
+    }
+}

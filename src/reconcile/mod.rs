@@ -28,8 +28,8 @@ pub use state::{Event, Previous, RuntimeState, Timestamp};
 use crate::ids::{ClusterId, ClusterRef, FallbackId};
 use crate::node::{GroupId, NodeGroups};
 use crate::spec::{
-    Condition, Endpoint, EndpointAddress, HashOn, ListenerKind, ListenerTls, LoadBalancing,
-    Percent, Policy, Retries, Route, Service, Spec, Strategy, Version,
+    Condition, Endpoint, EndpointAddress, HashOn, Host, ListenerKind, ListenerTls, LoadBalancing,
+    Percent, Policy, Redirect, Retries, Route, Service, Spec, Strategy, Version,
 };
 
 /// Everything cutover serves, decided; see the module docs.
@@ -76,6 +76,9 @@ pub struct ListenerPlan {
     pub kind: ListenerKind,
     /// Path matches and the service answering each, in match order.
     pub routes: Vec<Route>,
+    /// Virtual hosts, each with its routes, before `routes` (any other host).
+    pub hosts: Vec<Host>,
+    pub redirect: Option<Redirect>,
     /// TLS termination, its certificates' content in [`Plan::pem_files`].
     pub tls: Option<ListenerTls>,
 }
@@ -306,6 +309,8 @@ pub fn plan(spec: &Spec, state: &RuntimeState, now: Timestamp) -> Plan {
             name: l.name.clone(),
             kind: l.kind,
             routes: l.routes.clone(),
+            hosts: l.hosts.clone(),
+            redirect: l.redirect,
             tls: l.tls.clone(),
         })
         .collect();

@@ -129,15 +129,42 @@ pub struct RawListener {
     /// Default: false.
     #[schemars(with = "Option<bool>")]
     pub proxyless: Option<Spanned<bool>>,
-    /// Routes in match order: the first route whose match fits a request wins. At least one.
+    /// Routes in match order: the first route whose match fits a request wins. With `hosts`,
+    /// the routes of requests for any other host (without them, those get 404). At least one
+    /// unless `hosts` or `redirect` is given.
     #[serde(default)]
     #[schemars(with = "Vec<RawRoute>")]
     pub routes: Vec<Spanned<RawRoute>>,
+    /// Virtual hosts: routes for requests by their host name (the `Host` or `:authority`
+    /// header, its port ignored). Not with `proxyless: true`.
+    #[serde(default)]
+    #[schemars(with = "Vec<RawHost>")]
+    pub hosts: Vec<Spanned<RawHost>>,
+    /// `https`: answer every request the routes do not match with a redirect (301) to the
+    /// same host and path over HTTPS. For a plain listener in front of an HTTPS one.
+    #[schemars(with = "Option<String>")]
+    pub redirect: Option<Spanned<String>>,
     /// Terminate TLS (HTTPS) on this listener with the certificates given, chosen by the name
     /// the client asks for (SNI). Envoy gets them through SDS on its ADS stream and gets them
     /// again when the files change, without draining the listener. Not with `proxyless: true`.
     #[schemars(with = "Option<RawListenerTls>")]
     pub tls: Option<Spanned<RawListenerTls>>,
+}
+
+/// A virtual host: the routes of requests for some host names.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Host")]
+pub struct RawHost {
+    /// Host names: `shop.example.com`, or `*.example.com` for any name under it. At least one;
+    /// no name on two hosts of a listener.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub names: Vec<Spanned<String>>,
+    /// Routes in match order, as a listener's. At least one.
+    #[serde(default)]
+    #[schemars(with = "Vec<RawRoute>")]
+    pub routes: Vec<Spanned<RawRoute>>,
 }
 
 /// TLS termination on a listener (Envoy's `DownstreamTlsContext`, secrets over SDS).

@@ -152,7 +152,7 @@ services:
             "deploy.yaml:10:16: a route matches on either `prefix` or `path`, not both",
             "deploy.yaml:11:18: unknown service \"chekout\" in route of listener \"public\" (services are: checkout, bad/name, quiet); did you mean \"checkout\"?",
             "deploy.yaml:12:26: `prefix` must start with '/', got \"api\"",
-            "deploy.yaml:14:11: listener \"empty\" has no routes: add one under `routes:` that names a service",
+            "deploy.yaml:14:11: listener \"empty\" has no routes: add one under `routes:` that names a service (or give it `hosts:` with theirs, or `redirect: https`)",
             "deploy.yaml:19:43: endpoint 127.0.0.1:8081 is listed twice in services.checkout.versions.blue",
             "deploy.yaml:19:59: invalid endpoint \"loc@lhost:80\" in services.checkout.versions.blue: \"loc@lhost\" is neither an IP address nor a DNS name: a name is dot-separated labels of 1 to 63 letters, digits, '-' or '_' (not starting or ending with '-'), at most 253 characters; write IPv6 addresses in brackets, e.g. [::1]:8081",
             "deploy.yaml:19:73: endpoint \"127.0.0.1:0\" has port 0: give the port the version listens on",

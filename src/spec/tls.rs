@@ -129,7 +129,7 @@ impl Validator {
     }
 
     /// A DNS name as SNI carries it, or `*.` and one: lowercase (SNI is not case sensitive).
-    fn server_name(&mut self, raw: &Spanned<String>) -> Option<String> {
+    pub(super) fn server_name(&mut self, raw: &Spanned<String>) -> Option<String> {
         let name = raw.value.to_ascii_lowercase();
         let rest = name.strip_prefix("*.").unwrap_or(&name);
         let label_ok = |l: &str| {

@@ -9,8 +9,8 @@ use serde_saphyr::{Location, Spanned};
 use super::limits::{Count, Limit, Limits};
 use super::raw::{
     Entries, RawAccessRule, RawAnalysis, RawCanary, RawCsdsScope, RawEndpoint, RawGroup,
-    RawListener, RawNodeMatch, RawPreview, RawRule, RawRuleMatch, RawService, RawSpec, RawStep,
-    RawStrategy, RawWebhook, Scalar,
+    RawListener, RawNodeMatch, RawPreview, RawRoute, RawRule, RawRuleMatch, RawService, RawSpec,
+    RawStep, RawStrategy, RawWebhook, Scalar,
 };
 use super::{
     AddressError, Analysis, BaselineLimits, Condition, Endpoint, EndpointAddress, Group, Listener,
@@ -741,10 +741,19 @@ impl Validator {
                 )
             })
             .collect();
-        let routes = raw.listeners.iter().flat_map(|l| &l.value.routes).map(|r| {
-            let service = r.value.service.value.as_str();
-            (&r.referenced, per_route.get(service).copied().unwrap_or(1))
-        });
+        let routes = raw
+            .listeners
+            .iter()
+            .flat_map(|l| {
+                l.value
+                    .routes
+                    .iter()
+                    .chain(l.value.hosts.iter().flat_map(|h| &h.value.routes))
+            })
+            .map(|r| {
+                let service = r.value.service.value.as_str();
+                (&r.referenced, per_route.get(service).copied().unwrap_or(1))
+            });
         self.over_total(Limit::Routes, limits, "Envoy routes", routes);
     }
 
@@ -826,14 +835,40 @@ impl Validator {
                 None
             }
         };
-        if raw.routes.is_empty() {
+        if raw.routes.is_empty() && raw.hosts.is_empty() && raw.redirect.is_none() {
             let msg = format!(
-                "listener \"{name}\" has no routes: add one under `routes:` that names a service"
+                "listener \"{name}\" has no routes: add one under `routes:` that names a service \
+                 (or give it `hosts:` with theirs, or `redirect: https`)"
             );
             self.at(&raw.name.referenced, msg);
         }
+        let routes = self.routes(&raw.routes, name, spec, services);
+        let hosts = self.hosts(raw, name, spec, services, proxyless.is_some());
+        let redirect = self.redirect(raw, name, proxyless.is_some());
+        let tls = match &raw.tls {
+            Some(tls) => Some(self.listener_tls(tls, name, proxyless.is_some())?),
+            None => None,
+        };
+        Some(Listener {
+            name: name.clone(),
+            kind: kind?,
+            routes,
+            hosts: hosts?,
+            redirect: redirect?,
+            tls,
+        })
+    }
+
+    /// Routes of a listener or one of its hosts, in match order.
+    pub(super) fn routes(
+        &mut self,
+        raw: &[Spanned<RawRoute>],
+        name: &str,
+        spec: &RawSpec,
+        services: &BTreeMap<String, Service>,
+    ) -> Vec<Route> {
         let mut routes = Vec::new();
-        for r in &raw.routes {
+        for r in raw {
             let m = &r.value.matcher;
             let matcher = match (&m.value.prefix, &m.value.path) {
                 (Some(p), None) => self.path(p, "prefix").map(PathMatch::Prefix),
@@ -884,16 +919,7 @@ impl Validator {
                 });
             }
         }
-        let tls = match &raw.tls {
-            Some(tls) => Some(self.listener_tls(tls, name, proxyless.is_some())?),
-            None => None,
-        };
-        Some(Listener {
-            name: name.clone(),
-            kind: kind?,
-            routes,
-            tls,
-        })
+        routes
     }
 
     fn path(&mut self, p: &Spanned<String>, key: &str) -> Option<String> {

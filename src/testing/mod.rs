@@ -376,6 +376,8 @@ fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .timeout(REQUEST_TIMEOUT)
+        // A redirect is an answer the tests look at, not one to follow.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("HTTP client")
 }

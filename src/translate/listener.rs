@@ -9,16 +9,20 @@ use envoy_types::pb::envoy::config::listener::v3::{
     ApiListener, Filter, FilterChain, Listener, filter,
 };
 
-use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+use envoy_types::pb::envoy::config::route::v3::{
+    RedirectAction, Route, RouteConfiguration, RouteMatch, VirtualHost, redirect_action, route,
+    route_match,
+};
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, HttpFilter, Rds, http_connection_manager::RouteSpecifier, http_filter,
+    HttpConnectionManager, HttpFilter, Rds, http_connection_manager::RouteSpecifier,
+    http_connection_manager::StripPortMode, http_filter,
 };
 
 use super::cluster::socket_address;
 use super::{ads_config_source, any, routes};
 use crate::reconcile::{ListenerPlan, Plan};
-use crate::spec::ListenerKind;
+use crate::spec::{ListenerKind, Redirect};
 
 /// The RDS name of a listener's routes: the listener's own name, so the two read together.
 pub(crate) fn route_config_name(listener: &str) -> String {
@@ -32,6 +36,8 @@ pub(super) fn listener(l: &ListenerPlan) -> Listener {
             config_source: Some(ads_config_source()),
             route_config_name: route_config_name(&l.name),
         })),
+        // Hosts match the name without its port (`shop.example.com:8443`).
+        strip_port_mode: (!l.hosts.is_empty()).then_some(StripPortMode::StripAnyHostPort(true)),
         http_filters: vec![HttpFilter {
             name: "envoy.filters.http.router".to_owned(),
             config_type: Some(http_filter::ConfigType::TypedConfig(
@@ -75,27 +81,62 @@ pub(super) fn listener(l: &ListenerPlan) -> Listener {
 }
 
 pub(super) fn route_configuration(l: &ListenerPlan, plan: &Plan) -> RouteConfiguration {
-    let routes = l
-        .routes
-        .iter()
-        .filter_map(|r| {
-            let service = plan.services.get(&r.service)?;
-            Some(routes::service_routes(&r.matcher, service, l.kind))
-        })
-        .flatten()
-        .collect();
-    RouteConfiguration {
-        name: route_config_name(&l.name),
-        virtual_hosts: vec![VirtualHost {
+    let routes = |listed: &[crate::spec::Route]| -> Vec<Route> {
+        let mut out: Vec<Route> = listed
+            .iter()
+            .filter_map(|r| {
+                let service = plan.services.get(&r.service)?;
+                Some(routes::service_routes(&r.matcher, service, l.kind))
+            })
+            .flatten()
+            .collect();
+        if let Some(Redirect::Https) = l.redirect {
+            out.push(https_redirect());
+        }
+        out
+    };
+    let mut virtual_hosts = Vec::new();
+    // Any other host: with hosts, only if the file gives it routes (else Envoy answers 404).
+    if l.hosts.is_empty() || !l.routes.is_empty() || l.redirect.is_some() {
+        virtual_hosts.push(VirtualHost {
             name: l.name.clone(),
             domains: match l.kind {
                 ListenerKind::Envoy(_) => vec!["*".to_owned()],
                 // gRPC matches the domains against the target's authority, the listener name.
                 ListenerKind::Proxyless => vec![l.name.clone()],
             },
-            routes,
+            routes: routes(&l.routes),
             ..Default::default()
-        }],
+        });
+    }
+    for h in &l.hosts {
+        virtual_hosts.push(VirtualHost {
+            name: format!("{}/{}", l.name, h.names.first().map_or("", String::as_str)),
+            domains: h.names.clone(),
+            routes: routes(&h.routes),
+            ..Default::default()
+        });
+    }
+    RouteConfiguration {
+        name: route_config_name(&l.name),
+        virtual_hosts,
+        ..Default::default()
+    }
+}
+
+/// Every request to the same host and path over HTTPS, 301.
+fn https_redirect() -> Route {
+    Route {
+        r#match: Some(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::Prefix("/".to_owned())),
+            ..Default::default()
+        }),
+        action: Some(route::Action::Redirect(RedirectAction {
+            scheme_rewrite_specifier: Some(redirect_action::SchemeRewriteSpecifier::HttpsRedirect(
+                true,
+            )),
+            ..Default::default()
+        })),
         ..Default::default()
     }
 }
