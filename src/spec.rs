@@ -178,7 +178,7 @@ pub enum TlsVersion {
 }
 
 /// A file the deployment file names, and where it names it (for messages).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileRef {
     /// As written: relative paths are relative to the deployment file's directory.
     pub path: String,
@@ -659,8 +659,11 @@ pub struct FailurePercentage {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthCheck {
-    /// `None` means a TCP connect check.
+    /// `None` means a TCP connect check, or gRPC's with `grpc`.
     pub path: Option<String>,
+    /// gRPC's health service (`protocol: grpc` services).
+    #[serde(default)]
+    pub grpc: bool,
     pub interval: Duration,
     pub timeout: Duration,
     pub unhealthy_threshold: u32,
@@ -686,6 +689,35 @@ pub struct Policy {
     pub connect_timeout: Duration,
     pub retries: Retries,
     pub panic_threshold: Percent,
+    // Defaults: what a policy stored before these keys existed meant.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// WebSocket upgrades pass through the service's routes.
+    #[serde(default)]
+    pub websocket: bool,
+    /// TLS to the endpoints.
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+}
+
+/// The protocol Envoy speaks to a service's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Http1,
+    Http2,
+    /// HTTP/2, with gRPC's health checks and status codes.
+    Grpc,
+}
+
+/// TLS from Envoy to a service's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamTls {
+    /// Sent as SNI; with `ca`, the name the endpoints' certificate must carry.
+    pub sni: Option<String>,
+    /// Verified against this CA (its content in [`Spec::pem_files`]); `None`: not verified.
+    pub ca: Option<FileRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

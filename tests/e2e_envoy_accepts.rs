@@ -424,9 +424,13 @@ fn policy() -> impl Strategy<Value = Vec<String>> {
         any::<bool>(),
     ))
     .prop_map(|h| {
+        // The kind of check, and the rest (the kind may become gRPC's below).
         h.map(|(check, interval, timeout, unhealthy, healthy, wait)| {
-            format!(
-                "{{ {check}, interval: {interval}, timeout: {timeout}, unhealthy_threshold: {unhealthy}, healthy_threshold: {healthy}, wait_for_first_check: {wait} }}"
+            (
+                check,
+                format!(
+                    "interval: {interval}, timeout: {timeout}, unhealthy_threshold: {unhealthy}, healthy_threshold: {healthy}, wait_for_first_check: {wait}"
+                ),
             )
         })
     });
@@ -468,9 +472,10 @@ fn policy() -> impl Strategy<Value = Vec<String>> {
         proptest::option::of(duration()),
         retries,
         proptest::option::of(percent()),
+        upstream(),
     )
         .prop_map(
-            |(lb, outlier, health, slow_start, timeout, connect, retries, panic)| {
+            |(lb, outlier, health, slow_start, timeout, connect, retries, panic, upstream)| {
                 let slow_start_fits = lb
                     .as_deref()
                     .is_none_or(|l| l == "round_robin" || l == "least_request");
@@ -482,7 +487,18 @@ fn policy() -> impl Strategy<Value = Vec<String>> {
                 };
                 push("load_balancing", lb);
                 push("outlier_detection", outlier);
-                push("health_check", health);
+                let (protocol, websocket, tls, grpc_check) = upstream;
+                push(
+                    "health_check",
+                    health.map(|(check, rest)| {
+                        let check = if protocol == Some("grpc") && grpc_check {
+                            "grpc: true".to_owned()
+                        } else {
+                            check
+                        };
+                        format!("{{ {check}, {rest} }}")
+                    }),
+                );
                 push(
                     "slow_start",
                     slow_start.filter(|_| slow_start_fits).map(str::to_owned),
@@ -491,9 +507,44 @@ fn policy() -> impl Strategy<Value = Vec<String>> {
                 push("connect_timeout", connect.map(str::to_owned));
                 push("retries", retries);
                 push("panic_threshold", panic);
+                push("protocol", protocol.map(str::to_owned));
+                push(
+                    "websocket",
+                    websocket
+                        .filter(|_| protocol.is_none_or(|p| p == "http1"))
+                        .map(|w| w.to_string()),
+                );
+                push("tls", tls);
                 lines
             },
         )
+}
+
+/// How Envoy speaks to the endpoints: the protocol, WebSocket upgrades, TLS (with the example
+/// CA), and whether a gRPC service's health check is gRPC's.
+#[allow(
+    clippy::type_complexity,
+    reason = "a tuple of a generator, read where it is used"
+)]
+fn upstream() -> impl Strategy<Value = (Option<&'static str>, Option<bool>, Option<String>, bool)> {
+    let tls = proptest::option::of((any::<bool>(), any::<bool>())).prop_map(|t| {
+        t.map(|(sni, ca)| {
+            let mut f = Vec::new();
+            if sni {
+                f.push("sni: shop.example.com".to_owned());
+            }
+            if ca {
+                f.push(format!("ca: \"{}\"", example_cert("shop").0));
+            }
+            format!("{{ {} }}", f.join(", "))
+        })
+    });
+    (
+        proptest::option::of(select(vec!["http1", "http2", "grpc"])),
+        proptest::option::of(any::<bool>()),
+        tls,
+        any::<bool>(),
+    )
 }
 
 fn service() -> impl Strategy<Value = Service> {

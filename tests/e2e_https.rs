@@ -260,3 +260,79 @@ in_both_xds_modes! {
         assert_eq!(other.body, "api-1");
     }
 }
+
+fn upstream_tls_file(
+    listener: std::net::SocketAddr,
+    blue: &Upstream,
+    green: &Upstream,
+    active: &str,
+    sni: &str,
+) -> String {
+    format!(
+        "\
+listeners:
+  - name: public
+    address: {listener}
+    routes:
+      - match: {{ prefix: / }}
+        service: checkout
+services:
+  checkout:
+    tls: {{ sni: {sni}, ca: certs/upstream-ca.pem }}
+    versions:
+      blue:  {{ endpoints: [{blue}] }}
+      green: {{ endpoints: [{green}] }}
+    active: {active}
+",
+        blue = blue.addr,
+        green = green.addr,
+    )
+}
+
+in_both_xds_modes! {
+    async fn tls_to_upstreams_is_verified_and_a_switch_under_load_fails_nothing(xds: Protocol) {
+        let Some(envoy_bin) = envoy_binary() else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("certs")).unwrap();
+        let ca = Ca::new("upstream CA");
+        let pair = ca.server(&["shop.internal"]);
+        ca.write(&dir.path().join("certs"), "upstream", &pair);
+        let blue = Upstream::start_tls("blue-tls", &pair.cert, &pair.key).await;
+        let green = Upstream::start_tls("green-tls", &pair.cert, &pair.key).await;
+        let listener = free_port();
+        let file = DeploymentFile::new(dir.path().join("deploy.yaml"));
+        file.write_renamed(&upstream_tls_file(listener, &blue, &green, "blue", "shop.internal"));
+        let cutover = Cutover::start(dir.path(), &file.path).await;
+        let envoy = Envoy::start_with(
+            &envoy_bin,
+            dir.path(),
+            "edge-1",
+            cutover.ads,
+            listener,
+            xds.bootstrap_args(),
+        )
+        .await;
+        assert_eq!(envoy.get("/").await.unwrap(), "blue-tls");
+
+        let load = cutover::testing::load::Load::start(listener);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        file.write_renamed(&upstream_tls_file(listener, &blue, &green, "green", "shop.internal"));
+        eventually(WAIT, "the switch to green over TLS", async || {
+            envoy.get("/").await.is_ok_and(|b| b == "green-tls")
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let outcome = load.stop().await;
+        outcome.assert_no_failures("a blue-green switch of a TLS upstream");
+        assert!(outcome.by_body.contains_key("blue-tls") && outcome.by_body.contains_key("green-tls"));
+
+        // The endpoints' certificate is checked against the name: a name it lacks fails.
+        file.write_renamed(&upstream_tls_file(listener, &blue, &green, "green", "other.internal"));
+        eventually(WAIT, "a certificate without the name to be refused", async || {
+            envoy.get("/").await.is_err()
+        })
+        .await;
+    }
+}

@@ -225,6 +225,8 @@ pub struct RoutePolicy {
     pub retries: Option<Retries>,
     pub hash: Option<HashOn>,
     pub mirror: Option<(ClusterId, Percent)>,
+    /// WebSocket upgrades pass through.
+    pub websocket: bool,
 }
 
 /// The plan for `spec` given `state` at `now`. Pure and deterministic.
@@ -514,6 +516,7 @@ fn route_policy(name: &str, service: &Service) -> RoutePolicy {
             .mirror
             .as_ref()
             .map(|m| (ClusterId::new(name, &m.version), m.percent)),
+        websocket: policy.websocket,
     }
 }
 

@@ -6,12 +6,13 @@ use std::time::Duration;
 use serde_saphyr::Spanned;
 
 use super::raw::{
-    RawHashOn, RawHealthCheck, RawLoadBalancing, RawOutlierDetection, RawRetries, RawService,
+    RawHashOn, RawHealthCheck, RawLoadBalancing, RawOutlierDetection, RawProtocol, RawRetries,
+    RawService,
 };
 use super::validate::Validator;
 use super::{
     FailurePercentage, HashOn, HealthCheck, LoadBalancing, OutlierDetection, Percent, Policy,
-    Retries, SuccessRate,
+    Protocol, Retries, SuccessRate, UpstreamTls,
 };
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -99,7 +100,11 @@ impl Validator {
             Percent::from_ppm(0),
         )?;
 
+        let (protocol, websocket, tls) = self.upstream(raw, health_check.as_ref(), &mut ok);
         ok.then_some(Policy {
+            protocol,
+            websocket,
+            tls,
             load_balancing,
             outlier_detection,
             health_check,
@@ -109,6 +114,54 @@ impl Validator {
             retries,
             panic_threshold,
         })
+    }
+
+    /// How Envoy speaks to the endpoints: protocol, WebSocket upgrades, TLS; and whether the
+    /// health check fits the protocol.
+    fn upstream(
+        &mut self,
+        raw: &RawService,
+        health_check: Option<&HealthCheck>,
+        ok: &mut bool,
+    ) -> (Protocol, bool, Option<UpstreamTls>) {
+        let protocol = match raw.protocol.as_ref().map(|p| p.value) {
+            None | Some(RawProtocol::Http1) => Protocol::Http1,
+            Some(RawProtocol::Http2) => Protocol::Http2,
+            Some(RawProtocol::Grpc) => Protocol::Grpc,
+        };
+        if let Some(h) = health_check
+            && h.grpc
+            && protocol != Protocol::Grpc
+            && let Some(raw_check) = &raw.health_check
+        {
+            self.at(
+                &raw_check.referenced,
+                "`grpc: true` checks a gRPC service: give the service `protocol: grpc`, or check \
+                 it with an HTTP `path`",
+            );
+            *ok = false;
+        }
+        let websocket = raw.websocket.as_ref().is_some_and(|w| w.value);
+        if websocket
+            && protocol != Protocol::Http1
+            && let Some(w) = &raw.websocket
+        {
+            self.at(
+                &w.referenced,
+                "`websocket: true` is for `protocol: http1` services (the WebSocket upgrade is \
+                 an HTTP/1.1 request); remove `websocket` or the `protocol`",
+            );
+            *ok = false;
+        }
+        let tls = raw.tls.as_ref().map(|t| {
+            let sni = t.value.sni.as_ref().and_then(|s| self.server_name(s));
+            let ca = t.value.ca.as_ref().and_then(|ca| self.file_ref(ca, "ca"));
+            if t.value.sni.is_some() != sni.is_some() || t.value.ca.is_some() != ca.is_some() {
+                *ok = false;
+            }
+            UpstreamTls { sni, ca }
+        });
+        (protocol, websocket, tls)
     }
 
     /// Outlier detection with its defaults (`o` is `None` when the file says nothing: it is on
@@ -202,7 +255,16 @@ impl Validator {
         ok: &mut bool,
     ) -> Option<HealthCheck> {
         let v = &h.value;
+        let grpc = v.grpc.as_ref().is_some_and(|g| g.value);
+        if grpc && (v.path.is_some() || v.tcp == Some(true)) {
+            self.at(
+                &h.referenced,
+                "a health check is one of HTTP (`path`), `tcp: true` or `grpc: true`",
+            );
+            *ok = false;
+        }
         let path = match (&v.path, v.tcp) {
+            (None, None | Some(false)) if grpc => None,
             (Some(p), None | Some(false)) => {
                 if !p.value.starts_with('/') {
                     self.at(
@@ -227,7 +289,7 @@ impl Validator {
             }
             (None, _) => {
                 let msg = format!(
-                    "the health check of service \"{service}\" needs an HTTP `path` (e.g. /health) or `tcp: true`"
+                    "the health check of service \"{service}\" needs an HTTP `path` (e.g. /health), `tcp: true` or (gRPC) `grpc: true`"
                 );
                 self.at(&h.referenced, msg);
                 *ok = false;
@@ -260,6 +322,7 @@ impl Validator {
         );
         Some(HealthCheck {
             path,
+            grpc,
             interval: interval?,
             timeout: timeout?,
             unhealthy_threshold: unhealthy?,
@@ -310,5 +373,121 @@ fn hash_on(raw: &RawHashOn) -> HashOn {
         RawHashOn::Header(h) => HashOn::Header(h.to_ascii_lowercase()),
         RawHashOn::Cookie(c) => HashOn::Cookie(c.clone()),
         RawHashOn::SourceIp => HashOn::SourceIp,
+    }
+}
+
+#[cfg(test)]
+mod upstream_tests {
+    use crate::spec::{Protocol, parse};
+
+    fn file(service: &str) -> String {
+        format!(
+            "listeners:
+  - name: public
+    address: 127.0.0.1:10000
+    routes:
+      - match: {{ prefix: / }}
+        service: api
+services:
+  api:
+{service}    versions:
+      v1: {{ endpoints: [127.0.0.1:8081] }}
+    active: v1
+"
+        )
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        match parse("deploy.yaml", text) {
+            Ok(spec) => panic!("expected problems, got {spec:?}"),
+            Err(e) => e.to_string().lines().map(str::to_owned).collect(),
+        }
+    }
+
+    #[test]
+    fn protocol_websocket_tls_and_a_grpc_health_check_parse() {
+        let spec = parse(
+            "deploy.yaml",
+            &file(
+                "    protocol: grpc
+    health_check: { grpc: true }
+    tls: { sni: API.internal, ca: certs/ca.pem }
+",
+            ),
+        )
+        .unwrap();
+        let policy = &spec.services["api"].policy;
+        assert_eq!(policy.protocol, Protocol::Grpc);
+        assert!(policy.health_check.as_ref().unwrap().grpc);
+        let tls = policy.tls.as_ref().unwrap();
+        assert_eq!(tls.sni.as_deref(), Some("api.internal"));
+        assert_eq!(tls.ca.as_ref().unwrap().path, "certs/ca.pem");
+        assert_eq!(
+            crate::spec::pem_paths(&spec)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            ["certs/ca.pem"]
+        );
+        let plain = parse("deploy.yaml", &file("    websocket: true\n")).unwrap();
+        assert!(plain.services["api"].policy.websocket);
+        assert_eq!(plain.services["api"].policy.protocol, Protocol::Http1);
+    }
+
+    #[test]
+    fn mismatched_upstream_keys_are_reported_where_they_are() {
+        assert_eq!(
+            problems(&file(
+                "    protocol: http2
+    websocket: true
+    health_check: { grpc: true }
+    tls: { ca: \"\" }
+"
+            )),
+            [
+                "deploy.yaml:10:16: `websocket: true` is for `protocol: http1` services (the WebSocket upgrade is an HTTP/1.1 request); remove `websocket` or the `protocol`",
+                "deploy.yaml:11:19: `grpc: true` checks a gRPC service: give the service `protocol: grpc`, or check it with an HTTP `path`",
+                "deploy.yaml:12:16: `ca` is empty: name a PEM file",
+            ]
+        );
+        assert_eq!(
+            problems(&file(
+                "    protocol: grpc\n    health_check: { grpc: true, path: /health }\n"
+            )),
+            [
+                "deploy.yaml:10:19: a health check is one of HTTP (`path`), `tcp: true` or `grpc: true`"
+            ]
+        );
+        let p = problems(&file("    protocol: http3\n"));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("deploy.yaml:9:15: "), "{p:?}");
+    }
+
+    #[test]
+    fn proxyless_clients_refuse_what_they_cannot_do() {
+        let text = "listeners:
+  - name: api.svc
+    proxyless: true
+    routes:
+      - match: { prefix: / }
+        service: api
+services:
+  api:
+    protocol: http2
+    websocket: true
+    tls: { sni: api.internal }
+    versions:
+      v1: { endpoints: [127.0.0.1:8081] }
+    active: v1
+";
+        let p = problems(text);
+        let at: Vec<&str> = p
+            .iter()
+            .filter_map(|m| Some(&m[..m.find(": service \"api\" is used by gRPC clients")?]))
+            .collect();
+        assert_eq!(
+            at,
+            ["deploy.yaml:9:15", "deploy.yaml:10:16", "deploy.yaml:11:10"],
+            "{p:#?}"
+        );
     }
 }

@@ -8,7 +8,9 @@
 
 use serde_saphyr::Location;
 
-use super::raw::{RawLoadBalancing, RawRuleMatch, RawService, RawSpec, RawStep, RawStrategy};
+use super::raw::{
+    RawLoadBalancing, RawProtocol, RawRuleMatch, RawService, RawSpec, RawStep, RawStrategy,
+};
 use super::validate::Validator;
 use super::{EndpointAddress, ListenerKind, Spec};
 
@@ -128,6 +130,30 @@ impl Check<'_> {
         reason = "one refusal per feature gRPC clients lack, in the README's order"
     )]
     fn service(&mut self, raw: &RawService) {
+        if let Some(p) = &raw.protocol
+            && !matches!(p.value, RawProtocol::Grpc)
+        {
+            self.refuse(
+                &p.referenced,
+                "speak gRPC to the endpoints themselves",
+                "remove `protocol` or write `protocol: grpc`",
+            );
+        }
+        if let Some(w) = raw.websocket.as_ref().filter(|w| w.value) {
+            self.refuse(
+                &w.referenced,
+                "make gRPC calls, not WebSocket upgrades",
+                "remove `websocket`",
+            );
+        }
+        if let Some(t) = &raw.tls {
+            self.refuse(
+                &t.referenced,
+                "take the TLS to endpoints from their own channel credentials, not from the \
+                 cluster (they ignore its `transport_socket`)",
+                "remove `tls`",
+            );
+        }
         let mirror = "use an Envoy listener for this service, or another strategy";
         if let Some(s) = &raw.strategy {
             match &s.value {

@@ -280,10 +280,46 @@ pub struct RawService {
     /// reset-before-request (safe for any method), each on another endpoint.
     #[schemars(with = "Option<RawRetries>")]
     pub retries: Option<Spanned<RawRetries>>,
+    /// How Envoy speaks to the endpoints: `http1` (default), `http2`, or `grpc` (HTTP/2;
+    /// gRPC clients reach it through any listener).
+    #[schemars(with = "Option<RawProtocol>")]
+    pub protocol: Option<Spanned<RawProtocol>>,
+    /// `true`: WebSocket upgrades on this service's routes are passed through (HTTP/1.1
+    /// `Upgrade: websocket`); the connection stays with the version it opened on. Default: false.
+    #[schemars(with = "Option<bool>")]
+    pub websocket: Option<Spanned<bool>>,
+    /// Speak TLS to the endpoints, verifying them against `ca` (without it, not verified)
+    /// and sending `sni` as the server name.
+    #[schemars(with = "Option<RawUpstreamTls>")]
+    pub tls: Option<Spanned<RawUpstreamTls>>,
     /// Below this share of available endpoints Envoy ignores health and spreads requests over
     /// all of them (panic mode). Default: 0 (never).
     #[schemars(with = "Option<Percentage>")]
     pub panic_threshold: Option<Spanned<Scalar>>,
+}
+
+/// The protocol Envoy speaks to a service's endpoints.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[schemars(rename = "Protocol")]
+pub enum RawProtocol {
+    Http1,
+    Http2,
+    Grpc,
+}
+
+/// TLS from Envoy to a service's endpoints.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "UpstreamTls")]
+pub struct RawUpstreamTls {
+    /// The server name sent (SNI) and, with `ca`, the name the certificate must carry.
+    #[schemars(with = "Option<String>")]
+    pub sni: Option<Spanned<String>>,
+    /// PEM file of the CA the endpoints' certificates must be signed by. Relative paths are
+    /// relative to the deployment file's directory.
+    #[schemars(with = "Option<String>")]
+    pub ca: Option<Spanned<String>>,
 }
 
 /// Which versions of a service get traffic: exactly one of the strategies.
@@ -742,6 +778,10 @@ pub struct RawHealthCheck {
     pub path: Option<Spanned<String>>,
     /// `true`: the check is a TCP connect.
     pub tcp: Option<bool>,
+    /// `true`: the check is gRPC's health service (`grpc.health.v1.Health/Check`, healthy on
+    /// `SERVING`); for `protocol: grpc` services.
+    #[schemars(with = "Option<bool>")]
+    pub grpc: Option<Spanned<bool>>,
     /// Time between checks, also for versions with no traffic. Default: 5s.
     #[schemars(with = "Option<DurationText>")]
     pub interval: Option<Spanned<String>>,

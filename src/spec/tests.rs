@@ -80,7 +80,7 @@ fn unknown_key_suggests_the_closest() {
     let text = GOOD.replace("active: blue", "activ: blue");
     assert_eq!(
         problem(&text),
-        "deploy.yaml:12:5: unknown key `activ` (did you mean `active`?); valid keys here: `versions`, `active`, `strategy`, `mirror`, `rules`, `load_balancing`, `outlier_detection`, `health_check`, `slow_start`, `timeout`, `connect_timeout`, `retries`, `panic_threshold`"
+        "deploy.yaml:12:5: unknown key `activ` (did you mean `active`?); valid keys here: `versions`, `active`, `strategy`, `mirror`, `rules`, `load_balancing`, `outlier_detection`, `health_check`, `slow_start`, `timeout`, `connect_timeout`, `retries`, `protocol`, `websocket`, `tls`, `panic_threshold`"
     );
     let text = GOOD.replace("routes:", "routs:");
     assert!(
@@ -341,7 +341,7 @@ fn policy_defaults_and_errors() {
         problem(&service(
             "    active: v1\n    health_check: { interval: 5s }\n"
         )),
-        "deploy.yaml:13:19: the health check of service \"checkout\" needs an HTTP `path` (e.g. /health) or `tcp: true`"
+        "deploy.yaml:13:19: the health check of service \"checkout\" needs an HTTP `path` (e.g. /health), `tcp: true` or (gRPC) `grpc: true`"
     );
     assert_eq!(
         problem(&service(

@@ -115,7 +115,7 @@ impl Validator {
         })
     }
 
-    fn file_ref(&mut self, raw: &Spanned<String>, key: &str) -> Option<FileRef> {
+    pub(super) fn file_ref(&mut self, raw: &Spanned<String>, key: &str) -> Option<FileRef> {
         if raw.value.trim().is_empty() {
             let msg = format!("`{key}` is empty: name a PEM file");
             self.at(&raw.referenced, msg);
@@ -162,6 +162,15 @@ pub fn pem_paths(spec: &Spec) -> BTreeSet<String> {
         }
         out.extend(tls.client_ca.iter().map(|ca| ca.path.clone()));
     }
+    for s in spec.services.values() {
+        out.extend(
+            s.policy
+                .tls
+                .iter()
+                .flat_map(|t| &t.ca)
+                .map(|ca| ca.path.clone()),
+        );
+    }
     out
 }
 
@@ -188,6 +197,13 @@ pub fn load_pem_files(
         if let Some(ca) = &tls.client_ca {
             check.certs(ca, "client_ca");
         }
+    }
+    for ca in spec
+        .services
+        .values()
+        .filter_map(|s| s.policy.tls.as_ref()?.ca.as_ref())
+    {
+        check.certs(ca, "ca");
     }
     if !check.errors.is_empty() {
         check.errors.sort_by_key(|p| (p.line, p.column));

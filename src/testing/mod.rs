@@ -33,6 +33,7 @@ pub mod proxyless;
 mod scenario;
 pub mod switch_latency;
 mod upstream;
+pub mod websocket;
 pub mod xds;
 
 use std::collections::BTreeMap;

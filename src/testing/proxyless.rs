@@ -177,6 +177,24 @@ impl GrpcClient {
         client
     }
 
+    /// A Python (grpcio) client with a plain channel to `addr` (an Envoy listener in front of
+    /// a gRPC service), once its first call is answered.
+    pub async fn direct(parts: &Parts, addr: std::net::SocketAddr) -> Self {
+        let mut command = Command::new(&parts.python);
+        command
+            .arg(parts.dir.join("client.py"))
+            .arg(format!("direct:{addr}"));
+        let mut client = GrpcClient {
+            kind: ClientKind::Python,
+            driver: Driver::start("the gRPC client", command, ANSWER),
+        };
+        let ready = client
+            .run(json!({ "op": "ready", "timeout_ms": 20_000 }))
+            .await;
+        assert!(ready.done, "the first call through Envoy failed: {ready:?}");
+        client
+    }
+
     async fn run(&mut self, command: serde_json::Value) -> Calls {
         self.driver.send(&command.to_string());
         let line = self.driver.answer().await;

@@ -54,6 +54,30 @@ struct UpstreamState {
 
 impl Upstream {
     pub async fn start(name: &str) -> Upstream {
+        Upstream::start_with(name, None).await
+    }
+
+    /// [`Upstream::start`] speaking TLS with this certificate chain and key (PEM).
+    pub async fn start_tls(name: &str, cert: &str, key: &str) -> Upstream {
+        use rustls::pki_types::pem::PemObject;
+        let chain = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("a PEM certificate chain");
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes())
+            .expect("a PEM private key");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("a certificate and its key");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        Upstream::start_with(name, Some(acceptor)).await
+    }
+
+    async fn start_with(name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind an upstream on 127.0.0.1:0");
@@ -70,7 +94,12 @@ impl Upstream {
             delay_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
         });
-        let task = tokio::spawn(serve_upstream(listener, name.to_owned(), state.clone()));
+        let task = tokio::spawn(serve_upstream(
+            listener,
+            name.to_owned(),
+            state.clone(),
+            tls,
+        ));
         Upstream {
             name: name.to_owned(),
             addr,
@@ -183,7 +212,12 @@ impl UpstreamState {
     }
 }
 
-async fn serve_upstream(listener: TcpListener, name: String, state: Arc<UpstreamState>) {
+async fn serve_upstream(
+    listener: TcpListener,
+    name: String,
+    state: Arc<UpstreamState>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let body = Bytes::from(name);
     let mut connections = JoinSet::new();
     loop {
@@ -195,7 +229,7 @@ async fn serve_upstream(listener: TcpListener, name: String, state: Arc<Upstream
                 continue;
             }
         };
-        let (body, state) = (body.clone(), state.clone());
+        let (body, state, tls) = (body.clone(), state.clone(), tls.clone());
         connections.spawn(async move {
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let mut delay = Duration::ZERO;
@@ -240,9 +274,21 @@ async fn serve_upstream(listener: TcpListener, name: String, state: Arc<Upstream
                     Ok::<_, std::convert::Infallible>(resp)
                 }
             });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            match tls {
+                None => {
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                }
+                Some(acceptor) => {
+                    let Ok(stream) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                }
+            }
         });
         while connections.try_join_next().is_some() {}
     }

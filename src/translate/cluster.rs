@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::config::cluster::v3::{
 };
 use envoy_types::pb::envoy::config::core::v3::{
     Address, HealthCheck, HealthStatus, Locality, SocketAddress, TypedExtensionConfig, address,
-    health_check::{HealthChecker, HttpHealthCheck, TcpHealthCheck},
+    health_check::{GrpcHealthCheck, HealthChecker, HttpHealthCheck, TcpHealthCheck},
     socket_address::PortSpecifier,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
@@ -25,20 +25,43 @@ use envoy_types::pb::envoy::extensions::load_balancing_policies::round_robin::v3
 use envoy_types::pb::envoy::r#type::v3::Percent as EnvoyPercent;
 use envoy_types::pb::google::protobuf::UInt32Value;
 
-use super::{ads_config_source, duration};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::{
+    DataSource, Http2ProtocolOptions, TransportSocket, data_source, transport_socket,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher, UpstreamTlsContext,
+    common_tls_context::ValidationContextType, subject_alt_name_matcher,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    HttpProtocolOptions, http_protocol_options::ExplicitHttpConfig,
+    http_protocol_options::UpstreamProtocolOptions,
+    http_protocol_options::explicit_http_config::ProtocolConfig,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
+use envoy_types::pb::envoy::r#type::v3::CodecClientType;
+use envoy_types::pb::google::protobuf::Any;
+
+use super::{ads_config_source, any, duration};
 use crate::ids::{ClusterId, FallbackId};
 use crate::reconcile::{EndpointPlan, Health};
-use crate::spec::{self, EndpointAddress, LoadBalancing, Policy};
+use crate::spec::{self, EndpointAddress, LoadBalancing, Policy, Protocol, UpstreamTls};
 
 /// A cluster whose endpoints come over EDS, as [`load_assignment`] builds them.
-pub(super) fn eds_cluster(id: &ClusterId, policy: &Policy) -> Cluster {
+pub(super) fn eds_cluster(
+    id: &ClusterId,
+    policy: &Policy,
+    files: &BTreeMap<String, Arc<str>>,
+) -> Cluster {
     Cluster {
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
         eds_cluster_config: Some(EdsClusterConfig {
             eds_config: Some(ads_config_source()),
             service_name: String::new(),
         }),
-        ..cluster(id, policy)
+        ..cluster(id, policy, files)
     }
 }
 
@@ -47,7 +70,12 @@ pub(super) fn eds_cluster(id: &ClusterId, policy: &Policy) -> Cluster {
 /// and drained apart; a name with several replicas behind it gets them all). `LOGICAL_DNS`
 /// would connect to one address of one name, which suits a large external service behind
 /// rotating DNS, not a version's replicas. Envoy re-resolves every 5 s (its default).
-pub(super) fn dns_cluster(id: &ClusterId, policy: &Policy, endpoints: &[EndpointPlan]) -> Cluster {
+pub(super) fn dns_cluster(
+    id: &ClusterId,
+    policy: &Policy,
+    endpoints: &[EndpointPlan],
+    files: &BTreeMap<String, Arc<str>>,
+) -> Cluster {
     Cluster {
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32)),
         // IPv4 first, IPv6 if a name has no IPv4 address: Envoy's default (AUTO) tries IPv6
@@ -55,12 +83,78 @@ pub(super) fn dns_cluster(id: &ClusterId, policy: &Policy, endpoints: &[Endpoint
         // listens on.
         dns_lookup_family: DnsLookupFamily::V4Preferred as i32,
         load_assignment: Some(load_assignment(id, endpoints, false)),
-        ..cluster(id, policy)
+        ..cluster(id, policy, files)
+    }
+}
+
+/// How Envoy speaks to the endpoints: HTTP/2 for `http2` and `grpc` (one map entry, so its
+/// encoding is deterministic), HTTP/1.1 by default.
+fn protocol_options(protocol: Protocol) -> HashMap<String, Any> {
+    if protocol == Protocol::Http1 {
+        return HashMap::new();
+    }
+    let options = HttpProtocolOptions {
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
+                    Http2ProtocolOptions::default(),
+                )),
+            },
+        )),
+        ..Default::default()
+    };
+    HashMap::from([(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
+        any(&options),
+    )])
+}
+
+/// TLS to the endpoints: SNI, and the CA inline (a new CA re-creates the cluster, which Envoy
+/// warms before it replaces the old one: a CA over SDS would let routes reach a cluster still
+/// waiting for it).
+fn upstream_tls(tls: &UpstreamTls, files: &BTreeMap<String, Arc<str>>) -> TransportSocket {
+    let validation = tls.ca.as_ref().map(|ca| {
+        ValidationContextType::ValidationContext(CertificateValidationContext {
+            trusted_ca: Some(DataSource {
+                specifier: Some(data_source::Specifier::InlineString(
+                    files
+                        .get(&ca.path)
+                        .map(|t| t.to_string())
+                        .unwrap_or_default(),
+                )),
+                ..Default::default()
+            }),
+            match_typed_subject_alt_names: tls
+                .sni
+                .iter()
+                .map(|name| SubjectAltNameMatcher {
+                    san_type: subject_alt_name_matcher::SanType::Dns as i32,
+                    matcher: Some(StringMatcher {
+                        match_pattern: Some(string_matcher::MatchPattern::Exact(name.clone())),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    });
+    let context = UpstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            validation_context_type: validation,
+            ..Default::default()
+        }),
+        sni: tls.sni.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".to_owned(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any(&context))),
     }
 }
 
 /// What every version's cluster has, whatever its discovery.
-fn cluster(id: &ClusterId, policy: &Policy) -> Cluster {
+fn cluster(id: &ClusterId, policy: &Policy, files: &BTreeMap<String, Arc<str>>) -> Cluster {
     let slow_start_config = policy.slow_start.map(|window| SlowStartConfig {
         slow_start_window: Some(duration(window)),
         ..Default::default()
@@ -107,7 +201,13 @@ fn cluster(id: &ClusterId, policy: &Policy) -> Cluster {
             ..Default::default()
         }),
         outlier_detection: policy.outlier_detection.as_ref().map(outlier_detection),
-        health_checks: policy.health_check.iter().map(health_check).collect(),
+        health_checks: policy
+            .health_check
+            .iter()
+            .map(|h| health_check(h, policy.protocol))
+            .collect(),
+        typed_extension_protocol_options: protocol_options(policy.protocol),
+        transport_socket: policy.tls.as_ref().map(|t| upstream_tls(t, files)),
         ..Default::default()
     }
 }
@@ -145,12 +245,18 @@ fn outlier_detection(o: &spec::OutlierDetection) -> OutlierDetection {
     out
 }
 
-fn health_check(h: &spec::HealthCheck) -> HealthCheck {
+fn health_check(h: &spec::HealthCheck, protocol: Protocol) -> HealthCheck {
     let health_checker = match &h.path {
         Some(path) => HealthChecker::HttpHealthCheck(HttpHealthCheck {
             path: path.clone(),
+            // As the service speaks.
+            codec_client_type: match protocol {
+                Protocol::Http1 => CodecClientType::Http1,
+                Protocol::Http2 | Protocol::Grpc => CodecClientType::Http2,
+            } as i32,
             ..Default::default()
         }),
+        None if h.grpc => HealthChecker::GrpcHealthCheck(GrpcHealthCheck::default()),
         None => HealthChecker::TcpHealthCheck(TcpHealthCheck::default()),
     };
     HealthCheck {

@@ -85,7 +85,7 @@ fn translate_some(
             match version.discovery {
                 Discovery::Eds => {
                     out.clusters
-                        .push(cluster::eds_cluster(&id, &version.policy));
+                        .push(cluster::eds_cluster(&id, &version.policy, &plan.pem_files));
                     out.endpoints.push(cluster::load_assignment(
                         &id,
                         &version.endpoints,
@@ -98,6 +98,7 @@ fn translate_some(
                     &id,
                     &version.policy,
                     &version.endpoints,
+                    &plan.pem_files,
                 )),
             }
         }

@@ -175,6 +175,14 @@ impl RouteBuilder<'_> {
                 retry_policy,
                 hash_policy,
                 request_mirror_policies,
+                upgrade_configs: if policy.websocket {
+                    vec![route_action::UpgradeConfig {
+                        upgrade_type: "websocket".to_owned(),
+                        ..Default::default()
+                    }]
+                } else {
+                    Vec::new()
+                },
                 ..Default::default()
             })),
             ..Default::default()

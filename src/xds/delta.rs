@@ -371,24 +371,21 @@ impl Stream {
             version: sent.after.version.clone(),
         });
         st.rejected = None;
-        let before = st.held.replace(sent.after);
+        st.held = Some(sent.after);
         // It may have unsubscribed from some of it meanwhile.
         st.forget_unwanted();
-        if ty == ResourceType::Cluster
-            && let Some(before) = before
-        {
-            self.resend_endpoints_of_redefined_clusters(&before);
-        }
     }
 
     /// Envoy re-creates a cluster whose definition changed, and the new one warms until it gets
-    /// its endpoints; Envoy does not ask again for a name it is subscribed to, so send them
-    /// again. (New cluster names need nothing: Envoy subscribes to them.)
-    fn resend_endpoints_of_redefined_clusters(&mut self, before: &Held) {
-        let now = self.types[ResourceType::Cluster.index()].held_resources();
-        let redefined: Vec<String> = now
+    /// its endpoints; Envoy does not ask again for a name it is subscribed to, so they are sent
+    /// again, right behind the clusters: Envoy ACKs the clusters only once they have warmed,
+    /// so waiting for that ACK would leave them warming until Envoy's initial fetch timeout
+    /// (15 s). (New cluster names need nothing: Envoy subscribes to them.)
+    fn resend_endpoints_of_redefined_clusters(&mut self, updates: &BTreeMap<String, Resource>) {
+        let held = self.types[ResourceType::Cluster.index()].held_resources();
+        let redefined: Vec<String> = updates
             .iter()
-            .filter(|(name, r)| before.resources.get(*name).is_some_and(|old| old != *r))
+            .filter(|(name, r)| held.get(*name).is_some_and(|old| old != *r))
             .map(|(name, _)| name.clone())
             .collect();
         let eds = &mut self.types[ResourceType::Endpoint.index()];
@@ -575,6 +572,9 @@ impl Stream {
             st.settled = None;
             st.resend.clear();
             st.announce.clear();
+            if ty == ResourceType::Cluster {
+                self.resend_endpoints_of_redefined_clusters(&diff.updates);
+            }
             // Applying the response gives the client exactly what it should hold.
             let after = held_from(desired);
             self.nonces += 1;

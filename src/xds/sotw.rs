@@ -384,10 +384,6 @@ impl Stream {
                         version: sent.version.clone(),
                     });
                     st.rejected = None;
-                    if ty == ResourceType::Cluster {
-                        self.refresh_endpoints_of_changed_clusters(&sent);
-                    }
-                    let st = &mut self.types[ty.index()];
                     st.acked = Some(sent);
                     st.settled = None;
                 }
@@ -524,14 +520,20 @@ impl Stream {
             if let Some(sent) = self.sent.as_ref().filter(|_| ty == ResourceType::Cluster) {
                 sent.record(ty, &version, &resources);
             }
-            self.types[ty.index()].sent = Some(Held { version, resources });
+            let held = Held { version, resources };
+            if ty == ResourceType::Cluster {
+                self.refresh_endpoints_of_changed_clusters(&held);
+            }
+            self.types[ty.index()].sent = Some(held);
         }
         adopted
     }
 
     /// Envoy re-creates a cluster whose definition changed, and the new one warms until it gets
-    /// its endpoints; Envoy does not ask again for names it already has, so send them again.
-    /// (New cluster names need nothing: Envoy subscribes to them.)
+    /// its endpoints; Envoy does not ask again for names it already has, so they are sent again,
+    /// right behind the clusters (`now`, being sent): Envoy ACKs the clusters only once they
+    /// have warmed, so waiting for that ACK would leave them warming until Envoy's initial
+    /// fetch timeout (15 s). (New cluster names need nothing: Envoy subscribes to them.)
     fn refresh_endpoints_of_changed_clusters(&mut self, now: &Held) {
         let before = self.types[ResourceType::Cluster.index()].acked_resources();
         let changed = before.is_some_and(|before| {

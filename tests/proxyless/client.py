@@ -1,7 +1,7 @@
 """gRPC's Python xDS client (grpcio) driven by tests/proxyless_clients.rs over stdin/stdout.
 
-Dials `xds:///TARGET` (argv[1]); the xDS bootstrap comes from GRPC_XDS_BOOTSTRAP, as for any
-grpcio program. Reads one JSON command per line and answers one JSON line (see client.js for
+Dials `xds:///TARGET` (argv[1]), or the address after `direct:` without xDS; the xDS bootstrap
+comes from GRPC_XDS_BOOTSTRAP, as for any grpcio program. Reads one JSON command per line and answers one JSON line (see client.js for
 the same protocol in Node):
 
   {"op": "ready", "timeout_ms": T}     one call that waits for the channel (wait_for_ready)
@@ -26,7 +26,13 @@ CALL_TIMEOUT_S = 5
 
 
 def main():
-    channel = grpc.insecure_channel("xds:///" + sys.argv[1])
+    target = sys.argv[1]
+    # `direct:HOST:PORT`: a plain channel to that address (an Envoy listener in front of a
+    # gRPC service, tests/e2e_grpc.rs), not xDS.
+    if target.startswith("direct:"):
+        channel = grpc.insecure_channel(target.removeprefix("direct:"))
+    else:
+        channel = grpc.insecure_channel("xds:///" + target)
     buy = channel.unary_unary(METHOD)
     for line in sys.stdin:
         cmd = json.loads(line)

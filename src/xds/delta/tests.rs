@@ -426,30 +426,27 @@ fn endpoints_are_resent_when_a_cluster_is_redefined() {
     let (mut s, mut envoy) = connected(basic);
     envoy.log.clear();
     let out = s.on_snapshot(changed);
+    // The cluster, and right behind it (not after its ACK: Envoy ACKs a redefined cluster only
+    // once it has warmed, which needs them) its endpoints again.
+    assert_eq!(types(&out), [C, E]);
     assert_eq!(
-        names(only(&out)),
+        names(&out.responses[0]),
         [name.as_str()],
         "only the redefined cluster"
     );
-    let next = envoy.receive(&out.responses[0]);
+    assert_eq!(names(&out.responses[1]), [name.as_str()]);
     let mut sent = Vec::new();
-    for req in next {
-        let out = s.on_request(&req.into_delta());
-        for r in &out.responses {
-            envoy.receive(r);
+    for r in &out.responses {
+        for req in envoy.receive(r) {
+            let more = s.on_request(&req.into_delta());
+            for r in &more.responses {
+                envoy.receive(r);
+            }
+            sent.extend(more.responses);
         }
-        sent.extend(out.responses);
     }
-    let e = only_of(&sent, E);
-    assert_eq!(names(e), [name.as_str()]);
-}
-
-fn only_of(responses: &[Response], ty: ResourceType) -> &Response {
-    let of: Vec<&Response> = responses.iter().filter(|r| r.ty == ty).collect();
-    let [r] = of[..] else {
-        panic!("one {ty} response expected: {responses:?}")
-    };
-    r
+    assert!(sent.iter().all(|r| r.ty != E), "sent once: {sent:?}");
+    assert!(s.in_sync());
 }
 
 #[test]

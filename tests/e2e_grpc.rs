@@ -1,0 +1,108 @@
+//! End to end with a real Envoy in front of real gRPC servers (grpcio) and a real gRPC client
+//! (grpcio, a plain channel to Envoy's listener): a `protocol: grpc` service switched blue →
+//! green and canaried while calls go on, with no failed call, in both xDS protocols.
+
+use std::time::Duration;
+
+use cutover::testing::proxyless::{GrpcClient, Upstreams, parts_or_skip};
+use cutover::testing::{
+    Cutover, DeploymentFile, Envoy, WAIT, bootstrap_with, envoy_binary, eventually, free_port,
+    in_both_xds_modes,
+};
+
+fn grpc_file(listener: std::net::SocketAddr, upstreams: &Upstreams, strategy: &str) -> String {
+    file_with(listener, upstreams, "grpc", strategy)
+}
+
+fn file_with(
+    listener: std::net::SocketAddr,
+    upstreams: &Upstreams,
+    protocol: &str,
+    strategy: &str,
+) -> String {
+    format!(
+        "\
+listeners:
+  - name: public
+    address: {listener}
+    routes:
+      - match: {{ prefix: / }}
+        service: checkout
+services:
+  checkout:
+    protocol: {protocol}
+    # A call that goes wrong fails fast (the HTTP/1.1 case at the end).
+    timeout: 1s
+    versions:
+      blue:  {{ endpoints: [{blue}] }}
+      green: {{ endpoints: [{green}] }}
+    {strategy}
+",
+        blue = upstreams.addr("blue/1"),
+        green = upstreams.addr("green/1"),
+    )
+}
+
+in_both_xds_modes! {
+    async fn a_grpc_service_switches_and_canaries_with_no_failed_call(xds: Protocol) {
+        let (Some(envoy_bin), Some(parts)) = (envoy_binary(), parts_or_skip()) else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let upstreams = Upstreams::start(&parts, &["blue/1", "green/1"]).await;
+        let listener = free_port();
+        let file = DeploymentFile::new(dir.path().join("deploy.yaml"));
+        file.write_renamed(&grpc_file(listener, &upstreams, "active: blue"));
+        let cutover = Cutover::start(dir.path(), &file.path).await;
+        let envoy = Envoy::spawn(
+            &envoy_bin,
+            dir.path(),
+            "edge-1",
+            &bootstrap_with("edge-1", cutover.ads, xds.bootstrap_args()),
+            listener,
+        )
+        .await;
+        envoy.wait_live().await;
+        cutover.wait_in_sync("edge-1").await;
+        let mut client = GrpcClient::direct(&parts, listener).await;
+        let before = client.calls(50).await;
+        assert_eq!((before.of("blue"), before.errors), (50, 0), "{before:?}");
+
+        // The switch lands while calls go on: blue until Envoy has green, then green only.
+        file.write_renamed(&grpc_file(listener, &upstreams, "active: green"));
+        let switch = client.until(&["green"], 50, WAIT).await;
+        assert!(switch.done, "{switch:?}");
+        assert_eq!(switch.errors, 0, "{switch:?}");
+
+        // A canary at 50%: both answer, within a wide binomial band of 400 calls.
+        file.write_renamed(&grpc_file(
+            listener,
+            &upstreams,
+            "strategy: { canary: { stable: green, canary: blue, weight: 50 } }",
+        ));
+        let mixed = client.until(&["blue"], 1, WAIT).await;
+        assert_eq!(mixed.errors, 0, "{mixed:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let split = client.calls(400).await;
+        assert_eq!(split.errors, 0, "{split:?}");
+        // 50% of 400: mean 200, sd 10; ±60 is six sd.
+        assert!((140..=260).contains(&split.of("blue")), "{split:?}");
+        assert_eq!(split.of("blue") + split.of("green"), 400, "{split:?}");
+        // Every call answered: Envoy spoke HTTP/2 to the upstreams (grpcio serves nothing
+        // else). With `protocol: http1` it speaks HTTP/1.1 and every call fails.
+        // That edit redefines the clusters: Envoy re-creates them and ACKs them only once they
+        // have warmed, which needs their endpoints again, so those go right behind them (were
+        // they sent after the ACK, the clusters would warm until Envoy's 15 s timeout).
+        let edited = std::time::Instant::now();
+        file.write_renamed(&file_with(listener, &upstreams, "http1", "active: green"));
+        eventually(WAIT, "calls to fail over HTTP/1.1", async || {
+            client.calls(1).await.errors == 1
+        })
+        .await;
+        assert!(
+            edited.elapsed() < Duration::from_secs(5),
+            "the redefined clusters took {:?}",
+            edited.elapsed()
+        );
+    }
+}
