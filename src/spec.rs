@@ -12,6 +12,7 @@ mod limits;
 mod policy;
 mod proxyless;
 mod raw;
+mod routes;
 mod tls;
 mod validate;
 
@@ -77,7 +78,7 @@ impl Spec {
             .iter()
             .filter(move |l| l.name == listener)
             .flat_map(Listener::all_routes)
-            .map(|r| r.service.as_str())
+            .filter_map(Route::service)
     }
 
     /// The proxyless listeners (see [`ListenerKind::Proxyless`]) whose routes name `service`.
@@ -85,7 +86,7 @@ impl Spec {
         self.listeners
             .iter()
             .filter(|l| l.kind == ListenerKind::Proxyless)
-            .filter(move |l| l.routes.iter().any(|r| r.service == service))
+            .filter(move |l| l.routes.iter().any(|r| r.service() == Some(service)))
             .map(|l| l.name.as_str())
     }
 
@@ -209,7 +210,44 @@ impl ListenerKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub matcher: PathMatch,
-    pub service: String,
+    pub target: RouteTarget,
+    /// Headers added to and removed from requests and responses.
+    pub headers: HeaderEdits,
+}
+
+impl Route {
+    /// The service that answers, if one does.
+    pub fn service(&self) -> Option<&str> {
+        match &self.target {
+            RouteTarget::Service { name, .. } => Some(name),
+            RouteTarget::Respond { .. } => None,
+        }
+    }
+}
+
+/// Who answers a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteTarget {
+    /// A service, by its strategy, rules and preview.
+    Service { name: String, rewrite: Rewrite },
+    /// Envoy itself.
+    Respond { status: u16, body: String },
+}
+
+/// A path prefix and host rewrite on the way to a service.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Rewrite {
+    pub prefix: Option<String>,
+    pub host: Option<String>,
+}
+
+/// Headers set on and removed from requests and responses, in file order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HeaderEdits {
+    pub request_add: Vec<(String, String)>,
+    pub request_remove: Vec<String>,
+    pub response_add: Vec<(String, String)>,
+    pub response_remove: Vec<String>,
 }
 
 /// How a route matches the request path.

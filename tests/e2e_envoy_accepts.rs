@@ -24,8 +24,9 @@ use serde_json::{Value, json};
 
 #[derive(Debug, Clone)]
 struct File {
-    /// Each listener's routes: a match and the index of the service it names.
-    listeners: Vec<Vec<(String, usize)>>,
+    /// Each listener's routes: a match, the index of the service it names, and what else the
+    /// route does (see [`route_extra`]).
+    listeners: Vec<Vec<(String, usize, u8)>>,
     /// Each listener's edge settings (missing ones: none).
     edges: Vec<Edge>,
     services: Vec<Service>,
@@ -83,6 +84,29 @@ impl Edge {
     }
 }
 
+/// Who answers a route and what else it does: 0 the service; 1 Envoy itself; 2 a rewrite;
+/// 3 header edits; 4 both.
+fn route_extra(extra: u8, matcher: &str, service: usize) -> String {
+    if extra == 1 {
+        return "        respond: { status: 503, body: \"Back at 10:00, 100% sure\" }\n".to_owned();
+    }
+    let mut out = format!("        service: s{service}\n");
+    if extra == 2 || extra == 4 {
+        let prefix = if matcher.starts_with("prefix") {
+            "prefix: /r, "
+        } else {
+            ""
+        };
+        let _ = writeln!(out, "        rewrite: {{ {prefix}host: backend.internal }}");
+    }
+    if extra >= 3 {
+        out.push_str(
+            "        request_headers: { add: { x-edge: \"50%\" }, remove: [cookie] }\n        response_headers: { add: { x-served-by: edge }, remove: [server] }\n",
+        );
+    }
+    out
+}
+
 fn indent(text: &str, by: usize) -> String {
     let pad = " ".repeat(by);
     text.lines().map(|l| format!("{pad}{l}\n")).collect()
@@ -116,12 +140,9 @@ impl File {
         for (i, routes) in self.listeners.iter().enumerate() {
             let _ = writeln!(out, "  - name: l{i}\n    address: 127.0.0.1:{}", 10_000 + i);
             let mut lines = String::new();
-            for (matcher, service) in routes {
-                let _ = write!(
-                    lines,
-                    "      - match: {{ {matcher} }}\n        service: s{}\n",
-                    service % self.services.len()
-                );
+            for (matcher, service, extra) in routes {
+                let _ = writeln!(lines, "      - match: {{ {matcher} }}");
+                lines.push_str(&route_extra(*extra, matcher, service % self.services.len()));
             }
             let edge = self.edges.get(i).cloned().unwrap_or_default();
             out.push_str(&edge.yaml(i, &lines));
@@ -583,7 +604,7 @@ fn file() -> impl Strategy<Value = File> {
     ];
     (
         proptest::collection::vec(
-            proptest::collection::vec((matcher, 0usize..8), 1..=3),
+            proptest::collection::vec((matcher, 0usize..8, 0u8..5), 1..=3),
             1..=3,
         ),
         proptest::collection::vec(service(), 1..=4),

@@ -216,8 +216,63 @@ pub struct RawRoute {
     #[schemars(with = "RawMatch")]
     pub matcher: Spanned<RawMatch>,
     /// The service (a key of `services`) whose strategy, rules and preview answer this path.
-    #[schemars(with = "String")]
-    pub service: Spanned<String>,
+    /// Exactly one of `service` or `respond`.
+    #[schemars(with = "Option<String>")]
+    pub service: Option<Spanned<String>>,
+    /// Envoy answers itself, e.g. a maintenance page: `{ status: 503, body: "Back soon" }`.
+    #[schemars(with = "Option<RawRespond>")]
+    pub respond: Option<Spanned<RawRespond>>,
+    /// Rewrite the path prefix (the route's `prefix` becomes this) and the `Host` header on
+    /// the way to the service.
+    #[schemars(with = "Option<RawRewrite>")]
+    pub rewrite: Option<Spanned<RawRewrite>>,
+    /// Headers added to or removed from the request on its way to the service.
+    #[schemars(with = "Option<RawHeaderEdits>")]
+    pub request_headers: Option<Spanned<RawHeaderEdits>>,
+    /// Headers added to or removed from the response on its way to the client.
+    #[schemars(with = "Option<RawHeaderEdits>")]
+    pub response_headers: Option<Spanned<RawHeaderEdits>>,
+}
+
+/// A response Envoy gives itself.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Respond")]
+pub struct RawRespond {
+    /// HTTP status, 200 to 599.
+    #[schemars(with = "u16")]
+    pub status: Spanned<u32>,
+    /// The body, as text (at most 4 KiB). Default: none.
+    #[schemars(with = "Option<String>")]
+    pub body: Option<Spanned<String>>,
+}
+
+/// A path prefix and host rewrite.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Rewrite")]
+pub struct RawRewrite {
+    /// Replaces the route's `prefix` (a `prefix` route only), e.g. `/api/` → `/`.
+    #[schemars(with = "Option<Path>")]
+    pub prefix: Option<Spanned<String>>,
+    /// The `Host` header the service gets.
+    #[schemars(with = "Option<String>")]
+    pub host: Option<Spanned<String>>,
+}
+
+/// Headers to add (or replace) and to remove.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "HeaderEdits")]
+pub struct RawHeaderEdits {
+    /// Set these headers (replacing a value already there), e.g. `{ x-served-by: edge }`.
+    #[serde(default)]
+    #[schemars(with = "Entries<Scalar>")]
+    pub add: Entries<Spanned<Scalar>>,
+    /// Remove these headers.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub remove: Vec<Spanned<String>>,
 }
 
 /// How a route matches the request path: exactly one of `prefix` or `path`.

@@ -43,7 +43,11 @@ fn parses_the_readme_example() {
         l.routes,
         vec![Route {
             matcher: PathMatch::Prefix("/".into()),
-            service: "checkout".into()
+            target: RouteTarget::Service {
+                name: "checkout".into(),
+                rewrite: Rewrite::default(),
+            },
+            headers: HeaderEdits::default(),
         }]
     );
     let svc = &spec.services["checkout"];

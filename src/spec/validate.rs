@@ -9,13 +9,13 @@ use serde_saphyr::{Location, Spanned};
 use super::limits::{Count, Limit, Limits};
 use super::raw::{
     Entries, RawAccessRule, RawAnalysis, RawCanary, RawCsdsScope, RawEndpoint, RawGroup,
-    RawListener, RawNodeMatch, RawPreview, RawRoute, RawRule, RawRuleMatch, RawService, RawSpec,
-    RawStep, RawStrategy, RawWebhook, Scalar,
+    RawListener, RawNodeMatch, RawPreview, RawRule, RawRuleMatch, RawService, RawSpec, RawStep,
+    RawStrategy, RawWebhook, Scalar,
 };
 use super::{
     AddressError, Analysis, BaselineLimits, Condition, Endpoint, EndpointAddress, Group, Listener,
-    ListenerKind, Mirror, PathMatch, Percent, Preview, Problem, Rollout, Route, Rule, Service,
-    Spec, SpecError, Step, StepKind, Sticky, Strategy, Version, Webhook, WebhookFormat,
+    ListenerKind, Mirror, Percent, Preview, Problem, Rollout, Rule, Service, Spec, SpecError, Step,
+    StepKind, Sticky, Strategy, Version, Webhook, WebhookFormat,
 };
 use crate::access::{self, Access, CsdsScope, Pattern};
 use crate::node::Selector;
@@ -751,8 +751,9 @@ impl Validator {
                     .chain(l.value.hosts.iter().flat_map(|h| &h.value.routes))
             })
             .map(|r| {
-                let service = r.value.service.value.as_str();
-                (&r.referenced, per_route.get(service).copied().unwrap_or(1))
+                let service = r.value.service.as_ref().map(|s| s.value.as_str());
+                let weight = service.and_then(|s| per_route.get(s).copied());
+                (&r.referenced, weight.unwrap_or(1))
             });
         self.over_total(Limit::Routes, limits, "Envoy routes", routes);
     }
@@ -843,6 +844,9 @@ impl Validator {
             self.at(&raw.name.referenced, msg);
         }
         let routes = self.routes(&raw.routes, name, spec, services);
+        if proxyless.is_some() {
+            self.proxyless_routes(&raw.routes, name);
+        }
         let hosts = self.hosts(raw, name, spec, services, proxyless.is_some());
         let redirect = self.redirect(raw, name, proxyless.is_some());
         let tls = match &raw.tls {
@@ -859,70 +863,7 @@ impl Validator {
         })
     }
 
-    /// Routes of a listener or one of its hosts, in match order.
-    pub(super) fn routes(
-        &mut self,
-        raw: &[Spanned<RawRoute>],
-        name: &str,
-        spec: &RawSpec,
-        services: &BTreeMap<String, Service>,
-    ) -> Vec<Route> {
-        let mut routes = Vec::new();
-        for r in raw {
-            let m = &r.value.matcher;
-            let matcher = match (&m.value.prefix, &m.value.path) {
-                (Some(p), None) => self.path(p, "prefix").map(PathMatch::Prefix),
-                (None, Some(p)) => self.path(p, "path").map(PathMatch::Exact),
-                (Some(_), Some(_)) => {
-                    self.at(
-                        &m.referenced,
-                        "a route matches on either `prefix` or `path`, not both",
-                    );
-                    None
-                }
-                (None, None) => {
-                    self.at(
-                        &m.referenced,
-                        "a route needs a `prefix` (e.g. `prefix: /`) or an exact `path`",
-                    );
-                    None
-                }
-            };
-            let service = &r.value.service;
-            let known = services.contains_key(&service.value)
-                || spec
-                    .services
-                    .0
-                    .iter()
-                    .any(|(k, _)| k.value == service.value);
-            if !known {
-                let names: Vec<&str> = spec
-                    .services
-                    .0
-                    .iter()
-                    .map(|(k, _)| k.value.as_str())
-                    .collect();
-                let mut msg = format!(
-                    "unknown service \"{}\" in route of listener \"{name}\" (services are: {})",
-                    service.value,
-                    list_or_none(&names)
-                );
-                if let Some(best) = closest(&service.value, names.iter().copied()) {
-                    msg.push_str(&format!("; did you mean \"{best}\"?"));
-                }
-                self.at(&service.referenced, msg);
-            }
-            if let Some(matcher) = matcher {
-                routes.push(Route {
-                    matcher,
-                    service: service.value.clone(),
-                });
-            }
-        }
-        routes
-    }
-
-    fn path(&mut self, p: &Spanned<String>, key: &str) -> Option<String> {
+    pub(super) fn path(&mut self, p: &Spanned<String>, key: &str) -> Option<String> {
         if p.value.starts_with('/') {
             Some(p.value.clone())
         } else {
@@ -1861,7 +1802,7 @@ impl Validator {
     }
 
     /// An HTTP token (header or cookie name).
-    fn token(&mut self, t: &Spanned<String>, what: &str) -> Option<String> {
+    pub(super) fn token(&mut self, t: &Spanned<String>, what: &str) -> Option<String> {
         let valid = !t.value.is_empty()
             && t.value
                 .chars()
@@ -1912,7 +1853,7 @@ const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 /// More would be a typo more often than a plan.
 const MAX_STEPS: usize = 50;
 
-fn list_or_none(names: &[&str]) -> String {
+pub(super) fn list_or_none(names: &[&str]) -> String {
     if names.is_empty() {
         "none".to_owned()
     } else {

@@ -22,7 +22,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use super::cluster::socket_address;
 use super::{ads_config_source, any, routes};
 use crate::reconcile::{ListenerPlan, Plan};
-use crate::spec::{ListenerKind, Redirect};
+use crate::spec::{ListenerKind, Redirect, RouteTarget};
 
 /// The RDS name of a listener's routes: the listener's own name, so the two read together.
 pub(crate) fn route_config_name(listener: &str) -> String {
@@ -84,11 +84,24 @@ pub(super) fn route_configuration(l: &ListenerPlan, plan: &Plan) -> RouteConfigu
     let routes = |listed: &[crate::spec::Route]| -> Vec<Route> {
         let mut out: Vec<Route> = listed
             .iter()
-            .filter_map(|r| {
-                let service = plan.services.get(&r.service)?;
-                Some(routes::service_routes(&r.matcher, service, l.kind))
+            .flat_map(|r| {
+                let mut out = match &r.target {
+                    RouteTarget::Service { name, rewrite } => {
+                        let Some(service) = plan.services.get(name) else {
+                            return Vec::new();
+                        };
+                        let mut out = routes::service_routes(&r.matcher, service, l.kind);
+                        out.iter_mut().for_each(|o| routes::rewrite(o, rewrite));
+                        out
+                    }
+                    RouteTarget::Respond { status, body } => {
+                        vec![routes::respond(&r.matcher, *status, body)]
+                    }
+                };
+                out.iter_mut()
+                    .for_each(|o| routes::edit_headers(o, &r.headers));
+                out
             })
-            .flatten()
             .collect();
         if let Some(Redirect::Https) = l.redirect {
             out.push(https_redirect());

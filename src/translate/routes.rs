@@ -3,12 +3,12 @@
 //! clusters, and the service's timeout, retry policy, hash policy and mirror on every route.
 
 use envoy_types::pb::envoy::config::core::v3::{
-    HeaderValue, HeaderValueOption, RuntimeFractionalPercent,
+    DataSource, HeaderValue, HeaderValueOption, RuntimeFractionalPercent, data_source,
     header_value_option::HeaderAppendAction,
 };
 use envoy_types::pb::envoy::config::route::v3::{
-    HeaderMatcher, QueryParameterMatcher, RetryPolicy, Route, RouteAction, RouteMatch,
-    WeightedCluster,
+    DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RetryPolicy, Route, RouteAction,
+    RouteMatch, WeightedCluster,
     header_matcher::HeaderMatchSpecifier,
     retry_policy::RetryHostPredicate,
     route, route_action,
@@ -25,7 +25,8 @@ use super::{any, duration};
 use crate::reconcile::{RoutePlan, RoutePolicy, ServicePlan, Target};
 use crate::spec::Retries;
 use crate::spec::{
-    BUCKETS, BucketFrom, Condition, GRPC_RETRY_ON, HashOn, ListenerKind, PathMatch, Percent,
+    BUCKETS, BucketFrom, Condition, GRPC_RETRY_ON, HashOn, HeaderEdits, ListenerKind, PathMatch,
+    Percent, Rewrite,
 };
 
 /// The Envoy routes of `service` under a listener route matching `path`, in match order. A
@@ -347,6 +348,70 @@ fn hash_policy(on: &HashOn) -> HashPolicy {
         policy_specifier: Some(policy_specifier),
         ..Default::default()
     }
+}
+
+/// A route Envoy answers itself.
+pub(super) fn respond(path: &PathMatch, status: u16, body: &str) -> Route {
+    Route {
+        r#match: Some(RouteMatch {
+            path_specifier: Some(match path {
+                PathMatch::Prefix(p) => PathSpecifier::Prefix(p.clone()),
+                PathMatch::Exact(p) => PathSpecifier::Path(p.clone()),
+            }),
+            ..Default::default()
+        }),
+        action: Some(route::Action::DirectResponse(DirectResponseAction {
+            status: u32::from(status),
+            body: (!body.is_empty()).then(|| DataSource {
+                specifier: Some(data_source::Specifier::InlineString(body.to_owned())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// The file's rewrite on a route to a service.
+pub(super) fn rewrite(route: &mut Route, rewrite: &Rewrite) {
+    let Some(route::Action::Route(action)) = &mut route.action else {
+        return;
+    };
+    if let Some(prefix) = &rewrite.prefix {
+        action.prefix_rewrite.clone_from(prefix);
+    }
+    if let Some(host) = &rewrite.host {
+        action.host_rewrite_specifier = Some(
+            route_action::HostRewriteSpecifier::HostRewriteLiteral(host.clone()),
+        );
+    }
+}
+
+/// The file's header edits on a route, after what cutover itself adds (a sticky canary's
+/// cookie).
+pub(super) fn edit_headers(route: &mut Route, edits: &HeaderEdits) {
+    let set = |(key, value): &(String, String)| HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.clone(),
+            // Envoy reads `%…%` in a value as a command: the file's text is taken as it is.
+            value: value.replace('%', "%%"),
+            ..Default::default()
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    };
+    route
+        .request_headers_to_add
+        .extend(edits.request_add.iter().map(set));
+    route
+        .request_headers_to_remove
+        .extend(edits.request_remove.iter().cloned());
+    route
+        .response_headers_to_add
+        .extend(edits.response_add.iter().map(set));
+    route
+        .response_headers_to_remove
+        .extend(edits.response_remove.iter().cloned());
 }
 
 #[cfg(test)]
