@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use cutover::testing::proxyless::{GrpcClient, Upstreams, parts_or_skip};
 use cutover::testing::{
-    Cutover, DeploymentFile, Envoy, WAIT, bootstrap_with, envoy_binary, eventually, free_port,
-    in_both_xds_modes,
+    Cutover, DeploymentFile, Envoy, WAIT, envoy_binary, eventually, free_port, in_both_xds_modes,
 };
 
 fn grpc_file(listener: std::net::SocketAddr, upstreams: &Upstreams, strategy: &str) -> String {
@@ -54,15 +53,16 @@ in_both_xds_modes! {
         let file = DeploymentFile::new(dir.path().join("deploy.yaml"));
         file.write_renamed(&grpc_file(listener, &upstreams, "active: blue"));
         let cutover = Cutover::start(dir.path(), &file.path).await;
-        let envoy = Envoy::spawn(
+        // Killed when dropped: kept until the end.
+        let _envoy = Envoy::start_live(
             &envoy_bin,
             dir.path(),
             "edge-1",
-            &bootstrap_with("edge-1", cutover.ads, xds.bootstrap_args()),
+            cutover.ads,
             listener,
+            xds.bootstrap_args(),
         )
         .await;
-        envoy.wait_live().await;
         cutover.wait_in_sync("edge-1").await;
         let mut client = GrpcClient::direct(&parts, listener).await;
         let before = client.calls(50).await;

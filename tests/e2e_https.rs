@@ -10,8 +10,8 @@ use std::time::Duration;
 use cutover::testing::curl::Curl;
 use cutover::testing::pki::{Ca, Pair};
 use cutover::testing::{
-    Cutover, DeploymentFile, Envoy, Upstream, WAIT, bootstrap_with, envoy_binary, eventually,
-    free_port, in_both_xds_modes,
+    Cutover, DeploymentFile, Envoy, Upstream, WAIT, envoy_binary, eventually, free_port,
+    in_both_xds_modes,
 };
 
 /// An HTTPS listener with three certificates: one name, a wildcard, and the default.
@@ -84,15 +84,15 @@ in_both_xds_modes! {
         let file = DeploymentFile::new(dir.path().join("deploy.yaml"));
         file.write_renamed(&https_file(listener, &blue, &green, "blue"));
         let cutover = Cutover::start(dir.path(), &file.path).await;
-        let envoy = Envoy::spawn(
+        let envoy = Envoy::start_live(
             &envoy_bin,
             dir.path(),
             "edge-1",
-            &bootstrap_with("edge-1", cutover.ads, xds.bootstrap_args()),
+            cutover.ads,
             listener,
+            xds.bootstrap_args(),
         )
         .await;
-        envoy.wait_live().await;
         cutover.wait_in_sync("edge-1").await;
         let (shop_ca, wild_ca, default_ca) =
             (ca_file(dir.path(), "shop"), ca_file(dir.path(), "wild"), ca_file(dir.path(), "default"));
@@ -209,15 +209,15 @@ in_both_xds_modes! {
         let file = DeploymentFile::new(dir.path().join("deploy.yaml"));
         file.write_renamed(&hosts_file(https, plain, (&blue, &green), &api, "blue"));
         let cutover = Cutover::start(dir.path(), &file.path).await;
-        let envoy = Envoy::spawn(
+        let envoy = Envoy::start_live(
             &envoy_bin,
             dir.path(),
             "edge-1",
-            &bootstrap_with("edge-1", cutover.ads, xds.bootstrap_args()),
+            cutover.ads,
             plain,
+            xds.bootstrap_args(),
         )
         .await;
-        envoy.wait_live().await;
         cutover.wait_in_sync("edge-1").await;
         let ca = ca_file(dir.path(), "wild");
         let port = https.port();

@@ -5,8 +5,7 @@
 
 use cutover::testing::websocket::{WsClient, WsParts, WsUpstreams};
 use cutover::testing::{
-    Cutover, DeploymentFile, Envoy, WAIT, bootstrap_with, envoy_binary, eventually, free_port,
-    in_both_xds_modes,
+    Cutover, DeploymentFile, Envoy, WAIT, envoy_binary, eventually, free_port, in_both_xds_modes,
 };
 
 fn ws_file(
@@ -47,15 +46,16 @@ in_both_xds_modes! {
         let file = DeploymentFile::new(dir.path().join("deploy.yaml"));
         file.write_renamed(&ws_file(listener, &upstreams, "blue", false));
         let cutover = Cutover::start(dir.path(), &file.path).await;
-        let envoy = Envoy::spawn(
+        // Killed when dropped: kept until the end.
+        let _envoy = Envoy::start_live(
             &envoy_bin,
             dir.path(),
             "edge-1",
-            &bootstrap_with("edge-1", cutover.ads, xds.bootstrap_args()),
+            cutover.ads,
             listener,
+            xds.bootstrap_args(),
         )
         .await;
-        envoy.wait_live().await;
         cutover.wait_in_sync("edge-1").await;
         let mut client = WsClient::start(&parts, listener);
         client.open("long").await.unwrap();

@@ -107,6 +107,7 @@ impl Validator {
 
 #[cfg(test)]
 mod tests {
+    use crate::spec::tests::problems;
     use crate::spec::{Host, Redirect, parse};
 
     const SERVICES: &str = "services:
@@ -115,13 +116,6 @@ mod tests {
       v1: { endpoints: [127.0.0.1:8081] }
     active: v1
 ";
-
-    fn problems(text: &str) -> Vec<String> {
-        match parse("deploy.yaml", text) {
-            Ok(spec) => panic!("expected problems, got {spec:?}"),
-            Err(e) => e.to_string().lines().map(str::to_owned).collect(),
-        }
-    }
 
     #[test]
     fn hosts_and_a_redirect_parse() {

@@ -378,6 +378,7 @@ fn hash_on(raw: &RawHashOn) -> HashOn {
 
 #[cfg(test)]
 mod upstream_tests {
+    use crate::spec::tests::problems;
     use crate::spec::{Protocol, parse};
 
     fn file(service: &str) -> String {
@@ -395,13 +396,6 @@ services:
     active: v1
 "
         )
-    }
-
-    fn problems(text: &str) -> Vec<String> {
-        match parse("deploy.yaml", text) {
-            Ok(spec) => panic!("expected problems, got {spec:?}"),
-            Err(e) => e.to_string().lines().map(str::to_owned).collect(),
-        }
     }
 
     #[test]

@@ -259,6 +259,7 @@ impl Validator {
 
 #[cfg(test)]
 mod tests {
+    use crate::spec::tests::problems;
     use crate::spec::{HeaderEdits, Rewrite, RouteTarget, parse};
 
     fn file(routes: &str) -> String {
@@ -274,13 +275,6 @@ mod tests {
     active: v1
 "
         )
-    }
-
-    fn problems(text: &str) -> Vec<String> {
-        match parse("deploy.yaml", text) {
-            Ok(spec) => panic!("expected problems, got {spec:?}"),
-            Err(e) => e.to_string().lines().map(str::to_owned).collect(),
-        }
     }
 
     #[test]

@@ -15,7 +15,8 @@ services:
     active: blue
 ";
 
-fn problems(text: &str) -> Vec<String> {
+/// Every problem reported for `text` (a file that must not parse), one line each.
+pub(super) fn problems(text: &str) -> Vec<String> {
     match parse("deploy.yaml", text) {
         Ok(spec) => panic!("expected problems, got {spec:?}"),
         Err(e) => e.to_string().lines().map(str::to_owned).collect(),

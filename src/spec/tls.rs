@@ -420,6 +420,7 @@ fn covers(san: &str, name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use crate::spec::tests::problems;
     use std::time::{Duration, SystemTime};
 
     use super::*;
@@ -451,13 +452,6 @@ services:
           server_names: [Shop.Example.com]
         - cert: default.pem
           key: default-key.pem";
-
-    fn problems(text: &str) -> Vec<String> {
-        match parse("deploy.yaml", text) {
-            Ok(spec) => panic!("expected problems, got {spec:?}"),
-            Err(e) => e.to_string().lines().map(str::to_owned).collect(),
-        }
-    }
 
     /// A self-signed pair for `names`, valid from 2000 until the end of `until_year`.
     fn pair(names: &[&str], until_year: i32) -> (String, String) {

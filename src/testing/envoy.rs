@@ -160,6 +160,23 @@ impl Envoy {
         envoy
     }
 
+    /// Envoy from a bootstrap made with extra `cutover bootstrap` arguments, once LIVE (its
+    /// first clusters and listeners in), without probing the listener: for one a plain GET
+    /// cannot probe (HTTPS, gRPC, WebSocket, a redirect).
+    pub async fn start_live(
+        bin: &Path,
+        dir: &Path,
+        node_id: &str,
+        ads: impl std::fmt::Display,
+        listener: SocketAddr,
+        bootstrap_args: &[&str],
+    ) -> Envoy {
+        let bootstrap = bootstrap_with(node_id, ads, bootstrap_args);
+        let envoy = Envoy::spawn(bin, dir, node_id, &bootstrap, listener).await;
+        envoy.wait_live().await;
+        envoy
+    }
+
     /// Starts Envoy as node `node_id` with `bootstrap` and waits only until its admin interface
     /// is up: for an Envoy that is not expected to get config.
     pub async fn spawn(
