@@ -13,6 +13,7 @@ mod policy;
 mod proxyless;
 mod raw;
 mod routes;
+mod tcp;
 mod tls;
 mod validate;
 
@@ -90,6 +91,15 @@ impl Spec {
             .map(|l| l.name.as_str())
     }
 
+    /// The TCP listeners (see [`ListenerKind::Tcp`]) in front of `service`.
+    pub fn tcp_fronting(&self, service: &str) -> impl Iterator<Item = &str> {
+        self.listeners
+            .iter()
+            .filter(|l| matches!(l.kind, ListenerKind::Tcp(_)))
+            .filter(move |l| l.routes.iter().any(|r| r.service() == Some(service)))
+            .map(|l| l.name.as_str())
+    }
+
     /// The groups whose listeners route to `service` (none when the file has no groups).
     pub fn groups_routing(&self, service: &str) -> std::collections::BTreeSet<String> {
         self.groups
@@ -109,7 +119,9 @@ pub struct Listener {
     pub name: String,
     pub kind: ListenerKind,
     /// Routes in match order: the first route whose match fits a request wins. With
-    /// `hosts`, those of requests for any other host.
+    /// `hosts`, those of requests for any other host. A TCP listener has one, to its service
+    /// (its match unused), so that what asks which services a listener leads to need not know
+    /// the listener's kind.
     pub routes: Vec<Route>,
     /// Virtual hosts, by host name (Envoy listeners only).
     pub hosts: Vec<Host>,
@@ -196,12 +208,16 @@ pub enum ListenerKind {
     /// dial, and the services it routes to use only what those clients implement (checked by
     /// validation).
     Proxyless,
+    /// Envoy, on this address, as a TCP proxy to the one service its only route names (see
+    /// [`crate::translate`]'s `tcp`), which uses only what a TCP proxy can (checked by
+    /// validation).
+    Tcp(SocketAddr),
 }
 
 impl ListenerKind {
     pub fn address(self) -> Option<SocketAddr> {
         match self {
-            ListenerKind::Envoy(a) => Some(a),
+            ListenerKind::Envoy(a) | ListenerKind::Tcp(a) => Some(a),
             ListenerKind::Proxyless => None,
         }
     }

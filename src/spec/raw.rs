@@ -149,6 +149,12 @@ pub struct RawListener {
     /// again when the files change, without draining the listener. Not with `proxyless: true`.
     #[schemars(with = "Option<RawListenerTls>")]
     pub tls: Option<Spanned<RawListenerTls>>,
+    /// A TCP proxy in front of this service (a key of `services`) instead of HTTP routes: each
+    /// connection to `address` goes to a version of the service by its strategy, and stays
+    /// there until it closes (a switch or a canary step moves only new connections). Not with
+    /// `routes`, `hosts`, `redirect`, `tls` or `proxyless`.
+    #[schemars(with = "Option<String>")]
+    pub tcp: Option<Spanned<String>>,
 }
 
 /// A virtual host: the routes of requests for some host names.

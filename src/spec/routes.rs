@@ -153,7 +153,7 @@ impl Validator {
         }
     }
 
-    fn known_service(
+    pub(super) fn known_service(
         &mut self,
         service: &Spanned<String>,
         listener: &str,

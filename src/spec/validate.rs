@@ -370,8 +370,8 @@ impl Validator {
             }
             self.check_name(&name.value, &name.referenced, "listener");
             if let Some(listener) = self.listener(&l.value, raw, &services) {
-                if let (ListenerKind::Envoy(address), Some(raw_address)) =
-                    (listener.kind, &l.value.address)
+                if let (Some(address), Some(raw_address)) =
+                    (listener.kind.address(), &l.value.address)
                 {
                     for (addr, loc, other) in &binds {
                         if clashes(addr, &address) {
@@ -407,6 +407,7 @@ impl Validator {
             pem_files: BTreeMap::new(),
         };
         self.proxyless(raw, &spec);
+        self.tcp_services(raw, &spec);
         spec
     }
 
@@ -836,6 +837,17 @@ impl Validator {
                 None
             }
         };
+        if let Some(service) = &raw.tcp {
+            let routes = self.tcp_listener(raw, service, spec, services);
+            return Some(Listener {
+                name: name.clone(),
+                kind: ListenerKind::Tcp(kind?.address()?),
+                routes: routes?,
+                hosts: Vec::new(),
+                redirect: None,
+                tls: None,
+            });
+        }
         if raw.routes.is_empty() && raw.hosts.is_empty() && raw.redirect.is_none() {
             let msg = format!(
                 "listener \"{name}\" has no routes: add one under `routes:` that names a service \

@@ -154,3 +154,16 @@ pub fn a_cluster_redefined() -> (Arc<Snapshot>, Arc<Snapshot>, String) {
         name,
     )
 }
+
+/// A TCP listener in front of `postgres`, whose versions are `versions` (name, endpoint),
+/// compiled: what cutover serves for it.
+pub fn tcp(versions: &[(&str, &str)], active: &str) -> Arc<Snapshot> {
+    let mut text = String::from(
+        "listeners:\n  - name: db\n    address: 127.0.0.1:15432\n    tcp: postgres\nservices:\n  postgres:\n    versions:\n",
+    );
+    for (name, endpoint) in versions {
+        text.push_str(&format!("      {name}: {{ endpoints: [{endpoint}] }}\n"));
+    }
+    text.push_str(&format!("    active: {active}\n"));
+    Arc::new(compile("test.yaml", &text).expect("a valid deployment"))
+}

@@ -32,6 +32,7 @@ pub mod pki;
 pub mod proxyless;
 mod scenario;
 pub mod switch_latency;
+pub mod tcp;
 mod upstream;
 pub mod websocket;
 pub mod xds;

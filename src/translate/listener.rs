@@ -114,7 +114,7 @@ pub(super) fn route_configuration(l: &ListenerPlan, plan: &Plan) -> RouteConfigu
         virtual_hosts.push(VirtualHost {
             name: l.name.clone(),
             domains: match l.kind {
-                ListenerKind::Envoy(_) => vec!["*".to_owned()],
+                ListenerKind::Envoy(_) | ListenerKind::Tcp(_) => vec!["*".to_owned()],
                 // gRPC matches the domains against the target's authority, the listener name.
                 ListenerKind::Proxyless => vec![l.name.clone()],
             },

@@ -13,6 +13,7 @@
 mod cluster;
 mod listener;
 mod routes;
+mod tcp;
 mod tls;
 
 pub use cluster::{endpoint_address, socket_address};
@@ -33,6 +34,7 @@ use std::collections::BTreeMap;
 
 use crate::node::GroupId;
 use crate::reconcile::{Discovery, GroupPlan, Plan};
+use crate::spec::ListenerKind;
 
 /// The resource sets Envoy receives, each sorted by resource name.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -108,6 +110,11 @@ fn translate_some(
         }
     }
     for l in plan.listeners.iter().filter(|l| listener(&l.name)) {
+        if let ListenerKind::Tcp(_) = l.kind {
+            // No routes: the listener holds what they would.
+            out.listeners.extend(tcp::listener(l, plan));
+            continue;
+        }
         out.listeners.push(listener::listener(l));
         out.routes.push(listener::route_configuration(l, plan));
         if let Some(t) = &l.tls {

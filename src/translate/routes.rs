@@ -145,7 +145,9 @@ impl RouteBuilder<'_> {
             })
             .collect();
         let retry_policy = match self.kind {
-            ListenerKind::Envoy(_) => policy.retries.as_ref().map(envoy_retry_policy),
+            ListenerKind::Envoy(_) | ListenerKind::Tcp(_) => {
+                policy.retries.as_ref().map(envoy_retry_policy)
+            }
             ListenerKind::Proxyless => policy.retries.as_ref().and_then(grpc_retry_policy),
         };
         // The id Envoy gave the request (a random UUID unless a trusted client sent one) is the

@@ -146,14 +146,30 @@ pub fn routing_settled(snap: &Snapshot, client: &impl Holdings) -> bool {
 
 /// Whether the client may be routing traffic: it holds routes (ACKed, in flight, or reported on
 /// reconnect), or reported listeners on reconnect (whose routes it then holds too, even if it
-/// has not said so yet: Envoy asks for each type on its own). Listeners without routes route
-/// nothing: cutover's listeners take their routes from RDS, and wait for them.
+/// has not said so yet: Envoy asks for each type on its own), or holds a TCP listener, which
+/// names its clusters itself. An HTTP listener without its routes routes nothing: it takes them
+/// from RDS, and waits for them.
 pub fn may_be_routing(client: &impl Holdings) -> bool {
     let non_empty = |held: Option<&BTreeMap<String, Resource>>| held.is_some_and(|m| !m.is_empty());
+    let tcp = |held: Option<&BTreeMap<String, Resource>>| {
+        held.is_some_and(|m| m.values().any(names_clusters_itself))
+    };
     non_empty(client.acked(ResourceType::Route))
         || non_empty(client.pending(ResourceType::Route))
         || client.reported(ResourceType::Route)
         || client.reported(ResourceType::Listener)
+        || tcp(client.acked(ResourceType::Listener))
+        || tcp(client.pending(ResourceType::Listener))
+}
+
+/// Whether a listener sends connections to clusters it names itself (a TCP proxy) instead of
+/// waiting for routes. Read from its bytes: only asked of a client that holds no routes.
+fn names_clusters_itself(listener: &Resource) -> bool {
+    const TCP_PROXY: &[u8] = b"envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+    listener
+        .encoded
+        .windows(TCP_PROXY.len())
+        .any(|w| w == TCP_PROXY)
 }
 
 /// Whether the snapshot's listeners and routes may be sent now: at once to a client that is not

@@ -66,6 +66,43 @@ fn listeners_wait_for_acked_clusters_and_endpoints_when_the_client_may_be_routin
     assert_eq!(types(&ack), [L]);
 }
 
+/// A TCP listener names its clusters itself: a client that holds one routes without routes,
+/// and a switch to a new cluster waits for that cluster and its endpoints.
+#[test]
+fn a_client_holding_a_tcp_listener_gets_a_switch_only_after_its_cluster() {
+    let blue = crate::testing::fixtures::tcp(&[("blue", "127.0.0.1:5432")], "blue");
+    let mut s = Stream::new(Mode::Aggregated);
+    s.on_snapshot(blue);
+    let mut acked = BTreeMap::new();
+    for (ty, names) in [(C, &[][..]), (E, &["postgres/blue"][..]), (L, &[][..])] {
+        let out = s.on_request(&request(ty, "", "", names));
+        assert_eq!(types(&out), [ty]);
+        let r = &out.responses[0];
+        s.on_request(&request(ty, &r.version, &r.nonce, names));
+        acked.insert(ty, r.clone());
+    }
+    let green = crate::testing::fixtures::tcp(
+        &[("blue", "127.0.0.1:5432"), ("green", "127.0.0.1:5433")],
+        "green",
+    );
+    let out = s.on_snapshot(green);
+    assert_eq!(types(&out), [C], "the listener waits for green's cluster");
+    let c = &out.responses[0];
+    let both = ["postgres/blue", "postgres/green"];
+    let out = s.on_request(&request(C, &c.version, &c.nonce, &[]));
+    assert!(out.responses.is_empty(), "{:?}", types(&out));
+    let e = &acked[&E];
+    let out = s.on_request(&request(E, &e.version, &e.nonce, &both));
+    assert_eq!(types(&out), [E]);
+    let e = &out.responses[0];
+    let out = s.on_request(&request(E, &e.version, &e.nonce, &both));
+    assert_eq!(
+        types(&out),
+        [L],
+        "green's cluster and endpoints are in: the listener"
+    );
+}
+
 /// Conformance (issue 11, item 2): a client that asks for listeners and routes before clusters
 /// (gRPC's proxyless clients ask LDS → RDS → CDS → EDS) holds no routes, so nothing can break:
 /// each request is answered at once.

@@ -1,0 +1,208 @@
+//! End to end with a real Envoy: a TCP listener (`tcp: <service>`) in front of line echo
+//! servers, in both xDS protocols. A switch moves new connections and leaves open ones where
+//! they are: Envoy gets each version's filter chain unchanged and only a new matcher, an
+//! in-place update that drains nothing (this Envoy's drain time is 1 s, so a drained chain would
+//! cut the open connection within the test). `wait drained` returns only once the last
+//! connection to a draining endpoint has closed, and a canary splits connections by weight.
+
+use std::net::SocketAddr;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use cutover::testing::tcp::{TcpEcho, TcpLine};
+use cutover::testing::{
+    Cutover, DeploymentFile, Envoy, WAIT, bootstrap_with, envoy_binary, eventually, free_port,
+    in_both_xds_modes,
+};
+
+/// One Envoy worker (as every test Envoy) and a drain time short enough to show in a test.
+const FLAGS: &[&str] = &[
+    "--concurrency",
+    "1",
+    "--log-level",
+    "info",
+    "--drain-time-s",
+    "1",
+];
+
+fn tcp_file(listener: SocketAddr, blue: &TcpEcho, green: &TcpEcho, strategy: &str) -> String {
+    format!(
+        "\
+listeners:
+  - name: db
+    address: {listener}
+    tcp: echo
+services:
+  echo:
+    health_check: {{ tcp: true, interval: 1s, healthy_threshold: 1 }}
+    versions:
+      blue:  {{ endpoints: [{blue}] }}
+      green: {{ endpoints: [{green}] }}
+    {strategy}
+",
+        blue = blue.addr,
+        green = green.addr,
+    )
+}
+
+async fn wait_cmd(cutover: &Cutover, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cutover"));
+    cmd.arg("wait")
+        .args(args)
+        .args(["--admin", &cutover.admin.to_string()]);
+    tokio::task::spawn_blocking(move || cmd.output().expect("run cutover wait"))
+        .await
+        .unwrap()
+}
+
+async fn start_envoy(
+    dir: &std::path::Path,
+    cutover: &Cutover,
+    listener: SocketAddr,
+    args: &[&str],
+) -> Envoy {
+    let bootstrap = bootstrap_with("edge-1", cutover.ads, args);
+    let envoy = Envoy::spawn_with_flags(
+        &envoy_binary().unwrap(),
+        dir,
+        "edge-1",
+        &bootstrap,
+        listener,
+        FLAGS,
+    )
+    .await;
+    envoy.wait_live().await;
+    envoy
+}
+
+in_both_xds_modes! {
+    async fn a_switch_moves_new_connections_and_leaves_open_ones_until_they_close(xds: Protocol) {
+        if envoy_binary().is_none() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (blue, green) = (TcpEcho::start("blue").await, TcpEcho::start("green").await);
+        let listener = free_port();
+        let file = DeploymentFile::new(dir.path().join("deploy.yaml"));
+        file.write_renamed(&tcp_file(listener, &blue, &green, "active: blue"));
+        let cutover = Cutover::start(dir.path(), &file.path).await;
+        let envoy = start_envoy(dir.path(), &cutover, listener, xds.bootstrap_args()).await;
+        cutover.wait_in_sync("edge-1").await;
+        eventually(WAIT, "a connection through the listener to reach blue", async || {
+            TcpLine::once(listener, "hi").await.is_ok_and(|a| a == "blue:hi")
+        })
+        .await;
+        let mut long = TcpLine::connect(listener).await.unwrap();
+        assert_eq!(long.send("hello").await.unwrap(), "blue:hello");
+        let in_place = envoy.stat("listener_manager.listener_in_place_updated").await;
+
+        // The switch: new connections reach green, the open one stays on blue, and Envoy
+        // drains no filter chain (it would close the connection after 1 s).
+        file.write_renamed(&tcp_file(listener, &blue, &green, "active: green"));
+        // Envoy ACKs a listener before its workers have the update.
+        eventually(WAIT, "new connections to reach green", async || {
+            TcpLine::once(listener, "new").await.is_ok_and(|a| a == "green:new")
+        })
+        .await;
+        for i in 0..5 {
+            assert_eq!(TcpLine::once(listener, "new").await.unwrap(), "green:new", "connection {i}");
+        }
+        assert_eq!(
+            envoy.stat("listener_manager.listener_in_place_updated").await,
+            in_place + 1,
+            "the switch is an in-place filter chain update"
+        );
+        assert_eq!(envoy.stat("listener_manager.total_filter_chains_draining").await, 0);
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(long.send("still").await.unwrap(), "blue:still");
+        assert_eq!(envoy.stat("listener_manager.listener_removed").await, 0);
+
+        // Blue drains: `wait drained` waits while the long connection is open...
+        let drained = tcp_file(listener, &blue, &green, "active: green")
+            .replace(&format!("[{}]", blue.addr), &format!("[{{ address: {}, drain: true }}]", blue.addr));
+        file.write_renamed(&drained);
+        cutover.wait_in_sync("edge-1").await;
+        let target = blue.addr.to_string();
+        let out = wait_cmd(&cutover, &["drained", "echo", &target, "--timeout", "3s"]).await;
+        assert_eq!(out.status.code(), Some(1), "returned with a connection open: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("in flight"),
+            "it says what it waits for: {out:?}"
+        );
+        assert_eq!(long.send("draining").await.unwrap(), "blue:draining");
+        assert_eq!(blue.open(), 1);
+
+        // ...and returns once it has closed.
+        drop(long);
+        let out = wait_cmd(&cutover, &["drained", "echo", &target, "--timeout", "20s"]).await;
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(blue.open(), 0);
+        assert_eq!(TcpLine::once(listener, "after").await.unwrap(), "green:after");
+    }
+}
+
+in_both_xds_modes! {
+    async fn a_canary_splits_connections_by_weight_and_its_steps_cut_none(xds: Protocol) {
+        if envoy_binary().is_none() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (blue, green) = (TcpEcho::start("blue").await, TcpEcho::start("green").await);
+        let listener = free_port();
+        let file = DeploymentFile::new(dir.path().join("deploy.yaml"));
+        let canary = |weight: u32| {
+            tcp_file(
+                listener,
+                &blue,
+                &green,
+                &format!("strategy: {{ canary: {{ stable: blue, canary: green, weight: {weight} }} }}"),
+            )
+        };
+        file.write_renamed(&canary(0));
+        let cutover = Cutover::start(dir.path(), &file.path).await;
+        let envoy = start_envoy(dir.path(), &cutover, listener, xds.bootstrap_args()).await;
+        cutover.wait_in_sync("edge-1").await;
+        eventually(WAIT, "connections to reach blue", async || {
+            TcpLine::once(listener, "hi").await.is_ok_and(|a| a == "blue:hi")
+        })
+        .await;
+        let mut on_blue = TcpLine::connect(listener).await.unwrap();
+        assert_eq!(on_blue.send("x").await.unwrap(), "blue:x");
+
+        file.write_renamed(&canary(30));
+        cutover.wait_in_sync("edge-1").await;
+        // Envoy ACKs a listener before its workers have the update.
+        eventually(WAIT, "a connection to reach green", async || {
+            TcpLine::once(listener, "x").await.is_ok_and(|a| a == "green:x")
+        })
+        .await;
+        let n = 400;
+        let mut to_green = 0;
+        let mut on_green = None;
+        for _ in 0..n {
+            let mut c = TcpLine::connect(listener).await.unwrap();
+            let answer = c.send("x").await.unwrap();
+            if answer == "green:x" {
+                to_green += 1;
+                on_green.get_or_insert(c);
+            } else {
+                assert_eq!(answer, "blue:x");
+            }
+        }
+        // Binomial(400, 0.3): mean 120, standard deviation 9.2; ±5 of them.
+        assert!((74..=166).contains(&to_green), "{to_green} of {n} connections reached green at 30%");
+        let mut on_green = on_green.expect("a connection on green");
+
+        // The next step and the promotion change only the matcher: both open connections
+        // stay where they are, past Envoy's 1 s drain time.
+        file.write_renamed(&canary(60));
+        cutover.wait_in_sync("edge-1").await;
+        file.write_renamed(&tcp_file(listener, &blue, &green, "active: green"));
+        cutover.wait_in_sync("edge-1").await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(on_blue.send("y").await.unwrap(), "blue:y");
+        assert_eq!(on_green.send("y").await.unwrap(), "green:y");
+        assert_eq!(envoy.stat("listener_manager.total_filter_chains_draining").await, 0);
+        assert_eq!(TcpLine::once(listener, "z").await.unwrap(), "green:z");
+    }
+}
