@@ -1,5 +1,5 @@
 //! Property: any deployment file that passes validation translates into resources a real Envoy
-//! accepts. Files are generated across listeners (with TLS, hosts and redirects), routes,
+//! accepts. Files are generated across listeners (with TLS, hosts and redirects, and TCP ones), routes,
 //! services, versions, every strategy, rules, mirrors and every policy; each one that
 //! validates is compiled as a freshly started cutover serves it, turned into a static bootstrap
 //! (EDS clusters get their load assignment inline, RDS its route configuration inline, SDS
@@ -30,6 +30,9 @@ struct File {
     /// Each listener's edge settings (missing ones: none).
     edges: Vec<Edge>,
     services: Vec<Service>,
+    /// A TCP listener in front of a service of its own: its versions' count, its strategy
+    /// line and whether it has a TCP health check.
+    tcp: Option<(usize, String, bool)>,
 }
 
 /// A listener's TLS, hosts and redirect.
@@ -147,7 +150,24 @@ impl File {
             let edge = self.edges.get(i).cloned().unwrap_or_default();
             out.push_str(&edge.yaml(i, &lines));
         }
+        if self.tcp.is_some() {
+            out.push_str("  - name: db\n    address: 127.0.0.1:15432\n    tcp: db\n");
+        }
         out.push_str("services:\n");
+        if let Some((versions, strategy, health_check)) = &self.tcp {
+            out.push_str("  db:\n    versions:\n");
+            for v in 0..*versions {
+                let _ = writeln!(
+                    out,
+                    "      v{v}: {{ endpoints: [127.0.0.1:{}] }}",
+                    30_000 + v
+                );
+            }
+            let _ = writeln!(out, "    {strategy}");
+            if *health_check {
+                out.push_str("    health_check: { tcp: true }\n");
+            }
+        }
         for (i, s) in self.services.iter().enumerate() {
             let _ = writeln!(out, "  s{i}:\n    versions:");
             for (v, endpoints) in s.versions.iter().enumerate() {
@@ -609,12 +629,28 @@ fn file() -> impl Strategy<Value = File> {
         ),
         proptest::collection::vec(service(), 1..=4),
         proptest::collection::vec(edge(), 0..=3),
+        proptest::option::of(tcp()),
     )
-        .prop_map(|(listeners, services, edges)| File {
+        .prop_map(|(listeners, services, edges, tcp)| File {
             listeners,
             edges,
             services,
+            tcp,
         })
+}
+
+/// A TCP service: its versions' count, a strategy a TCP proxy can do, a health check or not.
+fn tcp() -> impl Strategy<Value = (usize, String, bool)> {
+    (2usize..=3).prop_flat_map(|versions| {
+        let strategy = prop_oneof![
+            (0..versions).prop_map(|v| format!("active: v{v}")),
+            (0..versions).prop_map(|v| format!("strategy: {{ red-black: {{ active: v{v} }} }}")),
+            (two_versions(versions), 0u32..=100).prop_map(|((a, b), w)| format!(
+                "strategy: {{ canary: {{ stable: v{a}, canary: v{b}, weight: {w} }} }}"
+            )),
+        ];
+        (Just(versions), strategy, any::<bool>())
+    })
 }
 
 fn edge() -> impl Strategy<Value = Edge> {

@@ -199,6 +199,12 @@ in_both_xds_modes! {
         cutover.wait_in_sync("edge-1").await;
         file.write_renamed(&tcp_file(listener, &blue, &green, "active: green"));
         cutover.wait_in_sync("edge-1").await;
+        // The canary's weights went through its fallback cluster `echo/green~blue`, which
+        // lingers for the drain period (5 s) and then goes: the chain of its connections stays.
+        eventually(Duration::from_secs(15), "the fallback cluster to go", async || {
+            !envoy.clusters().await.contains("echo/green~blue::")
+        })
+        .await;
         tokio::time::sleep(Duration::from_millis(2500)).await;
         assert_eq!(on_blue.send("y").await.unwrap(), "blue:y");
         assert_eq!(on_green.send("y").await.unwrap(), "green:y");

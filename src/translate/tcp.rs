@@ -8,12 +8,14 @@
 //! cluster of the service gets a chain that never changes while the cluster exists (a
 //! `tcp_proxy` to it, named after it), and a switch or a canary step changes only the
 //! `filter_chain_matcher`: new connections go to the new target, and every open connection
-//! stays on the chain it came in on until it closes. A chain goes with its cluster (a version
-//! removed from the file, after its drain).
+//! stays on the chain it came in on until it closes. A chain goes with its version (removed
+//! from the file, after its drain); one naming a cluster that is gone is never picked.
 //!
 //! Weights pick a chain by a hash of the connection's source port (Envoy's `runtime_fraction`
 //! input matcher, `hash % 10^6 < threshold`), one cumulative threshold per version on the same
 //! hash, so the shares add up exactly and no runtime key is involved.
+
+use std::collections::BTreeSet;
 
 use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
@@ -32,7 +34,7 @@ use envoy_types::pb::xds::r#type::matcher::v3::matcher::{
 
 use super::any;
 use super::cluster::socket_address;
-use crate::ids::{ClusterId, ClusterRef};
+use crate::ids::{ClusterId, ClusterRef, FallbackId};
 use crate::reconcile::{ListenerPlan, Plan, Target};
 
 /// The listener of a TCP listener plan; `None` if the plan has nothing for it to proxy to.
@@ -40,13 +42,23 @@ pub(super) fn listener(l: &ListenerPlan, plan: &Plan) -> Option<Listener> {
     let address = l.kind.address()?;
     let name = l.routes.first()?.service()?;
     let service = plan.services.get(name)?;
-    let mut clusters: Vec<ClusterRef> = service
-        .versions
-        .keys()
+    // Every version's cluster, and every aggregate one version could fall back to another
+    // through, whether it exists now or not: a canary's `green~blue` lingers only for the drain
+    // period after the canary ends, and its chain must outlive it for the connections on it.
+    let versions = || service.versions.keys();
+    let mut clusters: BTreeSet<ClusterRef> = versions()
         .map(|v| ClusterRef::Version(ClusterId::new(name, v)))
         .chain(service.fallbacks.keys().cloned().map(ClusterRef::Fallback))
         .collect();
-    clusters.sort();
+    for primary in versions() {
+        for fallback in versions().filter(|f| *f != primary) {
+            clusters.insert(ClusterRef::Fallback(FallbackId {
+                service: name.to_owned(),
+                version: primary.clone(),
+                fallback: fallback.clone(),
+            }));
+        }
+    }
     let target = service
         .routes
         .iter()
