@@ -1009,7 +1009,7 @@ fn every_example_is_a_fuzz_seed() {
     for entry in std::fs::read_dir(root().join("examples")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
-            // examples/certs: the PEM files examples/https.yaml names.
+            // examples/certs: the PEM files examples/edge.yaml names.
             continue;
         }
         let name = path.file_name().unwrap().to_string_lossy();

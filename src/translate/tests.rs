@@ -11,7 +11,7 @@ fn rendered_examples() {
     insta::glob!("../../examples", "*.yaml", |path| {
         let name = path.file_name().unwrap().to_string_lossy();
         let text = std::fs::read_to_string(path).unwrap();
-        // As `serve` loads it: with the PEM files it names (examples/https.yaml).
+        // As `serve` loads it: with the PEM files it names (examples/edge.yaml).
         let spec = crate::spec::parse(&name, &text).unwrap();
         let read = crate::watch::read_pem_files(path, &crate::spec::pem_paths(&spec));
         let (spec, _) =
