@@ -21,7 +21,7 @@ use crate::controller::{self, Inputs, Outputs, Settings};
 use crate::dashboard::Feed;
 use crate::metrics::Metrics;
 use crate::node::{GroupId, NodeInfo};
-use crate::reconcile::rollout::Figures;
+use crate::reconcile::rollout::{Counted, Figures};
 use crate::reconcile::{self, Event, Plan, Previous, RuntimeState, Timestamp};
 use crate::snapshot::{Published, Snapshot};
 use crate::spec::{self, Spec, SpecError};
@@ -398,7 +398,13 @@ async fn grpc_task(
 struct TelemetryObserver(Telemetry);
 
 impl controller::Observer for TelemetryObserver {
-    fn figures(&self, service: &str, version: &str, since: Timestamp) -> (Figures, Vec<f64>) {
+    fn figures(
+        &self,
+        service: &str,
+        version: &str,
+        counted: Counted,
+        since: Timestamp,
+    ) -> (Figures, Vec<f64>) {
         let now = Timestamp::now();
         let short = crate::telemetry::window::Window::Short.length();
         let from = since
@@ -409,6 +415,15 @@ impl controller::Observer for TelemetryObserver {
         let (w, latency) = self
             .0
             .recent_figures(&id, now.since(from), std::time::Instant::now());
+        if counted == Counted::Connections {
+            let figures = Figures {
+                requests: w.attempts,
+                errors: w.errors.connect_failures.min(w.attempts),
+                p99_ms: None,
+                from: Some(from),
+            };
+            return (figures, Vec::new());
+        }
         let figures = Figures {
             requests: w.requests,
             // Answered 5xx: from the upstream, or Envoy's own after a reset, a connect

@@ -22,7 +22,7 @@ use crate::http_client;
 use crate::metrics::Metrics;
 use crate::node::GroupId;
 use crate::reconcile::rollout::{
-    self, Baseline, Figures, Gate, Kind, Observation, Rollout, Status,
+    self, Baseline, Counted, Figures, Gate, Kind, Observation, Rollout, Status,
 };
 use crate::reconcile::{self, Event, Plan, Previous, RuntimeState, Timestamp};
 use crate::snapshot::{Published, ResourceType, Snapshot};
@@ -48,7 +48,13 @@ pub struct Settings {
 pub trait Observer: Send + Sync + 'static {
     /// The figures, and the latency histogram (requests per bucket of Envoy's bounds) that
     /// comparisons with a baseline rank.
-    fn figures(&self, service: &str, version: &str, since: Timestamp) -> (Figures, Vec<f64>);
+    fn figures(
+        &self,
+        service: &str,
+        version: &str,
+        counted: Counted,
+        since: Timestamp,
+    ) -> (Figures, Vec<f64>);
 }
 
 /// Where the controller publishes and reports, and what it observes.
@@ -429,7 +435,15 @@ impl Controller {
             else {
                 continue;
             };
-            let (figures, latency) = self.out.observer.figures(&service, &version, since);
+            let counted = if spec.tcp_fronting(&service).next().is_some() {
+                Counted::Connections
+            } else {
+                Counted::Requests
+            };
+            let (figures, latency) = self
+                .out
+                .observer
+                .figures(&service, &version, counted, since);
             let rollout = self.state.rollouts.get(&service).cloned();
             // The baseline over the same window, from the same reports.
             let baseline = rollout
@@ -438,7 +452,7 @@ impl Controller {
                 .filter(|_| analysis.baseline.is_some())
                 .map(|stable| {
                     let (figures, baseline_latency) =
-                        self.out.observer.figures(&service, stable, since);
+                        self.out.observer.figures(&service, stable, counted, since);
                     Baseline {
                         version: stable.to_owned(),
                         figures,

@@ -3,16 +3,19 @@
 //! they are: Envoy gets each version's filter chain unchanged and only a new matcher, an
 //! in-place update that drains nothing (this Envoy's drain time is 1 s, so a drained chain would
 //! cut the open connection within the test). `wait drained` returns only once the last
-//! connection to a draining endpoint has closed, and a canary splits connections by weight.
+//! connection to a draining endpoint has closed, a canary splits connections by weight, and a
+//! canary rollout is judged on its connections and connect failures.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use cutover::api::{RolloutReport, RolloutState};
 use cutover::testing::tcp::{TcpEcho, TcpLine};
 use cutover::testing::{
     Cutover, DeploymentFile, Envoy, WAIT, bootstrap_with, envoy_binary, eventually, free_port,
-    in_both_xds_modes,
+    in_both_xds_modes, wait_for,
 };
 
 /// One Envoy worker (as every test Envoy) and a drain time short enough to show in a test.
@@ -209,6 +212,117 @@ in_both_xds_modes! {
         assert_eq!(on_blue.send("y").await.unwrap(), "blue:y");
         assert_eq!(on_green.send("y").await.unwrap(), "green:y");
         assert_eq!(envoy.stat("listener_manager.total_filter_chains_draining").await, 0);
+        assert_eq!(TcpLine::once(listener, "z").await.unwrap(), "green:z");
+    }
+}
+
+/// Connections opened one after the other until stopped, each saying one line: how many got an
+/// answer, by answer, and how many failed.
+struct Connections {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<(BTreeMap<String, usize>, usize)>,
+}
+
+impl Connections {
+    fn start(listener: SocketAddr) -> Connections {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let (mut answers, mut failed) = (BTreeMap::new(), 0);
+            while !*stopped.borrow_and_update() {
+                match TcpLine::once(listener, "x").await {
+                    Ok(a) => *answers.entry(a).or_insert(0) += 1,
+                    Err(_) => failed += 1,
+                }
+                // Bounded: at most 50 connections a second.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (answers, failed)
+        });
+        Connections { stop, task }
+    }
+
+    async fn stop(self) -> (BTreeMap<String, usize>, usize) {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap()
+    }
+}
+
+fn rollout_file(listener: SocketAddr, blue: SocketAddr, green: SocketAddr) -> String {
+    format!(
+        "\
+listeners:
+  - name: db
+    address: {listener}
+    tcp: echo
+services:
+  echo:
+    # Ejections would hide the canary's failures behind its fallback to stable.
+    outlier_detection: {{ enabled: false }}
+    versions:
+      blue:  {{ endpoints: [{blue}] }}
+      green: {{ endpoints: [{green}] }}
+    strategy:
+      canary:
+        stable: blue
+        canary: green
+        steps: [50, 100]
+        interval: 3s
+        analysis: {{ interval: 1s, max_error_rate: 5%, min_requests: 5, failure_limit: 1 }}
+"
+    )
+}
+
+async fn wait_rollout(cutover: &Cutover, state: RolloutState) -> RolloutReport {
+    wait_for(
+        Duration::from_secs(30),
+        &format!("the rollout to be {state}"),
+        async || {
+            let mut status = cutover.status().await;
+            match status.services.remove("echo").and_then(|s| s.rollout) {
+                Some(r) if r.state == state => Ok(r),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+}
+
+in_both_xds_modes! {
+    async fn a_tcp_canary_is_judged_on_its_connections(xds: Protocol) {
+        if envoy_binary().is_none() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (blue, green) = (TcpEcho::start("blue").await, TcpEcho::start("green").await);
+        let listener = free_port();
+        let file = DeploymentFile::new(dir.path().join("deploy.yaml"));
+        file.write_renamed(&tcp_file(listener, &blue, &green, "active: blue"));
+        let cutover = Cutover::start(dir.path(), &file.path).await;
+        let _envoy = start_envoy(dir.path(), &cutover, listener, xds.bootstrap_args()).await;
+        cutover.wait_in_sync("edge-1").await;
+
+        // A canary whose endpoint refuses connections: rolled back on its connect failures.
+        let nobody = free_port();
+        let load = Connections::start(listener);
+        file.write_renamed(&rollout_file(listener, blue.addr, nobody));
+        let r = wait_rollout(&cutover, RolloutState::RolledBack).await;
+        load.stop().await;
+        let reason = r.reason.as_deref().unwrap();
+        assert!(reason.starts_with("error rate "), "{r:?}");
+        assert_eq!(r.weight, Some(0.0), "{r:?}");
+        let check = r.last_check.as_ref().unwrap();
+        assert!(check.errors > 0 && check.requests >= 5, "{check:?}");
+
+        // A canary that accepts them is promoted step by step.
+        file.write_renamed(&tcp_file(listener, &blue, &green, "active: blue"));
+        cutover.wait_in_sync("edge-1").await;
+        let load = Connections::start(listener);
+        file.write_renamed(&rollout_file(listener, blue.addr, green.addr));
+        let r = wait_rollout(&cutover, RolloutState::Promoted).await;
+        let (answers, failed) = load.stop().await;
+        assert_eq!(failed, 0, "{answers:?}");
+        assert!(answers.get("green:x").is_some_and(|n| *n > 0), "{answers:?}");
+        assert!(r.failed_checks == 0, "{r:?}");
         assert_eq!(TcpLine::once(listener, "z").await.unwrap(), "green:z");
     }
 }

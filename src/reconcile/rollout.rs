@@ -54,6 +54,17 @@ pub struct CheckPoint {
     pub verdict: char,
 }
 
+/// What a check counts of a version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// HTTP requests: answered ones, 5xx (Envoy's own after a reset, a connect failure or a
+    /// timeout included) as errors, and their latency.
+    Requests,
+    /// Behind a TCP listener, connections: those the endpoints were asked for, and the
+    /// connect failures among them as errors. No latency.
+    Connections,
+}
+
 /// One version's figures over a check's window, as Envoy reported them.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct Figures {

@@ -4,13 +4,13 @@
 //! requests, headers or responses. So a listener with `tcp` has nothing of HTTP's (routes,
 //! hosts, a redirect, TLS termination), and the service behind it uses only what works per
 //! connection: blue-green, red-black and canary weights, endpoints and their drains, health
-//! checks (`tcp: true`) and outlier detection (connect failures count). This check refuses the
-//! rest, each problem at the key that asks for it. It reads the raw file (for positions) and
+//! checks (`tcp: true`), outlier detection (connect failures count) and analyses that count
+//! connections and connect failures (no latency). This check refuses the rest, each problem at the key that asks for it. It reads the raw file (for positions) and
 //! the validated listeners (to know which services TCP listeners front).
 
 use serde_saphyr::{Location, Spanned};
 
-use super::raw::{RawListener, RawService, RawSpec, RawStep, RawStrategy};
+use super::raw::{RawAnalysis, RawListener, RawService, RawSpec, RawStep, RawStrategy};
 use super::validate::Validator;
 use super::{PathMatch, Route, RouteTarget, Service, Spec};
 use std::collections::BTreeMap;
@@ -135,12 +135,12 @@ impl Check<'_> {
                     );
                 }
                 if let Some(a) = &b.analysis {
-                    self.analysis(&a.referenced);
+                    self.analysis(&a.value);
                 }
             }
             RawStrategy::RedBlack(r) => {
                 if let Some(a) = &r.analysis {
-                    self.analysis(&a.referenced);
+                    self.analysis(&a.value);
                 }
             }
             RawStrategy::Canary(c) => {
@@ -152,7 +152,7 @@ impl Check<'_> {
                     );
                 }
                 if let Some(a) = &c.analysis {
-                    self.analysis(&a.referenced);
+                    self.analysis(&a.value);
                 }
                 for step in c.steps.iter().flat_map(|s| &s.value) {
                     let RawStep::WithPause(m) = &step.value else {
@@ -226,14 +226,27 @@ impl Check<'_> {
         }
     }
 
-    /// Rollout checks read HTTP responses and their latency, which a TCP proxy has none of.
-    fn analysis(&mut self, at: &Location) {
-        self.refuse(
-            at,
-            "counts no responses for an analysis to judge",
-            "remove `analysis`, and watch `upstream_cx_connect_fail` on the dashboard before \
-             promoting by hand",
-        );
+    /// Rollout checks count connections and connect failures here: there is no latency.
+    fn analysis(&mut self, raw: &RawAnalysis) {
+        let latency = [
+            (
+                "max_p99_latency",
+                raw.max_p99_latency.as_ref().map(|l| l.referenced),
+            ),
+            (
+                "max_p99_ratio",
+                raw.max_p99_ratio.as_ref().map(|l| l.referenced),
+            ),
+        ];
+        for (key, at) in latency {
+            if let Some(at) = at {
+                self.refuse(
+                    &at,
+                    "times no requests (its checks count connections and connect failures)",
+                    &format!("remove `{key}`; `max_error_rate` limits connect failures"),
+                );
+            }
+        }
     }
 }
 
@@ -310,7 +323,7 @@ mod tests {
     #[test]
     fn what_a_tcp_proxy_cannot_do_is_refused_where_it_is_asked_for() {
         let extra = "    strategy:
-      canary: { stable: blue, canary: green, sticky: {}, steps: [{ mirror: 10 }, { match: { header: { x: \"1\" } } }, 100], analysis: { max_error_rate: 1 } }
+      canary: { stable: blue, canary: green, sticky: {}, steps: [{ mirror: 10 }, { match: { header: { x: \"1\" } } }, 100], analysis: { max_p99_latency: 1s } }
     rules: [{ match: { header: { x: \"1\" } }, version: green }]
     timeout: 5s
     retries: { attempts: 2 }
@@ -325,7 +338,7 @@ mod tests {
                 "deploy.yaml:11:54",  // sticky
                 "deploy.yaml:11:76",  // mirror step
                 "deploy.yaml:11:91",  // match step
-                "deploy.yaml:11:133", // analysis
+                "deploy.yaml:11:152", // max_p99_latency
                 "deploy.yaml:12:13",  // rules
                 "deploy.yaml:13:14",  // timeout
                 "deploy.yaml:14:14",  // retries

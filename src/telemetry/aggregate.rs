@@ -632,6 +632,8 @@ struct Part {
     timeouts: f64,
     resets: f64,
     connect_failures: f64,
+    /// Streams the endpoints were asked for: requests and their retries, or TCP connections.
+    attempts: f64,
     latency: Histogram,
 }
 
@@ -648,6 +650,7 @@ impl Part {
             timeouts: s.counters.timeouts as f64 * share,
             resets: 0.0,
             connect_failures: 0.0,
+            attempts: 0.0,
             latency,
         }
     }
@@ -675,6 +678,7 @@ fn attribute(sums: &BTreeMap<&ClusterRef, Sample>) -> Vec<(ClusterId, Part)> {
                 let mut part = Part::routed(s, 1.0);
                 part.resets = s.counters.resets as f64;
                 part.connect_failures = s.counters.connect_failures as f64;
+                part.attempts = s.counters.attempts as f64;
                 out.push((id.clone(), part));
             }
             ClusterRef::Fallback(f) => {
@@ -752,6 +756,7 @@ impl WindowAcc {
         s.timeouts += part.timeouts;
         s.resets += part.resets;
         s.connect_failures += part.connect_failures;
+        s.attempts += part.attempts;
         s.latency.add(&part.latency);
         if period > 0.0 {
             self.per_second += part.completed / period;
@@ -763,6 +768,7 @@ impl WindowAcc {
         let error_rate = (s.completed > 0.0).then(|| (s.http_5xx / s.completed).clamp(0.0, 1.0));
         WindowFigures {
             requests: count(s.completed),
+            attempts: count(s.attempts),
             requests_per_second: round(self.per_second, 2),
             success_rate: error_rate.map(|e| round(1.0 - e, 4)),
             error_rate: error_rate.map(|e| round(e, 4)),

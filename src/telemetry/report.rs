@@ -66,6 +66,10 @@ pub struct VersionTelemetry {
 pub struct WindowFigures {
     /// Requests answered (any status, Envoy's own 503 and 504 included).
     pub requests: u64,
+    /// Streams the version's endpoints were asked for: requests and their retries, or, behind
+    /// a TCP listener, connections (those that failed to connect included).
+    #[serde(default)]
+    pub attempts: u64,
     pub requests_per_second: f64,
     /// `1 - error_rate`; `None` without requests.
     pub success_rate: Option<f64>,
