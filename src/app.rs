@@ -424,6 +424,18 @@ impl controller::Observer for TelemetryObserver {
             };
             return (figures, Vec::new());
         }
+        if counted == Counted::Calls {
+            let (ok, failed) = self
+                .0
+                .recent_calls(&id, now.since(from), std::time::Instant::now());
+            let figures = Figures {
+                requests: ok.saturating_add(failed),
+                errors: failed,
+                p99_ms: w.latency_ms.map(|q| q.p99),
+                from: Some(from),
+            };
+            return (figures, latency.0.to_vec());
+        }
         let figures = Figures {
             requests: w.requests,
             // Answered 5xx: from the upstream, or Envoy's own after a reset, a connect

@@ -1,9 +1,11 @@
 //! End to end with a real Envoy in front of real gRPC servers (grpcio) and a real gRPC client
 //! (grpcio, a plain channel to Envoy's listener): a `protocol: grpc` service switched blue →
-//! green and canaried while calls go on, with no failed call, in both xDS protocols.
+//! green and canaried while calls go on, with no failed call, in both xDS protocols; and a
+//! canary rollout of it judged on the calls' gRPC status, which their HTTP status (200) hides.
 
 use std::time::Duration;
 
+use cutover::api::RolloutState;
 use cutover::testing::proxyless::{GrpcClient, Upstreams, parts_or_skip};
 use cutover::testing::{
     Cutover, DeploymentFile, Envoy, WAIT, envoy_binary, eventually, free_port, in_both_xds_modes,
@@ -104,5 +106,71 @@ in_both_xds_modes! {
             "the redefined clusters took {:?}",
             edited.elapsed()
         );
+    }
+}
+
+in_both_xds_modes! {
+    async fn a_grpc_canary_failing_its_calls_is_rolled_back_on_their_grpc_status(xds: Protocol) {
+        let (Some(envoy_bin), Some(parts)) = (envoy_binary(), parts_or_skip()) else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut upstreams = Upstreams::start(&parts, &["blue/1", "green/1"]).await;
+        upstreams.fail("green/1").await;
+        let listener = free_port();
+        let file = DeploymentFile::new(dir.path().join("deploy.yaml"));
+        file.write_renamed(&grpc_file(listener, &upstreams, "active: blue"));
+        let cutover = Cutover::start(dir.path(), &file.path).await;
+        let _envoy = Envoy::start_live(
+            &envoy_bin,
+            dir.path(),
+            "edge-1",
+            cutover.ads,
+            listener,
+            xds.bootstrap_args(),
+        )
+        .await;
+        cutover.wait_in_sync("edge-1").await;
+        let mut client = GrpcClient::direct(&parts, listener).await;
+        assert_eq!(client.calls(20).await.errors, 0);
+
+        // Ejections would hide the canary's failures behind its fallback to stable.
+        let rollout = "strategy:
+      canary:
+        stable: blue
+        canary: green
+        steps: [50, 100]
+        interval: 30s
+        analysis: { interval: 1s, max_error_rate: 5%, min_requests: 10, failure_limit: 1 }
+    outlier_detection: { enabled: false }";
+        file.write_renamed(&grpc_file(listener, &upstreams, rollout));
+        let started = std::time::Instant::now();
+        let (mut calls, mut failed) = (0, 0);
+        let report = loop {
+            let batch = client.calls(20).await;
+            calls += batch.calls;
+            failed += batch.errors;
+            let mut status = cutover.status().await;
+            let r = status.services.remove("checkout").and_then(|s| s.rollout);
+            match r {
+                Some(r) if r.state == RolloutState::RolledBack => break r,
+                r => assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "not rolled back: {r:?}"
+                ),
+            }
+        };
+        assert!(failed > 0, "the canary's calls failed ({failed} of {calls})");
+        let reason = report.reason.as_deref().unwrap();
+        assert!(reason.starts_with("error rate "), "{report:?}");
+        let check = report.last_check.as_ref().unwrap();
+        assert!(check.errors > 0 && check.requests >= 10, "{check:?}");
+
+        // Stable answers every call from now on.
+        cutover.wait_in_sync("edge-1").await;
+        let after = client.until(&["blue"], 20, WAIT).await;
+        assert!(after.done, "{after:?}");
+        let after = client.calls(50).await;
+        assert_eq!((after.of("blue"), after.errors), (50, 0), "{after:?}");
     }
 }

@@ -60,6 +60,9 @@ pub enum Counted {
     /// HTTP requests: answered ones, 5xx (Envoy's own after a reset, a connect failure or a
     /// timeout included) as errors, and their latency.
     Requests,
+    /// gRPC calls: finished ones, from the load reports, those whose `grpc-status` maps to a
+    /// 5xx as errors (the HTTP status of a failed call is 200), and their latency.
+    Calls,
     /// Behind a TCP listener, connections: those the endpoints were asked for, and the
     /// connect failures among them as errors. No latency.
     Connections,

@@ -357,6 +357,7 @@ impl Aggregator {
     /// One load report on stream `id`.
     pub fn load(&mut self, id: StreamId, report: &LoadReport, now: Instant) {
         let sec = self.sec(now);
+        let now_ms = self.ms(now);
         let limits = self.limits;
         let Aggregator {
             streams, dropped, ..
@@ -372,6 +373,8 @@ impl Aggregator {
         };
         if let Some(p) = report.period.filter(|p| !p.is_zero() && *p <= MAX_PERIOD) {
             stream.periods.add(sec, &p.as_secs_f64());
+            let from = now_ms.saturating_sub(u64::try_from(p.as_millis()).unwrap_or(u64::MAX));
+            stream.covers_from.add(sec, &Earliest(from));
         }
         // Every cluster Envoy has is in every report; an endpoint with nothing in progress may
         // be left out. Either way, what is not in the report has nothing in flight.
@@ -523,6 +526,28 @@ impl Aggregator {
         }
         let latency = acc.sum.latency.clone();
         (acc.finish(), latency)
+    }
+
+    /// The calls of one version that its endpoints finished over the last `last` before `now`
+    /// (the short window at most), succeeded and failed, from the load reports and as
+    /// [`Aggregator::recent_figures`] counts: only reports whose period began after it. For
+    /// gRPC, Envoy counts a call as failed on its `grpc-status` (one that maps to a 5xx:
+    /// `UNAVAILABLE`, `INTERNAL`, `UNKNOWN`, `DEADLINE_EXCEEDED`…), which its HTTP status (200)
+    /// does not show.
+    pub fn recent_calls(&self, id: &ClusterId, last: Duration, now: Instant) -> (u64, u64) {
+        let sec = self.sec(now);
+        let from = self
+            .ms(now)
+            .saturating_sub(u64::try_from(last.as_millis()).unwrap_or(u64::MAX));
+        let mut sum = EndpointCounts::default();
+        for s in self.streams.values().filter(|s| self.fresh(s, now)) {
+            let Body::Load(b) = &s.body else { continue };
+            let after = |i| s.covers_from.short_slot(i).is_some_and(|e| e.0 >= from);
+            for series in b.clusters.get(id).into_iter().flat_map(BTreeMap::values) {
+                sum.merge(&series.slots.sum_short_where(sec, after));
+            }
+        }
+        (sum.succeeded, sum.failed)
     }
 
     fn nodes(&self, now: Instant) -> Vec<NodeTelemetry> {

@@ -65,6 +65,16 @@ impl Telemetry {
 
     /// One version's figures over the last `last` (at most 10 s) before `now`, from what
     /// Envoys reported of that time only: what rollout checks judge.
+    /// See [`aggregate::Aggregator::recent_calls`].
+    pub fn recent_calls(
+        &self,
+        id: &crate::ids::ClusterId,
+        last: std::time::Duration,
+        now: Instant,
+    ) -> (u64, u64) {
+        self.lock().recent_calls(id, last, now)
+    }
+
     pub fn recent_figures(
         &self,
         id: &crate::ids::ClusterId,

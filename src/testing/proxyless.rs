@@ -103,6 +103,14 @@ impl Upstreams {
         self.addrs[label]
     }
 
+    /// Makes one server answer every call from now on with `UNAVAILABLE` (HTTP 200,
+    /// `grpc-status: 14`), as a broken release would.
+    pub async fn fail(&mut self, label: &str) {
+        self.driver.send(&format!("fail {label}"));
+        let ok = self.driver.answer().await;
+        assert_eq!(ok, "ok");
+    }
+
     /// Stops one server (after a 1 s grace for calls in flight), as a removed endpoint would.
     pub async fn stop(&mut self, label: &str) {
         self.driver.send(&format!("stop {label}"));

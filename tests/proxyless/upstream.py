@@ -2,7 +2,9 @@
 on 127.0.0.1, each answering every method with its label (e.g. `blue/1`) as raw bytes.
 
 Prints `ready` once every server listens. Reads commands on stdin, one per line:
-`stop LABEL` stops that server (what a removed endpoint does); end of input stops them all.
+`stop LABEL` stops that server (what a removed endpoint does); `fail LABEL` makes it answer every
+call with UNAVAILABLE from then on (a broken release: HTTP 200, grpc-status 14); end of input
+stops them all.
 """
 
 import sys
@@ -16,17 +18,25 @@ class Answer(grpc.GenericRpcHandler):
 
     def __init__(self, label):
         self.reply = label.encode()
+        self.failing = False
+
+    def answer(self, request, context):
+        if self.failing:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "failing on purpose")
+        return self.reply
 
     def service(self, handler_call_details):
-        return grpc.unary_unary_rpc_method_handler(lambda request, context: self.reply)
+        return grpc.unary_unary_rpc_method_handler(self.answer)
 
 
 def main():
     servers = {}
+    answers = {}
     for arg in sys.argv[1:]:
         label, port = arg.split("=")
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        server.add_generic_rpc_handlers((Answer(label),))
+        answers[label] = Answer(label)
+        server.add_generic_rpc_handlers((answers[label],))
         if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
             sys.exit(f"cannot listen on 127.0.0.1:{port}")
         server.start()
@@ -36,6 +46,8 @@ def main():
         words = line.split()
         if len(words) == 2 and words[0] == "stop" and words[1] in servers:
             servers.pop(words[1]).stop(grace=1).wait()
+        if len(words) == 2 and words[0] == "fail" and words[1] in answers:
+            answers[words[1]].failing = True
         print("ok", flush=True)
     for server in servers.values():
         server.stop(grace=None)
