@@ -46,7 +46,7 @@ impl Target {
     pub fn of(snapshot: &Snapshot, generation: u64) -> Target {
         Target {
             generation,
-            // The simulated Envoys ask for secrets never (their files have no TLS): none held.
+            // A simulated Envoy asks for secrets only when its listeners name some.
             versions: ResourceType::ALL.map(|ty| match ty {
                 ResourceType::Secret if snapshot.resources(ty).is_empty() => String::new(),
                 _ => snapshot.type_version(ty).to_owned(),
@@ -66,6 +66,25 @@ impl Target {
     pub fn compile(text: &str, generation: u64) -> Arc<Target> {
         let snapshot = crate::app::compile("fleet.yaml", text).expect("a valid generated file");
         Arc::new(Target::of(&snapshot, generation))
+    }
+
+    /// The target of the deployment file at `path` with the PEM files it names, as the server
+    /// loads it; and the encoded size of each secret, by name.
+    pub fn load(path: &std::path::Path, generation: u64) -> (Arc<Target>, BTreeMap<String, usize>) {
+        let label = path.display().to_string();
+        let text = std::fs::read_to_string(path).expect("the deployment file");
+        let spec = crate::spec::parse(&label, &text).expect("a valid file");
+        let read = crate::watch::read_pem_files(path, &crate::spec::pem_paths(&spec));
+        let (spec, _) =
+            crate::spec::load_pem_files(spec, &label, &read, std::time::SystemTime::now())
+                .expect("valid PEM files");
+        let snapshot = crate::app::fresh_snapshot(&spec);
+        let sizes = snapshot
+            .resources(ResourceType::Secret)
+            .iter()
+            .map(|(n, r)| (n.clone(), r.encoded.len()))
+            .collect();
+        (Arc::new(Target::of(&snapshot, generation)), sizes)
     }
 
     fn names(&self, ty: ResourceType) -> Vec<String> {
@@ -310,7 +329,7 @@ impl StreamTask {
             nonces[ty.index()] = r.nonce.clone();
             let target = self.target.borrow().clone();
             // Subscriptions follow what the clusters and listeners bring.
-            if let Some(dep) = dependent(ty) {
+            for dep in dependents(ty, &target) {
                 let names = target.names(dep);
                 if subscribed[dep.index()].as_ref() != Some(&names) {
                     let i = dep.index();
@@ -370,7 +389,7 @@ impl StreamTask {
                 set.insert(res.name.clone(), res.version.clone());
             }
             let target = self.target.borrow().clone();
-            if let Some(dep) = dependent(ty) {
+            for dep in dependents(ty, &target) {
                 let names = target.names(dep);
                 let before = subscribed[dep.index()].clone().unwrap_or_default();
                 let add: Vec<String> = names
@@ -420,6 +439,19 @@ fn first_requests(
         subscribed[ty.index()] = Some(names);
     }
     (first, subscribed)
+}
+
+/// The types whose subscription follows what a response of `ty` brings: the endpoints of the
+/// clusters; the routes of the listeners, and their secrets when the target has some (asked for
+/// by name: an empty list would be a wildcard in state of the world).
+fn dependents(ty: ResourceType, target: &Target) -> Vec<ResourceType> {
+    match dependent(ty) {
+        Some(ResourceType::Route) if !target.names(ResourceType::Secret).is_empty() => {
+            vec![ResourceType::Route, ResourceType::Secret]
+        }
+        Some(dep) => vec![dep],
+        None => Vec::new(),
+    }
 }
 
 /// Asks for listeners with `request` once a response of `ty` completes the clusters' endpoints
