@@ -745,6 +745,69 @@ fn edited(name: &str, from: &str, to: &str) -> String {
 }
 
 #[test]
+fn diff_of_a_tcp_listener_says_where_new_connections_go() {
+    let from = "active: blue                            # a switch moves new connections only";
+    let canary = edited(
+        "edge.yaml",
+        from,
+        "strategy: { canary: { stable: blue, canary: green, weight: 25 } }",
+    );
+    let (same, text) = diff_text(
+        ("examples/edge.yaml", &example("edge.yaml")),
+        ("edge-canary.yaml", &canary),
+    );
+    assert!(!same);
+    assert!(
+        text.contains(
+            "  ~ db\n      new connections: postgres/blue → postgres/blue 75%, postgres/green~blue 25%\n"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("filter_chain"), "no matcher JSON: {text}");
+}
+
+#[test]
+fn diff_of_a_certificate_rotation_names_the_secret_and_shows_no_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("certs")).unwrap();
+    for f in [
+        "shop.pem",
+        "shop-key.pem",
+        "wildcard.pem",
+        "wildcard-key.pem",
+    ] {
+        std::fs::copy(
+            root().join("examples/certs").join(f),
+            dir.path().join("certs").join(f),
+        )
+        .unwrap();
+    }
+    let old = dir.path().join("old.yaml");
+    std::fs::write(&old, example("edge.yaml")).unwrap();
+    let new = dir.path().join("new.yaml");
+    let rotated = edited(
+        "edge.yaml",
+        "cert: certs/shop.pem              # chain, leaf first\n          key: certs/shop-key.pem",
+        "cert: certs/wildcard.pem          # chain, leaf first\n          key: certs/wildcard-key.pem",
+    );
+    std::fs::write(&new, rotated).unwrap();
+    let out = cutover(&[
+        "diff",
+        &old.display().to_string(),
+        &new.display().to_string(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "secrets\n  ~ public/shop.example.com\n      certificate chain changed\n      private key changed\n"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("PRIVATE KEY"), "{text}");
+}
+
+#[test]
 fn diff_canary_weight() {
     let new = edited("canary.yaml", "weight: 10 ", "weight: 25 ");
     let (same, text) = diff_text(

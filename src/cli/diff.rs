@@ -10,6 +10,11 @@
 //! Not modelled: what a running server adds over time: endpoints and versions taken out of the
 //! file are kept `DRAINING` for `--drain-period`, and a red-black service keeps its previous
 //! version for its grace period. The diff shows where those end up.
+//!
+//! TCP listeners and secrets are read from their typed form (the `typed` module): where new
+//! connections go, and which certificates changed, never their content.
+
+mod typed;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -117,9 +122,19 @@ pub fn diff(old: Side<'_>, new: Side<'_>) -> Result<Diff, RenderError> {
         .into_iter()
         .zip(old_json.into_iter().zip(new_json))
     {
-        let changes = diff_type(key, &o, &n);
+        let mut changes = diff_type(key, &o, &n);
+        if key == "listeners" {
+            tcp_listeners(&mut changes, old.resources, new.resources);
+        }
         if !changes.is_empty() {
             types.push((key, changes));
+        }
+        if key == "endpoints" {
+            // Secrets go before the listeners that name them.
+            let changes = secrets(old.resources, new.resources);
+            if !changes.is_empty() {
+                types.push(("secrets", changes));
+            }
         }
     }
     let version = |r: &Resources| Snapshot::new(r).version;
@@ -240,6 +255,85 @@ impl Diff {
         );
         out
     }
+}
+
+/// TCP listeners, from their typed form: where new connections go, and the chains that come and
+/// go, instead of the matcher's JSON.
+fn tcp_listeners(changes: &mut [Change], old: &Resources, new: &Resources) {
+    let find = |r: &'_ Resources,
+                name: &str|
+     -> Option<envoy_types::pb::envoy::config::listener::v3::Listener> {
+        r.listeners.iter().find(|l| l.name == name).cloned()
+    };
+    for c in changes.iter_mut().filter(|c| c.kind == Kind::Changed) {
+        let (Some(o), Some(n)) = (find(old, &c.title), find(new, &c.title)) else {
+            continue;
+        };
+        let (Some(from), Some(to)) = (typed::tcp_shares(&o), typed::tcp_shares(&n)) else {
+            continue;
+        };
+        let mut details = Vec::new();
+        if from != to {
+            details.push(Detail::field(format!("new connections: {from} → {to}")));
+        }
+        let (was, is) = (typed::chains(&o), typed::chains(&n));
+        for chain in is.iter().filter(|c| !was.contains(c)) {
+            details.push(Detail::sign(Kind::Added, format!("filter chain {chain}")));
+        }
+        for chain in was.iter().filter(|c| !is.contains(c)) {
+            details.push(Detail::sign(
+                Kind::Removed,
+                format!("filter chain {chain} (its connections drained by Envoy)"),
+            ));
+        }
+        let mut o = o;
+        let mut n = n;
+        for l in [&mut o, &mut n] {
+            l.filter_chains.clear();
+            l.filter_chain_matcher = None;
+        }
+        if let (Ok(o), Ok(n)) = (render::to_json(&o), render::to_json(&n)) {
+            details.extend(fields(&o, &n, &[]));
+        }
+        c.details = details;
+    }
+}
+
+/// Secrets by name: which came, went or changed, and what in them (never their content).
+fn secrets(old: &Resources, new: &Resources) -> Vec<Change> {
+    let by_name = |r: &Resources| -> BTreeMap<
+        String,
+        envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret,
+    > {
+        r.secrets
+            .iter()
+            .map(|s| (s.name.clone(), s.clone()))
+            .collect()
+    };
+    let (o, n) = (by_name(old), by_name(new));
+    let names: BTreeSet<&String> = o.keys().chain(n.keys()).collect();
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let (kind, details) = match (o.get(name), n.get(name)) {
+                (Some(a), Some(b)) => {
+                    let what = typed::secret_changes(a, b);
+                    if what.is_empty() {
+                        return None;
+                    }
+                    (Kind::Changed, what.into_iter().map(Detail::field).collect())
+                }
+                (None, Some(_)) => (Kind::Added, Vec::new()),
+                (Some(_), None) => (Kind::Removed, Vec::new()),
+                (None, None) => return None,
+            };
+            Some(Change {
+                kind,
+                title: name.clone(),
+                details,
+            })
+        })
+        .collect()
 }
 
 /// Each type's resources as Envoy JSON, by name.
