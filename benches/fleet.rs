@@ -18,17 +18,10 @@
 
 use std::time::{Duration, Instant};
 
-use cutover::testing::fleet::{Edits, Fleet, Target, deployment, percentile, usage};
+use cutover::testing::fleet::{
+    Edits, Fleet, Target, deployment, env_numbers, env_protocols, percentile, usage,
+};
 use cutover::testing::{Cutover, DeploymentFile, Protocol, pki};
-
-fn env_list(name: &str, default: &str) -> Vec<String> {
-    std::env::var(name)
-        .unwrap_or_else(|_| default.to_owned())
-        .split(',')
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .collect()
-}
 
 #[derive(serde::Serialize)]
 struct Row {
@@ -44,22 +37,12 @@ struct Row {
 }
 
 fn main() {
-    let streams: Vec<usize> = env_list("STREAMS", "1000,5000,10000")
-        .iter()
-        .map(|s| s.parse().expect("STREAMS: numbers"))
-        .collect();
+    let streams = env_numbers("STREAMS", "1000,5000,10000");
     let services: usize = std::env::var("SERVICES")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(100);
-    let protocols: Vec<Protocol> = env_list("PROTOCOLS", "sotw,delta")
-        .iter()
-        .map(|p| match p.as_str() {
-            "sotw" => Protocol::Sotw,
-            "delta" => Protocol::Delta,
-            other => panic!("PROTOCOLS: sotw or delta, not {other}"),
-        })
-        .collect();
+    let protocols = env_protocols();
     let tls = std::env::var("TLS").is_ok_and(|v| v == "1");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -20,35 +20,13 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cutover::testing::fleet::{Fleet, Target, percentile, usage};
+use cutover::testing::fleet::{Fleet, Target, env_numbers, env_protocols, percentile, usage};
 use cutover::testing::{Cutover, DeploymentFile, Protocol, free_port, repo};
 
-fn env_list(name: &str, default: &str) -> Vec<String> {
-    std::env::var(name)
-        .unwrap_or_else(|_| default.to_owned())
-        .split(',')
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .collect()
-}
-
 fn main() {
-    let streams: Vec<usize> = env_list("STREAMS", "1000")
-        .iter()
-        .map(|s| s.parse().expect("STREAMS: numbers"))
-        .collect();
-    let rotations: usize = std::env::var("ROTATIONS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
-    let protocols: Vec<Protocol> = env_list("PROTOCOLS", "sotw,delta")
-        .iter()
-        .map(|p| match p.as_str() {
-            "sotw" => Protocol::Sotw,
-            "delta" => Protocol::Delta,
-            other => panic!("PROTOCOLS: sotw or delta, not {other}"),
-        })
-        .collect();
+    let streams = env_numbers("STREAMS", "1000");
+    let rotations = env_numbers("ROTATIONS", "10")[0];
+    let protocols = env_protocols();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

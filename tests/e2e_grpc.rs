@@ -44,20 +44,29 @@ services:
     )
 }
 
-in_both_xds_modes! {
-    async fn a_grpc_service_switches_and_canaries_with_no_failed_call(xds: Protocol) {
-        let (Some(envoy_bin), Some(parts)) = (envoy_binary(), parts_or_skip()) else {
-            return;
-        };
+/// cutover serving `grpc_file` with blue active, and an Envoy (node `edge-1`) in sync with it.
+struct GrpcStack {
+    listener: std::net::SocketAddr,
+    file: DeploymentFile,
+    cutover: Cutover,
+    /// Killed when dropped: kept until the end.
+    _envoy: Envoy,
+    _dir: tempfile::TempDir,
+}
+
+impl GrpcStack {
+    async fn start(
+        xds: cutover::testing::Protocol,
+        envoy_bin: &std::path::Path,
+        upstreams: &Upstreams,
+    ) -> GrpcStack {
         let dir = tempfile::tempdir().unwrap();
-        let upstreams = Upstreams::start(&parts, &["blue/1", "green/1"]).await;
         let listener = free_port();
         let file = DeploymentFile::new(dir.path().join("deploy.yaml"));
-        file.write_renamed(&grpc_file(listener, &upstreams, "active: blue"));
+        file.write_renamed(&grpc_file(listener, upstreams, "active: blue"));
         let cutover = Cutover::start(dir.path(), &file.path).await;
-        // Killed when dropped: kept until the end.
-        let _envoy = Envoy::start_live(
-            &envoy_bin,
+        let envoy = Envoy::start_live(
+            envoy_bin,
             dir.path(),
             "edge-1",
             cutover.ads,
@@ -66,6 +75,24 @@ in_both_xds_modes! {
         )
         .await;
         cutover.wait_in_sync("edge-1").await;
+        GrpcStack {
+            listener,
+            file,
+            cutover,
+            _envoy: envoy,
+            _dir: dir,
+        }
+    }
+}
+
+in_both_xds_modes! {
+    async fn a_grpc_service_switches_and_canaries_with_no_failed_call(xds: Protocol) {
+        let (Some(envoy_bin), Some(parts)) = (envoy_binary(), parts_or_skip()) else {
+            return;
+        };
+        let upstreams = Upstreams::start(&parts, &["blue/1", "green/1"]).await;
+        let s = GrpcStack::start(xds, &envoy_bin, &upstreams).await;
+        let (listener, file) = (s.listener, &s.file);
         let mut client = GrpcClient::direct(&parts, listener).await;
         let before = client.calls(50).await;
         assert_eq!((before.of("blue"), before.errors), (50, 0), "{before:?}");
@@ -114,23 +141,10 @@ in_both_xds_modes! {
         let (Some(envoy_bin), Some(parts)) = (envoy_binary(), parts_or_skip()) else {
             return;
         };
-        let dir = tempfile::tempdir().unwrap();
         let mut upstreams = Upstreams::start(&parts, &["blue/1", "green/1"]).await;
         upstreams.fail("green/1").await;
-        let listener = free_port();
-        let file = DeploymentFile::new(dir.path().join("deploy.yaml"));
-        file.write_renamed(&grpc_file(listener, &upstreams, "active: blue"));
-        let cutover = Cutover::start(dir.path(), &file.path).await;
-        let _envoy = Envoy::start_live(
-            &envoy_bin,
-            dir.path(),
-            "edge-1",
-            cutover.ads,
-            listener,
-            xds.bootstrap_args(),
-        )
-        .await;
-        cutover.wait_in_sync("edge-1").await;
+        let s = GrpcStack::start(xds, &envoy_bin, &upstreams).await;
+        let (listener, file, cutover) = (s.listener, &s.file, &s.cutover);
         let mut client = GrpcClient::direct(&parts, listener).await;
         assert_eq!(client.calls(20).await.errors, 0);
 

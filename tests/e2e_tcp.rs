@@ -58,38 +58,64 @@ async fn wait_cmd(cutover: &Cutover, args: &[&str]) -> Output {
         .unwrap()
 }
 
-async fn start_envoy(
-    dir: &std::path::Path,
-    cutover: &Cutover,
-    listener: SocketAddr,
-    args: &[&str],
-) -> Envoy {
-    let bootstrap = bootstrap_with("edge-1", cutover.ads, args);
-    let envoy = Envoy::spawn_with_flags(
-        &envoy_binary().unwrap(),
-        dir,
-        "edge-1",
-        &bootstrap,
-        listener,
-        FLAGS,
-    )
-    .await;
-    envoy.wait_live().await;
-    envoy
+/// A canary of green at `weight` percent.
+fn canary_at(weight: u32) -> String {
+    format!("strategy: {{ canary: {{ stable: blue, canary: green, weight: {weight} }} }}")
 }
 
-in_both_xds_modes! {
-    async fn a_switch_moves_new_connections_and_leaves_open_ones_until_they_close(xds: Protocol) {
-        if envoy_binary().is_none() {
-            return;
-        }
+/// Blue and green echo servers, cutover serving them behind the TCP listener with `strategy`,
+/// and an Envoy (node `edge-1`) in sync with it.
+struct TcpStack {
+    blue: TcpEcho,
+    green: TcpEcho,
+    listener: SocketAddr,
+    file: DeploymentFile,
+    cutover: Cutover,
+    envoy: Envoy,
+    _dir: tempfile::TempDir,
+}
+
+impl TcpStack {
+    /// `None` (the test skipped, off CI) without Envoy.
+    async fn start(xds: cutover::testing::Protocol, strategy: &str) -> Option<TcpStack> {
+        let envoy_bin = envoy_binary()?;
         let dir = tempfile::tempdir().unwrap();
         let (blue, green) = (TcpEcho::start("blue").await, TcpEcho::start("green").await);
         let listener = free_port();
         let file = DeploymentFile::new(dir.path().join("deploy.yaml"));
-        file.write_renamed(&tcp_file(listener, &blue, &green, "active: blue"));
+        file.write_renamed(&tcp_file(listener, &blue, &green, strategy));
         let cutover = Cutover::start(dir.path(), &file.path).await;
-        let envoy = start_envoy(dir.path(), &cutover, listener, xds.bootstrap_args()).await;
+        let bootstrap = bootstrap_with("edge-1", cutover.ads, xds.bootstrap_args());
+        let envoy = Envoy::spawn_with_flags(
+            &envoy_bin,
+            dir.path(),
+            "edge-1",
+            &bootstrap,
+            listener,
+            FLAGS,
+        )
+        .await;
+        envoy.wait_live().await;
+        cutover.wait_in_sync("edge-1").await;
+        Some(TcpStack {
+            blue,
+            green,
+            listener,
+            file,
+            cutover,
+            envoy,
+            _dir: dir,
+        })
+    }
+}
+
+in_both_xds_modes! {
+    async fn a_switch_moves_new_connections_and_leaves_open_ones_until_they_close(xds: Protocol) {
+        let Some(s) = TcpStack::start(xds, "active: blue").await else {
+            return;
+        };
+        let (listener, file, cutover, envoy) = (s.listener, &s.file, &s.cutover, &s.envoy);
+        let (blue, green) = (&s.blue, &s.green);
         cutover.wait_in_sync("edge-1").await;
         eventually(WAIT, "a connection through the listener to reach blue", async || {
             TcpLine::once(listener, "hi").await.is_ok_and(|a| a == "blue:hi")
@@ -101,7 +127,7 @@ in_both_xds_modes! {
 
         // The switch: new connections reach green, the open one stays on blue, and Envoy
         // drains no filter chain (it would close the connection after 1 s).
-        file.write_renamed(&tcp_file(listener, &blue, &green, "active: green"));
+        file.write_renamed(&tcp_file(listener, blue, green, "active: green"));
         // Envoy ACKs a listener before its workers have the update.
         eventually(WAIT, "new connections to reach green", async || {
             TcpLine::once(listener, "new").await.is_ok_and(|a| a == "green:new")
@@ -121,12 +147,12 @@ in_both_xds_modes! {
         assert_eq!(envoy.stat("listener_manager.listener_removed").await, 0);
 
         // Blue drains: `wait drained` waits while the long connection is open...
-        let drained = tcp_file(listener, &blue, &green, "active: green")
+        let drained = tcp_file(listener, blue, green, "active: green")
             .replace(&format!("[{}]", blue.addr), &format!("[{{ address: {}, drain: true }}]", blue.addr));
         file.write_renamed(&drained);
         cutover.wait_in_sync("edge-1").await;
         let target = blue.addr.to_string();
-        let out = wait_cmd(&cutover, &["drained", "echo", &target, "--timeout", "3s"]).await;
+        let out = wait_cmd(cutover, &["drained", "echo", &target, "--timeout", "3s"]).await;
         assert_eq!(out.status.code(), Some(1), "returned with a connection open: {out:?}");
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("in flight"),
@@ -137,7 +163,7 @@ in_both_xds_modes! {
 
         // ...and returns once it has closed.
         drop(long);
-        let out = wait_cmd(&cutover, &["drained", "echo", &target, "--timeout", "20s"]).await;
+        let out = wait_cmd(cutover, &["drained", "echo", &target, "--timeout", "20s"]).await;
         assert!(out.status.success(), "{out:?}");
         assert_eq!(blue.open(), 0);
         assert_eq!(TcpLine::once(listener, "after").await.unwrap(), "green:after");
@@ -146,24 +172,19 @@ in_both_xds_modes! {
 
 in_both_xds_modes! {
     async fn a_canary_splits_connections_by_weight_and_its_steps_cut_none(xds: Protocol) {
-        if envoy_binary().is_none() {
+        let Some(s) = TcpStack::start(xds, &canary_at(0)).await else {
             return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let (blue, green) = (TcpEcho::start("blue").await, TcpEcho::start("green").await);
-        let listener = free_port();
-        let file = DeploymentFile::new(dir.path().join("deploy.yaml"));
+        };
+        let (listener, file, cutover, envoy) = (s.listener, &s.file, &s.cutover, &s.envoy);
+        let (blue, green) = (&s.blue, &s.green);
         let canary = |weight: u32| {
             tcp_file(
                 listener,
-                &blue,
-                &green,
-                &format!("strategy: {{ canary: {{ stable: blue, canary: green, weight: {weight} }} }}"),
+                blue,
+                green,
+                &canary_at(weight),
             )
         };
-        file.write_renamed(&canary(0));
-        let cutover = Cutover::start(dir.path(), &file.path).await;
-        let envoy = start_envoy(dir.path(), &cutover, listener, xds.bootstrap_args()).await;
         cutover.wait_in_sync("edge-1").await;
         eventually(WAIT, "connections to reach blue", async || {
             TcpLine::once(listener, "hi").await.is_ok_and(|a| a == "blue:hi")
@@ -200,7 +221,7 @@ in_both_xds_modes! {
         // stay where they are, past Envoy's 1 s drain time.
         file.write_renamed(&canary(60));
         cutover.wait_in_sync("edge-1").await;
-        file.write_renamed(&tcp_file(listener, &blue, &green, "active: green"));
+        file.write_renamed(&tcp_file(listener, blue, green, "active: green"));
         cutover.wait_in_sync("edge-1").await;
         // The canary's weights went through its fallback cluster `echo/green~blue`, which
         // lingers for the drain period (5 s) and then goes: the chain of its connections stays.
@@ -289,23 +310,18 @@ async fn wait_rollout(cutover: &Cutover, state: RolloutState) -> RolloutReport {
 
 in_both_xds_modes! {
     async fn a_tcp_canary_is_judged_on_its_connections(xds: Protocol) {
-        if envoy_binary().is_none() {
+        let Some(s) = TcpStack::start(xds, "active: blue").await else {
             return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let (blue, green) = (TcpEcho::start("blue").await, TcpEcho::start("green").await);
-        let listener = free_port();
-        let file = DeploymentFile::new(dir.path().join("deploy.yaml"));
-        file.write_renamed(&tcp_file(listener, &blue, &green, "active: blue"));
-        let cutover = Cutover::start(dir.path(), &file.path).await;
-        let _envoy = start_envoy(dir.path(), &cutover, listener, xds.bootstrap_args()).await;
+        };
+        let (listener, file, cutover) = (s.listener, &s.file, &s.cutover);
+        let (blue, green) = (&s.blue, &s.green);
         cutover.wait_in_sync("edge-1").await;
 
         // A canary whose endpoint refuses connections: rolled back on its connect failures.
         let nobody = free_port();
         let load = Connections::start(listener);
         file.write_renamed(&rollout_file(listener, blue.addr, nobody));
-        let r = wait_rollout(&cutover, RolloutState::RolledBack).await;
+        let r = wait_rollout(cutover, RolloutState::RolledBack).await;
         load.stop().await;
         let reason = r.reason.as_deref().unwrap();
         assert!(reason.starts_with("error rate "), "{r:?}");
@@ -314,11 +330,11 @@ in_both_xds_modes! {
         assert!(check.errors > 0 && check.requests >= 5, "{check:?}");
 
         // A canary that accepts them is promoted step by step.
-        file.write_renamed(&tcp_file(listener, &blue, &green, "active: blue"));
+        file.write_renamed(&tcp_file(listener, blue, green, "active: blue"));
         cutover.wait_in_sync("edge-1").await;
         let load = Connections::start(listener);
         file.write_renamed(&rollout_file(listener, blue.addr, green.addr));
-        let r = wait_rollout(&cutover, RolloutState::Promoted).await;
+        let r = wait_rollout(cutover, RolloutState::Promoted).await;
         let (answers, failed) = load.stop().await;
         assert_eq!(failed, 0, "{answers:?}");
         assert!(answers.get("green:x").is_some_and(|n| *n > 0), "{answers:?}");

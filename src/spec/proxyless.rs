@@ -11,7 +11,7 @@ use serde_saphyr::Location;
 use super::raw::{
     RawLoadBalancing, RawProtocol, RawRuleMatch, RawService, RawSpec, RawStep, RawStrategy,
 };
-use super::validate::Validator;
+use super::validate::{Refusals, Validator};
 use super::{EndpointAddress, ListenerKind, Spec};
 
 /// The `retry_on` conditions gRPC clients act on (gRFC A44); they ignore the others.
@@ -32,12 +32,12 @@ impl Validator {
             let Some(listener) = spec.proxyless_routing(&name.value).next() else {
                 continue;
             };
-            let mut check = Check {
+            let mut check = Refusals {
                 v: self,
                 service: &name.value,
-                listener,
+                behind: format!("is used by gRPC clients (proxyless listener \"{listener}\")"),
             };
-            check.service(&service.value);
+            check.proxyless_service(&service.value);
         }
     }
 }
@@ -92,23 +92,9 @@ impl Validator {
     }
 }
 
-struct Check<'a> {
-    v: &'a mut Validator,
-    service: &'a str,
-    listener: &'a str,
-}
-
-impl Check<'_> {
-    fn refuse(&mut self, loc: &Location, what: &str, instead: &str) {
-        let msg = format!(
-            "service \"{}\" is used by gRPC clients (proxyless listener \"{}\"), which {what}; {instead}",
-            self.service, self.listener
-        );
-        self.v.at(loc, msg);
-    }
-
+impl Refusals<'_> {
     /// A rule's or a match step's conditions: gRPC clients match headers (metadata) and paths.
-    fn match_conditions(&mut self, m: &RawRuleMatch) {
+    fn proxyless_conditions(&mut self, m: &RawRuleMatch) {
         if let Some((k, _)) = m.cookie.0.first() {
             self.refuse(
                 &k.referenced,
@@ -129,7 +115,7 @@ impl Check<'_> {
         clippy::too_many_lines,
         reason = "one refusal per feature gRPC clients lack, in the README's order"
     )]
-    fn service(&mut self, raw: &RawService) {
+    fn proxyless_service(&mut self, raw: &RawService) {
         if let Some(p) = &raw.protocol
             && !matches!(p.value, RawProtocol::Grpc)
         {
@@ -183,7 +169,7 @@ impl Check<'_> {
                             );
                         }
                         if let Some(m) = &m.matcher {
-                            self.match_conditions(&m.value);
+                            self.proxyless_conditions(&m.value);
                         }
                     }
                 }
@@ -198,7 +184,7 @@ impl Check<'_> {
             );
         }
         for rule in &raw.rules {
-            self.match_conditions(&rule.value.matcher.value);
+            self.proxyless_conditions(&rule.value.matcher.value);
         }
         for (version, v) in &raw.versions.value.0 {
             for e in &v.value.endpoints {

@@ -8,10 +8,10 @@
 //! connections and connect failures (no latency). This check refuses the rest, each problem at the key that asks for it. It reads the raw file (for positions) and
 //! the validated listeners (to know which services TCP listeners front).
 
-use serde_saphyr::{Location, Spanned};
+use serde_saphyr::Spanned;
 
 use super::raw::{RawAnalysis, RawListener, RawService, RawSpec, RawStep, RawStrategy};
-use super::validate::Validator;
+use super::validate::{Refusals, Validator};
 use super::{PathMatch, Route, RouteTarget, Service, Spec};
 use std::collections::BTreeMap;
 
@@ -73,12 +73,12 @@ impl Validator {
             let Some(listener) = spec.tcp_fronting(&name.value).next() else {
                 continue;
             };
-            let mut check = Check {
+            let mut check = Refusals {
                 v: self,
                 service: &name.value,
-                listener,
+                behind: format!("is behind the TCP listener \"{listener}\""),
             };
-            check.service(&service.value);
+            check.tcp_service(&service.value);
             let http = spec
                 .listeners
                 .iter()
@@ -97,29 +97,15 @@ impl Validator {
     }
 }
 
-struct Check<'a> {
-    v: &'a mut Validator,
-    service: &'a str,
-    listener: &'a str,
-}
-
-impl Check<'_> {
-    fn refuse(&mut self, loc: &Location, what: &str, instead: &str) {
-        let msg = format!(
-            "service \"{}\" is behind the TCP listener \"{}\", which {what}; {instead}",
-            self.service, self.listener
-        );
-        self.v.at(loc, msg);
-    }
-
-    fn service(&mut self, raw: &RawService) {
+impl Refusals<'_> {
+    fn tcp_service(&mut self, raw: &RawService) {
         if let Some(s) = &raw.strategy {
-            self.strategy(s);
+            self.tcp_strategy(s);
         }
-        self.per_request(raw);
+        self.tcp_per_request(raw);
     }
 
-    fn strategy(&mut self, s: &Spanned<RawStrategy>) {
+    fn tcp_strategy(&mut self, s: &Spanned<RawStrategy>) {
         match &s.value {
             RawStrategy::Shadow(_) => self.refuse(
                 &s.referenced,
@@ -135,12 +121,12 @@ impl Check<'_> {
                     );
                 }
                 if let Some(a) = &b.analysis {
-                    self.analysis(&a.value);
+                    self.tcp_analysis(&a.value);
                 }
             }
             RawStrategy::RedBlack(r) => {
                 if let Some(a) = &r.analysis {
-                    self.analysis(&a.value);
+                    self.tcp_analysis(&a.value);
                 }
             }
             RawStrategy::Canary(c) => {
@@ -152,7 +138,7 @@ impl Check<'_> {
                     );
                 }
                 if let Some(a) = &c.analysis {
-                    self.analysis(&a.value);
+                    self.tcp_analysis(&a.value);
                 }
                 for step in c.steps.iter().flat_map(|s| &s.value) {
                     let RawStep::WithPause(m) = &step.value else {
@@ -178,7 +164,7 @@ impl Check<'_> {
     }
 
     /// What applies to HTTP requests only.
-    fn per_request(&mut self, raw: &RawService) {
+    fn tcp_per_request(&mut self, raw: &RawService) {
         let per_request = "sees connections, not requests";
         if let Some(m) = &raw.mirror {
             self.refuse(
@@ -227,7 +213,7 @@ impl Check<'_> {
     }
 
     /// Rollout checks count connections and connect failures here: there is no latency.
-    fn analysis(&mut self, raw: &RawAnalysis) {
+    fn tcp_analysis(&mut self, raw: &RawAnalysis) {
         let latency = [
             (
                 "max_p99_latency",

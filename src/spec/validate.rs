@@ -1933,3 +1933,22 @@ fn before_switch(analysis: Option<&Spanned<RawAnalysis>>) -> Option<&Location> {
         .as_ref()
         .map(|b| &b.referenced)
 }
+
+/// What a service asks for that the listeners it is behind cannot do, refused at the key that
+/// asks for it: `service "<name>" <behind>, which <what>; <instead>`.
+pub(super) struct Refusals<'a> {
+    pub(super) v: &'a mut Validator,
+    pub(super) service: &'a str,
+    /// Who serves the service, e.g. `is behind the TCP listener "db"`.
+    pub(super) behind: String,
+}
+
+impl Refusals<'_> {
+    pub(super) fn refuse(&mut self, loc: &Location, what: &str, instead: &str) {
+        let msg = format!(
+            "service \"{}\" {}, which {what}; {instead}",
+            self.service, self.behind
+        );
+        self.v.at(loc, msg);
+    }
+}

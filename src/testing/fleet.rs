@@ -608,3 +608,36 @@ impl Edits {
 pub fn percentile(sorted: &[Duration], p: f64) -> f64 {
     super::percentile(sorted, p).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
+
+/// A benchmark's comma-separated setting `name` from the environment, or `default`.
+pub fn env_list(name: &str, default: &str) -> Vec<String> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.to_owned())
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// A benchmark's numbers `name` (e.g. `STREAMS=1000,5000`), or `default`.
+pub fn env_numbers(name: &str, default: &str) -> Vec<usize> {
+    env_list(name, default)
+        .iter()
+        .map(|s| {
+            s.parse()
+                .unwrap_or_else(|_| panic!("{name}: numbers, not {s:?}"))
+        })
+        .collect()
+}
+
+/// The protocols a benchmark runs: `PROTOCOLS=sotw,delta` (the default), or one of them.
+pub fn env_protocols() -> Vec<Protocol> {
+    env_list("PROTOCOLS", "sotw,delta")
+        .iter()
+        .map(|p| match p.as_str() {
+            "sotw" => Protocol::Sotw,
+            "delta" => Protocol::Delta,
+            other => panic!("PROTOCOLS: sotw or delta, not {other}"),
+        })
+        .collect()
+}
