@@ -649,7 +649,16 @@ fn tcp() -> impl Strategy<Value = (usize, String, bool)> {
                 "strategy: {{ canary: {{ stable: v{a}, canary: v{b}, weight: {w} }} }}"
             )),
         ];
-        (Just(versions), strategy, any::<bool>())
+        (Just(versions), strategy, any::<bool>(), any::<bool>()).prop_map(
+            |(versions, strategy, health_check, hash)| {
+                let strategy = if hash {
+                    format!("{strategy}\n    load_balancing: {{ ring_hash: source_ip }}")
+                } else {
+                    strategy
+                };
+                (versions, strategy, health_check)
+            },
+        )
     })
 }
 

@@ -10,7 +10,10 @@
 
 use serde_saphyr::Spanned;
 
-use super::raw::{RawAnalysis, RawListener, RawService, RawSpec, RawStep, RawStrategy};
+use super::raw::{
+    RawAnalysis, RawHashOn, RawListener, RawLoadBalancing, RawService, RawSpec, RawStep,
+    RawStrategy,
+};
 use super::validate::{Refusals, Validator};
 use super::{PathMatch, Route, RouteTarget, Service, Spec};
 use std::collections::BTreeMap;
@@ -198,6 +201,16 @@ impl Refusals<'_> {
                 self.refuse(&at, &what, &format!("remove `{key}`"));
             }
         }
+        if let Some(lb) = &raw.load_balancing
+            && let RawLoadBalancing::RingHash(on) | RawLoadBalancing::Maglev(on) = &lb.value
+            && !matches!(on, RawHashOn::SourceIp)
+        {
+            self.refuse(
+                &lb.referenced,
+                "reads no header or cookie to hash",
+                "hash on the client's IP: `{ ring_hash: source_ip }` (or `maglev`)",
+            );
+        }
         if let Some(h) = &raw.health_check
             && h.value.tcp != Some(true)
         {
@@ -274,6 +287,8 @@ mod tests {
     connect_timeout: 2s
 ";
         parse("deploy.yaml", &file("", canary)).unwrap();
+        let sticky_ip = "    active: blue\n    load_balancing: { maglev: source_ip }\n";
+        parse("deploy.yaml", &file("", sticky_ip)).unwrap();
     }
 
     #[test]
@@ -340,10 +355,23 @@ mod tests {
         );
         assert!(p[8].contains("`health_check: { tcp: true }`"), "{}", p[8]);
 
-        let more = "    active: blue\n    mirror: { version: green }\n    protocol: http2\n";
+        let more = "    active: blue\n    mirror: { version: green }\n    protocol: http2\n    load_balancing: { ring_hash: { header: x-user } }\n";
         let p = problems(&file("", more));
         let at: Vec<&str> = p.iter().map(|p| &p[..p.find(": ").unwrap()]).collect();
-        assert_eq!(at, ["deploy.yaml:11:13", "deploy.yaml:12:15"], "{p:#?}");
+        assert_eq!(
+            at,
+            [
+                "deploy.yaml:11:13",
+                "deploy.yaml:12:15",
+                "deploy.yaml:13:21"
+            ],
+            "{p:#?}"
+        );
+        assert!(
+            p[2].contains("reads no header or cookie to hash; hash on the client's IP"),
+            "{}",
+            p[2]
+        );
 
         let shadow = "    strategy: { shadow: { primary: blue, mirror: green } }\n";
         let p = problems(&file("", shadow));

@@ -24,7 +24,9 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
 };
 use envoy_types::pb::envoy::extensions::matching::common_inputs::network::v3::SourcePortInput;
 use envoy_types::pb::envoy::extensions::matching::input_matchers::runtime_fraction::v3::RuntimeFraction;
-use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent::DenominatorType};
+use envoy_types::pb::envoy::r#type::v3::{
+    FractionalPercent, HashPolicy, fractional_percent::DenominatorType, hash_policy,
+};
 use envoy_types::pb::google::protobuf::StringValue;
 use envoy_types::pb::xds::core::v3::TypedExtensionConfig;
 use envoy_types::pb::xds::r#type::matcher::v3::Matcher;
@@ -36,6 +38,7 @@ use super::any;
 use super::cluster::socket_address;
 use crate::ids::{ClusterId, ClusterRef, FallbackId};
 use crate::reconcile::{ListenerPlan, Plan, Target};
+use crate::spec::HashOn;
 
 /// The listener of a TCP listener plan; `None` if the plan has nothing for it to proxy to.
 pub(super) fn listener(l: &ListenerPlan, plan: &Plan) -> Option<Listener> {
@@ -91,7 +94,7 @@ pub(super) fn listener(l: &ListenerPlan, plan: &Plan) -> Option<Listener> {
         address: Some(socket_address(address)),
         filter_chains: clusters
             .iter()
-            .map(|c| tcp_proxy_chain(&l.name, &c.to_string()))
+            .map(|c| tcp_proxy_chain(&l.name, &c.to_string(), service.route_policy.hash.as_ref()))
             .collect(),
         filter_chain_matcher: Some(Matcher {
             matcher_type: (!matchers.is_empty())
@@ -102,12 +105,22 @@ pub(super) fn listener(l: &ListenerPlan, plan: &Plan) -> Option<Listener> {
     })
 }
 
-/// The chain of one cluster: its name and content depend on nothing else, so that it is the
-/// same chain, with the same connections, whatever the weights.
-fn tcp_proxy_chain(listener: &str, cluster: &str) -> FilterChain {
+/// The chain of one cluster: its name and content depend on nothing else (but the service's
+/// hash policy), so that it is the same chain, with the same connections, whatever the weights.
+fn tcp_proxy_chain(listener: &str, cluster: &str, hash: Option<&HashOn>) -> FilterChain {
+    // Validation leaves a TCP service only the client's IP to hash on.
+    let hash_policy = match hash {
+        Some(HashOn::SourceIp) => vec![HashPolicy {
+            policy_specifier: Some(hash_policy::PolicySpecifier::SourceIp(
+                hash_policy::SourceIp {},
+            )),
+        }],
+        _ => Vec::new(),
+    };
     let proxy = TcpProxy {
         stat_prefix: listener.to_owned(),
         cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.to_owned())),
+        hash_policy,
         ..Default::default()
     };
     FilterChain {
