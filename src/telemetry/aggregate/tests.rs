@@ -657,3 +657,56 @@ fn recent_figures_leave_out_every_flush_that_began_earlier() {
         0
     );
 }
+
+/// A gRPC canary is judged on the calls its endpoints finished, from the load reports (where
+/// Envoy counts a call failed on its `grpc-status`), and only on reports of the time asked for.
+#[test]
+fn recent_calls_sum_a_versions_endpoints_over_the_reports_of_the_window() {
+    let clock = Clock::new();
+    let mut agg = clock.aggregator(Limits::default());
+    let e1 = agg
+        .open(Source::LoadReports, node("edge-1"), clock.at(0.0))
+        .unwrap();
+    let e2 = agg
+        .open(Source::LoadReports, node("edge-2"), clock.at(0.0))
+        .unwrap();
+    for i in 1..=6 {
+        let now = clock.at(f64::from(i));
+        let load = cluster_load(
+            "checkout/v2",
+            &[("127.0.0.1:8082", 9, 1, 0), ("127.0.0.1:8083", 5, 5, 0)],
+        );
+        agg.load(e1, &report(vec![load]), now);
+        agg.load(
+            e2,
+            &report(vec![cluster_load(
+                "checkout/v2",
+                &[("127.0.0.1:8082", 10, 0, 0)],
+            )]),
+            now,
+        );
+        agg.load(
+            e2,
+            &report(vec![cluster_load(
+                "checkout/v1",
+                &[("127.0.0.1:8081", 7, 7, 0)],
+            )]),
+            now,
+        );
+    }
+    let v2 = ClusterId::new("checkout", "v2");
+    // The last 3 s: the reports at 4, 5 and 6 s (each covering the second before it).
+    let (ok, failed) = agg.recent_calls(&v2, Duration::from_secs(3), clock.at(6.0));
+    assert_eq!((ok, failed), (3 * (9 + 5 + 10), 3 * (1 + 5)));
+    // The short window at most: all six.
+    let (ok, failed) = agg.recent_calls(&v2, Duration::from_secs(60), clock.at(6.0));
+    assert_eq!((ok, failed), (6 * 24, 6 * 6));
+    assert_eq!(
+        agg.recent_calls(
+            &ClusterId::new("checkout", "v3"),
+            Duration::from_secs(3),
+            clock.at(6.0)
+        ),
+        (0, 0)
+    );
+}
