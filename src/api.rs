@@ -115,6 +115,19 @@ wire_state! {
 }
 
 wire_state! {
+    /// What a service's figures count: what its checks judge and its dashboard shows.
+    pub enum Counts {
+        /// HTTP requests: answered ones, 5xx as errors (Envoy's stats).
+        Requests = "requests",
+        /// gRPC calls: finished ones, those whose `grpc-status` is an error as errors (Envoy's
+        /// load reports; a failed call's HTTP status is 200).
+        Calls = "calls",
+        /// Behind a TCP listener, connections: connect failures as errors, no latency.
+        Connections = "connections",
+    }
+}
+
+wire_state! {
     /// What a rollout moves.
     pub enum RolloutKind {
         /// A canary raised through its steps.
@@ -229,6 +242,8 @@ pub struct RetiringReport {
 #[serde(default)]
 pub struct ServiceReport {
     pub strategy: Strategy,
+    /// What its figures count (`observed`, its rollout's checks).
+    pub counts: Counts,
     /// Percent of answered requests per version.
     pub split: BTreeMap<String, f64>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -435,15 +435,7 @@ impl Controller {
             else {
                 continue;
             };
-            let grpc = spec.services.get(&service).map(|s| s.policy.protocol)
-                == Some(crate::spec::Protocol::Grpc);
-            let counted = if spec.tcp_fronting(&service).next().is_some() {
-                Counted::Connections
-            } else if grpc {
-                Counted::Calls
-            } else {
-                Counted::Requests
-            };
+            let counted = Counted::of(spec, &service);
             let (figures, latency) = self
                 .out
                 .observer

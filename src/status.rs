@@ -16,15 +16,15 @@ use std::time::{Instant, SystemTime};
 use tokio::sync::watch;
 
 use crate::api::{
-    self, BaselineReport, CheckPointReport, CheckReport, DrainReason, DrainReport, GateReport,
-    GroupReport, HistoryReport, MirrorReport, NackStatus, NodeReport, ObservedReport,
+    self, BaselineReport, CheckPointReport, CheckReport, Counts, DrainReason, DrainReport,
+    GateReport, GroupReport, HistoryReport, MirrorReport, NackStatus, NodeReport, ObservedReport,
     ObservedVersion, PastRolloutReport, ReloadStatus, RetiringReport, RolloutKind, RolloutReport,
     ServiceReport, StateFileReport, StatusReport, StreamsReport, TelemetryState, ThresholdsReport,
     TypeReport,
 };
 use crate::metrics::{Metrics, ResultLabel};
 use crate::node::GroupId;
-use crate::reconcile::rollout::{Entry, Kind, Rollout, Status as RolloutStatus, Verdict};
+use crate::reconcile::rollout::{Counted, Entry, Kind, Rollout, Status as RolloutStatus, Verdict};
 use crate::reconcile::{Health, Plan, Role, RuntimeState, ServicePlan, Timestamp};
 use crate::snapshot::{Published, ResourceType};
 use crate::spec::{Spec, StepKind, Strategy};
@@ -324,6 +324,11 @@ fn service_reports(
                 .collect();
             let report = ServiceReport {
                 strategy: strategy(&service.strategy),
+                counts: match Counted::of(spec, name) {
+                    Counted::Requests => Counts::Requests,
+                    Counted::Calls => Counts::Calls,
+                    Counted::Connections => Counts::Connections,
+                },
                 split: planned
                     .split
                     .iter()
@@ -637,6 +642,60 @@ impl StatusReport {
     }
 }
 
+/// A version's figures in what its service counts (see [`Counts`]).
+struct Figures {
+    last_10s: u64,
+    last_1m: u64,
+    per_second: f64,
+    /// 0 to 1, over the last 10 s.
+    error_rate: Option<f64>,
+}
+
+fn counted(counts: Counts, v: &crate::telemetry::report::VersionTelemetry) -> Figures {
+    let rate = |errors: f64, of: u64| (of > 0).then(|| errors / of as f64);
+    match counts {
+        Counts::Connections => Figures {
+            last_10s: v.last_10s.attempts,
+            last_1m: v.last_1m.attempts,
+            per_second: v.last_10s.attempts_per_second,
+            error_rate: rate(
+                v.last_10s.errors.connect_failures as f64,
+                v.last_10s.attempts,
+            ),
+        },
+        // From the load reports, where Envoy counts a call failed on its grpc-status.
+        Counts::Calls => {
+            let sum = |w: fn(&crate::telemetry::report::EndpointTelemetry) -> u64| -> u64 {
+                v.endpoints.values().map(w).sum()
+            };
+            let failed: f64 = v
+                .endpoints
+                .values()
+                .map(|e| e.last_10s.error_rate.unwrap_or(0.0) * e.last_10s.requests as f64)
+                .sum();
+            let last_10s = sum(|e| e.last_10s.requests);
+            Figures {
+                last_10s,
+                last_1m: sum(|e| e.last_1m.requests),
+                per_second: round(
+                    v.endpoints
+                        .values()
+                        .map(|e| e.last_10s.requests_per_second)
+                        .sum(),
+                    2,
+                ),
+                error_rate: rate(failed, last_10s),
+            }
+        }
+        Counts::Requests | Counts::Unknown => Figures {
+            last_10s: v.last_10s.requests,
+            last_1m: v.last_1m.requests,
+            per_second: v.last_10s.requests_per_second,
+            error_rate: v.last_10s.error_rate,
+        },
+    }
+}
+
 /// One service's live figures: the versions it deploys or splits to, and any other version
 /// Envoys still report (a removed version draining).
 fn observe(
@@ -655,17 +714,18 @@ fn observe(
     // got their answer, so they are no part of the split.
     let mirror = service.mirror.as_ref().map(|m| &m.version);
     let answering = |name: &String| Some(name) != mirror;
-    let total = |pick: fn(&crate::telemetry::report::VersionTelemetry) -> u64| -> u64 {
-        reported
+    let counted: BTreeMap<&String, Figures> = reported
+        .iter()
+        .map(|(name, v)| (name, counted(service.counts, v)))
+        .collect();
+    let total = |pick: fn(&Figures) -> u64| -> u64 {
+        counted
             .iter()
             .filter(|(name, _)| answering(name))
-            .map(|(_, v)| pick(v))
+            .map(|(_, c)| pick(c))
             .sum()
     };
-    let (total_10s, total_1m) = (
-        total(|v| v.last_10s.requests),
-        total(|v| v.last_1m.requests),
-    );
+    let (total_10s, total_1m) = (total(|c| c.last_10s), total(|c| c.last_1m));
     let share = |name: &String, n: u64, total: u64| {
         (answering(name) && total > 0).then(|| round(n as f64 * 100.0 / total as f64, 2))
     };
@@ -679,10 +739,10 @@ fn observe(
                     ..Default::default()
                 },
                 Some(v) => ObservedVersion {
-                    share_10s: share(name, v.last_10s.requests, total_10s),
-                    share_1m: share(name, v.last_1m.requests, total_1m),
-                    requests_per_second: v.last_10s.requests_per_second,
-                    error_rate: v.last_10s.error_rate.map(|r| round(r * 100.0, 3)),
+                    share_10s: share(name, counted[name].last_10s, total_10s),
+                    share_1m: share(name, counted[name].last_1m, total_1m),
+                    requests_per_second: counted[name].per_second,
+                    error_rate: counted[name].error_rate.map(|r| round(r * 100.0, 3)),
                     p99_ms: v.last_10s.latency_ms.map(|q| q.p99),
                     in_flight: v.in_flight,
                     healthy: v.membership.map(|m| m.healthy),
@@ -882,6 +942,7 @@ services:
 
     fn report() -> StatusReport {
         let checkout = ServiceReport {
+            counts: Counts::Requests,
             strategy: api::Strategy::Canary,
             split: BTreeMap::from([("v1".into(), 90.0), ("v2".into(), 10.0)]),
             mirror: Some(MirrorReport {
@@ -953,6 +1014,53 @@ services:
         let idle = &o.versions["idle"];
         assert_eq!(idle.share_10s, Some(0.0));
         assert_eq!((idle.requests_per_second, idle.envoys), (0.0, 0));
+    }
+
+    /// A TCP service counts connections (connect failures as errors), a gRPC service the
+    /// calls the load reports count (failed on their grpc-status), not HTTP responses.
+    #[test]
+    fn observed_figures_count_what_the_service_counts() {
+        let v = VersionTelemetry {
+            last_10s: WindowFigures {
+                requests: 50,
+                requests_per_second: 5.0,
+                error_rate: Some(0.0),
+                attempts: 40,
+                attempts_per_second: 4.0,
+                errors: crate::telemetry::report::ErrorCounts {
+                    connect_failures: 10,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            endpoints: BTreeMap::from([(
+                "127.0.0.1:9091".to_owned(),
+                EndpointTelemetry {
+                    last_10s: crate::telemetry::report::EndpointWindow {
+                        requests: 20,
+                        requests_per_second: 2.0,
+                        error_rate: Some(0.25),
+                    },
+                    ..Default::default()
+                },
+            )]),
+            ..Default::default()
+        };
+        let tcp = counted(Counts::Connections, &v);
+        assert_eq!(
+            (tcp.last_10s, tcp.per_second, tcp.error_rate),
+            (40, 4.0, Some(0.25))
+        );
+        let grpc = counted(Counts::Calls, &v);
+        assert_eq!(
+            (grpc.last_10s, grpc.per_second, grpc.error_rate),
+            (20, 2.0, Some(0.25))
+        );
+        let http = counted(Counts::Requests, &v);
+        assert_eq!(
+            (http.last_10s, http.per_second, http.error_rate),
+            (50, 5.0, Some(0.0))
+        );
     }
 
     #[test]

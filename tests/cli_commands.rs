@@ -10,10 +10,10 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use cutover::api::{
-    BaselineReport, CheckReport, DrainReason, DrainReport, HistoryReport, MirrorReport, NackStatus,
-    NodeReport, ObservedReport, ObservedVersion, PastRolloutReport, ReloadStatus, RetiringReport,
-    RolloutKind, RolloutReport, RolloutState, ServiceReport, StatusReport, Strategy,
-    TelemetryState, ThresholdsReport, TypeReport, Verdict,
+    BaselineReport, CheckReport, Counts, DrainReason, DrainReport, HistoryReport, MirrorReport,
+    NackStatus, NodeReport, ObservedReport, ObservedVersion, PastRolloutReport, ReloadStatus,
+    RetiringReport, RolloutKind, RolloutReport, RolloutState, ServiceReport, StatusReport,
+    Strategy, TelemetryState, ThresholdsReport, TypeReport, Verdict,
 };
 use cutover::app;
 use cutover::cli::diff::{self, Side};
@@ -111,6 +111,7 @@ fn busy_report() -> StatusReport {
             (
                 "checkout".to_owned(),
                 ServiceReport {
+                    counts: Counts::Requests,
                     strategy: Strategy::Canary,
                     split: BTreeMap::from([("v1".into(), 90.0), ("v2".into(), 10.0)]),
                     mirror: None,
@@ -242,6 +243,7 @@ fn busy_report() -> StatusReport {
             (
                 "payments".to_owned(),
                 ServiceReport {
+                    counts: Counts::Requests,
                     strategy: Strategy::RedBlack,
                     split: BTreeMap::from([("black".into(), 100.0)]),
                     mirror: Some(MirrorReport {
@@ -293,6 +295,7 @@ fn busy_report() -> StatusReport {
             (
                 "search".to_owned(),
                 ServiceReport {
+                    counts: Counts::Requests,
                     strategy: Strategy::RedBlack,
                     split: BTreeMap::from([("v7".into(), 100.0)]),
                     mirror: None,

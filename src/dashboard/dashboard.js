@@ -471,6 +471,12 @@ function notes(service) {
   return items.length ? el('ul', { class: 'notes' }, items) : null;
 }
 
+// What a service's figures count (`counts` in /status): HTTP requests, gRPC calls (failed on
+// their grpc-status) or TCP connections (connect failures as errors).
+function rateUnit(service) {
+  return { calls: 'calls/s', connections: 'conn/s' }[service.counts] || 'req/s';
+}
+
 function serviceCard(name, service) {
   const names = versionsOf(service);
   const colors = versionColors(names);
@@ -481,7 +487,8 @@ function serviceCard(name, service) {
       el('span', { class: 'tag' }, service.strategy),
       service.rules ? el('span', { class: 'tag' }, `${service.rules} rule${service.rules > 1 ? 's' : ''}`) : null,
       el('span', { class: service.synced ? 'sync' : 'sync pending' }, service.synced ? '✓ in sync' : '… Envoys converging'),
-      el('span', { class: 'total' }, o ? fmtRate(o.requests_per_second) : '–', el('small', {}, 'req/s')),
+      service.counts === 'connections' ? el('span', { class: 'tag' }, 'tcp') : null,
+      el('span', { class: 'total' }, o ? fmtRate(o.requests_per_second) : '–', el('small', {}, rateUnit(service))),
     ),
   );
   const observed = {};
@@ -495,7 +502,7 @@ function serviceCard(name, service) {
     splitBar('observed 10 s', observed, colors, names, o ? 'no requests in the last 10 s' : 'unknown: no Envoy sends telemetry'),
   ));
   card.append(el('table', { class: 'versions' },
-    el('thead', {}, el('tr', {}, ['version', 'split', 'observed', '1 min', 'req/s', 'errors', 'p99', 'in flight', 'healthy'].map((h) => el('th', {}, h)))),
+    el('thead', {}, el('tr', {}, ['version', 'split', 'observed', '1 min', rateUnit(service), 'errors', 'p99', 'in flight', 'healthy'].map((h) => el('th', {}, h)))),
     el('tbody', {}, names.map((v) => versionRow(service, v, colors))),
   ));
   const t = service.rollout?.thresholds || {};

@@ -68,6 +68,22 @@ pub enum Counted {
     Connections,
 }
 
+impl Counted {
+    /// What `service` of `spec` counts: connections behind a TCP listener, calls for a gRPC
+    /// service, else requests.
+    pub fn of(spec: &crate::spec::Spec, service: &str) -> Counted {
+        if spec.tcp_fronting(service).next().is_some() {
+            Counted::Connections
+        } else if spec.services.get(service).map(|s| s.policy.protocol)
+            == Some(crate::spec::Protocol::Grpc)
+        {
+            Counted::Calls
+        } else {
+            Counted::Requests
+        }
+    }
+}
+
 /// One version's figures over a check's window, as Envoy reported them.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct Figures {

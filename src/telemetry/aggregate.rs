@@ -770,6 +770,7 @@ impl VersionAcc {
 struct WindowAcc {
     sum: Part,
     per_second: f64,
+    attempts_per_second: f64,
 }
 
 impl WindowAcc {
@@ -785,6 +786,7 @@ impl WindowAcc {
         s.latency.add(&part.latency);
         if period > 0.0 {
             self.per_second += part.completed / period;
+            self.attempts_per_second += part.attempts / period;
         }
     }
 
@@ -794,6 +796,7 @@ impl WindowAcc {
         WindowFigures {
             requests: count(s.completed),
             attempts: count(s.attempts),
+            attempts_per_second: round(self.attempts_per_second, 2),
             requests_per_second: round(self.per_second, 2),
             success_rate: error_rate.map(|e| round(1.0 - e, 4)),
             error_rate: error_rate.map(|e| round(e, 4)),

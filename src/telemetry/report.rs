@@ -70,6 +70,8 @@ pub struct WindowFigures {
     /// a TCP listener, connections (those that failed to connect included).
     #[serde(default)]
     pub attempts: u64,
+    #[serde(default)]
+    pub attempts_per_second: f64,
     pub requests_per_second: f64,
     /// `1 - error_rate`; `None` without requests.
     pub success_rate: Option<f64>,
