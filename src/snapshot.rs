@@ -27,6 +27,9 @@ pub struct Resource {
     pub version: String,
     /// The resource as an encoded `google.protobuf.Any`, ready to be copied into a response.
     pub encoded: Bytes,
+    /// A listener that names its clusters itself (a TCP proxy) instead of taking routes over
+    /// RDS: known once per version here, asked of every stream by the make-before-break rules.
+    pub names_clusters: bool,
 }
 
 impl Resource {
@@ -36,6 +39,7 @@ impl Resource {
             name: name.into(),
             version: hash_hex(&[&encoded]),
             encoded,
+            names_clusters: false,
         }
     }
 }
@@ -67,28 +71,40 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn new(resources: &Resources) -> Snapshot {
         let mut sets: [BTreeMap<String, Resource>; ResourceType::COUNT] = Default::default();
-        let mut add = |ty: ResourceType, name: &str, value: Vec<u8>| {
+        let mut add = |ty: ResourceType, name: &str, value: Vec<u8>, names_clusters: bool| {
             let any = Any {
                 type_url: ty.type_url().to_owned(),
                 value,
             };
-            let resource = Resource::new(name, Bytes::from(any.encode_to_vec()));
+            let mut resource = Resource::new(name, Bytes::from(any.encode_to_vec()));
+            resource.names_clusters = names_clusters;
             sets[ty.index()].insert(name.to_owned(), resource);
         };
         for c in &resources.clusters {
-            add(ResourceType::Cluster, &c.name, c.encode_to_vec());
+            add(ResourceType::Cluster, &c.name, c.encode_to_vec(), false);
         }
         for e in &resources.endpoints {
-            add(ResourceType::Endpoint, &e.cluster_name, e.encode_to_vec());
+            add(
+                ResourceType::Endpoint,
+                &e.cluster_name,
+                e.encode_to_vec(),
+                false,
+            );
         }
         for l in &resources.listeners {
-            add(ResourceType::Listener, &l.name, l.encode_to_vec());
+            let names_clusters = crate::translate::names_clusters(l);
+            add(
+                ResourceType::Listener,
+                &l.name,
+                l.encode_to_vec(),
+                names_clusters,
+            );
         }
         for r in &resources.routes {
-            add(ResourceType::Route, &r.name, r.encode_to_vec());
+            add(ResourceType::Route, &r.name, r.encode_to_vec(), false);
         }
         for s in &resources.secrets {
-            add(ResourceType::Secret, &s.name, s.encode_to_vec());
+            add(ResourceType::Secret, &s.name, s.encode_to_vec(), false);
         }
         Snapshot::of_sets(sets)
     }

@@ -9,6 +9,7 @@ use cutover::api::RolloutState;
 use cutover::testing::proxyless::{GrpcClient, Upstreams, parts_or_skip};
 use cutover::testing::{
     Cutover, DeploymentFile, Envoy, WAIT, envoy_binary, eventually, free_port, in_both_xds_modes,
+    serve_live,
 };
 
 fn grpc_file(listener: std::net::SocketAddr, upstreams: &Upstreams, strategy: &str) -> String {
@@ -62,19 +63,8 @@ impl GrpcStack {
     ) -> GrpcStack {
         let dir = tempfile::tempdir().unwrap();
         let listener = free_port();
-        let file = DeploymentFile::new(dir.path().join("deploy.yaml"));
-        file.write_renamed(&grpc_file(listener, upstreams, "active: blue"));
-        let cutover = Cutover::start(dir.path(), &file.path).await;
-        let envoy = Envoy::start_live(
-            envoy_bin,
-            dir.path(),
-            "edge-1",
-            cutover.ads,
-            listener,
-            xds.bootstrap_args(),
-        )
-        .await;
-        cutover.wait_in_sync("edge-1").await;
+        let text = grpc_file(listener, upstreams, "active: blue");
+        let (file, cutover, envoy) = serve_live(envoy_bin, dir.path(), &text, listener, xds).await;
         GrpcStack {
             listener,
             file,

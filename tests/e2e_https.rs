@@ -11,7 +11,7 @@ use cutover::testing::curl::Curl;
 use cutover::testing::pki::{Ca, Pair};
 use cutover::testing::{
     Cutover, DeploymentFile, Envoy, Upstream, WAIT, envoy_binary, eventually, free_port,
-    in_both_xds_modes,
+    in_both_xds_modes, serve_live,
 };
 
 /// An HTTPS listener with three certificates: one name, a wildcard, and the default.
@@ -81,19 +81,8 @@ in_both_xds_modes! {
         let green = Upstream::start("green-1").await;
         let listener = free_port();
         let port = listener.port();
-        let file = DeploymentFile::new(dir.path().join("deploy.yaml"));
-        file.write_renamed(&https_file(listener, &blue, &green, "blue"));
-        let cutover = Cutover::start(dir.path(), &file.path).await;
-        let envoy = Envoy::start_live(
-            &envoy_bin,
-            dir.path(),
-            "edge-1",
-            cutover.ads,
-            listener,
-            xds.bootstrap_args(),
-        )
-        .await;
-        cutover.wait_in_sync("edge-1").await;
+        let text = https_file(listener, &blue, &green, "blue");
+        let (file, cutover, envoy) = serve_live(&envoy_bin, dir.path(), &text, listener, xds).await;
         let (shop_ca, wild_ca, default_ca) =
             (ca_file(dir.path(), "shop"), ca_file(dir.path(), "wild"), ca_file(dir.path(), "default"));
 
@@ -206,19 +195,8 @@ in_both_xds_modes! {
         let green = Upstream::start("shop-green").await;
         let api = Upstream::start("api-1").await;
         let (https, plain) = (free_port(), free_port());
-        let file = DeploymentFile::new(dir.path().join("deploy.yaml"));
-        file.write_renamed(&hosts_file(https, plain, (&blue, &green), &api, "blue"));
-        let cutover = Cutover::start(dir.path(), &file.path).await;
-        let envoy = Envoy::start_live(
-            &envoy_bin,
-            dir.path(),
-            "edge-1",
-            cutover.ads,
-            plain,
-            xds.bootstrap_args(),
-        )
-        .await;
-        cutover.wait_in_sync("edge-1").await;
+        let text = hosts_file(https, plain, (&blue, &green), &api, "blue");
+        let (file, _cutover, envoy) = serve_live(&envoy_bin, dir.path(), &text, plain, xds).await;
         let ca = ca_file(dir.path(), "wild");
         let port = https.port();
 

@@ -4,9 +4,7 @@
 //! ones reach the new version. In both xDS protocols.
 
 use cutover::testing::websocket::{WsClient, WsParts, WsUpstreams};
-use cutover::testing::{
-    Cutover, DeploymentFile, Envoy, WAIT, envoy_binary, eventually, free_port, in_both_xds_modes,
-};
+use cutover::testing::{WAIT, envoy_binary, eventually, free_port, in_both_xds_modes, serve_live};
 
 fn ws_file(
     listener: std::net::SocketAddr,
@@ -43,20 +41,10 @@ in_both_xds_modes! {
         let dir = tempfile::tempdir().unwrap();
         let upstreams = WsUpstreams::start(&parts, &["blue", "green"]).await;
         let listener = free_port();
-        let file = DeploymentFile::new(dir.path().join("deploy.yaml"));
-        file.write_renamed(&ws_file(listener, &upstreams, "blue", false));
-        let cutover = Cutover::start(dir.path(), &file.path).await;
-        // Killed when dropped: kept until the end.
-        let _envoy = Envoy::start_live(
-            &envoy_bin,
-            dir.path(),
-            "edge-1",
-            cutover.ads,
-            listener,
-            xds.bootstrap_args(),
-        )
-        .await;
-        cutover.wait_in_sync("edge-1").await;
+        let text = ws_file(listener, &upstreams, "blue", false);
+        // The Envoy is killed when dropped: kept until the end.
+        let (file, cutover, _envoy) =
+            serve_live(&envoy_bin, dir.path(), &text, listener, xds).await;
         let mut client = WsClient::start(&parts, listener);
         client.open("long").await.unwrap();
         assert_eq!(client.send("long", "hello").await.unwrap(), "blue:hello");

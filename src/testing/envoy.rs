@@ -144,15 +144,7 @@ impl Envoy {
         listener: SocketAddr,
         bootstrap_args: &[&str],
     ) -> Envoy {
-        let envoy = Envoy::spawn(
-            bin,
-            dir,
-            node_id,
-            &bootstrap_with(node_id, ads, bootstrap_args),
-            listener,
-        )
-        .await;
-        envoy.wait_live().await;
+        let envoy = Envoy::start_live(bin, dir, node_id, ads, listener, bootstrap_args).await;
         wait_for(WAIT, "Envoy's listener to answer 200", async || {
             envoy.get("/").await
         })

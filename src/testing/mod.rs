@@ -54,7 +54,7 @@ pub use self::envoy::{
     CONCURRENCY, Envoy, Reply, Traffic, envoy_binary, envoy_or_skip_in, find_envoy_in,
 };
 pub use self::exact::read_exact;
-pub use self::scenario::{NODE, Scenario, Stack, checkout_deployment};
+pub use self::scenario::{NODE, Scenario, Stack, checkout_deployment, serve_live};
 pub use self::upstream::{HEALTH_PATH, Upstream};
 pub use crate::in_both_xds_modes;
 

@@ -96,9 +96,7 @@ async fn serve_envoy(
     listener: SocketAddr,
     xds: Protocol,
 ) -> (DeploymentFile, Cutover, Envoy) {
-    let file = DeploymentFile::new(dir.join("deploy.yaml"));
-    file.write_renamed(text);
-    let cutover = Cutover::start_with_args(dir, &file.path, cutover_args).await;
+    let (file, cutover) = serve_file(dir, text, cutover_args).await;
     let envoy = Envoy::start_with(
         envoy_bin,
         dir,
@@ -109,6 +107,37 @@ async fn serve_envoy(
     )
     .await;
     (file, cutover, envoy)
+}
+
+/// [`serve_envoy`] for a listener a plain GET cannot probe (HTTPS, gRPC, WebSocket, a
+/// redirect): Envoy LIVE and in sync with cutover, no request sent.
+pub async fn serve_live(
+    envoy_bin: &Path,
+    dir: &Path,
+    text: &str,
+    listener: SocketAddr,
+    xds: Protocol,
+) -> (DeploymentFile, Cutover, Envoy) {
+    let (file, cutover) = serve_file(dir, text, &[]).await;
+    let envoy = Envoy::start_live(
+        envoy_bin,
+        dir,
+        NODE,
+        cutover.ads,
+        listener,
+        xds.bootstrap_args(),
+    )
+    .await;
+    cutover.wait_in_sync(NODE).await;
+    (file, cutover, envoy)
+}
+
+/// `text` saved as `deploy.yaml` in `dir`, and cutover serving it.
+async fn serve_file(dir: &Path, text: &str, cutover_args: &[&str]) -> (DeploymentFile, Cutover) {
+    let file = DeploymentFile::new(dir.join("deploy.yaml"));
+    file.write_renamed(text);
+    let cutover = Cutover::start_with_args(dir, &file.path, cutover_args).await;
+    (file, cutover)
 }
 
 fn addrs(upstreams: &[Upstream]) -> Vec<SocketAddr> {

@@ -18,6 +18,7 @@ mod tls;
 
 pub use cluster::{endpoint_address, socket_address};
 pub use routes::bucket_condition;
+pub use tcp::names_clusters;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::{

@@ -105,6 +105,17 @@ pub(super) fn listener(l: &ListenerPlan, plan: &Plan) -> Option<Listener> {
     })
 }
 
+/// Whether a listener names its clusters itself (a TCP listener's chains) rather than taking
+/// routes over RDS.
+pub fn names_clusters(l: &Listener) -> bool {
+    l.filter_chains
+        .iter()
+        .flat_map(|c| &c.filters)
+        .any(|f| f.name == TCP_PROXY)
+}
+
+const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
+
 /// The chain of one cluster: its name and content depend on nothing else (but the service's
 /// hash policy), so that it is the same chain, with the same connections, whatever the weights.
 fn tcp_proxy_chain(listener: &str, cluster: &str, hash: Option<&HashOn>) -> FilterChain {
@@ -126,7 +137,7 @@ fn tcp_proxy_chain(listener: &str, cluster: &str, hash: Option<&HashOn>) -> Filt
     FilterChain {
         name: cluster.to_owned(),
         filters: vec![Filter {
-            name: "envoy.filters.network.tcp_proxy".to_owned(),
+            name: TCP_PROXY.to_owned(),
             config_type: Some(filter::ConfigType::TypedConfig(any(&proxy))),
         }],
         ..Default::default()

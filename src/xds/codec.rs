@@ -151,6 +151,7 @@ mod tests {
             name: "a/b".into(),
             version: "v".into(),
             encoded: any.encode_to_vec().into(),
+            names_clusters: false,
         };
         let response = Response {
             ty: ResourceType::Cluster,
@@ -188,6 +189,7 @@ mod tests {
             name: name.into(),
             version: format!("{name}-v"),
             encoded: any.encode_to_vec().into(),
+            names_clusters: false,
         };
         let response = delta::Response {
             ty: ResourceType::Route,

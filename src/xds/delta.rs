@@ -452,6 +452,7 @@ impl Stream {
                         version: version.clone(),
                         // Content this config does not have: sent as nothing, only compared.
                         encoded: Bytes::new(),
+                        names_clusters: false,
                     });
                     (name.clone(), r)
                 })

@@ -152,7 +152,7 @@ pub fn routing_settled(snap: &Snapshot, client: &impl Holdings) -> bool {
 pub fn may_be_routing(client: &impl Holdings) -> bool {
     let non_empty = |held: Option<&BTreeMap<String, Resource>>| held.is_some_and(|m| !m.is_empty());
     let tcp = |held: Option<&BTreeMap<String, Resource>>| {
-        held.is_some_and(|m| m.values().any(names_clusters_itself))
+        held.is_some_and(|m| m.values().any(|l| l.names_clusters))
     };
     non_empty(client.acked(ResourceType::Route))
         || non_empty(client.pending(ResourceType::Route))
@@ -160,16 +160,6 @@ pub fn may_be_routing(client: &impl Holdings) -> bool {
         || client.reported(ResourceType::Listener)
         || tcp(client.acked(ResourceType::Listener))
         || tcp(client.pending(ResourceType::Listener))
-}
-
-/// Whether a listener sends connections to clusters it names itself (a TCP proxy) instead of
-/// waiting for routes. Read from its bytes: only asked of a client that holds no routes.
-fn names_clusters_itself(listener: &Resource) -> bool {
-    const TCP_PROXY: &[u8] = b"envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
-    listener
-        .encoded
-        .windows(TCP_PROXY.len())
-        .any(|w| w == TCP_PROXY)
 }
 
 /// Whether the snapshot's listeners and routes may be sent now: at once to a client that is not

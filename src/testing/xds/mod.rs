@@ -331,6 +331,7 @@ impl From<DeltaDiscoveryResponse> for Response {
                 encoded: Bytes::from(x.resource.unwrap_or_default().encode_to_vec()),
                 name: x.name,
                 version: x.version,
+                names_clusters: false,
             })
             .collect();
         Response {
