@@ -493,6 +493,7 @@ in_both_xds_modes! {
         assert_all_from(&stack.envoy.bodies(20).await, "blue");
         stack.cutover.start_again().await;
         stack.cutover.wait_in_sync(NODE).await;
+        traffic.at_least(10).await;
         let outcomes = traffic.stop().await;
         let failures: Vec<&String> = outcomes.iter().filter_map(|r| r.as_ref().err()).collect();
         assert!(failures.is_empty(), "{failures:?}");

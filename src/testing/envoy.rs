@@ -332,9 +332,10 @@ impl Envoy {
     /// Requests through Envoy in the background, one after another, until stopped.
     pub fn background_traffic(&self) -> Traffic {
         let stop = Arc::new(AtomicBool::new(false));
+        let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (client, url) = (self.client.clone(), format!("http://{}/", self.listener));
         let task = tokio::spawn({
-            let stop = stop.clone();
+            let (stop, made) = (stop.clone(), made.clone());
             async move {
                 let started = Instant::now();
                 let mut results = Vec::new();
@@ -344,12 +345,13 @@ impl Envoy {
                     && results.len() < 100_000
                 {
                     results.push(get_text(&client, &url).await);
+                    made.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 results
             }
         });
-        Traffic { stop, task }
+        Traffic { stop, made, task }
     }
 
     fn admin_url(&self, path: &str) -> String {
@@ -450,10 +452,26 @@ impl Drop for Envoy {
 /// Requests running in the background; see [`Envoy::background_traffic`].
 pub struct Traffic {
     stop: Arc<AtomicBool>,
+    /// Requests finished so far.
+    made: Arc<std::sync::atomic::AtomicUsize>,
     task: JoinHandle<Vec<Result<String, String>>>,
 }
 
 impl Traffic {
+    /// Waits until at least `n` requests have finished (at most [`WAIT`]): on a loaded machine
+    /// a test's few seconds may otherwise hold too few to mean anything.
+    pub async fn at_least(&self, n: usize) {
+        wait_for(
+            WAIT,
+            &format!("{n} background requests"),
+            async || match self.made.load(Ordering::SeqCst) {
+                made if made >= n => Ok(()),
+                made => Err(format!("{made} so far")),
+            },
+        )
+        .await;
+    }
+
     /// Stops sending and returns every outcome, in order.
     pub async fn stop(self) -> Vec<Result<String, String>> {
         self.stop.store(true, Ordering::SeqCst);
