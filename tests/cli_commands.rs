@@ -769,6 +769,29 @@ fn diff_of_a_tcp_listener_says_where_new_connections_go() {
     assert!(!text.contains("filter_chain"), "no matcher JSON: {text}");
 }
 
+/// Routes are read typed: a host's routes carry its names, a fixed response shows its status and
+/// body, a redirect what it rewrites, and a cookie rule the file's condition (read back by the
+/// code that wrote its regex), never a decompiled matcher.
+#[test]
+fn diff_of_the_edge_reads_hosts_redirects_responses_and_cookies() {
+    let maintenance = edited(
+        "edge.yaml",
+        "          - match: { prefix: / }\n            service: api\n",
+        "          - match: { prefix: / }\n            respond: { status: 503, body: \"Back at 10:00\" }\n",
+    );
+    let maintenance = maintenance.replace(
+        "    active: blue\n  api:",
+        "    active: blue\n    rules:\n      - match: { cookie: { \"beta.group\": \"yes;really\" } }\n        version: green\n  api:",
+    );
+    let maintenance = maintenance.replace("  - name: plain\n", "  - name: web\n");
+    let (same, text) = diff_text(
+        ("examples/edge.yaml", &example("edge.yaml")),
+        ("edge-maintenance.yaml", &maintenance),
+    );
+    assert!(!same);
+    insta::assert_snapshot!(text);
+}
+
 #[test]
 fn diff_of_a_certificate_rotation_names_the_secret_and_shows_no_key() {
     let dir = tempfile::tempdir().unwrap();

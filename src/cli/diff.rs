@@ -1,19 +1,20 @@
 //! `cutover diff OLD NEW`: what Envoy would see change between two deployment files.
 //!
 //! Both files are compiled as a freshly started cutover would serve them
-//! ([`crate::app::fresh_plan`]); resources are then compared by type and name in their
-//! Envoy JSON form. Clusters and listeners show the fields that changed; endpoints are compared
-//! per address (added, removed, weight or drain changed); routes are compared per match, in
-//! order, and show where each match sends requests (cluster, weights, mirror). With node
-//! groups, [`Diff::with_groups`] adds which groups' Envoys see a change at all.
+//! ([`crate::app::fresh_plan`]); the typed resources are then compared by type and name.
+//! Endpoints are compared per address (added, removed, weight or drain changed); routes per
+//! match, in order, showing where each match sends requests (cluster, weights, mirror, redirect,
+//! fixed response), with the file's conditions read back by [`crate::translate`] itself;
+//! TCP listeners by where new connections go; secrets by what changed, never their content.
+//! Any other field that changed is shown as `path: old → new`, the path as in Envoy's JSON
+//! (the names its docs and config dump use). With node groups, [`Diff::with_groups`] adds
+//! which groups' Envoys see a change at all.
 //!
 //! Not modelled: what a running server adds over time: endpoints and versions taken out of the
 //! file are kept `DRAINING` for `--drain-period`, and a red-black service keeps its previous
 //! version for its grace period. The diff shows where those end up.
-//!
-//! TCP listeners and secrets are read from their typed form (the `typed` module): where new
-//! connections go, and which certificates changed, never their content.
 
+mod routes;
 mod typed;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,10 +22,17 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, HealthStatus, address, socket_address::PortSpecifier,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, lb_endpoint::HostIdentifier,
+};
+use envoy_types::pb::envoy::config::listener::v3::Listener;
 use serde_json::Value;
 
 use super::output::{complain, read_spec, say};
-use super::style::{Painter, Style, percent};
+use super::style::{Painter, Style};
 use crate::app;
 use crate::node::GroupId;
 use crate::reconcile::Plan;
@@ -115,35 +123,120 @@ impl Detail {
 
 /// Compares what two deployment files compile to.
 pub fn diff(old: Side<'_>, new: Side<'_>) -> Result<Diff, RenderError> {
-    let old_json = resources_json(old.resources)?;
-    let new_json = resources_json(new.resources)?;
+    let (o, n) = (old.resources, new.resources);
     let mut types = Vec::new();
-    for (key, (o, n)) in ["clusters", "endpoints", "listeners", "routes"]
-        .into_iter()
-        .zip(old_json.into_iter().zip(new_json))
-    {
-        let mut changes = diff_type(key, &o, &n);
-        if key == "listeners" {
-            tcp_listeners(&mut changes, old.resources, new.resources);
-        }
+    let mut push = |key, changes: Vec<Change>| {
         if !changes.is_empty() {
             types.push((key, changes));
         }
-        if key == "endpoints" {
-            // Secrets go before the listeners that name them.
-            let changes = secrets(old.resources, new.resources);
-            if !changes.is_empty() {
-                types.push(("secrets", changes));
-            }
-        }
-    }
+    };
+    push(
+        "clusters",
+        compare(
+            &o.clusters,
+            &n.clusters,
+            |c| &c.name,
+            |c| (c.name.clone(), Vec::new()),
+            |a, b| Ok(fields(&render::to_json(a)?, &render::to_json(b)?)),
+        )?,
+    );
+    push(
+        "endpoints",
+        compare(
+            &o.endpoints,
+            &n.endpoints,
+            |e| &e.cluster_name,
+            endpoints_title,
+            endpoints_changed,
+        )?,
+    );
+    // Secrets go before the listeners that name them.
+    push(
+        "secrets",
+        compare(
+            &o.secrets,
+            &n.secrets,
+            |s| &s.name,
+            |s| (s.name.clone(), Vec::new()),
+            |a, b| {
+                Ok(typed::secret_changes(a, b)
+                    .into_iter()
+                    .map(Detail::field)
+                    .collect())
+            },
+        )?,
+    );
+    push(
+        "listeners",
+        compare(
+            &o.listeners,
+            &n.listeners,
+            |l| &l.name,
+            listener_title,
+            listener_changed,
+        )?,
+    );
+    push(
+        "routes",
+        compare(
+            &o.routes,
+            &n.routes,
+            |r| &r.name,
+            routes::added,
+            routes::changed,
+        )?,
+    );
     let version = |r: &Resources| Snapshot::new(r).version;
     Ok(Diff {
-        old: (old.label.to_owned(), version(old.resources)),
-        new: (new.label.to_owned(), version(new.resources)),
+        old: (old.label.to_owned(), version(o)),
+        new: (new.label.to_owned(), version(n)),
         types,
         groups: Vec::new(),
     })
+}
+
+/// The resources of one type added, removed or changed, by name: an added one titled by
+/// `added` (its name and what it is, and lines under it), a changed one detailed by `changed`.
+fn compare<M: PartialEq>(
+    old: &[M],
+    new: &[M],
+    name: impl Fn(&M) -> &str,
+    added: impl Fn(&M) -> (String, Vec<Detail>),
+    changed: impl Fn(&M, &M) -> Result<Vec<Detail>, RenderError>,
+) -> Result<Vec<Change>, RenderError> {
+    let o: BTreeMap<&str, &M> = old.iter().map(|m| (name(m), m)).collect();
+    let n: BTreeMap<&str, &M> = new.iter().map(|m| (name(m), m)).collect();
+    let names: BTreeSet<&str> = o.keys().chain(n.keys()).copied().collect();
+    let mut changes = Vec::new();
+    for key in names {
+        let change = match (o.get(key), n.get(key)) {
+            (Some(a), Some(b)) if a == b => continue,
+            (Some(a), Some(b)) => {
+                let details = changed(a, b)?;
+                Change {
+                    kind: Kind::Changed,
+                    title: key.to_owned(),
+                    details,
+                }
+            }
+            (None, Some(b)) => {
+                let (title, details) = added(b);
+                Change {
+                    kind: Kind::Added,
+                    title,
+                    details,
+                }
+            }
+            (Some(_), None) => Change {
+                kind: Kind::Removed,
+                title: key.to_owned(),
+                details: Vec::new(),
+            },
+            (None, None) => continue,
+        };
+        changes.push(change);
+    }
+    Ok(changes)
 }
 
 impl Diff {
@@ -257,22 +350,23 @@ impl Diff {
     }
 }
 
-/// TCP listeners, from their typed form: where new connections go, and the chains that come and
-/// go, instead of the matcher's JSON.
-fn tcp_listeners(changes: &mut [Change], old: &Resources, new: &Resources) {
-    let find = |r: &'_ Resources,
-                name: &str|
-     -> Option<envoy_types::pb::envoy::config::listener::v3::Listener> {
-        r.listeners.iter().find(|l| l.name == name).cloned()
+// --- listeners ---------------------------------------------------------------------------------
+
+/// An added listener with its address.
+fn listener_title(l: &Listener) -> (String, Vec<Detail>) {
+    let title = match l.address.as_ref().and_then(socket_address) {
+        Some(addr) => format!("{} on {addr}", l.name),
+        None => l.name.clone(),
     };
-    for c in changes.iter_mut().filter(|c| c.kind == Kind::Changed) {
-        let (Some(o), Some(n)) = (find(old, &c.title), find(new, &c.title)) else {
-            continue;
-        };
-        let (Some(from), Some(to)) = (typed::tcp_shares(&o), typed::tcp_shares(&n)) else {
-            continue;
-        };
-        let mut details = Vec::new();
+    (title, Vec::new())
+}
+
+/// A changed listener's fields; a TCP listener's chains and matcher as where new connections
+/// go, and the chains that come and go, instead of the matcher's fields.
+fn listener_changed(o: &Listener, n: &Listener) -> Result<Vec<Detail>, RenderError> {
+    let mut details = Vec::new();
+    let (mut o, mut n) = (o.clone(), n.clone());
+    if let (Some(from), Some(to)) = (typed::tcp_shares(&o), typed::tcp_shares(&n)) {
         if from != to {
             details.push(Detail::field(format!("new connections: {from} → {to}")));
         }
@@ -286,141 +380,29 @@ fn tcp_listeners(changes: &mut [Change], old: &Resources, new: &Resources) {
                 format!("filter chain {chain} (its connections drained by Envoy)"),
             ));
         }
-        let mut o = o;
-        let mut n = n;
         for l in [&mut o, &mut n] {
             l.filter_chains.clear();
             l.filter_chain_matcher = None;
         }
-        if let (Ok(o), Ok(n)) = (render::to_json(&o), render::to_json(&n)) {
-            details.extend(fields(&o, &n, &[]));
-        }
-        c.details = details;
     }
+    details.extend(fields(&render::to_json(&o)?, &render::to_json(&n)?));
+    Ok(details)
 }
 
-/// Secrets by name: which came, went or changed, and what in them (never their content).
-fn secrets(old: &Resources, new: &Resources) -> Vec<Change> {
-    let by_name = |r: &Resources| -> BTreeMap<
-        String,
-        envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret,
-    > {
-        r.secrets
-            .iter()
-            .map(|s| (s.name.clone(), s.clone()))
-            .collect()
+/// `ip:port` (`[ip]:port` for IPv6) of a socket address.
+fn socket_address(address: &Address) -> Option<String> {
+    let Some(address::Address::SocketAddress(sa)) = &address.address else {
+        return None;
     };
-    let (o, n) = (by_name(old), by_name(new));
-    let names: BTreeSet<&String> = o.keys().chain(n.keys()).collect();
-    names
-        .into_iter()
-        .filter_map(|name| {
-            let (kind, details) = match (o.get(name), n.get(name)) {
-                (Some(a), Some(b)) => {
-                    let what = typed::secret_changes(a, b);
-                    if what.is_empty() {
-                        return None;
-                    }
-                    (Kind::Changed, what.into_iter().map(Detail::field).collect())
-                }
-                (None, Some(_)) => (Kind::Added, Vec::new()),
-                (Some(_), None) => (Kind::Removed, Vec::new()),
-                (None, None) => return None,
-            };
-            Some(Change {
-                kind,
-                title: name.clone(),
-                details,
-            })
-        })
-        .collect()
-}
-
-/// Each type's resources as Envoy JSON, by name.
-fn resources_json(r: &Resources) -> Result<[BTreeMap<String, Value>; 4], RenderError> {
-    fn by_name<M: prost::Name>(
-        items: &[M],
-        name: impl Fn(&M) -> &str,
-    ) -> Result<BTreeMap<String, Value>, RenderError> {
-        items
-            .iter()
-            .map(|m| Ok((name(m).to_owned(), render::to_json(m)?)))
-            .collect()
-    }
-    Ok([
-        by_name(&r.clusters, |c| &c.name)?,
-        by_name(&r.endpoints, |e| &e.cluster_name)?,
-        by_name(&r.listeners, |l| &l.name)?,
-        by_name(&r.routes, |r| &r.name)?,
-    ])
-}
-
-fn diff_type(
-    key: &str,
-    old: &BTreeMap<String, Value>,
-    new: &BTreeMap<String, Value>,
-) -> Vec<Change> {
-    let names: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
-    let mut changes = Vec::new();
-    for name in names {
-        let change = match (old.get(name), new.get(name)) {
-            (Some(o), Some(n)) if o == n => continue,
-            (Some(o), Some(n)) => Change {
-                kind: Kind::Changed,
-                title: name.clone(),
-                details: match key {
-                    "endpoints" => endpoints_changed(o, n),
-                    "routes" => routes_changed(o, n),
-                    _ => fields(o, n, &[]),
-                },
-            },
-            (None, Some(n)) => Change {
-                kind: Kind::Added,
-                title: added_title(key, name, n),
-                details: match key {
-                    "routes" => route_lines(n)
-                        .into_iter()
-                        .map(|r| Detail::sign(Kind::Added, r.line()))
-                        .collect(),
-                    _ => Vec::new(),
-                },
-            },
-            (Some(_), None) => Change {
-                kind: Kind::Removed,
-                title: name.clone(),
-                details: Vec::new(),
-            },
-            (None, None) => continue,
-        };
-        changes.push(change);
-    }
-    changes
-}
-
-/// An added resource's name with what it is: a listener's address, a load assignment's
-/// endpoints.
-fn added_title(key: &str, name: &str, value: &Value) -> String {
-    match key {
-        "listeners" => match socket_address(&value["address"]) {
-            Some(addr) => format!("{name} on {addr}"),
-            None => name.to_owned(),
-        },
-        "endpoints" => {
-            let endpoints: Vec<String> = lb_endpoints(value)
-                .iter()
-                .map(|(addr, e)| match e.describe() {
-                    Some(d) => format!("{addr} ({d})"),
-                    None => addr.clone(),
-                })
-                .collect();
-            if endpoints.is_empty() {
-                format!("{name}: no endpoints")
-            } else {
-                format!("{name}: {}", endpoints.join(", "))
-            }
-        }
-        _ => name.to_owned(),
-    }
+    let port = match sa.port_specifier {
+        Some(PortSpecifier::PortValue(p)) => p,
+        _ => 0,
+    };
+    Some(if sa.address.contains(':') {
+        format!("[{}]:{port}", sa.address)
+    } else {
+        format!("{}:{port}", sa.address)
+    })
 }
 
 // --- endpoints ---------------------------------------------------------------------------------
@@ -428,9 +410,9 @@ fn added_title(key: &str, name: &str, value: &Value) -> String {
 /// What Envoy knows of one endpoint besides its address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct EndpointState {
-    weight: u64,
+    weight: u32,
     /// Envoy's `health_status`, `None` when not set (health comes from checks).
-    health: Option<String>,
+    health: Option<&'static str>,
 }
 
 impl EndpointState {
@@ -439,27 +421,39 @@ impl EndpointState {
         if self.weight != 1 {
             parts.push(format!("weight {}", self.weight));
         }
-        match self.health.as_deref() {
+        match self.health {
             None => {}
             Some("DRAINING") => parts.push("draining".to_owned()),
             Some(other) => parts.push(format!("health {other}")),
         }
         (!parts.is_empty()).then(|| parts.join(", "))
     }
+
+    fn line(&self, addr: &str) -> String {
+        match self.describe() {
+            Some(d) => format!("{addr} ({d})"),
+            None => addr.to_owned(),
+        }
+    }
 }
 
 /// Every endpoint of a load assignment (all localities), by address, in file order.
-fn lb_endpoints(cla: &Value) -> Vec<(String, EndpointState)> {
+fn lb_endpoints(cla: &ClusterLoadAssignment) -> Vec<(String, EndpointState)> {
     let mut out = Vec::new();
-    for locality in cla["endpoints"].as_array().into_iter().flatten() {
-        for e in locality["lb_endpoints"].as_array().into_iter().flatten() {
-            let addr = socket_address(&e["endpoint"]["address"])
-                .unwrap_or_else(|| compact(&e["endpoint"]));
+    for locality in &cla.endpoints {
+        for e in &locality.lb_endpoints {
+            let addr = match &e.host_identifier {
+                Some(HostIdentifier::Endpoint(ep)) => ep.address.as_ref().and_then(socket_address),
+                _ => None,
+            };
+            let health = (e.health_status != HealthStatus::Unknown as i32).then(|| {
+                HealthStatus::try_from(e.health_status).map_or("(unknown)", |h| h.as_str_name())
+            });
             out.push((
-                addr,
+                addr.unwrap_or_else(|| format!("{:?}", e.host_identifier)),
                 EndpointState {
-                    weight: e["load_balancing_weight"].as_u64().unwrap_or(1),
-                    health: e["health_status"].as_str().map(str::to_owned),
+                    weight: e.load_balancing_weight.map_or(1, |w| w.value),
+                    health,
                 },
             ));
         }
@@ -467,13 +461,31 @@ fn lb_endpoints(cla: &Value) -> Vec<(String, EndpointState)> {
     out
 }
 
-fn endpoints_changed(old: &Value, new: &Value) -> Vec<Detail> {
+/// An added load assignment with its endpoints.
+fn endpoints_title(cla: &ClusterLoadAssignment) -> (String, Vec<Detail>) {
+    let endpoints: Vec<String> = lb_endpoints(cla)
+        .iter()
+        .map(|(addr, e)| e.line(addr))
+        .collect();
+    let name = &cla.cluster_name;
+    let title = if endpoints.is_empty() {
+        format!("{name}: no endpoints")
+    } else {
+        format!("{name}: {}", endpoints.join(", "))
+    };
+    (title, Vec::new())
+}
+
+fn endpoints_changed(
+    old: &ClusterLoadAssignment,
+    new: &ClusterLoadAssignment,
+) -> Result<Vec<Detail>, RenderError> {
     let old_eps = lb_endpoints(old);
     let new_eps = lb_endpoints(new);
-    let old_by: BTreeMap<&str, &EndpointState> =
-        old_eps.iter().map(|(a, s)| (a.as_str(), s)).collect();
     let new_by: BTreeMap<&str, &EndpointState> =
         new_eps.iter().map(|(a, s)| (a.as_str(), s)).collect();
+    let old_by: BTreeMap<&str, &EndpointState> =
+        old_eps.iter().map(|(a, s)| (a.as_str(), s)).collect();
     let mut out = Vec::new();
     for (addr, o) in &old_eps {
         match new_by.get(addr.as_str()) {
@@ -484,7 +496,7 @@ fn endpoints_changed(old: &Value, new: &Value) -> Vec<Detail> {
                     what.push(format!("weight {} → {}", o.weight, n.weight));
                 }
                 if o.health != n.health {
-                    what.push(match (o.health.as_deref(), n.health.as_deref()) {
+                    what.push(match (o.health, n.health) {
                         (None, Some("DRAINING")) => "draining".to_owned(),
                         (Some("DRAINING"), None) => "no longer draining".to_owned(),
                         (a, b) => format!(
@@ -504,279 +516,24 @@ fn endpoints_changed(old: &Value, new: &Value) -> Vec<Detail> {
     }
     for (addr, n) in &new_eps {
         if !old_by.contains_key(addr.as_str()) {
-            out.push(Detail::sign(
-                Kind::Added,
-                match n.describe() {
-                    Some(d) => format!("{addr} ({d})"),
-                    None => addr.clone(),
-                },
-            ));
+            out.push(Detail::sign(Kind::Added, n.line(addr)));
         }
     }
-    out.extend(fields(old, new, &["endpoints"]));
-    out
-}
-
-fn socket_address(address: &Value) -> Option<String> {
-    let sa = &address["socket_address"];
-    let ip = sa["address"].as_str()?;
-    let port = sa["port_value"].as_u64().unwrap_or(0);
-    Some(if ip.contains(':') {
-        format!("[{ip}]:{port}")
-    } else {
-        format!("{ip}:{port}")
-    })
-}
-
-// --- routes ------------------------------------------------------------------------------------
-
-/// One route as an operator reads it: what it matches, and where it sends requests.
-#[derive(Debug, Clone)]
-struct RouteLine {
-    matcher: String,
-    action: String,
-    json: Value,
-}
-
-impl RouteLine {
-    fn line(&self) -> String {
-        format!("{} → {}", self.matcher, self.action)
-    }
-}
-
-/// The routes of every virtual host of a route configuration, in match order; routes of any
-/// virtual host but the first (cutover makes one) are prefixed with its name.
-fn route_lines(config: &Value) -> Vec<RouteLine> {
-    let mut out = Vec::new();
-    let hosts = config["virtual_hosts"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    for (i, host) in hosts.iter().enumerate() {
-        for r in host["routes"].as_array().into_iter().flatten() {
-            let mut matcher = route_match(&r["match"]);
-            if i > 0 {
-                let name = host["name"].as_str().unwrap_or("?");
-                matcher = format!("[{name}] {matcher}");
-            }
-            out.push(RouteLine {
-                matcher,
-                action: route_action(r),
-                json: r.clone(),
-            });
-        }
-    }
-    out
-}
-
-fn routes_changed(old: &Value, new: &Value) -> Vec<Detail> {
-    let old_routes = route_lines(old);
-    let new_routes = route_lines(new);
-    let mut out = Vec::new();
-    for step in lcs(
-        &old_routes.iter().map(|r| &r.matcher).collect::<Vec<_>>(),
-        &new_routes.iter().map(|r| &r.matcher).collect::<Vec<_>>(),
-    ) {
-        match step {
-            Step::Old(i) => out.push(Detail::sign(Kind::Removed, old_routes[i].line())),
-            Step::New(j) => out.push(Detail::sign(Kind::Added, new_routes[j].line())),
-            Step::Both(i, j) => {
-                let (o, n) = (&old_routes[i], &new_routes[j]);
-                if o.json == n.json {
-                    continue;
-                }
-                let mut text = o.matcher.clone();
-                if o.action != n.action {
-                    let _ = write!(text, ": {} → {}", o.action, n.action);
-                }
-                let more = field_changes(&o.json, &n.json, "")
-                    .into_iter()
-                    .filter(|(path, _)| !summarized(path))
-                    .map(|(_, line)| line)
-                    .collect();
-                out.push(Detail {
-                    kind: Some(Kind::Changed),
-                    text,
-                    more,
-                });
-            }
-        }
-    }
-    // Anything else in the route configuration or its virtual hosts (not their routes).
-    let strip = |config: &Value| {
-        let mut c = config.clone();
-        for host in c["virtual_hosts"].as_array_mut().into_iter().flatten() {
-            if let Some(h) = host.as_object_mut() {
-                h.remove("routes");
-            }
-        }
-        c
+    // Anything else: the policy, named endpoints.
+    let rest = |cla: &ClusterLoadAssignment| {
+        let mut cla = cla.clone();
+        cla.endpoints.clear();
+        render::to_json(&cla)
     };
-    out.extend(fields(&strip(old), &strip(new), &[]));
-    out
-}
-
-/// Fields a route's action summary already shows.
-fn summarized(path: &str) -> bool {
-    path == "route.cluster"
-        || path == "route.weighted_clusters"
-        || path == "route.weighted_clusters.clusters"
-        || path.starts_with("route.request_mirror_policies")
-        || (path.starts_with("route.weighted_clusters.clusters[")
-            && (path.ends_with("].name") || path.ends_with("].weight")))
-}
-
-fn route_match(m: &Value) -> String {
-    let mut parts = Vec::new();
-    if let Some(p) = m["prefix"].as_str() {
-        parts.push(format!("prefix {p}"));
-    } else if let Some(p) = m["path"].as_str() {
-        parts.push(format!("path {p}"));
-    } else if let Some(p) = m["path_separated_prefix"].as_str() {
-        parts.push(format!("prefix {p}"));
-    } else if let Some(r) = m["safe_regex"]["regex"].as_str() {
-        parts.push(format!("path ~ {r}"));
-    } else {
-        parts.push("any path".to_owned());
-    }
-    for h in m["headers"].as_array().into_iter().flatten() {
-        parts.push(header_condition(h));
-    }
-    for q in m["query_parameters"].as_array().into_iter().flatten() {
-        let name = q["name"].as_str().unwrap_or("?");
-        parts.push(match string_match(&q["string_match"]) {
-            Some(cond) => format!("query {name}{cond}"),
-            None => format!("query {name}"),
-        });
-    }
-    parts.join(" & ")
-}
-
-fn header_condition(h: &Value) -> String {
-    let name = h["name"].as_str().unwrap_or("?");
-    if let Some(regex) = h["string_match"]["safe_regex"]["regex"].as_str()
-        && let Some(bucket) = crate::translate::bucket_condition(name, regex)
-    {
-        return bucket.to_string();
-    }
-    if name == "cookie"
-        && let Some(regex) = h["string_match"]["safe_regex"]["regex"].as_str()
-        && let Some((cookie, value)) = cookie_from_regex(regex)
-    {
-        return format!("cookie {cookie}={value}");
-    }
-    match string_match(&h["string_match"]) {
-        Some(cond) => format!("header {name}{cond}"),
-        None if h["present_match"].as_bool() == Some(true) => format!("header {name} present"),
-        None => format!("header {name} {}", compact(h)),
-    }
-}
-
-/// `=value`, ` ~ regex` or ` prefix p`, for a `StringMatcher`.
-fn string_match(m: &Value) -> Option<String> {
-    if let Some(v) = m["exact"].as_str() {
-        Some(format!("={v}"))
-    } else if let Some(v) = m["safe_regex"]["regex"].as_str() {
-        Some(format!(" ~ {v}"))
-    } else if let Some(v) = m["prefix"].as_str() {
-        Some(format!(" prefix {v}"))
-    } else {
-        m["suffix"].as_str().map(|v| format!(" suffix {v}"))
-    }
-}
-
-/// The cookie name and value of the regex cutover matches a cookie with
-/// (`(?:^|.*;\s*)NAME=VALUE(?:\s*;.*|\s*$)`, see `translate::routes`); `None` for any other.
-fn cookie_from_regex(regex: &str) -> Option<(String, String)> {
-    let pair = regex
-        .strip_prefix(r"(?:^|.*;\s*)")?
-        .strip_suffix(r"(?:\s*;.*|\s*$)")?;
-    let mut unescaped = String::new();
-    let mut chars = pair.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => unescaped.push(chars.next()?),
-            // An unescaped metacharacter: not a literal pair.
-            c if r".+*?()|[]{}^$".contains(c) => return None,
-            c => unescaped.push(c),
-        }
-    }
-    let (name, value) = unescaped.split_once('=')?;
-    Some((name.to_owned(), value.to_owned()))
-}
-
-fn route_action(r: &Value) -> String {
-    let a = &r["route"];
-    if a.is_null() {
-        return if !r["redirect"].is_null() {
-            format!("redirect {}", compact(&r["redirect"]))
-        } else if !r["direct_response"].is_null() {
-            format!("direct response {}", compact(&r["direct_response"]))
-        } else {
-            "no action".to_owned()
-        };
-    }
-    let mut text = if let Some(c) = a["cluster"].as_str() {
-        c.to_owned()
-    } else if let Some(clusters) = a["weighted_clusters"]["clusters"].as_array() {
-        let weight = |c: &Value| c["weight"].as_u64().unwrap_or(0);
-        let total: u64 = clusters.iter().map(weight).sum();
-        clusters
-            .iter()
-            .map(|c| {
-                let share = if total == 0 {
-                    0.0
-                } else {
-                    weight(c) as f64 * 100.0 / total as f64
-                };
-                format!("{} {}", c["name"].as_str().unwrap_or("?"), percent(share))
-            })
-            .collect::<Vec<_>>()
-            .join(" / ")
-    } else {
-        compact(a)
-    };
-    for m in a["request_mirror_policies"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        let cluster = m["cluster"].as_str().unwrap_or("?");
-        let share = fractional_percent(&m["runtime_fraction"]["default_value"]);
-        let _ = write!(text, ", mirror {cluster} {}", percent(share));
-    }
-    text
-}
-
-/// An Envoy `FractionalPercent` as a percentage; absent is 100%.
-fn fractional_percent(v: &Value) -> f64 {
-    if v.is_null() {
-        return 100.0;
-    }
-    let numerator = v["numerator"].as_u64().unwrap_or(0) as f64;
-    let per = match v["denominator"].as_str() {
-        Some("TEN_THOUSAND") => 10_000.0,
-        Some("MILLION") => 1_000_000.0,
-        _ => 100.0,
-    };
-    numerator * 100.0 / per
+    out.extend(fields(&rest(old)?, &rest(new)?));
+    Ok(out)
 }
 
 // --- generic field changes ---------------------------------------------------------------------
 
-/// The leaf fields that differ between two resources, as `path: old → new`, leaving out the
-/// top-level keys in `skip`.
-fn fields(old: &Value, new: &Value, skip: &[&str]) -> Vec<Detail> {
-    let without = |v: &Value| {
-        let mut v = v.clone();
-        if let Some(map) = v.as_object_mut() {
-            for k in skip {
-                map.remove(*k);
-            }
-        }
-        v
-    };
-    field_changes(&without(old), &without(new), "")
+/// The leaf fields that differ between two resources, as `path: old → new`.
+fn fields(old: &Value, new: &Value) -> Vec<Detail> {
+    field_changes(old, new, "")
         .into_iter()
         .map(|(_, line)| Detail::field(line))
         .collect()
@@ -949,16 +706,6 @@ mod tests {
                 Step::New(3)
             ]
         );
-    }
-
-    #[test]
-    fn cookie_regex_is_read_back() {
-        assert_eq!(
-            cookie_from_regex(r"(?:^|.*;\s*)cutover\-checkout=v2(?:\s*;.*|\s*$)"),
-            Some(("cutover-checkout".into(), "v2".into()))
-        );
-        assert_eq!(cookie_from_regex(r"(?:^|.*;\s*)a.b=v(?:\s*;.*|\s*$)"), None);
-        assert_eq!(cookie_from_regex("x=y"), None);
     }
 
     #[test]

@@ -17,7 +17,7 @@ mod tcp;
 mod tls;
 
 pub use cluster::{endpoint_address, socket_address};
-pub use routes::bucket_condition;
+pub use routes::{header_condition, query_condition};
 pub use tcp::names_clusters;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;

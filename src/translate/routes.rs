@@ -65,29 +65,15 @@ impl RouteBuilder<'_> {
         };
         let mut m = RouteMatch::default();
         for c in conditions {
+            if let Some(h) = header_matcher(c) {
+                m.headers.push(h);
+                continue;
+            }
             match c {
-                Condition::Header { name, value } => m.headers.push(HeaderMatcher {
-                    name: name.clone(),
-                    header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(exact(value))),
-                    ..Default::default()
-                }),
-                Condition::Cookie { name, value } => {
-                    m.headers.push(cookie_matcher(name, &regex_escape(value), ""));
+                Condition::Header { .. } | Condition::Cookie { .. } | Condition::Bucket { .. } => {}
+                Condition::Query { name, value } => {
+                    m.query_parameters.push(query_matcher(name, value))
                 }
-                Condition::Bucket { from, below } => m.headers.push(match from {
-                    // The rest of the value is the rest of the id.
-                    BucketFrom::Cookie(name) => cookie_matcher(name, &hex_below(*below), "[^;]*"),
-                    BucketFrom::RequestId => regex_matcher(
-                        REQUEST_ID,
-                        format!("{}.*", hex_below(*below)),
-                    ),
-                }),
-                Condition::Query { name, value } => m.query_parameters.push(QueryParameterMatcher {
-                    name: name.clone(),
-                    query_parameter_match_specifier: Some(
-                        envoy_types::pb::envoy::config::route::v3::query_parameter_matcher::QueryParameterMatchSpecifier::StringMatch(exact(value)),
-                    ),
-                }),
                 Condition::Prefix(prefix) => {
                     path_specifier = match self.path {
                         PathMatch::Prefix(p) if prefix.starts_with(p.as_str()) => {
@@ -287,9 +273,98 @@ fn hex_below(below: u16) -> String {
     format!("(?:{})", alternatives.join("|"))
 }
 
-/// The sticky-bucket condition a header matcher of `hex_below`'s form renders, read back
-/// (for `cutover diff`); `None` for any other matcher.
-pub fn bucket_condition(header: &str, regex: &str) -> Option<Condition> {
+/// The header matcher a condition is sent as; `None` for a condition on something else than a
+/// header (a query parameter, the path).
+fn header_matcher(c: &Condition) -> Option<HeaderMatcher> {
+    Some(match c {
+        Condition::Header { name, value } => HeaderMatcher {
+            name: name.clone(),
+            header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(exact(value))),
+            ..Default::default()
+        },
+        Condition::Cookie { name, value } => cookie_matcher(name, &regex_escape(value), ""),
+        Condition::Bucket { from, below } => match from {
+            // The rest of the value is the rest of the id.
+            BucketFrom::Cookie(name) => cookie_matcher(name, &hex_below(*below), "[^;]*"),
+            BucketFrom::RequestId => regex_matcher(REQUEST_ID, format!("{}.*", hex_below(*below))),
+        },
+        Condition::Query { .. } | Condition::Prefix(_) => return None,
+    })
+}
+
+fn query_matcher(name: &str, value: &str) -> QueryParameterMatcher {
+    QueryParameterMatcher {
+        name: name.to_owned(),
+        query_parameter_match_specifier: Some(
+            envoy_types::pb::envoy::config::route::v3::query_parameter_matcher::QueryParameterMatchSpecifier::StringMatch(exact(value)),
+        ),
+    }
+}
+
+/// The file's condition a header matcher was sent for, read back (for `cutover diff`); `None`
+/// for a matcher cutover does not write. A reading is kept only if the condition is sent as
+/// exactly this matcher again, so it can never disagree with what Envoy holds.
+pub fn header_condition(h: &HeaderMatcher) -> Option<Condition> {
+    let Some(HeaderMatchSpecifier::StringMatch(StringMatcher {
+        match_pattern: Some(pattern),
+        ..
+    })) = &h.header_match_specifier
+    else {
+        return None;
+    };
+    let candidate = match pattern {
+        string_matcher::MatchPattern::Exact(value) => Condition::Header {
+            name: h.name.clone(),
+            value: value.clone(),
+        },
+        string_matcher::MatchPattern::SafeRegex(r) => match bucket_condition(&h.name, &r.regex) {
+            Some(bucket) => bucket,
+            None if h.name == "cookie" => {
+                let (name, value) = cookie_pair(&r.regex)?;
+                Condition::Cookie { name, value }
+            }
+            None => return None,
+        },
+        _ => return None,
+    };
+    (header_matcher(&candidate).as_ref() == Some(h)).then_some(candidate)
+}
+
+/// The file's condition a query parameter matcher was sent for, read back like
+/// [`header_condition`].
+pub fn query_condition(q: &QueryParameterMatcher) -> Option<Condition> {
+    use envoy_types::pb::envoy::config::route::v3::query_parameter_matcher::QueryParameterMatchSpecifier;
+    let Some(QueryParameterMatchSpecifier::StringMatch(StringMatcher {
+        match_pattern: Some(string_matcher::MatchPattern::Exact(value)),
+        ..
+    })) = &q.query_parameter_match_specifier
+    else {
+        return None;
+    };
+    (query_matcher(&q.name, value) == *q).then(|| Condition::Query {
+        name: q.name.clone(),
+        value: value.clone(),
+    })
+}
+
+/// The cookie name and value in a `cookie_matcher` regex of a literal value, unescaped.
+fn cookie_pair(regex: &str) -> Option<(String, String)> {
+    let pair = regex
+        .strip_prefix(r"(?:^|.*;\s*)")?
+        .strip_suffix(r"(?:\s*;.*|\s*$)")?;
+    let mut unescaped = String::new();
+    let mut chars = pair.chars();
+    while let Some(c) = chars.next() {
+        unescaped.push(if c == '\\' { chars.next()? } else { c });
+    }
+    // A cookie name is an HTTP token: never `=`.
+    let (name, value) = unescaped.split_once('=')?;
+    Some((name.to_owned(), value.to_owned()))
+}
+
+/// The sticky-bucket condition a header matcher of `hex_below`'s form renders, read back;
+/// `None` for any other matcher.
+fn bucket_condition(header: &str, regex: &str) -> Option<Condition> {
     let (from, range) = match header {
         "cookie" => {
             let pair = regex
@@ -420,43 +495,51 @@ pub(super) fn edit_headers(route: &mut Route, edits: &HeaderEdits) {
 mod bucket_tests {
     use super::hex_below;
 
+    /// What `cutover diff` reads back from a route is the condition it was sent for, for every
+    /// kind of condition the file can hold, whatever its characters.
     #[test]
-    fn a_bucket_condition_is_read_back_from_its_matcher() {
-        use super::{BucketFrom, Condition, bucket_condition, cookie_matcher, regex_matcher};
-        use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
-        use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
-        let regex = |m: envoy_types::pb::envoy::config::route::v3::HeaderMatcher| match m
-            .header_match_specifier
-        {
-            Some(HeaderMatchSpecifier::StringMatch(s)) => match s.match_pattern {
-                Some(MatchPattern::SafeRegex(r)) => r.regex,
-                other => panic!("{other:?}"),
-            },
-            other => panic!("{other:?}"),
+    fn every_condition_is_read_back_from_its_matcher() {
+        use super::{
+            BucketFrom, Condition, header_condition, header_matcher, query_condition, query_matcher,
         };
-        let cookie = regex(cookie_matcher("a-b.c", &hex_below(410), "[^;]*"));
-        assert_eq!(
-            bucket_condition("cookie", &cookie),
-            Some(Condition::Bucket {
-                from: BucketFrom::Cookie("a-b.c".to_owned()),
-                below: 410
-            })
-        );
-        let id = regex(regex_matcher(
-            "x-request-id",
-            format!("{}.*", hex_below(4096)),
-        ));
-        assert_eq!(
-            bucket_condition("x-request-id", &id),
-            Some(Condition::Bucket {
+        use proptest::prelude::*;
+        let token = "[A-Za-z0-9!#$%&'*+.^_`|~-]{1,12}";
+        let value = "[ -~]{0,16}";
+        let condition = prop_oneof![
+            (token, value).prop_map(|(name, value)| Condition::Header { name, value }),
+            (token, value).prop_map(|(name, value)| Condition::Cookie { name, value }),
+            (token, 1u16..=4096).prop_map(|(name, below)| Condition::Bucket {
+                from: BucketFrom::Cookie(name),
+                below
+            }),
+            (1u16..=4096).prop_map(|below| Condition::Bucket {
                 from: BucketFrom::RequestId,
-                below: 4096
-            })
-        );
+                below
+            }),
+            (token, value).prop_map(|(name, value)| Condition::Query { name, value }),
+        ];
+        proptest!(|(c in condition)| {
+            let read = match &c {
+                Condition::Query { name, value } => query_condition(&query_matcher(name, value)),
+                other => header_condition(&header_matcher(other).expect("a header condition")),
+            };
+            prop_assert_eq!(read, Some(c));
+        });
+    }
+
+    /// A matcher cutover would not write is not read as one of its conditions.
+    #[test]
+    fn a_foreign_matcher_is_not_read_as_a_condition() {
+        use super::{cookie_matcher, header_condition, regex_matcher};
+        // A regex that is not a literal pair: the re-rendered matcher escapes the dot.
+        let loose = regex_matcher("cookie", r"(?:^|.*;\s*)a=v.1(?:\s*;.*|\s*$)".to_owned());
+        assert_eq!(header_condition(&loose), None);
         assert_eq!(
-            bucket_condition("cookie", r"(?:^|.*;\s*)a=v(?:\s*;.*|\s*$)"),
+            header_condition(&regex_matcher("x-other", "abc".into())),
             None
         );
+        let near_bucket = cookie_matcher("s", "[0-9a-f]{2}", "[^;]*");
+        assert_eq!(header_condition(&near_bucket), None);
     }
 
     /// Every three-digit hex value is matched exactly when it is below the bound.
