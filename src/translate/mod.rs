@@ -11,7 +11,8 @@
 //! `HashMap`, whose order (and so the bytes and versions) would change from run to run.
 
 mod cluster;
-mod listener;
+mod http;
+mod proxyless;
 mod routes;
 mod tcp;
 mod tls;
@@ -110,17 +111,13 @@ fn translate_some(
                 .push(cluster::fallback(fallback, service.proxyless));
         }
     }
+    // Each kind of listener in its own module: what it sends, and (in its resources' content)
+    // what it depends on.
     for l in plan.listeners.iter().filter(|l| listener(&l.name)) {
-        if let ListenerKind::Tcp(_) = l.kind {
-            // No routes: the listener holds what they would.
-            out.listeners.extend(tcp::listener(l, plan));
-            continue;
-        }
-        out.listeners.push(listener::listener(l));
-        out.routes.push(listener::route_configuration(l, plan));
-        if let Some(t) = &l.tls {
-            out.secrets
-                .extend(tls::secrets(&l.name, t, &plan.pem_files));
+        match l.kind {
+            ListenerKind::Envoy(address) => http::resources(l, address, plan, &mut out),
+            ListenerKind::Proxyless => proxyless::resources(l, plan, &mut out),
+            ListenerKind::Tcp(address) => tcp::resources(l, address, plan, &mut out),
         }
     }
     out.clusters.sort_by(|a, b| a.name.cmp(&b.name));

@@ -25,8 +25,7 @@ use super::{any, duration};
 use crate::reconcile::{RoutePlan, RoutePolicy, ServicePlan, Target};
 use crate::spec::Retries;
 use crate::spec::{
-    BUCKETS, BucketFrom, Condition, GRPC_RETRY_ON, HashOn, HeaderEdits, ListenerKind, PathMatch,
-    Percent, Rewrite,
+    BUCKETS, BucketFrom, Condition, HashOn, HeaderEdits, ListenerKind, PathMatch, Percent, Rewrite,
 };
 
 /// The Envoy routes of `service` under a listener route matching `path`, in match order. A
@@ -134,7 +133,10 @@ impl RouteBuilder<'_> {
             ListenerKind::Envoy(_) | ListenerKind::Tcp(_) => {
                 policy.retries.as_ref().map(envoy_retry_policy)
             }
-            ListenerKind::Proxyless => policy.retries.as_ref().and_then(grpc_retry_policy),
+            ListenerKind::Proxyless => policy
+                .retries
+                .as_ref()
+                .and_then(super::proxyless::retry_policy),
         };
         // The id Envoy gave the request (a random UUID unless a trusted client sent one) is the
         // user's bucket from now on; `%` starts Envoy's header formatter.
@@ -199,26 +201,6 @@ fn envoy_retry_policy(retries: &Retries) -> RetryPolicy {
             host_selection_retry_max_attempts: 3,
             ..Default::default()
         }
-}
-
-/// gRPC clients act only on gRPC status codes (gRFC A44) and ignore the rest; the default
-/// conditions (a refused or reset stream before the request was sent) are what their own
-/// transparent retries already cover, so a policy with no gRPC code left is not sent.
-fn grpc_retry_policy(retries: &Retries) -> Option<RetryPolicy> {
-    let on: Vec<&str> = retries
-        .on
-        .iter()
-        .map(String::as_str)
-        .filter(|c| GRPC_RETRY_ON.contains(c))
-        .collect();
-    (!on.is_empty()).then(|| RetryPolicy {
-        retry_on: on.join(","),
-        num_retries: Some(UInt32Value {
-            value: retries.attempts,
-        }),
-        per_try_timeout: retries.per_try_timeout.map(duration),
-        ..Default::default()
-    })
 }
 
 fn exact(value: &str) -> StringMatcher {

@@ -16,6 +16,7 @@
 //! hash, so the shares add up exactly and no runtime key is involved.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 
 use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
@@ -34,15 +35,19 @@ use envoy_types::pb::xds::r#type::matcher::v3::matcher::{
     MatcherList, MatcherType, OnMatch, matcher_list, on_match,
 };
 
-use super::any;
 use super::cluster::socket_address;
+use super::{Resources, any};
 use crate::ids::{ClusterId, ClusterRef, FallbackId};
 use crate::reconcile::{ListenerPlan, Plan, Target};
 use crate::spec::HashOn;
 
-/// The listener of a TCP listener plan; `None` if the plan has nothing for it to proxy to.
-pub(super) fn listener(l: &ListenerPlan, plan: &Plan) -> Option<Listener> {
-    let address = l.kind.address()?;
+/// The resources of a TCP listener: the listener alone (it holds what routes would), if the
+/// plan has something for it to proxy to.
+pub(super) fn resources(l: &ListenerPlan, address: SocketAddr, plan: &Plan, out: &mut Resources) {
+    out.listeners.extend(listener(l, address, plan));
+}
+
+fn listener(l: &ListenerPlan, address: SocketAddr, plan: &Plan) -> Option<Listener> {
     let name = l.routes.first()?.service()?;
     let service = plan.services.get(name)?;
     // Every version's cluster, and every aggregate one version could fall back to another

@@ -1,13 +1,11 @@
-//! Listeners (an HTTP connection manager that takes its routes over RDS) and their routes.
-//!
-//! A proxyless listener is the same connection manager as an xDS API listener with no address
-//! (gRFC A27): gRPC clients dialling `xds:///<name>` ask for the listener `<name>`, take its
-//! routes over RDS on the same ADS stream (`config_source.ads`), pick the virtual host whose
-//! domain is that name, and require the router to be the last HTTP filter (gRFC A39).
+//! HTTP listeners: an HTTP connection manager on an address (TLS chosen by SNI when the file gives
+//! certificates) that takes its routes over RDS, and those routes, grouped by host. The
+//! connection manager and the route configuration are shared with proxyless listeners
+//! ([`super::proxyless`]); what differs is said there.
 
-use envoy_types::pb::envoy::config::listener::v3::{
-    ApiListener, Filter, FilterChain, Listener, filter,
-};
+use std::net::SocketAddr;
+
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
 
 use envoy_types::pb::envoy::config::route::v3::{
     RedirectAction, Route, RouteConfiguration, RouteMatch, VirtualHost, redirect_action, route,
@@ -20,17 +18,30 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 
 use super::cluster::socket_address;
-use super::{ads_config_source, any, routes};
+use super::{Resources, ads_config_source, any, routes};
 use crate::reconcile::{ListenerPlan, Plan};
-use crate::spec::{ListenerKind, Redirect, RouteTarget};
+use crate::spec::{Redirect, RouteTarget};
 
 /// The RDS name of a listener's routes: the listener's own name, so the two read together.
 pub(crate) fn route_config_name(listener: &str) -> String {
     listener.to_owned()
 }
 
-pub(super) fn listener(l: &ListenerPlan) -> Listener {
-    let hcm = HttpConnectionManager {
+/// The resources of an HTTP listener: itself, its routes, and the certificates it serves.
+pub(super) fn resources(l: &ListenerPlan, address: SocketAddr, plan: &Plan, out: &mut Resources) {
+    out.listeners.push(listener(l, address));
+    out.routes
+        .push(route_configuration(l, plan, vec!["*".to_owned()]));
+    if let Some(t) = &l.tls {
+        out.secrets
+            .extend(super::tls::secrets(&l.name, t, &plan.pem_files));
+    }
+}
+
+/// The connection manager of an HTTP or proxyless listener: routes over RDS on the ADS stream,
+/// and the router as the last (and only) HTTP filter, as gRPC requires (gRFC A39).
+pub(super) fn connection_manager(l: &ListenerPlan) -> HttpConnectionManager {
+    HttpConnectionManager {
         stat_prefix: l.name.clone(),
         route_specifier: Some(RouteSpecifier::Rds(Rds {
             config_source: Some(ads_config_source()),
@@ -46,16 +57,11 @@ pub(super) fn listener(l: &ListenerPlan) -> Listener {
             ..Default::default()
         }],
         ..Default::default()
-    };
-    let Some(address) = l.kind.address() else {
-        return Listener {
-            name: l.name.clone(),
-            api_listener: Some(ApiListener {
-                api_listener: Some(any(&hcm)),
-            }),
-            ..Default::default()
-        };
-    };
+    }
+}
+
+fn listener(l: &ListenerPlan, address: SocketAddr) -> Listener {
+    let hcm = connection_manager(l);
     let filter = Filter {
         name: "envoy.filters.network.http_connection_manager".to_owned(),
         config_type: Some(filter::ConfigType::TypedConfig(any(&hcm))),
@@ -80,7 +86,13 @@ pub(super) fn listener(l: &ListenerPlan) -> Listener {
     }
 }
 
-pub(super) fn route_configuration(l: &ListenerPlan, plan: &Plan) -> RouteConfiguration {
+/// A listener's routes: those of the file's routes (under the virtual host named after the
+/// listener, matching `default_domains`) and of each of its hosts.
+pub(super) fn route_configuration(
+    l: &ListenerPlan,
+    plan: &Plan,
+    default_domains: Vec<String>,
+) -> RouteConfiguration {
     let routes = |listed: &[crate::spec::Route]| -> Vec<Route> {
         let mut out: Vec<Route> = listed
             .iter()
@@ -113,11 +125,7 @@ pub(super) fn route_configuration(l: &ListenerPlan, plan: &Plan) -> RouteConfigu
     if l.hosts.is_empty() || !l.routes.is_empty() || l.redirect.is_some() {
         virtual_hosts.push(VirtualHost {
             name: l.name.clone(),
-            domains: match l.kind {
-                ListenerKind::Envoy(_) | ListenerKind::Tcp(_) => vec!["*".to_owned()],
-                // gRPC matches the domains against the target's authority, the listener name.
-                ListenerKind::Proxyless => vec![l.name.clone()],
-            },
+            domains: default_domains,
             routes: routes(&l.routes),
             ..Default::default()
         });
