@@ -11,7 +11,7 @@ RUN apt-get update \
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --bin cutover \
- && mkdir -p /out/state \
+ && mkdir -p /out/state /out/certs \
  && cp target/release/cutover /out/cutover
 
 # Run: distroless (glibc, libgcc, CA certificates; no shell, no package manager), ~25 MB plus the
@@ -21,6 +21,9 @@ COPY --from=build /out/cutover /usr/local/bin/cutover
 # Where `--state /var/lib/cutover/state.json` keeps the runtime state: writable by the user, as
 # the deployment file's directory usually is not (a read-only mount, a ConfigMap).
 COPY --from=build --chown=65532:65532 /out/state /var/lib/cutover
+# Where the compose demo's `certs` service writes its certificates: a new volume mounted here
+# takes this directory's owner, so the user can write it.
+COPY --from=build --chown=65532:65532 /out/certs /certs
 USER 65532:65532
 # ADS (gRPC), admin API, and the demo upstream's default port.
 EXPOSE 18000 19000 8080

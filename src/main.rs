@@ -94,6 +94,10 @@ enum Command {
     /// /health with 200, and can be told to fail or slow down (POST /fail?percent=N, POST
     /// /slow?ms=N). Prints the address it listens on.
     DemoUpstream(demo::upstream::Options),
+    /// Make the demo's certificates in DIR, unless they are all there: a CA, cutover's xDS
+    /// server certificate, the front Envoy's client certificate and an HTTPS certificate for
+    /// localhost (the compose demo runs it first).
+    DemoCerts(demo::certs::Options),
     /// The Docker Compose demo without Docker: Envoy, cutover and the demo upstreams as local
     /// processes on loopback, with live bars of the requests each version answers.
     ///
@@ -144,6 +148,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_tracing(LogFormat::Text);
             demo::run_upstream(&opts)
         }
+        Command::DemoCerts(opts) => demo::run_certs(&opts),
         Command::Demo(opts) => demo::run(opts),
         Command::Schema => cli::schema::run(),
     }

@@ -119,8 +119,9 @@ fn compose_file_deployment_file_and_bootstrap_agree() {
     assert_eq!(command[1], "/etc/cutover/demo.yaml");
     assert_eq!(
         strings(&cutover["volumes"]),
-        ["./examples:/etc/cutover:ro"],
-        "the directory is mounted (editors save by rename), read-only"
+        ["./examples:/etc/cutover:ro", "certs:/etc/cutover/certs:ro"],
+        "the directory is mounted (editors save by rename), read-only, with the certificates \
+         the demo made over examples/certs"
     );
     let ads = flag(&command, "ads").expect("--ads");
     let (host, port) = ads_of(&bootstrap);
@@ -145,20 +146,22 @@ fn compose_file_deployment_file_and_bootstrap_agree() {
         .expect("ENVOY_VERSION in scripts/test")
         .to_owned();
     assert_eq!(envoy["image"], format!("envoyproxy/envoy:v{version}"));
-    assert_eq!(strings(&envoy["volumes"]), ["./envoy:/etc/envoy:ro"]);
+    assert_eq!(
+        strings(&envoy["volumes"]),
+        ["./envoy:/etc/envoy:ro", "certs:/certs:ro"]
+    );
     let command = strings(&envoy["command"]);
     let config = command[command.iter().position(|a| a == "-c").unwrap() + 1].clone();
     assert_eq!(config, "/etc/envoy/front.yaml");
     let ports = strings(&envoy["ports"]);
-    let listener = spec.listeners[0]
-        .kind
-        .address()
-        .expect("an Envoy listener")
-        .port();
-    assert!(
-        ports.contains(&format!("127.0.0.1:{listener}:{listener}")),
-        "{ports:?}"
-    );
+    for l in &spec.listeners {
+        let port = l.kind.address().expect("an Envoy listener").port();
+        assert!(
+            ports.contains(&format!("127.0.0.1:{port}:{port}")),
+            "{}: {ports:?}",
+            l.name
+        );
+    }
     let envoy_admin = bootstrap["admin"]["address"]["socket_address"]["port_value"]
         .as_u64()
         .unwrap();
@@ -194,7 +197,7 @@ fn compose_file_deployment_file_and_bootstrap_agree() {
         }
     }
     // cutover and the upstreams share one image, built from the Dockerfile.
-    for name in ["cutover", "blue", "green", "canary", "broken"] {
+    for name in ["certs", "cutover", "blue", "green", "canary", "broken"] {
         assert_eq!(services[name]["image"], "cutover:demo", "{name}");
         assert_eq!(services[name]["build"], ".", "{name}");
     }
@@ -359,4 +362,70 @@ fn kubernetes_manifests_agree_with_each_other_and_with_cutover_bootstrap() {
     let eservice = kind(&envoy_docs, "Service", "envoy");
     assert_eq!(eservice["spec"]["selector"], epod["metadata"]["labels"]);
     assert_eq!(eservice["spec"]["ports"][0]["targetPort"], "http");
+}
+
+/// The demo runs xDS on mutual TLS with the certificates its `certs` service makes, and its
+/// HTTPS listener serves the one made for it.
+#[test]
+fn the_demo_runs_on_the_certificates_it_makes() {
+    let compose = yaml(&repo_file("docker-compose.yml"));
+    let services = compose["services"].as_object().expect("services");
+    let bootstrap = yaml(&repo_file("envoy/front.yaml"));
+    let spec = cutover::spec::parse("examples/demo.yaml", &repo_file("examples/demo.yaml"))
+        .expect("demo.yaml valid");
+    let cutover = &services["cutover"];
+    let command = strings(&cutover["command"]);
+    // The certificates: made by `certs` (before cutover starts) into the volume the others
+    // mount; cutover serves xDS over mutual TLS with them, and the bootstrap's Envoy presents
+    // the client certificate and trusts the same CA, under the same file names.
+    let certs = &services["certs"];
+    assert_eq!(strings(&certs["command"]), ["demo-certs", "/certs"]);
+    assert_eq!(strings(&certs["volumes"]), ["certs:/certs"]);
+    assert!(compose["volumes"]["certs"].is_null() || compose["volumes"]["certs"].is_object());
+    assert!(
+        compose["volumes"]
+            .as_object()
+            .unwrap()
+            .contains_key("certs")
+    );
+    assert_eq!(
+        cutover["depends_on"]["certs"]["condition"], "service_completed_successfully",
+        "cutover reads the certificates when it starts"
+    );
+    let served = |name: &str| {
+        let file = flag(&command, name).unwrap_or_else(|| panic!("--{name}: xDS over TLS"));
+        file.strip_prefix("/etc/cutover/certs/")
+            .unwrap_or_else(|| panic!("--{name} {file} is not in the certificates volume"))
+            .to_owned()
+    };
+    let context = &bootstrap["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]
+        ["common_tls_context"];
+    let envoy_file = |v: &Value| {
+        let file = v.as_str().expect("a file name");
+        file.strip_prefix("/certs/")
+            .unwrap_or_else(|| panic!("{file} is not in the certificates volume"))
+            .to_owned()
+    };
+    assert_eq!(
+        served("tls-client-ca"),
+        envoy_file(&context["validation_context"]["trusted_ca"]["filename"]),
+        "one CA signs both sides"
+    );
+    assert_eq!(served("tls-cert"), "cutover.pem");
+    assert_eq!(served("tls-key"), "cutover-key.pem");
+    assert_eq!(
+        envoy_file(&context["tls_certificates"][0]["certificate_chain"]["filename"]),
+        "front.pem"
+    );
+    for l in &spec.listeners {
+        if let Some(tls) = &l.tls {
+            for c in &tls.certificates {
+                assert!(
+                    c.cert.path.starts_with("certs/") && c.key.path.starts_with("certs/"),
+                    "{}: the HTTPS certificate is the one the demo makes: {c:?}",
+                    l.name
+                );
+            }
+        }
+    }
 }

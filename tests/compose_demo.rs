@@ -20,6 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cutover::api::StatusReport;
+use cutover::testing::curl::Curl;
 use cutover::testing::{envoy_binary, read_exact, wait_for};
 
 /// The compose project of this test: its containers, network and labels carry this name.
@@ -27,6 +28,8 @@ const PROJECT: &str = "cutover_compose_test";
 /// Published by docker-compose.yml on the host's loopback.
 const FRONT: &str = "http://127.0.0.1:10000";
 const CUTOVER_ADMIN: &str = "http://127.0.0.1:19000";
+/// The front Envoy's HTTPS listener, published on the host's loopback.
+const HTTPS_PORT: u16 = 10443;
 /// Starting containers on a vfs engine copies their file systems: generous.
 const STARTUP: Duration = Duration::from_secs(90);
 const WAIT: Duration = Duration::from_secs(30);
@@ -213,9 +216,11 @@ impl Project {
             std::fs::create_dir_all(to.parent().unwrap()).unwrap();
             std::fs::copy(repo().join(from), to).unwrap();
         }
+        // Where the certificates volume is mounted, as in the repository.
+        std::fs::create_dir_all(dir.path().join("examples/certs")).unwrap();
         // Only the images change. A service that also has `build:` uses its image when it
         // exists (`up --no-build`).
-        let services = ["cutover", "blue", "green", "canary", "broken"];
+        let services = ["certs", "cutover", "blue", "green", "canary", "broken"];
         let mut text = String::from("services:\n");
         for s in services {
             text.push_str(&format!("  {s}:\n    image: \"{cutover_image}\"\n"));
@@ -253,9 +258,24 @@ impl Project {
         std::fs::rename(tmp, path).unwrap();
     }
 
+    /// Stops and removes everything, the certificates volume included (`down -v`).
     fn down(&mut self) {
-        must(self.compose().arg("down"));
+        must(self.compose().args(["down", "-v"]));
         self.up = false;
+    }
+
+    /// Copies a file out of a service's container (volumes included) into the project
+    /// directory; its path there.
+    fn copy_out(&self, service: &str, path: &str) -> PathBuf {
+        let id = must(self.compose().args(["ps", "-q", service]));
+        let to = self.dir.path().join(Path::new(path).file_name().unwrap());
+        must(
+            Command::new("docker")
+                .arg("cp")
+                .arg(format!("{}:{path}", id.trim()))
+                .arg(&to),
+        );
+        to
     }
 }
 
@@ -269,7 +289,7 @@ impl Drop for Project {
         {
             eprintln!("===== docker-compose logs =====\n{logs}\n===== end =====");
         }
-        let _ = run(self.compose().arg("down"));
+        let _ = run(self.compose().args(["down", "-v"]));
     }
 }
 
@@ -413,7 +433,7 @@ async fn the_compose_demo_runs_and_follows_edits_of_the_mounted_file() {
         eprintln!("\n{bar}\n!!! SKIPPING the compose test: {why}\n{bar}\n");
         return;
     }
-    let Some(envoy) = envoy_binary() else {
+    let (Some(envoy), Some(curl)) = (envoy_binary(), Curl::find()) else {
         return;
     };
     let started = Instant::now();
@@ -423,7 +443,8 @@ async fn the_compose_demo_runs_and_follows_edits_of_the_mounted_file() {
         install_as: "/usr/local/bin/cutover",
         user: "65532:65532",
         passwd: "nonroot:x:65532:65532:nonroot:/tmp:/sbin/nologin",
-        writable: &["/var/lib/cutover"],
+        // As in the Dockerfile: a new volume mounted on /certs takes this directory's mode.
+        writable: &["/var/lib/cutover", "/certs"],
         strip: true,
     });
     let envoy_image = stand_in(&StandIn {
@@ -440,12 +461,22 @@ async fn the_compose_demo_runs_and_follows_edits_of_the_mounted_file() {
 
     let mut project = Project::new(&cutover_image, &envoy_image);
     // A run killed before its `down`.
-    let _ = run(project.compose().arg("down"));
+    let _ = run(project.compose().args(["down", "-v"]));
     project.up = true;
     must(project.compose().args(["up", "-d", "--no-build"]));
     let client = client();
     wait_for_version(&client, "blue", STARTUP).await;
     let up = started.elapsed();
+
+    // HTTPS with the certificate the demo made, trusting only the demo's CA: its key reached
+    // Envoy over SDS, which cutover sends only on the mutual TLS xDS connection the demo runs.
+    let ca = project.copy_out("cutover", "/etc/cutover/certs/ca.pem");
+    let reply = curl
+        .get(&ca, "localhost", HTTPS_PORT, &[])
+        .await
+        .unwrap_or_else(|e| panic!("HTTPS through the front Envoy: {e}"));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.body.starts_with("blue"), "{reply:?}");
 
     // Blue-green: everything on blue, then one edit moves everything to green.
     assert_eq!(

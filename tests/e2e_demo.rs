@@ -1,5 +1,6 @@
 //! `cutover demo`, the no-Docker twin, as a user runs it: a real Envoy, cutover and the demo
-//! upstreams as processes on loopback. It runs a few seconds, traffic flows, a scripted save of
+//! upstreams as processes on loopback. It runs a few seconds, traffic flows (HTTPS too, with the
+//! certificate the demo made, over xDS on mutual TLS), a scripted save of
 //! its deployment file shifts the measured split, and Ctrl-C (SIGINT) leaves no process behind.
 
 use std::io::{BufRead as _, BufReader};
@@ -8,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use cutover::testing::curl::Curl;
 use cutover::testing::{envoy_binary, free_port};
 
 /// Four consecutive free loopback ports (the demo's upstreams).
@@ -120,13 +122,30 @@ fn interrupt(pid: u32) -> rustix::io::Result<()> {
     rustix::process::kill_process(pid, rustix::process::Signal::INT)
 }
 
+/// HTTPS through the demo's front Envoy answers from `version`, with the certificate the demo
+/// made (its key sent to Envoy over SDS, on the xDS connection the demo runs on mutual TLS),
+/// trusting only the demo's CA.
+fn https_answers(curl: &Curl, dir: &std::path::Path, port: u16, version: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ca = dir.join("certs/ca.pem");
+    let reply = runtime
+        .block_on(curl.get(&ca, "localhost", port, &[]))
+        .unwrap_or_else(|e| panic!("HTTPS through the demo's front Envoy: {e}"));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.body.starts_with(version), "{reply:?}");
+}
+
 #[test]
 fn the_demo_shows_traffic_follows_an_edit_and_leaves_nothing_on_ctrl_c() {
-    let Some(envoy) = envoy_binary() else {
+    let (Some(envoy), Some(curl)) = (envoy_binary(), Curl::find()) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let port = free_port().port();
+    let https_port = free_port().port();
     let upstream_port = four_free_ports();
     let addr = |a: SocketAddr| a.to_string();
     let mut demo = Command::new(env!("CARGO_BIN_EXE_cutover"))
@@ -134,6 +153,7 @@ fn the_demo_shows_traffic_follows_an_edit_and_leaves_nothing_on_ctrl_c() {
         .arg("--envoy")
         .arg(&envoy)
         .arg(format!("--port={port}"))
+        .arg(format!("--https-port={https_port}"))
         .arg(format!("--upstream-port={upstream_port}"))
         .arg(format!("--ads={}", addr(free_port())))
         .arg(format!("--admin={}", addr(free_port())))
@@ -179,6 +199,7 @@ fn the_demo_shows_traffic_follows_an_edit_and_leaves_nothing_on_ctrl_c() {
     for (pid, pgrp) in &children {
         assert_eq!(pid, pgrp, "each process leads a process group of its own");
     }
+    https_answers(&curl, dir.path(), https_port, "blue");
 
     // A save of the file it printed moves the traffic: to green, then canary at 50%.
     let file = dir.path().join("demo.yaml");

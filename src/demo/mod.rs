@@ -5,6 +5,7 @@
 //! A module of the binary, not of the library: nothing but these two commands uses it, and
 //! the library's users (tests, benches, embedders) have no use for a demo.
 
+pub mod certs;
 pub mod twin;
 pub mod upstream;
 
@@ -22,6 +23,12 @@ pub fn run_upstream(opts: &upstream::Options) -> anyhow::Result<ExitCode> {
         upstream.run_until(cli::shutdown_signal()).await?;
         anyhow::Ok(())
     })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cutover demo-certs DIR`: prints what it did.
+pub fn run_certs(opts: &certs::Options) -> anyhow::Result<ExitCode> {
+    say(format_args!("{}\n", certs::ensure(&opts.dir)?))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -40,8 +40,11 @@ pub const UPSTREAMS: [(&str, &str, u32); 4] = [
 
 /// The port the upstreams listen on in the compose demo.
 const COMPOSE_PORT: u16 = 8080;
-/// The compose demo's front listener.
+/// The compose demo's front listeners, HTTP and HTTPS.
 const COMPOSE_LISTENER: &str = "0.0.0.0:10000";
+const COMPOSE_HTTPS_LISTENER: &str = "0.0.0.0:10443";
+/// Where the compose demo's front Envoy reads its certificates (envoy/front.yaml).
+const COMPOSE_ENVOY_CERTS: &str = "/certs/";
 /// How long to wait for everything to come up.
 const STARTUP: Duration = Duration::from_secs(30);
 /// How long processes get to stop after SIGTERM before SIGKILL.
@@ -57,6 +60,10 @@ pub struct Options {
     /// Port of the front Envoy's listener on 127.0.0.1 (the compose demo publishes 10000).
     #[arg(long, default_value_t = 10000)]
     pub port: u16,
+    /// Port of the front Envoy's HTTPS listener on 127.0.0.1 (the compose demo publishes
+    /// 10443), with the certificate the demo makes in its directory's certs/.
+    #[arg(long, default_value_t = 10443)]
+    pub https_port: u16,
     /// First of four consecutive ports on 127.0.0.1 for the upstreams blue, green, canary and
     /// broken.
     #[arg(long, default_value_t = 10001)]
@@ -111,10 +118,22 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DemoError {
     move |source| DemoError::Io { what, source }
 }
 
-/// The deployment file for loopback: the compose demo's, with the listener on 127.0.0.1:`port`
-/// and every upstream `NAME:8080` as `localhost:PORT`.
-pub fn loopback_deployment(port: u16, upstream_port: u16) -> Result<String, DemoError> {
-    let mut text = DEMO_FILE.replacen(COMPOSE_LISTENER, &format!("127.0.0.1:{port}"), 1);
+/// The deployment file for loopback: the compose demo's, with the listeners on 127.0.0.1:`port`
+/// and `https_port` and every upstream `NAME:8080` as `localhost:PORT`; checked as it will be
+/// served from `dir` (its certificates in `dir`/certs, see [`super::certs`]).
+pub fn loopback_deployment(
+    port: u16,
+    https_port: u16,
+    upstream_port: u16,
+    dir: &Path,
+) -> Result<String, DemoError> {
+    let mut text = DEMO_FILE
+        .replacen(COMPOSE_LISTENER, &format!("127.0.0.1:{port}"), 1)
+        .replacen(
+            COMPOSE_HTTPS_LISTENER,
+            &format!("127.0.0.1:{https_port}"),
+            1,
+        );
     for ((name, ..), port) in UPSTREAMS.iter().zip(upstream_port..) {
         let local = format!("localhost:{port}");
         text = text.replace(&format!("[{name}:{COMPOSE_PORT}]"), &format!("[{local}]"));
@@ -124,7 +143,9 @@ pub fn loopback_deployment(port: u16, upstream_port: u16) -> Result<String, Demo
         upstream_legend(upstream_port)
     );
     let text = header + &text;
-    crate::spec::parse("demo.yaml", &text).map_err(|e| DemoError::Files(e.to_string()))?;
+    let path = dir.join("demo.yaml");
+    crate::spec::parse(&path.display().to_string(), &text)
+        .map_err(|e| DemoError::Files(e.to_string()))?;
     Ok(text)
 }
 
@@ -144,9 +165,14 @@ fn upstream_legend(upstream_port: u16) -> String {
         .join(", ")
 }
 
-/// The front Envoy's bootstrap for loopback: envoy/front.yaml with cutover's ADS address and
-/// Envoy's admin address replaced, as JSON (which Envoy reads as YAML).
-pub fn loopback_bootstrap(ads: SocketAddr, envoy_admin: SocketAddr) -> Result<String, DemoError> {
+/// The front Envoy's bootstrap for loopback: envoy/front.yaml with cutover's ADS address,
+/// Envoy's admin address and the directory of its certificates (`certs`) replaced, as JSON
+/// (which Envoy reads as YAML).
+pub fn loopback_bootstrap(
+    ads: SocketAddr,
+    envoy_admin: SocketAddr,
+    certs: &Path,
+) -> Result<String, DemoError> {
     let mut b: serde_json::Value = serde_saphyr::from_str(FRONT_BOOTSTRAP)
         .map_err(|e| DemoError::Files(format!("envoy/front.yaml: {e}")))?;
     let set = |v: &mut serde_json::Value, addr: SocketAddr| {
@@ -163,7 +189,22 @@ pub fn loopback_bootstrap(ads: SocketAddr, envoy_admin: SocketAddr) -> Result<St
         .pointer_mut("/admin/address/socket_address")
         .ok_or_else(|| DemoError::Files("envoy/front.yaml has no admin address".into()))?;
     set(admin_sa, envoy_admin);
+    relocate(&mut b, &format!("{}/", certs.display()));
     serde_json::to_string_pretty(&b).map_err(|e| DemoError::Files(e.to_string()))
+}
+
+/// Every string naming a file of the compose demo's certificates, moved to `to`.
+fn relocate(v: &mut serde_json::Value, to: &str) {
+    match v {
+        serde_json::Value::String(s) => {
+            if let Some(file) = s.strip_prefix(COMPOSE_ENVOY_CERTS) {
+                *s = format!("{to}{file}");
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|i| relocate(i, to)),
+        serde_json::Value::Object(map) => map.values_mut().for_each(|i| relocate(i, to)),
+        _ => {}
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -296,29 +337,52 @@ async fn get(addr: SocketAddr, path: &str) -> Result<(u16, Option<String>), Stri
 // ---------------------------------------------------------------------------------------------
 // The demo
 
+/// What the demo writes in its directory.
+struct Files {
+    /// The deployment file to edit.
+    file: PathBuf,
+    /// The front Envoy's.
+    bootstrap: PathBuf,
+    /// The certificates' directory.
+    certs: PathBuf,
+}
+
+fn write_files(opts: &Options, dir: &Path) -> Result<Files, DemoError> {
+    // The compose demo's certificates, made the same way: the xDS port over mutual TLS, and
+    // the HTTPS listener's.
+    let certs = dir.join("certs");
+    super::certs::ensure(&certs).map_err(|e| DemoError::Files(format!("{e:#}")))?;
+    let file = dir.join("demo.yaml");
+    let text = loopback_deployment(opts.port, opts.https_port, opts.upstream_port, dir)?;
+    std::fs::write(&file, text).map_err(io(format!("write {}", file.display())))?;
+    let bootstrap = dir.join("front.yaml");
+    std::fs::write(
+        &bootstrap,
+        loopback_bootstrap(opts.ads, opts.envoy_admin, &certs)?,
+    )
+    .map_err(io(format!("write {}", bootstrap.display())))?;
+    Ok(Files {
+        file,
+        bootstrap,
+        certs,
+    })
+}
+
 /// Runs the demo until `stop` completes or `--duration` passes.
 pub async fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<(), DemoError> {
     let envoy = match &opts.envoy {
         Some(p) => p.clone(),
         None => find_on_path("envoy").ok_or(DemoError::NoEnvoy)?,
     };
-    let dir = match &opts.dir {
-        Some(d) => {
-            std::fs::create_dir_all(d).map_err(io(format!("create {}", d.display())))?;
-            d.clone()
-        }
-        None => {
-            let d = std::env::temp_dir().join(format!("cutover-demo-{}", std::process::id()));
-            std::fs::create_dir_all(&d).map_err(io(format!("create {}", d.display())))?;
-            d
-        }
-    };
-    let file = dir.join("demo.yaml");
-    std::fs::write(&file, loopback_deployment(opts.port, opts.upstream_port)?)
-        .map_err(io(format!("write {}", file.display())))?;
-    let bootstrap = dir.join("front.yaml");
-    std::fs::write(&bootstrap, loopback_bootstrap(opts.ads, opts.envoy_admin)?)
-        .map_err(io(format!("write {}", bootstrap.display())))?;
+    let dir = opts.dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("cutover-demo-{}", std::process::id()))
+    });
+    std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+    let Files {
+        file,
+        bootstrap,
+        certs,
+    } = write_files(&opts, &dir)?;
     let exe = std::env::current_exe().map_err(io("find the cutover binary"))?;
 
     let mut processes = Processes::new();
@@ -335,7 +399,13 @@ pub async fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<(), De
         .arg(&file)
         .arg(format!("--ads={}", opts.ads))
         .arg(format!("--admin={}", opts.admin))
-        .arg(format!("--state={}", dir.join("demo.state.json").display()));
+        .arg(format!("--state={}", dir.join("demo.state.json").display()))
+        .arg("--tls-cert")
+        .arg(certs.join("cutover.pem"))
+        .arg("--tls-key")
+        .arg(certs.join("cutover-key.pem"))
+        .arg("--tls-client-ca")
+        .arg(certs.join("ca.pem"));
     processes.spawn("cutover", cmd, &dir.join("cutover.log"))?;
     let mut cmd = Command::new(&envoy);
     cmd.arg("-c").arg(&bootstrap).args([
@@ -364,8 +434,10 @@ pub async fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<(), De
 
     let terminal = std::io::stdout().is_terminal();
     let header = format!(
-        "cutover demo: edit {} and save; Ctrl-C stops everything.\nfront Envoy http://{front}/   cutover admin http://{}/status   Envoy admin http://{}/\nupstreams: {}\nlogs: {}\n",
+        "cutover demo: edit {} and save; Ctrl-C stops everything.\nfront Envoy http://{front}/ and https://localhost:{}/ (curl --cacert {})   cutover admin http://{}/status   Envoy admin http://{}/\nupstreams: {}\nlogs: {}\n",
         file.display(),
+        opts.https_port,
+        certs.join("ca.pem").display(),
         opts.admin,
         opts.envoy_admin,
         upstream_legend(opts.upstream_port),
@@ -585,11 +657,19 @@ mod tests {
 
     #[test]
     fn the_loopback_files_are_the_compose_demo_files_on_loopback() {
-        let text = loopback_deployment(20000, 20001).unwrap();
-        let spec = crate::spec::parse("demo.yaml", &text).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        super::super::certs::ensure(&certs).unwrap();
+        let text = loopback_deployment(20000, 20443, 20001, dir.path()).unwrap();
+        let file = dir.path().join("demo.yaml").display().to_string();
+        let spec = crate::spec::parse(&file, &text).unwrap();
         assert_eq!(
             spec.listeners[0].kind.address(),
             Some("127.0.0.1:20000".parse().unwrap())
+        );
+        assert_eq!(
+            spec.listeners[1].kind.address(),
+            Some("127.0.0.1:20443".parse().unwrap())
         );
         let shop = &spec.services["shop"];
         for (version, port) in [("blue", 20001), ("green", 20002), ("canary", 20003)] {
@@ -605,6 +685,7 @@ mod tests {
             text.ends_with(
                 &DEMO_FILE
                     .replace("0.0.0.0:10000", "127.0.0.1:20000")
+                    .replace("0.0.0.0:10443", "127.0.0.1:20443")
                     .replace("[blue:8080]", "[localhost:20001]")
                     .replace("[green:8080]", "[localhost:20002]")
                     .replace("[canary:8080]", "[localhost:20003]")
@@ -615,6 +696,7 @@ mod tests {
             &loopback_bootstrap(
                 "127.0.0.1:28000".parse().unwrap(),
                 "127.0.0.1:0".parse().unwrap(),
+                &certs,
             )
             .unwrap(),
         )
@@ -626,7 +708,19 @@ mod tests {
         *expected
             .pointer_mut("/admin/address/socket_address")
             .unwrap() = serde_json::json!({ "address": "127.0.0.1", "port_value": 0 });
+        relocate(&mut expected, &format!("{}/", certs.display()));
         assert_eq!(b, expected);
+        // Every certificate file the bootstrap names is one the demo made.
+        let tls = "/static_resources/clusters/0/transport_socket/typed_config/common_tls_context";
+        let context = &b.pointer(tls).expect("the ADS cluster over TLS");
+        for file in [
+            &context["tls_certificates"][0]["certificate_chain"]["filename"],
+            &context["tls_certificates"][0]["private_key"]["filename"],
+            &context["validation_context"]["trusted_ca"]["filename"],
+        ] {
+            let path = Path::new(file.as_str().unwrap());
+            assert!(path.starts_with(&certs) && path.is_file(), "{file}");
+        }
     }
 
     #[test]
