@@ -259,7 +259,15 @@ impl Controller {
         let mut client_changes = self.out.clients.changes();
         let mut pem_poll = tokio::time::interval(crate::watch::PEM_POLL);
         pem_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pem_watch = crate::watch::PemWatcher::new()
+            .inspect_err(|err| {
+                tracing::warn!(%err, "cannot watch certificate files; they are read every second instead");
+            })
+            .ok();
         loop {
+            if let Some(w) = &mut pem_watch {
+                w.watch(&self.file, &self.pem_read.keys().cloned().collect());
+            }
             let deadline = self
                 .spec
                 .as_ref()
@@ -280,13 +288,9 @@ impl Controller {
                     let answer = self.command(&request.service, request.command, &request.by);
                     let _ = request.reply.send(answer);
                 }
-                _ = pem_poll.tick(), if !self.pem_read.is_empty() => {
-                    let paths = self.pem_read.keys().cloned().collect();
-                    if crate::watch::read_pem_files(&self.file, &paths) != self.pem_read {
-                        self.changed_at = Instant::now();
-                        self.last_text = None;
-                        self.reload();
-                    }
+                _ = pem_poll.tick(), if !self.pem_read.is_empty() => self.reload_if_pem_changed(),
+                () = pem_changed(&mut pem_watch), if !self.pem_read.is_empty() => {
+                    self.reload_if_pem_changed();
                 }
                 _ = client_changes.changed(), if self.state.awaiting_answers() => {
                     self.check_answered();
@@ -319,6 +323,16 @@ impl Controller {
             // left their configs as they were): waiting for their next change would wait forever.
             self.check_answered();
             self.save();
+        }
+    }
+
+    /// Reads the PEM files the file names again, and reloads if any changed (a rotation).
+    fn reload_if_pem_changed(&mut self) {
+        let paths = self.pem_read.keys().cloned().collect();
+        if crate::watch::read_pem_files(&self.file, &paths) != self.pem_read {
+            self.changed_at = Instant::now();
+            self.last_text = None;
+            self.reload();
         }
     }
 
@@ -786,6 +800,14 @@ async fn ask(
 async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next change [`crate::watch::PemWatcher`] sees; never, without one.
+async fn pem_changed(watch: &mut Option<crate::watch::PemWatcher>) {
+    match watch {
+        Some(w) => w.changed().await,
         None => std::future::pending().await,
     }
 }

@@ -83,9 +83,130 @@ pub fn read_pem_files(
 }
 
 /// How often the PEM files the deployment file names are read again to see whether they
-/// changed (a rotation): polled, since a Kubernetes Secret volume swaps a symlink, which file
-/// events report unreliably, and they may live anywhere.
+/// changed (a rotation), besides [`PemWatcher`]'s events: a safety net for changes file events
+/// miss (a network file system, a watch that could not be set).
 pub const PEM_POLL: Duration = Duration::from_secs(1);
+
+/// Watches the directories of the PEM files a deployment file names, so that a rotation is read
+/// within milliseconds of its last write instead of at the next [`PEM_POLL`]. Directories, not
+/// files: a rotation renames new files into place, and a Kubernetes Secret volume swaps its
+/// `..data` symlink, both of which replace what a file watch would follow. Any change in them is
+/// only a reason to read the files again; the caller reloads only if their content changed.
+pub struct PemWatcher {
+    watcher: RecommendedWatcher,
+    /// The files last asked for, and the directories watched for them.
+    paths: std::collections::BTreeSet<String>,
+    dirs: std::collections::BTreeSet<PathBuf>,
+    changes: mpsc::Receiver<()>,
+}
+
+impl PemWatcher {
+    /// Starts a watcher on no directory; its waiting task runs on the current tokio runtime.
+    pub fn new() -> notify::Result<PemWatcher> {
+        let (tx, events) = mpsc::unbounded_channel();
+        let watcher = notify::recommended_watcher(move |e| {
+            let _ = tx.send(e);
+        })?;
+        let (changes_tx, changes) = mpsc::channel(1);
+        tokio::spawn(wait_for_pem_changes(events, changes_tx));
+        Ok(PemWatcher {
+            watcher,
+            paths: std::collections::BTreeSet::new(),
+            dirs: std::collections::BTreeSet::new(),
+            changes,
+        })
+    }
+
+    /// Watches the directories of `paths` (as the deployment file at `file` names them) and no
+    /// other. A directory that cannot be watched is left to the poll, with a warning.
+    pub fn watch(&mut self, file: &Path, paths: &std::collections::BTreeSet<String>) {
+        if *paths == self.paths {
+            return;
+        }
+        self.paths.clone_from(paths);
+        let base = file.parent().unwrap_or(Path::new(""));
+        let dirs: std::collections::BTreeSet<PathBuf> = paths
+            .iter()
+            .filter_map(|p| base.join(p).parent().map(Path::to_path_buf))
+            .map(|d| {
+                if d.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    d
+                }
+            })
+            .collect();
+        for gone in self.dirs.difference(&dirs) {
+            let _ = self.watcher.unwatch(gone);
+        }
+        let mut watched = std::collections::BTreeSet::new();
+        for dir in dirs {
+            if self.dirs.contains(&dir) {
+                watched.insert(dir);
+                continue;
+            }
+            match self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    watched.insert(dir);
+                }
+                Err(err) => tracing::warn!(
+                    dir = %dir.display(), %err,
+                    "cannot watch a certificate directory; its files are read every second instead"
+                ),
+            }
+        }
+        self.dirs = watched;
+    }
+
+    /// Waits until something changed in a watched directory and then stayed quiet for
+    /// [`QUIET`] (a rotation writes the certificate and the key one after the other), at most
+    /// [`MAX_WAIT`] after the first change. Cancel-safe.
+    pub async fn changed(&mut self) {
+        if self.changes.recv().await.is_none() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Whether an event may mean new content: anything but a read (cutover reading the files).
+fn is_write(event: &notify::Event) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
+async fn wait_for_pem_changes(
+    mut events: mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
+    changes: mpsc::Sender<()>,
+) {
+    loop {
+        // An error (an overflowed queue) may hide a change: read the files to be sure.
+        loop {
+            match events.recv().await {
+                None => return,
+                Some(Ok(e)) if !is_write(&e) => {}
+                Some(_) => break,
+            }
+        }
+        let deadline = Instant::now() + MAX_WAIT;
+        let mut quiet_until = (Instant::now() + QUIET).min(deadline);
+        loop {
+            match timeout_at(quiet_until, events.recv()).await {
+                Err(_elapsed) => break,
+                Ok(None) => return,
+                Ok(Some(Ok(e))) if !is_write(&e) => {}
+                Ok(Some(_)) => quiet_until = (Instant::now() + QUIET).min(deadline),
+            }
+        }
+        // Full: a change is already waiting to be taken, and the files will be read then.
+        if let Err(mpsc::error::TrySendError::Closed(())) = changes.try_send(()) {
+            return;
+        }
+    }
+}
 
 /// After an in-place write that is not closed: quiet time before the file is read anyway (a
 /// writer that keeps the file open). Complete saves do not wait for it.
@@ -340,6 +461,53 @@ mod tests {
                 .await
                 .is_err(),
             "no change expected"
+        );
+    }
+
+    /// Whether `w` sees a change within `within`.
+    async fn changed(w: &mut PemWatcher, within: Duration) -> bool {
+        tokio::time::timeout(within, w.changed()).await.is_ok()
+    }
+
+    /// A rotation (new files renamed into place, as cert-manager and a Secret volume do) in a
+    /// watched directory is seen, once both files are written; reading the files is not a
+    /// change; a directory no longer named is no longer watched.
+    #[tokio::test]
+    async fn the_pem_watcher_sees_a_rotation_and_not_a_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let file = dir.path().join("deploy.yaml");
+        std::fs::write(dir.path().join("certs.pem"), "a").unwrap();
+        std::fs::write(other.path().join("ca.pem"), "a").unwrap();
+        let mut w = PemWatcher::new().unwrap();
+        let names = |paths: &[&str]| paths.iter().map(|p| (*p).to_owned()).collect();
+        let ca = other.path().join("ca.pem").display().to_string();
+        w.watch(&file, &names(&["certs.pem", &ca]));
+
+        let _ = std::fs::read(dir.path().join("certs.pem")).unwrap();
+        assert!(!changed(&mut w, Duration::from_millis(300)).await, "a read");
+
+        for (name, text) in [("key.pem", "k2"), ("certs.pem", "c2")] {
+            let tmp = dir.path().join(format!(".{name}.tmp"));
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, dir.path().join(name)).unwrap();
+        }
+        let rotated = Instant::now();
+        assert!(changed(&mut w, Duration::from_secs(5)).await, "a rotation");
+        eprintln!("rotation seen {:?} after its last write", rotated.elapsed());
+        // One change for both files (they came within QUIET of each other).
+        assert!(!changed(&mut w, Duration::from_millis(300)).await);
+
+        std::fs::write(other.path().join("ca.pem"), "b").unwrap();
+        assert!(
+            changed(&mut w, Duration::from_secs(5)).await,
+            "the CA's directory"
+        );
+        w.watch(&file, &names(&["certs.pem"]));
+        std::fs::write(other.path().join("ca.pem"), "c").unwrap();
+        assert!(
+            !changed(&mut w, Duration::from_millis(300)).await,
+            "a directory no longer named"
         );
     }
 
