@@ -26,6 +26,7 @@ pub mod http_client;
 pub mod ids;
 pub mod metrics;
 pub mod node;
+pub mod pki;
 pub mod reconcile;
 pub mod render;
 pub mod snapshot;

@@ -9,10 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
-};
+use cutover::pki::Ca;
 
 /// `cutover demo-certs`'s options.
 #[derive(Debug, Clone, clap::Args)]
@@ -48,26 +45,17 @@ pub fn ensure(dir: &Path) -> anyhow::Result<String> {
         return Ok(format!("certificates already in {}", dir.display()));
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let ca = Ca::new()?;
-    let server = |names: &[&str]| -> anyhow::Result<(String, String)> {
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        ca.sign(params)
-    };
-    let mut client = CertificateParams::new(Vec::<String>::new())?;
-    client.subject_alt_names = vec![SanType::DnsName(FRONT_NODE.try_into()?)];
-    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let ca = Ca::new("cutover demo CA")?;
     let pairs = [
-        ("cutover", server(&CUTOVER_NAMES)?),
-        ("front", ca.sign(client)?),
-        ("demo", server(&HTTPS_NAMES)?),
+        ("cutover", ca.server(&CUTOVER_NAMES)?),
+        ("front", ca.client(&[FRONT_NODE])?),
+        ("demo", ca.server(&HTTPS_NAMES)?),
     ];
     write(&dir.join("ca.pem"), &ca.pem)?;
-    for (stem, (cert, key)) in &pairs {
+    for (stem, pair) in &pairs {
         // Keys first, so that a certificate is never there without its key.
-        write(&dir.join(format!("{stem}-key.pem")), key)?;
-        write(&dir.join(format!("{stem}.pem")), cert)?;
+        write(&dir.join(format!("{stem}-key.pem")), &pair.key)?;
+        write(&dir.join(format!("{stem}.pem")), &pair.cert)?;
     }
     Ok(format!(
         "wrote a new CA and the certificates of cutover ({}), Envoy's node {FRONT_NODE} and HTTPS ({}) to {}",
@@ -87,35 +75,6 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
-}
-
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new() -> anyhow::Result<Ca> {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "cutover demo CA");
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = params.self_signed(&key)?;
-        Ok(Ca {
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        })
-    }
-
-    /// A certificate and its key, PEM.
-    fn sign(&self, params: CertificateParams) -> anyhow::Result<(String, String)> {
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &self.issuer)?;
-        Ok((cert.pem(), key.serialize_pem()))
-    }
 }
 
 #[cfg(test)]

@@ -1,27 +1,12 @@
-//! Certificates made in the test (rcgen): a CA, server certificates with the names cutover is
-//! reached by, and client certificates with the DNS and URI names an Envoy proves.
+//! Certificates made in the test ([`crate::pki`]): a CA, server certificates with the names
+//! cutover is reached by, and client certificates with the DNS and URI names an Envoy proves;
+//! what a test's client needs to trust them, and writing them where cutover reads them.
 
 use std::path::{Path, PathBuf};
 
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
-};
-
-/// A certificate authority.
-pub struct Ca {
-    pub pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-/// A certificate and its private key, PEM.
-#[derive(Clone)]
-pub struct Pair {
-    pub cert: String,
-    pub key: String,
-}
+pub use crate::pki::Pair;
 
 /// Where a CA, a certificate and a key were written.
 pub struct Files {
@@ -30,55 +15,32 @@ pub struct Files {
     pub key: PathBuf,
 }
 
+/// A certificate authority ([`crate::pki::Ca`]) whose every step is expected to work: a test
+/// that cannot make a certificate has nothing to test.
+pub struct Ca(crate::pki::Ca);
+
+impl std::ops::Deref for Ca {
+    type Target = crate::pki::Ca;
+
+    fn deref(&self) -> &crate::pki::Ca {
+        &self.0
+    }
+}
+
 impl Ca {
     pub fn new(name: &str) -> Ca {
-        let key = KeyPair::generate().expect("a CA key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = params.self_signed(&key).expect("a self-signed CA");
-        Ca {
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
+        Ca(crate::pki::Ca::new(name).expect("a CA"))
     }
 
     /// A server certificate for these DNS names and IP addresses.
     pub fn server(&self, names: &[&str]) -> Pair {
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .expect("server params");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        self.sign(params)
+        self.0.server(names).expect("a server certificate")
     }
 
     /// A client certificate with these names: `spiffe://…` and other URIs as URI names, the
     /// rest as DNS names.
     pub fn client(&self, names: &[&str]) -> Pair {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
-        params.subject_alt_names = names
-            .iter()
-            .map(|n| {
-                let value = n.to_string().try_into().expect("an IA5 name");
-                if n.contains("://") {
-                    SanType::URI(value)
-                } else {
-                    SanType::DnsName(value)
-                }
-            })
-            .collect();
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        self.sign(params)
-    }
-
-    fn sign(&self, params: CertificateParams) -> Pair {
-        let key = KeyPair::generate().expect("a key");
-        let cert = params.signed_by(&key, &self.issuer).expect("signed");
-        Pair {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        }
+        self.0.client(names).expect("a client certificate")
     }
 
     /// What a gRPC client that trusts this CA needs to reach a server by `domain` (a name or an
