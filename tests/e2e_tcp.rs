@@ -3,8 +3,10 @@
 //! they are: Envoy gets each version's filter chain unchanged and only a new matcher, an
 //! in-place update that drains nothing (this Envoy's drain time is 1 s, so a drained chain would
 //! cut the open connection within the test). `wait drained` returns only once the last
-//! connection to a draining endpoint has closed, a canary splits connections by weight, and a
-//! canary rollout is judged on its connections and connect failures.
+//! connection to a draining endpoint has closed, a canary splits connections by weight, a
+//! rolling drain sends new connections to the other endpoints, a red-black version keeps its
+//! connections for its grace, and a canary rollout is judged on its connections and connect
+//! failures.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -340,5 +342,91 @@ in_both_xds_modes! {
         assert!(answers.get("green:x").is_some_and(|n| *n > 0), "{answers:?}");
         assert!(r.failed_checks == 0, "{r:?}");
         assert_eq!(TcpLine::once(listener, "z").await.unwrap(), "green:z");
+    }
+}
+
+in_both_xds_modes! {
+    async fn a_rolling_drain_and_a_red_black_retirement_with_open_connections(xds: Protocol) {
+        let Some(s) = TcpStack::start(xds, "active: blue").await else {
+            return;
+        };
+        let (listener, file, cutover, envoy) = (s.listener, &s.file, &s.cutover, &s.envoy);
+        let (blue, green) = (&s.blue, &s.green);
+        let blue2 = TcpEcho::start("blue2").await;
+        // Blue gets a second endpoint.
+        let two = |strategy: &str, first: &str| {
+            tcp_file(listener, blue, green, strategy).replace(
+                &format!("[{}]", blue.addr),
+                &format!("[{first}, {}]", blue2.addr),
+            )
+        };
+        file.write_renamed(&two("active: blue", &blue.addr.to_string()));
+        cutover.wait_in_sync("edge-1").await;
+        eventually(WAIT, "both blue endpoints to take connections", async || {
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..4 {
+                if let Ok(a) = TcpLine::once(listener, "x").await {
+                    seen.insert(a);
+                }
+            }
+            seen.len() == 2
+        })
+        .await;
+        let mut on_blue = None;
+        let mut others = Vec::new();
+        for _ in 0..6 {
+            let mut c = TcpLine::connect(listener).await.unwrap();
+            if c.send("hi").await.unwrap() == "blue:hi" && on_blue.is_none() {
+                on_blue = Some(c);
+            } else {
+                others.push(c);
+            }
+        }
+        let mut long = on_blue.expect("a connection on blue's first endpoint");
+
+        // Rolling: the first endpoint drains. New connections go to the other; the open one
+        // goes on.
+        let drained = format!("{{ address: {}, drain: true }}", blue.addr);
+        file.write_renamed(&two("active: blue", &drained));
+        cutover.wait_in_sync("edge-1").await;
+        // Round robin alternates: one connection to blue2 proves nothing, four in a row do.
+        eventually(WAIT, "new connections to avoid the drained endpoint", async || {
+            for _ in 0..4 {
+                if !TcpLine::once(listener, "n").await.is_ok_and(|a| a == "blue2:n") {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        for i in 0..10 {
+            assert_eq!(TcpLine::once(listener, "n").await.unwrap(), "blue2:n", "connection {i}");
+        }
+        assert_eq!(long.send("draining").await.unwrap(), "blue:draining");
+
+        // Red-black to green: new connections to green; the open ones stay on blue through the
+        // grace period. Retiring blue removes its cluster, and Envoy closes the connections of a
+        // removed cluster: the grace is what they get (README, "TCP services").
+        let cdx_before = envoy.stat("cluster_manager.cluster_removed").await;
+        file.write_renamed(&two("strategy: { red-black: { active: green, grace: 2s } }", &drained));
+        eventually(WAIT, "new connections to reach green", async || {
+            TcpLine::once(listener, "g").await.is_ok_and(|a| a == "green:g")
+        })
+        .await;
+        assert_eq!(long.send("grace").await.unwrap(), "blue:grace");
+        eventually(WAIT, "blue to be retired", async || {
+            envoy.stat("cluster_manager.cluster_removed").await > cdx_before
+        })
+        .await;
+        eventually(WAIT, "blue's connections to be closed with its cluster", async || {
+            long.send("retired").await.is_err()
+        })
+        .await;
+        for (i, c) in others.iter_mut().enumerate() {
+            assert!(c.send("retired").await.is_err(), "connection {i} to blue2");
+        }
+        assert_eq!(TcpLine::once(listener, "after").await.unwrap(), "green:after");
+        // No filter chain drained at any point: only the cluster went.
+        assert_eq!(envoy.stat("listener_manager.total_filter_chains_draining").await, 0);
     }
 }
