@@ -20,6 +20,8 @@ pub mod app;
 mod architecture;
 pub mod bootstrap;
 pub mod cli;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod controller;
 pub mod dashboard;
 pub mod http_client;

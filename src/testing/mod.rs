@@ -24,6 +24,7 @@ pub mod curl;
 mod cutover;
 mod driver;
 mod envoy;
+pub mod etcd;
 mod exact;
 pub mod fixtures;
 pub mod fleet;

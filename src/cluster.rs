@@ -1,0 +1,272 @@
+//! Cluster mode's footing on etcd v3: one leader at a time through etcd's election API on a
+//! lease, and every write of the leader fenced by that leadership, so that a deposed or paused
+//! leader can never overwrite what its successor wrote.
+//!
+//! The fence is etcd's own: a leader's election key (`<prefix>/leader/<lease>`) lives as long as
+//! its lease, and each of its writes is one transaction that also checks that key still has the
+//! create revision it had when this replica was elected. A leader whose lease expired (paused,
+//! cut off from etcd) or who resigned has lost that key, so its writes are refused even if it
+//! does not know yet; the successor's key has another revision. Nothing here is home-made
+//! consensus: etcd decides who leads and what was written.
+//!
+//! Not yet wired into `cutover serve` (docs/architecture.md, "Where the next parts attach").
+
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, LeaderKey, ResignOptions, Txn, TxnOp,
+};
+use tokio::sync::watch;
+
+/// What talking to etcd can fail with; each says what to check.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(
+        "cannot reach etcd at {endpoints}: {source}; check the URLs and that a majority of the members is up"
+    )]
+    Connect {
+        endpoints: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error(
+        "etcd: {0}; the write or read was not done, and is tried again from the state etcd holds"
+    )]
+    Etcd(#[from] etcd_client::Error),
+    #[error("etcd took longer than {0:?} to answer; is a majority of its members up?")]
+    Timeout(Duration),
+    #[error(
+        "this replica no longer leads (its lease ended or another replica was elected): the write was refused"
+    )]
+    Deposed,
+    #[error("etcd elected this replica without saying under which key")]
+    NoLeaderKey,
+}
+
+/// How long one request to etcd may take: longer means no quorum answers.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection to an etcd cluster, every key under one prefix.
+#[derive(Clone)]
+pub struct Etcd {
+    client: Client,
+    prefix: String,
+}
+
+impl Etcd {
+    /// Connects to any of `endpoints` (`http://host:port`).
+    pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Etcd, ClusterError> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        let client = Client::connect(endpoints, Some(options))
+            .await
+            .map_err(|source| ClusterError::Connect {
+                endpoints: endpoints.join(","),
+                source,
+            })?;
+        Ok(Etcd {
+            client,
+            prefix: prefix.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}/{name}", self.prefix)
+    }
+
+    fn election(&self) -> String {
+        self.key("leader")
+    }
+
+    /// Campaigns to lead as `id` on a lease of `ttl` (whole seconds, at least 1), kept alive in
+    /// the background; returns once this replica leads, however long another leads before it.
+    pub async fn lead(&self, id: &str, ttl: Duration) -> Result<Leadership, ClusterError> {
+        let mut client = self.client.clone();
+        let ttl_secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        let lease = bounded(client.lease_grant(ttl_secs, None)).await?.id();
+        let (lost_tx, lost) = watch::channel(false);
+        let keepalive = tokio::spawn(keep_alive(client.clone(), lease, ttl, lost_tx));
+        let elected = client.campaign(self.election(), id, lease).await?;
+        let key = elected.leader().cloned().ok_or(ClusterError::NoLeaderKey)?;
+        Ok(Leadership {
+            key,
+            lease,
+            lost,
+            keepalive,
+            client,
+        })
+    }
+
+    /// The id of the replica that leads now, if one does.
+    pub async fn leader(&self) -> Result<Option<String>, ClusterError> {
+        let election = self.election();
+        let asked = retrying(|| {
+            let (mut client, election) = (self.client.clone(), election.clone());
+            async move { client.leader(election).await }
+        });
+        match asked.await {
+            Ok(r) => Ok(r
+                .kv()
+                .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())),
+            // etcd answers "election: no leader" as an error.
+            Err(ClusterError::Etcd(e)) if e.to_string().contains("no leader") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes `value` under `name` if `leadership` still leads, in one transaction; the
+    /// revision of the write. [`ClusterError::Deposed`] if another replica leads or none does:
+    /// nothing was written.
+    pub async fn put_fenced(
+        &self,
+        leadership: &Leadership,
+        name: &str,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<i64, ClusterError> {
+        let fence =
+            Compare::create_revision(leadership.key.key(), CompareOp::Equal, leadership.key.rev());
+        let txn = Txn::new()
+            .when([fence])
+            .and_then([TxnOp::put(self.key(name), value, None)]);
+        let done = retrying(|| {
+            let (mut client, txn) = (self.client.clone(), txn.clone());
+            async move { client.txn(txn).await }
+        })
+        .await?;
+        if !done.succeeded() {
+            return Err(ClusterError::Deposed);
+        }
+        Ok(done.header().map_or(0, |h| h.revision()))
+    }
+
+    /// What is under `name`, with the revision it was last written at.
+    pub async fn get(&self, name: &str) -> Result<Option<(Vec<u8>, i64)>, ClusterError> {
+        let key = self.key(name);
+        let got = retrying(|| {
+            let (mut client, key) = (self.client.clone(), key.clone());
+            async move { client.get(key, None).await }
+        })
+        .await?;
+        Ok(got
+            .kvs()
+            .first()
+            .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
+    }
+}
+
+async fn bounded<T>(
+    request: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, ClusterError> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(ClusterError::Timeout(REQUEST_TIMEOUT)),
+    }
+}
+
+/// `request` made again while etcd is unavailable (the client may pick a member that is down:
+/// another answers the next try), for at most [`REQUEST_TIMEOUT`] in all. Only for requests
+/// that may be repeated: reads, and fenced writes of a whole value.
+async fn retrying<T, F>(mut request: impl FnMut() -> F) -> Result<T, ClusterError>
+where
+    F: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+    loop {
+        match tokio::time::timeout_at(deadline, request()).await {
+            Ok(Ok(answer)) => return Ok(answer),
+            Ok(Err(e)) if unavailable(&e) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(ClusterError::Timeout(REQUEST_TIMEOUT)),
+        }
+    }
+}
+
+/// Whether a request failed for want of a member to answer it.
+fn unavailable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => s.code() == tonic::Code::Unavailable,
+        _ => false,
+    }
+}
+
+/// Renews the lease three times per `ttl`; says the leadership is lost when a renewal fails or
+/// etcd answers that the lease is gone, or when `ttl` passed since the last renewal etcd
+/// confirmed (from then on etcd may have elected another replica).
+async fn keep_alive(mut client: Client, lease: i64, ttl: Duration, lost: watch::Sender<bool>) {
+    let every = ttl / 3;
+    let mut confirmed = tokio::time::Instant::now();
+    let Ok((mut keeper, mut answers)) = client.lease_keep_alive(lease).await else {
+        let _ = lost.send(true);
+        return;
+    };
+    loop {
+        let renewed = async {
+            keeper.keep_alive().await.ok()?;
+            let answer = answers.message().await.ok()??;
+            (answer.ttl() > 0).then_some(())
+        };
+        match tokio::time::timeout(every.max(Duration::from_millis(100)), renewed).await {
+            Ok(Some(())) => confirmed = tokio::time::Instant::now(),
+            Ok(None) => {
+                let _ = lost.send(true);
+                return;
+            }
+            Err(_) => {}
+        }
+        if confirmed.elapsed() >= ttl {
+            let _ = lost.send(true);
+            return;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// This replica leads: until [`Leadership::lost`] says otherwise, or it resigns.
+pub struct Leadership {
+    key: LeaderKey,
+    lease: i64,
+    lost: watch::Receiver<bool>,
+    keepalive: tokio::task::JoinHandle<()>,
+    client: Client,
+}
+
+impl Leadership {
+    /// The lease the leadership lives on.
+    pub fn lease(&self) -> i64 {
+        self.lease
+    }
+
+    /// Resolves once this replica may no longer lead (its lease could not be renewed for its
+    /// TTL, or etcd says it is gone): it must stop deciding. Its writes are refused from the
+    /// moment etcd expires the lease whether it has noticed or not.
+    pub async fn lost(&mut self) {
+        let _ = self.lost.wait_for(|lost| *lost).await;
+    }
+
+    /// Stops renewing the lease, as a paused or cut-off process would: etcd ends the
+    /// leadership when the lease's TTL runs out.
+    pub fn stop_renewing(&self) {
+        self.keepalive.abort();
+    }
+
+    /// Hands leadership over now: the election key and the lease are deleted, so another
+    /// replica's campaign wins at once.
+    pub async fn resign(mut self) -> Result<(), ClusterError> {
+        self.keepalive.abort();
+        let options = ResignOptions::new().with_leader(self.key.clone());
+        bounded(self.client.resign(Some(options))).await?;
+        bounded(self.client.lease_revoke(self.lease)).await?;
+        Ok(())
+    }
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        self.keepalive.abort();
+    }
+}

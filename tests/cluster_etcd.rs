@@ -1,0 +1,140 @@
+//! Cluster mode's footing on real etcd members (`cutover::cluster`): one leader at a time,
+//! failover within the lease's TTL, and writes fenced by leadership, so that a leader that was
+//! paused past its lease can never write over its successor. Three members on loopback ports,
+//! started by the test (`cutover::testing::etcd`).
+
+use std::time::{Duration, Instant};
+
+use cutover::cluster::{ClusterError, Etcd};
+use cutover::testing::etcd::EtcdCluster;
+
+const PREFIX: &str = "/cutover/test";
+const TTL: Duration = Duration::from_secs(2);
+
+async fn replica(cluster: &EtcdCluster) -> Etcd {
+    Etcd::connect(&cluster.endpoints(), PREFIX)
+        .await
+        .expect("connect to etcd")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_is_replaced_within_its_ttl_and_cannot_write_after() {
+    let Some(cluster) = EtcdCluster::start(3).await else {
+        return;
+    };
+    let (a, b) = (replica(&cluster).await, replica(&cluster).await);
+    let mut leading_a = a.lead("a", TTL).await.unwrap();
+    assert_eq!(a.leader().await.unwrap().as_deref(), Some("a"));
+    a.put_fenced(&leading_a, "state", "from a").await.unwrap();
+
+    // B campaigns, and waits while A leads.
+    let campaign = tokio::spawn({
+        let b = b.clone();
+        async move { b.lead("b", TTL).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!campaign.is_finished(), "B must not lead while A does");
+
+    // A stops renewing its lease, as a paused process would: B leads within the TTL and a
+    // second, A learns it lost, and A's writes are refused whether it knows yet or not.
+    leading_a.stop_renewing();
+    let paused = Instant::now();
+    let leading_b = tokio::time::timeout(TTL + Duration::from_secs(3), campaign)
+        .await
+        .expect("B leads once A's lease expired")
+        .unwrap()
+        .unwrap();
+    let failover = paused.elapsed();
+    assert!(
+        failover <= TTL + Duration::from_secs(1),
+        "B led {failover:?} after A stopped renewing (lease {TTL:?})"
+    );
+    eprintln!("failover: B leads {failover:?} after A's last renewal (lease {TTL:?})");
+    assert_eq!(b.leader().await.unwrap().as_deref(), Some("b"));
+    let written = a.get("state").await.unwrap().unwrap();
+    match a.put_fenced(&leading_a, "state", "late from a").await {
+        Err(ClusterError::Deposed) => {}
+        other => panic!("a deposed leader's write: {other:?}"),
+    }
+    assert_eq!(
+        a.get("state").await.unwrap().unwrap(),
+        written,
+        "nothing of A's landed"
+    );
+    tokio::time::timeout(TTL + Duration::from_secs(1), leading_a.lost())
+        .await
+        .expect("A learns it no longer leads");
+
+    b.put_fenced(&leading_b, "state", "from b").await.unwrap();
+    assert_eq!(a.get("state").await.unwrap().unwrap().0, b"from b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_resigns_hands_over_at_once() {
+    let Some(cluster) = EtcdCluster::start(3).await else {
+        return;
+    };
+    let (a, b) = (replica(&cluster).await, replica(&cluster).await);
+    let leading_a = a.lead("a", Duration::from_secs(30)).await.unwrap();
+    let campaign = tokio::spawn({
+        let b = b.clone();
+        async move { b.lead("b", Duration::from_secs(30)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let resigned = Instant::now();
+    leading_a.resign().await.unwrap();
+    let leading_b = tokio::time::timeout(Duration::from_secs(2), campaign)
+        .await
+        .expect("B leads at once")
+        .unwrap()
+        .unwrap();
+    eprintln!("handover after a resignation: {:?}", resigned.elapsed());
+    b.put_fenced(&leading_b, "state", "b").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_member_down_changes_nothing_and_without_a_majority_nothing_is_written() {
+    let Some(mut cluster) = EtcdCluster::start(3).await else {
+        return;
+    };
+    let a = replica(&cluster).await;
+    let leading = a.lead("a", Duration::from_secs(30)).await.unwrap();
+    a.put_fenced(&leading, "state", "1").await.unwrap();
+
+    cluster.kill(2);
+    a.put_fenced(&leading, "state", "2").await.unwrap();
+    assert_eq!(a.get("state").await.unwrap().unwrap().0, b"2");
+
+    // Two of three down: no majority, so nothing is written, and the answer comes in bounded
+    // time (an error, never a hang).
+    cluster.kill(1);
+    let asked = Instant::now();
+    let without_quorum = a.put_fenced(&leading, "state", "3").await;
+    assert!(without_quorum.is_err(), "{without_quorum:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+
+    // A majority again: writes go through. (The refused write may still be applied when the
+    // majority returns, etcd having taken it before it timed out: still behind its fence.)
+    cluster.restart(1).await;
+    let mut last = None;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        match a.put_fenced(&leading, "state", "4").await {
+            Ok(_) => {
+                last = None;
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        last.is_none(),
+        "no write after the majority came back: {last:?}"
+    );
+    assert_eq!(a.get("state").await.unwrap().unwrap().0, b"4");
+}
