@@ -9,14 +9,84 @@
 //! does not know yet; the successor's key has another revision. Nothing here is home-made
 //! consensus: etcd decides who leads and what was written.
 //!
+//! What the leader decides is one [`Record`] (the deployment file it serves and the runtime
+//! state), written fenced and followed by the other replicas in the order it was written. A
+//! record this replica cannot use (corrupt, or of a newer format) is an error naming it, never
+//! a panic nor a reason to change what is served.
+//!
 //! Not yet wired into `cutover serve` (docs/architecture.md, "Where the next parts attach").
 
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, LeaderKey, ResignOptions, Txn, TxnOp,
+    Client, Compare, CompareOp, ConnectOptions, EventType, LeaderKey, ResignOptions, Txn, TxnOp,
+    WatchOptions, WatchStream,
 };
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+
+use crate::reconcile::RuntimeState;
+
+/// What the leader decides for the whole cluster, written as one value: the deployment file it
+/// serves (its text, so that a replica that reads another copy serves this one, and a replica
+/// with an older copy that becomes leader does not roll back to it) and the runtime state.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub file: String,
+    pub state: RuntimeState,
+}
+
+/// The record's format: a replica refuses a record of a newer one instead of misreading it.
+pub const RECORD_FORMAT: u32 = 1;
+
+#[derive(Serialize)]
+struct RecordRef<'a> {
+    format: u32,
+    written_by: &'static str,
+    file: &'a str,
+    state: &'a RuntimeState,
+}
+
+#[derive(Deserialize)]
+struct RecordRead {
+    format: u32,
+    #[serde(default)]
+    file: serde_json::Value,
+    #[serde(default)]
+    state: serde_json::Value,
+}
+
+impl Record {
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(&RecordRef {
+            format: RECORD_FORMAT,
+            written_by: concat!("cutover ", env!("CARGO_PKG_VERSION")),
+            file: &self.file,
+            state: &self.state,
+        })
+        .expect("a record serializes")
+    }
+
+    /// The record in `bytes`, or why it cannot be used.
+    fn decode(bytes: &[u8]) -> Result<Record, String> {
+        let read: RecordRead = serde_json::from_slice(bytes)
+            .map_err(|e| format!("it is not a cutover record: {e}"))?;
+        if read.format > RECORD_FORMAT {
+            return Err(format!(
+                "it has format {}, written by a newer cutover; this one reads format {RECORD_FORMAT}",
+                read.format
+            ));
+        }
+        let file = serde_json::from_value(read.file)
+            .map_err(|e| format!("its deployment file is not text: {e}"))?;
+        let state =
+            serde_json::from_value(read.state).map_err(|e| format!("its state is invalid: {e}"))?;
+        Ok(Record { file, state })
+    }
+}
+
+/// The key the record lives under, below the prefix.
+const RECORD: &str = "record";
 
 /// What talking to etcd can fail with; each says what to check.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +111,17 @@ pub enum ClusterError {
     Deposed,
     #[error("etcd elected this replica without saying under which key")]
     NoLeaderKey,
+    #[error(
+        "the cluster's record at {key} (revision {revision}) cannot be used: {reason}; this replica \
+         goes on serving what it has and writes nothing over it"
+    )]
+    Record {
+        key: String,
+        revision: i64,
+        reason: String,
+    },
+    #[error("the watch on {key} ended: {reason}; follow it again from the last revision seen")]
+    WatchEnded { key: String, reason: String },
 }
 
 /// How long one request to etcd may take: longer means no quorum answers.
@@ -139,6 +220,41 @@ impl Etcd {
             return Err(ClusterError::Deposed);
         }
         Ok(done.header().map_or(0, |h| h.revision()))
+    }
+
+    /// Writes the cluster's record if `leadership` still leads (see [`Etcd::put_fenced`]).
+    pub async fn save(
+        &self,
+        leadership: &Leadership,
+        record: &Record,
+    ) -> Result<i64, ClusterError> {
+        self.put_fenced(leadership, RECORD, record.encode()).await
+    }
+
+    /// The cluster's record and the revision it was written at; `None` before the first.
+    pub async fn load(&self) -> Result<Option<(Record, i64)>, ClusterError> {
+        let Some((bytes, revision)) = self.get(RECORD).await? else {
+            return Ok(None);
+        };
+        let record = Record::decode(&bytes).map_err(|reason| ClusterError::Record {
+            key: self.key(RECORD),
+            revision,
+            reason,
+        })?;
+        Ok(Some((record, revision)))
+    }
+
+    /// Every record written after revision `after`, in order: what a follower serves.
+    pub async fn follow(&self, after: i64) -> Result<Records, ClusterError> {
+        let key = self.key(RECORD);
+        let options = WatchOptions::new().with_start_revision(after + 1);
+        let mut client = self.client.clone();
+        let stream = bounded(client.watch(key.clone(), Some(options))).await?;
+        Ok(Records {
+            key,
+            stream,
+            pending: std::collections::VecDeque::new(),
+        })
     }
 
     /// What is under `name`, with the revision it was last written at.
@@ -268,5 +384,51 @@ impl Leadership {
 impl Drop for Leadership {
     fn drop(&mut self) {
         self.keepalive.abort();
+    }
+}
+
+/// The records a follower receives, in the order they were written.
+pub struct Records {
+    key: String,
+    stream: WatchStream,
+    pending: std::collections::VecDeque<(Vec<u8>, i64)>,
+}
+
+impl Records {
+    /// The next record and its revision. A record that cannot be used is an error for that
+    /// record only: the next call goes on with the one after it.
+    pub async fn next(&mut self) -> Result<(Record, i64), ClusterError> {
+        loop {
+            if let Some((bytes, revision)) = self.pending.pop_front() {
+                return Record::decode(&bytes)
+                    .map(|r| (r, revision))
+                    .map_err(|reason| ClusterError::Record {
+                        key: self.key.clone(),
+                        revision,
+                        reason,
+                    });
+            }
+            let ended = |reason: String| ClusterError::WatchEnded {
+                key: self.key.clone(),
+                reason,
+            };
+            let answer = match self.stream.message().await {
+                Ok(Some(answer)) => answer,
+                Ok(None) => return Err(ended("etcd closed it".to_owned())),
+                Err(e) => return Err(ended(e.to_string())),
+            };
+            if answer.canceled() {
+                return Err(ended(format!(
+                    "etcd canceled it: {}",
+                    answer.cancel_reason()
+                )));
+            }
+            for event in answer.events() {
+                if let (EventType::Put, Some(kv)) = (event.event_type(), event.kv()) {
+                    self.pending
+                        .push_back((kv.value().to_vec(), kv.mod_revision()));
+                }
+            }
+        }
     }
 }

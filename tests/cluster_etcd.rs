@@ -138,3 +138,75 @@ async fn one_member_down_changes_nothing_and_without_a_majority_nothing_is_writt
     );
     assert_eq!(a.get("state").await.unwrap().unwrap().0, b"4");
 }
+
+/// The leader's record (the file it serves and the runtime state) is read back whole, followed
+/// by another replica in the order it was written, and a record this cutover cannot use (of a
+/// newer format, or corrupt) is refused by name, the follower going on with the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_record_is_followed_in_order_and_a_bad_one_is_refused_by_name() {
+    use cutover::cluster::Record;
+    use cutover::reconcile::{RuntimeState, Timestamp};
+    let Some(cluster) = EtcdCluster::start(1).await else {
+        return;
+    };
+    let (a, b) = (replica(&cluster).await, replica(&cluster).await);
+    assert!(
+        b.load().await.unwrap().is_none(),
+        "no record before the first"
+    );
+    let leading = a.lead("a", Duration::from_secs(30)).await.unwrap();
+    let mut follower = b.follow(0).await.unwrap();
+    let record = |i: u64| {
+        let mut state = RuntimeState::default();
+        state.fallbacks.insert(
+            cutover::ids::FallbackId {
+                service: "shop".into(),
+                version: format!("v{i}"),
+                fallback: "v0".into(),
+            },
+            Timestamp::from_millis(1_800_000_000_000 + i),
+        );
+        Record {
+            file: format!("# version {i}\n"),
+            state,
+        }
+    };
+    let json = |r: &Record| serde_json::to_value(&r.state).unwrap();
+    let mut revisions = Vec::new();
+    for i in 1..=3 {
+        revisions.push(a.save(&leading, &record(i)).await.unwrap());
+    }
+    for (i, written) in (1..=3).zip(&revisions) {
+        let (got, revision) = follower.next().await.unwrap();
+        assert_eq!(got.file, record(i).file);
+        assert_eq!(json(&got), json(&record(i)));
+        assert_eq!(revision, *written);
+    }
+    let (loaded, revision) = b.load().await.unwrap().unwrap();
+    assert_eq!(
+        (loaded.file.as_str(), revision),
+        ("# version 3\n", revisions[2])
+    );
+
+    for (bytes, says) in [
+        (
+            &br#"{"format": 99, "file": "", "state": {}}"#[..],
+            "written by a newer cutover",
+        ),
+        (&b"not json"[..], "not a cutover record"),
+    ] {
+        a.put_fenced(&leading, "record", bytes).await.unwrap();
+        for err in [
+            b.load().await.map(|_| ()),
+            follower.next().await.map(|_| ()),
+        ] {
+            let text = err.unwrap_err().to_string();
+            assert!(
+                text.contains(says) && text.contains("/cutover/test/record"),
+                "{text}"
+            );
+        }
+    }
+    a.save(&leading, &record(4)).await.unwrap();
+    assert_eq!(follower.next().await.unwrap().0.file, "# version 4\n");
+}
