@@ -109,8 +109,10 @@ pub fn bootstrap(o: &Options) -> Bootstrap {
         ..Default::default()
     };
     // A name is resolved as a version's names are (STRICT_DNS, IPv4 first; see
-    // `translate::cluster::dns_cluster`): with several addresses, Envoy may reconnect to any.
-    let (discovery, dns_lookup_family) = if client.ads.is_name() {
+    // `translate::cluster::dns_cluster`). Several replicas, named or resolved from one name,
+    // are endpoints of the one cluster: a stream that breaks is opened again to another, and
+    // since versions are content hashes, the other serves the same versions.
+    let (discovery, dns_lookup_family) = if client.ads.iter().any(EndpointAddress::is_name) {
         (DiscoveryType::StrictDns, DnsLookupFamily::V4Preferred)
     } else {
         (DiscoveryType::Static, DnsLookupFamily::Auto)
@@ -120,7 +122,7 @@ pub fn bootstrap(o: &Options) -> Bootstrap {
         transport_socket: client
             .tls
             .as_ref()
-            .map(|tls| transport_socket(tls, o.tls_server_name.as_deref(), &client.ads)),
+            .map(|tls| transport_socket(tls, o.tls_server_name.as_deref(), &client.ads[0])),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(discovery as i32)),
         dns_lookup_family: dns_lookup_family as i32,
         connect_timeout: Some(duration(Duration::from_secs(1))),
@@ -133,13 +135,17 @@ pub fn bootstrap(o: &Options) -> Bootstrap {
         load_assignment: Some(ClusterLoadAssignment {
             cluster_name: XDS_CLUSTER.to_owned(),
             endpoints: vec![LocalityLbEndpoints {
-                lb_endpoints: vec![LbEndpoint {
-                    host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
-                        address: Some(endpoint_address(&client.ads)),
+                lb_endpoints: client
+                    .ads
+                    .iter()
+                    .map(|ads| LbEndpoint {
+                        host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                            address: Some(endpoint_address(ads)),
+                            ..Default::default()
+                        })),
                         ..Default::default()
-                    })),
-                    ..Default::default()
-                }],
+                    })
+                    .collect(),
                 ..Default::default()
             }],
             ..Default::default()
@@ -335,7 +341,7 @@ mod tests {
                     cluster: "edge".into(),
                     metadata: Default::default(),
                 },
-                ads: ads.parse().unwrap(),
+                ads: ads.split(',').map(|a| a.parse().unwrap()).collect(),
                 tls: None,
             },
             admin: "127.0.0.1:9901".parse().unwrap(),

@@ -27,12 +27,20 @@ pub fn bootstrap(client: &Client) -> Value {
         }
     };
     let Client { node, ads, .. } = client;
+    // Several servers: gRPC uses the first it can reach, and the next ones while it cannot
+    // (gRFC A71).
+    let servers: Vec<_> = ads
+        .iter()
+        .map(|ads| {
+            json!({
+                "server_uri": format!("{}:{}", ads.host(), ads.port()),
+                "channel_creds": [creds],
+                "server_features": ["xds_v3"],
+            })
+        })
+        .collect();
     json!({
-        "xds_servers": [{
-            "server_uri": format!("{}:{}", ads.host(), ads.port()),
-            "channel_creds": [creds],
-            "server_features": ["xds_v3"],
-        }],
+        "xds_servers": servers,
         "node": {
             "id": node.id,
             "cluster": node.cluster,
@@ -59,7 +67,7 @@ mod tests {
                 cluster: "shop".into(),
                 metadata: BTreeMap::from([("role".into(), "client".into())]),
             },
-            ads: "127.0.0.1:18000".parse().unwrap(),
+            ads: vec!["127.0.0.1:18000".parse().unwrap()],
             tls: None,
         });
         assert_eq!(
@@ -88,7 +96,7 @@ mod tests {
                 cluster: "grpc-1".into(),
                 metadata: BTreeMap::new(),
             },
-            ads: "cutover.corp.example:18000".parse().unwrap(),
+            ads: vec!["cutover.corp.example:18000".parse().unwrap()],
             tls: Some(ClientTls {
                 ca: "/etc/grpc/ca.pem".into(),
                 cert_and_key: Some(("/etc/grpc/cert.pem".into(), "/etc/grpc/key.pem".into())),

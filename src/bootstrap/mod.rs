@@ -17,8 +17,9 @@ pub struct Client {
     /// Its `node`: id, cluster and metadata (string values, what the deployment file's `groups`
     /// may match).
     pub node: NodeInfo,
-    /// cutover's ADS address as the client reaches it: an IP address, or a name it resolves.
-    pub ads: EndpointAddress,
+    /// cutover's ADS addresses as the client reaches them, one per replica (at least one): IP
+    /// addresses, or names it resolves (a name may resolve to several replicas).
+    pub ads: Vec<EndpointAddress>,
     /// Reach cutover over TLS (`cutover serve --tls-cert`); plaintext when `None`.
     pub tls: Option<ClientTls>,
 }

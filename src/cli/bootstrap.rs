@@ -24,9 +24,10 @@ pub struct Args {
     #[arg(long = "node-metadata", value_name = "KEY=VALUE", value_parser = super::key_value)]
     node_metadata: Vec<(String, String)>,
     /// cutover's ADS address, as Envoy reaches it: IP:PORT, or HOST:PORT (e.g. cutover:18000)
-    /// that Envoy resolves with DNS.
-    #[arg(long, default_value = "127.0.0.1:18000")]
-    ads: EndpointAddress,
+    /// that Envoy resolves with DNS. Several replicas: a comma-separated list (a:18000,b:18000),
+    /// or a name that resolves to several; a broken stream is opened again to another.
+    #[arg(long, default_value = "127.0.0.1:18000", value_delimiter = ',', num_args = 1..)]
+    ads: Vec<EndpointAddress>,
     /// Address for Envoy's own admin interface (keep it on loopback).
     #[arg(long, default_value = "127.0.0.1:9901")]
     admin: SocketAddr,
@@ -83,6 +84,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// The bootstrap `args` ask for, and how it is printed (gRPC's is JSON, always).
 fn made(args: Args) -> anyhow::Result<(Value, Format)> {
+    let hosts: std::collections::BTreeSet<String> = args.ads.iter().map(|a| a.host()).collect();
+    if !args.grpc && args.tls_ca.is_some() && args.tls_server_name.is_none() && hosts.len() > 1 {
+        anyhow::bail!(
+            "--ads names {} hosts ({}) and Envoy checks every replica's certificate against one \
+             name: give --tls-server-name, the name each replica's certificate carries",
+            hosts.len(),
+            hosts.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
     let client = Client {
         node: super::node(args.node_id, args.node_cluster, args.node_metadata),
         ads: args.ads,
@@ -155,6 +165,10 @@ mod tests {
             "--grpc --node-id grpc-1 --ads cutover.corp.example:18000 --tls-ca ca.pem",
             "--grpc --node-id grpc-1 --ads localhost:18000 --tls-ca /pki/ca.pem \
              --tls-cert /pki/client.pem --tls-key /pki/client-key.pem",
+            "--node-id edge-1 --ads 10.0.0.7:18000,10.0.0.8:18000,10.0.0.9:18000",
+            "--node-id edge-1 --ads a.cutover:18000,b.cutover:18000 --tls-ca ca.pem \
+             --tls-server-name cutover.internal",
+            "--grpc --node-id grpc-1 --ads a.cutover:18000,b.cutover:18000",
         ];
         let mut out = String::new();
         for flags in combinations {
@@ -162,5 +176,17 @@ mod tests {
             let _ = writeln!(out, "### cutover bootstrap {flags}\n{}", printed(&flags));
         }
         insta::assert_snapshot!(out);
+    }
+
+    /// Replicas of different names over TLS need the one name Envoy checks them all against.
+    #[test]
+    fn several_hosts_over_tls_need_a_server_name() {
+        let argv = "bootstrap --node-id e --ads a:18000,b:18000 --tls-ca ca.pem".split(' ');
+        let args = Bootstrap::try_parse_from(argv).unwrap().args;
+        let err = made(args).unwrap_err().to_string();
+        assert!(
+            err.contains("--tls-server-name") && err.contains("a, b"),
+            "{err}"
+        );
     }
 }

@@ -472,6 +472,11 @@ impl Traffic {
         .await;
     }
 
+    /// Requests finished so far.
+    pub fn made(&self) -> usize {
+        self.made.load(Ordering::SeqCst)
+    }
+
     /// Stops sending and returns every outcome, in order.
     pub async fn stop(self) -> Vec<Result<String, String>> {
         self.stop.store(true, Ordering::SeqCst);

@@ -1,0 +1,102 @@
+//! End to end with a real Envoy and two cutover replicas serving the same deployment file: Envoy
+//! is bootstrapped with both (`cutover bootstrap --ads A,B`, one xDS cluster of two endpoints).
+//! SIGKILL the one it is connected to and it reconnects to the other, which serves the same
+//! content-hash versions: no cluster or listener is added, modified or removed, and no request
+//! through Envoy fails.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use cutover::testing::{
+    Cutover, DeploymentFile, Envoy, NODE, Upstream, WAIT, checkout_deployment, envoy_binary,
+    eventually, free_port, in_both_xds_modes,
+};
+
+/// What Envoy counts when its config changes: a failover must move none of them.
+const CHANGES: [&str; 7] = [
+    "cluster_manager.cluster_added",
+    "cluster_manager.cluster_modified",
+    "cluster_manager.cluster_removed",
+    "listener_manager.listener_added",
+    "listener_manager.listener_modified",
+    "listener_manager.listener_removed",
+    "listener_manager.listener_in_place_updated",
+];
+
+async fn changes(envoy: &Envoy) -> BTreeMap<&'static str, u64> {
+    let stats = envoy.stats().await;
+    CHANGES
+        .iter()
+        .map(|&name| (name, *stats.get(name).unwrap_or(&0)))
+        .collect()
+}
+
+/// Whether `replica` sees the Envoy, in sync.
+async fn holds(replica: &Cutover) -> bool {
+    replica
+        .try_status()
+        .await
+        .is_ok_and(|s| s.nodes.iter().any(|n| n.id == NODE && n.in_sync))
+}
+
+in_both_xds_modes! {
+    async fn envoy_fails_over_to_another_replica_and_changes_nothing(xds: Protocol) {
+        let Some(envoy_bin) = envoy_binary() else {
+            return;
+        };
+        let blue = [Upstream::start("blue-1").await, Upstream::start("blue-2").await];
+        let green = [Upstream::start("green-1").await];
+        let listener = free_port();
+        let addrs = |u: &[Upstream]| u.iter().map(|u| u.addr).collect::<Vec<_>>();
+        let text = checkout_deployment(listener, &addrs(&blue), &addrs(&green), "blue");
+        // Two replicas, each with its own copy of the same file (and its own state).
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut replicas = Vec::new();
+        for dir in [&dir_a, &dir_b] {
+            let file = DeploymentFile::new(dir.path().join("deploy.yaml"));
+            file.write_renamed(&text);
+            replicas.push(Cutover::start(dir.path(), &file.path).await);
+        }
+        let both = format!("{},{}", replicas[0].ads, replicas[1].ads);
+        let envoy =
+            Envoy::start_with(&envoy_bin, dir_a.path(), NODE, &both, listener, xds.bootstrap_args())
+                .await;
+        eventually(WAIT, "one replica to hold the Envoy in sync", async || {
+            holds(&replicas[0]).await || holds(&replicas[1]).await
+        })
+        .await;
+        let first = usize::from(!holds(&replicas[0]).await);
+        let other = 1 - first;
+        let before = changes(&envoy).await;
+        assert_eq!(before["cluster_manager.cluster_added"], 3, "{before:?}");
+
+        let traffic = envoy.background_traffic();
+        traffic.at_least(10).await;
+        replicas[first].kill();
+        let killed = Instant::now();
+        eventually(WAIT, "the other replica to hold the Envoy in sync", async || {
+            holds(&replicas[other]).await
+        })
+        .await;
+        let failover = killed.elapsed();
+        eprintln!("{xds:?}: Envoy in sync on the other replica {failover:?} after the kill");
+        assert!(failover < Duration::from_secs(5), "failover took {failover:?}");
+        let n = traffic.made() + 10;
+        traffic.at_least(n).await;
+        let outcomes = traffic.stop().await;
+        let failed: Vec<&String> = outcomes.iter().filter_map(|r| r.as_ref().err()).collect();
+        assert!(
+            failed.is_empty(),
+            "{} of {} requests failed around the failover, first: {:?}",
+            failed.len(),
+            outcomes.len(),
+            failed.first()
+        );
+        assert_eq!(
+            changes(&envoy).await,
+            before,
+            "the other replica serves the same versions: Envoy changes nothing"
+        );
+        assert_eq!(envoy.stat("control_plane.connected_state").await, 1);
+    }
+}
