@@ -636,19 +636,7 @@ async fn draining_endpoints_get_no_new_requests_and_can_be_removed() {
     )
     .await;
     let seen = s.envoy.count_bodies(200, "/", &[]).await;
-    let outcomes = traffic.stop().await;
-    let failures: Vec<&String> = outcomes.iter().filter_map(|r| r.as_ref().err()).collect();
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed while the endpoint was removed: {failures:?}",
-        failures.len(),
-        outcomes.len()
-    );
-    assert!(
-        outcomes.len() >= 10,
-        "{} background requests",
-        outcomes.len()
-    );
+    traffic.stop_all_answered("the endpoint's removal").await;
     assert_eq!(seen.values().sum::<usize>(), 200);
     assert_eq!(s.hits_since(&before)["live-1"], 0);
 

@@ -477,6 +477,27 @@ impl Traffic {
         self.made.load(Ordering::SeqCst)
     }
 
+    /// Stops sending; every body, in order. Panics, saying how many and the first, if any
+    /// request failed `during` what the test did (e.g. "the restart"), or if fewer than 10 were
+    /// made (the traffic said nothing).
+    pub async fn stop_all_answered(self, during: &str) -> Vec<String> {
+        let outcomes = self.stop().await;
+        let failed: Vec<&String> = outcomes.iter().filter_map(|r| r.as_ref().err()).collect();
+        assert!(
+            failed.is_empty(),
+            "{} of {} background requests failed during {during}, first: {:?}",
+            failed.len(),
+            outcomes.len(),
+            failed.first()
+        );
+        assert!(
+            outcomes.len() >= 10,
+            "background traffic ran during {during} ({} requests)",
+            outcomes.len()
+        );
+        outcomes.into_iter().flatten().collect()
+    }
+
     /// Stops sending and returns every outcome, in order.
     pub async fn stop(self) -> Vec<Result<String, String>> {
         self.stop.store(true, Ordering::SeqCst);
