@@ -103,8 +103,10 @@ pub enum ClusterError {
         "etcd: {0}; the write or read was not done, and is tried again from the state etcd holds"
     )]
     Etcd(#[from] etcd_client::Error),
-    #[error("etcd took longer than {0:?} to answer; is a majority of its members up?")]
-    Timeout(Duration),
+    #[error(
+        "etcd at {endpoints} took longer than {after:?} to answer; is a majority of its members up?"
+    )]
+    Timeout { endpoints: String, after: Duration },
     #[error(
         "this replica no longer leads (its lease ended or another replica was elected): the write was refused"
     )]
@@ -132,6 +134,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Etcd {
     client: Client,
     prefix: String,
+    /// As given, for messages.
+    endpoints: String,
 }
 
 impl Etcd {
@@ -150,6 +154,7 @@ impl Etcd {
         Ok(Etcd {
             client,
             prefix: prefix.trim_end_matches('/').to_owned(),
+            endpoints: endpoints.join(","),
         })
     }
 
@@ -166,12 +171,15 @@ impl Etcd {
     pub async fn lead(&self, id: &str, ttl: Duration) -> Result<Leadership, ClusterError> {
         let mut client = self.client.clone();
         let ttl_secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        let lease = bounded(client.lease_grant(ttl_secs, None)).await?.id();
+        let lease = bounded(&self.endpoints, client.lease_grant(ttl_secs, None))
+            .await?
+            .id();
         let (lost_tx, lost) = watch::channel(false);
         let keepalive = tokio::spawn(keep_alive(client.clone(), lease, ttl, lost_tx));
         let elected = client.campaign(self.election(), id, lease).await?;
         let key = elected.leader().cloned().ok_or(ClusterError::NoLeaderKey)?;
         Ok(Leadership {
+            endpoints: self.endpoints.clone(),
             key,
             lease,
             lost,
@@ -183,7 +191,7 @@ impl Etcd {
     /// The id of the replica that leads now, if one does.
     pub async fn leader(&self) -> Result<Option<String>, ClusterError> {
         let election = self.election();
-        let asked = retrying(|| {
+        let asked = retrying(&self.endpoints, || {
             let (mut client, election) = (self.client.clone(), election.clone());
             async move { client.leader(election).await }
         });
@@ -211,7 +219,7 @@ impl Etcd {
         let txn = Txn::new()
             .when([fence])
             .and_then([TxnOp::put(self.key(name), value, None)]);
-        let done = retrying(|| {
+        let done = retrying(&self.endpoints, || {
             let (mut client, txn) = (self.client.clone(), txn.clone());
             async move { client.txn(txn).await }
         })
@@ -249,7 +257,7 @@ impl Etcd {
         let key = self.key(RECORD);
         let options = WatchOptions::new().with_start_revision(after + 1);
         let mut client = self.client.clone();
-        let stream = bounded(client.watch(key.clone(), Some(options))).await?;
+        let stream = bounded(&self.endpoints, client.watch(key.clone(), Some(options))).await?;
         Ok(Records {
             key,
             stream,
@@ -260,7 +268,7 @@ impl Etcd {
     /// What is under `name`, with the revision it was last written at.
     pub async fn get(&self, name: &str) -> Result<Option<(Vec<u8>, i64)>, ClusterError> {
         let key = self.key(name);
-        let got = retrying(|| {
+        let got = retrying(&self.endpoints, || {
             let (mut client, key) = (self.client.clone(), key.clone());
             async move { client.get(key, None).await }
         })
@@ -272,19 +280,28 @@ impl Etcd {
     }
 }
 
+/// `request`, given at most [`REQUEST_TIMEOUT`] to answer.
 async fn bounded<T>(
+    endpoints: &str,
     request: impl Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, ClusterError> {
     match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
         Ok(r) => Ok(r?),
-        Err(_) => Err(ClusterError::Timeout(REQUEST_TIMEOUT)),
+        Err(_) => Err(timeout(endpoints)),
+    }
+}
+
+fn timeout(endpoints: &str) -> ClusterError {
+    ClusterError::Timeout {
+        endpoints: endpoints.to_owned(),
+        after: REQUEST_TIMEOUT,
     }
 }
 
 /// `request` made again while etcd is unavailable (the client may pick a member that is down:
 /// another answers the next try), for at most [`REQUEST_TIMEOUT`] in all. Only for requests
 /// that may be repeated: reads, and fenced writes of a whole value.
-async fn retrying<T, F>(mut request: impl FnMut() -> F) -> Result<T, ClusterError>
+async fn retrying<T, F>(endpoints: &str, mut request: impl FnMut() -> F) -> Result<T, ClusterError>
 where
     F: Future<Output = Result<T, etcd_client::Error>>,
 {
@@ -296,7 +313,7 @@ where
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Ok(Err(e)) => return Err(e.into()),
-            Err(_) => return Err(ClusterError::Timeout(REQUEST_TIMEOUT)),
+            Err(_) => return Err(timeout(endpoints)),
         }
     }
 }
@@ -344,6 +361,7 @@ async fn keep_alive(mut client: Client, lease: i64, ttl: Duration, lost: watch::
 
 /// This replica leads: until [`Leadership::lost`] says otherwise, or it resigns.
 pub struct Leadership {
+    endpoints: String,
     key: LeaderKey,
     lease: i64,
     lost: watch::Receiver<bool>,
@@ -375,8 +393,8 @@ impl Leadership {
     pub async fn resign(mut self) -> Result<(), ClusterError> {
         self.keepalive.abort();
         let options = ResignOptions::new().with_leader(self.key.clone());
-        bounded(self.client.resign(Some(options))).await?;
-        bounded(self.client.lease_revoke(self.lease)).await?;
+        bounded(&self.endpoints, self.client.resign(Some(options))).await?;
+        bounded(&self.endpoints, self.client.lease_revoke(self.lease)).await?;
         Ok(())
     }
 }

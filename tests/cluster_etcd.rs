@@ -210,3 +210,29 @@ async fn the_record_is_followed_in_order_and_a_bad_one_is_refused_by_name() {
     a.save(&leading, &record(4)).await.unwrap();
     assert_eq!(follower.next().await.unwrap().0.file, "# version 4\n");
 }
+
+/// An etcd nobody answers at, or a URL that is no URL: an error that names what was asked, in
+/// bounded time, never a hang or a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_or_wrong_etcd_url_is_a_clear_error() {
+    let closed = cutover::testing::free_port();
+    let url = format!("http://{closed}");
+    let asked = Instant::now();
+    let unreachable = match Etcd::connect(std::slice::from_ref(&url), PREFIX).await {
+        Err(e) => e.to_string(),
+        Ok(etcd) => etcd
+            .get("state")
+            .await
+            .map(|v| format!("{v:?}"))
+            .unwrap_or_else(|e| e.to_string()),
+    };
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert!(unreachable.contains(&url), "{unreachable}");
+    let wrong = Etcd::connect(&["http://[not a url".to_owned()], PREFIX).await;
+    let text = wrong.err().expect("a URL that is no URL").to_string();
+    assert!(text.contains("[not a url"), "{text}");
+}
