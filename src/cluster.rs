@@ -126,8 +126,12 @@ pub enum ClusterError {
     WatchEnded { key: String, reason: String },
 }
 
-/// How long one request to etcd may take: longer means no quorum answers.
+/// How long one request to etcd may take, tries included: longer means no majority answers.
+/// Not the client's own timeout, which would also end a campaign waiting for its turn.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one try of a request that may be repeated waits: a member killed while it held
+/// the request never answers, and another may.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A connection to an etcd cluster, every key under one prefix.
 #[derive(Clone)]
@@ -143,7 +147,6 @@ impl Etcd {
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Etcd, ClusterError> {
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
-            .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
         let client = Client::connect(endpoints, Some(options))
             .await
@@ -307,13 +310,16 @@ where
 {
     let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
     loop {
-        match tokio::time::timeout_at(deadline, request()).await {
+        let attempt = (tokio::time::Instant::now() + ATTEMPT_TIMEOUT).min(deadline);
+        match tokio::time::timeout_at(attempt, request()).await {
             Ok(Ok(answer)) => return Ok(answer),
-            Ok(Err(e)) if unavailable(&e) && tokio::time::Instant::now() < deadline => {
+            Ok(Err(e)) if !unavailable(&e) => return Err(e.into()),
+            // Unavailable, or no answer to this try: another try while time is left.
+            Ok(Err(_)) | Err(_) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Ok(Err(e)) => return Err(e.into()),
-            Err(_) => return Err(timeout(endpoints)),
+            // No member answered in time.
+            Ok(Err(_)) | Err(_) => return Err(timeout(endpoints)),
         }
     }
 }

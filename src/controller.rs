@@ -266,7 +266,7 @@ impl Controller {
             .ok();
         loop {
             if let Some(w) = &mut pem_watch {
-                w.watch(&self.file, &self.pem_read.keys().cloned().collect());
+                w.watch(&self.file, self.pem_read.keys());
             }
             let deadline = self
                 .spec

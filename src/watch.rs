@@ -117,15 +117,18 @@ impl PemWatcher {
         })
     }
 
-    /// Watches the directories of `paths` (as the deployment file at `file` names them) and no
-    /// other. A directory that cannot be watched is left to the poll, with a warning.
-    pub fn watch(&mut self, file: &Path, paths: &std::collections::BTreeSet<String>) {
-        if *paths == self.paths {
+    /// Watches the directories of `paths` (as the deployment file at `file` names them, in
+    /// order, without repeats) and no other. A directory that cannot be watched is left to the poll, with a warning.
+    pub fn watch<'a>(&mut self, file: &Path, paths: impl Iterator<Item = &'a String> + Clone) {
+        // Called after every event of the controller: nothing to do (nor to allocate) unless
+        // the set of files changed.
+        if paths.clone().eq(self.paths.iter()) {
             return;
         }
-        self.paths.clone_from(paths);
+        self.paths = paths.cloned().collect();
         let base = file.parent().unwrap_or(Path::new(""));
-        let dirs: std::collections::BTreeSet<PathBuf> = paths
+        let dirs: std::collections::BTreeSet<PathBuf> = self
+            .paths
             .iter()
             .filter_map(|p| base.join(p).parent().map(Path::to_path_buf))
             .map(|d| {
@@ -480,9 +483,11 @@ mod tests {
         std::fs::write(dir.path().join("certs.pem"), "a").unwrap();
         std::fs::write(other.path().join("ca.pem"), "a").unwrap();
         let mut w = PemWatcher::new().unwrap();
-        let names = |paths: &[&str]| paths.iter().map(|p| (*p).to_owned()).collect();
+        let names = |paths: &[&str]| -> std::collections::BTreeSet<String> {
+            paths.iter().map(|p| (*p).to_owned()).collect()
+        };
         let ca = other.path().join("ca.pem").display().to_string();
-        w.watch(&file, &names(&["certs.pem", &ca]));
+        w.watch(&file, names(&["certs.pem", &ca]).iter());
 
         let _ = std::fs::read(dir.path().join("certs.pem")).unwrap();
         assert!(!changed(&mut w, Duration::from_millis(300)).await, "a read");
@@ -503,7 +508,7 @@ mod tests {
             changed(&mut w, Duration::from_secs(5)).await,
             "the CA's directory"
         );
-        w.watch(&file, &names(&["certs.pem"]));
+        w.watch(&file, names(&["certs.pem"]).iter());
         std::fs::write(other.path().join("ca.pem"), "c").unwrap();
         assert!(
             !changed(&mut w, Duration::from_millis(300)).await,

@@ -80,7 +80,12 @@ async fn a_leader_that_resigns_hands_over_at_once() {
         let b = b.clone();
         async move { b.lead("b", Duration::from_secs(30)).await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Longer than any request may take: a campaign waits for its turn however long.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(
+        !campaign.is_finished(),
+        "B must not lead (nor give up) while A leads"
+    );
     let resigned = Instant::now();
     leading_a.resign().await.unwrap();
     let leading_b = tokio::time::timeout(Duration::from_secs(2), campaign)

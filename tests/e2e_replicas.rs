@@ -4,32 +4,12 @@
 //! content-hash versions: no cluster or listener is added, modified or removed, and no request
 //! through Envoy fails.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use cutover::testing::{
     Cutover, DeploymentFile, Envoy, NODE, Upstream, WAIT, checkout_deployment, envoy_binary,
     eventually, free_port, in_both_xds_modes,
 };
-
-/// What Envoy counts when its config changes: a failover must move none of them.
-const CHANGES: [&str; 7] = [
-    "cluster_manager.cluster_added",
-    "cluster_manager.cluster_modified",
-    "cluster_manager.cluster_removed",
-    "listener_manager.listener_added",
-    "listener_manager.listener_modified",
-    "listener_manager.listener_removed",
-    "listener_manager.listener_in_place_updated",
-];
-
-async fn changes(envoy: &Envoy) -> BTreeMap<&'static str, u64> {
-    let stats = envoy.stats().await;
-    CHANGES
-        .iter()
-        .map(|&name| (name, *stats.get(name).unwrap_or(&0)))
-        .collect()
-}
 
 /// Whether `replica` sees the Envoy, in sync.
 async fn holds(replica: &Cutover) -> bool {
@@ -67,7 +47,7 @@ in_both_xds_modes! {
         .await;
         let first = usize::from(!holds(&replicas[0]).await);
         let other = 1 - first;
-        let before = changes(&envoy).await;
+        let before = envoy.config_changes().await;
         assert_eq!(before["cluster_manager.cluster_added"], 3, "{before:?}");
 
         let traffic = envoy.background_traffic();
@@ -85,7 +65,7 @@ in_both_xds_modes! {
         traffic.at_least(n).await;
         traffic.stop_all_answered("the failover").await;
         assert_eq!(
-            changes(&envoy).await,
+            envoy.config_changes().await,
             before,
             "the other replica serves the same versions: Envoy changes nothing"
         );

@@ -145,11 +145,16 @@ impl Envoy {
         bootstrap_args: &[&str],
     ) -> Envoy {
         let envoy = Envoy::start_live(bin, dir, node_id, ads, listener, bootstrap_args).await;
+        envoy.wait_answering().await;
+        envoy
+    }
+
+    /// Waits until a GET of `/` through the listener answers 200.
+    pub async fn wait_answering(&self) {
         wait_for(WAIT, "Envoy's listener to answer 200", async || {
-            envoy.get("/").await
+            self.get("/").await
         })
         .await;
-        envoy
     }
 
     /// Envoy from a bootstrap made with extra `cutover bootstrap` arguments, once LIVE (its
@@ -359,6 +364,31 @@ impl Envoy {
     }
 
     /// Counters and gauges from `/stats?format=json`, by name.
+    /// Envoy's counts of its config changing: clusters and listeners added, modified and
+    /// removed, and listeners updated in place. A restart or a failover of cutover, which
+    /// re-sends identical resources, must move none of them.
+    pub async fn config_changes(&self) -> BTreeMap<&'static str, u64> {
+        const CHANGES: [&str; 7] = [
+            "cluster_manager.cluster_added",
+            "cluster_manager.cluster_modified",
+            "cluster_manager.cluster_removed",
+            "listener_manager.listener_added",
+            "listener_manager.listener_modified",
+            "listener_manager.listener_removed",
+            "listener_manager.listener_in_place_updated",
+        ];
+        let stats = self.stats().await;
+        CHANGES
+            .iter()
+            .map(|&name| {
+                let value = stats
+                    .get(name)
+                    .unwrap_or_else(|| panic!("Envoy has no stat {name}"));
+                (name, *value)
+            })
+            .collect()
+    }
+
     pub async fn stats(&self) -> BTreeMap<String, u64> {
         let json = get_json(&self.client, &self.admin_url("/stats?format=json"))
             .await

@@ -96,17 +96,9 @@ async fn serve_envoy(
     listener: SocketAddr,
     xds: Protocol,
 ) -> (DeploymentFile, Cutover, Envoy) {
-    let (file, cutover) = serve_file(dir, text, cutover_args).await;
-    let envoy = Envoy::start_with(
-        envoy_bin,
-        dir,
-        NODE,
-        cutover.ads,
-        listener,
-        xds.bootstrap_args(),
-    )
-    .await;
-    (file, cutover, envoy)
+    let served = serve_live_with(envoy_bin, dir, text, cutover_args, listener, xds).await;
+    served.2.wait_answering().await;
+    served
 }
 
 /// [`serve_envoy`] for a listener a plain GET cannot probe (HTTPS, gRPC, WebSocket, a
@@ -118,7 +110,18 @@ pub async fn serve_live(
     listener: SocketAddr,
     xds: Protocol,
 ) -> (DeploymentFile, Cutover, Envoy) {
-    let (file, cutover) = serve_file(dir, text, &[]).await;
+    serve_live_with(envoy_bin, dir, text, &[], listener, xds).await
+}
+
+async fn serve_live_with(
+    envoy_bin: &Path,
+    dir: &Path,
+    text: &str,
+    cutover_args: &[&str],
+    listener: SocketAddr,
+    xds: Protocol,
+) -> (DeploymentFile, Cutover, Envoy) {
+    let (file, cutover) = serve_file(dir, text, cutover_args).await;
     let envoy = Envoy::start_live(
         envoy_bin,
         dir,
