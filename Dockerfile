@@ -2,15 +2,16 @@
 # small base, running as an unprivileged user. `docker compose up` builds it (docker-compose.yml);
 # on its own: `docker build -t cutover .`.
 
-# Build: the release binary, with the versions in Cargo.lock.
+# Build: the release binary, with the versions in Cargo.lock and cluster mode (`serve --etcd`).
 FROM rust:1.95-slim-bookworm AS build
-# jemalloc (cutover's allocator) is built from C source with make, which the slim image lacks.
+# jemalloc (cutover's allocator) is built from C source with make, which the slim image lacks;
+# the `cluster` feature's etcd client compiles etcd's protos with protoc (protobuf-compiler).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends make \
+ && apt-get install -y --no-install-recommends make protobuf-compiler \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin cutover \
+RUN cargo build --release --locked --bin cutover --features cluster \
  && mkdir -p /out/state /out/certs \
  && cp target/release/cutover /out/cutover
 

@@ -168,7 +168,10 @@ fn version_figures(report: &StatusReport) -> Vec<VersionFigures> {
     out
 }
 
-async fn reload(State(s): State<AdminState>) -> Response {
+async fn reload(State(s): State<AdminState>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(answer) = to_leader(&s, "/reload", "", &headers).await {
+        return answer;
+    }
     match s.reload.try_send(()) {
         Ok(()) | Err(mpsc::error::TrySendError::Full(())) => {
             (StatusCode::ACCEPTED, "reload requested\n").into_response()
@@ -189,17 +192,64 @@ async fn rollout_command(
     headers: axum::http::HeaderMap,
     Path((service, command)): Path<(String, String)>,
 ) -> Response {
-    // Who, for the rollout's history: the caller's address, and whether it showed the token.
-    let by = if headers.contains_key(axum::http::header::AUTHORIZATION) && !peer.ip().is_loopback()
-    {
+    // Who, for the rollout's history: the caller's address, and whether it showed the token;
+    // as the replica that forwarded the call said it (it was authorized to make the call).
+    let by = if let Some(by) = headers.get(FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        by.to_owned()
+    } else if headers.contains_key(axum::http::header::AUTHORIZATION) && !peer.ip().is_loopback() {
         format!("the operator at {} (admin token)", peer.ip())
     } else {
         format!("the operator at {}", peer.ip())
     };
+    let path = format!("/rollouts/{service}/{command}");
+    if let Some(answer) = to_leader(&s, &path, &by, &headers).await {
+        return answer;
+    }
     match run_command(&s, &service, &command, by).await {
         Ok(done) => format!("{service}: {done}\n").into_response(),
         Err(e) => command_refused(&service, &e),
     }
+}
+
+/// Marks a call a follower forwarded to the leader, with who made it (never forwarded again).
+const FORWARDED_FOR: &str = "x-cutover-forwarded-for";
+
+/// How long a follower waits for the leader's answer to a forwarded call.
+const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Cluster mode, on a replica that does not lead: hands the call at `path` to the leader's
+/// admin API (with this replica's token) and answers with the leader's answer. `None` where
+/// the call is this replica's to make: one cutover alone, the leader, a call already forwarded.
+async fn to_leader(
+    s: &AdminState,
+    path: &str,
+    by: &str,
+    headers: &axum::http::HeaderMap,
+) -> Option<Response> {
+    let (leader_admin, role) = s.status.leader_admin()?;
+    if role == "leader" || headers.contains_key(FORWARDED_FOR) {
+        return None;
+    }
+    let refused = |why: String| {
+        let e = CommandError::NotLeading { why: Some(why) };
+        (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response()
+    };
+    let Some(leader) = leader_admin else {
+        return Some(refused("no replica leads right now".to_owned()));
+    };
+    let bearer = s.token.as_ref().map(|t| format!("Bearer {t}"));
+    let mut forwarded = vec![(FORWARDED_FOR, by)];
+    if let Some(b) = &bearer {
+        forwarded.push(("authorization", b.as_str()));
+    }
+    let url = format!("{}{path}", leader.trim_end_matches('/'));
+    let answer = crate::http_client::Client::new()
+        .send(axum::http::Method::POST, &url, &forwarded, FORWARD_TIMEOUT)
+        .await;
+    Some(match answer {
+        Ok(a) => (a.status, a.body).into_response(),
+        Err(e) => refused(format!("{url}: {e}")),
+    })
 }
 
 /// Hands the command to the controller and waits for its answer.
@@ -279,9 +329,9 @@ fn command_refused(service: &str, e: &CommandError) -> Response {
         CommandError::NoRollout(_) | CommandError::NotNow { .. } | CommandError::NotLoaded => {
             (StatusCode::CONFLICT, true)
         }
-        CommandError::ControllerNotRunning | CommandError::ControllerStopped => {
-            (StatusCode::SERVICE_UNAVAILABLE, false)
-        }
+        CommandError::ControllerNotRunning
+        | CommandError::ControllerStopped
+        | CommandError::NotLeading { .. } => (StatusCode::SERVICE_UNAVAILABLE, false),
     };
     let body = if from_controller {
         format!("{service}: {e}\n")
@@ -400,6 +450,7 @@ mod tests {
             nodes_without_group: Vec::new(),
             groups: Default::default(),
             streams: None,
+            cluster: None,
         };
         let out = version_figures(&report);
         assert_eq!(out.len(), 1, "{out:?}");

@@ -548,6 +548,39 @@ pub struct StatusReport {
     /// Concurrent gRPC streams and their limit (`--max-streams`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub streams: Option<StreamsReport>,
+    /// Cluster mode (`serve --etcd`): this replica's part and what it knows of the others.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterReport>,
+}
+
+/// A replica in `/status` (cluster mode).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct ClusterReport {
+    /// This replica's name (`--replica`).
+    pub replica: String,
+    /// `leader`, `follower`, or `unknown` (etcd has not answered, or the lease was lost:
+    /// serving the last record known, deciding nothing).
+    pub role: String,
+    /// The replica that leads, and where its admin API is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader_admin: Option<String>,
+    /// The etcd revision of the record served.
+    pub revision: i64,
+    /// Other replicas that publish what their Envoys hold, and how many Envoys they have.
+    pub other_replicas: usize,
+    pub other_envoys: usize,
+    /// What is wrong with etcd, if anything: nothing advances until it is fixed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_problem: Option<String>,
+    /// A change the leader decided that etcd has not recorded yet (not applied anywhere).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unrecorded: Option<String>,
+    /// Why this replica's copy of the file is not the one served, when it leads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_file: Option<String>,
 }
 
 /// One node group in `/status`.
@@ -729,6 +762,13 @@ pub enum CommandError {
     },
     #[error("no valid deployment file is loaded yet")]
     NotLoaded,
+    /// Cluster mode: this replica does not lead, and the command could not reach the leader.
+    #[error(
+        "this replica does not lead the cluster and could not hand the command to the leader{}; \
+         try again in a few seconds (GET /status says who leads)",
+        why.as_deref().map(|w| format!(" ({w})")).unwrap_or_default()
+    )]
+    NotLeading { why: Option<String> },
     /// The command could not be handed to the controller.
     #[error("the controller is not running")]
     ControllerNotRunning,

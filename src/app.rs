@@ -17,12 +17,13 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::access::Access;
 use crate::admin::{self, AdminState};
-use crate::controller::{self, Inputs, Outputs, Settings};
+use crate::controller::{self, Inputs, Outputs, Settings, Store};
 use crate::dashboard::Feed;
 use crate::metrics::Metrics;
 use crate::node::{GroupId, NodeInfo};
 use crate::reconcile::rollout::{Counted, Figures};
 use crate::reconcile::{self, Event, Plan, Previous, RuntimeState, Timestamp};
+use crate::replica::ClusterOptions;
 use crate::snapshot::{Published, Snapshot};
 use crate::spec::{self, Spec, SpecError};
 use crate::status::Status;
@@ -107,6 +108,8 @@ pub struct ServeOptions {
     pub clients: ClientLimits,
     /// Serve the xDS port over TLS (mutual TLS with a client CA); plaintext when `None`.
     pub tls: Option<TlsFiles>,
+    /// Cluster mode: a replica of several on etcd; the state file is not used.
+    pub cluster: Option<ClusterOptions>,
 }
 
 /// A running server.
@@ -197,6 +200,22 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         Some(files) => Some(Tls::load(files.clone()).context("cannot serve TLS")?),
         None => None,
     };
+    let ads_listener = TcpListener::bind(opts.ads).await.with_context(|| {
+        format!(
+            "cannot bind the ADS address {}; is another cutover running? choose another with --ads",
+            opts.ads
+        )
+    })?;
+    check_admin_access(opts.admin, opts.admin_token.as_deref())?;
+    let admin_listener = TcpListener::bind(opts.admin).await.with_context(|| {
+        format!(
+            "cannot bind the admin address {}; choose another with --admin",
+            opts.admin
+        )
+    })?;
+    let ads_addr = ads_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
     let (access_tx, access) = watch::channel(Arc::new(Access::default()));
     let (reload_tx, reload_rx) = mpsc::channel(1);
     let (commands_tx, commands_rx) = mpsc::channel(8);
@@ -204,13 +223,26 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
     // telemetry streams end, the servers stop accepting.
     let (shutdown, shutdown_rx) = watch::channel(false);
     let closing_rx = shutdown_rx.clone();
+    let store = match &opts.cluster {
+        None => Store::File(
+            opts.state_file
+                .clone()
+                .map_or_else(|| StateFile::beside(&opts.file), StateFile::new),
+        ),
+        Some(cluster) => {
+            let mut cluster = cluster.clone();
+            if cluster.admin_url.is_empty() {
+                cluster.admin_url = format!("http://{admin_addr}");
+            }
+            Store::Cluster(
+                join_cluster(cluster, &status, &clients, &published, &shutdown_rx).await?,
+            )
+        }
+    };
     let controller_done = controller::spawn(
         Settings {
             file: opts.file.clone(),
-            state_file: opts
-                .state_file
-                .clone()
-                .map_or_else(|| StateFile::beside(&opts.file), StateFile::new),
+            store,
             drain_period: opts.drain_period,
         },
         Outputs {
@@ -228,7 +260,8 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         },
     )
     .await?;
-    if !opts.wait_for_file && !status.ready() {
+    // A replica serves the cluster's record, which a leader may write any moment.
+    if !opts.wait_for_file && opts.cluster.is_none() && !status.ready() {
         let why = status
             .report()
             .last_reload
@@ -238,22 +271,6 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
             "{why}\ncannot start without a valid deployment file: fix it, or start with --wait-for-file to serve as soon as it is valid"
         );
     }
-
-    let ads_listener = TcpListener::bind(opts.ads).await.with_context(|| {
-        format!(
-            "cannot bind the ADS address {}; is another cutover running? choose another with --ads",
-            opts.ads
-        )
-    })?;
-    check_admin_access(opts.admin, opts.admin_token.as_deref())?;
-    let admin_listener = TcpListener::bind(opts.admin).await.with_context(|| {
-        format!(
-            "cannot bind the admin address {}; choose another with --admin",
-            opts.admin
-        )
-    })?;
-    let ads_addr = ads_listener.local_addr()?;
-    let admin_addr = admin_listener.local_addr()?;
 
     let shared = Shared {
         published: published.clone(),
@@ -365,6 +382,39 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         shutdown,
         controller_done,
     })
+}
+
+/// Starts this replica's part of the cluster.
+#[cfg(feature = "cluster")]
+async fn join_cluster(
+    options: ClusterOptions,
+    status: &Arc<Status>,
+    clients: &Arc<Clients>,
+    published: &watch::Receiver<Option<Arc<Published>>>,
+    closing: &watch::Receiver<bool>,
+) -> anyhow::Result<crate::replica::Link> {
+    crate::cluster::replica::start(
+        options,
+        status.clone(),
+        clients.clone(),
+        published.clone(),
+        closing.clone(),
+    )
+    .await
+    .context("cannot join the cluster")
+}
+
+#[cfg(not(feature = "cluster"))]
+async fn join_cluster(
+    _: ClusterOptions,
+    _: &Arc<Status>,
+    _: &Arc<Clients>,
+    _: &watch::Receiver<Option<Arc<Published>>>,
+    _: &watch::Receiver<bool>,
+) -> anyhow::Result<crate::replica::Link> {
+    anyhow::bail!(
+        "this cutover was built without cluster mode (--etcd): build it with `cargo build --release --features cluster` (needs protoc)"
+    )
 }
 
 /// Refuses an admin API that other hosts can reach without a token. Such a bind is meant to be

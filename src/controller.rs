@@ -25,6 +25,7 @@ use crate::reconcile::rollout::{
     self, Baseline, Counted, Figures, Gate, Kind, Observation, Rollout, Status,
 };
 use crate::reconcile::{self, Event, Plan, Previous, RuntimeState, Timestamp};
+use crate::replica::{Link, Recorded, Role};
 use crate::snapshot::{Published, ResourceType, Snapshot};
 use crate::spec::{self, Spec, Strategy, Webhook, WebhookFormat};
 use crate::status::{Served, Status as StatusModel};
@@ -37,9 +38,19 @@ use crate::xds::clients::Clients;
 #[derive(Debug)]
 pub struct Settings {
     pub file: PathBuf,
-    pub state_file: StateFile,
+    pub store: Store,
     /// How long removed endpoints and versions stay in Envoy as `DRAINING`.
     pub drain_period: Duration,
+}
+
+/// Where the runtime state is kept.
+#[derive(Debug)]
+pub enum Store {
+    /// One cutover: a file on this machine's disk, written after each change is served.
+    File(StateFile),
+    /// A replica of a cluster: the leader writes one record (file and state) to etcd and every
+    /// replica serves what is recorded, the leader included.
+    Cluster(Link),
 }
 
 /// Where rollout checks read a version's figures: what Envoys reported to cutover over the
@@ -124,7 +135,13 @@ pub async fn spawn(
                             }
                         };
                         let mut controller = Controller::new(settings, outputs);
-                        controller.reload();
+                        // A replica serves the cluster's record (if there is one yet); it
+                        // reads its own file only once it leads.
+                        if controller.cluster.is_some() {
+                            controller.serve_record(false);
+                        } else {
+                            controller.reload();
+                        }
                         let _ = started_tx.send(Ok(()));
                         controller.run(watcher, inputs).await
                     })
@@ -142,8 +159,13 @@ struct Controller {
     file: PathBuf,
     label: String,
     out: Outputs,
-    state_file: StateFile,
+    /// The state file; `None` in cluster mode.
+    state_file: Option<StateFile>,
+    /// Cluster mode: the link to the other replicas and what this replica serves from it.
+    cluster: Option<ClusterSide>,
     last_text: Option<Vec<u8>>,
+    /// The text of `spec` (what the leader's record carries).
+    spec_text: Option<Arc<str>>,
     /// What the PEM files the file names held when they were last read (polled for rotation).
     pem_read: spec::PemRead,
     spec: Option<Arc<Spec>>,
@@ -174,6 +196,51 @@ struct Controller {
     http: http_client::Client,
 }
 
+/// A replica's side of the cluster (cluster mode).
+struct ClusterSide {
+    link: Link,
+    role: Role,
+    /// The record served, with the spec read from it.
+    served: Option<(Arc<Recorded>, Arc<Spec>)>,
+    /// The leader sent a record to be written that has not come back yet: what is served is
+    /// not what was decided, so no answer is counted against it.
+    unrecorded: bool,
+    /// Operator commands done, answered once they are recorded.
+    waiting: Vec<(Reply, CommandAnswer)>,
+}
+
+/// What an operator command did, or why nothing was.
+type CommandAnswer = Result<&'static str, CommandError>;
+/// Where it goes.
+type Reply = oneshot::Sender<CommandAnswer>;
+
+/// What changed on the cluster's side.
+enum ClusterEvent {
+    Role,
+    Record,
+    Fleet,
+}
+
+impl ClusterSide {
+    fn leads(&self) -> bool {
+        self.role.leads()
+    }
+}
+
+/// The next change the cluster's link brings; never, for one cutover.
+async fn cluster_event(side: &mut Option<ClusterSide>) -> ClusterEvent {
+    let Some(c) = side else {
+        return std::future::pending().await;
+    };
+    let link = &mut c.link;
+    tokio::select! {
+        Ok(()) = link.role.changed() => ClusterEvent::Role,
+        Ok(()) = link.records.changed() => ClusterEvent::Record,
+        Ok(()) = link.fleet.changed() => ClusterEvent::Fleet,
+        else => std::future::pending().await,
+    }
+}
+
 /// One rollout event for a service's `notify` webhooks.
 struct Notice {
     hooks: Vec<Webhook>,
@@ -198,8 +265,26 @@ const NOTICES_QUEUED: usize = 256;
 
 impl Controller {
     fn new(settings: Settings, out: Outputs) -> Controller {
-        let path = settings.state_file.path().display().to_string();
-        let (state, saved, first, problem) = match settings.state_file.load() {
+        let state_file = match settings.store {
+            Store::File(file) => file,
+            Store::Cluster(link) => {
+                return Controller::with_store(
+                    settings.file,
+                    settings.drain_period,
+                    out,
+                    None,
+                    Some(ClusterSide {
+                        link,
+                        role: Role::Unknown,
+                        served: None,
+                        unrecorded: false,
+                        waiting: Vec::new(),
+                    }),
+                );
+            }
+        };
+        let path = state_file.path().display().to_string();
+        let (state, saved, first, problem) = match state_file.load() {
             Loaded::Missing => (RuntimeState::default(), None, Previous::Start, None),
             Loaded::Ok(state) => {
                 tracing::info!(state_file = %path, "runtime state loaded");
@@ -225,26 +310,49 @@ impl Controller {
             ok: problem.is_none(),
             error: problem.clone(),
         });
+        let mut controller = Controller::with_store(
+            settings.file,
+            settings.drain_period,
+            out,
+            Some(state_file),
+            None,
+        );
+        controller.state = state;
+        controller.saved = saved;
+        controller.first = first;
+        controller.state_file_problem = problem;
+        controller
+    }
+
+    fn with_store(
+        file: PathBuf,
+        drain_period: Duration,
+        out: Outputs,
+        state_file: Option<StateFile>,
+        cluster: Option<ClusterSide>,
+    ) -> Controller {
         let (checks_out, checks_in) = mpsc::unbounded_channel();
         let (gates_out, gates_in) = mpsc::unbounded_channel();
         let (notify, notices) = mpsc::channel(NOTICES_QUEUED);
         let http = http_client::Client::new();
         tokio::spawn(tell_notices(http.clone(), notices));
         Controller {
-            label: settings.file.display().to_string(),
-            file: settings.file,
+            label: file.display().to_string(),
+            file,
             out,
-            state_file: settings.state_file,
+            state_file,
+            cluster,
             last_text: None,
+            spec_text: None,
             pem_read: spec::PemRead::new(),
             spec: None,
-            state,
-            saved,
-            first,
-            drain_period: settings.drain_period,
+            state: RuntimeState::default(),
+            saved: None,
+            first: Previous::Start,
+            drain_period,
             changed_at: Instant::now(),
             plan: None,
-            state_file_problem: problem,
+            state_file_problem: None,
             checking: BTreeSet::new(),
             checks_out,
             checks_in,
@@ -273,47 +381,82 @@ impl Controller {
                 .as_ref()
                 .and_then(|spec| self.state.next_deadline_except(spec, &self.checking))
                 .map(|t| Instant::now() + t.since(Timestamp::now()));
+            let deciding = self.deciding();
             tokio::select! {
                 changed = watcher.changed() => {
-                    self.changed_at = changed?.into_std();
-                    self.reload();
+                    let changed_at = changed?.into_std();
+                    // A follower serves the leader's record, whatever its own copy says.
+                    if deciding {
+                        self.changed_at = changed_at;
+                        self.reload();
+                    }
                 }
                 Some(()) = inputs.reload.recv() => {
-                    self.changed_at = Instant::now();
-                    // Asked for explicitly: read even if the content looks unchanged.
-                    self.last_text = None;
-                    self.reload();
+                    if deciding {
+                        self.changed_at = Instant::now();
+                        // Asked for explicitly: read even if the content looks unchanged.
+                        self.last_text = None;
+                        self.reload();
+                    }
                 }
                 Some(request) = inputs.commands.recv() => {
-                    let answer = self.command(&request.service, request.command, &request.by);
-                    let _ = request.reply.send(answer);
+                    let answer = if deciding {
+                        self.command(&request.service, request.command, &request.by)
+                    } else {
+                        Err(CommandError::NotLeading { why: None })
+                    };
+                    match &mut self.cluster {
+                        // Answered once etcd holds it: a command answered is a command done.
+                        Some(c) if c.unrecorded && answer.is_ok() => {
+                            c.waiting.push((request.reply, answer));
+                        }
+                        _ => {
+                            let _ = request.reply.send(answer);
+                        }
+                    }
                 }
                 _ = pem_poll.tick(), if !self.pem_read.is_empty() => self.reload_if_pem_changed(),
                 () = pem_changed(&mut pem_watch), if !self.pem_read.is_empty() => {
                     self.reload_if_pem_changed();
                 }
-                _ = client_changes.changed(), if self.state.awaiting_answers() => {
+                _ = client_changes.changed(), if deciding && self.state.awaiting_answers() => {
                     self.check_answered();
                 }
                 _ = sleep_until_opt(deadline) => {
                     self.changed_at = Instant::now();
-                    self.reduce(Event::Tick);
-                    self.start_checks();
-                    self.start_gates();
-                    self.publish();
+                    if deciding {
+                        self.reduce(Event::Tick);
+                        self.start_checks();
+                        self.start_gates();
+                        self.publish();
+                    }
+                    // What is served depends on the time too (a drain ends at its deadline).
+                    self.serve_record(false);
                 }
                 Some((service, gate, answer)) = self.gates_in.recv() => {
                     self.checking.remove(&service);
-                    self.changed_at = Instant::now();
-                    self.reduce(Event::GateAnswered { service: &service, gate, answer: &answer });
-                    self.publish();
+                    if deciding {
+                        self.changed_at = Instant::now();
+                        self.reduce(Event::GateAnswered { service: &service, gate, answer: &answer });
+                        self.publish();
+                    }
                 }
                 Some((service, observation)) = self.checks_in.recv() => {
                     self.checking.remove(&service);
-                    self.changed_at = Instant::now();
-                    self.reduce(Event::Observed { service: &service, observation: &observation });
-                    self.publish();
+                    if deciding {
+                        self.changed_at = Instant::now();
+                        self.reduce(Event::Observed { service: &service, observation: &observation });
+                        self.publish();
+                    }
                 }
+                event = cluster_event(&mut self.cluster) => match event {
+                    ClusterEvent::Role => self.role_changed(),
+                    ClusterEvent::Record => {
+                        self.changed_at = Instant::now();
+                        self.serve_record(false);
+                    }
+                    ClusterEvent::Fleet => {}
+                },
                 _ = inputs.shutdown.changed() => {
                     self.save();
                     return Ok(());
@@ -326,14 +469,192 @@ impl Controller {
         }
     }
 
-    /// Reads the PEM files the file names again, and reloads if any changed (a rotation).
+    /// Reads the PEM files the file names again, and reloads if any changed (a rotation). In
+    /// cluster mode every replica reads its own copies of them: the record is served again.
     fn reload_if_pem_changed(&mut self) {
         let paths = self.pem_read.keys().cloned().collect();
         if crate::watch::read_pem_files(&self.file, &paths) != self.pem_read {
             self.changed_at = Instant::now();
-            self.last_text = None;
-            self.reload();
+            if self.deciding() {
+                self.last_text = None;
+                self.reload();
+            }
+            self.serve_record(true);
         }
+    }
+
+    /// Whether this cutover decides: one on its own always does, a replica while it leads.
+    fn deciding(&self) -> bool {
+        self.cluster.as_ref().is_none_or(ClusterSide::leads)
+    }
+
+    /// Reads a deployment file's text (the file's, or a record's) and the PEM files it names.
+    fn parse(&mut self, label: &str, text: &[u8]) -> Result<Spec, spec::SpecError> {
+        let spec = spec::parse_bytes(label, text)?;
+        self.pem_read = crate::watch::read_pem_files(&self.file, &spec::pem_paths(&spec));
+        let (spec, warnings) =
+            spec::load_pem_files(spec, label, &self.pem_read, std::time::SystemTime::now())?;
+        for w in warnings {
+            tracing::warn!("{label}:{}:{}: {}", w.line, w.column, w.message);
+        }
+        Ok(spec)
+    }
+
+    /// Serves the newest record etcd holds (cluster mode), again if `force` (the PEM files it
+    /// names changed) or at a deadline; a record that cannot be read leaves what is served.
+    fn serve_record(&mut self, force: bool) {
+        let Some(c) = &mut self.cluster else { return };
+        let Some(record) = c.link.records.borrow_and_update().clone() else {
+            return;
+        };
+        let same = c
+            .served
+            .as_ref()
+            .is_some_and(|(r, _)| r.revision == record.revision);
+        if same && !force {
+            // Nothing new: planned again at this time.
+            let (record, spec) = c.served.clone().expect("served");
+            self.serve(&spec, &record.state);
+            return;
+        }
+        let label = format!(
+            "{} (the cluster's record, revision {})",
+            self.label, record.revision
+        );
+        let spec = match self.parse(&label, record.file.as_bytes()) {
+            Ok(spec) => Arc::new(spec),
+            Err(err) => {
+                tracing::error!(
+                    "cannot serve the cluster's record, still serving what was:\n{err}"
+                );
+                self.out.status.reload_failed(err.to_string());
+                return;
+            }
+        };
+        let c = self.cluster.as_mut().expect("cluster mode");
+        let sent = c.link.save.borrow().clone();
+        if sent.is_some_and(|s| s.file == record.file && s.state == record.state) {
+            c.unrecorded = false;
+            for (reply, answer) in c.waiting.drain(..) {
+                let _ = reply.send(answer);
+            }
+            self.out.status.set_cluster(|r| r.unrecorded = None);
+        }
+        c.served = Some((record.clone(), spec.clone()));
+        if !c.leads() {
+            // A follower mirrors the record: it is what it would decide from if elected.
+            self.spec = Some(spec.clone());
+            self.spec_text = Some(record.file.clone());
+            self.state = record.state.clone();
+        }
+        self.out
+            .status
+            .set_cluster(|r| r.revision = record.revision);
+        self.out
+            .metrics
+            .cluster_record_revision
+            .set(record.revision);
+        self.send_access(&spec);
+        self.serve(&spec, &record.state);
+        self.out.status.reloaded();
+    }
+
+    /// This replica was elected, lost its lease or learned that another leads.
+    fn role_changed(&mut self) {
+        let Some(c) = &mut self.cluster else { return };
+        let role = c.link.role.borrow_and_update().clone();
+        if role == c.role {
+            return;
+        }
+        tracing::info!(role = role.as_str(), "cluster role");
+        self.out.metrics.cluster_leader.set(i64::from(role.leads()));
+        c.role = role.clone();
+        // What the previous term wanted written is not this one's business.
+        c.link.save.send_replace(None);
+        c.unrecorded = false;
+        for (reply, _) in c.waiting.drain(..) {
+            let why = "this replica stopped leading before etcd recorded the command; see /status and ask again";
+            let _ = reply.send(Err(CommandError::NotLeading {
+                why: Some(why.to_owned()),
+            }));
+        }
+        self.out.status.set_cluster(|r| {
+            r.role = role.as_str().to_owned();
+            r.unrecorded = None;
+        });
+        let Role::Leader { record, .. } = role else {
+            // Decide nothing; mirror what is served.
+            if let Some((record, spec)) = c.served.clone() {
+                self.spec = Some(spec);
+                self.spec_text = Some(record.file.clone());
+                self.state = record.state.clone();
+            }
+            return;
+        };
+        self.changed_at = Instant::now();
+        self.take_over(record.as_deref());
+    }
+
+    /// A new leader decides from what the cluster holds, not from what it thought, and takes
+    /// its own copy of the file only if it is not one the cluster served before (an older
+    /// copy, a ConfigMap not yet updated here, must never roll traffic back).
+    fn take_over(&mut self, record: Option<&Recorded>) {
+        self.last_text = None;
+        let Some(record) = record else {
+            // A new cluster: the file as on a first start.
+            self.spec = None;
+            self.spec_text = None;
+            self.state = RuntimeState::default();
+            self.first = Previous::Start;
+            self.reload();
+            return;
+        };
+        let label = format!("{} (the cluster's record)", self.label);
+        match self.parse(&label, record.file.as_bytes()) {
+            Ok(spec) => {
+                self.spec = Some(Arc::new(spec));
+                self.spec_text = Some(record.file.clone());
+                self.state = record.state.clone();
+            }
+            Err(err) => {
+                tracing::error!(
+                    "cannot read the cluster's record; deciding from this replica's file:\n{err}"
+                );
+                self.spec = None;
+                self.spec_text = None;
+                self.state = record.state.clone();
+                self.first = Previous::StartUnknown;
+            }
+        }
+        let local = match crate::watch::read_file(&self.file) {
+            Ok(text) => text,
+            Err(err) => {
+                tracing::warn!(
+                    "{}: cannot read the file: {err}; serving the cluster's",
+                    self.label
+                );
+                self.publish();
+                return;
+            }
+        };
+        if self.spec.is_some() && local.as_slice() == record.file.as_bytes() {
+            self.last_text = Some(local);
+            self.publish();
+            return;
+        }
+        if self.spec.is_some() && record.is_earlier_file(&local) {
+            let msg = format!(
+                "{}: this replica's copy is a file the cluster served before the one it serves \
+                 now; it leads with the cluster's until its copy changes",
+                self.label
+            );
+            tracing::warn!("{msg}");
+            self.out.status.set_cluster(|r| r.local_file = Some(msg));
+            self.last_text = Some(local);
+            self.publish();
+            return;
+        }
+        self.reload();
     }
 
     fn command(
@@ -552,22 +873,15 @@ impl Controller {
         if self.last_text.as_deref() == Some(text.as_slice()) {
             return;
         }
-        let parsed = spec::parse_bytes(&self.label, &text).and_then(|spec| {
-            self.pem_read = crate::watch::read_pem_files(&self.file, &spec::pem_paths(&spec));
-            let (spec, warnings) = spec::load_pem_files(
-                spec,
-                &self.label,
-                &self.pem_read,
-                std::time::SystemTime::now(),
-            )?;
-            for w in warnings {
-                tracing::warn!("{}:{}:{}: {}", self.label, w.line, w.column, w.message);
-            }
-            Ok(spec)
-        });
+        let label = self.label.clone();
+        let parsed = self.parse(&label, &text);
         self.last_text = Some(text);
         match parsed {
             Ok(spec) => {
+                self.spec_text = Some(
+                    String::from_utf8_lossy(self.last_text.as_deref().unwrap_or_default()).into(),
+                );
+                self.out.status.set_cluster(|r| r.local_file = None);
                 let previous = self.spec.replace(Arc::new(spec));
                 let spec = self.spec.as_ref().expect("just set");
                 let before = self.state.rollouts.clone();
@@ -579,17 +893,16 @@ impl Controller {
                     },
                     Timestamp::now(),
                 );
-                self.out.access.send_if_modified(|current| {
-                    if **current == spec.access {
-                        return false;
-                    }
-                    *current = Arc::new(spec.access.clone());
-                    true
-                });
+                if self.cluster.is_none() {
+                    let spec = spec.clone();
+                    self.send_access(&spec);
+                }
                 // A file can start, continue or end a rollout: logged and told like any step.
                 self.rollout_events(&before);
                 self.publish();
-                self.out.status.reloaded();
+                if self.cluster.is_none() {
+                    self.out.status.reloaded();
+                }
                 // With no Envoy connected, nothing needs to ACK.
                 self.check_answered();
             }
@@ -602,13 +915,58 @@ impl Controller {
         }
     }
 
-    /// Plans and translates the current spec and publishes it if it differs from what is
-    /// served.
+    /// The file's access rules, for the servers that check client certificates: before the
+    /// config of the same file is published.
+    fn send_access(&self, spec: &Spec) {
+        self.out.access.send_if_modified(|current| {
+            if **current == spec.access {
+                return false;
+            }
+            *current = Arc::new(spec.access.clone());
+            true
+        });
+    }
+
+    /// What was decided is served: by one cutover at once; in cluster mode the leader records
+    /// it and every replica (the leader too) serves it when etcd has it.
     fn publish(&mut self) {
-        let spec = self.spec.clone().expect("publish after a valid load");
+        let Some(c) = &mut self.cluster else {
+            let spec = self.spec.clone().expect("publish after a valid load");
+            let state = self.state.clone();
+            self.serve(&spec, &state);
+            return;
+        };
+        let Some(text) = self.spec_text.clone().filter(|_| c.leads()) else {
+            return;
+        };
+        let previous = c
+            .link
+            .save
+            .borrow()
+            .clone()
+            .or_else(|| c.served.as_ref().map(|(r, _)| r.clone()));
+        if previous
+            .as_ref()
+            .is_some_and(|p| p.file == text && p.state == self.state)
+        {
+            return;
+        }
+        let next = Recorded::next(previous.as_deref(), text, self.state.clone());
+        c.unrecorded = true;
+        c.link.save.send_replace(Some(Arc::new(next)));
+        self.out.status.set_cluster(|r| {
+            r.unrecorded =
+                Some("decided, not applied yet: waiting for etcd to record it".to_owned());
+        });
+    }
+
+    /// Plans and translates `spec` with `state` and publishes it if it differs from what is
+    /// served.
+    fn serve(&mut self, spec: &Arc<Spec>, state: &RuntimeState) {
+        let spec = spec.clone();
         let started = Instant::now();
         let now = Timestamp::now();
-        let plan = Arc::new(reconcile::plan(&spec, &self.state, now));
+        let plan = Arc::new(reconcile::plan(&spec, state, now));
         // Every resource is encoded once, then each group's snapshot shares the bytes of its
         // part (a cluster two groups hold is encoded once for both and all of their streams).
         let everything = Snapshot::new(&translate(&plan));
@@ -640,7 +998,7 @@ impl Controller {
         self.out.status.set_served(Served {
             spec: spec.clone(),
             plan,
-            state: Arc::new(self.state.clone()),
+            state: Arc::new(state.clone()),
         });
         let version = next.version.clone();
         let changed = self.out.published.send_if_modified(|current| {
@@ -667,6 +1025,13 @@ impl Controller {
         if !self.state.awaiting_answers() {
             return;
         }
+        // In cluster mode: only the leader, only once what it decided is what is served, and
+        // counting the Envoys of every replica.
+        let fleet = match &self.cluster {
+            None => None,
+            Some(c) if c.leads() && !c.unrecorded => Some(c.link.fleet.borrow().clone()),
+            Some(_) => return,
+        };
         let Some(published) = self.out.published.borrow().clone() else {
             return;
         };
@@ -675,7 +1040,11 @@ impl Controller {
         };
         let answered: BTreeSet<&GroupId> = published
             .groups()
-            .filter(|(g, s)| self.out.clients.answered(g, &s.snapshot.version))
+            .filter(|(g, s)| {
+                let version = &s.snapshot.version;
+                self.out.clients.answered(g, version)
+                    && fleet.as_ref().is_none_or(|f| f.answered(g, version))
+            })
             .map(|(g, _)| g)
             .collect();
         // A service is answered once every group whose config includes it has: an Envoy of
@@ -697,13 +1066,17 @@ impl Controller {
 
     /// Saves the runtime state if it changed since the last save.
     fn save(&mut self) {
+        let Some(state_file) = &self.state_file else {
+            // Cluster mode: recorded before it is served.
+            return;
+        };
         if self.saved.as_ref() == Some(&self.state)
             || (self.saved.is_none() && self.state == RuntimeState::default())
         {
             return;
         }
-        let path = self.state_file.path().display().to_string();
-        match self.state_file.save(&self.state) {
+        let path = state_file.path().display().to_string();
+        match state_file.save(&self.state) {
             Ok(()) => {
                 self.saved = Some(self.state.clone());
                 self.state_file_problem = None;

@@ -31,6 +31,7 @@ pub mod node;
 pub mod pki;
 pub mod reconcile;
 pub mod render;
+pub mod replica;
 pub mod snapshot;
 pub mod spec;
 pub mod status;

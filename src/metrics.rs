@@ -89,6 +89,9 @@ pub struct Metrics {
     pub rollout_steps: Counter,
     pub rollout_promotions: Counter,
     pub rollout_rollbacks: Counter,
+    /// Cluster mode: 1 while this replica leads, and the etcd revision of the record served.
+    pub cluster_leader: Gauge,
+    pub cluster_record_revision: Gauge,
 }
 
 impl Default for Metrics {
@@ -193,8 +196,22 @@ impl Metrics {
             "Rollouts rolled back (a failed analysis or an operator's abort)",
             rollout_rollbacks.clone(),
         );
+        let cluster_leader = Gauge::default();
+        let cluster_record_revision = Gauge::default();
+        registry.register(
+            "cluster_leader",
+            "Cluster mode: 1 while this replica leads (decides and writes the record), else 0",
+            cluster_leader.clone(),
+        );
+        registry.register(
+            "cluster_record_revision",
+            "Cluster mode: the etcd revision of the record this replica serves",
+            cluster_record_revision.clone(),
+        );
         Metrics {
             registry,
+            cluster_leader,
+            cluster_record_revision,
             rollout_steps,
             rollout_promotions,
             rollout_rollbacks,

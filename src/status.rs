@@ -16,11 +16,11 @@ use std::time::{Instant, SystemTime};
 use tokio::sync::watch;
 
 use crate::api::{
-    self, BaselineReport, CheckPointReport, CheckReport, Counts, DrainReason, DrainReport,
-    GateReport, GroupReport, HistoryReport, MirrorReport, NackStatus, NodeReport, ObservedReport,
-    ObservedVersion, PastRolloutReport, ReloadStatus, RetiringReport, RolloutKind, RolloutReport,
-    ServiceReport, StateFileReport, StatusReport, StreamsReport, TelemetryState, ThresholdsReport,
-    TypeReport,
+    self, BaselineReport, CheckPointReport, CheckReport, ClusterReport, Counts, DrainReason,
+    DrainReport, GateReport, GroupReport, HistoryReport, MirrorReport, NackStatus, NodeReport,
+    ObservedReport, ObservedVersion, PastRolloutReport, ReloadStatus, RetiringReport, RolloutKind,
+    RolloutReport, ServiceReport, StateFileReport, StatusReport, StreamsReport, TelemetryState,
+    ThresholdsReport, TypeReport,
 };
 use crate::metrics::{Metrics, ResultLabel};
 use crate::node::GroupId;
@@ -43,6 +43,7 @@ struct Inner {
     state_file: Option<StateFileReport>,
     last_reload: Option<ReloadStatus>,
     slots: Option<Arc<StreamSlots>>,
+    cluster: Option<ClusterReport>,
 }
 
 /// What is served now, and what it was made from: the services report is built from it when
@@ -88,6 +89,34 @@ impl Status {
     /// Where the open streams are counted (set once, at start).
     pub fn set_stream_slots(&self, slots: Arc<StreamSlots>) {
         self.with(|i| i.slots = Some(slots));
+    }
+
+    /// Starts the report of replica `name` (cluster mode).
+    pub fn start_cluster(&self, name: &str) {
+        self.with(|i| {
+            i.cluster = Some(ClusterReport {
+                replica: name.to_owned(),
+                role: "unknown".to_owned(),
+                ..ClusterReport::default()
+            });
+        });
+    }
+
+    /// Changes this replica's part of the report (nothing for one cutover alone).
+    pub fn set_cluster(&self, change: impl FnOnce(&mut ClusterReport)) {
+        self.with(|i| {
+            if let Some(c) = i.cluster.as_mut() {
+                change(c);
+            }
+        });
+    }
+
+    /// The replica that leads and where its admin API is (cluster mode).
+    pub fn leader_admin(&self) -> Option<(Option<String>, String)> {
+        self.with(|i| {
+            let c = i.cluster.as_ref()?;
+            Some((c.leader_admin.clone(), c.role.clone()))
+        })
     }
 
     /// Records what is served now.
@@ -222,6 +251,7 @@ impl Status {
                 open: s.open(),
                 limit: s.max(),
             }),
+            cluster: i.cluster.clone(),
         }
     }
 }
@@ -986,6 +1016,7 @@ services:
             nodes_without_group: Vec::new(),
             groups: Default::default(),
             streams: None,
+            cluster: None,
         }
     }
 
@@ -1349,6 +1380,7 @@ services:
                 open: 5,
                 limit: 4096,
             }),
+            cluster: None,
         }
         .with_telemetry(&telemetry());
         insta::assert_snapshot!(serde_json::to_string_pretty(&report).unwrap());

@@ -361,6 +361,7 @@ fn busy_report() -> StatusReport {
         nodes_without_group: Vec::new(),
         groups: Default::default(),
         streams: None,
+        cluster: None,
     }
 }
 
@@ -443,6 +444,7 @@ fn status_before_any_valid_config() {
         nodes_without_group: Vec::new(),
         groups: Default::default(),
         streams: None,
+        cluster: None,
     };
     insta::assert_snapshot!(render_status(&through_json(&report), false));
 }

@@ -213,8 +213,127 @@ fn kind<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} {name}"))
 }
 
+/// A container's port of that name.
+fn port_named(container: &Value, name: &str) -> u64 {
+    container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .and_then(|p| p["containerPort"].as_u64())
+        .unwrap_or_else(|| panic!("no port {name}"))
+}
+
+/// A container's environment variable of that name.
+fn env_var<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
+    container["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+}
+
+/// The downward API field a container's variable is set from (`metadata.name`, ...).
+fn field_ref(container: &Value, name: &str) -> Option<String> {
+    env_var(container, name)?["valueFrom"]["fieldRef"]["fieldPath"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// A `cutover serve` setting given either as `--flag` in the container's args or as its
+/// variable with a literal value (not both); `$(VAR)` references are left as written.
+fn setting(container: &Value, flag_name: &str, var: &str) -> Option<String> {
+    let from_args = flag(&strings(&container["args"]), flag_name);
+    let from_env = env_var(container, var);
+    assert!(
+        from_args.is_none() || from_env.is_none(),
+        "both --{flag_name} and {var}: which one wins is not for a manifest to rely on"
+    );
+    from_args.or_else(|| {
+        from_env.map(|e| {
+            e["value"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{var} is not a literal: {e}"))
+                .to_owned()
+        })
+    })
+}
+
+/// The variable `$(NAME)` that `value` starts with at `prefix`, checked to be set before
+/// `var` in the container's env (Kubernetes expands only variables defined earlier; args may
+/// use any).
+fn referenced_before<'a>(container: &Value, var: &str, value: &'a str, prefix: &str) -> &'a str {
+    let name = value
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix("$("))
+        .and_then(|rest| rest.split_once(')'))
+        .unwrap_or_else(|| panic!("{var}={value}: not {prefix}$(VAR)..."))
+        .0;
+    let names: Vec<&str> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    let at = |n: &str| names.iter().position(|m| *m == n);
+    assert!(
+        at(name).is_some_and(|i| at(var).is_none_or(|v| i < v)),
+        "{var} uses $({name}), which must be set before it"
+    );
+    name
+}
+
+/// A headless Service (the name resolves to every ready pod, no virtual IP), whose ports are
+/// each the container's port it targets: a headless Service does not translate ports.
+fn assert_headless(service: &Value, container: &Value) {
+    let name = &service["metadata"]["name"];
+    assert_eq!(service["spec"]["clusterIP"], "None", "{name}: not headless");
+    for p in service["spec"]["ports"].as_array().unwrap() {
+        let target = p["targetPort"].as_str().expect("a named target port");
+        assert_eq!(
+            p["port"].as_u64(),
+            Some(port_named(container, target)),
+            "{name}: {p}"
+        );
+    }
+}
+
+/// etcd.yaml's members as cutover reaches them: the client URL of each, in order
+/// (`http://<statefulset>-<i>.<service>:<client port>`), checked against the manifests.
+fn etcd_client_urls(etcd_docs: &[Value]) -> Vec<String> {
+    let service = kind(etcd_docs, "Service", "etcd");
+    let set = kind(etcd_docs, "StatefulSet", "etcd");
+    assert_eq!(
+        set["spec"]["serviceName"], service["metadata"]["name"],
+        "the members' stable names come from the StatefulSet's Service"
+    );
+    let members = set["spec"]["replicas"].as_u64().expect("replicas");
+    let container = &set["spec"]["template"]["spec"]["containers"][0];
+    let client = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "client")
+        .expect("a client port on the etcd Service");
+    assert_eq!(
+        client["port"].as_u64(),
+        Some(port_named(container, "client")),
+        "a headless Service does not translate ports"
+    );
+    (0..members)
+        .map(|i| {
+            format!(
+                "http://{}-{i}.{}:{}",
+                set["metadata"]["name"].as_str().unwrap(),
+                service["metadata"]["name"].as_str().unwrap(),
+                client["port"]
+            )
+        })
+        .collect()
+}
+
 /// deploy/kubernetes: the manifests parse, and names, ports and paths agree with each other, with
-/// the deployment file they carry and with `cutover bootstrap`.
+/// the deployment file they carry and with `cutover bootstrap`; cutover runs as three replicas
+/// on etcd.yaml's members, which every Envoy reaches through one headless Service.
 #[test]
 #[allow(
     clippy::too_many_lines,
@@ -223,11 +342,12 @@ fn kind<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
 fn kubernetes_manifests_agree_with_each_other_and_with_cutover_bootstrap() {
     let cutover_docs = manifests("deploy/kubernetes/cutover.yaml");
     let envoy_docs = manifests("deploy/kubernetes/envoy.yaml");
-    for d in cutover_docs.iter().chain(&envoy_docs) {
+    let etcd_docs = manifests("deploy/kubernetes/etcd.yaml");
+    for d in cutover_docs.iter().chain(&envoy_docs).chain(&etcd_docs) {
         assert!(d["apiVersion"].is_string() && d["kind"].is_string(), "{d}");
     }
 
-    // cutover: serves the ConfigMap's file, mounted as a directory, state on a writable volume.
+    // cutover: serves the ConfigMap's file, mounted as a directory.
     let config = kind(&cutover_docs, "ConfigMap", "cutover-deployment");
     let file_text = config["data"]["deploy.yaml"].as_str().unwrap();
     let spec =
@@ -263,26 +383,48 @@ fn kubernetes_manifests_agree_with_each_other_and_with_cutover_bootstrap() {
         args[1],
         format!("{}/deploy.yaml", file_mount["mountPath"].as_str().unwrap())
     );
-    let state = flag(&args, "state").expect("--state");
-    let state_dir = mount_of("state")["mountPath"].as_str().unwrap();
-    assert!(
-        state.starts_with(&format!("{state_dir}/")),
-        "{state} not on the state volume"
+
+    // Cluster mode: three replicas on etcd.yaml's members, each named after its pod. The runtime
+    // state is the leader's record in etcd: no state file, no volume for one.
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    let etcd = setting(container, "etcd", "CUTOVER_ETCD").expect("--etcd: cluster mode");
+    assert_eq!(
+        etcd.split(',').collect::<Vec<_>>(),
+        etcd_client_urls(&etcd_docs),
+        "--etcd names every member of etcd.yaml, by its stable name and client port"
     );
-    assert!(volume("state")["emptyDir"].is_object());
-    let port_named = |c: &Value, name: &str| {
-        c["ports"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == name)
-            .and_then(|p| p["containerPort"].as_u64())
-            .unwrap_or_else(|| panic!("no port {name}"))
-    };
+    assert_eq!(
+        field_ref(container, "CUTOVER_REPLICA").as_deref(),
+        Some("metadata.name"),
+        "--replica: the pod's name"
+    );
+    assert_eq!(setting(container, "state", "CUTOVER_STATE"), None);
+    assert!(
+        volumes.iter().all(|v| v["name"] != "state") && mounts.iter().all(|m| m["name"] != "state"),
+        "a state volume in cluster mode"
+    );
+    // One replica per node where there are nodes; a drain takes one replica at a time.
+    let labels = &pod["metadata"]["labels"];
+    let spread = &pod["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        [0]["podAffinityTerm"];
+    assert_eq!(spread["topologyKey"], "kubernetes.io/hostname");
+    assert_eq!(spread["labelSelector"]["matchLabels"], *labels);
+    let budget = kind(&cutover_docs, "PodDisruptionBudget", "cutover");
+    assert_eq!(budget["spec"]["minAvailable"], 2);
+    assert_eq!(budget["spec"]["selector"]["matchLabels"], *labels);
     let ads_port = port_named(container, "ads");
     assert_eq!(flag(&args, "ads"), Some(format!("0.0.0.0:{ads_port}")));
     let admin_port = port_named(container, "admin");
     assert_eq!(flag(&args, "admin"), Some(format!("0.0.0.0:{admin_port}")));
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["port"], "admin");
+    // Where the other replicas reach this one's admin API (to forward a command to the
+    // leader): the pod's IP, from the downward API, on the admin port.
+    let advertise = setting(container, "advertise-admin", "CUTOVER_ADVERTISE_ADMIN")
+        .expect("--advertise-admin");
+    let ip = referenced_before(container, "CUTOVER_ADVERTISE_ADMIN", &advertise, "http://");
+    assert_eq!(field_ref(container, ip).as_deref(), Some("status.podIP"));
+    assert_eq!(advertise, format!("http://$({ip}):{admin_port}"));
     let env = container["env"].as_array().expect("env");
     assert!(
         env.iter().any(|e| e["name"] == "CUTOVER_ADMIN_TOKEN"
@@ -290,9 +432,11 @@ fn kubernetes_manifests_agree_with_each_other_and_with_cutover_bootstrap() {
         "the admin token comes from a Secret: {env:?}"
     );
 
-    // The Service Envoy reaches it by.
+    // The Service Envoy reaches it by: headless, so that its name resolves to every replica
+    // (a headless Service does not translate ports: each is the container's).
     let service = kind(&cutover_docs, "Service", "cutover");
     assert_eq!(service["spec"]["selector"], pod["metadata"]["labels"]);
+    assert_headless(service, container);
     let ads = service["spec"]["ports"]
         .as_array()
         .unwrap()
@@ -324,6 +468,10 @@ fn kubernetes_manifests_agree_with_each_other_and_with_cutover_bootstrap() {
             service["metadata"]["name"].as_str().unwrap().to_owned(),
             ads["port"].as_u64().unwrap()
         )
+    );
+    assert_eq!(
+        bootstrap["static_resources"]["clusters"][0]["type"], "STRICT_DNS",
+        "every address the name resolves to is an endpoint of the xDS cluster"
     );
     let envoy = kind(&envoy_docs, "Deployment", "envoy");
     let epod = &envoy["spec"]["template"];
@@ -362,6 +510,144 @@ fn kubernetes_manifests_agree_with_each_other_and_with_cutover_bootstrap() {
     let eservice = kind(&envoy_docs, "Service", "envoy");
     assert_eq!(eservice["spec"]["selector"], epod["metadata"]["labels"]);
     assert_eq!(eservice["spec"]["ports"][0]["targetPort"], "http");
+
+    // The image cutover runs is the Dockerfile's, whose build has cluster mode (with protoc,
+    // which the etcd client's build needs).
+    let dockerfile = repo_file("Dockerfile").replace("\\\n", " ");
+    let build_stage = dockerfile
+        .split("\nFROM ")
+        .find(|stage| stage.contains(" AS build"))
+        .expect("a build stage");
+    // The words of the build stage's command that starts with these words.
+    let run = |command: &str| {
+        let words: Vec<&str> = command.split_whitespace().collect();
+        build_stage
+            .lines()
+            .filter_map(|l| l.strip_prefix("RUN "))
+            .flat_map(|l| l.split("&&"))
+            .map(|c| c.split_whitespace().collect::<Vec<_>>())
+            .find(|c| c.starts_with(&words))
+            .unwrap_or_else(|| panic!("no `{command}` in the Dockerfile's build stage"))
+    };
+    let build = run("cargo build");
+    assert!(
+        build.windows(2).any(|w| w == ["--features", "cluster"])
+            || build.contains(&"--features=cluster"),
+        "the image is built with --features cluster: {build:?}"
+    );
+    assert!(
+        run("apt-get install").contains(&"protobuf-compiler"),
+        "the build stage installs protoc"
+    );
+}
+
+/// deploy/kubernetes/etcd.yaml: three members that find each other by their stable names, and
+/// keep a majority through a voluntary disruption.
+#[test]
+fn kubernetes_etcd_members_name_each_other() {
+    let docs = manifests("deploy/kubernetes/etcd.yaml");
+    let service = kind(&docs, "Service", "etcd");
+    let set = kind(&docs, "StatefulSet", "etcd");
+    let pod = &set["spec"]["template"];
+    let labels = &pod["metadata"]["labels"];
+    assert_eq!(set["spec"]["selector"]["matchLabels"], *labels);
+    assert_eq!(service["spec"]["selector"], *labels);
+    assert_eq!(
+        service["spec"]["publishNotReadyAddresses"], true,
+        "members resolve each other's names before a majority makes any of them ready"
+    );
+    assert_eq!(
+        set["spec"]["podManagementPolicy"], "Parallel",
+        "one member at a time would wait forever for a majority"
+    );
+    let members = set["spec"]["replicas"].as_u64().unwrap();
+    assert_eq!(members, 3);
+
+    let container = &pod["spec"]["containers"][0];
+    let image = container["image"].as_str().unwrap();
+    let (repository, tag) = image.rsplit_once(':').unwrap();
+    assert!(
+        ["quay.io/coreos/etcd", "gcr.io/etcd-development/etcd"].contains(&repository),
+        "{image}"
+    );
+    assert!(
+        tag.strip_prefix("v3.5.")
+            .is_some_and(|patch| patch.parse::<u32>().is_ok()),
+        "{image}: a pinned etcd 3.5 release"
+    );
+
+    let args = strings(&container["args"]);
+    let arg = |name: &str| flag(&args, name).unwrap_or_else(|| panic!("no --{name}"));
+    let set_name = set["metadata"]["name"].as_str().unwrap();
+    let service_name = service["metadata"]["name"].as_str().unwrap();
+    let client = port_named(container, "client");
+    let peer = port_named(container, "peer");
+    assert_eq!(
+        field_ref(container, "POD_NAME").as_deref(),
+        Some("metadata.name")
+    );
+    assert_eq!(
+        arg("name"),
+        "$(POD_NAME)",
+        "each member is named after its pod"
+    );
+    assert_eq!(
+        arg("initial-cluster"),
+        (0..members)
+            .map(|i| format!("{set_name}-{i}=http://{set_name}-{i}.{service_name}:{peer}"))
+            .collect::<Vec<_>>()
+            .join(","),
+        "--initial-cluster names every pod of the StatefulSet by its stable name"
+    );
+    assert_eq!(arg("initial-cluster-state"), "new");
+    assert_eq!(
+        arg("initial-advertise-peer-urls"),
+        format!("http://$(POD_NAME).{service_name}:{peer}")
+    );
+    assert_eq!(arg("listen-peer-urls"), format!("http://0.0.0.0:{peer}"));
+    assert_eq!(
+        arg("advertise-client-urls"),
+        format!("http://$(POD_NAME).{service_name}:{client}")
+    );
+    assert_eq!(
+        arg("listen-client-urls"),
+        format!("http://0.0.0.0:{client}")
+    );
+    let metrics = port_named(container, "metrics");
+    assert_eq!(
+        arg("listen-metrics-urls"),
+        format!("http://0.0.0.0:{metrics}")
+    );
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(container[probe]["httpGet"]["port"], "metrics", "{probe}");
+    }
+    assert_headless(service, container);
+    // The names cutover's --etcd lists (checked against it in the test above).
+    assert_eq!(
+        etcd_client_urls(&docs).len(),
+        usize::try_from(members).unwrap()
+    );
+
+    // Each member's data on its own volume.
+    let claim = &set["spec"]["volumeClaimTemplates"][0];
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == claim["metadata"]["name"])
+        .expect("the claim is mounted");
+    assert!(
+        Path::new(&arg("data-dir")).starts_with(mount["mountPath"].as_str().unwrap()),
+        "--data-dir on the member's volume"
+    );
+
+    // A drain takes one member at a time: a majority stays.
+    let budget = kind(&docs, "PodDisruptionBudget", "etcd");
+    assert_eq!(
+        budget["spec"]["minAvailable"].as_u64(),
+        Some(members / 2 + 1)
+    );
+    assert_eq!(budget["spec"]["selector"]["matchLabels"], *labels);
 }
 
 /// The demo runs xDS on mutual TLS with the certificates its `certs` service makes, and its

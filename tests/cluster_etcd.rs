@@ -149,8 +149,8 @@ async fn one_member_down_changes_nothing_and_without_a_majority_nothing_is_writt
 /// newer format, or corrupt) is refused by name, the follower going on with the next one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_record_is_followed_in_order_and_a_bad_one_is_refused_by_name() {
-    use cutover::cluster::Record;
     use cutover::reconcile::{RuntimeState, Timestamp};
+    use cutover::replica::Recorded;
     let Some(cluster) = EtcdCluster::start(1).await else {
         return;
     };
@@ -171,25 +171,28 @@ async fn the_record_is_followed_in_order_and_a_bad_one_is_refused_by_name() {
             },
             Timestamp::from_millis(1_800_000_000_000 + i),
         );
-        Record {
-            file: format!("# version {i}\n"),
+        Recorded {
+            file: format!("# version {i}\n").into(),
             state,
+            earlier_files: Vec::new(),
+            revision: 0,
         }
     };
-    let json = |r: &Record| serde_json::to_value(&r.state).unwrap();
+    let json = |r: &Recorded| serde_json::to_value(&r.state).unwrap();
     let mut revisions = Vec::new();
     for i in 1..=3 {
         revisions.push(a.save(&leading, &record(i)).await.unwrap());
     }
     for (i, written) in (1..=3).zip(&revisions) {
-        let (got, revision) = follower.next().await.unwrap();
+        let got = follower.next().await.unwrap();
+        let revision = got.revision;
         assert_eq!(got.file, record(i).file);
         assert_eq!(json(&got), json(&record(i)));
         assert_eq!(revision, *written);
     }
-    let (loaded, revision) = b.load().await.unwrap().unwrap();
+    let loaded = b.load().await.unwrap().unwrap();
     assert_eq!(
-        (loaded.file.as_str(), revision),
+        (&*loaded.file, loaded.revision),
         ("# version 3\n", revisions[2])
     );
 
@@ -213,7 +216,7 @@ async fn the_record_is_followed_in_order_and_a_bad_one_is_refused_by_name() {
         }
     }
     a.save(&leading, &record(4)).await.unwrap();
-    assert_eq!(follower.next().await.unwrap().0.file, "# version 4\n");
+    assert_eq!(&*follower.next().await.unwrap().file, "# version 4\n");
 }
 
 /// An etcd nobody answers at, or a URL that is no URL: an error that names what was asked, in

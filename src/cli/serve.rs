@@ -98,6 +98,36 @@ pub struct Args {
         requires = "tls_cert"
     )]
     tls_client_ca: Option<PathBuf>,
+    /// Cluster mode: etcd's client URLs (`http://host:2379`, comma-separated). Several
+    /// replicas given the same URLs and prefix share one deployment: one leads and decides,
+    /// every one serves the same record of file and state (no state file is used).
+    #[arg(
+        long,
+        env = "CUTOVER_ETCD",
+        value_name = "URL,...",
+        value_delimiter = ','
+    )]
+    etcd: Vec<String>,
+    /// Every key of this cluster is under it in etcd. Default: /cutover/<the file's name
+    /// without its extension>.
+    #[arg(long, env = "CUTOVER_ETCD_PREFIX", requires = "etcd")]
+    etcd_prefix: Option<String>,
+    /// This replica's name, unique in the cluster (in Kubernetes, the pod's name).
+    /// Default: the host name.
+    #[arg(long, env = "CUTOVER_REPLICA", requires = "etcd")]
+    replica: Option<String>,
+    /// Where the other replicas reach this one's admin API, to hand it the operator commands
+    /// they receive while it leads. Default: http://<--admin>.
+    #[arg(
+        long,
+        env = "CUTOVER_ADVERTISE_ADMIN",
+        value_name = "URL",
+        requires = "etcd"
+    )]
+    advertise_admin: Option<String>,
+    /// How long a replica that died or hangs keeps leading before another takes over.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, requires = "etcd")]
+    lease_ttl: Duration,
     /// Log format; levels come from RUST_LOG (default: info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -120,8 +150,28 @@ fn positive(value: &str) -> Result<usize, String> {
     }
 }
 
+/// This machine's name (`/etc/hostname`, `$HOSTNAME`), or `cutover-<pid>`.
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("cutover-{}", std::process::id()))
+}
+
 /// Serves until Ctrl-C or SIGTERM, then saves the runtime state.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let cluster = (!args.etcd.is_empty()).then(|| crate::replica::ClusterOptions {
+        prefix: args.etcd_prefix.clone().unwrap_or_else(|| {
+            let stem = args.file.file_stem().unwrap_or_default().to_string_lossy();
+            format!("/cutover/{stem}")
+        }),
+        endpoints: args.etcd.clone(),
+        name: args.replica.clone().unwrap_or_else(host_name),
+        admin_url: args.advertise_admin.clone().unwrap_or_default(),
+        lease_ttl: args.lease_ttl,
+    });
     let options = app::ServeOptions {
         file: args.file,
         ads: args.ads,
@@ -143,6 +193,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             key,
             client_ca: args.tls_client_ca,
         }),
+        cluster,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {

@@ -227,6 +227,36 @@ pub fn render_status(report: &StatusReport, color: bool) -> String {
             (format!("PROBLEM with {}", state.path), Style::Red),
         ]);
     }
+    if let Some(c) = &report.cluster {
+        let leader = match (&c.leader, c.role.as_str()) {
+            (_, "leader") => "leads".to_owned(),
+            (Some(l), _) => format!("{}; {l} leads", c.role),
+            (None, _) => format!("{}; no replica leads", c.role),
+        };
+        head.row(vec![
+            ("replica".into(), Style::Bold),
+            (
+                format!(
+                    "{} ({leader}); record revision {}; {} other replicas with {} Envoys",
+                    c.replica, c.revision, c.other_replicas, c.other_envoys
+                ),
+                if c.role == "unknown" {
+                    Style::Red
+                } else {
+                    Style::Plain
+                },
+            ),
+        ]);
+        for problem in [&c.etcd_problem, &c.unrecorded, &c.local_file]
+            .into_iter()
+            .flatten()
+        {
+            head.row(vec![
+                ("".into(), Style::Plain),
+                (problem.clone(), Style::Red),
+            ]);
+        }
+    }
     out.push_str(&head.render("", p));
     if let Some(error) = report.state_file.as_ref().and_then(|s| s.error.as_deref()) {
         let _ = writeln!(out, "    {}", p.paint(Style::Red, error));

@@ -309,6 +309,7 @@ mod tests {
             nodes_without_group: Vec::new(),
             groups: Default::default(),
             streams: None,
+            cluster: None,
         }
     }
 

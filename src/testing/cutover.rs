@@ -35,6 +35,7 @@ pub fn serve_options(file: PathBuf) -> ServeOptions {
         wait_for_file: false,
         clients: Default::default(),
         tls: None,
+        cluster: None,
     }
 }
 
@@ -139,7 +140,7 @@ impl Staged {
 // The process
 
 /// What the tests log: everything cutover says about a change, for the log printed on failure.
-const TEST_LOG: &str = "info,cutover=debug";
+pub const TEST_LOG: &str = "info,cutover=debug";
 
 /// The real `cutover serve` process. Killed on drop; its log is printed if the test panics.
 pub struct Cutover {
@@ -176,9 +177,21 @@ impl Cutover {
         args: &[&str],
         log_filter: &str,
     ) -> Cutover {
+        Cutover::start_at(dir, file, free_port(), args, log_filter).await
+    }
+
+    /// [`Cutover::start_logging`] serving xDS at `ads` (chosen before, e.g. for an Envoy's
+    /// bootstrap that names it).
+    pub async fn start_at(
+        dir: &Path,
+        file: &Path,
+        ads: SocketAddr,
+        args: &[&str],
+        log_filter: &str,
+    ) -> Cutover {
         let mut c = Cutover {
             file: file.to_owned(),
-            ads: free_port(),
+            ads,
             admin: free_port(),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             log_filter: log_filter.to_owned(),

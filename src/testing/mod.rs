@@ -48,8 +48,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub use self::cutover::{
-    Cutover, DeploymentFile, LastReload, Staged, all_in_sync, bootstrap, bootstrap_with, serve,
-    serve_options, serve_with,
+    Cutover, DeploymentFile, LastReload, Staged, TEST_LOG, all_in_sync, bootstrap, bootstrap_with,
+    serve, serve_options, serve_with,
 };
 pub use self::envoy::{
     CONCURRENCY, Envoy, Reply, Traffic, envoy_binary, envoy_or_skip_in, find_envoy_in,

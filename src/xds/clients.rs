@@ -425,6 +425,16 @@ impl Clients {
         })
     }
 
+    /// How many clients are of `group`.
+    pub fn envoys_of(&self, group: &GroupId) -> usize {
+        self.read(|i| {
+            i.clients
+                .values()
+                .filter(|c| c.group.as_ref() == Some(group))
+                .count()
+        })
+    }
+
     /// Whether every client of `group` holds its config `version`, nothing pending. True with
     /// no client; a client whose group is not known yet counts as not in sync.
     pub fn synced(&self, group: &GroupId, version: &str) -> bool {

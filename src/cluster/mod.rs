@@ -9,12 +9,12 @@
 //! does not know yet; the successor's key has another revision. Nothing here is home-made
 //! consensus: etcd decides who leads and what was written.
 //!
-//! What the leader decides is one [`Record`] (the deployment file it serves and the runtime
+//! What the leader decides is one [`Recorded`] (the deployment file it serves and the runtime
 //! state), written fenced and followed by the other replicas in the order it was written. A
 //! record this replica cannot use (corrupt, or of a newer format) is an error naming it, never
 //! a panic nor a reason to change what is served.
 //!
-//! Not yet wired into `cutover serve` (docs/architecture.md, "Where the next parts attach").
+//! [`replica`] runs a replica of `cutover serve --etcd` on top of this.
 
 use std::time::Duration;
 
@@ -26,15 +26,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::reconcile::RuntimeState;
+use crate::replica::Recorded;
 
-/// What the leader decides for the whole cluster, written as one value: the deployment file it
-/// serves (its text, so that a replica that reads another copy serves this one, and a replica
-/// with an older copy that becomes leader does not roll back to it) and the runtime state.
-#[derive(Debug, Clone)]
-pub struct Record {
-    pub file: String,
-    pub state: RuntimeState,
-}
+pub mod replica;
 
 /// The record's format: a replica refuses a record of a newer one instead of misreading it.
 pub const RECORD_FORMAT: u32 = 1;
@@ -45,6 +39,7 @@ struct RecordRef<'a> {
     written_by: &'static str,
     file: &'a str,
     state: &'a RuntimeState,
+    earlier_files: &'a [String],
 }
 
 #[derive(Deserialize)]
@@ -54,35 +49,41 @@ struct RecordRead {
     file: serde_json::Value,
     #[serde(default)]
     state: serde_json::Value,
+    #[serde(default)]
+    earlier_files: Vec<String>,
 }
 
-impl Record {
-    fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(&RecordRef {
-            format: RECORD_FORMAT,
-            written_by: concat!("cutover ", env!("CARGO_PKG_VERSION")),
-            file: &self.file,
-            state: &self.state,
-        })
-        .expect("a record serializes")
-    }
+fn encode(record: &Recorded) -> Vec<u8> {
+    serde_json::to_vec(&RecordRef {
+        format: RECORD_FORMAT,
+        written_by: concat!("cutover ", env!("CARGO_PKG_VERSION")),
+        file: &record.file,
+        state: &record.state,
+        earlier_files: &record.earlier_files,
+    })
+    .expect("a record serializes")
+}
 
-    /// The record in `bytes`, or why it cannot be used.
-    fn decode(bytes: &[u8]) -> Result<Record, String> {
-        let read: RecordRead = serde_json::from_slice(bytes)
-            .map_err(|e| format!("it is not a cutover record: {e}"))?;
-        if read.format > RECORD_FORMAT {
-            return Err(format!(
-                "it has format {}, written by a newer cutover; this one reads format {RECORD_FORMAT}",
-                read.format
-            ));
-        }
-        let file = serde_json::from_value(read.file)
-            .map_err(|e| format!("its deployment file is not text: {e}"))?;
-        let state =
-            serde_json::from_value(read.state).map_err(|e| format!("its state is invalid: {e}"))?;
-        Ok(Record { file, state })
+/// The record in `bytes`, written at `revision`, or why it cannot be used.
+fn decode(bytes: &[u8], revision: i64) -> Result<Recorded, String> {
+    let read: RecordRead =
+        serde_json::from_slice(bytes).map_err(|e| format!("it is not a cutover record: {e}"))?;
+    if read.format > RECORD_FORMAT {
+        return Err(format!(
+            "it has format {}, written by a newer cutover; this one reads format {RECORD_FORMAT}",
+            read.format
+        ));
     }
+    let file: String = serde_json::from_value(read.file)
+        .map_err(|e| format!("its deployment file is not text: {e}"))?;
+    let state =
+        serde_json::from_value(read.state).map_err(|e| format!("its state is invalid: {e}"))?;
+    Ok(Recorded {
+        file: file.into(),
+        state,
+        earlier_files: read.earlier_files,
+        revision,
+    })
 }
 
 /// The key the record lives under, below the prefix.
@@ -169,26 +170,114 @@ impl Etcd {
         self.key("leader")
     }
 
-    /// Campaigns to lead as `id` on a lease of `ttl` (whole seconds, at least 1), kept alive in
-    /// the background; returns once this replica leads, however long another leads before it.
-    pub async fn lead(&self, id: &str, ttl: Duration) -> Result<Leadership, ClusterError> {
+    /// Grants a lease of `ttl` (whole seconds, at least 1) and keeps it alive in the
+    /// background: what is written under it lives as long as this replica does.
+    pub async fn grant(&self, ttl: Duration) -> Result<Lease, ClusterError> {
         let mut client = self.client.clone();
         let ttl_secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        let lease = bounded(&self.endpoints, client.lease_grant(ttl_secs, None))
+        let id = bounded(&self.endpoints, client.lease_grant(ttl_secs, None))
             .await?
             .id();
         let (lost_tx, lost) = watch::channel(false);
-        let keepalive = tokio::spawn(keep_alive(client.clone(), lease, ttl, lost_tx));
-        let elected = client.campaign(self.election(), id, lease).await?;
+        let keepalive = tokio::spawn(keep_alive(client, id, ttl, lost_tx));
+        Ok(Lease {
+            id,
+            lost,
+            keepalive,
+        })
+    }
+
+    /// Campaigns to lead with `value` (what [`Etcd::leader`] tells the others) on `lease`;
+    /// returns once this replica leads, however long another leads before it, or fails when
+    /// the lease is lost first.
+    pub async fn campaign(&self, lease: &Lease, value: &str) -> Result<Leadership, ClusterError> {
+        let mut client = self.client.clone();
+        let mut lost = lease.lost.clone();
+        let elected = tokio::select! {
+            elected = client.campaign(self.election(), value, lease.id) => elected?,
+            _ = lost.wait_for(|lost| *lost) => return Err(ClusterError::Deposed),
+        };
         let key = elected.leader().cloned().ok_or(ClusterError::NoLeaderKey)?;
         Ok(Leadership {
             endpoints: self.endpoints.clone(),
             key,
-            lease,
-            lost,
-            keepalive,
+            lease: lease.id,
+            lost: lease.lost.clone(),
+            owned: None,
             client,
         })
+    }
+
+    /// Campaigns to lead as `id` on a lease of its own (see [`Etcd::grant`] and
+    /// [`Etcd::campaign`]).
+    pub async fn lead(&self, id: &str, ttl: Duration) -> Result<Leadership, ClusterError> {
+        let lease = self.grant(ttl).await?;
+        let mut leadership = self.campaign(&lease, id).await?;
+        leadership.owned = Some(lease);
+        Ok(leadership)
+    }
+
+    /// Ends `lease` now: what was written under it goes (a replica that stops hands over at
+    /// once instead of after the lease's TTL).
+    pub async fn revoke(&self, lease: &Lease) -> Result<(), ClusterError> {
+        let mut client = self.client.clone();
+        bounded(&self.endpoints, client.lease_revoke(lease.id)).await?;
+        Ok(())
+    }
+
+    /// Writes `value` under `name` for as long as `lease` lives.
+    pub async fn put_leased(
+        &self,
+        lease: &Lease,
+        name: &str,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<(), ClusterError> {
+        let (key, value) = (self.key(name), value.into());
+        retrying(&self.endpoints, || {
+            let (mut client, key, value) = (self.client.clone(), key.clone(), value.clone());
+            let options = etcd_client::PutOptions::new().with_lease(lease.id);
+            async move { client.put(key, value, Some(options)).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Every value under the folder `dir` (by the rest of its key), and the revision read at.
+    pub async fn list(&self, dir: &str) -> Result<(Vec<(String, Vec<u8>)>, i64), ClusterError> {
+        let prefix = format!("{}/", self.key(dir));
+        let got = retrying(&self.endpoints, || {
+            let (mut client, prefix) = (self.client.clone(), prefix.clone());
+            let options = etcd_client::GetOptions::new().with_prefix();
+            async move { client.get(prefix, Some(options)).await }
+        })
+        .await?;
+        let revision = got.header().map_or(0, |h| h.revision());
+        let values = got
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let name = String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned();
+                (name, kv.value().to_vec())
+            })
+            .collect();
+        Ok((values, revision))
+    }
+
+    /// Every change under the folder `dir` after revision `after`, in order.
+    pub async fn watch_dir(&self, dir: &str, after: i64) -> Result<Changes, ClusterError> {
+        let prefix = format!("{}/", self.key(dir));
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(after + 1);
+        let mut client = self.client.clone();
+        let stream = bounded(&self.endpoints, client.watch(prefix.clone(), Some(options))).await?;
+        Ok(Changes { prefix, stream })
+    }
+
+    /// Who leads, each time it changes (the value it campaigned with).
+    pub async fn observe(&self) -> Result<etcd_client::ObserveStream, ClusterError> {
+        let mut client = self.client.clone();
+        bounded(&self.endpoints, client.observe(self.election())).await
     }
 
     /// The id of the replica that leads now, if one does.
@@ -237,22 +326,22 @@ impl Etcd {
     pub async fn save(
         &self,
         leadership: &Leadership,
-        record: &Record,
+        record: &Recorded,
     ) -> Result<i64, ClusterError> {
-        self.put_fenced(leadership, RECORD, record.encode()).await
+        self.put_fenced(leadership, RECORD, encode(record)).await
     }
 
-    /// The cluster's record and the revision it was written at; `None` before the first.
-    pub async fn load(&self) -> Result<Option<(Record, i64)>, ClusterError> {
+    /// The cluster's record (with the revision it was written at); `None` before the first.
+    pub async fn load(&self) -> Result<Option<Recorded>, ClusterError> {
         let Some((bytes, revision)) = self.get(RECORD).await? else {
             return Ok(None);
         };
-        let record = Record::decode(&bytes).map_err(|reason| ClusterError::Record {
+        let record = decode(&bytes, revision).map_err(|reason| ClusterError::Record {
             key: self.key(RECORD),
             revision,
             reason,
         })?;
-        Ok(Some((record, revision)))
+        Ok(Some(record))
     }
 
     /// Every record written after revision `after`, in order: what a follower serves.
@@ -365,13 +454,38 @@ async fn keep_alive(mut client: Client, lease: i64, ttl: Duration, lost: watch::
     }
 }
 
+/// A lease renewed in the background until it is dropped (or etcd refuses it).
+pub struct Lease {
+    id: i64,
+    lost: watch::Receiver<bool>,
+    keepalive: tokio::task::JoinHandle<()>,
+}
+
+impl Lease {
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
+    /// Resolves once the lease may have ended (see [`Leadership::lost`]).
+    pub async fn lost(&self) {
+        let _ = self.lost.clone().wait_for(|lost| *lost).await;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.keepalive.abort();
+    }
+}
+
 /// This replica leads: until [`Leadership::lost`] says otherwise, or it resigns.
 pub struct Leadership {
     endpoints: String,
     key: LeaderKey,
     lease: i64,
     lost: watch::Receiver<bool>,
-    keepalive: tokio::task::JoinHandle<()>,
+    /// The lease, when the leadership has one of its own ([`Etcd::lead`]).
+    owned: Option<Lease>,
     client: Client,
 }
 
@@ -381,6 +495,11 @@ impl Leadership {
         self.lease
     }
 
+    /// The create revision of the election key: tells one election from the next.
+    pub fn term(&self) -> i64 {
+        self.key.rev()
+    }
+
     /// Resolves once this replica may no longer lead (its lease could not be renewed for its
     /// TTL, or etcd says it is gone): it must stop deciding. Its writes are refused from the
     /// moment etcd expires the lease whether it has noticed or not.
@@ -388,26 +507,62 @@ impl Leadership {
         let _ = self.lost.wait_for(|lost| *lost).await;
     }
 
-    /// Stops renewing the lease, as a paused or cut-off process would: etcd ends the
+    /// Stops renewing its own lease, as a paused or cut-off process would: etcd ends the
     /// leadership when the lease's TTL runs out.
     pub fn stop_renewing(&self) {
-        self.keepalive.abort();
+        if let Some(lease) = &self.owned {
+            lease.keepalive.abort();
+        }
     }
 
-    /// Hands leadership over now: the election key and the lease are deleted, so another
-    /// replica's campaign wins at once.
+    /// Hands leadership over now: the election key (and the lease, if its own) is deleted, so
+    /// another replica's campaign wins at once.
     pub async fn resign(mut self) -> Result<(), ClusterError> {
-        self.keepalive.abort();
         let options = ResignOptions::new().with_leader(self.key.clone());
         bounded(&self.endpoints, self.client.resign(Some(options))).await?;
-        bounded(&self.endpoints, self.client.lease_revoke(self.lease)).await?;
+        if let Some(lease) = self.owned.take() {
+            lease.keepalive.abort();
+            bounded(&self.endpoints, self.client.lease_revoke(lease.id)).await?;
+        }
         Ok(())
     }
 }
 
-impl Drop for Leadership {
-    fn drop(&mut self) {
-        self.keepalive.abort();
+/// Changes under a folder ([`Etcd::watch_dir`]).
+pub struct Changes {
+    prefix: String,
+    stream: WatchStream,
+}
+
+impl Changes {
+    /// The next changes: each key (below the folder) with its new value, or `None` where it
+    /// was deleted (or its lease ended).
+    pub async fn next(&mut self) -> Result<Vec<(String, Option<Vec<u8>>)>, ClusterError> {
+        let ended = |reason: String| ClusterError::WatchEnded {
+            key: self.prefix.clone(),
+            reason,
+        };
+        let answer = match self.stream.message().await {
+            Ok(Some(answer)) => answer,
+            Ok(None) => return Err(ended("etcd closed it".to_owned())),
+            Err(e) => return Err(ended(e.to_string())),
+        };
+        if answer.canceled() {
+            return Err(ended(format!(
+                "etcd canceled it: {}",
+                answer.cancel_reason()
+            )));
+        }
+        Ok(answer
+            .events()
+            .iter()
+            .filter_map(|event| {
+                let kv = event.kv()?;
+                let name = String::from_utf8_lossy(kv.key().get(self.prefix.len()..)?).into_owned();
+                let value = (event.event_type() == EventType::Put).then(|| kv.value().to_vec());
+                Some((name, value))
+            })
+            .collect())
     }
 }
 
@@ -419,18 +574,16 @@ pub struct Records {
 }
 
 impl Records {
-    /// The next record and its revision. A record that cannot be used is an error for that
+    /// The next record. A record that cannot be used is an error for that
     /// record only: the next call goes on with the one after it.
-    pub async fn next(&mut self) -> Result<(Record, i64), ClusterError> {
+    pub async fn next(&mut self) -> Result<Recorded, ClusterError> {
         loop {
             if let Some((bytes, revision)) = self.pending.pop_front() {
-                return Record::decode(&bytes)
-                    .map(|r| (r, revision))
-                    .map_err(|reason| ClusterError::Record {
-                        key: self.key.clone(),
-                        revision,
-                        reason,
-                    });
+                return decode(&bytes, revision).map_err(|reason| ClusterError::Record {
+                    key: self.key.clone(),
+                    revision,
+                    reason,
+                });
             }
             let ended = |reason: String| ClusterError::WatchEnded {
                 key: self.key.clone(),

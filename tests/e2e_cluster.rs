@@ -1,0 +1,475 @@
+//! End to end: three etcd members, three `cutover serve --etcd` replicas, real Envoys spread
+//! over them. One replica leads and decides; every one serves the record it writes. SIGKILL
+//! the leader mid-rollout: another leads within the lease's TTL + 1 s, the rollout goes on
+//! from the same step with the same deadline, the Envoys on the dead replica move to another
+//! and change nothing, and no request fails.
+
+use std::time::{Duration, Instant};
+
+use cutover::api::{RolloutState, StatusReport};
+use cutover::testing::TEST_LOG;
+use cutover::testing::etcd::EtcdCluster;
+use cutover::testing::{
+    Cutover, DeploymentFile, Envoy, Upstream, WAIT, envoy_binary, eventually, free_port,
+};
+
+/// The lease's TTL the replicas run with: a dead leader is replaced within it (+ 1 s).
+const TTL: Duration = Duration::from_secs(2);
+
+/// A canary of `checkout` from blue to green, its step `interval` long.
+fn canary(
+    listener: std::net::SocketAddr,
+    blue: &Upstream,
+    green: &Upstream,
+    interval: &str,
+) -> String {
+    format!(
+        "\
+# Written by the cluster tests.
+listeners:
+  - name: public
+    address: {listener}
+    routes:
+      - match: {{ prefix: / }}
+        service: checkout
+services:
+  checkout:
+    versions:
+      blue:  {{ endpoints: [{blue}] }}
+      green: {{ endpoints: [{green}] }}
+    strategy:
+      canary:
+        stable: blue
+        canary: green
+        steps: [20, 100]
+        interval: {interval}
+",
+        blue = blue.addr,
+        green = green.addr,
+    )
+}
+
+/// Starts replica `name` of the cluster at `etcd` on its own copy of `text`.
+async fn replica(etcd: &EtcdCluster, dir: &std::path::Path, name: &str, text: &str) -> Cutover {
+    replica_at(etcd, dir, name, text, free_port()).await
+}
+
+/// [`replica`] serving xDS at `ads`.
+async fn replica_at(
+    etcd: &EtcdCluster,
+    dir: &std::path::Path,
+    name: &str,
+    text: &str,
+    ads: std::net::SocketAddr,
+) -> Cutover {
+    let dir = dir.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = DeploymentFile::new(dir.join("deploy.yaml"));
+    file.write_renamed(text);
+    let endpoints = etcd.endpoints().join(",");
+    let ttl = format!("{}s", TTL.as_secs());
+    Cutover::start_at(
+        &dir,
+        &file.path,
+        ads,
+        &[
+            "--etcd",
+            &endpoints,
+            "--etcd-prefix",
+            "/cutover/e2e",
+            "--replica",
+            name,
+            "--lease-ttl",
+            &ttl,
+        ],
+        TEST_LOG,
+    )
+    .await
+}
+
+fn role(s: &StatusReport) -> &str {
+    s.cluster.as_ref().map_or("", |c| c.role.as_str())
+}
+
+/// Whether `replica` holds Envoy `node` in sync.
+async fn holds(replica: &Cutover, node: &str) -> bool {
+    replica
+        .try_status()
+        .await
+        .is_ok_and(|s| s.nodes.iter().any(|n| n.id == node && n.in_sync))
+}
+
+/// The canary's step and when it ends (as an instant of this test), as `replica` reports it.
+async fn step(replica: &Cutover) -> Option<(usize, Instant, RolloutState)> {
+    let asked = Instant::now();
+    let mut s = replica.try_status().await.ok()?;
+    let r = s.services.remove("checkout")?.rollout?;
+    let ends = asked + Duration::from_secs_f64(r.step_ends_in_seconds.unwrap_or(0.0));
+    Some((r.step?, ends, r.state))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one story in the order it happens: three replicas, two Envoys, a rollout, a kill"
+)]
+async fn the_leader_killed_mid_rollout_is_replaced_and_the_rollout_goes_on_without_a_failed_request()
+ {
+    let (Some(envoy_bin), Some(etcd)) = (envoy_binary(), EtcdCluster::start(3).await) else {
+        return;
+    };
+    let (blue, green) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (listener_a, listener_b) = (free_port(), free_port());
+    // Each Envoy has its own listener port: one file per Envoy group would need node groups,
+    // so both listeners are in the one file.
+    let with_canary = canary(listener_a, &blue, &green, "8s").replace(
+        "    routes:\n      - match: { prefix: / }\n        service: checkout\n",
+        &format!(
+            "    routes:\n      - match: {{ prefix: / }}\n        service: checkout\n  - name: public-b\n    address: {listener_b}\n    routes:\n      - match: {{ prefix: / }}\n        service: checkout\n"
+        ),
+    );
+    // Before the rollout: blue only.
+    let text = with_canary.replace(
+        "    strategy:\n      canary:\n        stable: blue\n        canary: green\n        steps: [20, 100]\n        interval: 8s\n",
+        "    active: blue\n",
+    );
+    assert_ne!(text, with_canary);
+    // The first replica leads (the others campaign after it); the third starts once the
+    // Envoys are connected, so that each Envoy is on the replica meant for it.
+    let r1 = replica(&etcd, dir.path(), "r1", &text).await;
+    eventually(WAIT, "r1 to lead", async || {
+        r1.try_status().await.is_ok_and(|s| role(&s) == "leader")
+    })
+    .await;
+    let r2 = replica(&etcd, dir.path(), "r2", &text).await;
+    let r3_ads = free_port();
+    // Envoy a: r1, then r3; Envoy b: r2, then r3. Until r3 runs, each can only reach its own.
+    let ads_a = format!("{},{r3_ads}", r1.ads);
+    let ads_b = format!("{},{r3_ads}", r2.ads);
+    let envoy_a =
+        Envoy::start_with(&envoy_bin, dir.path(), "edge-a", &ads_a, listener_a, &[]).await;
+    let dir_b = dir.path().join("b");
+    std::fs::create_dir_all(&dir_b).unwrap();
+    let envoy_b = Envoy::start_with(&envoy_bin, &dir_b, "edge-b", &ads_b, listener_b, &[]).await;
+    eventually(WAIT, "each Envoy in sync on its replica", async || {
+        holds(&r1, "edge-a").await && holds(&r2, "edge-b").await
+    })
+    .await;
+    let r3 = replica_at(&etcd, dir.path(), "r3", &text, r3_ads).await;
+
+    // The leader's copy of the file starts the rollout: the leader records it, and every
+    // replica serves it (the others' copies are not read while they follow).
+    DeploymentFile::new(dir.path().join("r1/deploy.yaml")).write_renamed(&with_canary);
+    // The rollout is at step 1 with a deadline every replica reports alike.
+    let (traffic_a, traffic_b) = (envoy_a.background_traffic(), envoy_b.background_traffic());
+    traffic_a.at_least(10).await;
+    traffic_b.at_least(10).await;
+    eventually(
+        WAIT,
+        "the canary's first step to start on every replica",
+        async || {
+            let mut ends = Vec::new();
+            for r in [&r1, &r2, &r3] {
+                match step(r).await {
+                    Some((1, end, RolloutState::Progressing)) => ends.push(end),
+                    _ => return false,
+                }
+            }
+            ends.iter().all(|e| {
+                e.duration_since(ends[0]).as_millis() < 300
+                    && ends[0].duration_since(*e).as_millis() < 300
+            })
+        },
+    )
+    .await;
+    let (_, deadline, _) = step(&r2).await.unwrap();
+    let before = envoy_a.config_changes().await;
+
+    let mut r1 = r1;
+    r1.kill();
+    let killed = Instant::now();
+    let (mut new_leader, mut took) = (None, Duration::ZERO);
+    eventually(WAIT, "another replica to lead", async || {
+        for (i, r) in [&r2, &r3].into_iter().enumerate() {
+            if r.try_status().await.is_ok_and(|s| role(&s) == "leader") {
+                new_leader = Some(i);
+                took = killed.elapsed();
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    eprintln!("a new leader {took:?} after the kill");
+    assert!(
+        took <= TTL + Duration::from_secs(1),
+        "a new leader after {took:?}"
+    );
+    let leader = [&r2, &r3][new_leader.unwrap()];
+
+    // The rollout goes on from the same step with the same deadline.
+    let (at, ends, state) = step(leader).await.unwrap();
+    assert_eq!((at, state), (1, RolloutState::Progressing));
+    let moved = ends.max(deadline) - ends.min(deadline);
+    eprintln!("the step's deadline as the new leader reports it: {moved:?} off");
+    // Both read from /status in whole milliseconds, each asked under load.
+    assert!(
+        moved < Duration::from_secs(1),
+        "the step's deadline moved by {moved:?}"
+    );
+
+    // Envoy a moved to r3 and changed nothing.
+    eventually(WAIT, "Envoy a in sync on r3", async || {
+        holds(&r3, "edge-a").await
+    })
+    .await;
+    assert_eq!(
+        envoy_a.config_changes().await,
+        before,
+        "the failover changed nothing in Envoy"
+    );
+
+    // The new leader ends the step at its deadline: promoted.
+    eventually(
+        Duration::from_secs(20),
+        "the canary to be promoted",
+        async || matches!(step(leader).await, Some((_, _, RolloutState::Promoted))),
+    )
+    .await;
+    // Step 1 ended at its deadline, and step 2 (8 s) started once every Envoy on every
+    // replica had it.
+    let promoted_after = deadline.elapsed();
+    eprintln!("promoted {promoted_after:?} after the first step's deadline");
+    assert!(
+        promoted_after > Duration::from_millis(7_700)
+            && promoted_after < Duration::from_millis(9_500),
+        "promoted {promoted_after:?} after the first step's deadline, not one 8 s step later"
+    );
+    for traffic in [traffic_a, traffic_b] {
+        let n = traffic.made() + 10;
+        traffic.at_least(n).await;
+        traffic
+            .stop_all_answered("the leader's death and the rollout")
+            .await;
+    }
+}
+
+/// `cutover pause|promote SERVICE --admin REPLICA`: its output, and whether it succeeded.
+fn command(replica: &Cutover, command: &str) -> (bool, String) {
+    let out = std::process::Command::new(cutover::testing::cutover_binary())
+        .args([command, "checkout", "--admin", &replica.admin.to_string()])
+        .output()
+        .expect("run cutover");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `blue` with the given endpoints, active: each list is another config.
+fn plain(listener: std::net::SocketAddr, endpoints: &[&str]) -> String {
+    format!(
+        "\
+listeners:
+  - name: public
+    address: {listener}
+    routes:
+      - match: {{ prefix: / }}
+        service: checkout
+services:
+  checkout:
+    versions:
+      blue: {{ endpoints: [{}] }}
+    active: blue
+",
+        endpoints.join(", ")
+    )
+}
+
+/// The config version `replica` serves, once it serves one.
+async fn version(replica: &Cutover) -> String {
+    replica
+        .status()
+        .await
+        .config_version
+        .expect("a config is served")
+}
+
+/// Waits until both replicas serve the same config, other than `not`; returns it.
+async fn both_serve_other_than(a: &Cutover, b: &Cutover, not: &str) -> String {
+    let mut served = String::new();
+    eventually(WAIT, "both replicas to serve a new config", async || {
+        let (va, vb) = (version(a).await, version(b).await);
+        served.clone_from(&va);
+        va == vb && va != not
+    })
+    .await;
+    served
+}
+
+/// Waits until `replica` leads.
+async fn leads(replica: &Cutover) -> Duration {
+    let asked = Instant::now();
+    eventually(WAIT, "the replica to lead", async || {
+        replica
+            .try_status()
+            .await
+            .is_ok_and(|s| role(&s) == "leader")
+    })
+    .await;
+    asked.elapsed()
+}
+
+/// `leader` leads and `follower` follows, as /status, /metrics and `cutover status` say.
+async fn says_who_leads(leader: &Cutover, follower: &Cutover) {
+    // Who leads, in /status, /metrics and `cutover status`.
+    let l = leader.status().await.cluster.unwrap();
+    let c = follower.status().await.cluster.unwrap();
+    assert_eq!(
+        (l.role.as_str(), l.leader.as_deref()),
+        ("leader", Some(l.replica.as_str()))
+    );
+    assert_eq!(
+        (c.role.as_str(), c.leader.as_deref()),
+        ("follower", Some(l.replica.as_str()))
+    );
+    assert_eq!(c.leader_admin, Some(format!("http://{}", leader.admin)));
+    assert_eq!(
+        (
+            leader.metric("cutover_cluster_leader").await,
+            follower.metric("cutover_cluster_leader").await
+        ),
+        (1.0, 0.0)
+    );
+    assert!(follower.metric("cutover_cluster_record_revision").await >= 1.0);
+    let shown = std::process::Command::new(cutover::testing::cutover_binary())
+        .args(["status", "--admin", &follower.admin.to_string()])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    let says = format!("{} (follower; {} leads)", c.replica, l.replica);
+    assert!(shown.contains(&says), "{shown}");
+}
+
+/// Operator commands sent to a follower are the leader's to do, and reach it. Replicas that
+/// read different copies of the file serve one config, the leader's; a replica with an older
+/// copy that becomes leader keeps serving what the cluster served, and one with a newer copy
+/// (edited while it followed) serves that one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_reach_the_leader_and_an_older_copy_of_the_file_never_rolls_back() {
+    let Some(etcd) = EtcdCluster::start(1).await else {
+        return;
+    };
+    let (blue, green) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let listener = free_port();
+    let rollout = canary(listener, &blue, &green, "1h");
+    let mut r1 = replica(&etcd, dir.path(), "r1", &rollout).await;
+    leads(&r1).await;
+    let mut r2 = replica(&etcd, dir.path(), "r2", &rollout).await;
+    let file = |name: &str| DeploymentFile::new(dir.path().join(name).join("deploy.yaml"));
+
+    says_who_leads(&r1, &r2).await;
+
+    // Commands to the follower, done by the leader.
+    let (ok, said) = command(&r2, "pause");
+    assert!(ok, "{said}");
+    let state = async |r: &Cutover| {
+        let mut s = r.status().await;
+        s.services
+            .remove("checkout")
+            .and_then(|s| s.rollout)
+            .map(|r| r.state)
+    };
+    assert_eq!(state(&r1).await, Some(RolloutState::Paused), "{said}");
+    let (ok, said) = command(&r2, "promote");
+    assert!(ok, "{said}");
+    eventually(WAIT, "the promotion to be served by both", async || {
+        state(&r1).await == Some(RolloutState::Promoted)
+            && state(&r2).await == Some(RolloutState::Promoted)
+    })
+    .await;
+    let history = r1.status().await.services["checkout"]
+        .rollout
+        .clone()
+        .unwrap();
+    assert!(
+        format!("{history:?}").contains("the operator at 127.0.0.1"),
+        "the history names who asked: {history:?}"
+    );
+
+    // r2's copy stays the rollout file; r1's (the leader's) moves on: the cluster serves r1's.
+    let promoted = version(&r1).await;
+    file("r1").write_renamed(&plain(listener, &["127.0.0.1:1"]));
+    let one = both_serve_other_than(&r1, &r2, &promoted).await;
+    // Editing a follower's copy changes nothing.
+    file("r2").write_renamed(&plain(listener, &["127.0.0.1:7"]));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        (version(&r1).await, version(&r2).await),
+        (one.clone(), one.clone())
+    );
+    file("r2").write_renamed(&rollout);
+
+    // The leader dies; r2, whose copy is a file the cluster served before, leads and serves
+    // what the cluster served.
+    r1.kill();
+    let took = leads(&r2).await;
+    assert!(
+        took <= TTL + Duration::from_secs(1),
+        "r2 led {took:?} after the kill"
+    );
+    assert_eq!(
+        version(&r2).await,
+        one,
+        "r2 must not roll back to its older copy"
+    );
+    let local = r2.status().await.cluster.unwrap().local_file;
+    assert!(
+        local
+            .as_deref()
+            .is_some_and(|l| l.contains("served before")),
+        "{local:?}"
+    );
+    // Its copy changes: that is a new decision.
+    file("r2").write_renamed(&plain(listener, &["127.0.0.1:1", "127.0.0.1:2"]));
+    let two = eventually_other(&r2, &one).await;
+
+    // r1 comes back as a follower with a newer copy (edited while it was down): it serves the
+    // cluster's config; when it leads, its copy is a new file and is served.
+    file("r1").write_renamed(&plain(
+        listener,
+        &["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"],
+    ));
+    r1.start_again().await;
+    eventually(WAIT, "r1 to serve the cluster's config", async || {
+        r1.try_status()
+            .await
+            .is_ok_and(|s| s.config_version.as_deref() == Some(two.as_str()))
+    })
+    .await;
+    r2.kill();
+    leads(&r1).await;
+    eventually_other(&r1, &two).await;
+    let _ = &mut r2;
+}
+
+/// Waits until `replica` serves a config other than `not`; returns it.
+async fn eventually_other(replica: &Cutover, not: &str) -> String {
+    let mut served = String::new();
+    eventually(WAIT, "a new config to be served", async || {
+        served = version(replica).await;
+        served != not
+    })
+    .await;
+    served
+}
