@@ -56,6 +56,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/wait/{what}", get(wait_for))
+        .route("/figures/{service}/{version}", get(figures))
         .merge(mutating)
         .with_state(state.clone())
         .merge(crate::dashboard::router(state.dashboard))
@@ -272,6 +273,39 @@ async fn run_command(
         .await
         .map_err(|_| CommandError::ControllerNotRunning)?;
     answer.await.map_err(|_| CommandError::ControllerStopped)?
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct FiguresQuery {
+    /// `requests`, `calls` or `connections`.
+    counted: String,
+    /// Milliseconds since the epoch: only what happened since is counted.
+    since: u64,
+}
+
+/// `GET /figures/{service}/{version}?counted=requests&since=MS`: what this replica's Envoys
+/// reported of the version over a rollout check's window (cluster mode: the leader adds every
+/// replica's to its own).
+async fn figures(
+    State(s): State<AdminState>,
+    Path((service, version)): Path<(String, String)>,
+    Query(q): Query<FiguresQuery>,
+) -> Response {
+    use crate::controller::Observer as _;
+    let Some(counted) = crate::reconcile::rollout::Counted::parse(&q.counted) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!(
+                "counted={:?}: write requests, calls or connections\n",
+                q.counted
+            ),
+        )
+            .into_response();
+    };
+    let since = crate::reconcile::Timestamp::from_millis(q.since);
+    let (figures, latency) = crate::controller::TelemetryObserver(s.telemetry.clone())
+        .figures(&service, &version, counted, since);
+    Json(crate::controller::ReplicaFigures { figures, latency }).into_response()
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -21,7 +21,6 @@ use crate::controller::{self, Inputs, Outputs, Settings, Store};
 use crate::dashboard::Feed;
 use crate::metrics::Metrics;
 use crate::node::{GroupId, NodeInfo};
-use crate::reconcile::rollout::{Counted, Figures};
 use crate::reconcile::{self, Event, Plan, Previous, RuntimeState, Timestamp};
 use crate::replica::ClusterOptions;
 use crate::snapshot::{Published, Snapshot};
@@ -250,7 +249,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
             status: status.clone(),
             clients: clients.clone(),
             metrics,
-            observer: Arc::new(TelemetryObserver(telemetry.clone())),
+            observer: Arc::new(controller::TelemetryObserver(telemetry.clone())),
             access: access_tx,
         },
         Inputs {
@@ -293,7 +292,15 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
     let max_message = opts.clients.max_message_bytes;
     // HTTP/2 PINGs find a peer that vanished without a FIN (a host powered off, a NAT or
     // firewall that forgot the connection): its streams end and it leaves /status.
-    let grpc = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(age) = opts.clients.max_stream_age.filter(|a| !a.is_zero()) {
+        // GOAWAY at `age`; the xDS stream ends a little later (`ClientLimits::stream_age`)
+        // and the telemetry streams at the grace's end: each reconnects on a new connection.
+        builder = builder
+            .max_connection_age(age)
+            .max_connection_age_grace(age / 5);
+    }
+    let grpc = builder
         .http2_keepalive_interval(Some(opts.clients.keepalive_interval))
         .http2_keepalive_timeout(Some(opts.clients.keepalive_timeout))
         .add_service(DiscoveryService::<Ads>::new(shared.clone()))
@@ -441,63 +448,6 @@ async fn grpc_task(
     grpc.serve_with_incoming_shutdown(incoming, closed)
         .await
         .context("the xDS server stopped")
-}
-
-/// Rollout checks read what Envoys reported for the version under test over the last 10 s,
-/// and only of the time since they all had what is judged.
-struct TelemetryObserver(Telemetry);
-
-impl controller::Observer for TelemetryObserver {
-    fn figures(
-        &self,
-        service: &str,
-        version: &str,
-        counted: Counted,
-        since: Timestamp,
-    ) -> (Figures, Vec<f64>) {
-        let now = Timestamp::now();
-        let short = crate::telemetry::window::Window::Short.length();
-        let from = since
-            .max(Timestamp::from_millis(now.as_millis().saturating_sub(
-                u64::try_from(short.as_millis()).unwrap_or(u64::MAX),
-            )));
-        let id = crate::ids::ClusterId::new(service, version);
-        let (w, latency) = self
-            .0
-            .recent_figures(&id, now.since(from), std::time::Instant::now());
-        if counted == Counted::Connections {
-            let figures = Figures {
-                requests: w.attempts,
-                errors: w.errors.connect_failures.min(w.attempts),
-                p99_ms: None,
-                from: Some(from),
-            };
-            return (figures, Vec::new());
-        }
-        if counted == Counted::Calls {
-            let (ok, failed) = self
-                .0
-                .recent_calls(&id, now.since(from), std::time::Instant::now());
-            let figures = Figures {
-                requests: ok.saturating_add(failed),
-                errors: failed,
-                p99_ms: w.latency_ms.map(|q| q.p99),
-                from: Some(from),
-            };
-            return (figures, latency.0.to_vec());
-        }
-        let figures = Figures {
-            requests: w.requests,
-            // Answered 5xx: from the upstream, or Envoy's own after a reset, a connect
-            // failure or a timeout.
-            errors: crate::telemetry::report::count(
-                w.error_rate.unwrap_or(0.0) * w.requests as f64,
-            ),
-            p99_ms: w.latency_ms.map(|q| q.p99),
-            from: Some(from),
-        };
-        (figures, latency.0.to_vec())
-    }
 }
 
 #[cfg(test)]

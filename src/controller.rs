@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::access::Access;
@@ -30,6 +31,8 @@ use crate::snapshot::{Published, ResourceType, Snapshot};
 use crate::spec::{self, Spec, Strategy, Webhook, WebhookFormat};
 use crate::status::{Served, Status as StatusModel};
 use crate::store::{Loaded, StateFile};
+use crate::telemetry::Telemetry;
+use crate::telemetry::report::Histogram;
 use crate::translate::{translate, translate_groups};
 use crate::watch::FileWatcher;
 use crate::xds::clients::Clients;
@@ -66,6 +69,145 @@ pub trait Observer: Send + Sync + 'static {
         counted: Counted,
         since: Timestamp,
     ) -> (Figures, Vec<f64>);
+}
+
+/// Rollout checks read what Envoys reported for the version under test over the last 10 s,
+/// and only of the time since they all had what is judged.
+pub struct TelemetryObserver(pub Telemetry);
+
+impl Observer for TelemetryObserver {
+    fn figures(
+        &self,
+        service: &str,
+        version: &str,
+        counted: Counted,
+        since: Timestamp,
+    ) -> (Figures, Vec<f64>) {
+        let now = Timestamp::now();
+        let short = crate::telemetry::window::Window::Short.length();
+        let from = since
+            .max(Timestamp::from_millis(now.as_millis().saturating_sub(
+                u64::try_from(short.as_millis()).unwrap_or(u64::MAX),
+            )));
+        let id = crate::ids::ClusterId::new(service, version);
+        let (w, latency) = self
+            .0
+            .recent_figures(&id, now.since(from), std::time::Instant::now());
+        if counted == Counted::Connections {
+            let figures = Figures {
+                requests: w.attempts,
+                errors: w.errors.connect_failures.min(w.attempts),
+                p99_ms: None,
+                from: Some(from),
+            };
+            return (figures, Vec::new());
+        }
+        if counted == Counted::Calls {
+            let (ok, failed) = self
+                .0
+                .recent_calls(&id, now.since(from), std::time::Instant::now());
+            let figures = Figures {
+                requests: ok.saturating_add(failed),
+                errors: failed,
+                p99_ms: w.latency_ms.map(|q| q.p99),
+                from: Some(from),
+            };
+            return (figures, latency.0.to_vec());
+        }
+        let figures = Figures {
+            requests: w.requests,
+            // Answered 5xx: from the upstream, or Envoy's own after a reset, a connect
+            // failure or a timeout.
+            errors: crate::telemetry::report::count(
+                w.error_rate.unwrap_or(0.0) * w.requests as f64,
+            ),
+            p99_ms: w.latency_ms.map(|q| q.p99),
+            from: Some(from),
+        };
+        (figures, latency.0.to_vec())
+    }
+}
+
+/// A replica's figures of one version (`GET /figures/{service}/{version}`), which the leader
+/// adds to its own: each Envoy reports to the replica it is connected to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicaFigures {
+    pub figures: Figures,
+    /// Requests per latency bucket (Envoy's bounds).
+    pub latency: Vec<f64>,
+}
+
+/// `a` and `b` together: counts added, latency histograms added and the 99th percentile read
+/// from their sum (without histograms, the larger of the two).
+pub fn merge_figures(a: (Figures, Vec<f64>), b: (Figures, Vec<f64>)) -> (Figures, Vec<f64>) {
+    let (fa, la) = a;
+    let (fb, lb) = b;
+    let latency = match (la.is_empty(), lb.is_empty()) {
+        (true, _) => lb,
+        (_, true) => la,
+        _ => la.iter().zip(&lb).map(|(x, y)| x + y).collect(),
+    };
+    let mut histogram = Histogram::default();
+    for (h, n) in histogram.0.iter_mut().zip(&latency) {
+        *h = *n;
+    }
+    let p99_ms = if latency.is_empty() {
+        fa.p99_ms.into_iter().chain(fb.p99_ms).reduce(f64::max)
+    } else {
+        histogram
+            .quantile(0.99)
+            .map(|p| crate::telemetry::report::round(p, 1))
+    };
+    let figures = Figures {
+        requests: fa.requests.saturating_add(fb.requests),
+        errors: fa.errors.saturating_add(fb.errors),
+        p99_ms,
+        from: fa.from.max(fb.from),
+    };
+    (figures, latency)
+}
+
+/// How long the leader waits for another replica's figures.
+const REPLICA_FIGURES_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `local` with what every replica at `admins` reported for the version; a replica that does
+/// not answer is left out, and said.
+async fn fleet_figures(
+    http: &http_client::Client,
+    admins: &[String],
+    (service, version): (&str, &str),
+    counted: Counted,
+    since: Timestamp,
+    local: (Figures, Vec<f64>),
+) -> (Figures, Vec<f64>) {
+    let mut all = local;
+    for admin in admins {
+        let url = format!(
+            "{}/figures/{service}/{version}?counted={}&since={}",
+            admin.trim_end_matches('/'),
+            counted.as_str(),
+            since.as_millis()
+        );
+        let got = http
+            .send(http_client::Method::GET, &url, &[], REPLICA_FIGURES_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|a| {
+                if a.status.is_success() {
+                    serde_json::from_slice::<ReplicaFigures>(&a.body).map_err(|e| e.to_string())
+                } else {
+                    Err(format!("answered {}", a.status))
+                }
+            });
+        match got {
+            Ok(r) => all = merge_figures(all, (r.figures, r.latency)),
+            Err(e) => tracing::warn!(
+                %url,
+                "a replica's figures are left out of the check (its Envoys' requests are not counted): {e}"
+            ),
+        }
+    }
+    all
 }
 
 /// Where the controller publishes and reports, and what it observes.
@@ -771,30 +913,45 @@ impl Controller {
                 continue;
             };
             let counted = Counted::of(spec, &service);
-            let (figures, latency) = self
+            let local = self
                 .out
                 .observer
                 .figures(&service, &version, counted, since);
             let rollout = self.state.rollouts.get(&service).cloned();
             // The baseline over the same window, from the same reports.
-            let baseline = rollout
+            let stable = rollout
                 .as_ref()
                 .and_then(Rollout::baseline)
                 .filter(|_| analysis.baseline.is_some())
                 .map(|stable| {
-                    let (figures, baseline_latency) =
-                        self.out.observer.figures(&service, stable, counted, since);
-                    Baseline {
-                        version: stable.to_owned(),
-                        figures,
-                        latency: [baseline_latency, latency],
-                    }
+                    let figures = self.out.observer.figures(&service, stable, counted, since);
+                    (stable.to_owned(), figures)
                 });
+            // Cluster mode: every replica's Envoys' reports, not only this one's.
+            let admins = self
+                .cluster
+                .as_ref()
+                .map(|c| c.link.fleet.borrow().admins())
+                .unwrap_or_default();
             let hooks = analysis.webhooks.clone();
             let tx = self.checks_out.clone();
             let http = self.http.clone();
             self.checking.insert(service.clone());
             tokio::spawn(async move {
+                let (figures, latency) =
+                    fleet_figures(&http, &admins, (&service, &version), counted, since, local)
+                        .await;
+                let mut baseline = None;
+                if let Some((stable, local)) = stable {
+                    let (figures, baseline_latency) =
+                        fleet_figures(&http, &admins, (&service, &stable), counted, since, local)
+                            .await;
+                    baseline = Some(Baseline {
+                        version: stable,
+                        figures,
+                        latency: [baseline_latency, latency],
+                    });
+                }
                 let body = serde_json::json!({
                     "service": service,
                     "version": version,

@@ -48,6 +48,8 @@ pub struct Recorded {
     pub earlier_files: Vec<String>,
     /// The etcd revision it was written at (0 before it was written).
     pub revision: i64,
+    /// The replica that wrote it (set as it is written).
+    pub leader: String,
 }
 
 impl Recorded {
@@ -78,6 +80,7 @@ impl Recorded {
             state,
             earlier_files,
             revision: 0,
+            leader: String::new(),
         }
     }
 }
@@ -123,6 +126,9 @@ impl Role {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Answers {
     pub groups: BTreeMap<String, GroupAnswers>,
+    /// Where the replica's admin API is: the leader asks it for what its Envoys reported.
+    #[serde(default)]
+    pub admin: String,
 }
 
 /// One group on one replica.
@@ -151,7 +157,10 @@ impl Answers {
                 (group.as_str().to_owned(), answer)
             })
             .collect();
-        Answers { groups }
+        Answers {
+            groups,
+            admin: String::new(),
+        }
     }
 
     /// Whether this replica's Envoys of `group` all answered `version`: yes with none.
@@ -172,6 +181,15 @@ impl Fleet {
     /// Whether the Envoys of `group` on every other replica answered `version`.
     pub fn answered(&self, group: &GroupId, version: &str) -> bool {
         self.replicas.values().all(|a| a.answered(group, version))
+    }
+
+    /// The other replicas' admin URLs.
+    pub fn admins(&self) -> Vec<String> {
+        self.replicas
+            .values()
+            .map(|a| a.admin.clone())
+            .filter(|a| !a.is_empty())
+            .collect()
     }
 
     /// Envoys on the other replicas.
@@ -231,6 +249,7 @@ mod tests {
     fn a_group_is_answered_when_every_replica_with_envoys_in_it_answered_that_version() {
         let group = GroupId::all();
         let answers = |version: &str, envoys, answered| Answers {
+            admin: String::new(),
             groups: BTreeMap::from([(
                 "all".to_owned(),
                 GroupAnswers {

@@ -176,6 +176,7 @@ async fn the_record_is_followed_in_order_and_a_bad_one_is_refused_by_name() {
             state,
             earlier_files: Vec::new(),
             revision: 0,
+            leader: "a".to_owned(),
         }
     };
     let json = |r: &Recorded| serde_json::to_value(&r.state).unwrap();

@@ -473,3 +473,220 @@ async fn eventually_other(replica: &Cutover, not: &str) -> String {
     .await;
     served
 }
+
+/// A rollout check counts what the Envoys of every replica reported: the leader has no Envoy of
+/// its own, the only Envoy (its xDS and its telemetry on a follower) sees the canary fail, and
+/// the leader rolls the canary back on those figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_counts_what_the_envoys_of_every_replica_reported() {
+    let (Some(envoy_bin), Some(etcd)) = (envoy_binary(), EtcdCluster::start(1).await) else {
+        return;
+    };
+    let (blue, green) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    green.set_status(500);
+    let dir = tempfile::tempdir().unwrap();
+    let listener = free_port();
+    let rollout = canary(listener, &blue, &green, "30s").replace(
+        "        interval: 30s\n",
+        "        interval: 30s\n        analysis: { interval: 1s, max_error_rate: 5%, min_requests: 10, failure_limit: 1 }\n    outlier_detection: { enabled: false }\n",
+    );
+    let before = format!(
+        "{}    active: blue\n",
+        &rollout[..rollout.find("    strategy:").unwrap()]
+    );
+    let r1 = replica(&etcd, dir.path(), "r1", &before).await;
+    leads(&r1).await;
+    let r2 = replica(&etcd, dir.path(), "r2", &before).await;
+    let envoy = Envoy::start_with(&envoy_bin, dir.path(), "edge", r2.ads, listener, &[]).await;
+    assert!(
+        r1.status().await.nodes.is_empty(),
+        "the leader has no Envoy"
+    );
+
+    DeploymentFile::new(dir.path().join("r1/deploy.yaml")).write_renamed(&rollout);
+    let mut last = None;
+    eventually(
+        Duration::from_secs(30),
+        "the leader to roll the canary back",
+        async || {
+            for _ in 0..10 {
+                let _ = envoy.get("/").await;
+            }
+            let mut s = r1.status().await;
+            last = s.services.remove("checkout").and_then(|s| s.rollout);
+            last.as_ref()
+                .is_some_and(|r| r.state == RolloutState::RolledBack)
+        },
+    )
+    .await;
+    let reason = last.unwrap().reason.unwrap_or_default();
+    assert!(reason.contains("error"), "{reason}");
+    assert!(green.hits() > 0, "the canary got requests");
+}
+
+/// A canary whose steps take `interval` each: the leader writes a record at every step.
+fn stepping(listener: std::net::SocketAddr, interval: &str) -> String {
+    format!(
+        "\
+listeners:
+  - name: public
+    address: {listener}
+    routes:
+      - match: {{ prefix: / }}
+        service: checkout
+services:
+  checkout:
+    versions:
+      blue:  {{ endpoints: [127.0.0.1:1] }}
+      green: {{ endpoints: [127.0.0.1:2] }}
+    strategy:
+      canary:
+        stable: blue
+        canary: green
+        steps: [5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60, 65, 70, 75, 80, 85, 90, 95, 100]
+        interval: {interval}
+"
+    )
+}
+
+/// Every record written so far under `/cutover/e2e`, in order.
+async fn history(etcd: &EtcdCluster) -> Vec<cutover::replica::Recorded> {
+    let store = cutover::cluster::Etcd::connect(&etcd.endpoints(), "/cutover/e2e")
+        .await
+        .unwrap();
+    let newest = store.load().await.unwrap().map_or(0, |r| r.revision);
+    let mut records = store.follow(0).await.unwrap();
+    let mut out = Vec::new();
+    while out
+        .last()
+        .is_none_or(|r: &cutover::replica::Recorded| r.revision < newest)
+    {
+        out.push(records.next().await.unwrap());
+    }
+    out
+}
+
+/// The canary's step on `replica`.
+async fn step_of(replica: &Cutover) -> Option<usize> {
+    let mut s = replica.try_status().await.ok()?;
+    s.services.remove("checkout")?.rollout?.step
+}
+
+/// A leader paused past its lease (SIGSTOP) is replaced; once it runs again (SIGCONT) it writes
+/// nothing (etcd's history has no record of it after its successor's first) and follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_writes_nothing_after_its_successor_and_follows() {
+    let Some(etcd) = EtcdCluster::start(1).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let text = stepping(free_port(), "500ms");
+    let r1 = replica(&etcd, dir.path(), "r1", &text).await;
+    leads(&r1).await;
+    let r2 = replica(&etcd, dir.path(), "r2", &text).await;
+    eventually(WAIT, "a few steps", async || step_of(&r2).await >= Some(3)).await;
+    let signal = |sig: &str| {
+        let sent = std::process::Command::new("kill")
+            .args([sig, &r1.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    signal("-STOP");
+    let took = leads(&r2).await;
+    assert!(
+        took <= TTL + Duration::from_secs(1),
+        "r2 led {took:?} after the pause"
+    );
+    let at = step_of(&r2).await.unwrap();
+    eventually(WAIT, "r2 to take steps", async || {
+        step_of(&r2).await > Some(at)
+    })
+    .await;
+    // r1 wakes up believing it leads, with steps overdue: whatever it tries is refused.
+    signal("-CONT");
+    eventually(WAIT, "r1 to follow", async || {
+        r1.try_status().await.is_ok_and(|s| role(&s) == "follower")
+    })
+    .await;
+    eventually(WAIT, "r2 to take more steps", async || {
+        step_of(&r2).await > Some(at + 2)
+    })
+    .await;
+    let records = history(&etcd).await;
+    let first_of_r2 = records.iter().position(|r| r.leader == "r2").unwrap();
+    let late: Vec<_> = records[first_of_r2..]
+        .iter()
+        .filter(|r| r.leader != "r2")
+        .map(|r| (r.revision, r.leader.clone()))
+        .collect();
+    assert!(late.is_empty(), "written after r2 was elected: {late:?}");
+    assert!(records[..first_of_r2].iter().all(|r| r.leader == "r1"));
+    assert_eq!(
+        version(&r1).await,
+        version(&r2).await,
+        "r1 serves the record"
+    );
+}
+
+/// One etcd member of three down changes nothing; without a majority every replica keeps
+/// serving, decides nothing, and says why; with the majority back the rollout goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_majority_nothing_advances_and_the_rollout_resumes_when_it_is_back() {
+    let Some(mut etcd) = EtcdCluster::start(3).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let text = stepping(free_port(), "1s");
+    let r1 = replica(&etcd, dir.path(), "r1", &text).await;
+    leads(&r1).await;
+    let r2 = replica(&etcd, dir.path(), "r2", &text).await;
+    eventually(WAIT, "the first steps", async || {
+        step_of(&r2).await >= Some(2)
+    })
+    .await;
+    // One member down: steps go on.
+    etcd.kill(2);
+    let at = step_of(&r2).await.unwrap();
+    eventually(WAIT, "steps with a member down", async || {
+        step_of(&r2).await >= Some(at + 2)
+    })
+    .await;
+    // No majority.
+    etcd.kill(1);
+    for r in [&r1, &r2] {
+        eventually(WAIT, "the replica to say it cannot decide", async || {
+            r.try_status().await.is_ok_and(|s| {
+                let c = s.cluster.unwrap_or_default();
+                c.role == "unknown" && c.etcd_problem.is_some()
+            })
+        })
+        .await;
+    }
+    // Each serves the last record it has (a follower's may be one behind the leader's).
+    let mut held = Vec::new();
+    for r in [&r1, &r2] {
+        held.push((step_of(r).await, version(r).await));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (r, (step, served)) in [&r1, &r2].into_iter().zip(&held) {
+        assert_eq!(&step_of(r).await, step, "a step was taken without etcd");
+        assert_eq!(
+            &version(r).await,
+            served,
+            "what is served changed without etcd"
+        );
+    }
+    let held = held[0].0.max(held[1].0);
+    let why = r1.status().await.cluster.unwrap().etcd_problem.unwrap();
+    eprintln!("without a majority, /status says: {why}");
+    // The majority is back: a leader decides from the record, and the steps go on.
+    etcd.restart(1).await;
+    eventually(Duration::from_secs(20), "the steps to go on", async || {
+        step_of(&r1).await > held && step_of(&r2).await > held
+    })
+    .await;
+}

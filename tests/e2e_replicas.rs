@@ -72,3 +72,58 @@ in_both_xds_modes! {
         assert_eq!(envoy.stat("control_plane.connected_state").await, 1);
     }
 }
+
+/// Balance: with `--max-stream-age`, a connection gets GOAWAY and its xDS stream ends at that
+/// age (plus a random tenth), and Envoy's next stream goes out on a new connection, which its
+/// round robin sends to the other replica. The Envoy visits both replicas, changes nothing and
+/// no request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_that_reach_their_age_move_envoy_between_replicas_without_a_change() {
+    let Some(envoy_bin) = envoy_binary() else {
+        return;
+    };
+    let blue = [Upstream::start("blue-1").await];
+    let green = [Upstream::start("green-1").await];
+    let listener = free_port();
+    let addrs = |u: &[Upstream]| u.iter().map(|u| u.addr).collect::<Vec<_>>();
+    let text = checkout_deployment(listener, &addrs(&blue), &addrs(&green), "blue");
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut replicas = Vec::new();
+    for dir in [&dir_a, &dir_b] {
+        let file = DeploymentFile::new(dir.path().join("deploy.yaml"));
+        file.write_renamed(&text);
+        let args = ["--max-stream-age", "2s"];
+        replicas.push(Cutover::start_with_args(dir.path(), &file.path, &args).await);
+    }
+    let both = format!("{},{}", replicas[0].ads, replicas[1].ads);
+    let envoy = Envoy::start_with(&envoy_bin, dir_a.path(), NODE, &both, listener, &[]).await;
+    eventually(WAIT, "one replica to hold the Envoy in sync", async || {
+        holds(&replicas[0]).await || holds(&replicas[1]).await
+    })
+    .await;
+    let before = envoy.config_changes().await;
+    let traffic = envoy.background_traffic();
+    let first = usize::from(!holds(&replicas[0]).await);
+    eventually(
+        Duration::from_secs(20),
+        "the Envoy on the other replica",
+        async || holds(&replicas[1 - first]).await,
+    )
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "the Envoy back on the first",
+        async || holds(&replicas[first]).await,
+    )
+    .await;
+    let n = traffic.made() + 10;
+    traffic.at_least(n).await;
+    traffic
+        .stop_all_answered("streams moving between replicas")
+        .await;
+    assert_eq!(
+        envoy.config_changes().await,
+        before,
+        "a move changes nothing in Envoy"
+    );
+}

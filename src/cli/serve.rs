@@ -12,6 +12,9 @@ use crate::app;
 use crate::tls::TlsFiles;
 use crate::xds::limits::{ClientLimits, MIB};
 
+/// `--max-stream-age` in cluster mode (as Istio's default connection age).
+const DEFAULT_STREAM_AGE: Duration = Duration::from_secs(30 * 60);
+
 /// How long the controller gets to save the runtime state once asked to stop.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -70,6 +73,13 @@ pub struct Args {
     /// A PING not answered within this closes the connection and ends its streams.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     keepalive_timeout: Duration,
+    /// Several replicas: a client's connection is closed (GOAWAY, then its xDS stream ends)
+    /// after this long, plus up to a tenth more at random, so that it connects again, perhaps
+    /// to another replica: Envoys piled on some replicas after a failover spread again. It
+    /// changes nothing in Envoy (versions are content hashes). 0s: never. Default: 30m with
+    /// --etcd, else never.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    max_stream_age: Option<Duration>,
     /// Serve the xDS port (ADS, CSDS and the telemetry services) over TLS with this
     /// certificate chain (PEM). It and its key are read again when they change; open streams
     /// go on.
@@ -187,6 +197,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             max_names: args.max_names,
             keepalive_interval: args.keepalive,
             keepalive_timeout: args.keepalive_timeout,
+            max_stream_age: args
+                .max_stream_age
+                .or((!args.etcd.is_empty()).then_some(DEFAULT_STREAM_AGE))
+                .filter(|a| !a.is_zero()),
         },
         tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| TlsFiles {
             cert,

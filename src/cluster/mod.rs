@@ -40,6 +40,7 @@ struct RecordRef<'a> {
     file: &'a str,
     state: &'a RuntimeState,
     earlier_files: &'a [String],
+    leader: &'a str,
 }
 
 #[derive(Deserialize)]
@@ -51,6 +52,8 @@ struct RecordRead {
     state: serde_json::Value,
     #[serde(default)]
     earlier_files: Vec<String>,
+    #[serde(default)]
+    leader: String,
 }
 
 fn encode(record: &Recorded) -> Vec<u8> {
@@ -60,6 +63,7 @@ fn encode(record: &Recorded) -> Vec<u8> {
         file: &record.file,
         state: &record.state,
         earlier_files: &record.earlier_files,
+        leader: &record.leader,
     })
     .expect("a record serializes")
 }
@@ -83,6 +87,7 @@ fn decode(bytes: &[u8], revision: i64) -> Result<Recorded, String> {
         state,
         earlier_files: read.earlier_files,
         revision,
+        leader: read.leader,
     })
 }
 

@@ -29,6 +29,9 @@ pub struct Candidate {
     pub admin: String,
 }
 
+/// A replica writes what its Envoys answered at most this often.
+const ANSWERS_EVERY: Duration = Duration::from_millis(100);
+
 /// How long to wait before trying etcd again after a failure.
 const RETRY: Duration = Duration::from_millis(500);
 
@@ -288,16 +291,23 @@ impl Replica {
         let mut changes = clients.changes();
         let mut written: Option<Answers> = None;
         loop {
-            let answers = published
+            let mut answers = published
                 .borrow()
                 .as_ref()
                 .map(|p| Answers::of(p, clients))
                 .unwrap_or_default();
+            answers.admin.clone_from(&self.opts.admin_url);
             if written.as_ref() != Some(&answers) {
                 let json = serde_json::to_vec(&answers).expect("answers serialize");
                 let name = format!("{REPLICAS}/{}", self.opts.name);
                 match self.etcd.put_leased(lease, &name, json).await {
-                    Ok(()) => written = Some(answers),
+                    Ok(()) => {
+                        written = Some(answers);
+                        // Changes within the next moment are written together: etcd's writes
+                        // grow with replicas, not with Envoys (a reconnect storm of thousands
+                        // is a handful of writes).
+                        tokio::time::sleep(ANSWERS_EVERY).await;
+                    }
                     Err(e) => {
                         self.problem(Some(&e));
                         tokio::time::sleep(RETRY).await;
@@ -365,7 +375,10 @@ impl Replica {
                 changed = saves.changed() => if changed.is_err() { return },
             }
             let wanted = saves.borrow_and_update().clone();
-            if let Some(record) = wanted {
+            if let Some(mut record) = wanted {
+                Arc::make_mut(&mut record)
+                    .leader
+                    .clone_from(&self.opts.name);
                 // Written until etcd takes it or the leadership ends (the lease's end stops
                 // the whole term).
                 loop {

@@ -82,6 +82,21 @@ impl Counted {
             Counted::Requests
         }
     }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Counted::Requests => "requests",
+            Counted::Calls => "calls",
+            Counted::Connections => "connections",
+        }
+    }
+
+    /// The inverse of [`Counted::as_str`].
+    pub fn parse(text: &str) -> Option<Counted> {
+        [Counted::Requests, Counted::Calls, Counted::Connections]
+            .into_iter()
+            .find(|c| c.as_str() == text)
+    }
 }
 
 /// One version's figures over a check's window, as Envoy reported them.

@@ -42,6 +42,10 @@ pub struct ClientLimits {
     pub keepalive_interval: Duration,
     /// A PING not answered within this closes the connection and ends its streams.
     pub keepalive_timeout: Duration,
+    /// Balance across replicas: a connection gets GOAWAY at this age and its xDS stream ends
+    /// (UNAVAILABLE) somewhat later ([`ClientLimits::stream_age`]), so the client opens a new
+    /// connection, which its load balancer may send to another replica. `None`: never.
+    pub max_stream_age: Option<Duration>,
 }
 
 pub const MIB: usize = 1024 * 1024;
@@ -57,6 +61,7 @@ impl Default for ClientLimits {
             max_names: 200_000,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
+            max_stream_age: None,
         }
     }
 }
@@ -66,6 +71,25 @@ impl ClientLimits {
     /// interval of silence and the connection closed when its answer is overdue.
     pub fn dead_peer_after(&self) -> Duration {
         self.keepalive_interval + self.keepalive_timeout
+    }
+
+    /// How long one xDS stream may last: `max_stream_age` plus a random tenth of it at most,
+    /// so that streams opened together (a fleet reconnecting after a failover) do not all
+    /// reconnect together again. By then its connection has had GOAWAY, so the client opens
+    /// the next stream on a new connection.
+    pub fn stream_age(&self) -> Option<Duration> {
+        use std::hash::{BuildHasher as _, Hasher as _};
+        let age = self.max_stream_age.filter(|a| !a.is_zero())?;
+        // A random number from the standard library's randomly keyed hasher.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::UNIX_EPOCH
+                .elapsed()
+                .unwrap_or_default()
+                .as_nanos(),
+        );
+        let share = (h.finish() % 1_000) as f64 / 10_000.0;
+        Some(age + age.mul_f64(share))
     }
 }
 

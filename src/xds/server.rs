@@ -440,6 +440,8 @@ async fn run_stream<M: Machine>(
     // change, since an edit of the file's groups can move it to another.
     let mut identity = NodeInfo::default();
     let mut current: Option<GroupSnapshot> = None;
+    let aged = sleep_for(shared.limits.stream_age());
+    tokio::pin!(aged);
     loop {
         let out = tokio::select! {
             req = inbound.message() => match req {
@@ -522,6 +524,16 @@ async fn run_stream<M: Machine>(
                 let _ = tx
                     .send(Err(Status::unavailable(
                         "cutover is shutting down; connect again (to it or another replica)",
+                    )))
+                    .await;
+                break;
+            }
+            // Its connection had GOAWAY: the next stream opens a new connection, perhaps to
+            // another replica (balance after one came back).
+            () = &mut aged => {
+                let _ = tx
+                    .send(Err(Status::unavailable(
+                        "this stream reached its age limit (cutover serve --max-stream-age): connect again",
                     )))
                     .await;
                 break;
@@ -744,5 +756,13 @@ fn log_event(noise: &NoiseLog, machine: &impl Machine, event: &Event) {
                 );
             }
         }
+    }
+}
+
+/// Sleeps for `duration`; forever without one.
+async fn sleep_for(duration: Option<std::time::Duration>) {
+    match duration {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
     }
 }
