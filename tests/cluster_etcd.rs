@@ -245,3 +245,29 @@ async fn an_unreachable_or_wrong_etcd_url_is_a_clear_error() {
     let text = wrong.err().expect("a URL that is no URL").to_string();
     assert!(text.contains("[not a url"), "{text}");
 }
+
+/// A leadership lasts while etcd is up: its lease is renewed and a watch stays open over a
+/// quarter of a minute (longer than etcd's minimum ping interval, which it enforces by closing
+/// connections that ping more often, three times over).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leadership_lasts_while_etcd_is_up() {
+    let Some(cluster) = EtcdCluster::start(1).await else {
+        return;
+    };
+    let etcd = replica(&cluster).await;
+    let mut leading = etcd.lead("a", TTL).await.unwrap();
+    let mut records = etcd.follow(0).await.unwrap();
+    let held = tokio::time::timeout(Duration::from_secs(15), leading.lost()).await;
+    assert!(held.is_err(), "the leadership ended with etcd up");
+    let wrote = etcd.put_fenced(
+        &leading,
+        "record",
+        br#"{"format": 1, "file": "", "state": {}}"#.to_vec(),
+    );
+    let revision = wrote.await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(2), records.next()).await;
+    assert_eq!(
+        next.expect("the watch still delivers").unwrap().revision,
+        revision
+    );
+}

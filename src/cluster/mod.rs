@@ -153,7 +153,9 @@ impl Etcd {
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Etcd, ClusterError> {
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+            // etcd refuses pings more often than every 5 s (`--grpc-keepalive-min-time`)
+            // by closing the connection, which ends every watch and lease stream on it.
+            .with_keep_alive(Duration::from_secs(6), Duration::from_secs(3));
         let client = Client::connect(endpoints, Some(options))
             .await
             .map_err(|source| ClusterError::Connect {
@@ -427,35 +429,48 @@ fn unavailable(e: &etcd_client::Error) -> bool {
     }
 }
 
-/// Renews the lease three times per `ttl`; says the leadership is lost when a renewal fails or
-/// etcd answers that the lease is gone, or when `ttl` passed since the last renewal etcd
-/// confirmed (from then on etcd may have elected another replica).
+/// Renews the lease three times per `ttl`; says the leadership is lost when etcd answers that
+/// the lease is gone, or when `ttl` passed since the last renewal etcd confirmed (from then on
+/// etcd may have elected another replica). A renewal that fails (a member restarted, a
+/// connection reset) is tried again on a new stream meanwhile.
 async fn keep_alive(mut client: Client, lease: i64, ttl: Duration, lost: watch::Sender<bool>) {
     let every = ttl / 3;
     let mut confirmed = tokio::time::Instant::now();
-    let Ok((mut keeper, mut answers)) = client.lease_keep_alive(lease).await else {
-        let _ = lost.send(true);
-        return;
-    };
+    let mut stream = None;
     loop {
-        let renewed = async {
-            keeper.keep_alive().await.ok()?;
-            let answer = answers.message().await.ok()??;
-            (answer.ttl() > 0).then_some(())
-        };
-        match tokio::time::timeout(every.max(Duration::from_millis(100)), renewed).await {
-            Ok(Some(())) => confirmed = tokio::time::Instant::now(),
-            Ok(None) => {
-                let _ = lost.send(true);
-                return;
+        if stream.is_none() {
+            stream = tokio::time::timeout(every, client.lease_keep_alive(lease))
+                .await
+                .ok()
+                .and_then(Result::ok);
+        }
+        if let Some((keeper, answers)) = &mut stream {
+            let renewed = async {
+                keeper.keep_alive().await.ok()?;
+                answers.message().await.ok()?.map(|a| a.ttl())
+            };
+            match tokio::time::timeout(every.max(Duration::from_millis(100)), renewed).await {
+                Ok(Some(left)) if left > 0 => confirmed = tokio::time::Instant::now(),
+                // etcd says the lease is gone.
+                Ok(Some(_)) => {
+                    let _ = lost.send(true);
+                    return;
+                }
+                // The stream failed: a new one next time.
+                Ok(None) => stream = None,
+                Err(_) => {}
             }
-            Err(_) => {}
         }
         if confirmed.elapsed() >= ttl {
             let _ = lost.send(true);
             return;
         }
-        tokio::time::sleep(every).await;
+        let next = if stream.is_some() {
+            every
+        } else {
+            Duration::from_millis(100)
+        };
+        tokio::time::sleep(next).await;
     }
 }
 
