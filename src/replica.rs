@@ -163,11 +163,15 @@ impl Answers {
         }
     }
 
-    /// Whether this replica's Envoys of `group` all answered `version`: yes with none.
+    /// Whether this replica's Envoys of `group` all answered `version`. Only a report about
+    /// `version` itself counts, even with no Envoy: one made before this replica served it
+    /// (or before it served anything) may not count an Envoy that connected since and still
+    /// holds the config before. So a replica that cannot serve the record holds retirements
+    /// and step timers until it can, or until it stops (its report goes with its lease).
     pub fn answered(&self, group: &GroupId, version: &str) -> bool {
         self.groups
             .get(group.as_str())
-            .is_none_or(|g| g.envoys == 0 || (g.answered && g.version == version))
+            .is_some_and(|g| g.version == version && (g.envoys == 0 || g.answered))
     }
 }
 
@@ -262,8 +266,21 @@ mod tests {
         let mut fleet = Fleet::default();
         assert!(fleet.answered(&group, "v2"), "no other replica");
         fleet.replicas.insert("b".into(), answers("v2", 2, true));
+        fleet.replicas.insert("c".into(), answers("v2", 0, false));
+        assert!(
+            fleet.answered(&group, "v2"),
+            "c serves v2 to no Envoy of the group"
+        );
         fleet.replicas.insert("c".into(), answers("v1", 0, true));
-        assert!(fleet.answered(&group, "v2"), "c has no Envoy of the group");
+        assert!(
+            !fleet.answered(&group, "v2"),
+            "c's report is from before it served v2: an Envoy may have connected since"
+        );
+        fleet.replicas.insert("c".into(), Answers::default());
+        assert!(
+            !fleet.answered(&group, "v2"),
+            "c's report is from before it served anything"
+        );
         fleet.replicas.insert("c".into(), answers("v1", 1, true));
         assert!(!fleet.answered(&group, "v2"), "c serves an older version");
         fleet.replicas.insert("c".into(), answers("v2", 1, false));
@@ -272,8 +289,8 @@ mod tests {
         assert!(fleet.answered(&group, "v2"));
         assert_eq!(fleet.envoys(), 3);
         assert!(
-            fleet.answered(&GroupId::unmatched(), "x"),
-            "nobody serves that group"
+            !fleet.answered(&GroupId::unmatched(), "x"),
+            "b and c serve other groups: their reports are not about x"
         );
     }
 }

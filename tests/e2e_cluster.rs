@@ -104,7 +104,12 @@ async fn step(replica: &Cutover) -> Option<(usize, Instant, RolloutState)> {
     let asked = Instant::now();
     let mut s = replica.try_status().await.ok()?;
     let r = s.services.remove("checkout")?.rollout?;
-    let ends = asked + Duration::from_secs_f64(r.step_ends_in_seconds.unwrap_or(0.0));
+    // While every Envoy has not ACKed the step, its time has not started: no deadline yet.
+    let ends = match r.step_ends_in_seconds {
+        Some(s) if !r.awaiting_ack => asked + Duration::from_secs_f64(s),
+        _ if r.state == RolloutState::Progressing => return None,
+        _ => asked,
+    };
     Some((r.step?, ends, r.state))
 }
 
@@ -689,4 +694,77 @@ async fn without_a_majority_nothing_advances_and_the_rollout_resumes_when_it_is_
         step_of(&r1).await > held && step_of(&r2).await > held
     })
     .await;
+}
+
+/// A red-black retirement waits for the Envoys of every replica: an Envoy on a follower that
+/// has not answered the switch holds the old version in place (its grace does not even start);
+/// once it answers, the grace runs and the old version is retired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retirement_waits_for_an_envoy_on_another_replica() {
+    use cutover::testing::Protocol;
+    use cutover::testing::xds::Client;
+    let Some(etcd) = EtcdCluster::start(1).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let listener = free_port();
+    let red_black = |active: &str| {
+        format!(
+            "\
+listeners:
+  - name: public
+    address: {listener}
+    routes:
+      - match: {{ prefix: / }}
+        service: checkout
+services:
+  checkout:
+    versions:
+      red:   {{ endpoints: [127.0.0.1:1] }}
+      black: {{ endpoints: [127.0.0.1:2] }}
+    strategy: {{ red-black: {{ active: {active}, grace: 1s }} }}
+"
+        )
+    };
+    let r1 = replica(&etcd, dir.path(), "r1", &red_black("red")).await;
+    leads(&r1).await;
+    let r2 = replica(&etcd, dir.path(), "r2", &red_black("red")).await;
+    // A fake Envoy on the follower holds everything, then stops answering.
+    let mut slow = Client::connect(r2.ads, Protocol::Sotw, "slow").await;
+    slow.come_up().await;
+    eventually(WAIT, "r2 to count its Envoy in sync", async || {
+        holds(&r2, "slow").await
+    })
+    .await;
+    let retiring = async |r: &Cutover| {
+        let s = r.status().await;
+        let service = &s.services["checkout"];
+        (service.deployed.clone(), service.retiring.clone())
+    };
+
+    DeploymentFile::new(dir.path().join("r1/deploy.yaml")).write_renamed(&red_black("black"));
+    eventually(WAIT, "the switch to be served", async || {
+        retiring(&r2).await.0 == ["black", "red"]
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (deployed, waiting) = retiring(&r1).await;
+    assert_eq!(
+        deployed,
+        ["black", "red"],
+        "red retired before every Envoy answered"
+    );
+    assert!(waiting.iter().all(|w| w.awaiting_ack), "{waiting:?}");
+
+    // It answers: the grace runs, then red is retired everywhere.
+    let answered = Instant::now();
+    slow.settle(Duration::from_millis(300)).await;
+    eventually(WAIT, "red to be retired", async || {
+        retiring(&r1).await.0 == ["black"] && retiring(&r2).await.0 == ["black"]
+    })
+    .await;
+    assert!(
+        answered.elapsed() >= Duration::from_millis(900),
+        "the grace did not run"
+    );
 }
