@@ -403,10 +403,18 @@ async fn config(State(s): State<AdminState>) -> Response {
     }
 }
 
-/// Ready once a valid deployment file has been loaded.
+/// Ready once a valid deployment file has been loaded. A replica that lost etcd is still
+/// ready (it serves the last record it has) and says so.
 async fn readyz(State(s): State<AdminState>) -> Response {
     if s.status.ready() {
-        "ready\n".into_response()
+        match s.status.cluster_trouble() {
+            Some(why) => format!(
+                "ready: serving the last record this replica has; nothing advances (no step, \
+                 retirement or drain end) until etcd answers: {why}\n"
+            )
+            .into_response(),
+            None => "ready\n".into_response(),
+        }
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -111,6 +111,19 @@ impl Status {
         });
     }
 
+    /// Cluster mode: why this replica decides nothing now (no lease: etcd unreachable or
+    /// without a majority), if so.
+    pub fn cluster_trouble(&self) -> Option<String> {
+        self.with(|i| {
+            let c = i.cluster.as_ref().filter(|c| c.role == "unknown")?;
+            Some(
+                c.etcd_problem
+                    .clone()
+                    .unwrap_or_else(|| "no etcd lease yet".to_owned()),
+            )
+        })
+    }
+
     /// The replica that leads and where its admin API is (cluster mode).
     pub fn leader_admin(&self) -> Option<(Option<String>, String)> {
         self.with(|i| {

@@ -688,6 +688,15 @@ async fn without_a_majority_nothing_advances_and_the_rollout_resumes_when_it_is_
     let held = held[0].0.max(held[1].0);
     let why = r1.status().await.cluster.unwrap().etcd_problem.unwrap();
     eprintln!("without a majority, /status says: {why}");
+    let readyz = reqwest::get(format!("http://{}/readyz", r1.admin))
+        .await
+        .unwrap();
+    assert_eq!(readyz.status(), 200, "a replica without etcd still serves");
+    let said = readyz.text().await.unwrap();
+    assert!(
+        said.contains("nothing advances") && said.contains("etcd"),
+        "{said}"
+    );
     // The majority is back: a leader decides from the record, and the steps go on.
     etcd.restart(1).await;
     eventually(Duration::from_secs(20), "the steps to go on", async || {
