@@ -45,7 +45,7 @@ enum Command {
     /// Envoys connect to the ADS address (see `cutover bootstrap`). The file is watched; a valid
     /// save is pushed within milliseconds, an invalid one is reported (log and admin /status)
     /// and the last good config keeps being served.
-    Serve(cli::serve::Args),
+    Serve(Box<cli::serve::Args>),
     /// Check a deployment file; list every problem as file:line:column. Exit 0 if valid, 1 if not.
     Validate(cli::validate::Args),
     /// Print the exact Envoy resources the file becomes (clusters, endpoints, listeners, routes).
@@ -132,7 +132,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
             init_tracing(args.log_format);
-            cli::serve::run(args)
+            cli::serve::run(*args)
         }
         Command::Validate(args) => cli::validate::run(args),
         Command::Render(args) => cli::render::run(args),

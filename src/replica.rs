@@ -32,6 +32,16 @@ pub struct ClusterOptions {
     pub admin_url: String,
     /// The lease's time to live: how long a replica that died (or was paused) keeps leading.
     pub lease_ttl: Duration,
+    /// etcd over TLS (`https://` URLs).
+    pub tls: Option<EtcdTls>,
+}
+
+/// How a replica reaches etcd over TLS: the CA that signed etcd's certificate and, for etcd's
+/// `--client-cert-auth`, this replica's certificate and key (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    pub ca: std::path::PathBuf,
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// How many of the files the cluster served a record remembers (by hash): a replica with an

@@ -271,3 +271,58 @@ async fn a_leadership_lasts_while_etcd_is_up() {
         revision
     );
 }
+
+/// etcd with mutual TLS (`--client-cert-auth`): a client with a certificate of the CA etcd
+/// trusts leads and writes; one without a certificate gets nothing; a certificate file that
+/// is not there is an error naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_over_mutual_tls_serves_a_client_with_a_certificate_only() {
+    use cutover::replica::EtcdTls;
+    use cutover::testing::pki::Ca;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("etcd CA");
+    let server = ca.write(dir.path(), "etcd", &ca.server(&["127.0.0.1"]));
+    let client = ca.write(dir.path(), "client", &ca.client(&["cutover"]));
+    let Some(cluster) = EtcdCluster::start_tls(1, server).await else {
+        return;
+    };
+    let with_cert = EtcdTls {
+        ca: client.ca.clone(),
+        identity: Some((client.cert.clone(), client.key.clone())),
+    };
+    let etcd = Etcd::connect_tls(&cluster.endpoints(), PREFIX, Some(&with_cert))
+        .await
+        .unwrap();
+    let leading = etcd.lead("a", TTL).await.unwrap();
+    etcd.put_fenced(&leading, "state", b"1".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(etcd.get("state").await.unwrap().unwrap().0, b"1");
+
+    let without = EtcdTls {
+        ca: client.ca.clone(),
+        identity: None,
+    };
+    let refused = async {
+        let etcd = Etcd::connect_tls(&cluster.endpoints(), PREFIX, Some(&without)).await?;
+        etcd.get("state").await
+    };
+    assert!(
+        refused.await.is_err(),
+        "a client without a certificate read etcd"
+    );
+
+    let missing = EtcdTls {
+        ca: dir.path().join("nowhere.pem"),
+        identity: None,
+    };
+    let err = Etcd::connect_tls(&cluster.endpoints(), PREFIX, Some(&missing))
+        .await
+        .err()
+        .expect("a missing CA file is an error")
+        .to_string();
+    assert!(
+        err.contains("nowhere.pem") && err.contains("--etcd-ca"),
+        "{err}"
+    );
+}

@@ -777,3 +777,34 @@ services:
         "the grace did not run"
     );
 }
+
+/// `cutover serve --etcd https://… --etcd-ca --etcd-cert --etcd-key`: a replica reaches etcd
+/// over mutual TLS and leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_reaches_etcd_over_mutual_tls() {
+    use cutover::testing::pki::Ca;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("etcd CA");
+    let server = ca.write(dir.path(), "etcd", &ca.server(&["127.0.0.1"]));
+    let client = ca.write(dir.path(), "client", &ca.client(&["r1"]));
+    let Some(etcd) = EtcdCluster::start_tls(1, server).await else {
+        return;
+    };
+    let file = DeploymentFile::new(dir.path().join("deploy.yaml"));
+    file.write_renamed(&plain(free_port(), &["127.0.0.1:1"]));
+    let endpoints = etcd.endpoints().join(",");
+    assert!(endpoints.starts_with("https://"), "{endpoints}");
+    let args = [
+        "--etcd",
+        &endpoints,
+        "--etcd-ca",
+        client.ca.to_str().unwrap(),
+        "--etcd-cert",
+        client.cert.to_str().unwrap(),
+        "--etcd-key",
+        client.key.to_str().unwrap(),
+    ];
+    let r1 = Cutover::start_at(dir.path(), &file.path, free_port(), &args, TEST_LOG).await;
+    leads(&r1).await;
+    assert!(r1.status().await.config_version.is_some());
+}

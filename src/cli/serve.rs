@@ -135,6 +135,26 @@ pub struct Args {
         requires = "etcd"
     )]
     advertise_admin: Option<String>,
+    /// etcd over TLS (`https://` URLs): the CA that signed etcd's certificate (PEM).
+    #[arg(long, env = "CUTOVER_ETCD_CA", value_name = "FILE", requires = "etcd")]
+    etcd_ca: Option<PathBuf>,
+    /// For etcd's `--client-cert-auth`: this replica's certificate (PEM), signed by a CA etcd
+    /// trusts.
+    #[arg(
+        long,
+        env = "CUTOVER_ETCD_CERT",
+        value_name = "FILE",
+        requires_all = ["etcd_key", "etcd_ca"]
+    )]
+    etcd_cert: Option<PathBuf>,
+    /// The private key of --etcd-cert (PEM).
+    #[arg(
+        long,
+        env = "CUTOVER_ETCD_KEY",
+        value_name = "FILE",
+        requires = "etcd_cert"
+    )]
+    etcd_key: Option<PathBuf>,
     /// How long a replica that died or hangs keeps leading before another takes over.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, requires = "etcd")]
     lease_ttl: Duration,
@@ -181,6 +201,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         name: args.replica.clone().unwrap_or_else(host_name),
         admin_url: args.advertise_admin.clone().unwrap_or_default(),
         lease_ttl: args.lease_ttl,
+        tls: args.etcd_ca.clone().map(|ca| crate::replica::EtcdTls {
+            ca,
+            identity: args.etcd_cert.clone().zip(args.etcd_key.clone()),
+        }),
     });
     let options = app::ServeOptions {
         file: args.file,

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::reconcile::RuntimeState;
-use crate::replica::Recorded;
+use crate::replica::{EtcdTls, Recorded};
 
 pub mod replica;
 
@@ -117,6 +117,15 @@ pub enum ClusterError {
         "this replica no longer leads (its lease ended or another replica was elected): the write was refused"
     )]
     Deposed,
+    #[error(
+        "cannot read {}: {source}; check --etcd-ca, --etcd-cert and --etcd-key",
+        path.display()
+    )]
+    TlsFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("etcd elected this replica without saying under which key")]
     NoLeaderKey,
     #[error(
@@ -151,11 +160,34 @@ pub struct Etcd {
 impl Etcd {
     /// Connects to any of `endpoints` (`http://host:port`).
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Etcd, ClusterError> {
-        let options = ConnectOptions::new()
+        Etcd::connect_tls(endpoints, prefix, None).await
+    }
+
+    /// [`Etcd::connect`], over TLS with `tls` (`https://` endpoints).
+    pub async fn connect_tls(
+        endpoints: &[String],
+        prefix: &str,
+        tls: Option<&EtcdTls>,
+    ) -> Result<Etcd, ClusterError> {
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             // etcd refuses pings more often than every 5 s (`--grpc-keepalive-min-time`)
             // by closing the connection, which ends every watch and lease stream on it.
             .with_keep_alive(Duration::from_secs(6), Duration::from_secs(3));
+        if let Some(tls) = tls {
+            let read = |path: &std::path::Path| {
+                std::fs::read(path).map_err(|source| ClusterError::TlsFile {
+                    path: path.to_owned(),
+                    source,
+                })
+            };
+            let mut config = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)?));
+            if let Some((cert, key)) = &tls.identity {
+                config = config.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+            }
+            options = options.with_tls(config);
+        }
         let client = Client::connect(endpoints, Some(options))
             .await
             .map_err(|source| ClusterError::Connect {

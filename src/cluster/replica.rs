@@ -45,7 +45,7 @@ pub async fn start(
     closing: watch::Receiver<bool>,
 ) -> Result<Link, ClusterError> {
     status.start_cluster(&opts.name);
-    let etcd = Etcd::connect(&opts.endpoints, &opts.prefix).await?;
+    let etcd = Etcd::connect_tls(&opts.endpoints, &opts.prefix, opts.tls.as_ref()).await?;
     // Read once before serving: an unreachable etcd fails the start here, with its URLs.
     let first = match etcd.load().await {
         Ok(record) => record.map(Arc::new),

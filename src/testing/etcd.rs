@@ -20,6 +20,8 @@ struct Member {
     name: String,
     client: SocketAddr,
     peer: SocketAddr,
+    /// Plain HTTP `/health` and `/metrics`, whether clients speak TLS or not.
+    metrics: SocketAddr,
     child: Option<Child>,
 }
 
@@ -28,11 +30,24 @@ pub struct EtcdCluster {
     bin: PathBuf,
     dir: tempfile::TempDir,
     members: Vec<Member>,
+    /// Clients over mutual TLS: the server's certificate, its key, and the CA a client's
+    /// certificate must be signed by.
+    tls: Option<super::pki::Files>,
 }
 
 impl EtcdCluster {
     /// `n` members, healthy; `None` (skipping, off CI) without etcd.
     pub async fn start(n: usize) -> Option<EtcdCluster> {
+        EtcdCluster::start_with(n, None).await
+    }
+
+    /// [`EtcdCluster::start`] whose clients must speak mutual TLS: `tls` holds the members'
+    /// certificate (for 127.0.0.1) and key, and the CA client certificates must come from.
+    pub async fn start_tls(n: usize, tls: super::pki::Files) -> Option<EtcdCluster> {
+        EtcdCluster::start_with(n, Some(tls)).await
+    }
+
+    async fn start_with(n: usize, tls: Option<super::pki::Files>) -> Option<EtcdCluster> {
         let found = std::env::var_os("PATH")
             .into_iter()
             .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
@@ -50,6 +65,7 @@ impl EtcdCluster {
                 name: format!("m{i}"),
                 client: free_port(),
                 peer: free_port(),
+                metrics: free_port(),
                 child: None,
             })
             .collect();
@@ -57,6 +73,7 @@ impl EtcdCluster {
             bin,
             dir: tempfile::tempdir().expect("a temporary directory"),
             members,
+            tls,
         };
         for i in 0..n {
             cluster.spawn(i, "new");
@@ -65,11 +82,20 @@ impl EtcdCluster {
         Some(cluster)
     }
 
-    /// The client URLs of every member, up or not.
+    /// The client URLs of every member, up or not (`https://` with TLS).
     pub fn endpoints(&self) -> Vec<String> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         self.members
             .iter()
-            .map(|m| format!("http://{}", m.client))
+            .map(|m| format!("{scheme}://{}", m.client))
+            .collect()
+    }
+
+    /// The plain HTTP URLs of every member's `/metrics` and `/health`.
+    pub fn metrics_urls(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("http://{}", m.metrics))
             .collect()
     }
 
@@ -96,12 +122,28 @@ impl EtcdCluster {
         let m = &self.members[i];
         let data = self.dir.path().join(&m.name);
         let log = std::fs::File::create(self.log(i)).expect("an etcd log file");
-        let child = Command::new(&self.bin)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut command = Command::new(&self.bin);
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&data)
-            .args(["--listen-client-urls", &format!("http://{}", m.client)])
-            .args(["--advertise-client-urls", &format!("http://{}", m.client)])
+            .args(["--listen-client-urls", &format!("{scheme}://{}", m.client)])
+            .args([
+                "--advertise-client-urls",
+                &format!("{scheme}://{}", m.client),
+            ])
+            .args(["--listen-metrics-urls", &format!("http://{}", m.metrics)])
             .args(["--listen-peer-urls", &format!("http://{}", m.peer)])
             .args([
                 "--initial-advertise-peer-urls",
@@ -134,7 +176,7 @@ impl EtcdCluster {
         loop {
             let mut healthy = true;
             for m in &running {
-                healthy &= health(m.client).await;
+                healthy &= health(m.metrics).await;
             }
             if healthy {
                 return;
