@@ -16,13 +16,9 @@ use cutover::testing::{
 /// The lease's TTL the replicas run with: a dead leader is replaced within it (+ 1 s).
 const TTL: Duration = Duration::from_secs(2);
 
-/// A canary of `checkout` from blue to green, its step `interval` long.
-fn canary(
-    listener: std::net::SocketAddr,
-    blue: &Upstream,
-    green: &Upstream,
-    interval: &str,
-) -> String {
+/// A deployment file of one listener at `listener` routing everything to `checkout`, whose
+/// versions and strategy are `service` (indented under it).
+fn checkout(listener: std::net::SocketAddr, service: &str) -> String {
     format!(
         "\
 # Written by the cluster tests.
@@ -34,7 +30,21 @@ listeners:
         service: checkout
 services:
   checkout:
-    versions:
+{service}"
+    )
+}
+
+/// A canary of `checkout` from blue to green, its step `interval` long.
+fn canary(
+    listener: std::net::SocketAddr,
+    blue: &Upstream,
+    green: &Upstream,
+    interval: &str,
+) -> String {
+    checkout(
+        listener,
+        &format!(
+            "    versions:
       blue:  {{ endpoints: [{blue}] }}
       green: {{ endpoints: [{green}] }}
     strategy:
@@ -44,8 +54,9 @@ services:
         steps: [20, 100]
         interval: {interval}
 ",
-        blue = blue.addr,
-        green = green.addr,
+            blue = blue.addr,
+            green = green.addr,
+        ),
     )
 }
 
@@ -279,21 +290,12 @@ fn command(replica: &Cutover, command: &str) -> (bool, String) {
 
 /// `blue` with the given endpoints, active: each list is another config.
 fn plain(listener: std::net::SocketAddr, endpoints: &[&str]) -> String {
-    format!(
-        "\
-listeners:
-  - name: public
-    address: {listener}
-    routes:
-      - match: {{ prefix: / }}
-        service: checkout
-services:
-  checkout:
-    versions:
-      blue: {{ endpoints: [{}] }}
-    active: blue
-",
-        endpoints.join(", ")
+    checkout(
+        listener,
+        &format!(
+            "    versions:\n      blue: {{ endpoints: [{}] }}\n    active: blue\n",
+            endpoints.join(", ")
+        ),
     )
 }
 
@@ -534,26 +536,22 @@ async fn a_check_counts_what_the_envoys_of_every_replica_reported() {
 
 /// A canary whose steps take `interval` each: the leader writes a record at every step.
 fn stepping(listener: std::net::SocketAddr, interval: &str) -> String {
-    format!(
-        "\
-listeners:
-  - name: public
-    address: {listener}
-    routes:
-      - match: {{ prefix: / }}
-        service: checkout
-services:
-  checkout:
-    versions:
+    let steps: Vec<String> = (1..=20).map(|i| (i * 5).to_string()).collect();
+    checkout(
+        listener,
+        &format!(
+            "    versions:
       blue:  {{ endpoints: [127.0.0.1:1] }}
       green: {{ endpoints: [127.0.0.1:2] }}
     strategy:
       canary:
         stable: blue
         canary: green
-        steps: [5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60, 65, 70, 75, 80, 85, 90, 95, 100]
+        steps: [{}]
         interval: {interval}
-"
+",
+            steps.join(", ")
+        ),
     )
 }
 
@@ -718,23 +716,18 @@ async fn a_retirement_waits_for_an_envoy_on_another_replica() {
     let dir = tempfile::tempdir().unwrap();
     let listener = free_port();
     let red_black = |active: &str| {
-        format!(
-            "\
-listeners:
-  - name: public
-    address: {listener}
-    routes:
-      - match: {{ prefix: / }}
-        service: checkout
-services:
-  checkout:
-    versions:
+        checkout(
+            listener,
+            &format!(
+                "    versions:
       red:   {{ endpoints: [127.0.0.1:1] }}
       black: {{ endpoints: [127.0.0.1:2] }}
     strategy: {{ red-black: {{ active: {active}, grace: 1s }} }}
 "
+            ),
         )
     };
+
     let r1 = replica(&etcd, dir.path(), "r1", &red_black("red")).await;
     leads(&r1).await;
     let r2 = replica(&etcd, dir.path(), "r2", &red_black("red")).await;

@@ -590,21 +590,7 @@ impl Changes {
     /// The next changes: each key (below the folder) with its new value, or `None` where it
     /// was deleted (or its lease ended).
     pub async fn next(&mut self) -> Result<Vec<(String, Option<Vec<u8>>)>, ClusterError> {
-        let ended = |reason: String| ClusterError::WatchEnded {
-            key: self.prefix.clone(),
-            reason,
-        };
-        let answer = match self.stream.message().await {
-            Ok(Some(answer)) => answer,
-            Ok(None) => return Err(ended("etcd closed it".to_owned())),
-            Err(e) => return Err(ended(e.to_string())),
-        };
-        if answer.canceled() {
-            return Err(ended(format!(
-                "etcd canceled it: {}",
-                answer.cancel_reason()
-            )));
-        }
+        let answer = next_answer(&mut self.stream, &self.prefix).await?;
         Ok(answer
             .events()
             .iter()
@@ -616,6 +602,29 @@ impl Changes {
             })
             .collect())
     }
+}
+
+/// The next answer of the watch on `key`; an error naming it when the watch ended.
+async fn next_answer(
+    stream: &mut WatchStream,
+    key: &str,
+) -> Result<etcd_client::WatchResponse, ClusterError> {
+    let ended = |reason: String| ClusterError::WatchEnded {
+        key: key.to_owned(),
+        reason,
+    };
+    let answer = match stream.message().await {
+        Ok(Some(answer)) => answer,
+        Ok(None) => return Err(ended("etcd closed it".to_owned())),
+        Err(e) => return Err(ended(e.to_string())),
+    };
+    if answer.canceled() {
+        return Err(ended(format!(
+            "etcd canceled it: {}",
+            answer.cancel_reason()
+        )));
+    }
+    Ok(answer)
 }
 
 /// The records a follower receives, in the order they were written.
@@ -637,21 +646,7 @@ impl Records {
                     reason,
                 });
             }
-            let ended = |reason: String| ClusterError::WatchEnded {
-                key: self.key.clone(),
-                reason,
-            };
-            let answer = match self.stream.message().await {
-                Ok(Some(answer)) => answer,
-                Ok(None) => return Err(ended("etcd closed it".to_owned())),
-                Err(e) => return Err(ended(e.to_string())),
-            };
-            if answer.canceled() {
-                return Err(ended(format!(
-                    "etcd canceled it: {}",
-                    answer.cancel_reason()
-                )));
-            }
+            let answer = next_answer(&mut self.stream, &self.key).await?;
             for event in answer.events() {
                 if let (EventType::Put, Some(kv)) = (event.event_type(), event.kv()) {
                     self.pending
