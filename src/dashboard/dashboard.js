@@ -130,6 +130,17 @@ function renderSummary(status) {
   const parts = [];
   parts.push(el('span', {}, 'file ', el('b', {}, status.file || '–')));
   parts.push(el('span', {}, 'config ', el('b', {}, short(status.config_version))));
+  const c = status.cluster;
+  if (c) {
+    // Cluster mode: which replica this page is served by, and who decides.
+    const role = c.role === 'leader'
+      ? 'leader'
+      : c.role === 'follower'
+        ? `follower of ${c.leader || '?'}`
+        : 'no etcd lease: deciding nothing';
+    parts.push(el('span', { class: c.role === 'unknown' ? 'bad' : '', 'data-cluster': c.role },
+      'replica ', el('b', {}, c.replica), ` · ${role} · record ${c.revision}`));
+  }
   const r = status.last_reload;
   if (r) {
     parts.push(
@@ -157,6 +168,13 @@ function renderAlerts(status) {
         el('pre', {}, r.error || ''),
       ),
     );
+  }
+  for (const [what, text] of [
+    ['etcd', status.cluster?.etcd_problem],
+    ['Not applied yet', status.cluster?.unrecorded],
+    ["This replica's copy of the file", status.cluster?.local_file],
+  ]) {
+    if (text) alerts.push(el('div', { class: 'alert bad' }, el('b', {}, `${what}: `), text));
   }
   if (status.state_file && !status.state_file.ok) {
     alerts.push(el('div', { class: 'alert bad' }, el('b', {}, 'Runtime state file: '), status.state_file.error || status.state_file.path));

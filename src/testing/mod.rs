@@ -218,6 +218,27 @@ pub fn interpolated_percentile(sorted: &[f64], p: f64) -> Option<f64> {
 pub fn free_port() -> SocketAddr {
     static GIVEN: Mutex<std::collections::BTreeSet<u16>> =
         Mutex::new(std::collections::BTreeSet::new());
+    // Below the kernel's ephemeral range when there is room: the client side of every
+    // connection a test opens takes a port from that range, and could take one a test meant to
+    // bind a moment later (seen: an Envoy listener's port taken during a restart under load).
+    if let Some(low) = ephemeral_low().filter(|low| *low >= 24_000) {
+        use std::hash::{BuildHasher as _, Hasher as _};
+        let span = u64::from(low) - 20_000;
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let start = h.finish() % span;
+        for i in 0..span {
+            let port = u16::try_from(20_000 + (start + i * 7_919) % span).expect("below 65536");
+            let mut given = GIVEN.lock().expect("ports lock");
+            if given.contains(&port) {
+                continue;
+            }
+            if StdTcpListener::bind(("127.0.0.1", port)).is_ok() {
+                given.insert(port);
+                return SocketAddr::from(([127, 0, 0, 1], port));
+            }
+        }
+    }
     for _ in 0..1000 {
         let listener = StdTcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local address");
@@ -226,6 +247,16 @@ pub fn free_port() -> SocketAddr {
         }
     }
     panic!("no loopback port that this process has not used yet after 1000 tries");
+}
+
+/// The lowest port of the kernel's ephemeral range (Linux), if it can be read.
+fn ephemeral_low() -> Option<u16> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// How many times each body was seen.
