@@ -440,12 +440,18 @@ async fn commands_reach_the_leader_and_an_older_copy_of_the_file_never_rolls_bac
         one,
         "r2 must not roll back to its older copy"
     );
-    let local = r2.status().await.cluster.unwrap().local_file;
-    assert!(
-        local
-            .as_deref()
-            .is_some_and(|l| l.contains("served before")),
-        "{local:?}"
+    eventually(WAIT, "r2 to say why its copy is not served", async || {
+        r2.status()
+            .await
+            .cluster
+            .and_then(|c| c.local_file)
+            .is_some_and(|l| l.contains("served before"))
+    })
+    .await;
+    assert_eq!(
+        version(&r2).await,
+        one,
+        "r2 must not roll back to its older copy"
     );
     // Its copy changes: that is a new decision.
     file("r2").write_renamed(&plain(listener, &["127.0.0.1:1", "127.0.0.1:2"]));

@@ -276,8 +276,6 @@ impl Replica {
                 let _ = self.etcd.revoke(&lease).await;
                 return;
             }
-            self.status
-                .set_cluster(|r| r.role = Role::Unknown.as_str().to_owned());
         }
     }
 
@@ -337,8 +335,6 @@ impl Replica {
         })
         .expect("a candidate serializes");
         role.send_replace(Role::Follower);
-        self.status
-            .set_cluster(|r| r.role = Role::Follower.as_str().to_owned());
         let elected = loop {
             match self.etcd.campaign(lease, &candidate).await {
                 Ok(l) => break l,
@@ -368,7 +364,6 @@ impl Replica {
             term: l.term(),
             record: record.map(Arc::new),
         });
-        self.status.set_cluster(|r| r.role = "leader".to_owned());
         loop {
             tokio::select! {
                 () = l.lost() => return,
