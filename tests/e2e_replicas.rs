@@ -11,6 +11,19 @@ use cutover::testing::{
     eventually, free_port, in_both_xds_modes,
 };
 
+/// Two replicas, each with its own copy of `text` (and its own state), started with `args`;
+/// their directories (the first for the Envoy's files too) and the processes.
+async fn two_replicas(text: &str, args: &[&str]) -> ([tempfile::TempDir; 2], Vec<Cutover>) {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut replicas = Vec::new();
+    for dir in &dirs {
+        let file = DeploymentFile::new(dir.path().join("deploy.yaml"));
+        file.write_renamed(text);
+        replicas.push(Cutover::start_with_args(dir.path(), &file.path, args).await);
+    }
+    (dirs, replicas)
+}
+
 /// Whether `replica` sees the Envoy, in sync.
 async fn holds(replica: &Cutover) -> bool {
     replica
@@ -29,14 +42,7 @@ in_both_xds_modes! {
         let listener = free_port();
         let addrs = |u: &[Upstream]| u.iter().map(|u| u.addr).collect::<Vec<_>>();
         let text = checkout_deployment(listener, &addrs(&blue), &addrs(&green), "blue");
-        // Two replicas, each with its own copy of the same file (and its own state).
-        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let mut replicas = Vec::new();
-        for dir in [&dir_a, &dir_b] {
-            let file = DeploymentFile::new(dir.path().join("deploy.yaml"));
-            file.write_renamed(&text);
-            replicas.push(Cutover::start(dir.path(), &file.path).await);
-        }
+        let ([dir_a, _dir_b], mut replicas) = two_replicas(&text, &[]).await;
         let both = format!("{},{}", replicas[0].ads, replicas[1].ads);
         let envoy =
             Envoy::start_with(&envoy_bin, dir_a.path(), NODE, &both, listener, xds.bootstrap_args())
@@ -87,14 +93,7 @@ async fn streams_that_reach_their_age_move_envoy_between_replicas_without_a_chan
     let listener = free_port();
     let addrs = |u: &[Upstream]| u.iter().map(|u| u.addr).collect::<Vec<_>>();
     let text = checkout_deployment(listener, &addrs(&blue), &addrs(&green), "blue");
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut replicas = Vec::new();
-    for dir in [&dir_a, &dir_b] {
-        let file = DeploymentFile::new(dir.path().join("deploy.yaml"));
-        file.write_renamed(&text);
-        let args = ["--max-stream-age", "2s"];
-        replicas.push(Cutover::start_with_args(dir.path(), &file.path, &args).await);
-    }
+    let ([dir_a, _dir_b], replicas) = two_replicas(&text, &["--max-stream-age", "2s"]).await;
     let both = format!("{},{}", replicas[0].ads, replicas[1].ads);
     let envoy = Envoy::start_with(&envoy_bin, dir_a.path(), NODE, &both, listener, &[]).await;
     eventually(WAIT, "one replica to hold the Envoy in sync", async || {
