@@ -56,6 +56,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/wait/{what}", get(wait_for))
+        .route("/wait-facts", get(wait_facts))
         .route("/figures/{service}/{version}", get(figures))
         .merge(mutating)
         .with_state(state.clone())
@@ -317,36 +318,132 @@ struct WaitQuery {
 
 /// `GET /wait/{drained|healthy}?service=S[&target=T]`: whether it is so now, and if not what
 /// is still awaited (`cutover wait` asks until it is), or why it cannot say
-/// ([`wait_refused`] says with which status).
+/// ([`wait_refused`] says with which status). In cluster mode, judged from what the Envoys on
+/// every replica answered and reported.
 async fn wait_for(
     State(s): State<AdminState>,
     Path(what): Path<String>,
     Query(q): Query<WaitQuery>,
 ) -> Response {
-    match wait_answer(&s, &what, &q) {
+    match wait_answer(&s, &what, &q).await {
         Ok(answer) => Json(answer).into_response(),
         Err(e) => wait_refused(&e),
     }
 }
 
-fn wait_answer(s: &AdminState, what: &str, q: &WaitQuery) -> Result<WaitAnswer, WaitError> {
+/// How long `/wait` waits for another replica's facts.
+const WAIT_FACTS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn wait_answer(s: &AdminState, what: &str, q: &WaitQuery) -> Result<WaitAnswer, WaitError> {
     let what = what.parse::<WaitFor>()?;
     let plan = s.status.plan().ok_or(WaitError::NotLoaded)?;
-    let envoys = s.status.wait_envoys(&q.service);
-    let now = std::time::Instant::now();
+    let mut facts = local_facts(s, &plan, &q.service);
+    let http = crate::http_client::Client::new();
+    let asked = s.status.other_admins().into_iter().map(|(name, admin)| {
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("service", &q.service)
+            .finish();
+        let url = format!("{}/wait-facts?{query}", admin.trim_end_matches('/'));
+        let http = &http;
+        async move {
+            let got = http
+                .send(axum::http::Method::GET, &url, &[], WAIT_FACTS_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|a| {
+                    if a.status.is_success() {
+                        serde_json::from_slice::<crate::wait::Facts>(&a.body)
+                            .map_err(|e| e.to_string())
+                    } else {
+                        Err(format!("answered {}", a.status))
+                    }
+                });
+            (name, url, got)
+        }
+    });
+    for (i, (name, url, got)) in futures::future::join_all(asked)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        match got {
+            Ok(theirs) => facts.merge(theirs.from_replica(i + 1)),
+            Err(e) => {
+                tracing::warn!(%url, "a wait cannot count replica {name}'s Envoys: {e}");
+                facts.unheard.push(name);
+            }
+        }
+    }
     let target = q.target.as_deref();
     match what {
-        WaitFor::Drained => crate::wait::drained(
-            &plan,
-            &q.service,
-            target,
-            &envoys,
-            &s.telemetry.in_flight(now),
-            |id| s.telemetry.health(id, now),
-        ),
-        WaitFor::Healthy => crate::wait::healthy(&plan, &q.service, target, &envoys, |id| {
-            s.telemetry.health(id, now)
-        }),
+        WaitFor::Drained => crate::wait::drained(&plan, &q.service, target, &facts),
+        WaitFor::Healthy => crate::wait::healthy(&plan, &q.service, target, &facts),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct FactsQuery {
+    service: String,
+}
+
+/// `GET /wait-facts?service=S`: what this replica's Envoys that hold S answered and reported,
+/// for another replica's `/wait` (503 before a valid file is loaded).
+async fn wait_facts(State(s): State<AdminState>, Query(q): Query<FactsQuery>) -> Response {
+    match s.status.plan() {
+        Some(plan) => Json(local_facts(&s, &plan, &q.service)).into_response(),
+        None => wait_refused(&WaitError::NotLoaded),
+    }
+}
+
+/// What this replica's own Envoys that hold `service` answered, and what they reported about
+/// it, on this replica's wall clock.
+fn local_facts(s: &AdminState, plan: &crate::reconcile::Plan, service: &str) -> crate::wait::Facts {
+    use crate::wait::{Facts, LoadReport, Seen, StatsReport};
+    let now = (std::time::Instant::now(), std::time::SystemTime::now());
+    let load = s
+        .telemetry
+        .in_flight(now.0)
+        .nodes
+        .into_iter()
+        .filter(|(_, n)| n.load_reporting)
+        .map(|(node, n)| {
+            let report = LoadReport {
+                reported_at: n.reported_at.map(|t| Seen::local(t, now)),
+                endpoints: n
+                    .endpoints
+                    .into_iter()
+                    .filter(|e| e.service == service)
+                    .collect(),
+            };
+            (node, report)
+        })
+        .collect();
+    let versions = plan.services.get(service).map(|p| p.versions.keys());
+    let stats = versions
+        .into_iter()
+        .flatten()
+        .map(|version| {
+            let id = crate::ids::ClusterId::new(service, version);
+            let reports = s
+                .telemetry
+                .health(&id, now.0)
+                .into_iter()
+                .map(|h| StatsReport {
+                    node: h.node,
+                    reported_at: Seen::local(h.reported_at, now),
+                    healthy: h.healthy,
+                    total: h.total,
+                    in_flight: h.in_flight,
+                })
+                .collect();
+            (version.clone(), reports)
+        })
+        .collect();
+    Facts {
+        envoys: s.status.wait_envoys(service, now),
+        load,
+        stats,
+        unheard: Vec::new(),
     }
 }
 

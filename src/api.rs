@@ -572,6 +572,10 @@ pub struct ClusterReport {
     /// Other replicas that publish what their Envoys hold, and how many Envoys they have.
     pub other_replicas: usize,
     pub other_envoys: usize,
+    /// Where each other replica's admin API is, by name: `/wait` asks them what their Envoys
+    /// hold and report.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub other_admins: BTreeMap<String, String>,
     /// What is wrong with etcd, if anything: nothing advances until it is fixed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub etcd_problem: Option<String>,

@@ -103,6 +103,16 @@ impl Status {
     }
 
     /// Changes this replica's part of the report (nothing for one cutover alone).
+    /// Cluster mode: the other replicas' names and admin URLs (none alone).
+    pub fn other_admins(&self) -> Vec<(String, String)> {
+        self.with(|i| {
+            i.cluster
+                .as_ref()
+                .map(|c| c.other_admins.clone().into_iter().collect())
+                .unwrap_or_default()
+        })
+    }
+
     pub fn set_cluster(&self, change: impl FnOnce(&mut ClusterReport)) {
         self.with(|i| {
             if let Some(c) = i.cluster.as_mut() {
@@ -146,7 +156,12 @@ impl Status {
     /// answered its group's current config, for `cutover wait`. Envoys of groups whose config
     /// does not include the service are left out; one whose group is not known yet (it has
     /// sent nothing) is kept, since it may hold it.
-    pub fn wait_envoys(&self, service: &str) -> Vec<wait::Envoy> {
+    /// `now` is one reading of both clocks, to put the answers' instants on the wall clock.
+    pub fn wait_envoys(
+        &self,
+        service: &str,
+        now: (std::time::Instant, std::time::SystemTime),
+    ) -> Vec<wait::Envoy> {
         let published = self.published.borrow().clone();
         let holders: BTreeSet<GroupId> = self
             .plan()
@@ -163,7 +178,8 @@ impl Status {
             };
             let answered = (c.config_version.is_some() && c.config_version == current)
                 .then_some(c.answered_at)
-                .flatten();
+                .flatten()
+                .map(|at| wait::Seen::local(at, now));
             let e = by_node
                 .entry(c.node.id.clone())
                 .or_insert_with(|| wait::Envoy {
@@ -171,7 +187,10 @@ impl Status {
                     answered_at: answered,
                     rejected: false,
                 });
-            e.answered_at = e.answered_at.zip(answered).map(|(a, b)| a.max(b));
+            e.answered_at = e
+                .answered_at
+                .zip(answered)
+                .map(|(a, b)| if b.at_us > a.at_us { b } else { a });
             e.rejected |= c.sync == SyncState::Rejected;
         }
         by_node.into_values().collect()

@@ -15,23 +15,170 @@
 //!   and a stats flush each Envoy sent after its ACK counts every non-draining endpoint of the
 //!   version healthy (health checks passed, not ejected). Envoy reports health per version, not
 //!   per endpoint, so waiting for one endpoint waits for its whole version.
+//!
+//! In cluster mode an Envoy's xDS stream, load reports and stats may reach three different
+//! replicas: the replica asked merges every replica's [`Facts`], whose times are wall-clock
+//! ([`Seen`]); across two replicas, "after" needs a margin of [`CLOCK_SKEW`].
 
-use std::time::Instant;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
 
 use crate::api::{WaitAnswer, WaitError};
 use crate::ids::ClusterId;
 use crate::reconcile::{EndpointPlan, Health, Plan};
-use crate::telemetry::InFlight;
-use crate::telemetry::report::NodeHealth;
+use crate::telemetry::report::EndpointInFlight;
+
+/// How far apart the clocks of two replicas may be (NTP keeps them within milliseconds): a
+/// report one replica received counts as sent after an ACK another replica saw only when it is
+/// later by more than this. On one replica, any later instant counts.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(1);
+
+/// When a replica saw something (an ACK, a report arrive), by its wall clock: what several
+/// replicas saw is put together, and compared, in these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seen {
+    /// Microseconds since the Unix epoch.
+    pub at_us: u64,
+    /// Whose clock: 0 for the replica asked, others numbered as their facts are gathered.
+    #[serde(skip)]
+    pub replica: usize,
+}
+
+impl Seen {
+    /// An instant of this process on its wall clock, from one reading of both clocks (so that
+    /// instants keep their order exactly).
+    pub fn local(at: Instant, now: (Instant, SystemTime)) -> Seen {
+        let wall = now
+            .1
+            .checked_sub(now.0.saturating_duration_since(at))
+            .unwrap_or(UNIX_EPOCH);
+        let at_us = wall
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        Seen { at_us, replica: 0 }
+    }
+
+    /// Whether this certainly came after `earlier`: on one replica's clock, or by more than
+    /// [`CLOCK_SKEW`] across two.
+    pub fn after(self, earlier: Seen) -> bool {
+        let margin = if self.replica == earlier.replica {
+            0
+        } else {
+            u64::try_from(CLOCK_SKEW.as_micros()).unwrap_or(u64::MAX)
+        };
+        self.at_us > earlier.at_us.saturating_add(margin)
+    }
+
+    fn latest(a: Seen, b: Seen) -> Seen {
+        if b.at_us > a.at_us { b } else { a }
+    }
+}
 
 /// One connected Envoy, as far as waiting goes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Envoy {
     pub node: String,
     /// When it answered the current config; `None`: not yet.
-    pub answered_at: Option<Instant>,
+    pub answered_at: Option<Seen>,
     /// It answered by rejecting part of it.
     pub rejected: bool,
+}
+
+/// An Envoy's latest load report: the requests it has in progress, endpoint by endpoint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LoadReport {
+    pub reported_at: Option<Seen>,
+    /// Endpoints with requests in progress (none listed: nothing in flight).
+    pub endpoints: Vec<EndpointInFlight>,
+}
+
+/// What an Envoy's latest stats flush says of one version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatsReport {
+    pub node: String,
+    pub reported_at: Seen,
+    /// Endpoints it counts healthy (health checks passed, not ejected, not draining).
+    pub healthy: u64,
+    pub total: u64,
+    /// Requests sent to the version's endpoints and not answered yet, plus those waiting for a
+    /// connection: all of them, where load reports list only some.
+    pub in_flight: u64,
+}
+
+/// Everything a wait on one service is judged from: what the Envoys that hold it answered and
+/// reported. One replica gathers its own; in cluster mode the replica asked adds every other
+/// replica's (`GET /wait-facts`), since an Envoy's xDS stream, its load reports and its stats
+/// may each be on another replica.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Facts {
+    pub envoys: Vec<Envoy>,
+    /// By node id: the Envoys that send load reports.
+    pub load: BTreeMap<String, LoadReport>,
+    /// By version of the service: each Envoy's stats about it.
+    pub stats: BTreeMap<String, Vec<StatsReport>>,
+    /// Replicas that did not say what their Envoys hold: until they do (or leave the cluster),
+    /// nothing is done.
+    #[serde(skip)]
+    pub unheard: Vec<String>,
+}
+
+impl Facts {
+    /// Facts another replica sent: its times are by its clock, numbered `replica`.
+    #[must_use]
+    pub fn from_replica(mut self, replica: usize) -> Facts {
+        let mut mark = |s: &mut Seen| s.replica = replica;
+        for e in &mut self.envoys {
+            e.answered_at.as_mut().map(&mut mark);
+        }
+        for l in self.load.values_mut() {
+            l.reported_at.as_mut().map(&mut mark);
+        }
+        for r in self.stats.values_mut().flatten() {
+            mark(&mut r.reported_at);
+        }
+        self
+    }
+
+    /// Adds what another replica saw. An Envoy with streams on both (it moved, and the old
+    /// stream has not ended yet) has answered once it answered on both; its requests in flight
+    /// are what either report places (counted twice rather than missed).
+    pub fn merge(&mut self, other: Facts) {
+        for e in other.envoys {
+            match self.envoys.iter_mut().find(|x| x.node == e.node) {
+                Some(x) => {
+                    x.answered_at = x
+                        .answered_at
+                        .zip(e.answered_at)
+                        .map(|(a, b)| Seen::latest(a, b));
+                    x.rejected |= e.rejected;
+                }
+                None => self.envoys.push(e),
+            }
+        }
+        for (node, l) in other.load {
+            let mine = self.load.entry(node).or_default();
+            mine.reported_at = match (mine.reported_at, l.reported_at) {
+                (Some(a), Some(b)) => Some(Seen::latest(a, b)),
+                (a, b) => a.or(b),
+            };
+            mine.endpoints.extend(l.endpoints);
+        }
+        for (version, reports) in other.stats {
+            self.stats.entry(version).or_default().extend(reports);
+        }
+        self.unheard.extend(other.unheard);
+    }
+
+    /// The latest stats `node` sent about `version`.
+    fn latest_stats(&self, version: &str, node: &str) -> Option<&StatsReport> {
+        self.stats
+            .get(version)?
+            .iter()
+            .filter(|r| r.node == node)
+            .max_by_key(|r| r.reported_at.at_us)
+    }
 }
 
 /// The endpoints `target` names in `service`: a version's, one endpoint (by the address as the
@@ -67,9 +214,15 @@ fn endpoints<'a>(
     Ok(out)
 }
 
-/// Waits common to both: Envoys that have not answered the current config.
-fn unanswered(envoys: &[Envoy], out: &mut Vec<String>) {
-    for e in envoys {
+/// Waits common to both: replicas not heard from, Envoys that have not answered the current
+/// config.
+fn unanswered(facts: &Facts, out: &mut Vec<String>) {
+    for r in &facts.unheard {
+        out.push(format!(
+            "replica {r} to say what its Envoys hold and report (it did not answer; a replica that stops leaves the cluster with its lease)"
+        ));
+    }
+    for e in &facts.envoys {
         match (e.answered_at, e.rejected) {
             (None, _) => out.push(format!(
                 "Envoy {} has not ACKed the current config yet",
@@ -91,9 +244,7 @@ pub fn drained(
     plan: &Plan,
     service: &str,
     target: Option<&str>,
-    envoys: &[Envoy],
-    in_flight: &InFlight,
-    stats: impl Fn(&ClusterId) -> Vec<NodeHealth>,
+    facts: &Facts,
 ) -> Result<WaitAnswer, WaitError> {
     let endpoints = endpoints(plan, service, target)?;
     // Requests in flight come first: they are what a drain waits for.
@@ -110,17 +261,16 @@ pub fn drained(
             return Err(WaitError::ByName(e.address.to_string()));
         }
     }
-    unanswered(envoys, &mut waiting);
+    unanswered(facts, &mut waiting);
     let targets: Vec<(&str, String)> = endpoints
         .iter()
         .map(|(v, ep)| (*v, ep.address.to_string()))
         .collect();
-    for e in envoys {
+    for e in &facts.envoys {
         let Some(answered) = e.answered_at else {
             continue;
         };
-        let node = in_flight.nodes.get(&e.node).filter(|n| n.load_reporting);
-        let Some(node) = node else {
+        let Some(node) = facts.load.get(&e.node) else {
             waiting.push(format!(
                 "Envoy {} sends no load reports, so its requests in flight are unknown (start it from a bootstrap `cutover bootstrap` prints)",
                 e.node
@@ -146,7 +296,7 @@ pub fn drained(
                 ));
             }
         }
-        if node.reported_at.is_none_or(|t| t <= answered) {
+        if node.reported_at.is_none_or(|t| !t.after(answered)) {
             waiting.push(format!(
                 "a load report from Envoy {} sent after it ACKed the current config",
                 e.node
@@ -157,11 +307,8 @@ pub fn drained(
         versions.dedup();
         for version in versions {
             let id = ClusterId::new(service, version);
-            let latest = stats(&id)
-                .into_iter()
-                .filter(|r| r.node == e.node)
-                .max_by_key(|r| r.reported_at);
-            let Some(latest) = latest.filter(|r| r.reported_at > answered) else {
+            let latest = facts.latest_stats(version, &e.node);
+            let Some(latest) = latest.filter(|r| r.reported_at.after(answered)) else {
                 waiting.push(format!(
                     "stats from Envoy {} sent after it ACKed the current config (to count every request in flight to {id})",
                     e.node
@@ -183,13 +330,12 @@ pub fn drained(
     Ok(WaitAnswer::of(requests))
 }
 
-/// See the module docs. `health` gives, per version, what each Envoy's latest stats flush said.
+/// See the module docs.
 pub fn healthy(
     plan: &Plan,
     service: &str,
     target: Option<&str>,
-    envoys: &[Envoy],
-    health: impl Fn(&ClusterId) -> Vec<NodeHealth>,
+    facts: &Facts,
 ) -> Result<WaitAnswer, WaitError> {
     let endpoints = endpoints(plan, service, target)?;
     let mut waiting = Vec::new();
@@ -201,7 +347,7 @@ pub fn healthy(
             ));
         }
     }
-    unanswered(envoys, &mut waiting);
+    unanswered(facts, &mut waiting);
     let mut versions: Vec<&str> = endpoints.iter().map(|(v, _)| *v).collect();
     versions.dedup();
     for version in versions {
@@ -211,21 +357,16 @@ pub fn healthy(
             .iter()
             .filter(|e| e.health == Health::Active)
             .count() as u64;
-        let reports = health(&id);
-        for e in envoys {
+        for e in &facts.envoys {
             let Some(answered) = e.answered_at else {
                 continue;
             };
-            let latest = reports
-                .iter()
-                .filter(|r| r.node == e.node)
-                .max_by_key(|r| r.reported_at);
-            match latest {
+            match facts.latest_stats(version, &e.node) {
                 None => waiting.push(format!(
                     "Envoy {} reports no stats for {id}, so its view of their health is unknown (start it from a bootstrap `cutover bootstrap` prints)",
                     e.node
                 )),
-                Some(r) if r.reported_at <= answered => waiting.push(format!(
+                Some(r) if !r.reported_at.after(answered) => waiting.push(format!(
                     "stats from Envoy {} sent after it ACKed the current config",
                     e.node
                 )),
@@ -242,10 +383,7 @@ pub fn healthy(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-    use crate::telemetry::report::{EndpointInFlight, NodeInFlight};
 
     fn plan(endpoints: &str) -> Plan {
         let text = format!(
@@ -254,7 +392,15 @@ mod tests {
         crate::app::compile_plan("t.yaml", &text).unwrap()
     }
 
-    fn envoy(answered: Option<Instant>) -> Envoy {
+    /// `ms` milliseconds into the test, on replica 0's clock.
+    fn at(ms: u64) -> Seen {
+        Seen {
+            at_us: ms * 1_000,
+            replica: 0,
+        }
+    }
+
+    fn envoy(answered: Option<Seen>) -> Envoy {
         Envoy {
             node: "edge-1".into(),
             answered_at: answered,
@@ -262,83 +408,83 @@ mod tests {
         }
     }
 
-    fn in_flight(reported_at: Instant, requests: u64) -> InFlight {
-        let mut nodes = std::collections::BTreeMap::new();
-        nodes.insert(
-            "edge-1".to_owned(),
-            NodeInFlight {
-                load_reporting: true,
+    /// edge-1 answered at `answered`; its load report at `load.0` places `load.1` requests on
+    /// 127.0.0.1:8081 and its stats at `stats.0` count `stats.1` in flight to v1 (one of two
+    /// endpoints healthy).
+    fn facts(answered: Option<Seen>, load: Option<(Seen, u64)>, stats: (Seen, u64)) -> Facts {
+        let mut f = Facts {
+            envoys: vec![envoy(answered)],
+            ..Facts::default()
+        };
+        if let Some((reported_at, requests)) = load {
+            let endpoints = (requests > 0)
+                .then(|| EndpointInFlight {
+                    service: "s".into(),
+                    version: "v1".into(),
+                    address: "127.0.0.1:8081".into(),
+                    requests,
+                })
+                .into_iter()
+                .collect();
+            let report = LoadReport {
                 reported_at: Some(reported_at),
-                endpoints: (requests > 0)
-                    .then(|| EndpointInFlight {
-                        service: "s".into(),
-                        version: "v1".into(),
-                        address: "127.0.0.1:8081".into(),
-                        requests,
-                    })
-                    .into_iter()
-                    .collect(),
-            },
-        );
-        InFlight { nodes }
-    }
-
-    /// Stats edge-1 sent at `reported_at`, counting `in_flight` requests to the version.
-    fn stats_at(reported_at: Instant, in_flight: u64) -> impl Fn(&ClusterId) -> Vec<NodeHealth> {
-        move |_: &ClusterId| {
-            vec![NodeHealth {
+                endpoints,
+            };
+            f.load.insert("edge-1".into(), report);
+        }
+        f.stats.insert(
+            "v1".into(),
+            vec![StatsReport {
                 node: "edge-1".into(),
-                reported_at,
+                reported_at: stats.0,
                 healthy: 1,
                 total: 2,
-                in_flight,
-            }]
-        }
+                in_flight: stats.1,
+            }],
+        );
+        f
     }
 
     const DRAINING: &str = "{ address: 127.0.0.1:8081, drain: true }, 127.0.0.1:8082";
 
     #[test]
     fn drained_needs_the_drain_acked_and_a_later_report_with_nothing_in_flight() {
-        let t0 = Instant::now();
-        let later = t0 + Duration::from_secs(1);
+        let (t0, later) = (at(0), at(1_000));
         let target = Some("127.0.0.1:8081");
-        let stats = |in_flight: u64| stats_at(later, in_flight);
-        let wait =
-            |p: &Plan, e: Envoy, f: &InFlight| drained(p, "s", target, &[e], f, stats(0)).unwrap();
+        let wait = |p: &Plan, answered, load| {
+            drained(p, "s", target, &facts(answered, load, (later, 0))).unwrap()
+        };
 
         let not_draining = wait(
             &plan("127.0.0.1:8081, 127.0.0.1:8082"),
-            envoy(Some(t0)),
-            &in_flight(later, 0),
+            Some(t0),
+            Some((later, 0)),
         );
         assert!(!not_draining.done);
         assert!(not_draining.waiting_for[0].contains("is not draining"));
 
         let p = plan(DRAINING);
-        let unanswered = wait(&p, envoy(None), &in_flight(later, 0));
+        let unanswered = wait(&p, None, Some((later, 0)));
         assert_eq!(
             unanswered.waiting_for,
             ["Envoy edge-1 has not ACKed the current config yet"]
         );
         // A report from before the ACK does not count, even with nothing in flight.
-        let stale = wait(&p, envoy(Some(later)), &in_flight(t0, 0));
+        let stale = wait(&p, Some(later), Some((t0, 0)));
         assert!(!stale.done, "{stale:?}");
-        let busy = wait(&p, envoy(Some(t0)), &in_flight(later, 3));
+        let busy = wait(&p, Some(t0), Some((later, 3)));
         assert_eq!(
             busy.waiting_for,
             ["3 request(s) in flight to 127.0.0.1:8081 (s/v1) from Envoy edge-1"]
         );
-        let done = wait(&p, envoy(Some(t0)), &in_flight(later, 0));
+        let done = wait(&p, Some(t0), Some((later, 0)));
         assert!(done.done, "{done:?}");
         // The stats count requests in flight the load report left out: not drained.
         let unplaced = drained(
             &p,
             "s",
             target,
-            &[envoy(Some(t0))],
-            &in_flight(later, 0),
-            stats(2),
+            &facts(Some(t0), Some((later, 0)), (later, 2)),
         )
         .unwrap();
         assert_eq!(
@@ -347,23 +493,11 @@ mod tests {
                 "2 request(s) in flight to s/v1 from Envoy edge-1 that its load report does not place yet"
             ]
         );
-        let silent = wait(&p, envoy(Some(t0)), &InFlight::default());
+        let silent = wait(&p, Some(t0), None);
         assert!(silent.waiting_for[0].contains("sends no load reports"));
         // No Envoy at all: nothing can send it requests.
-        assert!(
-            drained(&p, "s", target, &[], &InFlight::default(), stats(0))
-                .unwrap()
-                .done
-        );
-        let unknown = drained(
-            &p,
-            "s",
-            Some("10.0.0.1:1"),
-            &[],
-            &InFlight::default(),
-            stats(0),
-        )
-        .unwrap_err();
+        assert!(drained(&p, "s", target, &Facts::default()).unwrap().done);
+        let unknown = drained(&p, "s", Some("10.0.0.1:1"), &Facts::default()).unwrap_err();
         assert!(
             matches!(&unknown, WaitError::UnknownTarget { target, .. } if target == "10.0.0.1:1"),
             "{unknown:?}"
@@ -378,19 +512,15 @@ mod tests {
 
     #[test]
     fn drained_names_each_request_once_and_first_even_after_a_later_ack() {
-        let t0 = Instant::now();
-        let later = t0 + Duration::from_secs(1);
+        let (t0, later) = (at(0), at(1_000));
         let target = Some("127.0.0.1:8081");
         let p = plan(DRAINING);
-        let stats = |in_flight: u64| stats_at(later, in_flight);
         // One request, placed by the load report and counted by the stats: listed once.
         let once = drained(
             &p,
             "s",
             target,
-            &[envoy(Some(t0))],
-            &in_flight(later, 1),
-            stats(1),
+            &facts(Some(t0), Some((later, 1)), (later, 1)),
         )
         .unwrap();
         assert_eq!(
@@ -403,9 +533,7 @@ mod tests {
             &p,
             "s",
             target,
-            &[envoy(Some(later + Duration::from_secs(1)))],
-            &in_flight(later, 1),
-            stats(1),
+            &facts(Some(at(2_000)), Some((later, 1)), (later, 1)),
         )
         .unwrap();
         assert_eq!(
@@ -419,27 +547,88 @@ mod tests {
 
     #[test]
     fn healthy_counts_every_serving_endpoint_of_the_version_after_the_ack() {
-        let t0 = Instant::now();
-        let later = t0 + Duration::from_secs(1);
+        let (t0, later) = (at(0), at(1_000));
         let p = plan(DRAINING);
-        let report = |at, healthy| {
-            move |_: &ClusterId| {
-                vec![NodeHealth {
-                    node: "edge-1".into(),
-                    reported_at: at,
-                    healthy,
-                    total: 2,
-                    in_flight: 0,
-                }]
-            }
+        let on = |target, stats_at, healthy_count| {
+            let mut f = facts(Some(t0), None, (stats_at, 0));
+            f.stats.get_mut("v1").unwrap()[0].healthy = healthy_count;
+            healthy(&p, "s", Some(target), &f).unwrap()
         };
-        let on = |target, r| healthy(&p, "s", Some(target), &[envoy(Some(t0))], r).unwrap();
-        assert!(on("127.0.0.1:8082", report(later, 1)).done);
-        assert!(!on("127.0.0.1:8082", report(t0, 1)).done, "stale stats");
+        assert!(on("127.0.0.1:8082", later, 1).done);
+        assert!(!on("127.0.0.1:8082", t0, 1).done, "stale stats");
         assert_eq!(
-            on("127.0.0.1:8082", report(later, 0)).waiting_for,
+            on("127.0.0.1:8082", later, 0).waiting_for,
             ["Envoy edge-1 counts 0 of the 1 serving endpoint(s) of s/v1 healthy"]
         );
-        assert!(on("127.0.0.1:8081", report(later, 1)).waiting_for[0].contains("is draining"));
+        assert!(on("127.0.0.1:8081", later, 1).waiting_for[0].contains("is draining"));
+    }
+
+    /// Cluster mode: the ACK seen by one replica, the reports received by another.
+    #[test]
+    fn facts_of_several_replicas_are_merged_and_compared_across_clocks_with_a_margin() {
+        let p = plan(DRAINING);
+        let target = Some("127.0.0.1:8081");
+        // Replica 0 holds the Envoy's xDS stream; replica 1 its load reports and stats.
+        let split = |report_ms: u64, requests: u64| {
+            let mut mine = facts(Some(at(10_000)), None, (at(0), 0));
+            mine.stats.clear();
+            let theirs = Facts {
+                envoys: Vec::new(),
+                ..facts(None, Some((at(report_ms), requests)), (at(report_ms), 0))
+            };
+            mine.merge(theirs.from_replica(1));
+            mine
+        };
+        // Half a second after the ACK by another clock: maybe before it. Not enough.
+        let close = drained(&p, "s", target, &split(10_500, 0)).unwrap();
+        assert_eq!(
+            close.waiting_for,
+            ["a load report from Envoy edge-1 sent after it ACKed the current config"]
+        );
+        assert!(drained(&p, "s", target, &split(11_500, 0)).unwrap().done);
+        let busy = drained(&p, "s", target, &split(11_500, 2)).unwrap();
+        assert_eq!(
+            busy.waiting_for,
+            ["2 request(s) in flight to 127.0.0.1:8081 (s/v1) from Envoy edge-1"]
+        );
+        // On one replica's clock, any later instant is after.
+        assert!(
+            Seen {
+                at_us: 10_000_001,
+                replica: 0
+            }
+            .after(at(10_000))
+        );
+        assert!(!at(10_000).after(at(10_000)));
+
+        // An Envoy with a stream on two replicas has answered only once it answered on both;
+        // a replica that did not answer holds the wait.
+        let mut both = facts(Some(at(1_000)), Some((at(5_000), 0)), (at(5_000), 0));
+        let mut other = Facts {
+            envoys: vec![envoy(None)],
+            ..Facts::default()
+        };
+        other.unheard.push("c".into());
+        both.merge(other.from_replica(2));
+        assert_eq!(
+            drained(&p, "s", target, &both).unwrap().waiting_for,
+            [
+                "replica c to say what its Envoys hold and report (it did not answer; a replica that stops leaves the cluster with its lease)",
+                "Envoy edge-1 has not ACKed the current config yet"
+            ]
+        );
+    }
+
+    #[test]
+    fn facts_travel_between_replicas_as_json_and_local_instants_keep_their_order() {
+        let f = facts(Some(at(1_000)), Some((at(2_000), 1)), (at(2_000), 1));
+        let back: Facts = serde_json::from_str(&serde_json::to_string(&f).unwrap()).unwrap();
+        assert_eq!(back.envoys[0].answered_at, Some(at(1_000)));
+        assert_eq!(back.load["edge-1"].endpoints, f.load["edge-1"].endpoints);
+        let now = (Instant::now(), SystemTime::now());
+        let a = Seen::local(now.0 - Duration::from_micros(3), now);
+        let b = Seen::local(now.0, now);
+        assert!(b.after(a) && !a.after(b));
+        assert_eq!(b.at_us - a.at_us, 3);
     }
 }

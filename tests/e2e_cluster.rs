@@ -777,6 +777,73 @@ async fn a_retirement_waits_for_an_envoy_on_another_replica() {
     );
 }
 
+/// `cutover wait drained` asked of a follower with no Envoy of its own waits for the requests in
+/// flight at an Envoy on the leader: the replica asked gathers what the Envoys of every
+/// replica answered and reported (`GET /wait-facts`). Alone, it would say "drained" at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_drained_asked_of_a_follower_waits_for_requests_at_an_envoy_on_the_leader() {
+    let (Some(envoy_bin), Some(etcd)) = (envoy_binary(), EtcdCluster::start(1).await) else {
+        return;
+    };
+    let (live_1, live_2) = (
+        Upstream::start("live-1").await,
+        Upstream::start("live-2").await,
+    );
+    let (l1, l2) = (live_1.addr.to_string(), live_2.addr.to_string());
+    let dir = tempfile::tempdir().unwrap();
+    let listener = free_port();
+    let r1 = replica(&etcd, dir.path(), "r1", &plain(listener, &[&l1, &l2])).await;
+    leads(&r1).await;
+    let r2 = replica(&etcd, dir.path(), "r2", &plain(listener, &[&l1, &l2])).await;
+    let envoy = Envoy::start_with(&envoy_bin, dir.path(), "edge", r1.ads, listener, &[]).await;
+    envoy.get("/").await.expect("served");
+
+    live_1.set_delay(Duration::from_secs(3));
+    live_2.set_delay(Duration::from_secs(3));
+    let traffic: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn(async move {
+                reqwest::Client::builder()
+                    .no_proxy()
+                    .build()
+                    .unwrap()
+                    .get(format!("http://{listener}/"))
+                    .send()
+                    .await
+                    .map(|r| r.status())
+            })
+        })
+        .collect();
+    eventually(WAIT, "requests in flight to live-1", async || {
+        live_1.in_flight() > 0
+    })
+    .await;
+    let drained = format!("{{ address: {l1}, drain: true }}");
+    DeploymentFile::new(dir.path().join("r1/deploy.yaml"))
+        .write_renamed(&plain(listener, &[&drained, &l2]));
+
+    let mut wait = std::process::Command::new(cutover::testing::cutover_binary());
+    wait.args(["wait", "drained", "checkout", &l1, "--timeout", "20s"])
+        .args(["--admin", &r2.admin.to_string()]);
+    let out = tokio::task::spawn_blocking(move || wait.output().expect("run cutover wait"))
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        live_1.in_flight(),
+        0,
+        "drained while requests were in flight at the leader's Envoy; it said: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("request(s) in flight to {l1}")) && stderr.contains("Envoy edge"),
+        "it said what it waited for: {stderr}"
+    );
+    for t in traffic {
+        assert_eq!(t.await.unwrap().unwrap(), 200, "a slow request failed");
+    }
+}
+
 /// `cutover serve --etcd https://… --etcd-ca --etcd-cert --etcd-key`: a replica reaches etcd
 /// over mutual TLS and leads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

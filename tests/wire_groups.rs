@@ -286,7 +286,10 @@ async fn an_envoy_of_another_group_that_never_answers_does_not_hold_a_red_black_
     // `cutover wait` on checkout asks only the edge; the silent sidecar holds no checkout.
     let waited_on: Vec<String> = server
         .status
-        .wait_envoys("checkout")
+        .wait_envoys(
+            "checkout",
+            (std::time::Instant::now(), std::time::SystemTime::now()),
+        )
         .into_iter()
         .map(|e| e.node)
         .collect();

@@ -225,6 +225,12 @@ impl Replica {
         self.status.set_cluster(|r| {
             r.other_replicas = next.replicas.len();
             r.other_envoys = next.envoys();
+            r.other_admins = next
+                .replicas
+                .iter()
+                .filter(|(_, a)| !a.admin.is_empty())
+                .map(|(name, a)| (name.clone(), a.admin.clone()))
+                .collect();
         });
         fleet.send_if_modified(|current| {
             if **current == next {

@@ -180,7 +180,7 @@ pub struct NodeInFlight {
     pub endpoints: Vec<EndpointInFlight>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointInFlight {
     pub service: String,
     pub version: String,
