@@ -777,6 +777,126 @@ async fn a_retirement_waits_for_an_envoy_on_another_replica() {
     );
 }
 
+/// When each of a red-black retirement and an endpoint's drain is due, as a replica reports it
+/// (absolute times: the countdown read from `/status` added to when it was asked).
+async fn deadlines(replica: &Cutover) -> Option<(Instant, Instant)> {
+    let asked = Instant::now();
+    let s = replica.try_status().await.ok()?;
+    let service = s.services.get("checkout")?;
+    let retires = service
+        .retiring
+        .iter()
+        .find(|r| r.version == "red" && !r.awaiting_ack)?
+        .retires_in_seconds?;
+    let removed = service.draining.iter().find_map(|d| d.removed_in_seconds)?;
+    Some((
+        asked + Duration::from_secs_f64(retires),
+        asked + Duration::from_secs_f64(removed),
+    ))
+}
+
+/// A red-black grace and an endpoint's drain are running when the leader is killed: the
+/// successor reports the same deadlines and retires the version and removes the endpoint at
+/// them, to the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grace_and_a_drain_running_when_the_leader_dies_end_at_their_deadlines() {
+    let (Some(envoy_bin), Some(etcd)) = (envoy_binary(), EtcdCluster::start(1).await) else {
+        return;
+    };
+    let (red, b1, b2) = (
+        Upstream::start("red").await,
+        Upstream::start("b1").await,
+        Upstream::start("b2").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let listener = free_port();
+    let file = |active: &str, black: &str| {
+        checkout(
+            listener,
+            &format!(
+                "    versions:
+      red:   {{ endpoints: [{red}] }}
+      black: {{ endpoints: [{black}] }}
+    strategy: {{ red-black: {{ active: {active}, grace: 6s }} }}
+",
+                red = red.addr
+            ),
+        )
+    };
+    let before = file("red", &format!("{}, {}", b1.addr, b2.addr));
+    let r1 = replica(&etcd, dir.path(), "r1", &before).await;
+    leads(&r1).await;
+    let r2 = replica(&etcd, dir.path(), "r2", &before).await;
+    let envoy = Envoy::start_with(&envoy_bin, dir.path(), "edge", r2.ads, listener, &[]).await;
+    eventually(WAIT, "the Envoy in sync on r2", async || {
+        holds(&r2, "edge").await
+    })
+    .await;
+
+    // The switch to black starts red's 6 s grace; then b2 leaves the file and drains for the
+    // default drain period (5 s).
+    let leaders_file = DeploymentFile::new(dir.path().join("r1/deploy.yaml"));
+    leaders_file.write_renamed(&file("black", &format!("{}, {}", b1.addr, b2.addr)));
+    eventually(WAIT, "the switch to be served", async || {
+        r2.status().await.services["checkout"].deployed == ["black", "red"]
+    })
+    .await;
+    leaders_file.write_renamed(&file("black", &b1.addr.to_string()));
+    let mut due = None;
+    eventually(WAIT, "the grace and the drain to run", async || {
+        due = deadlines(&r2).await;
+        due.is_some()
+    })
+    .await;
+    let (retires, removed) = due.unwrap();
+
+    let mut r1 = r1;
+    r1.kill();
+    leads(&r2).await;
+    let (retires_then, removed_then) = deadlines(&r2).await.expect("both still running");
+    for (what, before, after) in [
+        ("red's retirement", retires, retires_then),
+        ("b2's removal", removed, removed_then),
+    ] {
+        let moved = after.max(before) - after.min(before);
+        assert!(
+            moved < Duration::from_millis(500),
+            "{what} moved by {moved:?} with the new leader"
+        );
+    }
+
+    let (mut retired_at, mut removed_at) = (None, None);
+    eventually(
+        Duration::from_secs(15),
+        "red retired and b2 removed",
+        async || {
+            let s = r2.status().await;
+            let service = &s.services["checkout"];
+            if retired_at.is_none() && service.deployed == ["black"] {
+                retired_at = Some(Instant::now());
+            }
+            if removed_at.is_none() && service.draining.is_empty() {
+                removed_at = Some(Instant::now());
+            }
+            retired_at.is_some() && removed_at.is_some()
+        },
+    )
+    .await;
+    for (what, due, done) in [
+        ("red's retirement", retires, retired_at.unwrap()),
+        ("b2's removal", removed, removed_at.unwrap()),
+    ] {
+        let early = due.saturating_duration_since(done);
+        let late = done.saturating_duration_since(due);
+        eprintln!("{what}: {early:?} early, {late:?} late");
+        assert!(
+            early < Duration::from_millis(200) && late < Duration::from_secs(1),
+            "{what} was due at its deadline: {early:?} early, {late:?} late"
+        );
+    }
+    envoy.get("/").await.expect("served by black");
+}
+
 /// `cutover wait drained` asked of a follower with no Envoy of its own waits for the requests in
 /// flight at an Envoy on the leader: the replica asked gathers what the Envoys of every
 /// replica answered and reported (`GET /wait-facts`). Alone, it would say "drained" at once.

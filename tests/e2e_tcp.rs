@@ -331,8 +331,17 @@ in_both_xds_modes! {
         let check = r.last_check.as_ref().unwrap();
         assert!(check.errors > 0 && check.requests >= 5, "{check:?}");
 
-        // A canary that accepts them is promoted step by step.
+        // A canary that accepts them is promoted step by step. The file without the canary
+        // ends the rolled-back rollout first: read only together with the next save (the
+        // watcher takes the last of a burst), the same canary version would stay rolled back.
         file.write_renamed(&tcp_file(listener, blue, green, "active: blue"));
+        wait_for(WAIT, "the file to end the rollout", async || {
+            match cutover.status().await.services.remove("echo").and_then(|s| s.rollout) {
+                None => Ok(()),
+                Some(r) => Err(format!("{r:?}")),
+            }
+        })
+        .await;
         cutover.wait_in_sync("edge-1").await;
         let load = Connections::start(listener);
         file.write_renamed(&rollout_file(listener, blue.addr, green.addr));
