@@ -220,6 +220,93 @@ async fn the_record_is_followed_in_order_and_a_bad_one_is_refused_by_name() {
     assert_eq!(&*follower.next().await.unwrap().file, "# version 4\n");
 }
 
+/// The file's text has a key of its own, written once per file and leadership: a record of the
+/// same file (a rollout's step) is the state alone, the folder keeps only the file served, a
+/// leader that comes back after another wrote its file again, and a record of the first format
+/// (the text inside) is still read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_is_written_once_per_change_and_a_step_writes_the_state_alone() {
+    use cutover::reconcile::RuntimeState;
+    use cutover::replica::{Recorded, file_hash};
+    let Some(cluster) = EtcdCluster::start(1).await else {
+        return;
+    };
+    let (a, b, c) = (
+        replica(&cluster).await,
+        replica(&cluster).await,
+        replica(&cluster).await,
+    );
+    let big = "# a file of some size\n".repeat(1_000);
+    let record = |file: &str| Recorded {
+        file: file.into(),
+        state: RuntimeState::default(),
+        earlier_files: Vec::new(),
+        revision: 0,
+        leader: "a".to_owned(),
+    };
+    let files = async |etcd: &Etcd| -> Vec<String> {
+        etcd.list("files")
+            .await
+            .unwrap()
+            .0
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect()
+    };
+    let leading = a.lead("a", TTL).await.unwrap();
+    let mut follower = b.follow(0).await.unwrap();
+    a.save(&leading, &record(&big)).await.unwrap();
+    let key = format!("files/{}", file_hash(big.as_bytes()));
+    let (text, written_at) = b.get(&key).await.unwrap().expect("the file's key");
+    assert_eq!(text, big.as_bytes());
+    // Two steps: the record alone, small.
+    for _ in 0..2 {
+        a.save(&leading, &record(&big)).await.unwrap();
+        let (value, _) = b.get("record").await.unwrap().unwrap();
+        assert!(
+            value.len() < 1_000,
+            "the record carries {} bytes",
+            value.len()
+        );
+    }
+    assert_eq!(
+        b.get(&key).await.unwrap().unwrap().1,
+        written_at,
+        "written again"
+    );
+    for _ in 0..3 {
+        assert_eq!(&*follower.next().await.unwrap().file, big);
+    }
+    a.save(&leading, &record("# the next file\n"))
+        .await
+        .unwrap();
+    assert_eq!(&*follower.next().await.unwrap().file, "# the next file\n");
+    assert_eq!(files(&b).await, [file_hash(b"# the next file\n")]);
+
+    // Another leader writes another file (the first one's key goes); when the first leads
+    // again, its record of its file has the text beside it again.
+    leading.resign().await.unwrap();
+    let leading_c = c.lead("c", TTL).await.unwrap();
+    c.save(&leading_c, &record("# c's file\n")).await.unwrap();
+    leading_c.resign().await.unwrap();
+    let leading = a.lead("a", TTL).await.unwrap();
+    a.save(&leading, &record("# the next file\n"))
+        .await
+        .unwrap();
+    assert_eq!(&*b.load().await.unwrap().unwrap().file, "# the next file\n");
+    assert_eq!(files(&b).await, [file_hash(b"# the next file\n")]);
+
+    // A record as the first format wrote it: the text inside.
+    a.put_fenced(
+        &leading,
+        "record",
+        br##"{"format": 1, "file": "# format 1\n", "state": {}}"##.to_vec(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(&*b.load().await.unwrap().unwrap().file, "# format 1\n");
+}
+
 /// An etcd nobody answers at, or a URL that is no URL: an error that names what was asked, in
 /// bounded time, never a hang or a panic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,18 +26,22 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::reconcile::RuntimeState;
-use crate::replica::{EtcdTls, Recorded};
+use crate::replica::{EtcdTls, Recorded, file_hash};
 
 pub mod replica;
 
 /// The record's format: a replica refuses a record of a newer one instead of misreading it.
-pub const RECORD_FORMAT: u32 = 1;
+/// Format 2 keeps the file's text under a key of its own ([`FILES`]), written only when the
+/// file changes: a rollout's step writes the state alone. Format 1 (the text in every record)
+/// is still read.
+pub const RECORD_FORMAT: u32 = 2;
 
 #[derive(Serialize)]
 struct RecordRef<'a> {
     format: u32,
     written_by: &'static str,
-    file: &'a str,
+    /// The file's hash: its text is under `<prefix>/files/<hash>`.
+    file_hash: &'a str,
     state: &'a RuntimeState,
     earlier_files: &'a [String],
     leader: &'a str,
@@ -46,8 +50,11 @@ struct RecordRef<'a> {
 #[derive(Deserialize)]
 struct RecordRead {
     format: u32,
+    /// Format 1: the text itself.
     #[serde(default)]
     file: serde_json::Value,
+    #[serde(default)]
+    file_hash: Option<String>,
     #[serde(default)]
     state: serde_json::Value,
     #[serde(default)]
@@ -56,11 +63,11 @@ struct RecordRead {
     leader: String,
 }
 
-fn encode(record: &Recorded) -> Vec<u8> {
+fn encode(record: &Recorded, file_hash: &str) -> Vec<u8> {
     serde_json::to_vec(&RecordRef {
         format: RECORD_FORMAT,
         written_by: concat!("cutover ", env!("CARGO_PKG_VERSION")),
-        file: &record.file,
+        file_hash,
         state: &record.state,
         earlier_files: &record.earlier_files,
         leader: &record.leader,
@@ -68,8 +75,15 @@ fn encode(record: &Recorded) -> Vec<u8> {
     .expect("a record serializes")
 }
 
-/// The record in `bytes`, written at `revision`, or why it cannot be used.
-fn decode(bytes: &[u8], revision: i64) -> Result<Recorded, String> {
+/// Where a record's file is.
+enum FileRef {
+    Text(String),
+    Hash(String),
+}
+
+/// The record in `bytes`, written at `revision`, with where its file is; or why it cannot be
+/// used.
+fn decode(bytes: &[u8], revision: i64) -> Result<(Recorded, FileRef), String> {
     let read: RecordRead =
         serde_json::from_slice(bytes).map_err(|e| format!("it is not a cutover record: {e}"))?;
     if read.format > RECORD_FORMAT {
@@ -78,18 +92,28 @@ fn decode(bytes: &[u8], revision: i64) -> Result<Recorded, String> {
             read.format
         ));
     }
-    let file: String = serde_json::from_value(read.file)
-        .map_err(|e| format!("its deployment file is not text: {e}"))?;
+    let file = match read.file_hash {
+        Some(hash) => FileRef::Hash(hash),
+        None => FileRef::Text(
+            serde_json::from_value(read.file)
+                .map_err(|e| format!("its deployment file is not text: {e}"))?,
+        ),
+    };
     let state =
         serde_json::from_value(read.state).map_err(|e| format!("its state is invalid: {e}"))?;
-    Ok(Recorded {
-        file: file.into(),
+    let record = Recorded {
+        file: std::sync::Arc::from(""),
         state,
         earlier_files: read.earlier_files,
         revision,
         leader: read.leader,
-    })
+    };
+    Ok((record, file))
 }
+
+/// The folder of the deployment file's text, one key per file by hash (only the one served is
+/// kept).
+const FILES: &str = "files";
 
 /// The key the record lives under, below the prefix.
 const RECORD: &str = "record";
@@ -155,6 +179,10 @@ pub struct Etcd {
     prefix: String,
     /// As given, for messages.
     endpoints: String,
+    /// The file this replica wrote under [`FILES`], and in which leadership (the election
+    /// key's revision): within one leadership nobody else writes, so a record of the same file
+    /// needs no second copy of its text.
+    file_written: std::sync::Arc<std::sync::Mutex<Option<(i64, String)>>>,
 }
 
 impl Etcd {
@@ -198,6 +226,7 @@ impl Etcd {
             client,
             prefix: prefix.trim_end_matches('/').to_owned(),
             endpoints: endpoints.join(","),
+            file_written: std::sync::Arc::default(),
         })
     }
 
@@ -345,11 +374,19 @@ impl Etcd {
         name: &str,
         value: impl Into<Vec<u8>>,
     ) -> Result<i64, ClusterError> {
+        self.txn_fenced(leadership, vec![TxnOp::put(self.key(name), value, None)])
+            .await
+    }
+
+    /// Does `ops` in one transaction if `leadership` still leads (see [`Etcd::put_fenced`]).
+    async fn txn_fenced(
+        &self,
+        leadership: &Leadership,
+        ops: Vec<TxnOp>,
+    ) -> Result<i64, ClusterError> {
         let fence =
             Compare::create_revision(leadership.key.key(), CompareOp::Equal, leadership.key.rev());
-        let txn = Txn::new()
-            .when([fence])
-            .and_then([TxnOp::put(self.key(name), value, None)]);
+        let txn = Txn::new().when([fence]).and_then(ops);
         let done = retrying(&self.endpoints, || {
             let (mut client, txn) = (self.client.clone(), txn.clone());
             async move { client.txn(txn).await }
@@ -361,13 +398,34 @@ impl Etcd {
         Ok(done.header().map_or(0, |h| h.revision()))
     }
 
-    /// Writes the cluster's record if `leadership` still leads (see [`Etcd::put_fenced`]).
+    /// Writes the cluster's record if `leadership` still leads (see [`Etcd::put_fenced`]). The
+    /// file's text goes under [`FILES`] in the same transaction when this leadership has not
+    /// written it yet, and the other files' keys are deleted: a record whose file is unchanged
+    /// (a rollout's step) is the state alone.
     pub async fn save(
         &self,
         leadership: &Leadership,
         record: &Recorded,
     ) -> Result<i64, ClusterError> {
-        self.put_fenced(leadership, RECORD, encode(record)).await
+        let hash = file_hash(record.file.as_bytes());
+        let this = (leadership.key.rev(), hash.clone());
+        let written = self.file_written.lock().expect("not poisoned").clone();
+        let mut ops = Vec::new();
+        if written.as_ref() != Some(&this) {
+            let (files, _) = self.list(FILES).await?;
+            for (name, _) in files.iter().filter(|(name, _)| *name != hash) {
+                ops.push(TxnOp::delete(self.key(&format!("{FILES}/{name}")), None));
+            }
+            ops.push(TxnOp::put(
+                self.key(&format!("{FILES}/{hash}")),
+                record.file.as_bytes(),
+                None,
+            ));
+        }
+        ops.push(TxnOp::put(self.key(RECORD), encode(record, &hash), None));
+        let revision = self.txn_fenced(leadership, ops).await?;
+        *self.file_written.lock().expect("not poisoned") = Some(this);
+        Ok(revision)
     }
 
     /// The cluster's record (with the revision it was written at); `None` before the first.
@@ -375,12 +433,74 @@ impl Etcd {
         let Some((bytes, revision)) = self.get(RECORD).await? else {
             return Ok(None);
         };
-        let record = decode(&bytes, revision).map_err(|reason| ClusterError::Record {
+        Ok(Some(self.read_record(&bytes, revision, None).await?.0))
+    }
+
+    /// The record in `bytes` (written at `revision`) with its file's text, and the file's hash:
+    /// the text is `known`'s when the hash is the same (a file read before), else read as it
+    /// was at that revision.
+    async fn read_record(
+        &self,
+        bytes: &[u8],
+        revision: i64,
+        known: Option<&(String, std::sync::Arc<str>)>,
+    ) -> Result<(Recorded, String), ClusterError> {
+        let unusable = |reason: String| ClusterError::Record {
             key: self.key(RECORD),
             revision,
             reason,
+        };
+        let (mut record, file) = decode(bytes, revision).map_err(unusable)?;
+        let hash = match file {
+            FileRef::Text(text) => {
+                let hash = file_hash(text.as_bytes());
+                record.file = text.into();
+                hash
+            }
+            FileRef::Hash(hash) => {
+                record.file = match known.filter(|(h, _)| *h == hash) {
+                    Some((_, text)) => text.clone(),
+                    None => self.file_at(&hash, revision).await?.ok_or_else(|| {
+                        unusable(format!(
+                            "its deployment file ({FILES}/{hash}) is not in etcd: a newer record replaced it"
+                        ))
+                    })?,
+                };
+                hash
+            }
+        };
+        Ok((record, hash))
+    }
+
+    /// The text under [`FILES`]`/hash` as of `revision` (or now, if etcd compacted that
+    /// revision away).
+    async fn file_at(
+        &self,
+        hash: &str,
+        revision: i64,
+    ) -> Result<Option<std::sync::Arc<str>>, ClusterError> {
+        let key = self.key(&format!("{FILES}/{hash}"));
+        let at = |revision: i64| {
+            let key = key.clone();
+            retrying(&self.endpoints, move || {
+                let (mut client, key) = (self.client.clone(), key.clone());
+                let options = etcd_client::GetOptions::new().with_revision(revision);
+                async move { client.get(key, Some(options)).await }
+            })
+        };
+        let got = match at(revision).await {
+            Err(ClusterError::Etcd(e)) if e.to_string().contains("compacted") => at(0).await?,
+            got => got?,
+        };
+        let Some(kv) = got.kvs().first() else {
+            return Ok(None);
+        };
+        let text = std::str::from_utf8(kv.value()).map_err(|e| ClusterError::Record {
+            key: key.clone(),
+            revision,
+            reason: format!("its deployment file is not UTF-8 text: {e}"),
         })?;
-        Ok(Some(record))
+        Ok(Some(text.into()))
     }
 
     /// Every record written after revision `after`, in order: what a follower serves.
@@ -390,9 +510,11 @@ impl Etcd {
         let mut client = self.client.clone();
         let stream = bounded(&self.endpoints, client.watch(key.clone(), Some(options))).await?;
         Ok(Records {
+            etcd: self.clone(),
             key,
             stream,
             pending: std::collections::VecDeque::new(),
+            last: None,
         })
     }
 
@@ -629,9 +751,12 @@ async fn next_answer(
 
 /// The records a follower receives, in the order they were written.
 pub struct Records {
+    etcd: Etcd,
     key: String,
     stream: WatchStream,
     pending: std::collections::VecDeque<(Vec<u8>, i64)>,
+    /// The last record's file (hash and text): the next one of the same file needs no read.
+    last: Option<(String, std::sync::Arc<str>)>,
 }
 
 impl Records {
@@ -640,11 +765,12 @@ impl Records {
     pub async fn next(&mut self) -> Result<Recorded, ClusterError> {
         loop {
             if let Some((bytes, revision)) = self.pending.pop_front() {
-                return decode(&bytes, revision).map_err(|reason| ClusterError::Record {
-                    key: self.key.clone(),
-                    revision,
-                    reason,
-                });
+                let (record, hash) = self
+                    .etcd
+                    .read_record(&bytes, revision, self.last.as_ref())
+                    .await?;
+                self.last = Some((hash, record.file.clone()));
+                return Ok(record);
             }
             let answer = next_answer(&mut self.stream, &self.key).await?;
             for event in answer.events() {
