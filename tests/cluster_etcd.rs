@@ -296,6 +296,20 @@ async fn the_file_is_written_once_per_change_and_a_step_writes_the_state_alone()
     assert_eq!(&*b.load().await.unwrap().unwrap().file, "# the next file\n");
     assert_eq!(files(&b).await, [file_hash(b"# the next file\n")]);
 
+    // A file larger than etcd takes in one request (1.5 MiB by default): refused, saying
+    // what to raise; what was recorded stays.
+    let huge = "# a line of a very large file\n".repeat(64 * 1024);
+    let refused = a
+        .save(&leading, &record(&huge))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("1920 KiB") && refused.contains("--max-request-bytes"),
+        "{refused}"
+    );
+    assert_eq!(&*b.load().await.unwrap().unwrap().file, "# the next file\n");
+
     // A record as the first format wrote it: the text inside.
     a.put_fenced(
         &leading,

@@ -163,6 +163,16 @@ pub enum ClusterError {
     },
     #[error("the watch on {key} ended: {reason}; follow it again from the last revision seen")]
     WatchEnded { key: String, reason: String },
+    #[error(
+        "the deployment file ({kib} KiB) does not fit in one etcd request ({source}): nothing \
+         of it is served until etcd's --max-request-bytes (1.5 MiB by default) is raised on \
+         every member"
+    )]
+    TooLarge {
+        kib: usize,
+        #[source]
+        source: etcd_client::Error,
+    },
 }
 
 /// How long one request to etcd may take, tries included: longer means no majority answers.
@@ -423,7 +433,13 @@ impl Etcd {
             ));
         }
         ops.push(TxnOp::put(self.key(RECORD), encode(record, &hash), None));
-        let revision = self.txn_fenced(leadership, ops).await?;
+        let revision = match self.txn_fenced(leadership, ops).await {
+            Err(ClusterError::Etcd(source)) if source.to_string().contains("too large") => {
+                let kib = record.file.len().div_ceil(1024);
+                return Err(ClusterError::TooLarge { kib, source });
+            }
+            written => written?,
+        };
         *self.file_written.lock().expect("not poisoned") = Some(this);
         Ok(revision)
     }
