@@ -105,6 +105,8 @@ pub struct ServeOptions {
     pub wait_for_file: bool,
     /// What clients may make cutover hold, and how fast dead peers are found.
     pub clients: ClientLimits,
+    /// Load reports a second this cutover takes: beyond, Envoys are asked to report less often.
+    pub load_reports_per_second: usize,
     /// Serve the xDS port over TLS (mutual TLS with a client CA); plaintext when `None`.
     pub tls: Option<TlsFiles>,
     /// Cluster mode: a replica of several on etcd; the state file is not used.
@@ -182,7 +184,10 @@ impl Server {
 )]
 pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
     let metrics = Arc::new(Metrics::new());
-    let telemetry = Telemetry::default();
+    let telemetry = Telemetry::new(crate::telemetry::Limits {
+        load_reports_per_second: opts.load_reports_per_second,
+        ..crate::telemetry::Limits::default()
+    });
     let clients = Arc::new(Clients::new(metrics.clone()));
     let slots = Arc::new(StreamSlots::new(opts.clients.max_streams, &metrics));
     let (published_tx, published) = watch::channel(None);

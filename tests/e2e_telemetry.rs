@@ -414,3 +414,83 @@ async fn a_leaving_envoy_leaves_the_figures_and_a_silent_one_is_named() {
     assert_eq!(t.nodes[0].id, NODE);
     assert_eq!(t.nodes_without_telemetry, ["edge-old"]);
 }
+
+/// Fleet scale: past `--load-reports-per-second`, cutover asks every Envoy (those already
+/// reporting too) to report less often, and back when Envoys leave. With a budget of 1 a
+/// second, two Envoys report every 2 s; one alone, every second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_reports_slow_down_as_more_envoys_report_than_the_budget() {
+    let Some(envoy_bin) = envoy_binary() else {
+        return;
+    };
+    let s = Scenario::start_with_args(
+        &envoy_bin,
+        &["v1-1"],
+        ONE_ENDPOINT,
+        &["--load-reports-per-second", "1"],
+    )
+    .await;
+    // What cutover asks for, with the load reports `node` sent so far.
+    let asked = async |node: &str| {
+        let t = s.cutover.telemetry().await.unwrap();
+        let sent = t
+            .nodes
+            .iter()
+            .find(|n| n.id == node)
+            .and_then(|n| n.load_reporting.as_ref())
+            .map(|l| l.messages);
+        (t.load_reporting_interval_seconds, sent)
+    };
+    // Reports `node` sends over 6 s.
+    let over_6s = async |node: &str| {
+        let before = asked(node).await.1.expect("it reports");
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        asked(node).await.1.expect("it reports") - before
+    };
+    wait_for(
+        WAIT,
+        "the first Envoy to report load",
+        async || match asked(NODE).await {
+            (1, Some(n)) if n >= 2 => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+
+    let mut second = Envoy::start(
+        &envoy_bin,
+        s.dir.path(),
+        "edge-2",
+        s.cutover.ads,
+        s.listener,
+    )
+    .await;
+    wait_for(
+        WAIT,
+        "two Envoys to be asked for a report every 2 s",
+        async || match asked("edge-2").await {
+            (2, Some(_)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    // The first Envoy was told on its open stream too; its next report may be on the old
+    // period, then every 2 s.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let slow = over_6s(NODE).await;
+    assert!((2..=4).contains(&slow), "{slow} reports in 6 s at 2 s each");
+
+    second.kill();
+    wait_for(
+        WAIT,
+        "one Envoy to be asked for a report every second again",
+        async || match asked(NODE).await {
+            (1, Some(_)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let fast = over_6s(NODE).await;
+    assert!((5..=7).contains(&fast), "{fast} reports in 6 s at 1 s each");
+}

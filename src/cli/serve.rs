@@ -80,6 +80,13 @@ pub struct Args {
     /// --etcd, else never.
     #[arg(long, value_parser = humantime::parse_duration)]
     max_stream_age: Option<Duration>,
+    /// Load reports a second this cutover takes. Each carries Envoy's whole node description
+    /// (about 60 KB), so beyond this many Envoys the interval they are asked to report at
+    /// doubles (1 s, 2 s, 4 s, ... at most 64 s): a fleet's load reports cost at most about
+    /// this many times 60 KB/s, and `cutover wait drained` waits up to one interval longer.
+    #[arg(long, env = "CUTOVER_LOAD_REPORTS_PER_SECOND",
+          default_value_t = crate::telemetry::lrs::LOAD_REPORTS_PER_SECOND, value_parser = positive)]
+    load_reports_per_second: usize,
     /// Serve the xDS port (ADS, CSDS and the telemetry services) over TLS with this
     /// certificate chain (PEM). It and its key are read again when they change; open streams
     /// go on.
@@ -215,6 +222,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         state_file: args.state,
         allow_nodes: args.allow_nodes,
         wait_for_file: args.wait_for_file,
+        load_reports_per_second: args.load_reports_per_second,
         clients: ClientLimits {
             max_streams: args.max_streams,
             max_message_bytes: usize::from(args.max_message_mib) * MIB,

@@ -22,6 +22,9 @@ use crate::ids::{ClusterId, ClusterRef};
 
 /// Longest period one message may stand for; longer gaps are not a flush interval.
 const MAX_PERIOD: Duration = Duration::from_secs(60);
+/// The same for a load report: twice the longest interval cutover asks for.
+const MAX_LOAD_PERIOD: Duration =
+    Duration::from_secs(2 * super::lrs::LONGEST_LOAD_REPORTING_INTERVAL.as_secs());
 /// Longest node id kept.
 const MAX_NODE_ID: usize = 256;
 
@@ -31,6 +34,9 @@ pub struct Limits {
     pub max_clusters_per_stream: usize,
     pub max_endpoints_per_stream: usize,
     pub stale_after: Duration,
+    /// Load reports a second this cutover takes: the interval it asks for grows with the
+    /// number of Envoys reporting ([`super::lrs::interval_for`]).
+    pub load_reports_per_second: usize,
 }
 
 impl Default for Limits {
@@ -42,6 +48,7 @@ impl Default for Limits {
             max_endpoints_per_stream: 8192,
             // Ten flush intervals of cutover's bootstrap.
             stale_after: Duration::from_secs(10),
+            load_reports_per_second: super::lrs::LOAD_REPORTS_PER_SECOND,
         }
     }
 }
@@ -92,6 +99,8 @@ pub struct Aggregator {
     epoch: Instant,
     next_id: StreamId,
     streams: BTreeMap<StreamId, Stream>,
+    /// How many of them carry load reports.
+    load_streams: usize,
     dropped: Dropped,
 }
 
@@ -218,8 +227,14 @@ impl Aggregator {
             epoch,
             next_id: 0,
             streams: BTreeMap::new(),
+            load_streams: 0,
             dropped: Dropped::default(),
         }
+    }
+
+    /// The interval Envoys are asked to send load reports at, for the number reporting now.
+    pub fn load_interval(&self) -> Duration {
+        super::lrs::interval_for(self.load_streams, self.limits.load_reports_per_second)
     }
 
     fn sec(&self, now: Instant) -> u64 {
@@ -245,7 +260,10 @@ impl Aggregator {
         self.next_id += 1;
         let body = match source {
             Source::StatsSink => Body::Stats(StatsBody::default()),
-            Source::LoadReports => Body::Load(LoadBody::default()),
+            Source::LoadReports => {
+                self.load_streams += 1;
+                Body::Load(LoadBody::default())
+            }
         };
         self.streams.insert(
             id,
@@ -265,7 +283,13 @@ impl Aggregator {
 
     /// Forgets the stream and everything it reported.
     pub fn close(&mut self, id: StreamId) {
-        self.streams.remove(&id);
+        if let Some(Stream {
+            body: Body::Load(_),
+            ..
+        }) = self.streams.remove(&id)
+        {
+            self.load_streams -= 1;
+        }
     }
 
     /// One stats sink message on stream `id`.
@@ -371,7 +395,10 @@ impl Aggregator {
         let Body::Load(b) = &mut stream.body else {
             return;
         };
-        if let Some(p) = report.period.filter(|p| !p.is_zero() && *p <= MAX_PERIOD) {
+        if let Some(p) = report
+            .period
+            .filter(|p| !p.is_zero() && *p <= MAX_LOAD_PERIOD)
+        {
             stream.periods.add(sec, &p.as_secs_f64());
             let from = now_ms.saturating_sub(u64::try_from(p.as_millis()).unwrap_or(u64::MAX));
             stream.covers_from.add(sec, &Earliest(from));
@@ -423,8 +450,14 @@ impl Aggregator {
         b.endpoints = kept;
     }
 
+    /// Whether a stream still speaks for its Envoy: it reported within `stale_after`, or
+    /// within three of the intervals load reports are asked for now.
     fn fresh(&self, s: &Stream, now: Instant) -> bool {
-        now.saturating_duration_since(s.last_seen) < self.limits.stale_after
+        let after = match s.body {
+            Body::Load(_) => self.limits.stale_after.max(3 * self.load_interval()),
+            Body::Stats(_) => self.limits.stale_after,
+        };
+        now.saturating_duration_since(s.last_seen) < after
     }
 
     /// Every figure at `now`.
@@ -487,6 +520,7 @@ impl Aggregator {
         let mut report = TelemetryReport {
             nodes: self.nodes(now),
             dropped: self.dropped,
+            load_reporting_interval_seconds: self.load_interval().as_secs(),
             ..Default::default()
         };
         for (ClusterId { service, version }, v) in acc {

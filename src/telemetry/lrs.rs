@@ -26,20 +26,34 @@ use envoy_types::pb::envoy::service::load_stats::v3::{LoadStatsRequest, LoadStat
 use super::stats::MAX_CLUSTER_NAME;
 use crate::ids::{ClusterId, ClusterRef};
 
-/// How often Envoy reports: often enough that in-flight counts are live for `wait drained`,
-/// rarely enough to cost nothing (one small message per second per Envoy).
-pub const LOAD_REPORTING_INTERVAL: Duration = Duration::from_secs(INTERVAL_SECONDS.unsigned_abs());
-/// Whole seconds, as the protobuf `Duration` of the answer counts them.
-const INTERVAL_SECONDS: i64 = 1;
+/// How often Envoy reports while few do: often enough that in-flight counts are live for `wait
+/// drained`.
+pub const LOAD_REPORTING_INTERVAL: Duration = Duration::from_secs(1);
+/// The longest interval cutover asks for, however many Envoys report.
+pub const LONGEST_LOAD_REPORTING_INTERVAL: Duration = Duration::from_secs(64);
+/// Reports per second one cutover takes by default (`--load-reports-per-second`): each carries
+/// Envoy's whole node description (about 60 KB for Envoy 1.40, which lists its 516
+/// extensions), so 200 a second is about 12 MB/s.
+pub const LOAD_REPORTS_PER_SECOND: usize = 200;
 
-/// The one answer cutover sends on a load reporting stream: every cluster, every endpoint,
-/// every [`LOAD_REPORTING_INTERVAL`].
-pub fn response() -> LoadStatsResponse {
+/// The interval every Envoy is asked to report at when `streams` report to this cutover and it
+/// takes `per_second` reports a second: one second while they fit, else doubled until they do
+/// (powers of two, so that the fleet growing or shrinking changes it rarely), at most
+/// [`LONGEST_LOAD_REPORTING_INTERVAL`].
+pub fn interval_for(streams: usize, per_second: usize) -> Duration {
+    let needed = u64::try_from(streams.div_ceil(per_second.max(1))).unwrap_or(u64::MAX);
+    Duration::from_secs(needed.max(1).next_power_of_two()).min(LONGEST_LOAD_REPORTING_INTERVAL)
+}
+
+/// The answer cutover sends on a load reporting stream: every cluster, every endpoint, every
+/// `interval`. Sent again when the interval changes (Envoy keeps what it tracked and starts the
+/// new period).
+pub fn response(interval: Duration) -> LoadStatsResponse {
     LoadStatsResponse {
         clusters: Vec::new(),
         send_all_clusters: true,
         load_reporting_interval: Some(envoy_types::pb::google::protobuf::Duration {
-            seconds: INTERVAL_SECONDS,
+            seconds: i64::try_from(interval.as_secs()).unwrap_or(i64::MAX),
             nanos: 0,
         }),
         report_endpoint_granularity: true,
@@ -253,12 +267,24 @@ mod tests {
     }
 
     #[test]
-    fn the_answer_asks_for_every_cluster_and_endpoint_every_second() {
-        let r = response();
+    fn the_answer_asks_for_every_cluster_and_endpoint_every_interval() {
+        let r = response(Duration::from_secs(8));
         assert!(r.send_all_clusters && r.report_endpoint_granularity);
         assert_eq!(
             r.load_reporting_interval.map(|d| (d.seconds, d.nanos)),
-            Some((1, 0))
+            Some((8, 0))
         );
+    }
+
+    #[test]
+    fn the_interval_doubles_as_reporters_outgrow_the_budget_up_to_64_s() {
+        let at = |streams, per_second| interval_for(streams, per_second).as_secs();
+        assert_eq!(at(0, 200), 1);
+        assert_eq!(at(200, 200), 1);
+        assert_eq!(at(201, 200), 2);
+        assert_eq!(at(1_000, 200), 8);
+        assert_eq!(at(10_000, 200), 64);
+        assert_eq!(at(1_000_000, 200), 64);
+        assert_eq!(at(5, 0), 8, "a budget of 0 counts as 1");
     }
 }

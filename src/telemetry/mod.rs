@@ -31,6 +31,9 @@ pub struct Telemetry {
     core: Arc<Mutex<Aggregator>>,
     /// Set when cutover shuts down: open streams end, so the server can stop.
     closing: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The interval load reports are asked for, told to every load reporting stream when the
+    /// number of them changes it.
+    load_interval: Arc<tokio::sync::watch::Sender<std::time::Duration>>,
 }
 
 impl Default for Telemetry {
@@ -44,7 +47,25 @@ impl Telemetry {
         Telemetry {
             core: Arc::new(Mutex::new(Aggregator::new(limits, Instant::now()))),
             closing: Arc::new(tokio::sync::watch::Sender::new(false)),
+            load_interval: Arc::new(tokio::sync::watch::Sender::new(
+                lrs::LOAD_REPORTING_INTERVAL,
+            )),
         }
+    }
+
+    /// The interval load reports are asked for, as it changes.
+    pub(crate) fn load_interval(&self) -> tokio::sync::watch::Receiver<std::time::Duration> {
+        self.load_interval.subscribe()
+    }
+
+    /// Recomputes the load reporting interval after a load reporting stream opened or closed.
+    pub(crate) fn refresh_load_interval(&self) {
+        let now = self.lock().load_interval();
+        self.load_interval.send_if_modified(|current| {
+            let changed = *current != now;
+            *current = now;
+            changed
+        });
     }
 
     /// Ends every open stream (cutover is shutting down; Envoy reconnects to the next one).

@@ -21,6 +21,9 @@ pub struct TelemetryReport {
     pub nodes_without_telemetry: Vec<String>,
     /// What was not kept because a cap was reached.
     pub dropped: Dropped,
+    /// The interval Envoys are asked to send load reports at: 1 s, longer once more Envoys
+    /// report than `--load-reports-per-second` allows.
+    pub load_reporting_interval_seconds: u64,
 }
 
 impl TelemetryReport {

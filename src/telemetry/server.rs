@@ -128,6 +128,9 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.telemetry.lock().close(self.id);
+        if self.source == Source::LoadReports {
+            self.telemetry.refresh_load_interval();
+        }
         tracing::info!(node = %self.node, source = ?self.source, "telemetry stream closed");
     }
 }
@@ -198,17 +201,24 @@ impl LoadReportingService for LoadReporting {
         telemetry
             .lock()
             .load(registration.id, &lrs::parse(&first), Instant::now());
+        telemetry.refresh_load_interval();
+        let mut interval = telemetry.load_interval();
         let (answers, rx) = tokio::sync::mpsc::channel(1);
         // One answer starts Envoy's reports for good; the stream stays open while Envoy
-        // reports, and its end (Envoy gone) forgets the node's load.
-        // A new channel has room for it.
-        let _ = answers.try_send(Ok(lrs::response()));
+        // reports, and its end (Envoy gone) forgets the node's load. Another answer goes out
+        // when the interval changes (more or fewer Envoys report); if the previous one is
+        // still unread, the next change sends the latest.
+        let _ = answers.try_send(Ok(lrs::response(*interval.borrow_and_update())));
         tokio::spawn(async move {
-            let _open = answers;
             let _slot = slot;
             loop {
                 let next = tokio::select! {
                     next = inbound.message() => next,
+                    Ok(()) = interval.changed() => {
+                        let every = *interval.borrow_and_update();
+                        let _ = answers.try_send(Ok(lrs::response(every)));
+                        continue;
+                    }
                     () = telemetry.closed() => break,
                 };
                 match next {

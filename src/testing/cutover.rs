@@ -34,6 +34,7 @@ pub fn serve_options(file: PathBuf) -> ServeOptions {
         allow_nodes: Vec::new(),
         wait_for_file: false,
         clients: Default::default(),
+        load_reports_per_second: crate::telemetry::lrs::LOAD_REPORTS_PER_SECOND,
         tls: None,
         cluster: None,
     }

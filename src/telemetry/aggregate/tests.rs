@@ -710,3 +710,49 @@ fn recent_calls_sum_a_versions_endpoints_over_the_reports_of_the_window() {
         (0, 0)
     );
 }
+
+/// Past the budget of load reports a second, the interval asked for grows, and a load
+/// reporting stream stays fresh for three of those intervals (a stats stream keeps its own
+/// limit); closing streams brings the interval back.
+#[test]
+fn load_streams_stay_fresh_for_three_of_the_longer_intervals_asked_for() {
+    let clock = Clock::new();
+    let mut agg = clock.aggregator(Limits {
+        load_reports_per_second: 1,
+        ..Limits::default()
+    });
+    assert_eq!(agg.load_interval(), Duration::from_secs(1));
+    let loads: Vec<_> = (0..4)
+        .map(|i| {
+            agg.open(
+                Source::LoadReports,
+                node(&format!("edge-{i}")),
+                clock.at(0.0),
+            )
+            .unwrap()
+        })
+        .collect();
+    let sink = agg
+        .open(Source::StatsSink, node("edge-0"), clock.at(0.0))
+        .unwrap();
+    assert_eq!(
+        agg.load_interval(),
+        Duration::from_secs(4),
+        "4 reporters, 1 a second"
+    );
+    let fresh = |agg: &Aggregator, secs: f64| {
+        let at = clock.at(secs);
+        let load = agg.fresh(&agg.streams[&loads[0]], at);
+        let stats = agg.fresh(&agg.streams[&sink], at);
+        (load, stats)
+    };
+    assert_eq!(fresh(&agg, 11.0), (true, false));
+    assert_eq!(fresh(&agg, 12.5), (false, false));
+    for id in &loads[1..] {
+        agg.close(*id);
+    }
+    assert_eq!(agg.load_interval(), Duration::from_secs(1));
+    assert_eq!(fresh(&agg, 11.0), (false, false), "10 s again");
+    agg.close(sink);
+    assert_eq!(agg.load_interval(), Duration::from_secs(1));
+}
