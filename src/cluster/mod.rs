@@ -31,7 +31,7 @@ use crate::replica::{EtcdTls, Recorded, file_hash};
 pub mod replica;
 
 /// The record's format: a replica refuses a record of a newer one instead of misreading it.
-/// Format 2 keeps the file's text under a key of its own ([`FILES`]), written only when the
+/// Format 2 keeps the file's text under a key of its own (`<prefix>/files/<hash>`), written only when the
 /// file changes: a rollout's step writes the state alone. Format 1 (the text in every record)
 /// is still read.
 pub const RECORD_FORMAT: u32 = 2;
