@@ -189,7 +189,7 @@ pub struct Etcd {
     prefix: String,
     /// As given, for messages.
     endpoints: String,
-    /// The file this replica wrote under [`FILES`], and in which leadership (the election
+    /// The file this replica wrote under `files/`, and in which leadership (the election
     /// key's revision): within one leadership nobody else writes, so a record of the same file
     /// needs no second copy of its text.
     file_written: std::sync::Arc<std::sync::Mutex<Option<(i64, String)>>>,
@@ -409,7 +409,7 @@ impl Etcd {
     }
 
     /// Writes the cluster's record if `leadership` still leads (see [`Etcd::put_fenced`]). The
-    /// file's text goes under [`FILES`] in the same transaction when this leadership has not
+    /// file's text goes under `files/<hash>` in the same transaction when this leadership has not
     /// written it yet, and the other files' keys are deleted: a record whose file is unchanged
     /// (a rollout's step) is the state alone.
     pub async fn save(
@@ -488,7 +488,7 @@ impl Etcd {
         Ok((record, hash))
     }
 
-    /// The text under [`FILES`]`/hash` as of `revision` (or now, if etcd compacted that
+    /// The text under `files/<hash>` as of `revision` (or now, if etcd compacted that
     /// revision away).
     async fn file_at(
         &self,
