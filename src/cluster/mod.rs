@@ -341,6 +341,20 @@ impl Etcd {
         Ok((values, revision))
     }
 
+    /// The keys under the folder `dir`, without their values.
+    async fn keys_under(&self, dir: &str) -> Result<Vec<Vec<u8>>, ClusterError> {
+        let prefix = format!("{}/", self.key(dir));
+        let got = retrying(&self.endpoints, || {
+            let (mut client, prefix) = (self.client.clone(), prefix.clone());
+            let options = etcd_client::GetOptions::new()
+                .with_prefix()
+                .with_keys_only();
+            async move { client.get(prefix, Some(options)).await }
+        })
+        .await?;
+        Ok(got.kvs().iter().map(|kv| kv.key().to_vec()).collect())
+    }
+
     /// Every change under the folder `dir` after revision `after`, in order.
     pub async fn watch_dir(&self, dir: &str, after: i64) -> Result<Changes, ClusterError> {
         let prefix = format!("{}/", self.key(dir));
@@ -422,15 +436,13 @@ impl Etcd {
         let written = self.file_written.lock().expect("not poisoned").clone();
         let mut ops = Vec::new();
         if written.as_ref() != Some(&this) {
-            let (files, _) = self.list(FILES).await?;
-            for (name, _) in files.iter().filter(|(name, _)| *name != hash) {
-                ops.push(TxnOp::delete(self.key(&format!("{FILES}/{name}")), None));
+            let this_file = self.key(&format!("{FILES}/{hash}"));
+            for key in self.keys_under(FILES).await? {
+                if key != this_file.as_bytes() {
+                    ops.push(TxnOp::delete(key, None));
+                }
             }
-            ops.push(TxnOp::put(
-                self.key(&format!("{FILES}/{hash}")),
-                record.file.as_bytes(),
-                None,
-            ));
+            ops.push(TxnOp::put(this_file, record.file.as_bytes(), None));
         }
         ops.push(TxnOp::put(self.key(RECORD), encode(record, &hash), None));
         let revision = match self.txn_fenced(leadership, ops).await {
