@@ -184,8 +184,12 @@ impl Server {
 )]
 pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
     let metrics = Arc::new(Metrics::new());
+    // Telemetry streams are bounded by --max-streams with every other gRPC stream (an Envoy
+    // opens up to three); a lower cap of their own would refuse a fleet's reports, and a
+    // refused load reporting stream comes back every 5 s with Envoy's whole node (60 KB).
     let telemetry = Telemetry::new(crate::telemetry::Limits {
         load_reports_per_second: opts.load_reports_per_second,
+        max_streams: opts.clients.max_streams,
         ..crate::telemetry::Limits::default()
     });
     let clients = Arc::new(Clients::new(metrics.clone()));
