@@ -7,6 +7,10 @@
 //! - for K of them (`STATS_SAMPLE`), also a stats sink stream flushing every second a message the
 //!   size of a real Envoy's for 10 services (about 30 KB; docs/benchmarks.md, "Telemetry cost").
 //!
+//! First, with no process at all, what checks read from a sample of Envoys' stats costs in
+//! accuracy: a canary's observed split and error rate on k of 10,000 simulated Envoys against
+//! all of them (each request goes to the canary and fails at random, Envoys' traffic differs).
+//!
 //! Over a steady window (two of the load reporting intervals, at least `SECONDS`), cutover's CPU
 //! (as a share of one core) and the bytes the simulated Envoys sent it, against issue 21's target:
 //! 10,000 Envoys' telemetry in ≤ 10% of one core and ≤ 20 MB/s. The simulator shares the 2 CPUs.
@@ -43,6 +47,7 @@ use tokio_stream::wrappers::ReceiverStream;
 const SERVICES: usize = 10;
 
 fn main() {
+    sampled_split_error();
     let envoys = env_numbers("ENVOYS", "1000,5000,10000");
     let sample = env_numbers("STATS_SAMPLE", "100")[0];
     let seconds = env_numbers("SECONDS", "20")[0];
@@ -61,9 +66,113 @@ fn main() {
         "| Envoys | with a stats sink | load reports every | window s | cutover CPU, % of one core | MB/s received | of which load reports |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|");
-    for n in envoys {
+    for n in envoys.into_iter().filter(|n| *n > 0) {
         runtime.block_on(run(n, sample.min(n), seconds));
     }
+}
+
+/// A small, seeded generator: the figures are the same on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box-Muller).
+    fn normal(&mut self) -> f64 {
+        let (u, v) = (self.unit().max(1e-12), self.unit());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+}
+
+/// A check's 10 s window on a fleet of 10,000 Envoys whose traffic differs (10 requests a
+/// second on average, log-normal across Envoys), the canary at 10% failing 1% of its requests:
+/// the split and the canary's error rate as k sampled Envoys see them, against all of them.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "counts and ranks of a simulation, far inside every type's range"
+)]
+fn sampled_split_error() {
+    const FLEET: usize = 10_000;
+    const TRIALS: usize = 200;
+    let samples = [10, 100, 1_000];
+    let mut rng = Rng(0x5eed_cafe_f00d_d00d);
+    // Per sample size: |split error| and |error-rate error| in percentage points, per trial.
+    let mut split_err: Vec<Vec<f64>> = vec![Vec::new(); samples.len()];
+    let mut rate_err: Vec<Vec<f64>> = vec![Vec::new(); samples.len()];
+    let mut requests_seen: Vec<f64> = vec![0.0; samples.len()];
+    for _ in 0..TRIALS {
+        // (requests, to the canary, canary failures) per Envoy over the window.
+        let envoys: Vec<(u64, u64, u64)> = (0..FLEET)
+            .map(|_| {
+                let rate = 10.0 * (rng.normal() - 0.5).exp();
+                let n = (rate * 10.0).round() as u64;
+                let mut canary = 0;
+                let mut failed = 0;
+                for _ in 0..n {
+                    if rng.unit() < 0.10 {
+                        canary += 1;
+                        if rng.unit() < 0.01 {
+                            failed += 1;
+                        }
+                    }
+                }
+                (n, canary, failed)
+            })
+            .collect();
+        let figures = |of: &[&(u64, u64, u64)]| {
+            let (n, c, f) = of
+                .iter()
+                .fold((0, 0, 0), |a, e| (a.0 + e.0, a.1 + e.1, a.2 + e.2));
+            let split = 100.0 * c as f64 / n.max(1) as f64;
+            let rate = 100.0 * f as f64 / c.max(1) as f64;
+            (split, rate, n)
+        };
+        let all: Vec<&(u64, u64, u64)> = envoys.iter().collect();
+        let (split, rate, _) = figures(&all);
+        for (i, &k) in samples.iter().enumerate() {
+            // k distinct Envoys at random (a partial shuffle).
+            let mut order: Vec<usize> = (0..FLEET).collect();
+            for j in 0..k {
+                let pick = j + (rng.next() as usize) % (FLEET - j);
+                order.swap(j, pick);
+            }
+            let sample: Vec<&(u64, u64, u64)> = order[..k].iter().map(|&j| &envoys[j]).collect();
+            let (s, r, n) = figures(&sample);
+            split_err[i].push((s - split).abs());
+            rate_err[i].push((r - rate).abs());
+            requests_seen[i] += n as f64 / TRIALS as f64;
+        }
+    }
+    let p = |v: &mut Vec<f64>, q: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() - 1) as f64 * q).round() as usize]
+    };
+    println!(
+        "| Envoys sampled of 10,000 | requests in a 10 s window | split (10%): median / p99 error, points | canary error rate (1%): median / p99 error, points |"
+    );
+    println!("|---:|---:|---:|---:|");
+    for (i, k) in samples.iter().enumerate() {
+        println!(
+            "| {k} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} |",
+            requests_seen[i],
+            p(&mut split_err[i], 0.5),
+            p(&mut split_err[i], 0.99),
+            p(&mut rate_err[i], 0.5),
+            p(&mut rate_err[i], 0.99),
+        );
+    }
+    println!();
 }
 
 async fn run(n: usize, sample: usize, seconds: usize) {
