@@ -920,20 +920,7 @@ async fn wait_drained_asked_of_a_follower_waits_for_requests_at_an_envoy_on_the_
 
     live_1.set_delay(Duration::from_secs(3));
     live_2.set_delay(Duration::from_secs(3));
-    let traffic: Vec<_> = (0..4)
-        .map(|_| {
-            tokio::spawn(async move {
-                reqwest::Client::builder()
-                    .no_proxy()
-                    .build()
-                    .unwrap()
-                    .get(format!("http://{listener}/"))
-                    .send()
-                    .await
-                    .map(|r| r.status())
-            })
-        })
-        .collect();
+    let traffic = cutover::testing::requests_in_background(listener, 4);
     eventually(WAIT, "requests in flight to live-1", async || {
         live_1.in_flight() > 0
     })

@@ -48,21 +48,7 @@ async fn wait_drained_returns_only_after_the_requests_in_flight_finish() {
     live_1.set_delay(Duration::from_secs(2));
     s.upstream("live-2").set_delay(Duration::from_secs(2));
     // Slow requests: round robin puts some on live-1.
-    let traffic: Vec<_> = (0..4)
-        .map(|_| {
-            let listener = s.listener;
-            tokio::spawn(async move {
-                reqwest::Client::builder()
-                    .no_proxy()
-                    .build()
-                    .unwrap()
-                    .get(format!("http://{listener}/"))
-                    .send()
-                    .await
-                    .map(|r| r.status())
-            })
-        })
-        .collect();
+    let traffic = testing::requests_in_background(s.listener, 4);
     testing::wait_for(
         Duration::from_secs(5),
         "requests in flight to live-1",

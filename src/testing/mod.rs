@@ -259,6 +259,28 @@ fn ephemeral_low() -> Option<u16> {
         .ok()
 }
 
+/// `n` GET requests to `listener`, each on a task of its own, left running while a test drains
+/// or moves what serves them (slow upstreams keep them in flight); each ends with the status it
+/// got.
+pub fn requests_in_background(
+    listener: SocketAddr,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<Result<reqwest::StatusCode, reqwest::Error>>> {
+    (0..n)
+        .map(|_| {
+            tokio::spawn(async move {
+                reqwest::Client::builder()
+                    .no_proxy()
+                    .build()?
+                    .get(format!("http://{listener}/"))
+                    .send()
+                    .await
+                    .map(|r| r.status())
+            })
+        })
+        .collect()
+}
+
 /// How many times each body was seen.
 pub fn tally(bodies: &[String]) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
