@@ -310,6 +310,8 @@ struct Controller {
     spec_text: Option<Arc<str>>,
     /// What the PEM files the file names held when they were last read (polled for rotation).
     pem_read: spec::PemRead,
+    /// Reads a save again only where it changed.
+    reparser: spec::Reparser,
     spec: Option<Arc<Spec>>,
     state: RuntimeState,
     /// What the state file holds (nothing is written while the state is unchanged).
@@ -487,6 +489,7 @@ impl Controller {
             last_text: None,
             spec_text: None,
             pem_read: spec::PemRead::new(),
+            reparser: spec::Reparser::default(),
             spec: None,
             state: RuntimeState::default(),
             saved: None,
@@ -632,7 +635,13 @@ impl Controller {
 
     /// Reads a deployment file's text (the file's, or a record's) and the PEM files it names.
     fn parse(&mut self, label: &str, text: &[u8]) -> Result<Spec, spec::SpecError> {
-        let spec = spec::parse_bytes(label, text)?;
+        let spec = self.reparser.parse_bytes(label, text)?;
+        let read = self.reparser.last();
+        tracing::debug!(
+            services = read.services,
+            kept = read.kept,
+            "{label}: read, the services unchanged since the last read kept as they were"
+        );
         self.pem_read = crate::watch::read_pem_files(&self.file, &spec::pem_paths(&spec));
         let (spec, warnings) =
             spec::load_pem_files(spec, label, &self.pem_read, std::time::SystemTime::now())?;

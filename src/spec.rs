@@ -8,6 +8,7 @@
 
 mod address;
 mod hosts;
+mod incremental;
 mod limits;
 mod policy;
 mod proxyless;
@@ -29,6 +30,7 @@ use crate::access::Access;
 use crate::node::{GroupId, NodeGroups, Selector};
 
 pub use address::{AddressError, EndpointAddress, HostPort};
+pub use incremental::{Reparser, Reread};
 pub use limits::{Limit, Limits, LimitsError};
 pub use proxyless::GRPC_RETRY_ON;
 /// The file as written, before validation: its JSON Schema is the file's (`cutover schema`).

@@ -606,7 +606,11 @@ where
 fn unavailable(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::TransportError(_) => true,
-        etcd_client::Error::GRpcStatus(s) => s.code() == tonic::Code::Unavailable,
+        // Cancelled: the member the request went to closed its connection (it was stopped)
+        // before answering.
+        etcd_client::Error::GRpcStatus(s) => {
+            matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Cancelled)
+        }
         _ => false,
     }
 }
@@ -808,5 +812,23 @@ impl Records {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_that_closed_its_connection_mid_request_is_tried_again_elsewhere() {
+        // What the client said when a member was stopped under a write (seen on CI).
+        let closed =
+            etcd_client::Error::GRpcStatus(tonic::Status::cancelled("operation was canceled"));
+        assert!(unavailable(&closed));
+        let down = etcd_client::Error::GRpcStatus(tonic::Status::unavailable("no member"));
+        assert!(unavailable(&down));
+        // etcd's own refusals are answers, not tried again.
+        let refused = etcd_client::Error::GRpcStatus(tonic::Status::invalid_argument("too large"));
+        assert!(!unavailable(&refused));
     }
 }

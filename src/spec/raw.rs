@@ -26,7 +26,8 @@ pub struct RawSpec {
     /// Every version becomes an Envoy cluster named `<service>/<version>`.
     #[serde(default)]
     #[schemars(with = "Names<RawService>")]
-    pub services: Entries<Spanned<RawService>>,
+    // Boxed: a save's reparse moves them (`super::incremental`).
+    pub services: Entries<Box<Spanned<RawService>>>,
     /// Which Envoys get which listeners, tried in order: an Envoy belongs to the first group
     /// whose `match` fits its node, and gets that group's listeners and the services their
     /// routes name. An Envoy no group matches gets an empty config. Without `groups`, every
@@ -299,6 +300,8 @@ pub struct RawMatch {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "Service")]
+// The larger optional parts are boxed: most services leave them out, and a running cutover
+// keeps every service as read (`super::incremental`).
 pub struct RawService {
     /// Versions by name; each becomes the Envoy cluster `<service>/<version>`.
     #[schemars(with = "Names<RawVersion>")]
@@ -309,11 +312,11 @@ pub struct RawService {
     pub active: Option<Spanned<String>>,
     /// Which versions get traffic: `blue-green`, `red-black`, `canary` or `shadow`.
     #[schemars(with = "Option<RawStrategy>")]
-    pub strategy: Option<Spanned<RawStrategy>>,
+    pub strategy: Option<Box<Spanned<RawStrategy>>>,
     /// A version that gets a copy of (a share of) the requests; its responses are discarded.
     /// Not with the `shadow` strategy, which has its own mirror.
     #[schemars(with = "Option<RawMirror>")]
-    pub mirror: Option<Spanned<RawMirror>>,
+    pub mirror: Option<Box<Spanned<RawMirror>>>,
     /// User groups sent to a chosen version (A/B testing), tried in order before the strategy.
     #[serde(default)]
     #[schemars(with = "Vec<RawRule>")]
@@ -323,10 +326,10 @@ pub struct RawService {
     pub load_balancing: Option<Spanned<RawLoadBalancing>>,
     /// Passive health checking: endpoints that fail are ejected for a while. On by default.
     #[schemars(with = "Option<RawOutlierDetection>")]
-    pub outlier_detection: Option<Spanned<RawOutlierDetection>>,
+    pub outlier_detection: Option<Box<Spanned<RawOutlierDetection>>>,
     /// Active health checks Envoy sends to every endpoint (HTTP `path` or `tcp: true`).
     #[schemars(with = "Option<RawHealthCheck>")]
-    pub health_check: Option<Spanned<RawHealthCheck>>,
+    pub health_check: Option<Box<Spanned<RawHealthCheck>>>,
     /// New endpoints get a growing share of requests during this window (round robin and least
     /// request only). Default: none.
     #[schemars(with = "Option<DurationText>")]
@@ -340,7 +343,7 @@ pub struct RawService {
     /// Retries of failed requests. Default: 2 attempts on connect-failure, refused-stream and
     /// reset-before-request (safe for any method), each on another endpoint.
     #[schemars(with = "Option<RawRetries>")]
-    pub retries: Option<Spanned<RawRetries>>,
+    pub retries: Option<Box<Spanned<RawRetries>>>,
     /// How Envoy speaks to the endpoints: `http1` (default), `http2`, or `grpc` (HTTP/2;
     /// gRPC clients reach it through any listener).
     #[schemars(with = "Option<RawProtocol>")]
@@ -352,7 +355,7 @@ pub struct RawService {
     /// Speak TLS to the endpoints, verifying them against `ca` (without it, not verified)
     /// and sending `sni` as the server name.
     #[schemars(with = "Option<RawUpstreamTls>")]
-    pub tls: Option<Spanned<RawUpstreamTls>>,
+    pub tls: Option<Box<Spanned<RawUpstreamTls>>>,
     /// Below this share of available endpoints Envoy ignores health and spreads requests over
     /// all of them (panic mode). Default: 0 (never).
     #[schemars(with = "Option<Percentage>")]

@@ -57,22 +57,33 @@ pub fn parse_with(file: &str, text: &str, limits: &Limits) -> Result<Spec, SpecE
     if let Some(problem) = too_large(text.len(), limits) {
         return Err(error(vec![problem]));
     }
-    let raw: RawSpec = match serde_saphyr::from_str_with_options(text, yaml_options(limits)) {
-        Ok(raw) => raw,
-        Err(err) => return Err(error(vec![syntax_problem(&err, limits)])),
-    };
+    let raw = read_yaml(text, yaml_options(limits))
+        .map_err(|err| error(vec![syntax_problem(&err, limits)]))?;
+    validated(&raw, limits).map_err(error)
+}
+
+/// The YAML text read into the raw structs, checked against `options`' budget.
+pub(super) fn read_yaml(
+    text: &str,
+    options: serde_saphyr::Options,
+) -> Result<RawSpec, serde_saphyr::Error> {
+    serde_saphyr::from_str_with_options(text, options)
+}
+
+/// Validates what the YAML said: the spec, or every problem found, in file order.
+pub(super) fn validated(raw: &RawSpec, limits: &Limits) -> Result<Spec, Vec<Problem>> {
     let mut v = Validator::default();
-    v.limits(&raw, limits);
-    let spec = v.spec(&raw);
+    v.limits(raw, limits);
+    let spec = v.spec(raw);
     if v.problems.is_empty() {
         Ok(spec)
     } else {
         v.problems.sort_by_key(|p| (p.line, p.column));
-        Err(error(v.problems))
+        Err(v.problems)
     }
 }
 
-fn too_large(len: usize, limits: &Limits) -> Option<Problem> {
+pub(super) fn too_large(len: usize, limits: &Limits) -> Option<Problem> {
     (len > limits.file_bytes).then(|| Problem {
         line: 1,
         column: 1,
@@ -88,7 +99,7 @@ fn too_large(len: usize, limits: &Limits) -> Option<Problem> {
 
 /// Where the first byte that is not UTF-8 is: its line, and its column counted in characters
 /// like every other column in messages.
-fn not_utf8(bytes: &[u8], err: &std::str::Utf8Error) -> Problem {
+pub(super) fn not_utf8(bytes: &[u8], err: &std::str::Utf8Error) -> Problem {
     let good = &bytes[..err.valid_up_to()];
     let line_start = good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     let line = good[..line_start].iter().filter(|&&b| b == b'\n').count() + 1;
@@ -112,7 +123,7 @@ fn not_utf8(bytes: &[u8], err: &std::str::Utf8Error) -> Problem {
 }
 
 /// The YAML parser's options: its resource budget follows `limits` (see [`super::limits`]).
-fn yaml_options(limits: &Limits) -> serde_saphyr::Options {
+pub(super) fn yaml_options(limits: &Limits) -> serde_saphyr::Options {
     let nodes = limits.yaml_nodes;
     // Events are about two per value (start and end of a collection) plus document markers;
     // aliases, anchors and merge keys each stand for at least one value. Counting values is
@@ -150,7 +161,7 @@ const SCALAR_BYTES_PER_FILE_BYTE: usize = 4;
 const MAX_YAML_DEPTH: usize = 64;
 
 /// A YAML or schema error from the parser, worded for the person editing the file.
-fn syntax_problem(err: &serde_saphyr::Error, limits: &Limits) -> Problem {
+pub(super) fn syntax_problem(err: &serde_saphyr::Error, limits: &Limits) -> Problem {
     use serde_saphyr::Error as E;
     let at = |loc: Location| (loc.line().max(1), loc.column().max(1));
     // An error in a value that an alias (`*name`) repeats comes wrapped with where the alias
@@ -885,7 +896,7 @@ impl Validator {
         }
     }
 
-    fn services(&mut self, raw: &Entries<Spanned<RawService>>) -> BTreeMap<String, Service> {
+    fn services(&mut self, raw: &Entries<Box<Spanned<RawService>>>) -> BTreeMap<String, Service> {
         let mut out = BTreeMap::new();
         for (name, svc) in &raw.0 {
             self.check_name(&name.value, &name.referenced, "service");
