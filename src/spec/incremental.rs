@@ -1,25 +1,26 @@
-//! Reading a saved file again: only the services whose text changed are parsed.
+//! Reading a saved file again: only the parts whose text changed are parsed.
 //!
 //! A save usually changes one service (an `active:` flipped, a weight stepped), and reading the
 //! YAML is most of what a save costs cutover (docs/benchmarks.md, "File scale"). [`Reparser`]
-//! keeps every entry of `services:` it read, by its first line and exact text, and on the next
-//! save reads the file with the kept entries' lines replaced by comment lines: every other line
-//! and column stays where it was, and the kept entries go back in file order. Validation always
-//! runs on the whole file, so a save's spec, problems and positions are a full parse's.
+//! keeps every entry of `services:` it read, by its first line and exact text, and the whole
+//! `listeners:` section the same way; on the next save it reads the file with the kept parts'
+//! lines replaced by comment lines: every other line and column stays where it was, and the kept
+//! parts go back in their places. Validation always runs on the whole file, so a save's spec,
+//! problems and positions are a full parse's.
 //!
 //! The whole file is read instead whenever the shortcut could read something else than a full
-//! parse: no top-level block `services:`, directives or document markers, an entry line indented
-//! less than the first entry, a partial read that fails (a syntax error, an alias whose anchor
-//! was in a kept entry, the YAML budget) or whose entries are not exactly the ones it was given.
-//! An entry that holds an alias, an anchor or a merge key is never kept: its value may depend on
-//! another part of the file.
+//! parse: no top-level block `services:`, directives or document markers, a top-level key given
+//! twice, an entry line indented less than the first entry, a name given twice, a partial read
+//! that fails (a syntax error, an alias whose anchor was in a kept part, the YAML budget) or
+//! whose entries are not exactly the ones it was given. A part that holds an alias, an anchor or
+//! a merge key is never kept: its value may depend on another part of the file.
 
 use std::collections::HashMap;
 
 use serde_saphyr::Spanned;
 
 use super::limits::Limits;
-use super::raw::{RawService, RawSpec};
+use super::raw::{RawListener, RawService, RawSpec};
 use super::validate::{not_utf8, read_yaml, syntax_problem, too_large, validated, yaml_options};
 use super::{Spec, SpecError};
 
@@ -29,20 +30,30 @@ type Entry = (Spanned<String>, Box<Spanned<RawService>>);
 /// An entry kept: its text, and what it was read into.
 type Kept = (Box<str>, Entry);
 
+/// What the last read kept for the next.
+#[derive(Default)]
+struct Memo {
+    /// Its entries of `services:`, by first line: their text and what it was read into.
+    services: HashMap<usize, Kept>,
+    /// Its `listeners:` section: the key's line, the text, and what it was read into.
+    listeners: Option<(usize, Box<str>, Vec<Spanned<RawListener>>)>,
+}
+
 /// Parses and validates a deployment file save after save, reading again only the services
 /// whose text changed (see the module's documentation). Gives what [`super::parse_bytes`] gives.
 #[derive(Default)]
 pub struct Reparser {
-    /// The last read's entries, by first line: their text and what it was read into.
-    kept: HashMap<usize, Kept>,
+    kept: Memo,
     last: Reread,
 }
 
-/// How a read went: the services the file has and how many were kept from the read before.
+/// How a read went: the services the file has, how many were kept from the read before, and
+/// whether the listeners were.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Reread {
     pub services: usize,
     pub kept: usize,
+    pub listeners_kept: bool,
 }
 
 impl Reparser {
@@ -90,15 +101,15 @@ impl Reparser {
             self.forget();
             return Err(error(vec![problem]));
         }
-        let blocks = entries(text);
+        let layout = layout(text);
         let mut kept = std::mem::take(&mut self.kept);
-        let read = blocks
-            .as_deref()
-            .and_then(|blocks| partial(text, blocks, &mut kept, limits));
-        let (mut raw, reused) = match read {
+        let read = layout
+            .as_ref()
+            .and_then(|layout| partial(text, layout, &mut kept, limits));
+        let (mut raw, reread) = match read {
             Some(read) => read,
             None => match read_yaml(text, yaml_options(limits)) {
-                Ok(raw) => (raw, 0),
+                Ok(raw) => (raw, Reread::default()),
                 Err(err) => {
                     self.forget();
                     return Err(error(vec![syntax_problem(&err, limits)]));
@@ -108,10 +119,10 @@ impl Reparser {
         let spec = validated(&raw, limits).map_err(error);
         self.last = Reread {
             services: raw.services.0.len(),
-            kept: reused,
+            ..reread
         };
-        if let Some(blocks) = &blocks {
-            self.kept = keep(blocks, std::mem::take(&mut raw.services.0));
+        if let Some(layout) = &layout {
+            self.kept = keep(layout, &mut raw);
         }
         spec
     }
@@ -122,12 +133,13 @@ impl Reparser {
     }
 
     fn forget(&mut self) {
-        self.kept.clear();
+        self.kept = Memo::default();
         self.last = Reread::default();
     }
 }
 
-/// One entry of the top-level `services:` mapping, as lines of the file.
+/// One entry of the top-level `services:` mapping, or the `listeners:` section, as lines of
+/// the file.
 #[derive(Debug)]
 struct Block<'a> {
     /// The line of its name, from 1.
@@ -148,11 +160,27 @@ impl Block<'_> {
     }
 }
 
-/// The entries of the top-level block mapping `services:`, or `None` where the file's layout
-/// is not one this can split by lines alone.
-fn entries(text: &str) -> Option<Vec<Block<'_>>> {
+/// Where a file's parts are, found by its lines alone.
+#[derive(Debug)]
+struct Layout<'a> {
+    /// The entries of the top-level block mapping `services:`.
+    services: Vec<Block<'a>>,
+    /// The top-level `listeners:`, its key line included.
+    listeners: Option<Block<'a>>,
+}
+
+/// The entries of the top-level block mapping `services:` and the top-level `listeners:`, or
+/// `None` where the file's layout is not one this can split by lines alone.
+fn layout(text: &str) -> Option<Layout<'_>> {
+    #[derive(PartialEq)]
+    enum Section {
+        Services,
+        Listeners,
+        Other,
+    }
     let mut blocks: Vec<Block> = Vec::new();
-    let (mut found, mut inside, mut indent) = (false, false, None);
+    let mut listeners: Option<Block> = None;
+    let (mut found, mut section, mut indent) = (false, Section::Other, None);
     let mut offset = 0;
     for (i, line) in text.split_inclusive('\n').enumerate() {
         let start = offset;
@@ -169,18 +197,40 @@ fn entries(text: &str) -> Option<Vec<Block<'_>>> {
         }
         let depth = content.len() - body.len();
         let blank = body.is_empty() || body.starts_with('#');
-        if inside && !blank && depth == 0 {
-            // The next top-level key.
-            inside = false;
-        }
-        if !inside {
-            if depth == 0 && services_key(body) {
+        if !blank && depth == 0 {
+            // A top-level key.
+            section = if key_alone(body, "services") {
                 if found {
                     return None;
                 }
-                (found, inside) = (true, true);
-            }
+                found = true;
+                Section::Services
+            } else if key_alone(body, "listeners") {
+                if listeners.is_some() {
+                    return None;
+                }
+                listeners = Some(Block {
+                    line: i + 1,
+                    column: 1,
+                    text: &text[start..offset],
+                    start,
+                    lines: 1,
+                });
+                Section::Listeners
+            } else {
+                Section::Other
+            };
             continue;
+        }
+        match section {
+            Section::Other => continue,
+            Section::Listeners => {
+                let block = listeners.as_mut().expect("in its section");
+                block.text = &text[block.start..offset];
+                block.lines += 1;
+                continue;
+            }
+            Section::Services => {}
         }
         if blank || depth > *indent.get_or_insert(depth) {
             // Part of the entry above (the comments before the first stay with `services:`).
@@ -200,15 +250,20 @@ fn entries(text: &str) -> Option<Vec<Block<'_>>> {
             return None;
         }
     }
-    found.then_some(blocks)
+    found.then_some(Layout {
+        services: blocks,
+        listeners,
+    })
 }
 
-/// `services:` alone on its line, or with a comment after it.
-fn services_key(body: &str) -> bool {
-    body.strip_prefix("services:").is_some_and(|rest| {
-        let rest = rest.trim_start_matches([' ', '\t']);
-        rest.is_empty() || (rest.len() < body.len() - 9 && rest.starts_with('#'))
-    })
+/// `<key>:` alone on its line, or with a comment after it.
+fn key_alone(body: &str, key: &str) -> bool {
+    body.strip_prefix(key)
+        .and_then(|rest| rest.strip_prefix(':'))
+        .is_some_and(|rest| {
+            let after = rest.trim_start_matches([' ', '\t']);
+            after.is_empty() || (after.len() < rest.len() && after.starts_with('#'))
+        })
 }
 
 /// A mapping key written as a plain or quoted scalar (not a sequence entry, a complex key, a
@@ -219,30 +274,51 @@ fn plain_key(body: &str) -> bool {
     ])
 }
 
-/// The file read with the kept entries' lines as comments, and the kept entries put back in:
+/// The file read with the kept parts' lines as comments, and the kept parts put back in:
 /// `None` where that could differ from reading the whole file.
 fn partial(
     text: &str,
-    blocks: &[Block],
-    kept: &mut HashMap<usize, Kept>,
+    layout: &Layout,
+    kept: &mut Memo,
     limits: &Limits,
-) -> Option<(RawSpec, usize)> {
+) -> Option<(RawSpec, Reread)> {
+    let blocks = &layout.services;
     // The first entry is always read: its name where it was written pins `services:` down as
     // the mapping the others belong to.
     let reuse: Vec<bool> = blocks
         .iter()
         .enumerate()
         .map(|(i, b)| {
-            i > 0 && b.keepable() && kept.get(&b.line).is_some_and(|(t, _)| **t == *b.text)
+            i > 0
+                && b.keepable()
+                && kept
+                    .services
+                    .get(&b.line)
+                    .is_some_and(|(t, _)| **t == *b.text)
         })
         .collect();
     let reused = reuse.iter().filter(|r| **r).count();
-    if reused == 0 {
+    let listeners = layout.listeners.as_ref().filter(|b| {
+        b.keepable()
+            && kept
+                .listeners
+                .as_ref()
+                .is_some_and(|(line, t, _)| *line == b.line && **t == *b.text)
+    });
+    if reused == 0 && listeners.is_none() {
         return None;
     }
+    let mut skipped: Vec<&Block> = blocks
+        .iter()
+        .zip(&reuse)
+        .filter(|(_, r)| **r)
+        .map(|(b, _)| b)
+        .chain(listeners)
+        .collect();
+    skipped.sort_by_key(|b| b.start);
     let mut lines = String::with_capacity(text.len());
     let (mut at, mut nodes, mut bytes) = (0, 0usize, 0usize);
-    for (b, _) in blocks.iter().zip(&reuse).filter(|(_, r)| **r) {
+    for b in skipped {
         lines.push_str(&text[at..b.start]);
         // A comment line, not an empty one: a block scalar just above keeps its trailing empty
         // lines (`|+`), and would keep these too.
@@ -254,7 +330,7 @@ fn partial(
         bytes = bytes.saturating_add(b.text.len());
     }
     lines.push_str(&text[at..]);
-    // The budget is the whole file's: what the kept entries may hold at most is taken off, so
+    // The budget is the whole file's: what the kept parts may hold at most is taken off, so
     // that a file the budget refuses is never read in part (a refusal reads it whole).
     let mut options = yaml_options(limits);
     let budget = options.budget.as_mut()?;
@@ -277,7 +353,8 @@ fn partial(
             .iter()
             .zip(&fresh)
             .all(|((name, _), b)| at_block(name, b));
-    if !same {
+    // With its key a comment, the file has no listeners but the kept ones.
+    if !same || (listeners.is_some() && !raw.listeners.is_empty()) {
         return None;
     }
     // A name given twice is the parser's error, which it did not see with one of the two out.
@@ -287,7 +364,7 @@ fn partial(
         .iter()
         .zip(&reuse)
         .filter(|(_, r)| **r)
-        .map(|(b, _)| kept[&b.line].1.0.value.as_str());
+        .map(|(b, _)| kept.services[&b.line].1.0.value.as_str());
     if !fresh_names.chain(kept_names).all(|name| names.insert(name)) {
         return None;
     }
@@ -297,13 +374,21 @@ fn partial(
         .zip(&reuse)
         .map(|(b, r)| {
             if *r {
-                kept.remove(&b.line).expect("looked up above").1
+                kept.services.remove(&b.line).expect("looked up above").1
             } else {
                 read.next().expect("counted above")
             }
         })
         .collect();
-    Some((raw, reused))
+    if listeners.is_some() {
+        raw.listeners = kept.listeners.take().expect("looked up above").2;
+    }
+    let reread = Reread {
+        services: 0,
+        kept: reused,
+        listeners_kept: listeners.is_some(),
+    };
+    Some((raw, reread))
 }
 
 /// Whether a name read is the one written at `block`'s first line.
@@ -311,22 +396,47 @@ fn at_block(name: &Spanned<String>, block: &Block) -> bool {
     name.referenced.line() == block.line as u64 && name.referenced.column() == block.column as u64
 }
 
-/// The entries read, kept for the next read when they are exactly the blocks found.
-fn keep(blocks: &[Block], entries: Vec<Entry>) -> HashMap<usize, Kept> {
+/// What to keep of what was read for the next read: the entries of `services:` when they are
+/// exactly the blocks found, and the listeners when they were read from their section.
+fn keep(layout: &Layout, raw: &mut RawSpec) -> Memo {
+    let blocks = &layout.services;
+    let entries = std::mem::take(&mut raw.services.0);
     let same = entries.len() == blocks.len()
         && entries
             .iter()
             .zip(blocks)
             .all(|((name, _), b)| at_block(name, b));
-    if !same {
-        return HashMap::new();
+    let services = if same {
+        blocks
+            .iter()
+            .zip(entries)
+            .filter(|(b, _)| b.keepable())
+            .map(|(b, entry)| (b.line, (Box::from(b.text), entry)))
+            .collect()
+    } else {
+        HashMap::new()
+    };
+    let listeners = layout
+        .listeners
+        .as_ref()
+        .filter(|b| b.keepable())
+        .and_then(|b| {
+            let within = |l: &Spanned<RawListener>| {
+                let line = l.referenced.line();
+                line > b.line as u64 && line < (b.line + b.lines) as u64
+            };
+            (!raw.listeners.is_empty() && raw.listeners.iter().all(within)).then(|| {
+                (
+                    b.line,
+                    Box::from(b.text),
+                    std::mem::take(&mut raw.listeners),
+                )
+            })
+        });
+    Memo {
+        services,
+        listeners,
     }
-    blocks
-        .iter()
-        .zip(entries)
-        .filter(|(b, _)| b.keepable())
-        .map(|(b, entry)| (b.line, (Box::from(b.text), entry)))
-        .collect()
 }
 
 /// At most how many YAML nodes `text` holds when it has no alias: each node is a collection

@@ -66,7 +66,9 @@ fn full(text: &str) -> Result<Spec, SpecError> {
 fn the_layouts_are_valid_and_are_split_into_their_services() {
     let text = file(10);
     full(&text).expect("valid");
-    let blocks = entries(&text).expect("split");
+    let layout = layout(&text).expect("split");
+    assert_eq!(layout.listeners.as_ref().map(|b| b.line), Some(2));
+    let blocks = layout.services;
     assert_eq!(blocks.len(), 10);
     assert!(blocks.iter().all(|b| b.column == 3));
     assert!(blocks[1].text.starts_with("  \"s1\":"));
@@ -78,24 +80,15 @@ fn an_edit_of_one_service_reads_that_service_again_and_keeps_the_others() {
     let mut text = file(20);
     let first = reparser.parse_with("t.yaml", &text, &Limits::default());
     assert_eq!(first, full(&text));
-    assert_eq!(
-        reparser.last(),
-        Reread {
-            services: 20,
-            kept: 0
-        }
-    );
+    assert_eq!(reparser.last(), Reread::default().with(20, 0, false));
     for (s, edit) in [(7, 1), (12, 1), (3, 1), (7, 2)] {
         text = text.replace(&service(s, edit - 1), &service(s, edit));
         let spec = reparser.parse_with("t.yaml", &text, &Limits::default());
         assert_eq!(spec, full(&text), "after an edit of s{s}");
-        // The first service is always read, and so is the edited one.
+        // The first service is always read, and so is the edited one; the listeners are kept.
         assert_eq!(
             reparser.last(),
-            Reread {
-                services: 20,
-                kept: 18
-            },
+            Reread::default().with(20, 18, true),
             "s{s}"
         );
     }
@@ -111,6 +104,28 @@ fn an_edit_of_one_service_reads_that_service_again_and_keeps_the_others() {
         full(&text)
     );
     assert_eq!(reparser.last().kept, 19);
+    // A route changed: the listeners are read again, the services kept.
+    text = text.replacen("prefix: /s3/", "prefix: /s3-moved/", 1);
+    assert_eq!(
+        reparser.parse_with("t.yaml", &text, &Limits::default()),
+        full(&text)
+    );
+    assert_eq!(reparser.last(), Reread::default().with(20, 19, false));
+    assert_eq!(
+        reparser.parse_with("t.yaml", &text, &Limits::default()),
+        full(&text)
+    );
+    assert_eq!(reparser.last(), Reread::default().with(20, 19, true));
+}
+
+impl Reread {
+    fn with(self, services: usize, kept: usize, listeners_kept: bool) -> Reread {
+        Reread {
+            services,
+            kept,
+            listeners_kept,
+        }
+    }
 }
 
 #[test]
@@ -219,7 +234,7 @@ fn layouts_it_cannot_split_by_lines_are_read_whole() {
         "services:\n    a: {}\n  b: {}\n",
         "services:\n  a: {}\nservices:\n  b: {}\n",
     ] {
-        assert!(entries(text).is_none(), "{text}");
+        assert!(layout(text).is_none(), "{text}");
         let mut reparser = Reparser::default();
         assert_eq!(
             reparser.parse_with("t.yaml", text, &Limits::default()),
@@ -240,10 +255,10 @@ proptest! {
     /// inserted, a syntax error, an alias) reads, save after save, what a full parse reads.
     #[test]
     fn every_history_of_edits_reads_what_a_full_parse_reads(
-        edits in proptest::collection::vec((0usize..8, 0usize..12, 0usize..4), 1..12)
+        edits in proptest::collection::vec((0usize..10, 0usize..12, 0usize..4), 1..12)
     ) {
         let mut services: Vec<(usize, usize)> = (0..12).map(|s| (s, 0)).collect();
-        let mut extra = String::new();
+        let (mut extra, mut before, mut prefix) = (String::new(), String::new(), 0);
         let mut reparser = Reparser::default();
         for (kind, at, n) in edits {
             let at = at % services.len().max(1);
@@ -254,9 +269,17 @@ proptest! {
                 4 => { let (first, len) = (services[0], services.len()); services[at % len] = (first.0, 1) },
                 5 => extra = if extra.is_empty() { "# inserted\n".into() } else { String::new() },
                 6 => extra = "x: [unclosed\n".into(),
-                _ => extra = "anchors: &a { x: 1 }\n".into(),
+                7 => extra = "anchors: &a { x: 1 }\n".into(),
+                8 => prefix = n,
+                _ => before = [
+                    "",
+                    "# inserted\n",
+                    "x: [unclosed\n",
+                    "x: \"unterminated\n",
+                ][n].into(),
             }
-            let mut text = String::from("listeners:\n  - name: public\n    address: 127.0.0.1:10000\n    routes:\n      - match: { prefix: / }\n        service: s0\n");
+            let mut text = before.clone();
+            text.push_str(&format!("listeners:\n  - name: public\n    address: 127.0.0.1:10000\n    routes:\n      - match: {{ prefix: /{prefix} }}\n        service: s0\n"));
             text.push_str(&extra);
             text.push_str("services:\n");
             for (s, edit) in &services {
