@@ -21,7 +21,7 @@ use serde_saphyr::Spanned;
 
 use super::limits::Limits;
 use super::raw::{RawListener, RawService, RawSpec};
-use super::validate::{not_utf8, read_yaml, syntax_problem, too_large, validated, yaml_options};
+use super::validate::{read_yaml, syntax_problem, text_of, too_large, validated, yaml_options};
 use super::{Spec, SpecError};
 
 /// A service's entry as read: its name and its value, with their positions.
@@ -69,19 +69,14 @@ impl Reparser {
         bytes: &[u8],
         limits: &Limits,
     ) -> Result<Spec, SpecError> {
-        let one = |problem| SpecError {
-            file: file.to_owned(),
-            problems: vec![problem],
-        };
-        if let Some(problem) = too_large(bytes.len(), limits) {
-            self.forget();
-            return Err(one(problem));
-        }
-        match std::str::from_utf8(bytes) {
+        match text_of(bytes, limits) {
             Ok(text) => self.parse_with(file, text, limits),
-            Err(err) => {
+            Err(problem) => {
                 self.forget();
-                Err(one(not_utf8(bytes, &err)))
+                Err(SpecError {
+                    file: file.to_owned(),
+                    problems: vec![problem],
+                })
             }
         }
     }

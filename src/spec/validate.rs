@@ -28,18 +28,22 @@ pub fn parse_bytes(file: &str, bytes: &[u8]) -> Result<Spec, SpecError> {
 
 /// [`parse_bytes`] against the given limits.
 pub fn parse_bytes_with(file: &str, bytes: &[u8], limits: &Limits) -> Result<Spec, SpecError> {
-    let one = |problem| SpecError {
-        file: file.to_owned(),
-        problems: vec![problem],
-    };
+    match text_of(bytes, limits) {
+        Ok(text) => parse_with(file, text, limits),
+        Err(problem) => Err(SpecError {
+            file: file.to_owned(),
+            problems: vec![problem],
+        }),
+    }
+}
+
+/// The text of a file read from disk, or why it cannot be read as one.
+pub(super) fn text_of<'a>(bytes: &'a [u8], limits: &Limits) -> Result<&'a str, Problem> {
     // Before anything else looks at the bytes: a file over the limit is not read further.
     if let Some(problem) = too_large(bytes.len(), limits) {
-        return Err(one(problem));
+        return Err(problem);
     }
-    match std::str::from_utf8(bytes) {
-        Ok(text) => parse_with(file, text, limits),
-        Err(err) => Err(one(not_utf8(bytes, &err))),
-    }
+    std::str::from_utf8(bytes).map_err(|err| not_utf8(bytes, &err))
 }
 
 /// Parses and validates a deployment file's text. `file` is only used in messages. Checked
@@ -99,7 +103,7 @@ pub(super) fn too_large(len: usize, limits: &Limits) -> Option<Problem> {
 
 /// Where the first byte that is not UTF-8 is: its line, and its column counted in characters
 /// like every other column in messages.
-pub(super) fn not_utf8(bytes: &[u8], err: &std::str::Utf8Error) -> Problem {
+fn not_utf8(bytes: &[u8], err: &std::str::Utf8Error) -> Problem {
     let good = &bytes[..err.valid_up_to()];
     let line_start = good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     let line = good[..line_start].iter().filter(|&&b| b == b'\n').count() + 1;

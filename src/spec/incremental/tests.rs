@@ -57,6 +57,15 @@ fn service(s: usize, edit: usize) -> String {
     }
 }
 
+/// Reads `text` with `reparser`, which must say what a full parse says.
+fn reads_as_a_full_parse(reparser: &mut Reparser, text: &str) {
+    assert_eq!(
+        reparser.parse_with("t.yaml", text, &Limits::default()),
+        full(text),
+        "{text}"
+    );
+}
+
 /// What a full parse says, as the reparser must say it.
 fn full(text: &str) -> Result<Spec, SpecError> {
     parse_with("t.yaml", text, &Limits::default())
@@ -94,27 +103,15 @@ fn an_edit_of_one_service_reads_that_service_again_and_keeps_the_others() {
     }
     // A line added above every service moves them all: read whole, then kept again.
     text = text.replacen("listeners:", "\nlisteners:", 1);
-    assert_eq!(
-        reparser.parse_with("t.yaml", &text, &Limits::default()),
-        full(&text)
-    );
+    reads_as_a_full_parse(&mut reparser, &text);
     assert_eq!(reparser.last().kept, 0);
-    assert_eq!(
-        reparser.parse_with("t.yaml", &text, &Limits::default()),
-        full(&text)
-    );
+    reads_as_a_full_parse(&mut reparser, &text);
     assert_eq!(reparser.last().kept, 19);
     // A route changed: the listeners are read again, the services kept.
     text = text.replacen("prefix: /s3/", "prefix: /s3-moved/", 1);
-    assert_eq!(
-        reparser.parse_with("t.yaml", &text, &Limits::default()),
-        full(&text)
-    );
+    reads_as_a_full_parse(&mut reparser, &text);
     assert_eq!(reparser.last(), Reread::default().with(20, 19, false));
-    assert_eq!(
-        reparser.parse_with("t.yaml", &text, &Limits::default()),
-        full(&text)
-    );
+    reads_as_a_full_parse(&mut reparser, &text);
     assert_eq!(reparser.last(), Reread::default().with(20, 19, true));
 }
 
@@ -138,16 +135,10 @@ fn a_block_scalar_that_keeps_its_trailing_lines_keeps_only_its_own() {
         &format!("  s2:\n    versions:\n      blue: {{ endpoints: [127.0.0.1:8002] }}\n      green: {{ endpoints: [127.0.0.1:9002] }}\n{kept_lines}"),
     );
     let mut reparser = Reparser::default();
-    assert_eq!(
-        reparser.parse_with("t.yaml", &text, &Limits::default()),
-        full(&text)
-    );
+    reads_as_a_full_parse(&mut reparser, &text);
     let edited = text.replace("127.0.0.1:8002", "127.0.0.1:8012");
     // s2 is read again, s3 after it is kept.
-    assert_eq!(
-        reparser.parse_with("t.yaml", &edited, &Limits::default()),
-        full(&edited)
-    );
+    reads_as_a_full_parse(&mut reparser, &edited);
     assert_eq!(reparser.last().kept, 2);
 }
 
@@ -165,16 +156,10 @@ fn problems_are_a_full_parses_whether_in_an_edited_service_or_a_kept_one() {
     assert_eq!(err, full(&bad));
     // A syntax error: the whole file is read, and said where it is.
     let broken = text.replace("    active: blue\n", "    active: [blue\n");
-    assert_eq!(
-        reparser.parse_with("t.yaml", &broken, &Limits::default()),
-        full(&broken)
-    );
+    reads_as_a_full_parse(&mut reparser, &broken);
     // A kept service that a later edit makes a duplicate of another.
     let twice = text.replace("  s5:\n", "  s4:\n");
-    assert_eq!(
-        reparser.parse_with("t.yaml", &text, &Limits::default()),
-        full(&text)
-    );
+    reads_as_a_full_parse(&mut reparser, &text);
     let err = reparser.parse_with("t.yaml", &twice, &Limits::default());
     assert!(err.is_err(), "a duplicate service");
     assert_eq!(err, full(&twice));
@@ -184,15 +169,9 @@ fn problems_are_a_full_parses_whether_in_an_edited_service_or_a_kept_one() {
 fn an_alias_reads_the_whole_file_and_a_changed_anchor_reaches_every_alias() {
     let text = "listeners:\n  - name: p\n    address: 127.0.0.1:10000\n    routes:\n      - match: { prefix: /a }\n        service: a\n      - match: { prefix: /b }\n        service: b\nservices:\n  a:\n    versions: &v\n      blue: { endpoints: [127.0.0.1:8001] }\n    active: blue\n  b:\n    versions: *v\n    active: blue\n  c:\n    versions: { blue: { endpoints: [127.0.0.1:8003] } }\n    active: blue\n";
     let mut reparser = Reparser::default();
-    assert_eq!(
-        reparser.parse_with("t.yaml", text, &Limits::default()),
-        full(text)
-    );
+    reads_as_a_full_parse(&mut reparser, text);
     let edited = text.replace("8001", "8002");
-    assert_eq!(
-        reparser.parse_with("t.yaml", &edited, &Limits::default()),
-        full(&edited)
-    );
+    reads_as_a_full_parse(&mut reparser, &edited);
     // a (the anchor) and b (the alias) are read again; c alone could be kept.
     assert!(reparser.last().kept <= 1);
 }
@@ -236,14 +215,8 @@ fn layouts_it_cannot_split_by_lines_are_read_whole() {
     ] {
         assert!(layout(text).is_none(), "{text}");
         let mut reparser = Reparser::default();
-        assert_eq!(
-            reparser.parse_with("t.yaml", text, &Limits::default()),
-            full(text)
-        );
-        assert_eq!(
-            reparser.parse_with("t.yaml", text, &Limits::default()),
-            full(text)
-        );
+        reads_as_a_full_parse(&mut reparser, text);
+        reads_as_a_full_parse(&mut reparser, text);
         assert_eq!(reparser.last().kept, 0, "{text}");
     }
 }
