@@ -27,13 +27,13 @@ use crate::reconcile::rollout::{
 };
 use crate::reconcile::{self, Event, Plan, Previous, RuntimeState, Timestamp};
 use crate::replica::{Link, Recorded, Role};
-use crate::snapshot::{Published, ResourceType, Snapshot};
+use crate::snapshot::{Published, Snapshot};
 use crate::spec::{self, Spec, Strategy, Webhook, WebhookFormat};
 use crate::status::{Served, Status as StatusModel};
 use crate::store::{Loaded, StateFile};
 use crate::telemetry::Telemetry;
 use crate::telemetry::report::Histogram;
-use crate::translate::{translate, translate_groups};
+use crate::translate::translate_groups;
 use crate::watch::FileWatcher;
 use crate::xds::clients::Clients;
 
@@ -312,6 +312,8 @@ struct Controller {
     pem_read: spec::PemRead,
     /// Reads a save again only where it changed.
     reparser: spec::Reparser,
+    /// Keeps the encoded resources of what a save did not change.
+    builder: crate::snapshot::Builder,
     spec: Option<Arc<Spec>>,
     state: RuntimeState,
     /// What the state file holds (nothing is written while the state is unchanged).
@@ -490,6 +492,7 @@ impl Controller {
             spec_text: None,
             pem_read: spec::PemRead::new(),
             reparser: spec::Reparser::default(),
+            builder: crate::snapshot::Builder::default(),
             spec: None,
             state: RuntimeState::default(),
             saved: None,
@@ -1133,13 +1136,11 @@ impl Controller {
         let started = Instant::now();
         let now = Timestamp::now();
         let plan = Arc::new(reconcile::plan(&spec, state, now));
-        // Every resource is encoded once, then each group's snapshot shares the bytes of its
-        // part (a cluster two groups hold is encoded once for both and all of their streams).
-        let everything = Snapshot::new(&translate(&plan));
-        let encoded: usize = ResourceType::ALL
-            .map(|ty| everything.resources(ty).len())
-            .iter()
-            .sum();
+        // Every resource is encoded once (what the last save encoded the same way is kept),
+        // then each group's snapshot shares the bytes of its part (a cluster two groups hold is
+        // encoded once for both and all of their streams).
+        let (everything, built) = self.builder.build(&plan);
+        let encoded = built.encoded;
         let groups: BTreeMap<GroupId, Snapshot> = if plan.node_groups.is_targeted() {
             translate_groups(&plan)
                 .into_iter()
@@ -1179,6 +1180,8 @@ impl Controller {
             self.out.metrics.resources_encoded.inc_by(encoded as u64);
             tracing::info!(
                 version,
+                encoded,
+                kept = built.kept,
                 elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
                 "config published"
             );

@@ -19,6 +19,9 @@ use sha2::{Digest, Sha256};
 use crate::node::{GroupId, NodeGroups, NodeInfo};
 use crate::translate::Resources;
 
+mod builder;
+pub use builder::{Builder, Built};
+
 /// One encoded resource.
 #[derive(Debug, Clone, Eq)]
 pub struct Resource {
@@ -42,6 +45,17 @@ impl Resource {
             names_clusters: false,
         }
     }
+}
+
+/// A resource of type `ty` whose message encodes to `value`, as an `Any`.
+fn encode(ty: ResourceType, name: &str, value: Vec<u8>, names_clusters: bool) -> Resource {
+    let any = Any {
+        type_url: ty.type_url().to_owned(),
+        value,
+    };
+    let mut resource = Resource::new(name, Bytes::from(any.encode_to_vec()));
+    resource.names_clusters = names_clusters;
+    resource
 }
 
 /// Resources are equal when their names and content hashes are: comparing hashes instead of
@@ -72,13 +86,7 @@ impl Snapshot {
     pub fn new(resources: &Resources) -> Snapshot {
         let mut sets: [BTreeMap<String, Resource>; ResourceType::COUNT] = Default::default();
         let mut add = |ty: ResourceType, name: &str, value: Vec<u8>, names_clusters: bool| {
-            let any = Any {
-                type_url: ty.type_url().to_owned(),
-                value,
-            };
-            let mut resource = Resource::new(name, Bytes::from(any.encode_to_vec()));
-            resource.names_clusters = names_clusters;
-            sets[ty.index()].insert(name.to_owned(), resource);
+            sets[ty.index()].insert(name.to_owned(), encode(ty, name, value, names_clusters));
         };
         for c in &resources.clusters {
             add(ResourceType::Cluster, &c.name, c.encode_to_vec(), false);

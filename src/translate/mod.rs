@@ -31,12 +31,15 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::google::protobuf::{Any, Duration};
 
-use crate::ids::ClusterId;
+use crate::ids::{ClusterId, FallbackId};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::node::GroupId;
-use crate::reconcile::{Discovery, GroupPlan, Plan};
-use crate::spec::ListenerKind;
+use crate::reconcile::{
+    Discovery, EndpointPlan, GroupPlan, ListenerPlan, Plan, ServicePlan, VersionPlan,
+};
+use crate::spec::{ListenerKind, Policy};
 
 /// The resource sets Envoy receives, each sorted by resource name.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -86,39 +89,18 @@ fn translate_some(
     for (service_name, service) in plan.services.iter().filter(|(s, _)| service(s)) {
         for (version_name, version) in &service.versions {
             let id = ClusterId::new(service_name, version_name);
-            match version.discovery {
-                Discovery::Eds => {
-                    out.clusters
-                        .push(cluster::eds_cluster(&id, &version.policy, &plan.pem_files));
-                    out.endpoints.push(cluster::load_assignment(
-                        &id,
-                        &version.endpoints,
-                        service.proxyless,
-                    ));
-                }
-                // No EDS resource: the endpoints are in the cluster.
-                // Validation keeps names out of services proxyless clients use.
-                Discovery::Dns => out.clusters.push(cluster::dns_cluster(
-                    &id,
-                    &version.policy,
-                    &version.endpoints,
-                    &plan.pem_files,
-                )),
-            }
+            let (cluster, endpoints) =
+                version_resources(&id, VersionInputs::of(service, version), &plan.pem_files);
+            out.clusters.push(cluster);
+            out.endpoints.extend(endpoints);
         }
         for fallback in service.fallbacks.keys() {
             out.clusters
-                .push(cluster::fallback(fallback, service.proxyless));
+                .push(fallback_cluster(fallback, service.proxyless));
         }
     }
-    // Each kind of listener in its own module: what it sends, and (in its resources' content)
-    // what it depends on.
     for l in plan.listeners.iter().filter(|l| listener(&l.name)) {
-        match l.kind {
-            ListenerKind::Envoy(address) => http::resources(l, address, plan, &mut out),
-            ListenerKind::Proxyless => proxyless::resources(l, plan, &mut out),
-            ListenerKind::Tcp(address) => tcp::resources(l, address, plan, &mut out),
-        }
+        listener_resources(l, plan, &mut out);
     }
     out.clusters.sort_by(|a, b| a.name.cmp(&b.name));
     out.endpoints
@@ -127,6 +109,69 @@ fn translate_some(
     out.routes.sort_by(|a, b| a.name.cmp(&b.name));
     out.secrets.sort_by(|a, b| a.name.cmp(&b.name));
     out
+}
+
+/// Everything a version's resources are made of besides its name and the plan's PEM files:
+/// [`version_resources`] reads nothing else, so equal inputs give equal resources (what lets
+/// [`crate::snapshot::Builder`] keep a version's encoded resources from one save to the next).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VersionInputs<'a> {
+    pub policy: &'a Policy,
+    pub discovery: Discovery,
+    pub endpoints: &'a [EndpointPlan],
+    /// gRPC's own xDS clients read the load assignment too.
+    pub proxyless: bool,
+}
+
+impl<'a> VersionInputs<'a> {
+    pub fn of(service: &'a ServicePlan, version: &'a VersionPlan) -> VersionInputs<'a> {
+        VersionInputs {
+            policy: &version.policy,
+            discovery: version.discovery,
+            endpoints: &version.endpoints,
+            proxyless: service.proxyless,
+        }
+    }
+}
+
+/// A version's cluster and, when Envoy learns its endpoints over EDS, its load assignment (a
+/// DNS cluster carries its endpoints inline).
+pub fn version_resources(
+    id: &ClusterId,
+    version: VersionInputs<'_>,
+    pem_files: &BTreeMap<String, Arc<str>>,
+) -> (Cluster, Option<ClusterLoadAssignment>) {
+    match version.discovery {
+        Discovery::Eds => (
+            cluster::eds_cluster(id, version.policy, pem_files),
+            Some(cluster::load_assignment(
+                id,
+                version.endpoints,
+                version.proxyless,
+            )),
+        ),
+        // Validation keeps names out of services proxyless clients use.
+        Discovery::Dns => (
+            cluster::dns_cluster(id, version.policy, version.endpoints, pem_files),
+            None,
+        ),
+    }
+}
+
+/// The aggregate cluster of `fallback`.
+pub fn fallback_cluster(fallback: &FallbackId, proxyless: bool) -> Cluster {
+    cluster::fallback(fallback, proxyless)
+}
+
+/// A listener's resources: itself, and what it sends (its routes, its certificates).
+pub fn listener_resources(l: &ListenerPlan, plan: &Plan, out: &mut Resources) {
+    // Each kind of listener in its own module: what it sends, and (in its resources' content)
+    // what it depends on.
+    match l.kind {
+        ListenerKind::Envoy(address) => http::resources(l, address, plan, out),
+        ListenerKind::Proxyless => proxyless::resources(l, plan, out),
+        ListenerKind::Tcp(address) => tcp::resources(l, address, plan, out),
+    }
 }
 
 /// Resources that refer to other resources get them over the same ADS stream.
