@@ -1,7 +1,9 @@
 //! Snapshots built from one save to the next, translating and encoding again only what changed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+
+use bytes::Bytes;
 
 use prost::Message;
 
@@ -9,14 +11,17 @@ use super::{Resource, ResourceType, Snapshot};
 use crate::ids::ClusterId;
 use crate::reconcile::{Plan, ServicePlan};
 use crate::translate::{
-    Resources, VersionInputs, fallback_cluster, listener_resources, version_resources,
+    Resources, RouteInputs, VersionInputs, encoded_listener_routes, fallback_cluster,
+    listed_routes, listener_and_certificates, route_configuration_encoded, version_resources,
 };
 
 /// Builds each config version's snapshot from its plan, keeping the encoded resources of every
 /// service version whose inputs ([`VersionInputs`]) and the plan's PEM files are what they were
-/// at the last build, and those of the aggregate clusters that are still there: a save that
-/// changes one service translates and encodes that service's clusters, the listeners, their
-/// routes and certificates, and nothing else.
+/// at the last build, and those of the aggregate clusters that are still there; a listener's
+/// route configuration is assembled from the encoded Envoy routes under each listener route,
+/// kept while its [`RouteInputs`] are the same. A save that changes one service translates and
+/// encodes that service's clusters and routes, assembles the route configurations again, builds
+/// the listeners and their certificates, and nothing else.
 ///
 /// What [`Builder::build`] returns is always [`Snapshot::new`]`(&`[`crate::translate::translate`]`(plan))`,
 /// the same bytes and versions; only the work differs. Keeping a resource costs a comparison
@@ -26,6 +31,9 @@ use crate::translate::{
 pub struct Builder {
     /// The last plan built, with its snapshot.
     last: Option<(Arc<Plan>, Snapshot)>,
+    /// By listener of the last plan, by list and position of its listener routes (see
+    /// [`listed_routes`]): the encoded Envoy routes under each.
+    routes: HashMap<String, Vec<Vec<Bytes>>>,
 }
 
 /// What one [`Builder::build`] did.
@@ -35,6 +43,9 @@ pub struct Built {
     pub encoded: usize,
     /// Resources kept, encoded, from the last build.
     pub kept: usize,
+    /// Listener routes whose encoded Envoy routes were kept from the last build (their route
+    /// configuration is among `encoded`).
+    pub routes_kept: usize,
 }
 
 impl Builder {
@@ -80,17 +91,45 @@ impl Builder {
                 }
             }
         }
-        // What a listener sends depends on every service it routes to: built again each time.
+        // A listener and its certificates are a few resources, built again each time; its
+        // routes keep the bytes of every listener route whose inputs did not change.
         let mut out = Resources::default();
+        let mut memo = HashMap::new();
         for l in &plan.listeners {
-            listener_resources(l, plan, &mut out);
+            listener_and_certificates(l, plan, &mut out);
+            let before = self.last.as_ref().and_then(|(p, _)| {
+                let i = p.listeners.binary_search_by(|b| b.name.cmp(&l.name)).ok()?;
+                Some((p, &p.listeners[i], self.routes.get(&l.name)?))
+            });
+            let mut lists: Vec<Vec<Bytes>> = Vec::new();
+            let encoded = route_configuration_encoded(l, plan, |list, position, inputs| {
+                let kept = before.and_then(|(p, b, memo)| {
+                    let r = listed_routes(b, list)?.get(position)?;
+                    (RouteInputs::of(b, r, p) == inputs)
+                        .then(|| memo.get(list)?.get(position).cloned())
+                        .flatten()
+                });
+                if kept.is_some() {
+                    sets.built.routes_kept += 1;
+                }
+                let bytes = kept.unwrap_or_else(|| encoded_listener_routes(inputs));
+                if lists.len() <= list {
+                    lists.resize_with(list + 1, Vec::new);
+                }
+                lists[list].push(bytes.clone());
+                bytes
+            });
+            if let Some((name, encoded)) = encoded {
+                sets.built.encoded += 1;
+                let r = super::encode(ResourceType::Route, &name, encoded, false);
+                sets.sets[ResourceType::Route.index()].insert(name, r);
+                memo.insert(l.name.clone(), lists);
+            }
         }
+        self.routes = memo;
         for l in &out.listeners {
             let names_clusters = crate::translate::names_clusters(l);
             sets.encode(ResourceType::Listener, &l.name, l, names_clusters);
-        }
-        for r in &out.routes {
-            sets.encode(ResourceType::Route, &r.name, r, false);
         }
         for s in &out.secrets {
             sets.encode(ResourceType::Secret, &s.name, s, false);

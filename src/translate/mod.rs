@@ -18,6 +18,7 @@ mod tcp;
 mod tls;
 
 pub use cluster::{endpoint_address, socket_address};
+pub use http::RouteInputs;
 pub use routes::{header_condition, query_condition};
 pub use tcp::names_clusters;
 
@@ -165,12 +166,56 @@ pub fn fallback_cluster(fallback: &FallbackId, proxyless: bool) -> Cluster {
 
 /// A listener's resources: itself, and what it sends (its routes, its certificates).
 pub fn listener_resources(l: &ListenerPlan, plan: &Plan, out: &mut Resources) {
+    listener_and_certificates(l, plan, out);
+    out.routes.extend(route_configuration(l, plan));
+}
+
+/// A listener and the certificates it serves: its resources but its routes.
+pub fn listener_and_certificates(l: &ListenerPlan, plan: &Plan, out: &mut Resources) {
     // Each kind of listener in its own module: what it sends, and (in its resources' content)
     // what it depends on.
     match l.kind {
         ListenerKind::Envoy(address) => http::resources(l, address, plan, out),
-        ListenerKind::Proxyless => proxyless::resources(l, plan, out),
+        ListenerKind::Proxyless => proxyless::resources(l, out),
         ListenerKind::Tcp(address) => tcp::resources(l, address, plan, out),
+    }
+}
+
+/// The route configuration a listener sends over RDS (a TCP listener names its clusters
+/// itself and sends none).
+pub fn route_configuration(l: &ListenerPlan, plan: &Plan) -> Option<RouteConfiguration> {
+    Some(http::route_configuration(l, plan, default_domains(l)?))
+}
+
+/// [`route_configuration`]'s name and encoding, with the Envoy routes under each listener route
+/// as `encoded_routes` gives them: for the listener route at `position` of list `list` (see
+/// [`listed_routes`]), what [`encoded_listener_routes`] gives for its inputs.
+pub fn route_configuration_encoded(
+    l: &ListenerPlan,
+    plan: &Plan,
+    encoded_routes: impl FnMut(usize, usize, RouteInputs<'_>) -> bytes::Bytes,
+) -> Option<(String, Vec<u8>)> {
+    let encoded = http::route_configuration_encoded(l, plan, default_domains(l)?, encoded_routes);
+    Some((http::route_config_name(&l.name), encoded))
+}
+
+/// The listener routes of `l`'s list `list`: 0 its own routes, k + 1 its k-th host's.
+pub fn listed_routes(l: &ListenerPlan, list: usize) -> Option<&[crate::spec::Route]> {
+    http::listed_routes(l, list)
+}
+
+/// The Envoy routes under one listener route, encoded as a virtual host holds them.
+pub fn encoded_listener_routes(inputs: RouteInputs<'_>) -> bytes::Bytes {
+    http::encode_listener_routes(&http::listener_routes(inputs))
+}
+
+/// The domains of the virtual host of a listener's own routes, if it has routes.
+fn default_domains(l: &ListenerPlan) -> Option<Vec<String>> {
+    match l.kind {
+        ListenerKind::Envoy(_) => Some(vec!["*".to_owned()]),
+        // gRPC matches the domains against the target's authority: the listener's name.
+        ListenerKind::Proxyless => Some(vec![l.name.clone()]),
+        ListenerKind::Tcp(_) => None,
     }
 }
 

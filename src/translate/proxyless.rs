@@ -11,11 +11,11 @@ use envoy_types::pb::envoy::config::route::v3::RetryPolicy;
 use envoy_types::pb::google::protobuf::UInt32Value;
 
 use super::{Resources, any, duration, http};
-use crate::reconcile::{ListenerPlan, Plan};
+use crate::reconcile::ListenerPlan;
 use crate::spec::{GRPC_RETRY_ON, Retries};
 
-/// The resources of a proxyless listener: the API listener and its routes.
-pub(super) fn resources(l: &ListenerPlan, plan: &Plan, out: &mut Resources) {
+/// The resources of a proxyless listener besides its routes: the API listener.
+pub(super) fn resources(l: &ListenerPlan, out: &mut Resources) {
     out.listeners.push(Listener {
         name: l.name.clone(),
         api_listener: Some(ApiListener {
@@ -23,9 +23,6 @@ pub(super) fn resources(l: &ListenerPlan, plan: &Plan, out: &mut Resources) {
         }),
         ..Default::default()
     });
-    // gRPC matches the domains against the target's authority: the listener's name.
-    out.routes
-        .push(http::route_configuration(l, plan, vec![l.name.clone()]));
 }
 
 /// gRPC clients act only on gRPC status codes (gRFC A44) and ignore the rest; the default

@@ -22,7 +22,7 @@ use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent::
 use envoy_types::pb::google::protobuf::UInt32Value;
 
 use super::{any, duration};
-use crate::reconcile::{RoutePlan, RoutePolicy, ServicePlan, Target};
+use crate::reconcile::{RoutePlan, RoutePolicy, Target};
 use crate::spec::Retries;
 use crate::spec::{
     BUCKETS, BucketFrom, Condition, HashOn, HeaderEdits, ListenerKind, PathMatch, Percent, Rewrite,
@@ -33,16 +33,11 @@ use crate::spec::{
 /// none. Under a proxyless listener, the retry policy keeps only what gRPC clients act on.
 pub(super) fn service_routes(
     path: &PathMatch,
-    service: &ServicePlan,
+    (routes, policy): (&[RoutePlan], &RoutePolicy),
     kind: ListenerKind,
 ) -> Vec<Route> {
-    let base = RouteBuilder {
-        policy: &service.route_policy,
-        path,
-        kind,
-    };
-    service
-        .routes
+    let base = RouteBuilder { policy, path, kind };
+    routes
         .iter()
         .filter_map(|r: &RoutePlan| Some(base.route(base.matcher(&r.conditions)?, r)))
         .collect()

@@ -142,7 +142,8 @@ fn a_one_service_save_encodes_what_changed_and_shares_the_rest() {
         built,
         Built {
             encoded: 403,
-            kept: 0
+            kept: 0,
+            routes_kept: 0
         }
     );
 
@@ -155,9 +156,10 @@ fn a_one_service_save_encodes_what_changed_and_shares_the_rest() {
         built,
         Built {
             encoded: 2,
-            kept: 401
+            kept: 401,
+            routes_kept: 99
         },
-        "a weight: the routes"
+        "a weight: s0's routes"
     );
     for ty in [ResourceType::Cluster, ResourceType::Endpoint] {
         for (name, r) in second.resources(ty) {
@@ -176,7 +178,8 @@ fn a_one_service_save_encodes_what_changed_and_shares_the_rest() {
         built,
         Built {
             encoded: 4,
-            kept: 399
+            kept: 399,
+            routes_kept: 100
         },
         "an endpoint"
     );
@@ -190,7 +193,8 @@ fn a_one_service_save_encodes_what_changed_and_shares_the_rest() {
         built,
         Built {
             encoded: 2,
-            kept: 401
+            kept: 401,
+            routes_kept: 100
         },
         "the same file again"
     );
@@ -216,14 +220,16 @@ fn a_changed_pem_file_encodes_the_clusters_again() {
         versions[1].1,
         Built {
             encoded: 6,
-            kept: 0
+            kept: 0,
+            routes_kept: 1
         }
     );
     assert_eq!(
         versions[2].1,
         Built {
             encoded: 2,
-            kept: 4
+            kept: 4,
+            routes_kept: 1
         }
     );
 }
