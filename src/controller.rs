@@ -27,13 +27,12 @@ use crate::reconcile::rollout::{
 };
 use crate::reconcile::{self, Event, Plan, Previous, RuntimeState, Timestamp};
 use crate::replica::{Link, Recorded, Role};
-use crate::snapshot::{Published, Snapshot};
+use crate::snapshot::Published;
 use crate::spec::{self, Spec, Strategy, Webhook, WebhookFormat};
 use crate::status::{Served, Status as StatusModel};
 use crate::store::{Loaded, StateFile};
 use crate::telemetry::Telemetry;
 use crate::telemetry::report::Histogram;
-use crate::translate::translate_groups;
 use crate::watch::FileWatcher;
 use crate::xds::clients::Clients;
 
@@ -1139,16 +1138,8 @@ impl Controller {
         // Every resource is encoded once (what the last save encoded the same way is kept),
         // then each group's snapshot shares the bytes of its part (a cluster two groups hold is
         // encoded once for both and all of their streams).
-        let (everything, built) = self.builder.build(&plan);
+        let (groups, built) = self.builder.build_groups(&plan);
         let encoded = built.encoded;
-        let groups: BTreeMap<GroupId, Snapshot> = if plan.node_groups.is_targeted() {
-            translate_groups(&plan)
-                .into_iter()
-                .map(|(group, resources)| (group, everything.select(&resources)))
-                .collect()
-        } else {
-            BTreeMap::from([(GroupId::all(), everything)])
-        };
         let previous = self.out.published.borrow().clone();
         let next = Published::new(
             groups,

@@ -146,6 +146,20 @@ impl Snapshot {
         Snapshot::of_sets(sets)
     }
 
+    /// The part of this snapshot with these names, as [`Snapshot::select`].
+    fn select_names<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a (ResourceType, String)>,
+    ) -> Snapshot {
+        let mut sets: [BTreeMap<String, Resource>; ResourceType::COUNT] = Default::default();
+        for (ty, name) in names {
+            if let Some(r) = self.get(*ty, name) {
+                sets[ty.index()].insert(r.name.clone(), r.clone());
+            }
+        }
+        Snapshot::of_sets(sets)
+    }
+
     fn of_sets(sets: [BTreeMap<String, Resource>; ResourceType::COUNT]) -> Snapshot {
         let type_versions: [String; ResourceType::COUNT] =
             std::array::from_fn(|i| set_version(sets[i].values()));

@@ -9,6 +9,7 @@ use prost::Message;
 
 use super::{Resource, ResourceType, Snapshot};
 use crate::ids::ClusterId;
+use crate::node::GroupId;
 use crate::reconcile::{Plan, ServicePlan};
 use crate::translate::{
     Resources, RouteInputs, VersionInputs, encoded_listener_routes, fallback_cluster,
@@ -34,6 +35,8 @@ pub struct Builder {
     /// By listener of the last plan, by list and position of its listener routes (see
     /// [`listed_routes`]): the encoded Envoy routes under each.
     routes: HashMap<String, Vec<Vec<Bytes>>>,
+    /// With node groups, what each service and listener of the last plan made.
+    made: Option<Made>,
 }
 
 /// What one [`Builder::build`] did.
@@ -58,7 +61,11 @@ impl Builder {
             .as_ref()
             .filter(|(p, _)| p.pem_files == plan.pem_files);
         let mut sets = Sets::default();
+        // With node groups, what each service and listener made: a group's snapshot is the
+        // part of the whole its own services and listeners made.
+        let mut made = plan.node_groups.is_targeted().then(Made::default);
         for (name, service) in &plan.services {
+            sets.record(made.is_some());
             let before = last.and_then(|(p, s)| Some((p.services.get(name)?, s)));
             for (version_name, version) in &service.versions {
                 let id = ClusterId::new(name, version_name);
@@ -90,13 +97,24 @@ impl Builder {
                     }
                 }
             }
+            if let Some(m) = &mut made {
+                m.services.insert(name.clone(), sets.recorded());
+            }
         }
         // A listener and its certificates are a few resources, built again each time; its
         // routes keep the bytes of every listener route whose inputs did not change.
-        let mut out = Resources::default();
         let mut memo = HashMap::new();
         for l in &plan.listeners {
+            sets.record(made.is_some());
+            let mut out = Resources::default();
             listener_and_certificates(l, plan, &mut out);
+            for l in &out.listeners {
+                let names_clusters = crate::translate::names_clusters(l);
+                sets.encode(ResourceType::Listener, &l.name, l, names_clusters);
+            }
+            for s in &out.secrets {
+                sets.encode(ResourceType::Secret, &s.name, s, false);
+            }
             let before = self.last.as_ref().and_then(|(p, _)| {
                 let i = p.listeners.binary_search_by(|b| b.name.cmp(&l.name)).ok()?;
                 Some((p, &p.listeners[i], self.routes.get(&l.name)?))
@@ -120,25 +138,51 @@ impl Builder {
                 bytes
             });
             if let Some((name, encoded)) = encoded {
-                sets.built.encoded += 1;
                 let r = super::encode(ResourceType::Route, &name, encoded, false);
-                sets.sets[ResourceType::Route.index()].insert(name, r);
+                sets.add(ResourceType::Route, r);
+                sets.built.encoded += 1;
                 memo.insert(l.name.clone(), lists);
+            }
+            if let Some(m) = &mut made {
+                m.listeners.insert(l.name.clone(), sets.recorded());
             }
         }
         self.routes = memo;
-        for l in &out.listeners {
-            let names_clusters = crate::translate::names_clusters(l);
-            sets.encode(ResourceType::Listener, &l.name, l, names_clusters);
-        }
-        for s in &out.secrets {
-            sets.encode(ResourceType::Secret, &s.name, s, false);
-        }
         let built = sets.built;
         let snapshot = Snapshot::of_sets(sets.sets);
         self.last = Some((plan.clone(), snapshot.clone()));
+        self.made = made;
         (snapshot, built)
     }
+
+    /// The snapshot of every node group of `plan` ([`Plan::groups`]; the one group
+    /// [`GroupId::all`] when the file has none): each the part of the whole snapshot that the
+    /// group's services and listeners made, sharing its bytes. The same as selecting what
+    /// [`crate::translate::translate_group`] gives, without translating anything again.
+    pub fn build_groups(&mut self, plan: &Arc<Plan>) -> (BTreeMap<GroupId, Snapshot>, Built) {
+        let (everything, built) = self.build(plan);
+        let Some(made) = &self.made else {
+            return (BTreeMap::from([(GroupId::all(), everything)]), built);
+        };
+        let groups = plan
+            .groups
+            .iter()
+            .map(|(id, g)| {
+                let services = g.services.iter().filter_map(|s| made.services.get(s));
+                let listeners = g.listeners.iter().filter_map(|l| made.listeners.get(l));
+                let names = services.chain(listeners).flatten();
+                (id.clone(), everything.select_names(names))
+            })
+            .collect();
+        (groups, built)
+    }
+}
+
+/// The resources each service and listener of a plan made, by name.
+#[derive(Debug, Default)]
+struct Made {
+    services: HashMap<String, Vec<(ResourceType, String)>>,
+    listeners: HashMap<String, Vec<(ResourceType, String)>>,
 }
 
 /// A version's encoded resources from the last build, if its inputs are the same.
@@ -171,12 +215,31 @@ fn kept_version(
 struct Sets {
     sets: [BTreeMap<String, Resource>; ResourceType::COUNT],
     built: Built,
+    /// The names added since [`Sets::record`], when recording.
+    recording: Option<Vec<(ResourceType, String)>>,
 }
 
 impl Sets {
+    /// Starts recording the names added (or not, `on` false).
+    fn record(&mut self, on: bool) {
+        self.recording = on.then(Vec::new);
+    }
+
+    /// The names added since [`Sets::record`].
+    fn recorded(&mut self) -> Vec<(ResourceType, String)> {
+        self.recording.take().unwrap_or_default()
+    }
+
+    fn add(&mut self, ty: ResourceType, r: Resource) {
+        if let Some(names) = &mut self.recording {
+            names.push((ty, r.name.clone()));
+        }
+        self.sets[ty.index()].insert(r.name.clone(), r);
+    }
+
     fn keep(&mut self, ty: ResourceType, r: Resource) {
         self.built.kept += 1;
-        self.sets[ty.index()].insert(r.name.clone(), r);
+        self.add(ty, r);
     }
 
     fn encode(
@@ -187,8 +250,10 @@ impl Sets {
         names_clusters: bool,
     ) {
         self.built.encoded += 1;
-        let r = super::encode(ty, name, message.encode_to_vec(), names_clusters);
-        self.sets[ty.index()].insert(name.to_owned(), r);
+        self.add(
+            ty,
+            super::encode(ty, name, message.encode_to_vec(), names_clusters),
+        );
     }
 }
 

@@ -4,11 +4,12 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::*;
+use crate::node::GroupId;
 use crate::reconcile::{Event, Previous, RuntimeState, Timestamp, plan};
 use crate::spec::Spec;
 use crate::testing::fixtures::example;
 use crate::testing::fleet::{Edits, deployment};
-use crate::translate::translate;
+use crate::translate::{translate, translate_group};
 
 /// `text` as `serve` loads it, with the PEM files it names read from `examples/` (`swap`: the
 /// content of one certificate file given for another, as after a rotation).
@@ -42,8 +43,8 @@ services:
 ";
 
 /// Files that share service names and differ in what each part of the plan reads: the
-/// examples, generated files with each edit, a service proxyless or not, and upstream TLS
-/// whose CA file changes.
+/// examples, generated files with each edit, a service proxyless or not, node groups that share
+/// a listener, and upstream TLS whose CA file changes.
 fn pool() -> Vec<Spec> {
     let mut specs = Vec::new();
     for entry in std::fs::read_dir(crate::testing::repo().join("examples")).unwrap() {
@@ -57,6 +58,11 @@ fn pool() -> Vec<Spec> {
     let not_proxyless = proxyless.replace("proxyless: true", "address: 127.0.0.1:10001");
     assert_ne!(proxyless, not_proxyless);
     specs.push(load("not-proxyless.yaml", &not_proxyless, false));
+    // A group of two listeners, one of them another group's too.
+    let groups = example("node-groups.yaml");
+    let shared = groups.replace("listeners: [public]", "listeners: [public, outbound]");
+    assert_ne!(groups, shared);
+    specs.push(load("shared-listener.yaml", &shared, false));
     specs.push(load("tls.yaml", UPSTREAM_TLS, false));
     specs.push(load("tls.yaml", UPSTREAM_TLS, true));
     specs.push(load(
@@ -90,7 +96,8 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
     /// Any history of files, drains, answers and time gives, at every step, what translating
-    /// and encoding the whole plan gives.
+    /// and encoding the whole plan gives, and for each node group what translating and
+    /// encoding the group's part gives.
     #[test]
     fn every_build_equals_a_build_from_scratch(
         steps in proptest::collection::vec((0usize..64, 0u8..3, 0u64..40), 1..24)
@@ -117,8 +124,19 @@ proptest! {
                 (_, Some(spec)) => state.reduce(spec, Event::Tick, now),
             }
             let plan = Arc::new(plan(current.unwrap(), &state, now));
-            let (built, _) = builder.build(&plan);
-            assert_same(&built, &Snapshot::new(&translate(&plan)), step);
+            let (groups, _) = builder.build_groups(&plan);
+            if plan.node_groups.is_targeted() {
+                let everything = Snapshot::new(&translate(&plan));
+                prop_assert_eq!(groups.len(), plan.groups.len());
+                for (id, g) in &plan.groups {
+                    let resources = translate_group(&plan, g);
+                    assert_same(&groups[id], &everything.select(&resources), step);
+                    assert_same(&groups[id], &Snapshot::new(&resources), step);
+                }
+            } else {
+                prop_assert_eq!(groups.len(), 1);
+                assert_same(&groups[&GroupId::all()], &Snapshot::new(&translate(&plan)), step);
+            }
         }
     }
 }
