@@ -204,8 +204,8 @@ pub(super) fn listed_routes(l: &ListenerPlan, list: usize) -> Option<&[crate::sp
     }
 }
 
-/// Everything the Envoy routes under one listener route are made of: [`listener_routes`]
-/// reads nothing else, so equal inputs give equal routes (what lets
+/// Everything the Envoy routes under one listener route are made of: building them
+/// ([`super::encoded_listener_routes`]) reads nothing else, so equal inputs give equal routes (what lets
 /// [`crate::snapshot::Builder`] keep their encoded bytes from one save to the next).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RouteInputs<'a> {
