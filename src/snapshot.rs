@@ -22,9 +22,14 @@ use crate::translate::Resources;
 mod builder;
 pub use builder::{Builder, Built};
 
-/// One encoded resource.
+/// One encoded resource, shared: a clone (into another snapshot, a group's part, a stream's
+/// view of what its client holds) is a reference count, not a copy of its name and version.
 #[derive(Debug, Clone, Eq)]
-pub struct Resource {
+pub struct Resource(Arc<ResourceData>);
+
+/// What a [`Resource`] is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceData {
     pub name: String,
     /// Content hash of the encoded bytes.
     pub version: String,
@@ -35,15 +40,33 @@ pub struct Resource {
     pub names_clusters: bool,
 }
 
+impl std::ops::Deref for Resource {
+    type Target = ResourceData;
+
+    fn deref(&self) -> &ResourceData {
+        &self.0
+    }
+}
+
+impl From<ResourceData> for Resource {
+    fn from(data: ResourceData) -> Resource {
+        Resource(Arc::new(data))
+    }
+}
+
 impl Resource {
     /// `encoded` (a `google.protobuf.Any`) under `name`, versioned by a hash of its bytes.
     pub fn new(name: impl Into<String>, encoded: Bytes) -> Resource {
-        Resource {
-            name: name.into(),
+        Resource::encoded(name.into(), encoded, false)
+    }
+
+    fn encoded(name: String, encoded: Bytes, names_clusters: bool) -> Resource {
+        Resource::from(ResourceData {
+            name,
             version: hash_hex(&[&encoded]),
             encoded,
-            names_clusters: false,
-        }
+            names_clusters,
+        })
     }
 }
 
@@ -53,16 +76,18 @@ fn encode(ty: ResourceType, name: &str, value: Vec<u8>, names_clusters: bool) ->
         type_url: ty.type_url().to_owned(),
         value,
     };
-    let mut resource = Resource::new(name, Bytes::from(any.encode_to_vec()));
-    resource.names_clusters = names_clusters;
-    resource
+    Resource::encoded(
+        name.to_owned(),
+        Bytes::from(any.encode_to_vec()),
+        names_clusters,
+    )
 }
 
 /// Resources are equal when their names and content hashes are: comparing hashes instead of
 /// the encoded bytes keeps the per-stream "does the client hold this?" checks cheap.
 impl PartialEq for Resource {
     fn eq(&self, other: &Self) -> bool {
-        self.name == other.name && self.version == other.version
+        Arc::ptr_eq(&self.0, &other.0) || (self.name == other.name && self.version == other.version)
     }
 }
 

@@ -137,7 +137,7 @@ mod tests {
     use prost::Message;
 
     use super::*;
-    use crate::snapshot::Resource;
+    use crate::snapshot::{Resource, ResourceData};
     use crate::xds::ResourceType;
     use crate::xds::sotw::Response;
 
@@ -147,12 +147,12 @@ mod tests {
             type_url: ResourceType::Cluster.type_url().to_owned(),
             value: vec![10, 3, b'a', b'/', b'b'],
         };
-        let resource = Resource {
+        let resource = Resource::from(ResourceData {
             name: "a/b".into(),
             version: "v".into(),
             encoded: any.encode_to_vec().into(),
             names_clusters: false,
-        };
+        });
         let response = Response {
             ty: ResourceType::Cluster,
             version: "abc".into(),
@@ -185,11 +185,13 @@ mod tests {
             // Long enough that the lengths take two bytes.
             value: vec![7; 300],
         };
-        let resource = |name: &str| Resource {
-            name: name.into(),
-            version: format!("{name}-v"),
-            encoded: any.encode_to_vec().into(),
-            names_clusters: false,
+        let resource = |name: &str| {
+            Resource::from(ResourceData {
+                name: name.into(),
+                version: format!("{name}-v"),
+                encoded: any.encode_to_vec().into(),
+                names_clusters: false,
+            })
         };
         let response = delta::Response {
             ty: ResourceType::Route,

@@ -55,7 +55,7 @@ use super::limits::{MAX_NACK_ERROR_BYTES, truncated};
 use super::order;
 use super::{Event, Mode, ResourceType};
 use crate::node::NodeInfo;
-use crate::snapshot::{Resource, Snapshot, set_version};
+use crate::snapshot::{Resource, ResourceData, Snapshot, set_version};
 
 /// A delta response: the resources to add or update (shared, pre-encoded bytes) and the names of
 /// those the client must drop.
@@ -447,12 +447,14 @@ impl Stream {
                         .as_ref()
                         .and_then(|s| s.get(ty, name))
                         .filter(|r| r.version == *version);
-                    let r = known.cloned().unwrap_or_else(|| Resource {
-                        name: name.clone(),
-                        version: version.clone(),
-                        // Content this config does not have: sent as nothing, only compared.
-                        encoded: Bytes::new(),
-                        names_clusters: false,
+                    let r = known.cloned().unwrap_or_else(|| {
+                        Resource::from(ResourceData {
+                            name: name.clone(),
+                            version: version.clone(),
+                            // Content this config does not have: sent as nothing, only compared.
+                            encoded: Bytes::new(),
+                            names_clusters: false,
+                        })
                     });
                     (name.clone(), r)
                 })

@@ -38,7 +38,7 @@ use prost::Message;
 
 pub use self::grpc::{Client, Raw, channel};
 use super::Protocol;
-use crate::snapshot::{Resource, Snapshot};
+use crate::snapshot::{Resource, ResourceData, Snapshot};
 use crate::xds::{ResourceType, sotw};
 
 pub const CDS: ResourceType = ResourceType::Cluster;
@@ -327,11 +327,13 @@ impl From<DeltaDiscoveryResponse> for Response {
         let resources = r
             .resources
             .into_iter()
-            .map(|x| Resource {
-                encoded: Bytes::from(x.resource.unwrap_or_default().encode_to_vec()),
-                name: x.name,
-                version: x.version,
-                names_clusters: false,
+            .map(|x| {
+                Resource::from(ResourceData {
+                    encoded: Bytes::from(x.resource.unwrap_or_default().encode_to_vec()),
+                    name: x.name,
+                    version: x.version,
+                    names_clusters: false,
+                })
             })
             .collect();
         Response {
