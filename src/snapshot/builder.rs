@@ -26,7 +26,7 @@ use crate::translate::{
 ///
 /// What [`Builder::build`] returns is always [`Snapshot::new`]`(&`[`crate::translate::translate`]`(plan))`,
 /// the same bytes and versions; only the work differs. Keeping a resource costs a comparison
-/// of its inputs and a lookup, against translating and encoding it (about 3 µs for a cluster
+/// of its inputs and a lookup, against translating and encoding it (about 6 µs for a cluster
 /// and its endpoints, see docs/benchmarks.md).
 #[derive(Debug, Default)]
 pub struct Builder {
