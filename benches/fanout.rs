@@ -19,6 +19,7 @@ use cutover::snapshot::Snapshot;
 use cutover::xds::ResourceType;
 use cutover::xds::clients::{ClientUpdate, Clients};
 use cutover::xds::sotw::{Event, Mode, Response, Stream};
+use cutover::xds::stream::Machine as _;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
 fn env(name: &str, default: usize) -> usize {

@@ -430,6 +430,36 @@ impl ResourceType {
     }
 }
 
+/// One `T` per resource type, indexed by the type: `by_type[ResourceType::Route]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ByType<T>([T; ResourceType::COUNT]);
+
+impl<T> ByType<T> {
+    /// `f` of every type.
+    pub fn from_fn(f: impl FnMut(ResourceType) -> T) -> ByType<T> {
+        ByType(ResourceType::ALL.map(f))
+    }
+
+    /// Every type's `T`, in [`ResourceType::ALL`]'s order.
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.0.iter()
+    }
+}
+
+impl<T> std::ops::Index<ResourceType> for ByType<T> {
+    type Output = T;
+
+    fn index(&self, ty: ResourceType) -> &T {
+        &self.0[ty.index()]
+    }
+}
+
+impl<T> std::ops::IndexMut<ResourceType> for ByType<T> {
+    fn index_mut(&mut self, ty: ResourceType) -> &mut T {
+        &mut self.0[ty.index()]
+    }
+}
+
 impl fmt::Display for ResourceType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.short())

@@ -299,7 +299,7 @@ fn node_report(c: &Client) -> NodeReport {
         if acked.is_none() && pending.is_none() && last_nack.is_none() {
             continue;
         }
-        let seen = c.nack_seen[ty.index()].unwrap_or_else(SystemTime::now);
+        let seen = c.nack_seen[ty].unwrap_or_else(SystemTime::now);
         types.insert(
             ty.short().to_owned(),
             TypeReport {

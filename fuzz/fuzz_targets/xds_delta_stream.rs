@@ -14,6 +14,7 @@ use std::sync::Arc;
 use arbitrary::Arbitrary;
 use cutover::snapshot::Snapshot;
 use cutover::xds::delta::Stream;
+use cutover::xds::stream::Machine as _;
 use cutover::xds::{Mode, ResourceType};
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use libfuzzer_sys::fuzz_target;

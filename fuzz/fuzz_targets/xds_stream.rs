@@ -14,6 +14,7 @@ use arbitrary::Arbitrary;
 use cutover::snapshot::Snapshot;
 use cutover::xds::ResourceType;
 use cutover::xds::sotw::Stream;
+use cutover::xds::stream::Machine as _;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use libfuzzer_sys::fuzz_target;
 

@@ -18,7 +18,7 @@ use super::limits::gauge;
 use super::{Event, Mode, ResourceType};
 use crate::metrics::Metrics;
 use crate::node::{GroupId, NodeInfo};
-use crate::snapshot::Resource;
+use crate::snapshot::{ByType, Resource};
 
 /// Resources shared (not copied) between a protocol machine and this view.
 pub type ResourceMap = Arc<BTreeMap<String, Resource>>;
@@ -104,7 +104,7 @@ pub struct TypeView {
 /// What a client holds, per type.
 #[derive(Debug, Clone, Default)]
 pub struct ClientView {
-    pub types: [TypeView; ResourceType::COUNT],
+    pub types: ByType<TypeView>,
 }
 
 /// One resource as a client holds it (CSDS).
@@ -135,7 +135,7 @@ pub struct TypeStatus {
 
 impl ClientView {
     pub fn status(&self, ty: ResourceType) -> TypeStatus {
-        let t = &self.types[ty.index()];
+        let t = &self.types[ty];
         TypeStatus {
             acked: t
                 .acked
@@ -150,7 +150,7 @@ impl ClientView {
     /// Every resource of `ty` the client was sent, with what it did with it: ACKed (held),
     /// pending (sent, not answered) or NACKed (in the last rejected response).
     pub fn resource_states(&self, ty: ResourceType) -> Vec<ResourceState> {
-        let v = &self.types[ty.index()];
+        let v = &self.types[ty];
         let mut out: BTreeMap<&str, ResourceState> = BTreeMap::new();
         for r in v.acked.iter().flat_map(|h| h.resources.values()) {
             out.insert(
@@ -236,7 +236,7 @@ pub struct Client {
     pub answered_at: Option<Instant>,
     pub view: ClientView,
     /// When each type's current `last_nack` was first seen.
-    pub nack_seen: [Option<SystemTime>; ResourceType::COUNT],
+    pub nack_seen: ByType<Option<SystemTime>>,
 }
 
 impl Client {
@@ -327,7 +327,7 @@ impl Clients {
                     sync: SyncState::Pending,
                     answered_at: None,
                     view: ClientView::default(),
-                    nack_seen: [None; ResourceType::COUNT],
+                    nack_seen: ByType::default(),
                 },
             );
             id
@@ -374,12 +374,12 @@ impl Clients {
                     .observe(at.elapsed().as_secs_f64());
             }
             for ty in ResourceType::ALL {
-                let old = c.view.types[ty.index()].last_nack.as_ref();
-                let new = u.view.types[ty.index()].last_nack.as_ref();
+                let old = c.view.types[ty].last_nack.as_ref();
+                let new = u.view.types[ty].last_nack.as_ref();
                 if new.is_none() {
-                    c.nack_seen[ty.index()] = None;
+                    c.nack_seen[ty] = None;
                 } else if old != new {
-                    c.nack_seen[ty.index()] = Some(SystemTime::now());
+                    c.nack_seen[ty] = Some(SystemTime::now());
                 }
             }
             c.view = u.view;

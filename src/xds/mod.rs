@@ -3,6 +3,10 @@
 //! - [`sotw`]: the state-of-the-world protocol for one stream, a pure state machine;
 //! - [`delta`]: the incremental (delta) protocol for one stream, a pure state machine beside it,
 //!   fed the same snapshots;
+//! - [`stream`]: the stream core, what both machines keep of a stream and do alike (per type:
+//!   the subscription, what the client holds, what is in flight; the request prologue, nonces,
+//!   the make-before-break questions, the reports), and [`stream::Machine`], what the server
+//!   drives;
 //! - [`order`]: make-before-break, the ordering policy every protocol machine follows;
 //! - [`clients`]: one protocol-neutral view of what every connected client holds (ACKed, pending,
 //!   rejected), written by the machines' streams and read by status, CSDS, metrics and the
@@ -21,6 +25,7 @@ pub mod limits;
 pub mod order;
 pub mod server;
 pub mod sotw;
+pub mod stream;
 
 pub use crate::snapshot::ResourceType;
 

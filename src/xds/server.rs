@@ -3,7 +3,7 @@
 //!
 //! Each gRPC stream gets a task that feeds requests and its node group's new snapshots into its
 //! own protocol machine ([`sotw::Stream`] or [`delta::Stream`], one task code for both through
-//! [`Machine`]), writes the responses it returns, and reports what its client holds to
+//! [`super::stream::Machine`]), writes the responses it returns, and reports what its client holds to
 //! [`Clients`]. The generated envoy-types servers are not used because their codec would
 //! re-encode every resource per stream; [`XdsCodec`] copies the bytes encoded once per config
 //! version instead.
@@ -13,22 +13,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::{BoxFuture, Context, Poll, StdError, http};
 use tonic::server::{Grpc, NamedService, StreamingService};
 use tonic::{Status, Streaming};
 
-use super::clients::{ClientUpdate, ClientView, Clients, SentSets, SyncState};
-use super::codec::{EncodeResponse, XdsCodec};
+use super::clients::{ClientUpdate, Clients, SentSets};
+use super::codec::XdsCodec;
 use super::limits::{
     ClientLimits, MAX_NAME_BYTES, MAX_NODE_FIELD_BYTES, Noise, NoiseLog, StreamSlot, StreamSlots,
 };
+use super::stream::Machine;
 use super::{Event, Mode, Output, ResourceType, delta, sotw};
 use crate::access::Access;
 use crate::node::{GroupId, NodeInfo};
-use crate::snapshot::{GroupSnapshot, Published, Snapshot};
+use crate::snapshot::{GroupSnapshot, Published};
 use crate::tls::PeerInfo;
 
 /// What every stream needs: the latest published config, where to report, who may connect,
@@ -152,150 +152,6 @@ kind!(
     "DeltaRoutes",
     Mode::Single(ResourceType::Route)
 );
-
-/// A protocol machine as a stream task drives it: the same task serves both protocols.
-pub trait Machine: Send + 'static {
-    type Request: prost::Message + Default + Send + 'static;
-    type Response: EncodeResponse + Send + 'static;
-
-    fn new(mode: Mode) -> Self;
-    /// Shares what it sends with the other streams, to know what a reconnecting client holds
-    /// (state of the world; a delta client names what it holds itself).
-    #[must_use]
-    fn remembering(self, _sent: Arc<SentSets>) -> Self
-    where
-        Self: Sized,
-    {
-        self
-    }
-    /// The node a request names (Envoy names it on the first request only).
-    fn request_node(req: &Self::Request) -> Option<&Node>;
-    /// The type a request is about.
-    fn request_type(req: &Self::Request) -> &str;
-    /// The names a request subscribes to (or says it holds).
-    fn request_names(req: &Self::Request) -> impl Iterator<Item = &str>;
-    /// Names subscribed to, all types together.
-    fn subscribed_names(&self) -> usize;
-    fn on_request(&mut self, req: &Self::Request) -> Output<Self::Response>;
-    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Output<Self::Response>;
-    fn node(&self) -> Option<&NodeInfo>;
-    fn snapshot_version(&self) -> Option<&str>;
-    fn sync_state(&self) -> SyncState;
-    fn view(&self) -> ClientView;
-    /// What a response is, for the log and the metrics.
-    fn describe(response: &Self::Response) -> Pushed<'_>;
-}
-
-/// A response as logged: its type, the version it brings the client to, resources sent and
-/// names removed.
-#[derive(Debug)]
-pub struct Pushed<'a> {
-    pub ty: ResourceType,
-    pub version: &'a str,
-    pub resources: usize,
-    pub removed: usize,
-}
-
-impl Machine for sotw::Stream {
-    type Request = DiscoveryRequest;
-    type Response = sotw::Response;
-
-    fn new(mode: Mode) -> Self {
-        sotw::Stream::new(mode)
-    }
-    fn remembering(self, sent: Arc<SentSets>) -> Self {
-        sotw::Stream::remembering(self, sent)
-    }
-    fn request_node(req: &DiscoveryRequest) -> Option<&Node> {
-        req.node.as_ref()
-    }
-    fn request_type(req: &DiscoveryRequest) -> &str {
-        &req.type_url
-    }
-    fn request_names(req: &DiscoveryRequest) -> impl Iterator<Item = &str> {
-        req.resource_names.iter().map(String::as_str)
-    }
-    fn subscribed_names(&self) -> usize {
-        sotw::Stream::subscribed_names(self)
-    }
-    fn on_request(&mut self, req: &DiscoveryRequest) -> sotw::Output {
-        sotw::Stream::on_request(self, req)
-    }
-    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> sotw::Output {
-        sotw::Stream::on_snapshot(self, snapshot)
-    }
-    fn node(&self) -> Option<&NodeInfo> {
-        sotw::Stream::node(self)
-    }
-    fn snapshot_version(&self) -> Option<&str> {
-        sotw::Stream::snapshot_version(self)
-    }
-    fn sync_state(&self) -> SyncState {
-        sotw::Stream::sync_state(self)
-    }
-    fn view(&self) -> ClientView {
-        sotw::Stream::view(self)
-    }
-    fn describe(r: &sotw::Response) -> Pushed<'_> {
-        Pushed {
-            ty: r.ty,
-            version: &r.version,
-            resources: r.resources.len(),
-            removed: 0,
-        }
-    }
-}
-
-impl Machine for delta::Stream {
-    type Request = DeltaDiscoveryRequest;
-    type Response = delta::Response;
-
-    fn new(mode: Mode) -> Self {
-        delta::Stream::new(mode)
-    }
-    fn request_node(req: &DeltaDiscoveryRequest) -> Option<&Node> {
-        req.node.as_ref()
-    }
-    fn request_type(req: &DeltaDiscoveryRequest) -> &str {
-        &req.type_url
-    }
-    fn request_names(req: &DeltaDiscoveryRequest) -> impl Iterator<Item = &str> {
-        req.resource_names_subscribe
-            .iter()
-            .chain(req.resource_names_unsubscribe.iter())
-            .chain(req.initial_resource_versions.keys())
-            .map(String::as_str)
-    }
-    fn subscribed_names(&self) -> usize {
-        delta::Stream::subscribed_names(self)
-    }
-    fn on_request(&mut self, req: &DeltaDiscoveryRequest) -> delta::Output {
-        delta::Stream::on_request(self, req)
-    }
-    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> delta::Output {
-        delta::Stream::on_snapshot(self, snapshot)
-    }
-    fn node(&self) -> Option<&NodeInfo> {
-        delta::Stream::node(self)
-    }
-    fn snapshot_version(&self) -> Option<&str> {
-        delta::Stream::snapshot_version(self)
-    }
-    fn sync_state(&self) -> SyncState {
-        delta::Stream::sync_state(self)
-    }
-    fn view(&self) -> ClientView {
-        delta::Stream::view(self)
-    }
-    fn describe(r: &delta::Response) -> Pushed<'_> {
-        Pushed {
-            ty: r.ty,
-            version: &r.version,
-            resources: r.resources.len(),
-            removed: r.removed.len(),
-        }
-    }
-}
 
 /// A discovery service as a tower service that tonic's router can serve.
 #[derive(Debug)]

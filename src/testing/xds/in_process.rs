@@ -9,7 +9,7 @@ use super::{FakeEnvoy, Request, Response};
 use crate::snapshot::{Resource, Snapshot};
 use crate::testing::Protocol;
 use crate::xds::clients::SyncState;
-use crate::xds::server::Machine as ServerMachine;
+use crate::xds::stream::Machine as ServerMachine;
 use crate::xds::{Event, Mode, Output, ResourceType, delta, sotw};
 
 /// A protocol machine the fake client can talk to.
