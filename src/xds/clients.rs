@@ -355,7 +355,10 @@ impl Clients {
                 }
                 c.node = node.clone();
             }
-            if let Some(group) = u.group {
+            // Compared before copied: an update per message of every stream, rarely a change.
+            if let Some(group) = u.group
+                && c.group.as_ref() != Some(group)
+            {
                 c.group = Some(group.clone());
             }
             if u.sync == SyncState::Pending {
@@ -363,7 +366,9 @@ impl Clients {
             } else if c.answered_at.is_none() || !same_version || c.sync == SyncState::Pending {
                 c.answered_at = Some(Instant::now());
             }
-            c.config_version = u.config_version.map(str::to_owned);
+            if !same_version {
+                c.config_version = u.config_version.map(str::to_owned);
+            }
             c.sync = u.sync;
             if !was_synced
                 && c.in_sync()

@@ -59,7 +59,7 @@ pub fn encode_response(response: &sotw::Response, buf: &mut impl BufMut) {
         encode_varint(r.encoded.len() as u64, buf);
         buf.put_slice(&r.encoded);
     }
-    string::encode(TYPE_URL, &response.ty.type_url().to_owned(), buf);
+    encode_str(TYPE_URL, response.ty.type_url(), buf);
     string::encode(NONCE, &response.nonce, buf);
 }
 
@@ -82,9 +82,17 @@ pub fn encode_delta_response(response: &delta::Response, buf: &mut impl BufMut) 
         buf.put_slice(&r.encoded);
         string::encode(RESOURCE_NAME, &r.name, buf);
     }
-    string::encode(DELTA_TYPE_URL, &response.ty.type_url().to_owned(), buf);
+    encode_str(DELTA_TYPE_URL, response.ty.type_url(), buf);
     string::encode(DELTA_NONCE, &response.nonce, buf);
     string::encode_repeated(DELTA_REMOVED_RESOURCES, &response.removed, buf);
+}
+
+/// A string field, as `string::encode` writes it, from a `&str` (no `String` made per
+/// response for the type URL).
+fn encode_str(tag: u32, value: &str, buf: &mut impl BufMut) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(value.len() as u64, buf);
+    buf.put_slice(value.as_bytes());
 }
 
 /// Decodes requests of type `Req` with prost and encodes responses `Resp` from their shared

@@ -296,6 +296,7 @@ async fn run_stream<M: Machine>(
     // change, since an edit of the file's groups can move it to another.
     let mut identity = NodeInfo::default();
     let mut current: Option<GroupSnapshot> = None;
+    let mut node_told = false;
     let aged = sleep_for(shared.limits.stream_age());
     tokio::pin!(aged);
     loop {
@@ -440,10 +441,13 @@ async fn run_stream<M: Machine>(
         for event in &out.events {
             log_event(&shared.noise, &machine, event);
         }
+        // The node, once: a machine keeps the first one it is told.
+        let node = machine.node().filter(|_| !node_told);
+        node_told |= node.is_some();
         clients.update(
             id,
             ClientUpdate {
-                node: machine.node(),
+                node,
                 group: group.as_ref(),
                 config_version: machine.snapshot_version(),
                 changed_at: current.as_ref().map(|c| c.changed_at),

@@ -74,6 +74,23 @@ fn subscription(
     }
 }
 
+/// Whether `names` subscribe to exactly the names `current` does: an ACK restates its
+/// subscription (Envoy lists every endpoints name again each time), and telling so costs one
+/// vector of references, not the set of owned names [`subscription`] builds.
+fn restates(ty: ResourceType, names: &[String], current: &Subscription) -> bool {
+    if current.wildcard || (ty.is_full_state() && names.iter().any(|n| n == "*")) {
+        // Wildcards hold no names: building one is cheap.
+        return false;
+    }
+    if names.len() < current.names.len() {
+        return false;
+    }
+    let mut sorted: Vec<&str> = names.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    sorted.len() == current.names.len() && sorted.iter().zip(&current.names).all(|(a, b)| a == b)
+}
+
 /// What state of the world keeps of one type besides the [`TypeState`] both protocols keep.
 #[derive(Debug, Clone, Default)]
 struct Sending {
@@ -100,11 +117,15 @@ struct Sending {
 /// superset that is narrowed here without a response.
 fn holds(st: &mut TypeState, ty: ResourceType, desired: &ResourceMap, version: &str) -> bool {
     if let Some(held) = &mut st.acked {
-        // Versions are content hashes: the same version is the same content.
-        if held.version == version || *held.resources == **desired {
+        // Versions are content hashes of the set: the same version is the same content, and a
+        // different one different content.
+        if held.version == version {
             return true;
         }
+        // Only a smaller set can be narrowed to (walking a type's whole set per stream for an
+        // edit of one resource cost most of a change's time).
         let subset = !ty.is_full_state()
+            && desired.len() < held.resources.len()
             && desired
                 .iter()
                 .all(|(name, r)| held.resources.get(name) == Some(r));
@@ -226,8 +247,17 @@ impl Machine for Stream {
         }
         // Else: the latest response was answered already; the client only changes what it
         // subscribes to (Envoy keeps sending the last nonce it received).
-        let subscription = subscription(ty, &req.resource_names, st.subscription.as_ref());
-        st.subscribe(subscription);
+        let restated = st
+            .subscription
+            .as_ref()
+            .is_some_and(|current| restates(ty, &req.resource_names, current));
+        if !restated {
+            st.subscribe(subscription(
+                ty,
+                &req.resource_names,
+                st.subscription.as_ref(),
+            ));
+        }
         self.step(&mut out);
         if self.core.sent_nothing() && self.in_sync() {
             self.greet(self.core.greeting_type(ty), &mut out);

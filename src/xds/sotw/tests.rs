@@ -449,6 +449,47 @@ fn dropped_names_need_no_response() {
 }
 
 #[test]
+fn an_ack_restating_its_names_in_any_order_changes_nothing_and_a_repeated_name_drops_another() {
+    let mut s = Stream::new(Mode::Aggregated);
+    s.on_snapshot(blue_green("blue"));
+    let both = ["checkout/blue", "checkout/green"];
+    let out = s.on_request(&request(E, "", "", &both));
+    let r = out.responses[0].clone();
+    let ack = s.on_request(&request(E, &r.version, &r.nonce, &both));
+    assert!(ack.responses.is_empty());
+    let reordered = ["checkout/green", "checkout/blue", "checkout/green"];
+    let again = s.on_request(&request(E, &r.version, &r.nonce, &reordered));
+    assert!(
+        again.responses.is_empty(),
+        "the same names: no new subscription"
+    );
+    // As many names as before, one of them twice: green only, so blue is no longer held.
+    let narrowed = s.on_request(&request(
+        E,
+        &r.version,
+        &r.nonce,
+        &["checkout/green", "checkout/green"],
+    ));
+    assert!(
+        narrowed.responses.is_empty(),
+        "dropped names need no response"
+    );
+    assert_eq!(
+        s.view().types[E]
+            .acked
+            .as_ref()
+            .map(|h| h.resources.keys().cloned().collect::<Vec<_>>()),
+        Some(vec!["checkout/green".to_owned()])
+    );
+    let back = s.on_request(&request(E, &r.version, &r.nonce, &both));
+    assert_eq!(
+        names(&back.responses[0]),
+        both,
+        "blue asked for again: sent"
+    );
+}
+
+#[test]
 fn an_unchanged_snapshot_sends_nothing() {
     let (mut s, _envoy) = connected(blue_green("blue"));
     assert_eq!(s.on_snapshot(blue_green("blue")), Output::default());
