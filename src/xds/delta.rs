@@ -409,16 +409,19 @@ impl Stream {
             if st.subscription.is_none() || own.in_flight.is_some() {
                 continue;
             }
-            let key = (
-                SettledOn::now(&self.core, ty, &snap),
-                acked_version(st).to_owned(),
-            );
+            let kept = self.core.kept(ty, &snap);
             if own.resend.is_empty()
                 && own.announce.is_empty()
-                && own.settled.as_ref() == Some(&key)
+                && own.settled.as_ref().is_some_and(|(k, held)| {
+                    k.is_now(st, ty, &snap, &kept) && held == acked_version(st)
+                })
             {
                 continue;
             }
+            let key = (
+                SettledOn::new(st, ty, &snap, kept),
+                acked_version(st).to_owned(),
+            );
             let Some(desired) = self.desired(ty, &snap, key.0.kept()) else {
                 continue;
             };

@@ -357,11 +357,18 @@ impl Stream {
             if self.core.types[ty].pending.is_some() {
                 continue;
             }
-            let key = SettledOn::now(&self.core, ty, &snap);
+            let kept = self.core.kept(ty, &snap);
+            let st = &self.core.types[ty];
             let own = &self.types[ty];
-            if !own.force && own.settled.as_ref() == Some(&key) {
+            if !own.force
+                && own
+                    .settled
+                    .as_ref()
+                    .is_some_and(|k| k.is_now(st, ty, &snap, &kept))
+            {
                 continue;
             }
+            let key = SettledOn::new(st, ty, &snap, kept);
             let wants_all = self.wants_all(ty, &snap);
             let Some((desired, version)) = self.desired(ty, &snap, key.kept(), wants_all) else {
                 continue;

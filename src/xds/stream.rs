@@ -135,13 +135,32 @@ pub struct SettledOn {
 }
 
 impl SettledOn {
-    /// The inputs of `ty` now.
-    pub(super) fn now(core: &Core, ty: ResourceType, snap: &Snapshot) -> SettledOn {
+    /// The inputs of `ty` now, `kept` being [`Core::kept`].
+    pub(super) fn new(
+        st: &TypeState,
+        ty: ResourceType,
+        snap: &Snapshot,
+        kept: Vec<String>,
+    ) -> SettledOn {
         SettledOn {
             snapshot_type_version: snap.type_version(ty).to_owned(),
-            generation: core.types[ty].generation,
-            kept: core.kept(ty, snap),
+            generation: st.generation,
+            kept,
         }
+    }
+
+    /// Whether these are the inputs of `ty` now: compared in place, since most types of most
+    /// steps are settled and making the key would copy a version each time.
+    pub(super) fn is_now(
+        &self,
+        st: &TypeState,
+        ty: ResourceType,
+        snap: &Snapshot,
+        kept: &[String],
+    ) -> bool {
+        self.generation == st.generation
+            && self.snapshot_type_version == snap.type_version(ty)
+            && self.kept == kept
     }
 
     /// Clusters kept for the client's routes (see [`order::kept_clusters`]).
