@@ -97,21 +97,21 @@ pub struct Snapshot {
     /// Content hash over every resource of every type.
     pub version: String,
     /// Shared: a stream whose client gets a whole type holds this very map, not a copy.
-    sets: [Arc<BTreeMap<String, Resource>>; ResourceType::COUNT],
+    sets: ByType<Arc<BTreeMap<String, Resource>>>,
     /// The same resources in name order, as a response to a client that gets a whole type
     /// carries them: built once, shared by every such response.
-    lists: [Arc<[Resource]>; ResourceType::COUNT],
+    lists: ByType<Arc<[Resource]>>,
     /// [`set_version`] of each whole type, computed once.
-    type_versions: [String; ResourceType::COUNT],
+    type_versions: ByType<String>,
     /// A hash of each type's names alone: equal while no resource of the type comes or goes.
-    name_versions: [String; ResourceType::COUNT],
+    name_versions: ByType<String>,
 }
 
 impl Snapshot {
     pub fn new(resources: &Resources) -> Snapshot {
-        let mut sets: [BTreeMap<String, Resource>; ResourceType::COUNT] = Default::default();
+        let mut sets: ByType<BTreeMap<String, Resource>> = ByType::default();
         let mut add = |ty: ResourceType, name: &str, value: Vec<u8>, names_clusters: bool| {
-            sets[ty.index()].insert(name.to_owned(), encode(ty, name, value, names_clusters));
+            sets[ty].insert(name.to_owned(), encode(ty, name, value, names_clusters));
         };
         for c in &resources.clusters {
             add(ResourceType::Cluster, &c.name, c.encode_to_vec(), false);
@@ -145,30 +145,18 @@ impl Snapshot {
     /// The part of this snapshot named in `resources` (one node group's): the same encoded
     /// bytes, shared, not encoded again. Names this snapshot lacks are left out.
     pub fn select(&self, resources: &Resources) -> Snapshot {
-        let mut sets: [BTreeMap<String, Resource>; ResourceType::COUNT] = Default::default();
-        let names = [
-            resources
-                .clusters
-                .iter()
-                .map(|c| &c.name)
-                .collect::<Vec<_>>(),
-            resources
-                .endpoints
-                .iter()
-                .map(|e| &e.cluster_name)
-                .collect(),
-            resources.listeners.iter().map(|l| &l.name).collect(),
-            resources.routes.iter().map(|r| &r.name).collect(),
-            resources.secrets.iter().map(|s| &s.name).collect(),
-        ];
-        for ty in ResourceType::ALL {
-            for name in &names[ty.index()] {
-                if let Some(r) = self.get(ty, name) {
-                    sets[ty.index()].insert(r.name.clone(), r.clone());
-                }
-            }
-        }
-        Snapshot::of_sets(sets)
+        let named = |ty: ResourceType, name: &String| (ty, name.clone());
+        let names: Vec<(ResourceType, String)> = (resources.clusters.iter())
+            .map(|c| named(ResourceType::Cluster, &c.name))
+            .chain(
+                (resources.endpoints.iter())
+                    .map(|e| named(ResourceType::Endpoint, &e.cluster_name)),
+            )
+            .chain((resources.listeners.iter()).map(|l| named(ResourceType::Listener, &l.name)))
+            .chain((resources.routes.iter()).map(|r| named(ResourceType::Route, &r.name)))
+            .chain((resources.secrets.iter()).map(|x| named(ResourceType::Secret, &x.name)))
+            .collect();
+        self.select_names(&names)
     }
 
     /// The part of this snapshot with these names, as [`Snapshot::select`].
@@ -176,31 +164,30 @@ impl Snapshot {
         &self,
         names: impl IntoIterator<Item = &'a (ResourceType, String)>,
     ) -> Snapshot {
-        let mut sets: [BTreeMap<String, Resource>; ResourceType::COUNT] = Default::default();
+        let mut sets: ByType<BTreeMap<String, Resource>> = ByType::default();
         for (ty, name) in names {
             if let Some(r) = self.get(*ty, name) {
-                sets[ty.index()].insert(r.name.clone(), r.clone());
+                sets[*ty].insert(r.name.clone(), r.clone());
             }
         }
         Snapshot::of_sets(sets)
     }
 
-    fn of_sets(sets: [BTreeMap<String, Resource>; ResourceType::COUNT]) -> Snapshot {
-        let type_versions: [String; ResourceType::COUNT] =
-            std::array::from_fn(|i| set_version(sets[i].values()));
+    fn of_sets(sets: ByType<BTreeMap<String, Resource>>) -> Snapshot {
+        let type_versions = ByType::from_fn(|ty| set_version(sets[ty].values()));
         let mut all = String::new();
         for ty in ResourceType::ALL {
             // No secrets, no line: the versions of configs without TLS stay what they were
             // before cutover served secrets (an upgrade pushes nothing).
-            if ty == ResourceType::Secret && sets[ty.index()].is_empty() {
+            if ty == ResourceType::Secret && sets[ty].is_empty() {
                 continue;
             }
-            let _ = writeln!(all, "{}={}", ty.short(), type_versions[ty.index()]);
+            let _ = writeln!(all, "{}={}", ty.short(), type_versions[ty]);
         }
-        let lists = std::array::from_fn(|i| sets[i].values().cloned().collect());
-        let name_versions = std::array::from_fn(|i| {
+        let lists = ByType::from_fn(|ty| sets[ty].values().cloned().collect());
+        let name_versions = ByType::from_fn(|ty| {
             let mut hasher = Sha256::new();
-            for name in sets[i].keys() {
+            for name in sets[ty].keys() {
                 hasher.update(name.as_bytes());
                 hasher.update([b'\n']);
             }
@@ -216,27 +203,27 @@ impl Snapshot {
     }
 
     pub fn resources(&self, ty: ResourceType) -> &BTreeMap<String, Resource> {
-        &self.sets[ty.index()]
+        &self.sets[ty]
     }
 
     /// Every resource of `ty`, shared (see [`Snapshot::type_version`] for its version).
     pub fn shared(&self, ty: ResourceType) -> &Arc<BTreeMap<String, Resource>> {
-        &self.sets[ty.index()]
+        &self.sets[ty]
     }
 
     /// Every resource of `ty` in name order, shared: what a response of the whole type carries.
     pub fn list(&self, ty: ResourceType) -> &Arc<[Resource]> {
-        &self.lists[ty.index()]
+        &self.lists[ty]
     }
 
     pub fn get(&self, ty: ResourceType, name: &str) -> Option<&Resource> {
-        self.sets[ty.index()].get(name)
+        self.sets[ty].get(name)
     }
 
     /// Bytes of every encoded resource.
     pub fn encoded_len(&self) -> usize {
         self.sets
-            .iter()
+            .values()
             .flat_map(|set| set.values())
             .map(|r| r.encoded.len())
             .sum()
@@ -245,12 +232,12 @@ impl Snapshot {
     /// A hash of the names of `ty`'s resources: what a subscription to names is checked
     /// against (the names did not change, so neither did whether it covers them all).
     pub fn names_version(&self, ty: ResourceType) -> &str {
-        &self.name_versions[ty.index()]
+        &self.name_versions[ty]
     }
 
     /// The version of a whole type, as in [`set_version`].
     pub fn type_version(&self, ty: ResourceType) -> &str {
-        &self.type_versions[ty.index()]
+        &self.type_versions[ty]
     }
 }
 
@@ -443,6 +430,11 @@ impl<T> ByType<T> {
     /// Every type's `T`, in [`ResourceType::ALL`]'s order.
     pub fn values(&self) -> impl Iterator<Item = &T> {
         self.0.iter()
+    }
+
+    /// `f` of every type's `T`.
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> ByType<U> {
+        ByType(self.0.map(f))
     }
 }
 

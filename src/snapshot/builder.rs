@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use prost::Message;
 
-use super::{Resource, ResourceType, Snapshot};
+use super::{ByType, Resource, ResourceType, Snapshot};
 use crate::ids::ClusterId;
 use crate::node::GroupId;
 use crate::reconcile::{Plan, ServicePlan};
@@ -213,7 +213,7 @@ fn kept_version(
 
 #[derive(Default)]
 struct Sets {
-    sets: [BTreeMap<String, Resource>; ResourceType::COUNT],
+    sets: ByType<BTreeMap<String, Resource>>,
     built: Built,
     /// The names added since [`Sets::record`], when recording.
     recording: Option<Vec<(ResourceType, String)>>,
@@ -234,7 +234,7 @@ impl Sets {
         if let Some(names) = &mut self.recording {
             names.push((ty, r.name.clone()));
         }
-        self.sets[ty.index()].insert(r.name.clone(), r);
+        self.sets[ty].insert(r.name.clone(), r);
     }
 
     fn keep(&mut self, ty: ResourceType, r: Resource) {
